@@ -1,0 +1,25 @@
+"""Exceptions users can catch. Every message says what is wrong and what to do about it."""
+
+
+class DapError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class NotPanoramaError(DapError, ValueError):
+    """The image is not a 2:1 equirectangular panorama."""
+
+
+class UnreadableFileError(DapError, OSError):
+    """A file is missing, truncated, or not in a format we can decode."""
+
+
+class NoValidDepthError(DapError, ValueError):
+    """A depth map has no valid (finite, positive) pixel."""
+
+
+class CheckpointError(DapError, ValueError):
+    """A checkpoint is missing, has the wrong keys or shapes, or is in an unknown format."""
+
+
+class DatasetLayoutError(DapError, FileNotFoundError):
+    """A dataset root does not have the on-disk layout its loader expects."""

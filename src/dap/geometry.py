@@ -80,3 +80,15 @@ def depth_to_points(depth: Array) -> Array:
     d, was_numpy = _to_torch(depth)
     rays = erp_rays(d.shape[-2], d.shape[-1], device=d.device, dtype=d.dtype)
     return _back(d.unsqueeze(-1) * rays, was_numpy)
+
+
+def check_erp_shape(height: int, width: int, what: str = "image") -> None:
+    """Raise NotPanoramaError unless (height, width) is a 2:1 equirectangular size."""
+    from dap.errors import NotPanoramaError
+
+    if width != 2 * height:
+        raise NotPanoramaError(
+            f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly 2:1 "
+            f"(e.g. {2 * height}x{height}). Crop or resize it to 2:1, or use --pad-to-erp for a partial "
+            "panorama that covers less than the full latitude range."
+        )

@@ -1,0 +1,515 @@
+"""Reading and writing every file format the package uses: images, depth maps, masks, normals, point clouds.
+
+Nothing else in the package decodes or encodes files. Every write is atomic (temp file + ``os.replace``), so a
+crash or Ctrl-C never leaves a half-written file under the final name.
+
+Depth conventions: float32 metres along the ray, invalid = 0. On read, NaN, inf, values <= 0 and sentinels
+>= ``DEPTH_SENTINEL`` (datasets mark sky with 1e10) all become 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+import warnings
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import OpenEXR
+import trimesh
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
+
+from dap.errors import DapError, NoValidDepthError, UnreadableFileError
+from dap.geometry import check_erp_shape
+
+PathLike = str | os.PathLike
+
+DEPTH_SENTINEL = 1e9
+"""Depth values at or above this are sentinels (e.g. 1e10 for sky), read as invalid (0)."""
+
+SCALE_KEY = "dap:metres_per_unit"
+"""PNG text chunk where ``write_depth`` stores the metres per 16-bit unit of a depth PNG."""
+
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipfile.BadZipFile)
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
+
+    The body must create the file at the yielded path. Parent directories are created. If the body raises,
+    the temporary file is removed and any existing file at ``path`` is left untouched. The temporary name
+    keeps ``path``'s suffix, so writers that pick a format or append a suffix by extension (``np.save``)
+    behave.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh random name instead of mkstemp: mkstemp makes 0600 files, and the final file should get the
+    # user's normal permissions. Same directory so os.replace stays a rename on one filesystem.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.is_file():
+            raise FileNotFoundError(f"atomic_write: the body did not create {tmp}; {path} was not written")
+        # Flush to disk before the rename so a power loss cannot leave an empty file under the final name.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:
+    """uint8 stays as is; floats are taken as [0, 1], clipped and rounded."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer):
+        raise ValueError(f"{what} has dtype {x.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+    return np.round(np.clip(np.nan_to_num(x.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _save_pil(path: PathLike, image: Image.Image, **save_kwargs) -> None:
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the image format of {path}; use a .png or .jpg extension")
+    if fmt == "JPEG" and image.mode not in ("RGB", "L"):
+        raise ValueError(f"JPEG cannot store a {image.mode} image ({path}); use a .png extension")
+    with atomic_write(path) as tmp:
+        image.save(tmp, format=fmt, **save_kwargs)
+
+
+def write_rgb(path: PathLike, rgb: np.ndarray) -> None:
+    """Write an (H, W, 3) uint8 array or float array in [0, 1] as an 8-bit image; format by extension."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"write_rgb expects an (H, W, 3) array, got shape {rgb.shape}")
+    kwargs = {"quality": 95} if Path(path).suffix.lower() in (".jpg", ".jpeg") else {}
+    _save_pil(path, Image.fromarray(_to_uint8(rgb, "rgb"), mode="RGB"), **kwargs)
+
+
+def write_mask_png(path: PathLike, mask: np.ndarray) -> None:
+    """Write an (H, W) boolean mask as an 8-bit PNG: True = 255, False = 0."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"write_mask_png expects an (H, W) mask, got shape {mask.shape}")
+    _save_pil(path, Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L"))
+
+
+def write_normals_png(path: PathLike, normals: np.ndarray) -> None:
+    """Write (H, W, 3) normals in [-1, 1] as RGB, mapping [-1, 1] -> [0, 255]; zero or non-finite -> black."""
+    n = np.asarray(normals, dtype=np.float32)
+    if n.ndim != 3 or n.shape[2] != 3:
+        raise ValueError(f"write_normals_png expects (H, W, 3) normals, got shape {n.shape}")
+    missing = ~np.isfinite(n).all(axis=2) | (n == 0).all(axis=2)
+    rgb = _to_uint8((np.nan_to_num(n) + 1.0) * 0.5, "normals")
+    rgb[missing] = 0
+    _save_pil(path, Image.fromarray(rgb, mode="RGB"))
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _unreadable(path: Path, reason: object) -> UnreadableFileError:
+    return UnreadableFileError(
+        f"cannot read {path}: {reason}. Check that the path is right and the file is complete and in a "
+        "supported format (re-download or re-export it if it was cut short)."
+    )
+
+
+def _check_file(path: PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise _unreadable(path, "no such file")
+    if not path.is_file():
+        raise _unreadable(path, "not a regular file")
+    return path
+
+
+def _is_16bit_colour(img: Image.Image) -> bool:
+    """Pillow decodes 16-bit RGB(A)/LA PNG and TIFF to 8 bits; the tile's raw mode tells us before it does."""
+    if img.mode not in ("RGB", "RGBA", "LA") or not img.tile:
+        return False
+    args = img.tile[0][3]  # (codec, extents, offset, args); args starts with the raw mode
+    rawmode = args if isinstance(args, str) else (args[0] if args else "")
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
+    """Read an image as float32 (H, W, 3) RGB in [0, 1].
+
+    JPEG, PNG, WebP and TIFF, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
+    (not composited), EXIF orientation is applied. ``require_erp`` raises ``NotPanoramaError`` unless 2:1.
+    Missing, truncated or undecodable files raise ``UnreadableFileError``.
+    """
+    path = _check_file(path)
+    try:
+        with Image.open(path) as img:
+            deep_colour = _is_16bit_colour(img)
+            # Full decode now: lazy loading would let a truncated file through until pixels are touched.
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            if deep_colour:
+                # cv2 keeps 16 bits; IMREAD_COLOR (no IGNORE_ORIENTATION) drops alpha and applies EXIF.
+                bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+                if bgr is None or bgr.dtype != np.uint16:
+                    raise ValueError("OpenCV could not decode the 16-bit colour image")
+                rgb = bgr[..., ::-1].astype(np.float32) / 65535.0
+            elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+                # 16-bit grayscale (Pillow may report it as 'I'); 32-bit integer images are taken as 16-bit.
+                gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+                rgb = np.repeat(gray[..., None], 3, axis=2)
+            elif img.mode == "F":
+                gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+                rgb = np.repeat(gray[..., None], 3, axis=2)
+            else:
+                rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    except DapError:
+        raise
+    except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+        raise _unreadable(path, e) from e
+    if require_erp:
+        check_erp_shape(rgb.shape[0], rgb.shape[1], what=str(path))
+    return np.ascontiguousarray(rgb, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------- depth
+
+
+def _clean_depth(depth: np.ndarray) -> np.ndarray:
+    """float32 copy with every invalid value (NaN, inf, <= 0, >= DEPTH_SENTINEL) set to 0."""
+    d = np.array(depth, dtype=np.float32)
+    d[~np.isfinite(d) | (d <= 0) | (d >= DEPTH_SENTINEL)] = 0.0
+    return d
+
+
+def _as_2d(a: np.ndarray) -> np.ndarray:
+    if a.ndim == 3 and 1 in (a.shape[0], a.shape[2]):
+        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
+    if a.ndim != 2:
+        raise ValueError(f"expected a 2-D (H, W) depth map, found an array of shape {a.shape}")
+    if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
+        raise ValueError(f"expected a numeric depth map, found dtype {a.dtype}")
+    return a
+
+
+def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as z:
+        keys = list(z.keys())
+        if key is None:
+            key = "depth" if "depth" in keys else (keys[0] if len(keys) == 1 else None)
+        if key not in keys:
+            raise DapError(
+                f"cannot pick the depth array in {path}: it holds {keys}. Pass key=<name> "
+                "(or store it under 'depth')."
+            )
+        return z[key]
+
+
+EXR_CHANNEL_PRIORITY = ("Z", "Y", "R")
+"""EXR channel read as depth when there are several and no ``key``: the first of these that exists."""
+
+
+def _read_depth_exr(path: Path, key: str | None) -> np.ndarray:
+    channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    names = list(channels)
+    if key is None:
+        if len(names) == 1:
+            key = names[0]
+        else:
+            key = next((c for c in EXR_CHANNEL_PRIORITY if c in channels), None)
+    if key not in channels:
+        raise DapError(
+            f"cannot pick the depth channel in {path}: it has channels {names}. Pass key=<channel name> "
+            f"(without a key we take the only channel, else the first of {list(EXR_CHANNEL_PRIORITY)})."
+        )
+    return channels[key].pixels
+
+
+def _read_depth_png(path: Path, scale: float | None) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()  # also reads text chunks that sit after the image data
+        if img.mode not in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            raise UnreadableFileError(
+                f"{path} is a {img.mode} image, not a single-channel 16-bit depth PNG. Colourised depth or "
+                "8-bit images cannot be read as metric depth; pass the raw 16-bit depth file."
+            )
+        raw = np.asarray(img).astype(np.int64)
+        stored = img.info.get(SCALE_KEY)
+    if scale is None:
+        if stored is None:
+            raise DapError(
+                f"{path} is a 16-bit depth PNG without a '{SCALE_KEY}' text chunk, so its unit is unknown. "
+                "Pass scale=<metres per unit>, e.g. 1/512 for Stanford2D3D, 1/4000 for Matterport3D, "
+                "1/1000 for Structured3D."
+            )
+        scale = float(stored)
+    if not scale > 0:
+        raise ValueError(f"scale must be a positive number of metres per unit, got {scale}")
+    depth = raw.astype(np.float64) * scale
+    depth[(raw <= 0) | (raw >= 65535)] = 0.0  # 0 = no data; 65535 = saturated / no return
+    return depth
+
+
+def read_depth(
+    path: PathLike, *, scale: float | None = None, key: str | None = None, require_valid: bool = False
+) -> np.ndarray:
+    """Read a metric depth map as float32 (H, W) metres, invalid pixels = 0.
+
+    Formats by extension:
+      - ``.npy``: a 2-D array (a singleton channel axis is dropped).
+      - ``.npz``: the array named ``key``, else ``'depth'``, else the only array.
+      - ``.exr``: channel ``key``, else the only channel, else the first of ``EXR_CHANNEL_PRIORITY``
+        (Z, Y, R).
+      - ``.png``: 16-bit, depth = value * ``scale`` (metres per unit); ``scale`` defaults to the value that
+        ``write_depth`` stored in the ``dap:metres_per_unit`` text chunk. 0 and 65535 are invalid.
+    NaN, inf, <= 0 and >= ``DEPTH_SENTINEL`` become 0. ``require_valid`` raises ``NoValidDepthError`` if no
+    pixel is valid. Missing or broken files raise ``UnreadableFileError``.
+    """
+    path = _check_file(path)
+    suffix = path.suffix.lower()
+    readers = {
+        ".npy": lambda: np.load(path, allow_pickle=False),
+        ".npz": lambda: _read_depth_npz(path, key),
+        ".exr": lambda: _read_depth_exr(path, key),
+        ".png": lambda: _read_depth_png(path, scale),
+    }
+    if suffix not in readers:
+        raise _unreadable(path, f"unknown depth format '{suffix}' (supported: {', '.join(readers)})")
+    try:
+        depth = _as_2d(readers[suffix]())
+    except DapError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from e
+    depth = _clean_depth(depth)
+    if require_valid and not (depth > 0).any():
+        raise NoValidDepthError(
+            f"{path} has no valid depth pixel (all are 0, NaN, inf, negative or >= {DEPTH_SENTINEL:g}). "
+            "Check the file or the scale, or drop this sample."
+        )
+    return depth
+
+
+def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None) -> None:
+    """Write an (H, W) metric depth map; invalid values (NaN, inf, <= 0, sentinels) are stored as 0.
+
+    ``.npy``; ``.npz`` (key ``'depth'``); ``.exr`` (float32, lossless ZIP, single channel ``'Z'``);
+    ``.png`` (uint16 = round(depth / scale), needs ``scale`` in metres per unit, which is stored in the file).
+    PNG values that do not fit are clipped to 65534 with a warning; tiny valid depths are kept at 1 unit so
+    that they do not turn into 'invalid'.
+    """
+    path = Path(path)
+    d = np.asarray(depth)
+    if d.ndim != 2:
+        raise ValueError(f"write_depth expects an (H, W) depth map, got shape {d.shape}")
+    d = _clean_depth(d)
+    suffix = path.suffix.lower()
+    if suffix == ".png":
+        if scale is None or not scale > 0:
+            raise ValueError(
+                f"writing {path} as a 16-bit PNG needs scale=<metres per unit> > 0 (got {scale}); e.g. "
+                "scale=1/1000 stores millimetres (max 65.5 m). Use .exr or .npy to keep full float precision."
+            )
+        valid = d > 0
+        units = np.round(d.astype(np.float64) / scale)
+        too_far = valid & (units > 65534)
+        if too_far.any():
+            warnings.warn(
+                f"{int(too_far.sum())} depth values up to {float(d.max()):.3g} m do not fit a 16-bit PNG at "
+                f"scale {scale} m/unit and were clipped to {65534 * scale:.3g} m; use a larger scale or .exr",
+                stacklevel=2,
+            )
+        units = np.where(valid, np.clip(units, 1, 65534), 0).astype(np.uint16)
+        info = PngImagePlugin.PngInfo()
+        info.add_text(SCALE_KEY, repr(float(scale)))
+        with atomic_write(path) as tmp:
+            Image.fromarray(units).save(tmp, format="PNG", pnginfo=info)
+        return
+    with atomic_write(path) as tmp:
+        if suffix == ".npy":
+            np.save(tmp, d)
+        elif suffix == ".npz":
+            np.savez_compressed(tmp, depth=d)
+        elif suffix == ".exr":
+            header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+            OpenEXR.File(header, {"Z": d}).write(str(tmp))
+        else:
+            raise ValueError(f"unknown depth format '{suffix}' for {path}; use .npy, .npz, .exr or .png")
+
+
+# ---------------------------------------------------------------------------------------------- colour
+
+
+def _depth_range(depth: np.ndarray, min_depth: float | None, max_depth: float | None) -> tuple[float, float]:
+    d = _clean_depth(depth)
+    values = d[d > 0]
+    lo = float(min_depth) if min_depth is not None else (float(values.min()) if values.size else 0.0)
+    hi = float(max_depth) if max_depth is not None else (float(values.max()) if values.size else 1.0)
+    return lo, hi
+
+
+def _apply_cmap(t: np.ndarray, cmap: str) -> np.ndarray:
+    """Map values in [0, 1] to uint8 RGB with an OpenCV colormap (``'gray'`` for plain grayscale)."""
+    u8 = np.round(np.clip(t, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if cmap == "gray":
+        return np.repeat(u8[..., None], 3, axis=-1)
+    code = getattr(cv2, f"COLORMAP_{cmap.upper()}", None)
+    if code is None:
+        raise ValueError(f"unknown colormap '{cmap}'; use e.g. 'turbo', 'viridis', 'inferno' or 'gray'")
+    return cv2.applyColorMap(u8, code)[..., ::-1].copy()
+
+
+def colorize_depth(
+    depth: np.ndarray, *, min_depth: float | None = None, max_depth: float | None = None, cmap: str = "turbo"
+) -> np.ndarray:
+    """Colour an (H, W) depth map as uint8 (H, W, 3) RGB; near = start of ``cmap``, invalid pixels black.
+
+    The range defaults to the min and max of the valid pixels.
+    """
+    d = np.asarray(depth, dtype=np.float32)
+    if d.ndim != 2:
+        raise ValueError(f"colorize_depth expects an (H, W) depth map, got shape {d.shape}")
+    lo, hi = _depth_range(d, min_depth, max_depth)
+    valid = _clean_depth(d) > 0
+    t = (np.nan_to_num(d) - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    rgb = _apply_cmap(t, cmap)
+    rgb[~valid] = 0
+    return rgb
+
+
+def write_depth_color(
+    path: PathLike,
+    depth: np.ndarray,
+    *,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    legend: bool = True,
+) -> None:
+    """Write a colourised depth PNG; with ``legend`` a colour bar labelled with the range in metres is added
+    below the image."""
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"write_depth_color writes PNG; give {path} a .png extension")
+    rgb = colorize_depth(depth, min_depth=min_depth, max_depth=max_depth)
+    image = Image.fromarray(rgb, mode="RGB")
+    if legend:
+        h, w = rgb.shape[:2]
+        lo, hi = _depth_range(depth, min_depth, max_depth)
+        strip_h = max(24, h // 12)
+        font = ImageFont.load_default(size=max(10, int(strip_h * 0.55)))
+        canvas = Image.new("RGB", (w, h + strip_h), (0, 0, 0))
+        canvas.paste(image, (0, 0))
+        draw = ImageDraw.Draw(canvas)
+        left, right = f"{lo:.2f} m", f"{hi:.2f} m"
+        pad = max(2, strip_h // 6)
+        x0 = int(draw.textlength(left, font=font)) + 2 * pad
+        x1 = w - int(draw.textlength(right, font=font)) - 2 * pad
+        if x1 > x0:
+            bar = _apply_cmap(np.linspace(0.0, 1.0, x1 - x0, dtype=np.float32)[None, :], "turbo")
+            bar = np.repeat(bar, strip_h - 2 * pad, axis=0)
+            canvas.paste(Image.fromarray(bar, mode="RGB"), (x0, h + pad))
+        # Place labels from their bounding boxes: bitmap fallback fonts do not support anchors.
+        for text, x_left in ((left, pad), (right, x1 + pad)):
+            bx0, by0, _, by1 = draw.textbbox((0, 0), text, font=font)
+            y = h + (strip_h - (by1 - by0)) // 2 - by0
+            draw.text((x_left - bx0, y), text, fill=(255, 255, 255), font=font)
+        image = canvas
+    _save_pil(path, image)
+
+
+# ---------------------------------------------------------------------------------------- point clouds
+
+
+def _points_colors(points: np.ndarray, colors: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    p = np.asarray(points, dtype=np.float32)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"points must be (N, 3), got shape {p.shape}")
+    if colors is None:
+        return p, None
+    c = np.asarray(colors)
+    if c.ndim != 2 or c.shape[0] != len(p) or c.shape[1] not in (3, 4):
+        raise ValueError(f"colors must be (N, 3) for {len(p)} points, got shape {c.shape}")
+    return p, _to_uint8(c[:, :3], "colors")
+
+
+def write_ply(
+    path: PathLike, points: np.ndarray, colors: np.ndarray | None = None, normals: np.ndarray | None = None
+) -> None:
+    """Write a binary little-endian PLY point cloud: float32 x y z [, nx ny nz] [, uchar red green blue].
+
+    Colors are uint8 or floats in [0, 1]. Written with numpy: trimesh does not export point-cloud normals.
+    """
+    p, c = _points_colors(points, colors)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if normals is not None:
+        n = np.asarray(normals, dtype=np.float32)
+        if n.shape != p.shape:
+            raise ValueError(f"normals must have the shape of points {p.shape}, got {n.shape}")
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+    if c is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(len(p), dtype=fields)
+    vertex["x"], vertex["y"], vertex["z"] = p.T
+    if normals is not None:
+        vertex["nx"], vertex["ny"], vertex["nz"] = n.T
+    if c is not None:
+        vertex["red"], vertex["green"], vertex["blue"] = c.T
+    ply_types = {"<f4": "float", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(p)}"]
+    header += [f"property {ply_types[t]} {name}" for name, t in fields]
+    header.append("end_header\n")
+    with atomic_write(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write("\n".join(header).encode("ascii"))
+            f.write(vertex.tobytes())
+
+
+def read_ply(path: PathLike) -> dict[str, np.ndarray | None]:
+    """Read the vertices of a PLY file (any encoding) as ``{'points', 'colors', 'normals'}``.
+
+    points float32 (N, 3); colors uint8 (N, 3) or None; normals float32 (N, 3) or None.
+    """
+    path = _check_file(path)
+    try:
+        loaded = trimesh.load(path, file_type="ply", process=False)
+        # trimesh keeps the parsed vertex table here; its public objects drop point-cloud normals.
+        vertex = loaded.metadata["_ply_raw"]["vertex"]["data"]
+    except (*_DECODE_ERRORS, KeyError, TypeError) as e:
+        raise _unreadable(path, e) from e
+    names = vertex.dtype.names or ()
+
+    def columns(*cols: str, dtype: type) -> np.ndarray | None:
+        if not all(col in names for col in cols):
+            return None
+        return np.stack([vertex[col] for col in cols], axis=1).astype(dtype)
+
+    points = columns("x", "y", "z", dtype=np.float32)
+    if points is None:
+        raise _unreadable(path, f"no x/y/z vertex properties (found {list(names)})")
+    return {
+        "points": points,
+        "colors": columns("red", "green", "blue", dtype=np.uint8),
+        "normals": columns("nx", "ny", "nz", dtype=np.float32),
+    }
+
+
+def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = None) -> None:
+    """Write a point cloud as a binary glTF (.glb) scene, viewable in browsers and Blender."""
+    p, c = _points_colors(points, colors)
+    rgba = None if c is None else np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
+    cloud = trimesh.PointCloud(p, colors=rgba)
+    data = trimesh.Scene(cloud).export(file_type="glb")
+    with atomic_write(path) as tmp:
+        tmp.write_bytes(data)

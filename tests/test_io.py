@@ -1,0 +1,443 @@
+"""Round trips and failure modes of every format in dap.io."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import cv2
+import numpy as np
+import OpenEXR
+import pytest
+import trimesh
+from PIL import Image
+
+from dap import io
+from dap.errors import DapError, NotPanoramaError, NoValidDepthError, UnreadableFileError
+
+H, W = 32, 64
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def _depth(rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(0.3, 20.0, (H, W)).astype(np.float32)
+
+
+def _leftovers(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if ".tmp" in p.name)
+
+
+# ----------------------------------------------------------------------------------------------- atomic_write
+
+
+def test_atomic_write_creates_parents_and_replaces(tmp_path):
+    target = tmp_path / "a" / "b" / "x.txt"
+    with io.atomic_write(target) as tmp:
+        assert tmp.parent == target.parent and tmp.suffix == ".txt" and tmp != target
+        tmp.write_text("one")
+    with io.atomic_write(target) as tmp:
+        tmp.write_text("two")
+    assert target.read_text() == "two"
+    assert _leftovers(target.parent) == []
+
+
+def test_atomic_write_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "new.npy"
+    with pytest.raises(RuntimeError, match="boom"):
+        with io.atomic_write(target) as tmp:
+            np.save(tmp, np.zeros(3))
+            assert tmp.exists()
+            raise RuntimeError("boom")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+    target = tmp_path / "old.txt"
+    target.write_text("precious")
+    with pytest.raises(KeyboardInterrupt):
+        with io.atomic_write(target) as tmp:
+            tmp.write_text("half")
+            raise KeyboardInterrupt
+    assert target.read_text() == "precious"
+    assert _leftovers(tmp_path) == []
+
+
+def test_atomic_write_body_that_writes_nothing_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        with io.atomic_write(tmp_path / "x.bin"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------- images
+
+
+def test_rgb_png_uint8_round_trip_is_exact(tmp_path, rng):
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    io.write_rgb(tmp_path / "x.png", rgb)
+    out = io.read_rgb(tmp_path / "x.png")
+    assert out.dtype == np.float32 and out.shape == (H, W, 3)
+    np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), rgb)
+    assert _leftovers(tmp_path) == []
+
+
+def test_rgb_float_input_is_quantised_to_8_bit(tmp_path, rng):
+    rgb = rng.uniform(-0.1, 1.1, (H, W, 3)).astype(np.float32)
+    io.write_rgb(tmp_path / "x.png", rgb)
+    out = io.read_rgb(tmp_path / "x.png")
+    np.testing.assert_allclose(out, np.clip(rgb, 0, 1), atol=0.5 / 255 + 1e-6)
+
+
+def test_rgb_jpeg_round_trip_is_close(tmp_path):
+    yy, xx = np.mgrid[0:H, 0:W]
+    rgb = np.stack([xx / W, yy / H, np.full((H, W), 0.5)], axis=-1).astype(np.float32)
+    io.write_rgb(tmp_path / "x.jpg", rgb)
+    with Image.open(tmp_path / "x.jpg") as img:
+        assert img.format == "JPEG"
+    assert np.abs(io.read_rgb(tmp_path / "x.jpg") - rgb).mean() < 0.01
+
+
+def test_rgb_16bit_png_keeps_16_bit_precision(tmp_path, rng):
+    rgb16 = rng.integers(0, 65536, (H, W, 3), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "c16.png"), rgb16[..., ::-1])  # cv2 takes BGR
+    out = io.read_rgb(tmp_path / "c16.png")
+    np.testing.assert_allclose(out, rgb16 / 65535.0, atol=1e-7)
+    # 8-bit truncation would be off by up to 255/65535: make sure we are far below that
+    assert np.abs(out - rgb16 / 65535.0).max() < 1e-5
+
+
+def test_rgba_16bit_png_drops_alpha(tmp_path, rng):
+    rgba16 = rng.integers(0, 65536, (H, W, 4), dtype=np.uint16)
+    cv2.imwrite(str(tmp_path / "c16a.png"), rgba16[..., [2, 1, 0, 3]])
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "c16a.png"), rgba16[..., :3] / 65535.0, atol=1e-7)
+
+
+def test_gray16_png_to_three_channels(tmp_path, rng):
+    gray = rng.integers(0, 65536, (H, W), dtype=np.uint16)
+    Image.fromarray(gray).save(tmp_path / "g16.png")
+    out = io.read_rgb(tmp_path / "g16.png")
+    assert out.shape == (H, W, 3)
+    for c in range(3):
+        np.testing.assert_allclose(out[..., c], gray / 65535.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGBA", "P"])
+def test_other_modes_become_rgb(tmp_path, rng, mode):
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    base = Image.fromarray(rgb)
+    img = base.convert(mode) if mode != "P" else base.quantize(16)
+    if mode in ("LA", "RGBA"):
+        img.putalpha(Image.fromarray(np.zeros((H, W), np.uint8)))  # fully transparent: alpha must be dropped
+    img.save(tmp_path / "x.png")
+    out = io.read_rgb(tmp_path / "x.png")
+    assert out.shape == (H, W, 3) and out.dtype == np.float32
+    expected = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    np.testing.assert_array_equal(out, expected)
+    assert out.max() > 0.5  # alpha 0 was not composited to black
+
+
+def test_webp_and_tiff_read(tmp_path, rng):
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "x.webp", lossless=True)
+    Image.fromarray(rgb).save(tmp_path / "x.tif")
+    for name in ("x.webp", "x.tif"):
+        np.testing.assert_array_equal(np.round(io.read_rgb(tmp_path / name) * 255), rgb)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:4] = 255  # bright top rows
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(rgb).save(tmp_path / "o.jpg", exif=exif.tobytes(), quality=95)
+    out = io.read_rgb(tmp_path / "o.jpg")
+    assert out.shape == (W, H, 3)
+    # the top rows end up as the right-most columns after a clockwise turn
+    assert out[:, -3:].mean() > 0.9 and out[:, :-5].mean() < 0.1
+
+
+@pytest.mark.parametrize("name", ["x.png", "x.jpg"])
+def test_truncated_images_raise(tmp_path, rng, name):
+    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / name)
+    data = (tmp_path / name).read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) * 2 // 3])
+    with pytest.raises(UnreadableFileError, match="truncated") as err:
+        io.read_rgb(tmp_path / name)
+    assert str(tmp_path / name) in str(err.value)
+
+
+def test_text_file_named_png_raises(tmp_path):
+    (tmp_path / "fake.png").write_text("not an image at all")
+    with pytest.raises(UnreadableFileError, match="fake.png"):
+        io.read_rgb(tmp_path / "fake.png")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere" / "pano.jpg"
+    with pytest.raises(UnreadableFileError) as err:
+        io.read_rgb(missing)
+    assert str(missing) in str(err.value) and "no such file" in str(err.value)
+    with pytest.raises(UnreadableFileError, match="depth.npy"):
+        io.read_depth(tmp_path / "depth.npy")
+    with pytest.raises(UnreadableFileError, match="not a regular file"):
+        io.read_rgb(tmp_path)
+
+
+def test_require_erp(tmp_path):
+    io.write_rgb(tmp_path / "ok.png", np.zeros((H, W, 3), np.uint8))
+    io.write_rgb(tmp_path / "bad.png", np.zeros((H, W + 2, 3), np.uint8))
+    assert io.read_rgb(tmp_path / "ok.png", require_erp=True).shape == (H, W, 3)
+    assert io.read_rgb(tmp_path / "bad.png").shape == (H, W + 2, 3)
+    with pytest.raises(NotPanoramaError, match="bad.png"):
+        io.read_rgb(tmp_path / "bad.png", require_erp=True)
+
+
+# ----------------------------------------------------------------------------------------------- depth
+
+
+@pytest.mark.parametrize("ext", [".npy", ".npz", ".exr"])
+def test_float_depth_round_trip_is_bit_exact(tmp_path, rng, ext):
+    depth = _depth(rng)
+    depth[3, 5] = 0.0
+    io.write_depth(tmp_path / f"d{ext}", depth)
+    out = io.read_depth(tmp_path / f"d{ext}")
+    assert out.dtype == np.float32 and out.shape == (H, W)
+    np.testing.assert_array_equal(out, depth)
+    assert _leftovers(tmp_path) == []
+
+
+def test_written_files_are_what_they_claim(tmp_path, rng):
+    depth = _depth(rng)
+    io.write_depth(tmp_path / "d.npz", depth)
+    with np.load(tmp_path / "d.npz") as z:
+        assert list(z.keys()) == ["depth"]
+    io.write_depth(tmp_path / "d.exr", depth)
+    channels = OpenEXR.File(str(tmp_path / "d.exr")).channels()
+    assert list(channels) == ["Z"] and channels["Z"].pixels.dtype == np.float32
+
+
+def test_png16_depth_round_trip_within_half_a_unit(tmp_path, rng):
+    scale = 1 / 1000
+    depth = _depth(rng)
+    depth[0, 0] = 0.0
+    io.write_depth(tmp_path / "d.png", depth, scale=scale)
+    with Image.open(tmp_path / "d.png") as img:
+        assert img.mode == "I;16"
+    out = io.read_depth(tmp_path / "d.png")  # scale comes from the text chunk
+    assert out.dtype == np.float32
+    assert out[0, 0] == 0.0
+    assert np.abs(out - depth).max() <= scale / 2 + 1e-6
+    # an explicit scale overrides the stored one
+    np.testing.assert_allclose(io.read_depth(tmp_path / "d.png", scale=2 * scale), 2 * out, rtol=1e-6)
+
+
+def test_png16_write_clips_overflow_with_warning_and_keeps_tiny_valid(tmp_path):
+    depth = np.array([[1.0, 100.0, 0.0001, 0.0]], np.float32)
+    with pytest.warns(UserWarning, match="clipped"):
+        io.write_depth(tmp_path / "d.png", depth, scale=1 / 1000)
+    out = io.read_depth(tmp_path / "d.png")
+    np.testing.assert_allclose(out, [[1.0, 65.534, 0.001, 0.0]], rtol=1e-6)
+
+
+def test_png16_write_needs_scale(tmp_path, rng):
+    with pytest.raises(ValueError, match="scale"):
+        io.write_depth(tmp_path / "d.png", _depth(rng))
+    assert not (tmp_path / "d.png").exists()
+
+
+def test_png16_read_without_scale_or_chunk_asks_for_scale(tmp_path):
+    Image.fromarray(np.full((H, W), 1000, np.uint16)).save(tmp_path / "raw.png")
+    with pytest.raises(DapError, match="scale"):
+        io.read_depth(tmp_path / "raw.png")
+    np.testing.assert_allclose(io.read_depth(tmp_path / "raw.png", scale=1 / 512), 1000 / 512, rtol=1e-6)
+
+
+def test_png16_sentinels_are_invalid(tmp_path):
+    raw = np.array([[0, 1, 512, 65534, 65535]], np.uint16)
+    Image.fromarray(raw).save(tmp_path / "raw.png")
+    out = io.read_depth(tmp_path / "raw.png", scale=1 / 512)
+    np.testing.assert_allclose(out, [[0.0, 1 / 512, 1.0, 65534 / 512, 0.0]], rtol=1e-6)
+
+
+def test_8bit_png_is_not_depth(tmp_path):
+    Image.fromarray(np.full((H, W), 7, np.uint8)).save(tmp_path / "gray8.png")
+    with pytest.raises(UnreadableFileError, match="16-bit"):
+        io.read_depth(tmp_path / "gray8.png", scale=1.0)
+
+
+@pytest.mark.parametrize("ext", [".exr", ".npy"])
+def test_invalid_float_values_become_zero(tmp_path, ext):
+    depth = np.array([[np.inf, np.nan, 1e10, -2.0, 0.0, 3.5, -np.inf, 2e9]], np.float32)
+    path = tmp_path / f"bad{ext}"
+    if ext == ".exr":  # write the raw values, bypassing write_depth's own cleaning
+        OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": depth}).write(str(path))
+    else:
+        np.save(path, depth)
+    out = io.read_depth(path)
+    np.testing.assert_array_equal(out, [[0, 0, 0, 0, 0, 3.5, 0, 0]])
+    assert np.isfinite(out).all()
+
+
+def test_write_depth_cleans_invalid_values(tmp_path):
+    io.write_depth(tmp_path / "d.npy", np.array([[np.nan, -1.0, 2.0, 1e10]], np.float32))
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), [[0, 0, 2.0, 0]])
+
+
+def test_no_valid_depth(tmp_path):
+    io.write_depth(tmp_path / "d.npy", np.zeros((H, W), np.float32))
+    assert not io.read_depth(tmp_path / "d.npy").any()
+    with pytest.raises(NoValidDepthError, match="d.npy"):
+        io.read_depth(tmp_path / "d.npy", require_valid=True)
+
+
+def test_npz_key_selection(tmp_path, rng):
+    a, b = _depth(rng), _depth(rng)
+    np.savez(tmp_path / "one.npz", dist=a)
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "one.npz"), a)
+    np.savez(tmp_path / "two.npz", a=a, b=b)
+    with pytest.raises(DapError, match=r"key=.*\['a', 'b'\]|\['a', 'b'\].*key="):
+        io.read_depth(tmp_path / "two.npz")
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "two.npz", key="b"), b)
+
+
+def test_exr_channel_priority(tmp_path, rng):
+    r, g, z = _depth(rng), _depth(rng), _depth(rng)
+    header = {"type": OpenEXR.scanlineimage}
+    OpenEXR.File(header, {"R": r, "G": g, "B": g}).write(str(tmp_path / "rgb.exr"))
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "rgb.exr"), r)
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "rgb.exr", key="G"), g)
+    OpenEXR.File(header, {"R": r, "Z": z}).write(str(tmp_path / "rz.exr"))
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "rz.exr"), z)
+    OpenEXR.File(header, {"A": r, "B": g}).write(str(tmp_path / "ab.exr"))
+    with pytest.raises(DapError, match="key="):
+        io.read_depth(tmp_path / "ab.exr")
+
+
+def test_broken_depth_files_are_unreadable(tmp_path, rng):
+    io.write_depth(tmp_path / "d.npy", _depth(rng))
+    data = (tmp_path / "d.npy").read_bytes()
+    (tmp_path / "d.npy").write_bytes(data[: len(data) // 2])
+    (tmp_path / "d.exr").write_text("nope")
+    (tmp_path / "d.npz").write_text("nope")
+    (tmp_path / "d.bmp").write_text("nope")
+    for name in ("d.npy", "d.exr", "d.npz", "d.bmp"):
+        with pytest.raises(UnreadableFileError, match=name):
+            io.read_depth(tmp_path / name)
+
+
+# ----------------------------------------------------------------------------------------------- colour
+
+
+def test_colorize_depth():
+    depth = np.linspace(1.0, 5.0, H * W, dtype=np.float32).reshape(H, W)
+    depth[0, :3] = [0.0, np.nan, np.inf]
+    rgb = io.colorize_depth(depth)
+    assert rgb.dtype == np.uint8 and rgb.shape == (H, W, 3)
+    np.testing.assert_array_equal(rgb[0, :3], 0)
+    turbo = cv2.applyColorMap(np.array([[0, 255]], np.uint8), cv2.COLORMAP_TURBO)[0, :, ::-1]
+    np.testing.assert_array_equal(rgb[0, 3], turbo[0])  # nearest valid pixel = start of the map
+    np.testing.assert_array_equal(rgb[-1, -1], turbo[1])  # farthest = end
+    # an explicit range saturates values outside it
+    clipped = io.colorize_depth(depth, min_depth=2.0, max_depth=3.0)
+    np.testing.assert_array_equal(clipped[-1, -1], turbo[1])
+    np.testing.assert_array_equal(clipped[0, 3], turbo[0])
+    assert io.colorize_depth(np.zeros((H, W), np.float32)).max() == 0
+
+
+def test_depth_color_legend_is_below_the_image(tmp_path, rng):
+    depth = _depth(rng)
+    io.write_depth_color(tmp_path / "c.png", depth)
+    io.write_depth_color(tmp_path / "plain.png", depth, legend=False)
+    with Image.open(tmp_path / "c.png") as img:
+        legend = np.asarray(img.convert("RGB"))
+    with Image.open(tmp_path / "plain.png") as img:
+        plain = np.asarray(img.convert("RGB"))
+    assert plain.shape == (H, W, 3)
+    assert legend.shape[0] > H and legend.shape[1] == W
+    np.testing.assert_array_equal(legend[:H], plain)
+    assert legend[H:].max() > 0  # something (bar, labels) is drawn in the strip
+
+
+def test_mask_and_normals_png(tmp_path):
+    mask = np.zeros((H, W), bool)
+    mask[:, : W // 2] = True
+    io.write_mask_png(tmp_path / "m.png", mask)
+    with Image.open(tmp_path / "m.png") as img:
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), np.where(mask, 255, 0))
+    normals = np.zeros((2, 2, 3), np.float32)
+    normals[0, 0] = [1, 0, 0]
+    normals[0, 1] = [0, -1, 0]
+    normals[1, 0] = [0, 0, 1]
+    io.write_normals_png(tmp_path / "n.png", normals)
+    with Image.open(tmp_path / "n.png") as img:
+        out = np.asarray(img)
+    np.testing.assert_array_equal(out[0, 0], [255, 128, 128])
+    np.testing.assert_array_equal(out[0, 1], [128, 0, 128])
+    np.testing.assert_array_equal(out[1, 0], [128, 128, 255])
+    np.testing.assert_array_equal(out[1, 1], [0, 0, 0])
+
+
+# ----------------------------------------------------------------------------------------------- point clouds
+
+
+def test_ply_round_trip_is_exact(tmp_path, rng):
+    n = 100
+    points = rng.normal(size=(n, 3)).astype(np.float32)
+    colors = rng.integers(0, 256, (n, 3), dtype=np.uint8)
+    normals = rng.normal(size=(n, 3)).astype(np.float32)
+    io.write_ply(tmp_path / "p.ply", points, colors, normals)
+    assert b"format binary_little_endian 1.0" in (tmp_path / "p.ply").read_bytes()[:100]
+    out = io.read_ply(tmp_path / "p.ply")
+    np.testing.assert_array_equal(out["points"], points)
+    np.testing.assert_array_equal(out["colors"], colors)
+    np.testing.assert_array_equal(out["normals"], normals)
+    assert out["points"].dtype == np.float32 and out["colors"].dtype == np.uint8
+    # other tools can read it too
+    assert len(trimesh.load(tmp_path / "p.ply").vertices) == n
+
+
+def test_ply_optional_fields_and_float_colors(tmp_path, rng):
+    points = rng.normal(size=(10, 3)).astype(np.float32)
+    io.write_ply(tmp_path / "bare.ply", points)
+    out = io.read_ply(tmp_path / "bare.ply")
+    np.testing.assert_array_equal(out["points"], points)
+    assert out["colors"] is None and out["normals"] is None
+    io.write_ply(tmp_path / "fc.ply", points, colors=np.full((10, 3), 0.5, np.float32))
+    np.testing.assert_array_equal(io.read_ply(tmp_path / "fc.ply")["colors"], 128)
+    with pytest.raises(ValueError, match="normals"):
+        io.write_ply(tmp_path / "x.ply", points, normals=np.zeros((9, 3)))
+
+
+def test_glb_loads_back(tmp_path, rng):
+    n = 50
+    points = rng.normal(size=(n, 3)).astype(np.float32)
+    io.write_glb(tmp_path / "p.glb", points, colors=rng.integers(0, 256, (n, 3), dtype=np.uint8))
+    assert (tmp_path / "p.glb").read_bytes()[:4] == b"glTF"
+    scene = trimesh.load(tmp_path / "p.glb")
+    vertices = np.concatenate([np.asarray(g.vertices) for g in scene.geometry.values()])
+    assert len(vertices) == n
+    np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(points, axis=0), atol=1e-6)
+
+
+def test_writes_never_leave_partial_files(tmp_path, rng, monkeypatch):
+    io.write_depth(tmp_path / "d.npy", np.ones((H, W), np.float32))
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        io.write_depth(tmp_path / "d.npy", _depth(rng))
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), 1.0)
+    assert sorted(os.listdir(tmp_path)) == ["d.npy"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean write raises no warning
+        io.write_depth(tmp_path / "d.png", _depth(rng), scale=1 / 1000)

@@ -7,6 +7,16 @@ Depth is the Euclidean distance from the camera centre along the ray.
 
 Every function takes torch tensors or numpy arrays (returned in the same kind) and broadcasts over leading
 batch dimensions.
+
+Image layout for the resampling functions (`sample_erp`, `rotate_erp`, `erp_to_cubemap`, `cubemap_to_erp`):
+torch images are channel-first (..., C, H, W), numpy images channel-last (..., H, W, C); both also accept a
+plain 2-D map (H, W). Results come back in the layout (and, for integer/bool images, the dtype) they came in.
+Horizontal sampling wraps at the +-180 degree seam and vertical sampling continues across the poles (the row
+beyond the north pole is row 0 half a turn away), so no seam or pole artefacts are introduced. Use
+mode='nearest' for depth maps and masks: bilinear would blend invalid zeros into valid depths.
+
+Rotations are given in degrees (yaw, pitch, roll) or as a (3, 3) matrix R whose columns are the rotated
+camera's x, y, z axes written in the original camera frame; see `rotation_matrix`.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 Array = torch.Tensor | np.ndarray
 
@@ -88,7 +99,376 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
 
     if width != 2 * height:
         raise NotPanoramaError(
-            f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly 2:1 "
-            f"(e.g. {2 * height}x{height}). Crop or resize it to 2:1, or use --pad-to-erp for a partial "
+            f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly "
+            f"2:1 (e.g. {2 * height}x{height}). Crop or resize it to 2:1, or use --pad-to-erp for a partial "
             "panorama that covers less than the full latitude range."
         )
+
+
+# --------------------------------------------------------------------------------------------- points
+
+
+def points_to_depth(points: Array, height: int, width: int) -> Array:
+    """Distance map (..., H, W) of a dense ERP point map (..., H, W, 3); inverse of `depth_to_points`."""
+    p, was_numpy = _to_torch(points)
+    if p.shape[-3:] != (height, width, 3):
+        raise ValueError(
+            f"points_to_depth expects a dense point map (..., {height}, {width}, 3) but got "
+            f"{tuple(p.shape)}; for a scattered point set use splat_points_to_erp."
+        )
+    return _back(torch.linalg.vector_norm(p, dim=-1), was_numpy)
+
+
+def splat_points_to_erp(points: Array, height: int, width: int) -> Array:
+    """Z-buffer splat of camera-frame points (..., N, 3) into distance maps (..., H, W).
+
+    Each point lands in its nearest ERP pixel; where several land in one pixel the closest wins. Pixels no
+    point reaches, points at the camera centre and non-finite points give / are ignored as 0 (invalid).
+    """
+    p, was_numpy = _to_torch(points)
+    lead = p.shape[:-2]
+    p = p.reshape(-1, p.shape[-2], 3)
+    dist = torch.linalg.vector_norm(p, dim=-1)
+    lon, lat = rays_to_lonlat(p.double())
+    u, v = lonlat_to_pixel(lon, lat, height, width)
+    col = torch.floor(u + 0.5).long() % width
+    row = torch.floor(v + 0.5).long().clamp(0, height - 1)
+    batch = torch.arange(p.shape[0], device=p.device).unsqueeze(-1).expand_as(row)
+    index = (batch * height + row) * width + col
+    ok = torch.isfinite(dist) & (dist > 0)
+    depth = torch.full((p.shape[0] * height * width,), math.inf, dtype=p.dtype, device=p.device)
+    depth.scatter_reduce_(0, index[ok], dist[ok], reduce="amin")
+    depth = torch.where(torch.isinf(depth), torch.zeros_like(depth), depth)
+    return _back(depth.reshape(*lead, height, width), was_numpy)
+
+
+def normals_from_depth(depth: Array) -> Array:
+    """Unit surface normals (..., H, W, 3) in the camera frame from a distance map (..., H, W).
+
+    Tangents are differences of the 3-D points: central where both neighbours are valid, one-sided where only
+    one is. Columns wrap (column -1 is column W-1), so the seam is treated like any other column. Rows 0 and
+    H-1 have no neighbour beyond the pole row and use the one-sided difference towards the equator; there the
+    horizontal tangent is short but nonzero, so no NaN appears. Normals point towards the camera
+    (dot(normal, ray) <= 0). Invalid depth (<= 0) or a pixel with no valid neighbour in a direction gives 0.
+    """
+    d, was_numpy = _to_torch(depth)
+    points = depth_to_points(d)
+    valid = d > 0
+
+    # Horizontal neighbours wrap around the sphere.
+    du = _tangent(points, valid, torch.roll(points, -1, -2), torch.roll(valid, -1, -1),
+                  torch.roll(points, 1, -2), torch.roll(valid, 1, -1))
+    # Vertical neighbours stop at the poles: the missing row is marked invalid.
+    no_row = torch.zeros_like(valid[..., :1, :])
+    dv = _tangent(points, valid,
+                  torch.cat((points[..., 1:, :, :], points[..., -1:, :, :]), -3),
+                  torch.cat((valid[..., 1:, :], no_row), -2),
+                  torch.cat((points[..., :1, :, :], points[..., :-1, :, :]), -3),
+                  torch.cat((no_row, valid[..., :-1, :]), -2))
+    n = torch.linalg.cross(du, dv)
+    # Orient towards the camera: the camera is at the origin, so flip where n points along the point.
+    flip = (n * points).sum(-1, keepdim=True) > 0
+    n = torch.where(flip, -n, n)
+    norm = torch.linalg.vector_norm(n, dim=-1, keepdim=True)
+    good = valid.unsqueeze(-1) & (norm > 0)
+    n = torch.where(good, n / torch.where(good, norm, torch.ones_like(norm)), torch.zeros_like(n))
+    return _back(n, was_numpy)
+
+
+def _tangent(p: torch.Tensor, ok: torch.Tensor, p_next: torch.Tensor, ok_next: torch.Tensor,
+             p_prev: torch.Tensor, ok_prev: torch.Tensor) -> torch.Tensor:
+    """Central difference where both neighbours are valid, else a one-sided one, else 0."""
+    fwd = (ok & ok_next).unsqueeze(-1)
+    bwd = (ok & ok_prev).unsqueeze(-1)
+    zero = torch.zeros_like(p)
+    return torch.where(fwd & bwd, p_next - p_prev,
+                       torch.where(fwd, p_next - p, torch.where(bwd, p - p_prev, zero)))
+
+
+def solid_angle_weights(
+    height: int, width: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Exact solid angle (steradians) of one pixel in each ERP row, (H, 1); broadcasts against (H, W).
+
+    A pixel of row i spans latitudes [lat_bottom, lat_top], so its area is (2 pi / W)(sin lat_top -
+    sin lat_bottom); all H x W pixels sum to 4 pi.
+    """
+    edges = (0.5 - torch.arange(height + 1, device=device, dtype=torch.float64) / height) * math.pi
+    w = (2 * math.pi / width) * (torch.sin(edges[:-1]) - torch.sin(edges[1:]))
+    return w.to(dtype).unsqueeze(-1)
+
+
+# ------------------------------------------------------------------------------------------ rotations
+
+
+def rotation_matrix(yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> torch.Tensor:
+    """Camera rotation R (3, 3, float64) from angles in degrees: R = R_y(yaw) @ R_x(pitch) @ R_z(roll).
+
+    The columns of R are the rotated camera's x, y, z axes in the original frame; a ray d of the rotated
+    camera is R @ d in the original one.
+    - yaw about the vertical y axis: positive yaw turns the view to the right (forward moves towards +x), so
+      the panorama content moves to the left.
+    - pitch about x: positive pitch looks up (forward moves towards -y).
+    - roll about z: positive roll turns the camera's x axis towards +y (down).
+    """
+    y, p, r = (math.radians(a) for a in (yaw, pitch, roll))
+    cy, sy, cp, sp, cr, sr = math.cos(y), math.sin(y), math.cos(p), math.sin(p), math.cos(r), math.sin(r)
+    ry = torch.tensor([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]], dtype=torch.float64)
+    rx = torch.tensor([[1.0, 0.0, 0.0], [0.0, cp, -sp], [0.0, sp, cp]], dtype=torch.float64)
+    rz = torch.tensor([[cr, -sr, 0.0], [sr, cr, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    return ry @ rx @ rz
+
+
+def look_rotation(forward: Array) -> torch.Tensor:
+    """Rotation (3, 3, float64) of a camera whose z axis looks along `forward`, with no roll.
+
+    The camera's y axis stays in the vertical plane, pointing down; looking straight up or down (where "down"
+    is undefined) the image bottom points towards +z when looking up and towards -z when looking down,
+    the same as pitching the identity camera by +-90 degrees.
+    """
+    z, _ = _to_torch(forward)
+    z = z.to(device="cpu", dtype=torch.float64).reshape(3)
+    z = z / torch.linalg.vector_norm(z)
+    down = torch.tensor([0.0, 1.0, 0.0], dtype=torch.float64)
+    if abs(float(z[1])) > 1 - 1e-9:
+        down = torch.tensor([0.0, 0.0, -float(torch.sign(z[1]))], dtype=torch.float64)
+    x = torch.linalg.cross(down, z)
+    x = x / torch.linalg.vector_norm(x)
+    y = torch.linalg.cross(z, x)
+    return torch.stack((x, y, z), dim=-1)
+
+
+def _rotation(rotation: Array | None, yaw: float, pitch: float, roll: float) -> torch.Tensor:
+    if rotation is None:
+        return rotation_matrix(yaw, pitch, roll)
+    if yaw or pitch or roll:
+        raise ValueError("Pass either a rotation matrix or yaw/pitch/roll angles, not both.")
+    r, _ = _to_torch(rotation)
+    if r.shape != (3, 3):
+        raise ValueError(f"A rotation must be a (3, 3) matrix, got shape {tuple(r.shape)}.")
+    return r.to(device="cpu", dtype=torch.float64)
+
+
+# ----------------------------------------------------------------------------------------- resampling
+
+
+def _images_in(image: Array) -> tuple[torch.Tensor, dict]:
+    """(N, C, H, W) float view of an image in either layout, plus what is needed to restore it."""
+    x, was_numpy = _to_torch(image)
+    plain = x.ndim == 2
+    if plain:
+        x = x[None, None]
+    elif was_numpy:
+        x = torch.movedim(x, -1, -3)
+    lead = x.shape[:-3]
+    info = {"numpy": was_numpy, "plain": plain, "lead": lead, "dtype": x.dtype}
+    x = x.reshape(-1, *x.shape[-3:])
+    if not x.is_floating_point():
+        x = x.float()
+    return x, info
+
+
+def _images_out(y: torch.Tensor, info: dict, ndim_spatial: int) -> Array:
+    """Inverse of `_images_in` for a sampled (N, C, *S) result with `ndim_spatial` dims in S."""
+    dtype = info["dtype"]
+    if dtype == torch.bool:
+        y = y > 0.5
+    elif not dtype.is_floating_point:
+        y = y.round().to(dtype)
+    spatial = y.shape[2:]
+    if info["plain"]:
+        y = y.reshape(spatial)
+    else:
+        y = y.reshape(*info["lead"], y.shape[1], *spatial)
+        if info["numpy"]:
+            y = torch.movedim(y, -ndim_spatial - 1, -1)
+    return _back(y.contiguous() if info["numpy"] else y, info["numpy"])
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in ("bilinear", "nearest"):
+        raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}.")
+
+
+def _sample_padded(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sample (N, C, H, W) ERP images at continuous pixel coords u, v (shape S) -> (N, C, *S)."""
+    n, _, h, w = x.shape
+    # One extra row beyond each pole (the same row half a turn away) and one wrapped column on each side.
+    top = torch.roll(x[..., :1, :], w // 2, -1)
+    bottom = torch.roll(x[..., -1:, :], w // 2, -1)
+    x = torch.cat((top, x, bottom), -2)
+    x = torch.cat((x[..., -1:], x, x[..., :1]), -1)
+    shape = u.shape
+    gx = (u.reshape(-1) + 1) / (w + 1) * 2 - 1
+    gy = (v.reshape(-1) + 1) / (h + 1) * 2 - 1
+    grid = torch.stack((gx, gy), -1).to(device=x.device, dtype=x.dtype)
+    grid = grid.reshape(1, 1, -1, 2).expand(n, -1, -1, -1)
+    y = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=True)
+    return y.reshape(n, y.shape[1], *shape)
+
+
+def sample_erp(image: Array, rays: Array, mode: str = "bilinear") -> Array:
+    """Sample an ERP image along arbitrary camera-frame directions `rays` (*S, 3) (need not be unit).
+
+    torch (..., C, H, W) -> (..., C, *S); numpy (..., H, W, C) -> (..., *S, C); a 2-D map (H, W) -> (*S).
+    Longitude wraps and sampling continues across the poles.
+    """
+    _check_mode(mode)
+    x, info = _images_in(image)
+    r, _ = _to_torch(rays)
+    lon, lat = rays_to_lonlat(r.to(device=x.device, dtype=torch.float64))
+    u, v = lonlat_to_pixel(lon, lat, x.shape[-2], x.shape[-1])
+    return _images_out(_sample_padded(x, u, v, mode), info, r.ndim - 1)
+
+
+def rotate_erp(
+    image: Array,
+    rotation: Array | None = None,
+    *,
+    yaw: float = 0.0,
+    pitch: float = 0.0,
+    roll: float = 0.0,
+    mode: str = "bilinear",
+) -> Array:
+    """The panorama seen by the camera rotated by `rotation` (or by yaw/pitch/roll degrees).
+
+    Output pixel with ray d takes the input value along R @ d. Values are not changed, which is right for
+    colours and distances (use mode='nearest' for depth and masks); vector maps (normals, points) also need
+    their values rotated: v_new = R.T @ v.
+    """
+    r = _rotation(rotation, yaw, pitch, roll)
+    h, w = image.shape[-3:-1] if isinstance(image, np.ndarray) and image.ndim > 2 else image.shape[-2:]
+    return sample_erp(image, erp_rays(h, w, dtype=torch.float64) @ r.T, mode)
+
+
+# -------------------------------------------------------------------------------- perspective, cubemap
+
+
+def perspective_rays(
+    fov_deg: float,
+    size: int | tuple[int, int],
+    rotation: Array | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Unit rays (h, w, 3) of a pinhole camera with horizontal field of view `fov_deg`, size int or (h, w).
+
+    The virtual camera uses the same axes (x right, y down, z forward, pixel centres at +0.5) and is turned by
+    `rotation` (see `rotation_matrix`, `look_rotation`); rays are returned in the panorama's camera frame.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    f = (w / 2) / math.tan(math.radians(fov_deg) / 2)
+    ys = (torch.arange(h, device=device, dtype=torch.float64) + 0.5 - h / 2) / f
+    xs = (torch.arange(w, device=device, dtype=torch.float64) + 0.5 - w / 2) / f
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    rays = torch.stack((x, y, torch.ones_like(x)), -1)
+    rays = rays / torch.linalg.vector_norm(rays, dim=-1, keepdim=True)
+    if rotation is not None:
+        r, _ = _to_torch(rotation)
+        rays = rays @ r.to(device=rays.device, dtype=torch.float64).T
+    return rays.to(dtype)
+
+
+#: Cubemap face order: the axis each face looks along.
+CUBE_FACES = ("+x", "-x", "+y", "-y", "+z", "-z")
+_CUBE_AXES = ((1.0, 0.0, 0.0), (-1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0),
+              (0.0, 0.0, -1.0))
+
+
+def cubemap_rotations() -> torch.Tensor:
+    """(6, 3, 3) rotations of the cubemap faces, `look_rotation` of each axis in `CUBE_FACES` order.
+
+    Side faces (+x, -x, +z, -z) stand upright (image down = +y); the +y (floor) face has its bottom edge
+    towards -z and the -y (ceiling) face its bottom edge towards +z, i.e. each face is the view after turning
+    the head from the +z view by yaw (+x: 90, -x: -90, -z: 180) or pitch (+y: -90, -y: +90).
+    """
+    return torch.stack([look_rotation(torch.tensor(a)) for a in _CUBE_AXES])
+
+
+def cubemap_face_rays(
+    face_size: int, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Unit rays (6, F, F, 3) of the six 90-degree cube faces (order, orientation: `cubemap_rotations`)."""
+    return torch.stack([perspective_rays(90.0, face_size, r, device=device, dtype=dtype)
+                        for r in cubemap_rotations()])
+
+
+def erp_to_cubemap(image: Array, face_size: int, mode: str = "bilinear") -> Array:
+    """Six cube faces from an ERP image: torch (..., C, H, W) -> (..., 6, C, F, F), numpy (..., H, W, C) ->
+    (..., 6, F, F, C), 2-D map (H, W) -> (6, F, F)."""
+    x, _ = _to_torch(image)
+    faces = sample_erp(image, cubemap_face_rays(face_size, device=x.device, dtype=torch.float64), mode)
+    if isinstance(faces, torch.Tensor) and x.ndim > 2:
+        faces = torch.movedim(faces, -4, -3)
+    return faces
+
+
+def cubemap_to_erp(faces: Array, height: int, width: int, mode: str = "bilinear") -> Array:
+    """ERP image (layout as in `erp_to_cubemap`'s input) from six faces in `erp_to_cubemap`'s output layout.
+
+    Each ERP pixel samples the face its ray hits; near a cube edge it interpolates into a one-pixel ring
+    borrowed from the neighbouring faces, so cube edges leave no visible seam.
+    """
+    _check_mode(mode)
+    x, was_numpy = _to_torch(faces)
+    plain = x.ndim == 3
+    if not plain and was_numpy:
+        x = torch.movedim(x, -1, -4)  # (..., 6, F, F, C) -> (..., C, 6, F, F)
+    elif not plain:
+        x = torch.movedim(x, -4, -3)  # (..., 6, C, F, F) -> (..., C, 6, F, F)
+    else:
+        x = x[None]
+    if x.shape[-3] != 6 or x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"cubemap_to_erp expects six square faces in erp_to_cubemap's layout, got "
+                         f"{tuple(faces.shape)}.")
+    size = x.shape[-1]
+    lead, c = x.shape[:-4], x.shape[-4]
+    dtype = x.dtype
+    x = x.reshape(-1, c, 6, size, size)
+    if not x.is_floating_point():
+        x = x.float()
+
+    # Give every face a one-pixel ring taken from its neighbours, so that ERP pixels near a cube edge
+    # interpolate across the edge instead of clamping to it.
+    t = (torch.arange(-1, size + 1, device=x.device, dtype=torch.float64) + 0.5 - size / 2) / (size / 2)
+    yy, xx = torch.meshgrid(t, t, indexing="ij")
+    local = torch.stack((xx, yy, torch.ones_like(xx)), -1)
+    ring_rays = torch.einsum("kij,hwj->khwi", cubemap_rotations().to(x.device), local)  # (6, F+2, F+2, 3)
+    padded = _cube_sample(x, 0, ring_rays, mode)
+    padded[..., 1:-1, 1:-1] = x
+
+    y = _cube_sample(padded, 1, erp_rays(height, width, device=x.device, dtype=torch.float64), mode)
+    info = {"numpy": was_numpy, "plain": plain, "lead": lead, "dtype": dtype}
+    return _images_out(y, info, 2)
+
+
+def _cube_sample(faces: torch.Tensor, pad: int, rays: torch.Tensor, mode: str) -> torch.Tensor:
+    """Sample faces (N, C, 6, F + 2 pad, F + 2 pad) (each with a `pad`-pixel ring) along rays (*S, 3)."""
+    n, c, _, full, _ = faces.shape
+    size = full - 2 * pad
+    rots = cubemap_rotations().to(faces.device)
+    face = (rays @ rots[:, :, 2].T).argmax(-1)  # the face whose axis is closest to the ray
+    local = torch.einsum("...ij,...i->...j", rots[face], rays)  # R_k^T d
+    half = size / 2
+    u = (half * local[..., 0] / local[..., 2] + half - 0.5 + pad).clamp(0, full - 1)
+    v = (half * local[..., 1] / local[..., 2] + half - 0.5 + pad).clamp(0, full - 1) + face * full
+    grid = torch.stack((u / max(full - 1, 1) * 2 - 1, v / (6 * full - 1) * 2 - 1), -1).to(faces.dtype)
+    stacked = faces.reshape(n, c, 6 * full, full)  # faces stacked vertically, sampled in one call
+    y = F.grid_sample(stacked, grid.reshape(1, 1, -1, 2).expand(n, -1, -1, -1), mode=mode,
+                      padding_mode="border", align_corners=True)
+    return y.reshape(n, c, *rays.shape[:-1])
+
+
+def icosahedron_vertices(
+    *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """The 12 vertices of a regular icosahedron as unit vectors (12, 3): cyclic permutations of
+    (0, +-1, +-phi), normalised. Each vertex has 5 nearest neighbours, all at the same distance."""
+    phi = (1 + math.sqrt(5)) / 2
+    verts = []
+    for a in (-1.0, 1.0):
+        for b in (-phi, phi):
+            verts += [(0.0, a, b), (a, b, 0.0), (b, 0.0, a)]
+    v = torch.tensor(verts, dtype=torch.float64, device=device)
+    return (v / torch.linalg.vector_norm(v, dim=-1, keepdim=True)).to(dtype)

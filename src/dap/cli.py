@@ -1,7 +1,8 @@
 """`dap` command line: a thin layer over the Python API.
 
 Each subcommand lives with the module that owns it; that module provides
-`add_arguments(parser)` and `run_cli(args) -> int` (the exit code).
+`add_arguments(parser)` and `run_cli(args) -> int` (the exit code). "module:function" names another
+function of the module that adds the arguments.
 """
 
 from __future__ import annotations
@@ -11,17 +12,22 @@ import importlib
 import sys
 
 # name -> (module that owns it, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("dap.models", "List the model variants and their parameter counts."),
+    "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
+    "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
+    for name, (target, help_text) in SUBCOMMANDS.items():
+        module_name, _, adder = target.partition(":")
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        module.add_arguments(p)
+        getattr(module, adder or "add_arguments")(p)
         p.set_defaults(_module=module)
     return parser
 

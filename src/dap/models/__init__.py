@@ -1,0 +1,91 @@
+"""DAP models: build by name (`create_model("dap_vitl")`), load checkpoints (`load_model(path)`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import torch
+
+from dap.models.backbone import ViTConfig
+from dap.models.checkpoint import load_model, save_model
+from dap.models.dap import DAP, DapConfig
+
+# DPT widths for ViT-B/S follow Depth-Anything-V2; the tiny variant is ours, for CPU training and tests.
+MODEL_CONFIGS: dict[str, DapConfig] = {
+    "dap_vitl": DapConfig(
+        name="dap_vitl", vit=ViTConfig(embed_dim=1024, depth=24, num_heads=16), layers=(4, 11, 17, 23),
+        features=256, out_channels=(256, 512, 1024, 1024), token_adapter="official",
+    ),
+    "dap_vitb": DapConfig(
+        name="dap_vitb", vit=ViTConfig(embed_dim=768, depth=12, num_heads=12), layers=(2, 5, 8, 11),
+        features=128, out_channels=(96, 192, 384, 768),
+    ),
+    "dap_vits": DapConfig(
+        name="dap_vits", vit=ViTConfig(embed_dim=384, depth=12, num_heads=6), layers=(2, 5, 8, 11),
+        features=64, out_channels=(48, 96, 192, 384),
+    ),
+    "dap_tiny": DapConfig(
+        name="dap_tiny", vit=ViTConfig(embed_dim=192, depth=6, num_heads=3, layerscale_init=0.1),
+        layers=(1, 2, 4, 5), features=48, out_channels=(48, 96, 192, 192),
+    ),
+}
+
+
+def create_model(name: str, **overrides) -> DAP:
+    """A randomly initialised DAP network. `overrides` replace DapConfig fields (e.g. token_adapter="plain");
+    `vit={...}` replaces backbone fields."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_CONFIGS)}")
+    cfg = MODEL_CONFIGS[name]
+    if "vit" in overrides and isinstance(overrides["vit"], dict):
+        overrides["vit"] = dataclasses.replace(cfg.vit, **overrides["vit"])
+    return DAP(dataclasses.replace(cfg, **overrides))
+
+
+def count_parameters(model: DAP) -> dict[str, int]:
+    def n(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    return {"backbone": n(model.backbone), "depth_head": n(model.depth_head),
+            "range_head": n(model.range_head), "total": n(model)}
+
+
+__all__ = ["DAP", "DapConfig", "MODEL_CONFIGS", "ViTConfig", "count_parameters", "create_model",
+           "load_model", "save_model"]
+
+
+# --- CLI: `dap models` and `dap convert` -------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(_run=_run_models)
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    return args._run(args)
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    print(f"{'model':<10} {'embed':>5} {'blocks':>6} {'backbone':>10} {'depth head':>11} {'range head':>11} "
+          f"{'total':>10}")
+    for name in MODEL_CONFIGS:
+        with torch.device("meta"):  # shapes only: no memory, no random init
+            model = create_model(name)
+        c = count_parameters(model)
+        print(f"{name:<10} {model.cfg.vit.embed_dim:>5} {model.cfg.vit.depth:>6} {c['backbone'] / 1e6:>9.2f}M "
+              f"{c['depth_head'] / 1e6:>10.2f}M {c['range_head'] / 1e6:>10.2f}M {c['total'] / 1e6:>9.2f}M")
+    return 0
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", help="official model.pth (with or without the `module.` prefix)")
+    parser.add_argument("out", help="output directory for model.safetensors + config.json")
+    parser.set_defaults(_run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint)
+    out = save_model(model, args.out, training={"converted_from": str(args.checkpoint)})
+    print(f"wrote {out}/model.safetensors and config.json ({model.cfg.name}, "
+          f"{count_parameters(model)['total'] / 1e6:.1f}M parameters)")
+    return 0

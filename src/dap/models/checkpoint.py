@@ -1,0 +1,170 @@
+"""Checkpoint formats: the official `model.pth` and ours (safetensors weights + JSON config).
+
+Ours is a directory holding `model.safetensors` and `config.json`:
+    {"format": "dap", "format_version": 1, "model": DapConfig.to_dict(),
+     "units": {...}, "training": {...free-form provenance...}}
+Loading is always strict: missing or unexpected keys are an error that lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dap.errors import CheckpointError
+from dap.models.dap import DAP, DapConfig
+from dap.models.official import (
+    convert_official_state_dict,
+    is_official_state_dict,
+    official_config_from_state_dict,
+)
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+FORMAT_VERSION = 1
+
+
+def _key_list(keys: list[str]) -> str:
+    return ", ".join(keys[:5]) + (f" ... (+{len(keys) - 5} more)" if len(keys) > 5 else "")
+
+
+def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
+             for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {_key_list(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {_key_list(unexpected)}")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches: {_key_list(wrong)}")
+        raise CheckpointError(
+            f"{source} does not match the {model.cfg.name} architecture: " + "; ".join(parts)
+            + ". Check that the checkpoint and the model variant belong together."
+        )
+    model.load_state_dict(sd, strict=True, assign=True)
+
+
+def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad pickle
+        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a flat state dict of tensors (got {type(obj).__name__})")
+    # The release was saved from nn.DataParallel, which prefixes every key with `module.`.
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def _load_ours(directory: Path) -> DAP:
+    from safetensors.torch import load_file
+
+    config_path = directory / CONFIG_FILE
+    try:
+        meta = json.loads(config_path.read_text())
+        cfg = DapConfig.from_dict(meta["model"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"cannot read the model config {config_path}: {e}") from e
+    with torch.device("meta"):  # weights come from the file: skip the random init
+        model = DAP(cfg)
+    try:
+        sd = load_file(directory / WEIGHTS_FILE)
+    except Exception as e:
+        raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}") from e
+    load_state_dict_strict(model, sd, str(directory))
+    model.checkpoint_info = meta
+    return model
+
+
+def _load_official(path: Path) -> DAP:
+    sd = read_official_checkpoint(path)
+    if not is_official_state_dict(sd):
+        raise CheckpointError(
+            f"{path} is a state dict but not in the official DAP layout (no 'core.' keys). Our own checkpoints "
+            f"are directories with {WEIGHTS_FILE} and {CONFIG_FILE}."
+        )
+    sd = convert_official_state_dict(sd)
+    with torch.device("meta"):
+        model = DAP(official_config_from_state_dict(sd))
+    load_state_dict_strict(model, sd, str(path))
+    model.checkpoint_info = {"format": "official", "source": str(path)}
+    return model
+
+
+def _download_hub(spec: str) -> Path:
+    repo = spec.removeprefix("hf:")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{spec!r} needs the huggingface_hub package (pip install huggingface_hub), or download the "
+            "checkpoint yourself and pass its path"
+        ) from None
+    try:
+        return Path(snapshot_download(repo, allow_patterns=["*.pth", "*.safetensors", "*.json"]))
+    except Exception as e:
+        raise CheckpointError(
+            f"could not fetch {repo!r} from the Hugging Face Hub ({type(e).__name__}: {e}). Offline? Download "
+            "the checkpoint on a connected machine and pass its local path."
+        ) from e
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAP:
+    """Load a DAP model in eval mode from our checkpoint directory, its config/weights file, an official
+    `model.pth`, or `hf:<repo>` (online only)."""
+    spec = str(path)
+    p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
+    if not p.exists():
+        raise CheckpointError(
+            f"checkpoint {p} does not exist. Pass the official model.pth or a directory written by "
+            "`dap convert`/`dap train`."
+        )
+    if p.is_dir():
+        if (p / CONFIG_FILE).exists():
+            model = _load_ours(p)
+        else:
+            pths = sorted(p.glob("*.pth"))
+            if not pths:
+                raise CheckpointError(f"{p} holds neither {CONFIG_FILE}+{WEIGHTS_FILE} nor a .pth checkpoint")
+            model = _load_official(pths[0])
+    elif p.name in (WEIGHTS_FILE, CONFIG_FILE) or p.suffix == ".safetensors":
+        model = _load_ours(p.parent)
+    else:
+        model = _load_official(p)
+    return model.to(device).eval()
+
+
+def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
+    """Write our format (weights + config) atomically; returns the directory."""
+    from safetensors.torch import save_file
+
+    from dap.io import atomic_write
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        "format": "dap",
+        "format_version": FORMAT_VERSION,
+        "model": model.cfg.to_dict(),
+        "units": {"depth": "metres (distance along the ray)", "max_depth": model.cfg.max_depth,
+                  "out_of_range_prob": "probability that the pixel is sky or beyond max_depth"},
+        "training": training or {},
+    }
+    with atomic_write(directory / WEIGHTS_FILE) as tmp:
+        save_file(sd, str(tmp), metadata={"format": "dap", "name": model.cfg.name})
+    with atomic_write(directory / CONFIG_FILE) as tmp:
+        Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
+    return directory

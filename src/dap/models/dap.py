@@ -1,0 +1,91 @@
+"""The DAP network: DINOv3 ViT backbone + DPT depth head + DPT range-mask head."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dap.models.backbone import DinoV3ViT, ViTConfig
+from dap.models.dpt import DPTHead
+
+
+@dataclass(frozen=True)
+class DapConfig:
+    """Everything needed to rebuild a DAP network (stored in our checkpoints' config.json)."""
+
+    name: str
+    vit: ViTConfig = field(default_factory=ViTConfig)
+    layers: tuple[int, ...] = (4, 11, 17, 23)  # blocks whose outputs feed the heads (0-based)
+    features: int = 256
+    out_channels: tuple[int, ...] = (256, 512, 1024, 1024)
+    max_depth: float = 100.0  # metres represented by a depth-head output of 1.0
+    # "plain": tokens are reshaped to the patch grid. "official": the released checkpoint's adapter,
+    # which the official weights were trained with (see dap.models.official).
+    token_adapter: str = "plain"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DapConfig:
+        d = dict(d)
+        vit = ViTConfig(**d.pop("vit"))
+        return cls(vit=vit, layers=tuple(d.pop("layers")), out_channels=tuple(d.pop("out_channels")), **d)
+
+
+class PlainTokenAdapter(nn.Module):
+    """Patch tokens (B, h*w, C) -> feature maps (B, C, h, w)."""
+
+    def forward(self, tokens: list[torch.Tensor], grid_h: int, grid_w: int) -> list[torch.Tensor]:
+        return [t.transpose(1, 2).reshape(t.shape[0], t.shape[2], grid_h, grid_w) for t in tokens]
+
+
+def make_token_adapter(cfg: DapConfig) -> nn.Module:
+    if cfg.token_adapter == "plain":
+        return PlainTokenAdapter()
+    if cfg.token_adapter == "official":
+        from dap.models.official import OfficialTokenAdapter
+
+        return OfficialTokenAdapter(cfg.vit.embed_dim)
+    raise ValueError(f"unknown token_adapter {cfg.token_adapter!r}; use 'plain' or 'official'")
+
+
+class DAP(nn.Module):
+    """Metric panorama depth network.
+
+    forward(x) with x (B, 3, H, W), ImageNet-normalised RGB, H and W multiples of 16, returns
+      depth:             (B, 1, H, W) distance along the ray in metres, in (0, max_depth)
+      out_of_range_prob: (B, 1, H, W) probability that the pixel is beyond max_depth or sky, i.e. that its
+                         depth value should not be trusted as a number. Inference marks pixels with
+                         probability >= 0.5 as out of range (the official convention).
+    """
+
+    def __init__(self, cfg: DapConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = DinoV3ViT(cfg.vit)
+        self.adapter = make_token_adapter(cfg)
+        dim, patch = cfg.vit.embed_dim, cfg.vit.patch_size
+        self.depth_head = DPTHead(dim, cfg.features, list(cfg.out_channels), patch)
+        self.range_head = DPTHead(dim, cfg.features, list(cfg.out_channels), patch)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        patch = self.cfg.vit.patch_size
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % patch or x.shape[-1] % patch:
+            raise ValueError(
+                f"input size {x.shape[-2]}x{x.shape[-1]} is not a multiple of {patch}; resize the panorama "
+                f"(dap.predict does this for you)"
+            )
+        grid_h, grid_w = x.shape[-2] // patch, x.shape[-1] // patch
+        tokens = self.backbone.forward_layers(x, tuple(self.cfg.layers))
+        feats = self.adapter(tokens, grid_h, grid_w)
+        return {
+            "depth": self.depth_head(feats) * self.cfg.max_depth,
+            "out_of_range_prob": self.range_head(feats),
+        }
+

@@ -1,0 +1,124 @@
+"""Compatibility with the released DAP checkpoint (Insta360-Research DAP, `model.pth`).
+
+The official network has quirks that its weights were trained with, so a faithful port must reproduce them.
+They all live here:
+
+1. Its adapter applies an extra LayerNorm to the (already final-normed) patch tokens.
+2. It then drops the first *patch* token (the class/storage tokens are already gone), leaving h*w - 1 tokens,
+3. and maps those back onto the h x w grid by resampling: if h*w - 1 is a perfect square s*s it reshapes them to
+   s x s and resizes that image to h x w; otherwise it linearly resamples the token sequence from h*w - 1 to h*w
+   samples and reshapes row-major.
+4. Its state dict lists every backbone block twice (`core.pretrained.blocks.*` aliases
+   `core.pretrained.model.blocks.*`) and stores the DINOv3 `qkv.bias_mask` buffer (1 for q and v, 0 for k).
+
+Quirks of the official *scripts* that we deliberately do not copy: `test/infer.py` feeds un-normalised RGB (we use
+ImageNet normalisation as `test/eval.py` does), and both loaders use `strict=False`, hiding key mismatches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dap.errors import CheckpointError
+
+OFFICIAL_LAYERS = {24: (4, 11, 17, 23), 12: (2, 5, 8, 11)}
+
+
+class OfficialTokenAdapter(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=1e-5)
+
+    def forward(self, tokens: list[torch.Tensor], grid_h: int, grid_w: int) -> list[torch.Tensor]:
+        return [self._to_grid(self.norm(t)[:, 1:], grid_h, grid_w) for t in tokens]
+
+    @staticmethod
+    def _to_grid(t: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        b, n, c = t.shape
+        side = math.isqrt(n)
+        if side * side == n:
+            square = t.transpose(1, 2).reshape(b, c, side, side)
+            return F.interpolate(square, size=(grid_h, grid_w), mode="bilinear", align_corners=False)
+        column = t.transpose(1, 2).unsqueeze(-1)  # (B, C, N, 1)
+        column = F.interpolate(column, size=(grid_h * grid_w, 1), mode="bilinear", align_corners=False)
+        return column.reshape(b, c, grid_h, grid_w)
+
+
+_PREFIX_MAP = (
+    ("core.pretrained.model.", "backbone."),
+    ("core.pretrained.norm.", "adapter.norm."),
+    ("core.depth_head.", "depth_head."),
+    ("core.mask_head.", "range_head."),
+)
+_ALIAS_PREFIX = "core.pretrained.blocks."
+
+
+def is_official_state_dict(sd: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith("core.") for k in sd)
+
+
+def _expected_bias_mask(n: int) -> torch.Tensor:
+    mask = torch.ones(n)
+    mask[n // 3 : 2 * n // 3] = 0
+    return mask
+
+
+def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official keys (without `module.`) -> our keys. Checks the aliases and buffers it drops."""
+    out: dict[str, torch.Tensor] = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        if key.startswith(_ALIAS_PREFIX):
+            canonical = "core.pretrained.model.blocks." + key[len(_ALIAS_PREFIX) :]
+            if canonical in sd and not torch.equal(sd[canonical], value):
+                raise CheckpointError(
+                    f"official checkpoint is inconsistent: {key} differs from {canonical}, but the two names "
+                    "refer to the same tensor in the official model. The file may be corrupted; re-download it."
+                )
+            continue
+        if key.endswith("attn.qkv.bias_mask"):
+            if not torch.equal(value.float(), _expected_bias_mask(value.numel())):
+                raise CheckpointError(
+                    f"{key} is not the DINOv3 key-bias mask (ones for q and v, zeros for k); it may be NaN if the "
+                    "checkpoint was saved from an uninitialised model. This file cannot be used as is."
+                )
+            continue
+        for old, new in _PREFIX_MAP:
+            if key.startswith(old):
+                out[new + key[len(old) :]] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise CheckpointError(
+            f"official checkpoint has {len(unknown)} keys outside the DAP layout, e.g. {unknown[:5]}; "
+            "is this a DAP model.pth?"
+        )
+    return out
+
+
+def official_config_from_state_dict(sd: dict[str, torch.Tensor]):
+    """Architecture of an official-format checkpoint, read from its tensor shapes (our keys)."""
+    from dap.models.backbone import ViTConfig
+    from dap.models.dap import DapConfig
+
+    try:
+        dim = sd["backbone.cls_token"].shape[-1]
+        depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("backbone.blocks."))
+        features = sd["depth_head.scratch.layer1_rn.weight"].shape[0]
+        out_channels = tuple(sd[f"depth_head.projects.{i}.weight"].shape[0] for i in range(4))
+        storage = sd["backbone.storage_tokens"].shape[1]
+        hidden = sd["backbone.blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as e:
+        raise CheckpointError(f"official checkpoint lacks {e}; cannot infer its architecture") from None
+    if depth not in OFFICIAL_LAYERS:
+        raise CheckpointError(f"official checkpoint has {depth} backbone blocks; expected 12 or 24")
+    names = {1024: "dap_vitl", 768: "dap_vitb", 384: "dap_vits"}
+    vit = ViTConfig(embed_dim=dim, depth=depth, num_heads=dim // 64, mlp_ratio=hidden / dim,
+                    num_storage_tokens=storage)
+    return DapConfig(name=names.get(dim, f"dap_vit{dim}"), vit=vit, layers=OFFICIAL_LAYERS[depth],
+                     features=features, out_channels=out_channels, token_adapter="official")

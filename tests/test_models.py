@@ -1,0 +1,193 @@
+"""Model construction, the official checkpoint's parity fixture, and our checkpoint format."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dap.errors import CheckpointError
+from dap.models import MODEL_CONFIGS, count_parameters, create_model, load_model, save_model
+from dap.models.official import OfficialTokenAdapter
+
+PARITY = Path(__file__).parent / "data" / "parity"  # copied from shared/parity (fixture of the official model)
+
+
+def _make_weights():
+    sys.path.insert(0, str(PARITY))
+    try:
+        import make_weights
+    finally:
+        sys.path.pop(0)
+    return make_weights
+
+
+@pytest.fixture(scope="module")
+def official_pth(tmp_path_factory) -> Path:
+    """The 1.46 GB pseudo-random checkpoint in the official format, `module.`-prefixed as released."""
+    mw = _make_weights()
+    path = tmp_path_factory.mktemp("official") / "model.pth"
+    torch.save(mw.make_state_dict(prefix="module."), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected():
+    return np.load(PARITY / "expected_a.npz")
+
+
+@pytest.fixture(scope="module")
+def official_model(official_pth):
+    return load_model(official_pth)
+
+
+def _normalised_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    with torch.inference_mode():
+        out = model(torch.from_numpy(x))
+    return (out["depth"] / model.cfg.max_depth).numpy(), out["out_of_range_prob"].numpy()
+
+
+def test_official_checkpoint_parity(official_model, expected):
+    assert official_model.cfg.name == "dap_vitl" and official_model.cfg.token_adapter == "official"
+    depth, oor = _normalised_outputs(official_model, expected["a_input"])
+    assert depth.shape == (2, 1, 64, 128)
+    assert np.abs(depth - expected["a_pred_depth"]).max() <= 1e-4
+    assert np.abs(oor - expected["a_pred_mask"]).max() <= 1e-4
+    # The official post-processing: out-of-range pixels (prob >= 0.5) take the 100 m cap.
+    final = np.where(oor >= 0.5, 1.0, depth)
+    assert np.abs(final - expected["a_final_depth"]).max() <= 1e-4
+
+
+def test_official_round_trip_through_our_format(official_model, expected, tmp_path):
+    save_model(official_model, tmp_path / "ours", training={"converted_from": "fixture"})
+    ours = load_model(tmp_path / "ours")
+    assert ours.cfg == official_model.cfg
+    x = expected["a_input"][:1]
+    a, b = _normalised_outputs(official_model, x), _normalised_outputs(ours, x)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_official_model_runs_square_branch_size(official_model):
+    # 80x160 -> 5x10 patches -> 49 tokens after the adapter's drop: the square-reshape branch.
+    x = _make_weights().make_inputs()["c"]
+    depth, oor = _normalised_outputs(official_model, x.numpy())
+    assert depth.shape == (1, 1, 80, 160) and np.isfinite(depth).all()
+    assert 0 < depth.min() and depth.max() < 1 and 0 < oor.min() and oor.max() < 1
+
+
+def test_unprefixed_and_nested_official_checkpoints_load(official_pth, tmp_path):
+    sd = torch.load(official_pth, weights_only=True)
+    plain = {k.removeprefix("module."): v for k, v in sd.items()}
+    torch.save({"model": plain}, tmp_path / "nested.pth")
+    model = load_model(tmp_path / "nested.pth")
+    # 365.1 M unique values in the official file = our parameters + the 16 RoPE periods.
+    assert count_parameters(model)["total"] + 16 == sum(
+        v.numel() for k, v in plain.items() if not k.startswith("core.pretrained.blocks.")
+        and not k.endswith("bias_mask")
+    )
+
+
+def test_strict_loading_lists_missing_and_extra_keys(official_pth, tmp_path):
+    sd = torch.load(official_pth, weights_only=True)
+    del sd["module.core.depth_head.scratch.output_conv1.bias"]
+    sd["module.core.depth_head.extra.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "bad.pth")
+    with pytest.raises(CheckpointError, match=r"1 missing keys: depth_head\.scratch\.output_conv1\.bias; "
+                       r"1 unexpected keys: depth_head\.extra\.weight"):
+        load_model(tmp_path / "bad.pth")
+    sd["module.vendor.head.weight"] = torch.zeros(1)
+    torch.save(sd, tmp_path / "foreign.pth")
+    with pytest.raises(CheckpointError, match=r"1 keys outside the DAP layout.*vendor\.head\.weight"):
+        load_model(tmp_path / "foreign.pth")
+
+
+def test_bias_mask_and_alias_are_checked(official_pth, tmp_path):
+    sd = torch.load(official_pth, weights_only=True)
+    sd["module.core.pretrained.model.blocks.3.attn.qkv.bias_mask"] = torch.full((3072,), float("nan"))
+    torch.save(sd, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="key-bias mask"):
+        load_model(tmp_path / "nan.pth")
+
+
+def test_our_format_strict_errors(tmp_path):
+    model = create_model("dap_tiny")
+    save_model(model, tmp_path / "m")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(tmp_path / "m" / "model.safetensors")
+    sd.pop("range_head.projects.0.bias")
+    sd["range_head.unknown"] = torch.zeros(2)
+    save_file(sd, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError, match="1 missing keys.*1 unexpected keys: range_head.unknown"):
+        load_model(tmp_path / "m")
+
+
+def test_missing_checkpoint_and_non_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope.pth")
+    (tmp_path / "junk.pth").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_model(tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("name", ["dap_tiny", "dap_vits"])
+def test_variants_run_on_64x128(name):
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    with torch.inference_mode():
+        out = model(torch.randn(2, 3, 64, 128))
+    assert out["depth"].shape == (2, 1, 64, 128) == out["out_of_range_prob"].shape
+    assert 0 < out["depth"].min() and out["depth"].max() < 100.0
+    assert 0 < out["out_of_range_prob"].min() and out["out_of_range_prob"].max() < 1
+
+
+def test_all_variants_build_with_expected_sizes():
+    sizes = {}
+    for name in MODEL_CONFIGS:
+        with torch.device("meta"):
+            sizes[name] = count_parameters(create_model(name))["total"]
+    assert 365.0e6 < sizes["dap_vitl"] < 365.1e6  # the paper's model (365.1 M incl. buffers)
+    assert sizes["dap_tiny"] < sizes["dap_vits"] < sizes["dap_vitb"] < sizes["dap_vitl"]
+    assert sizes["dap_tiny"] * 4 < 40e6  # ships as fp32 under 40 MB
+
+
+def test_gradient_flows_to_both_heads():
+    model = create_model("dap_tiny")
+    out = model(torch.randn(1, 3, 32, 64))
+    (out["depth"].mean() + out["out_of_range_prob"].mean()).backward()
+    for part in (model.depth_head, model.range_head, model.backbone.blocks[0]):
+        # refinenet4 has no skip input, so its first residual unit is unused (as in Depth-Anything-V2).
+        grads = {n: p.grad for n, p in part.named_parameters() if "refinenet4.resConfUnit1" not in n}
+        assert all(g is not None and g.abs().sum() > 0 for n, g in grads.items() if "mask_token" not in n)
+
+
+def test_bad_input_sizes_are_explained():
+    model = create_model("dap_tiny")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        model(torch.randn(1, 3, 40, 80))
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(torch.randn(3, 32, 64))
+
+
+def test_official_adapter_resamples_tokens_as_documented():
+    adapter = OfficialTokenAdapter(4)
+    torch.nn.init.ones_(adapter.norm.weight)
+    # Non-square: 2x4 grid -> 8 tokens, 7 after dropping the first; linear resampling 7 -> 8 samples.
+    seq = torch.arange(8, dtype=torch.float32)
+    tokens = seq[None, :, None] * torch.tensor([1.0, -1.0, 2.0, -2.0])  # LayerNorm maps each token to ±const
+    grid = adapter([tokens], 2, 4)[0]
+    normed = F.layer_norm(tokens, (4,), eps=1e-5)[:, 1:]  # (1, 7, 4)
+    src = (torch.arange(8) + 0.5) * 7 / 8 - 0.5  # align_corners=False source positions
+    lo = src.floor().clamp(0, 6).long()
+    hi = (lo + 1).clamp(max=6)
+    w = (src - lo).clamp(0, 1)[:, None]
+    want = normed[0, lo] * (1 - w) + normed[0, hi] * w  # (8, 4)
+    torch.testing.assert_close(grid[0].permute(1, 2, 0).reshape(8, 4), want)
+    # Square: 5x10 grid -> 50 tokens, 49 = 7x7 after the drop: reshaped to 7x7, resized to 5x10.
+    tokens = torch.randn(1, 50, 4)
+    grid = adapter([tokens], 5, 10)[0]
+    square = F.layer_norm(tokens, (4,), eps=1e-5)[:, 1:].transpose(1, 2).reshape(1, 4, 7, 7)
+    torch.testing.assert_close(grid, F.interpolate(square, size=(5, 10), mode="bilinear", align_corners=False))

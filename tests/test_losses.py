@@ -261,3 +261,14 @@ def test_bad_shapes_are_rejected():
 def test_config_overrides():
     loss = losses.DapLoss(losses.LossConfig(w_df=0.0), grad_edge_threshold=0.1)
     assert loss.config.w_df == 0.0 and loss.config.grad_edge_threshold == 0.1 and loss.config.w_silog == 1.0
+
+
+def test_runs_in_float32_under_autocast():
+    gt = room(batch=1)
+    valid = torch.ones_like(gt, dtype=torch.bool)
+    pred, prob = blurred(gt), torch.full_like(gt, 0.2)
+    ref = losses.DapLoss()(pred, prob, gt, valid)[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.DapLoss()(pred.bfloat16(), prob, gt, valid)[0]
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx(float(ref), rel=2e-2)  # only the bf16 input rounding differs

@@ -323,6 +323,11 @@ class DapLoss(nn.Module):
 
         Returns (total, {term: unweighted value, detached}).
         """
+        # Losses run in float32 even inside a bf16 autocast region: logs, Grams and sqrt need the precision.
+        with torch.autocast(device_type=pred_depth.device.type, enabled=False):
+            return self._forward(pred_depth, pred_mask_prob, gt_depth, gt_valid, out_of_range)
+
+    def _forward(self, pred_depth, pred_mask_prob, gt_depth, gt_valid, out_of_range):
         c = self.config
         if pred_depth.ndim != 4 or pred_depth.shape[1] != 1 or pred_depth.shape != gt_depth.shape:
             raise ValueError(
@@ -334,8 +339,8 @@ class DapLoss(nn.Module):
         gt_valid = gt_valid.bool()
         in_range = gt_valid & (gt_depth > 0) & (gt_depth <= c.max_depth)
         gt = torch.where(in_range, gt_depth, torch.full_like(gt_depth, c.max_depth))
-        gt = gt.clamp(c.min_depth_ratio * c.max_depth, c.max_depth) / c.max_depth
-        pred = pred_depth / c.max_depth
+        gt = gt.float().clamp(c.min_depth_ratio * c.max_depth, c.max_depth) / c.max_depth
+        pred = pred_depth.float() / c.max_depth
         wmap = None
         if c.use_distortion:
             wmap = distortion_weights(height, width, device=pred.device, dtype=pred.dtype)
@@ -358,11 +363,11 @@ class DapLoss(nn.Module):
             if out_of_range is not None:
                 beyond, known = beyond | out_of_range.bool(), known | out_of_range.bool()
             terms["mask"] = mask_loss(
-                pred_mask_prob, beyond, known, weights=wmap, pos_weight=c.mask_pos_weight,
+                pred_mask_prob.float(), beyond, known, weights=wmap, pos_weight=c.mask_pos_weight,
                 max_pos_weight=c.mask_max_pos_weight, dice_weight=c.mask_dice_weight, eps=c.mask_eps,
             )
         else:
-            terms["mask"] = pred.sum() * 0.0
+            terms["mask"] = pred.new_zeros(())
         weights = {"silog": c.w_silog, "df": c.w_df, "grad": c.w_grad, "normal": c.w_normal, "pts": c.w_pts,
                    "mask": c.w_mask}
         total = sum(weights[k] * v for k, v in terms.items())

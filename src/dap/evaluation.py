@@ -1,0 +1,704 @@
+"""Depth evaluation: metrics, alignment protocols, aggregation, and the `dap eval` command.
+
+Everything is in metres. A pixel counts when its ground truth is finite and inside (min_depth, max_depth]
+(and inside the caller's mask). The protocol's alignment (none, median scale, least-squares scale+shift) is
+fitted on those pixels; the aligned prediction is then clipped to [min_depth, max_depth] before the metrics.
+See docs/evaluation.md for the exact definitions and how they relate to numbers printed in papers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dap.errors import DapError, NoValidDepthError, UnreadableFileError
+
+METRIC_KEYS = (
+    "abs_rel",
+    "sq_rel",
+    "mae",
+    "rmse",
+    "rmse_log",
+    "log10",
+    "delta1",
+    "delta2",
+    "delta3",
+    "delta_105",
+    "delta_110",
+)
+PROTOCOLS = ("metric", "median", "affine")
+# delta metric name -> threshold on max(pred/gt, gt/pred)
+DELTAS = {"delta1": 1.25, "delta2": 1.25**2, "delta3": 1.25**3, "delta_105": 1.05, "delta_110": 1.10}
+# the weighted sums one image contributes; the metrics are ratios of these, which is what makes pooling exact
+_SUM_KEYS = ("w", "abs_rel", "sq_rel", "abs", "sq", "sq_log", "log10", *DELTAS)
+
+Array = np.ndarray | torch.Tensor
+Predictor = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
+
+
+# ----------------------------------------------------------------------------------------------- inputs
+def _as_map(x: Array, what: str) -> np.ndarray:
+    """(H, W) float64 numpy array from numpy/torch input of shape (H,W), (1,H,W) or (1,1,H,W)."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    a = np.asarray(x)
+    while a.ndim > 2 and a.shape[0] == 1:
+        a = a[0]
+    if a.ndim != 2:
+        raise ValueError(
+            f"{what} must be one depth map of shape (H, W) (or (1, H, W), (1, 1, H, W)); got shape "
+            f"{tuple(np.shape(x))}. Evaluate batches one image at a time."
+        )
+    return a.astype(np.float64 if a.dtype != bool else bool, copy=False)
+
+
+def valid_mask(
+    gt: Array, valid: Array | None = None, *, min_depth: float = 1e-3, max_depth: float | None = None
+) -> np.ndarray:
+    """Pixels that count: gt finite and in (min_depth, max_depth], and inside `valid` when given."""
+    g = _as_map(gt, "gt")
+    with np.errstate(invalid="ignore"):
+        m = np.isfinite(g) & (g > min_depth)
+        if max_depth is not None:
+            m &= g <= max_depth
+    if valid is not None:
+        v = _as_map(valid, "valid").astype(bool)
+        if v.shape != g.shape:
+            raise ValueError(f"valid mask shape {v.shape} does not match gt shape {g.shape}")
+        m &= v
+    return m
+
+
+def _weights_map(weights: Array | str | None, shape: tuple[int, int]) -> np.ndarray | None:
+    if weights is None:
+        return None
+    if isinstance(weights, str):
+        if weights != "solid_angle":
+            raise ValueError(f"unknown weights {weights!r}: pass an array or 'solid_angle'")
+        from dap.geometry import solid_angle_weights
+
+        w = solid_angle_weights(shape[0], shape[1], dtype=torch.float64)
+        weights = w.numpy() if isinstance(w, torch.Tensor) else w
+    w = np.asarray(
+        weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, np.float64
+    )
+    w = np.broadcast_to(w.reshape(w.shape[-2:]) if w.ndim > 2 else w, shape)
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError("weights must be finite and non-negative")
+    return w
+
+
+# -------------------------------------------------------------------------------------------- protocols
+def fit_alignment(
+    pred: np.ndarray, gt: np.ndarray, mask: np.ndarray, protocol: str, weights: np.ndarray | None = None
+) -> tuple[float, float]:
+    """(scale, shift) with gt ≈ scale·pred + shift on `mask` pixels, for the protocol.
+
+    metric: (1, 0). median: median(gt)/median(pred) (unweighted). affine: weighted least squares.
+    """
+    if protocol == "metric":
+        return 1.0, 0.0
+    p, g = pred[mask], gt[mask]
+    if protocol == "median":
+        med = float(np.median(p))
+        if not med > 0:
+            raise NoValidDepthError(
+                f"median scaling needs a positive median prediction on the valid pixels, got "
+                f"{med}; the prediction is empty or not a depth map there."
+            )
+        return float(np.median(g)) / med, 0.0
+    if protocol == "affine":
+        w = np.ones_like(p) if weights is None else weights[mask]
+        sw = np.sqrt(w)
+        a = np.stack([p * sw, sw], axis=1)
+        (scale, shift), *_ = np.linalg.lstsq(a, g * sw, rcond=None)
+        return float(scale), float(shift)
+    raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def align(
+    pred: Array,
+    gt: Array,
+    valid: Array | None = None,
+    *,
+    protocol: str = "metric",
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    weights: Array | str | None = None,
+) -> tuple[np.ndarray, float, float]:
+    """The prediction after the protocol's alignment and clipping to [min_depth, max_depth], plus
+    (scale, shift). Alignment is fitted on the valid pixels only; the whole map is transformed."""
+    p, g = _as_map(pred, "pred"), _as_map(gt, "gt")
+    if p.shape != g.shape:
+        raise ValueError(
+            f"pred shape {p.shape} does not match gt shape {g.shape}; resize the prediction first"
+        )
+    if not min_depth > 0:
+        raise ValueError(f"min_depth must be > 0 (logs and ratios need it), got {min_depth}")
+    m = valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
+    w = _weights_map(weights, g.shape)
+    if w is not None:
+        m &= w > 0
+    if not m.any():
+        raise NoValidDepthError(
+            "no valid ground-truth pixel: every pixel is non-finite, masked, or outside "
+            f"(min_depth={min_depth}, max_depth={max_depth}]. Check the depth units and caps."
+        )
+    # A NaN/inf prediction is the model's failure, not a missing label: count it as min_depth (heavily
+    # penalised) instead of silently dropping the pixel.
+    p = np.nan_to_num(p, nan=min_depth, posinf=max_depth if max_depth is not None else 1e9, neginf=min_depth)
+    scale, shift = fit_alignment(p, g, m, protocol, w)
+    p = np.clip(scale * p + shift, min_depth, max_depth if max_depth is not None else np.inf)
+    return p, scale, shift
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def _sums(p: np.ndarray, g: np.ndarray, w: np.ndarray | None) -> dict[str, float]:
+    """Weighted sums of each per-pixel error term over valid pixels p, g (1-D, both > 0)."""
+    w = np.ones_like(g) if w is None else w
+    diff = p - g
+    log_diff = np.log(p) - np.log(g)
+    ratio = np.maximum(p / g, g / p)
+    out = {
+        "w": w.sum(),
+        "abs_rel": (w * np.abs(diff) / g).sum(),
+        "sq_rel": (w * diff**2 / g).sum(),
+        "abs": (w * np.abs(diff)).sum(),
+        "sq": (w * diff**2).sum(),
+        "sq_log": (w * log_diff**2).sum(),
+        "log10": (w * np.abs(log_diff) / math.log(10)).sum(),
+    }
+    for key, thr in DELTAS.items():
+        out[key] = (w * (ratio < thr)).sum()
+    return {k: float(v) for k, v in out.items()}
+
+
+def _metrics_from_sums(s: dict[str, float]) -> dict[str, float]:
+    n = s["w"]
+    m = {
+        "abs_rel": s["abs_rel"] / n,
+        "sq_rel": s["sq_rel"] / n,
+        "mae": s["abs"] / n,
+        "rmse": math.sqrt(s["sq"] / n),
+        "rmse_log": math.sqrt(s["sq_log"] / n),
+        "log10": s["log10"] / n,
+    }
+    m.update({key: s[key] / n for key in DELTAS})
+    return {k: m[k] for k in METRIC_KEYS}
+
+
+def _prepared(pred, gt, valid, protocol, min_depth, max_depth, weights):
+    p, scale, shift = align(
+        pred, gt, valid, protocol=protocol, min_depth=min_depth, max_depth=max_depth, weights=weights
+    )
+    g = _as_map(gt, "gt")
+    m = valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
+    w = _weights_map(weights, g.shape)
+    if w is not None:
+        m &= w > 0
+    return p[m], g[m], None if w is None else w[m], scale, shift
+
+
+def compute_metrics(
+    pred: Array,
+    gt: Array,
+    valid: Array | None = None,
+    *,
+    protocol: str = "metric",
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    weights: Array | str | None = None,
+) -> dict[str, float]:
+    """Depth metrics of one image (metres): abs_rel, sq_rel, mae, rmse (true root-mean-square error),
+    rmse_log, log10, delta1/2/3 (1.25^k), delta_105, delta_110.
+
+    `valid` is an optional extra mask; `weights` an (H,W)/(H,1) array or 'solid_angle' (cos-latitude area
+    of each ERP pixel) that turns every mean into a weighted mean. Raises NoValidDepthError when no pixel
+    counts.
+    """
+    p, g, w, _, _ = _prepared(pred, gt, valid, protocol, min_depth, max_depth, weights)
+    return _metrics_from_sums(_sums(p, g, w))
+
+
+def seam_error(depth: Array, valid: Array | None = None) -> float:
+    """Left-right seam consistency: mean over rows of |d[:,0] - d[:,-1]| / ((d[:,0] + d[:,-1]) / 2), using
+    rows where both edge pixels are finite and > 0 (and inside `valid`). NaN when no row qualifies."""
+    d = _as_map(depth, "depth")
+    a, b = d[:, 0], d[:, -1]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+    if valid is not None:
+        v = _as_map(valid, "valid").astype(bool)
+        ok &= v[:, 0] & v[:, -1]
+    if not ok.any():
+        return float("nan")
+    a, b = a[ok], b[ok]
+    return float(np.mean(np.abs(a - b) / ((a + b) / 2)))
+
+
+def pole_rows(height: int, fraction: float = 1 / 6) -> np.ndarray:
+    """Boolean (H,) mask of the top and bottom `fraction` of rows (|latitude| > 60° for 1/6)."""
+    n = max(1, round(height * fraction))
+    rows = np.zeros(height, bool)
+    rows[:n] = True
+    rows[height - n :] = True
+    return rows
+
+
+def pole_error(
+    pred: Array,
+    gt: Array,
+    valid: Array | None = None,
+    *,
+    protocol: str = "metric",
+    min_depth: float = 1e-3,
+    max_depth: float | None = None,
+    weights: Array | str | None = None,
+    fraction: float = 1 / 6,
+) -> float:
+    """AbsRel restricted to the top and bottom `fraction` of rows. The protocol's alignment is fitted on the
+    whole image first (as for compute_metrics). NaN when the poles have no valid ground truth."""
+    p, _, _ = align(
+        pred, gt, valid, protocol=protocol, min_depth=min_depth, max_depth=max_depth, weights=weights
+    )
+    g = _as_map(gt, "gt")
+    m = (
+        valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
+        & pole_rows(g.shape[0], fraction)[:, None]
+    )
+    try:
+        return compute_metrics(p, g, m, min_depth=min_depth, max_depth=max_depth, weights=weights)["abs_rel"]
+    except NoValidDepthError:
+        return float("nan")
+
+
+def apply_range_mask(depth: Array, out_of_range: Array | None, cap: float = 100.0) -> Array:
+    """DAP convention: pixels the model marks out of range (sky / beyond its range) get depth `cap`.
+    Returns a new array of the input's kind; `out_of_range=None` returns a copy unchanged."""
+    out = depth.clone() if isinstance(depth, torch.Tensor) else np.array(depth, copy=True)
+    if out_of_range is None:
+        return out
+    if isinstance(out, torch.Tensor):
+        mask = torch.as_tensor(
+            np.asarray(out_of_range) if not isinstance(out_of_range, torch.Tensor) else out_of_range,
+            device=out.device,
+        ).bool()
+    else:
+        mask = np.asarray(
+            out_of_range.cpu() if isinstance(out_of_range, torch.Tensor) else out_of_range, bool
+        )
+    if tuple(mask.shape) != tuple(out.shape):
+        raise ValueError(
+            f"range mask shape {tuple(mask.shape)} does not match depth shape {tuple(out.shape)}"
+        )
+    out[mask] = cap
+    return out
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def aggregate(rows: Iterable[dict]) -> dict[str, float]:
+    """Per-image mean (the usual convention) of every numeric column of `rows`, ignoring NaN entries
+    (e.g. pole_abs_rel of images without pole ground truth). Adds n_images."""
+    rows = list(rows)
+    keys = [
+        k
+        for k in (rows[0] if rows else {})
+        if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)
+    ]
+    out = {}
+    for k in keys:
+        vals = np.array([r[k] for r in rows], np.float64)
+        out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+    out["n_images"] = len(rows)
+    return out
+
+
+@dataclass
+class MetricAccumulator:
+    """Collects images under one protocol; reports the per-image mean and the pixel-pooled metrics
+    (every valid pixel of every image weighted equally, so RMSE is the root of the pooled mean square)."""
+
+    protocol: str = "metric"
+    min_depth: float = 1e-3
+    max_depth: float | None = None
+    weights: str | None = None  # None or 'solid_angle'
+    rows: list[dict] = field(default_factory=list)
+    _sums: dict[str, float] = field(default_factory=lambda: dict.fromkeys(_SUM_KEYS, 0.0))
+
+    def add(
+        self,
+        pred: Array,
+        gt: Array,
+        valid: Array | None = None,
+        *,
+        name: str | None = None,
+        extra: dict | None = None,
+    ) -> dict:
+        """Score one image, keep its row and return it (metrics, pole_abs_rel, scale, shift, n_valid)."""
+        kwargs = dict(
+            protocol=self.protocol, min_depth=self.min_depth, max_depth=self.max_depth, weights=self.weights
+        )
+        p, g, w, scale, shift = _prepared(pred, gt, valid, **kwargs)
+        sums = _sums(p, g, w)
+        for k, v in sums.items():
+            self._sums[k] += v
+        row = {
+            "name": name if name is not None else str(len(self.rows)),
+            **_metrics_from_sums(sums),
+            "pole_abs_rel": pole_error(pred, gt, valid, **kwargs),
+            "scale": scale,
+            "shift": shift,
+            "n_valid": int(p.size),
+            **(extra or {}),
+        }
+        self.rows.append(row)
+        return row
+
+    def per_image_mean(self) -> dict[str, float]:
+        return aggregate(self.rows)
+
+    def pixel_pooled(self) -> dict[str, float]:
+        if not self._sums["w"] > 0:
+            return {k: float("nan") for k in METRIC_KEYS}
+        return _metrics_from_sums(self._sums)
+
+
+# ----------------------------------------------------------------------------------------- evaluate()
+@dataclass
+class EvalConfig:
+    """Settings of one evaluation run (all depths in metres)."""
+
+    protocols: tuple[str, ...] = ("metric",)
+    min_depth: float = 1e-3
+    max_depth: float | None = 100.0
+    range_cap: float = 100.0  # DAP convention: depth given to pixels the range mask marks out of range
+    weights: str | None = None  # None or 'solid_angle'
+    eval_size: tuple[int, int] | None = (
+        None  # (H, W) to resize GT (nearest) and prediction to; None = GT size
+    )
+    limit: int | None = None
+    panels: int = 4
+
+
+def _resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    if tuple(x.shape[:2]) == tuple(size):
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    kw = {"align_corners": False} if mode == "bilinear" else {}
+    t = torch.nn.functional.interpolate(t, size=size, mode=mode, **kw)[0]
+    return (t[0] if x.ndim == 2 else t.permute(1, 2, 0)).numpy()
+
+
+def _resize_depth(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    # Bilinear would blend invalid zeros into their neighbours: resample the validity too and keep only
+    # pixels whose whole footprint was valid.
+    valid = (d > 0).astype(np.float32)
+    out = _resize(np.where(d > 0, d, 0), size, "bilinear")
+    ok = _resize(valid, size, "bilinear") > 0.999
+    return np.where(ok, out, 0).astype(np.float32)
+
+
+def _panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_depth: float | None, height: int = 256):
+    from dap.io import colorize_depth
+
+    h, w = gt.shape
+    size = (height, max(2, round(w * height / h)))
+    g = _resize(gt, size, "nearest")
+    p = _resize(pred, size, "bilinear")
+    vmax = float(np.percentile(g[g > 0], 99)) if (g > 0).any() else float(p.max())
+    if max_depth is not None:
+        vmax = min(vmax, max_depth)
+    err = np.where(g > 0, np.abs(p - g) / np.maximum(g, 1e-6), 0.0)
+    tiles = [
+        np.clip(_resize(rgb, size, "bilinear"), 0, 1),
+        _to_float_rgb(colorize_depth(g, min_depth=0.0, max_depth=vmax)),
+        _to_float_rgb(colorize_depth(p, min_depth=0.0, max_depth=vmax)),
+        # relative error, 0 (dark) .. 50 % (bright); black where the GT is invalid
+        _to_float_rgb(colorize_depth(err, min_depth=0.0, max_depth=0.5, cmap="inferno")),
+    ]
+    return np.concatenate(tiles, axis=1).astype(np.float32)
+
+
+def _to_float_rgb(img: np.ndarray) -> np.ndarray:
+    return np.asarray(img, np.float32) / 255.0
+
+
+def _safe_name(name: str) -> str:
+    return name.replace("/", "__").replace("\\", "__")
+
+
+def _check_cache(cache_dir: Path, cache_key: dict | None) -> None:
+    if cache_key is None:
+        return
+    meta = cache_dir / "cache.json"
+    if meta.exists():
+        old = json.loads(meta.read_text())
+        if old != cache_key:
+            raise DapError(
+                f"{cache_dir} holds cached predictions made with different settings ({old}) than "
+                f"this run ({cache_key}). Use a new --out directory or delete {cache_dir}."
+            )
+    else:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(cache_key, indent=2))
+
+
+def evaluate(
+    dataset: Sequence[dict],
+    predictor: Predictor | None = None,
+    *,
+    config: EvalConfig | None = None,
+    out_dir: str | Path | None = None,
+    predictions_dir: str | Path | None = None,
+    cache_key: dict | None = None,
+    progress: bool = False,
+) -> dict:
+    """Evaluate a predictor (any callable rgb (H,W,3) float [0,1] -> (depth in metres, out-of-range mask or
+    None)) or a folder of saved predictions (`predictions_dir/<sample name>.npy`, metres, final) on a dataset.
+
+    With `out_dir`, model predictions are cached in out_dir/predictions/<name>.npy (after the range mask is
+    applied) and reused on the next run; metrics.json, per_image.parquet/.csv and panels/*.png are written.
+    Returns the summary that goes into metrics.json.
+    """
+    from dap.io import read_depth, write_depth, write_rgb
+
+    cfg = config or EvalConfig()
+    if (predictor is None) == (predictions_dir is None):
+        raise ValueError("pass exactly one of predictor or predictions_dir")
+    for proto in cfg.protocols:
+        if proto not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {proto!r}; choose from {', '.join(PROTOCOLS)}")
+    out = Path(out_dir) if out_dir is not None else None
+    cache_dir = out / "predictions" if out is not None and predictor is not None else None
+    if cache_dir is not None:
+        _check_cache(cache_dir, cache_key)
+    accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
+    skipped: list[dict] = []
+    n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    n_cached = 0
+    t0 = time.perf_counter()
+    indices = range(n)
+    if progress:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc="eval", unit="img")
+    for i in indices:
+        sample = dataset[i]
+        name = sample["name"]
+        gt = np.asarray(sample["depth"], np.float32)
+        if predictions_dir is not None:
+            path = Path(predictions_dir) / f"{name}.npy"
+            if not path.exists():
+                raise UnreadableFileError(
+                    f"no saved prediction for sample {name!r}: expected {path}. Save each "
+                    "prediction as <predictions dir>/<sample name>.npy (metres)."
+                )
+            pred = read_depth(path)
+        else:
+            path = cache_dir / f"{name}.npy" if cache_dir is not None else None
+            if path is not None and path.exists():
+                pred = read_depth(path)
+                n_cached += 1
+            else:
+                depth, mask = predictor(sample["rgb"])
+                pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_depth(path, pred)
+        pred = np.asarray(pred, np.float32)
+        seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
+        size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
+        if gt.shape != size:
+            gt = _resize(gt, size, "nearest")
+        if pred.shape != size:
+            pred = _resize_depth(pred, size)
+        rows_ok = True
+        for proto, acc in accs.items():
+            try:
+                acc.add(pred, gt, name=name, extra={"seam_error": seam})
+            except NoValidDepthError as e:
+                rows_ok = False
+                skipped.append({"name": name, "protocol": proto, "reason": str(e)})
+        if out is not None and rows_ok and i < cfg.panels:
+            rgb = np.asarray(sample["rgb"], np.float32)
+            (out / "panels").mkdir(parents=True, exist_ok=True)
+            write_rgb(out / "panels" / f"{_safe_name(name)}.png", _panel(rgb, gt, pred, cfg.max_depth))
+    summary = {
+        "config": {
+            **asdict(cfg),
+            "dataset": getattr(dataset, "name", type(dataset).__name__),
+            "root": str(getattr(dataset, "root", "")),
+            "split": getattr(dataset, "split", None),
+            "source": str(predictions_dir) if predictions_dir is not None else "model",
+            **({"cache_key": cache_key} if cache_key else {}),
+        },
+        "n_images": n,
+        "n_cached_predictions": n_cached,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "skipped": skipped,
+        "protocols": {
+            p: {"per_image_mean": acc.per_image_mean(), "pixel_pooled": acc.pixel_pooled()}
+            for p, acc in accs.items()
+        },
+    }
+    if out is not None:
+        _write_reports(out, summary, accs)
+    return summary
+
+
+def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator]) -> None:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [{"protocol": p, **r} for p, acc in accs.items() for r in acc.rows]
+    if rows:
+        table = pa.Table.from_pylist(rows)
+        pq.write_table(table, out / "per_image.parquet")
+        pacsv.write_csv(table, out / "per_image.csv")
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
+    tmp.replace(out / "metrics.json")
+
+
+def format_table(summary: dict) -> str:
+    """Plain-text table of a summary: one line per protocol and aggregation."""
+    cols = (*METRIC_KEYS, "pole_abs_rel", "seam_error")
+    lines = [f"{'protocol':<9}{'aggregation':<16}" + "".join(f"{c:>11}" for c in cols)]
+    for proto, res in summary["protocols"].items():
+        for agg in ("per_image_mean", "pixel_pooled"):
+            vals = res[agg]
+            lines.append(
+                f"{proto:<9}{agg:<16}"
+                + "".join(f"{vals[c]:>11.4f}" if c in vals else f"{'-':>11}" for c in cols)
+            )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 512x1024, got {text!r}") from None
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dap.data.datasets import DATASETS
+
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark loader")
+    parser.add_argument(
+        "--root", required=True, help="dataset root directory (or manifest file for 'folder')"
+    )
+    parser.add_argument("--split", default="test", help="dataset split")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model checkpoint to evaluate")
+    src.add_argument(
+        "--predictions", help="folder of saved predictions <sample name>.npy in metres (no model)"
+    )
+    parser.add_argument("--out", required=True, help="output folder (metrics.json, per_image.*, panels/)")
+    parser.add_argument(
+        "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=float,
+        default=100.0,
+        help="ground truth above this is ignored and predictions are clipped to it "
+        "(10 = indoor convention, 100 = DAP convention)",
+    )
+    parser.add_argument(
+        "--min-depth", type=float, default=1e-3, help="ground truth at or below this is ignored"
+    )
+    parser.add_argument(
+        "--range-cap",
+        type=float,
+        default=100.0,
+        help="depth given to pixels the model marks out of range (DAP convention: 100)",
+    )
+    parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
+    parser.add_argument("--resolution", type=_size, default=(512, 1024), help="model input size HxW")
+    parser.add_argument(
+        "--eval-size",
+        type=_size,
+        default=None,
+        help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--panels", type=int, default=4, help="number of qualitative panels to save")
+    parser.add_argument("--device", default="cpu", help="torch device for the model")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from dap.data.datasets import get_dataset
+
+    dataset = get_dataset(args.dataset, args.root, split=args.split)
+    cfg = EvalConfig(
+        protocols=tuple(args.protocol),
+        min_depth=args.min_depth,
+        max_depth=args.max_depth,
+        range_cap=args.range_cap,
+        weights="solid_angle" if args.solid_angle else None,
+        eval_size=args.eval_size,
+        limit=args.limit,
+        panels=args.panels,
+    )
+    expected = getattr(dataset, "expected_size", None)
+    if expected and len(dataset) != expected and args.limit is None:
+        print(
+            f"note: {args.dataset} {args.split} has {len(dataset)} samples here; the standard split has "
+            f"{expected}. Numbers are not comparable with published ones."
+        )
+    if args.predictions:
+        summary = evaluate(
+            dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions, progress=True
+        )
+    else:
+        predictor = model_predictor(args.checkpoint, device=args.device, resolution=args.resolution)
+        key = {
+            "checkpoint": str(Path(args.checkpoint).resolve()),
+            "resolution": list(args.resolution),
+            "range_cap": args.range_cap,
+        }
+        summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=True)
+    print(format_table(summary))
+    if summary["skipped"]:
+        print(
+            f"skipped {len(summary['skipped'])} (image, protocol) pairs without valid ground truth "
+            f"(listed in metrics.json)"
+        )
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def model_predictor(
+    checkpoint: str | Path, *, device: str = "cpu", resolution: tuple[int, int] = (512, 1024)
+) -> Predictor:
+    """A Predictor backed by dap.inference.predict on a model loaded from `checkpoint`."""
+    from dap.inference import predict
+    from dap.models import load_model
+
+    model = load_model(checkpoint, device=device)
+
+    def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        result = predict(rgb, model, resolution=resolution)
+        depth = (
+            result.depth.detach().cpu().numpy() if isinstance(result.depth, torch.Tensor) else result.depth
+        )
+        mask = getattr(result, "range_mask", None)
+        if isinstance(mask, torch.Tensor):
+            mask = mask.detach().cpu().numpy()
+        return np.asarray(depth, np.float32), None if mask is None else np.asarray(mask, bool)
+
+    return run

@@ -1,0 +1,350 @@
+"""Metrics against hand-computed values, protocols, aggregation, and `dap eval` end to end."""
+
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dap import evaluation as ev
+from dap.cli import main
+from dap.errors import NoValidDepthError
+from dap.evaluation import (
+    EvalConfig,
+    MetricAccumulator,
+    aggregate,
+    align,
+    apply_range_mask,
+    compute_metrics,
+    evaluate,
+    pole_error,
+    seam_error,
+)
+from dap.io import read_depth, write_depth, write_rgb
+
+# 2x4 example: gt 0 (invalid) and 20 (> max_depth 10) drop out, leaving 6 (pred, gt) pairs.
+GT = np.array([[1.0, 2.0, 4.0, 5.0], [2.0, 0.0, 3.0, 20.0]])
+PRED = np.array([[2.0, 2.0, 6.0, 5.0], [1.0, 7.0, 3.0, 6.0]])
+PAIRS = [(2, 1), (2, 2), (6, 4), (5, 5), (1, 2), (3, 3)]
+
+
+def by_hand(pairs, weights=None):
+    w = weights or [1.0] * len(pairs)
+    n = sum(w)
+
+    def mean(f):
+        return sum(wi * f(p, g) for wi, (p, g) in zip(w, pairs, strict=True)) / n
+
+    return {
+        "abs_rel": mean(lambda p, g: abs(p - g) / g),
+        "sq_rel": mean(lambda p, g: (p - g) ** 2 / g),
+        "mae": mean(lambda p, g: abs(p - g)),
+        "rmse": math.sqrt(mean(lambda p, g: (p - g) ** 2)),
+        "rmse_log": math.sqrt(mean(lambda p, g: (math.log(p) - math.log(g)) ** 2)),
+        "log10": mean(lambda p, g: abs(math.log10(p) - math.log10(g))),
+        "delta1": mean(lambda p, g: max(p / g, g / p) < 1.25),
+        "delta2": mean(lambda p, g: max(p / g, g / p) < 1.25**2),
+        "delta3": mean(lambda p, g: max(p / g, g / p) < 1.25**3),
+        "delta_105": mean(lambda p, g: max(p / g, g / p) < 1.05),
+        "delta_110": mean(lambda p, g: max(p / g, g / p) < 1.10),
+    }
+
+
+def assert_close(got, want, tol=1e-12):
+    assert set(want) <= set(got)
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, abs=tol), k
+
+
+def test_metric_protocol_matches_hand_computation():
+    m = compute_metrics(PRED, GT, max_depth=10.0)
+    assert set(m) == set(ev.METRIC_KEYS)
+    assert_close(m, by_hand(PAIRS))
+    # a few literal values: |err|/g = 1, 0, .5, 0, .5, 0; squared errors 1, 0, 4, 0, 1, 0
+    assert m["abs_rel"] == pytest.approx(2 / 6)
+    assert m["rmse"] == pytest.approx(1.0)  # true root-mean-square: sqrt(6 / 6)
+    assert m["mae"] == pytest.approx(4 / 6)
+    assert m["delta1"] == pytest.approx(3 / 6) and m["delta2"] == pytest.approx(4 / 6)
+
+
+def test_no_max_depth_keeps_far_pixels_and_torch_input_is_accepted():
+    m = compute_metrics(torch.tensor(PRED)[None, None], torch.tensor(GT)[None])
+    assert_close(m, by_hand(PAIRS + [(6, 20)]))
+
+
+def test_mask_and_min_depth_exclude_pixels():
+    valid = np.ones_like(GT, bool)
+    valid[0, 0] = False
+    assert_close(compute_metrics(PRED, GT, valid, max_depth=10.0), by_hand(PAIRS[1:]))
+    # min_depth 1.5 drops gt = 1 (strictly greater is required) and lifts pred 1 to 1.5
+    assert_close(
+        compute_metrics(PRED, GT, min_depth=1.5, max_depth=10.0),
+        by_hand([(max(p, 1.5), g) for p, g in PAIRS if g > 1.5]),
+    )
+
+
+def test_predictions_are_clipped_to_the_caps():
+    gt = np.array([[2.0, 4.0], [8.0, 9.0]])
+    pred = np.array([[0.0, 50.0], [np.nan, 9.0]])  # 0 and NaN -> min_depth, 50 -> max_depth
+    m = compute_metrics(pred, gt, min_depth=0.5, max_depth=10.0)
+    assert_close(m, by_hand([(0.5, 2), (10, 4), (0.5, 8), (9, 9)]))
+
+
+def test_median_alignment():
+    # pred = gt / 2 exactly: median scaling (x2) recovers gt
+    m = compute_metrics(GT / 2, GT, protocol="median", max_depth=10.0)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12) and m["delta1"] == 1.0
+    # non-trivial: valid gt [1,2,4,5,2,3] median 2.5; pred [2,2,6,5,1,3] has median 2.5 too -> scale 1;
+    # with pred*4 the scale must be 1/4 and the metrics equal the metric protocol on PRED
+    aligned, scale, shift = align(PRED * 4, GT, protocol="median", max_depth=10.0)
+    assert scale == pytest.approx(0.25) and shift == 0.0
+    assert_close(compute_metrics(PRED * 4, GT, protocol="median", max_depth=10.0), by_hand(PAIRS))
+
+
+def test_affine_alignment_recovers_exact_scale_and_shift():
+    pred = (GT - 1.0) / 3.0  # gt = 3 * pred + 1
+    _, scale, shift = align(pred, GT, protocol="affine", max_depth=10.0)
+    assert scale == pytest.approx(3.0) and shift == pytest.approx(1.0)
+    m = compute_metrics(pred, GT, protocol="affine", max_depth=10.0)
+    assert m["abs_rel"] == pytest.approx(0.0, abs=1e-12) and m["rmse"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_weighted_affine_matches_normal_equations():
+    # three pixels (p, g) = (1,1), (2,3), (3,3) with weights 1, 1, 2; the rest masked out.
+    gt = np.array([[1.0, 3.0, 3.0, 7.0], [7.0, 7.0, 7.0, 7.0]])
+    pred = np.array([[1.0, 2.0, 3.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    w = np.array([[1.0, 1.0, 2.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    # sum w = 4, sum wp = 9, sum wp^2 = 23, sum wg = 10, sum wpg = 25
+    s_hand = (4 * 25 - 9 * 10) / (4 * 23 - 9**2)  # 10/11
+    t_hand = (10 - s_hand * 9) / 4  # 5/11
+    _, s, t = align(pred, gt, protocol="affine", weights=w)
+    assert s == pytest.approx(10 / 11) and s == pytest.approx(s_hand)
+    assert t == pytest.approx(5 / 11) and t == pytest.approx(t_hand)
+    pairs = [(s * p + t, g) for p, g in [(1, 1), (2, 3), (3, 3)]]
+    assert_close(compute_metrics(pred, gt, protocol="affine", weights=w), by_hand(pairs, [1, 1, 2]), 1e-9)
+
+
+def test_row_weights_and_solid_angle():
+    gt = np.array([[1.0, 2.0], [4.0, 4.0]])
+    pred = np.array([[2.0, 2.0], [4.0, 5.0]])
+    # weights (H, 1): row 0 weight 3, row 1 weight 1
+    m = compute_metrics(pred, gt, weights=np.array([[3.0], [1.0]]))
+    assert m["abs_rel"] == pytest.approx((3 * 1 + 3 * 0 + 1 * 0 + 1 * 0.25) / 8)
+    # 'solid_angle' = per-row pixel area; on a 2-row ERP both rows cover the same area -> unweighted
+    assert_close(compute_metrics(pred, gt, weights="solid_angle"), compute_metrics(pred, gt))
+    gt4 = np.full((4, 8), 2.0)
+    pred4 = gt4.copy()
+    pred4[0] = 3.0  # only the polar row is wrong
+    # rows span latitudes [90,45], [45,0], ...: areas ∝ 1 - sin45, sin45 - 0
+    a_pole, a_mid = 1 - math.sqrt(0.5), math.sqrt(0.5)
+    want = a_pole * 0.5 / (2 * a_pole + 2 * a_mid)
+    assert compute_metrics(pred4, gt4, weights="solid_angle")["abs_rel"] == pytest.approx(want)
+
+
+def test_no_valid_pixel_raises():
+    with pytest.raises(NoValidDepthError, match="no valid ground-truth pixel"):
+        compute_metrics(np.ones((2, 4)), np.zeros((2, 4)))
+    with pytest.raises(NoValidDepthError):
+        compute_metrics(np.ones((2, 4)), np.full((2, 4), 50.0), max_depth=10.0)
+
+
+def test_seam_error_on_constructed_case():
+    d = np.array(
+        [
+            [1.0, 5.0, 5.0, 3.0],  # |1-3| / 2 = 1
+            [2.0, 0.0, 0.0, 2.0],  # 0
+            [4.0, 1.0, 1.0, 0.0],  # right edge invalid: skipped
+            [6.0, 1.0, 1.0, 2.0],
+        ]
+    )  # |6-2| / 4 = 1
+    assert seam_error(d) == pytest.approx(2 / 3)
+    assert math.isnan(seam_error(np.zeros((2, 4))))
+
+
+def test_pole_error_uses_top_and_bottom_sixth():
+    gt = np.full((12, 24), 2.0)
+    pred = gt.copy()
+    pred[2:10] = 3.0  # errors only in the middle rows: the 2+2 polar rows are exact
+    assert pole_error(pred, gt) == 0.0
+    pred = gt.copy()
+    pred[0] = 2.5  # top row +25 %, rows 1, 10, 11 exact -> mean over the 4 polar rows
+    assert pole_error(pred, gt) == pytest.approx(0.25 / 4)
+    gt_no_poles = gt.copy()
+    gt_no_poles[:2] = 0
+    gt_no_poles[-2:] = 0
+    assert math.isnan(pole_error(pred, gt_no_poles))
+
+
+def test_apply_range_mask_sets_cap():
+    d = np.array([[1.0, 2.0], [3.0, 4.0]], np.float32)
+    mask = np.array([[False, True], [True, False]])
+    out = apply_range_mask(d, mask, 100.0)
+    assert out.tolist() == [[1.0, 100.0], [100.0, 4.0]] and d[0, 1] == 2.0  # input untouched
+    t = apply_range_mask(torch.tensor(d), torch.tensor(mask), 10.0)
+    assert isinstance(t, torch.Tensor) and t.tolist() == [[1.0, 10.0], [10.0, 4.0]]
+
+
+def test_per_image_mean_differs_from_pixel_pooled():
+    acc = MetricAccumulator(protocol="metric")
+    # image A: one valid pixel, error 2 (rmse 2); image B: three valid pixels, error 1 (rmse 1)
+    acc.add(np.array([[6.0, 1.0]]), np.array([[4.0, 0.0]]), name="a")
+    acc.add(np.array([[3.0, 3.0, 3.0]]), np.array([[2.0, 2.0, 2.0]]), name="b")
+    assert acc.per_image_mean()["rmse"] == pytest.approx(1.5)
+    assert acc.pixel_pooled()["rmse"] == pytest.approx(math.sqrt((4 + 3) / 4))
+    assert acc.per_image_mean()["abs_rel"] == pytest.approx((0.5 + 0.5) / 2)
+    assert acc.pixel_pooled()["abs_rel"] == pytest.approx((0.5 + 3 * 0.5) / 4)
+    assert [r["n_valid"] for r in acc.rows] == [1, 3]
+    agg = aggregate([{"name": "x", "v": 1.0}, {"name": "y", "v": float("nan")}, {"name": "z", "v": 3.0}])
+    assert agg == {"v": 2.0, "n_images": 3}
+
+
+# ----------------------------------------------------------------------------------------- end to end
+H, W = 8, 16
+
+
+def make_folder(root, n=3):
+    rng = np.random.default_rng(0)
+    gts = {}
+    for i in range(n):
+        gt = rng.uniform(1.0, 5.0, (H, W)).astype(np.float32)
+        gt[0, :3] = 0  # some invalid pixels
+        write_rgb(root / "rgb" / f"s{i}.png", rng.uniform(0, 1, (H, W, 3)))
+        write_depth(root / "depth" / f"s{i}.npy", gt)
+        gts[f"s{i}"] = gt
+    return gts
+
+
+def test_cli_predictions_end_to_end(tmp_path, capsys):
+    gts = make_folder(tmp_path / "data")
+    preds = {}
+    for i, (name, gt) in enumerate(gts.items()):
+        preds[name] = np.where(gt > 0, gt * (1.1 + 0.1 * i), 2.0).astype(np.float32)
+        write_depth(tmp_path / "preds" / f"{name}.npy", preds[name])
+    out = tmp_path / "out"
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--predictions",
+            str(tmp_path / "preds"),
+            "--out",
+            str(out),
+            "--protocol",
+            "metric",
+            "median",
+            "--panels",
+            "2",
+        ]
+    )
+    assert code == 0
+    summary = json.loads((out / "metrics.json").read_text())
+    rows = {n: compute_metrics(preds[n], gts[n], max_depth=100.0) for n in gts}
+    for key in ("abs_rel", "rmse", "delta1"):
+        want = np.mean([r[key] for r in rows.values()])
+        assert summary["protocols"]["metric"]["per_image_mean"][key] == pytest.approx(want, rel=1e-6)
+    # median scaling removes the per-image scale factor entirely
+    assert summary["protocols"]["median"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    # pooled metric RMSE = sqrt of the pooled mean square over all valid pixels
+    sq = np.concatenate([((preds[n] - gts[n]) ** 2)[gts[n] > 0] for n in gts])
+    assert summary["protocols"]["metric"]["pixel_pooled"]["rmse"] == pytest.approx(
+        np.sqrt(sq.mean()), rel=1e-6
+    )
+    table = pq.read_table(out / "per_image.parquet").to_pylist()
+    assert len(table) == 6 and {r["protocol"] for r in table} == {"metric", "median"}
+    assert (out / "per_image.csv").read_text().count("\n") == 7
+    assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png", "s1.png"]
+    printed = capsys.readouterr().out
+    assert "per_image_mean" in printed and "pixel_pooled" in printed and "rmse" in printed
+
+
+class StubPredictor:
+    """rgb -> (depth = 2 m everywhere, top row out of range)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, rgb):
+        self.calls += 1
+        h, w = rgb.shape[:2]
+        depth = np.full((h // 2, w // 2), 2.0, np.float32)  # half resolution: evaluate() resizes
+        mask = np.zeros_like(depth, bool)
+        mask[0] = True
+        return depth, mask
+
+
+def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
+    from dap.data.datasets import FolderDataset
+
+    make_folder(tmp_path / "data", n=2)
+    ds = FolderDataset(tmp_path / "data")
+    stub = StubPredictor()
+    cfg = EvalConfig(protocols=("metric",), max_depth=10.0, range_cap=100.0, panels=0)
+    first = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
+    assert stub.calls == 2
+    cached = read_depth(tmp_path / "out" / "predictions" / "s0.npy")
+    assert cached.shape == (H // 2, W // 2) and cached[0].tolist() == [100.0] * (W // 2)  # range cap applied
+    assert np.all(cached[1:] == 2.0)
+    second = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
+    assert stub.calls == 2 and second["n_cached_predictions"] == 2
+    assert second["protocols"] == first["protocols"]
+    with pytest.raises(Exception, match="different settings"):
+        evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "other"})
+
+
+def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch):
+    make_folder(tmp_path / "data", n=2)
+    stub = StubPredictor()
+    seen = {}
+
+    def fake_model_predictor(checkpoint, *, device, resolution):
+        seen.update(checkpoint=checkpoint, device=device, resolution=resolution)
+        return stub
+
+    monkeypatch.setattr(ev, "model_predictor", fake_model_predictor)
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--checkpoint",
+            "m.pth",
+            "--out",
+            str(tmp_path / "out"),
+            "--resolution",
+            "32x64",
+            "--max-depth",
+            "10",
+            "--limit",
+            "1",
+        ]
+    )
+    assert code == 0 and stub.calls == 1
+    assert seen == {"checkpoint": "m.pth", "device": "cpu", "resolution": (32, 64)}
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
+
+
+def test_cli_missing_prediction_is_a_clear_error(tmp_path, capsys):
+    make_folder(tmp_path / "data", n=1)
+    (tmp_path / "preds").mkdir()
+    code = main(
+        [
+            "eval",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--predictions",
+            str(tmp_path / "preds"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
+    assert code == 2 and "no saved prediction for sample 's0'" in capsys.readouterr().err

@@ -212,6 +212,7 @@ def test_splat_round_trip_and_zbuffer():
     batch = torch.stack([torch.from_numpy(points), torch.from_numpy(points) * 2])
     out = g.splat_points_to_erp(batch, H, W)
     torch.testing.assert_close(out[1], 2 * torch.from_numpy(depth))
+    assert torch.equal(g.splat_points_to_erp(torch.zeros(0, 3), 4, 8), torch.zeros(4, 8))
 
 
 def test_solid_angle_weights():

@@ -127,7 +127,7 @@ def splat_points_to_erp(points: Array, height: int, width: int) -> Array:
     """
     p, was_numpy = _to_torch(points)
     lead = p.shape[:-2]
-    p = p.reshape(-1, p.shape[-2], 3)
+    p = p.reshape(math.prod(lead), p.shape[-2], 3)
     dist = torch.linalg.vector_norm(p, dim=-1)
     lon, lat = rays_to_lonlat(p.double())
     u, v = lonlat_to_pixel(lon, lat, height, width)

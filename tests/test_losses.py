@@ -267,8 +267,9 @@ def test_runs_in_float32_under_autocast():
     gt = room(batch=1)
     valid = torch.ones_like(gt, dtype=torch.bool)
     pred, prob = blurred(gt), torch.full_like(gt, 0.2)
-    ref = losses.DapLoss()(pred, prob, gt, valid)[0]
+    ref_total, ref = losses.DapLoss()(pred, prob, gt, valid)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = losses.DapLoss()(pred.bfloat16(), prob, gt, valid)[0]
-    assert got.dtype == torch.float32
-    assert float(got) == pytest.approx(float(ref), rel=2e-2)  # only the bf16 input rounding differs
+        total, terms = losses.DapLoss()(pred, prob, gt, valid)
+    assert total.dtype == torch.float32
+    for k, v in ref.items():  # bf16 matmuls/convs (Gram, Sobel) would be off by ~1e-2 relative
+        assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k

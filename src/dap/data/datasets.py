@@ -1,0 +1,418 @@
+"""Loaders for the standard panoramic depth benchmarks and for generic folders/manifests.
+
+Every loader indexes its root on construction (raising DatasetLayoutError that names the expected layout
+and what is missing) and decodes a sample on access. A sample is a dict:
+    rgb   float32 (H, W, 3) in [0, 1], equirectangular
+    depth float32 (H, W) metres along the ray, invalid = 0
+    name  str, unique within the dataset (may contain '/'); saved predictions are looked up as <name>.npy
+All decoding goes through dap.io. See docs/evaluation.md for units, splits and layout assumptions.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dap.errors import DatasetLayoutError
+from dap.geometry import erp_rays
+from dap.io import read_depth, read_rgb
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+    rgb: Path
+    depth: Path
+
+
+class PanoDataset:
+    """Base class: an indexed list of (name, rgb file, depth file); subclasses define `_index` and units."""
+
+    name: ClassVar[str] = "dataset"
+    layout: ClassVar[str] = ""  # the expected on-disk layout, quoted in every DatasetLayoutError
+    expected_sizes: ClassVar[dict[str, int]] = {}  # sizes of the standard splits, for a comparability note
+
+    def __init__(self, root: str | Path, split: str = "test"):
+        self.root = Path(root)
+        self.split = split
+        if not self.root.exists():
+            raise self.layout_error(f"the root {self.root} does not exist")
+        self.items: list[Item] = self._index()
+        if not self.items:
+            raise self.layout_error(f"no samples found for split '{split}'")
+        missing = [p for it in self.items for p in (it.rgb, it.depth) if not p.is_file()]
+        if missing:
+            shown = "\n  ".join(str(p) for p in missing[:3])
+            raise self.layout_error(f"{len(missing)} listed files are missing, e.g.\n  {shown}\n")
+
+    @property
+    def expected_size(self) -> int | None:
+        return self.expected_sizes.get(self.split)
+
+    def layout_error(self, problem: str) -> DatasetLayoutError:
+        return DatasetLayoutError(
+            f"{self.name} (split '{self.split}'): {problem.rstrip()}\nExpected this layout under the root "
+            f"{self.root}:\n{self.layout.rstrip()}\nPoint --root at the folder that contains it, or use the "
+            "'folder' loader with a manifest (CSV/Parquet: rgb, depth, metres_per_unit) for another layout."
+        )
+
+    def _index(self) -> list[Item]:
+        raise NotImplementedError
+
+    def load_rgb(self, path: Path) -> np.ndarray:
+        return read_rgb(path)
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        return read_depth(path)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        it = self.items[index]
+        return {"rgb": self.load_rgb(it.rgb), "depth": self.load_depth(it.depth), "name": it.name}
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _read_pair_list(path: Path) -> list[tuple[str, str]]:
+    """UniFuse/BiFuse-style split file: one 'rgb_path depth_path' pair per line, relative to the root."""
+    pairs = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            pairs.append((parts[0].lstrip("/"), parts[1].lstrip("/")))
+    return pairs
+
+
+def _strip_suffix(rel: str) -> str:
+    return str(Path(rel).with_suffix("")).replace("\\", "/")
+
+
+# ---------------------------------------------------------------------------------------- Stanford2D3D
+class Stanford2D3D(PanoDataset):
+    """Stanford 2D-3D-Semantics panoramas. Depth: 16-bit PNG, 1/512 m per unit, 65535 = no data.
+    Test split = area_5a + area_5b (373 panoramas), or the pairs of `split_file`."""
+
+    name = "stanford2d3d"
+    layout = """\
+  area_5a/pano/rgb/camera_<uuid>_<room>_frame_equirectangular_domain_rgb.png
+  area_5a/pano/depth/camera_<uuid>_<room>_frame_equirectangular_domain_depth.png
+  area_5b/pano/...   (same; training areas: area_1 area_2 area_3 area_4 area_6)"""
+    expected_sizes = {"test": 373}
+    AREAS = {"test": ("area_5a", "area_5b"), "train": ("area_1", "area_2", "area_3", "area_4", "area_6")}
+    METRES_PER_UNIT = 1 / 512
+
+    def __init__(self, root: str | Path, split: str = "test", *, split_file: str | Path | None = None):
+        self.split_file = Path(split_file) if split_file is not None else None
+        super().__init__(root, split)
+
+    def _index(self) -> list[Item]:
+        if self.split_file is not None:
+            return [
+                Item(
+                    _strip_suffix(r).replace("/pano/rgb/", "/").removesuffix("_rgb"),
+                    self.root / r,
+                    self.root / d,
+                )
+                for r, d in _read_pair_list(self.split_file)
+            ]
+        if self.split == "all":
+            areas = sorted(p.name for p in self.root.glob("area_*") if p.is_dir())
+        elif self.split in self.AREAS:
+            areas = self.AREAS[self.split]
+        else:
+            raise self.layout_error(f"unknown split '{self.split}' (use test, train or all)")
+        items = []
+        for area in areas:
+            rgb_dir = self.root / area / "pano" / "rgb"
+            if not rgb_dir.is_dir():
+                raise self.layout_error(f"the folder {area}/pano/rgb is missing")
+            for rgb in sorted(rgb_dir.glob("*_rgb.png")):
+                depth = self.root / area / "pano" / "depth" / (rgb.name.removesuffix("_rgb.png") + "_depth.png")
+                items.append(Item(f"{area}/{rgb.name.removesuffix('_rgb.png')}", rgb, depth))
+        return items
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        return read_depth(path, scale=self.METRES_PER_UNIT)  # dap.io turns 0 and 65535 into invalid
+
+
+# ---------------------------------------------------------------------------------------- Matterport3D
+class Matterport3D(PanoDataset):
+    """Matterport3D panoramas, two encodings:
+    - stitched 16-bit PNG depth (1/4000 m per unit, 0 = no data), listed by a split file of
+      'rgb depth' lines (the UniFuse/BiFuse list format; the standard test list has 2014 entries);
+    - Pano3D renders: float EXR depth in metres, inf = no data (listed by a split file, or found by
+      pairing every '*_depth*.exr' with the '*_color*.png' of the same name).
+    The depth encoding is chosen per file by extension."""
+
+    name = "matterport3d"
+    layout = """\
+  matterport3d_test.txt (or test.txt, or --split-file): lines '<rgb path> <depth path>' relative to the root,
+    e.g. '<scene>/<pano>_rgb.png <scene>/<pano>_depth.png' (stitched 16-bit PNG, 1/4000 m)
+  or Pano3D renders anywhere below the root:
+    <building>/<pano>_color_<...>.png + <building>/<pano>_depth_<...>.exr (metres, inf = no data)"""
+    expected_sizes = {"test": 2014}
+    PNG_METRES_PER_UNIT = 1 / 4000
+
+    def __init__(self, root: str | Path, split: str = "test", *, split_file: str | Path | None = None):
+        self.split_file = Path(split_file) if split_file is not None else None
+        super().__init__(root, split)
+
+    def _index(self) -> list[Item]:
+        candidates = (
+            [self.split_file]
+            if self.split_file
+            else [self.root / f"matterport3d_{self.split}.txt", self.root / f"{self.split}.txt"]
+        )
+        for path in candidates:
+            if path is not None and path.is_file():
+                return [Item(_strip_suffix(r), self.root / r, self.root / d) for r, d in _read_pair_list(path)]
+        if self.split_file is not None:
+            raise self.layout_error(f"the split file {self.split_file} does not exist")
+        items = []
+        for depth in sorted(self.root.rglob("*_depth*.exr")):
+            rgb = depth.with_name(depth.name.replace("_depth", "_color", 1)).with_suffix(".png")
+            items.append(Item(_strip_suffix(str(depth.relative_to(self.root))), rgb, depth))
+        if not items:
+            raise self.layout_error(
+                f"found neither a split file ({', '.join(p.name for p in candidates)}) nor Pano3D "
+                "'*_depth*.exr' renders"
+            )
+        return items
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        if path.suffix.lower() == ".png":
+            return read_depth(path, scale=self.PNG_METRES_PER_UNIT)
+        return read_depth(path)  # EXR in metres; dap.io turns inf into 0
+
+
+# --------------------------------------------------------------------------------------------- Deep360
+def cassini_to_erp(
+    image: np.ndarray | torch.Tensor, *, height: int | None = None, mode: str = "bilinear"
+) -> np.ndarray | torch.Tensor:
+    """Resample a Cassini panorama (Hc, Wc[, C]) to equirectangular (H, 2H[, C]); H defaults to Wc.
+
+    Deep360's Cassini images are portrait (Hc = 2·Wc, e.g. 1024×512): the sphere is an ERP whose polar axis
+    is the camera's x axis (right). With our camera frame (x right, y down, z forward) a ray r = (x, y, z)
+    sits at
+        column angle a = asin(x)        in [-π/2, π/2], left to right,
+        row angle    b = atan2(y, z)    in (-π, π], top to bottom (0 = forward, π/2 = down, ±π = back),
+    with pixel centres at a = π/2·((2j+1)/Wc − 1) and b = π·((2i+1)/Hc − 1). The image centre looks forward,
+    like the ERP centre; near it the two projections agree. This is the inverse of the ERP→Cassini map of
+    the MODE/Deep360 code (ERP longitude θ = −lon, φ = lat: a = −asin(cos φ sin θ), b = −atan2(tan φ, cos θ)).
+
+    Each ERP pixel's ray is looked up with grid_sample; rows wrap around (b = ±π meet), columns clamp.
+    Use mode='nearest' for depth so that invalid zeros never blend into valid neighbours.
+    """
+    was_numpy = isinstance(image, np.ndarray)
+    t = torch.from_numpy(np.ascontiguousarray(image)) if was_numpy else image
+    dtype = t.dtype
+    x = t.to(torch.float32)
+    x = x[..., None] if x.ndim == 2 else x
+    hc, wc = x.shape[:2]
+    h = height or wc
+    src = x.permute(2, 0, 1)[None]
+    src = torch.cat([src[:, :, -1:], src, src[:, :, :1]], dim=2)  # one wrapped row each side: b = ±π meet
+    rays = erp_rays(h, 2 * h, dtype=torch.float64)
+    rx, ry, rz = rays.unbind(-1)
+    u = torch.asin(rx.clamp(-1, 1)) / (math.pi / 2)  # [-1, 1] over the Cassini width (pixel edges)
+    v = torch.atan2(ry, rz) / math.pi * hc / (hc + 2)  # same over the height, shrunk for the padded rows
+    grid = torch.stack([u, v], dim=-1)[None].to(torch.float32)
+    out = F.grid_sample(src, grid, mode=mode, padding_mode="border", align_corners=False)[0].permute(1, 2, 0)
+    out = out[..., 0] if t.ndim == 2 else out
+    out = out.to(dtype) if dtype.is_floating_point else out
+    return out.numpy() if was_numpy else out
+
+
+class Deep360(PanoDataset):
+    """Deep360 (MODE, ECCV 2022): outdoor CARLA renders in Cassini projection. Depth `.npz` (array 'arr_0',
+    metres along the ray, referenced to camera 1) next to camera 1's image of stereo pair 12. Both are
+    converted to ERP (RGB bilinear, depth nearest). Test split: 6 episodes × 100 frames = 600."""
+
+    name = "deep360"
+    layout = """\
+  ep1_500frames/testing/rgb/<frame>_12_rgb1.png      (Cassini, 512 wide × 1024 high)
+  ep1_500frames/testing/depth/<frame>_depth.npz      (Cassini, array 'arr_0', metres)
+  ... ep2_500frames .. ep6_500frames; splits: training, validation, testing"""
+    expected_sizes = {"test": 600}
+    SPLITS = {
+        "test": "testing",
+        "testing": "testing",
+        "val": "validation",
+        "validation": "validation",
+        "train": "training",
+        "training": "training",
+    }
+
+    def _index(self) -> list[Item]:
+        if self.split not in self.SPLITS:
+            raise self.layout_error(f"unknown split '{self.split}' (use test, val or train)")
+        sub = self.SPLITS[self.split]
+        episodes = sorted(p for p in self.root.glob("ep*_500frames") if p.is_dir())
+        if not episodes:
+            raise self.layout_error("no ep*_500frames folders")
+        items = []
+        for ep in episodes:
+            depth_dir = ep / sub / "depth"
+            if not depth_dir.is_dir():
+                raise self.layout_error(f"the folder {ep.name}/{sub}/depth is missing")
+            for depth in sorted(depth_dir.glob("*_depth.npz")):
+                frame = depth.name.removesuffix("_depth.npz")
+                items.append(Item(f"{ep.name}/{frame}", ep / sub / "rgb" / f"{frame}_12_rgb1.png", depth))
+        return items
+
+    def load_rgb(self, path: Path) -> np.ndarray:
+        return np.clip(cassini_to_erp(read_rgb(path), mode="bilinear"), 0.0, 1.0)
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        return cassini_to_erp(read_depth(path, key="arr_0"), mode="nearest")
+
+
+# ---------------------------------------------------------------------------------------- Structured3D
+class Structured3D(PanoDataset):
+    """Structured3D panoramas. Depth: 16-bit PNG in millimetres, 0 = no data. Official scene split:
+    train scene_00000–02999, val 03000–03249, test 03250–03499."""
+
+    name = "structured3d"
+    layout = """\
+  scene_XXXXX/2D_rendering/<room id>/panorama/full/rgb_rawlight.png
+  scene_XXXXX/2D_rendering/<room id>/panorama/full/depth.png   (16-bit, millimetres)"""
+    SCENES = {"train": range(0, 3000), "val": range(3000, 3250), "test": range(3250, 3500)}
+    METRES_PER_UNIT = 1 / 1000
+
+    def __init__(self, root: str | Path, split: str = "test", *, lighting: str = "rawlight"):
+        self.lighting = lighting  # rawlight | coldlight | warmlight
+        super().__init__(root, split)
+
+    def _index(self) -> list[Item]:
+        if self.split != "all" and self.split not in self.SCENES:
+            raise self.layout_error(f"unknown split '{self.split}' (use test, val, train or all)")
+        scenes = sorted(p for p in self.root.glob("scene_*") if p.is_dir())
+        if not scenes:
+            raise self.layout_error("no scene_XXXXX folders")
+        items = []
+        for scene in scenes:
+            m = re.fullmatch(r"scene_(\d+)", scene.name)
+            if m is None or (self.split != "all" and int(m.group(1)) not in self.SCENES[self.split]):
+                continue
+            for full in sorted(scene.glob("2D_rendering/*/panorama/full")):
+                items.append(
+                    Item(
+                        f"{scene.name}/{full.parent.parent.name}",
+                        full / f"rgb_{self.lighting}.png",
+                        full / "depth.png",
+                    )
+                )
+        return items
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        return read_depth(path, scale=self.METRES_PER_UNIT)
+
+
+# ---------------------------------------------------------------------------------- folder / manifest
+class FolderDataset(PanoDataset):
+    """Any ERP RGB + depth collection, from a manifest or a plain folder.
+
+    Manifest: `manifest.csv` / `manifest.parquet` in the root (or the root is the manifest file) with columns
+    rgb, depth (paths relative to the manifest's folder, or absolute), and optional metres_per_unit (for
+    16-bit PNG depth; EXR/NPY/NPZ are metres), name, split (rows kept when split matches; 'all' keeps all).
+    Plain folder: rgb/<stem>.{png,jpg,jpeg} with depth/<stem>.{npy,npz,exr,png} (PNG written by
+    dap.io.write_depth, which stores its scale)."""
+
+    name = "folder"
+    layout = """\
+  manifest.csv or manifest.parquet with columns: rgb, depth[, metres_per_unit, name, split]
+  or: rgb/<stem>.png|jpg  +  depth/<stem>.npy|npz|exr|png"""
+    RGB_EXTS = (".png", ".jpg", ".jpeg")
+    DEPTH_EXTS = (".npy", ".npz", ".exr", ".png")
+
+    def __init__(self, root: str | Path, split: str = "test"):
+        self._scales: dict[Path, float | None] = {}
+        super().__init__(root, split)
+
+    def _manifest_path(self) -> Path | None:
+        if self.root.is_file():
+            return self.root
+        for name in ("manifest.parquet", "manifest.csv"):
+            if (self.root / name).is_file():
+                return self.root / name
+        return None
+
+    def _index(self) -> list[Item]:
+        manifest = self._manifest_path()
+        if manifest is None:
+            return self._index_folder()
+        rows = _read_table(manifest)
+        cols = set(rows[0]) if rows else set()
+        if not {"rgb", "depth"} <= cols:
+            raise self.layout_error(
+                f"the manifest {manifest.name} has columns {sorted(cols)}; it needs rgb and "
+                "depth (and optionally metres_per_unit, name, split)"
+            )
+        base = manifest.parent
+        items = []
+        for row in rows:
+            if "split" in row and self.split != "all" and str(row["split"]) != self.split:
+                continue
+            rgb, depth = base / str(row["rgb"]), base / str(row["depth"])
+            name = str(row["name"]) if row.get("name") not in (None, "") else _strip_suffix(str(row["rgb"]))
+            scale = row.get("metres_per_unit")
+            self._scales[depth] = float(scale) if scale not in (None, "") else None
+            items.append(Item(name, rgb, depth))
+        return items
+
+    def _index_folder(self) -> list[Item]:
+        rgb_dir, depth_dir = self.root / "rgb", self.root / "depth"
+        if not rgb_dir.is_dir() or not depth_dir.is_dir():
+            raise self.layout_error("found no manifest.csv / manifest.parquet and no rgb/ + depth/ folders")
+        items = []
+        for rgb in sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in self.RGB_EXTS):
+            depth = next(
+                (depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()),
+                depth_dir / f"{rgb.stem}.npy",
+            )
+            items.append(Item(rgb.stem, rgb, depth))
+        return items
+
+    def load_depth(self, path: Path) -> np.ndarray:
+        scale = self._scales.get(path)
+        return read_depth(path, scale=scale) if path.suffix.lower() == ".png" else read_depth(path)
+
+
+def _read_table(path: Path) -> list[dict]:
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------- registry
+DATASETS: dict[str, type[PanoDataset]] = {
+    "stanford2d3d": Stanford2D3D,
+    "matterport3d": Matterport3D,
+    "deep360": Deep360,
+    "structured3d": Structured3D,
+    "folder": FolderDataset,
+}
+
+
+def get_dataset(name: str, root: str | Path, split: str = "test", **kwargs) -> PanoDataset:
+    """Build the loader registered under `name` (case-insensitive) for `root` and `split`."""
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset '{name}'; choose one of {', '.join(DATASETS)}")
+    return DATASETS[key](root, split, **kwargs)

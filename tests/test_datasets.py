@@ -1,0 +1,238 @@
+"""Benchmark loaders on tiny fixtures written in each dataset's real on-disk encoding."""
+
+import math
+
+import numpy as np
+import OpenEXR
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dap.data.datasets import (
+    DATASETS,
+    Deep360,
+    FolderDataset,
+    Matterport3D,
+    Stanford2D3D,
+    Structured3D,
+    cassini_to_erp,
+    get_dataset,
+)
+from dap.errors import DatasetLayoutError
+from dap.geometry import erp_lonlat
+from dap.io import write_depth, write_rgb
+
+H, W = 8, 16
+
+
+def png16(path, raw):
+    """A raw 16-bit single-channel PNG, as the datasets ship it (no scale metadata)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(raw, np.uint16)).save(path)
+
+
+def rgb_png(path, h=H, w=W, value=0.5):
+    write_rgb(path, np.full((h, w, 3), value, np.float32))
+
+
+# ---------------------------------------------------------------------------------------- Stanford2D3D
+def make_stanford(root):
+    for area, k in (("area_5a", 1), ("area_5b", 2), ("area_1", 3)):
+        stem = f"camera_{k}abc_office_{k}_frame_equirectangular_domain"
+        rgb_png(root / area / "pano" / "rgb" / f"{stem}_rgb.png")
+        raw = np.full((H, W), 512 * k, np.uint16)  # k metres at 1/512 m per unit
+        raw[0, 0] = 65535  # no data
+        raw[1, 1] = 0
+        raw[2, 2] = 256  # 0.5 m
+        png16(root / area / "pano" / "depth" / f"{stem}_depth.png", raw)
+
+
+def test_stanford_test_split_units_and_invalid(tmp_path):
+    make_stanford(tmp_path)
+    ds = Stanford2D3D(tmp_path)
+    assert len(ds) == 2 and ds.expected_size == 373  # area_1 is a training area
+    s = ds[0]
+    assert s["name"] == "area_5a/camera_1abc_office_1_frame_equirectangular_domain"
+    assert s["rgb"].shape == (H, W, 3) and s["rgb"].dtype == np.float32
+    d = s["depth"]
+    assert d.dtype == np.float32 and d[0, 0] == 0.0 and d[1, 1] == 0.0 and d[2, 2] == 0.5 and d[3, 3] == 1.0
+    assert ds[1]["depth"][3, 3] == 2.0
+    assert len(Stanford2D3D(tmp_path, "all")) == 3
+    with pytest.raises(DatasetLayoutError, match="area_2/pano/rgb is missing"):
+        Stanford2D3D(tmp_path, "train")  # the fixture has only one of the five training areas
+    # UniFuse-style split file with 'rgb depth' lines
+    (tmp_path / "list.txt").write_text(
+        "area_5b/pano/rgb/camera_2abc_office_2_frame_equirectangular_domain_rgb.png "
+        "area_5b/pano/depth/camera_2abc_office_2_frame_equirectangular_domain_depth.png\n"
+    )
+    listed = Stanford2D3D(tmp_path, split_file=tmp_path / "list.txt")
+    assert [it.name for it in listed.items] == ["area_5b/camera_2abc_office_2_frame_equirectangular_domain"]
+
+
+def test_stanford_layout_errors(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="area_5a/pano/rgb is missing") as e:
+        Stanford2D3D(tmp_path)
+    assert "area_5a/pano/depth/camera_<uuid>" in str(e.value)  # shows the expected layout
+    make_stanford(tmp_path)
+    next((tmp_path / "area_5b" / "pano" / "depth").iterdir()).unlink()
+    with pytest.raises(DatasetLayoutError, match="1 listed files are missing") as e:
+        Stanford2D3D(tmp_path)
+    assert "camera_2abc_office_2_frame_equirectangular_domain_depth.png" in str(e.value)
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        Stanford2D3D(tmp_path / "nope")
+
+
+# ---------------------------------------------------------------------------------------- Matterport3D
+def write_exr(path, depth):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    OpenEXR.File(header, {"Y": np.asarray(depth, np.float32)}).write(str(path))
+
+
+def test_matterport_stitched_png_and_pano3d_exr(tmp_path):
+    raw = np.full((H, W), 6000, np.uint16)  # 1.5 m at 1/4000 m per unit
+    raw[0, :] = 0  # no data
+    rgb_png(tmp_path / "scanA" / "p1_rgb.png")
+    png16(tmp_path / "scanA" / "p1_depth.png", raw)
+    exr = np.full((H, W), 2.25, np.float32)
+    exr[1, :] = np.inf  # Pano3D marks holes with inf
+    rgb_png(tmp_path / "bldg" / "v1_color_0_Left_Down_0.0.png")
+    write_exr(tmp_path / "bldg" / "v1_depth_0_Left_Down_0.0.exr", exr)
+    (tmp_path / "matterport3d_test.txt").write_text(
+        "scanA/p1_rgb.png scanA/p1_depth.png\nbldg/v1_color_0_Left_Down_0.0.png bldg/v1_depth_0_Left_Down_0.0.exr\n"
+    )
+    ds = Matterport3D(tmp_path)
+    assert len(ds) == 2 and ds.expected_size == 2014
+    a, b = ds[0], ds[1]
+    assert a["name"] == "scanA/p1_rgb"
+    assert np.all(a["depth"][0] == 0) and np.all(a["depth"][1:] == 1.5)
+    assert np.all(b["depth"][1] == 0) and np.all(b["depth"][0] == 2.25) and np.isfinite(b["depth"]).all()
+    # without a split file: Pano3D renders are paired by name
+    (tmp_path / "matterport3d_test.txt").unlink()
+    pano3d = Matterport3D(tmp_path)
+    assert [it.rgb.name for it in pano3d.items] == ["v1_color_0_Left_Down_0.0.png"]
+    assert np.array_equal(pano3d[0]["depth"], b["depth"])
+
+
+def test_matterport_layout_error_names_split_file(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="matterport3d_test.txt") as e:
+        Matterport3D(tmp_path)
+    assert "Pano3D" in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- Deep360
+def cassini_rays(hc, wc):
+    """Rays of Cassini pixel centres, derived independently: column angle a about the x axis' pole,
+    row angle b around it (0 forward, pi/2 down)."""
+    a = (np.arange(wc) + 0.5) / wc * math.pi - math.pi / 2
+    b = (np.arange(hc) + 0.5) / hc * 2 * math.pi - math.pi
+    a, b = np.meshgrid(a, b)  # (hc, wc)
+    return np.stack([np.sin(a), np.cos(a) * np.sin(b), np.cos(a) * np.cos(b)], -1)
+
+
+def erp_rays_by_hand(h):
+    lon, lat = (t.double().numpy() for t in erp_lonlat(h, 2 * h))
+    return np.stack([np.cos(lat) * np.sin(lon), -np.sin(lat), np.cos(lat) * np.cos(lon)], -1)
+
+
+def field(r):
+    """A smooth function on the sphere that tells every direction apart from its mirror images."""
+    x, y, z = r[..., 0], r[..., 1], r[..., 2]
+    return 5 + 2 * x + 1.5 * y + z + 0.5 * x * z
+
+
+def test_cassini_to_erp_matches_function_rendered_in_both_projections():
+    hc, wc = 128, 64  # portrait, like Deep360's 1024 x 512
+    cas = field(cassini_rays(hc, wc)).astype(np.float32)
+    want = field(erp_rays_by_hand(wc))
+    got = cassini_to_erp(cas)
+    assert got.shape == (64, 128) and got.dtype == np.float32
+    assert np.abs(got - want).max() < 0.005  # bilinear resampling error only (measured 0.0014)
+    near = cassini_to_erp(cas, mode="nearest")
+    assert np.abs(near - want).max() < 0.15  # measured 0.095
+    # the same picture read with the wrong orientation (upside down) is far off
+    assert np.abs(cassini_to_erp(cas[::-1].copy()) - want).max() > 1.0
+    # channels are carried along
+    rgb = np.stack([cas, 2 * cas, 3 * cas], -1)
+    assert np.allclose(cassini_to_erp(rgb)[..., 2], 3 * got, atol=1e-4)
+
+
+def test_deep360_loader_converts_cassini_npz(tmp_path):
+    hc, wc = 2 * W, W  # Cassini is portrait: ERP comes out (W, 2W)
+    depth = field(cassini_rays(hc, wc)).astype(np.float32)
+    depth[:, :2] = 0  # invalid strip at the x = -1 pole (left of the Cassini image)
+    for ep in ("ep1_500frames", "ep6_500frames"):
+        d = tmp_path / ep / "testing"
+        (d / "depth").mkdir(parents=True)
+        np.savez(d / "depth" / "000001_depth.npz", depth)  # stored as 'arr_0', like Deep360
+        write_rgb(d / "rgb" / "000001_12_rgb1.png", np.full((hc, wc, 3), 0.25, np.float32))
+    ds = Deep360(tmp_path)
+    assert len(ds) == 2 and ds.expected_size == 600
+    s = ds[0]
+    assert s["name"] == "ep1_500frames/000001"
+    assert s["rgb"].shape == (W, 2 * W, 3) and np.allclose(s["rgb"], 0.25, atol=1 / 255)
+    d = s["depth"]
+    assert d.shape == (W, 2 * W)
+    rays = erp_rays_by_hand(W)
+    far_from_pole = rays[..., 0] > -0.5
+    assert np.abs(d - field(rays))[far_from_pole].max() < 0.6  # nearest lookup at 16 x 32
+    assert np.all(d[rays[..., 0] < -0.99] == 0)  # the invalid pole stays invalid, never blended
+    with pytest.raises(DatasetLayoutError, match="ep1_500frames/validation/depth is missing"):
+        Deep360(tmp_path, "val")
+
+
+# ---------------------------------------------------------------------------------------- Structured3D
+def test_structured3d_split_by_scene_and_mm(tmp_path):
+    for scene in ("scene_00001", "scene_03250", "scene_03499"):
+        full = tmp_path / scene / "2D_rendering" / "485142" / "panorama" / "full"
+        rgb_png(full / "rgb_rawlight.png")
+        raw = np.full((H, W), 2500, np.uint16)  # 2.5 m
+        raw[:, 0] = 0
+        png16(full / "depth.png", raw)
+    ds = Structured3D(tmp_path)
+    assert [it.name for it in ds.items] == ["scene_03250/485142", "scene_03499/485142"]
+    d = ds[0]["depth"]
+    assert np.all(d[:, 0] == 0) and np.all(d[:, 1:] == 2.5)
+    assert len(Structured3D(tmp_path, "train")) == 1 and len(Structured3D(tmp_path, "all")) == 3
+    with pytest.raises(DatasetLayoutError, match="no scene_XXXXX folders"):
+        Structured3D(tmp_path / "scene_00001")
+
+
+# ------------------------------------------------------------------------------------ folder / manifest
+def test_manifest_csv_and_parquet(tmp_path):
+    rgb_png(tmp_path / "img" / "a.jpg")
+    rgb_png(tmp_path / "img" / "b.png")
+    png16(tmp_path / "d" / "a.png", np.full((H, W), 300, np.uint16))  # 3 m at 1/100 m per unit
+    write_depth(tmp_path / "d" / "b.exr", np.full((H, W), 7.0, np.float32))
+    (tmp_path / "manifest.csv").write_text(
+        "rgb,depth,metres_per_unit,split\nimg/a.jpg,d/a.png,0.01,test\nimg/b.png,d/b.exr,,train\n"
+    )
+    ds = FolderDataset(tmp_path)
+    assert [it.name for it in ds.items] == ["img/a"] and np.all(ds[0]["depth"] == 3.0)
+    assert len(FolderDataset(tmp_path, "all")) == 2
+    (tmp_path / "manifest.csv").unlink()
+    pq.write_table(
+        pa.table({"rgb": ["img/b.png"], "depth": ["d/b.exr"], "name": ["bee"]}), tmp_path / "manifest.parquet"
+    )
+    ds = get_dataset("folder", tmp_path)
+    assert ds[0]["name"] == "bee" and np.all(ds[0]["depth"] == 7.0)
+
+
+def test_folder_without_manifest_and_errors(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="no manifest.csv") as e:
+        FolderDataset(tmp_path)
+    assert "metres_per_unit" in str(e.value)
+    (tmp_path / "manifest.csv").write_text("image,depth\nx.png,y.png\n")
+    with pytest.raises(DatasetLayoutError, match=r"has columns \['depth', 'image'\]; it needs rgb"):
+        FolderDataset(tmp_path)
+    (tmp_path / "manifest.csv").unlink()
+    rgb_png(tmp_path / "rgb" / "s.png")
+    write_depth(tmp_path / "depth" / "s.npy", np.full((H, W), 4.0, np.float32))
+    assert np.all(FolderDataset(tmp_path)[0]["depth"] == 4.0)
+
+
+def test_registry():
+    assert set(DATASETS) == {"stanford2d3d", "matterport3d", "deep360", "structured3d", "folder"}
+    with pytest.raises(ValueError, match="unknown dataset 'kitti'"):
+        get_dataset("kitti", ".")

@@ -36,7 +36,7 @@ def _pixel_weights(valid: torch.Tensor, weights: torch.Tensor | None, dtype: tor
 
 
 def _wmean(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Weighted mean; 0 (and zero gradient) when all weights are 0. x must be finite where w == 0."""
+    """Weighted mean; 0 (zero gradient) when all weights are 0. Keep x finite where w == 0 (its gradient)."""
     x = torch.where(w > 0, x, torch.zeros_like(x))
     return (x * w).sum() / w.sum().clamp_min(1e-12)
 

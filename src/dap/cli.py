@@ -13,6 +13,7 @@ import sys
 
 # name -> (module that owns it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("dap.inference", "Predict metric depth for panoramas (files, folders, globs, videos)."),
     "models": ("dap.models", "List the model variants and their parameter counts."),
     "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),

@@ -513,3 +513,24 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
     data = trimesh.Scene(cloud).export(file_type="glb")
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
+
+
+# ---------------------------------------------------------------------------------------------- video
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+
+
+def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """Frames of a video file in order, each float32 (H, W, 3) RGB in [0, 1]."""
+    p = _check_file(path)
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise _unreadable(p, "OpenCV cannot open it as a video")
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    finally:
+        cap.release()

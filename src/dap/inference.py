@@ -314,7 +314,7 @@ def _check_writable(out_dir: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise DapError(f"cannot write to the output folder {out_dir}: {e.strerror or e}. Choose another --out.")
+        raise DapError(f"cannot write to the output folder {out_dir}: {e.strerror or e}. Choose another --out.") from e
 
 
 def add_arguments(parser) -> None:

@@ -251,9 +251,7 @@ def test_cli_predictions_end_to_end(tmp_path, capsys):
     assert summary["protocols"]["median"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
     # pooled metric RMSE = sqrt of the pooled mean square over all valid pixels
     sq = np.concatenate([((preds[n] - gts[n]) ** 2)[gts[n] > 0] for n in gts])
-    assert summary["protocols"]["metric"]["pixel_pooled"]["rmse"] == pytest.approx(
-        np.sqrt(sq.mean()), rel=1e-6
-    )
+    assert summary["protocols"]["metric"]["pixel_pooled"]["rmse"] == pytest.approx(np.sqrt(sq.mean()), rel=1e-6)
     table = pq.read_table(out / "per_image.parquet").to_pylist()
     assert len(table) == 6 and {r["protocol"] for r in table} == {"metric", "median"}
     assert (out / "per_image.csv").read_text().count("\n") == 7
@@ -348,3 +346,41 @@ def test_cli_missing_prediction_is_a_clear_error(tmp_path, capsys):
         ]
     )
     assert code == 2 and "no saved prediction for sample 's0'" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_with_tiny_model(tmp_path):
+    """`dap eval --checkpoint` on a randomly initialised tiny model saved in our format."""
+    pytest.importorskip("dap.inference")
+    from dap.models import create_model, save_model
+
+    torch.manual_seed(0)
+    save_model(create_model("dap_tiny"), tmp_path / "ckpt")
+    rng = np.random.default_rng(1)
+    write_rgb(tmp_path / "data" / "rgb" / "a.png", rng.uniform(0, 1, (32, 64, 3)))
+    write_depth(tmp_path / "data" / "depth" / "a.npy", rng.uniform(1, 5, (32, 64)).astype(np.float32))
+    args = [
+        "eval",
+        "--dataset",
+        "folder",
+        "--root",
+        str(tmp_path / "data"),
+        "--checkpoint",
+        str(tmp_path / "ckpt"),
+        "--out",
+        str(tmp_path / "out"),
+        "--resolution",
+        "32x64",
+        "--protocol",
+        "metric",
+        "affine",
+    ]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    pred = read_depth(tmp_path / "out" / "predictions" / "a.npy")
+    assert pred.shape == (32, 64) and np.all(pred > 0)
+    gt = read_depth(tmp_path / "data" / "depth" / "a.npy")
+    want = compute_metrics(pred, gt, max_depth=100.0)
+    assert summary["protocols"]["metric"]["per_image_mean"]["rmse"] == pytest.approx(want["rmse"], rel=1e-5)
+    assert (tmp_path / "out" / "panels" / "a.png").is_file()
+    assert main(args) == 0  # second run reuses the cached prediction
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_cached_predictions"] == 1

@@ -87,9 +87,7 @@ def _weights_map(weights: Array | str | None, shape: tuple[int, int]) -> np.ndar
 
         w = solid_angle_weights(shape[0], shape[1], dtype=torch.float64)
         weights = w.numpy() if isinstance(w, torch.Tensor) else w
-    w = np.asarray(
-        weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, np.float64
-    )
+    w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, np.float64)
     w = np.broadcast_to(w.reshape(w.shape[-2:]) if w.ndim > 2 else w, shape)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("weights must be finite and non-negative")
@@ -138,9 +136,7 @@ def align(
     (scale, shift). Alignment is fitted on the valid pixels only; the whole map is transformed."""
     p, g = _as_map(pred, "pred"), _as_map(gt, "gt")
     if p.shape != g.shape:
-        raise ValueError(
-            f"pred shape {p.shape} does not match gt shape {g.shape}; resize the prediction first"
-        )
+        raise ValueError(f"pred shape {p.shape} does not match gt shape {g.shape}; resize the prediction first")
     if not min_depth > 0:
         raise ValueError(f"min_depth must be > 0 (logs and ratios need it), got {min_depth}")
     m = valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
@@ -266,14 +262,9 @@ def pole_error(
 ) -> float:
     """AbsRel restricted to the top and bottom `fraction` of rows. The protocol's alignment is fitted on the
     whole image first (as for compute_metrics). NaN when the poles have no valid ground truth."""
-    p, _, _ = align(
-        pred, gt, valid, protocol=protocol, min_depth=min_depth, max_depth=max_depth, weights=weights
-    )
+    p, _, _ = align(pred, gt, valid, protocol=protocol, min_depth=min_depth, max_depth=max_depth, weights=weights)
     g = _as_map(gt, "gt")
-    m = (
-        valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
-        & pole_rows(g.shape[0], fraction)[:, None]
-    )
+    m = valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth) & pole_rows(g.shape[0], fraction)[:, None]
     try:
         return compute_metrics(p, g, m, min_depth=min_depth, max_depth=max_depth, weights=weights)["abs_rel"]
     except NoValidDepthError:
@@ -292,13 +283,9 @@ def apply_range_mask(depth: Array, out_of_range: Array | None, cap: float = 100.
             device=out.device,
         ).bool()
     else:
-        mask = np.asarray(
-            out_of_range.cpu() if isinstance(out_of_range, torch.Tensor) else out_of_range, bool
-        )
+        mask = np.asarray(out_of_range.cpu() if isinstance(out_of_range, torch.Tensor) else out_of_range, bool)
     if tuple(mask.shape) != tuple(out.shape):
-        raise ValueError(
-            f"range mask shape {tuple(mask.shape)} does not match depth shape {tuple(out.shape)}"
-        )
+        raise ValueError(f"range mask shape {tuple(mask.shape)} does not match depth shape {tuple(out.shape)}")
     out[mask] = cap
     return out
 
@@ -343,9 +330,7 @@ class MetricAccumulator:
         extra: dict | None = None,
     ) -> dict:
         """Score one image, keep its row and return it (metrics, pole_abs_rel, scale, shift, n_valid)."""
-        kwargs = dict(
-            protocol=self.protocol, min_depth=self.min_depth, max_depth=self.max_depth, weights=self.weights
-        )
+        kwargs = dict(protocol=self.protocol, min_depth=self.min_depth, max_depth=self.max_depth, weights=self.weights)
         p, g, w, scale, shift = _prepared(pred, gt, valid, **kwargs)
         sums = _sums(p, g, w)
         for k, v in sums.items():
@@ -381,9 +366,7 @@ class EvalConfig:
     max_depth: float | None = 100.0
     range_cap: float = 100.0  # DAP convention: depth given to pixels the range mask marks out of range
     weights: str | None = None  # None or 'solid_angle'
-    eval_size: tuple[int, int] | None = (
-        None  # (H, W) to resize GT (nearest) and prediction to; None = GT size
-    )
+    eval_size: tuple[int, int] | None = None  # (H, W) to resize GT (nearest) and prediction to; None = GT size
     limit: int | None = None
     panels: int = 4
 
@@ -546,8 +529,7 @@ def evaluate(
         "seconds": round(time.perf_counter() - t0, 3),
         "skipped": skipped,
         "protocols": {
-            p: {"per_image_mean": acc.per_image_mean(), "pixel_pooled": acc.pixel_pooled()}
-            for p, acc in accs.items()
+            p: {"per_image_mean": acc.per_image_mean(), "pixel_pooled": acc.pixel_pooled()} for p, acc in accs.items()
         },
     }
     if out is not None:
@@ -574,13 +556,12 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
 def format_table(summary: dict) -> str:
     """Plain-text table of a summary: one line per protocol and aggregation."""
     cols = (*METRIC_KEYS, "pole_abs_rel", "seam_error")
-    lines = [f"{'protocol':<9}{'aggregation':<16}" + "".join(f"{c:>11}" for c in cols)]
+    lines = [f"{'protocol':<9}{'aggregation':<16}" + "".join(f"{c:>13}" for c in cols)]
     for proto, res in summary["protocols"].items():
         for agg in ("per_image_mean", "pixel_pooled"):
             vals = res[agg]
             lines.append(
-                f"{proto:<9}{agg:<16}"
-                + "".join(f"{vals[c]:>11.4f}" if c in vals else f"{'-':>11}" for c in cols)
+                f"{proto:<9}{agg:<16}" + "".join(f"{vals[c]:>13.4f}" if c in vals else f"{'-':>13}" for c in cols)
             )
     return "\n".join(lines)
 
@@ -598,15 +579,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from dap.data.datasets import DATASETS
 
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark loader")
-    parser.add_argument(
-        "--root", required=True, help="dataset root directory (or manifest file for 'folder')"
-    )
+    parser.add_argument("--root", required=True, help="dataset root directory (or manifest file for 'folder')")
     parser.add_argument("--split", default="test", help="dataset split")
+    parser.add_argument(
+        "--split-file", default=None, help="'rgb depth' pair list relative to the root (stanford2d3d, matterport3d)"
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="model checkpoint to evaluate")
-    src.add_argument(
-        "--predictions", help="folder of saved predictions <sample name>.npy in metres (no model)"
-    )
+    src.add_argument("--predictions", help="folder of saved predictions <sample name>.npy in metres (no model)")
     parser.add_argument("--out", required=True, help="output folder (metrics.json, per_image.*, panels/)")
     parser.add_argument(
         "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"
@@ -618,9 +598,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ground truth above this is ignored and predictions are clipped to it "
         "(10 = indoor convention, 100 = DAP convention)",
     )
-    parser.add_argument(
-        "--min-depth", type=float, default=1e-3, help="ground truth at or below this is ignored"
-    )
+    parser.add_argument("--min-depth", type=float, default=1e-3, help="ground truth at or below this is ignored")
     parser.add_argument(
         "--range-cap",
         type=float,
@@ -643,7 +621,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_cli(args: argparse.Namespace) -> int:
     from dap.data.datasets import get_dataset
 
-    dataset = get_dataset(args.dataset, args.root, split=args.split)
+    kwargs = {}
+    if args.split_file:
+        if args.dataset not in ("stanford2d3d", "matterport3d"):
+            raise DapError(
+                f"--split-file applies to stanford2d3d and matterport3d, not {args.dataset}; "
+                "use a manifest with the 'folder' loader for a custom list."
+            )
+        kwargs["split_file"] = args.split_file
+    dataset = get_dataset(args.dataset, args.root, split=args.split, **kwargs)
     cfg = EvalConfig(
         protocols=tuple(args.protocol),
         min_depth=args.min_depth,
@@ -661,9 +647,7 @@ def run_cli(args: argparse.Namespace) -> int:
             f"{expected}. Numbers are not comparable with published ones."
         )
     if args.predictions:
-        summary = evaluate(
-            dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions, progress=True
-        )
+        summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions, progress=True)
     else:
         predictor = model_predictor(args.checkpoint, device=args.device, resolution=args.resolution)
         key = {
@@ -692,10 +676,8 @@ def model_predictor(
     model = load_model(checkpoint, device=device)
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        result = predict(rgb, model, resolution=resolution)
-        depth = (
-            result.depth.detach().cpu().numpy() if isinstance(result.depth, torch.Tensor) else result.depth
-        )
+        result = predict(rgb, model, resolution=resolution, device=device)
+        depth = result.depth.detach().cpu().numpy() if isinstance(result.depth, torch.Tensor) else result.depth
         mask = getattr(result, "range_mask", None)
         if isinstance(mask, torch.Tensor):
             mask = mask.detach().cpu().numpy()

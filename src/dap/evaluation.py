@@ -395,7 +395,7 @@ def _panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_depth: float |
 
     h, w = gt.shape
     size = (height, max(2, round(w * height / h)))
-    g = _resize(gt, size, "nearest")
+    g = _resize(gt, size, "nearest-exact")
     p = _resize(pred, size, "bilinear")
     vmax = float(np.percentile(g[g > 0], 99)) if (g > 0).any() else float(p.max())
     if max_depth is not None:
@@ -501,7 +501,7 @@ def evaluate(
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
         size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
         if gt.shape != size:
-            gt = _resize(gt, size, "nearest")
+            gt = _resize(gt, size, "nearest-exact")
         if pred.shape != size:
             pred = _resize_depth(pred, size)
         rows_ok = True

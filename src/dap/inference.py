@@ -143,6 +143,33 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> 
     return out
 
 
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window; wraps horizontally (ERP seam), replicates vertically."""
+    x = F.pad(x, (r, r, 0, 0), mode="circular")
+    x = F.pad(x, (0, 0, r, r), mode="replicate")
+    return F.avg_pool2d(x, 2 * r + 1, stride=1)
+
+
+def guided_upsample(depth: torch.Tensor, guide: torch.Tensor, *, radius: int = 2, eps: float = 1e-4) -> torch.Tensor:
+    """Upsample a low-resolution depth map (B, 1, h, w) to the guide's size (B, 3, H, W) with the fast guided
+    filter (He & Sun 2015): a local linear model log-depth ~ a * luminance + b is fitted at low resolution, its
+    coefficients are upsampled, and applied to the full-resolution luminance, so depth edges follow image edges.
+    Log-depth keeps the fit scale-free across near and far regions."""
+    size = guide.shape[-2:]
+    lum = (0.299 * guide[:, 0:1] + 0.587 * guide[:, 1:2] + 0.114 * guide[:, 2:3])
+    lum_low = F.interpolate(lum, size=depth.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
+    q = torch.log(depth.clamp(min=1e-3))
+    mean_i, mean_q = _box(lum_low, radius), _box(q, radius)
+    cov = _box(lum_low * q, radius) - mean_i * mean_q
+    var = _box(lum_low * lum_low, radius) - mean_i * mean_i
+    a = cov / (var + eps)
+    b = mean_q - a * mean_i
+    a, b = _box(a, radius), _box(b, radius)
+    a = F.interpolate(a, size=size, mode="bilinear", align_corners=False)
+    b = F.interpolate(b, size=size, mode="bilinear", align_corners=False)
+    return torch.exp(a * lum + b)
+
+
 def default_model_path() -> Path:
     return Path(__file__).parent / "weights" / "dap_tiny_synth"
 
@@ -173,6 +200,7 @@ def predict(
     seam_pad: float = DEFAULT_SEAM_PAD,
     pad_to_erp: bool = False,
     threshold: float = 0.5,
+    upsample: str = "bilinear",
 ) -> Prediction | list[Prediction]:
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
     4-D array/tensor), returned as a `Prediction` or a list of them.
@@ -181,7 +209,11 @@ def predict(
     resolution: working (height, width), multiples of 16. Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output).
+    upsample: "bilinear" or "guided" (edge-aware, guided by the full-resolution RGB) when the input is larger
+        than the working resolution. Memory stays bounded by the working resolution plus full-size maps.
     """
+    if upsample not in ("bilinear", "guided"):
+        raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
     if resolution[0] % 16 or resolution[1] % 16:
         raise DapError(f"resolution {resolution} must be multiples of 16")
     items, is_batch = _split_batch(images)
@@ -197,7 +229,11 @@ def predict(
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
         out = run_model(model, _prepare(rgb, resolution, dev), seam_pad=seam_pad)
         full = rgb.shape[:2]
-        depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
+        if upsample == "guided" and full[0] > out["depth"].shape[-2]:
+            guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
+            depth = guided_upsample(out["depth"], guide)[0, 0]
+        else:
+            depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
         prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
         max_depth = float(model.cfg.max_depth)
         mask = prob >= threshold
@@ -333,6 +369,9 @@ def add_arguments(parser) -> None:
                         help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
     parser.add_argument("--pad-to-erp", action="store_true",
                         help="accept partial panoramas wider than 2:1 by padding the missing latitudes")
+    parser.add_argument("--upsample", choices=("bilinear", "guided"), default="bilinear",
+                        help="how depth is brought from the working resolution back to a larger input: "
+                             "bilinear, or guided by the full-resolution RGB (edge-aware)")
     parser.add_argument("--point-stride", type=int, default=1, help="keep every Nth row/column in PLY/GLB")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs already exist")
@@ -363,7 +402,7 @@ def run_cli(args) -> int:
             continue
         try:
             pred = predict(item.load(), model, resolution=resolution, seam_pad=args.seam_pad,
-                           pad_to_erp=args.pad_to_erp, device=device)
+                           pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample)
             write_outputs(pred, paths, point_stride=args.point_stride)
             done += 1
         except (DapError, OSError, ValueError) as e:

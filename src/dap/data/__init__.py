@@ -1,0 +1,1 @@
+"""Data sources: procedural synthetic panoramas, sharded datasets and ERP augmentations."""

@@ -1,0 +1,200 @@
+import math
+
+import numpy as np
+import pytest
+
+from dap.data.synthetic import (
+    Box,
+    Cylinder,
+    Plane,
+    Scene,
+    Shell,
+    Sphere,
+    kind_for_seed,
+    make_scene,
+    render,
+)
+from dap.errors import NotPanoramaError
+from dap.geometry import erp_rays
+
+H, W = 32, 64
+
+
+def rays64(h=H, w=W) -> np.ndarray:
+    return erp_rays(h, w).double().numpy()
+
+
+def room_depth(cam, lo, hi, d):
+    """Analytic distance from cam (inside the box) to its walls along unit rays d (float64)."""
+    cam, lo, hi = map(np.asarray, (cam, lo, hi))
+    t = np.where(d > 0, (hi - cam) / d, (lo - cam) / d)
+    return t.min(-1)
+
+
+def sphere_depth(cam, c, r, d):
+    oc = np.asarray(c) - np.asarray(cam)
+    b = d @ oc
+    disc = b * b - (oc @ oc - r * r)
+    t = b - np.sqrt(np.maximum(disc, 0))
+    return np.where((disc >= 0) & (t > 0), t, np.inf)
+
+
+def box_depth(cam, lo, hi, d):
+    with np.errstate(divide="ignore"):
+        t1, t2 = (np.asarray(lo) - cam) / d, (np.asarray(hi) - cam) / d
+    tn, tf = np.minimum(t1, t2).max(-1), np.maximum(t1, t2).min(-1)
+    return np.where((tn <= tf) & (tn > 0), tn, np.inf)
+
+
+def test_box_room_depth_is_analytic():
+    cam, lo, hi = (1.3, -1.4, 2.1), (0.0, -3.0, 0.0), (4.0, 0.0, 5.0)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, shells=[Shell(lo, hi, 0, 0, 0, 1)]), H, W)
+    d = rays64()
+    assert np.abs(out["depth"] - room_depth(cam, lo, hi, d)).max() <= 1e-4
+    assert not out["sky_mask"].any() and (out["instance"] == 1).all()
+    # inward normals: the floor (y = 0, below the camera) faces up (-y)
+    assert np.allclose(out["normals"][-1], [0, -1, 0]) and np.allclose(out["normals"][0], [0, 1, 0])
+    assert out["depth"].dtype == np.float32 and out["rgb"].shape == (H, W, 3)
+    assert 0 <= out["rgb"].min() and out["rgb"].max() <= 1
+
+
+def test_sphere_around_camera_gives_constant_depth():
+    cam = (0.4, -1.2, 3.0)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, spheres=[Sphere(cam, 2.5, 0, 1, inside=True)]), H, W)
+    assert np.abs(out["depth"] - 2.5).max() <= 1e-5
+
+
+def test_sky_is_exactly_the_rays_that_hit_nothing():
+    cam = (0.0, -1.7, 0.0)
+    out = render(Scene(seed=0, kind="outdoor", camera=cam, planes=[Plane(0.0, 0, 1)]), H, W)
+    d = rays64()
+    # y points down: only rays going down (lower hemisphere, d_y > 0) reach the ground
+    assert np.array_equal(out["sky_mask"], d[..., 1] <= 0)
+    assert out["sky_mask"][: H // 2].all() and not out["sky_mask"][H // 2:].any()
+    assert np.array_equal(out["range_mask"], out["sky_mask"] | (out["depth"] > 100))
+    ground = ~out["sky_mask"]
+    assert np.allclose(out["depth"][ground], 1.7 / d[..., 1][ground], rtol=1e-5)
+    assert (out["depth"][out["sky_mask"]] == 0).all() and (out["instance"][out["sky_mask"]] == 0).all()
+
+
+@pytest.mark.parametrize("center", [(0.0, -0.5, -6.0), (3.0, -1.0, 4.0), (0.5, -7.0, 0.2), (-0.3, 5.0, 0.1)])
+def test_solids_match_analytic_including_seam_and_poles(center):
+    # spheres and boxes behind the camera straddle the seam (lon = +-pi); others sit near the poles
+    cam = (0.0, 0.0, 0.0)
+    c = np.asarray(center)
+    lo, hi = tuple(c - [0.8, 0.5, 0.6] + [2.5, 0, 0]), tuple(c + [0.8, 0.5, 0.6] + [2.5, 0, 0])
+    scene = Scene(seed=0, kind="outdoor", camera=cam, spheres=[Sphere(center, 1.1, 0, 1)], boxes=[Box(lo, hi, 0, 2)])
+    out = render(scene, 64, 128)
+    d = rays64(64, 128)
+    want = np.minimum(sphere_depth(cam, center, 1.1, d), box_depth(cam, lo, hi, d))
+    assert np.array_equal(out["sky_mask"], np.isinf(want))
+    hit = ~np.isinf(want)
+    assert hit.sum() > 10
+    assert np.abs(out["depth"][hit] - want[hit]).max() <= 1e-4
+
+
+def test_cylinder_side_and_cap():
+    cam = (0.0, -2.0, 0.0)
+    cyl = Cylinder(0.0, 3.0, 0.5, -1.0, 0.0, 0, 1)  # camera above the top cap: sees cap and side
+    out = render(Scene(seed=0, kind="outdoor", camera=cam, cylinders=[cyl]), 64, 128)
+    d = rays64(64, 128)
+    # brute force in float64: side hits and top-cap hits
+    a = d[..., 0] ** 2 + d[..., 2] ** 2
+    b = 3.0 * d[..., 2]
+    disc = b * b - a * (9.0 - 0.25)
+    ts = (b - np.sqrt(np.maximum(disc, 0))) / a
+    ys = -2.0 + ts * d[..., 1]
+    side = np.where((disc >= 0) & (ts > 0) & (ys >= -1) & (ys <= 0), ts, np.inf)
+    with np.errstate(divide="ignore"):
+        tc = 1.0 / d[..., 1]
+    cap = np.where((tc > 0) & ((tc * d[..., 0]) ** 2 + (tc * d[..., 2] - 3) ** 2 <= 0.25), tc, np.inf)
+    want = np.minimum(side, cap)
+    hit = ~np.isinf(want)
+    assert np.array_equal(~out["sky_mask"], hit) and np.isfinite(cap).any()
+    assert np.abs(out["depth"][hit] - want[hit]).max() <= 1e-4
+
+
+def test_l_shape_and_door_openings_show_the_next_room():
+    # L: box A plus a wing B overlapping it; looking along +z from inside A reaches B's far wall at z = 8
+    cam = (1.0, -1.5, 1.0)
+    a, b = Shell((0, -3, 0), (4, 0, 4), 0, 0, 0, 1), Shell((0, -3, 3.5), (2, 0, 8), 0, 0, 0, 1)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, shells=[a, b]), 64, 128)
+    d = rays64(64, 128)
+    i, j = 31, 64  # pixel just above the horizon, just right of lon 0: ray ~ +z
+    assert abs(out["depth"][i, j] - 7.0 / d[i, j, 2]) < 1e-4
+    # wall between two rooms (gap 3..3.2 in z) with a door at x in [0.5, 1.5]: a doorway shell spans the gap
+    a, b = Shell((0, -3, 0), (4, 0, 3), 0, 0, 0, 1), Shell((0, -3, 3.2), (4, 0, 7), 0, 0, 0, 2)
+    door = Shell((0.5, -2.1, 2.95), (1.5, 0, 3.25), 0, 0, 0, 3)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, shells=[a, b, door]), 64, 128)
+    assert abs(out["depth"][i, j] - 6.0 / d[i, j, 2]) < 1e-4 and out["instance"][i, j] == 2
+    # outside the door the wall at z = 3 is hit
+    k = 40  # lon ~ -0.8 rad: x decreases fast, the ray leaves the door and hits room A's wall at z = 3
+    assert abs(out["depth"][i, k] - room_depth(cam, (0, -3, 0), (4, 0, 3), d[i, k])) < 1e-4
+    assert not out["sky_mask"].any()
+
+
+def test_seam_is_continuous():
+    out = render(make_scene(3, "indoor"), 64, 128)
+    d = out["depth"]
+    seam = np.abs(d[:, 0] - d[:, -1])
+    inner = np.abs(np.diff(d, axis=1))  # neighbouring columns elsewhere
+    assert np.median(seam) <= 2 * np.median(inner) + 1e-6
+    assert np.quantile(seam, 0.9) <= np.quantile(inner, 0.99)
+
+
+def test_same_seed_same_arrays_and_styles_share_geometry():
+    scene = make_scene(11, "outdoor")
+    a, b = render(scene, H, W, "photo"), render(make_scene(11, "outdoor"), H, W, "photo")
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    c = render(scene, H, W, "clean")
+    assert np.array_equal(a["depth"], c["depth"]) and np.array_equal(a["instance"], c["instance"])
+    assert np.abs(a["rgb"] - c["rgb"]).mean() > 0.02
+    assert not np.array_equal(render(make_scene(12, "outdoor"), H, W)["depth"], c["depth"])
+
+
+def test_generated_scenes_cover_the_depth_range():
+    mins, outdoor_far = [], []
+    for seed in range(10):
+        out = render(make_scene(seed, "indoor"), H, W)
+        assert not out["sky_mask"].any(), f"indoor seed {seed} leaks sky"
+        mins.append(out["depth"].min())
+        o = render(make_scene(seed, "outdoor"), 64, 128)  # hills beyond 100 m are thin: not too coarse
+        outdoor_far.append(o["range_mask"].mean())
+        assert o["sky_mask"].any() and (o["depth"] > 100).any()
+        assert np.array_equal(o["range_mask"], o["sky_mask"] | (o["depth"] > 100))
+    assert min(mins) < 0.5
+    assert all(0.05 < f < 0.95 for f in outdoor_far)
+
+
+def test_scene_dict_round_trip_and_kinds():
+    scene = make_scene(5, "indoor")
+    again = Scene.from_dict(scene.to_dict())
+    assert again == scene
+    assert kind_for_seed(4, "mixed") == "indoor" and kind_for_seed(5, "mixed") == "outdoor"
+    with pytest.raises(ValueError, match="indoor"):
+        make_scene(0, "space")
+
+
+def test_supersample_keeps_exact_geometry():
+    scene = make_scene(2, "indoor")
+    a, b = render(scene, H, W), render(scene, H, W, supersample=2)
+    assert np.array_equal(a["depth"], b["depth"])
+    assert 0 < np.abs(a["rgb"] - b["rgb"]).mean() < 0.1
+
+
+def test_bad_arguments():
+    with pytest.raises(NotPanoramaError, match="2:1"):
+        render(make_scene(0), 32, 32)
+    with pytest.raises(ValueError, match="clean"):
+        render(make_scene(0), H, W, style="oil-painting")
+
+
+def test_rendered_depth_matches_ray_points():
+    # points = depth * ray land on the primitives: every floor pixel of a room has y == floor height
+    cam, lo, hi = (1.0, -1.6, 1.0), (0.0, -2.7, 0.0), (3.0, 0.0, 4.0)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, shells=[Shell(lo, hi, 0, 0, 0, 1)]), H, W)
+    pts = out["depth"][..., None] * rays64() + np.asarray(cam)
+    floor = out["normals"][..., 1] < -0.5
+    assert floor.sum() > 50 and np.abs(pts[floor][:, 1]).max() < 1e-4
+    assert math.isclose(float(out["depth"].max()), float(np.linalg.norm(np.subtract((3, -2.7, 4), cam))), rel_tol=0.05)

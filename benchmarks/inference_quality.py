@@ -50,7 +50,7 @@ def seam_table(model, scenes, resolution) -> None:
     for pad in (0.0, 1 / 16, 1 / 8):
         rel, seam, seam_gt, total = [], [], [], 0.0
         for sc in scenes:
-            pred, t = _timed(lambda sc=sc: predict(sc["rgb"], model, resolution=resolution, seam_pad=pad))
+            pred, t = _timed(lambda sc=sc, pad=pad: predict(sc["rgb"], model, resolution=resolution, seam_pad=pad))
             total += t
             valid = (sc["depth"] > 0) & ~sc["range_mask"]
             rel.append(compute_metrics(pred.depth, sc["depth"], valid, max_depth=100.0)["abs_rel"])
@@ -70,7 +70,7 @@ def highres_table(model, scenes, resolution) -> None:
     for mode in ("bilinear", "guided"):
         rel_all, rel_edge, total = [], [], 0.0
         for sc in scenes:
-            pred, t = _timed(lambda sc=sc: predict(sc["rgb"], model, resolution=resolution, upsample=mode))
+            pred, t = _timed(lambda sc=sc, mode=mode: predict(sc["rgb"], model, resolution=resolution, upsample=mode))
             total += t
             valid = (sc["depth"] > 0) & ~sc["range_mask"] & ~pred.range_mask
             rel_all.append(compute_metrics(pred.depth, sc["depth"], valid, max_depth=100.0)["abs_rel"])

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("dap.models", "List the model variants and their parameter counts."),
     "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
+    "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),
 }
 
 

@@ -883,7 +883,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"resolution {text!r} is not HEIGHTxWIDTH, e.g. 512x1024") from None
-    check_erp_shape(h, w, "--resolution")
+    if w != 2 * h:
+        raise argparse.ArgumentTypeError(f"resolution {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {h}x{2 * h}")
     return h, w
 
 

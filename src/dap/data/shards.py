@@ -1,0 +1,257 @@
+"""Sharded synthetic datasets: WebDataset-style tar shards + a Parquet manifest, and a torch Dataset over them.
+
+Layout of DIR:
+  synth_config.json          settings the shards were written with (a rerun must match them to resume)
+  shard-000000.tar ...       per sample, in this order: <key>.depth.npy (float32 metres, 0 = sky),
+                             <key>.instance.png (uint16), <key>.json (seed, kind, style, scene, stats),
+                             <key>.mask.png (uint8 bits: 1 = sky, 2 = out of range: sky or > 100 m),
+                             <key>.rgb.png (8-bit RGB)
+  manifest.parquet           one row per sample: key, shard, seed, kind, style, layout, height, width,
+                             scene (JSON), depth_min, depth_median, depth_max, sky_fraction, range_fraction
+
+Bytes are a function of the settings only: tar headers carry no time or owner, PNGs no timestamps, JSON is
+key-sorted. A shard appears under its final name only when complete (atomic rename), so a rerun keeps every
+existing shard and redoes the one that was interrupted.
+
+Members are encoded/decoded here, in memory, rather than through `dap.io` (which works on file paths).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import multiprocessing as mp
+import os
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from dap.data.synthetic import depth_stats, get_style, kind_for_seed, make_scene, render
+from dap.errors import DapError, DatasetLayoutError, UnreadableFileError
+from dap.geometry import check_erp_shape
+from dap.io import atomic_write
+
+MANIFEST = "manifest.parquet"
+CONFIG = "synth_config.json"
+FORMAT_VERSION = 1
+SKY_BIT, RANGE_BIT = 1, 2
+SAMPLE_KEYS = ("rgb", "depth", "valid", "range_mask", "sky_mask", "key", "kind", "style")
+"""Keys of a `ShardDataset` sample: rgb float32 (3, H, W) in [0, 1]; depth float32 (1, H, W) metres, 0 = sky;
+valid bool (1, H, W) = depth > 0 and within 100 m; range_mask / sky_mask bool (1, H, W); key, kind, style str."""
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", compress_level=1)  # fast; PIL writes no timestamp chunk
+    return buf.getvalue()
+
+
+def encode_sample(key: str, out: dict[str, np.ndarray], meta: dict) -> dict[str, bytes]:
+    """Tar members of one rendered sample, name -> bytes (names sorted = member order)."""
+    mask = out["sky_mask"].astype(np.uint8) * SKY_BIT | out["range_mask"].astype(np.uint8) * RANGE_BIT
+    depth = io.BytesIO()
+    np.save(depth, out["depth"].astype(np.float32))
+    files = {
+        f"{key}.rgb.png": _png((out["rgb"] * 255 + 0.5).astype(np.uint8)),
+        f"{key}.depth.npy": depth.getvalue(),
+        f"{key}.mask.png": _png(mask),
+        f"{key}.instance.png": _png(out["instance"].astype(np.uint16)),
+        f"{key}.json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    return dict(sorted(files.items()))
+
+
+def write_tar(path: Path, members: Iterator[tuple[str, bytes]]) -> None:
+    """Write a tar with fixed headers (mtime 0, uid/gid 0, no user names) so equal content gives equal bytes."""
+    with atomic_write(path) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                len(data), 0, 0o644, 0, 0, "", "")
+            tar.addfile(info, io.BytesIO(data))
+
+
+def render_sample(index: int, cfg: dict) -> dict[str, bytes]:
+    """Render and encode sample `index` of a dataset with settings `cfg` (see `write_dataset`)."""
+    seed = cfg["seed"] + index
+    kind = kind_for_seed(seed, cfg["kind"])
+    scene = make_scene(seed, kind)
+    h, w = cfg["resolution"]
+    out = render(scene, h, w, cfg["style"], cfg["supersample"])
+    key = f"{index:08d}"
+    meta = dict(key=key, seed=seed, kind=kind, style=cfg["style"], layout=scene.layout, height=h, width=w,
+                supersample=cfg["supersample"], scene=scene.to_dict(), **depth_stats(out))
+    return encode_sample(key, out, meta)
+
+
+def _write_shard(job: tuple[str, int, dict], on_sample: Callable[[], None] | None = None) -> int:
+    root, shard, cfg = job
+    first, last = shard * cfg["shard_size"], min((shard + 1) * cfg["shard_size"], cfg["count"])
+
+    def members():
+        for i in range(first, last):
+            yield from render_sample(i, cfg).items()
+            if on_sample is not None:
+                on_sample()
+
+    write_tar(Path(root) / shard_name(shard), members())
+    return last - first
+
+
+def _worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", style: str = "clean",
+                  resolution: tuple[int, int] = (512, 1024), workers: int = 1, shard_size: int = 64,
+                  seed: int = 0, supersample: int = 1, progress: bool = True) -> Path:
+    """Render `count` panoramas (sample i from seed + i) into tar shards under `out`; returns the manifest path.
+
+    Rerunning with the same settings resumes: complete shards are kept, missing or interrupted ones redone.
+    """
+    if count < 1 or shard_size < 1 or workers < 1 or supersample < 1:
+        raise ValueError("count, shard_size, workers and supersample must all be >= 1")
+    kind_for_seed(seed, kind)  # validates kind
+    get_style(style)
+    check_erp_shape(*resolution, "resolution")
+    root = Path(out)
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = dict(version=FORMAT_VERSION, count=count, kind=kind, style=style, resolution=list(resolution),
+               shard_size=shard_size, seed=seed, supersample=supersample)
+    cfg_path = root / CONFIG
+    if cfg_path.exists():
+        old = json.loads(cfg_path.read_text())
+        if old != cfg:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
+            raise DapError(f"{root} holds a dataset written with other settings ({diff}). Rerun with the same "
+                           "settings to resume it, or choose a new --out folder.")
+    else:
+        with atomic_write(cfg_path) as tmp:
+            tmp.write_text(json.dumps(cfg, sort_keys=True, indent=1))
+    for stale in root.glob(".shard-*.tmp.tar"):  # left by a killed run: that shard is redone
+        stale.unlink()
+
+    n_shards = -(-count // shard_size)
+    todo = [s for s in range(n_shards) if not (root / shard_name(s)).exists()]
+    done = count - sum(min((s + 1) * shard_size, count) - s * shard_size for s in todo)
+    from tqdm import tqdm
+
+    with tqdm(total=count, initial=done, unit="pano", desc="dap synth", disable=not progress) as bar:
+        jobs = [(str(root), s, cfg) for s in todo]
+        if workers == 1 or len(jobs) <= 1:
+            for job in jobs:
+                _write_shard(job, lambda: bar.update(1))
+        else:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            # spawn: forking a process that already ran torch ops can deadlock its thread pool
+            with mp.get_context("spawn").Pool(workers, _worker_init, (threads,)) as pool:
+                for n in pool.imap_unordered(_write_shard, jobs):
+                    bar.update(n)
+    return write_manifest(root)
+
+
+def iter_shard(path: str | os.PathLike) -> Iterator[tarfile.TarInfo]:
+    try:
+        with tarfile.open(path) as tar:
+            yield from tar.getmembers()
+    except (tarfile.TarError, OSError) as e:
+        raise UnreadableFileError(f"cannot read shard {path}: {e}. Delete it and rerun `dap synth` with the "
+                                  "same settings to rewrite it.") from e
+
+
+def write_manifest(root: str | os.PathLike) -> Path:
+    """(Re)build manifest.parquet from the JSON members of every shard under `root`."""
+    root = Path(root)
+    rows = []
+    for shard in sorted(root.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tar.extractfile(m).read())
+                    meta["scene"] = json.dumps(meta["scene"], sort_keys=True)
+                    meta["shard"] = shard.name
+                    rows.append(meta)
+    if not rows:
+        raise DatasetLayoutError(f"no shard-*.tar files in {root}; write a dataset with `dap synth --out {root}`")
+    table = pa.Table.from_pylist(rows)
+    path = root / MANIFEST
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_manifest(root_or_manifest: str | os.PathLike) -> tuple[Path, pa.Table]:
+    """(dataset folder, manifest table) from a folder or the manifest file itself."""
+    p = Path(root_or_manifest)
+    manifest = p / MANIFEST if p.is_dir() else p
+    if not manifest.is_file():
+        raise DatasetLayoutError(f"{manifest} does not exist; pass a folder written by `dap synth` "
+                                 "(it holds manifest.parquet and shard-*.tar) or the manifest file itself")
+    return manifest.parent, pq.read_table(manifest)
+
+
+class ShardDataset(torch.utils.data.Dataset):
+    """Map-style dataset over `dap synth` shards; samples are dicts with `SAMPLE_KEYS`.
+
+    The tar member offsets are indexed once, so reading a sample is two seeks; file handles are opened
+    lazily per process (safe with DataLoader workers). `transform(sample) -> sample` runs last.
+    """
+
+    def __init__(self, root_or_manifest: str | os.PathLike, transform: Callable[[dict], dict] | None = None):
+        self.root, table = read_manifest(root_or_manifest)
+        self.rows = table.select(["key", "shard", "kind", "style"]).to_pylist()
+        self.transform = transform
+        self._index: dict[str, dict[str, tuple[int, int]]] = {}
+        for shard in sorted({r["shard"] for r in self.rows}):
+            path = self.root / shard
+            if not path.is_file():
+                raise DatasetLayoutError(f"the manifest lists {path} but it is missing; rerun `dap synth` with "
+                                         "the same settings to rewrite it")
+            self._index[shard] = {m.name: (m.offset_data, m.size) for m in iter_shard(path)}
+        self._files: dict[str, object] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _read(self, shard: str, name: str) -> bytes:
+        if self._pid != os.getpid():  # forked into a DataLoader worker: do not share file offsets
+            self._files, self._pid = {}, os.getpid()
+        f = self._files.get(shard)
+        if f is None:
+            f = self._files[shard] = open(self.root / shard, "rb")  # noqa: SIM115 - kept open for reuse
+        try:
+            offset, size = self._index[shard][name]
+        except KeyError:
+            raise UnreadableFileError(f"{self.root / shard} has no member {name}; the shard does not match the "
+                                      "manifest. Rebuild it with `dap synth` using the same settings.") from None
+        f.seek(offset)
+        return f.read(size)
+
+    def __getitem__(self, i: int) -> dict:
+        row = self.rows[i]
+        key, shard = row["key"], row["shard"]
+        rgb = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.rgb.png"))).convert("RGB"))
+        depth = np.load(io.BytesIO(self._read(shard, f"{key}.depth.npy")))
+        mask = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.mask.png"))))
+        depth = torch.from_numpy(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))[None]
+        range_mask = torch.from_numpy(mask & RANGE_BIT > 0)[None]
+        sample = dict(rgb=torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1).contiguous(),
+                      depth=depth, valid=(depth > 0) & ~range_mask, range_mask=range_mask,
+                      sky_mask=torch.from_numpy(mask & SKY_BIT > 0)[None], key=key, kind=row["kind"],
+                      style=row["style"])
+        return self.transform(sample) if self.transform is not None else sample
+
+    def __del__(self):
+        for f in getattr(self, "_files", {}).values():
+            f.close()

@@ -1,0 +1,153 @@
+"""ERP augmentations on sample dicts (see `dap.data.shards.SAMPLE_KEYS`).
+
+Every spatial transform moves all image-shaped tensors (C, H, W) of a sample together, so RGB, depth and
+masks stay aligned. Depth is a distance along the ray, so it is unchanged by rotating or mirroring the
+sphere; it is only resampled (nearest, never blended across edges). Randomness comes from the `generator`
+given to each transform, or torch's global RNG (which DataLoader seeds per worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from dap.geometry import rotate_erp
+
+Sample = dict
+
+
+def _images(sample: Sample) -> list[str]:
+    h, w = sample["rgb"].shape[-2:]
+    return [k for k, v in sample.items() if isinstance(v, torch.Tensor) and v.ndim == 3 and v.shape[-2:] == (h, w)]
+
+
+def _rand(generator: torch.Generator | None) -> float:
+    return float(torch.rand((), generator=generator))
+
+
+def _uniform(lo: float, hi: float, generator: torch.Generator | None) -> float:
+    return lo + (hi - lo) * _rand(generator)
+
+
+def roll_yaw(sample: Sample, columns: int) -> Sample:
+    """Turn the camera about the vertical axis by whole columns: content moves `columns` to the right."""
+    keys = _images(sample)
+    return {k: torch.roll(v, columns, dims=-1) if k in keys else v for k, v in sample.items()}
+
+
+def flip_horizontal(sample: Sample) -> Sample:
+    """Mirror the panorama (longitude -> -longitude); a valid scene with the same distances."""
+    keys = _images(sample)
+    return {k: torch.flip(v, dims=(-1,)) if k in keys else v for k, v in sample.items()}
+
+
+def rotate_sphere(sample: Sample, yaw: float = 0.0, pitch: float = 0.0, roll: float = 0.0) -> Sample:
+    """The sample seen from the camera rotated by yaw/pitch/roll degrees (`dap.geometry.rotation_matrix`).
+    RGB is resampled bilinearly; depth and masks by nearest neighbour, so no depth is blended across edges."""
+    out = dict(sample)
+    for k in _images(sample):
+        v = sample[k]
+        if k == "rgb":
+            out[k] = rotate_erp(v, yaw=yaw, pitch=pitch, roll=roll, mode="bilinear").clamp(0, 1)
+        else:
+            r = rotate_erp(v.float(), yaw=yaw, pitch=pitch, roll=roll, mode="nearest")
+            out[k] = r.to(v.dtype) if v.dtype != torch.bool else r > 0.5
+    return out
+
+
+class RandomYawRoll:
+    """Roll by a uniform random number of columns in [0, W)."""
+
+    def __init__(self, generator: torch.Generator | None = None):
+        self.generator = generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        w = sample["rgb"].shape[-1]
+        return roll_yaw(sample, int(torch.randint(0, w, (), generator=self.generator)))
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None):
+        self.p, self.generator = p, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        return flip_horizontal(sample) if _rand(self.generator) < self.p else sample
+
+
+class RandomSphereRotation:
+    """Random pitch and roll, uniform in +-max degrees, applied with probability p."""
+
+    def __init__(self, max_pitch: float = 10.0, max_roll: float = 10.0, p: float = 0.5,
+                 generator: torch.Generator | None = None):
+        self.max_pitch, self.max_roll, self.p, self.generator = max_pitch, max_roll, p, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if _rand(self.generator) >= self.p:
+            return sample
+        pitch = _uniform(-self.max_pitch, self.max_pitch, self.generator)
+        roll = _uniform(-self.max_roll, self.max_roll, self.generator)
+        return rotate_sphere(sample, pitch=pitch, roll=roll)
+
+
+def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
+    """(3, ...) RGB in [0, 1] -> HSV with hue in [0, 1)."""
+    r, g, b = rgb.unbind(0)
+    maxc, _ = rgb.max(0)
+    minc, _ = rgb.min(0)
+    delta = maxc - minc
+    s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
+    dd = delta.clamp_min(1e-12)
+    h = torch.where(maxc == r, (g - b) / dd, torch.where(maxc == g, 2 + (b - r) / dd, 4 + (r - g) / dd))
+    h = torch.where(delta > 0, torch.remainder(h / 6, 1.0), torch.zeros_like(h))
+    return torch.stack((h, s, maxc))
+
+
+def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv.unbind(0)
+    i = torch.floor(h * 6)
+    f = h * 6 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = torch.remainder(i, 6).long()
+    table = torch.stack((torch.stack((v, q, p, p, t, v)), torch.stack((t, v, v, q, p, p)),
+                         torch.stack((p, p, t, v, v, q))))  # (3 channels, 6 sectors, ...)
+    return table.gather(1, i[None, None].expand(3, 1, *i.shape)).squeeze(1)
+
+
+class ColorJitter:
+    """With probability p: brightness, contrast and saturation factors in [1 - x, 1 + x], hue shift in
+    [-hue, hue] (fraction of the colour wheel). Only `rgb` changes."""
+
+    def __init__(self, brightness: float = 0.2, contrast: float = 0.2, saturation: float = 0.2, hue: float = 0.1,
+                 p: float = 0.5, generator: torch.Generator | None = None):
+        self.b, self.c, self.s, self.h, self.p, self.generator = brightness, contrast, saturation, hue, p, generator
+
+    def __call__(self, sample: Sample) -> Sample:
+        if _rand(self.generator) >= self.p:
+            return sample
+        g = self.generator
+        x = sample["rgb"] * _uniform(1 - self.b, 1 + self.b, g)
+        mean = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device)[:, None, None]).sum(0).mean()
+        x = ((x - mean) * _uniform(1 - self.c, 1 + self.c, g) + mean).clamp(0, 1)
+        hsv = rgb_to_hsv(x)
+        sat = (hsv[1] * _uniform(1 - self.s, 1 + self.s, g)).clamp(0, 1)
+        hue = torch.remainder(hsv[0] + _uniform(-self.h, self.h, g), 1.0)
+        return {**sample, "rgb": hsv_to_rgb(torch.stack((hue, sat, hsv[2]))).clamp(0, 1)}
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable[[Sample], Sample]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample) -> Sample:
+        for t in self.transforms:
+            sample = t(sample)
+        return sample
+
+
+def train_transforms(rotation: bool = True, generator: torch.Generator | None = None) -> Compose:
+    """The default training augmentations: yaw roll, flip, colour jitter, and (optionally) pitch/roll."""
+    ts = [RandomYawRoll(generator), RandomHorizontalFlip(0.5, generator), ColorJitter(generator=generator)]
+    if rotation:
+        ts.append(RandomSphereRotation(generator=generator))
+    return Compose(ts)

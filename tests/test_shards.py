@@ -1,0 +1,166 @@
+import json
+import tarfile
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from dap.data import transforms as T
+from dap.data.shards import SAMPLE_KEYS, ShardDataset, write_dataset
+from dap.data.synthetic import Scene, Shell, make_scene, render
+from dap.errors import DapError, DatasetLayoutError
+from dap.geometry import erp_rays, rotation_matrix
+
+RES = (16, 32)
+
+
+def write(root, count=5, **kw):
+    opts = dict(kind="mixed", style="photo", resolution=RES, shard_size=2, seed=3, progress=False)
+    opts.update(kw)
+    return write_dataset(root, count, **opts)
+
+
+def shard_bytes(root):
+    return {p.name: p.read_bytes() for p in sorted(root.glob("shard-*.tar"))}
+
+
+def test_round_trip_and_manifest(tmp_path):
+    manifest = write(tmp_path)
+    table = pq.read_table(manifest).to_pylist()
+    assert [r["key"] for r in table] == [f"{i:08d}" for i in range(5)]
+    assert [r["seed"] for r in table] == [3, 4, 5, 6, 7]
+    assert [r["kind"] for r in table] == ["outdoor", "indoor", "outdoor", "indoor", "outdoor"]
+    assert [r["shard"] for r in table] == ["shard-000000.tar"] * 2 + ["shard-000001.tar"] * 2 + ["shard-000002.tar"]
+    with tarfile.open(tmp_path / "shard-000000.tar") as tar:
+        names = tar.getnames()
+        assert names[:5] == ["00000000.depth.npy", "00000000.instance.png", "00000000.json", "00000000.mask.png",
+                             "00000000.rgb.png"]
+        assert all(m.mtime == 0 and m.uid == 0 and m.uname == "" for m in tar.getmembers())
+
+    ds = ShardDataset(tmp_path)
+    assert len(ds) == 5
+    s = ds[1]
+    assert set(s) == set(SAMPLE_KEYS) and s["kind"] == "indoor" and s["key"] == "00000001"
+    want = render(make_scene(4, "indoor"), *RES, "photo")
+    assert s["rgb"].shape == (3, *RES) and s["depth"].shape == (1, *RES) and s["rgb"].dtype == torch.float32
+    assert np.array_equal(s["depth"][0].numpy(), want["depth"])
+    assert np.abs(s["rgb"].permute(1, 2, 0).numpy() - want["rgb"]).max() <= 0.5 / 255 + 1e-6
+    out = ds[0]  # outdoor: sky and beyond-range pixels are not valid
+    want = render(make_scene(3, "outdoor"), *RES, "photo")
+    assert np.array_equal(out["range_mask"][0].numpy(), want["range_mask"])
+    assert np.array_equal(out["sky_mask"][0].numpy(), want["sky_mask"])
+    assert torch.equal(out["valid"], (out["depth"] > 0) & (out["depth"] <= 100))
+    row = table[0]
+    d = want["depth"][~want["sky_mask"]]
+    assert row["depth_max"] == pytest.approx(d.max()) and row["sky_fraction"] == pytest.approx(want["sky_mask"].mean())
+    assert Scene.from_dict(json.loads(row["scene"])) == make_scene(3, "outdoor")
+
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert batch["rgb"].shape == (2, 3, *RES) and batch["key"] == ["00000000", "00000001"]
+
+
+def test_same_settings_same_bytes(tmp_path):
+    write(tmp_path / "a")
+    write(tmp_path / "b")
+    a, b = shard_bytes(tmp_path / "a"), shard_bytes(tmp_path / "b")
+    assert len(a) == 3 and a == b
+    assert (tmp_path / "a" / "manifest.parquet").read_bytes() == (tmp_path / "b" / "manifest.parquet").read_bytes()
+    write(tmp_path / "c", style="clean")
+    assert shard_bytes(tmp_path / "c") != a
+
+
+def test_workers_give_the_same_bytes(tmp_path):
+    write(tmp_path / "one", count=4)
+    write(tmp_path / "two", count=4, workers=2)
+    assert shard_bytes(tmp_path / "one") == shard_bytes(tmp_path / "two")
+
+
+def test_resume_keeps_complete_shards_and_redoes_a_partial_one(tmp_path):
+    write(tmp_path)
+    before = shard_bytes(tmp_path)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
+    # an interrupted run: shard 1 never got its final name, only a half-written temp file
+    (tmp_path / "shard-000001.tar").unlink()
+    (tmp_path / ".shard-000001.tar.abc123.tmp.tar").write_bytes(b"partial")
+    write(tmp_path)
+    assert shard_bytes(tmp_path) == before
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("shard-*.tar")}
+    assert after["shard-000000.tar"] == mtimes["shard-000000.tar"]
+    assert after["shard-000002.tar"] == mtimes["shard-000002.tar"]
+    assert not list(tmp_path.glob(".*.tmp.tar"))
+    assert len(ShardDataset(tmp_path)) == 5
+
+
+def test_settings_mismatch_and_missing_manifest(tmp_path):
+    write(tmp_path, count=2)
+    with pytest.raises(DapError, match=r"other settings \(count: 2 -> 3\)"):
+        write(tmp_path, count=3)
+    with pytest.raises(DatasetLayoutError, match="manifest.parquet"):
+        ShardDataset(tmp_path / "nothing")
+
+
+# ---------------------------------------------------------------------------------------- augmentations
+
+
+def room_sample(h=32, w=64):
+    cam, lo, hi = (1.3, -1.4, 2.1), (0.0, -3.0, 0.0), (4.0, 0.0, 5.0)
+    out = render(Scene(seed=0, kind="indoor", camera=cam, shells=[Shell(lo, hi, 0, 0, 0, 1)]), h, w)
+    depth = torch.from_numpy(out["depth"])[None]
+    rng = torch.Generator().manual_seed(0)
+    mask = torch.rand(1, h, w, generator=rng) > 0.5
+    sample = dict(rgb=torch.from_numpy(out["rgb"]).permute(2, 0, 1), depth=depth, valid=mask, range_mask=~mask,
+                  key="k")
+    return sample, (cam, lo, hi)
+
+
+def test_yaw_roll_flip():
+    s, _ = room_sample()
+    r = T.roll_yaw(s, 5)
+    for k in ("rgb", "depth", "valid", "range_mask"):
+        assert torch.equal(r[k], torch.roll(s[k], 5, dims=-1))
+    assert r["key"] == "k"
+    f = T.flip_horizontal(s)
+    assert not torch.equal(f["depth"], s["depth"]) and torch.equal(f["valid"], s["valid"].flip(-1))
+    ff = T.flip_horizontal(f)
+    assert all(torch.equal(ff[k], s[k]) for k in ("rgb", "depth", "valid", "range_mask"))
+    g = torch.Generator().manual_seed(1)
+    rolled = T.RandomYawRoll(g)(s)
+    shifts = [k for k in range(64) if torch.equal(rolled["depth"], torch.roll(s["depth"], k, dims=-1))]
+    assert len(shifts) >= 1 and torch.equal(rolled["valid"], torch.roll(s["valid"], shifts[0], dims=-1))
+
+
+def test_sphere_rotation_moves_depth_consistently():
+    s, (cam, lo, hi) = room_sample()
+    # a yaw of k columns through the resampler equals a roll by -k (content moves left when turning right)
+    y = T.rotate_sphere(s, yaw=360 * 4 / 64)
+    assert torch.equal(y["depth"], torch.roll(s["depth"], -4, dims=-1))
+    assert torch.equal(y["valid"], torch.roll(s["valid"], -4, dims=-1))
+    assert torch.allclose(y["rgb"], torch.roll(s["rgb"], -4, dims=-1), atol=1e-4)
+    # pitch: every output ray d shows the room along R @ d; compare to the analytic distance there
+    p = T.rotate_sphere(s, pitch=30.0, roll=-15.0)
+    r = rotation_matrix(pitch=30.0, roll=-15.0).numpy()
+    d = erp_rays(32, 64).double().numpy() @ r.T
+    t = np.where(d > 0, (np.asarray(hi) - cam) / d, (np.asarray(lo) - cam) / d).min(-1)
+    err = np.abs(p["depth"][0].numpy() - t)
+    assert np.median(err) < 0.05 and err.max() < 1.0
+    assert set(np.unique(p["depth"].numpy())) <= set(np.unique(s["depth"].numpy()))  # nearest: no new values
+    assert p["valid"].dtype == torch.bool and p["valid"].sum() > 0
+
+
+def test_color_jitter_changes_only_rgb():
+    s, _ = room_sample()
+    j = T.ColorJitter(p=1.0, generator=torch.Generator().manual_seed(0))(s)
+    assert j["depth"] is s["depth"] and j["valid"] is s["valid"]
+    assert not torch.equal(j["rgb"], s["rgb"]) and 0 <= j["rgb"].min() and j["rgb"].max() <= 1
+    assert T.ColorJitter(p=0.0)(s) is s
+    x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(T.hsv_to_rgb(T.rgb_to_hsv(x)), x, atol=1e-5)
+
+
+def test_train_transforms_through_a_loader(tmp_path):
+    write(tmp_path, count=2, kind="outdoor")
+    ds = ShardDataset(tmp_path, transform=T.train_transforms(generator=torch.Generator().manual_seed(0)))
+    b = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
+    assert b["depth"].shape == (2, 1, *RES) and b["valid"].dtype == torch.bool
+    assert not (b["valid"] & (b["depth"] == 0)).any()

@@ -148,3 +148,16 @@ def test_guided_upsampling_follows_image_edges():
     assert err_guided < 0.5 * err_bil
     # Flat regions are reproduced exactly (up to float error) by both.
     assert torch.allclose(guided[..., 10, 10], torch.tensor(2.0), rtol=1e-3)
+
+
+def test_default_working_resolution_comes_from_the_model(tmp_path):
+    from dap.models import create_model, load_model
+
+    model = create_model("dap_tiny", default_resolution=(32, 64)).eval()
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.default_resolution == (32, 64)
+    seen = []
+    loaded.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    predict(_pano(64, 128), loaded, seam_pad=0)
+    assert seen == [(32, 64)]

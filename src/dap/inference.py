@@ -28,7 +28,6 @@ from dap.errors import DapError, NotPanoramaError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_RESOLUTION = (512, 1024)
 # Columns copied from the opposite border on each side so the network sees the 0/360 degree seam as interior.
 DEFAULT_SEAM_PAD = 1 / 16
 
@@ -195,7 +194,7 @@ def predict(
     images,
     model=None,
     *,
-    resolution: tuple[int, int] = DEFAULT_RESOLUTION,
+    resolution: tuple[int, int] | None = None,
     device: str | torch.device | None = None,
     seam_pad: float = DEFAULT_SEAM_PAD,
     pad_to_erp: bool = False,
@@ -206,7 +205,8 @@ def predict(
     4-D array/tensor), returned as a `Prediction` or a list of them.
 
     model: a loaded DAP model, a checkpoint path (official model.pth or ours), or None for the bundled default.
-    resolution: working (height, width), multiples of 16. Output is resized back to each input's size.
+    resolution: working (height, width), multiples of 16; default: the model's `default_resolution` (512x1024
+        for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output).
     upsample: "bilinear" or "guided" (edge-aware, guided by the full-resolution RGB) when the input is larger
@@ -214,11 +214,12 @@ def predict(
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
-    if resolution[0] % 16 or resolution[1] % 16:
-        raise DapError(f"resolution {resolution} must be multiples of 16")
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     model = resolve_model(model, dev)
+    resolution = tuple(resolution or model.cfg.default_resolution)
+    if resolution[0] % 16 or resolution[1] % 16:
+        raise DapError(f"resolution {resolution} must be multiples of 16")
     results = []
     for item in items:
         rgb = _to_rgb_array(item)
@@ -364,7 +365,9 @@ def add_arguments(parser) -> None:
                         help=f"comma-separated outputs to write, any of: {', '.join(OUTPUT_KINDS)}; "
                              "npy/exr = float32 metres (0 = out of range), png16 = 16-bit PNG with "
                              f"{PNG16_SCALE:g} m per unit stored in the file")
-    parser.add_argument("--resolution", default="512x1024", help="working resolution HxW, multiples of 16")
+    parser.add_argument("--resolution", default=None,
+                        help="working resolution HxW, multiples of 16 (default: the model's own, 512x1024 for the "
+                             "official model)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
     parser.add_argument("--pad-to-erp", action="store_true",
@@ -387,7 +390,7 @@ def run_cli(args) -> int:
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
-    resolution = _parse_resolution(args.resolution)
+    resolution = _parse_resolution(args.resolution) if args.resolution else None
     _check_writable(args.out)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)

@@ -25,6 +25,8 @@ class DapConfig:
     # "plain": tokens are reshaped to the patch grid. "official": the released checkpoint's adapter,
     # which the official weights were trained with (see dap.models.official).
     token_adapter: str = "plain"
+    # Working resolution (height, width) inference uses unless told otherwise: the one the weights were trained at.
+    default_resolution: tuple[int, int] = (512, 1024)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -33,6 +35,8 @@ class DapConfig:
     def from_dict(cls, d: dict) -> DapConfig:
         d = dict(d)
         vit = ViTConfig(**d.pop("vit"))
+        if "default_resolution" in d:
+            d["default_resolution"] = tuple(d["default_resolution"])
         return cls(vit=vit, layers=tuple(d.pop("layers")), out_channels=tuple(d.pop("out_channels")), **d)
 
 

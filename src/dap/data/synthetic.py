@@ -23,11 +23,13 @@ from __future__ import annotations
 import argparse
 import colorsys
 import dataclasses
+import functools
 import io
 import math
 import zlib
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
@@ -493,10 +495,14 @@ def _safe_inv(d: torch.Tensor) -> torch.Tensor:
     return 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
 
 
-def _rays(height: int, width: int, device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+@functools.lru_cache(maxsize=2)
+def _rays(height: int, width: int, device: torch.device) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...],
+                                                                 torch.Tensor]:
+    """Ray components (x, y, z) as (H, W) tensors, their safe reciprocals, and the (H * W, 3) ray list.
+    Cached: the same grid is reused for every panorama of a dataset. Callers must not modify them."""
     rays = erp_rays(height, width, device=device)
     d = tuple(rays[..., i].contiguous() for i in range(3))
-    return d, tuple(_safe_inv(x) for x in d)
+    return d, tuple(_safe_inv(x) for x in d), rays.reshape(-1, 3)
 
 
 def _slab(lo, hi, o, inv) -> tuple[torch.Tensor, torch.Tensor]:
@@ -579,19 +585,20 @@ def _windows(P: _Prim, height: int, width: int) -> list[tuple[slice, slice]]:
     return [(rows, slice(c0, c1))]
 
 
-_FACE_NORMALS = torch.tensor([[-1.0, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]])
-
-
 def _normals(P: _Prim, px: torch.Tensor, py: torch.Tensor, pz: torch.Tensor) -> torch.Tensor:
     """Unit normals (M, 3) facing the camera side, at camera-relative hit points on P."""
-    if P.kind in ("box", "shell"):
+    if P.kind in ("box", "shell"):  # the face is the axis where the point is farthest out, relative to size
         lo, hi = P.p
-        dist = torch.stack([(px - lo[0]).abs(), (px - hi[0]).abs(), (py - lo[1]).abs(), (py - hi[1]).abs(),
-                            (pz - lo[2]).abs(), (pz - hi[2]).abs()], -1)
-        n = _FACE_NORMALS.to(px.device)[dist.argmin(-1)]
-        return -n if P.kind == "shell" else n
+        q = [(x - (lo[i] + hi[i]) / 2) / ((hi[i] - lo[i]) / 2) for i, x in enumerate((px, py, pz))]
+        a = [x.abs() for x in q]
+        ax0 = (a[0] >= a[1]) & (a[0] >= a[2])
+        ax1 = ~ax0 & (a[1] >= a[2])
+        ax2 = ~ax0 & ~ax1
+        sign = -1.0 if P.kind == "shell" else 1.0
+        return torch.stack([torch.where(m, torch.sign(x) * sign, 0.0) for m, x in zip((ax0, ax1, ax2), q, strict=True)],
+                           -1)
     if P.kind == "plane":
-        return torch.tensor([0.0, -1.0, 0.0], device=px.device).expand(px.shape[0], 3)
+        return torch.tensor([0.0, -1.0, 0.0], device=px.device).expand(*px.shape, 3)
     if P.kind in ("sphere", "dome"):
         c, rad = P.p
         n = torch.stack([px - c[0], py - c[1], pz - c[2]], -1) / rad
@@ -601,8 +608,8 @@ def _normals(P: _Prim, px: torch.Tensor, py: torch.Tensor, pz: torch.Tensor) -> 
     radial = torch.sqrt(ex * ex + ez * ez).clamp_min(1e-9)
     which = torch.stack([(radial - rad).abs(), (py - top).abs(), (py - bot).abs()], -1).argmin(-1)
     side = torch.stack([ex / radial, torch.zeros_like(ex), ez / radial], -1)
-    cap = torch.tensor([0.0, -1.0, 0.0], device=px.device) * torch.where(which == 1, 1.0, -1.0)[:, None]
-    return torch.where((which == 0)[:, None], side, cap)
+    cap = torch.tensor([0.0, -1.0, 0.0], device=px.device) * torch.where(which == 1, 1.0, -1.0)[..., None]
+    return torch.where((which == 0)[..., None], side, cap)
 
 
 def _boxes_overlap(a: _Prim, b: _Prim) -> bool:
@@ -612,7 +619,7 @@ def _boxes_overlap(a: _Prim, b: _Prim) -> bool:
 def _cast(scene: Scene, height: int, width: int, device) -> dict[str, torch.Tensor]:
     """Primary rays: closest-hit distance, primitive index, normal, material and instance per pixel."""
     prims = _prims(scene)
-    d, inv = _rays(height, width, device)
+    d, inv, ray_list = _rays(height, width, torch.device(device))
     o = (0.0, 0.0, 0.0)
     t = torch.full((height, width), _INF, device=device)
     ids = torch.full((height, width), -1, dtype=torch.int32, device=device)
@@ -647,24 +654,31 @@ def _cast(scene: Scene, height: int, width: int, device) -> dict[str, torch.Tens
             for rs, cs in wins[k]:
                 update(k, rs, cs, _hit(P, o, tuple(x[rs, cs] for x in d), tuple(x[rs, cs] for x in inv)))
 
-    normal = torch.zeros((height, width, 3), device=device)
-    mat = torch.zeros((height, width), dtype=torch.int64, device=device)
-    inst = torch.zeros((height, width), dtype=torch.int32, device=device)
+    # Bucket the pixels by primitive (a stable sort of the ids) so that each primitive's normals and materials
+    # are computed on one contiguous slice: much cheaper than a boolean mask per primitive.
+    flat = ids.reshape(-1)
+    order = torch.argsort(flat, stable=True)
+    counts = torch.bincount(flat.long() + 1, minlength=len(prims) + 1).tolist()
+    t_s, d_s = t.reshape(-1).index_select(0, order), ray_list.index_select(0, order)
+    n_s = torch.zeros_like(d_s)
+    mat_s = torch.zeros(t_s.shape, dtype=torch.int64, device=device)
+    start = counts[0]  # sky (id -1) sorts first
     for k, P in enumerate(prims):
-        for rs, cs in wins[k]:
-            m = ids[rs, cs] == k
-            if not bool(m.any()):
-                continue
-            tk = t[rs, cs][m]
-            n = _normals(P, tk * d[0][rs, cs][m], tk * d[1][rs, cs][m], tk * d[2][rs, cs][m])
-            normal[rs, cs][m] = n
+        end = start + counts[k + 1]
+        if end > start:
+            p = t_s[start:end, None] * d_s[start:end]
+            n = n_s[start:end] = _normals(P, p[:, 0], p[:, 1], p[:, 2])
             if P.faces is None:
-                mat[rs, cs][m] = P.material
+                mat_s[start:end] = P.material
             else:  # inward normal pointing up (-y) is the floor, down (+y) the ceiling
                 wall, floor, ceil = P.faces
-                mat[rs, cs][m] = torch.where(n[:, 1] < -0.5, floor, torch.where(n[:, 1] > 0.5, ceil, wall))
-            inst[rs, cs][m] = P.instance
-    return dict(t=t, ids=ids, normal=normal, mat=mat, inst=inst, d=torch.stack(d, -1), prims=prims)
+                mat_s[start:end] = torch.where(n[:, 1] < -0.5, floor, torch.where(n[:, 1] > 0.5, ceil, wall))
+        start = end
+    normal = torch.zeros_like(d_s).index_copy_(0, order, n_s).reshape(height, width, 3)
+    inst_table = torch.tensor([0] + [P.instance for P in prims], dtype=torch.int32, device=device)
+    inst = inst_table.index_select(0, flat.long() + 1).reshape(height, width)
+    return dict(t=t, ids=ids, normal=normal, inst=inst, prims=prims, order=order, n_sky=counts[0], t_s=t_s,
+                d_s=d_s, n_s=n_s, mat_s=mat_s)
 
 
 # ------------------------------------------------------------------------------------------------ shading
@@ -683,6 +697,9 @@ def _noise3(q: torch.Tensor) -> torch.Tensor:
     """Smooth pseudo-random field in [0, 1], (M,) for points (M, 3)."""
     w = torch.sin(q @ _WAVES.to(q.device) + _WAVE_PHASE.to(q.device)) @ _WAVE_AMP.to(q.device)
     return (0.5 + 0.5 * w / 2.2).clamp(0, 1)
+
+
+_MAT_KEYS = ("a", "b", "scale", "phase")
 
 
 def _texture(name: str, p: torch.Tensor, n: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
@@ -731,14 +748,16 @@ def _look(scene: Scene, style: Style) -> dict:
 
 
 def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> torch.Tensor:
-    """Linear RGB (H, W, 3): textured surfaces lit by ambient + one light (optionally shadowed), sky elsewhere."""
-    t, ids, d = geo["t"], geo["ids"], geo["d"]
-    dev = t.device
-    hit = ids >= 0
-    rgb = torch.empty(d.shape, device=dev)
-
+    """Linear RGB (H, W, 3): textured surfaces lit by ambient + one light (optionally shadowed), sky elsewhere.
+    Works on the primitive-sorted pixel lists of `_cast` (sky first), then scatters back to the image."""
+    d_s, order, ns = geo["d_s"], geo["order"], geo["n_sky"]
+    h, w = geo["t"].shape
+    dev = d_s.device
+    out = torch.empty_like(d_s)
     light = torch.tensor(scene.light, dtype=torch.float32, device=dev)
-    ds = d[~hit]
+    cam = torch.tensor(scene.camera, dtype=torch.float32, device=dev)
+
+    ds = d_s[:ns]
     up = (-ds[:, 1]).clamp(0, 1)
     zenith = (torch.tensor([0.25, 0.45, 0.85], device=dev) + torch.from_numpy(look["sky"]).to(dev)) ** 2.2
     horizon = torch.tensor([0.78, 0.86, 0.95], device=dev) ** 2.2
@@ -747,66 +766,125 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
         c = ds @ light
         glow = 6 * torch.exp((c - 1) * 2000) + 0.3 * torch.exp((c - 1) * 6)
         sky = sky + torch.tensor([1.0, 0.9, 0.75], device=dev) * glow[:, None]
-    sky = torch.where((ds[:, 1] > 0)[:, None], horizon * 0.5, sky)  # below the horizon: only in open test scenes
-    rgb[~hit] = sky
+    out[:ns] = torch.where((ds[:, 1] > 0)[:, None], horizon * 0.5, sky)  # below the horizon: open test scenes
 
-    th, dh, n, mid = t[hit], d[hit], geo["normal"][hit], geo["mat"][hit]
+    th, dh, n, mid = geo["t_s"][ns:], d_s[ns:], geo["n_s"][ns:], geo["mat_s"][ns:]
     p_rel = th[:, None] * dh
-    p = p_rel + torch.tensor(scene.camera, dtype=torch.float32, device=dev)
+    p = p_rel + cam
     albedo = torch.empty_like(p)
-    codes = mats["code"][mid]
-    for code in torch.unique(codes).tolist():
-        sel = codes == code
-        ms = mid[sel]
-        albedo[sel] = _texture(TEXTURES[code], p[sel], n[sel], mats["a"][ms], mats["b"][ms], mats["scale"][ms],
-                               mats["phase"][ms])
+    codes = mats["code"].index_select(0, mid)
+    for code, count in enumerate(torch.bincount(codes, minlength=len(TEXTURES)).tolist()):
+        if count == 0:
+            continue
+        if count == len(codes):
+            albedo = _texture(TEXTURES[code], p, n, *(mats[k].index_select(0, mid) for k in _MAT_KEYS))
+            break
+        idx = (codes == code).nonzero().squeeze(1)
+        ms = mid.index_select(0, idx)
+        a = _texture(TEXTURES[code], p.index_select(0, idx), n.index_select(0, idx),
+                     *(mats[k].index_select(0, ms) for k in _MAT_KEYS))
+        albedo.index_copy_(0, idx, a)
 
     if scene.point_light:
-        v = light - torch.tensor(scene.camera, dtype=torch.float32, device=dev) - p_rel
+        v = light - cam - p_rel
         dist = v.norm(dim=-1).clamp_min(1e-6)
         ldir = v / dist[:, None]
         power = 1.6 * style.light * look["sun"] / (1 + 0.04 * dist * dist)
     else:
-        ldir, dist = light.expand_as(p), None
-        power = torch.full_like(th, style.light * look["sun"])
+        ldir = light.expand_as(p)
+        power = style.light * look["sun"]
     ndl = (n * ldir).sum(-1).clamp_min(0)
     if style.shadows:
-        ndl = ndl * ~_shadowed(geo["prims"], p_rel, n, ldir, dist, ndl > 0)
+        ndl = ndl * ~_shadowed(geo["prims"], p_rel, n, ldir, ndl > 0, light - cam if scene.point_light else light,
+                               scene.point_light)
     shade = style.ambient * (0.75 - 0.25 * n[:, 1]) + power * ndl
-    rgb[hit] = albedo * shade[:, None]
-    return rgb
+    out[ns:] = albedo * shade[:, None]
+    return torch.empty_like(out).index_copy_(0, order, out).reshape(h, w, 3)
 
 
-def _shadowed(prims: list[_Prim], p: torch.Tensor, n: torch.Tensor, ldir: torch.Tensor,
-              dist: torch.Tensor | None, lit: torch.Tensor) -> torch.Tensor:
-    """True where a solid primitive blocks the segment from the surface point to the light."""
+def _shadowed(prims: list[_Prim], p: torch.Tensor, n: torch.Tensor, ldir: torch.Tensor, lit: torch.Tensor,
+              light: torch.Tensor, point_light: bool) -> torch.Tensor:
+    """True where a solid primitive blocks the segment from the surface point (camera-relative) to the light.
+
+    Each shadow ray gets two coordinates in which an occluder's bounding sphere covers one interval: across
+    the sun direction (two axes perpendicular to it) for the sun, azimuth and elevation seen from the lamp for
+    a point light. Rays are sorted by the first, so an occluder only looks at a contiguous run of rays,
+    filters that run by the second, and is tested exactly against the few rays left.
+    """
     out = torch.zeros_like(lit)
     idx = lit.nonzero().squeeze(1)
     if idx.numel() == 0:
         return out
-    o = p[idx] + n[idx] * 2e-3  # start just off the surface so it does not shadow itself
-    d = ldir[idx]
-    tmax = dist[idx] if dist is not None else None
-    oo, dd = o.unbind(-1), d.unbind(-1)
-    inv = tuple(_safe_inv(x) for x in dd)
-    blocked = torch.zeros(idx.shape, dtype=torch.bool, device=p.device)
+    # start just off the surface so it does not shadow itself
+    o = p.index_select(0, idx) + n.index_select(0, idx) * 2e-3
+    light_np = light.cpu().double().numpy()
+    if point_light:
+        rel = o - light
+        key = torch.atan2(rel[:, 0], rel[:, 2])
+        key2 = torch.atan2(-rel[:, 1], torch.sqrt(rel[:, 0] ** 2 + rel[:, 2] ** 2))
+    else:
+        e1 = np.cross(light_np, [0.0, 1.0, 0.0])
+        e1 = e1 / np.linalg.norm(e1) if np.linalg.norm(e1) > 1e-6 else np.array([1.0, 0.0, 0.0])
+        e2 = np.cross(light_np, e1)
+        key = o @ torch.tensor(e1, dtype=o.dtype, device=o.device)
+        key2 = o @ torch.tensor(e2, dtype=o.dtype, device=o.device)
+    # quantised integer keys: a stable integer argsort is several times faster than sorting floats
+    k0, scale = float(key.min()), 65535.0 / max(float(key.max() - key.min()), 1e-9)
+    order = torch.argsort(((key - k0) * scale).to(torch.int32), stable=True)
+    qkey = ((key.index_select(0, order) - k0) * scale).to(torch.int32)
+    o, key2 = o.index_select(0, order), key2.index_select(0, order)
+    blocked = torch.zeros(o.shape[0], dtype=torch.bool, device=p.device)
     for P in prims:
-        if P.kind in ("box", "cyl", "sphere") and P.radius < 200:  # hills are too far to matter
-            tk = _hit(P, oo, dd, inv)
-            blocked |= tk < tmax if tmax is not None else torch.isfinite(tk)
-    out[idx] = blocked
+        if P.kind not in ("box", "cyl", "sphere") or P.radius > 200:  # hills are too far away to matter
+            continue
+        c, rad = np.asarray(P.center, dtype=np.float64), P.radius
+        if point_light:
+            cl = c - light_np
+            dist, dh = float(np.linalg.norm(cl)), math.hypot(cl[0], cl[2])
+            if dist <= rad:
+                ranges, band = [(-math.inf, math.inf)], (-math.inf, math.inf)
+            else:
+                el, half_el = math.atan2(-cl[1], dh), math.asin(rad / dist)
+                band = (el - half_el, el + half_el)
+                if dh <= rad or abs(el) + half_el >= math.pi / 2:
+                    ranges = [(-math.inf, math.inf)]
+                else:
+                    mid, half = math.atan2(cl[0], cl[2]), math.asin(min(1.0, rad / dh))
+                    lo, hi = mid - half, mid + half
+                    ranges = ([(lo + 2 * math.pi, math.inf), (-math.inf, hi)] if lo < -math.pi else
+                              [(lo, math.inf), (-math.inf, hi - 2 * math.pi)] if hi > math.pi else [(lo, hi)])
+        else:
+            u, v = float(c @ e1), float(c @ e2)
+            ranges, band = [(u - rad, u + rad)], (v - rad, v + rad)
+        for lo, hi in ranges:
+            qlo, qhi = (max(-1.0, min(65536.0, (x - k0) * scale)) for x in (lo, hi))
+            bounds = torch.tensor([math.floor(qlo), math.floor(qhi) + 1], dtype=torch.int32, device=qkey.device)
+            a, b = torch.searchsorted(qkey, bounds).tolist()
+            if b <= a:
+                continue
+            k2 = key2[a:b]
+            cand = ((k2 >= band[0]) & (k2 <= band[1])).nonzero().squeeze(1) + a
+            if cand.numel() == 0:
+                continue
+            oc = o.index_select(0, cand)
+            if point_light:
+                v = light - oc
+                tmax = v.norm(dim=-1)
+                dd = (v / tmax[:, None]).unbind(-1)
+            else:
+                dd, tmax = tuple(x.reshape(1) for x in light.unbind(-1)), math.inf
+            tk = _hit(P, oc.unbind(-1), dd, tuple(_safe_inv(x) for x in dd))
+            blocked[cand] |= tk < tmax
+    out[idx.index_select(0, order)] = blocked
     return out
 
 
 def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (H, W, C); wraps around in longitude, clamps at the poles.
-    Shifted sums (not conv2d) so results do not depend on the thread count."""
+    """Gaussian blur of an (H, W, C) image that wraps around in longitude and clamps at the poles."""
     r = max(1, math.ceil(3 * sigma))
-    k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma * sigma))
-    k = (k / k.sum()).tolist()
-    h = sum(w * torch.roll(img, i - r, dims=1) for i, w in enumerate(k))
-    rows = torch.arange(img.shape[0], device=img.device)
-    return sum(w * h[(rows + i - r).clamp(0, img.shape[0] - 1)] for i, w in enumerate(k))
+    x = np.pad(img.cpu().numpy(), ((0, 0), (r, r), (0, 0)), mode="wrap")
+    y = cv2.GaussianBlur(x, (2 * r + 1, 2 * r + 1), sigma, borderType=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(np.ascontiguousarray(y[:, r:-r])).to(img.device)
 
 
 def _finish(lin: torch.Tensor, style: Style, look: dict) -> torch.Tensor:
@@ -823,8 +901,8 @@ def _finish(lin: torch.Tensor, style: Style, look: dict) -> torch.Tensor:
     if sigma > 0.3:
         y = _blur(y, sigma)
     if look["noise"] > 0:
-        g = np.random.default_rng(look["noise_seed"]).standard_normal(y.shape, dtype=np.float32)
-        y = (y + look["noise"] * torch.from_numpy(g).to(y.device)).clamp(0, 1)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(look["noise_seed"]))
+        y = (y + look["noise"] * g.to(y.device)).clamp(0, 1)
     if look["jpeg"] is not None:
         buf = io.BytesIO()
         Image.fromarray((y.cpu().numpy() * 255 + 0.5).astype(np.uint8)).save(buf, "JPEG", quality=look["jpeg"])

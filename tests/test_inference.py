@@ -161,3 +161,36 @@ def test_default_working_resolution_comes_from_the_model(tmp_path):
     loaded.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
     predict(_pano(64, 128), loaded, seam_pad=0)
     assert seen == [(32, 64)]
+
+
+def test_scale_smoothing_follows_moving_average_of_medians():
+    from dap.inference import ScaleSmoother
+
+    def frame(scale):
+        d = np.full((4, 8), 2.0 * scale, np.float32)
+        return Prediction(rgb=np.zeros((4, 8, 3), np.float32), depth=d, range_mask=np.zeros((4, 8), bool),
+                          out_of_range_prob=np.zeros((4, 8), np.float32))
+
+    smooth = ScaleSmoother(0.5)
+    a, b = frame(1.0), frame(4.0)
+    smooth(a, "v.mp4")
+    smooth(b, "v.mp4")
+    np.testing.assert_allclose(a.depth, 2.0)
+    np.testing.assert_allclose(b.depth, 4.0, rtol=1e-6)  # exp(0.5 log 2 + 0.5 log 8) = 4
+    c = frame(4.0)
+    smooth(c, "other.mp4")  # a new video starts afresh
+    np.testing.assert_allclose(c.depth, 8.0)
+
+
+def test_video_input_frames_are_predicted(checkpoint, tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    for i in range(3):
+        writer.write((_pano(32, 64, i) * 255).astype(np.uint8))
+    writer.release()
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
+                 "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["clip_000000.npy", "clip_000001.npy", "clip_000002.npy"]

@@ -263,6 +263,7 @@ class InputItem:
     name: str  # output file stem
     source: str  # what the user gave (for messages)
     load: object  # () -> float32 (H, W, 3) RGB
+    video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
 def expand_inputs(inputs: list[str]) -> list[InputItem]:
@@ -284,7 +285,7 @@ def expand_inputs(inputs: list[str]) -> list[InputItem]:
                 items += [InputItem(p.stem, str(p), functools.partial(io.read_rgb, p)) for p in found]
             elif path.suffix.lower() in io.VIDEO_SUFFIXES:
                 for i, frame in enumerate(io.iter_video_frames(path)):
-                    items.append(InputItem(f"{path.stem}_{i:06d}", f"{path} frame {i}", lambda f=frame: f))
+                    items.append(InputItem(f"{path.stem}_{i:06d}", f"{path} frame {i}", lambda f=frame: f, str(path)))
             else:
                 items.append(InputItem(path.stem, str(path), functools.partial(io.read_rgb, path)))
     return items
@@ -328,6 +329,28 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
             for i, axis in enumerate(geometry.CUBE_FACES):
                 io.write_rgb(path / f"{axis}.rgb.png", faces_rgb[i])
                 io.write_depth(path / f"{axis}.depth.npy", faces_depth[i])
+
+
+class ScaleSmoother:
+    """Temporal smoothing of the global scale of video depth: each frame's depth is rescaled so its median
+    follows an exponential moving average of the medians (in log space) of the frames so far. Metric models
+    jitter in scale from frame to frame more than in shape; this removes the jitter, not the motion."""
+
+    def __init__(self, alpha: float):
+        self.alpha, self.video, self.log_median = alpha, None, None
+
+    def __call__(self, pred: Prediction, video: str | None) -> None:
+        if video is None or self.alpha <= 0:
+            return
+        ok = ~pred.range_mask & (pred.depth > 0)
+        if not ok.any():
+            return
+        current = float(np.log(np.median(pred.depth[ok])))
+        if video != self.video or self.log_median is None:
+            self.video, self.log_median = video, current
+        else:
+            self.log_median = (1 - self.alpha) * current + self.alpha * self.log_median
+        pred.depth[ok] *= np.float32(np.exp(self.log_median - current))
 
 
 def _stride_mask(shape: tuple[int, int], stride: int) -> np.ndarray:
@@ -376,6 +399,9 @@ def add_arguments(parser) -> None:
                         help="how depth is brought from the working resolution back to a larger input: "
                              "bilinear, or guided by the full-resolution RGB (edge-aware)")
     parser.add_argument("--point-stride", type=int, default=1, help="keep every Nth row/column in PLY/GLB")
+    parser.add_argument("--smooth-scale", type=float, default=0.0, metavar="ALPHA",
+                        help="videos only: smooth the depth scale over frames with an exponential moving average "
+                             "of weight ALPHA on the past (e.g. 0.8; 0 = off)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs already exist")
 
@@ -395,6 +421,7 @@ def run_cli(args) -> int:
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
     model = resolve_model(args.checkpoint, device)
+    smooth = ScaleSmoother(args.smooth_scale)
     failures: list[tuple[str, str]] = []
     done = skipped = 0
     start = time.perf_counter()
@@ -406,6 +433,7 @@ def run_cli(args) -> int:
         try:
             pred = predict(item.load(), model, resolution=resolution, seam_pad=args.seam_pad,
                            pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample)
+            smooth(pred, item.video)
             write_outputs(pred, paths, point_stride=args.point_stride)
             done += 1
         except (DapError, OSError, ValueError) as e:

@@ -415,7 +415,7 @@ STYLES: dict[str, Style] = {
                   "sidewalk": ("checker", "noise", "brick"), "building": ("brick", "noise", "stripes", "flat"),
                   "trunk": ("wood", "noise"), "canopy": ("noise",), "ground": ("noise",), "hill": ("noise",),
                   "rock": ("noise",)},
-        palette="natural", ambient=0.35, light=1.2, shadows=True, exposure=(-0.7, 0.5), noise=(0.005, 0.03),
+        palette="natural", ambient=0.45, light=1.1, shadows=True, exposure=(-0.7, 0.5), noise=(0.005, 0.03),
         blur=(0.0, 1.2), jpeg=(60, 95), grading=1.0),
 }
 
@@ -709,9 +709,9 @@ def _texture(name: str, p: torch.Tensor, n: torch.Tensor, a: torch.Tensor, b: to
         return a
     q = (p + phase) / scale[:, None]
     if name in ("noise", "wood"):
-        f = _noise3(q)
+        f = _noise3(q) * 0.6  # subtle: strong blotches read as bumps in the geometry
         if name == "wood":  # rings around the x axis, disturbed by noise: planks on floors, grain on sides
-            f = torch.frac(3.0 * torch.sqrt(q[:, 1] ** 2 + q[:, 2] ** 2) + 1.5 * f) ** 3
+            f = torch.frac(3.0 * torch.sqrt(q[:, 1] ** 2 + q[:, 2] ** 2) + 2.5 * f) ** 3
     else:  # 2-D patterns on the plane of the dominant normal axis (triplanar)
         ax = n.abs().argmax(-1)
         u = torch.where(ax == 0, q[:, 2], q[:, 0])
@@ -991,3 +991,26 @@ def run_cli(args: argparse.Namespace) -> int:
                              supersample=args.supersample, progress=not args.no_progress)
     print(f"{args.count} panoramas in {manifest.parent} ({time.perf_counter() - start:.1f} s); manifest: {manifest}")
     return 0
+
+
+def contact_sheet(path: str, seeds: tuple[int, ...] = (0, 1, 2, 3), height: int = 192, supersample: int = 2) -> None:
+    """Save a PNG grid: for indoor and outdoor scenes of each seed, a row of clean RGB | photo RGB | depth
+    (turbo, 0.3-10 m indoor, 0.3-100 m outdoor; black = range mask: sky or beyond 100 m)."""
+    from PIL import ImageDraw
+
+    from dap.io import colorize_depth, write_rgb
+
+    rows = []
+    for kind in KINDS:
+        for seed in seeds:
+            scene = make_scene(seed, kind)
+            clean = render(scene, height, 2 * height, "clean", supersample)
+            photo = render(scene, height, 2 * height, "photo", supersample)
+            depth = np.where(clean["range_mask"], 0.0, clean["depth"])
+            color = colorize_depth(depth, min_depth=0.3, max_depth=10.0 if kind == "indoor" else 100.0)
+            tiles = [(clean["rgb"] * 255 + 0.5).astype(np.uint8), (photo["rgb"] * 255 + 0.5).astype(np.uint8), color]
+            row = Image.fromarray(np.concatenate(tiles, axis=1))
+            ImageDraw.Draw(row).text((4, 2), f"{kind} seed {seed} ({scene.layout}): clean | photo | depth",
+                                     fill=(255, 255, 255))
+            rows.append(np.asarray(row))
+    write_rgb(path, np.concatenate(rows, axis=0))

@@ -1,0 +1,94 @@
+"""Throughput of the synthetic panorama renderer (`dap.data.synthetic`) and of `dap synth` end to end.
+
+    .venv/bin/python benchmarks/synth_throughput.py                  # 512x1024, 2 threads, table
+    .venv/bin/python benchmarks/synth_throughput.py --resolution 256x512 --count 8
+
+Each row runs in a fresh process so that "peak RSS" is that configuration's own peak.
+  render  one process, torch using --threads threads, render() only (seeds 0..count-1)
+  synth   write_dataset(..., workers=--threads): render + PNG/NPY encoding + tar shards, as `dap synth` does
+"panoramas/s" is wall clock; "CPU ms/pano" is process CPU time per panorama (less sensitive to other load on
+a shared machine). The first row (clean, supersample 1) is the baseline the others are compared with.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIGS = [  # (mode, kind, style, supersample)
+    ("render", "indoor", "clean", 1),
+    ("render", "outdoor", "clean", 1),
+    ("render", "indoor", "photo", 1),
+    ("render", "outdoor", "photo", 1),
+    ("render", "mixed", "clean", 2),
+    ("synth", "mixed", "clean", 1),
+    ("synth", "mixed", "photo", 1),
+]
+
+
+def _cpu() -> float:
+    """CPU seconds of this process and of its finished children (the synth workers)."""
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + c.ru_utime + c.ru_stime
+
+
+def one(mode: str, kind: str, style: str, ss: int, h: int, w: int, count: int, threads: int) -> dict:
+    import torch
+
+    from dap.data.synthetic import kind_for_seed, make_scene, render
+
+    torch.set_num_threads(threads)
+    if mode == "render":
+        render(make_scene(10_000, kind_for_seed(10_000, kind)), h, w, style, ss)  # warm-up: ray grid cache
+        cpu, start = _cpu(), time.perf_counter()
+        for seed in range(count):
+            render(make_scene(seed, kind_for_seed(seed, kind)), h, w, style, ss)
+    else:
+        from dap.data.shards import write_dataset
+
+        with tempfile.TemporaryDirectory() as out:
+            cpu, start = _cpu(), time.perf_counter()
+            write_dataset(out, count, kind=kind, style=style, resolution=(h, w), workers=threads,
+                          shard_size=max(1, count // (2 * threads)), supersample=ss, progress=False)
+    wall, cpu = time.perf_counter() - start, _cpu() - cpu
+    peak = max(resource.getrusage(r).ru_maxrss for r in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return dict(pps=count / wall, cpu_ms=cpu / count * 1000, peak_mb=peak / 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--resolution", default="512x1024", help="HEIGHTxWIDTH")
+    ap.add_argument("--count", type=int, default=12, help="panoramas per row")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (render) / worker processes (synth)")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    h, w = (int(v) for v in args.resolution.split("x"))
+    if args.one:
+        mode, kind, style, ss = args.one.split(",")
+        print(json.dumps(one(mode, kind, style, int(ss), h, w, args.count, args.threads)))
+        return
+
+    print(f"# {args.resolution}, {args.count} panoramas per row, {args.threads} threads/workers, "
+          f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}")
+    print(f"| {'mode':6} | {'resolution':10} | {'kind':7} | {'style':5} | ss | panoramas/s | vs baseline | "
+          "CPU ms/pano | peak RSS MB |")
+    print("|--------|------------|---------|-------|----|-------------|-------------|-------------|-------------|")
+    base = None
+    for mode, kind, style, ss in CONFIGS:
+        cmd = [sys.executable, __file__, "--resolution", args.resolution, "--count", str(args.count),
+               "--threads", str(args.threads), "--one", f"{mode},{kind},{style},{ss}"]
+        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        base = base or r["pps"]
+        print(f"| {mode:6} | {args.resolution:10} | {kind:7} | {style:5} | {ss:2} | {r['pps']:11.2f} | "
+              f"{r['pps'] / base:10.2f}x | {r['cpu_ms']:11.0f} | {r['peak_mb']:11.0f} |", flush=True)
+    print(f"# load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

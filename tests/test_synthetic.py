@@ -198,3 +198,17 @@ def test_rendered_depth_matches_ray_points():
     floor = out["normals"][..., 1] < -0.5
     assert floor.sum() > 50 and np.abs(pts[floor][:, 1]).max() < 1e-4
     assert math.isclose(float(out["depth"].max()), float(np.linalg.norm(np.subtract((3, -2.7, 4), cam))), rel_tol=0.05)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    import torch
+
+    scene, n = make_scene(9, "indoor"), torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = render(scene, 64, 128, "photo")
+        torch.set_num_threads(2)
+        b = render(scene, 64, 128, "photo")
+    finally:
+        torch.set_num_threads(n)
+    assert all(np.array_equal(a[k], b[k]) for k in a)

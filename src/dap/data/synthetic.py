@@ -695,7 +695,10 @@ _WAVE_AMP = torch.tensor([1.0, 0.8, 0.6, 0.45, 0.33, 0.25, 0.18, 0.13])
 
 def _noise3(q: torch.Tensor) -> torch.Tensor:
     """Smooth pseudo-random field in [0, 1], (M,) for points (M, 3)."""
-    w = torch.sin(q @ _WAVES.to(q.device) + _WAVE_PHASE.to(q.device)) @ _WAVE_AMP.to(q.device)
+    # explicit products and sums instead of matmul: BLAS results may depend on the thread count
+    wv = _WAVES.to(q.device)
+    arg = q[:, 0:1] * wv[0] + q[:, 1:2] * wv[1] + q[:, 2:3] * wv[2] + _WAVE_PHASE.to(q.device)
+    w = (torch.sin(arg) * _WAVE_AMP.to(q.device)).sum(-1)
     return (0.5 + 0.5 * w / 2.2).clamp(0, 1)
 
 
@@ -763,7 +766,7 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
     horizon = torch.tensor([0.78, 0.86, 0.95], device=dev) ** 2.2
     sky = horizon + (zenith - horizon) * up.sqrt()[:, None]
     if not scene.point_light:  # sun disc and glow
-        c = ds @ light
+        c = (ds * light).sum(-1)
         glow = 6 * torch.exp((c - 1) * 2000) + 0.3 * torch.exp((c - 1) * 6)
         sky = sky + torch.tensor([1.0, 0.9, 0.75], device=dev) * glow[:, None]
     out[:ns] = torch.where((ds[:, 1] > 0)[:, None], horizon * 0.5, sky)  # below the horizon: open test scenes
@@ -826,8 +829,8 @@ def _shadowed(prims: list[_Prim], p: torch.Tensor, n: torch.Tensor, ldir: torch.
         e1 = np.cross(light_np, [0.0, 1.0, 0.0])
         e1 = e1 / np.linalg.norm(e1) if np.linalg.norm(e1) > 1e-6 else np.array([1.0, 0.0, 0.0])
         e2 = np.cross(light_np, e1)
-        key = o @ torch.tensor(e1, dtype=o.dtype, device=o.device)
-        key2 = o @ torch.tensor(e2, dtype=o.dtype, device=o.device)
+        key = o[:, 0] * float(e1[0]) + o[:, 1] * float(e1[1]) + o[:, 2] * float(e1[2])
+        key2 = o[:, 0] * float(e2[0]) + o[:, 1] * float(e2[1]) + o[:, 2] * float(e2[2])
     # quantised integer keys: a stable integer argsort is several times faster than sorting floats
     k0, scale = float(key.min()), 65535.0 / max(float(key.max() - key.min()), 1e-9)
     order = torch.argsort(((key - k0) * scale).to(torch.int32), stable=True)

@@ -164,3 +164,18 @@ def test_train_transforms_through_a_loader(tmp_path):
     b = next(iter(torch.utils.data.DataLoader(ds, batch_size=2)))
     assert b["depth"].shape == (2, 1, *RES) and b["valid"].dtype == torch.bool
     assert not (b["valid"] & (b["depth"] == 0)).any()
+
+
+def test_cli_synth(tmp_path, capsys):
+    from dap import cli
+
+    args = ["synth", "--count", "3", "--out", str(tmp_path), "--resolution", "16x32", "--shard-size", "2",
+            "--kind", "indoor", "--no-progress"]
+    assert cli.main(args) == 0
+    assert "manifest" in capsys.readouterr().out
+    assert [r["kind"] for r in pq.read_table(tmp_path / "manifest.parquet").to_pylist()] == ["indoor"] * 3
+    assert cli.main(args[:-1] + ["--style", "photo"]) == 2  # other settings into the same folder: refused
+    assert "other settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["synth", "--count", "1", "--out", str(tmp_path / "x"), "--resolution", "16x16"])
+    assert "not 2:1" in capsys.readouterr().err

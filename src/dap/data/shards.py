@@ -1,7 +1,7 @@
 """Sharded synthetic datasets: WebDataset-style tar shards + a Parquet manifest, and a torch Dataset over them.
 
 Layout of DIR:
-  synth_config.json          settings the shards were written with (a rerun must match them to resume)
+  synth_config.json          settings and renderer version the shards were written with (a rerun must match)
   shard-000000.tar ...       per sample, in this order: <key>.depth.npy (float32 metres, 0 = sky),
                              <key>.instance.png (uint16), <key>.json (seed, kind, style, scene, stats),
                              <key>.mask.png (uint8 bits: 1 = sky, 2 = out of range: sky or > 100 m),
@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from dap.data.synthetic import depth_stats, get_style, kind_for_seed, make_scene, render
+from dap.data.synthetic import RENDERER_VERSION, depth_stats, get_style, kind_for_seed, make_scene, render
 from dap.errors import DapError, DatasetLayoutError, UnreadableFileError
 from dap.geometry import check_erp_shape
 from dap.io import atomic_write
@@ -126,7 +126,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     check_erp_shape(*resolution, "resolution")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    cfg = dict(version=FORMAT_VERSION, count=count, kind=kind, style=style, resolution=list(resolution),
+    cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style, resolution=list(resolution),
                shard_size=shard_size, seed=seed, supersample=supersample)
     cfg_path = root / CONFIG
     if cfg_path.exists():

@@ -39,6 +39,7 @@ from dap.geometry import check_erp_shape, erp_rays, lonlat_to_pixel
 MAX_RANGE = 100.0  # metres; farther hits and sky form the range mask
 EPS = 1e-4  # smallest accepted ray distance (metres)
 KINDS = ("indoor", "outdoor")
+RENDERER_VERSION = 1  # bump whenever the pixels for a given seed change: resuming a dataset checks it
 
 Vec3 = tuple[float, float, float]
 

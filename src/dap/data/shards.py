@@ -126,8 +126,8 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     check_erp_shape(*resolution, "resolution")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style, resolution=list(resolution),
-               shard_size=shard_size, seed=seed, supersample=supersample)
+    cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
+               resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
     cfg_path = root / CONFIG
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())

@@ -57,8 +57,8 @@ class ModelSection:
 class SourceConfig:
     """One data source of the training mixture (or of the validation set)."""
 
-    kind: str = "rooms"  # shards | folder | dataset | synthetic | rooms
-    path: str | None = None  # shard dir (shards), manifest or folder (folder), dataset root (dataset)
+    kind: str = "rooms"  # shards (dap synth output) | folder | dataset | synthetic (rendered live) | rooms
+    path: str | None = None  # shard dir or manifest (shards), manifest or folder (folder), dataset root
     ratio: float = 1.0  # sampling weight within the mixture (normalised over sources)
     split: str = "train"
     dataset: str | None = None  # loader name for kind=dataset: stanford2d3d, matterport3d, deep360, ...
@@ -76,6 +76,7 @@ class DataSection:
     batch_size: int = 4  # per rank; the global batch is batch_size x world size
     num_workers: int = 0
     augment: bool = True  # paper: colour jitter (p=0.5), random yaw roll, horizontal flip (p=0.5)
+    rotate: bool = False  # also random pitch/roll up to 10 degrees (not in the paper)
     val_samples: int = 32  # first N panoramas of the validation sources
 
 
@@ -258,20 +259,20 @@ class RoomsDataset(Dataset):
         }
 
 
-class _RenderedSynthetic(Dataset):
-    """Panoramas rendered on the fly by dap.data.synthetic (scene seed = seed + index)."""
+class RenderedSynthetic(Dataset):
+    """Panoramas rendered on the fly by dap.data.synthetic (panorama i = scene seed + i, as `dap synth`)."""
 
-    def __init__(self, size: int, height: int, width: int, seed: int):
-        from dap.data import synthetic
-
-        self.render = synthetic.render_sample  # (seed, height, width) -> dict
-        self.size, self.height, self.width, self.seed = size, height, width, seed
+    def __init__(self, size: int, height: int, width: int, seed: int, kind: str = "mixed", style: str = "clean"):
+        self.size, self.height, self.width, self.seed, self.kind, self.style = size, height, width, seed, kind, style
 
     def __len__(self) -> int:
         return self.size
 
     def __getitem__(self, i: int) -> dict:
-        return self.render(self.seed + i, self.height, self.width)
+        from dap.data.synthetic import kind_for_seed, make_scene, render
+
+        seed = self.seed + i
+        return render(make_scene(seed, kind_for_seed(seed, self.kind)), self.height, self.width, self.style)
 
 
 def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
@@ -279,7 +280,7 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
     if src.kind == "rooms":
         return RoomsDataset(src.size, height, width, seed=src.seed)
     if src.kind == "synthetic":
-        return _RenderedSynthetic(src.size, height, width, src.seed)
+        return RenderedSynthetic(src.size, height, width, src.seed)
     if src.path is None:
         raise ValueError(f"data source kind={src.kind!r} needs a path")
     if src.kind == "shards":
@@ -337,41 +338,20 @@ def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[s
             "out_of_range": near["out_of_range"] > 0.5}
 
 
-def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """The paper's ERP augmentations, drawn from `gen`: random yaw roll (any column), horizontal flip
-    (p=0.5) and colour jitter (p=0.5: brightness, contrast, saturation 0.8-1.2, hue ±0.1)."""
-    u = torch.rand(8, generator=gen, dtype=torch.float64).tolist()
-    width = s["rgb"].shape[-1]
-    shift = int(u[0] * width)
-    out = {k: torch.roll(v, shift, dims=-1) for k, v in s.items()}  # yaw rotation: exact for ERP
-    if u[1] < 0.5:
-        out = {k: torch.flip(v, dims=(-1,)) for k, v in out.items()}  # mirror: still a valid panorama
-    if u[2] < 0.5:
-        rgb = out["rgb"] * (0.8 + 0.4 * u[3])
-        mean = rgb.mean()
-        rgb = (rgb - mean) * (0.8 + 0.4 * u[4]) + mean
-        grey = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0, keepdim=True)
-        rgb = (rgb - grey) * (0.8 + 0.4 * u[5]) + grey
-        out["rgb"] = _hue_shift(rgb.clamp(0, 1), (u[6] - 0.5) * 0.2)
-    return out
+def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False) -> dict[str, torch.Tensor]:
+    """The paper's ERP augmentations (dap.data.transforms), drawn from `gen`: random yaw roll, horizontal flip
+    (p=0.5), colour jitter (p=0.5: brightness/contrast/saturation 0.8-1.2, hue ±0.1); `rotate` adds small
+    random pitch/roll (not in the paper)."""
+    from dap.data.transforms import train_transforms
 
-
-def _hue_shift(rgb: torch.Tensor, shift: float) -> torch.Tensor:
-    """Rotate hue by `shift` turns (YIQ rotation: cheap and exact enough for augmentation)."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    c, s = math.cos(2 * math.pi * shift), math.sin(2 * math.pi * shift)
-    rot = torch.tensor([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
-    return torch.einsum("ij,jhw->ihw", m, rgb).clamp(0, 1)
+    return train_transforms(rotation=rotate, generator=gen)(s)
 
 
 class MixtureDataset(Dataset):
     """Indexed by keys (source, index, augmentation seed) produced by `MixtureSampler`."""
 
-    def __init__(self, sources: list[Dataset], configs: list[SourceConfig], height: int, width: int,
-                 augment: bool):
-        self.sources, self.configs = sources, configs
-        self.height, self.width, self.augment = height, width, augment
+    def __init__(self, sources: list[Dataset], configs: list[SourceConfig], data: DataSection):
+        self.sources, self.configs, self.data = sources, configs, data
 
     def __len__(self) -> int:
         return sum(len(s) for s in self.sources)
@@ -379,9 +359,9 @@ class MixtureDataset(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, torch.Tensor]:
         j, idx, aug_seed = key
         s = to_training_sample(self.sources[j][idx], self.configs[j].invalid_is_sky)
-        s = resize_sample(s, self.height, self.width)
-        if self.augment:
-            s = augment_sample(s, torch.Generator().manual_seed(aug_seed))
+        s = resize_sample(s, self.data.height, self.data.width)
+        if self.data.augment:
+            s = augment_sample(s, torch.Generator().manual_seed(aug_seed), self.data.rotate)
         return s
 
 
@@ -492,21 +472,22 @@ def _normalise(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def _rng_state() -> dict:
+    """Python, NumPy and torch RNG states as plain Python data (gatherable across ranks, weights_only-loadable)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (name, torch.from_numpy(keys.copy()), pos, has_gauss, cached),
-             "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": (name, keys.tolist(), pos, has_gauss, cached),
+             "torch": torch.get_rng_state().tolist()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
     return state
 
 
 def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    np.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
 def list_checkpoints(out: str | os.PathLike) -> list[Path]:
@@ -544,7 +525,8 @@ class TrainResult:
     out: Path
 
 
-def _build_model(cfg: TrainConfig):
+def build_model(cfg: TrainConfig):
+    """The network to train: random (seeded by run.seed) for init=scratch, else loaded from model.init."""
     from dap.models import create_model, load_model
 
     init = cfg.model.init or "scratch"
@@ -646,7 +628,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         ckpt = load_checkpoint(list_checkpoints(out)[-1])
     start = int(ckpt["step"]) if ckpt else 0
 
-    model = _build_model(cfg).to(d.device).train()
+    model = build_model(cfg).to(d.device).train()
     if oc.freeze_backbone:
         model.backbone.requires_grad_(False)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
@@ -679,15 +661,16 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
 
-    train_model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None) \
+    # static_graph: the DPT heads hold a block the forward never uses (refinenet4.resConfUnit1, kept for the
+    # official layout); a static graph lets DDP skip it without find_unused_parameters' per-step graph walk.
+    train_model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None, static_graph=True) \
         if d.world > 1 else model
     loss_fn = DapLoss(cfg.loss)
 
     sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.sources]
     sampler = MixtureSampler([len(s) for s in sources], [s.ratio for s in cfg.data.sources], seed=run.seed,
                              rank=d.rank, world=d.world, batch=cfg.data.batch_size, start=start, steps=run.steps)
-    loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data.height, cfg.data.width,
-                                       cfg.data.augment),
+    loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data),
                         batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=d.device.type == "cuda")
     val = None
@@ -700,6 +683,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
+        log_file = out / "metrics.jsonl"
+        if log_file.exists():  # drop rows of steps after the checkpoint we continue from: they are redone
+            rows = [r for r in log_file.read_text().splitlines() if r and json.loads(r)["step"] <= start]
+            log_file.write_text("".join(r + "\n" for r in rows))
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
 

@@ -1,0 +1,250 @@
+"""dap.train: configs, deterministic mixture sampling, overfitting, DDP (2 gloo processes), exact resume,
+crash-safe checkpoints. Tiny model, 32x64 panoramas."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from dap import train as T
+from dap.errors import NotPanoramaError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 32x64 analytic rooms, every step logged; no validation/checkpoints unless a test asks.
+BASE = [
+    "data.height=32", "data.width=64", "data.batch_size=2", "data.sources.0.size=8", "run.log_every=1",
+    "run.val_every=0", "run.ckpt_every=0", "run.progress=false", "run.device=cpu",
+    "optim.lr_head=1e-3", "optim.lr_backbone=1e-4",
+]
+
+
+def cfg_with(*overrides: str) -> T.TrainConfig:
+    return T.load_config(None, [*BASE, *overrides])
+
+
+def losses(history: list[dict]) -> dict[int, float]:
+    return {h["step"]: h["loss/total"] for h in history}
+
+
+def read_losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss/total"] for r in rows if "loss/total" in r}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------- configs
+def test_shipped_configs_load():
+    tiny = T.load_config(ROOT / "configs/tiny_cpu.yaml")
+    paper = T.load_config(ROOT / "configs/dap_vitl_paper.yaml")
+    assert tiny.model.name == "dap_tiny" and (tiny.data.height, tiny.data.width) == (64, 128)
+    assert paper.model.name == "dap_vitl" and (paper.data.height, paper.data.width) == (512, 1024)
+    # the paper's optimiser, learning rates and loss weights
+    assert paper.optim.optimizer == "adam"
+    assert (paper.optim.lr_backbone, paper.optim.lr_head) == (5e-6, 5e-5)
+    lc = paper.loss
+    assert (lc.w_silog, lc.w_df, lc.w_grad, lc.w_normal, lc.w_pts, lc.w_mask) == (1.0, 0.4, 5.0, 2.0, 2.0, 2.0)
+    assert abs(sum(s.ratio for s in paper.data.sources) - 1.0) < 1e-9
+
+
+def test_overrides_reach_nested_and_list_entries(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim: {lr_head: 3e-4}\ndata: {sources: [{kind: rooms, ratio: 2}, {kind: rooms}]}\n")
+    cfg = T.load_config(path, ["data.sources.1.ratio=0.5", "loss.mask_threshold=20", "optim.betas=[0.8, 0.9]"])
+    assert cfg.optim.lr_head == 3e-4 and isinstance(cfg.optim.lr_head, float)  # YAML reads 3e-4 as a string
+    assert [s.ratio for s in cfg.data.sources] == [2.0, 0.5]
+    assert cfg.loss.mask_threshold == 20.0 and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.optim.lr_backbone == 5e-6  # untouched defaults stay the paper's
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        (["optim.lr_heads=1"], ValueError, r"unknown keys \[.lr_heads.\]"),
+        (["data.sources.3.ratio=1"], ValueError, "no such config entry"),
+        (["loss.mask_threshold=150"], ValueError, "10, 20, 50, 100"),
+        (["optim.optimizer=sgd"], ValueError, "adam or adamw"),
+        (["data.height=48", "data.width=64"], NotPanoramaError, "2:1"),
+        (["lr"], ValueError, "key=value"),
+    ],
+)
+def test_bad_configs_are_rejected(overrides, error, match):
+    with pytest.raises(error, match=match):
+        T.load_config(None, overrides)
+
+
+def test_unknown_yaml_key_is_an_error(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run: {step: 10}\n")
+    with pytest.raises(ValueError, match=r"run: unknown keys \['step'\]"):
+        T.load_config(path)
+
+
+def test_lr_schedule():
+    f = T.lr_factor
+    assert [f(s, 100, 4, "cosine", 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert f(4, 100, 4, "cosine", 0.0) == 1.0
+    assert f(52, 100, 4, "cosine", 0.0) == pytest.approx(0.5)  # half-way through the decay
+    assert f(100, 100, 4, "cosine", 0.1) == pytest.approx(0.1)
+    assert f(52, 100, 4, "linear", 0.0) == pytest.approx(0.5)
+    assert f(99, 100, 0, "constant", 0.0) == 1.0
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_mixture_sampler_is_pure_disjoint_and_follows_ratios():
+    def sampler(rank, world=2, start=0):
+        return T.MixtureSampler([50, 30], [3.0, 1.0], seed=7, rank=rank, world=world, batch=4, start=start,
+                                steps=400)
+
+    a0, a1 = list(sampler(0)), list(sampler(1))
+    assert list(sampler(0, start=123))[0] == a0[123]  # a batch depends on the step only: resume needs no state
+    assert a0[5] != list(T.MixtureSampler([50, 30], [3.0, 1.0], seed=8, rank=0, world=2, batch=4, start=0,
+                                          steps=400))[5]
+    # global position n = (step * world + rank) * batch + i; within a source, the positions of one epoch
+    # (n // len) read distinct panoramas: no rank reads what another reads in the same epoch
+    seen: dict[tuple[int, int], set[int]] = {}
+    for step in range(400):
+        for rank, batches in enumerate((a0, a1)):
+            for i, (j, idx, _) in enumerate(batches[step]):
+                n = (step * 2 + rank) * 4 + i
+                epoch = seen.setdefault((j, n // [50, 30][j]), set())
+                assert idx not in epoch
+                epoch.add(idx)
+    keys = [k for step in range(400) for b in (a0[step], a1[step]) for k in b]
+    assert np.mean([k[0] == 0 for k in keys]) == pytest.approx(0.75, abs=0.03)  # ratios 3:1
+    counts = np.bincount([k[1] for k in keys if k[0] == 0], minlength=50)
+    assert counts.min() > 0.6 * counts.mean()  # every panorama is used, about equally often
+    assert len({k[2] for k in keys}) == len(keys)  # every position gets its own augmentation seed
+
+
+def test_training_sample_from_loader_layouts():
+    depth = np.array([[0.0, 2.0, np.nan, 5.0], [1.0, 1.0, 1.0, 150.0]], np.float32)
+    item = {"rgb": np.full((2, 4, 3), 0.5, np.float32), "depth": depth}
+    s = T.to_training_sample(item)
+    assert s["rgb"].shape == (3, 2, 4) and s["depth"].shape == (1, 2, 4)
+    assert s["valid"][0].tolist() == [[False, True, False, True], [True, True, True, True]]
+    assert not s["out_of_range"].any() and s["depth"][0, 0, 2] == 0  # NaN -> 0, invalid
+    sky = T.to_training_sample(item, invalid_is_sky=True)["out_of_range"][0]
+    assert sky.tolist() == [[True, False, True, False], [False] * 4]
+    r = T.resize_sample(s, 4, 8)
+    assert r["depth"].shape == (1, 4, 8) and set(r["depth"].unique().tolist()) <= {0.0, 1.0, 2.0, 5.0, 150.0}
+
+
+def test_rooms_dataset_depth_is_exact():
+    ds = T.RoomsDataset(4, 32, 64, seed=3)
+    for i in range(4):
+        s = ds[i]
+        assert torch.equal(s["depth"], ds[i]["depth"])  # deterministic
+        d = s["depth"][0].double()
+        # points of one floor/wall face share a coordinate: the floor (lowest row, looking down) is a plane y = h
+        pts = T.geometry.depth_to_points(d)
+        floor = pts[-1, :, 1]
+        assert torch.allclose(floor, floor[0], atol=1e-4) and floor[0] > 0  # y down: floor below the camera
+        assert (s["valid"] == (s["depth"] > 0)).all() and (s["out_of_range"] == ~s["valid"]).all()
+
+
+# -------------------------------------------------------------------------------------------- training
+def test_tiny_model_overfits_one_batch(tmp_path):
+    cfg = cfg_with("data.sources.0.size=2", "data.augment=false", "run.steps=60", "optim.lr_head=2e-3",
+                   "optim.lr_backbone=5e-4", "optim.warmup_steps=5", "optim.schedule=cosine",
+                   "optim.min_lr_ratio=0.01")
+    result = T.train(cfg, tmp_path / "run")
+    curve = [h["loss/total"] for h in result.history]
+    assert len(curve) == 60
+    assert curve[0] / np.mean(curve[-3:]) >= 10, curve
+    assert result.finished and (tmp_path / "run/final/model.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.ema_decay=0.9"), out)
+    torch.save(result.model.state_dict(), Path(out) / f"rank{rank}.pt")
+    if rank == 0:
+        torch.save(T.build_model(T.load_config(None, BASE)).state_dict(), Path(out) / "init.pt")
+
+
+def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
+    out = tmp_path / "ddp"
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+    w0, w1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert_same_weights(w0, w1)
+    init = torch.load(out / "init.pt", weights_only=True)
+    assert any(not torch.equal(w0[k], init[k]) for k in init)  # it did train
+    ckpt = T.load_checkpoint(out / "checkpoints/step_00000002.pt")
+    assert ckpt["data"]["world_size"] == 2 and len(ckpt["rng"]) == 2
+    assert (out / "final/model.safetensors").is_file()
+
+
+def test_resume_continues_exactly(tmp_path):
+    # augmentation, EMA, warm-up + cosine and a mixture of two sources: every piece of state matters
+    cfg = cfg_with("run.steps=4", "run.ckpt_every=2", "optim.ema_decay=0.5", "optim.warmup_steps=2",
+                   "data.sources=[{kind: rooms, size: 8}, {kind: rooms, size: 5, seed: 9, ratio: 0.5}]")
+    full = T.train(cfg, tmp_path / "full")
+    part = T.train(cfg, tmp_path / "part", stop_at=2)
+    assert (part.step, part.finished) == (2, False) and not (tmp_path / "part/final").exists()
+    rest = T.train(cfg, tmp_path / "part", resume=True)
+    assert rest.step == 4 and [h["step"] for h in rest.history] == [3, 4]
+    assert read_losses(tmp_path / "part") == read_losses(tmp_path / "full")  # bitwise equal floats
+    assert losses(rest.history) == {s: v for s, v in losses(full.history).items() if s > 2}
+    assert_same_weights(rest.model.state_dict(), full.model.state_dict())
+    a = T.load_checkpoint(tmp_path / "full/checkpoints/step_00000004.pt")
+    b = T.load_checkpoint(tmp_path / "part/checkpoints/step_00000004.pt")
+    assert_same_weights(a["model"], b["model"])
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+
+
+def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    cfg = cfg_with("run.steps=2", "run.ckpt_every=1", "run.keep_last=1", "run.val_every=2",
+                   "data.val=[{kind: rooms, size: 2, seed: 99}]", "data.val_samples=2")
+    real_save = torch.save
+    calls = []
+
+    def failing_save(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) == 2:  # the step-2 checkpoint: write half a file, then die
+            Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+            raise OSError("disk full")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        T.train(cfg, out)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000001.pt"]  # no partial file
+    assert T.load_checkpoint(out / "checkpoints/step_00000001.pt")["step"] == 1
+    result = T.train(cfg, out, resume=True)  # and training picks up from it
+    assert result.step == 2 and [h["step"] for h in result.history] == [2]
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_00000002.pt"]  # keep_last=1
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss/total" in r] == [1, 2]  # the crashed run's step 2 was redone
+    val = [r for r in rows if "val/abs_rel" in r]
+    assert [v["step"] for v in val] == [2] and np.isfinite(val[0]["val/rmse"]) and 0 <= val[0]["val/mask_iou"] <= 1
+    assert list((out / "tb").iterdir())
+
+
+def test_damaged_checkpoint_is_reported(tmp_path):
+    bad = tmp_path / "step_00000001.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(T.CheckpointError, match="Delete it"):
+        T.load_checkpoint(bad)

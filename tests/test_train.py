@@ -198,6 +198,7 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     # augmentation, EMA, warm-up + cosine and a mixture of two sources: every piece of state matters
     cfg = cfg_with("run.steps=4", "run.ckpt_every=2", "optim.ema_decay=0.5", "optim.warmup_steps=2",
+                   "data.batch_size=1",
                    "data.sources=[{kind: rooms, size: 8}, {kind: rooms, size: 5, seed: 9, ratio: 0.5}]")
     full = T.train(cfg, tmp_path / "full")
     part = T.train(cfg, tmp_path / "part", stop_at=2)

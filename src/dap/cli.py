@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
     "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),
+    "train": ("dap.train", "Train or fine-tune DAP from a YAML config (single process or under torchrun)."),
 }
 
 

@@ -1,11 +1,11 @@
 """Throughput of the synthetic panorama renderer (`dap.data.synthetic`) and of `dap synth` end to end.
 
-    .venv/bin/python benchmarks/synth_throughput.py                  # 512x1024, 2 threads, table
+    .venv/bin/python benchmarks/synth_throughput.py                  # 512x1024, table
     .venv/bin/python benchmarks/synth_throughput.py --resolution 256x512 --count 8
 
 Each row runs in a fresh process so that "peak RSS" is that configuration's own peak.
-  render  one process, torch using --threads threads, render() only (seeds 0..count-1)
-  synth   write_dataset(..., workers=--threads): render + PNG/NPY encoding + tar shards, as `dap synth` does
+  render  one process, torch using `threads` intra-op threads, render() only (seeds 0..count-1)
+  synth   write_dataset(..., workers=threads): render + PNG/NPY encoding + tar shards, as `dap synth` does
 "panoramas/s" is wall clock; "CPU ms/pano" is process CPU time per panorama (less sensitive to other load on
 a shared machine). The first row (clean, supersample 1) is the baseline the others are compared with.
 """
@@ -21,14 +21,15 @@ import sys
 import tempfile
 import time
 
-CONFIGS = [  # (mode, kind, style, supersample)
-    ("render", "indoor", "clean", 1),
-    ("render", "outdoor", "clean", 1),
-    ("render", "indoor", "photo", 1),
-    ("render", "outdoor", "photo", 1),
-    ("render", "mixed", "clean", 2),
-    ("synth", "mixed", "clean", 1),
-    ("synth", "mixed", "photo", 1),
+CONFIGS = [  # (mode, kind, style, supersample, threads: torch threads for render / worker processes for synth)
+    ("render", "indoor", "clean", 1, 1),
+    ("render", "outdoor", "clean", 1, 1),
+    ("render", "indoor", "photo", 1, 1),
+    ("render", "outdoor", "photo", 1, 1),
+    ("render", "mixed", "clean", 2, 1),
+    ("render", "mixed", "clean", 1, 2),
+    ("synth", "mixed", "clean", 1, 2),
+    ("synth", "mixed", "photo", 1, 2),
 ]
 
 
@@ -64,8 +65,10 @@ def one(mode: str, kind: str, style: str, ss: int, h: int, w: int, count: int, t
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resolution", default="512x1024", help="HEIGHTxWIDTH")
-    ap.add_argument("--count", type=int, default=12, help="panoramas per row")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (render) / worker processes (synth)")
+    ap.add_argument("--count", type=int, default=12, help="panoramas per render row")
+    ap.add_argument("--synth-count", type=int, default=48,
+                    help="panoramas per synth row (larger: worker start-up, ~2 s each, is included)")
+    ap.add_argument("--threads", type=int, default=0, help="override the per-row threads/workers (0: as listed)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     h, w = (int(v) for v in args.resolution.split("x"))
@@ -74,18 +77,22 @@ def main() -> None:
         print(json.dumps(one(mode, kind, style, int(ss), h, w, args.count, args.threads)))
         return
 
-    print(f"# {args.resolution}, {args.count} panoramas per row, {args.threads} threads/workers, "
-          f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}")
-    print(f"| {'mode':6} | {'resolution':10} | {'kind':7} | {'style':5} | ss | panoramas/s | vs baseline | "
+    print(f"# {args.resolution}, {args.count} panoramas per render row, {args.synth_count} per synth row, "
+          f"{os.cpu_count()} CPUs, "
+          f"load average before: {os.getloadavg()[0]:.2f}")
+    print(f"| {'mode':6} | {'resolution':10} | {'kind':7} | {'style':5} | ss | threads | panoramas/s | vs baseline | "
           "CPU ms/pano | peak RSS MB |")
-    print("|--------|------------|---------|-------|----|-------------|-------------|-------------|-------------|")
+    print("|--------|------------|---------|-------|----|---------|-------------|-------------|-------------|"
+          "-------------|")
     base = None
-    for mode, kind, style, ss in CONFIGS:
-        cmd = [sys.executable, __file__, "--resolution", args.resolution, "--count", str(args.count),
-               "--threads", str(args.threads), "--one", f"{mode},{kind},{style},{ss}"]
+    for mode, kind, style, ss, threads in CONFIGS:
+        threads = args.threads or threads
+        count = args.synth_count if mode == "synth" else args.count
+        cmd = [sys.executable, __file__, "--resolution", args.resolution, "--count", str(count),
+               "--threads", str(threads), "--one", f"{mode},{kind},{style},{ss}"]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         base = base or r["pps"]
-        print(f"| {mode:6} | {args.resolution:10} | {kind:7} | {style:5} | {ss:2} | {r['pps']:11.2f} | "
+        print(f"| {mode:6} | {args.resolution:10} | {kind:7} | {style:5} | {ss:2} | {threads:7} | {r['pps']:11.2f} | "
               f"{r['pps'] / base:10.2f}x | {r['cpu_ms']:11.0f} | {r['peak_mb']:11.0f} |", flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 

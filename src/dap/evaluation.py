@@ -134,6 +134,12 @@ def align(
 ) -> tuple[np.ndarray, float, float]:
     """The prediction after the protocol's alignment and clipping to [min_depth, max_depth], plus
     (scale, shift). Alignment is fitted on the valid pixels only; the whole map is transformed."""
+    p, _, _, _, scale, shift = _aligned(pred, gt, valid, protocol, min_depth, max_depth, weights)
+    return p, scale, shift
+
+
+def _aligned(pred, gt, valid, protocol, min_depth, max_depth, weights):
+    """(aligned prediction, gt, mask of counted pixels, weight map or None, scale, shift)."""
     p, g = _as_map(pred, "pred"), _as_map(gt, "gt")
     if p.shape != g.shape:
         raise ValueError(f"pred shape {p.shape} does not match gt shape {g.shape}; resize the prediction first")
@@ -153,7 +159,7 @@ def align(
     p = np.nan_to_num(p, nan=min_depth, posinf=max_depth if max_depth is not None else 1e9, neginf=min_depth)
     scale, shift = fit_alignment(p, g, m, protocol, w)
     p = np.clip(scale * p + shift, min_depth, max_depth if max_depth is not None else np.inf)
-    return p, scale, shift
+    return p, g, m, w, scale, shift
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -192,14 +198,7 @@ def _metrics_from_sums(s: dict[str, float]) -> dict[str, float]:
 
 
 def _prepared(pred, gt, valid, protocol, min_depth, max_depth, weights):
-    p, scale, shift = align(
-        pred, gt, valid, protocol=protocol, min_depth=min_depth, max_depth=max_depth, weights=weights
-    )
-    g = _as_map(gt, "gt")
-    m = valid_mask(g, valid, min_depth=min_depth, max_depth=max_depth)
-    w = _weights_map(weights, g.shape)
-    if w is not None:
-        m &= w > 0
+    p, g, m, w, scale, shift = _aligned(pred, gt, valid, protocol, min_depth, max_depth, weights)
     return p[m], g[m], None if w is None else w[m], scale, shift
 
 

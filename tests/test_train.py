@@ -26,6 +26,16 @@ BASE = [
 ]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a shared, oversubscribed CPU, intra-op threads wait for each other and tiny ops take milliseconds;
+    # one thread makes these tests ~8x faster.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def cfg_with(*overrides: str) -> T.TrainConfig:
     return T.load_config(None, [*BASE, *overrides])
 
@@ -157,12 +167,13 @@ def test_rooms_dataset_depth_is_exact():
 
 # -------------------------------------------------------------------------------------------- training
 def test_tiny_model_overfits_one_batch(tmp_path):
-    cfg = cfg_with("data.sources.0.size=2", "data.augment=false", "run.steps=60", "optim.lr_head=2e-3",
+    cfg = cfg_with("data.sources.0.size=2", "data.augment=false", "run.steps=80", "optim.lr_head=2e-3",
                    "optim.lr_backbone=5e-4", "optim.warmup_steps=5", "optim.schedule=cosine",
                    "optim.min_lr_ratio=0.01")
     result = T.train(cfg, tmp_path / "run")
     curve = [h["loss/total"] for h in result.history]
-    assert len(curve) == 60
+    assert len(curve) == 80
+    print(f"overfit: loss {curve[0]:.3f} -> {np.mean(curve[-3:]):.3f} ({curve[0] / np.mean(curve[-3:]):.1f}x)")
     assert curve[0] / np.mean(curve[-3:]) >= 10, curve
     assert result.finished and (tmp_path / "run/final/model.safetensors").is_file()
 
@@ -198,7 +209,6 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
 def test_resume_continues_exactly(tmp_path):
     # augmentation, EMA, warm-up + cosine and a mixture of two sources: every piece of state matters
     cfg = cfg_with("run.steps=4", "run.ckpt_every=2", "optim.ema_decay=0.5", "optim.warmup_steps=2",
-                   "data.batch_size=1",
                    "data.sources=[{kind: rooms, size: 8}, {kind: rooms, size: 5, seed: 9, ratio: 0.5}]")
     full = T.train(cfg, tmp_path / "full")
     part = T.train(cfg, tmp_path / "part", stop_at=2)

@@ -731,7 +731,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                dynamic_ncols=True)
     history: list[dict] = []
     params = [p for g in groups for p in g["params"]]
-    t_start, t_log, n_log = time.monotonic(), time.monotonic(), 0
+    t_start, t_log, n_log, t_extra = time.monotonic(), time.monotonic(), 0, 0.0
     step, stopped = start, False
     for step_idx, batch in zip(range(start, run.steps), loader, strict=False):
         # The step's randomness (dropout, if any) depends only on (seed, step, rank): resume is exact.
@@ -765,12 +765,13 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                                 "grad_norm": float(grad_norm)}, d)
             now = time.monotonic()
             row.update(lrs)
-            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / max(now - t_log, 1e-9)
-            t_log, n_log = now, 0
+            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / max(now - t_log - t_extra, 1e-9)
+            t_log, n_log, t_extra = now, 0, 0.0
             history.append({"step": step, **row})
             log(step, row)
             bar.set_postfix(loss=f"{row['loss/total']:.4f}")
 
+        t0 = time.monotonic()  # validation and checkpoints do not count against the training throughput
         if val is not None and (step % run.val_every == 0 or step == run.steps):
             metrics, panel = validate(ema.module if ema is not None else model, val, cfg, d)
             show = run.image_every and (step % run.image_every == 0 or step == run.steps)
@@ -785,6 +786,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
             stopped = stopped or bool(flag.item())
         if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
             save_checkpoint(step)
+        t_extra += time.monotonic() - t0
         if stopped:
             break
     bar.close()

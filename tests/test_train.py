@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 
 from dap import train as T
 from dap.errors import NotPanoramaError
+from dap.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -252,6 +253,33 @@ def test_crash_during_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     val = [r for r in rows if "val/abs_rel" in r]
     assert [v["step"] for v in val] == [2] and np.isfinite(val[0]["val/rmse"]) and 0 <= val[0]["val/mask_iou"] <= 1
     assert list((out / "tb").iterdir())
+
+
+def test_fine_tune_from_our_checkpoint_with_frozen_backbone(tmp_path):
+    T.train(cfg_with("run.steps=1"), tmp_path / "base")
+    base = load_model(tmp_path / "base/final")
+    tuned = T.train(cfg_with("run.steps=2", f"model.init={tmp_path / 'base/final'}", "optim.freeze_backbone=true",
+                             "optim.lr_head=1e-2"), tmp_path / "tuned").model
+    before, after = base.state_dict(), tuned.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not all(torch.equal(before[k], after[k]) for k in before if k.startswith("depth_head."))
+
+
+def test_torchrun_cli_two_processes(tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+           str(_free_port()), "-m", "dap.train", "--config", str(ROOT / "configs/tiny_cpu.yaml"),
+           "--out", str(tmp_path / "run"), "--set", "data.sources.0.kind=rooms", "--set", "data.val.0.kind=rooms",
+           "--set", "data.val.0.seed=99", *(x for o in BASE[:4] for x in ("--set", o)),
+           "--set", "run.steps=2", "--set", "run.val_every=2", "--set", "data.val_samples=2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "finished at step 2" in proc.stdout
+    ckpt = T.load_checkpoint(tmp_path / "run/checkpoints/step_00000002.pt")
+    assert ckpt["data"]["world_size"] == 2 and ckpt["config"]["model"]["name"] == "dap_tiny"
+    assert load_model(tmp_path / "run/final").cfg.name == "dap_tiny"
 
 
 def test_damaged_checkpoint_is_reported(tmp_path):

@@ -733,7 +733,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     params = [p for g in groups for p in g["params"]]
     t_start, t_log, n_log, t_extra = time.monotonic(), time.monotonic(), 0, 0.0
     step, stopped = start, False
-    for step_idx, batch in zip(range(start, run.steps), loader, strict=False):
+    end = run.steps if stop_at is None else min(run.steps, max(stop_at, start))
+    for step_idx, batch in zip(range(start, end), loader, strict=False):
         # The step's randomness (dropout, if any) depends only on (seed, step, rank): resume is exact.
         torch.manual_seed(seed_of(run.seed, "step", step_idx, d.rank))
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
@@ -777,8 +778,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
             show = run.image_every and (step % run.image_every == 0 or step == run.steps)
             log(step, {f"val/{k}": v for k, v in metrics.items()}, panel if show else None)
 
-        if stop_at is not None and step >= stop_at:
-            stopped = True
+        stopped = step == end < run.steps
         if time_limit_min is not None:
             flag = torch.tensor([float(time.monotonic() - t_start > 60 * time_limit_min)], device=d.device)
             if d.world > 1:

@@ -113,13 +113,18 @@ def pad_rows_to_erp(rgb: np.ndarray) -> tuple[np.ndarray, slice]:
     return padded, slice(top, top + h)
 
 
+def normalize_image(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) RGB in [0, 1] -> the network's input (ImageNet mean/std), as in training and evaluation."""
+    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
+    return (rgb - mean) / std
+
+
 def _prepare(rgb: np.ndarray, resolution: tuple[int, int], device: torch.device) -> torch.Tensor:
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
     if tuple(x.shape[-2:]) != tuple(resolution):
         x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize_image(x)
 
 
 def seam_pad_columns(width: int, seam_pad: float, patch: int = 16) -> int:

@@ -37,10 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from dap import geometry
 from dap.errors import CheckpointError, DapError
+from dap.inference import normalize_image
 from dap.losses import DapLoss, LossConfig
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # same constants as dap.inference
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_VERSION = 1
 RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
 
@@ -465,12 +464,6 @@ def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: floa
     return min_ratio + (1 - min_ratio) * shape
 
 
-def _normalise(rgb: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN, device=rgb.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb - mean) / std
-
-
 def _rng_state() -> dict:
     """Python, NumPy and torch RNG states as plain Python data (gatherable across ranks, weights_only-loadable)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -562,7 +555,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
     for k in range(d.rank, len(val), d.world):
         s = val[k]
         with _autocast(d.device, cfg.optim.amp):
-            out = model(_normalise(s["rgb"][None].to(d.device)))
+            out = model(normalize_image(s["rgb"][None].to(d.device)))
         pred, prob = out["depth"][0].float().cpu(), out["out_of_range_prob"][0].float().cpu()
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]
         row = {}
@@ -739,7 +732,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         torch.manual_seed(seed_of(run.seed, "step", step_idx, d.rank))
         batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
         with _autocast(d.device, oc.amp):
-            pred = train_model(_normalise(batch["rgb"]))
+            pred = train_model(normalize_image(batch["rgb"]))
         loss, terms = loss_fn(pred["depth"], pred["out_of_range_prob"], batch["depth"], batch["valid"],
                               batch["out_of_range"])
         if not torch.isfinite(loss):

@@ -236,3 +236,16 @@ def test_registry():
     assert set(DATASETS) == {"stanford2d3d", "matterport3d", "deep360", "structured3d", "folder"}
     with pytest.raises(ValueError, match="unknown dataset 'kitti'"):
         get_dataset("kitti", ".")
+
+
+def test_synth_shards_as_an_evaluation_set(tmp_path):
+    from dap.data.shards import write_dataset
+    from dap.data.synthetic import kind_for_seed, make_scene, render
+
+    write_dataset(tmp_path / "s", 3, kind="mixed", resolution=(32, 64), shard_size=2, seed=7, progress=False)
+    ds = get_dataset("synth", tmp_path / "s")
+    assert len(ds) == 3
+    sample = ds[1]
+    assert sample["rgb"].shape == (32, 64, 3) and sample["depth"].shape == (32, 64)
+    want = render(make_scene(8, kind_for_seed(8, "mixed")), 32, 64)["depth"]
+    np.testing.assert_array_equal(sample["depth"], want)

@@ -400,8 +400,31 @@ def _read_table(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+class SynthShards:
+    """`dap synth` output (tar shards + manifest.parquet) as an evaluation set; every panorama is in the split.
+
+    Depth is exact; sky is 0 (invalid) and geometry beyond 100 m keeps its true distance, so `--max-depth`
+    decides whether it counts."""
+
+    name = "synth"
+
+    def __init__(self, root: str | Path, split: str = "test"):
+        from dap.data.shards import ShardDataset
+
+        self.root, self.split = Path(root), split
+        self._shards = ShardDataset(root)
+
+    def __len__(self) -> int:
+        return len(self._shards)
+
+    def __getitem__(self, index: int) -> dict:
+        s = self._shards[index]
+        return {"rgb": s["rgb"].permute(1, 2, 0).numpy(), "depth": s["depth"][0].numpy(), "name": s["key"]}
+
+
 # ---------------------------------------------------------------------------------------------- registry
-DATASETS: dict[str, type[PanoDataset]] = {
+DATASETS: dict[str, type] = {
+    "synth": SynthShards,
     "stanford2d3d": Stanford2D3D,
     "matterport3d": Matterport3D,
     "deep360": Deep360,

@@ -287,3 +287,23 @@ def test_damaged_checkpoint_is_reported(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(T.CheckpointError, match="Delete it"):
         T.load_checkpoint(bad)
+
+
+def test_ema_warms_up_so_the_initial_weights_fade():
+    from torch.optim.swa_utils import AveragedModel
+
+    from dap.train import ema_decay_at, ema_update
+
+    assert ema_decay_at(0, 0.999) == pytest.approx(0.1) and ema_decay_at(10_000, 0.999) == 0.999
+    net = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(net.weight)
+    ema = AveragedModel(net, avg_fn=ema_update(0.999))
+    ema.update_parameters(net)  # first update copies the initial weights (0)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    weight_of_init = 1.0
+    for n in range(1, 2001):
+        ema.update_parameters(net)
+        weight_of_init *= ema_decay_at(n, 0.999)
+    assert float(ema.module.weight) == pytest.approx(1.0 - weight_of_init, abs=1e-5)
+    assert weight_of_init < 0.01 < 0.999 ** 2000

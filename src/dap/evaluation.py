@@ -605,7 +605,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="depth given to pixels the model marks out of range (DAP convention: 100)",
     )
     parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
-    parser.add_argument("--resolution", type=_size, default=(512, 1024), help="model input size HxW")
+    parser.add_argument("--resolution", type=_size, default=None,
+                        help="model input size HxW (default: the model's own; 512x1024 for the official model)")
     parser.add_argument(
         "--eval-size",
         type=_size,
@@ -651,7 +652,7 @@ def run_cli(args: argparse.Namespace) -> int:
         predictor = model_predictor(args.checkpoint, device=args.device, resolution=args.resolution)
         key = {
             "checkpoint": str(Path(args.checkpoint).resolve()),
-            "resolution": list(args.resolution),
+            "resolution": list(args.resolution) if args.resolution else None,
             "range_cap": args.range_cap,
         }
         summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=True)
@@ -666,7 +667,7 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def model_predictor(
-    checkpoint: str | Path, *, device: str = "cpu", resolution: tuple[int, int] = (512, 1024)
+    checkpoint: str | Path, *, device: str = "cpu", resolution: tuple[int, int] | None = None
 ) -> Predictor:
     """A Predictor backed by dap.inference.predict on a model loaded from `checkpoint`."""
     from dap.inference import predict
@@ -676,10 +677,6 @@ def model_predictor(
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         result = predict(rgb, model, resolution=resolution, device=device)
-        depth = result.depth.detach().cpu().numpy() if isinstance(result.depth, torch.Tensor) else result.depth
-        mask = getattr(result, "range_mask", None)
-        if isinstance(mask, torch.Tensor):
-            mask = mask.detach().cpu().numpy()
-        return np.asarray(depth, np.float32), None if mask is None else np.asarray(mask, bool)
+        return result.depth, result.range_mask
 
     return run

@@ -165,6 +165,7 @@ def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any
     }
     with atomic_write(directory / WEIGHTS_FILE) as tmp:
         save_file(sd, str(tmp), metadata={"format": "dap", "name": model.cfg.name})
+        os.chmod(tmp, 0o644)  # safetensors creates owner-only files; weights are meant to be shared
     with atomic_write(directory / CONFIG_FILE) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")
     return directory

@@ -233,7 +233,7 @@ def test_folder_without_manifest_and_errors(tmp_path):
 
 
 def test_registry():
-    assert set(DATASETS) == {"stanford2d3d", "matterport3d", "deep360", "structured3d", "folder"}
+    assert set(DATASETS) == {"stanford2d3d", "matterport3d", "deep360", "structured3d", "folder", "synth"}
     with pytest.raises(ValueError, match="unknown dataset 'kitti'"):
         get_dataset("kitti", ".")
 

@@ -31,7 +31,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Columns copied from the opposite border on each side so the network sees the 0/360 degree seam as interior.
 DEFAULT_SEAM_PAD = 1 / 16
 
-ImageLike = "str | os.PathLike | np.ndarray | torch.Tensor | PIL.Image.Image"
 
 
 @dataclass

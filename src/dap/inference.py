@@ -32,7 +32,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_SEAM_PAD = 1 / 16
 
 
-
 @dataclass
 class Prediction:
     rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]

@@ -22,6 +22,15 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for sizes written HEIGHTxWIDTH, e.g. 512x1024."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 512x1024, got {text!r}") from None
+    return h, w
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

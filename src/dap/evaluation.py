@@ -566,15 +566,8 @@ def format_table(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-def _size(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 512x1024, got {text!r}") from None
-    return h, w
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dap.cli import parse_size
     from dap.data.datasets import DATASETS
 
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark loader")
@@ -605,11 +598,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="depth given to pixels the model marks out of range (DAP convention: 100)",
     )
     parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
-    parser.add_argument("--resolution", type=_size, default=None,
+    parser.add_argument("--resolution", type=parse_size, default=None,
                         help="model input size HxW (default: the model's own; 512x1024 for the official model)")
     parser.add_argument(
         "--eval-size",
-        type=_size,
+        type=parse_size,
         default=None,
         help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
     )

@@ -362,14 +362,6 @@ def _stride_mask(shape: tuple[int, int], stride: int) -> np.ndarray:
     return m
 
 
-def _parse_resolution(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise DapError(f"--resolution {text!r} should look like 512x1024 (height x width)") from None
-    return h, w
-
-
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +383,9 @@ def add_arguments(parser) -> None:
                         help=f"comma-separated outputs to write, any of: {', '.join(OUTPUT_KINDS)}; "
                              "npy/exr = float32 metres (0 = out of range), png16 = 16-bit PNG with "
                              f"{PNG16_SCALE:g} m per unit stored in the file")
-    parser.add_argument("--resolution", default=None,
+    from dap.cli import parse_size
+
+    parser.add_argument("--resolution", type=parse_size, default=None,
                         help="working resolution HxW, multiples of 16 (default: the model's own, 512x1024 for the "
                              "official model)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
@@ -419,7 +413,6 @@ def run_cli(args) -> int:
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
-    resolution = _parse_resolution(args.resolution) if args.resolution else None
     _check_writable(args.out)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
@@ -434,7 +427,7 @@ def run_cli(args) -> int:
             skipped += 1
             continue
         try:
-            pred = predict(item.load(), model, resolution=resolution, seam_pad=args.seam_pad,
+            pred = predict(item.load(), model, resolution=args.resolution, seam_pad=args.seam_pad,
                            pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample)
             smooth(pred, item.video)
             write_outputs(pred, paths, point_stride=args.point_stride)

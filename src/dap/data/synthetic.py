@@ -961,10 +961,9 @@ def depth_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
 
 def parse_resolution(text: str) -> tuple[int, int]:
     """'512x1024' -> (height, width); the size must be 2:1."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"resolution {text!r} is not HEIGHTxWIDTH, e.g. 512x1024") from None
+    from dap.cli import parse_size
+
+    h, w = parse_size(text)
     if w != 2 * h:
         raise argparse.ArgumentTypeError(f"resolution {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {h}x{2 * h}")
     return h, w

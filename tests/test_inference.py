@@ -194,3 +194,12 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path):
     assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
                  "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["clip_000000.npy", "clip_000001.npy", "clip_000002.npy"]
+
+
+def test_unreadable_video_fails_alone(checkpoint, tmp_path):
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    io.write_rgb(tmp_path / "ok.png", _pano(32, 64))
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "bad.mp4"), str(tmp_path / "ok.png"), "--out", str(out),
+                 "--checkpoint", str(checkpoint), "--resolution", "32x64", "--outputs", "npy"]) == 1
+    assert (out / "ok.npy").exists()

@@ -265,12 +265,12 @@ PNG16_SCALE = 1 / 512  # metres per unit of the 16-bit depth PNG (as Stanford2D3
 class InputItem:
     name: str  # output file stem
     source: str  # what the user gave (for messages)
-    load: object  # () -> float32 (H, W, 3) RGB
+    load: object  # () -> float32 (H, W, 3) RGB; None for a whole video, expanded by `iter_frames`
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
 def expand_inputs(inputs: list[str]) -> list[InputItem]:
-    """Files, folders (their images, sorted), globs and videos (one item per frame) -> items to predict."""
+    """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items."""
     import glob
 
     from dap import io
@@ -287,11 +287,26 @@ def expand_inputs(inputs: list[str]) -> list[InputItem]:
                     raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder {path}")
                 items += [InputItem(p.stem, str(p), functools.partial(io.read_rgb, p)) for p in found]
             elif path.suffix.lower() in io.VIDEO_SUFFIXES:
-                for i, frame in enumerate(io.iter_video_frames(path)):
-                    items.append(InputItem(f"{path.stem}_{i:06d}", f"{path} frame {i}", lambda f=frame: f, str(path)))
+                items.append(InputItem(path.stem, str(path), None, str(path)))
             else:
                 items.append(InputItem(path.stem, str(path), functools.partial(io.read_rgb, path)))
     return items
+
+
+def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
+    """Items with videos expanded into one item per frame, decoded one at a time as the loop reaches them (a
+    long video never sits in memory). A video that cannot be decoded is recorded in `failures`."""
+    from dap import io
+
+    for item in items:
+        if item.load is not None:
+            yield item
+            continue
+        try:
+            for i, frame in enumerate(io.iter_video_frames(item.video)):
+                yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: f, item.video)
+        except (DapError, OSError) as e:
+            failures.append((item.source, str(e)))
 
 
 def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
@@ -421,7 +436,7 @@ def run_cli(args) -> int:
     failures: list[tuple[str, str]] = []
     done = skipped = 0
     start = time.perf_counter()
-    for item in tqdm(items, desc="predict", unit="pano", disable=None):
+    for item in tqdm(iter_frames(items, failures), desc="predict", unit="pano", disable=None):
         paths = output_paths(args.out, item.name, kinds)
         if not args.overwrite and all(p.exists() for p in paths.values()):
             skipped += 1

@@ -333,7 +333,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
             io.write_normals_png(path, pred.normals)
         elif kind in ("ply", "glb"):
             keep = ~pred.range_mask & (valid_depth > 0)
-            keep[:, :] &= _stride_mask(keep.shape, point_stride)
+            keep &= _stride_mask(keep.shape, point_stride)
             points, colors = pred.points[keep], pred.rgb[keep]
             if kind == "ply":
                 io.write_ply(path, points, colors, pred.normals[keep])

@@ -631,8 +631,9 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
 
     run, oc = cfg.run, cfg.optim
     ckpt = None
-    if resume and list_checkpoints(out):
-        ckpt = load_checkpoint(list_checkpoints(out)[-1])
+    existing = list_checkpoints(out) if resume else []
+    if existing:
+        ckpt = load_checkpoint(existing[-1])
     start = int(ckpt["step"]) if ckpt else 0
 
     model = build_model(cfg).to(d.device).train()

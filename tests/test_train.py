@@ -307,3 +307,39 @@ def test_ema_warms_up_so_the_initial_weights_fade():
         weight_of_init *= ema_decay_at(n, 0.999)
     assert float(ema.module.weight.detach()) == pytest.approx(1.0 - weight_of_init, abs=1e-5)
     assert weight_of_init < 0.01 < 0.999 ** 2000
+
+
+# ------------------------------------------------------------------------------------ run folders
+def test_fresh_run_into_an_existing_run_is_refused_and_changes_nothing(tmp_path):
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(T.RunExistsError, match="--resume"):
+        T.train(cfg_with("run.steps=3", "optim.lr_head=5e-4"), out)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    T.train(cfg_with("run.steps=1"), tmp_path / "empty_is_fine")  # a missing or empty folder is fine
+    (tmp_path / "made").mkdir()
+    T.train(cfg_with("run.steps=1"), tmp_path / "made")
+
+
+def test_resume_survives_a_cut_off_metrics_line_and_stale_temporaries(tmp_path):
+    out = tmp_path / "run"
+    cfg = cfg_with("run.steps=3", "run.ckpt_every=1")
+    T.train(cfg, out, stop_at=2)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 3, "loss/to')  # killed mid-write
+    stale = out / "checkpoints/.step_00000003.pt.0123456789ab.tmp.pt"
+    stale.write_bytes(b"half")
+    result = T.train(cfg, out, resume=True)
+    assert result.step == 3 and not stale.exists()
+    assert sorted(read_losses(out)) == [1, 2, 3]
+
+
+def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, capsys):
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out, stop_at=1)
+    with pytest.raises(T.RunExistsError, match="model.overrides"):
+        T.train(cfg_with("run.steps=2", "model.overrides={max_depth: 50.0}"), out, resume=True)
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=5e-4"), out, resume=True)
+    assert "optim.lr_head: 0.001 -> 0.0005" in capsys.readouterr().err
+

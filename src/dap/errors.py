@@ -23,3 +23,7 @@ class CheckpointError(DapError, ValueError):
 
 class DatasetLayoutError(DapError, FileNotFoundError):
     """A dataset root does not have the on-disk layout its loader expects."""
+
+
+class RunExistsError(DapError, FileExistsError):
+    """An output folder already holds a run (training, curation) that a new run would overwrite."""

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from dap import geometry
-from dap.errors import CheckpointError, DapError
+from dap.errors import CheckpointError, DapError, RunExistsError
 from dap.inference import normalize_image
 from dap.losses import DapLoss, LossConfig
 
@@ -502,6 +502,61 @@ def list_checkpoints(out: str | os.PathLike) -> list[Path]:
     return sorted((Path(out) / "checkpoints").glob("step_*.pt"))
 
 
+def checkpoint_step(path: Path) -> int:
+    return int(path.stem.removeprefix("step_"))
+
+
+def check_run_folder(out: Path, resume: bool) -> None:
+    """A fresh run never writes into a folder that holds another run: it would mix metrics and configs, and
+    pruning would delete the new run's checkpoints in favour of the old run's higher steps."""
+    if resume or not out.exists():
+        return
+    found = [name for name in ("checkpoints", "metrics.jsonl", "config.yaml", "final", "tb") if (out / name).exists()]
+    if found:
+        raise RunExistsError(
+            f"{out} already holds a training run ({', '.join(found)}); continue it with --resume, or pass another "
+            "--out (delete the folder to start over)")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """Checkpoint writes killed mid-way leave hidden '.step_*.tmp.pt' files (see io.atomic_write)."""
+    for tmp in (out / "checkpoints").glob(".step_*.tmp*"):
+        tmp.unlink(missing_ok=True)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Rows of metrics.jsonl; a line cut off by a kill (only ever the last) is dropped, not an error."""
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            print(f"dap train: dropping a cut-off line of {path}", file=sys.stderr)
+    return rows
+
+
+def trim_metrics(path: Path, last_step: int) -> None:
+    """Keep the rows up to the checkpoint we continue from (later steps are redone and logged again)."""
+    from dap.io import atomic_write
+
+    if not path.exists():
+        return
+    rows = [r for r in read_metrics(path) if isinstance(r, dict) and r.get("step", math.inf) <= last_step]
+    with atomic_write(path) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+    changes = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += _config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            changes.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return changes
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -631,10 +686,20 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
 
     run, oc = cfg.run, cfg.optim
     ckpt = None
+    check_run_folder(out, resume)
     existing = list_checkpoints(out) if resume else []
     if existing:
         ckpt = load_checkpoint(existing[-1])
+        changes = _config_changes(ckpt.get("config", {}), cfg.to_dict())
+        if any(c.startswith("model.") for c in changes):
+            raise RunExistsError(
+                f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(changes)}); resume "
+                "with the run's own config (<out>/config.yaml), or start a new --out with model.init=<checkpoint>")
+        if changes and d.main:
+            print(f"dap train: resuming {out} with a changed config: {'; '.join(changes)}", file=sys.stderr)
     start = int(ckpt["step"]) if ckpt else 0
+    if d.world > 1:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
 
     model = build_model(cfg).to(d.device).train()
     if oc.freeze_backbone:
@@ -690,11 +755,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         from torch.utils.tensorboard import SummaryWriter
 
         out.mkdir(parents=True, exist_ok=True)
-        log_file = out / "metrics.jsonl"
-        if log_file.exists():  # drop rows of steps after the checkpoint we continue from: they are redone
-            rows = [r for r in log_file.read_text().splitlines() if r and json.loads(r)["step"] <= start]
-            log_file.write_text("".join(r + "\n" for r in rows))
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        remove_stale_temporaries(out)
+        trim_metrics(out / "metrics.jsonl", start)
+        with atomic_write(out / "config.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
 
     def save_checkpoint(step: int) -> None:
@@ -715,7 +779,9 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
             path = out / "checkpoints" / f"step_{step:08d}.pt"
             with atomic_write(path) as tmp:
                 torch.save(state, tmp)
-            for old in list_checkpoints(out)[:-max(1, run.keep_last)]:
+            # Only this run's checkpoints (steps up to now) are pruned; never one from a later step.
+            ours = [p for p in list_checkpoints(out) if checkpoint_step(p) <= step]
+            for old in ours[:-max(1, run.keep_last)]:
                 old.unlink(missing_ok=True)
         if d.world > 1:
             dist.barrier()

@@ -14,7 +14,7 @@ import sys
 # name -> (module that owns it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dap.inference", "Predict metric depth for panoramas (files, folders, globs, videos)."),
-    "models": ("dap.models", "List the model variants and their parameter counts."),
+    "models": ("dap.models", "List the named weights (source, size, licence) and the architectures."),
     "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
     "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),

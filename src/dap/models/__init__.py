@@ -66,6 +66,14 @@ def run_cli(args: argparse.Namespace) -> int:
 
 
 def _run_models(args: argparse.Namespace) -> int:
+    from dap.models.registry import MODELS
+
+    print("Named weights: dap.load_model(NAME), dap predict --model NAME")
+    print(f"{'name':<16} {'architecture':<12} {'size':>8}  source")
+    for m in MODELS.values():
+        print(f"{m.name:<16} {m.config.name:<12} {m.size:>8}  {m.source}")
+        print(f"{'':<16} {m.description}; licence: {m.licence}")
+    print("\nArchitectures: dap.create_model(NAME) (random weights)")
     print(f"{'model':<10} {'embed':>5} {'blocks':>6} {'backbone':>10} {'depth head':>11} {'range head':>11} "
           f"{'total':>10}")
     for name in MODEL_CONFIGS:

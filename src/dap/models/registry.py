@@ -1,0 +1,125 @@
+"""Named models: `dap.load_model("dap-vitl")`, `dap predict --model dap-vitl`, `dap models`.
+
+A name maps to weights bundled with the package or to a file on the Hugging Face Hub. Hub files are fetched with
+`huggingface_hub.hf_hub_download`, so its cache, resumable downloads, progress bar and `HF_HUB_OFFLINE=1` all
+apply. An official-format `model.pth` is then loaded once with the strict loader, checked against the
+architecture the name promises, and written in our format (safetensors + config.json) to
+`<cache>/converted/<name>/<commit>/`, so every later load is fast and never unpickles. `<cache>` is `$DAP_CACHE`,
+else `$HF_HOME/dap` (beside the Hub cache, not inside it, where `hf cache` tools would report it as corrupt).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from dap.errors import CheckpointError
+from dap.models import MODEL_CONFIGS
+from dap.models.dap import DapConfig
+
+BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    config: DapConfig  # the architecture the weights must load into (checked when a download is converted)
+    description: str
+    size: str  # download size (bundled: size in the package)
+    licence: str
+    bundled: str | None = None  # folder under dap/weights/, or
+    repo_id: str | None = None  # a Hub model repository holding
+    filename: str = "model.pth"  # this file
+    revision: str | None = None  # branch, tag or commit; None = main
+
+    @property
+    def source(self) -> str:
+        return f"bundled (dap/weights/{self.bundled})" if self.bundled else f"hf.co/{self.repo_id}/{self.filename}"
+
+
+MODELS: dict[str, RegisteredModel] = {m.name: m for m in (
+    RegisteredModel(
+        name="dap-tiny-synth",
+        config=dataclasses.replace(MODEL_CONFIGS["dap_tiny"], default_resolution=(128, 256)),
+        description="default; trained on CPU on `dap synth` panoramas only (see docs/models.md)",
+        size="20 MB", licence="Apache-2.0 (this package)", bundled="dap_tiny_synth",
+    ),
+    RegisteredModel(
+        name="dap-vitl",
+        config=MODEL_CONFIGS["dap_vitl"],
+        description="the official DAP release (Insta360 Research), the paper's model",
+        size="1.46 GB", licence="the authors' terms on the Hub model card", repo_id="Insta360-Research/DAP-weights",
+    ),
+)}
+
+
+def get(name: str) -> RegisteredModel:
+    if name not in MODELS:
+        raise CheckpointError(f"unknown model name {name!r}; known names: {', '.join(MODELS)} (see `dap models`)")
+    return MODELS[name]
+
+
+def cache_dir() -> Path:
+    from huggingface_hub import constants
+
+    return Path(os.environ.get("DAP_CACHE") or Path(constants.HF_HOME) / "dap")
+
+
+def weights_path(name: str) -> Path:
+    """Local folder in our checkpoint format holding the weights of a registered model; downloads and converts
+    them the first time."""
+    entry = get(name)
+    if entry.bundled:
+        return BUNDLED_DIR / entry.bundled
+    pth = _download(entry)
+    # hf_hub_download returns <cache>/snapshots/<commit>/<filename>: the commit names this exact file version.
+    out = cache_dir() / "converted" / entry.name / pth.parent.name
+    if not (out / "config.json").exists():
+        _convert(entry, pth, out)
+    return out
+
+
+def _download(entry: RegisteredModel) -> Path:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    where = f"{entry.filename} of the Hub repository {entry.repo_id}"
+    try:
+        return Path(hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision))
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({e}). Connect "
+            f"and unset HF_HUB_OFFLINE, or fetch it on a connected machine (`hf download {entry.repo_id} "
+            f"{entry.filename}`) and copy its Hugging Face cache here (HF_HOME / HF_HUB_CACHE), or pass the "
+            "file's path with --checkpoint."
+        ) from e
+    except (OSError, EntryNotFoundError, ValueError) as e:  # HTTP errors, missing repo/file, disk full
+        raise CheckpointError(f"{entry.name}: could not fetch {where}: {type(e).__name__}: {e}") from e
+
+
+def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:
+    from dap.models.checkpoint import load_model, save_model
+
+    model = load_model(pth)  # the strict loader: every key and shape must match
+    if model.cfg != entry.config:
+        raise CheckpointError(
+            f"{pth} holds a network with config {model.cfg}, not the {entry.config} that {entry.name!r} stands "
+            "for; the file on the Hub may have changed. Load it by path (--checkpoint) if you trust it."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside its final place, then renamed: a reader (or a second process) sees all of it or nothing.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a shared cache must stay readable to others
+        save_model(model, tmp, training={"converted_from": f"{entry.source}@{out.name}", "registered_as": entry.name})
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").exists():  # else a concurrent conversion finished first: same result
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

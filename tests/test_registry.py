@@ -1,0 +1,151 @@
+"""Weights by name: the registry, the real huggingface_hub download path (offline, on a hand-laid cache) and the
+one-time conversion to our format."""
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dap.errors import CheckpointError
+from dap.models import load_model, registry
+from dap.models.backbone import ViTConfig
+from dap.models.dap import DAP, DapConfig
+from dap.models.official import _ALIAS_PREFIX, _PREFIX_MAP, _expected_bias_mask
+
+REPO = "Insta360-Research/DAP-weights"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+# The smallest network the official-format reader accepts (it knows 12- and 24-block backbones; 64-d = 1 head).
+TINY_OFFICIAL = DapConfig(
+    name="dap_vit64", vit=ViTConfig(embed_dim=64, depth=12, num_heads=1), layers=(2, 5, 8, 11), features=16,
+    out_channels=(16, 32, 64, 64), token_adapter="official",
+)
+
+
+def official_layout(model: DAP) -> dict[str, torch.Tensor]:
+    """Our weights in the released file's layout: `module.core.*` keys, every backbone block registered a second
+    time, and the DINOv3 qkv bias masks."""
+    sd = {}
+    for key, value in model.state_dict().items():
+        old, new = next((old, new) for old, new in _PREFIX_MAP if key.startswith(new))
+        sd[old + key[len(new):]] = value
+    for key in list(sd):
+        if key.startswith("core.pretrained.model.blocks."):
+            sd[_ALIAS_PREFIX + key.removeprefix("core.pretrained.model.blocks.")] = sd[key]
+            if key.endswith("attn.qkv.bias"):
+                sd[key + "_mask"] = _expected_bias_mask(sd[key].numel())
+    return {"module." + k: v for k, v in sd.items()}
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An offline Hugging Face setup: HF_HOME/HF_HUB_CACHE in tmp_path, HF_HUB_OFFLINE=1. huggingface_hub reads
+    these variables once, at import, so its constants are set too (a subprocess sees the variables only)."""
+    from huggingface_hub import constants
+
+    home = tmp_path / "hf"
+    env = {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_HUB_OFFLINE": "1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+        monkeypatch.setattr(constants, name, value == "1" if name == "HF_HUB_OFFLINE" else value)
+    monkeypatch.delenv("DAP_CACHE", raising=False)
+    return home
+
+
+def put_in_hub_cache(hub_cache: Path, repo: str, filename: str, data: bytes, commit: str = COMMIT) -> None:
+    """Lay a file out exactly as huggingface_hub's cache does: the content under blobs/<sha256>, the branch in
+    refs/main, and snapshots/<commit>/<filename> a relative symlink to the blob."""
+    root = hub_cache / ("models--" + repo.replace("/", "--"))
+    sha = hashlib.sha256(data).hexdigest()
+    (root / "blobs").mkdir(parents=True)
+    (root / "blobs" / sha).write_bytes(data)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    snapshot = root / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (snapshot / filename).symlink_to(Path("..", "..", "blobs", sha))
+
+
+@pytest.fixture
+def tiny_release(hub, tmp_path, monkeypatch):
+    """A small official-layout model.pth in the Hub cache; the registry's dap-vitl entry expects its architecture."""
+    torch.manual_seed(0)
+    model = DAP(TINY_OFFICIAL).eval()
+    torch.save(official_layout(model), tmp_path / "model.pth")
+    put_in_hub_cache(hub / "hub", REPO, "model.pth", (tmp_path / "model.pth").read_bytes())
+    monkeypatch.setitem(registry.MODELS, "dap-vitl", dataclasses.replace(registry.MODELS["dap-vitl"],
+                                                                         config=TINY_OFFICIAL))
+    return model
+
+
+def outputs(model, x):
+    with torch.inference_mode():
+        return model(x)
+
+
+def test_named_model_is_fetched_from_the_hub_cache_and_converted_once(tiny_release, hub, monkeypatch):
+    x = torch.randn(1, 3, 64, 128)
+    model = load_model("dap-vitl")
+    assert model.cfg == TINY_OFFICIAL
+    for key, value in outputs(tiny_release, x).items():
+        assert torch.equal(outputs(model, x)[key], value)
+    converted = hub / "dap" / "converted" / "dap-vitl" / COMMIT
+    assert sorted(p.name for p in converted.iterdir()) == ["config.json", "model.safetensors"]
+    assert os.listdir(converted.parent) == [COMMIT]  # the temporary folder was renamed, none is left
+    # Later loads read the converted safetensors: no pickle is opened.
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("torch.load called for a converted model"))
+    again = load_model("dap-vitl")
+    assert torch.equal(outputs(again, x)["depth"], outputs(model, x)["depth"])
+    assert again.checkpoint_info["training"]["registered_as"] == "dap-vitl"
+
+
+def test_predict_by_name_in_a_fresh_process_honours_the_environment(tiny_release, hub, tmp_path):
+    load_model("dap-vitl")  # converts (the subprocess's registry has the real ViT-L entry, not the test one)
+    from PIL import Image
+
+    Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(tmp_path / "p.png")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "DAP_"))}
+    env.update(HF_HOME=str(hub), HF_HUB_CACHE=str(hub / "hub"), HF_HUB_OFFLINE="1")
+    argv = [sys.executable, "-m", "dap.cli", "predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"),
+            "--model", "dap-vitl", "--resolution", "64x128", "--outputs", "npy"]
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "p.npy").exists()
+
+
+def test_missing_from_cache_while_offline_is_a_clear_error(hub):
+    with pytest.raises(CheckpointError, match=r"dap-vitl: model.pth of the Hub repository Insta360-Research/"
+                       r"DAP-weights is not in the Hugging Face cache.*HF_HUB_OFFLINE.*--checkpoint"):
+        load_model("dap-vitl")
+
+
+def test_a_release_of_another_architecture_is_refused(hub, tmp_path):
+    torch.save(official_layout(DAP(TINY_OFFICIAL)), tmp_path / "model.pth")
+    put_in_hub_cache(hub / "hub", REPO, "model.pth", (tmp_path / "model.pth").read_bytes())
+    with pytest.raises(CheckpointError, match="not the DapConfig\\(name='dap_vitl'.*the file on the Hub"):
+        load_model("dap-vitl")
+    assert not (hub / "dap").exists()  # nothing converted
+
+
+def test_unknown_names_list_the_known_ones():
+    with pytest.raises(CheckpointError, match="unknown model name 'dap-vitx'; known names: dap-tiny-synth, dap-vitl"):
+        registry.get("dap-vitx")
+    with pytest.raises(CheckpointError, match=r"dap-vitx does not exist and is not a model name \(dap-tiny-synth, "):
+        load_model("dap-vitx")
+
+
+def test_bundled_model_by_name_and_the_models_listing(capsys):
+    from dap.cli import main
+
+    model = load_model("dap-tiny-synth")
+    assert model.cfg == registry.MODELS["dap-tiny-synth"].config
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    for entry in registry.MODELS.values():
+        assert entry.name in listing and entry.source in listing and entry.licence in listing
+    assert "hf.co/Insta360-Research/DAP-weights/model.pth" in listing

@@ -191,3 +191,50 @@ def test_official_adapter_resamples_tokens_as_documented():
     grid = adapter([tokens], 5, 10)[0]
     square = F.layer_norm(tokens, (4,), eps=1e-5)[:, 1:].transpose(1, 2).reshape(1, 4, 7, 7)
     torch.testing.assert_close(grid, F.interpolate(square, size=(5, 10), mode="bilinear", align_corners=False))
+
+
+def _official_format(model) -> dict[str, torch.Tensor]:
+    """Our state dict under the official release's key names (without the aliases it also stores)."""
+    from dap.models.official import _PREFIX_MAP
+
+    to_official = {new: old for old, new in _PREFIX_MAP}
+    return {next(to_official[p] + k[len(p):] for p in to_official if k.startswith(p)): v
+            for k, v in model.state_dict().items()}
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_file(tmp_path):
+    from dap.models.official import OFFICIAL_LAYERS
+
+    model = create_model("dap_tiny")
+    with torch.no_grad():
+        model.depth_head.projects[0].weight[0, 0] = float("nan")
+        model.backbone.cls_token.fill_(float("inf"))
+    save_model(model, tmp_path / "ours")
+    with pytest.raises(CheckpointError, match=r"ours/model.safetensors: 2 weight tensors hold NaN or infinite "
+                                              r"values \(backbone.cls_token, depth_head.projects.0.weight\)"):
+        load_model(tmp_path / "ours")
+    official = create_model("dap_tiny", vit={"depth": 12}, layers=OFFICIAL_LAYERS[12], token_adapter="official")
+    torch.save(_official_format(official), tmp_path / "model.pth")
+    assert load_model(tmp_path / "model.pth").cfg.token_adapter == "official"  # the official layout loads
+    with torch.no_grad():
+        official.range_head.scratch.output_conv1.bias.fill_(float("nan"))
+    torch.save(_official_format(official), tmp_path / "model.pth")
+    with pytest.raises(CheckpointError, match=r"model.pth: 1 weight tensors hold NaN .*Use an earlier checkpoint"):
+        load_model(tmp_path / "model.pth")
+
+
+@pytest.mark.parametrize("max_depth", [0.0, -100.0, float("nan")])
+def test_non_positive_max_depth_is_refused_at_load(tmp_path, max_depth, capsys):
+    import json
+
+    from dap.cli import main
+
+    save_model(create_model("dap_tiny"), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["model"]["max_depth"] = max_depth
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"m/config.json: max_depth is .*must be a positive number of metres"):
+        load_model(tmp_path / "m")
+    argv = ["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "m")]
+    assert main(argv) == 2
+    assert "max_depth is" in capsys.readouterr().err

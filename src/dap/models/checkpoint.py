@@ -53,6 +53,16 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
     model.load_state_dict(sd, strict=True, assign=True)
 
 
+def check_finite(model: DAP, source: Path) -> None:
+    """Refuse NaN/inf weights (e.g. from a run that diverged): they would silently make every depth NaN."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"{source}: {len(bad)} weight tensors hold NaN or infinite values ({_key_list(bad)}); the checkpoint "
+            "is corrupt or from a run that diverged. Use an earlier checkpoint."
+        )
+
+
 def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
     try:
@@ -77,6 +87,12 @@ def _load_ours(directory: Path) -> DAP:
         cfg = DapConfig.from_dict(meta["model"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"cannot read the model config {config_path}: {e}") from e
+    # The depth head's scale: <= 0 (or NaN) would make every depth 0.
+    if not (isinstance(cfg.max_depth, (int, float)) and cfg.max_depth > 0):
+        raise CheckpointError(
+            f"{config_path}: max_depth is {cfg.max_depth}, it must be a positive number of metres (100 for DAP). "
+            "Fix it in the config."
+        )
     with torch.device("meta"):  # weights come from the file: skip the random init
         model = DAP(cfg)
     try:
@@ -84,6 +100,7 @@ def _load_ours(directory: Path) -> DAP:
     except Exception as e:
         raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}") from e
     load_state_dict_strict(model, sd, str(directory))
+    check_finite(model, directory / WEIGHTS_FILE)
     model.checkpoint_info = meta
     return model
 
@@ -99,14 +116,20 @@ def _load_official(path: Path) -> DAP:
     with torch.device("meta"):
         model = DAP(official_config_from_state_dict(sd))
     load_state_dict_strict(model, sd, str(path))
+    check_finite(model, path)
     model.checkpoint_info = {"format": "official", "source": str(path)}
     return model
 
 
 def _download_hub(spec: str) -> Path:
-    from huggingface_hub import snapshot_download
-
     repo = spec.removeprefix("hf:")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise CheckpointError(
+            f"{spec!r} needs the huggingface_hub package (pip install huggingface_hub), or download the "
+            "checkpoint yourself and pass its path"
+        ) from None
     try:
         return Path(snapshot_download(repo, allow_patterns=["*.pth", "*.safetensors", "*.json"]))
     except Exception as e:
@@ -117,20 +140,14 @@ def _download_hub(spec: str) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAP:
-    """Load a DAP model in eval mode from a registered name (`dap models`, e.g. "dap-vitl"; fetched and converted
-    on first use), our checkpoint directory, its config/weights file, an official `model.pth`, or `hf:<repo>`
-    (online only). Names win over paths: write `./dap-vitl` for a folder of that name."""
-    from dap.models import registry
-
+    """Load a DAP model in eval mode from our checkpoint directory, its config/weights file, an official
+    `model.pth`, or `hf:<repo>` (online only)."""
     spec = str(path)
-    if spec in registry.MODELS:
-        p = registry.weights_path(spec)
-    else:
-        p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
+    p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
     if not p.exists():
         raise CheckpointError(
-            f"checkpoint {p} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a name, "
-            "the official model.pth or a directory written by `dap convert`/`dap train`."
+            f"checkpoint {p} does not exist. Pass the official model.pth or a directory written by "
+            "`dap convert`/`dap train`."
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():

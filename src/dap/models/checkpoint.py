@@ -122,14 +122,9 @@ def _load_official(path: Path) -> DAP:
 
 
 def _download_hub(spec: str) -> Path:
+    from huggingface_hub import snapshot_download
+
     repo = spec.removeprefix("hf:")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(
-            f"{spec!r} needs the huggingface_hub package (pip install huggingface_hub), or download the "
-            "checkpoint yourself and pass its path"
-        ) from None
     try:
         return Path(snapshot_download(repo, allow_patterns=["*.pth", "*.safetensors", "*.json"]))
     except Exception as e:
@@ -140,14 +135,20 @@ def _download_hub(spec: str) -> Path:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAP:
-    """Load a DAP model in eval mode from our checkpoint directory, its config/weights file, an official
-    `model.pth`, or `hf:<repo>` (online only)."""
+    """Load a DAP model in eval mode from a registered name (`dap models`, e.g. "dap-vitl"; fetched and converted
+    on first use), our checkpoint directory, its config/weights file, an official `model.pth`, or `hf:<repo>`
+    (online only). Names win over paths: write `./dap-vitl` for a folder of that name."""
+    from dap.models import registry
+
     spec = str(path)
-    p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
+    if spec in registry.MODELS:
+        p = registry.weights_path(spec)
+    else:
+        p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
     if not p.exists():
         raise CheckpointError(
-            f"checkpoint {p} does not exist. Pass the official model.pth or a directory written by "
-            "`dap convert`/`dap train`."
+            f"checkpoint {p} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a name, "
+            "the official model.pth or a directory written by `dap convert`/`dap train`."
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,156 @@ def test_unreadable_video_fails_alone(checkpoint, tmp_path):
     assert main(["predict", str(tmp_path / "bad.mp4"), str(tmp_path / "ok.png"), "--out", str(out),
                  "--checkpoint", str(checkpoint), "--resolution", "32x64", "--outputs", "npy"]) == 1
     assert (out / "ok.npy").exists()
+
+
+# --- output names, partial outputs, our own files as inputs (issue 11, item 3) ---------------------------
+
+def _predict_cli(inputs, out, checkpoint, *extra):
+    return main(["predict", *map(str, inputs), "--out", str(out), "--checkpoint", str(checkpoint),
+                 "--resolution", "32x64", *extra])
+
+
+def _files(folder):
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+
+
+def test_output_names_keep_sub_folders_and_extensions_only_where_stems_collide():
+    from dap.inference import output_names
+
+    assert output_names([Path("x/a.jpg"), Path("x/b.png")]) == ["a", "b"]
+    assert output_names([Path("x/a/pano.jpg"), Path("x/a/pano.png"), Path("x/b/pano.jpg")]) == [
+        "a/pano.jpg", "a/pano.png", "b/pano"]
+    assert output_names([Path("/data/a.jpg"), Path("/home/b.jpg")]) == ["data/a", "home/b"]
+
+
+def test_inputs_with_the_same_stem_never_overwrite_each_other(checkpoint, tmp_path, tiny_model, capsys):
+    inputs = [tmp_path / "a" / "pano.jpg", tmp_path / "a" / "pano.png", tmp_path / "b" / "pano.jpg"]
+    for seed, path in enumerate(inputs):
+        io.write_rgb(path, _pano(32, 64, seed))
+    out = tmp_path / "o"
+    # The same file twice (named and inside its folder) is predicted once.
+    assert _predict_cli([*inputs, tmp_path / "b"], out, checkpoint, "--outputs", "npy") == 0
+    assert "predicted 3 panorama(s)" in capsys.readouterr().out
+    assert _files(out) == ["a/pano.jpg.npy", "a/pano.png.npy", "b/pano.npy"]
+    for path, name in zip(inputs, ["a/pano.jpg", "a/pano.png", "b/pano"], strict=True):
+        pred = predict(path, tiny_model, resolution=(32, 64))
+        np.testing.assert_allclose(io.read_depth(out / f"{name}.npy"), np.where(pred.range_mask, 0, pred.depth),
+                                   atol=1e-5)
+    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy", "--overwrite") == 0
+    assert "predicted 3" in capsys.readouterr().out and len(_files(out)) == 3
+    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy") == 0
+    assert "predicted 0 panorama(s); skipped 3" in capsys.readouterr().out
+
+
+def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
+    out = tmp_path / "o"
+    io.write_rgb(out / "a.cube" / "+x.rgb.png", _pano(16, 16))  # what a killed run used to leave
+    (out / ".a.cube.tmp").mkdir()  # a killed run's temporary folder
+    assert _predict_cli([tmp_path / "in"], out, checkpoint, "--outputs", "cubemap") == 0
+    printed = capsys.readouterr().out
+    assert "predicted 1 panorama(s)" in printed and "skipped 0" in printed
+    faces = [f"a.cube/{axis}.{part}" for axis in geometry.CUBE_FACES for part in ("depth.npy", "rgb.png")]
+    assert _files(out) == sorted(faces)  # complete, and no temporary left behind
+    assert _predict_cli([tmp_path / "in"], out, checkpoint, "--outputs", "cubemap") == 0
+    assert "skipped 1" in capsys.readouterr().out
+
+
+def test_out_folder_equal_to_input_folder_skips_our_outputs(checkpoint, tmp_path, capsys):
+    src = tmp_path / "panos"
+    io.write_rgb(src / "pano.png", _pano(32, 64))
+    outputs = ["--outputs", "npy,png16,color,mask,normals"]
+    assert _predict_cli([src], src, checkpoint, *outputs) == 0
+    (src / ".pano.mask.png.1234.tmp.png").write_bytes(b"")  # a killed writer's temporary
+    capsys.readouterr()
+    assert _predict_cli([src], src, checkpoint, *outputs) == 0
+    assert "predicted 0 panorama(s); skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+    assert _predict_cli([str(src / "*.png")], src, checkpoint, *outputs) == 0  # globs too
+    assert "skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+
+
+def test_video_frame_name_taken_by_an_image_fails_instead_of_overwriting(checkpoint, tmp_path, capsys):
+    import cv2
+
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    writer.write((_pano(32, 64, 1) * 255).astype(np.uint8))
+    writer.release()
+    io.write_rgb(tmp_path / "clip_000000.png", _pano(32, 64, 2))
+    out = tmp_path / "o"
+    assert _predict_cli([tmp_path / "clip_000000.png", tmp_path / "clip.avi"], out, checkpoint,
+                        "--outputs", "npy") == 1
+    assert "its output name 'clip_000000' is taken by" in capsys.readouterr().err
+    assert _files(out) == ["clip_000000.npy"]
+
+
+# --- input ranges, NaN pixels, bad checkpoints (issue 11, item 4) -----------------------------------------
+
+def test_input_range_and_layout_follow_the_dtype():
+    from dap.inference import to_rgb
+
+    u8 = (_pano(32, 64) * 255).round().astype(np.uint8)
+    want = u8.astype(np.float32) / 255
+    same = [u8, torch.from_numpy(u8).permute(2, 0, 1), torch.from_numpy(u8), want, torch.from_numpy(want),
+            torch.from_numpy(want).permute(2, 0, 1), torch.from_numpy(want).half().permute(2, 0, 1),
+            u8.astype(np.uint16) * 257, np.concatenate([u8, np.full_like(u8[..., :1], 7)], axis=-1)]
+    for image in same:
+        np.testing.assert_allclose(to_rgb(image), want, atol=1e-3)
+    np.testing.assert_array_equal(to_rgb(u8[..., 0]), np.repeat(want[..., :1], 3, axis=-1))  # grey
+    np.testing.assert_array_equal(to_rgb(torch.from_numpy(u8[None, ..., 0])), to_rgb(u8[..., 0]))  # (1, H, W)
+
+
+@pytest.mark.parametrize("image, message", [
+    (np.full((32, 64, 3), 200.0), r"float pixels must be in \[0, 1\], got 200..200; divide 0-255 images by 255"),
+    (np.full((32, 64, 3), -0.5, np.float32), r"got -0.5..-0.5"),
+    (np.zeros((32, 64, 3), np.int32), "pixels of type int32 are not supported; pass uint8"),
+    (np.zeros((32, 64, 2), np.uint8), r"expected one image of shape .* got \(32, 64, 2\)"),
+    (np.zeros((2, 32, 64, 3, 1), np.uint8), "expected one image of shape"),
+])
+def test_bad_input_values_are_explained(tiny_model, image, message):
+    with pytest.raises(DapError, match=message):
+        predict(image, tiny_model, resolution=(32, 64))
+
+
+def test_uint8_chw_tensor_is_not_clipped_to_white(tiny_model):
+    u8 = (_pano(32, 64) * 255).round().astype(np.uint8)
+    white = predict(np.ones((32, 64, 3), np.float32), tiny_model, resolution=(32, 64)).depth
+    got = predict(torch.from_numpy(u8).permute(2, 0, 1), tiny_model, resolution=(32, 64)).depth
+    np.testing.assert_allclose(got, predict(u8.astype(np.float32) / 255, tiny_model, resolution=(32, 64)).depth,
+                               atol=1e-5)
+    assert np.abs(got - white).max() > 1e-3
+
+
+def test_nan_pixels_become_black_with_a_warning(tiny_model):
+    rgb = _pano(32, 64)
+    holes = rgb.copy()
+    holes[5, 7] = np.nan
+    holes[20, 30, 1] = np.inf
+    with pytest.warns(RuntimeWarning, match="NaN or infinite pixels; they are set to 0"):
+        got = predict(holes, tiny_model, resolution=(32, 64))
+    assert np.isfinite(got.depth).all()
+    black = rgb.copy()
+    black[5, 7] = 0
+    black[20, 30, 1] = 0
+    np.testing.assert_array_equal(got.depth, predict(black, tiny_model, resolution=(32, 64)).depth)
+
+
+def test_training_samples_use_the_same_range_rule():
+    from dap.train import to_training_sample
+
+    u8 = (_pano(8, 16) * 255).round().astype(np.uint8)
+    depth = np.ones((8, 16), np.float32)
+    s = to_training_sample({"rgb": torch.from_numpy(u8).permute(2, 0, 1), "depth": depth})
+    torch.testing.assert_close(s["rgb"], torch.from_numpy(u8).permute(2, 0, 1).float() / 255)
+    # A dark uint8 image (max <= 1.5) used to be taken as [0, 1] floats; the dtype decides now.
+    dark = to_training_sample({"rgb": np.ones((8, 16, 3), np.uint8), "depth": depth})["rgb"]
+    torch.testing.assert_close(dark, torch.full((3, 8, 16), 1 / 255))
+    with pytest.raises(DapError, match="training sample: float pixels must be in"):
+        to_training_sample({"rgb": u8.astype(np.float32), "depth": depth})
+
+
+def test_bad_seam_pad_is_refused(tiny_model, checkpoint, tmp_path, capsys):
+    with pytest.raises(DapError, match="seam padding is a fraction of the width from 0"):
+        predict(_pano(32, 64), tiny_model, seam_pad=5)
+    io.write_rgb(tmp_path / "a.png", _pano(32, 64))
+    assert _predict_cli([tmp_path / "a.png"], tmp_path / "o", checkpoint, "--seam-pad", "-1") == 2
+    assert "got -1.0" in capsys.readouterr().err and not (tmp_path / "o").exists()

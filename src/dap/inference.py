@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,8 +63,12 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def _to_rgb_array(image) -> np.ndarray:
-    """Any supported single image -> float32 (H, W, 3) in [0, 1]."""
+def to_rgb(image, source: str = "input image") -> np.ndarray:
+    """The one rule for image values (inference and training): any single image -> float32 (H, W, 3) RGB in
+    [0, 1]. Files are decoded by dap.io, PIL images by Pillow. Arrays and tensors may be (H, W), (H, W, C) or
+    (C, H, W) with C in 1, 3, 4 (alpha is dropped); their dtype sets the range: uint8 is 0-255, uint16 is
+    0-65535, float must already be in [0, 1] (anything outside is an error, never clipped or guessed).
+    NaN/inf pixels become 0 (black) with a warning. `source` names the image in messages."""
     from PIL import Image
 
     from dap import io
@@ -69,23 +76,37 @@ def _to_rgb_array(image) -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         return io.read_rgb(image)
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        image = image.convert("RGB")
     if isinstance(image, torch.Tensor):
-        t = image.detach().cpu().float()
-        if t.ndim == 3 and t.shape[0] in (1, 3):
-            t = t.expand(3, -1, -1).permute(1, 2, 0)
-        image = t.numpy()
+        t = image.detach().cpu()
+        image = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
     a = np.asarray(image)
     if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise DapError(f"expected an RGB image (H, W, 3), got an array of shape {a.shape}")
-    a = a[..., :3]
+        a = a[..., None]
+    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
+        a = np.moveaxis(a, 0, -1)  # CHW, as torch and torchvision readers return
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.size == 0:
+        raise DapError(f"{source}: expected one image of shape (H, W), (H, W, 3) or (3, H, W), got {a.shape}; "
+                       "pass batches as a list or a 4-D array")
+    a = np.broadcast_to(a[..., :3], (*a.shape[:2], 3))
     if a.dtype == np.uint8:
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
         return a.astype(np.float32) / 65535.0
-    return np.clip(a.astype(np.float32), 0.0, 1.0)
+    if not np.issubdtype(a.dtype, np.floating):
+        raise DapError(f"{source}: pixels of type {a.dtype} are not supported; pass uint8 (0-255), uint16 "
+                       "(0-65535) or float in [0, 1]")
+    a = a.astype(np.float32)
+    finite = np.isfinite(a)
+    if not finite.all():
+        warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", RuntimeWarning,
+                      stacklevel=2)
+        a = np.where(finite, a, np.float32(0))
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 1:
+        raise DapError(f"{source}: float pixels must be in [0, 1], got {lo:g}..{hi:g}; divide 0-255 images by "
+                       "255 (or pass them as uint8), or clip them to [0, 1]")
+    return a
 
 
 def _split_batch(images) -> tuple[list, bool]:
@@ -125,8 +146,21 @@ def _prepare(rgb: np.ndarray, resolution: tuple[int, int], device: torch.device)
     return normalize_image(x)
 
 
+def check_seam_pad(seam_pad: float) -> None:
+    if not 0 <= seam_pad <= 0.5:
+        raise DapError(f"seam padding is a fraction of the width from 0 (off) to 0.5, got {seam_pad}; the default "
+                       f"is {DEFAULT_SEAM_PAD}")
+
+
 def seam_pad_columns(width: int, seam_pad: float, patch: int = 16) -> int:
     return int(round(width * seam_pad / patch)) * patch
+
+
+def compute_dtype(device: torch.device) -> torch.dtype:
+    """Precision of the forward pass: autocast (bfloat16 where supported) on CUDA, float32 elsewhere."""
+    if device.type != "cuda":
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> dict[str, torch.Tensor]:
@@ -134,10 +168,8 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> 
     pad = seam_pad_columns(x.shape[-1], seam_pad, model.cfg.vit.patch_size)
     if pad:
         x = torch.cat((x[..., -pad:], x, x[..., :pad]), dim=-1)
-    device = x.device
-    autocast = device.type == "cuda"
-    dtype = torch.bfloat16 if autocast and torch.cuda.is_bf16_supported() else torch.float16
-    with torch.autocast(device.type, dtype=dtype, enabled=autocast):
+    dtype = compute_dtype(x.device)
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         out = model(x)
     out = {k: v.float() for k, v in out.items()}
     if pad:
@@ -217,6 +249,7 @@ def predict(
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
+    check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     model = resolve_model(model, dev)
@@ -224,8 +257,8 @@ def predict(
     if resolution[0] % 16 or resolution[1] % 16:
         raise DapError(f"resolution {resolution} must be multiples of 16")
     results = []
-    for item in items:
-        rgb = _to_rgb_array(item)
+    for k, item in enumerate(items):
+        rgb = to_rgb(item, f"batch image {k}" if is_batch else "input image")
         rows = slice(None)
         h, w = rgb.shape[:2]
         if pad_to_erp and w != 2 * h:
@@ -257,39 +290,74 @@ def predict(
 # --- `dap predict` ---------------------------------------------------------------------------------------
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
-OUTPUT_KINDS = ("npy", "exr", "png16", "color", "mask", "normals", "ply", "glb", "cubemap")
+OUTPUT_SUFFIXES = {"npy": ".npy", "exr": ".exr", "png16": ".depth.png", "color": ".color.png", "mask": ".mask.png",
+                   "normals": ".normals.png", "ply": ".ply", "glb": ".glb", "cubemap": ".cube"}
+OUTPUT_KINDS = tuple(OUTPUT_SUFFIXES)
 PNG16_SCALE = 1 / 512  # metres per unit of the 16-bit depth PNG (as Stanford2D3D): 0..128 m in 2 mm steps
+NAMING_RULE = ("Output names: each input's path relative to the folder all inputs share, without its extension "
+               "(one folder or files from one folder: the file stems; a/pano.jpg b/pano.jpg: a/pano, b/pano). "
+               "Inputs that would still share a name keep their extension (pano.jpg, pano.png: pano.jpg.npy, "
+               "pano.png.npy). Folder listings and globs skip hidden files and our own outputs (*.mask.png, ...).")
 
 
 @dataclass
 class InputItem:
-    name: str  # output file stem
+    name: str  # output file stem, may hold sub-folders (see `output_names`)
     source: str  # what the user gave (for messages)
     load: object  # () -> float32 (H, W, 3) RGB; None for a whole video, expanded by `iter_frames`
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
+def _listable(path: Path) -> bool:
+    """Images a folder or glob contributes: not hidden (temporaries) and not one of our own outputs, so `--out`
+    may be the input folder."""
+    name = path.name.lower()
+    return (path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
+            and not name.endswith(tuple(OUTPUT_SUFFIXES.values())))
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """Distinct output stems for distinct input files (the rule in NAMING_RULE)."""
+    absolute = [Path(os.path.abspath(p)) for p in paths]
+    root = os.path.commonpath([p.parent for p in absolute])
+    relative = [p.relative_to(root) for p in absolute]
+    stems = [r.with_suffix("").as_posix() for r in relative]
+    counts = Counter(stems)
+    return [stem if counts[stem] == 1 else r.as_posix() for stem, r in zip(stems, relative, strict=True)]
+
+
 def expand_inputs(inputs: list[str]) -> list[InputItem]:
-    """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items."""
+    """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
+    each file once, named by `output_names`."""
     import glob
 
     from dap import io
 
-    items: list[InputItem] = []
+    paths: dict[str, Path] = {}  # absolute path -> path as given, in order: a file listed twice runs once
     for spec in inputs:
-        paths = [Path(p) for p in sorted(glob.glob(spec))] if any(c in spec for c in "*?[") else [Path(spec)]
-        if not paths:
-            raise DapError(f"the pattern {spec!r} matches no file")
-        for path in paths:
+        if any(c in spec for c in "*?["):
+            found = [Path(p) for p in sorted(glob.glob(spec))]
+            found = [p for p in found if p.is_dir() or p.suffix.lower() in io.VIDEO_SUFFIXES or _listable(p)]
+            if not found:
+                raise DapError(f"the pattern {spec!r} matches no panorama, folder or video")
+        else:
+            found = [Path(spec)]
+        for path in found:
             if path.is_dir():
-                found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                if not found:
+                images = sorted(p for p in path.iterdir() if _listable(p))
+                if not images:
                     raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder {path}")
-                items += [InputItem(p.stem, str(p), functools.partial(io.read_rgb, p)) for p in found]
-            elif path.suffix.lower() in io.VIDEO_SUFFIXES:
-                items.append(InputItem(path.stem, str(path), None, str(path)))
             else:
-                items.append(InputItem(path.stem, str(path), functools.partial(io.read_rgb, path)))
+                images = [path]
+            for image in images:
+                paths.setdefault(os.path.abspath(image), image)
+    files = list(paths.values())
+    items = []
+    for path, name in zip(files, output_names(files), strict=True):
+        if path.suffix.lower() in io.VIDEO_SUFFIXES:
+            items.append(InputItem(name, str(path), None, str(path)))
+        else:
+            items.append(InputItem(name, str(path), functools.partial(io.read_rgb, path)))
     return items
 
 
@@ -310,9 +378,34 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
 
 
 def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
-    suffix = {"npy": ".npy", "exr": ".exr", "png16": ".depth.png", "color": ".color.png", "mask": ".mask.png",
-              "normals": ".normals.png", "ply": ".ply", "glb": ".glb", "cubemap": ".cube"}
-    return {k: out_dir / f"{name}{suffix[k]}" for k in kinds}
+    return {k: out_dir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
+
+
+def outputs_complete(paths: dict[str, Path]) -> bool:
+    """Every output exists; a cubemap folder only with all its faces (older runs could leave partial ones)."""
+    return all(
+        all((p / f"{axis}.{part}").is_file() for axis in geometry.CUBE_FACES for part in ("rgb.png", "depth.npy"))
+        if kind == "cubemap" else p.is_file()
+        for kind, p in paths.items()
+    )
+
+
+def _write_cubemap(path: Path, rgb: np.ndarray, depth: np.ndarray) -> None:
+    """Six faces of RGB and depth, written to a temporary folder that is renamed when complete, so a killed
+    run never leaves a partial folder under the final name."""
+    from dap import io
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # left behind by a run that was killed while writing
+    tmp.mkdir(parents=True)
+    face = max(16, depth.shape[0] // 2)
+    faces_rgb = geometry.erp_to_cubemap(rgb, face)
+    faces_depth = geometry.erp_to_cubemap(depth, face, mode="nearest")
+    for i, axis in enumerate(geometry.CUBE_FACES):
+        io.write_rgb(tmp / f"{axis}.rgb.png", faces_rgb[i])
+        io.write_depth(tmp / f"{axis}.depth.npy", faces_depth[i])
+    shutil.rmtree(path, ignore_errors=True)  # an older (or partial) result being replaced
+    tmp.rename(path)
 
 
 def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int = 1) -> None:
@@ -340,13 +433,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
             else:
                 io.write_glb(path, points, colors)
         elif kind == "cubemap":
-            path.mkdir(parents=True, exist_ok=True)
-            face = max(16, pred.depth.shape[0] // 2)
-            faces_rgb = geometry.erp_to_cubemap(pred.rgb, face)
-            faces_depth = geometry.erp_to_cubemap(valid_depth, face, mode="nearest")
-            for i, axis in enumerate(geometry.CUBE_FACES):
-                io.write_rgb(path / f"{axis}.rgb.png", faces_rgb[i])
-                io.write_depth(path / f"{axis}.depth.npy", faces_depth[i])
+            _write_cubemap(path, pred.rgb, valid_depth)
 
 
 class ScaleSmoother:
@@ -389,7 +476,8 @@ def _check_writable(out_dir: Path) -> None:
 
 def add_arguments(parser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="panorama files, folders of images, glob patterns (quoted) or video files")
+                        help="panorama files, folders of images, glob patterns (quoted) or video files. "
+                             + NAMING_RULE)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--checkpoint", default=None,
                         help="official model.pth, a folder written by `dap convert`/`dap train`, or hf:<repo>; "
@@ -428,6 +516,7 @@ def run_cli(args) -> int:
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
+    check_seam_pad(args.seam_pad)
     _check_writable(args.out)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
@@ -435,10 +524,18 @@ def run_cli(args) -> int:
     smooth = ScaleSmoother(args.smooth_scale)
     failures: list[tuple[str, str]] = []
     done = skipped = 0
+    sources: dict[str, str] = {}  # output name -> input that has it this run
     start = time.perf_counter()
     for item in tqdm(iter_frames(items, failures), desc="predict", unit="pano", disable=None):
+        # Names are distinct by construction except for video frames (<video>_000001) against an image of
+        # that name: the later input fails rather than overwrite the earlier one's outputs.
+        if item.name in sources:
+            failures.append((item.source, f"its output name {item.name!r} is taken by {sources[item.name]}; "
+                                          "rename one of them or predict them into different --out folders"))
+            continue
+        sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
-        if not args.overwrite and all(p.exists() for p in paths.values()):
+        if not args.overwrite and outputs_complete(paths):
             skipped += 1
             continue
         try:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dap import geometry
 from dap.errors import CheckpointError, DapError, RunExistsError
-from dap.inference import normalize_image
+from dap.inference import normalize_image, to_rgb
 from dap.losses import DapLoss, LossConfig
 
 CHECKPOINT_VERSION = 1
@@ -311,9 +311,7 @@ def _as_chw(x: Any, channels: int) -> torch.Tensor:
 def to_training_sample(item: dict, invalid_is_sky: bool = False) -> dict[str, torch.Tensor]:
     """Normalise a loader's sample (HWC numpy or CHW tensors) to rgb (3,H,W) [0,1], depth (1,H,W) metres,
     valid (1,H,W) bool, out_of_range (1,H,W) bool."""
-    rgb = _as_chw(item["rgb"], 3).float()
-    if rgb.max() > 1.5:  # uint8 images
-        rgb = rgb / 255.0
+    rgb = torch.from_numpy(to_rgb(item["rgb"], "training sample")).permute(2, 0, 1)  # the one rule for ranges
     depth = _as_chw(item["depth"], 1).float()
     depth = torch.where(torch.isfinite(depth), depth, torch.zeros_like(depth))
     valid = _as_chw(item["valid"], 1).bool() if "valid" in item else depth > 0

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
     "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),
     "train": ("dap.train", "Train or fine-tune DAP from a YAML config (single process or under torchrun)."),
+    "curate": ("dap.curation.command", "Data-in-the-loop curation: ingest, pseudo-label, score, select, run."),
 }
 
 

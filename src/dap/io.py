@@ -10,6 +10,7 @@ Depth conventions: float32 metres along the ray, invalid = 0. On read, NaN, inf,
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import uuid
 import warnings
@@ -532,5 +533,31 @@ def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
             if not ok:
                 break
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    finally:
+        cap.release()
+
+
+def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(frame index, time in seconds, float32 RGB frame) every `every_s` seconds of a video, first frame
+    included. Frames in between are skipped with grab() (no colour conversion), so sparse sampling is cheap."""
+    if every_s <= 0:
+        raise ValueError(f"every_s must be > 0 seconds, got {every_s}")
+    p = _check_file(path)
+    cap = cv2.VideoCapture(str(p))
+    if not cap.isOpened():
+        raise _unreadable(p, "OpenCV cannot open it as a video")
+    try:
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        if not fps or not math.isfinite(fps) or fps <= 0:
+            raise _unreadable(p, "the video does not state its frame rate")
+        step = max(1, round(every_s * fps))
+        index = 0
+        while cap.grab():
+            if index % step == 0:
+                ok, frame = cap.retrieve()
+                if not ok:
+                    raise _unreadable(p, f"frame {index} cannot be decoded")
+                yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+            index += 1
     finally:
         cap.release()

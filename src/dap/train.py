@@ -49,14 +49,14 @@ RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
 class ModelSection:
     name: str = "dap_tiny"  # dap_tiny | dap_vits | dap_vitb | dap_vitl (used when init is scratch)
     overrides: dict = field(default_factory=dict)  # DapConfig fields, e.g. {token_adapter: plain}
-    init: str = "scratch"  # scratch | our checkpoint dir (dap train/convert) | official model.pth
+    init: str = "scratch"  # scratch | bundled (the packaged default model) | our checkpoint dir | official model.pth
 
 
 @dataclass
 class SourceConfig:
     """One data source of the training mixture (or of the validation set)."""
 
-    kind: str = "rooms"  # shards (dap synth output) | folder | dataset | synthetic (rendered live) | rooms
+    kind: str = "rooms"  # shards (dap synth) | folder | dataset | synthetic (rendered live) | rooms | pseudo (pool)
     path: str | None = None  # shard dir or manifest (shards), manifest or folder (folder), dataset root
     ratio: float = 1.0  # sampling weight within the mixture (normalised over sources)
     split: str = "train"
@@ -64,6 +64,8 @@ class SourceConfig:
     size: int = 1000  # number of panoramas for the generated kinds (synthetic, rooms)
     seed: int = 0  # first scene seed for the generated kinds; give validation a disjoint range
     invalid_is_sky: bool = False  # treat depth-less pixels as out of range (only where that is true)
+    label_stage: str = "stage1"  # pseudo: which labels of the curation pool (stage1 | stage3)
+    selected_only: bool = False  # pseudo: only the rows kept by stage-2 selection
 
 
 @dataclass
@@ -286,6 +288,10 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
         from dap.data.shards import ShardDataset
 
         return ShardDataset(src.path)
+    if src.kind == "pseudo":
+        from dap.curation.manifest import PseudoLabelDataset
+
+        return PseudoLabelDataset(src.path, src.label_stage, src.selected_only)
     if src.kind == "folder":
         from dap.data.datasets import FolderDataset
 
@@ -296,7 +302,8 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
         if not src.dataset:
             raise ValueError("data source kind=dataset needs `dataset:` (e.g. stanford2d3d)")
         return get_dataset(src.dataset, src.path, src.split)
-    raise ValueError(f"unknown data source kind {src.kind!r}; use shards, folder, dataset, synthetic or rooms")
+    raise ValueError(f"unknown data source kind {src.kind!r}; use shards, folder, dataset, synthetic, rooms or "
+                     "pseudo")
 
 
 def _as_chw(x: Any, channels: int) -> torch.Tensor:
@@ -593,6 +600,10 @@ def build_model(cfg: TrainConfig):
     if init == "scratch":
         torch.manual_seed(seed_of(cfg.run.seed, "init"))  # identical on every rank (DDP also broadcasts)
         return create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+    if init == "bundled":
+        from dap.inference import default_model_path
+
+        init = default_model_path()
     return load_model(init)  # our directory or the official model.pth; the variant comes from the file
 
 

@@ -1,0 +1,157 @@
+"""`dap curate`: ingest | label | score | select | run | status (argument checks live here, work in the library)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from dap.errors import DapError
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
+def _keep(text: str) -> dict[str, float]:
+    """indoor=300000,outdoor=300000 or indoor=0.5,outdoor=0.2"""
+    out = {}
+    for part in text.split(","):
+        k, sep, v = part.partition("=")
+        try:
+            out[k.strip()] = float(v)
+        except ValueError:
+            sep = ""
+        if not sep or out.get(k.strip(), -1) < 0:
+            raise argparse.ArgumentTypeError(f"expected DOMAIN=K pairs like indoor=300000,outdoor=0.2, got {text!r}")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dap.cli import parse_size
+
+    sub = parser.add_subparsers(dest="curate_command", required=True, metavar="STEP")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    p = sub.add_parser("ingest", help="add panoramas and 360° videos to a pool (checks, dedupe, tags)",
+                       formatter_class=fmt)
+    p.add_argument("sources", nargs="+", help="files, folders (searched recursively) or glob patterns")
+    p.add_argument("--pool", required=True, help="pool folder (created; re-ingesting adds only new items)")
+    p.add_argument("--source", default=None, help="source name for these items (default: each file's folder name)")
+    p.add_argument("--generated", action="store_true", help="the items are generated panoramas (text-to-panorama)")
+    p.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS",
+                   help="sample one frame of a video every this many seconds")
+    p.add_argument("--pad-to-erp", action="store_true",
+                   help="accept partial panoramas wider than 2:1 by padding black rows (else they are rejected)")
+    p.add_argument("--max-width", type=_positive_int, default=2048, help="store panoramas at most this wide")
+    p.add_argument("--dedupe-bits", type=int, default=6,
+                   help="near-duplicate when 64-bit perceptual hashes differ in at most this many bits (-1: off)")
+    p.add_argument("--max-tilt", type=float, default=8.0, metavar="DEGREES",
+                   help="reject panoramas whose camera tilt, estimated from vertical edges, exceeds this")
+    p.add_argument("--tags", default=None, metavar="CSV",
+                   help="indoor/outdoor tags: CSV with columns file (or path) and domain (or scene); a tag wins "
+                        "over the labeler's sky-fraction rule")
+
+    p = sub.add_parser("label", help="pseudo-label the pool with a model (torchrun-ready, resumable)",
+                       formatter_class=fmt)
+    p.add_argument("--pool", required=True, help="pool folder made by `dap curate ingest`")
+    p.add_argument("--model", required=True, help="labeler checkpoint (our folder or an official model.pth)")
+    p.add_argument("--stage", choices=("stage1", "stage3"), default="stage1",
+                   help="stage1: Scene-Invariant Labeler; stage3: Realism-Invariant Labeler")
+    p.add_argument("--resolution", type=parse_size, default=(256, 512), metavar="HxW",
+                   help="working and stored label resolution (2:1, multiples of 16)")
+    p.add_argument("--batch-size", type=_positive_int, default=4, help="panoramas per forward")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")
+    p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation agreement (3x faster)")
+    p.add_argument("--outdoor-sky-fraction", type=float, default=0.05,
+                   help="tag a panorama outdoor when this share of its upper hemisphere is sky / out of range")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+    p = sub.add_parser("score", help="score the stage-1 labels with a trained discriminator", formatter_class=fmt)
+    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--discriminator", required=True, help="discriminator folder (written by `dap curate run`)")
+
+    p = sub.add_parser("select", help="keep the top-k stage-1 labels per domain", formatter_class=fmt)
+    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--keep", type=_keep, default=None, metavar="DOMAIN=K,...",
+                   help="per domain a count (>= 1) or a fraction (< 1); default: the paper's 300K+300K of 1.9M as "
+                        "fractions (indoor 0.667, outdoor 0.207)")
+    p.add_argument("--score", choices=("disc", "tta", "disc_tta"), default="disc",
+                   help="rank by discriminator P(real), TTA agreement, or the mean of both ranks")
+
+    p = sub.add_parser("run", help="all stages from a config; a rerun resumes", formatter_class=fmt)
+    p.add_argument("--config", required=True, help="curation config (YAML), e.g. configs/curate_tiny.yaml")
+    p.add_argument("--work", required=True, help="work folder: pool/, runs/, discriminator/, state.json")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set label.batch_size=8")
+    p.add_argument("--stop-after", default=None, metavar="STEP",
+                   help="stop after this step: ingest, stage1, label1, disc, select, stage2, label3, final")
+
+    p = sub.add_parser("status", help="progress of a pool; histograms and a contact sheet", formatter_class=fmt)
+    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--plots", default=None, metavar="DIR", help="write score histograms and a contact sheet here")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    cmd = args.curate_command
+    if cmd == "ingest":
+        from dap.curation.ingest import IngestOptions, ingest
+
+        opts = IngestOptions(source=args.source, generated=args.generated, every_s=args.every,
+                             pad_to_erp=args.pad_to_erp, max_width=args.max_width, dedupe_bits=args.dedupe_bits,
+                             max_tilt_deg=args.max_tilt, tags=args.tags)
+        counts = ingest(args.sources, args.pool, opts)
+        print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
+    elif cmd == "label":
+        from dap.curation.label import LabelOptions, label_pool
+
+        model = Path(args.model)
+        if not model.exists():
+            raise DapError(f"--model {model} does not exist; pass a checkpoint folder or an official model.pth")
+        opts = LabelOptions(resolution=args.resolution, batch_size=args.batch_size, num_workers=max(0, args.workers),
+                            tta=not args.no_tta, outdoor_sky_fraction=args.outdoor_sky_fraction, device=args.device)
+        counts = label_pool(args.pool, str(model), args.stage, opts)
+        if counts.get("labelled") is not None:
+            print(f"dap curate label: {args.stage}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    elif cmd == "score":
+        from dap.curation.discriminator import load_discriminator
+        from dap.curation.selection import score_pool
+
+        n = score_pool(args.pool, load_discriminator(args.discriminator))
+        print(f"dap curate score: {n} stage-1 labels scored")
+    elif cmd == "select":
+        from dap.curation.selection import PAPER_FRACTIONS, select_pool
+
+        kept = select_pool(args.pool, args.keep or dict(PAPER_FRACTIONS), args.score)
+        print("dap curate select: kept " + ", ".join(f"{k} {v}" for k, v in kept.items()))
+    elif cmd == "run":
+        from dap.curation.pipeline import Pipeline, load_curate_config
+
+        state = Pipeline(load_curate_config(args.config, args.overrides), args.work).run(args.stop_after)
+        print(f"dap curate run: done: {', '.join(state['done'])}; state in {Path(args.work) / 'state.json'}")
+    elif cmd == "status":
+        from dap.curation.report import format_summary, status
+
+        summary, written = status(args.pool, args.plots)
+        print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+        for p in written:
+            print(f"wrote {p}")
+    return 0

@@ -1,0 +1,254 @@
+"""Stage 0 of curation: turn folders, globs and 360° videos into a pool of checked, de-duplicated panoramas.
+
+Per item: decode check, 2:1 check (or padding of partial panoramas), a 64-bit perceptual hash for
+near-duplicate removal, a camera-tilt estimate from vertical edges, and an indoor/outdoor tag from a user tag
+file when one is given (otherwise stage-1 labeling tags it from the labeler's sky fraction). A bad file
+becomes a `rejected` row with its reason and never stops the run. Re-running ingest into the same pool adds
+only new items (same file checksum and frame = same id).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from dap.curation.manifest import empty_row, read_manifest, write_manifest
+from dap.errors import DapError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+DOMAINS = ("indoor", "outdoor")
+
+
+@dataclass
+class IngestOptions:
+    source: str | None = None  # source name for every item (default: each input folder's / file's parent name)
+    generated: bool = False  # items are generated panoramas (e.g. text-to-panorama output): kind = generated
+    every_s: float = 2.0  # seconds between sampled video frames
+    pad_to_erp: bool = False  # pad partial panoramas (wider than 2:1) with black rows instead of rejecting
+    max_width: int = 2048  # stored panoramas are downscaled to at most this width
+    dedupe_bits: int = 6  # near-duplicate: perceptual hashes differ in at most this many of 64 bits
+    max_tilt_deg: float = 5.0  # reject panoramas whose estimated tilt exceeds this (NaN estimates are kept)
+    tags: str | None = None  # CSV with columns file (or path) and domain (or scene): indoor | outdoor
+
+
+# ------------------------------------------------------------------------------------------ signals
+def perceptual_hash(rgb: np.ndarray) -> int:
+    """64-bit DCT hash (the classic pHash): 32x32 grey thumbnail, 8x8 lowest DCT frequencies, each bit = above
+    their median. Robust to resizing, JPEG re-encoding and small colour changes; a yaw rotation of the same
+    panorama is a different image here (it is a different training sample too)."""
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+    small = cv2.resize(grey, (32, 32), interpolation=cv2.INTER_AREA)
+    low = cv2.dct(small)[:8, :8].ravel()
+    bits = low > np.median(low[1:])  # the DC term would dominate the median
+    value = int(sum(1 << i for i, b in enumerate(bits) if b))
+    return value - (1 << 64) if value >= 1 << 63 else value  # store as int64
+
+
+def hamming(a: int, b: int) -> int:
+    return ((a ^ b) & ((1 << 64) - 1)).bit_count()
+
+
+def estimate_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -> float:
+    """Camera tilt (degrees) from how near-vertical edges lean around the horizon.
+
+    A level camera images every world-vertical line as a vertical ERP column. Tilted by a small rotation with
+    components (a about the forward axis, c about the right axis), a vertical line at longitude lon near the
+    equator leans by s = a·cos(lon) - c·sin(lon) columns per row (ERP pixels are square in angle). Each strong,
+    near-vertical edge pixel measures s = gy/gx; a gradient-weighted least-squares fit of (a, c) over the
+    |latitude| < band_deg rows gives the tilt atan(hypot(a, c)). NaN when fewer than `min_edges` pixels qualify
+    (e.g. open landscapes without verticals): the check then cannot judge.
+    """
+    grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
+    h, w = grey.shape
+    if w > 1024:  # the estimate needs edges, not detail
+        grey = cv2.resize(grey, (1024, 512), interpolation=cv2.INTER_AREA)
+        h, w = grey.shape
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
+    rows = np.abs(lat) < band_deg
+    gx, gy = gx[rows], gy[rows]
+    lon = ((np.arange(w) + 0.5) / w - 0.5) * 2 * math.pi
+    lon = np.broadcast_to(lon, gx.shape)
+    mag2 = gx * gx + gy * gy
+    strong = mag2 > np.quantile(mag2, 0.9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = gy / gx
+    keep = strong & (np.abs(gx) > 1e-6) & (np.abs(s) < 0.5)
+    if keep.sum() < min_edges:
+        return math.nan
+    s, lon, wgt = s[keep], lon[keep], np.sqrt(mag2[keep])
+    design = np.stack([np.cos(lon), -np.sin(lon)], axis=1)
+    for _ in range(3):  # reweighted: edges that do not fit (texture, slanted objects) lose influence
+        sw = np.sqrt(wgt)
+        coef, *_ = np.linalg.lstsq(design * sw[:, None], s * sw, rcond=None)
+        resid = np.abs(design @ coef - s)
+        wgt = np.sqrt(mag2[keep]) / (1.0 + (resid / 0.05) ** 2)
+    return float(np.degrees(np.arctan(np.hypot(*coef))))
+
+
+def file_checksum(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def item_id(checksum: str, frame: int | None) -> str:
+    return hashlib.sha256(f"{checksum}:{-1 if frame is None else frame}".encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------- inputs
+def expand_sources(sources: list[str]) -> list[Path]:
+    """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes are skipped
+    in folders but an explicitly named file is always tried (and rejected with a reason if it is no image)."""
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                            + VIDEO_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file():
+            files.append(p)
+        else:
+            matches = sorted(Path(m) for m in glob.glob(src, recursive=True) if Path(m).is_file())
+            if not matches:
+                raise DapError(f"curate ingest: {src} is neither a file, a folder nor a glob that matches files")
+            files += matches
+    seen: set[Path] = set()
+    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def read_tags(path: str | os.PathLike) -> dict[str, str]:
+    """file name -> indoor | outdoor, from a CSV with a file (or path) column and a domain (or scene) column."""
+    p = Path(path)
+    try:
+        with p.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DapError(f"curate ingest: cannot read the tag file {p}: {e}") from e
+    cols = set(rows[0]) if rows else set()
+    key = next((c for c in ("file", "path") if c in cols), None)
+    val = next((c for c in ("domain", "scene") if c in cols), None)
+    if key is None or val is None:
+        raise DapError(f"curate ingest: the tag file {p} needs columns file (or path) and domain (or scene); "
+                       f"it has {sorted(cols)}")
+    tags = {}
+    for r in rows:
+        d = (r[val] or "").strip().lower()
+        if d not in DOMAINS:
+            raise DapError(f"curate ingest: {p}: domain {r[val]!r} for {r[key]!r} is not indoor or outdoor")
+        tags[Path(r[key]).name] = d
+    return tags
+
+
+def _decoded(path: Path, every_s: float) -> Iterator[tuple[int | None, float, np.ndarray]]:
+    from dap.io import read_rgb, sample_video_frames
+
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        yield from sample_video_frames(path, every_s)
+    else:
+        yield None, math.nan, read_rgb(path)
+
+
+# ------------------------------------------------------------------------------------------- ingest
+def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None = None,
+           progress: bool = True) -> dict[str, int]:
+    """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome."""
+    from tqdm import tqdm
+
+    from dap.inference import pad_rows_to_erp
+    from dap.io import write_rgb
+
+    o = options or IngestOptions()
+    pool = Path(pool)
+    tags = read_tags(o.tags) if o.tags else {}
+    files = expand_sources(sources)
+    rows = read_manifest(pool)
+    known = {r["id"] for r in rows}
+    hashes = [(r["phash"], r["id"]) for r in rows if r["status"] == "ok"]
+    counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
+    last_write = time.monotonic()
+    for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
+        source = o.source or path.parent.name
+        try:
+            checksum = file_checksum(path)
+        except OSError as e:
+            rows.append(_rejected(path, source, "", None, f"cannot read the file: {e}"))
+            counts["rejected"] += 1
+            continue
+        frames = _decoded(path, o.every_s)
+        frame = None
+        while True:
+            try:
+                frame, t, rgb = next(frames)
+            except StopIteration:
+                break
+            except Exception as e:  # noqa: BLE001 - any decode failure is this item's row, never the run's end
+                row = _rejected(path, source, checksum, frame, f"cannot decode: {e}")
+                if row["id"] not in known:
+                    rows.append(row)
+                    known.add(row["id"])
+                    counts["rejected"] += 1
+                break
+            row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": str(path),
+                   "checksum": checksum, "frame_time": t, "height": rgb.shape[0], "width": rgb.shape[1],
+                   "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
+                   "status": "ok"}
+            if row["id"] in known:
+                counts["already_in_pool"] += 1
+                continue
+            known.add(row["id"])
+            h, w = rgb.shape[:2]
+            if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
+                rgb, _ = pad_rows_to_erp(rgb)
+                h, w = rgb.shape[:2]
+            if w != 2 * h:
+                row.update(status="rejected", reason=f"not a 2:1 equirectangular panorama ({w}x{h}); partial "
+                           "panoramas wider than 2:1 are accepted with --pad-to-erp")
+                rows.append(row)
+                counts["rejected"] += 1
+                continue
+            if w > o.max_width:
+                rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
+            row["phash"] = perceptual_hash(rgb)
+            row["tilt_deg"] = estimate_tilt(rgb)
+            dup = next((i for hsh, i in hashes if hamming(hsh, row["phash"]) <= o.dedupe_bits), None)
+            if dup is not None:
+                row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
+                counts["duplicate"] += 1
+            elif row["tilt_deg"] > o.max_tilt_deg:  # NaN compares False: unknown tilt is kept
+                row.update(status="rejected", reason=f"camera tilted by about {row['tilt_deg']:.1f} degrees "
+                           f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it)")
+                counts["rejected"] += 1
+            else:
+                row["image"] = f"images/{row['id']}.jpg"
+                write_rgb(pool / row["image"], rgb)
+                hashes.append((row["phash"], row["id"]))
+                if path.name in tags:
+                    row.update(domain=tags[path.name], domain_from="user")
+                counts["added"] += 1
+            rows.append(row)
+        if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
+            write_manifest(pool, rows)
+            last_write = time.monotonic()
+    write_manifest(pool, rows)
+    return counts
+
+
+def _rejected(path: Path, source: str, checksum: str, frame: int | None, reason: str) -> dict:
+    return {**empty_row(), "id": item_id(checksum or str(path), frame), "source": source, "path": str(path),
+            "checksum": checksum, "kind": "video_frame" if frame is not None else "image", "status": "rejected",
+            "reason": reason}

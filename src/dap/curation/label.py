@@ -1,0 +1,168 @@
+"""Stages 1 and 3 of curation: a labeler model writes a pseudo-label for every accepted panorama of the pool.
+
+Scale-out: under torchrun each rank labels a disjoint, deterministic part of the manifest (rows whose id,
+read as a number, is rank modulo world size), in batches, with decoding overlapped by DataLoader workers.
+Per-sample resumable: a label file is written atomically, so one that exists is complete and is skipped on a
+rerun; a killed run loses at most the batch in flight. After all ranks finish, rank 0 merges the labels'
+confidence signals into the manifest.
+
+Confidence signals stored with every label (the cheap ones; the discriminator score comes in stage 2):
+  tta_absrel      mean AbsRel between the prediction and its test-time-augmented versions (yaw roll by half a
+                  turn, horizontal flip), each mapped back; low = the labeler agrees with itself
+  mask_certainty  solid-angle weighted mean |2p - 1| of the range probability p; 1 = every pixel decided
+  sky_fraction    solid-angle share of the upper hemisphere that is out of range (sky or beyond max_depth);
+                  it tags the domain (outdoor when >= outdoor_sky_fraction) unless a user tag exists
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from dap.curation.manifest import STAGES, load_label, read_manifest, save_label, write_manifest
+from dap.errors import DapError
+
+
+@dataclass
+class LabelOptions:
+    resolution: tuple[int, int] = (256, 512)  # working (and stored label) resolution
+    batch_size: int = 4
+    num_workers: int = 0  # DataLoader workers decoding panoramas while the model runs
+    tta: bool = True  # 2 extra forwards per panorama for the agreement signal
+    seam_pad: float = 1 / 16
+    outdoor_sky_fraction: float = 0.05  # domain rule of the labeler (see module docstring)
+    device: str = "auto"
+
+
+def rank_rows(rows: list[dict], rank: int, world: int) -> list[int]:
+    """Indices of the accepted rows that `rank` of `world` labels: disjoint, complete, stable under appends."""
+    return [i for i, r in enumerate(rows) if r["status"] == "ok" and int(r["id"], 16) % world == rank]
+
+
+class _PoolImages(torch.utils.data.Dataset):
+    def __init__(self, pool: Path, rows: list[dict], indices: list[int], resolution: tuple[int, int]):
+        self.pool, self.rows, self.indices, self.resolution = pool, rows, indices, resolution
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
+        from dap.inference import _prepare
+        from dap.io import read_rgb
+
+        i = self.indices[k]
+        rgb = read_rgb(self.pool / self.rows[i]["image"])
+        return i, _prepare(rgb, self.resolution, torch.device("cpu"))[0]
+
+
+def _hemisphere_weights(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from dap.geometry import solid_angle_weights
+
+    w = solid_angle_weights(height, width).expand(height, width)
+    upper = w.clone()
+    upper[height // 2:] = 0
+    return w / w.sum(), upper / upper.sum()
+
+
+@torch.inference_mode()
+def label_batch(model, x: torch.Tensor, *, tta: bool, seam_pad: float) -> dict[str, torch.Tensor]:
+    """Depth (0 where out of range), range probability and per-image confidence signals for a normalised batch."""
+    from dap.inference import run_model
+
+    out = run_model(model, x, seam_pad=seam_pad)
+    depth, prob = out["depth"], out["out_of_range_prob"]
+    h, w = depth.shape[-2:]
+    whole, upper = (t.to(depth.device) for t in _hemisphere_weights(h, w))
+    inside = prob < 0.5
+    signals = {
+        "sky_fraction": ((~inside).float()[:, 0] * upper).sum((-2, -1)),
+        "mask_certainty": ((2 * prob - 1).abs()[:, 0] * whole).sum((-2, -1)),
+    }
+    if tta:
+        rolled = run_model(model, x.roll(w // 2, dims=-1), seam_pad=seam_pad)["depth"].roll(-(w // 2), dims=-1)
+        flipped = run_model(model, x.flip(-1), seam_pad=seam_pad)["depth"].flip(-1)
+        errs = [((d - depth).abs() / depth.clamp(min=1e-3) * inside).sum((-3, -2, -1)) for d in (rolled, flipped)]
+        signals["tta_absrel"] = (errs[0] + errs[1]) / (2 * inside.sum((-3, -2, -1)).clamp(min=1))
+    else:
+        signals["tta_absrel"] = torch.full_like(signals["sky_fraction"], float("nan"))
+    return {"depth": torch.where(inside, depth, torch.zeros_like(depth))[:, 0], "prob": prob[:, 0], **signals}
+
+
+def label_path(stage: str, row_id: str) -> str:
+    return f"labels/{stage}/{row_id}.npz"
+
+
+def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions | None = None, *,
+               progress: bool = True) -> dict[str, int]:
+    """Label every accepted, not yet labelled row of `pool` for `stage` (this rank's share under torchrun), then
+    merge all labels into the manifest on rank 0. `model`: a loaded DAP model or a checkpoint path."""
+    from tqdm import tqdm
+
+    from dap.inference import resolve_model
+    from dap.train import setup_distributed
+
+    if stage not in STAGES:
+        raise DapError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
+    o = options or LabelOptions()
+    if o.resolution[0] % 16 or o.resolution[1] != 2 * o.resolution[0]:
+        raise DapError(f"label resolution {o.resolution[0]}x{o.resolution[1]} must be 2:1 and multiples of 16")
+    pool = Path(pool)
+    d = setup_distributed(o.device)
+    try:
+        rows = read_manifest(pool)
+        if not rows:
+            raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
+        model = resolve_model(model, d.device)
+        mine = [i for i in rank_rows(rows, d.rank, d.world) if not (pool / label_path(stage, rows[i]["id"])).exists()]
+        loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
+                                             num_workers=o.num_workers, pin_memory=d.device.type == "cuda")
+        done = 0
+        with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
+                  unit="pano", disable=not progress, dynamic_ncols=True) as bar:
+            for idx, x in loader:
+                res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
+                for b, i in enumerate(idx.tolist()):
+                    save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
+                               res["prob"][b].cpu().numpy(),
+                               **{k: float(res[k][b]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")})
+                done += len(idx)
+                bar.update(len(idx))
+        if d.world > 1:
+            dist.barrier()
+        merged = merge_labels(pool, stage, o.outdoor_sky_fraction) if d.main else {}
+        if d.world > 1:
+            dist.barrier()
+        return {"labelled_now": done, **merged}
+    finally:
+        if d.initialised_here:
+            dist.destroy_process_group()
+
+
+def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[str, int]:
+    """Copy the signals of every existing label file of `stage` into the manifest (atomic rewrite)."""
+    rows = read_manifest(pool)
+    labelled = missing = 0
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        rel = label_path(stage, r["id"])
+        if not (pool / rel).exists():
+            missing += 1
+            continue
+        z = load_label(pool / rel)
+        r.update({f"{stage}_label": rel, **{f"{stage}_{k}": float(z[k]) for k in
+                                             ("sky_fraction", "mask_certainty", "tta_absrel")}})
+        if stage == "stage1" and r["domain_from"] != "user":
+            r["domain"] = "outdoor" if r["stage1_sky_fraction"] >= outdoor_sky_fraction else "indoor"
+            r["domain_from"] = "labeler"
+        labelled += 1
+    write_manifest(pool, rows)
+    if missing:
+        print(f"dap curate: {missing} accepted rows of {pool} have no {stage} label yet", file=sys.stderr)
+    return {"labelled": labelled, "unlabelled": missing}
+

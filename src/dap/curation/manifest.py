@@ -1,0 +1,157 @@
+"""The curation pool: one Parquet manifest row per panorama, and the training source over its pseudo-labels.
+
+Layout of a pool folder:
+  manifest.parquet        one row per ingested item (accepted or rejected), columns in `COLUMNS`
+  images/<id>.jpg         accepted panoramas, decoded and stored as 2:1 JPEG (frames of videos included)
+  labels/<stage>/<id>.npz pseudo-labels: depth (float16 metres, 0 = out of range), prob (float16, P(sky or
+                          beyond max_depth)), and scalar confidence signals; written atomically, so a file that
+                          exists is complete and a resumed run skips it
+
+The manifest is rewritten atomically (temp file + rename) by one process at a time: ingest, the merge after
+labeling, scoring and selection. Labeling ranks only write label files; rank 0 merges them afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from dap.errors import DatasetLayoutError
+from dap.io import atomic_write
+
+MANIFEST = "manifest.parquet"
+STAGES = ("stage1", "stage3")  # label stages: the Scene-Invariant and the Realism-Invariant Labeler
+
+# name -> Arrow type; per-stage label columns are added by `stage_columns`.
+BASE_COLUMNS: dict[str, pa.DataType] = {
+    "id": pa.string(),  # 16 hex digits of sha256(file checksum, frame index)
+    "source": pa.string(),  # the source name given at ingest (default: the folder's name)
+    "kind": pa.string(),  # image | video_frame | generated
+    "path": pa.string(),  # the original file
+    "frame_time": pa.float64(),  # seconds into the video (NaN for images)
+    "checksum": pa.string(),  # sha256 of the original file
+    "image": pa.string(),  # pool-relative path of the stored panorama ('' when rejected)
+    "width": pa.int32(),  # original size (0 when undecodable)
+    "height": pa.int32(),
+    "status": pa.string(),  # ok | rejected
+    "reason": pa.string(),  # why rejected ('' when ok)
+    "phash": pa.int64(),  # 64-bit perceptual hash (as signed int64)
+    "dup_of": pa.string(),  # id of the kept near-duplicate
+    "tilt_deg": pa.float64(),  # estimated camera tilt from vertical edges (NaN: too few edges to tell)
+    "domain": pa.string(),  # indoor | outdoor | '' (not yet known)
+    "domain_from": pa.string(),  # user (a tag file) | labeler (sky fraction of stage 1) | ''
+    "disc_score": pa.float64(),  # discriminator's P(real) for the stage-1 label (NaN: not scored)
+    "selected": pa.bool_(),  # kept by stage-2 selection
+}
+
+
+def stage_columns(stage: str) -> dict[str, pa.DataType]:
+    return {
+        f"{stage}_label": pa.string(),  # pool-relative label file ('' when not labelled)
+        f"{stage}_sky_fraction": pa.float64(),  # solid-angle share of the upper hemisphere out of range
+        f"{stage}_tta_absrel": pa.float64(),  # disagreement under yaw-roll + flip test-time augmentation
+        f"{stage}_mask_certainty": pa.float64(),  # mean |2p - 1| of the range-mask probability
+    }
+
+
+COLUMNS: dict[str, pa.DataType] = {**BASE_COLUMNS, **{k: v for s in STAGES for k, v in stage_columns(s).items()}}
+SCHEMA = pa.schema(list(COLUMNS.items()))
+
+
+def empty_row() -> dict:
+    """Defaults for every column: '' for text, NaN for floats, 0 / False otherwise."""
+    row = {}
+    for name, t in COLUMNS.items():
+        row[name] = "" if t == pa.string() else math.nan if pa.types.is_floating(t) else False \
+            if t == pa.bool_() else 0
+    return row
+
+
+def manifest_path(pool: str | os.PathLike) -> Path:
+    return Path(pool) / MANIFEST
+
+
+def read_manifest(pool: str | os.PathLike) -> list[dict]:
+    """Rows of the pool's manifest ([] for a new pool). Columns missing in an older file get defaults."""
+    path = manifest_path(pool)
+    if not path.exists():
+        return []
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise DatasetLayoutError(f"cannot read the curation manifest {path}: {e}. It is only ever replaced "
+                                 "atomically, so this file was damaged outside dap; restore it or re-run "
+                                 "`dap curate ingest` into a new --pool") from e
+    defaults = empty_row()
+    return [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS}} for r in rows]
+
+
+def write_manifest(pool: str | os.PathLike, rows: list[dict]) -> Path:
+    path = manifest_path(pool)
+    table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=SCHEMA)
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def save_label(path: Path, depth: np.ndarray, prob: np.ndarray, **scores: float) -> None:
+    """One pseudo-label: float16 metres (0 where out of range) and float16 range probability."""
+    with atomic_write(path) as tmp:
+        np.savez(tmp, depth=depth.astype(np.float16), prob=prob.astype(np.float16),
+                 **{k: np.float64(v) for k, v in scores.items()})
+
+
+def load_label(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+class PseudoLabelDataset(torch.utils.data.Dataset):
+    """Training samples from a pool's pseudo-labels of one stage (optionally only the selected rows).
+
+    The range probability becomes supervision for the range head: pixels with prob >= 0.5 are out of range
+    (sky, beyond max_depth), the rest carry the label's metres."""
+
+    def __init__(self, pool: str | os.PathLike, stage: str = "stage1", selected_only: bool = False):
+        if stage not in STAGES:
+            raise ValueError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
+        self.pool = Path(pool)
+        rows = read_manifest(self.pool)
+        if not rows:
+            raise DatasetLayoutError(f"{self.pool} has no {MANIFEST}: run `dap curate ingest ... --pool "
+                                     f"{self.pool}` and label it first")
+        self.rows = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]
+                     and (r["selected"] or not selected_only)]
+        self.stage = stage
+        if not self.rows:
+            what = "selected and labelled" if selected_only else "labelled"
+            raise DatasetLayoutError(f"{self.pool} has no {what} rows for {stage}: run the labeling "
+                                     f"{'and selection ' if selected_only else ''}first (`dap curate run`)")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        rgb, depth, oor = labelled_arrays(self.pool, self.rows[i], self.stage)
+        depth[oor] = 0.0
+        return {"rgb": rgb, "depth": depth, "valid": depth > 0, "out_of_range": oor, "name": self.rows[i]["id"]}
+
+
+def labelled_arrays(pool: Path, row: dict, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rgb float32 resized to the label's size, depth metres, out-of-range bool) of one labelled row."""
+    import cv2
+
+    from dap.io import read_rgb
+
+    z = load_label(pool / row[f"{stage}_label"])
+    depth, prob = z["depth"].astype(np.float32), z["prob"].astype(np.float32)
+    rgb = read_rgb(pool / row["image"])
+    if rgb.shape[:2] != depth.shape:
+        rgb = cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
+    return rgb, depth, prob >= 0.5

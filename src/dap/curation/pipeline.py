@@ -1,0 +1,294 @@
+"""`dap curate run`: the paper's three-stage data-in-the-loop pipeline from one config, resumable.
+
+Steps, each recorded in <work>/state.json when done (a rerun continues at the first step not done; the
+training steps resume from their own checkpoints, labeling from its label files):
+  ingest       pool.inputs -> <work>/pool (manifest.parquet, images/)
+  stage1       train the Scene-Invariant Labeler on `labeled` (indoor + outdoor together) -> runs/stage1
+  label1       it labels the whole pool (labels/stage1, confidence signals, domain tags)
+  disc         PatchGAN discriminator: GT of `discriminator.data` (panoramas the labeler did not train on) as
+               real, the labeler's predictions on them as fake -> <work>/discriminator (held-out AUC recorded)
+  select       the discriminator scores every stage-1 label; top-k per domain marked `selected`
+  stage2       train the Realism-Invariant Labeler on `labeled` + the selected stage-1 labels -> runs/stage2
+  label3       it re-labels the whole pool (labels/stage3)
+  final        train the final model on `labeled` + all stage-3 labels -> runs/final
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from dap.curation.discriminator import (
+    DiscriminatorConfig,
+    DiscriminatorTraining,
+    discriminator_input,
+    save_discriminator,
+    train_discriminator,
+)
+from dap.curation.ingest import IngestOptions, ingest
+from dap.curation.label import LabelOptions, label_batch, label_pool
+from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
+from dap.errors import DapError
+from dap.train import SourceConfig, _build, _merge, _set_path
+
+STEPS = ("ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final")
+
+
+@dataclass
+class PoolInput:
+    path: str  # folder, file or glob of panoramas / 360° videos
+    source: str | None = None  # source name (default: the folder's name)
+    generated: bool = False  # generated panoramas (text-to-panorama output)
+    tags: str | None = None  # CSV of indoor/outdoor tags (file, domain)
+
+
+@dataclass
+class PoolSection:
+    inputs: list[PoolInput] = field(default_factory=list)
+    every_s: float = 2.0
+    pad_to_erp: bool = False
+    max_width: int = 1024
+    dedupe_bits: int = 6
+    max_tilt_deg: float = 8.0
+
+
+@dataclass
+class LabelSection:
+    resolution: tuple[int, int] = (128, 256)
+    batch_size: int = 4
+    num_workers: int = 0
+    tta: bool = True
+    outdoor_sky_fraction: float = 0.05
+
+
+@dataclass
+class DiscriminatorSection:
+    data: list[SourceConfig] = field(default_factory=list)  # labeled panoramas the stage-1 labeler never saw
+    samples: int = 64  # pairs built from `data`
+    height: int = 128
+    width: int = 256
+    channels: int = 32
+    steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-3
+    held_out: float = 0.25
+
+
+@dataclass
+class SelectSection:
+    score: str = "disc"  # disc | tta | disc_tta
+    keep: dict = field(default_factory=lambda: dict(PAPER_FRACTIONS))  # domain -> fraction (< 1) or count
+
+
+@dataclass
+class StageTraining:
+    config: str | None = None  # a dap train YAML (relative to the curation config's folder or absolute)
+    set: dict = field(default_factory=dict)  # dap train overrides, dotted key -> value (like --set key=value)
+    pseudo_ratio: float = 1.0  # sampling weight of the pseudo-labels against the labeled sources' total
+
+
+@dataclass
+class CurateConfig:
+    pool: PoolSection = field(default_factory=PoolSection)
+    labeled: list[SourceConfig] = field(default_factory=list)  # labeled data of every training stage
+    label: LabelSection = field(default_factory=LabelSection)
+    discriminator: DiscriminatorSection = field(default_factory=DiscriminatorSection)
+    select: SelectSection = field(default_factory=SelectSection)
+    stage1: StageTraining = field(default_factory=StageTraining)
+    stage2: StageTraining = field(default_factory=StageTraining)
+    final: StageTraining = field(default_factory=StageTraining)
+    base_dir: str = "."  # where relative paths of the config resolve (set by load_curate_config)
+
+
+def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = None) -> CurateConfig:
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except OSError as e:
+        raise DapError(f"cannot read the curation config {p}: {e}") from e
+    except yaml.YAMLError as e:
+        raise DapError(f"the curation config {p} is not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise DapError(f"the curation config {p} must be a YAML mapping of sections (pool, labeled, ...)")
+    full = _merge(asdict(CurateConfig()), raw)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DapError(f"--set expects key=value (e.g. label.batch_size=8), got {item!r}")
+        _set_path(full, key.strip(), yaml.safe_load(value))
+    try:
+        cfg = _build(CurateConfig, full, "")
+    except (ValueError, TypeError) as e:
+        raise DapError(f"curation config {p}: {e}") from e
+    cfg.base_dir = str(p.resolve().parent)
+    if not cfg.pool.inputs:
+        raise DapError(f"curation config {p}: pool.inputs is empty; list folders of unlabeled panoramas")
+    if not cfg.labeled:
+        raise DapError(f"curation config {p}: `labeled` is empty; the labelers need labeled panoramas")
+    if not cfg.discriminator.data:
+        raise DapError(f"curation config {p}: discriminator.data is empty; give labeled panoramas that the "
+                       "stage-1 labeler does not train on (e.g. a disjoint seed range of synthetic data)")
+    return cfg
+
+
+def _resolve(cfg: CurateConfig, path: str | None) -> str | None:
+    if path is None or Path(path).is_absolute():
+        return path
+    return str(Path(cfg.base_dir) / path)
+
+
+def _sources(cfg: CurateConfig, sources: list[SourceConfig]) -> list[SourceConfig]:
+    out = []
+    for s in sources:
+        s = SourceConfig(**asdict(s))
+        if s.kind in ("shards", "folder", "dataset") and s.path:
+            s.path = _resolve(cfg, s.path)
+        out.append(s)
+    return out
+
+
+def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceConfig | None):
+    """The dap train config of one stage: its YAML and overrides, data = labeled (+ pseudo-labels)."""
+    from dap.train import _check_config, load_config
+
+    tc = load_config(_resolve(cfg, stage.config), [f"{k}={json.dumps(v)}" for k, v in stage.set.items()])
+    tc.data.sources = _sources(cfg, cfg.labeled)
+    if pseudo is not None:
+        pseudo.ratio = stage.pseudo_ratio * sum(s.ratio for s in tc.data.sources)
+        tc.data.sources.append(pseudo)
+    tc.data.val = _sources(cfg, tc.data.val)
+    init = tc.model.init
+    if init not in ("scratch", "bundled") and not Path(init).is_absolute():
+        tc.model.init = _resolve(cfg, init)
+    _check_config(tc)
+    return tc
+
+
+def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real, fake) discriminator inputs: GT and the labeler's prediction for each of the first `samples`
+    panoramas of discriminator.data, at the label resolution."""
+    from dap.inference import normalize_image
+    from dap.train import build_source, resize_sample, to_training_sample
+
+    d = cfg.discriminator
+    dcfg = DiscriminatorConfig(d.height, d.width, d.channels)
+    h, w = cfg.label.resolution
+    sources = [build_source(s, h, w) for s in _sources(cfg, d.data)]
+    items = [(j, i) for j, s in enumerate(sources) for i in range(len(s))][:d.samples]
+    real, fake = [], []
+    for j, i in items:
+        s = resize_sample(to_training_sample(sources[j][i], d.data[j].invalid_is_sky), h, w)
+        pred = label_batch(labeler, normalize_image(s["rgb"][None]), tta=False, seam_pad=1 / 16)
+        p_depth, p_oor = pred["depth"][:, None], pred["prob"][:, None] >= 0.5
+        hole = ~s["valid"] & ~s["out_of_range"]  # no GT here: the prediction's value, so holes carry no signal
+        g_depth = torch.where(hole[None], p_depth, s["depth"][None])
+        g_oor = torch.where(hole[None], p_oor, s["out_of_range"][None])
+        real.append(discriminator_input(s["rgb"][None], g_depth, g_oor, dcfg))
+        fake.append(discriminator_input(s["rgb"][None], p_depth, p_oor, dcfg))
+    if not real:
+        raise DapError("discriminator.data holds no panoramas")
+    return torch.cat(real), torch.cat(fake)
+
+
+class Pipeline:
+    def __init__(self, cfg: CurateConfig, work: str | os.PathLike, progress: bool = True):
+        self.cfg, self.work, self.progress = cfg, Path(work), progress
+        self.pool = self.work / "pool"
+        self.state_file = self.work / "state.json"
+
+    def state(self) -> dict:
+        if not self.state_file.exists():
+            return {"done": {}}
+        return json.loads(self.state_file.read_text())
+
+    def _mark(self, step: str, info: dict) -> None:
+        from dap.io import atomic_write
+
+        state = self.state()
+        state["done"][step] = {**info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        with atomic_write(self.state_file) as tmp:
+            tmp.write_text(json.dumps(state, indent=1))
+
+    def run(self, stop_after: str | None = None) -> dict:
+        if stop_after is not None and stop_after not in STEPS:
+            raise DapError(f"--stop-after must be one of {', '.join(STEPS)}, got {stop_after!r}")
+        self.work.mkdir(parents=True, exist_ok=True)
+        for step in STEPS:
+            if step not in self.state()["done"]:
+                t0 = time.monotonic()
+                info = getattr(self, f"_{step}")()
+                self._mark(step, {**info, "seconds": round(time.monotonic() - t0, 1)})
+                if self.progress:
+                    print(f"dap curate: {step} done: {info}")
+            if step == stop_after:
+                break
+        return self.state()
+
+    # --- steps -------------------------------------------------------------------------------------------
+    def _ingest(self) -> dict:
+        p = self.cfg.pool
+        totals: dict[str, int] = {}
+        for inp in p.inputs:
+            opts = IngestOptions(source=inp.source, generated=inp.generated, every_s=p.every_s,
+                                 pad_to_erp=p.pad_to_erp, max_width=p.max_width, dedupe_bits=p.dedupe_bits,
+                                 max_tilt_deg=p.max_tilt_deg, tags=_resolve(self.cfg, inp.tags))
+            counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
+            totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+        return totals
+
+    def _train(self, name: str, stage: StageTraining, pseudo: SourceConfig | None) -> dict:
+        from dap.train import train
+
+        tc = stage_train_config(self.cfg, stage, pseudo)
+        tc.run.progress = self.progress
+        result = train(tc, self.work / "runs" / name, resume=True)
+        return {"steps": result.step, "model": str(self.work / "runs" / name / "final")}
+
+    def _stage1(self) -> dict:
+        return self._train("stage1", self.cfg.stage1, None)
+
+    def _label(self, stage: str, model_dir: Path) -> dict:
+        lab = self.cfg.label
+        opts = LabelOptions(resolution=tuple(lab.resolution), batch_size=lab.batch_size, num_workers=lab.num_workers,
+                            tta=lab.tta, outdoor_sky_fraction=lab.outdoor_sky_fraction)
+        return label_pool(self.pool, str(model_dir), stage, opts, progress=self.progress)
+
+    def _label1(self) -> dict:
+        return self._label("stage1", self.work / "runs/stage1/final")
+
+    def _disc(self) -> dict:
+        from dap.models import load_model
+
+        d = self.cfg.discriminator
+        labeler = load_model(self.work / "runs/stage1/final").eval()
+        real, fake = discriminator_pairs(self.cfg, labeler)
+        model, metrics = train_discriminator(
+            real, fake, DiscriminatorConfig(d.height, d.width, d.channels),
+            DiscriminatorTraining(steps=d.steps, batch_size=d.batch_size, lr=d.lr, held_out=d.held_out),
+            progress=self.progress)
+        save_discriminator(model, self.work / "discriminator", metrics)
+        return metrics
+
+    def _select(self) -> dict:
+        from dap.curation.discriminator import load_discriminator
+
+        scored = score_pool(self.pool, load_discriminator(self.work / "discriminator"), progress=self.progress)
+        kept = select_pool(self.pool, dict(self.cfg.select.keep), self.cfg.select.score)
+        return {"scored": scored, "selected": kept}
+
+    def _stage2(self) -> dict:
+        pseudo = SourceConfig(kind="pseudo", path=str(self.pool), label_stage="stage1", selected_only=True)
+        return self._train("stage2", self.cfg.stage2, pseudo)
+
+    def _label3(self) -> dict:
+        return self._label("stage3", self.work / "runs/stage2/final")
+
+    def _final(self) -> dict:
+        pseudo = SourceConfig(kind="pseudo", path=str(self.pool), label_stage="stage3")
+        return self._train("final", self.cfg.final, pseudo)

@@ -1,0 +1,101 @@
+"""Stage 2 selection and scoring: the discriminator scores every stage-1 pseudo-label, and a fixed top-k per
+domain is kept (the paper keeps the top 300K indoor and 300K outdoor of 1.9M, not a threshold)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dap.curation.discriminator import DepthDiscriminator, discriminator_input
+from dap.curation.manifest import labelled_arrays, read_manifest, write_manifest
+from dap.errors import DapError
+
+# The paper's 300K + 300K of ~450K indoor and ~1.45M outdoor unlabeled panoramas.
+PAPER_FRACTIONS = {"indoor": 300 / 450, "outdoor": 300 / 1450}
+SCORES = ("disc", "tta", "disc_tta")
+
+
+@torch.inference_mode()
+def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = "stage1", batch_size: int = 16,
+               progress: bool = True) -> int:
+    """Write the discriminator's P(real) of every labelled row's `stage` label into `disc_score`."""
+    from tqdm import tqdm
+
+    pool = Path(pool)
+    rows = read_manifest(pool)
+    todo = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]]
+    if not todo:
+        raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
+    for start in tqdm(range(0, len(todo), batch_size), desc="score", disable=not progress, dynamic_ncols=True):
+        part = todo[start:start + batch_size]
+        arrays = [labelled_arrays(pool, r, stage) for r in part]
+        rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
+        depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
+        oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
+        scores = model.score(discriminator_input(rgb, depth, oor, model.cfg))
+        for r, s in zip(part, scores.tolist(), strict=True):
+            r["disc_score"] = s
+    write_manifest(pool, rows)
+    return len(todo)
+
+
+def _ranking_value(row: dict, score: str) -> float:
+    """Higher = better pseudo-label."""
+    if score == "disc":
+        return row["disc_score"]
+    if score == "tta":
+        return -row["stage1_tta_absrel"]
+    raise ValueError(score)
+
+
+def keep_count(n: int, keep: float) -> int:
+    """keep < 1: a fraction of n (rounded); keep >= 1: a count (capped at n)."""
+    if keep < 0:
+        raise DapError(f"selection keep must be >= 0 (a fraction below 1 or a count), got {keep}")
+    return min(n, round(keep * n) if keep < 1 else int(keep))
+
+
+def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") -> dict[str, int]:
+    """Mark `selected` on the best rows of each domain: keep[domain] is a fraction (< 1) or a count (>= 1).
+
+    score: disc (discriminator P(real)), tta (test-time-augmentation agreement) or disc_tta (mean of the two
+    ranks). Ties go to the smaller id, so selection is deterministic. Rows without a finite score are never
+    selected; domains not named in `keep` keep nothing."""
+    if score not in SCORES:
+        raise DapError(f"selection score must be one of {', '.join(SCORES)}, got {score!r}")
+    counts = {}
+    for r in rows:
+        r["selected"] = False
+    for domain, k in keep.items():
+        cand = [r for r in rows if r["status"] == "ok" and r["domain"] == domain and r["stage1_label"]]
+        if score == "disc_tta":
+            vals = {}
+            for part in ("disc", "tta"):
+                v = np.array([_ranking_value(r, part) for r in cand], dtype=np.float64)
+                v = np.where(np.isfinite(v), v, -np.inf)
+                ranks = np.argsort(np.argsort(v, kind="stable"), kind="stable")
+                vals[part] = ranks
+            value = {r["id"]: float(vals["disc"][i] + vals["tta"][i]) for i, r in enumerate(cand)}
+        else:
+            value = {r["id"]: _ranking_value(r, score) for r in cand}
+        cand = [r for r in cand if math.isfinite(value[r["id"]])]
+        cand.sort(key=lambda r: (-value[r["id"]], r["id"]))
+        chosen = cand[:keep_count(len(cand), k)]
+        for r in chosen:
+            r["selected"] = True
+        counts[domain] = len(chosen)
+    return counts
+
+
+def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "disc") -> dict[str, int]:
+    pool = Path(pool)
+    rows = read_manifest(pool)
+    if score in ("disc", "disc_tta") and not any(math.isfinite(r["disc_score"]) for r in rows):
+        raise DapError(f"{pool} has no discriminator scores: run `dap curate score` first, or select by --score tta")
+    counts = select_top_k(rows, keep, score)
+    write_manifest(pool, rows)
+    return counts

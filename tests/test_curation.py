@@ -1,0 +1,414 @@
+"""dap.curation: ingest (dedupe, bad files, videos, tilt, tags), labeling (resume after kill, 2 ranks = 1 rank),
+the discriminator (separates GT from degraded depth), top-k selection, pseudo-labels training the range head,
+and the whole pipeline from a config. Tiny models, tiny panoramas."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dap.curation import discriminator as D
+from dap.curation.ingest import IngestOptions, estimate_tilt, hamming, ingest, perceptual_hash
+from dap.curation.label import LabelOptions, label_pool
+from dap.curation.manifest import PseudoLabelDataset, empty_row, load_label, read_manifest, save_label, write_manifest
+from dap.curation.selection import keep_count, select_top_k
+from dap.errors import DapError
+from dap.io import read_rgb, write_rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = ROOT / "src/dap/assets/sample_indoor.jpg"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _render(seed: int, kind: str, h: int = 64) -> dict:
+    from dap.data.synthetic import make_scene, render
+
+    return render(make_scene(seed, kind), h, 2 * h, "clean")
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    h, w = frames[0].shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    for f in frames:
+        vw.write(cv2.cvtColor((f * 255).astype(np.uint8), cv2.COLOR_RGB2BGR))
+    vw.release()
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from dap.models import create_model, save_model
+
+    torch.manual_seed(0)
+    return save_model(create_model("dap_tiny").eval(), tmp_path_factory.mktemp("model") / "tiny")
+
+
+def _pool_of_renders(root: Path, n: int, h: int = 64) -> Path:
+    src = root / "src"
+    for i in range(n):
+        write_rgb(src / f"pano_{i:02d}.png", _render(100 + i, "indoor" if i % 2 else "outdoor", h)["rgb"])
+    pool = root / "pool"
+    ingest([str(src)], pool, IngestOptions(max_tilt_deg=90), progress=False)
+    return pool
+
+
+# ------------------------------------------------------------------------------------------------- ingest
+def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
+    src = tmp_path / "in"
+    a, b = _render(1, "indoor")["rgb"], _render(2, "outdoor")["rgb"]
+    write_rgb(src / "a.png", a)
+    write_rgb(src / "a_copy.jpg", cv2.resize(a, (256, 128)))  # re-encoded, resized: a near-duplicate
+    write_rgb(src / "b.png", b)
+    write_rgb(src / "wide.png", np.zeros((32, 128, 3), np.float32))  # 4:1, a partial panorama
+    (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (src / "notes.txt").write_text("ignored: not an image suffix")
+    # 3 s at 4 fps: scene a for 2 s, then scene b; sampling every 1 s gives frames 0, 4, 8 = a, a, b
+    _write_video(src / "walk.avi", [a] * 8 + [b] * 4, fps=4)
+    (tmp_path / "tags.csv").write_text("file,scene\na.png,indoor\nb.png,outdoor\n")
+
+    pool = tmp_path / "pool"
+    counts = ingest([str(src)], pool, IngestOptions(every_s=1.0, tags=str(tmp_path / "tags.csv")), progress=False)
+    rows = read_manifest(pool)
+    by_path = {}
+    for r in rows:
+        by_path.setdefault(Path(r["path"]).name, []).append(r)
+    assert counts == {"added": 2, "duplicate": 4, "rejected": 2, "already_in_pool": 0}
+    assert [r["status"] for r in by_path["a.png"]] == ["ok"] and by_path["a.png"][0]["domain"] == "indoor"
+    assert by_path["a.png"][0]["domain_from"] == "user" and (pool / by_path["a.png"][0]["image"]).is_file()
+    assert by_path["a_copy.jpg"][0]["dup_of"] == by_path["a.png"][0]["id"]
+    assert "cannot decode" in by_path["broken.jpg"][0]["reason"]
+    assert "2:1" in by_path["wide.png"][0]["reason"] and "--pad-to-erp" in by_path["wide.png"][0]["reason"]
+    video = by_path["walk.avi"]
+    assert [r["frame_time"] for r in video] == [0.0, 1.0, 2.0] and {r["kind"] for r in video} == {"video_frame"}
+    assert all(r["status"] == "rejected" and r["dup_of"] for r in video)  # a, a, b were all seen already
+    assert "notes.txt" not in by_path
+
+    # a rerun adds nothing; --pad-to-erp accepts the partial panorama into the same pool
+    again = ingest([str(src)], pool, IngestOptions(every_s=1.0, pad_to_erp=True), progress=False)
+    assert again["added"] == 0 and again["already_in_pool"] == 7
+    assert len(read_manifest(pool)) == len(rows)
+    ingest([str(src / "wide.png")], tmp_path / "pool2", IngestOptions(pad_to_erp=True), progress=False)
+    (row,) = read_manifest(tmp_path / "pool2")
+    assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
+
+
+def test_perceptual_hash_is_robust_to_reencoding_but_not_to_other_scenes():
+    a, b = _render(1, "indoor", 128)["rgb"], _render(2, "indoor", 128)["rgb"]
+    small = cv2.resize(a, (128, 64), interpolation=cv2.INTER_AREA)
+    assert hamming(perceptual_hash(a), perceptual_hash(small)) <= 6
+    assert hamming(perceptual_hash(a), perceptual_hash(np.clip(a * 1.1, 0, 1))) <= 6
+    assert hamming(perceptual_hash(a), perceptual_hash(b)) > 6
+
+
+def test_tilt_estimate_follows_a_known_rotation():
+    from dap.geometry import rotate_erp
+
+    rgb = read_rgb(SAMPLE)
+    assert estimate_tilt(rgb) < 1.5
+    for pitch, roll in ((6.0, 0.0), (0.0, 10.0), (8.0, 8.0)):
+        tilted = np.asarray(rotate_erp(rgb, pitch=pitch, roll=roll, yaw=30.0))
+        assert estimate_tilt(tilted) == pytest.approx(np.hypot(pitch, roll), abs=1.5)
+    assert np.isnan(estimate_tilt(np.full((64, 128, 3), 0.5, np.float32)))  # no edges: cannot tell
+
+
+def test_ingest_rejects_a_tilted_panorama_with_its_reason(tmp_path):
+    from dap.geometry import rotate_erp
+
+    write_rgb(tmp_path / "in/tilted.jpg", np.asarray(rotate_erp(read_rgb(SAMPLE), pitch=15.0)))
+    ingest([str(tmp_path / "in")], tmp_path / "pool", IngestOptions(), progress=False)
+    (row,) = read_manifest(tmp_path / "pool")
+    assert row["status"] == "rejected" and "tilted by about 1" in row["reason"] and "--max-tilt" in row["reason"]
+
+
+def test_missing_source_and_bad_tag_file_are_clear_errors(tmp_path):
+    with pytest.raises(DapError, match="neither a file, a folder nor a glob"):
+        ingest([str(tmp_path / "nope")], tmp_path / "pool", progress=False)
+    (tmp_path / "tags.csv").write_text("name,kind\nx,indoor\n")
+    write_rgb(tmp_path / "a.png", np.zeros((8, 16, 3), np.float32))
+    with pytest.raises(DapError, match="needs columns file"):
+        ingest([str(tmp_path / "a.png")], tmp_path / "pool", IngestOptions(tags=str(tmp_path / "tags.csv")),
+               progress=False)
+
+
+# ----------------------------------------------------------------------------------------------- labeling
+def test_labels_store_depth_and_range_probability_and_tag_domains(tmp_path, tiny_checkpoint):
+    pool = _pool_of_renders(tmp_path, 4)
+    res = label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), batch_size=3),
+                     progress=False)
+    assert res == {"labelled_now": 4, "labelled": 4, "unlabelled": 0}
+    rows = read_manifest(pool)
+    z = load_label(pool / rows[0]["stage1_label"])
+    assert z["depth"].dtype == np.float16 and z["depth"].shape == (32, 64) and z["prob"].shape == (32, 64)
+    assert np.all(z["depth"][z["prob"] >= 0.5] == 0)  # out of range carries no metres
+    for r in rows:
+        assert 0 <= r["stage1_sky_fraction"] <= 1 and 0 <= r["stage1_mask_certainty"] <= 1
+        assert np.isfinite(r["stage1_tta_absrel"]) and r["stage1_tta_absrel"] >= 0
+        assert r["domain"] == ("outdoor" if r["stage1_sky_fraction"] >= 0.05 else "indoor")
+        assert r["domain_from"] == "labeler"
+    # a second call labels nothing new
+    again = label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64)), progress=False)
+    assert again["labelled_now"] == 0 and again["labelled"] == 4
+
+
+def test_tta_signal_is_zero_for_a_model_that_is_equivariant():
+    from dap.curation.label import label_batch
+
+    class Constant(torch.nn.Module):  # depth = 3 m everywhere: rolls and flips change nothing
+        cfg = type("C", (), {"vit": type("V", (), {"patch_size": 16})()})()
+
+        def forward(self, x):
+            b, _, h, w = x.shape
+            return {"depth": torch.full((b, 1, h, w), 3.0), "out_of_range_prob": torch.zeros(b, 1, h, w)}
+
+    res = label_batch(Constant(), torch.zeros(2, 3, 32, 64), tta=True, seam_pad=0)
+    assert res["tta_absrel"].tolist() == [0.0, 0.0] and res["sky_fraction"].tolist() == [0.0, 0.0]
+    assert res["mask_certainty"].tolist() == pytest.approx([1.0, 1.0])
+
+
+def _label_cmd(pool: Path, model: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "dap.cli", "curate", "label", "--pool", str(pool), "--model", str(model),
+            "--resolution", "32x64", "--batch-size", "1", "--workers", "0", *extra]
+
+
+def _labels(pool: Path) -> dict[str, dict]:
+    return {r["id"]: load_label(pool / r["stage1_label"]) for r in read_manifest(pool) if r["stage1_label"]}
+
+
+def test_killed_labeling_resumes_to_the_same_manifest(tmp_path, tiny_checkpoint):
+    pool = _pool_of_renders(tmp_path / "a", 12)
+    ref_pool = _pool_of_renders(tmp_path / "b", 12)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_label_cmd(ref_pool, tiny_checkpoint), check=True, capture_output=True, env=env, timeout=300)
+
+    proc = subprocess.Popen(_label_cmd(pool, tiny_checkpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    labels = pool / "labels/stage1"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(labels.glob("*.npz"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(list(labels.glob("*.npz")))
+    assert 3 <= partial < 12, "the kill must land mid-run"
+    assert not any(r["stage1_label"] for r in read_manifest(pool))  # merged only at the end
+
+    out = subprocess.run(_label_cmd(pool, tiny_checkpoint), capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"labelled_now {12 - partial}" in out.stdout  # nothing redone
+    assert not list(labels.glob(".*"))  # no temporary left behind
+    rows = read_manifest(pool)
+    assert len(rows) == 12 and len({r["id"] for r in rows}) == 12 and all(r["stage1_label"] for r in rows)
+    ours, ref = _labels(pool), _labels(ref_pool)
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        assert np.array_equal(ours[k]["depth"], ref[k]["depth"]) and np.array_equal(ours[k]["prob"], ref[k]["prob"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
+    from dap.curation.label import rank_rows
+
+    one, two = _pool_of_renders(tmp_path / "one", 6), _pool_of_renders(tmp_path / "two", 6)
+    rows = read_manifest(two)
+    parts = [rank_rows(rows, r, 2) for r in range(2)]
+    assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == list(range(6))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_label_cmd(one, tiny_checkpoint), check=True, capture_output=True, env=env, timeout=300)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "dap.cli", *_label_cmd(two, tiny_checkpoint)[3:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a, b = _labels(one), _labels(two)
+    assert a.keys() == b.keys() and len(a) == 6
+    for k in a:
+        assert np.array_equal(a[k]["depth"], b[k]["depth"]) and np.array_equal(a[k]["prob"], b[k]["prob"])
+    assert [r["domain"] for r in read_manifest(one)] == [r["domain"] for r in read_manifest(two)]
+
+
+# ------------------------------------------------------------------------------------------ discriminator
+def test_discriminator_separates_ground_truth_from_degraded_depth():
+    from dap.train import RoomsDataset, resize_sample, to_training_sample
+
+    ds = RoomsDataset(48, 32, 64, seed=3)
+    s = [resize_sample(to_training_sample(ds[i]), 32, 64) for i in range(48)]
+    rgb = torch.stack([x["rgb"] for x in s])
+    depth = torch.stack([x["depth"] for x in s])
+    oor = torch.stack([x["out_of_range"] for x in s])
+    g = torch.Generator().manual_seed(0)
+    # what a weak labeler does: blurred structure (detail lost below 1/8 of the size) and a wrong scale
+    blurred = F.interpolate(F.interpolate(depth, size=(4, 8), mode="area"), size=(32, 64), mode="bilinear")
+    degraded = blurred * torch.exp(0.2 * torch.randn(len(s), 1, 1, 1, generator=g))
+    cfg = D.DiscriminatorConfig(height=32, width=64, channels=8)
+    real, fake = D.discriminator_input(rgb, depth, oor, cfg), D.discriminator_input(rgb, degraded, oor, cfg)
+    model, metrics = D.train_discriminator(real, fake, cfg, D.DiscriminatorTraining(steps=100, batch_size=8),
+                                           progress=False)
+    assert metrics["held_out_pairs"] == 12 and metrics["held_out_auc"] > 0.9
+    assert model(real[:2]).shape == (2, 1, 4, 8)  # patch logits (stride 8)
+
+
+def test_auc_is_the_ranking_probability():
+    assert D.auc([3, 4], [1, 2]) == 1.0 and D.auc([1], [2]) == 0.0 and D.auc([1, 3], [2, 2]) == 0.5
+
+
+def test_discriminator_round_trips_and_rejects_a_bad_folder(tmp_path):
+    from dap.errors import CheckpointError
+
+    torch.manual_seed(0)
+    model = D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval()
+    D.save_discriminator(model, tmp_path / "disc", {"held_out_auc": 0.9})
+    x = torch.rand(2, 5, 32, 64)
+    assert torch.equal(D.load_discriminator(tmp_path / "disc").score(x), model.score(x))
+    with pytest.raises(CheckpointError, match="not a discriminator folder"):
+        D.load_discriminator(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------- selection
+def _scored_rows(n_in: int, n_out: int) -> list[dict]:
+    rows = []
+    for i in range(n_in + n_out):
+        rows.append({**empty_row(), "id": f"{i:016x}", "status": "ok", "stage1_label": f"labels/stage1/{i}.npz",
+                     "domain": "indoor" if i < n_in else "outdoor", "disc_score": (i * 37 % 11) / 10,
+                     "stage1_tta_absrel": (i * 13 % 7) / 10})
+    rows.append({**empty_row(), "id": "f" * 16, "status": "rejected", "domain": "indoor", "disc_score": 9.0})
+    return rows
+
+
+def test_top_k_per_domain_keeps_exactly_k_of_each():
+    rows = _scored_rows(10, 20)
+    assert select_top_k(rows, {"indoor": 3, "outdoor": 5}) == {"indoor": 3, "outdoor": 5}
+    chosen = [r for r in rows if r["selected"]]
+    assert sum(r["domain"] == "indoor" for r in chosen) == 3 and sum(r["domain"] == "outdoor" for r in chosen) == 5
+    for d in ("indoor", "outdoor"):  # the kept ones are the best of their domain
+        kept = [r["disc_score"] for r in rows if r["domain"] == d and r["selected"] and r["status"] == "ok"]
+        left = [r["disc_score"] for r in rows if r["domain"] == d and not r["selected"] and r["status"] == "ok"]
+        assert min(kept) >= max(left)
+    assert select_top_k(rows, {"indoor": 0.5, "outdoor": 0.25}) == {"indoor": 5, "outdoor": 5}
+    assert select_top_k(rows, {"indoor": 100}) == {"indoor": 10}  # capped; outdoor not named: none kept
+    assert not any(r["selected"] for r in rows if r["domain"] == "outdoor")
+    by_tta = select_top_k(rows, {"indoor": 2}, score="tta")
+    kept = sorted(r["stage1_tta_absrel"] for r in rows if r["selected"])
+    assert by_tta == {"indoor": 2} and kept == sorted(r["stage1_tta_absrel"] for r in rows[:10])[:2]
+    assert keep_count(1000, 0.3) == 300 and keep_count(10, 1) == 1
+
+
+# ------------------------------------------------------------------------------------------ pseudo-labels
+def test_pseudo_labels_with_a_range_mask_train_the_range_head(tmp_path):
+    from dap import train as T
+
+    pool = tmp_path / "pool"
+    rows = []
+    for i in range(4):
+        rid = f"{i:016x}"
+        write_rgb(pool / f"images/{rid}.jpg", _render(200 + i, "outdoor", 32)["rgb"])
+        depth = np.full((32, 64), 4.0, np.float32)
+        prob = np.zeros((32, 64), np.float32)
+        prob[:12] = 1.0  # the upper rows are sky
+        save_label(pool / f"labels/stage3/{rid}.npz", depth, prob, sky_fraction=0.75, mask_certainty=1.0,
+                   tta_absrel=0.0)
+        rows.append({**empty_row(), "id": rid, "status": "ok", "image": f"images/{rid}.jpg",
+                     "stage3_label": f"labels/stage3/{rid}.npz", "domain": "outdoor"})
+    write_manifest(pool, rows)
+    sample = PseudoLabelDataset(pool, "stage3")[0]
+    assert sample["out_of_range"][:12].all() and not sample["valid"][:12].any() and sample["valid"][12:].all()
+    cfg = T.load_config(None, [
+        "data.height=32", "data.width=64", "data.batch_size=2", "run.log_every=1", "run.val_every=0",
+        "run.ckpt_every=0", "run.progress=false", "run.device=cpu", "optim.lr_head=2e-3", "optim.lr_backbone=2e-4",
+        "run.steps=25", "data.augment=false", f"data.sources=[{{kind: pseudo, path: '{pool}', label_stage: stage3}}]"])
+    history = T.train(cfg, tmp_path / "run").history
+    mask = [h["loss/mask"] for h in history]
+    assert np.mean(mask[-5:]) < 0.6 * np.mean(mask[:5])
+
+
+def test_pseudo_dataset_errors_name_the_next_step(tmp_path):
+    from dap.errors import DatasetLayoutError
+
+    with pytest.raises(DatasetLayoutError, match="dap curate ingest"):
+        PseudoLabelDataset(tmp_path)
+    write_manifest(tmp_path, [{**empty_row(), "id": "0" * 16, "status": "ok"}])
+    with pytest.raises(DatasetLayoutError, match="selected and labelled"):
+        PseudoLabelDataset(tmp_path, "stage1", selected_only=True)
+
+
+# ----------------------------------------------------------------------------------------------- pipeline
+def _tiny_curate_config(tmp_path: Path, pool_src: Path) -> Path:
+    stage = {"data.height": 32, "data.width": 64, "data.batch_size": 2, "data.val": [], "run.val_every": 0,
+             "run.ckpt_every": 1, "run.steps": 2, "run.log_every": 1, "run.device": "cpu", "model.name": "dap_tiny"}
+    cfg = {
+        "pool": {"inputs": [{"path": str(pool_src), "source": "renders"}], "max_tilt_deg": 90},
+        "labeled": [{"kind": "rooms", "size": 8}],
+        "label": {"resolution": [32, 64], "batch_size": 2, "num_workers": 0},
+        "discriminator": {"data": [{"kind": "rooms", "size": 8, "seed": 77}], "samples": 8, "height": 32,
+                          "width": 64, "channels": 4, "steps": 5, "batch_size": 4},
+        "select": {"score": "disc", "keep": {"indoor": 0.5, "outdoor": 0.5}},
+        "stage1": {"set": stage}, "stage2": {"set": stage}, "final": {"set": stage},
+    }
+    path = tmp_path / "curate.yaml"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
+    from dap.cli import main
+
+    src = tmp_path / "renders"
+    for i in range(6):
+        write_rgb(src / f"p{i}.png", _render(300 + i, "indoor" if i % 2 else "outdoor", 32)["rgb"])
+    config, work = _tiny_curate_config(tmp_path, src), tmp_path / "work"
+    assert main(["curate", "run", "--config", str(config), "--work", str(work), "--stop-after", "select"]) == 0
+    state = json.loads((work / "state.json").read_text())
+    assert list(state["done"]) == ["ingest", "stage1", "label1", "disc", "select"]
+    assert 0 <= state["done"]["disc"]["held_out_auc"] <= 1
+    rows = read_manifest(work / "pool")
+    assert all(np.isfinite(r["disc_score"]) for r in rows) and any(r["selected"] for r in rows)
+    assert main(["curate", "run", "--config", str(config), "--work", str(work)]) == 0
+    resumed = json.loads((work / "state.json").read_text())
+    assert list(resumed["done"]) == ["ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final"]
+    assert all(resumed["done"][k] == v for k, v in state["done"].items())  # finished steps were not redone
+    assert (work / "runs/final/final/model.safetensors").is_file()
+    assert all(r["stage3_label"] for r in read_manifest(work / "pool"))
+    capsys.readouterr()
+    assert main(["curate", "status", "--pool", str(work / "pool"), "--plots", str(tmp_path / "plots")]) == 0
+    printed = capsys.readouterr().out
+    assert "accepted 6" in printed and "stage3 6" in printed
+    assert (tmp_path / "plots/hist_disc_score.png").is_file() and (tmp_path / "plots/contact_sheet_disc.png").is_file()
+
+
+def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
+    from dap.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("pool: {inputs: []}\nlabeled: [{kind: rooms}]\n")
+    assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w")]) == 2
+    assert "pool.inputs is empty" in capsys.readouterr().err
+    bad.write_text("pool: {inputs: [{path: x}]}\nlabeled: [{kind: rooms}]\ndiscriminator: {data: [{kind: rooms}]}\n"
+                   "selekt: {}\n")
+    assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w")]) == 2
+    assert "unknown keys ['selekt']" in capsys.readouterr().err
+    assert main(["curate", "label", "--pool", str(tmp_path), "--model", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=lots"])
+    assert e.value.code == 2 and "DOMAIN=K" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 import json
 import math
+from urllib.parse import quote
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import torch
 
 from dap import evaluation as ev
 from dap.cli import main
-from dap.errors import NoValidDepthError
+from dap.errors import DapError, NoValidDepthError
 from dap.evaluation import (
     EvalConfig,
     MetricAccumulator,
@@ -22,7 +23,8 @@ from dap.evaluation import (
     pole_error,
     seam_error,
 )
-from dap.io import read_depth, write_depth, write_rgb
+from dap.io import read_depth, read_rgb, write_depth, write_rgb
+from dap.models import create_model, save_model
 
 # 2x4 example: gt 0 (invalid) and 20 (> max_depth 10) drop out, leaving 6 (pred, gt) pairs.
 GT = np.array([[1.0, 2.0, 4.0, 5.0], [2.0, 0.0, 3.0, 20.0]])
@@ -290,17 +292,21 @@ def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
     second = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
     assert stub.calls == 2 and second["n_cached_predictions"] == 2
     assert second["protocols"] == first["protocols"]
-    with pytest.raises(Exception, match="different settings"):
+    with pytest.raises(DapError, match=r"holds predictions made with other settings \(model: stub -> other\)"):
         evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "other"})
+    # Without a key nothing is cached: stale predictions could not be told apart.
+    evaluate(ds, stub, config=cfg, out_dir=tmp_path / "nokey")
+    assert stub.calls == 4 and not (tmp_path / "nokey" / "predictions").exists()
 
 
-def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch):
+def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_model):
     make_folder(tmp_path / "data", n=2)
+    save_model(tiny_model, tmp_path / "ckpt")
     stub = StubPredictor()
     seen = {}
 
-    def fake_model_predictor(checkpoint, *, device, resolution):
-        seen.update(checkpoint=checkpoint, device=device, resolution=resolution)
+    def fake_model_predictor(model, *, device, resolution, seam_pad):
+        seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad)
         return stub
 
     monkeypatch.setattr(ev, "model_predictor", fake_model_predictor)
@@ -312,11 +318,13 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch):
             "--root",
             str(tmp_path / "data"),
             "--checkpoint",
-            "m.pth",
+            str(tmp_path / "ckpt"),
             "--out",
             str(tmp_path / "out"),
             "--resolution",
             "32x64",
+            "--seam-pad",
+            "0",
             "--max-depth",
             "10",
             "--limit",
@@ -324,9 +332,13 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch):
         ]
     )
     assert code == 0 and stub.calls == 1
-    assert seen == {"checkpoint": "m.pth", "device": "cpu", "resolution": (32, 64)}
+    assert seen == {"model": "dap_tiny", "device": "cpu", "resolution": (32, 64), "seam_pad": 0.0}
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
+    key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())
+    assert key == {"checkpoint": str(tmp_path / "ckpt"), "model_sha256": ev.model_fingerprint(tiny_model),
+                   "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0}
+    assert summary["config"]["cache_key"] == key
 
 
 def test_cli_missing_prediction_is_a_clear_error(tmp_path, capsys):
@@ -350,9 +362,6 @@ def test_cli_missing_prediction_is_a_clear_error(tmp_path, capsys):
 
 def test_cli_end_to_end_with_tiny_model(tmp_path):
     """`dap eval --checkpoint` on a randomly initialised tiny model saved in our format."""
-    pytest.importorskip("dap.inference")
-    from dap.models import create_model, save_model
-
     torch.manual_seed(0)
     save_model(create_model("dap_tiny"), tmp_path / "ckpt")
     rng = np.random.default_rng(1)
@@ -384,3 +393,103 @@ def test_cli_end_to_end_with_tiny_model(tmp_path):
     assert (tmp_path / "out" / "panels" / "a.png").is_file()
     assert main(args) == 0  # second run reuses the cached prediction
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["n_cached_predictions"] == 1
+
+
+# --- the prediction cache and --seam-pad (issue 11, item 2) -----------------------------------------------
+
+def _eval(root, checkpoint, out, *extra):
+    return main(["eval", "--dataset", "folder", "--root", str(root), "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--resolution", "32x64", *extra])
+
+
+@pytest.fixture
+def tiny_ckpt(tiny_model, tmp_path):
+    return save_model(tiny_model, tmp_path / "ckpt")
+
+
+def _beside(root):
+    """RGB and its ground truth side by side with the same stem, listed by absolute paths in a manifest."""
+    rng = np.random.default_rng(2)
+    write_rgb(root / "pano.png", rng.uniform(0, 1, (32, 64, 3)))
+    gt = rng.uniform(1, 5, (32, 64)).astype(np.float32)
+    write_depth(root / "pano.npy", gt)
+    (root / "manifest.csv").write_text(f"rgb,depth\n{root / 'pano.png'},{root / 'pano.npy'}\n")
+    return gt
+
+
+def test_absolute_manifest_paths_cache_under_out_and_never_score_gt_against_itself(tmp_path, tiny_ckpt):
+    data = tmp_path / "data"
+    gt = _beside(data)
+    before = {p: p.read_bytes() for p in data.iterdir()}
+    out = tmp_path / "out"
+    assert _eval(data, tiny_ckpt, out) == 0
+    assert {p: p.read_bytes() for p in data.iterdir()} == before  # nothing written into the user's data
+    name = str(data / "pano")
+    cached = out / "predictions" / f"{quote(name, safe='')}.npy"
+    assert {p.name for p in (out / "predictions").iterdir()} == {"cache.json", cached.name}
+    pred = read_depth(cached)
+    first = json.loads((out / "metrics.json").read_text())["protocols"]["metric"]["per_image_mean"]
+    assert first["abs_rel"] == pytest.approx(compute_metrics(pred, gt, max_depth=100.0)["abs_rel"], rel=1e-6)
+    assert first["abs_rel"] > 0.05 and first["delta1"] < 1.0  # not the ground truth against itself
+    assert _eval(data, tiny_ckpt, out) == 0  # the rerun reads the cache, still not the GT
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["n_cached_predictions"] == 1 and again["protocols"]["metric"]["per_image_mean"] == first
+
+
+def test_saved_predictions_are_never_looked_up_outside_their_folder(tmp_path, capsys):
+    data = tmp_path / "data"
+    _beside(data)
+    (tmp_path / "preds").mkdir()
+    args = ["eval", "--dataset", "folder", "--root", str(data), "--predictions", str(tmp_path / "preds"),
+            "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "is an absolute path or leaves the folder" in capsys.readouterr().err
+    (data / "manifest.csv").write_text(f"rgb,depth,name\n{data / 'pano.png'},{data / 'pano.npy'},p\n")
+    write_depth(tmp_path / "preds" / "p.npy", np.full((32, 64), 2.0, np.float32))
+    assert main(args) == 0
+
+
+def test_cache_is_refused_when_weights_seam_pad_or_resolution_change(tmp_path, tiny_ckpt, capsys):
+    make_folder(tmp_path / "data", n=1)
+    write_rgb(tmp_path / "data" / "rgb" / "s0.png", np.random.default_rng(0).uniform(0, 1, (32, 64, 3)))
+    write_depth(tmp_path / "data" / "depth" / "s0.npy", np.full((32, 64), 2.0, np.float32))
+    out = tmp_path / "out"
+    assert _eval(tmp_path / "data", tiny_ckpt, out) == 0
+    torch.manual_seed(1)
+    save_model(create_model("dap_tiny"), tiny_ckpt)  # the checkpoint is overwritten in place
+    capsys.readouterr()
+    assert _eval(tmp_path / "data", tiny_ckpt, out) == 2
+    assert "holds predictions made with other settings (model_sha256: " in capsys.readouterr().err
+    (out / "predictions" / "s0.npy").unlink()  # the user clears the cache
+    assert _eval(tmp_path / "data", tiny_ckpt, out) == 0
+    assert _eval(tmp_path / "data", tiny_ckpt, out, "--seam-pad", "0.25") == 2
+    assert "seam_pad: 0.0625 -> 0.25" in capsys.readouterr().err
+    assert _eval(tmp_path / "data", tiny_ckpt, out, "--resolution", "64x128") == 2
+    assert "resolution: [32, 64] -> [64, 128]" in capsys.readouterr().err
+
+
+def test_eval_seam_pad_reaches_the_model(tmp_path, tiny_ckpt, tiny_model):
+    from dap.inference import predict
+
+    make_folder(tmp_path / "data", n=1)
+    rgb = np.random.default_rng(0).uniform(0, 1, (32, 64, 3)).astype(np.float32)
+    write_rgb(tmp_path / "data" / "rgb" / "s0.png", rgb)
+    write_depth(tmp_path / "data" / "depth" / "s0.npy", np.full((32, 64), 2.0, np.float32))
+    preds = {}
+    for pad in ("0", "0.25"):  # 0.25 of 64 columns = one 16-pixel patch on each side; the default 1/16 is none
+        assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / pad, "--seam-pad", pad) == 0
+        preds[pad] = read_depth(tmp_path / pad / "predictions" / "s0.npy")
+        stored = read_rgb(tmp_path / "data" / "rgb" / "s0.png")
+        want = predict(stored, tiny_model, resolution=(32, 64), seam_pad=float(pad))
+        np.testing.assert_allclose(preds[pad], np.where(want.range_mask, 100.0, want.depth), atol=1e-5)
+    assert np.abs(preds["0"] - preds["0.25"]).max() > 1e-4
+
+
+def test_cache_folder_not_written_by_us_and_bad_seam_pad_are_refused(tmp_path, tiny_ckpt, capsys):
+    make_folder(tmp_path / "data", n=1)
+    out = tmp_path / "out"
+    write_depth(out / "predictions" / "s0.npy", np.ones((8, 16), np.float32))  # someone else's files
+    assert _eval(tmp_path / "data", tiny_ckpt, out) == 2
+    assert "holds no cache.json, so it was not written by dap eval" in capsys.readouterr().err
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "o2", "--seam-pad", "2") == 2
+    assert "seam padding is a fraction of the width from 0 (off) to 0.5, got 2.0" in capsys.readouterr().err

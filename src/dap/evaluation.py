@@ -9,17 +9,21 @@ See docs/evaluation.md for the exact definitions and how they relate to numbers 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import torch
 
 from dap.errors import DapError, NoValidDepthError, UnreadableFileError
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, predict
+from dap.models.dap import DAP
 
 METRIC_KEYS = (
     "abs_rel",
@@ -414,24 +418,46 @@ def _to_float_rgb(img: np.ndarray) -> np.ndarray:
     return np.asarray(img, np.float32) / 255.0
 
 
-def _safe_name(name: str) -> str:
-    return name.replace("/", "__").replace("\\", "__")
+def _file_stem(name: str) -> str:
+    """A sample name as one file name inside a folder we own: '/' and every other special character
+    percent-encoded, so distinct names never share a file and no name (absolute, '..') can point elsewhere."""
+    stem = quote(name, safe="")
+    # File names are limited to 255 bytes: long names keep a readable head and a hash for uniqueness.
+    return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
-def _check_cache(cache_dir: Path, cache_key: dict | None) -> None:
-    if cache_key is None:
-        return
+def _saved_prediction_path(predictions_dir: Path, name: str) -> Path:
+    """<predictions_dir>/<name>.npy; refuses names that would lead out of the folder (absolute manifest paths
+    make absolute sample names, whose '.npy' could be a ground-truth file beside the RGB)."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise DapError(
+            f"sample name {name!r} is an absolute path or leaves the folder, so its prediction cannot be looked up "
+            f"inside --predictions {predictions_dir}. Give the manifest a 'name' column with relative names."
+        )
+    return predictions_dir / f"{name}.npy"
+
+
+def _check_cache(cache_dir: Path, cache_key: dict) -> None:
+    """Cached predictions are reused only under the same key; a run with another key is refused, not mixed."""
     meta = cache_dir / "cache.json"
     if meta.exists():
-        old = json.loads(meta.read_text())
-        if old != cache_key:
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError as e:
+            raise DapError(f"{meta} is corrupt ({e}); delete {cache_dir} to recompute the predictions") from e
+        changed = [f"{k}: {old.get(k)} -> {cache_key.get(k)}" for k in sorted(old.keys() | cache_key.keys())
+                   if old.get(k) != cache_key.get(k)]
+        if changed and any(cache_dir.glob("*.npy")):
             raise DapError(
-                f"{cache_dir} holds cached predictions made with different settings ({old}) than "
-                f"this run ({cache_key}). Use a new --out directory or delete {cache_dir}."
+                f"{cache_dir} holds predictions made with other settings ({'; '.join(changed)}). Use a new --out "
+                f"folder or delete {cache_dir}."
             )
-    else:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(cache_key, indent=2))
+    elif cache_dir.is_dir() and any(cache_dir.iterdir()):
+        raise DapError(
+            f"{cache_dir} exists but holds no cache.json, so it was not written by dap eval; choose another --out"
+        )
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    meta.write_text(json.dumps(cache_key, indent=2))
 
 
 def evaluate(
@@ -447,8 +473,10 @@ def evaluate(
     """Evaluate a predictor (any callable rgb (H,W,3) float [0,1] -> (depth in metres, out-of-range mask or
     None)) or a folder of saved predictions (`predictions_dir/<sample name>.npy`, metres, final) on a dataset.
 
-    With `out_dir`, model predictions are cached in out_dir/predictions/<name>.npy (after the range mask is
-    applied) and reused on the next run; metrics.json, per_image.parquet/.csv and panels/*.png are written.
+    With `out_dir`, metrics.json, per_image.parquet/.csv and panels/*.png are written. With `out_dir` and
+    `cache_key` (everything the predictions depend on: model content, resolution, seam padding, precision,
+    range cap), model predictions are cached in out_dir/predictions/ (after the range mask is applied, one
+    file per sample, named by `_file_stem`) and reused by a run with the same key; another key is refused.
     Returns the summary that goes into metrics.json.
     """
     from dap.io import read_depth, write_depth, write_rgb
@@ -460,7 +488,7 @@ def evaluate(
         if proto not in PROTOCOLS:
             raise ValueError(f"unknown protocol {proto!r}; choose from {', '.join(PROTOCOLS)}")
     out = Path(out_dir) if out_dir is not None else None
-    cache_dir = out / "predictions" if out is not None and predictor is not None else None
+    cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
         _check_cache(cache_dir, cache_key)
     accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
@@ -478,7 +506,7 @@ def evaluate(
         name = sample["name"]
         gt = np.asarray(sample["depth"], np.float32)
         if predictions_dir is not None:
-            path = Path(predictions_dir) / f"{name}.npy"
+            path = _saved_prediction_path(Path(predictions_dir), name)
             if not path.exists():
                 raise UnreadableFileError(
                     f"no saved prediction for sample {name!r}: expected {path}. Save each "
@@ -486,7 +514,7 @@ def evaluate(
                 )
             pred = read_depth(path)
         else:
-            path = cache_dir / f"{name}.npy" if cache_dir is not None else None
+            path = cache_dir / f"{_file_stem(name)}.npy" if cache_dir is not None else None
             if path is not None and path.exists():
                 pred = read_depth(path)
                 n_cached += 1
@@ -494,7 +522,6 @@ def evaluate(
                 depth, mask = predictor(sample["rgb"])
                 pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
                 if path is not None:
-                    path.parent.mkdir(parents=True, exist_ok=True)
                     write_depth(path, pred)
         pred = np.asarray(pred, np.float32)
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
@@ -513,7 +540,7 @@ def evaluate(
         if out is not None and rows_ok and i < cfg.panels:
             rgb = np.asarray(sample["rgb"], np.float32)
             (out / "panels").mkdir(parents=True, exist_ok=True)
-            write_rgb(out / "panels" / f"{_safe_name(name)}.png", _panel(rgb, gt, pred, cfg.max_depth))
+            write_rgb(out / "panels" / f"{_file_stem(name)}.png", _panel(rgb, gt, pred, cfg.max_depth))
     summary = {
         "config": {
             **asdict(cfg),
@@ -600,6 +627,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
     parser.add_argument("--resolution", type=parse_size, default=None,
                         help="model input size HxW (default: the model's own; 512x1024 for the official model)")
+    parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
+                        help="fraction of the width wrapped around each side of the 0/360 seam before the model "
+                             "(0 = off, as the official evaluation)")
     parser.add_argument(
         "--eval-size",
         type=parse_size,
@@ -639,13 +669,21 @@ def run_cli(args: argparse.Namespace) -> int:
             f"note: {args.dataset} {args.split} has {len(dataset)} samples here; the standard split has "
             f"{expected}. Numbers are not comparable with published ones."
         )
+    check_seam_pad(args.seam_pad)
     if args.predictions:
         summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions, progress=True)
     else:
-        predictor = model_predictor(args.checkpoint, device=args.device, resolution=args.resolution)
+        from dap.models import load_model
+
+        model = load_model(args.checkpoint, device=args.device)
+        resolution = tuple(args.resolution or model.cfg.default_resolution)
+        predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
         key = {
-            "checkpoint": str(Path(args.checkpoint).resolve()),
-            "resolution": list(args.resolution) if args.resolution else None,
+            "checkpoint": str(args.checkpoint),
+            "model_sha256": model_fingerprint(model),
+            "resolution": list(resolution),
+            "seam_pad": args.seam_pad,
+            "precision": str(compute_dtype(torch.device(args.device))).removeprefix("torch."),
             "range_cap": args.range_cap,
         }
         summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=True)
@@ -659,17 +697,25 @@ def run_cli(args: argparse.Namespace) -> int:
     return 0
 
 
-def model_predictor(
-    checkpoint: str | Path, *, device: str = "cpu", resolution: tuple[int, int] | None = None
-) -> Predictor:
-    """A Predictor backed by dap.inference.predict on a model loaded from `checkpoint`."""
-    from dap.inference import predict
-    from dap.models import load_model
+def model_fingerprint(model: DAP) -> str:
+    """SHA-256 of the model's config and of every weight tensor (name, dtype, shape, bytes): what the model
+    computes, whichever file or copy it was loaded from, so an overwritten checkpoint never matches old
+    predictions. Hashing is ~1 s per GB of weights, small next to running the model on a benchmark."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    for k, v in sorted(model.state_dict().items()):
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
 
-    model = load_model(checkpoint, device=device)
+
+def model_predictor(
+    model: DAP, *, device: str = "cpu", resolution: tuple[int, int] | None = None, seam_pad: float = DEFAULT_SEAM_PAD
+) -> Predictor:
+    """A Predictor backed by dap.inference.predict on a loaded model."""
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        result = predict(rgb, model, resolution=resolution, device=device)
+        result = predict(rgb, model, resolution=resolution, device=device, seam_pad=seam_pad)
         return result.depth, result.range_mask
 
     return run

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("dap.inference", "Predict metric depth for panoramas (files, folders, globs, videos)."),
     "models": ("dap.models", "List the named weights (source, size, licence) and the architectures."),
     "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
+    "export": ("dap.export", "Export a model to ONNX (fixed or dynamic input size) for onnxruntime and others."),
     "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
     "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),
     "train": ("dap.train", "Train or fine-tune DAP from a YAML config (single process or under torchrun)."),

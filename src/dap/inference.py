@@ -239,7 +239,8 @@ def predict(
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
     4-D array/tensor), returned as a `Prediction` or a list of them.
 
-    model: a loaded DAP model, a checkpoint path (official model.pth or ours), or None for the bundled default.
+    model: a loaded DAP model (or a `dap.export.OnnxModel`), a model name (`dap models`), a checkpoint path
+        (official model.pth or ours), or None for the bundled default.
     resolution: working (height, width), multiples of 16; default: the model's `default_resolution` (512x1024
         for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
@@ -479,9 +480,15 @@ def add_arguments(parser) -> None:
                         help="panorama files, folders of images, glob patterns (quoted) or video files. "
                              + NAMING_RULE)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="official model.pth, a folder written by `dap convert`/`dap train`, or hf:<repo>; "
-                             "default: the small model bundled with the package (synthetic data only)")
+    parser.add_argument("--model", "--checkpoint", dest="model", default=None,
+                        help="a model name (`dap models`: dap-vitl is the official release, fetched from the Hugging "
+                             "Face Hub on first use), an official model.pth, a folder written by `dap convert`/"
+                             "`dap train`, or hf:<repo>; with --backend onnxruntime, a .onnx file from `dap export`. "
+                             "--checkpoint is the same option under its older name. Default: dap-tiny-synth, the "
+                             "small model bundled with the package (synthetic data only)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="run the network with PyTorch, or an exported ONNX graph with onnxruntime (same pre- "
+                             "and post-processing)")
     parser.add_argument("--outputs", default="npy,color,mask",
                         help=f"comma-separated outputs to write, any of: {', '.join(OUTPUT_KINDS)}; "
                              "npy/exr = float32 metres (0 = out of range), png16 = 16-bit PNG with "
@@ -520,7 +527,14 @@ def run_cli(args) -> int:
     _check_writable(args.out)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
-    model = resolve_model(args.checkpoint, device)
+    if args.backend == "onnxruntime":
+        from dap.export import OnnxModel
+
+        if args.model is None:
+            raise DapError("--backend onnxruntime needs --model model.onnx (written by `dap export onnx`)")
+        model = OnnxModel(args.model)
+    else:
+        model = resolve_model(args.model, device)
     smooth = ScaleSmoother(args.smooth_scale)
     failures: list[tuple[str, str]] = []
     done = skipped = 0

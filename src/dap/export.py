@@ -1,0 +1,165 @@
+"""`dap export onnx`: the DAP network as an ONNX graph, and `OnnxModel`, which runs such a graph with onnxruntime
+behind the part of the DAP module's interface that `dap.predict` uses. So `dap predict --backend onnxruntime` (or
+`dap.predict(image, OnnxModel("model.onnx"))`) applies exactly the pre- and post-processing of the PyTorch path.
+
+The graph (opset 17):
+  input   image              (batch, 3, H, W) float32, ImageNet-normalised RGB: what `dap.inference.run_model`
+                             feeds the network, i.e. the working resolution plus the seam columns on both sides.
+  outputs depth              (batch, 1, H, W) metres along the ray
+          out_of_range_prob  (batch, 1, H, W) probability of sky / beyond max_depth
+`batch` is always a dynamic axis. With --dynamic, H and W are too (any multiples of 16); otherwise they are fixed
+to the --resolution working size widened by the default seam padding (512x1024 -> an input of 512x1152).
+The model config is stored in the ONNX metadata (`dap.config`), so the adapter knows max_depth and the resolution.
+
+Exporter: torch's TorchScript-based one (`dynamo=False`). The torch.export-based exporter (torch's default since
+2.9) produced the same numbers in our trials but took 20x longer (40 s against 2 s for dap_tiny on 2 CPU cores),
+needs onnxscript, and silently keeps only one branch of the official token adapter too; torch is pinned, so the
+older path stays available to us.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from dap.errors import DapError, UnreadableFileError
+from dap.inference import DEFAULT_SEAM_PAD, seam_pad_columns
+from dap.models.dap import DAP, DapConfig
+
+OPSET = 17
+INPUT = "image"
+OUTPUTS = ("depth", "out_of_range_prob")
+INSTALL_HINT = "pip install 'depth-any-panoramas[onnx]'"
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise DapError(f"the ONNX backend needs the {module} package: {INSTALL_HINT}") from None
+
+
+def takes_square_branch(cfg: DapConfig, height: int, width: int) -> bool:
+    """Whether the official token adapter reshapes to a square at this input size (see dap.models.official). A
+    traced graph holds only the branch its example input took."""
+    n = (height // cfg.vit.patch_size) * (width // cfg.vit.patch_size) - 1
+    return cfg.token_adapter == "official" and math.isqrt(n) ** 2 == n
+
+
+def export_onnx(
+    model: DAP,
+    out: str | Path,
+    *,
+    resolution: tuple[int, int] | None = None,
+    dynamic: bool = False,
+    seam_pad: float = DEFAULT_SEAM_PAD,
+) -> Path:
+    """Write `model` as ONNX to `out` (atomically). `resolution` is the working (height, width), default the model's
+    own; the traced input adds the seam columns of `seam_pad`. `dynamic` makes height and width dynamic axes."""
+    onnx = _require("onnx")
+    from dap.io import atomic_write
+
+    h, w = resolution or model.cfg.default_resolution
+    patch = model.cfg.vit.patch_size
+    if h % patch or w % patch:
+        raise DapError(f"resolution {h}x{w} must be multiples of {patch}")
+    example = torch.zeros(1, 3, h, w + 2 * seam_pad_columns(w, seam_pad, patch))
+    if dynamic and takes_square_branch(model.cfg, *example.shape[-2:]):
+        raise DapError(f"{h}x{w} takes the official adapter's rare square branch, which the dynamic graph would then "
+                       "use for every size; trace at another --resolution")
+    axes = {name: {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"} for name in (INPUT, *OUTPUTS)}
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        # The exporter is chosen on purpose (module docstring); the tracer's warnings are about DAP.forward's input
+        # checks, which become constants in the graph (OnnxModel checks sizes instead).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        torch.onnx.export(model.float().eval().cpu(), (example,), buffer, dynamo=False, opset_version=OPSET,
+                          input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
+    proto = onnx.load_from_string(buffer.getvalue())
+    cfg = dataclasses.replace(model.cfg, default_resolution=(h, w))
+    onnx.helper.set_model_props(proto, {"dap.config": json.dumps(cfg.to_dict()), "dap.seam_pad": str(seam_pad)})
+    with atomic_write(out) as tmp:
+        onnx.save(proto, str(tmp))
+    return Path(out)
+
+
+class OnnxModel:
+    """An exported DAP network run by onnxruntime: `cfg`, `to`, `eval` and calling it on a normalised
+    (B, 3, H, W) batch behave as for `DAP`, which is all `dap.predict` needs."""
+
+    def __init__(self, path: str | Path, providers: list[str] | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UnreadableFileError(f"ONNX model {self.path} does not exist; write one with "
+                                      f"`dap export onnx --model NAME --out {self.path}`")
+        ort = _require("onnxruntime")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=providers or ort.get_available_providers())
+        except Exception as e:  # onnxruntime raises its own, unexported exception types
+            raise UnreadableFileError(f"onnxruntime cannot load {self.path}: {e}") from e
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "dap.config" not in meta:
+            raise DapError(f"{self.path} has no dap.config metadata: it was not written by `dap export onnx`")
+        self.cfg = DapConfig.from_dict(json.loads(meta["dap.config"]))
+        self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # ints if fixed, axis names if dynamic
+
+    def to(self, device) -> OnnxModel:
+        return self  # onnxruntime picks its own device; outputs follow the input's
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = tuple(x.shape[-2:])
+        fixed = all(isinstance(d, int) for d in self.input_size)
+        if fixed and size != self.input_size:
+            h, w = self.cfg.default_resolution
+            raise DapError(
+                f"{self.path} takes inputs of {self.input_size[0]}x{self.input_size[1]} only ({h}x{w} plus the "
+                f"seam columns), got {size[0]}x{size[1]}: predict with --resolution {h}x{w} and the --seam-pad it "
+                "was exported with, or export with --dynamic"
+            )
+        if not fixed and takes_square_branch(self.cfg, *size):
+            raise DapError(f"input {size[0]}x{size[1]} takes the official adapter's square branch, which the dynamic "
+                           "graph lacks; use another resolution or the torch backend")
+        outputs = self.session.run(list(OUTPUTS), {INPUT: x.detach().float().cpu().numpy()})
+        return {name: torch.from_numpy(v).to(x.device) for name, v in zip(OUTPUTS, outputs, strict=True)}
+
+
+# --- `dap export onnx` ------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from dap.cli import parse_size
+
+    parser.add_argument("format", choices=["onnx"], help="export format")
+    parser.add_argument("--model", default="dap-tiny-synth",
+                        help="a model name (`dap models`), an official model.pth or a folder written by `dap convert`")
+    parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--resolution", type=parse_size, default=None,
+                      help="fixed working resolution HxW, multiples of 16 (default: the model's own)")
+    size.add_argument("--dynamic", action="store_true", help="dynamic height and width (multiples of 16)")
+    parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
+                        help="seam columns (fraction of the width) a fixed-size graph is traced with; "
+                             "predict with the same --seam-pad")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    from dap.models import load_model
+
+    model = load_model(args.model)
+    out = export_onnx(model, args.out, resolution=args.resolution, dynamic=args.dynamic, seam_pad=args.seam_pad)
+    h, w = args.resolution or model.cfg.default_resolution
+    w += 2 * seam_pad_columns(w, args.seam_pad, model.cfg.vit.patch_size)
+    shape = "(batch, 3, height, width)" if args.dynamic else f"(batch, 3, {h}, {w})"
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {model.cfg.name}, opset {OPSET}): input {INPUT} {shape}, "
+          f"outputs {', '.join(OUTPUTS)}")
+    return 0

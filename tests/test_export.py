@@ -1,0 +1,114 @@
+"""`dap export onnx`: onnxruntime reproduces PyTorch (both heads), fixed and dynamic sizes, the onnxruntime
+backend of `dap predict`, and the errors."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dap.cli import main
+from dap.errors import DapError, UnreadableFileError
+from dap.export import OUTPUTS, OnnxModel, export_onnx
+from dap.models import create_model, load_model, save_model
+
+
+def torch_outputs(model, x: torch.Tensor) -> dict[str, np.ndarray]:
+    with torch.inference_mode():
+        return {k: v.numpy() for k, v in model(x).items()}
+
+
+def assert_same(onnx_model: OnnxModel, model, x: torch.Tensor) -> None:
+    """Both heads within 1e-4 in the network's own units (the parity criterion): the sigmoid outputs, i.e. depth in
+    units of max_depth (1e-4 = 1 cm) and the probability."""
+    got, want = onnx_model(x), torch_outputs(model, x)
+    for name, unit in zip(OUTPUTS, (model.cfg.max_depth, 1.0), strict=True):
+        assert got[name].shape == want[name].shape
+        assert np.abs(got[name].numpy() - want[name]).max() / unit <= 1e-4, name
+
+
+def test_fixed_size_export_matches_torch(tiny_model, tmp_path):
+    export_onnx(tiny_model, tmp_path / "m.onnx", resolution=(64, 256))  # + 16 seam columns each side
+    onnx_model = OnnxModel(tmp_path / "m.onnx")
+    assert onnx_model.cfg.default_resolution == (64, 256) and onnx_model.cfg.max_depth == tiny_model.cfg.max_depth
+    assert onnx_model.input_size == (64, 288)
+    assert_same(onnx_model, tiny_model, torch.randn(2, 3, 64, 288))  # batch is dynamic
+    with pytest.raises(DapError, match=r"takes inputs of 64x288 only \(64x256 plus the seam columns\), got 32x64"):
+        onnx_model(torch.randn(1, 3, 32, 64))
+
+
+def test_dynamic_export_runs_any_multiple_of_16(tiny_model, tmp_path):
+    export_onnx(tiny_model, tmp_path / "m.onnx", dynamic=True)
+    onnx_model = OnnxModel(tmp_path / "m.onnx")
+    for shape in [(1, 3, 32, 64), (2, 3, 64, 160), (1, 3, 48, 96)]:
+        assert_same(onnx_model, tiny_model, torch.randn(shape))
+
+
+def test_official_adapter_square_branch(tmp_path):
+    """The official adapter takes a different branch when h*w - 1 patches is a perfect square (80x160): a fixed
+    graph traced there is exact, a dynamic graph (traced elsewhere) refuses that size instead of being wrong."""
+    torch.manual_seed(0)
+    model = create_model("dap_tiny", token_adapter="official").eval()
+    x = torch.randn(1, 3, 80, 160)
+    export_onnx(model, tmp_path / "fixed.onnx", resolution=(80, 160), seam_pad=0)
+    assert_same(OnnxModel(tmp_path / "fixed.onnx"), model, x)
+    export_onnx(model, tmp_path / "dynamic.onnx", resolution=(64, 128), dynamic=True)
+    dynamic = OnnxModel(tmp_path / "dynamic.onnx")
+    assert_same(dynamic, model, torch.randn(1, 3, 64, 128))
+    with pytest.raises(DapError, match="square branch"):
+        dynamic(x)
+    with pytest.raises(DapError, match="square branch"):
+        export_onnx(model, tmp_path / "bad.onnx", resolution=(80, 160), seam_pad=0, dynamic=True)
+
+
+def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
+    from PIL import Image
+
+    save_model(tiny_model, tmp_path / "ckpt")
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((64, 128, 3)) * 255).astype(np.uint8)).save(tmp_path / "p.png")
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
+                 "--resolution", "32x64"]) == 0
+    assert "opset 17): input image (batch, 3, 32, 64), outputs depth, out_of_range_prob" in capsys.readouterr().out
+    common = [str(tmp_path / "p.png"), "--resolution", "32x64", "--outputs", "npy,mask"]
+    assert main(["predict", *common, "--out", str(tmp_path / "ort"), "--backend", "onnxruntime",
+                 "--model", str(tmp_path / "m.onnx")]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "pt"), "--checkpoint", str(tmp_path / "ckpt")]) == 0
+    ort, pt = np.load(tmp_path / "ort" / "p.npy"), np.load(tmp_path / "pt" / "p.npy")
+    assert np.abs(ort - pt).max() <= 1e-4
+    assert (tmp_path / "ort" / "p.mask.png").read_bytes() == (tmp_path / "pt" / "p.mask.png").read_bytes()
+
+
+def test_errors(tmp_path, monkeypatch, capsys):
+    with pytest.raises(UnreadableFileError, match=r"nope.onnx does not exist; write one with `dap export onnx"):
+        OnnxModel(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(UnreadableFileError, match="onnxruntime cannot load"):
+        OnnxModel(tmp_path / "junk.onnx")
+    assert main(["predict", "x.png", "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]) == 2
+    assert "--backend onnxruntime needs --model model.onnx" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it raises ImportError
+    with pytest.raises(DapError, match=r"needs the onnxruntime package: pip install 'depth-any-panoramas\[onnx\]'"):
+        OnnxModel(tmp_path / "junk.onnx")
+
+
+@pytest.mark.slow
+def test_vitl_official_layout_exports_exactly(tmp_path):
+    """The released architecture (ViT-L, official adapter) from a full-size official-format checkpoint."""
+    parity = Path(__file__).parent / "data" / "parity"
+    sys.path.insert(0, str(parity))
+    try:
+        import make_weights
+    finally:
+        sys.path.pop(0)
+    torch.save(make_weights.make_state_dict(prefix="module."), tmp_path / "model.pth")
+    model = load_model(tmp_path / "model.pth")
+    export_onnx(model, tmp_path / "vitl.onnx", resolution=(64, 128), seam_pad=0)
+    expected = np.load(parity / "expected_a.npz")
+    x = torch.from_numpy(expected["a_input"])
+    onnx_model = OnnxModel(tmp_path / "vitl.onnx")
+    assert_same(onnx_model, model, x)
+    out = onnx_model(x)
+    assert np.abs(out["depth"].numpy() / model.cfg.max_depth - expected["a_pred_depth"]).max() <= 1e-4
+    assert np.abs(out["out_of_range_prob"].numpy() - expected["a_pred_mask"]).max() <= 1e-4

@@ -55,7 +55,10 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
 
 def check_finite(model: DAP, source: Path) -> None:
     """Refuse NaN/inf weights (e.g. from a run that diverged): they would silently make every depth NaN."""
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    # A sum is non-finite when any element is (or, rarely, when it overflows: then the exact check decides);
+    # it is ~10x cheaper than an elementwise check, which matters for the 1.4 GB official weights.
+    bad = [k for k, v in model.state_dict().items()
+           if v.is_floating_point() and not torch.isfinite(v.sum()) and not torch.isfinite(v).all()]
     if bad:
         raise CheckpointError(
             f"{source}: {len(bad)} weight tensors hold NaN or infinite values ({_key_list(bad)}); the checkpoint "

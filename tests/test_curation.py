@@ -383,12 +383,13 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert 0 <= state["done"]["disc"]["held_out_auc"] <= 1
     rows = read_manifest(work / "pool")
     assert all(np.isfinite(r["disc_score"]) for r in rows) and any(r["selected"] for r in rows)
+    assert {r["stage"] for r in rows} == {"scored", "selected"}
     assert main(["curate", "run", "--config", str(config), "--work", str(work)]) == 0
     resumed = json.loads((work / "state.json").read_text())
     assert list(resumed["done"]) == ["ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final"]
     assert all(resumed["done"][k] == v for k, v in state["done"].items())  # finished steps were not redone
     assert (work / "runs/final/final/model.safetensors").is_file()
-    assert all(r["stage3_label"] for r in read_manifest(work / "pool"))
+    assert all(r["stage3_label"] and r["stage"] == "labelled3" for r in read_manifest(work / "pool"))
     capsys.readouterr()
     assert main(["curate", "status", "--pool", str(work / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     printed = capsys.readouterr().out

@@ -48,6 +48,7 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "domain_from": pa.string(),  # user (a tag file) | labeler (sky fraction of stage 1) | ''
     "disc_score": pa.float64(),  # discriminator's P(real) for the stage-1 label (NaN: not scored)
     "selected": pa.bool_(),  # kept by stage-2 selection
+    "stage": pa.string(),  # furthest step reached: rejected | ingested | labelled1 | scored | selected | labelled3
 }
 
 
@@ -92,8 +93,21 @@ def read_manifest(pool: str | os.PathLike) -> list[dict]:
     return [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS}} for r in rows]
 
 
+def row_stage(row: dict) -> str:
+    if row["status"] != "ok":
+        return "rejected"
+    if row["stage3_label"]:
+        return "labelled3"
+    if row["selected"]:
+        return "selected"
+    if math.isfinite(row["disc_score"]):
+        return "scored"
+    return "labelled1" if row["stage1_label"] else "ingested"
+
+
 def write_manifest(pool: str | os.PathLike, rows: list[dict]) -> Path:
     path = manifest_path(pool)
+    rows = [{**r, "stage": row_stage(r)} for r in rows]
     table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=SCHEMA)
     with atomic_write(path) as tmp:
         pq.write_table(table, tmp)

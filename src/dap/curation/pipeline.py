@@ -153,8 +153,10 @@ def _sources(cfg: CurateConfig, sources: list[SourceConfig]) -> list[SourceConfi
     return out
 
 
-def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceConfig | None):
-    """The dap train config of one stage: its YAML and overrides, data = labeled (+ pseudo-labels)."""
+def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceConfig | None,
+                       work: Path | None = None):
+    """The dap train config of one stage: its YAML and overrides, data = labeled (+ pseudo-labels).
+    model.init may name an earlier stage (stage1, stage2): its final model in `work` (fine-tuning chain)."""
     from dap.train import _check_config, load_config
 
     tc = load_config(_resolve(cfg, stage.config), [f"{k}={json.dumps(v)}" for k, v in stage.set.items()])
@@ -164,7 +166,11 @@ def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceCo
         tc.data.sources.append(pseudo)
     tc.data.val = _sources(cfg, tc.data.val)
     init = tc.model.init
-    if init not in ("scratch", "bundled") and not Path(init).is_absolute():
+    if init in ("stage1", "stage2"):
+        if work is None:
+            raise DapError(f"model.init: {init} needs the pipeline's work folder")
+        tc.model.init = str(work / "runs" / init / "final")
+    elif init not in ("scratch", "bundled") and not Path(init).is_absolute():
         tc.model.init = _resolve(cfg, init)
     _check_config(tc)
     return tc
@@ -245,7 +251,7 @@ class Pipeline:
     def _train(self, name: str, stage: StageTraining, pseudo: SourceConfig | None) -> dict:
         from dap.train import train
 
-        tc = stage_train_config(self.cfg, stage, pseudo)
+        tc = stage_train_config(self.cfg, stage, pseudo, self.work)
         tc.run.progress = self.progress
         result = train(tc, self.work / "runs" / name, resume=True)
         return {"steps": result.step, "model": str(self.work / "runs" / name / "final")}

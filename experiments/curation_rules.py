@@ -1,0 +1,58 @@
+"""Measure the ingest rules of `dap curate` on a folder of real panoramas (default: shared/real-panos):
+perceptual-hash distances of re-encoded copies vs distinct panoramas, tilt estimates, and — given a labelled
+pool — how often the labeler's sky-fraction domain rule agrees with the user tags.
+
+    python experiments/curation_rules.py [--pool runs/curate_tiny/pool]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from dap.curation.ingest import estimate_tilt, hamming, perceptual_hash
+from dap.curation.manifest import read_manifest
+from dap.io import read_rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(buf, "JPEG", quality=quality)
+    return np.asarray(Image.open(buf), np.float32) / 255
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", default=str(ROOT.parent / "shared/real-panos"))
+    p.add_argument("--pool", default=None, help="a pool labelled by stage 1 whose rows carry user tags")
+    args = p.parse_args()
+    files = sorted(f for f in Path(args.images).iterdir() if f.suffix.lower() in (".jpg", ".png"))
+    images = [read_rgb(f) for f in files]
+    hashes = [perceptual_hash(im) for im in images]
+    distinct = np.array([hamming(hashes[i], hashes[j]) for i in range(len(hashes)) for j in range(i + 1, len(hashes))])
+    copies = np.array([[hamming(h, perceptual_hash(x)) for x in (
+        cv2.resize(im, (im.shape[1] // 2, im.shape[0] // 2), interpolation=cv2.INTER_AREA), _jpeg(im, 60),
+        np.clip(im * 1.15, 0, 1))] for im, h in zip(images, hashes, strict=True)])
+    print("| pair | Hamming distance |\n|---|---|")
+    for name, col in zip(("resized to half size", "JPEG quality 60", "15 % brighter"), copies.T, strict=True):
+        print(f"| {name} | max {col.max()} (mean {col.mean():.2f}) |")
+    print(f"| distinct panoramas ({distinct.size} pairs) | min {distinct.min()}, 1st percentile "
+          f"{np.percentile(distinct, 1):.0f}, median {np.median(distinct):.0f} |")
+    tilts = sorted((estimate_tilt(im), f.name) for im, f in zip(images, files, strict=True))
+    print("\ntilt estimates (degrees), highest five:", ", ".join(f"{n} {t:.1f}" for t, n in tilts[-5:]))
+    if args.pool:
+        rows = [r for r in read_manifest(args.pool) if r["status"] == "ok" and np.isfinite(r["stage1_sky_fraction"])]
+        for t in (0.02, 0.05, 0.1, 0.2):
+            agree = np.mean([(r["stage1_sky_fraction"] >= t) == (r["domain"] == "outdoor") for r in rows])
+            print(f"sky-fraction rule at {t:.2f}: agrees with the tags on {agree:.1%} of {len(rows)} panoramas")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/synth_throughput.py                  # 512x1024, table
     .venv/bin/python benchmarks/synth_throughput.py --resolution 256x512 --count 8
+    .venv/bin/python benchmarks/synth_throughput.py --depths 40 --resolution 256x512   # distance histogram
 
 Each row runs in a fresh process so that "peak RSS" is that configuration's own peak.
   render  one process, torch using `threads` intra-op threads, render() only (seeds 0..count-1)
@@ -62,6 +63,33 @@ def one(mode: str, kind: str, style: str, ss: int, h: int, w: int, count: int, t
     return dict(pps=count / wall, cpu_ms=cpu / count * 1000, peak_mb=peak / 1024)
 
 
+EDGES = (0.0, 1.0, 3.0, 10.0, 20.0, 50.0, 100.0, float("inf"))
+
+
+def depth_histogram(count: int, h: int, w: int) -> None:
+    """Share of all pixels per distance bin (and sky) over seeds 0..count-1 of each kind, with the mean of
+    `depth_stats`' median and range fraction."""
+    import numpy as np
+
+    from dap.data.synthetic import depth_stats, make_scene, render
+
+    bins = " | ".join(f"{a:g}-{b:g} m" for a, b in zip(EDGES[:-1], EDGES[1:], strict=True))
+    print(f"| kind | sky | {bins} | median depth (m) | range mask |")
+    print("|" + "---|" * (len(EDGES) + 3))
+    for kind in ("indoor", "outdoor"):
+        hist, sky, medians, ranges = np.zeros(len(EDGES) - 1), 0.0, [], []
+        for seed in range(count):
+            out = render(make_scene(seed, kind), h, w)
+            hist += np.histogram(out["depth"][~out["sky_mask"]], EDGES)[0] / out["depth"].size
+            sky += out["sky_mask"].mean()
+            stats = depth_stats(out)
+            medians.append(stats["depth_median"])
+            ranges.append(stats["range_fraction"])
+        cells = " | ".join(f"{100 * v / count:.1f} %" for v in hist)
+        print(f"| {kind} | {100 * sky / count:.1f} % | {cells} | {np.mean(medians):.1f} | "
+              f"{100 * np.mean(ranges):.1f} % |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resolution", default="512x1024", help="HEIGHTxWIDTH")
@@ -69,9 +97,14 @@ def main() -> None:
     ap.add_argument("--synth-count", type=int, default=48,
                     help="panoramas per synth row (larger: worker start-up, ~2 s each, is included)")
     ap.add_argument("--threads", type=int, default=0, help="override the per-row threads/workers (0: as listed)")
+    ap.add_argument("--depths", type=int, default=0, metavar="N",
+                    help="instead of timing, print the distance histogram of N scenes per kind")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     h, w = (int(v) for v in args.resolution.split("x"))
+    if args.depths:
+        depth_histogram(args.depths, h, w)
+        return
     if args.one:
         mode, kind, style, ss = args.one.split(",")
         print(json.dumps(one(mode, kind, style, int(ss), h, w, args.count, args.threads)))

@@ -53,7 +53,8 @@ Vec3 = tuple[float, float, float]
 @dataclass(frozen=True)
 class Material:
     """Random draws in [0, 1) that a `Style` maps to colours and a texture; `role` picks the palette.
-    `outdoor` materials are lit by daylight even in an indoor scene (what is seen through a window)."""
+    `outdoor` materials are lit by daylight even in an indoor scene (what is seen through a window); `emit`
+    ones glow (lamp fittings)."""
 
     role: str
     hue: float
@@ -64,6 +65,7 @@ class Material:
     phase: Vec3 = (0.0, 0.0, 0.0)  # texture offset, metres
     tile: float = 0.0  # which photo crop of the texture bank
     outdoor: bool = False
+    emit: bool = False  # a light fitting: drawn bright whatever the lighting
 
 
 @dataclass(frozen=True)
@@ -171,12 +173,13 @@ class _Builder:
         self.scene = Scene(seed=seed, kind=kind, camera=(0.0, 0.0, 0.0), materials=[])
         self._instance = 0
 
-    def material(self, role: str, scale: tuple[float, float] = (0.3, 1.5), outdoor: bool = False) -> int:
+    def material(self, role: str, scale: tuple[float, float] = (0.3, 1.5), outdoor: bool = False,
+                 emit: bool = False) -> int:
         r = self.rng
         self.scene.materials.append(Material(role, *(float(v) for v in r.random(4)),
                                              scale=float(r.uniform(*scale)),
                                              phase=tuple(float(v) for v in r.uniform(0, 10, 3)),
-                                             tile=float(r.random()), outdoor=outdoor))
+                                             tile=float(r.random()), outdoor=outdoor, emit=emit))
         return len(self.scene.materials) - 1
 
     def instance(self) -> int:
@@ -282,10 +285,13 @@ def _indoor(b: _Builder) -> None:
     cam = (r.uniform(margin, w - margin), -r.uniform(1.0, min(1.8, h - 0.4)), r.uniform(margin, d - margin))
     s.camera, s.rotation = _v(cam), _camera_rotation(r)
     s.point_light = True
-    s.light = _v((w / 2 + r.uniform(-0.5, 0.5), -h + 0.3, d / 2 + r.uniform(-0.5, 0.5)))
+    s.light = _v((w / 2 + r.uniform(-0.5, 0.5), -h + 0.15, d / 2 + r.uniform(-0.5, 0.5)))
     for k, (rx0, rz0, rx1, rz1, rh) in enumerate(rooms):  # ceiling lamps besides `light` in the first room
         for _ in range(int(r.integers(0 if k == 0 else 1, 3))):
-            s.lamps.append(_v((r.uniform(rx0 + 0.5, rx1 - 0.5), -rh + 0.3, r.uniform(rz0 + 0.5, rz1 - 0.5))))
+            s.lamps.append(_v((r.uniform(rx0 + 0.5, rx1 - 0.5), -rh + 0.15, r.uniform(rz0 + 0.5, rz1 - 0.5))))
+    glow = b.material("lamp", emit=True)
+    for x, y, z in [s.light, *s.lamps]:  # the fittings: glowing discs just under the ceiling, above the light
+        b.cylinder(x, z, r.uniform(0.12, 0.3), y - 0.15, y - 0.15 + r.uniform(0.03, 0.1), glow)
 
     taken = [(cam[0], cam[2], 0.45)]  # footprint circles (x, z, radius): the camera and placed furniture
 
@@ -302,7 +308,7 @@ def _indoor(b: _Builder) -> None:
             _on_wall(b, room, "door", keep_out)
         if r.random() < 0.15 and k == 0:
             _stairs(b, room, free, taken)
-        for _ in range(int(r.integers(3, 9))):
+        for _ in range(int(r.integers(4, 13))):
             item = str(r.choice(_FURNITURE, p=_FURNITURE_P))
             any(_place_furniture(b, item, room, free, taken) for _try in range(8))
         for _ in range(int(r.integers(0, 3))):
@@ -602,6 +608,7 @@ def _street(b: _Builder, cam_h: float) -> None:
     if r.random() < 0.5:  # the street ends at a facade far away
         far = length * r.uniform(0.4, 1.0)
         _building(b, 0.0, far, 0.0, 2 * (road + walk) + 40, 20, r.uniform(10, 60))
+    _skyline(b, int(r.integers(0, 16)), tall)
     cam_x = r.uniform(-road - walk * 0.5, road + walk * 0.5)
     cam_x = float(np.clip(cam_x, -road + 1.5, road - 1.5)) if abs(cam_x) > road - 1.5 else cam_x
     s.camera = _v((cam_x, -cam_h, r.uniform(-10, 10)))
@@ -631,10 +638,7 @@ def _square(b: _Builder, cam_h: float) -> None:
             px, pz = c * min(along + wb / 2, half) + sn * half, -sn * min(along + wb / 2, half) + c * half
             _building(b, px, pz, yaw, wb, r.uniform(10, 25), hb)
             along += wb + r.uniform(0, 2)
-    for _ in range(int(r.integers(3, 10))):  # buildings far away, seen through the gaps
-        dist, ang = r.uniform(90, 600), r.uniform(-math.pi, math.pi)
-        _building(b, dist * math.sin(ang), dist * math.cos(ang), ang, r.uniform(20, 80),
-                  r.uniform(15, 40), r.uniform(10, 120))
+    _skyline(b, int(r.integers(3, 16)), tall)
     cam = (r.uniform(-half * 0.6, half * 0.6), -cam_h, r.uniform(-half * 0.6, half * 0.6))
     s.camera = _v(cam)
     inst, m = b.instance(), b.material("stone", (0.3, 1.5))
@@ -698,10 +702,16 @@ def _park(b: _Builder, cam_h: float) -> None:
         dist, ang = r.uniform(15, 120), r.uniform(-math.pi, math.pi)
         _building(b, dist * math.sin(ang), dist * math.cos(ang), r.uniform(-math.pi, math.pi), r.uniform(6, 14),
                   r.uniform(6, 12), r.uniform(3, 9))
-    for _ in range(int(r.integers(0, 6))):  # skyline far away
-        dist, ang = r.uniform(150, 800), r.uniform(-math.pi, math.pi)
-        x, z, size = dist * math.sin(ang), dist * math.cos(ang), r.uniform(15, 60)
-        b.box((x, -r.uniform(20, 120), z), (x + size, 0.0, z + size), b.material("building", (1.0, 4.0)))
+    _skyline(b, int(r.integers(0, 6)), 1.0)
+
+
+def _skyline(b: _Builder, count: int, tall: float) -> None:
+    """Blocks and towers 100-800 m away: the city seen above and between the near buildings."""
+    r = b.rng
+    for _ in range(count):
+        dist, ang = r.uniform(100, 800), r.uniform(-math.pi, math.pi)
+        _building(b, dist * math.sin(ang), dist * math.cos(ang), ang, r.uniform(20, 80), r.uniform(15, 40),
+                  float(np.clip(r.lognormal(math.log(30 * tall), 0.6), 10, 300)))
 
 
 def _far_hills(b: _Builder, ground: float, outdoor: bool = False) -> None:
@@ -771,6 +781,7 @@ _NATURAL = {
     "books": ((0.0, 1.0), (0.3, 0.7), (0.3, 0.7)),
     "screen": ((0.55, 0.65), (0.0, 0.2), (0.03, 0.12)),
     "shade": ((0.08, 0.14), (0.1, 0.4), (0.75, 0.95)),
+    "lamp": ((0.1, 0.14), (0.0, 0.2), (0.95, 1.0)),
     "door": ((0.05, 0.1), (0.1, 0.6), (0.35, 0.9)),
     "frame": ((0.05, 0.12), (0.0, 0.3), (0.3, 0.95)),
     "picture": ((0.0, 1.0), (0.2, 0.7), (0.2, 0.8)),
@@ -824,8 +835,9 @@ STYLES: dict[str, Style] = {
     "photo": Style(
         "photo",
         default_textures=("flat", "noise", "image"),
-        textures={"wall": _IMG3 + ("flat", "noise", "stripes", "brick"), "floor": _IMG3 + ("wood", "checker", "noise"),
-                  "ceiling": ("flat", "flat", "noise", "image"),
+        textures={"wall": ("image", "image", "flat", "flat", "noise", "noise", "stripes", "brick"), "lamp": ("flat",),
+                  "floor": _IMG3 + ("wood", "checker", "noise"),
+                  "ceiling": ("flat", "flat", "noise"),
                   "furniture": _IMG3 + ("wood", "noise", "flat", "checker"), "fabric": ("image", "noise", "flat"),
                   "rug": ("image", "stripes", "checker"), "picture": ("image",), "door": ("wood", "flat", "image"),
                   "frame": ("flat", "wood"), "screen": ("flat",), "glass": ("flat", "noise"), "tyre": ("flat",),
@@ -924,11 +936,11 @@ def write_texture_atlas(files: list[str], out: str, per_image: int = 6, columns:
 @functools.lru_cache(maxsize=4)
 def _texture_bank(dirs: tuple[str, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Mip pyramid of the bank in linear RGB, all levels in one (texels, 3) float16 table, level offsets, N.
-    Each crop is scaled to a mean luminance of 1, so a material's brightness comes from its palette whether
-    the crop was cut from a night sky or a snow field."""
+    Each crop is scaled towards a mean luminance of 1 (dark ones by at most 3x), so a material's brightness
+    comes mostly from its palette whether the crop was cut from a night scene or a snow field."""
     x = (load_texture_tiles(dirs).astype(np.float32) / 255) ** 2.2
     lum = (x * np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).sum(-1).mean((1, 2))
-    x = np.minimum(x / np.maximum(lum, 0.02)[:, None, None, None], 4.0)
+    x = np.minimum(x * np.minimum(1 / np.maximum(lum, 1e-3), 3.0)[:, None, None, None], 2.5)
     levels, offsets, off = [], [], 0
     while x.shape[1] >= 4:
         levels.append(x.reshape(-1, 3))
@@ -962,7 +974,7 @@ def _photo_texture(bank: tuple, tile: torch.Tensor, u: torch.Tensor, v: torch.Te
 def _material_table(materials: list[Material], style: Style, device) -> dict[str, torch.Tensor]:
     """Per-material colours (linear RGB), texture code, scale, phase, bank tile and daylight flag as tensors
     indexed by material id. For photo textures `a` is a mild tint of the crop's own colours."""
-    a, b, code, scale, phase, tile, outdoor = [], [], [], [], [], [], []
+    a, b, code, scale, phase, tile, outdoor, emit = [], [], [], [], [], [], [], []
     n_tiles = _texture_bank(style.texture_dirs, torch.device(device))[2] if any(
         "image" in style.textures_for(m.role) for m in materials) else 1
     for m in materials:
@@ -985,8 +997,10 @@ def _material_table(materials: list[Material], style: Style, device) -> dict[str
         phase.append(m.phase)
         tile.append(min(int(m.tile * n_tiles), n_tiles - 1))
         outdoor.append(m.outdoor)
+        emit.append(m.emit)
     t = dict(a=torch.tensor(a), b=torch.tensor(b), code=torch.tensor(code), scale=torch.tensor(scale),
-             phase=torch.tensor(phase), tile=torch.tensor(tile), outdoor=torch.tensor(outdoor))
+             phase=torch.tensor(phase), tile=torch.tensor(tile), outdoor=torch.tensor(outdoor),
+             emit=torch.tensor(emit))
     t["a"], t["b"] = t["a"] ** 2.2, t["b"] ** 2.2  # palettes are display-space; shade in linear light
     return {k: v.to(device) for k, v in t.items()}
 
@@ -1339,7 +1353,10 @@ def _look(scene: Scene, style: Style) -> dict:
     g = style.grading
     return dict(
         ev=float(rng.uniform(*style.exposure)),
-        wb=(1 + g * rng.uniform(-0.08, 0.08, 3)).astype(np.float32),
+        # white balance: a random cast plus a colour temperature (indoor lamps are often warm)
+        wb=((1 + g * rng.uniform(-0.06, 0.06, 3))
+            * (1 + g * rng.uniform(-0.4, 1.0 if scene.point_light else 0.4) * np.array([0.12, 0.0, -0.15]))
+            ).astype(np.float32),
         contrast=float(1 + g * rng.uniform(-0.1, 0.15)),
         saturation=float(1 + g * rng.uniform(-0.25, 0.2)),
         sun=float(1 + g * rng.uniform(-0.25, 0.2)),
@@ -1349,18 +1366,23 @@ def _look(scene: Scene, style: Style) -> dict:
         jpeg=int(rng.integers(style.jpeg[0], style.jpeg[1] + 1)) if style.jpeg else None,
         noise_seed=int(rng.integers(2**31)),
         haze=float(rng.uniform(300, 3000)),  # metres for 63 % of the way to the horizon colour
+        clouds=float(rng.uniform(0.0, 0.7)) if style.haze else 0.0,  # cloud cover
+        cloud_shift=float(rng.uniform(0, 100)),
         lens=(float(g * rng.uniform(-0.08, 0.08)), float(rng.uniform(-math.pi, math.pi))),  # two-lens gain, seam
     )
 
 
 def _occlusion(geo: dict, height: int, width: int, radius: float) -> torch.Tensor:
     """Ambient occlusion (H, W) in [0, 1] from distance fields: 1 - how much the nearest solid comes closer than
-    `radius` to the point `radius` off the surface along its normal. One field sample per pixel, evaluated
-    only in the pixel windows where a primitive's bounding sphere (grown by `radius`) can be near a hit."""
-    t, d, rot = geo["t"], geo["d"], geo["rot"]
+    `radius` to the point `radius` off the surface along its normal. One field sample per 2 x 2 pixels (it
+    varies slowly; a quarter of the cost), evaluated only in the pixel windows where a primitive's bounding
+    sphere (grown by `radius`) can be near a hit."""
+    t, d, rot = geo["t"][::2, ::2], [x[::2, ::2] for x in geo["d"]], geo["rot"]
+    n_world = torch.zeros_like(geo["d_s"]).index_copy_(0, geo["order"], geo["n_s"]).reshape(height, width, 3)
+    n_world = n_world[::2, ::2]
+    height, width = t.shape
     hit = torch.isfinite(t)
     tt = torch.where(hit, t, 0.0)
-    n_world = torch.zeros_like(geo["d_s"]).index_copy_(0, geo["order"], geo["n_s"]).reshape(height, width, 3)
     q_all = [tt * d[i] + radius * n_world[..., i] for i in range(3)]
     ratio = torch.ones_like(t)
     for P in geo["prims"]:
@@ -1393,7 +1415,8 @@ def _occlusion(geo: dict, height: int, width: int, radius: float) -> torch.Tenso
                 sdf = torch.sqrt(er.clamp_min(0) ** 2 + ey.clamp_min(0) ** 2) + torch.maximum(er, ey).clamp_max(0)
             sub = ratio[rs, cs]
             sub.copy_(torch.minimum(sub, sdf / radius))
-    return torch.where(hit, ratio.clamp(0, 1), 1.0)
+    ratio = torch.where(hit, ratio.clamp(0, 1), 1.0)
+    return ratio.repeat_interleave(2, 0).repeat_interleave(2, 1)[: geo["t"].shape[0], : geo["t"].shape[1]]
 
 
 def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> torch.Tensor:
@@ -1416,6 +1439,10 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
     c = (ds * sun).sum(-1)  # sun disc and glow
     glow = 6 * torch.exp((c - 1) * 2000) + 0.3 * torch.exp((c - 1) * 6)
     sky = sky + torch.tensor([1.0, 0.9, 0.75], device=dev) * glow[:, None]
+    if look["clouds"] > 0:  # a cloud layer: noise on the plane 1 km up, so clouds shrink towards the horizon
+        q = ds / (-ds[:, 1:2]).clamp_min(0.03) * torch.tensor([0.003, 0.0, 0.003], device=dev) + look["cloud_shift"]
+        cover = ((_noise3(q * 4) - 1 + look["clouds"]) * 4).clamp(0, 1) * up.clamp(0, 0.2)[:, None].squeeze(1) * 5
+        sky = sky + (torch.tensor([0.85, 0.86, 0.88], device=dev) * (1 - 0.4 * up)[:, None] - sky) * cover[:, None]
     out[:ns] = torch.where((ds[:, 1] > 0)[:, None], horizon * 0.5, sky)  # below the horizon: open test scenes
 
     th, dh, n, mid = geo["t_s"][ns:], d_s[ns:], geo["n_s"][ns:], geo["mat_s"][ns:]
@@ -1443,6 +1470,7 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
         amb = amb * (1 - style.occlusion * (1 - ao))
     # lighting on separate x, y, z components: reductions over a last axis of 3 are slow in torch
     pc, nc = p_rel.unbind(-1), n.unbind(-1)
+    outdoor = mats["outdoor"].index_select(0, mid)
     sun_ndl = sum(float(sun[i]) * nc[i] for i in range(3)).clamp_min(0)
     if scene.point_light:
         ndl, dist2 = _lamp(pc, nc, [float(light[i] - cam[i]) for i in range(3)])
@@ -1451,15 +1479,20 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
         ndl, power = sun_ndl, style.light * look["sun"]
     if style.shadows:
         ldir = (light - cam - p_rel) / torch.sqrt(dist2)[:, None] if scene.point_light else sun.expand_as(p)
-        ndl = ndl * ~_shadowed(geo["prims"], p_rel, n, ldir, ndl > 0, light - cam if scene.point_light else light,
+        # fittings sit above their lamps; what is seen through windows is lit by daylight, not by the lamp
+        casters = [P for P in geo["prims"] if not (scene.materials[P.material].emit
+                                                   or scene.point_light and scene.materials[P.material].outdoor)]
+        receivers = (ndl > 0) & ~outdoor if scene.point_light else ndl > 0
+        ndl = ndl * ~_shadowed(casters, p_rel, n, ldir, receivers, light - cam if scene.point_light else light,
                                scene.point_light)
     shade = amb + power * ndl
     for lamp in scene.lamps:  # no shadows: they are dimmer, and each would cost a shadow pass
         ndl, dist2 = _lamp(pc, nc, [lamp[i] - scene.camera[i] for i in range(3)])
         shade = shade + style.light * ndl / (1 + 0.08 * dist2)
-    outdoor = mats["outdoor"].index_select(0, mid)
     if scene.point_light and bool(outdoor.any()):  # the view through windows: daylight, brighter than inside
         shade = torch.where(outdoor, 2.5 * (style.ambient * (0.75 - 0.25 * n[:, 1]) + style.light * sun_ndl), shade)
+    if bool(mats["emit"].any()):
+        shade = torch.where(mats["emit"].index_select(0, mid), 4.0 * style.light, shade)
     col = albedo * shade[:, None]
     if style.haze and (not scene.point_light or bool(outdoor.any())):  # aerial perspective outdoors
         f = (1 - torch.exp(-th / look["haze"]))[:, None]
@@ -1489,7 +1522,7 @@ def _image_albedo(mats: dict, mid: torch.Tensor, p: torch.Tensor, n: torch.Tenso
     phase = mats["phase"].index_select(0, mid)
     u = ((p[:, 0] * tx + p[:, 2] * tz) / torch.sqrt(tx * tx + tz * tz) + phase[:, 0]) / size
     v = (torch.where(wall, p[:, 1], p[:, 2]) + phase[:, 1]) / size
-    footprint = t * (math.pi / height) / (n * d).sum(-1).abs().clamp_min(0.2)  # metres per pixel on the face
+    footprint = t * (math.pi / height) / (n * d).sum(-1).abs().clamp_min(0.05)  # metres per pixel on the face
     rgb = _photo_texture(bank, mats["tile"].index_select(0, mid), u, v, footprint / size * TILE)
     return rgb * mats["a"].index_select(0, mid)
 
@@ -1586,7 +1619,7 @@ def _finish(lin: torch.Tensor, style: Style, look: dict) -> torch.Tensor:
         # auto exposure: the log-average luminance maps to mid grey, as a camera meters a bright window or sky
         lum = (x * torch.tensor([0.2126, 0.7152, 0.0722], device=x.device)).sum(-1)
         key = float(torch.exp(torch.log(lum + 1e-3).mean()))
-        x = x * min(4.0, max(0.25, 0.2 / key))
+        x = x * min(4.0, max(0.25, 0.25 / key))
         # a dual-lens 360 camera: the two halves differ slightly in gain, blended across the stitching seams
         gain, seam = look["lens"]
         lon = (torch.arange(x.shape[1], device=x.device) + 0.5) / x.shape[1] * 2 * math.pi - math.pi

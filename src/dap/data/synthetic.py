@@ -816,6 +816,7 @@ class Style:
     ambient: float = 0.6
     light: float = 0.7  # direct light intensity
     shadows: bool = False
+    lamps: bool = False  # light from the scene's further lamps (the shadow-casting light is always on)
     occlusion: float = 0.0  # ambient-occlusion strength (0 = off)
     haze: bool = False  # aerial perspective outdoors
     exposure: tuple[float, float] = (0.0, 0.0)  # EV range (on top of auto exposure when grading > 0)
@@ -841,13 +842,13 @@ STYLES: dict[str, Style] = {
                   "furniture": _IMG3 + ("wood", "noise", "flat", "checker"), "fabric": ("image", "noise", "flat"),
                   "rug": ("image", "stripes", "checker"), "picture": ("image",), "door": ("wood", "flat", "image"),
                   "frame": ("flat", "wood"), "screen": ("flat",), "glass": ("flat", "noise"), "tyre": ("flat",),
-                  "road": ("noise", "image"), "sidewalk": ("checker", "noise", "brick", "image"),
+                  "road": ("noise", "noise", "image"), "sidewalk": ("checker", "noise", "brick", "image"),
                   "paving": ("checker", "brick", "image", "image"), "building": _IMG3 + ("brick", "noise", "stripes"),
                   "shopfront": ("image", "stripes"), "trunk": ("wood", "noise"), "canopy": ("noise",),
-                  "ground": ("noise", "image", "image"), "hill": ("noise",), "mountain": ("noise",),
+                  "ground": ("noise", "noise", "image"), "hill": ("noise",), "mountain": ("noise",),
                   "rock": ("noise",), "stone": ("noise", "image")},
-        palette="natural", ambient=0.45, light=1.1, shadows=True, occlusion=0.6, haze=True, exposure=(-0.6, 0.5),
-        noise=(0.005, 0.03), blur=(0.0, 1.2), jpeg=(60, 95), grading=1.0),
+        palette="natural", ambient=0.45, light=1.1, shadows=True, lamps=True, occlusion=0.6, haze=True,
+        exposure=(-0.6, 0.5), noise=(0.005, 0.03), blur=(0.0, 1.2), jpeg=(60, 95), grading=1.0),
 }
 
 
@@ -1050,7 +1051,9 @@ def _prims(scene: Scene) -> list[_Prim]:
 
 
 def _safe_inv(d: torch.Tensor) -> torch.Tensor:
-    return 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
+    """1 / d. A zero component gives an infinity, which the slab and plane tests handle (IEEE); only a ray
+    exactly parallel to and exactly on a face plane gives NaN, which counts as a miss."""
+    return torch.reciprocal(d)
 
 
 @functools.lru_cache(maxsize=2)
@@ -1236,26 +1239,28 @@ def _cast(scene: Scene, height: int, width: int, device) -> dict[str, torch.Tens
 
     def update(k: int, rs: slice, cs: slice, tk: torch.Tensor) -> None:
         sub = t[rs, cs]
-        closer = tk < sub
-        sub.copy_(torch.where(closer, tk, sub))
-        ids[rs, cs].masked_fill_(closer, k)
+        ids[rs, cs].masked_fill_(tk < sub, k)
+        torch.fmin(sub, tk, out=sub)  # fmin: a NaN (a ray exactly on a face plane) is a miss
 
-    # room shells: exits of each box, dropped where the exit point lies strictly inside another shell (or portal)
-    shells = [k for k, P in enumerate(prims) if P.kind in ("shell", "portal")]
+    def slab(q: int, rs: slice, cs: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        return _slab(prims[q].p[0], prims[q].p[1], o, tuple(x[rs, cs] for x in inv))
+
+    # room shells: exits of each box, dropped where the exit point lies strictly inside another shell or a
+    # portal (portals are small: their slabs are computed where needed instead of stored image-sized)
+    shells = [k for k, P in enumerate(prims) if P.kind == "shell"]
     tn = {k: torch.full((height, width), _INF, device=device) for k in shells}
     tf = {k: torch.full((height, width), -_INF, device=device) for k in shells}
     for k in shells:
         for rs, cs in wins[k]:
-            tn[k][rs, cs], tf[k][rs, cs] = _slab(prims[k].p[0], prims[k].p[1], o, tuple(x[rs, cs] for x in inv))
+            tn[k][rs, cs], tf[k][rs, cs] = slab(k, rs, cs)
     for k in shells:
-        if prims[k].kind == "portal":
-            continue
         inside = torch.zeros((height, width), dtype=torch.bool, device=device)
-        for q in shells:
-            if q != k and _boxes_overlap(prims[k], prims[q]):
+        for q, Q in enumerate(prims):
+            if q != k and Q.kind in ("shell", "portal") and _boxes_overlap(prims[k], Q):
                 for rs, cs in wins[q]:
                     e = tf[k][rs, cs]
-                    inside[rs, cs] |= (e > tn[q][rs, cs] + EPS) & (e < tf[q][rs, cs] - EPS)
+                    tnq, tfq = (tn[q][rs, cs], tf[q][rs, cs]) if q in tn else slab(q, rs, cs)
+                    inside[rs, cs] |= (e > tnq + EPS) & (e < tfq - EPS)
         for rs, cs in wins[k]:
             e = tf[k][rs, cs]
             update(k, rs, cs, torch.where((e > EPS) & (tn[k][rs, cs] <= e) & ~inside[rs, cs], e, _INF))
@@ -1365,7 +1370,7 @@ def _look(scene: Scene, style: Style) -> dict:
         noise=float(rng.uniform(*style.noise)),
         jpeg=int(rng.integers(style.jpeg[0], style.jpeg[1] + 1)) if style.jpeg else None,
         noise_seed=int(rng.integers(2**31)),
-        haze=float(rng.uniform(300, 3000)),  # metres for 63 % of the way to the horizon colour
+        haze=float(rng.uniform(500, 5000)),  # metres for 63 % of the way to the horizon colour
         clouds=float(rng.uniform(0.0, 0.7)) if style.haze else 0.0,  # cloud cover
         cloud_shift=float(rng.uniform(0, 100)),
         lens=(float(g * rng.uniform(-0.08, 0.08)), float(rng.uniform(-math.pi, math.pi))),  # two-lens gain, seam
@@ -1486,7 +1491,7 @@ def _shade(geo: dict, scene: Scene, style: Style, mats: dict, look: dict) -> tor
         ndl = ndl * ~_shadowed(casters, p_rel, n, ldir, receivers, light - cam if scene.point_light else light,
                                scene.point_light)
     shade = amb + power * ndl
-    for lamp in scene.lamps:  # no shadows: they are dimmer, and each would cost a shadow pass
+    for lamp in scene.lamps if style.lamps else ():  # no shadows: dimmer, and each would cost a shadow pass
         ndl, dist2 = _lamp(pc, nc, [lamp[i] - scene.camera[i] for i in range(3)])
         shade = shade + style.light * ndl / (1 + 0.08 * dist2)
     if scene.point_light and bool(outdoor.any()):  # the view through windows: daylight, brighter than inside

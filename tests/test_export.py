@@ -88,6 +88,8 @@ def test_errors(tmp_path, monkeypatch, capsys):
         OnnxModel(tmp_path / "junk.onnx")
     assert main(["predict", "x.png", "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]) == 2
     assert "--backend onnxruntime needs --model model.onnx" in capsys.readouterr().err
+    with pytest.raises(DapError, match="seam padding is a fraction of the width"):
+        export_onnx(create_model("dap_tiny"), tmp_path / "m.onnx", seam_pad=-1)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed: importing it raises ImportError
     with pytest.raises(DapError, match=r"needs the onnxruntime package: pip install 'depth-any-panoramas\[onnx\]'"):
         OnnxModel(tmp_path / "junk.onnx")

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from dap.errors import DapError, UnreadableFileError
-from dap.inference import DEFAULT_SEAM_PAD, seam_pad_columns
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, seam_pad_columns
 from dap.models.dap import DAP, DapConfig
 
 OPSET = 17
@@ -66,6 +66,7 @@ def export_onnx(
     onnx = _require("onnx")
     from dap.io import atomic_write
 
+    check_seam_pad(seam_pad)
     h, w = resolution or model.cfg.default_resolution
     patch = model.cfg.vit.patch_size
     if h % patch or w % patch:
@@ -145,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=parse_size, default=None,
-                      help="fixed working resolution HxW, multiples of 16 (default: the model's own)")
+                      help="fixed working resolution HxW, multiples of 16; None: the model's own")
     size.add_argument("--dynamic", action="store_true", help="dynamic height and width (multiples of 16)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="seam columns (fraction of the width) a fixed-size graph is traced with; "

@@ -33,8 +33,7 @@ class RegisteredModel:
     licence: str
     bundled: str | None = None  # folder under dap/weights/, or
     repo_id: str | None = None  # a Hub model repository holding
-    filename: str = "model.pth"  # this file
-    revision: str | None = None  # branch, tag or commit; None = main
+    filename: str = "model.pth"  # this file (its main branch)
 
     @property
     def source(self) -> str:
@@ -89,7 +88,7 @@ def _download(entry: RegisteredModel) -> Path:
 
     where = f"{entry.filename} of the Hub repository {entry.repo_id}"
     try:
-        return Path(hf_hub_download(entry.repo_id, entry.filename, revision=entry.revision))
+        return Path(hf_hub_download(entry.repo_id, entry.filename))
     except LocalEntryNotFoundError as e:
         raise CheckpointError(
             f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({e}). Connect "

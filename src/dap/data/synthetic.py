@@ -508,12 +508,14 @@ def _stairs(b: _Builder, room: tuple, free, taken: list) -> None:
     r, (rx0, rz0, rx1, rz1, rh) = b.rng, room
     rise, run, sw = r.uniform(0.15, 0.19), r.uniform(0.25, 0.32), r.uniform(0.8, 1.2)
     n = min(int((rh - 0.3) / rise), int((rz1 - rz0 - 0.3) / run))
-    if n < 4 or rx1 - rx0 < sw + 1.0 or b.scene.camera[0] - rx0 < sw + 0.4:
+    # footprint as circles along the flight: clear of the camera and of doorways, then kept from furniture
+    steps = [(rx0 + sw / 2, rz0 + 0.1 + (i + 0.5) * run, 0.6 * sw) for i in range(n)]
+    if n < 4 or rx1 - rx0 < sw + 1.0 or not all(free(*c) for c in steps):
         return
     m, inst = b.material("stairs", (0.3, 1.0)), b.instance()
     for i in range(n):
         b.box((rx0, -(i + 1) * rise, rz0 + 0.1 + i * run), (rx0 + sw, 0.0, rz0 + 0.1 + (i + 1) * run), m, inst)
-    taken.append((rx0 + sw / 2, rz0 + n * run / 2, math.hypot(sw, n * run) / 2))
+    taken.extend(steps)
 
 
 def _view_outside(b: _Builder, rooms: list) -> None:
@@ -535,7 +537,7 @@ def _view_outside(b: _Builder, rooms: list) -> None:
                (width, hb, dep), b.material("building", (1.0, 4.0), outdoor=True), b.instance())
     trunk, canopy = b.material("trunk", (0.1, 0.4), outdoor=True), b.material("canopy", (0.3, 1.5), outdoor=True)
     for _ in range(int(r.integers(0, 6))):
-        ang, dist = r.uniform(-math.pi, math.pi), r.uniform(3, 15) + reach
+        ang, dist = r.uniform(-math.pi, math.pi), r.uniform(6, 18) + reach  # canopies stay outside
         _tree(b, cx + dist * math.sin(ang), cz + dist * math.cos(ang), trunk, canopy, ground)
     _far_hills(b, ground, outdoor=True)
 

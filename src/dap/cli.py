@@ -8,8 +8,15 @@ function of the module that adds the arguments.
 from __future__ import annotations
 
 import argparse
+import errno
+import glob
 import importlib
+import os
+import re
+import shutil
 import sys
+import time
+from pathlib import Path
 
 # name -> (module that owns it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -24,17 +31,94 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """argparse type for sizes written HEIGHTxWIDTH, e.g. 512x1024."""
+def _size(text: str, multiple: int = 1, panorama: bool = False) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH like 512x1024, got {text!r}") from None
+    if h < 1 or w < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be positive, e.g. 512x1024")
+    if panorama and w != 2 * h:
+        raise argparse.ArgumentTypeError(f"size {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {h}x{2 * h}")
+    if h % multiple or w % multiple:
+        up = -(-h // multiple) * multiple
+        raise argparse.ArgumentTypeError(f"size {text!r} must be multiples of {multiple} (the ViT patch); use e.g. "
+                                         f"{up}x{up * 2 if panorama else -(-w // multiple) * multiple}")
     return h, w
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """argparse type for sizes written HEIGHTxWIDTH, e.g. 512x1024 (both positive)."""
+    return _size(text)
+
+
+def parse_panorama_size(text: str) -> tuple[int, int]:
+    """argparse type for a panorama size HEIGHTxWIDTH: positive and 2:1."""
+    return _size(text, panorama=True)
+
+
+def parse_network_size(text: str) -> tuple[int, int]:
+    """argparse type for a network input size HEIGHTxWIDTH: 2:1 and multiples of 16."""
+    return _size(text, multiple=16, panorama=True)
+
+
+def _number(cast, text: str, what: str, ok) -> int | float:
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if value != value or not ok(value):  # NaN fails every range
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(int, text, "an integer >= 1", lambda v: v >= 1)
+
+
+def nonnegative_int(text: str) -> int:
+    return _number(int, text, "an integer >= 0", lambda v: v >= 0)
+
+
+def positive_float(text: str) -> float:
+    return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
+
+
+def nonnegative_float(text: str) -> float:
+    return _number(float, text, "a number >= 0", lambda v: 0 <= v < float("inf"))
+
+
+def unit_interval(text: str) -> float:
+    """A fraction from 0 to 1."""
+    return _number(float, text, "a number from 0 to 1", lambda v: 0 <= v <= 1)
+
+
+def parse_device(text: str) -> str:
+    """A torch device that exists on this machine: cpu, cuda, cuda:N, mps."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is visible; use cpu")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: there are {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use cpu")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line (the usage is one --help away), exit code 2 as argparse has it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
+    parser = _Parser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (target, help_text) in SUBCOMMANDS.items():
         module_name, _, adder = target.partition(":")
@@ -46,15 +130,109 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Where each command writes: (option, "dir" | "file"). Checked before the command runs; folders a command owns
+# are cleaned of the temporaries a killed run left (see dap.io.atomic_write for their names).
+OUTPUTS: dict[str, tuple[str, str]] = {
+    "predict": ("out", "dir"), "eval": ("out", "dir"), "synth": ("out", "dir"), "train": ("out", "dir"),
+    "convert": ("out", "dir"), "export": ("out", "file"),
+}
+_TEMPORARY = re.compile(r"\..+\.([0-9a-f]{12}\.tmp(\.[^.]*)?|cube\.tmp)")  # atomic_write's and predict's cubes
+STALE_AFTER_S = 60  # younger temporaries may belong to a run still writing into the same folder
+
+
+def check_output(path: Path, kind: str, option: str = "--out") -> None:
+    """Refuse an output path the command could not write, before any work: a file where a folder is needed (or
+    the reverse), or a folder without write permission."""
+    from dap.errors import ConfigError
+
+    path = Path(path)
+    what = f"cannot write to the output {'folder' if kind == 'dir' else 'file'} {path}"
+    try:
+        if kind == "dir" and path.exists() and not path.is_dir():
+            raise ConfigError(f"{what}: it is a file; choose a folder for {option}")
+        if kind == "file" and path.is_dir():
+            raise ConfigError(f"{what}: it is a folder; give a file name, e.g. {path / 'model.onnx'}")
+        existing = path if path.exists() else path.parent
+        while not existing.exists():
+            existing = existing.parent
+    except OSError as e:
+        raise ConfigError(f"{what}: {e.strerror or e}; choose another {option}") from None
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is a file, not a folder; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: no write permission in {existing}; choose another {option}")
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove the hidden temporaries (files and cube folders) that a killed run left under `folder`."""
+    removed = 0
+    now = time.time()
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            path = Path(root) / name
+            try:
+                if not _TEMPORARY.fullmatch(name) or now - path.lstat().st_mtime <= STALE_AFTER_S:
+                    continue
+                if name in dirs:
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except OSError:
+                pass  # not ours to fight over; the run reports real write problems itself
+        dirs[:] = [d for d in dirs if not _TEMPORARY.fullmatch(d)]
+    return removed
+
+
+def _prepare_outputs(args: argparse.Namespace) -> None:
+    option, kind = OUTPUTS.get(args.command, (None, None))
+    if option is None:
+        return
+    value = getattr(args, option, None)
+    path = Path(value) if value else Path("runs")  # dap train's default is runs/<config name>
+    check_output(path, kind, "--" + option)
+    if kind == "dir" and path.is_dir():
+        remove_stale_temporaries(path)
+    elif kind == "file" and path.parent.is_dir():
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
+            if _TEMPORARY.fullmatch(tmp.name) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+                tmp.unlink(missing_ok=True)
+
+
+def _os_error(e: OSError, args: argparse.Namespace) -> str:
+    where = e.filename or getattr(args, "out", None)
+    at = f", {where}" if where else ""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on device{at}; free some space or choose another --out"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{(e.strerror or 'permission denied').lower()}{at}; check the permissions or choose another --out"
+    return f"{(e.strerror or str(e)).lower()}{at}; check the path and that the disk is healthy"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command. Exit codes: 0 done, 1 some inputs failed or a write failed (disk full, I/O error), 2 bad
+    arguments or input (one line: what, which file, how to fix), 130 interrupted. Other exceptions are bugs and
+    keep their traceback."""
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:  # reported here, where the command is known, rather than by the top-level parser
+        print(f"dap {args.command}: error: unrecognized arguments: {' '.join(extra)}; see dap {args.command} --help",
+              file=sys.stderr)
+        sys.exit(2)
     from dap.errors import DapError
 
+    name = f"dap {args.command}"
     try:
+        _prepare_outputs(args)
         return int(args._module.run_cli(args) or 0)
     except DapError as e:
-        print(f"dap {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except OSError as e:
+        print(f"{name}: error: {_os_error(e, args)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -27,3 +27,7 @@ class DatasetLayoutError(DapError, FileNotFoundError):
 
 class RunExistsError(DapError, FileExistsError):
     """An output folder already holds a run (training, curation) that a new run would overwrite."""
+
+
+class ConfigError(DapError, ValueError):
+    """A config file or a command-line value is invalid: unknown key, wrong type, bad YAML, value out of range."""

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from dap import geometry
-from dap.errors import CheckpointError, DapError, RunExistsError
+from dap.errors import CheckpointError, ConfigError, DapError, NotPanoramaError, RunExistsError
 from dap.inference import normalize_image, to_rgb
 from dap.losses import DapLoss, LossConfig
 
@@ -128,25 +128,32 @@ def _build(cls, data: Any, where: str):
         if data is None:
             return cls()
         if not isinstance(data, dict):
-            raise ValueError(f"config {where or 'root'}: expected a mapping, got {data!r}")
+            raise ConfigError(f"config {where or 'root'}: expected a mapping, got {data!r}")
         hints = typing.get_type_hints(cls)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"config {where or 'root'}: unknown keys {unknown}; valid keys: {sorted(names)}")
+            raise ConfigError(f"config {where or 'root'}: unknown keys {unknown}; valid keys: {sorted(names)}")
         return cls(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
     origin, args = typing.get_origin(cls), typing.get_args(cls)
-    if origin is list:
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data or [])]
-    if origin is tuple:
-        return tuple(data)
     if origin in (typing.Union, types.UnionType):  # X | None
         if data is None:
             return None
         return _build(next(a for a in args if a is not type(None)), data, where)
-    if cls is float and isinstance(data, int | str) and not isinstance(data, bool):
-        return float(data)  # YAML reads 5e-6 as a string
-    return data
+    if origin is list and isinstance(data, list | None):
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data or [])]
+    if origin is tuple and isinstance(data, list | tuple) and len(data) == len(args):
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data, strict=True)))
+    if cls is float and not isinstance(data, bool):
+        try:
+            return float(data)  # YAML reads 5e-6 as a string
+        except (TypeError, ValueError):
+            pass
+    elif origin is None and isinstance(data, cls) and not (cls is int and isinstance(data, bool)):
+        return data
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
+        cls, f"a list of {len(args)}" if origin is tuple else "a list")
+    raise ConfigError(f"config {where}: expected {kind}, got {data!r}")
 
 
 def _merge(base: Any, update: Any) -> Any:
@@ -167,7 +174,7 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
         else:
             node[keys[-1]] = value
     except (KeyError, IndexError, ValueError, TypeError):
-        raise ValueError(f"--set {dotted}: no such config entry (list items are addressed by index, e.g. "
+        raise ConfigError(f"--set {dotted}: no such config entry (list items are addressed by index, e.g. "
                          "data.sources.0.ratio)") from None
 
 
@@ -178,34 +185,74 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         try:
             raw = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as e:
-            raise DapError(f"cannot read the training config {path}: {e}") from e
+            raise ConfigError(f"cannot read the training config {path}: {e.strerror or e}; check the path") from e
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"training config {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
+                              "fix the file (configs/tiny_cpu.yaml is an example)") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"training config {path} must be a YAML mapping of sections (model, data, ...)")
+        raise ConfigError(f"training config {path} must be a YAML mapping of sections (model, data, ...)")
     full = _merge(TrainConfig().to_dict(), raw)  # defaults first, so --set can reach into lists
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--set expects key=value (e.g. optim.lr_head=1e-4), got {item!r}")
-        _set_path(full, key.strip(), yaml.safe_load(value))
-    cfg = _build(TrainConfig, full, "")
-    _check_config(cfg)
+            raise ConfigError(f"--set expects key=value (e.g. optim.lr_head=1e-4), got {item!r}")
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML; quote strings, e.g. 'a: b'") from None
+        _set_path(full, key.strip(), value)
+    try:
+        cfg = _build(TrainConfig, full, "")
+        _check_config(cfg)
+    except (ConfigError, NotPanoramaError) as e:
+        if path is None:
+            raise
+        raise type(e)(f"{path}: {e}") from None
     return cfg
 
 
 def _check_config(cfg: TrainConfig) -> None:
+    from dap.models import MODEL_CONFIGS, DapConfig
+
     geometry.check_erp_shape(cfg.data.height, cfg.data.width, "training resolution")
-    if cfg.data.height % 16:
-        raise ValueError(f"data.height must be a multiple of 16 (the ViT patch), got {cfg.data.height}")
+    if cfg.data.height < 16 or cfg.data.height % 16:
+        raise ConfigError(f"data.height must be a multiple of 16 (the ViT patch), got {cfg.data.height}")
+    if (cfg.model.init or "scratch") == "scratch":
+        if cfg.model.name not in MODEL_CONFIGS:
+            raise ConfigError(f"model.name {cfg.model.name!r} is not a model; use one of {', '.join(MODEL_CONFIGS)}")
+        unknown = sorted(set(cfg.model.overrides) - {f.name for f in dataclasses.fields(DapConfig)})
+        if unknown:
+            raise ConfigError(f"model.overrides: unknown keys {unknown}; valid keys: "
+                              f"{sorted(f.name for f in dataclasses.fields(DapConfig))}")
+    positive = {"run.steps": cfg.run.steps, "data.batch_size": cfg.data.batch_size, "run.keep_last": cfg.run.keep_last}
+    non_negative = {"data.num_workers": cfg.data.num_workers, "optim.lr_backbone": cfg.optim.lr_backbone,
+                    "optim.lr_head": cfg.optim.lr_head, "optim.warmup_steps": cfg.optim.warmup_steps,
+                    "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
+                    "run.log_every": cfg.run.log_every, "run.val_every": cfg.run.val_every,
+                    "run.ckpt_every": cfg.run.ckpt_every, "data.val_samples": cfg.data.val_samples,
+                    **{f"data.sources[{i}].ratio": s.ratio for i, s in enumerate(cfg.data.sources)}}
+    for key, value in positive.items():
+        if not value >= 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in non_negative.items():
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"{key} must be a number >= 0, got {value}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
-        raise ValueError("data.sources needs at least one source with a positive ratio")
+        raise ConfigError("data.sources needs at least one source with a positive ratio")
+    if cfg.run.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}")
     if cfg.optim.optimizer not in ("adam", "adamw"):
-        raise ValueError(f"optim.optimizer must be adam or adamw, got {cfg.optim.optimizer!r}")
+        raise ConfigError(f"optim.optimizer must be adam or adamw, got {cfg.optim.optimizer!r}")
     if cfg.optim.schedule not in ("cosine", "linear", "constant"):
-        raise ValueError(f"optim.schedule must be cosine, linear or constant, got {cfg.optim.schedule!r}")
+        raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {cfg.optim.schedule!r}")
     if cfg.optim.amp not in ("auto", "bf16", "off"):
-        raise ValueError(f"optim.amp must be auto, bf16 or off, got {cfg.optim.amp!r}")
+        raise ConfigError(f"optim.amp must be auto, bf16 or off, got {cfg.optim.amp!r}")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off), got {cfg.optim.ema_decay}")
     if not 0 < cfg.loss.mask_threshold <= cfg.loss.max_depth:
-        raise ValueError(
+        raise ConfigError(
             f"loss.mask_threshold (range-mask threshold) must be in (0, {cfg.loss.max_depth}] m; the paper uses "
             f"{', '.join(f'{t:g}' for t in RANGE_THRESHOLDS)}"
         )
@@ -566,7 +613,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(f"cannot read training checkpoint {path}: {e}. Delete it to resume from the "
+        raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: the file is damaged or "
+                              "not a checkpoint). Delete it to resume from the "
                               "previous one.") from e
 
 
@@ -894,9 +942,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from the newest checkpoint in <out>/checkpoints (starts fresh if none)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr_head=1e-4 --set data.batch_size=8")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+    from dap.cli import positive_float, positive_int
+
+    parser.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
                         help="checkpoint and stop after this step (continue later with --resume)")
-    parser.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+    parser.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
                         help="checkpoint and stop after this many minutes (continue later with --resume)")
 
 

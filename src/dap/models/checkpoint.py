@@ -68,10 +68,15 @@ def check_finite(model: DAP, source: Path) -> None:
 
 def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), a download or copy that was cut short; download it again")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad pickle
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {e}") from e
+    except Exception as e:  # torch raises many types for a bad pickle; its advice to drop weights_only is unsafe
+        raise CheckpointError(
+            f"cannot read {path}: it is not a PyTorch checkpoint of weights, or it is damaged "
+            f"({type(e).__name__}); download it again (or save the model's state_dict() if you made it)"
+        ) from None
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -160,6 +165,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
             pths = sorted(p.glob("*.pth"))
             if not pths:
                 raise CheckpointError(f"{p} holds neither {CONFIG_FILE}+{WEIGHTS_FILE} nor a .pth checkpoint")
+            if len(pths) > 1:
+                raise CheckpointError(f"{p} holds {len(pths)} .pth files ({_key_list([q.name for q in pths])}); "
+                                      f"pass the one to load, e.g. {pths[0]}")
             model = _load_official(pths[0])
     elif p.name in (WEIGHTS_FILE, CONFIG_FILE) or p.suffix == ".safetensors":
         model = _load_ours(p.parent)

@@ -594,7 +594,15 @@ def format_table(summary: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dap.cli import parse_size
+    from dap.cli import (
+        nonnegative_float,
+        nonnegative_int,
+        parse_device,
+        parse_network_size,
+        parse_size,
+        positive_float,
+        positive_int,
+    )
     from dap.data.datasets import DATASETS
 
     parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark loader")
@@ -612,21 +620,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-depth",
-        type=float,
+        type=positive_float,
         default=100.0,
         help="ground truth above this is ignored and predictions are clipped to it "
         "(10 = indoor convention, 100 = DAP convention)",
     )
-    parser.add_argument("--min-depth", type=float, default=1e-3, help="ground truth at or below this is ignored")
+    parser.add_argument("--min-depth", type=nonnegative_float, default=1e-3,
+                        help="ground truth at or below this is ignored")
     parser.add_argument(
         "--range-cap",
-        type=float,
+        type=positive_float,
         default=100.0,
         help="depth given to pixels the model marks out of range (DAP convention: 100)",
     )
     parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
-    parser.add_argument("--resolution", type=parse_size, default=None,
-                        help="model input size HxW (default: the model's own; 512x1024 for the official model)")
+    parser.add_argument("--resolution", type=parse_network_size, default=None,
+                        help="model input size HxW, 2:1, multiples of 16 (default: the model's own; 512x1024 for the "
+                             "official model)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam before the model "
                              "(0 = off, as the official evaluation)")
@@ -636,14 +646,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
     )
-    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
-    parser.add_argument("--panels", type=int, default=4, help="number of qualitative panels to save")
-    parser.add_argument("--device", default="cpu", help="torch device for the model")
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--panels", type=nonnegative_int, default=4, help="number of qualitative panels to save")
+    parser.add_argument("--device", type=parse_device, default="cpu", help="torch device for the model")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    import sys
+
     from dap.data.datasets import get_dataset
 
+    if args.min_depth >= args.max_depth:
+        raise DapError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g}")
+    if args.predictions and not Path(args.predictions).is_dir():
+        raise DapError(f"--predictions {args.predictions} is not a folder; pass the folder of <sample name>.npy files")
     kwargs = {}
     if args.split_file:
         if args.dataset not in ("stanford2d3d", "matterport3d"):
@@ -671,7 +687,8 @@ def run_cli(args: argparse.Namespace) -> int:
         )
     check_seam_pad(args.seam_pad)
     if args.predictions:
-        summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions, progress=True)
+        summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
+                           progress=sys.stderr.isatty())
     else:
         from dap.models import load_model
 
@@ -686,7 +703,12 @@ def run_cli(args: argparse.Namespace) -> int:
             "precision": str(compute_dtype(torch.device(args.device))).removeprefix("torch."),
             "range_cap": args.range_cap,
         }
-        summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=True)
+        summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key,
+                           progress=sys.stderr.isatty())
+    if summary["n_images"] and len(summary["skipped"]) == summary["n_images"] * len(cfg.protocols):
+        raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth in "
+                       f"({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
+                       f"(metres_per_unit) or --max-depth. Details in {Path(args.out) / 'metrics.json'}")
     print(format_table(summary))
     if summary["skipped"]:
         print(

@@ -493,10 +493,10 @@ def add_arguments(parser) -> None:
                         help=f"comma-separated outputs to write, any of: {', '.join(OUTPUT_KINDS)}; "
                              "npy/exr = float32 metres (0 = out of range), png16 = 16-bit PNG with "
                              f"{PNG16_SCALE:g} m per unit stored in the file")
-    from dap.cli import parse_size
+    from dap.cli import parse_device, parse_network_size, positive_int, unit_interval
 
-    parser.add_argument("--resolution", type=parse_size, default=None,
-                        help="working resolution HxW, multiples of 16 (default: the model's own, 512x1024 for the "
+    parser.add_argument("--resolution", type=parse_network_size, default=None,
+                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own, 512x1024 for the "
                              "official model)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
@@ -505,15 +505,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--upsample", choices=("bilinear", "guided"), default="bilinear",
                         help="how depth is brought from the working resolution back to a larger input: "
                              "bilinear, or guided by the full-resolution RGB (edge-aware)")
-    parser.add_argument("--point-stride", type=int, default=1, help="keep every Nth row/column in PLY/GLB")
-    parser.add_argument("--smooth-scale", type=float, default=0.0, metavar="ALPHA",
+    parser.add_argument("--point-stride", type=positive_int, default=1, help="keep every Nth row/column in PLY/GLB")
+    parser.add_argument("--smooth-scale", type=unit_interval, default=0.0, metavar="ALPHA",
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--device", type=parse_device, default=None,
+                        help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs already exist")
 
 
 def run_cli(args) -> int:
+    import errno
     import sys
     import time
 
@@ -524,7 +526,6 @@ def run_cli(args) -> int:
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
-    _check_writable(args.out)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
     if args.backend == "onnxruntime":
@@ -535,6 +536,10 @@ def run_cli(args) -> int:
         model = OnnxModel(args.model)
     else:
         model = resolve_model(args.model, device)
+    missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
+    if missing:
+        raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
+    _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
     failures: list[tuple[str, str]] = []
     done = skipped = 0
@@ -559,11 +564,16 @@ def run_cli(args) -> int:
             write_outputs(pred, paths, point_stride=args.point_stride)
             done += 1
         except (DapError, OSError, ValueError) as e:
+            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+                raise  # every later write would fail the same way
             failures.append((item.source, str(e)))
     elapsed = time.perf_counter() - start
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
     print(f"predicted {done} panorama(s){per}; skipped {skipped} with existing outputs; "
           f"{len(failures)} failed. Outputs ({', '.join(kinds)}) in {args.out}")
     for source, reason in failures:
-        print(f"  FAILED {source}: {reason}", file=sys.stderr)
-    return 1 if failures else 0
+        reason = " ".join(reason.split())
+        print(f"dap predict: error: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
+    if failures:
+        return 1 if done or skipped else 2  # some inputs failed / every input was bad
+    return 0

@@ -70,6 +70,15 @@ def _pool_of_renders(root: Path, n: int, h: int = 64) -> Path:
     return pool
 
 
+def _pool_of_noise(root: Path, n: int) -> Path:
+    """n distinct 32x64 panoramas (smooth noise: cheap, and far apart for the perceptual hash)."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        write_rgb(root / "src" / f"pano_{i:02d}.png", cv2.resize(rng.random((4, 8, 3), np.float32), (64, 32)))
+    ingest([str(root / "src")], root / "pool", IngestOptions(max_tilt_deg=90), progress=False)
+    return root / "pool"
+
+
 # ------------------------------------------------------------------------------------------------- ingest
 def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     src = tmp_path / "in"
@@ -193,20 +202,26 @@ def _labels(pool: Path) -> dict[str, dict]:
 
 
 def test_killed_labeling_resumes_to_the_same_manifest(tmp_path, tiny_checkpoint):
-    pool = _pool_of_renders(tmp_path / "a", 12)
-    ref_pool = _pool_of_renders(tmp_path / "b", 12)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_label_cmd(ref_pool, tiny_checkpoint), check=True, capture_output=True, env=env, timeout=300)
+    import shutil
 
+    ref_pool = _pool_of_noise(tmp_path / "ref", 12)
+    pool = tmp_path / "killed"
+    shutil.copytree(ref_pool, pool)
+    label_pool(ref_pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), batch_size=1),
+               progress=False)  # the uninterrupted reference, in this process
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_label_cmd(pool, tiny_checkpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     labels = pool / "labels/stage1"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(labels.glob("*.npz"))) < 3:
-        time.sleep(0.05)
+    def complete() -> int:  # hidden names are atomic_write's temporaries
+        return sum(not f.name.startswith(".") for f in labels.glob("*.npz"))
+
+    while time.monotonic() < deadline and complete() < 3:
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = len(list(labels.glob("*.npz")))
+    partial = complete()
     assert 3 <= partial < 12, "the kill must land mid-run"
     assert not any(r["stage1_label"] for r in read_manifest(pool))  # merged only at the end
 
@@ -231,12 +246,16 @@ def _free_port() -> int:
 def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
     from dap.curation.label import rank_rows
 
-    one, two = _pool_of_renders(tmp_path / "one", 6), _pool_of_renders(tmp_path / "two", 6)
+    import shutil
+
+    one = _pool_of_renders(tmp_path / "one", 6)  # real scenes: the domain tags differ between them
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
     rows = read_manifest(two)
     parts = [rank_rows(rows, r, 2) for r in range(2)]
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == list(range(6))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(_label_cmd(one, tiny_checkpoint), check=True, capture_output=True, env=env, timeout=300)
+    label_pool(one, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), batch_size=1), progress=False)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
            "-m", "dap.cli", *_label_cmd(two, tiny_checkpoint)[3:]]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)

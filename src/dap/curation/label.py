@@ -118,6 +118,11 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         if not rows:
             raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
         model = resolve_model(model, d.device)
+        if d.main:  # label writes killed mid-way leave hidden temporaries (see io.atomic_write)
+            for tmp in (pool / "labels" / stage).glob(".*.tmp*"):
+                tmp.unlink(missing_ok=True)
+        if d.world > 1:
+            dist.barrier()  # no rank writes before the clean-up is done
         mine = [i for i in rank_rows(rows, d.rank, d.world) if not (pool / label_path(stage, rows[i]["id"])).exists()]
         loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
                                              num_workers=o.num_workers, pin_memory=d.device.type == "cuda")

@@ -1,0 +1,104 @@
+"""Labeling throughput of `dap curate label`: 1 vs 2 torchrun ranks, with and without test-time augmentation,
+as a ratio to plain `dap predict` (depth .npy only) on the same panoramas, all measured in this run.
+
+Each variant runs as its own process (model loading included, as a user would run it), on a fresh copy of the
+label folder. 1 rank uses all threads; 2 ranks use one thread each.
+
+    .venv/bin/python benchmarks/curate_label_throughput.py --count 24 --resolution 256x512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run(cmd: list[str], threads: int) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB of the largest child so far)."""
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default=str(ROOT.parent / "shared/real-panos"), help="folder of panoramas")
+    p.add_argument("--count", type=int, default=24, help="panoramas (the first N files)")
+    p.add_argument("--resolution", default="256x512", help="working resolution HxW")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args()
+
+    from dap.inference import default_model_path
+
+    model = args.model or str(default_model_path())
+    work = Path(tempfile.mkdtemp(prefix="dap-label-bench-"))
+    files = sorted(f for f in Path(args.source).iterdir() if f.suffix.lower() in (".jpg", ".png"))[: args.count]
+    src = work / "src"
+    src.mkdir()
+    for f in files:
+        shutil.copy(f, src / f.name)
+    py = sys.executable
+    subprocess.run([py, "-m", "dap.cli", "curate", "ingest", str(src), "--pool", str(work / "pool"),
+                    "--max-tilt", "90", "--max-width", "1024"], check=True, capture_output=True)
+    n = len(files)
+    common = ["--model", model, "--resolution", args.resolution, "--batch-size", str(args.batch_size)]
+    variants = [
+        ("dap predict (npy)", [py, "-m", "dap.cli", "predict", str(src), "--out", str(work / "pred"), "--outputs",
+                               "npy", "--resolution", args.resolution, "--checkpoint", model], 2),
+        ("label, 1 rank, no TTA", [py, "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
+                                   "--workers", "1", "--no-tta"], 2),
+        ("label, 2 ranks, no TTA", [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
+                                    "PORT", "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
+                                    "--workers", "1", "--no-tta"], 1),
+        ("label, 1 rank, TTA", [py, "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
+                                "--workers", "1"], 2),
+        ("label, 2 ranks, TTA", [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "PORT",
+                                 "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
+                                 "--workers", "1"], 1),
+    ]
+    rows, base = [], None
+    for name, cmd, threads in variants:
+        shutil.rmtree(work / "pool/labels", ignore_errors=True)
+        shutil.rmtree(work / "pred", ignore_errors=True)
+        cmd = [str(_port()) if c == "PORT" else c for c in cmd]
+        wall, rss = _run(cmd, threads)
+        pps = n / wall
+        base = base or pps
+        rows.append({"variant": name, "panoramas": n, "seconds": round(wall, 1), "panoramas_per_s": round(pps, 2),
+                     "vs_predict": round(pps / base, 2), "peak_rss_mb_so_far": round(rss)})
+    shutil.rmtree(work)
+    print(f"{n} panoramas at {args.resolution}, batch {args.batch_size}, model {Path(model).name}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"| {'variant':<24} | s | panoramas/s | vs predict | peak RSS MB (max so far) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']:<24} | {r['seconds']} | {r['panoramas_per_s']} | {r['vs_predict']} | "
+              f"{r['peak_rss_mb_so_far']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

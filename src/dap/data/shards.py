@@ -129,8 +129,16 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
                resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
     cfg_path = root / CONFIG
-    if cfg_path.exists():
-        old = json.loads(cfg_path.read_text())
+    # The settings bind the folder only once a shard exists: a run stopped before its first shard (rejected,
+    # interrupted) must not block the corrected rerun.
+    if cfg_path.exists() and any(root.glob("shard-*.tar")):
+        try:
+            old = json.loads(cfg_path.read_text())
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            raise DapError(f"cannot read {cfg_path} ({e}); the shards beside it cannot be resumed safely. Choose a "
+                           "new --out folder, or delete the folder to render it again.") from e
         if old != cfg:
             diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
             raise DapError(f"{root} holds a dataset written with other settings ({diff}). Rerun with the same "
@@ -197,7 +205,11 @@ def read_manifest(root_or_manifest: str | os.PathLike) -> tuple[Path, pa.Table]:
     if not manifest.is_file():
         raise DatasetLayoutError(f"{manifest} does not exist; pass a folder written by `dap synth` "
                                  "(it holds manifest.parquet and shard-*.tar) or the manifest file itself")
-    return manifest.parent, pq.read_table(manifest)
+    try:
+        return manifest.parent, pq.read_table(manifest)
+    except (OSError, pa.ArrowException) as e:
+        raise UnreadableFileError(f"cannot read the manifest {manifest}: {e}. Rebuild it from the shards with "
+                                  "`dap synth` and the same settings (it rewrites the manifest).") from e
 
 
 class ShardDataset(torch.utils.data.Dataset):

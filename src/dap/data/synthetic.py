@@ -1695,18 +1695,10 @@ def depth_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
-def parse_resolution(text: str) -> tuple[int, int]:
-    """'512x1024' -> (height, width); the size must be 2:1."""
-    from dap.cli import parse_size
-
-    h, w = parse_size(text)
-    if w != 2 * h:
-        raise argparse.ArgumentTypeError(f"resolution {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {h}x{2 * h}")
-    return h, w
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--count", type=int, required=True, help="number of panoramas")
+    from dap.cli import nonnegative_int, parse_panorama_size, positive_int
+
+    p.add_argument("--count", type=positive_int, required=True, help="number of panoramas")
     p.add_argument("--out", required=True, help="output folder (tar shards + manifest.parquet); rerun to resume")
     p.add_argument("--kind", choices=["indoor", "outdoor", "mixed"], default="mixed",
                    help="scene kind; mixed = indoor for even seeds, outdoor for odd")
@@ -1714,11 +1706,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--texture-dir", action="append", default=[], metavar="DIR",
                    help="cut the photo textures of the photo style from the images in DIR (repeatable) instead "
                         "of the bank shipped with the package")
-    p.add_argument("--resolution", type=parse_resolution, default=(512, 1024), help="HEIGHTxWIDTH, 2:1")
-    p.add_argument("--workers", type=int, default=1, help="processes rendering shards in parallel")
-    p.add_argument("--shard-size", type=int, default=64, help="panoramas per tar shard")
-    p.add_argument("--seed", type=int, default=0, help="seed of the first panorama (sample i uses seed + i)")
-    p.add_argument("--supersample", type=int, default=1, help="RGB anti-aliasing factor (geometry stays exact)")
+    p.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024), help="HEIGHTxWIDTH, 2:1")
+    p.add_argument("--workers", type=positive_int, default=1, help="processes rendering shards in parallel")
+    p.add_argument("--shard-size", type=positive_int, default=64, help="panoramas per tar shard")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the first panorama (sample i uses seed + i)")
+    p.add_argument("--supersample", type=positive_int, default=1,
+                   help="RGB anti-aliasing factor (geometry stays exact)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -244,9 +244,9 @@ def _free_port() -> int:
 
 
 def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
-    from dap.curation.label import rank_rows
-
     import shutil
+
+    from dap.curation.label import rank_rows
 
     one = _pool_of_renders(tmp_path / "one", 6)  # real scenes: the domain tags differ between them
     two = tmp_path / "two"

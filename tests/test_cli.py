@@ -1,0 +1,384 @@
+"""Bad input through `dap.cli.main`: one line on stderr that names the problem, the file and the fix; exit code 2
+for bad arguments or input, 1 for a failed write, 130 for Ctrl-C; nothing left behind (issue 11, item 5)."""
+
+import errno
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dap import io
+from dap.cli import main
+from dap.models import create_model, save_model
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def d(tmp_path_factory):
+    """One folder of good and bad files shared by the corpus (read-only for the tests)."""
+    import cv2
+
+    d = tmp_path_factory.mktemp("inputs")
+    torch.manual_seed(0)
+    save_model(create_model("dap_tiny"), d / "ckpt")
+    rng = np.random.default_rng(0)
+    io.write_rgb(d / "pano.png", rng.uniform(0, 1, (32, 64, 3)))
+    cv2.imwrite(str(d / "pano16.png"), (rng.uniform(0, 1, (32, 64, 3)) * 65535).astype(np.uint16))
+    (d / "empty.png").write_bytes(b"")
+    (d / "noise.png").write_bytes(rng.bytes(500))
+    (d / "pano.txt").write_text("a panorama, honestly")
+    io.write_rgb(d / "one.png", np.zeros((1, 1, 3), np.uint8))
+    io.write_rgb(d / "wide.png", rng.uniform(0, 1, (32, 96, 3)))
+    (d / "folder").mkdir()
+    (d / "zero.pth").write_bytes(b"")
+    (d / "noise.pth").write_bytes(rng.bytes(500))
+    (d / "text.pth").write_text("not a checkpoint")
+    (d / "two").mkdir()
+    for name in ("a.pth", "b.pth"):
+        (d / "two" / name).write_bytes(b"")
+    (d / "badcfg").mkdir()
+    (d / "badcfg/config.json").write_text("{not json")
+    (d / "badcfg/model.safetensors").write_bytes(b"")
+    np.save(d / "nan.npy", np.full((32, 64), np.nan, np.float32))
+    (d / "nan_gt").mkdir()
+    (d / "nan_gt/manifest.csv").write_text(f"rgb,depth\n{d / 'pano.png'},{d / 'nan.npy'}\n")
+    (d / "bad_manifest").mkdir()
+    (d / "bad_manifest/manifest.csv").write_bytes(b"\x00\x01garbage,,\n\"unterminated\n")
+    (d / "shards").mkdir()
+    (d / "shards/manifest.parquet").write_bytes(b"PAR1 cut short")
+    configs = {
+        "typo": "run: {stepz: 3}\n",
+        "type": "run: {steps: many}\n",
+        "float_int": "data: {batch_size: 2.5}\n",
+        "bool": "data: {augment: maybe}\n",
+        "yaml": "run: {steps: 3\n  bad: [\n",
+        "list": "- run\n- data\n",
+        "model": "model: {name: dap_huge}\n",
+        "override": "model: {overrides: {depth_hed: 3}}\n",
+        "steps0": "run: {steps: 0}\n",
+        "height": "data: {height: 40, width: 80}\n",
+        "ratio": "data: {height: 48, width: 64}\n",
+        "sources": "data: {sources: rooms}\n",
+        "shards": f"data: {{sources: [{{kind: shards, path: {d / 'shards'}}}], height: 32, width: 64}}\n"
+                  "model: {name: dap_tiny}\nrun: {steps: 1, device: cpu, progress: false, val_every: 0}\n",
+    }
+    for name, text in configs.items():
+        (d / f"{name}.yaml").write_text(text)
+    return d
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own exit for argument errors
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _check_one_line(err: str, command: str, needles) -> str:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert line.startswith(f"dap {command}: " if command else "dap: "), line
+    for needle in needles:
+        assert needle.lower() in line.lower(), (needle, line)
+    assert "Traceback" not in err and "weights_only" not in err
+    return line
+
+
+P = ["--checkpoint", "{d}/ckpt", "--resolution", "32x64", "--out", "{out}"]  # the rest of a predict command
+E = ["--dataset", "folder", "--root", "{d}/nan_gt", "--out", "{out}"]  # eval with the rest of its arguments
+
+# (argv with {d} = the inputs folder and {out} = a fresh output path, exit code, words the message must hold)
+CORPUS = {
+    # --- argument values (argparse types from dap.cli) --------------------------------------------------------
+    "synth count 0": (["synth", "--count", "0", "--out", "{out}"], 2, ["--count", ">= 1", "'0'"]),
+    "synth count negative": (["synth", "--count", "-3", "--out", "{out}"], 2, ["--count", ">= 1"]),
+    "synth count not a number": (["synth", "--count", "ten", "--out", "{out}"], 2, ["--count", "'ten'"]),
+    "synth workers 0": (["synth", "--count", "1", "--workers", "0", "--out", "{out}"], 2, ["--workers", ">= 1"]),
+    "synth shard size 0": (["synth", "--count", "1", "--shard-size", "0", "--out", "{out}"], 2, ["--shard-size"]),
+    "synth supersample 0": (["synth", "--count", "1", "--supersample", "0", "--out", "{out}"], 2, ["--supersample"]),
+    "synth seed negative": (["synth", "--count", "1", "--seed", "-1", "--out", "{out}"], 2, ["--seed", ">= 0"]),
+    "synth resolution 0x0": (["synth", "--count", "1", "--resolution", "0x0", "--out", "{out}"], 2,
+                             ["--resolution", "positive", "512x1024"]),
+    "synth resolution negative": (["synth", "--count", "1", "--resolution=-8x-16", "--out", "{out}"], 2,
+                                  ["positive"]),
+    "synth resolution square": (["synth", "--count", "1", "--resolution", "16x16", "--out", "{out}"], 2,
+                                ["not 2:1", "16x32"]),
+    "synth resolution odd 3:1": (["synth", "--count", "1", "--resolution", "15x45", "--out", "{out}"], 2,
+                                 ["not 2:1", "15x30"]),
+    "synth resolution text": (["synth", "--count", "1", "--resolution", "big", "--out", "{out}"], 2,
+                              ["HEIGHTxWIDTH", "'big'"]),
+    "synth unknown kind": (["synth", "--count", "1", "--kind", "space", "--out", "{out}"], 2, ["--kind", "space"]),
+    "predict resolution 0x0": (["predict", "{d}/pano.png", *P, "--resolution", "0x0"], 2, ["--resolution", "positive"]),
+    "predict resolution not /16": (["predict", "{d}/pano.png", *P, "--resolution", "40x80"], 2,
+                                   ["multiples of 16", "48x96"]),
+    "predict resolution 3:1": (["predict", "{d}/pano.png", *P, "--resolution", "32x96"], 2, ["not 2:1"]),
+    "predict seam pad 5": (["predict", "{d}/pano.png", *P, "--seam-pad", "5"], 2, ["seam padding", "0.5", "got 5"]),
+    "predict seam pad nan": (["predict", "{d}/pano.png", *P, "--seam-pad", "nan"], 2, ["seam padding", "nan"]),
+    "eval seam pad negative": (["eval", *E, "--checkpoint", "{d}/ckpt", "--seam-pad=-1"], 2, ["seam padding"]),
+    "predict device foo": (["predict", "{d}/pano.png", *P, "--device", "foo"], 2, ["--device", "'foo'", "cpu"]),
+    "predict point stride 0": (["predict", "{d}/pano.png", *P, "--point-stride", "0"], 2, ["--point-stride"]),
+    "predict smooth scale 2": (["predict", "{d}/pano.png", *P, "--smooth-scale", "2"], 2, ["--smooth-scale", "0 to 1"]),
+    "predict unknown output kind": (["predict", "{d}/pano.png", *P, "--outputs", "npy,bogus"], 2,
+                                    ["bogus", "npy"]),
+    "predict unknown upsample": (["predict", "{d}/pano.png", *P, "--upsample", "cubic"], 2, ["--upsample", "cubic"]),
+    "predict unknown option": (["predict", "{d}/pano.png", *P, "--bogus"], 2, ["unrecognized", "--bogus"]),
+    "predict no inputs": (["predict", "--out", "{out}"], 2, ["INPUT"]),
+    "eval max depth 0": (["eval", *E, "--checkpoint", "{d}/ckpt", "--max-depth", "0"], 2, ["--max-depth", "> 0"]),
+    "eval min above max": (["eval", *E, "--checkpoint", "{d}/ckpt", "--min-depth", "5", "--max-depth", "1"], 2,
+                           ["--min-depth", "--max-depth"]),
+    "eval limit 0": (["eval", *E, "--checkpoint", "{d}/ckpt", "--limit", "0"], 2, ["--limit"]),
+    "eval device foo": (["eval", *E, "--checkpoint", "{d}/ckpt", "--device", "foo"], 2, ["--device", "'foo'"]),
+    "eval resolution 0x0": (["eval", *E, "--checkpoint", "{d}/ckpt", "--resolution", "0x0"], 2, ["--resolution"]),
+    "eval unknown dataset": (["eval", "--dataset", "nope", "--root", "{d}", "--checkpoint", "{d}/ckpt", "--out",
+                              "{out}"], 2, ["--dataset", "nope"]),
+    "eval checkpoint and predictions": (["eval", *E, "--checkpoint", "{d}/ckpt", "--predictions", "{d}"], 2,
+                                        ["not allowed with"]),
+    "train stop at 0": (["train", "--config", "{d}/typo.yaml", "--out", "{out}", "--stop-at", "0"], 2, ["--stop-at"]),
+    "train time limit negative": (["train", "--config", "{d}/typo.yaml", "--out", "{out}", "--time-limit", "-1"], 2,
+                                  ["--time-limit"]),
+    "export resolution 0x0": (["export", "onnx", "--out", "{out}.onnx", "--resolution", "0x0"], 2, ["--resolution"]),
+    "unknown command": (["paint", "--out", "{out}"], 2, ["invalid choice", "paint"]),
+    # --- training configs ---------------------------------------------------------------------------------------
+    "config typo key": (["train", "--config", "{d}/typo.yaml", "--out", "{out}"], 2,
+                        ["typo.yaml", "unknown keys ['stepz']", "steps"]),
+    "config wrong type": (["train", "--config", "{d}/type.yaml", "--out", "{out}"], 2,
+                          ["type.yaml", "run.steps", "integer", "'many'"]),
+    "config float for int": (["train", "--config", "{d}/float_int.yaml", "--out", "{out}"], 2,
+                             ["data.batch_size", "integer", "2.5"]),
+    "config bool": (["train", "--config", "{d}/bool.yaml", "--out", "{out}"], 2, ["data.augment", "true or false"]),
+    "config bad yaml": (["train", "--config", "{d}/yaml.yaml", "--out", "{out}"], 2,
+                        ["yaml.yaml", "not valid YAML", "line 2"]),
+    "config not a mapping": (["train", "--config", "{d}/list.yaml", "--out", "{out}"], 2, ["list.yaml", "mapping"]),
+    "config unknown model": (["train", "--config", "{d}/model.yaml", "--out", "{out}"], 2,
+                             ["model.yaml", "dap_huge", "dap_tiny"]),
+    "config unknown override": (["train", "--config", "{d}/override.yaml", "--out", "{out}"], 2,
+                                ["model.overrides", "depth_hed"]),
+    "config zero steps": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}"], 2, ["run.steps", "at least 1"]),
+    "config height not /16": (["train", "--config", "{d}/height.yaml", "--out", "{out}"], 2,
+                              ["data.height", "multiple of 16"]),
+    "config not 2:1": (["train", "--config", "{d}/ratio.yaml", "--out", "{out}"], 2, ["ratio.yaml", "2:1"]),
+    "config list expected": (["train", "--config", "{d}/sources.yaml", "--out", "{out}"], 2,
+                             ["data.sources", "list"]),
+    "config missing": (["train", "--config", "{d}/missing.yaml", "--out", "{out}"], 2,
+                       ["missing.yaml", "no such file"]),
+    "config is a folder": (["train", "--config", "{d}/folder", "--out", "{out}"], 2, ["folder", "directory"]),
+    "config binary": (["train", "--config", "{d}/noise.png", "--out", "{out}"], 2, ["noise.png", "not valid YAML"]),
+    "config set without =": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "lr"], 2,
+                             ["--set", "key=value"]),
+    "config set unknown entry": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "run.x.y=1"], 2,
+                                 ["--set run.x.y", "no such config entry"]),
+    "config set bad yaml": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "run.steps=[1"], 2,
+                            ["--set", "not valid YAML"]),
+    "corrupt shard manifest": (["train", "--config", "{d}/shards.yaml", "--out", "{out}"], 2,
+                               ["manifest.parquet", "dap synth"]),
+    # --- input files ----------------------------------------------------------------------------------------------
+    "missing file": (["predict", "{d}/missing.png", *P], 2, ["missing.png", "no such file"]),
+    "folder without images": (["predict", "{d}/folder", *P], 2, ["no images", "folder"]),
+    "empty file": (["predict", "{d}/empty.png", *P], 2, ["empty.png", "cannot read"]),
+    "wrong extension": (["predict", "{d}/pano.txt", *P], 2, ["pano.txt", "cannot read"]),
+    "non-image bytes": (["predict", "{d}/noise.png", *P], 2, ["noise.png", "cannot read"]),
+    "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "--pad-to-erp"]),
+    "3:1 image": (["predict", "{d}/wide.png", *P], 2, ["wide.png", "96x32", "2:1"]),
+    "glob matching nothing": (["predict", "{d}/*.jpeg", *P], 2, ["*.jpeg", "matches no"]),
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+    "zero-byte pth": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/zero.pth"], 2,
+                      ["zero.pth", "empty (0 bytes)", "download it again"]),
+    "random-bytes pth": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/noise.pth"], 2,
+                         ["noise.pth", "not a PyTorch checkpoint", "damaged", "download it again"]),
+    "text pth": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/text.pth"], 2,
+                 ["text.pth", "not a PyTorch checkpoint"]),
+    "several pth in a folder": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/two"], 2,
+                                ["2 .pth files", "a.pth", "b.pth", "pass the one"]),
+    "folder without checkpoint": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/folder"], 2,
+                                  ["folder", "neither"]),
+    "missing checkpoint": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/gone"], 2, ["gone", "does not exist"]),
+    "corrupt checkpoint config": (["predict", "{d}/pano.png", *P, "--checkpoint", "{d}/badcfg"], 2,
+                                  ["config.json", "cannot read"]),
+    "export corrupt checkpoint": (["export", "onnx", "--model", "{d}/noise.pth", "--out", "{out}.onnx"], 2,
+                                  ["noise.pth", "not a PyTorch checkpoint"]),
+    # --- evaluation data --------------------------------------------------------------------------------------------
+    "NaN depth file": (["eval", *E, "--checkpoint", "{d}/ckpt"], 2, ["nan_gt", "valid ground truth", "metrics.json"]),
+    "missing dataset root": (["eval", *E, "--root", "{d}/nowhere", "--checkpoint", "{d}/ckpt"], 2,
+                             ["nowhere", "does not exist"]),
+    "corrupt dataset manifest": (["eval", *E, "--root", "{d}/bad_manifest", "--checkpoint", "{d}/ckpt"], 2,
+                                 ["manifest.csv", "rgb and depth"]),
+    "missing predictions folder": (["eval", *E, "--predictions", "{d}/nowhere"], 2,
+                                   ["--predictions", "nowhere", "not a folder"]),
+    # --- outputs ----------------------------------------------------------------------------------------------------
+    "predict out is a file": (["predict", "{d}/pano.png", *P, "--out", "{d}/pano.png"], 2,
+                              ["output folder", "pano.png", "is a file"]),
+    "predict out under a file": (["predict", "{d}/pano.png", *P, "--out", "{d}/pano.png/o"], 2,
+                                 ["pano.png/o", "not a folder", "another --out"]),
+    "eval out is a file": (["eval", *E, "--checkpoint", "{d}/ckpt", "--out", "{d}/pano.png"], 2, ["is a file"]),
+    "synth out is a file": (["synth", "--count", "1", "--out", "{d}/pano.png"], 2, ["is a file"]),
+    "train out is a file": (["train", "--config", "{d}/typo.yaml", "--out", "{d}/pano.png"], 2, ["is a file"]),
+    "export out is a folder": (["export", "onnx", "--out", "{d}/folder"], 2, ["is a folder", "model.onnx"]),
+    "convert out is a file": (["convert", "{d}/zero.pth", "{d}/pano.png"], 2, ["output folder", "is a file"]),
+    "convert zero-byte pth": (["convert", "{d}/zero.pth", "{out}"], 2, ["zero.pth", "empty"]),
+    "export out under a file": (["export", "onnx", "--out", "{d}/pano.png/m.onnx"], 2, ["not a folder"]),
+}
+
+
+REPORTED_IN_OUT = {"NaN depth file"}  # found only by evaluating: metrics.json lists the samples it skipped
+
+
+@pytest.mark.parametrize("case", CORPUS, ids=CORPUS)
+def test_bad_input_is_one_line_and_exit_2(d, tmp_path, capsys, case):
+    argv, code, needles = CORPUS[case]
+    argv = [a.format(d=d, out=tmp_path / "out") for a in argv]
+    got, err = _run(argv, capsys)
+    assert got == code, err
+    _check_one_line(err, argv[0] if argv[0] != "paint" else "", needles)
+    if case not in REPORTED_IN_OUT:
+        assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a rejected run left files behind"
+
+
+def test_sixteen_bit_panorama_is_accepted(d, tmp_path, capsys):
+    assert main(["predict", str(d / "pano16.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                 "--out", str(tmp_path), "--outputs", "npy"]) == 0
+    assert (tmp_path / "pano16.npy").is_file()
+
+
+def test_no_write_permission(d, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("dap.cli.os.access", lambda *a, **k: False)  # tests may run as root, who can write anywhere
+    for argv in (["predict", str(d / "pano.png"), "--out", str(tmp_path / "o")],
+                 ["synth", "--count", "1", "--out", str(tmp_path / "o")],
+                 ["export", "onnx", "--out", str(tmp_path / "m.onnx")]):
+        code, err = _run(argv, capsys)
+        assert code == 2
+        _check_one_line(err, argv[0], ["no write permission", str(tmp_path), "another --out"])
+    assert not any(tmp_path.iterdir())
+
+
+def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dap.data.synthetic.run_cli", interrupted)
+    code, err = _run(["synth", "--count", "1", "--out", str(tmp_path / "s")], capsys)
+    assert code == 130 and err == "dap synth: interrupted\n"
+
+
+def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkeypatch):
+    real_save = np.save
+
+    def save_then_interrupt(file, arr, *args, **kwargs):
+        real_save(file, arr, *args, **kwargs)  # the temporary is on disk when the user presses Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", save_then_interrupt)
+    out = tmp_path / "o"
+    code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                      "--out", str(out), "--outputs", "npy"], capsys)
+    assert code == 130 and err.strip() == "dap predict: interrupted"
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("filename", [None, "out/pano.npy"])
+def test_disk_full_names_the_file_and_exits_1(d, tmp_path, capsys, monkeypatch, filename):
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(tmp_path / filename)] if filename else []))
+
+    monkeypatch.setattr("dap.io.write_depth", full)
+    io.write_rgb(tmp_path / "b.png", np.zeros((32, 64, 3), np.uint8))  # a second input: the run stops at the first
+    code, err = _run(["predict", str(d / "pano.png"), str(tmp_path / "b.png"), "--checkpoint", str(d / "ckpt"),
+                      "--resolution", "32x64", "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
+    assert code == 1
+    _check_one_line(err, "predict", ["no space left on device", str(tmp_path / (filename or "out")), "free"])
+
+
+def test_other_write_errors_exit_1(d, tmp_path, capsys, monkeypatch):
+    def broken(args):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "s" / "shard-000000.tar"))
+
+    monkeypatch.setattr("dap.data.synthetic.run_cli", broken)
+    code, err = _run(["synth", "--count", "1", "--out", str(tmp_path / "s")], capsys)
+    assert code == 1
+    _check_one_line(err, "synth", ["input/output error", "shard-000000.tar"])
+
+
+def test_code_bugs_keep_their_traceback(d, tmp_path, monkeypatch):
+    def bug(args):
+        raise ZeroDivisionError("a bug, not a user error")
+
+    monkeypatch.setattr("dap.data.synthetic.run_cli", bug)
+    with pytest.raises(ZeroDivisionError):
+        main(["synth", "--count", "1", "--out", str(tmp_path / "s")])
+
+
+def _age(path, seconds=3600):
+    t = time.time() - seconds
+    os.utime(path, (t, t))
+
+
+def test_stale_temporaries_of_killed_runs_are_removed(d, tmp_path, capsys):
+    out = tmp_path / "o"
+    (out / "sub" / ".x.cube.tmp").mkdir(parents=True)
+    stale = [out / ".pano.npy.0123456789ab.tmp.npy", out / "sub" / ".a.png.abcdef012345.tmp.png",
+             out / "sub" / ".x.cube.tmp"]
+    for p in stale[:2]:
+        p.write_bytes(b"half")
+    fresh = out / ".b.npy.0123456789ab.tmp.npy"  # may belong to a run still writing here
+    fresh.write_bytes(b"half")
+    mine = out / ".notes.tmp"  # not a name we write
+    mine.write_text("keep")
+    for p in [*stale, mine]:
+        _age(p)
+    assert main(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                 "--out", str(out), "--outputs", "npy"]) == 0
+    assert not any(p.exists() for p in stale)
+    assert fresh.exists() and mine.exists() and (out / "pano.npy").is_file()
+
+
+def test_rejected_or_interrupted_synth_does_not_block_the_corrected_rerun(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s"
+    assert _run(["synth", "--count", "0", "--out", str(out)], capsys)[0] == 2
+    assert not out.exists()  # validated before anything was written
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("dap.data.shards._write_shard", interrupted)
+    base = ["synth", "--count", "1", "--kind", "indoor", "--no-progress", "--out", str(out)]
+    assert _run([*base, "--resolution", "16x32"], capsys)[0] == 130
+    assert (out / "synth_config.json").is_file() and not list(out.glob("shard-*.tar"))
+    monkeypatch.undo()
+    assert main([*base, "--resolution", "8x16"]) == 0  # other settings: fine, nothing was rendered yet
+    assert (out / "shard-000000.tar").is_file()
+
+
+def test_corrupt_synth_config_beside_shards(tmp_path, capsys):
+    out = tmp_path / "s"
+    argv = ["synth", "--count", "1", "--kind", "indoor", "--no-progress", "--resolution", "8x16", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (out / "synth_config.json").write_text("{cut sho")
+    code, err = _run(argv, capsys)
+    assert code == 2
+    _check_one_line(err, "synth", ["synth_config.json", "new --out"])
+
+
+def test_corrupt_eval_cache(d, tmp_path, capsys):
+    root = tmp_path / "data"
+    root.mkdir()
+    io.write_depth(root / "gt.npy", np.full((32, 64), 2.0, np.float32))
+    (root / "manifest.csv").write_text(f"rgb,depth\n{d / 'pano.png'},{root / 'gt.npy'}\n")
+    out = tmp_path / "out"
+    argv = ["eval", "--dataset", "folder", "--root", str(root), "--checkpoint", str(d / "ckpt"), "--out", str(out),
+            "--resolution", "32x64", "--panels", "0"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    cached = next((out / "predictions").glob("*.npy"))
+    cached.write_bytes(b"\x93NUMPY cut short")
+    code, err = _run(argv, capsys)
+    assert code == 2
+    _check_one_line(err, "eval", [cached.name, "cannot read"])
+    (out / "predictions" / "cache.json").write_text("{cut")
+    code, err = _run(argv, capsys)
+    assert code == 2
+    _check_one_line(err, "eval", ["cache.json", "corrupt", "delete"])

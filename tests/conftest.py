@@ -17,6 +17,16 @@ def box_room_depth(height: int, width: int, lo=(-2.0, -1.5, -2.5), hi=(3.0, 1.2,
 
 
 @pytest.fixture
+def one_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU, threads wait for each other and tiny ops take
+    milliseconds; one thread makes training-loop tests ~8x faster."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_model():
     from dap.models import create_model
 

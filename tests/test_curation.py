@@ -31,12 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src/dap/assets/sample_indoor.jpg"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _render(seed: int, kind: str, h: int = 64) -> dict:

@@ -27,14 +27,7 @@ BASE = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared, oversubscribed CPU, intra-op threads wait for each other and tiny ops take milliseconds;
-    # one thread makes these tests ~8x faster.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg_with(*overrides: str) -> T.TrainConfig:

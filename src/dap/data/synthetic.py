@@ -431,8 +431,8 @@ def _furniture(b: _Builder, item: str, o: tuple[float, float, float], yaw: float
 
 
 def _room_walls(x0: float, z0: float, x1: float, z1: float) -> list[tuple[int, float, float, float]]:
-    """Walls as (axis 0 = x / 2 = z, coordinate, span start, span end) with the outward sign in the order
-    -x, +x, -z, +z."""
+    """Walls as (axis 0 = x / 2 = z, coordinate, span start, span end), facing outwards towards -x, +x, -z, +z
+    in that order."""
     return [(0, x0, z0, z1), (0, x1, z0, z1), (2, z0, x0, x1), (2, z1, x0, x1)]
 
 

@@ -423,7 +423,14 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
     assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w")]) == 2
     assert "unknown keys ['selekt']" in capsys.readouterr().err
     assert main(["curate", "label", "--pool", str(tmp_path), "--model", str(tmp_path / "missing")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "is not a curation pool" in capsys.readouterr().err
+    write_manifest(tmp_path, [{**empty_row(), "id": "0" * 16, "status": "ok"}])
+    assert main(["curate", "label", "--pool", str(tmp_path), "--model", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "dap-tiny-synth" in err  # and it names the models it knows
+    (tmp_path / "file").write_text("")
+    assert main(["curate", "ingest", str(tmp_path), "--pool", str(tmp_path / "file")]) == 2
+    assert "it is a file" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=lots"])
     assert e.value.code == 2 and "DOMAIN=K" in capsys.readouterr().err

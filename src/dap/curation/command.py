@@ -111,7 +111,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from dap.cli import check_output, remove_stale_temporaries
+
     cmd = args.curate_command
+    option, folder = ("--work", Path(args.work)) if cmd == "run" else ("--pool", Path(args.pool))
+    if cmd in ("ingest", "run"):  # the commands that may create the folder
+        check_output(folder, "dir", option)
+    elif not (folder / "manifest.parquet").is_file() and not (folder / "pool/manifest.parquet").is_file():
+        raise DapError(f"{folder} is not a curation pool (no manifest.parquet); create one with "
+                       f"`dap curate ingest SOURCES --pool {folder}`")
+    if folder.is_dir():
+        remove_stale_temporaries(folder)
     if cmd == "ingest":
         from dap.curation.ingest import IngestOptions, ingest
 
@@ -123,12 +133,15 @@ def run_cli(args: argparse.Namespace) -> int:
     elif cmd == "label":
         from dap.curation.label import LabelOptions, label_pool
 
-        model = Path(args.model)
-        if not model.exists():
-            raise DapError(f"--model {model} does not exist; pass a checkpoint folder or an official model.pth")
+        from dap.models import registry
+
+        model = args.model
+        if not Path(model).exists() and model not in registry.MODELS:
+            raise DapError(f"--model {model} does not exist; pass a checkpoint folder, an official model.pth or a "
+                           f"model name ({', '.join(registry.MODELS)})")
         opts = LabelOptions(resolution=args.resolution, batch_size=args.batch_size, num_workers=max(0, args.workers),
                             tta=not args.no_tta, outdoor_sky_fraction=args.outdoor_sky_fraction, device=args.device)
-        counts = label_pool(args.pool, str(model), args.stage, opts)
+        counts = label_pool(args.pool, model, args.stage, opts)
         if counts.get("labelled") is not None:
             print(f"dap curate label: {args.stage}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     elif cmd == "score":

@@ -132,7 +132,6 @@ def run_cli(args: argparse.Namespace) -> int:
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
     elif cmd == "label":
         from dap.curation.label import LabelOptions, label_pool
-
         from dap.models import registry
 
         model = args.model

@@ -1,3 +1,4 @@
+import functools
 import os
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from dap.cli import main
 from dap.errors import DapError, NotPanoramaError
 from dap.inference import Prediction, predict, seam_pad_columns
 from dap.models import save_model
+from dap.models.dap import DapConfig
 
 
 def _pano(h=48, w=96, seed=0) -> np.ndarray:
@@ -61,6 +63,66 @@ def test_wrong_aspect_is_an_error_unless_padded(tiny_model):
 def test_seam_padding_width():
     assert seam_pad_columns(1024, 1 / 16) == 64 and seam_pad_columns(64, 1 / 16) == 0
     assert seam_pad_columns(256, 1 / 8) == 32
+
+
+def test_resampling_rules_follow_what_the_pixels_mean():
+    from dap.inference import resize_depth, resize_image, resize_nearest
+
+    checker = (np.indices((48, 96)).sum(0) % 2).astype(np.float32)
+    small = resize_image(checker, (16, 32))  # averaged: a fine checkerboard shrinks to grey, not to a new pattern
+    assert small.shape == (16, 32) and np.abs(small[2:-2, 2:-2] - 0.5).max() < 0.05
+    labels = torch.from_numpy(np.where(checker > 0, 5.0, 2.0).astype(np.float32))[None]
+    big = resize_nearest(labels, (96, 192))  # picked: only values that were there
+    assert big.shape == (1, 96, 192) and set(big.unique().tolist()) == {2.0, 5.0}
+    assert resize_nearest(checker > 0, (96, 192)).dtype == bool
+    depth = np.full((8, 16), 4.0, np.float32)
+    depth[:, :8] = 2.0
+    depth[4, 12] = 0  # invalid
+    up = resize_depth(depth, (16, 32))
+    assert (up[7:11, 23:27] == 0).all() and (up[:, 25] > 0).sum() == 16 - 4  # no blending into the hole
+    np.testing.assert_allclose(up[:, 15:17], np.tile([2.5, 3.5], (16, 1)))  # interpolated across a valid edge
+    np.testing.assert_array_equal(up[:, :14], 2.0)
+
+
+class LocalNet(torch.nn.Module):
+    """A tiny random network with DAP's interface whose output depends on a 7-pixel neighbourhood, with zero
+    padding at the image borders as DPT's convolutions have. (A ViT attends globally, with positions relative to
+    the whole input, so it is not exactly equivariant to rolls even with seam padding: this isolates what the
+    padding guarantees.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = DapConfig(name="local")
+        conv = functools.partial(torch.nn.Conv2d, kernel_size=3, padding=1)
+        self.net = torch.nn.Sequential(conv(3, 8), torch.nn.Tanh(), conv(8, 8), torch.nn.Tanh(), conv(8, 2))
+
+    def forward(self, x):
+        y = self.net(x).sigmoid()
+        return {"depth": y[:, :1] * self.cfg.max_depth, "out_of_range_prob": y[:, 1:]}
+
+
+def test_seam_padding_makes_the_panorama_periodic():
+    torch.manual_seed(0)
+    model = LocalNet().eval()
+    rgb = np.random.default_rng(0).random((64, 128, 3), dtype=np.float32)
+    run = functools.partial(predict, model=model, resolution=(64, 128), device="cpu")
+    # Independent expectation: the network on the panorama wrapped around the sphere (circular columns, zero
+    # rows), its input normalised by hand.
+    x = torch.from_numpy((rgb - np.float32([0.485, 0.456, 0.406])) / np.float32([0.229, 0.224, 0.225]))
+    with torch.no_grad():
+        wrapped = model(torch.nn.functional.pad(x.permute(2, 0, 1)[None], (8, 8, 0, 0), mode="circular"))
+    ref = run(rgb, seam_pad=1 / 8)  # 16 columns on each side, more than the network sees
+    np.testing.assert_allclose(ref.depth, np.where(ref.range_mask, 100.0, wrapped["depth"][0, 0, :, 8:-8]),
+                               rtol=1e-5)
+    np.testing.assert_allclose(ref.out_of_range_prob, wrapped["out_of_range_prob"][0, 0, :, 8:-8], atol=1e-6)
+    # Rolling the panorama by whole patches rolls the prediction by the same columns.
+    for k in (16, 48, 64):
+        rolled = run(np.roll(rgb, k, axis=1), seam_pad=1 / 8)
+        np.testing.assert_allclose(rolled.depth, np.roll(ref.depth, k, axis=1), rtol=1e-5)
+        np.testing.assert_allclose(rolled.out_of_range_prob, np.roll(ref.out_of_range_prob, k, axis=1), atol=1e-6)
+    # Without seam padding the network's zero borders meet at the seam, and the roll is no longer exact.
+    plain = run(rgb, seam_pad=0)
+    assert np.abs(run(np.roll(rgb, 64, axis=1), seam_pad=0).depth - np.roll(plain.depth, 64, axis=1)).max() > 1e-3
 
 
 def test_point_cloud_reproduces_box_room():
@@ -127,9 +189,40 @@ def test_cli_reports_bad_inputs(checkpoint, tmp_path, capsys):
     assert "unknown output kind" in capsys.readouterr().err
 
 
-def test_geometry_of_prediction_matches_geometry_module(tiny_model):
-    res = predict(_pano(32, 64), tiny_model, resolution=(32, 64))
-    np.testing.assert_allclose(res.points, geometry.depth_to_points(res.depth), rtol=1e-6)
+def _prediction(depth: np.ndarray) -> Prediction:
+    h, w = depth.shape
+    return Prediction(rgb=np.zeros((h, w, 3), np.float32), depth=depth, range_mask=np.zeros((h, w), bool),
+                      out_of_range_prob=np.zeros((h, w), np.float32))
+
+
+def test_points_of_constant_depth_lie_on_a_sphere_along_the_erp_rays():
+    h, w, r = 16, 32, 2.5
+    p = _prediction(np.full((h, w), r, np.float32)).points
+    # DESIGN conventions: pixel centres, column 0 at longitude -pi, row 0 at the north pole; x right, y down,
+    # z forward.
+    lon = (np.arange(w) + 0.5) / w * 2 * np.pi - np.pi
+    lat = np.pi / 2 - (np.arange(h) + 0.5) / h * np.pi
+    lat, lon = np.meshgrid(lat, lon, indexing="ij")
+    expected = r * np.stack([np.cos(lat) * np.sin(lon), -np.sin(lat), np.cos(lat) * np.cos(lon)], axis=-1)
+    np.testing.assert_allclose(np.linalg.norm(p, axis=-1), r, rtol=1e-6)
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+
+
+def test_normals_of_a_box_room_are_axis_vectors_facing_the_camera():
+    lo, hi = np.array([-2.0, -1.5, -2.5]), np.array([3.0, 1.2, 4.0])
+    pred = _prediction(box_room_depth(64, 128, tuple(lo), tuple(hi)))
+    p, n = pred.points, pred.normals
+    # The wall each pixel sees, and its inward normal: a point on the wall x = hi_x has normal -x, and so on.
+    gap = np.concatenate([np.abs(p - lo), np.abs(p - hi)], axis=-1)
+    wall = gap.argmin(-1)
+    normal = np.concatenate([np.eye(3), -np.eye(3)])[wall]
+    # Finite differences are exact on a plane; away from the room's edges every neighbour sees the same wall.
+    same = np.ones_like(wall, bool)
+    for dy, dx in [(-1, 0), (1, 0), (0, -1), (0, 1)]:
+        same &= np.roll(wall, (dy, dx), axis=(0, 1)) == wall
+    same[[0, -1]] = False
+    assert same.mean() > 0.8
+    np.testing.assert_allclose(n[same], normal[same], atol=1e-4)
 
 
 def test_guided_upsampling_follows_image_edges():

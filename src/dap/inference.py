@@ -3,6 +3,8 @@
 Preprocessing follows the official *evaluation* convention: RGB in [0, 1], resized to the working resolution
 (default 512x1024, the official eval size) with antialiasing, then ImageNet mean/std normalisation. (The official
 `infer.py` feeds un-normalised RGB at full size; that disagrees with how the model is evaluated, so we don't.)
+`infer` (= `prepare_input` + `run_model`) is that one path from an image to metric depth and range probability at
+the working resolution; `predict`, training validation and `dap eval` all go through it.
 
 Outputs, at the input's full resolution:
   depth       float32 metres, distance along each pixel's ray. Pixels in `range_mask` hold `max_depth` (100 m),
@@ -139,11 +141,49 @@ def normalize_image(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb - mean) / std
 
 
-def _prepare(rgb: np.ndarray, resolution: tuple[int, int], device: torch.device) -> torch.Tensor:
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device)
-    if tuple(x.shape[-2:]) != tuple(resolution):
-        x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False, antialias=True)
-    return normalize_image(x)
+# Resampling. Three rules, by what the pixels mean: images are averaged (antialiased bilinear), labels are picked
+# (nearest: no depth invented across an edge, masks stay binary), and depth maps with 0 = invalid are interpolated
+# only where every contributing pixel is valid. Each takes (H, W), (C, H, W) or (B, C, H, W), tensor or array, and
+# returns the same kind; a map already at `size` comes back as it is.
+def _resample(x, size: tuple[int, int], **kwargs):
+    size = tuple(size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    y = t[(None,) * (4 - t.ndim)]
+    y = F.interpolate(y if y.is_floating_point() else y.float(), size=size, **kwargs)
+    y = y.reshape(*t.shape[:-2], *size).to(t.dtype)
+    return y.numpy() if isinstance(x, np.ndarray) else y
+
+
+def resize_image(x, size: tuple[int, int]):
+    """RGB to `size` (h, w): bilinear with antialiasing, so shrinking averages pixels instead of aliasing."""
+    return _resample(x, size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def resize_nearest(x, size: tuple[int, int]):
+    """Ground-truth depth and masks to `size` (h, w): nearest pixel centre, dtype kept."""
+    return _resample(x, size, mode="nearest-exact")
+
+
+def resize_depth(depth, size: tuple[int, int]):
+    """A depth map with 0 = invalid (a saved or capped prediction) to `size` (h, w): bilinear where the pixel's
+    whole footprint is valid, 0 elsewhere, so invalid zeros never blend into their neighbours."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    d = torch.from_numpy(np.asarray(depth)) if isinstance(depth, np.ndarray) else depth
+    ok = d > 0
+    out = _resample(torch.where(ok, d, 0), size, mode="bilinear", align_corners=False)
+    out = torch.where(_resample(ok.to(d.dtype), size, mode="bilinear", align_corners=False) > 0.999, out, 0)
+    return out.numpy() if isinstance(depth, np.ndarray) else out
+
+
+def prepare_input(rgb, resolution: tuple[int, int], device: str | torch.device | None = None) -> torch.Tensor:
+    """RGB in [0, 1], an (H, W, 3) array (what `to_rgb` returns) or a (3, H, W) / (B, 3, H, W) tensor -> the
+    network's input: (B, 3, h, w) at `resolution` (antialiased bilinear), ImageNet-normalised, on `device`."""
+    x = torch.from_numpy(rgb).permute(2, 0, 1) if isinstance(rgb, np.ndarray) else rgb
+    x = x[None] if x.ndim == 3 else x
+    return normalize_image(resize_image(x.to(device) if device is not None else x, resolution))
 
 
 def check_seam_pad(seam_pad: float) -> None:
@@ -174,6 +214,35 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> 
     out = {k: v.float() for k, v in out.items()}
     if pad:
         out = {k: v[..., pad:-pad] for k, v in out.items()}
+    return out
+
+
+def infer(model, rgb, resolution: tuple[int, int], *, seam_pad: float = DEFAULT_SEAM_PAD,
+          device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """Image -> metric outputs at the working resolution, the one path `predict`, training validation and
+    `dap eval` share: `prepare_input` (resize, normalise) then `run_model` (seam padding, precision).
+
+    rgb: as for `prepare_input`. Returns depth (metres along the ray, uncapped) and out_of_range_prob, each
+    (B, 1, h, w) float32 at `resolution`; `apply_range_mask` turns the probability into the range cap."""
+    return run_model(model, prepare_input(rgb, resolution, device), seam_pad=seam_pad)
+
+
+def apply_range_mask(depth, out_of_range, cap: float = 100.0):
+    """DAP convention: pixels the model marks out of range (sky / beyond its range) get depth `cap` (the model's
+    max_depth, 100 m). Returns a new array or tensor of the input's kind; `out_of_range=None` returns a copy."""
+    out = depth.clone() if isinstance(depth, torch.Tensor) else np.array(depth, copy=True)
+    if out_of_range is None:
+        return out
+    if isinstance(out, torch.Tensor):
+        mask = torch.as_tensor(
+            np.asarray(out_of_range) if not isinstance(out_of_range, torch.Tensor) else out_of_range,
+            device=out.device,
+        ).bool()
+    else:
+        mask = np.asarray(out_of_range.cpu() if isinstance(out_of_range, torch.Tensor) else out_of_range, bool)
+    if tuple(mask.shape) != tuple(out.shape):
+        raise ValueError(f"range mask shape {tuple(mask.shape)} does not match depth shape {tuple(out.shape)}")
+    out[mask] = cap
     return out
 
 
@@ -265,7 +334,7 @@ def predict(
         if pad_to_erp and w != 2 * h:
             rgb, rows = pad_rows_to_erp(rgb)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
-        out = run_model(model, _prepare(rgb, resolution, dev), seam_pad=seam_pad)
+        out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev)
         full = rgb.shape[:2]
         if upsample == "guided" and full[0] > out["depth"].shape[-2]:
             guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
@@ -275,7 +344,7 @@ def predict(
         prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
         max_depth = float(model.cfg.max_depth)
         mask = prob >= threshold
-        depth = torch.where(mask, torch.full_like(depth, max_depth), depth)
+        depth = apply_range_mask(depth, mask, max_depth)
         if rows != slice(None):  # rows that were padding carry no measurement
             outside = torch.ones(full[0], dtype=torch.bool, device=dev)
             outside[rows] = False

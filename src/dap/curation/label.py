@@ -52,12 +52,12 @@ class _PoolImages(torch.utils.data.Dataset):
         return len(self.indices)
 
     def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
-        from dap.inference import _prepare
+        from dap.inference import prepare_input
         from dap.io import read_rgb
 
         i = self.indices[k]
         rgb = read_rgb(self.pool / self.rows[i]["image"])
-        return i, _prepare(rgb, self.resolution, torch.device("cpu"))[0]
+        return i, prepare_input(rgb, self.resolution)[0]
 
 
 def _hemisphere_weights(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:

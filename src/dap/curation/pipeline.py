@@ -179,7 +179,7 @@ def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceCo
 def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch.Tensor]:
     """(real, fake) discriminator inputs: GT and the labeler's prediction for each of the first `samples`
     panoramas of discriminator.data, at the label resolution."""
-    from dap.inference import normalize_image
+    from dap.inference import DEFAULT_SEAM_PAD, prepare_input
     from dap.train import build_source, resize_sample, to_training_sample
 
     d = cfg.discriminator
@@ -190,7 +190,7 @@ def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch
     real, fake = [], []
     for j, i in items:
         s = resize_sample(to_training_sample(sources[j][i], d.data[j].invalid_is_sky), h, w)
-        pred = label_batch(labeler, normalize_image(s["rgb"][None]), tta=False, seam_pad=1 / 16)
+        pred = label_batch(labeler, prepare_input(s["rgb"], (h, w)), tta=False, seam_pad=DEFAULT_SEAM_PAD)
         p_depth, p_oor = pred["depth"][:, None], pred["prob"][:, None] >= 0.5
         hole = ~s["valid"] & ~s["out_of_range"]  # no GT here: the prediction's value, so holes carry no signal
         g_depth = torch.where(hole[None], p_depth, s["depth"][None])

@@ -22,7 +22,16 @@ import numpy as np
 import torch
 
 from dap.errors import DapError, NoValidDepthError, UnreadableFileError
-from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, predict
+from dap.inference import (
+    DEFAULT_SEAM_PAD,
+    apply_range_mask,
+    check_seam_pad,
+    compute_dtype,
+    predict,
+    resize_depth,
+    resize_image,
+    resize_nearest,
+)
 from dap.models.dap import DAP
 
 METRIC_KEYS = (
@@ -274,25 +283,6 @@ def pole_error(
         return float("nan")
 
 
-def apply_range_mask(depth: Array, out_of_range: Array | None, cap: float = 100.0) -> Array:
-    """DAP convention: pixels the model marks out of range (sky / beyond its range) get depth `cap`.
-    Returns a new array of the input's kind; `out_of_range=None` returns a copy unchanged."""
-    out = depth.clone() if isinstance(depth, torch.Tensor) else np.array(depth, copy=True)
-    if out_of_range is None:
-        return out
-    if isinstance(out, torch.Tensor):
-        mask = torch.as_tensor(
-            np.asarray(out_of_range) if not isinstance(out_of_range, torch.Tensor) else out_of_range,
-            device=out.device,
-        ).bool()
-    else:
-        mask = np.asarray(out_of_range.cpu() if isinstance(out_of_range, torch.Tensor) else out_of_range, bool)
-    if tuple(mask.shape) != tuple(out.shape):
-        raise ValueError(f"range mask shape {tuple(mask.shape)} does not match depth shape {tuple(out.shape)}")
-    out[mask] = cap
-    return out
-
-
 # ------------------------------------------------------------------------------------------ aggregation
 def aggregate(rows: Iterable[dict]) -> dict[str, float]:
     """Per-image mean (the usual convention) of every numeric column of `rows`, ignoring NaN entries
@@ -374,43 +364,30 @@ class EvalConfig:
     panels: int = 4
 
 
-def _resize(x: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
-    if tuple(x.shape[:2]) == tuple(size):
-        return x
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
-    kw = {"align_corners": False} if mode == "bilinear" else {}
-    t = torch.nn.functional.interpolate(t, size=size, mode=mode, **kw)[0]
-    return (t[0] if x.ndim == 2 else t.permute(1, 2, 0)).numpy()
-
-
-def _resize_depth(d: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    # Bilinear would blend invalid zeros into their neighbours: resample the validity too and keep only
-    # pixels whose whole footprint was valid.
-    valid = (d > 0).astype(np.float32)
-    out = _resize(np.where(d > 0, d, 0), size, "bilinear")
-    ok = _resize(valid, size, "bilinear") > 0.999
-    return np.where(ok, out, 0).astype(np.float32)
-
-
-def _panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, max_depth: float | None, height: int = 256):
+def depth_panel(rgb: np.ndarray, gt: np.ndarray, pred: np.ndarray, *, max_depth: float | None = None,
+                prob: np.ndarray | None = None, height: int = 256) -> np.ndarray:
+    """RGB | ground truth | prediction | relative error [| out-of-range probability, when `prob` is given] of one
+    panorama, `height` rows, float RGB in [0, 1]: the panels of `dap eval` and of training validation.
+    rgb (H, W, 3) in [0, 1]; gt, pred, prob (H, W), depth 0 = invalid. Depth colours span 0 to the GT's 99th
+    percentile (at most `max_depth`); the error runs from 0 (dark) to 50 % (bright), black where the GT is invalid."""
     from dap.io import colorize_depth
 
     h, w = gt.shape
     size = (height, max(2, round(w * height / h)))
-    g = _resize(gt, size, "nearest-exact")
-    p = _resize(pred, size, "bilinear")
+    g = resize_nearest(gt, size)
+    p = resize_depth(pred, size)
     vmax = float(np.percentile(g[g > 0], 99)) if (g > 0).any() else float(p.max())
     if max_depth is not None:
         vmax = min(vmax, max_depth)
     err = np.where(g > 0, np.abs(p - g) / np.maximum(g, 1e-6), 0.0)
     tiles = [
-        np.clip(_resize(rgb, size, "bilinear"), 0, 1),
+        np.clip(np.moveaxis(resize_image(np.moveaxis(rgb, -1, 0), size), 0, -1), 0, 1),
         _to_float_rgb(colorize_depth(g, min_depth=0.0, max_depth=vmax)),
         _to_float_rgb(colorize_depth(p, min_depth=0.0, max_depth=vmax)),
-        # relative error, 0 (dark) .. 50 % (bright); black where the GT is invalid
         _to_float_rgb(colorize_depth(err, min_depth=0.0, max_depth=0.5, cmap="inferno")),
     ]
+    if prob is not None:
+        tiles.append(np.repeat(np.clip(resize_image(prob, size), 0, 1)[..., None], 3, axis=-1))
     return np.concatenate(tiles, axis=1).astype(np.float32)
 
 
@@ -527,9 +504,9 @@ def evaluate(
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
         size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
         if gt.shape != size:
-            gt = _resize(gt, size, "nearest-exact")
+            gt = resize_nearest(gt, size)
         if pred.shape != size:
-            pred = _resize_depth(pred, size)
+            pred = resize_depth(pred, size)
         rows_ok = True
         for proto, acc in accs.items():
             try:
@@ -540,7 +517,7 @@ def evaluate(
         if out is not None and rows_ok and i < cfg.panels:
             rgb = np.asarray(sample["rgb"], np.float32)
             (out / "panels").mkdir(parents=True, exist_ok=True)
-            write_rgb(out / "panels" / f"{_file_stem(name)}.png", _panel(rgb, gt, pred, cfg.max_depth))
+            write_rgb(out / "panels" / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
     summary = {
         "config": {
             **asdict(cfg),
@@ -568,15 +545,16 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from dap.io import atomic_write
+
     out.mkdir(parents=True, exist_ok=True)
     rows = [{"protocol": p, **r} for p, acc in accs.items() for r in acc.rows]
     if rows:
         table = pa.Table.from_pylist(rows)
         pq.write_table(table, out / "per_image.parquet")
         pacsv.write_csv(table, out / "per_image.csv")
-    tmp = out / "metrics.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
-    tmp.replace(out / "metrics.json")
+    with atomic_write(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
 
 
 def format_table(summary: dict) -> str:

@@ -146,6 +146,31 @@ def test_training_sample_from_loader_layouts():
     assert r["depth"].shape == (1, 4, 8) and set(r["depth"].unique().tolist()) <= {0.0, 1.0, 2.0, 5.0, 150.0}
 
 
+def test_validation_scores_what_dap_eval_scores():
+    """Training validation and `dap eval` share one path (seam padding, precision, range cap): same AbsRel."""
+    from dap.evaluation import EvalConfig, evaluate, model_predictor
+    from dap.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("dap_tiny").eval()
+    cfg = cfg_with("data.height=64", "data.width=128")
+    src = T.SourceConfig(kind="rooms", size=3, seed=7)
+    val = T.ValidationSet([T.build_source(src, 64, 128)], [src], 64, 128, limit=3)
+    metrics, panel = T.validate(model, val, cfg, T.Dist(), seam_pad=1 / 8)
+    samples = [{"name": str(k), "rgb": val[k]["rgb"].permute(1, 2, 0).numpy(),
+                "depth": torch.where(val[k]["valid"], val[k]["depth"], 0)[0].numpy()} for k in range(len(val))]
+    summary = evaluate(samples, model_predictor(model, resolution=(64, 128), seam_pad=1 / 8),
+                       config=EvalConfig(max_depth=cfg.loss.max_depth, range_cap=model.cfg.max_depth, panels=0))
+    scores = summary["protocols"]["metric"]["per_image_mean"]
+    assert summary["n_images"] == 3 and not summary["skipped"]
+    for key in ("abs_rel", "rmse", "delta1"):
+        assert metrics[key] == pytest.approx(scores[key], rel=1e-6), key
+    # Without the seam padding `dap eval` applies, the numbers would differ.
+    plain, _ = T.validate(model, val, cfg, T.Dist(), seam_pad=0)
+    assert plain["abs_rel"] != pytest.approx(scores["abs_rel"], rel=1e-6)
+    assert panel.shape == (256, 5 * 512, 3)  # RGB | GT | prediction | error | range probability
+
+
 def test_rooms_dataset_depth_is_exact():
     ds = T.RoomsDataset(4, 32, 64, seed=3)
     for i in range(4):

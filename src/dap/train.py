@@ -31,13 +31,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.utils.data import DataLoader, Dataset
 
 from dap import geometry
 from dap.errors import CheckpointError, ConfigError, DapError, NotPanoramaError, RunExistsError
-from dap.inference import normalize_image, to_rgb
+from dap.inference import (
+    DEFAULT_SEAM_PAD,
+    apply_range_mask,
+    infer,
+    normalize_image,
+    resize_image,
+    resize_nearest,
+    to_rgb,
+)
 from dap.losses import DapLoss, LossConfig
 
 CHECKPOINT_VERSION = 1
@@ -378,15 +385,13 @@ def to_training_sample(item: dict, invalid_is_sky: bool = False) -> dict[str, to
 
 
 def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[str, torch.Tensor]:
-    """RGB by antialiased bilinear; depth and masks by nearest, so no depth is invented across edges."""
-    if tuple(s["rgb"].shape[-2:]) == (height, width):
-        return s
+    """RGB by antialiased bilinear; depth and masks by nearest, so no depth is invented across edges (the
+    resampling rules of dap.inference)."""
     size = (height, width)
-    rgb = F.interpolate(s["rgb"][None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
-    near = {k: F.interpolate(s[k][None].float(), size=size, mode="nearest-exact")[0]
-            for k in ("depth", "valid", "out_of_range")}
-    return {"rgb": rgb.clamp(0, 1), "depth": near["depth"], "valid": near["valid"] > 0.5,
-            "out_of_range": near["out_of_range"] > 0.5}
+    if tuple(s["rgb"].shape[-2:]) == size:
+        return s
+    near = {k: resize_nearest(s[k], size) for k in ("depth", "valid", "out_of_range")}
+    return {"rgb": resize_image(s["rgb"], size).clamp(0, 1), **near}
 
 
 def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False) -> dict[str, torch.Tensor]:
@@ -618,18 +623,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
                               "previous one.") from e
 
 
-def _panel(rgb: torch.Tensor, gt: torch.Tensor, pred: torch.Tensor, prob: torch.Tensor, vmax: float) -> np.ndarray:
-    """RGB | GT depth | predicted depth | out-of-range probability, (H, 4W, 3) float in [0, 1]."""
-    from dap.io import colorize_depth
-
-    g, p = gt[0].cpu().numpy(), pred[0].float().cpu().numpy()
-    tiles = [rgb.permute(1, 2, 0).cpu().numpy(),
-             colorize_depth(g, min_depth=0.0, max_depth=vmax) / 255.0,
-             colorize_depth(p, min_depth=0.0, max_depth=vmax) / 255.0,
-             np.repeat(prob[0].float().cpu().numpy()[..., None], 3, axis=-1)]
-    return np.concatenate(tiles, axis=1).astype(np.float32)
-
-
 # ============================================================================================ trainer
 @dataclass
 class TrainResult:
@@ -669,20 +662,23 @@ def _reduce_mean(values: dict[str, float], d: Dist) -> dict[str, float]:
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Dist) -> tuple[dict, np.ndarray | None]:
+def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Dist, *,
+             seam_pad: float = DEFAULT_SEAM_PAD) -> tuple[dict, np.ndarray | None]:
     """Metric-protocol depth metrics (dap.evaluation) and range-mask IoU over the validation set, split
-    across ranks; returns (per-image means, rank 0's first image panel)."""
+    across ranks; returns (per-image means, rank 0's first image panel, `dap.evaluation.depth_panel`).
+    Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, inference precision, then the range
+    cap), so the depth metrics are those `dap eval` reports for the same model and samples."""
     from dap.errors import NoValidDepthError
-    from dap.evaluation import aggregate, compute_metrics
+    from dap.evaluation import aggregate, compute_metrics, depth_panel
 
     was_training = model.training
     model.eval()
     rows, panel = [], None
     for k in range(d.rank, len(val), d.world):
         s = val[k]
-        with _autocast(d.device, cfg.optim.amp):
-            out = model(normalize_image(s["rgb"][None].to(d.device)))
-        pred, prob = out["depth"][0].float().cpu(), out["out_of_range_prob"][0].float().cpu()
+        out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device)
+        prob = out["out_of_range_prob"][0].cpu()
+        pred = apply_range_mask(out["depth"][0].cpu(), prob >= 0.5, model.cfg.max_depth)
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]
         row = {}
         try:
@@ -698,8 +694,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
         row["mask_acc"] = ((hit == target) & known).sum().item() / max(1, known.sum().item())
         rows.append(row)
         if panel is None and d.main:
-            vmax = float(gt[valid].quantile(0.99)) if valid.any() else cfg.loss.max_depth
-            panel = _panel(s["rgb"], gt, pred, prob, vmax)
+            panel = depth_panel(s["rgb"].permute(1, 2, 0).numpy(), torch.where(valid, gt, 0)[0].numpy(),
+                                pred[0].numpy(), max_depth=cfg.loss.max_depth, prob=prob[0].numpy())
     if d.world > 1:
         gathered: list = [None] * d.world
         dist.all_gather_object(gathered, rows)

@@ -259,7 +259,7 @@ def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("dap.data.synthetic.run_cli", interrupted)
+    monkeypatch.setattr("dap.cli.synth.run", interrupted)
     code, err = _run(["synth", "--count", "1", "--out", str(tmp_path / "s")], capsys)
     assert code == 130 and err == "dap synth: interrupted\n"
 
@@ -296,7 +296,7 @@ def test_other_write_errors_exit_1(d, tmp_path, capsys, monkeypatch):
     def broken(args):
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "s" / "shard-000000.tar"))
 
-    monkeypatch.setattr("dap.data.synthetic.run_cli", broken)
+    monkeypatch.setattr("dap.cli.synth.run", broken)
     code, err = _run(["synth", "--count", "1", "--out", str(tmp_path / "s")], capsys)
     assert code == 1
     _check_one_line(err, "synth", ["input/output error", "shard-000000.tar"])
@@ -306,7 +306,7 @@ def test_code_bugs_keep_their_traceback(d, tmp_path, monkeypatch):
     def bug(args):
         raise ZeroDivisionError("a bug, not a user error")
 
-    monkeypatch.setattr("dap.data.synthetic.run_cli", bug)
+    monkeypatch.setattr("dap.cli.synth.run", bug)
     with pytest.raises(ZeroDivisionError):
         main(["synth", "--count", "1", "--out", str(tmp_path / "s")])
 
@@ -382,3 +382,39 @@ def test_corrupt_eval_cache(d, tmp_path, capsys):
     code, err = _run(argv, capsys)
     assert code == 2
     _check_one_line(err, "eval", ["cache.json", "corrupt", "delete"])
+
+
+# --- the CLI sits on top of the library ---------------------------------------------------------------------------
+def _python(code: str) -> str:
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_help_loads_no_heavy_library():
+    heavy = "('torch', 'cv2', 'OpenEXR')"
+    code = f"import sys, dap.cli; dap.cli.build_parser(); print([m for m in {heavy} if m in sys.modules])"
+    assert _python(code) == "[]"
+
+
+def test_library_never_imports_the_cli():
+    import pkgutil
+
+    import dap
+
+    library = [m.name for m in pkgutil.walk_packages(dap.__path__, "dap.") if not m.name.startswith("dap.cli")]
+    assert "dap.train" in library and "dap.data.synthetic" in library
+    code = f"import importlib, sys\nfor m in {library!r}: importlib.import_module(m)\nprint('dap.cli' in sys.modules)"
+    assert _python(code) == "False"
+
+
+def test_every_command_has_a_module(capsys):
+    from dap.cli import COMMANDS
+
+    for name in COMMANDS:
+        with pytest.raises(SystemExit) as e:
+            main([name, "--help"])
+        assert e.value.code == 0 and f"usage: dap {name}" in capsys.readouterr().out

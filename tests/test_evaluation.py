@@ -309,7 +309,7 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
         seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad)
         return stub
 
-    monkeypatch.setattr(ev, "model_predictor", fake_model_predictor)
+    monkeypatch.setattr("dap.cli.eval.model_predictor", fake_model_predictor)
     code = main(
         [
             "eval",

@@ -13,7 +13,6 @@ from dap.data.synthetic import (
     Shell,
     Sphere,
     Style,
-    add_arguments,
     get_style,
     kind_for_seed,
     load_texture_tiles,
@@ -290,6 +289,8 @@ def test_texture_bank_from_package_and_folders(tmp_path):
 
 def test_texture_dir_option_is_repeatable():
     import argparse
+
+    from dap.cli.synth import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)

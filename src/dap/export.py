@@ -19,7 +19,6 @@ older path stays available to us.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import io
 import json
@@ -133,34 +132,3 @@ class OnnxModel:
                            "graph lacks; use another resolution or the torch backend")
         outputs = self.session.run(list(OUTPUTS), {INPUT: x.detach().float().cpu().numpy()})
         return {name: torch.from_numpy(v).to(x.device) for name, v in zip(OUTPUTS, outputs, strict=True)}
-
-
-# --- `dap export onnx` ------------------------------------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dap.cli import parse_size
-
-    parser.add_argument("format", choices=["onnx"], help="export format")
-    parser.add_argument("--model", default="dap-tiny-synth",
-                        help="a model name (`dap models`), an official model.pth or a folder written by `dap convert`")
-    parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--resolution", type=parse_size, default=None,
-                      help="fixed working resolution HxW, multiples of 16; None: the model's own")
-    size.add_argument("--dynamic", action="store_true", help="dynamic height and width (multiples of 16)")
-    parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
-                        help="seam columns (fraction of the width) a fixed-size graph is traced with; "
-                             "predict with the same --seam-pad")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    from dap.models import load_model
-
-    model = load_model(args.model)
-    out = export_onnx(model, args.out, resolution=args.resolution, dynamic=args.dynamic, seam_pad=args.seam_pad)
-    h, w = args.resolution or model.cfg.default_resolution
-    w += 2 * seam_pad_columns(w, args.seam_pad, model.cfg.vit.patch_size)
-    shape = "(batch, 3, height, width)" if args.dynamic else f"(batch, 3, {h}, {w})"
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {model.cfg.name}, opset {OPSET}): input {INPUT} {shape}, "
-          f"outputs {', '.join(OUTPUTS)}")
-    return 0

@@ -10,7 +10,6 @@ pure functions of (run.seed, s, rank, world size, batch size); a checkpoint ther
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import functools
@@ -930,42 +929,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     return TrainResult(step=step, finished=finished, history=history, model=final_model, out=out)
 
 
-# ================================================================================================ CLI
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="training config (YAML), e.g. configs/tiny_cpu.yaml")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in <out>/checkpoints (starts fresh if none)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set optim.lr_head=1e-4 --set data.batch_size=8")
-    from dap.cli import positive_float, positive_int
+if __name__ == "__main__":  # `torchrun -m dap.train ...`: the `dap train` command
+    from dap.cli import main
 
-    parser.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",
-                        help="checkpoint and stop after this step (continue later with --resume)")
-    parser.add_argument("--time-limit", type=positive_float, default=None, metavar="MINUTES",
-                        help="checkpoint and stop after this many minutes (continue later with --resume)")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, time_limit_min=args.time_limit)
-    if int(os.environ.get("RANK", 0)) == 0:
-        where = f"model in {out / 'final'}" if result.finished else f"checkpoint in {out / 'checkpoints'}"
-        print(f"dap train: {'finished' if result.finished else 'stopped'} at step {result.step}; {where}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dap.train", description="Train DAP (torchrun-ready).")
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_cli(args)
-    except DapError as e:
-        print(f"dap train: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

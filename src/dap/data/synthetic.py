@@ -20,7 +20,6 @@ patterns, so the "clean" and "photo" presets share exactly the same geometry dis
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import dataclasses
 import functools
@@ -1690,52 +1689,6 @@ def depth_stats(out: dict[str, np.ndarray]) -> dict[str, float]:
     return dict(depth_min=float(d.min()) if d.size else 0.0, depth_median=float(np.median(d)) if d.size else 0.0,
                 depth_max=float(d.max()) if d.size else 0.0, sky_fraction=float(out["sky_mask"].mean()),
                 range_fraction=float(out["range_mask"].mean()))
-
-
-# ------------------------------------------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from dap.cli import nonnegative_int, parse_panorama_size, positive_int
-
-    p.add_argument("--count", type=positive_int, required=True, help="number of panoramas")
-    p.add_argument("--out", required=True, help="output folder (tar shards + manifest.parquet); rerun to resume")
-    p.add_argument("--kind", choices=["indoor", "outdoor", "mixed"], default="mixed",
-                   help="scene kind; mixed = indoor for even seeds, outdoor for odd")
-    p.add_argument("--style", choices=sorted(STYLES), default="clean", help="appearance domain")
-    p.add_argument("--texture-dir", action="append", default=[], metavar="DIR",
-                   help="cut the photo textures of the photo style from the images in DIR (repeatable) instead "
-                        "of the bank shipped with the package")
-    p.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024), help="HEIGHTxWIDTH, 2:1")
-    p.add_argument("--workers", type=positive_int, default=1, help="processes rendering shards in parallel")
-    p.add_argument("--shard-size", type=positive_int, default=64, help="panoramas per tar shard")
-    p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the first panorama (sample i uses seed + i)")
-    p.add_argument("--supersample", type=positive_int, default=1,
-                   help="RGB anti-aliasing factor (geometry stays exact)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    import time
-
-    from dap.data.shards import write_dataset
-
-    style = args.style
-    if args.texture_dir:
-        dirs = [str(Path(d).resolve()) for d in args.texture_dir]
-        style = f"{style}@{os.pathsep.join(dirs)}"
-        try:
-            get_style(style)
-        except ValueError as e:
-            raise DapError(f"--texture-dir: {e}") from None
-        load_texture_tiles(dirs)  # fail now, not in a worker, on a missing folder or one without images
-    start = time.perf_counter()
-    manifest = write_dataset(args.out, args.count, kind=args.kind, style=style, resolution=args.resolution,
-                             workers=args.workers, shard_size=args.shard_size, seed=args.seed,
-                             supersample=args.supersample, progress=not args.no_progress)
-    print(f"{args.count} panoramas in {manifest.parent} ({time.perf_counter() - start:.1f} s); manifest: {manifest}")
-    return 0
 
 
 def contact_sheet(path: str, seeds: tuple[int, ...] = (0, 1, 2, 3), height: int = 192, supersample: int = 2) -> None:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-
-import torch
 
 from dap.models.backbone import ViTConfig
 from dap.models.checkpoint import load_model, save_model
@@ -53,47 +50,3 @@ def count_parameters(model: DAP) -> dict[str, int]:
 
 __all__ = ["DAP", "DapConfig", "MODEL_CONFIGS", "ViTConfig", "count_parameters", "create_model",
            "load_model", "save_model"]
-
-
-# --- CLI: `dap models` and `dap convert` -------------------------------------------------------------
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(_run=_run_models)
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    return args._run(args)
-
-
-def _run_models(args: argparse.Namespace) -> int:
-    from dap.models.registry import MODELS
-
-    print("Named weights: dap.load_model(NAME), dap predict --model NAME")
-    print(f"{'name':<16} {'architecture':<12} {'size':>8}  source")
-    for m in MODELS.values():
-        print(f"{m.name:<16} {m.config.name:<12} {m.size:>8}  {m.source}")
-        print(f"{'':<16} {m.description}; licence: {m.licence}")
-    print("\nArchitectures: dap.create_model(NAME) (random weights)")
-    print(f"{'model':<10} {'embed':>5} {'blocks':>6} {'backbone':>10} {'depth head':>11} {'range head':>11} "
-          f"{'total':>10}")
-    for name in MODEL_CONFIGS:
-        with torch.device("meta"):  # shapes only: no memory, no random init
-            model = create_model(name)
-        c = count_parameters(model)
-        print(f"{name:<10} {model.cfg.vit.embed_dim:>5} {model.cfg.vit.depth:>6} {c['backbone'] / 1e6:>9.2f}M "
-              f"{c['depth_head'] / 1e6:>10.2f}M {c['range_head'] / 1e6:>10.2f}M {c['total'] / 1e6:>9.2f}M")
-    return 0
-
-
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="official model.pth (with or without the `module.` prefix)")
-    parser.add_argument("out", help="output directory for model.safetensors + config.json")
-    parser.set_defaults(_run=_run_convert)
-
-
-def _run_convert(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint)
-    out = save_model(model, args.out, training={"converted_from": str(args.checkpoint)})
-    print(f"wrote {out}/model.safetensors and config.json ({model.cfg.name}, "
-          f"{count_parameters(model)['total'] / 1e6:.1f}M parameters)")
-    return 0

@@ -1,8 +1,8 @@
 """`dap` command line: a thin layer over the Python API.
 
-Each subcommand lives with the module that owns it; that module provides
-`add_arguments(parser)` and `run_cli(args) -> int` (the exit code). "module:function" names another
-function of the module that adds the arguments.
+One module per command (`dap.cli.predict`, `dap.cli.eval`, ...), each with `add_arguments(parser)` and
+`run(args) -> int` (the exit code); this module holds `main`, the argument types, the output checks and the one
+error policy. A command's module is imported only when that command runs, so `dap --help` loads no torch.
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import sys
 import time
 from pathlib import Path
 
-# name -> (module that owns it, one-line help)
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "predict": ("dap.inference", "Predict metric depth for panoramas (files, folders, globs, videos)."),
-    "models": ("dap.models", "List the named weights (source, size, licence) and the architectures."),
-    "convert": ("dap.models:add_convert_arguments", "Convert an official DAP model.pth to our format."),
-    "export": ("dap.export", "Export a model to ONNX (fixed or dynamic input size) for onnxruntime and others."),
-    "eval": ("dap.evaluation", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
-    "synth": ("dap.data.synthetic", "Render procedural 360° panoramas with exact metric depth into tar shards."),
-    "train": ("dap.train", "Train or fine-tune DAP from a YAML config (single process or under torchrun)."),
-    "curate": ("dap.curation.command", "Data-in-the-loop curation: ingest, pseudo-label, score, select, run."),
+# name -> (module under dap.cli, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "predict": ("predict", "Predict metric depth for panoramas (files, folders, globs, videos)."),
+    "models": ("models", "List the named weights (source, size, licence) and the architectures."),
+    "convert": ("convert", "Convert an official DAP model.pth to our format."),
+    "export": ("export", "Export a model to ONNX (fixed or dynamic input size) for onnxruntime and others."),
+    "eval": ("eval", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
+    "synth": ("synth", "Render procedural 360° panoramas with exact metric depth into tar shards."),
+    "train": ("train", "Train or fine-tune DAP from a YAML config (single process or under torchrun)."),
+    "curate": ("curate", "Data-in-the-loop curation: ingest, pseudo-label, score, select, run."),
 }
 
 
@@ -117,16 +117,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
+class _Commands(argparse._SubParsersAction):
+    """Subcommands whose arguments are added once the command is chosen: only its module gets imported."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        command = self._name_parser_map.get(values[0])
+        if command is not None and command.get_default("_module") is None:
+            module = importlib.import_module(f"dap.cli.{COMMANDS[values[0]][0]}")
+            module.add_arguments(command)
+            command.set_defaults(_module=module)
+        super().__call__(parser, namespace, values, option_string)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (target, help_text) in SUBCOMMANDS.items():
-        module_name, _, adder = target.partition(":")
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=help_text, description=help_text,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        getattr(module, adder or "add_arguments")(p)
-        p.set_defaults(_module=module)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, description=help_text,
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     return parser
 
 
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"dap {args.command}"
     try:
         _prepare_outputs(args)
-        return int(args._module.run_cli(args) or 0)
+        return int(args._module.run(args) or 0)
     except DapError as e:
         print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -233,7 +241,3 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"{name}: error: {_os_error(e, args)}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

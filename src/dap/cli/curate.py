@@ -4,30 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
+from dap.cli import check_output, parse_size, positive_float, positive_int, remove_stale_temporaries
 from dap.errors import DapError
-
-
-def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v > 0 or not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
 
 
 def _keep(text: str) -> dict[str, float]:
@@ -45,8 +25,6 @@ def _keep(text: str) -> dict[str, float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from dap.cli import parse_size
-
     sub = parser.add_subparsers(dest="curate_command", required=True, metavar="STEP")
     fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -56,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", required=True, help="pool folder (created; re-ingesting adds only new items)")
     p.add_argument("--source", default=None, help="source name for these items (default: each file's folder name)")
     p.add_argument("--generated", action="store_true", help="the items are generated panoramas (text-to-panorama)")
-    p.add_argument("--every", type=_positive_float, default=2.0, metavar="SECONDS",
+    p.add_argument("--every", type=positive_float, default=2.0, metavar="SECONDS",
                    help="sample one frame of a video every this many seconds")
     p.add_argument("--pad-to-erp", action="store_true",
                    help="accept partial panoramas wider than 2:1 by padding black rows (else they are rejected)")
-    p.add_argument("--max-width", type=_positive_int, default=2048, help="store panoramas at most this wide")
+    p.add_argument("--max-width", type=positive_int, default=2048, help="store panoramas at most this wide")
     p.add_argument("--dedupe-bits", type=int, default=6,
                    help="near-duplicate when 64-bit perceptual hashes differ in at most this many bits (-1: off)")
     p.add_argument("--max-tilt", type=float, default=8.0, metavar="DEGREES",
@@ -77,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="stage1: Scene-Invariant Labeler; stage3: Realism-Invariant Labeler")
     p.add_argument("--resolution", type=parse_size, default=(256, 512), metavar="HxW",
                    help="working and stored label resolution (2:1, multiples of 16)")
-    p.add_argument("--batch-size", type=_positive_int, default=4, help="panoramas per forward")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="panoramas per forward")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation agreement (3x faster)")
     p.add_argument("--outdoor-sky-fraction", type=float, default=0.05,
@@ -110,9 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def run_cli(args: argparse.Namespace) -> int:
-    from dap.cli import check_output, remove_stale_temporaries
-
+def run(args: argparse.Namespace) -> int:
     cmd = args.curate_command
     option, folder = ("--work", Path(args.work)) if cmd == "run" else ("--pool", Path(args.pool))
     if cmd in ("ingest", "run"):  # the commands that may create the folder

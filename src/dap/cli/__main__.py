@@ -1,0 +1,5 @@
+import sys
+
+from dap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""`dap eval`: score a checkpoint or saved predictions on a depth benchmark (see dap.evaluation)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from dap.cli import (
+    nonnegative_float,
+    nonnegative_int,
+    parse_device,
+    parse_network_size,
+    parse_size,
+    positive_float,
+    positive_int,
+)
+from dap.data.datasets import DATASETS, get_dataset
+from dap.errors import DapError
+from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_fingerprint, model_predictor
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype
+from dap.models import load_model
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASETS), help="benchmark loader")
+    parser.add_argument("--root", required=True, help="dataset root directory (or manifest file for 'folder')")
+    parser.add_argument("--split", default="test", help="dataset split")
+    parser.add_argument(
+        "--split-file", default=None, help="'rgb depth' pair list relative to the root (stanford2d3d, matterport3d)"
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model checkpoint to evaluate")
+    src.add_argument("--predictions", help="folder of saved predictions <sample name>.npy in metres (no model)")
+    parser.add_argument("--out", required=True, help="output folder (metrics.json, per_image.*, panels/)")
+    parser.add_argument(
+        "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"
+    )
+    parser.add_argument(
+        "--max-depth",
+        type=positive_float,
+        default=100.0,
+        help="ground truth above this is ignored and predictions are clipped to it "
+        "(10 = indoor convention, 100 = DAP convention)",
+    )
+    parser.add_argument("--min-depth", type=nonnegative_float, default=1e-3,
+                        help="ground truth at or below this is ignored")
+    parser.add_argument(
+        "--range-cap",
+        type=positive_float,
+        default=100.0,
+        help="depth given to pixels the model marks out of range (DAP convention: 100)",
+    )
+    parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
+    parser.add_argument("--resolution", type=parse_network_size, default=None,
+                        help="model input size HxW, 2:1, multiples of 16 (default: the model's own; 512x1024 for the "
+                             "official model)")
+    parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
+                        help="fraction of the width wrapped around each side of the 0/360 seam before the model "
+                             "(0 = off, as the official evaluation)")
+    parser.add_argument(
+        "--eval-size",
+        type=parse_size,
+        default=None,
+        help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
+    )
+    parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N samples")
+    parser.add_argument("--panels", type=nonnegative_int, default=4, help="number of qualitative panels to save")
+    parser.add_argument("--device", type=parse_device, default="cpu", help="torch device for the model")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.min_depth >= args.max_depth:
+        raise DapError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g}")
+    if args.predictions and not Path(args.predictions).is_dir():
+        raise DapError(f"--predictions {args.predictions} is not a folder; pass the folder of <sample name>.npy files")
+    kwargs = {}
+    if args.split_file:
+        if args.dataset not in ("stanford2d3d", "matterport3d"):
+            raise DapError(
+                f"--split-file applies to stanford2d3d and matterport3d, not {args.dataset}; "
+                "use a manifest with the 'folder' loader for a custom list."
+            )
+        kwargs["split_file"] = args.split_file
+    dataset = get_dataset(args.dataset, args.root, split=args.split, **kwargs)
+    cfg = EvalConfig(
+        protocols=tuple(args.protocol),
+        min_depth=args.min_depth,
+        max_depth=args.max_depth,
+        range_cap=args.range_cap,
+        weights="solid_angle" if args.solid_angle else None,
+        eval_size=args.eval_size,
+        limit=args.limit,
+        panels=args.panels,
+    )
+    expected = getattr(dataset, "expected_size", None)
+    if expected and len(dataset) != expected and args.limit is None:
+        print(
+            f"note: {args.dataset} {args.split} has {len(dataset)} samples here; the standard split has "
+            f"{expected}. Numbers are not comparable with published ones."
+        )
+    check_seam_pad(args.seam_pad)
+    if args.predictions:
+        summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
+                           progress=sys.stderr.isatty())
+    else:
+        model = load_model(args.checkpoint, device=args.device)
+        resolution = tuple(args.resolution or model.cfg.default_resolution)
+        predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
+        key = {
+            "checkpoint": str(args.checkpoint),
+            "model_sha256": model_fingerprint(model),
+            "resolution": list(resolution),
+            "seam_pad": args.seam_pad,
+            "precision": str(compute_dtype(torch.device(args.device))).removeprefix("torch."),
+            "range_cap": args.range_cap,
+        }
+        summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key,
+                           progress=sys.stderr.isatty())
+    if summary["n_images"] and len(summary["skipped"]) == summary["n_images"] * len(cfg.protocols):
+        raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth in "
+                       f"({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
+                       f"(metres_per_unit) or --max-depth. Details in {Path(args.out) / 'metrics.json'}")
+    print(format_table(summary))
+    if summary["skipped"]:
+        print(
+            f"skipped {len(summary['skipped'])} (image, protocol) pairs without valid ground truth "
+            f"(listed in metrics.json)"
+        )
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0

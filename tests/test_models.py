@@ -238,3 +238,14 @@ def test_non_positive_max_depth_is_refused_at_load(tmp_path, max_depth, capsys):
     argv = ["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "m")]
     assert main(argv) == 2
     assert "max_depth is" in capsys.readouterr().err
+
+
+def test_official_quirks_module_does_not_import_the_model_back():
+    import ast
+
+    import dap.models.official as official
+
+    tree = ast.parse(Path(official.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert imported <= {"__future__", "pathlib", "torch", "dap.errors", "dap.models.backbone"}, imported
+    assert MODEL_CONFIGS["dap_vitl"].layers == official.OFFICIAL_LAYERS[24]

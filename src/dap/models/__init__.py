@@ -7,11 +7,12 @@ import dataclasses
 from dap.models.backbone import ViTConfig
 from dap.models.checkpoint import load_model, save_model
 from dap.models.dap import DAP, DapConfig
+from dap.models.official import OFFICIAL_LAYERS
 
 # DPT widths for ViT-B/S follow Depth-Anything-V2; the tiny variant is ours, for CPU training and tests.
 MODEL_CONFIGS: dict[str, DapConfig] = {
     "dap_vitl": DapConfig(
-        name="dap_vitl", vit=ViTConfig(embed_dim=1024, depth=24, num_heads=16), layers=(4, 11, 17, 23),
+        name="dap_vitl", vit=ViTConfig(embed_dim=1024, depth=24, num_heads=16), layers=OFFICIAL_LAYERS[24],
         features=256, out_channels=(256, 512, 1024, 1024), token_adapter="official",
     ),
     "dap_vitb": DapConfig(

@@ -20,7 +20,8 @@ from dap.models.dap import DAP, DapConfig
 from dap.models.official import (
     convert_official_state_dict,
     is_official_state_dict,
-    official_config_from_state_dict,
+    official_config,
+    read_official_checkpoint,
 )
 
 WEIGHTS_FILE = "model.safetensors"
@@ -66,26 +67,6 @@ def check_finite(model: DAP, source: Path) -> None:
         )
 
 
-def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
-    if path.is_file() and path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (0 bytes), a download or copy that was cut short; download it again")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad pickle; its advice to drop weights_only is unsafe
-        raise CheckpointError(
-            f"cannot read {path}: it is not a PyTorch checkpoint of weights, or it is damaged "
-            f"({type(e).__name__}); download it again (or save the model's state_dict() if you made it)"
-        ) from None
-    for key in ("model", "state_dict", "model_state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a flat state dict of tensors (got {type(obj).__name__})")
-    # The release was saved from nn.DataParallel, which prefixes every key with `module.`.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
 def _load_ours(directory: Path) -> DAP:
     from safetensors.torch import load_file
 
@@ -122,7 +103,7 @@ def _load_official(path: Path) -> DAP:
         )
     sd = convert_official_state_dict(sd)
     with torch.device("meta"):
-        model = DAP(official_config_from_state_dict(sd))
+        model = DAP(DapConfig(**official_config(sd)))
     load_state_dict_strict(model, sd, str(path))
     check_finite(model, path)
     model.checkpoint_info = {"format": "official", "source": str(path)}

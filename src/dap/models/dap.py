@@ -10,6 +10,7 @@ from torch import nn
 
 from dap.models.backbone import DinoV3ViT, ViTConfig
 from dap.models.dpt import DPTHead
+from dap.models.official import OfficialTokenAdapter
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,6 @@ def make_token_adapter(cfg: DapConfig) -> nn.Module:
     if cfg.token_adapter == "plain":
         return PlainTokenAdapter()
     if cfg.token_adapter == "official":
-        from dap.models.official import OfficialTokenAdapter
-
         return OfficialTokenAdapter(cfg.vit.embed_dim)
     raise ValueError(f"unknown token_adapter {cfg.token_adapter!r}; use 'plain' or 'official'")
 

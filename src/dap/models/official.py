@@ -10,6 +10,8 @@ They all live here:
    samples and reshapes row-major.
 4. Its state dict lists every backbone block twice (`core.pretrained.blocks.*` aliases
    `core.pretrained.model.blocks.*`) and stores the DINOv3 `qkv.bias_mask` buffer (1 for q and v, 0 for k).
+5. The file was saved from nn.DataParallel (every key prefixed `module.`); other copies nest the state dict under
+   `model`/`state_dict`.
 
 Quirks of the official *scripts* that we deliberately do not copy: `test/infer.py` feeds un-normalised RGB (we use
 ImageNet normalisation as `test/eval.py` does), and both loaders use `strict=False`, hiding key mismatches.
@@ -18,12 +20,14 @@ ImageNet normalisation as `test/eval.py` does), and both loaders use `strict=Fal
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dap.errors import CheckpointError
+from dap.models.backbone import ViTConfig
 
 OFFICIAL_LAYERS = {24: (4, 11, 17, 23), 12: (2, 5, 8, 11)}
 
@@ -55,6 +59,26 @@ _PREFIX_MAP = (
     ("core.mask_head.", "range_head."),
 )
 _ALIAS_PREFIX = "core.pretrained.blocks."
+
+
+def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), a download or copy that was cut short; download it again")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad pickle; its advice to drop weights_only is unsafe
+        raise CheckpointError(
+            f"cannot read {path}: it is not a PyTorch checkpoint of weights, or it is damaged "
+            f"({type(e).__name__}); download it again (or save the model's state_dict() if you made it)"
+        ) from None
+    for key in ("model", "state_dict", "model_state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a flat state dict of tensors (got {type(obj).__name__})")
+    # The release was saved from nn.DataParallel, which prefixes every key with `module.`.
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def is_official_state_dict(sd: dict[str, torch.Tensor]) -> bool:
@@ -101,11 +125,8 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
-def official_config_from_state_dict(sd: dict[str, torch.Tensor]):
-    """Architecture of an official-format checkpoint, read from its tensor shapes (our keys)."""
-    from dap.models.backbone import ViTConfig
-    from dap.models.dap import DapConfig
-
+def official_config(sd: dict[str, torch.Tensor]) -> dict:
+    """Architecture of an official-format checkpoint, read from its tensor shapes (our keys): DapConfig fields."""
     try:
         dim = sd["backbone.cls_token"].shape[-1]
         depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("backbone.blocks."))
@@ -120,5 +141,5 @@ def official_config_from_state_dict(sd: dict[str, torch.Tensor]):
     names = {1024: "dap_vitl", 768: "dap_vitb", 384: "dap_vits"}
     vit = ViTConfig(embed_dim=dim, depth=depth, num_heads=dim // 64, mlp_ratio=hidden / dim,
                     num_storage_tokens=storage)
-    return DapConfig(name=names.get(dim, f"dap_vit{dim}"), vit=vit, layers=OFFICIAL_LAYERS[depth],
-                     features=features, out_channels=out_channels, token_adapter="official")
+    return dict(name=names.get(dim, f"dap_vit{dim}"), vit=vit, layers=OFFICIAL_LAYERS[depth], features=features,
+                out_channels=out_channels, token_adapter="official")

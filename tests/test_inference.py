@@ -450,3 +450,18 @@ def test_bad_seam_pad_is_refused(tiny_model, checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "a.png", _pano(32, 64))
     assert _predict_cli([tmp_path / "a.png"], tmp_path / "o", checkpoint, "--seam-pad", "-1") == 2
     assert "got -1.0" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_cli_says_once_when_it_uses_the_bundled_model(tmp_path, capsys):
+    from dap.cli import main
+
+    rgb = np.random.default_rng(0).random((32, 64, 3)).astype(np.float32)
+    io.write_rgb(tmp_path / "a.png", rgb)
+    io.write_rgb(tmp_path / "b.png", rgb[:, ::-1])
+    assert main(["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "o"),
+                 "--outputs", "npy", "--resolution", "32x64"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("bundled dap-tiny-synth") == 1 and "--model dap-vitl" in err
+    assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o2"), "--outputs", "npy",
+                 "--resolution", "32x64", "--model", "dap-tiny-synth"]) == 0
+    assert "bundled" not in capsys.readouterr().err  # a model chosen by name is not announced

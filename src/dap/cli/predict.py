@@ -84,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
         model = OnnxModel(args.model)
     else:
         model = resolve_model(args.model, device)
+        if args.model is None:
+            print("dap predict: using the bundled dap-tiny-synth (5 M parameters, trained on synthetic panoramas "
+                  "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
     missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
     if missing:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")

@@ -262,6 +262,30 @@ def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
     assert [r["domain"] for r in read_manifest(one)] == [r["domain"] for r in read_manifest(two)]
 
 
+def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
+    import shutil
+
+    from dap.curation.selection import score_pool
+
+    one = _pool_of_noise(tmp_path / "one", 5)
+    label_pool(one, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), tta=False), progress=False)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    torch.manual_seed(0)
+    disc = D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval()
+    D.save_discriminator(disc, tmp_path / "disc")
+    assert score_pool(one, disc, progress=False) == 5
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+           "-m", "dap.cli", "curate", "score", "--pool", str(two), "--discriminator", str(tmp_path / "disc")]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = {r["id"]: r["disc_score"] for r in read_manifest(one)}
+    b = {r["id"]: r["disc_score"] for r in read_manifest(two)}
+    assert a.keys() == b.keys() and all(np.isfinite(v) for v in a.values())
+    assert all(abs(a[k] - b[k]) < 1e-6 for k in a)
+    assert sorted(f.name for f in (two / "scores").iterdir()) == ["stage1-rank0-of-2.json", "stage1-rank1-of-2.json"]
+
+
 # ------------------------------------------------------------------------------------------ discriminator
 def test_discriminator_separates_ground_truth_from_degraded_depth():
     from dap.train import RoomsDataset, resize_sample, to_training_sample

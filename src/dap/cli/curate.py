@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import json
 from pathlib import Path
 
@@ -124,7 +125,8 @@ def run(args: argparse.Namespace) -> int:
         from dap.curation.selection import score_pool
 
         n = score_pool(args.pool, load_discriminator(args.discriminator))
-        print(f"dap curate score: {n} stage-1 labels scored")
+        if int(os.environ.get("RANK", 0)) == 0:
+            print(f"dap curate score: {n} stage-1 labels scored")
     elif cmd == "select":
         from dap.curation.selection import PAPER_FRACTIONS, select_pool
 

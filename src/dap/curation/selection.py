@@ -22,25 +22,55 @@ SCORES = ("disc", "tta", "disc_tta")
 @torch.inference_mode()
 def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = "stage1", batch_size: int = 16,
                progress: bool = True) -> int:
-    """Write the discriminator's P(real) of every labelled row's `stage` label into `disc_score`."""
+    """Write the discriminator's P(real) of every labelled row's `stage` label into `disc_score`.
+
+    Under torchrun each rank scores its share of the rows (the same split as labeling) and writes the scores to
+    scores/<stage>-rank<r>-of-<world>.json; rank 0 merges them into the manifest. Returns the rows scored."""
+    import json
+
+    import torch.distributed as dist
     from tqdm import tqdm
 
+    from dap.curation.label import rank_rows
+    from dap.io import atomic_write
+    from dap.train import setup_distributed
+
     pool = Path(pool)
-    rows = read_manifest(pool)
-    todo = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]]
-    if not todo:
-        raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
-    for start in tqdm(range(0, len(todo), batch_size), desc="score", disable=not progress, dynamic_ncols=True):
-        part = todo[start:start + batch_size]
-        arrays = [labelled_arrays(pool, r, stage) for r in part]
-        rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
-        depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
-        oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
-        scores = model.score(discriminator_input(rgb, depth, oor, model.cfg))
-        for r, s in zip(part, scores.tolist(), strict=True):
-            r["disc_score"] = s
-    write_manifest(pool, rows)
-    return len(todo)
+    d = setup_distributed("cpu")  # a few hundred thousand parameters: the CPU keeps GPUs free for labeling
+    try:
+        rows = read_manifest(pool)
+        mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
+        if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
+            raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
+        scores: dict[str, float] = {}
+        for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress, dynamic_ncols=True):
+            part = mine[start:start + batch_size]
+            arrays = [labelled_arrays(pool, r, stage) for r in part]
+            rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
+            depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
+            oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
+            batch = model.score(discriminator_input(rgb, depth, oor, model.cfg))
+            scores.update(zip((r["id"] for r in part), batch.tolist(), strict=True))
+        part_file = pool / "scores" / f"{stage}-rank{d.rank}-of-{d.world}.json"
+        with atomic_write(part_file) as tmp:
+            tmp.write_text(json.dumps(scores))
+        if d.world > 1:
+            dist.barrier()
+        if not d.main:
+            return len(scores)
+        merged: dict[str, float] = {}
+        for r in range(d.world):
+            merged.update(json.loads((pool / "scores" / f"{stage}-rank{r}-of-{d.world}.json").read_text()))
+        for row in rows:
+            if row["id"] in merged:
+                row["disc_score"] = merged[row["id"]]
+        write_manifest(pool, rows)
+        return len(merged)
+    finally:
+        if d.world > 1:
+            dist.barrier()
+        if d.initialised_here:
+            dist.destroy_process_group()
 
 
 def _ranking_value(row: dict, score: str) -> float:

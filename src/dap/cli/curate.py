@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 from pathlib import Path
 
 from dap.cli import check_output, parse_size, positive_float, positive_int, remove_stale_temporaries

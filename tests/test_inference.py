@@ -379,6 +379,35 @@ def test_video_frame_name_taken_by_an_image_fails_instead_of_overwriting(checkpo
     assert _files(out) == ["clip_000000.npy"]
 
 
+def test_video_cut_short_is_reported_as_failed(checkpoint, tmp_path, capsys):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    for i in range(12):
+        writer.write((_pano(32, 64, i) * 255).astype(np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.7)])  # a copy interrupted mid-way
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert _predict_cli([path], out, checkpoint, "--outputs", "npy") == 1
+    captured = capsys.readouterr()
+    done = len(_files(out))
+    assert 0 < done < 12 and f"predicted {done} panorama(s)" in captured.out and "1 failed" in captured.out
+    assert f"cannot read {path}: frame {done} of 12 cannot be decoded" in captured.err
+
+
+def test_a_bug_raising_value_error_is_not_reported_as_a_bad_input(checkpoint, tmp_path, monkeypatch):
+    def bug(*args, **kwargs):
+        raise ValueError("a bug in our code")
+
+    monkeypatch.setattr("dap.cli.predict.predict", bug)
+    io.write_rgb(tmp_path / "pano.png", _pano(32, 64))
+    with pytest.raises(ValueError, match="a bug in our code"):  # keeps its traceback: not "pano.png failed"
+        _predict_cli([tmp_path / "pano.png"], tmp_path / "o", checkpoint)
+
+
 # --- input ranges, NaN pixels, bad checkpoints (issue 11, item 4) -----------------------------------------
 
 def test_input_range_and_layout_follow_the_dtype():

@@ -441,3 +441,27 @@ def test_writes_never_leave_partial_files(tmp_path, rng, monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a clean write raises no warning
         io.write_depth(tmp_path / "d.png", _depth(rng), scale=1 / 1000)
+
+
+def _cut_video(tmp_path, frames: int = 20):
+    """A 20-frame MJPG AVI and the same file cut to 70 % of its bytes (a copy interrupted mid-way)."""
+    full, cut = tmp_path / "full.avi", tmp_path / "cut.avi"
+    writer = cv2.VideoWriter(str(full), cv2.VideoWriter_fourcc(*"MJPG"), 5, (W, H))
+    for i in range(frames):
+        writer.write(np.random.default_rng(i).integers(0, 256, (H, W, 3), dtype=np.uint8))
+    writer.release()
+    data = full.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.7)])
+    return full, cut
+
+
+def test_video_cut_short_raises_after_its_good_frames(tmp_path):
+    full, cut = _cut_video(tmp_path)
+    assert sum(1 for _ in io.iter_video_frames(full)) == 20
+    assert [i for i, _, _ in io.sample_video_frames(full, every_s=1.0)] == [0, 5, 10, 15]
+    got = []
+    with pytest.raises(UnreadableFileError, match=rf"{cut}: frame (\d+) of 20 cannot be decoded") as e:
+        got.extend(io.iter_video_frames(cut))
+    assert 0 < len(got) < 20 and f"frame {len(got)} of 20" in str(e.value)  # the first frame that failed
+    with pytest.raises(UnreadableFileError, match=rf"{cut}: frame {len(got)} of 20"):
+        list(io.sample_video_frames(cut, every_s=1.0))

@@ -443,7 +443,7 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
         try:
             for i, frame in enumerate(io.iter_video_frames(item.video)):
                 yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: f, item.video)
-        except (DapError, OSError) as e:
+        except DapError as e:
             failures.append((item.source, str(e)))
 
 

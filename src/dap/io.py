@@ -521,31 +521,46 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 
 
-def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
-    """Frames of a video file in order, each float32 (H, W, 3) RGB in [0, 1]."""
+def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
+    """(path, opened capture, number of frames the container states; 0 if it states none)."""
     p = _check_file(path)
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
         raise _unreadable(p, "OpenCV cannot open it as a video")
+    count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    return p, cap, int(count) if count and math.isfinite(count) and count > 0 else 0
+
+
+def _check_video_end(p: Path, index: int, count: int) -> None:
+    """A read that fails before the stated frame count is a broken file, not the end of the video."""
+    if index < count:
+        raise _unreadable(p, f"frame {index} of {count} cannot be decoded (the video is cut short or corrupt)")
+
+
+def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
+    """Frames of a video file in order, each float32 (H, W, 3) RGB in [0, 1]. A frame that cannot be decoded
+    before the frame count the file states raises UnreadableFileError (after the frames before it)."""
+    p, cap, count = _open_video(path)
     try:
+        index = 0
         while True:
             ok, frame = cap.read()
             if not ok:
-                break
+                _check_video_end(p, index, count)
+                return
             yield cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+            index += 1
     finally:
         cap.release()
 
 
 def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in seconds, float32 RGB frame) every `every_s` seconds of a video, first frame
-    included. Frames in between are skipped with grab() (no colour conversion), so sparse sampling is cheap."""
+    included. Frames in between are skipped with grab() (no colour conversion), so sparse sampling is cheap.
+    Broken frames raise UnreadableFileError as in `iter_video_frames`."""
     if every_s <= 0:
         raise ValueError(f"every_s must be > 0 seconds, got {every_s}")
-    p = _check_file(path)
-    cap = cv2.VideoCapture(str(p))
-    if not cap.isOpened():
-        raise _unreadable(p, "OpenCV cannot open it as a video")
+    p, cap, count = _open_video(path)
     try:
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not fps or not math.isfinite(fps) or fps <= 0:
@@ -559,5 +574,6 @@ def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, f
                     raise _unreadable(p, f"frame {index} cannot be decoded")
                 yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
             index += 1
+        _check_video_end(p, index, count)
     finally:
         cap.release()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import sys
 import time
@@ -114,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
             smooth(pred, item.video)
             write_outputs(pred, paths, point_stride=args.point_stride)
             done += 1
-        except (DapError, OSError, ValueError) as e:
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                raise  # every later write would fail the same way
+        except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
             failures.append((item.source, str(e)))
     elapsed = time.perf_counter() - start
     per = f", {elapsed / done:.2f} s per panorama" if done else ""

@@ -418,3 +418,24 @@ def test_every_command_has_a_module(capsys):
         with pytest.raises(SystemExit) as e:
             main([name, "--help"])
         assert e.value.code == 0 and f"usage: dap {name}" in capsys.readouterr().out
+
+
+def test_closed_stdout_stops_quietly():
+    """`dap models | head`: the reader goes away; no error line, no 'Exception ignored', exit 141 (SIGPIPE)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "dap.cli", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes a line: every write finds the pipe closed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(capsys, monkeypatch):
+    def broken(args):
+        raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+    monkeypatch.setattr("dap.cli.models.run", broken)
+    code, err = _run(["models"], capsys)
+    assert code == 1 and err.startswith("dap models: error: broken pipe")

@@ -13,6 +13,7 @@ import glob
 import importlib
 import os
 import re
+import select
 import shutil
 import sys
 import time
@@ -217,10 +218,21 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str:
     return f"{(e.strerror or str(e)).lower()}{at}; check the path and that the disk is healthy"
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on it), as opposed to a broken pipe
+    somewhere else (a worker process, a socket), which is a real error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (captured stdout)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Exit codes: 0 done, 1 some inputs failed or a write failed (disk full, I/O error), 2 bad
-    arguments or input (one line: what, which file, how to fix), 130 interrupted. Other exceptions are bugs and
-    keep their traceback."""
+    arguments or input (one line: what, which file, how to fix), 130 interrupted, 141 (quietly) stdout closed by
+    its reader. Other exceptions are bugs and keep their traceback."""
     args, extra = build_parser().parse_known_args(argv)
     if extra:  # reported here, where the command is known, rather than by the top-level parser
         print(f"dap {args.command}: error: unrecognized arguments: {' '.join(extra)}; see dap {args.command} --help",
@@ -231,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     name = f"dap {args.command}"
     try:
         _prepare_outputs(args)
-        return int(args._module.run(args) or 0)
+        code = int(args._module.run(args) or 0)
+        sys.stdout.flush()  # output still buffered for a closed pipe fails here, under the policy below
+        return code
     except DapError as e:
         print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -239,5 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except OSError as e:
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            # The reader went away (`dap models | head`): stop quietly, as command-line tools do, with the
+            # status of a process ended by SIGPIPE. stdout goes to devnull so Python's exit flush stays quiet too.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 141
         print(f"{name}: error: {_os_error(e, args)}", file=sys.stderr)
         return 1

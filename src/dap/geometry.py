@@ -8,7 +8,7 @@ Depth is the Euclidean distance from the camera centre along the ray.
 Every function takes torch tensors or numpy arrays (returned in the same kind) and broadcasts over leading
 batch dimensions.
 
-Image layout for the resampling functions (`sample_erp`, `rotate_erp`, `erp_to_cubemap`, `cubemap_to_erp`):
+Image layout for the resampling functions (`sample_erp`, `rotate_erp`, `erp_to_cubemap`):
 torch images are channel-first (..., C, H, W), numpy images channel-last (..., H, W, C); both also accept a
 plain 2-D map (H, W). Results come back in the layout (and, for integer/bool images, the dtype) they came in.
 Horizontal sampling wraps at the +-180 degree seam and vertical sampling continues across the poles (the row
@@ -105,41 +105,7 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
         )
 
 
-# --------------------------------------------------------------------------------------------- points
-
-
-def points_to_depth(points: Array, height: int, width: int) -> Array:
-    """Distance map (..., H, W) of a dense ERP point map (..., H, W, 3); inverse of `depth_to_points`."""
-    p, was_numpy = _to_torch(points)
-    if p.shape[-3:] != (height, width, 3):
-        raise ValueError(
-            f"points_to_depth expects a dense point map (..., {height}, {width}, 3) but got "
-            f"{tuple(p.shape)}; for a scattered point set use splat_points_to_erp."
-        )
-    return _back(torch.linalg.vector_norm(p, dim=-1), was_numpy)
-
-
-def splat_points_to_erp(points: Array, height: int, width: int) -> Array:
-    """Z-buffer splat of camera-frame points (..., N, 3) into distance maps (..., H, W).
-
-    Each point lands in its nearest ERP pixel; where several land in one pixel the closest wins. Pixels no
-    point reaches, points at the camera centre and non-finite points give / are ignored as 0 (invalid).
-    """
-    p, was_numpy = _to_torch(points)
-    lead = p.shape[:-2]
-    p = p.reshape(math.prod(lead), p.shape[-2], 3)
-    dist = torch.linalg.vector_norm(p, dim=-1)
-    lon, lat = rays_to_lonlat(p.double())
-    u, v = lonlat_to_pixel(lon, lat, height, width)
-    col = torch.floor(u + 0.5).long() % width
-    row = torch.floor(v + 0.5).long().clamp(0, height - 1)
-    batch = torch.arange(p.shape[0], device=p.device).unsqueeze(-1).expand_as(row)
-    index = (batch * height + row) * width + col
-    ok = torch.isfinite(dist) & (dist > 0)
-    depth = torch.full((p.shape[0] * height * width,), math.inf, dtype=p.dtype, device=p.device)
-    depth.scatter_reduce_(0, index[ok], dist[ok], reduce="amin")
-    depth = torch.where(torch.isinf(depth), torch.zeros_like(depth), depth)
-    return _back(depth.reshape(*lead, height, width), was_numpy)
+# ------------------------------------------------------------------------------ normals, solid angles
 
 
 def normals_from_depth(depth: Array) -> Array:
@@ -402,62 +368,6 @@ def erp_to_cubemap(image: Array, face_size: int, mode: str = "bilinear") -> Arra
     if isinstance(faces, torch.Tensor) and x.ndim > 2:
         faces = torch.movedim(faces, -4, -3)
     return faces
-
-
-def cubemap_to_erp(faces: Array, height: int, width: int, mode: str = "bilinear") -> Array:
-    """ERP image (layout as in `erp_to_cubemap`'s input) from six faces in `erp_to_cubemap`'s output layout.
-
-    Each ERP pixel samples the face its ray hits; near a cube edge it interpolates into a one-pixel ring
-    borrowed from the neighbouring faces, so cube edges leave no visible seam.
-    """
-    _check_mode(mode)
-    x, was_numpy = _to_torch(faces)
-    plain = x.ndim == 3
-    if not plain and was_numpy:
-        x = torch.movedim(x, -1, -4)  # (..., 6, F, F, C) -> (..., C, 6, F, F)
-    elif not plain:
-        x = torch.movedim(x, -4, -3)  # (..., 6, C, F, F) -> (..., C, 6, F, F)
-    else:
-        x = x[None]
-    if x.shape[-3] != 6 or x.shape[-1] != x.shape[-2]:
-        raise ValueError(f"cubemap_to_erp expects six square faces in erp_to_cubemap's layout, got "
-                         f"{tuple(faces.shape)}.")
-    size = x.shape[-1]
-    lead, c = x.shape[:-4], x.shape[-4]
-    dtype = x.dtype
-    x = x.reshape(-1, c, 6, size, size)
-    if not x.is_floating_point():
-        x = x.float()
-
-    # Give every face a one-pixel ring taken from its neighbours, so that ERP pixels near a cube edge
-    # interpolate across the edge instead of clamping to it.
-    t = (torch.arange(-1, size + 1, device=x.device, dtype=torch.float64) + 0.5 - size / 2) / (size / 2)
-    yy, xx = torch.meshgrid(t, t, indexing="ij")
-    local = torch.stack((xx, yy, torch.ones_like(xx)), -1)
-    ring_rays = torch.einsum("kij,hwj->khwi", cubemap_rotations().to(x.device), local)  # (6, F+2, F+2, 3)
-    padded = _cube_sample(x, 0, ring_rays, mode)
-    padded[..., 1:-1, 1:-1] = x
-
-    y = _cube_sample(padded, 1, erp_rays(height, width, device=x.device, dtype=torch.float64), mode)
-    info = {"numpy": was_numpy, "plain": plain, "lead": lead, "dtype": dtype}
-    return _images_out(y, info, 2)
-
-
-def _cube_sample(faces: torch.Tensor, pad: int, rays: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sample faces (N, C, 6, F + 2 pad, F + 2 pad) (each with a `pad`-pixel ring) along rays (*S, 3)."""
-    n, c, _, full, _ = faces.shape
-    size = full - 2 * pad
-    rots = cubemap_rotations().to(faces.device)
-    face = (rays @ rots[:, :, 2].T).argmax(-1)  # the face whose axis is closest to the ray
-    local = torch.einsum("...ij,...i->...j", rots[face], rays)  # R_k^T d
-    half = size / 2
-    u = (half * local[..., 0] / local[..., 2] + half - 0.5 + pad).clamp(0, full - 1)
-    v = (half * local[..., 1] / local[..., 2] + half - 0.5 + pad).clamp(0, full - 1) + face * full
-    grid = torch.stack((u / max(full - 1, 1) * 2 - 1, v / (6 * full - 1) * 2 - 1), -1).to(faces.dtype)
-    stacked = faces.reshape(n, c, 6 * full, full)  # faces stacked vertically, sampled in one call
-    y = F.grid_sample(stacked, grid.reshape(1, 1, -1, 2).expand(n, -1, -1, -1), mode=mode,
-                      padding_mode="border", align_corners=True)
-    return y.reshape(n, c, *rays.shape[:-1])
 
 
 def icosahedron_vertices(

@@ -477,35 +477,6 @@ def write_ply(
             f.write(vertex.tobytes())
 
 
-def read_ply(path: PathLike) -> dict[str, np.ndarray | None]:
-    """Read the vertices of a PLY file (any encoding) as ``{'points', 'colors', 'normals'}``.
-
-    points float32 (N, 3); colors uint8 (N, 3) or None; normals float32 (N, 3) or None.
-    """
-    path = _check_file(path)
-    try:
-        loaded = trimesh.load(path, file_type="ply", process=False)
-        # trimesh keeps the parsed vertex table here; its public objects drop point-cloud normals.
-        vertex = loaded.metadata["_ply_raw"]["vertex"]["data"]
-    except (*_DECODE_ERRORS, KeyError, TypeError) as e:
-        raise _unreadable(path, e) from e
-    names = vertex.dtype.names or ()
-
-    def columns(*cols: str, dtype: type) -> np.ndarray | None:
-        if not all(col in names for col in cols):
-            return None
-        return np.stack([vertex[col] for col in cols], axis=1).astype(dtype)
-
-    points = columns("x", "y", "z", dtype=np.float32)
-    if points is None:
-        raise _unreadable(path, f"no x/y/z vertex properties (found {list(names)})")
-    return {
-        "points": points,
-        "colors": columns("red", "green", "blue", dtype=np.uint8),
-        "normals": columns("nx", "ny", "nz", dtype=np.float32),
-    }
-
-
 def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = None) -> None:
     """Write a point cloud as a binary glTF (.glb) scene, viewable in browsers and Blender."""
     p, c = _points_colors(points, colors)

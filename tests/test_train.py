@@ -361,3 +361,54 @@ def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, ca
     T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=5e-4"), out, resume=True)
     assert "optim.lr_head: 0.001 -> 0.0005" in capsys.readouterr().err
 
+
+
+# ------------------------------------------------------------------------------------ silent paths
+def test_validation_reports_images_without_depth_once(capsys):
+    from dap.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("dap_tiny").eval()
+    cfg = cfg_with()
+    rooms = T.SourceConfig(kind="rooms", size=2, seed=7)
+    empty = T.SourceConfig(kind="folder", path="pool/manifest.csv")
+    no_depth = [{"rgb": np.full((32, 64, 3), 0.5, np.float32), "depth": np.zeros((32, 64), np.float32)}]
+    val = T.ValidationSet([T.build_source(rooms, 32, 64), no_depth], [rooms, empty], 32, 64, limit=3)
+    metrics, _ = T.validate(model, val, cfg, T.Dist())
+    assert metrics["no_valid_depth"] == 1 and metrics["n_images"] == 3 and np.isfinite(metrics["abs_rel"])
+    err = capsys.readouterr().err
+    assert "1 of 3 validation images have no valid depth" in err
+    assert "data.val[1] (kind=folder, path=pool/manifest.csv)" in err
+    metrics, _ = T.validate(model, val, cfg, T.Dist())
+    assert metrics["no_valid_depth"] == 1 and capsys.readouterr().err == ""  # said once per run
+
+
+def test_resume_with_another_world_size_says_it_is_not_exact(tmp_path, capsys):
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out, stop_at=1)
+    path = out / "checkpoints/step_00000001.pt"
+    ckpt = T.load_checkpoint(path)
+    ckpt["rng"], ckpt["data"]["world_size"] = ckpt["rng"] * 2, 2  # as if written by 2 processes
+    torch.save(ckpt, path)
+    capsys.readouterr()
+    assert T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out, resume=True).step == 2
+    err = capsys.readouterr().err
+    assert "holds RNG states for 2 processes, this run has 1" in err and "not bit-exact" in err
+    assert err.count("RNG states") == 1
+
+
+def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
+    from dap.errors import ConfigError
+    from dap.models import create_model, save_model
+
+    save_model(create_model("dap_tiny"), tmp_path / "base")
+    init = f"model.init={tmp_path / 'base'}"
+    with pytest.raises(ConfigError, match=r"cannot change .*max_depth: 50.0 \(the checkpoint has 100.0"):
+        T.build_model(cfg_with(init, "model.overrides={max_depth: 50.0}"))
+    capsys.readouterr()
+    T.build_model(cfg_with(init, "model.overrides={max_depth: 100.0, layers: [1, 2, 4, 5]}"))  # agrees: fine
+    assert capsys.readouterr().err == ""
+    T.build_model(cfg_with(init, "model.name=dap_vits"))
+    assert "model.name 'dap_vits' is ignored" in capsys.readouterr().err
+    T.build_model(cfg_with(init, "model.name=dap_vits"), quiet=True)
+    assert capsys.readouterr().err == ""

@@ -466,6 +466,7 @@ class ValidationSet(Dataset):
     def __init__(self, sources: list[Dataset], configs: list[SourceConfig], height: int, width: int, limit: int):
         self.items = [(j, i) for j, s in enumerate(sources) for i in range(len(s))][:limit]
         self.sources, self.configs, self.height, self.width = sources, configs, height, width
+        self.reported_no_depth = False  # validate() warns once per run about images without depth
 
     def __len__(self) -> int:
         return len(self.items)
@@ -632,8 +633,12 @@ class TrainResult:
     out: Path
 
 
-def build_model(cfg: TrainConfig):
-    """The network to train: random (seeded by run.seed) for init=scratch, else loaded from model.init."""
+def build_model(cfg: TrainConfig, *, quiet: bool = False):
+    """The network to train: random (seeded by run.seed) for init=scratch, else loaded from model.init.
+
+    A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
+    (they could not be applied), and a model.name other than the checkpoint's gets one warning (unless quiet).
+    """
     from dap.models import create_model, load_model
 
     init = cfg.model.init or "scratch"
@@ -644,7 +649,29 @@ def build_model(cfg: TrainConfig):
         from dap.inference import default_model_path
 
         init = default_model_path()
-    return load_model(init)  # our directory or the official model.pth; the variant comes from the file
+    model = load_model(init)  # our directory or the official model.pth; the variant comes from the file
+    _check_init_matches(cfg, model.cfg, init, quiet)
+    return model
+
+
+def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
+    have = loaded.to_dict()
+    conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
+                 if k not in have or _plain(v) != _plain(have[k])]
+    if conflicts:
+        raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
+                          f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "
+                          "train from scratch")
+    if cfg.model.name != loaded.name and not quiet:
+        print(f"dap train: model.name {cfg.model.name!r} is ignored: model.init={init} is a {loaded.name} "
+              f"(set model.name: {loaded.name} to silence this)", file=sys.stderr)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists (YAML has no tuples), so a config value compares equal to the checkpoint's."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return [_plain(x) for x in v] if isinstance(v, list | tuple) else v
 
 
 def _autocast(device: torch.device, amp: str):
@@ -672,7 +699,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
 
     was_training = model.training
     model.eval()
-    rows, panel = [], None
+    rows, panel, no_depth = [], None, []
     for k in range(d.rank, len(val), d.world):
         s = val[k]
         out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device)
@@ -684,7 +711,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
             row.update(compute_metrics(pred, gt, valid, protocol="metric", min_depth=1e-3,
                                        max_depth=cfg.loss.max_depth))
         except NoValidDepthError:
-            pass
+            no_depth.append(val.items[k][0])  # scored for the range mask only
         target = oor | (valid & (gt > cfg.loss.mask_threshold))
         known = valid | oor
         hit = (prob >= 0.5) & known
@@ -697,12 +724,26 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
                                 pred[0].numpy(), max_depth=cfg.loss.max_depth, prob=prob[0].numpy())
     if d.world > 1:
         gathered: list = [None] * d.world
-        dist.all_gather_object(gathered, rows)
-        rows = [r for part in gathered for r in part]
+        dist.all_gather_object(gathered, (rows, no_depth))
+        rows = [r for part, _ in gathered for r in part]
+        no_depth = [j for _, part in gathered for j in part]
     model.train(was_training)
     keys = sorted({k for r in rows for k in r})
     rows = [{k: r.get(k, float("nan")) for k in keys} for r in rows]
-    return aggregate(rows), panel
+    metrics = aggregate(rows)
+    metrics["no_valid_depth"] = len(no_depth)  # images left out of the depth metrics
+    if no_depth and d.main and not val.reported_no_depth:
+        val.reported_no_depth = True
+        where = "; ".join(f"{no_depth.count(j)} from data.val[{j}] ({_describe(val.configs[j])})"
+                          for j in sorted(set(no_depth)))
+        print(f"dap train: {len(no_depth)} of {len(val)} validation images have no valid depth in "
+              f"(0, {cfg.loss.max_depth:g}] m and count for the range mask only ({where}); logged as "
+              "val/no_valid_depth", file=sys.stderr)
+    return metrics, panel
+
+
+def _describe(src: SourceConfig) -> str:
+    return f"kind={src.kind}" + (f", path={src.path}" if src.path else f", seed={src.seed}")
 
 
 def train(
@@ -753,7 +794,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     if d.world > 1:
         dist.barrier()  # every rank has checked the folder before rank 0 writes into it
 
-    model = build_model(cfg).to(d.device).train()
+    model = build_model(cfg, quiet=not d.main).to(d.device).train()
     if oc.freeze_backbone:
         model.backbone.requires_grad_(False)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
@@ -784,6 +825,10 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         rng = ckpt["rng"]
         if len(rng) == d.world:
             _set_rng_state(rng[d.rank])
+        elif d.main:
+            print(f"dap train: {existing[-1]} holds RNG states for {len(rng)} processes, this run has {d.world}: "
+                  "they are not restored; the run continues but is not bit-exact with an uninterrupted one",
+                  file=sys.stderr)
 
     # static_graph: the DPT heads hold a block the forward never uses (refinenet4.resConfUnit1, kept for the
     # official layout); a static graph lets DDP skip it without find_unused_parameters' per-step graph walk.

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from dap import geometry
 from dap import train as T
 from dap.errors import NotPanoramaError
 from dap.models import load_model
@@ -178,7 +179,7 @@ def test_rooms_dataset_depth_is_exact():
         assert torch.equal(s["depth"], ds[i]["depth"])  # deterministic
         d = s["depth"][0].double()
         # points of one floor/wall face share a coordinate: the floor (lowest row, looking down) is a plane y = h
-        pts = T.geometry.depth_to_points(d)
+        pts = geometry.depth_to_points(d)
         floor = pts[-1, :, 1]
         assert torch.allclose(floor, floor[0], atol=1e-4) and floor[0] > 0  # y down: floor below the camera
         assert (s["valid"] == (s["depth"] > 0)).all() and (s["out_of_range"] == ~s["valid"]).all()

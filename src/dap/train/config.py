@@ -1,0 +1,234 @@
+"""The training config: dataclasses for the YAML sections, load_config (YAML + --set overrides) and its checks."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dap import geometry
+from dap.errors import ConfigError, NotPanoramaError
+from dap.losses import LossConfig
+
+RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
+
+
+@dataclass
+class ModelSection:
+    name: str = "dap_tiny"  # dap_tiny | dap_vits | dap_vitb | dap_vitl (used when init is scratch)
+    overrides: dict = field(default_factory=dict)  # DapConfig fields, e.g. {token_adapter: plain}
+    init: str = "scratch"  # scratch | bundled (the packaged default model) | our checkpoint dir | official model.pth
+
+
+@dataclass
+class SourceConfig:
+    """One data source of the training mixture (or of the validation set)."""
+
+    kind: str = "rooms"  # shards (dap synth) | folder | dataset | synthetic (rendered live) | rooms | pseudo (pool)
+    path: str | None = None  # shard dir or manifest (shards), manifest or folder (folder), dataset root
+    ratio: float = 1.0  # sampling weight within the mixture (normalised over sources)
+    split: str = "train"
+    dataset: str | None = None  # loader name for kind=dataset: stanford2d3d, matterport3d, deep360, ...
+    size: int = 1000  # number of panoramas for the generated kinds (synthetic, rooms)
+    seed: int = 0  # first scene seed for the generated kinds; give validation a disjoint range
+    invalid_is_sky: bool = False  # treat depth-less pixels as out of range (only where that is true)
+    label_stage: str = "stage1"  # pseudo: which labels of the curation pool (stage1 | stage3)
+    selected_only: bool = False  # pseudo: only the rows kept by stage-2 selection
+
+
+@dataclass
+class DataSection:
+    sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
+    val: list[SourceConfig] = field(default_factory=list)
+    height: int = 128
+    width: int = 256
+    batch_size: int = 4  # per rank; the global batch is batch_size x world size
+    num_workers: int = 0
+    augment: bool = True  # paper: colour jitter (p=0.5), random yaw roll, horizontal flip (p=0.5)
+    rotate: bool = False  # also random pitch/roll up to 10 degrees (not in the paper)
+    val_samples: int = 32  # first N panoramas of the validation sources
+
+
+@dataclass
+class OptimSection:
+    optimizer: str = "adam"  # adam | adamw
+    lr_backbone: float = 5e-6  # paper
+    lr_head: float = 5e-5  # paper (depth head, range head and token adapter)
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0  # linear warm-up from 0
+    schedule: str = "cosine"  # cosine | linear | constant, after the warm-up
+    min_lr_ratio: float = 0.0  # final LR / peak LR for cosine and linear
+    grad_clip: float = 1.0  # max global grad norm; 0 = off
+    freeze_backbone: bool = False
+    ema_decay: float = 0.0  # 0 = off; else EMA of the weights, used for validation and final/
+    amp: str = "auto"  # auto (bf16 autocast on CUDA only) | bf16 | off
+
+
+@dataclass
+class RunSection:
+    steps: int = 1000
+    seed: int = 0
+    log_every: int = 10
+    val_every: int = 500  # 0 = off
+    ckpt_every: int = 500  # 0 = only at the end
+    image_every: int = 1000  # image panel on validation steps that are multiples of this; 0 = off
+    keep_last: int = 3  # checkpoints kept in <out>/checkpoints
+    device: str = "auto"  # auto | cpu | cuda
+    progress: bool = True  # tqdm bar on rank 0
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossConfig = field(default_factory=LossConfig)  # loss.mask_threshold = range-mask threshold (m)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _build(cls, data: Any, where: str):
+    """Dataclass `cls` from nested plain data, checking key names (typos are errors, not silent defaults)."""
+    if dataclasses.is_dataclass(cls):
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise ConfigError(f"config {where or 'root'}: expected a mapping, got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"config {where or 'root'}: unknown keys {unknown}; valid keys: {sorted(names)}")
+        return cls(**{k: _build(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in data.items()})
+    origin, args = typing.get_origin(cls), typing.get_args(cls)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if data is None:
+            return None
+        return _build(next(a for a in args if a is not type(None)), data, where)
+    if origin is list and isinstance(data, list | None):
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data or [])]
+    if origin is tuple and isinstance(data, list | tuple) and len(data) == len(args):
+        return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data, strict=True)))
+    if cls is float and not isinstance(data, bool):
+        try:
+            return float(data)  # YAML reads 5e-6 as a string
+        except (TypeError, ValueError):
+            pass
+    elif origin is None and isinstance(data, cls) and not (cls is int and isinstance(data, bool)):
+        return data
+    kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
+        cls, f"a list of {len(args)}" if origin is tuple else "a list")
+    raise ConfigError(f"config {where}: expected {kind}, got {data!r}")
+
+
+def _merge(base: Any, update: Any) -> Any:
+    """`update` laid over `base` (mappings merge recursively; lists and scalars replace)."""
+    if isinstance(base, dict) and isinstance(update, dict):
+        return {**base, **{k: _merge(base.get(k), v) for k, v in update.items()}}
+    return copy.deepcopy(update)
+
+
+def _set_path(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = d
+    try:
+        for k in keys[:-1]:
+            node = node[int(k)] if isinstance(node, list) else node[k]
+        if isinstance(node, list):
+            node[int(keys[-1])] = value
+        else:
+            node[keys[-1]] = value
+    except (KeyError, IndexError, ValueError, TypeError):
+        raise ConfigError(f"--set {dotted}: no such config entry (list items are addressed by index, e.g. "
+                         "data.sources.0.ratio)") from None
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file plus `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [1,2])."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"cannot read the training config {path}: {e.strerror or e}; check the path") from e
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            raise ConfigError(f"training config {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
+                              "fix the file (configs/tiny_cpu.yaml is an example)") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"training config {path} must be a YAML mapping of sections (model, data, ...)")
+    full = _merge(TrainConfig().to_dict(), raw)  # defaults first, so --set can reach into lists
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects key=value (e.g. optim.lr_head=1e-4), got {item!r}")
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item}: the value is not valid YAML; quote strings, e.g. 'a: b'") from None
+        _set_path(full, key.strip(), value)
+    try:
+        cfg = _build(TrainConfig, full, "")
+        _check_config(cfg)
+    except (ConfigError, NotPanoramaError) as e:
+        if path is None:
+            raise
+        raise type(e)(f"{path}: {e}") from None
+    return cfg
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    from dap.models import MODEL_CONFIGS, DapConfig
+
+    geometry.check_erp_shape(cfg.data.height, cfg.data.width, "training resolution")
+    if cfg.data.height < 16 or cfg.data.height % 16:
+        raise ConfigError(f"data.height must be a multiple of 16 (the ViT patch), got {cfg.data.height}")
+    if (cfg.model.init or "scratch") == "scratch":
+        if cfg.model.name not in MODEL_CONFIGS:
+            raise ConfigError(f"model.name {cfg.model.name!r} is not a model; use one of {', '.join(MODEL_CONFIGS)}")
+        unknown = sorted(set(cfg.model.overrides) - {f.name for f in dataclasses.fields(DapConfig)})
+        if unknown:
+            raise ConfigError(f"model.overrides: unknown keys {unknown}; valid keys: "
+                              f"{sorted(f.name for f in dataclasses.fields(DapConfig))}")
+    positive = {"run.steps": cfg.run.steps, "data.batch_size": cfg.data.batch_size, "run.keep_last": cfg.run.keep_last}
+    non_negative = {"data.num_workers": cfg.data.num_workers, "optim.lr_backbone": cfg.optim.lr_backbone,
+                    "optim.lr_head": cfg.optim.lr_head, "optim.warmup_steps": cfg.optim.warmup_steps,
+                    "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
+                    "run.log_every": cfg.run.log_every, "run.val_every": cfg.run.val_every,
+                    "run.ckpt_every": cfg.run.ckpt_every, "data.val_samples": cfg.data.val_samples,
+                    **{f"data.sources[{i}].ratio": s.ratio for i, s in enumerate(cfg.data.sources)}}
+    for key, value in positive.items():
+        if not value >= 1:
+            raise ConfigError(f"{key} must be at least 1, got {value}")
+    for key, value in non_negative.items():
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"{key} must be a number >= 0, got {value}")
+    if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
+        raise ConfigError("data.sources needs at least one source with a positive ratio")
+    if cfg.run.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}")
+    if cfg.optim.optimizer not in ("adam", "adamw"):
+        raise ConfigError(f"optim.optimizer must be adam or adamw, got {cfg.optim.optimizer!r}")
+    if cfg.optim.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {cfg.optim.schedule!r}")
+    if cfg.optim.amp not in ("auto", "bf16", "off"):
+        raise ConfigError(f"optim.amp must be auto, bf16 or off, got {cfg.optim.amp!r}")
+    if not 0 <= cfg.optim.ema_decay < 1:
+        raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off), got {cfg.optim.ema_decay}")
+    if not 0 < cfg.loss.mask_threshold <= cfg.loss.max_depth:
+        raise ConfigError(
+            f"loss.mask_threshold (range-mask threshold) must be in (0, {cfg.loss.max_depth}] m; the paper uses "
+            f"{', '.join(f'{t:g}' for t in RANGE_THRESHOLDS)}"
+        )

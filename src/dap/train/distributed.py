@@ -1,0 +1,66 @@
+"""Joining a torchrun job (env://; gloo on CPU, nccl on GPU) or running as one process, and reductions."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+from dap.errors import DapError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    initialised_here: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun job described by the environment (env://), or run as a single process."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise DapError("run.device is cuda but no CUDA device is visible; use run.device=cpu")
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    here = not dist.is_initialized()
+    if here:
+        dist.init_process_group("nccl" if use_cuda else "gloo", init_method="env://")
+    return Dist(rank, world, local_rank, dev, here)
+
+
+def reduce_mean(values: dict[str, float], d: Dist) -> dict[str, float]:
+    """The mean of each value over the ranks (every rank gets it)."""
+    if d.world == 1:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=d.device)
+    dist.all_reduce(t)
+    return dict(zip(values, (t / d.world).tolist(), strict=True))
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when `flag` is true on one (so all ranks take the same branch)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=d.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        dist.barrier()

@@ -1,0 +1,422 @@
+"""The training loop of `dap train`: the model and optimiser, the LR schedule and EMA, validation, and `train`.
+
+One process:  `dap train --config configs/tiny_cpu.yaml --out runs/tiny`
+DDP:          `torchrun --nproc-per-node N -m dap.train --config ... --out ...` (gloo on CPU, nccl on GPU)
+
+Exact resumption: the samples a rank sees at step s, their augmentation draws and the step's torch seed are
+pure functions of (run.seed, s, rank, world size, batch size); a checkpoint therefore only needs the step
+(plus model, optimiser, scheduler, EMA and RNG states) to continue as if never stopped. See docs/training.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+
+from dap.errors import ConfigError
+from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, infer, normalize_image
+from dap.losses import DapLoss
+from dap.train.checkpoints import (
+    _set_rng_state,
+    append_metrics,
+    check_run_folder,
+    prepare_run_folder,
+    resume_checkpoint,
+    save_checkpoint,
+)
+from dap.train.config import SourceConfig, TrainConfig
+from dap.train.data import MixtureDataset, MixtureSampler, ValidationSet, build_source, seed_of
+from dap.train.distributed import Dist, any_rank, barrier, reduce_mean, setup_distributed
+
+
+# ====================================================================================== LR and EMA
+def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
+    """LR multiplier for the update made at `step` (0-based): linear warm-up, then cosine/linear/constant."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    t = min(1.0, (step - warmup) / max(1, steps - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * t)) if schedule == "cosine" else 1 - t
+    return min_ratio + (1 - min_ratio) * shape
+
+
+def ema_decay_at(num_averaged: int, decay: float) -> float:
+    """EMA decay after `num_averaged` updates, ramped up from 0.1 so the random initial weights do not linger
+    (with a fixed 0.999 they would still weigh 0.999^n, 9% after 2400 steps)."""
+    return min(decay, (1.0 + num_averaged) / (10.0 + num_averaged))
+
+
+def ema_update(decay: float):
+    def update(ema_param: torch.Tensor, param: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        d = ema_decay_at(int(num_averaged), decay)
+        return ema_param + (param - ema_param) * (1.0 - d)
+
+    return update
+
+
+# ======================================================================================== model
+def build_model(cfg: TrainConfig, *, quiet: bool = False):
+    """The network to train: random (seeded by run.seed) for init=scratch, else loaded from model.init.
+
+    A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
+    (they could not be applied), and a model.name other than the checkpoint's gets one warning (unless quiet).
+    """
+    from dap.models import create_model, load_model
+
+    init = cfg.model.init or "scratch"
+    if init == "scratch":
+        torch.manual_seed(seed_of(cfg.run.seed, "init"))  # identical on every rank (DDP also broadcasts)
+        return create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+    if init == "bundled":
+        from dap.inference import default_model_path
+
+        init = default_model_path()
+    model = load_model(init)  # our directory or the official model.pth; the variant comes from the file
+    _check_init_matches(cfg, model.cfg, init, quiet)
+    return model
+
+
+def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
+    have = loaded.to_dict()
+    conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
+                 if k not in have or _plain(v) != _plain(have[k])]
+    if conflicts:
+        raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
+                          f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "
+                          "train from scratch")
+    if cfg.model.name != loaded.name and not quiet:
+        print(f"dap train: model.name {cfg.model.name!r} is ignored: model.init={init} is a {loaded.name} "
+              f"(set model.name: {loaded.name} to silence this)", file=sys.stderr)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples as lists (YAML has no tuples), so a config value compares equal to the checkpoint's."""
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return [_plain(x) for x in v] if isinstance(v, list | tuple) else v
+
+
+def _autocast(device: torch.device, amp: str):
+    enabled = device.type == "cuda" and amp in ("auto", "bf16")  # bf16 autocast on GPU only
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+# =================================================================================== validation
+@torch.no_grad()
+def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Dist, *,
+             seam_pad: float = DEFAULT_SEAM_PAD) -> tuple[dict, np.ndarray | None]:
+    """Metric-protocol depth metrics (dap.evaluation) and range-mask IoU over the validation set, split
+    across ranks; returns (per-image means, rank 0's first image panel, `dap.evaluation.depth_panel`).
+    Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, inference precision, then the range
+    cap), so the depth metrics are those `dap eval` reports for the same model and samples."""
+    from dap.errors import NoValidDepthError
+    from dap.evaluation import aggregate, compute_metrics, depth_panel
+
+    was_training = model.training
+    model.eval()
+    rows, panel, no_depth = [], None, []
+    for k in range(d.rank, len(val), d.world):
+        s = val[k]
+        out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device)
+        prob = out["out_of_range_prob"][0].cpu()
+        pred = apply_range_mask(out["depth"][0].cpu(), prob >= 0.5, model.cfg.max_depth)
+        gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]
+        row = {}
+        try:
+            row.update(compute_metrics(pred, gt, valid, protocol="metric", min_depth=1e-3,
+                                       max_depth=cfg.loss.max_depth))
+        except NoValidDepthError:
+            no_depth.append(val.items[k][0])  # scored for the range mask only
+        target = oor | (valid & (gt > cfg.loss.mask_threshold))
+        known = valid | oor
+        hit = (prob >= 0.5) & known
+        union = (hit | target).sum().item()
+        row["mask_iou"] = (hit & target).sum().item() / union if union else float("nan")
+        row["mask_acc"] = ((hit == target) & known).sum().item() / max(1, known.sum().item())
+        rows.append(row)
+        if panel is None and d.main:
+            panel = depth_panel(s["rgb"].permute(1, 2, 0).numpy(), torch.where(valid, gt, 0)[0].numpy(),
+                                pred[0].numpy(), max_depth=cfg.loss.max_depth, prob=prob[0].numpy())
+    if d.world > 1:
+        gathered: list = [None] * d.world
+        dist.all_gather_object(gathered, (rows, no_depth))
+        rows = [r for part, _ in gathered for r in part]
+        no_depth = [j for _, part in gathered for j in part]
+    model.train(was_training)
+    keys = sorted({k for r in rows for k in r})
+    rows = [{k: r.get(k, float("nan")) for k in keys} for r in rows]
+    metrics = aggregate(rows)
+    metrics["no_valid_depth"] = len(no_depth)  # images left out of the depth metrics
+    if no_depth and d.main and not val.reported_no_depth:
+        val.reported_no_depth = True
+        where = "; ".join(f"{no_depth.count(j)} from data.val[{j}] ({_describe(val.configs[j])})"
+                          for j in sorted(set(no_depth)))
+        print(f"dap train: {len(no_depth)} of {len(val)} validation images have no valid depth in "
+              f"(0, {cfg.loss.max_depth:g}] m and count for the range mask only ({where}); logged as "
+              "val/no_valid_depth", file=sys.stderr)
+    return metrics, panel
+
+
+def _describe(src: SourceConfig) -> str:
+    return f"kind={src.kind}" + (f", path={src.path}" if src.path else f", seed={src.seed}")
+
+
+# ====================================================================================== trainer
+@dataclass
+class TrainResult:
+    step: int  # last completed step
+    finished: bool  # reached run.steps (final/ written) rather than stopped early
+    history: list[dict]  # the logged rows of this process's run
+    model: torch.nn.Module  # the trained network (EMA weights when EMA is on), unwrapped
+    out: Path
+
+
+@dataclass
+class _State:
+    """What a checkpoint restores besides the data position: the network, optimiser, LR schedule and EMA."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.nn.Module | None
+    params: list[torch.nn.Parameter]  # the trained ones
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights validation and final/ use: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def train(
+    cfg: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    stop_at: int | None = None,
+    time_limit_min: float | None = None,
+) -> TrainResult:
+    """Train (or continue training) into `out`: checkpoints/, tb/ (TensorBoard), metrics.jsonl, config.yaml
+    and, when run.steps is reached, final/ (our model format).
+
+    resume: continue from the newest checkpoint in out/checkpoints (fresh start when there is none).
+    stop_at / time_limit_min: checkpoint and return early at that step / after that many minutes (to split a
+    run across sittings; continue with resume=True).
+    """
+    out = Path(out)
+    d = setup_distributed(cfg.run.device)
+    try:
+        return _train(cfg, out, d, resume, stop_at, time_limit_min)
+    finally:
+        if d.initialised_here:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_limit_min) -> TrainResult:
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    from tqdm import tqdm
+
+    run = cfg.run
+    check_run_folder(out, resume)
+    ckpt_path, ckpt = resume_checkpoint(out, cfg.to_dict(), d) if resume else (None, None)
+    start = int(ckpt["step"]) if ckpt else 0
+    barrier(d)  # every rank has checked the folder before rank 0 writes into it
+
+    st = _build_state(cfg, d)
+    if ckpt:
+        _restore(st, ckpt, ckpt_path, cfg, d)
+    # static_graph: the DPT heads hold a block the forward never uses (refinenet4.resConfUnit1, kept for the
+    # official layout); a static graph lets DDP skip it without find_unused_parameters' per-step graph walk.
+    train_model = DDP(st.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                      static_graph=True) if d.world > 1 else st.model
+    loss_fn = DapLoss(cfg.loss)
+    loader, val = _build_data(cfg, d, start)
+    log = _RunLog(out, cfg, d, start)
+
+    bar = tqdm(total=run.steps, initial=start, disable=not (d.main and run.progress), desc="train",
+               dynamic_ncols=True)
+    history: list[dict] = []
+    t_start, t_log, n_log, t_extra = time.monotonic(), time.monotonic(), 0, 0.0
+    step = start
+    end = run.steps if stop_at is None else min(run.steps, max(stop_at, start))
+    for step_idx, batch in zip(range(start, end), loader, strict=False):
+        loss, terms, grad_norm, lrs = _train_step(st, train_model, loss_fn, batch, step_idx, cfg, d)
+        step = step_idx + 1
+        n_log += 1
+        bar.update(1)
+
+        if step % max(1, run.log_every) == 0 or step == run.steps:
+            row = reduce_mean({"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
+                               "grad_norm": float(grad_norm)}, d)
+            now = time.monotonic()
+            row.update(lrs)
+            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / max(now - t_log - t_extra, 1e-9)
+            t_log, n_log, t_extra = now, 0, 0.0
+            history.append({"step": step, **row})
+            log(step, row)
+            bar.set_postfix(loss=f"{row['loss/total']:.4f}")
+
+        t0 = time.monotonic()  # validation and checkpoints do not count against the training throughput
+        if val is not None and (step % run.val_every == 0 or step == run.steps):
+            metrics, panel = validate(st.eval_model, val, cfg, d)
+            show = run.image_every and (step % run.image_every == 0 or step == run.steps)
+            log(step, {f"val/{k}": v for k, v in metrics.items()}, panel if show else None)
+
+        out_of_time = time_limit_min is not None and any_rank(time.monotonic() - t_start > 60 * time_limit_min, d)
+        stopped = step == end < run.steps or out_of_time  # every rank stops at the same step
+        if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
+            save_checkpoint(out, step, d, run.keep_last, functools.partial(_checkpoint_state, st, cfg, d, step))
+        t_extra += time.monotonic() - t0
+        if stopped:
+            break
+    bar.close()
+
+    finished = step >= run.steps
+    if finished and d.main:
+        from dap.models import save_model
+
+        save_model(st.eval_model, out / "final", training={
+            "trainer": "dap.train", "steps": step, "world_size": d.world, "config": cfg.to_dict(),
+            "ema": st.ema is not None})
+    log.close()
+    barrier(d)
+    return TrainResult(step=step, finished=finished, history=history, model=st.eval_model, out=out)
+
+
+def _build_state(cfg: TrainConfig, d: Dist) -> _State:
+    """The model (on d.device, training mode), Adam(W) with the backbone and head LR groups, the LR schedule
+    and the EMA."""
+    from torch.optim.swa_utils import AveragedModel
+
+    run, oc = cfg.run, cfg.optim
+    model = build_model(cfg, quiet=not d.main).to(d.device).train()
+    if oc.freeze_backbone:
+        model.backbone.requires_grad_(False)
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    groups = [
+        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": oc.lr_backbone,
+         "name": "backbone"},
+        {"params": [p for p in model.parameters() if id(p) not in backbone_ids and p.requires_grad],
+         "lr": oc.lr_head, "name": "head"},
+    ]
+    groups = [g for g in groups if g["params"]]
+    opt_cls = torch.optim.AdamW if oc.optimizer == "adamw" else torch.optim.Adam
+    optimizer = opt_cls(groups, betas=tuple(oc.betas), weight_decay=oc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, run.steps, oc.warmup_steps, oc.schedule, oc.min_lr_ratio))
+    ema = AveragedModel(model, avg_fn=ema_update(oc.ema_decay), use_buffers=True) if oc.ema_decay > 0 else None
+    return _State(model, optimizer, scheduler, ema, [p for g in groups for p in g["params"]])
+
+
+def _restore(st: _State, ckpt: dict, path: Path, cfg: TrainConfig, d: Dist) -> None:
+    """Load a checkpoint's states; say on stderr (once, rank 0) what a changed world or batch size costs."""
+    st.model.load_state_dict(ckpt["model"])
+    st.optimizer.load_state_dict(ckpt["optimizer"])
+    st.scheduler.load_state_dict(ckpt["scheduler"])
+    if st.ema is not None and ckpt.get("ema") is not None:
+        st.ema.load_state_dict(ckpt["ema"])
+    data_pos = ckpt["data"]
+    if (data_pos["world_size"], data_pos["batch_size"]) != (d.world, cfg.data.batch_size) and d.main:
+        print(f"dap train: resuming with world size {d.world} x batch {cfg.data.batch_size} instead of "
+              f"{data_pos['world_size']} x {data_pos['batch_size']}: the data order differs from the "
+              "uninterrupted run", file=sys.stderr)
+    rng = ckpt["rng"]
+    if len(rng) == d.world:
+        _set_rng_state(rng[d.rank])
+    elif d.main:
+        print(f"dap train: {path} holds RNG states for {len(rng)} processes, this run has {d.world}: "
+              "they are not restored; the run continues but is not bit-exact with an uninterrupted one",
+              file=sys.stderr)
+
+
+def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
+    return {
+        "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
+        "scheduler": st.scheduler.state_dict(), "ema": st.ema.state_dict() if st.ema is not None else None,
+        "data": {"seed": cfg.run.seed, "step": step, "samples_seen": step * d.world * cfg.data.batch_size,
+                 "world_size": d.world, "batch_size": cfg.data.batch_size},
+        "config": cfg.to_dict(),
+    }
+
+
+def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None]:
+    """This rank's loader for steps [start, run.steps) and the validation set (None when validation is off)."""
+    sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.sources]
+    sampler = MixtureSampler([len(s) for s in sources], [s.ratio for s in cfg.data.sources], seed=cfg.run.seed,
+                             rank=d.rank, world=d.world, batch=cfg.data.batch_size, start=start,
+                             steps=cfg.run.steps)
+    loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data),
+                        batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=d.device.type == "cuda")
+    val = None
+    if cfg.data.val and cfg.run.val_every:
+        val_sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.val]
+        val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
+    return loader, val
+
+
+def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batch: dict, step_idx: int,
+                cfg: TrainConfig, d: Dist) -> tuple[torch.Tensor, dict, torch.Tensor, dict[str, float]]:
+    """One optimiser update; returns the loss, its terms, the gradient norm and the LRs it used."""
+    # The step's randomness (dropout, if any) depends only on (seed, step, rank): resume is exact.
+    torch.manual_seed(seed_of(cfg.run.seed, "step", step_idx, d.rank))
+    batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+    with _autocast(d.device, cfg.optim.amp):
+        pred = train_model(normalize_image(batch["rgb"]))
+    loss, terms = loss_fn(pred["depth"], pred["out_of_range_prob"], batch["depth"], batch["valid"],
+                          batch["out_of_range"])
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"loss is {loss.item()} at step {step_idx} (terms: { {k: v.item() for k, v in terms.items()} }); "
+            "lower the learning rate or check the data; resume from the last checkpoint")
+    st.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.optim.grad_clip > 0:
+        grad_norm = torch.nn.utils.clip_grad_norm_(st.params, cfg.optim.grad_clip)
+    else:
+        grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in st.params if p.grad is not None]))
+    lrs = {f"lr/{g['name']}": g["lr"] for g in st.optimizer.param_groups}
+    st.optimizer.step()
+    st.scheduler.step()
+    if st.ema is not None:
+        st.ema.update_parameters(st.model)
+    return loss, terms, grad_norm, lrs
+
+
+class _RunLog:
+    """Rank 0's TensorBoard writer and metrics.jsonl (set up on creation); does nothing on other ranks."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, d: Dist, start: int):
+        self.out, self.writer = out, None
+        if d.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            prepare_run_folder(out, cfg.to_dict(), start)
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+
+    def __call__(self, step: int, row: dict, panel: np.ndarray | None = None) -> None:
+        if self.writer is None:
+            return
+        for k, v in row.items():
+            if k != "step" and isinstance(v, float | int) and math.isfinite(v):
+                self.writer.add_scalar(k, v, step)
+        if panel is not None:
+            self.writer.add_image("val/panel_rgb_gt_pred_mask", panel, step, dataformats="HWC")
+        self.writer.flush()
+        append_metrics(self.out / "metrics.jsonl", step, row)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

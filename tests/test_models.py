@@ -26,7 +26,8 @@ def _make_weights():
 
 @pytest.fixture(scope="module")
 def official_pth(tmp_path_factory) -> Path:
-    """The 1.46 GB pseudo-random checkpoint in the official format, `module.`-prefixed as released."""
+    """The 1.46 GB pseudo-random checkpoint in the official format, `module.`-prefixed as released. The tests
+    that use it are marked slow (`pytest -m slow`; .ci/run runs them after the default suite)."""
     mw = _make_weights()
     path = tmp_path_factory.mktemp("official") / "model.pth"
     torch.save(mw.make_state_dict(prefix="module."), path)
@@ -49,6 +50,7 @@ def _normalised_outputs(model, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return (out["depth"] / model.cfg.max_depth).numpy(), out["out_of_range_prob"].numpy()
 
 
+@pytest.mark.slow
 def test_official_checkpoint_parity(official_model, expected):
     assert official_model.cfg.name == "dap_vitl" and official_model.cfg.token_adapter == "official"
     depth, oor = _normalised_outputs(official_model, expected["a_input"])
@@ -60,6 +62,7 @@ def test_official_checkpoint_parity(official_model, expected):
     assert np.abs(final - expected["a_final_depth"]).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_official_round_trip_through_our_format(official_model, expected, tmp_path):
     save_model(official_model, tmp_path / "ours", training={"converted_from": "fixture"})
     ours = load_model(tmp_path / "ours")
@@ -70,6 +73,7 @@ def test_official_round_trip_through_our_format(official_model, expected, tmp_pa
     np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.slow
 def test_official_model_runs_square_branch_size(official_model):
     # 80x160 -> 5x10 patches -> 49 tokens after the adapter's drop: the square-reshape branch.
     x = _make_weights().make_inputs()["c"]
@@ -78,6 +82,7 @@ def test_official_model_runs_square_branch_size(official_model):
     assert 0 < depth.min() and depth.max() < 1 and 0 < oor.min() and oor.max() < 1
 
 
+@pytest.mark.slow
 def test_unprefixed_and_nested_official_checkpoints_load(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     plain = {k.removeprefix("module."): v for k, v in sd.items()}
@@ -90,6 +95,7 @@ def test_unprefixed_and_nested_official_checkpoints_load(official_pth, tmp_path)
     )
 
 
+@pytest.mark.slow
 def test_strict_loading_lists_missing_and_extra_keys(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     del sd["module.core.depth_head.scratch.output_conv1.bias"]
@@ -104,6 +110,7 @@ def test_strict_loading_lists_missing_and_extra_keys(official_pth, tmp_path):
         load_model(tmp_path / "foreign.pth")
 
 
+@pytest.mark.slow
 def test_bias_mask_and_alias_are_checked(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     sd["module.core.pretrained.model.blocks.3.attn.qkv.bias_mask"] = torch.full((3072,), float("nan"))

@@ -458,3 +458,21 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=lots"])
     assert e.value.code == 2 and "DOMAIN=K" in capsys.readouterr().err
+
+
+def test_ingest_records_a_video_cut_short_after_its_good_frames(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [cv2.resize(rng.random((4, 8, 3), np.float32), (128, 64)) for _ in range(12)]
+    (tmp_path / "src").mkdir()
+    _write_video(tmp_path / "src" / "walk.avi", frames, fps=4)
+    data = (tmp_path / "src" / "walk.avi").read_bytes()
+    (tmp_path / "src" / "walk.avi").write_bytes(data[: int(len(data) * 0.7)])  # a copy interrupted mid-way
+    pool = tmp_path / "pool"
+    ingest([str(tmp_path / "src")], pool, IngestOptions(every_s=1.0, max_tilt_deg=90), progress=False)
+    rows = read_manifest(pool)
+    good = [r for r in rows if r["kind"] == "video_frame"]
+    bad = [r for r in rows if r["kind"] != "video_frame"]
+    assert [r["frame_time"] for r in good] == [0.0, 1.0] and {r["status"] for r in good} == {"ok"}
+    assert len(bad) == 1 and bad[0]["status"] == "rejected" and "of 12 cannot be decoded" in bad[0]["reason"]
+    again = ingest([str(tmp_path / "src")], pool, IngestOptions(every_s=1.0, max_tilt_deg=90), progress=False)
+    assert again["already_in_pool"] == 2 and again["rejected"] == 0 and len(read_manifest(pool)) == 3

@@ -197,7 +197,8 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             except StopIteration:
                 break
             except Exception as e:  # noqa: BLE001 - any decode failure is this item's row, never the run's end
-                row = _rejected(path, source, checksum, frame, f"cannot decode: {e}")
+                # The file's row (frame None): a video that breaks after some frames keeps those frames' rows.
+                row = _rejected(path, source, checksum, None, f"cannot decode: {e}")
                 if row["id"] not in known:
                     rows.append(row)
                     known.add(row["id"])

@@ -208,7 +208,7 @@ def test_killed_labeling_resumes_to_the_same_manifest(tmp_path, tiny_checkpoint)
     proc = subprocess.Popen(_label_cmd(pool, tiny_checkpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=env)
     labels = pool / "labels/stage1"
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # generous: a loaded machine can take minutes to start the process
     def complete() -> int:  # hidden names are atomic_write's temporaries
         return sum(not f.name.startswith(".") for f in labels.glob("*.npz"))
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
+import shutil
+import time
 import uuid
 import warnings
 import zipfile
@@ -69,6 +72,33 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# atomic_write's temporaries (".<name>.<12 hex>.tmp[.suffix]") and predict's cubemap folders (".<name>.cube.tmp")
+TEMPORARY_NAME = re.compile(r"\..+\.([0-9a-f]{12}\.tmp(\.[^.]*)?|cube\.tmp)")
+
+
+def remove_temporaries(folder: PathLike, *, older_than_s: float = 0.0) -> int:
+    """Remove the hidden temporaries (files and cube folders) that a killed run left anywhere under `folder`;
+    with `older_than_s`, only those last modified longer ago (younger ones may belong to a run still writing).
+    Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for root, dirs, files in os.walk(folder):
+        for name in [*files, *dirs]:
+            path = Path(root) / name
+            try:
+                if not TEMPORARY_NAME.fullmatch(name) or (older_than_s and now - path.lstat().st_mtime <= older_than_s):
+                    continue
+                if name in dirs:
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+                removed += 1
+            except OSError:
+                pass  # not ours to fight over; the run reports real write problems itself
+        dirs[:] = [d for d in dirs if not TEMPORARY_NAME.fullmatch(d)]
+    return removed
 
 
 def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:

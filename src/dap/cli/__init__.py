@@ -12,9 +12,7 @@ import errno
 import glob
 import importlib
 import os
-import re
 import select
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -145,7 +143,6 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "predict": ("out", "dir"), "eval": ("out", "dir"), "synth": ("out", "dir"), "train": ("out", "dir"),
     "convert": ("out", "dir"), "export": ("out", "file"),
 }
-_TEMPORARY = re.compile(r"\..+\.([0-9a-f]{12}\.tmp(\.[^.]*)?|cube\.tmp)")  # atomic_write's and predict's cubes
 STALE_AFTER_S = 60  # younger temporaries may belong to a run still writing into the same folder
 
 
@@ -173,24 +170,10 @@ def check_output(path: Path, kind: str, option: str = "--out") -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Remove the hidden temporaries (files and cube folders) that a killed run left under `folder`."""
-    removed = 0
-    now = time.time()
-    for root, dirs, files in os.walk(folder):
-        for name in [*files, *dirs]:
-            path = Path(root) / name
-            try:
-                if not _TEMPORARY.fullmatch(name) or now - path.lstat().st_mtime <= STALE_AFTER_S:
-                    continue
-                if name in dirs:
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-                removed += 1
-            except OSError:
-                pass  # not ours to fight over; the run reports real write problems itself
-        dirs[:] = [d for d in dirs if not _TEMPORARY.fullmatch(d)]
-    return removed
+    """Remove the temporaries a killed run left under `folder` (only stale ones: see STALE_AFTER_S)."""
+    from dap.io import remove_temporaries
+
+    return remove_temporaries(folder, older_than_s=STALE_AFTER_S)
 
 
 def _prepare_outputs(args: argparse.Namespace) -> None:
@@ -203,8 +186,10 @@ def _prepare_outputs(args: argparse.Namespace) -> None:
     if kind == "dir" and path.is_dir():
         remove_stale_temporaries(path)
     elif kind == "file" and path.parent.is_dir():
+        from dap.io import TEMPORARY_NAME
+
         for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
-            if _TEMPORARY.fullmatch(tmp.name) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
+            if TEMPORARY_NAME.fullmatch(tmp.name) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
                 tmp.unlink(missing_ok=True)
 
 

@@ -90,11 +90,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dap.curation.manifest import manifest_path
+
     cmd = args.curate_command
     option, folder = ("--work", Path(args.work)) if cmd == "run" else ("--pool", Path(args.pool))
     if cmd in ("ingest", "run"):  # the commands that may create the folder
         check_output(folder, "dir", option)
-    elif not (folder / "manifest.parquet").is_file() and not (folder / "pool/manifest.parquet").is_file():
+    elif not manifest_path(folder).is_file():
         raise DapError(f"{folder} is not a curation pool (no manifest.parquet); create one with "
                        f"`dap curate ingest SOURCES --pool {folder}`")
     if folder.is_dir():

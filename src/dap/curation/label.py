@@ -104,6 +104,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     from tqdm import tqdm
 
     from dap.inference import resolve_model
+    from dap.io import remove_temporaries
     from dap.train import setup_distributed
 
     if stage not in STAGES:
@@ -118,9 +119,8 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         if not rows:
             raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
         model = resolve_model(model, d.device)
-        if d.main:  # label writes killed mid-way leave hidden temporaries (see io.atomic_write)
-            for tmp in (pool / "labels" / stage).glob(".*.tmp*"):
-                tmp.unlink(missing_ok=True)
+        if d.main:  # label writes killed mid-way
+            remove_temporaries(pool / "labels" / stage)
         if d.world > 1:
             dist.barrier()  # no rank writes before the clean-up is done
         mine = [i for i in rank_rows(rows, d.rank, d.world) if not (pool / label_path(stage, rows[i]["id"])).exists()]

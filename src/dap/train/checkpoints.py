@@ -62,12 +62,6 @@ def check_run_folder(out: Path, resume: bool) -> None:
             "--out (delete the folder to start over)")
 
 
-def remove_stale_temporaries(out: Path) -> None:
-    """Checkpoint writes killed mid-way leave hidden '.step_*.tmp.pt' files (see io.atomic_write)."""
-    for tmp in (out / "checkpoints").glob(".step_*.tmp*"):
-        tmp.unlink(missing_ok=True)
-
-
 def read_metrics(path: Path) -> list[dict]:
     """Rows of metrics.jsonl; a line cut off by a kill (only ever the last) is dropped, not an error."""
     rows = []
@@ -133,10 +127,10 @@ def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callab
 
 def prepare_run_folder(out: Path, config: dict, start: int) -> None:
     """Rank 0, before the first step: the folder, no stale temporaries, metrics up to `start`, config.yaml."""
-    from dap.io import atomic_write
+    from dap.io import atomic_write, remove_temporaries
 
     out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    remove_temporaries(out / "checkpoints")  # checkpoint writes killed mid-way
     trim_metrics(out / "metrics.jsonl", start)
     with atomic_write(out / "config.yaml") as tmp:
         tmp.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -122,6 +122,28 @@ def test_perceptual_hash_is_robust_to_reencoding_but_not_to_other_scenes():
     assert hamming(perceptual_hash(a), perceptual_hash(b)) > 6
 
 
+def test_hash_index_finds_what_a_linear_scan_finds():
+    import random
+
+    from dap.curation.ingest import HashIndex
+
+    rng = random.Random(0)
+    for bits in (-1, 0, 6, 10):
+        index, kept = HashIndex(bits), []
+        for _ in range(1500):
+            value = rng.getrandbits(64)
+            if kept and rng.random() < 0.5:  # a near copy of a kept hash, 0-12 bits flipped
+                value = kept[rng.randrange(len(kept))][0] % (1 << 64)
+                for b in rng.sample(range(64), rng.randint(0, 12)):
+                    value ^= 1 << b
+            value -= (1 << 64) if value >= 1 << 63 else 0  # int64, as stored
+            expected = next((i for h, i in kept if hamming(h, value) <= bits), None)
+            assert index.find(value) == expected
+            if expected is None:
+                kept.append((value, str(len(kept))))
+                index.add(value, kept[-1][1])
+
+
 def test_tilt_estimate_follows_a_known_rotation():
     from dap.geometry import rotate_erp
 

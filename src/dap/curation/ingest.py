@@ -98,6 +98,37 @@ def estimate_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200)
     return float(np.degrees(np.arctan(np.hypot(*coef))))
 
 
+class HashIndex:
+    """Near-duplicate lookup among 64-bit hashes without comparing against every kept one.
+
+    Pigeonhole: two hashes that differ in at most `bits` bits agree exactly on at least one of `bits` + 1
+    disjoint pieces of the 64 bits, so only hashes sharing a piece are compared (multi-index hashing). Among
+    the matches the earliest added wins, as a linear scan in insertion order would give."""
+
+    def __init__(self, bits: int):
+        self.bits = bits
+        k = bits + 1 if bits >= 0 else 0
+        edges = [round(64 * j / k) for j in range(k + 1)] if k else []
+        self.pieces = [((1 << (hi - lo)) - 1, lo) for lo, hi in zip(edges, edges[1:], strict=False)]
+        self.buckets: list[dict[int, list[int]]] = [{} for _ in self.pieces]
+        self.entries: list[tuple[int, str]] = []
+
+    def add(self, value: int, item: str) -> None:
+        n = len(self.entries)
+        self.entries.append((value, item))
+        for (mask, shift), bucket in zip(self.pieces, self.buckets, strict=True):
+            bucket.setdefault((value >> shift) & mask, []).append(n)
+
+    def find(self, value: int) -> str | None:
+        """The earliest added item within `bits` of `value`, or None."""
+        candidates = {n for (mask, shift), bucket in zip(self.pieces, self.buckets, strict=True)
+                      for n in bucket.get((value >> shift) & mask, ())}
+        for n in sorted(candidates):
+            if hamming(self.entries[n][0], value) <= self.bits:
+                return self.entries[n][1]
+        return None
+
+
 def file_checksum(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -178,7 +209,10 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
     files = expand_sources(sources)
     rows = read_manifest(pool)
     known = {r["id"] for r in rows}
-    hashes = [(r["phash"], r["id"]) for r in rows if r["status"] == "ok"]
+    hashes = HashIndex(o.dedupe_bits)
+    for r in rows:
+        if r["status"] == "ok":
+            hashes.add(r["phash"], r["id"])
     counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
     last_write = time.monotonic()
     for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
@@ -226,7 +260,7 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
                 rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
             row["phash"] = perceptual_hash(rgb)
             row["tilt_deg"] = estimate_tilt(rgb)
-            dup = next((i for hsh, i in hashes if hamming(hsh, row["phash"]) <= o.dedupe_bits), None)
+            dup = hashes.find(row["phash"])
             if dup is not None:
                 row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
                 counts["duplicate"] += 1
@@ -237,7 +271,7 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             else:
                 row["image"] = f"images/{row['id']}.jpg"
                 write_rgb(pool / row["image"], rgb)
-                hashes.append((row["phash"], row["id"]))
+                hashes.add(row["phash"], row["id"])
                 if path.name in tags:
                     row.update(domain=tags[path.name], domain_from="user")
                 counts["added"] += 1

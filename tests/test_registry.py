@@ -16,7 +16,8 @@ from dap.errors import CheckpointError
 from dap.models import load_model, registry
 from dap.models.backbone import ViTConfig
 from dap.models.dap import DAP, DapConfig
-from dap.models.official import _ALIAS_PREFIX, _PREFIX_MAP, _expected_bias_mask
+from dap.models.dinov3 import expected_bias_mask
+from dap.models.official import _ALIAS_PREFIX, _PREFIX_MAP
 
 REPO = "Insta360-Research/DAP-weights"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -38,7 +39,7 @@ def official_layout(model: DAP) -> dict[str, torch.Tensor]:
         if key.startswith("core.pretrained.model.blocks."):
             sd[_ALIAS_PREFIX + key.removeprefix("core.pretrained.model.blocks.")] = sd[key]
             if key.endswith("attn.qkv.bias"):
-                sd[key + "_mask"] = _expected_bias_mask(sd[key].numel())
+                sd[key + "_mask"] = expected_bias_mask(sd[key].numel())
     return {"module." + k: v for k, v in sd.items()}
 
 

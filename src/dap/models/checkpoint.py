@@ -17,6 +17,7 @@ import torch
 
 from dap.errors import CheckpointError
 from dap.models.dap import DAP, DapConfig
+from dap.models.dinov3 import architecture, convert_dinov3_state_dict, describe, is_dinov3_state_dict
 from dap.models.official import (
     convert_official_state_dict,
     is_official_state_dict,
@@ -33,7 +34,10 @@ def _key_list(keys: list[str]) -> str:
     return ", ".join(keys[:5]) + (f" ... (+{len(keys) - 5} more)" if len(keys) > 5 else "")
 
 
-def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str, *,
+                           arch: str | None = None, assign: bool = True) -> None:
+    """assign=True adopts the file's tensors (no copy; for a model built on the meta device); False copies them
+    into the model's own (keeping its dtype)."""
     own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -48,10 +52,10 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches: {_key_list(wrong)}")
         raise CheckpointError(
-            f"{source} does not match the {model.cfg.name} architecture: " + "; ".join(parts)
+            f"{source} does not match the {arch or model.cfg.name} architecture: " + "; ".join(parts)
             + ". Check that the checkpoint and the model variant belong together."
         )
-    model.load_state_dict(sd, strict=True, assign=True)
+    model.load_state_dict(sd, strict=True, assign=assign)
 
 
 def check_finite(model: DAP, source: Path) -> None:
@@ -96,6 +100,11 @@ def _load_ours(directory: Path) -> DAP:
 
 def _load_official(path: Path) -> DAP:
     sd = read_official_checkpoint(path)
+    if is_dinov3_state_dict(sd):
+        raise CheckpointError(
+            f"{path} holds a DINOv3 {describe(*architecture(sd, str(path)))} backbone without depth heads, not a "
+            "DAP model; train from it with model.init: <this file> (docs/training.md)"
+        )
     if not is_official_state_dict(sd):
         raise CheckpointError(
             f"{path} is a state dict but not in the official DAP layout (no 'core.' keys). Our own checkpoints "
@@ -108,6 +117,38 @@ def _load_official(path: Path) -> DAP:
     check_finite(model, path)
     model.checkpoint_info = {"format": "official", "source": str(path)}
     return model
+
+
+def is_dinov3_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a file holding a DINOv3 backbone state dict (Meta's layout). Reads only the keys."""
+    if not Path(path).is_file():
+        return False
+    try:
+        return is_dinov3_state_dict(read_official_checkpoint(Path(path), mmap=True))
+    except CheckpointError:  # not a state dict: the loader it goes to says what it is
+        return False
+
+
+def init_backbone_from_dinov3(model: DAP, path: str | os.PathLike) -> None:
+    """Copy a DINOv3 checkpoint (Meta's layout, dap.models.dinov3) into `model`'s backbone, strictly: a variant
+    other than the model's, a missing or unexpected key or a shape mismatch is an error. The heads are untouched."""
+    sd = read_official_checkpoint(Path(path), mmap=True)
+    if not is_dinov3_state_dict(sd):
+        raise CheckpointError(f"{path} is not a DINOv3 backbone checkpoint (no cls_token / patch_embed.proj.weight)")
+    width, depth = architecture(sd, str(path))
+    vit = model.cfg.vit
+    if (width, depth) != (vit.embed_dim, vit.depth):
+        from dap.models import MODEL_CONFIGS
+
+        fits = [n for n, c in MODEL_CONFIGS.items() if (c.vit.embed_dim, c.vit.depth) == (width, depth)]
+        raise CheckpointError(
+            f"{path} holds a DINOv3 {describe(width, depth)}, but model.name is {model.cfg.name}, a "
+            f"{describe(vit.embed_dim, vit.depth)}; "
+            + (f"set model.name: {fits[0]}" if fits else "no model of ours has that backbone")
+        )
+    load_state_dict_strict(model.backbone, convert_dinov3_state_dict(sd), str(path),
+                           arch=f"{model.cfg.name} backbone", assign=False)
+    check_finite(model.backbone, Path(path))
 
 
 def _download_hub(spec: str) -> Path:

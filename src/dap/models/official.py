@@ -20,6 +20,7 @@ ImageNet normalisation as `test/eval.py` does), and both loaders use `strict=Fal
 from __future__ import annotations
 
 import math
+import zipfile
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 
 from dap.errors import CheckpointError
 from dap.models.backbone import ViTConfig
+from dap.models.dinov3 import check_bias_mask
 
 OFFICIAL_LAYERS = {24: (4, 11, 17, 23), 12: (2, 5, 8, 11)}
 
@@ -61,12 +63,14 @@ _PREFIX_MAP = (
 _ALIAS_PREFIX = "core.pretrained.blocks."
 
 
-def read_official_checkpoint(path: Path) -> dict[str, torch.Tensor]:
-    """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`."""
+def read_official_checkpoint(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """Flat state dict from a torch pickle: unwraps {'model': ...}/{'state_dict': ...} and `module.`.
+    mmap: tensors stay in the file until used, so reading only the keys is cheap (zip-format files; torch's old
+    format is read whole)."""
     if path.is_file() and path.stat().st_size == 0:
         raise CheckpointError(f"{path} is empty (0 bytes), a download or copy that was cut short; download it again")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as e:  # torch raises many types for a bad pickle; its advice to drop weights_only is unsafe
         raise CheckpointError(
             f"cannot read {path}: it is not a PyTorch checkpoint of weights, or it is damaged "
@@ -85,12 +89,6 @@ def is_official_state_dict(sd: dict[str, torch.Tensor]) -> bool:
     return any(k.startswith("core.") for k in sd)
 
 
-def _expected_bias_mask(n: int) -> torch.Tensor:
-    mask = torch.ones(n)
-    mask[n // 3 : 2 * n // 3] = 0
-    return mask
-
-
 def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official keys (without `module.`) -> our keys. Checks the aliases and buffers it drops."""
     out: dict[str, torch.Tensor] = {}
@@ -105,11 +103,7 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
                 )
             continue
         if key.endswith("attn.qkv.bias_mask"):
-            if not torch.equal(value.float(), _expected_bias_mask(value.numel())):
-                raise CheckpointError(
-                    f"{key} is not the DINOv3 key-bias mask (ones for q and v, zeros for k); it may be NaN if the "
-                    "checkpoint was saved from an uninitialised model. This file cannot be used as is."
-                )
+            check_bias_mask(key, value)
             continue
         for old, new in _PREFIX_MAP:
             if key.startswith(old):

@@ -23,9 +23,11 @@ RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
 
 @dataclass
 class ModelSection:
-    name: str = "dap_tiny"  # dap_tiny | dap_vits | dap_vitb | dap_vitl (used when init is scratch)
+    name: str = "dap_tiny"  # dap_tiny | dap_vits | dap_vitb | dap_vitl (used when init is scratch or DINOv3)
     overrides: dict = field(default_factory=dict)  # DapConfig fields, e.g. {token_adapter: plain}
-    init: str = "scratch"  # scratch | bundled (the packaged default model) | our checkpoint dir | official model.pth
+    # scratch | bundled (the packaged default model) | our checkpoint dir | official model.pth (these decide the
+    # architecture) | a DINOv3 backbone .pth from Meta (model.name decides; the heads start random)
+    init: str = "scratch"
 
 
 @dataclass
@@ -191,11 +193,12 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 def _check_config(cfg: TrainConfig) -> None:
     from dap.models import MODEL_CONFIGS, DapConfig
+    from dap.models.checkpoint import is_dinov3_checkpoint
 
     geometry.check_erp_shape(cfg.data.height, cfg.data.width, "training resolution")
     if cfg.data.height < 16 or cfg.data.height % 16:
         raise ConfigError(f"data.height must be a multiple of 16 (the ViT patch), got {cfg.data.height}")
-    if (cfg.model.init or "scratch") == "scratch":
+    if (cfg.model.init or "scratch") == "scratch" or is_dinov3_checkpoint(cfg.model.init):
         if cfg.model.name not in MODEL_CONFIGS:
             raise ConfigError(f"model.name {cfg.model.name!r} is not a model; use one of {', '.join(MODEL_CONFIGS)}")
         unknown = sorted(set(cfg.model.overrides) - {f.name for f in dataclasses.fields(DapConfig)})

@@ -69,17 +69,22 @@ def ema_update(decay: float):
 
 # ======================================================================================== model
 def build_model(cfg: TrainConfig, *, quiet: bool = False):
-    """The network to train: random (seeded by run.seed) for init=scratch, else loaded from model.init.
+    """The network to train: random (seeded by run.seed) for init=scratch, the same with the backbone copied from
+    a DINOv3 checkpoint (Meta's .pth) for init=<that file>, else loaded from model.init.
 
     A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
     (they could not be applied), and a model.name other than the checkpoint's gets one warning (unless quiet).
     """
     from dap.models import create_model, load_model
+    from dap.models.checkpoint import init_backbone_from_dinov3, is_dinov3_checkpoint
 
     init = cfg.model.init or "scratch"
-    if init == "scratch":
+    if init == "scratch" or is_dinov3_checkpoint(init):
         torch.manual_seed(seed_of(cfg.run.seed, "init"))  # identical on every rank (DDP also broadcasts)
-        return create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+        model = create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+        if init != "scratch":
+            init_backbone_from_dinov3(model, init)
+        return model
     if init == "bundled":
         from dap.inference import default_model_path
 

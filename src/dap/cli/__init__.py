@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("predict", "Predict metric depth for panoramas (files, folders, globs, videos)."),
     "models": ("models", "List the named weights (source, size, licence) and the architectures."),
     "convert": ("convert", "Convert an official DAP model.pth to our format."),
+    "demo": ("demo", "Start the browser demo: upload a panorama, see depth, normals and a 3-D point cloud."),
     "export": ("export", "Export a model to ONNX (fixed or dynamic input size) for onnxruntime and others."),
     "eval": ("eval", "Evaluate a checkpoint or saved predictions on a depth benchmark."),
     "synth": ("synth", "Render procedural 360° panoramas with exact metric depth into tar shards."),

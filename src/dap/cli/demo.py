@@ -1,0 +1,38 @@
+"""`dap demo`: the browser demo (see dap.demo), served on this machine."""
+
+from __future__ import annotations
+
+import argparse
+
+from dap.cli import parse_device, parse_network_size, positive_int
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", "--checkpoint", dest="model", default=None,
+                        help="a model name (`dap models`), an official model.pth, a folder written by `dap convert`/"
+                             "`dap train`, or hf:<repo>, as for `dap predict`. Default: dap-tiny-synth, the small "
+                             "model bundled with the package (synthetic data only); for the paper's model pass "
+                             "--model dap-vitl")
+    parser.add_argument("--resolution", type=parse_network_size, default=None,
+                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own)")
+    parser.add_argument("--device", type=parse_device, default=None,
+                        help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to serve on; 0.0.0.0 makes the demo reachable from other machines")
+    parser.add_argument("--port", type=positive_int, default=7860, help="port to serve on")
+    parser.add_argument("--share", action="store_true",
+                        help="also publish the demo through a temporary public gradio.live link (the page and your "
+                             "uploads then pass through gradio's servers)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from dap.demo import build_app, import_gradio
+    from dap.inference import resolve_model, select_device
+
+    import_gradio()  # before loading (maybe downloading) the model
+    device = select_device(args.device)
+    model = resolve_model(args.model, device)
+    app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
+    print(f"dap demo: serving on http://{args.host}:{args.port} (Ctrl-C to stop)")
+    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    return 0

@@ -1,0 +1,114 @@
+"""`dap demo`: the page's handler on good and bad uploads, and the whole app driven in a headless Chromium."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from dap import io
+from dap.demo import DOWNLOADS, respond, samples
+from dap.inference import resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [  # gradio's queue uses pandas options that pandas 3 deprecates; not ours to fix
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("demo_screenshot", ROOT / "scripts" / "demo_screenshot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def model():
+    return resolve_model(None, "cpu")
+
+
+@pytest.fixture(scope="module")
+def small_panorama(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("pano") / "small.jpg"
+    Image.open(samples()[0]).resize((256, 128)).save(path)
+    return path
+
+
+def test_samples_ship_with_their_credits():
+    names = sorted(p.name for p in samples())
+    credits = (samples()[0].parent / "credits.csv").read_text()
+    assert len(names) >= 2 and all(name in credits for name in names)
+    for path in samples():
+        h, w = io.read_rgb(path).shape[:2]
+        assert w == 2 * h <= 1024
+
+
+def test_the_page_gets_every_output(model, small_panorama, tmp_path):
+    depth, mask, normals, glb, downloads, summary = respond(str(small_panorama), False, model, tmp_path)
+    assert [Path(p).suffix for p in downloads] == [f".{k}" for k in DOWNLOADS]
+    assert Image.open(depth).size[0] == 256 and Image.open(depth).size[1] > 128  # the legend strip below
+    assert Image.open(mask).size == Image.open(normals).size == (256, 128)
+    points = np.concatenate([g.vertices for g in trimesh.load(glb).geometry.values()])
+    assert len(points) > 1000 and " m;" in summary and "256x128" in summary
+    respond(str(small_panorama), False, model, tmp_path)
+    assert len(list(tmp_path.iterdir())) == 1  # a click clears the previous click's files
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"this is not an image", "cannot read bad.jpg"),
+    ("square", "must be exactly 2:1"),
+])
+def test_a_bad_upload_gets_the_library_message(model, tmp_path, content, expected):
+    import gradio as gr
+
+    bad = tmp_path / "upload" / "bad.jpg"
+    bad.parent.mkdir()
+    if content == "square":
+        Image.new("RGB", (64, 64)).save(bad)
+    else:
+        bad.write_bytes(content)
+    with pytest.raises(gr.Error) as e:
+        respond(str(bad), False, model, tmp_path / "work")
+    assert expected in e.value.message and str(bad.parent) not in e.value.message  # named as the user knows it
+
+
+def test_missing_gradio_says_how_to_install():
+    code = ("import sys; sys.modules['gradio'] = None\nfrom dap.cli import main\n"
+            "sys.exit(main(['demo', '--port', '1']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "pip install 'depth-any-panoramas[demo]'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_help_does_not_import_gradio():
+    code = ("import sys\nfrom dap.cli import main\ntry: main(['demo', '--help'])\nexcept SystemExit: pass\n"
+            "print('gradio' in sys.modules, file=sys.stderr)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.stderr.strip().endswith("False") and "--share" in proc.stdout and "--port" in proc.stdout
+
+
+def test_the_page_in_a_browser(small_panorama, tmp_path):
+    """Start the app on a free local port, upload a panorama in headless Chromium, wait for the depth map and
+    the 3-D view, then upload a broken file and read the page's error."""
+    script = _script()
+    if script.find_chromium() is None:
+        pytest.skip("no Chromium here: .ci/run installs Debian's (`apt-get install chromium`, needs root); "
+                    "elsewhere install it, or run `python -m playwright install chromium`")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a panorama")
+    shot = tmp_path / "demo.png"
+    found = script.capture(small_panorama, shot, bad_upload=bad, timeout_s=60)
+    print(f"screenshot: {shot}")
+    assert "256x128" in found["summary"] and " m;" in found["summary"]
+    assert found["canvas_spread"] > script.DRAWN  # the 3-D view drew the point cloud
+    assert all(f".{k}" in found["downloads"] for k in DOWNLOADS)
+    assert "cannot read notes.jpg" in found["error"]
+    assert Image.open(shot).size[0] >= 1000

@@ -432,7 +432,9 @@ def test_glb_loads_back(tmp_path, rng):
     scene = trimesh.load(tmp_path / "p.glb")
     vertices = np.concatenate([np.asarray(g.vertices) for g in scene.geometry.values()])
     assert len(vertices) == n
-    np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(points, axis=0), atol=1e-6)
+    y_up = points * np.array([1, -1, -1], np.float32)  # glTF's frame: y up, camera looking along -z
+    np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(y_up, axis=0), atol=1e-6)
+    assert b"KHR_materials_unlit" in (tmp_path / "p.glb").read_bytes()  # points have no normals to light
 
 
 def test_writes_never_leave_partial_files(tmp_path, rng, monkeypatch):

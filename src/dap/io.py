@@ -507,12 +507,23 @@ def write_ply(
             f.write(vertex.tobytes())
 
 
+def _unlit(tree: dict) -> None:
+    """Mark a glTF tree's materials unlit: points have no normals, so lit viewers shade them all alike."""
+    for material in tree.get("materials", []):
+        material.setdefault("extensions", {})["KHR_materials_unlit"] = {}
+    tree.setdefault("extensionsUsed", []).append("KHR_materials_unlit")
+
+
 def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = None) -> None:
-    """Write a point cloud as a binary glTF (.glb) scene, viewable in browsers and Blender."""
+    """Write a point cloud as a binary glTF (.glb) scene, viewable in browsers and Blender.
+
+    Points are in the camera frame of dap.geometry (x right, y down, z forward); glTF is y-up with the camera
+    looking along -z, so y and z are negated on the way out (else viewers show the scene upside down)."""
     p, c = _points_colors(points, colors)
+    p = p * np.array([1, -1, -1], np.float32)
     rgba = None if c is None else np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
     cloud = trimesh.PointCloud(p, colors=rgba)
-    data = trimesh.Scene(cloud).export(file_type="glb")
+    data = trimesh.Scene(cloud).export(file_type="glb", tree_postprocessor=_unlit)
     with atomic_write(path) as tmp:
         tmp.write_bytes(data)
 

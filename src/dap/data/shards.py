@@ -81,26 +81,26 @@ def write_tar(path: Path, members: Iterator[tuple[str, bytes]]) -> None:
             tar.addfile(info, io.BytesIO(data))
 
 
-def render_sample(index: int, cfg: dict) -> dict[str, bytes]:
-    """Render and encode sample `index` of a dataset with settings `cfg` (see `write_dataset`)."""
+def render_sample(index: int, cfg: dict, device: str | None = None) -> dict[str, bytes]:
+    """Render and encode sample `index` of a dataset with settings `cfg` (see `write_dataset`) on `device`."""
     seed = cfg["seed"] + index
     kind = kind_for_seed(seed, cfg["kind"])
     scene = make_scene(seed, kind)
     h, w = cfg["resolution"]
-    out = render(scene, h, w, cfg["style"], cfg["supersample"])
+    out = render(scene, h, w, cfg["style"], cfg["supersample"], device=device)
     key = f"{index:08d}"
     meta = dict(key=key, seed=seed, kind=kind, style=cfg["style"], layout=scene.layout, height=h, width=w,
                 supersample=cfg["supersample"], scene=scene.to_dict(), **depth_stats(out))
     return encode_sample(key, out, meta)
 
 
-def _write_shard(job: tuple[str, int, dict], on_sample: Callable[[], None] | None = None) -> int:
-    root, shard, cfg = job
+def _write_shard(job: tuple[str, int, dict, str | None], on_sample: Callable[[], None] | None = None) -> int:
+    root, shard, cfg, device = job
     first, last = shard * cfg["shard_size"], min((shard + 1) * cfg["shard_size"], cfg["count"])
 
     def members():
         for i in range(first, last):
-            yield from render_sample(i, cfg).items()
+            yield from render_sample(i, cfg, device).items()
             if on_sample is not None:
                 on_sample()
 
@@ -114,9 +114,11 @@ def _worker_init(threads: int) -> None:
 
 def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", style: str = "clean",
                   resolution: tuple[int, int] = (512, 1024), workers: int = 1, shard_size: int = 64,
-                  seed: int = 0, supersample: int = 1, progress: bool = True) -> Path:
+                  seed: int = 0, supersample: int = 1, progress: bool = True, device: str | None = None) -> Path:
     """Render `count` panoramas (sample i from seed + i) into tar shards under `out`; returns the manifest path.
 
+    `device` (torch device for the ray casting, default CPU) is not part of the dataset's settings: a folder
+    started on one device can be resumed on another (the float rounding of the two may differ slightly).
     Rerunning with the same settings resumes: complete shards are kept, missing or interrupted ones redone.
     """
     if count < 1 or shard_size < 1 or workers < 1 or supersample < 1:
@@ -155,7 +157,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     from tqdm import tqdm
 
     with tqdm(total=count, initial=done, unit="pano", desc="dap synth", disable=not progress) as bar:
-        jobs = [(str(root), s, cfg) for s in todo]
+        jobs = [(str(root), s, cfg, device) for s in todo]
         if workers == 1 or len(jobs) <= 1:
             for job in jobs:
                 _write_shard(job, lambda: bar.update(1))

@@ -92,6 +92,9 @@ def _load_ours(directory: Path) -> DAP:
         sd = load_file(directory / WEIGHTS_FILE)
     except Exception as e:
         raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}") from e
+    # Weights may be stored as float16 (half the download, e.g. the bundled model); the model computes in float32
+    # and inference picks its own precision.
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     load_state_dict_strict(model, sd, str(directory))
     check_finite(model, directory / WEIGHTS_FILE)
     model.checkpoint_info = meta
@@ -198,15 +201,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     return model.to(device).eval()
 
 
-def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any] | None = None) -> Path:
-    """Write our format (weights + config) atomically; returns the directory."""
+def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any] | None = None, *,
+               dtype: torch.dtype | None = None) -> Path:
+    """Write our format (weights + config) atomically; returns the directory. `dtype` (e.g. torch.float16)
+    stores the floating-point weights in that type; loading always gives a float32 model."""
     from safetensors.torch import save_file
 
     from dap.io import atomic_write
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+          for k, v in model.state_dict().items()}
     meta = {
         "format": "dap",
         "format_version": FORMAT_VERSION,

@@ -97,7 +97,7 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
 def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
     have = loaded.to_dict()
     conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
-                 if k not in have or _plain(v) != _plain(have[k])]
+                 if k not in have or not _agrees(v, have[k])]
     if conflicts:
         raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
                           f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "
@@ -105,6 +105,13 @@ def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -
     if cfg.model.name != loaded.name and not quiet:
         print(f"dap train: model.name {cfg.model.name!r} is ignored: model.init={init} is a {loaded.name} "
               f"(set model.name: {loaded.name} to silence this)", file=sys.stderr)
+
+
+def _agrees(override: Any, have: Any) -> bool:
+    """An override agrees with the checkpoint's value; a partial mapping (vit: {depth: 8}) only in its keys."""
+    if isinstance(override, dict) and isinstance(have, dict):
+        return all(k in have and _agrees(v, have[k]) for k, v in override.items())
+    return _plain(override) == _plain(have)
 
 
 def _plain(v: Any) -> Any:

@@ -100,7 +100,7 @@ def step_render(args: argparse.Namespace) -> dict:
         t0 = time.monotonic()
         cmd = dap_cli("synth", "--count", str(count), "--out", str(out), "--resolution", res, "--style", style,
                       "--seed", str(seed), "--workers", str(args.render_workers), "--shard-size",
-                      str(max(1, min(100, count // args.render_workers or 1))), "--no-progress")
+                      str(min(200, -(-count // (2 * args.render_workers)))), "--no-progress")
         device = [] if args.render_device == "cpu" else ["--device", args.render_device]
         log(f"render {name}: {' '.join(cmd[3:] + device)}")
         if subprocess.run(cmd + device, cwd=ROOT).returncode:

@@ -77,12 +77,13 @@ def curate_config(args: argparse.Namespace, seed: int, steps: dict | None):
     cfg.pool.inputs[0].path = str(pool)
     cfg.pool.inputs[0].tags = str(pool / "manifest.csv") if (pool / "manifest.csv").exists() else None
     extra = dict(item.split("=", 1) for item in args.train_set)
+    stage1_extra = dict(item.split("=", 1) for item in args.stage1_set)
     import yaml
 
     for name in ("stage1", "stage2", "final"):
         stage = getattr(cfg, name)
         stage.set["run.seed"] = seed
-        for k, v in extra.items():
+        for k, v in [*extra.items(), *(stage1_extra.items() if name == "stage1" else ())]:
             stage.set[k] = yaml.safe_load(v)
         if steps is not None:
             stage.set["run.steps"] = steps["stage1" if name == "stage1" else "finetune"]
@@ -96,7 +97,7 @@ def step_render(args: argparse.Namespace) -> dict:
     sets = [("train", "photo", args.train_seed, args.count), *HELD_OUT]
     for name, style, seed, count in sets:
         count = min(count, args.val_count) if name != "train" else count
-        out = DATA / name
+        out = args.data / name
         t0 = time.monotonic()
         cmd = dap_cli("synth", "--count", str(count), "--out", str(out), "--resolution", res, "--style", style,
                       "--seed", str(seed), "--workers", str(args.render_workers), "--shard-size",
@@ -180,7 +181,7 @@ def step_seeds(args: argparse.Namespace, steps: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------------- eval
-def evaluate(model_dir: str | Path, sets: list[str], resolution: tuple[int, int]) -> dict:
+def evaluate(model_dir: str | Path, data: Path, sets: list[str], resolution: tuple[int, int]) -> dict:
     from dap.models import load_model
     from dap.train import ValidationSet, build_source, load_config, setup_distributed, validate
     from dap.train.config import SourceConfig
@@ -190,7 +191,7 @@ def evaluate(model_dir: str | Path, sets: list[str], resolution: tuple[int, int]
     tc = load_config(None, [f"data.height={resolution[0]}", f"data.width={resolution[1]}"])
     out = {}
     for name in sets:
-        src = SourceConfig(kind="shards", path=str(DATA / name))
+        src = SourceConfig(kind="shards", path=str(data / name))
         val = ValidationSet([build_source(src, *resolution)], [src], *resolution, limit=10**9)
         metrics, _ = validate(model, val, tc, d)
         out[name] = {k: metrics[k] for k in ("abs_rel", "delta1", "rmse", "mask_iou") if k in metrics}
@@ -211,11 +212,11 @@ def step_eval(args: argparse.Namespace) -> dict:
     rows: dict = {}
     for s in args.seeds:
         for v, rel in VARIANTS.items():
-            rows.setdefault(v, {})[s] = evaluate(args.work / f"seed{s}" / rel, sets, res)
+            rows.setdefault(v, {})[s] = evaluate(args.work / f"seed{s}" / rel, args.data, sets, res)
             log(f"eval seed {s} {VARIANT_NAMES[v]}: {rows[v][s]}")
     bundled = default_model_path()
     bres = tuple(load_model(bundled).cfg.default_resolution)
-    before = evaluate(bundled, sets, bres)
+    before = evaluate(bundled, args.data, sets, bres)
     log(f"eval bundled ({bundled.name}, {bres[0]}x{bres[1]}): {before}")
     summary = {v: {name: {m: _spread([rows[v][s][name][m] for s in args.seeds]) for m in ("abs_rel", "delta1")}
                    for name in sets} for v in VARIANTS}
@@ -272,6 +273,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "default_model", help="output folder")
     p.add_argument("--step", choices=STEPS, help="run only this step (again)")
     p.add_argument("--config", default=str(CONFIG), help="curation config (default: configs/default_model.yaml)")
+    p.add_argument("--data", type=Path, default=DATA,
+                   help="folder of the rendered sets (train, val_photo, val_clean, val_disc); default "
+                        "data/default_model (where configs/default_model.yaml points)")
     p.add_argument("--pool", default=str(POOL), help="folder of unlabeled real panoramas (+ manifest.csv tags)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds, run in parallel")
     p.add_argument("--count", type=int, default=4000, help="labeled synthetic panoramas (A)")
@@ -290,13 +294,17 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--finetune-steps", type=int, default=0, help="fix the fine-tunes' steps (stage 2, final, (b))")
     p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="extra dap train override for every stage, e.g. data.batch_size=8 (repeatable)")
+    p.add_argument("--stage1-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra dap train override for stage 1 only, e.g. model.init=bundled (repeatable)")
     p.add_argument("--curate-set", action="append", default=[], metavar="KEY=VALUE",
                    help="curation config override, e.g. label.batch_size=4 (repeatable)")
     p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    args.work = args.work.resolve()
+    args.work, args.data = args.work.resolve(), args.data.resolve()
     args.passthrough = ["--work", str(args.work), "--config", args.config, "--pool", args.pool,
-                        *[f"--train-set={x}" for x in args.train_set], *[f"--curate-set={x}" for x in args.curate_set]]
+                        "--data", str(args.data), *[f"--train-set={x}" for x in args.train_set],
+                        *[f"--stage1-set={x}" for x in args.stage1_set],
+                        *[f"--curate-set={x}" for x in args.curate_set]]
     return args
 
 

@@ -119,6 +119,21 @@ def test_bias_mask_and_alias_are_checked(official_pth, tmp_path):
         load_model(tmp_path / "nan.pth")
 
 
+def test_float16_weights_load_as_float32(tmp_path):
+    from safetensors.torch import load_file
+
+    model = create_model("dap_tiny")
+    save_model(model, tmp_path / "m", dtype=torch.float16)
+    assert {v.dtype for v in load_file(tmp_path / "m" / "model.safetensors").values()} == {torch.float16}
+    loaded = load_model(tmp_path / "m")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert b.dtype == torch.float32, k
+        torch.testing.assert_close(b, a.half().float(), rtol=0, atol=0)  # exactly the float16 rounding
+    x = torch.rand(1, 3, 64, 128)
+    with torch.inference_mode():
+        assert (loaded(x)["depth"] - model(x)["depth"]).abs().max() < 0.05 * model.cfg.max_depth
+
+
 def test_our_format_strict_errors(tmp_path):
     model = create_model("dap_tiny")
     save_model(model, tmp_path / "m")

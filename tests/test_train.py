@@ -409,6 +409,10 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
     capsys.readouterr()
     T.build_model(cfg_with(init, "model.overrides={max_depth: 100.0, layers: [1, 2, 4, 5]}"))  # agrees: fine
     assert capsys.readouterr().err == ""
+    # a partial backbone override (the stage configs of the default-model recipe) agrees in the keys it names
+    T.build_model(cfg_with(init, "model.overrides={vit: {depth: 6, embed_dim: 192}}"))
+    with pytest.raises(ConfigError, match=r"cannot change .*'depth': 8"):
+        T.build_model(cfg_with(init, "model.overrides={vit: {depth: 8}}"))
     T.build_model(cfg_with(init, "model.name=dap_vits"))
     assert "model.name 'dap_vits' is ignored" in capsys.readouterr().err
     T.build_model(cfg_with(init, "model.name=dap_vits"), quiet=True)

@@ -105,12 +105,13 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
 
 
 def train_discriminator(real: torch.Tensor, fake: torch.Tensor, cfg: DiscriminatorConfig | None = None,
-                        training: DiscriminatorTraining | None = None, progress: bool = True
-                        ) -> tuple[DepthDiscriminator, dict]:
+                        training: DiscriminatorTraining | None = None, progress: bool = True,
+                        device: str | torch.device = "cpu") -> tuple[DepthDiscriminator, dict]:
     """Train on pairs: real[i] and fake[i] are `discriminator_input`s of the same panorama (N, 5, h, w).
 
     The last `held_out` share of the pairs is never trained on; the returned metrics hold its AUC (and the
-    training AUC). Augmentation: a random yaw roll and horizontal flip, the same for both members of a pair."""
+    training AUC). Augmentation: a random yaw roll and horizontal flip, the same for both members of a pair.
+    Trains on `device`; the returned model is on the CPU."""
     from tqdm import tqdm
 
     cfg, t = cfg or DiscriminatorConfig(), training or DiscriminatorTraining()
@@ -121,7 +122,8 @@ def train_discriminator(real: torch.Tensor, fake: torch.Tensor, cfg: Discriminat
         raise ValueError("the discriminator needs at least one training pair")
     g = torch.Generator().manual_seed(t.seed)
     torch.manual_seed(t.seed)
-    model = DepthDiscriminator(cfg)
+    model = DepthDiscriminator(cfg).to(device)
+    real, fake = real.to(device), fake.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.5, 0.999))
     model.train()
     for _ in tqdm(range(t.steps), desc="discriminator", disable=not progress, dynamic_ncols=True):
@@ -131,7 +133,8 @@ def train_discriminator(real: torch.Tensor, fake: torch.Tensor, cfg: Discriminat
         x = torch.cat([real[idx], fake[idx]]).roll(shift, dims=-1)
         x = x.flip(-1) if flip else x
         logits = model(x)
-        target = torch.cat([torch.ones(len(idx)), torch.zeros(len(idx))])[:, None, None, None].expand_as(logits)
+        target = torch.cat([torch.ones(len(idx)), torch.zeros(len(idx))]).to(device)[:, None, None, None]
+        target = target.expand_as(logits)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -143,12 +146,12 @@ def train_discriminator(real: torch.Tensor, fake: torch.Tensor, cfg: Discriminat
     metrics["train_auc"] = auc(s_real[:n_train], s_fake[:n_train])
     if n_val:
         metrics["held_out_auc"] = auc(s_real[n_train:], s_fake[n_train:])
-    return model, metrics
+    return model.cpu(), metrics
 
 
 @torch.inference_mode()
 def score_inputs(model: DepthDiscriminator, x: torch.Tensor, batch_size: int = 16) -> np.ndarray:
-    return torch.cat([model.score(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+    return torch.cat([model.score(x[i:i + batch_size]).cpu() for i in range(0, len(x), batch_size)]).numpy()
 
 
 def save_discriminator(model: DepthDiscriminator, path: str | os.PathLike, metrics: dict | None = None) -> Path:

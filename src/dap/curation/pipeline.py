@@ -190,8 +190,9 @@ def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch
     real, fake = [], []
     for j, i in items:
         s = resize_sample(to_training_sample(sources[j][i], d.data[j].invalid_is_sky), h, w)
-        pred = label_batch(labeler, prepare_input(s["rgb"], (h, w)), tta=False, seam_pad=DEFAULT_SEAM_PAD)
-        p_depth, p_oor = pred["depth"][:, None], pred["prob"][:, None] >= 0.5
+        x = prepare_input(s["rgb"], (h, w), next(labeler.parameters()).device)
+        pred = label_batch(labeler, x, tta=False, seam_pad=DEFAULT_SEAM_PAD)
+        p_depth, p_oor = pred["depth"][:, None].cpu(), pred["prob"][:, None].cpu() >= 0.5
         hole = ~s["valid"] & ~s["out_of_range"]  # no GT here: the prediction's value, so holes carry no signal
         g_depth = torch.where(hole[None], p_depth, s["depth"][None])
         g_oor = torch.where(hole[None], p_oor, s["out_of_range"][None])
@@ -269,15 +270,17 @@ class Pipeline:
         return self._label("stage1", self.work / "runs/stage1/final")
 
     def _disc(self) -> dict:
+        from dap.inference import select_device
         from dap.models import load_model
 
         d = self.cfg.discriminator
-        labeler = load_model(self.work / "runs/stage1/final").eval()
+        device = select_device()  # the GPU where there is one, as for labeling
+        labeler = load_model(self.work / "runs/stage1/final", device).eval()
         real, fake = discriminator_pairs(self.cfg, labeler)
         model, metrics = train_discriminator(
             real, fake, DiscriminatorConfig(d.height, d.width, d.channels),
             DiscriminatorTraining(steps=d.steps, batch_size=d.batch_size, lr=d.lr, held_out=d.held_out),
-            progress=self.progress)
+            progress=self.progress, device=device)
         save_discriminator(model, self.work / "discriminator", metrics)
         return metrics
 

@@ -128,7 +128,11 @@ def step_size(args: argparse.Namespace) -> dict:
     if args.deadline_s:  # what is left of the whole run's time, less what the steps after training need
         budget = min(budget, args.deadline_s - (time.monotonic() - START) - args.reserve_s)
     # per seed: stage 1 (2F steps) + stage 2, final and (b) (F each) = 5F steps, every seed at once
-    finetune = max(10, int(budget / (5 * per_step)))
+    finetune = int(budget / (5 * per_step))
+    if finetune < 50:  # a model of a few dozen steps says nothing; refuse rather than train one
+        raise SystemExit(f"only {budget:.0f} s are left for training ({per_step:.3f} s/step): fewer than 50 "
+                         "fine-tune steps. Rerun with a larger --deadline-s/--budget-s, or fix the step counts "
+                         "with --stage1-steps and --finetune-steps.")
     return {"stage1": 2 * finetune, "finetune": finetune, "s_per_step": round(per_step, 4),
             "budget_s": round(budget, 1), "from": "probe"}
 

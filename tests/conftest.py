@@ -16,6 +16,13 @@ def box_room_depth(height: int, width: int, lo=(-2.0, -1.5, -2.5), hi=(3.0, 1.2,
     return t.min(axis=-1).astype(np.float32)
 
 
+@pytest.fixture(autouse=True)
+def no_native_bf16(monkeypatch):
+    """Tests run as on a CPU without native bf16, so precision="auto" means fp32 (exact) on every test machine;
+    tests of the bf16 choice patch it back."""
+    monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: False)
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread: on a shared, oversubscribed CPU, threads wait for each other and tiny ops take

@@ -16,6 +16,7 @@ Outputs, at the input's full resolution:
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import shutil
@@ -196,20 +197,96 @@ def seam_pad_columns(width: int, seam_pad: float, patch: int = 16) -> int:
     return int(round(width * seam_pad / patch)) * patch
 
 
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """Precision of the forward pass: autocast (bfloat16 where supported) on CUDA, float32 elsewhere."""
-    if device.type != "cuda":
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+# Precision of the network's forward pass. fp32 is exact (parity with the official model); bf16 and fp16 run
+# matmuls and convolutions under autocast; int8 quantises the backbone's Linear layers (dynamic quantisation,
+# CPU only). "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere.
+# Measured drift against fp32: docs/performance.md.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# Largest AbsRel between a precision's depth and fp32's that we accept (tests/test_performance.py checks it on the
+# bundled model and a random one; measured values in docs/performance.md).
+PRECISION_TOLERANCE = {"fp32": 0.0, "bf16": 0.01, "fp16": 0.01, "int8": 0.01}
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> dict[str, torch.Tensor]:
-    """Forward a normalised ERP batch, wrapping `seam_pad` x width columns around the seam first."""
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX). Without it bf16 is emulated and
+    far slower than fp32 (50x on an AVX2-only EPYC)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: assume no
+        return False
+    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> the precision it means on `device`; others are checked and returned as they are."""
+    if precision not in PRECISIONS:
+        raise DapError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise DapError(f"int8 (dynamic quantisation) runs on the CPU only, not on {device.type}; use bf16 or fp16 "
+                       "there, or --device cpu")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+
+
+def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
+    """The floating-point type the forward pass computes in (int8 keeps float32 activations)."""
+    return _AUTOCAST.get(resolve_precision(precision, device), torch.float32)
+
+
+def quantize_int8(model):
+    """The model with the backbone's Linear layers dynamically quantised to int8 (per output channel weights,
+    activations quantised per call). A new module tree that shares all other weights with `model`, which stays
+    as it was; an already quantised model is returned as it is."""
+    from torch.ao.nn.quantized import dynamic
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if any(isinstance(m, dynamic.Linear) for m in model.modules()):
+        return model
+    from dap.models.backbone import Attention
+
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # copy the modules, not the weights
+    q = copy.deepcopy(model, shared)
+    for m in q.modules():
+        if isinstance(m, Attention):  # DINOv3's zero key bias, baked in (the float model masks it per call)
+            m.qkv.bias = torch.nn.Parameter(m.masked_qkv_bias().detach(), requires_grad=False)
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torch pinned: it stays)
+        warnings.simplefilter("ignore")
+        return quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+
+
+def model_precision(model, precision: str, device: torch.device) -> str:
+    """`resolve_precision` for this model: models that are not torch modules (dap.export.OnnxModel) run in fp32
+    only, so "auto" is fp32 for them and anything else an error."""
+    if isinstance(model, torch.nn.Module):
+        return resolve_precision(precision, device)
+    if precision not in ("auto", "fp32"):
+        raise DapError(f"precision {precision} needs the PyTorch backend; ONNX models run in fp32 (use "
+                       "--precision fp32 or auto with --backend onnxruntime)")
+    return "fp32"
+
+
+def prepare_model(model, precision: str):
+    """The model as inference runs it at a resolved `precision`: for int8, `quantize_int8`; otherwise as it is."""
+    return quantize_int8(model) if precision == "int8" and isinstance(model, torch.nn.Module) else model
+
+
+def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,
+              precision: str = "auto") -> dict[str, torch.Tensor]:
+    """Forward a normalised ERP batch, wrapping `seam_pad` x width columns around the seam first, at `precision`
+    (see PRECISIONS)."""
+    precision = model_precision(model, precision, x.device)
+    if precision == "int8":
+        model = quantize_int8(model)
     pad = seam_pad_columns(x.shape[-1], seam_pad, model.cfg.vit.patch_size)
     if pad:
         x = torch.cat((x[..., -pad:], x, x[..., :pad]), dim=-1)
-    dtype = compute_dtype(x.device)
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+    # No cast cache: each weight is used once per forward, and a cache would hold a second copy of all of them.
+    with torch.autocast(x.device.type, dtype=_AUTOCAST.get(precision), enabled=precision in _AUTOCAST,
+                        cache_enabled=False):
         out = model(x)
     out = {k: v.float() for k, v in out.items()}
     if pad:
@@ -218,13 +295,13 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD) -> 
 
 
 def infer(model, rgb, resolution: tuple[int, int], *, seam_pad: float = DEFAULT_SEAM_PAD,
-          device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+          device: str | torch.device | None = None, precision: str = "auto") -> dict[str, torch.Tensor]:
     """Image -> metric outputs at the working resolution, the one path `predict`, training validation and
     `dap eval` share: `prepare_input` (resize, normalise) then `run_model` (seam padding, precision).
 
     rgb: as for `prepare_input`. Returns depth (metres along the ray, uncapped) and out_of_range_prob, each
     (B, 1, h, w) float32 at `resolution`; `apply_range_mask` turns the probability into the range cap."""
-    return run_model(model, prepare_input(rgb, resolution, device), seam_pad=seam_pad)
+    return run_model(model, prepare_input(rgb, resolution, device), seam_pad=seam_pad, precision=precision)
 
 
 def apply_range_mask(depth, out_of_range, cap: float = 100.0):
@@ -304,6 +381,7 @@ def predict(
     pad_to_erp: bool = False,
     threshold: float = 0.5,
     upsample: str = "bilinear",
+    precision: str = "auto",
 ) -> Prediction | list[Prediction]:
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
     4-D array/tensor), returned as a `Prediction` or a list of them.
@@ -316,6 +394,9 @@ def predict(
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output).
     upsample: "bilinear" or "guided" (edge-aware, guided by the full-resolution RGB) when the input is larger
         than the working resolution. Memory stays bounded by the working resolution plus full-size maps.
+    precision: the network's arithmetic, one of PRECISIONS: "auto" (bf16 on CUDA and on CPUs with native bf16,
+        else fp32), "fp32" (exact), "bf16", "fp16", or "int8" (CPU). int8 quantises a copy of the model on every
+        call; for many calls, pass `prepare_model(model, "int8")`.
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
@@ -323,6 +404,8 @@ def predict(
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     model = resolve_model(model, dev)
+    precision = model_precision(model, precision, dev)
+    model = prepare_model(model, precision)
     resolution = tuple(resolution or model.cfg.default_resolution)
     if resolution[0] % 16 or resolution[1] % 16:
         raise DapError(f"resolution {resolution} must be multiples of 16")
@@ -334,7 +417,7 @@ def predict(
         if pad_to_erp and w != 2 * h:
             rgb, rows = pad_rows_to_erp(rgb)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
-        out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev)
+        out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         full = rgb.shape[:2]
         if upsample == "guided" and full[0] > out["depth"].shape[-2]:
             guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,13 +17,16 @@ from dap.inference import (
     NAMING_RULE,
     OUTPUT_KINDS,
     PNG16_SCALE,
+    PRECISIONS,
     ScaleSmoother,
     check_seam_pad,
     expand_inputs,
     iter_frames,
+    model_precision,
     output_paths,
     outputs_complete,
     predict,
+    prepare_model,
     resolve_model,
     select_device,
     write_outputs,
@@ -62,6 +67,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off)")
     parser.add_argument("--device", type=parse_device, default=None,
                         help="cpu, cuda, cuda:1, mps (default: best available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="the network's arithmetic: fp32 (exact), bf16, fp16, int8 (CPU: int8 backbone "
+                             "matmuls), or auto (default): bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, "
+                             "AMX), fp32 elsewhere. Drift and speed: docs/performance.md. onnxruntime runs fp32")
     parser.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs already exist")
 
 
@@ -75,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
     check_seam_pad(args.seam_pad)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
+    if args.backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
+        raise DapError(f"--precision {args.precision} needs the PyTorch backend; ONNX models run in fp32 (use "
+                       "--precision fp32 or auto with --backend onnxruntime)")
     if args.backend == "onnxruntime":
         from dap.export import OnnxModel
 
@@ -86,45 +98,153 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             print("dap predict: using the bundled dap-tiny-synth (5 M parameters, trained on synthetic panoramas "
                   "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
+    precision = model_precision(model, args.precision, device)
+    if args.precision == "auto" and precision != "fp32":
+        print(f"dap predict: computing in {precision} on this {device.type} (--precision auto); pass --precision fp32 "
+              "for exact float32", file=sys.stderr)
+    model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
     if missing:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
-    failures: list[tuple[str, str]] = []
-    done = skipped = 0
-    sources: dict[str, str] = {}  # output name -> input that has it this run
+    failures: list[tuple[int, str, str]] = []  # (input's position, source, reason): reported in input order
+    counts = {"done": 0, "skipped": 0}
     start = time.perf_counter()
-    for item in tqdm(iter_frames(items, failures), desc="predict", unit="pano", disable=None):
-        # Names are distinct by construction except for video frames (<video>_000001) against an image of
-        # that name: the later input fails rather than overwrite the earlier one's outputs.
-        if item.name in sources:
-            failures.append((item.source, f"its output name {item.name!r} is taken by {sources[item.name]}; "
-                                          "rename one of them or predict them into different --out folders"))
-            continue
-        sources[item.name] = item.source
-        paths = output_paths(args.out, item.name, kinds)
-        if not args.overwrite and outputs_complete(paths):
-            skipped += 1
-            continue
-        try:
-            pred = predict(item.load(), model, resolution=args.resolution, seam_pad=args.seam_pad,
-                           pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample)
+    # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
+    writer = _Writer(lambda job: _write(job, args.point_stride, failures, counts))
+    try:
+        for seq, item, paths, rgb in tqdm(_background(_decoded(items, args, kinds, failures, counts)),
+                                          desc="predict", unit="pano", disable=None):
+            try:
+                pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
+                               pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample,
+                               precision=precision)
+            except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
+                failures.append((seq, item.source, str(e)))
+                continue
             smooth(pred, item.video)
-            write_outputs(pred, paths, point_stride=args.point_stride)
-            done += 1
-        except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
-            failures.append((item.source, str(e)))
+            writer.put((seq, item, pred, paths))
+    finally:
+        writer.close()
     elapsed = time.perf_counter() - start
+    done, skipped = counts["done"], counts["skipped"]
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
     print(f"predicted {done} panorama(s){per}; skipped {skipped} with existing outputs; "
           f"{len(failures)} failed. Outputs ({', '.join(kinds)}) in {args.out}")
-    for source, reason in failures:
+    for _, source, reason in sorted(failures, key=lambda f: f[0]):
         reason = " ".join(reason.split())
         print(f"dap predict: error: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
     if failures:
         return 1 if done or skipped else 2  # some inputs failed / every input was bad
     return 0
+
+
+def _decoded(items, args, kinds, failures, counts):
+    """(position, item, output paths, RGB) for each input to predict, in order: names checked, inputs with
+    complete outputs skipped (never decoded), the rest decoded. Inputs that fail to decode go to `failures`."""
+    sources: dict[str, str] = {}  # output name -> input that has it this run
+    video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
+    seq = -1
+    for seq, item in enumerate(iter_frames(items, video_failures)):
+        failures.extend((seq, *f) for f in video_failures)
+        video_failures.clear()
+        # Names are distinct by construction except for video frames (<video>_000001) against an image of
+        # that name: the later input fails rather than overwrite the earlier one's outputs.
+        if item.name in sources:
+            failures.append((seq, item.source, f"its output name {item.name!r} is taken by {sources[item.name]}; "
+                                               "rename one of them or predict them into different --out folders"))
+            continue
+        sources[item.name] = item.source
+        paths = output_paths(args.out, item.name, kinds)
+        if not args.overwrite and outputs_complete(paths):
+            counts["skipped"] += 1
+            continue
+        try:
+            rgb = item.load()
+        except DapError as e:
+            failures.append((seq, item.source, str(e)))
+            continue
+        yield seq, item, paths, rgb
+    failures.extend((seq + 1, *f) for f in video_failures)
+
+
+def _write(job, point_stride: int, failures: list, counts: dict) -> None:
+    seq, item, pred, paths = job
+    try:
+        write_outputs(pred, paths, point_stride=point_stride)
+        counts["done"] += 1
+    except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
+        failures.append((seq, item.source, str(e)))
+
+
+def _background(iterable, size: int = 2):
+    """Iterate `iterable` on a background thread, up to `size` items ahead. Its exceptions (KeyboardInterrupt
+    included) are raised here, where the consumer is."""
+    q: queue.Queue = queue.Queue(size)
+    end = object()
+    stop = threading.Event()  # the consumer has gone: stop producing
+
+    def produce():
+        try:
+            for x in iterable:
+                while not stop.is_set():
+                    try:
+                        q.put((x, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            q.put((end, e))
+
+    thread = threading.Thread(target=produce, daemon=True, name="dap-predict-decode")
+    thread.start()
+    try:
+        while True:
+            x, error = q.get()
+            if error is not None:
+                raise error
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
+
+
+class _Writer:
+    """Runs `write(job)` on a background thread, at most `size` jobs queued. The first exception it raises stops
+    the writing; `put` and `close` raise it in the calling thread."""
+
+    def __init__(self, write, size: int = 2):
+        self.write, self.error = write, None
+        self.queue: queue.Queue = queue.Queue(size)
+        self.thread = threading.Thread(target=self._run, daemon=True, name="dap-predict-write")
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.write(job)
+                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                    self.error = e
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def put(self, job) -> None:
+        self._raise()
+        self.queue.put(job)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self._raise()
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -63,12 +63,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=True)
         self.proj = nn.Linear(dim, dim)
 
+    def masked_qkv_bias(self) -> torch.Tensor:
+        q_bias, _, v_bias = self.qkv.bias.chunk(3)
+        return torch.cat((q_bias, torch.zeros_like(q_bias), v_bias))
+
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], num_prefix: int) -> torch.Tensor:
         b, n, c = x.shape
         # DINOv3 has no key bias: with RoPE a key bias would not cancel in the softmax, so it is held at 0
         # (the stored k third of `qkv.bias` is ignored, as DINOv3's bias mask does).
-        q_bias, _, v_bias = self.qkv.bias.chunk(3)
-        qkv = F.linear(x, self.qkv.weight, torch.cat((q_bias, torch.zeros_like(q_bias), v_bias)))
+        if isinstance(self.qkv, nn.Linear):
+            qkv = F.linear(x, self.qkv.weight, self.masked_qkv_bias())
+        else:  # an int8 copy (dap.inference.quantize_int8), quantised with the masked bias
+            qkv = self.qkv(x)
         q, k, v = qkv.view(b, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         sin, cos = rope
         # Only patch tokens are rotated; the class and storage tokens carry no position.

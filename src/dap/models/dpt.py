@@ -31,14 +31,15 @@ class FusionBlock(nn.Module):
         self.out_conv = nn.Conv2d(features, features, 1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
+        size = size if size is not None else (2 * x.shape[-2], 2 * x.shape[-1])
+        return F.interpolate(self.fuse(x, skip), size=size, mode="bilinear", align_corners=True)
+
+    def fuse(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        """Everything but the upsampling. The 1x1 projection commutes with bilinear resampling (both linear, the
+        resampling weights sum to 1), so it runs before the upsampling, on a quarter of the pixels."""
         if skip is not None:
             x = x + self.resConfUnit1(skip)
-        x = self.resConfUnit2(x)
-        if size is None:
-            x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        else:
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
+        return self.out_conv(self.resConfUnit2(x))
 
 
 class Scratch(nn.Module):
@@ -71,16 +72,50 @@ class DPTHead(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         """feats: four (B, C, h, w) maps on the patch grid. Returns (B, 1, 16h, 16w) in (0, 1)."""
         grid_h, grid_w = feats[0].shape[-2:]
+        # Channels-last lets oneDNN (CPU) and cuDNN run the convolutions without reordering every activation.
         l1, l2, l3, l4 = (
-            getattr(self.scratch, f"layer{i + 1}_rn")(resize(proj(f)))
+            getattr(self.scratch, f"layer{i + 1}_rn")(resize(proj(f.contiguous(memory_format=torch.channels_last))))
             for i, (f, proj, resize) in enumerate(zip(feats, self.projects, self.resize_layers, strict=True))
         )
         s = self.scratch
         p4 = s.refinenet4(l4, size=l3.shape[-2:])
         p3 = s.refinenet3(p4, l3, size=l2.shape[-2:])
         p2 = s.refinenet2(p3, l2, size=l1.shape[-2:])
-        p1 = s.refinenet1(p2, l1)
-        out = s.output_conv1(p1)
-        size = (grid_h * self.patch_size, grid_w * self.patch_size)
-        out = F.interpolate(out, size=size, mode="bilinear", align_corners=True)
-        return s.output_conv2(out)
+        p1 = s.refinenet1.fuse(p2, l1)
+        del l1, l2, l3, l4, p2, p3, p4
+        # The two upsampling stages at half and full resolution, each followed by a 3x3 convolution, run in strips
+        # of rows: their multi-channel maps (256 x 256 x 576 and 128 x 512 x 1152 floats for ViT-L at 512x1024
+        # with seam padding, 150 and 300 MB) never exist whole.
+        out = _upsample_then(p1, (2 * p1.shape[-2], 2 * p1.shape[-1]), s.output_conv1)
+        del p1
+        return _upsample_then(out, (grid_h * self.patch_size, grid_w * self.patch_size), s.output_conv2)
+
+
+def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows: int = 64) -> torch.Tensor:
+    """head(bilinear upsampling of x to `size`, align_corners=True), computed in strips of `rows` output rows.
+    `head` is a 3x3 convolution (padding 1), or a Sequential of one followed by per-pixel layers."""
+    conv, pointwise = (head[0], head[1:]) if isinstance(head, nn.Sequential) else (head, nn.Identity())
+    h, (out_h, out_w) = x.shape[-2], size
+    if out_h <= rows or torch.is_grad_enabled():  # training keeps the plain graph
+        return head(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
+    scale = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
+    out = None
+    for r0 in range(0, out_h, rows):
+        r1 = min(r0 + rows, out_h)
+        lo, hi = max(r0 - 1, 0), min(r1 + 1, out_h)  # one halo row each side for the 3x3 convolution
+        src = torch.arange(lo, hi, device=x.device, dtype=torch.float32) * scale
+        y0 = src.floor().long().clamp(max=h - 1)
+        y1 = (y0 + 1).clamp(max=h - 1)
+        lam = (src - y0).view(1, 1, -1, 1)
+        first, last = int(y0[0]), int(y1[-1]) + 1
+        # Width first, on only the input rows this strip reads (same height: rows pass through unchanged).
+        band = F.interpolate(x[:, :, first:last], size=(last - first, out_w), mode="bilinear", align_corners=True)
+        strip = torch.lerp(band[:, :, y0 - first], band[:, :, y1 - first], lam.to(band.dtype))
+        # Zero rows where the strip touches the image border, as the convolution's own padding would add.
+        strip = F.pad(strip, (0, 0, int(lo == r0), int(hi == r1)))
+        y = pointwise(F.conv2d(strip, conv.weight, conv.bias, padding=(0, 1)))
+        if out is None:
+            out = torch.empty(*y.shape[:2], out_h, out_w, dtype=y.dtype, device=y.device,
+                              memory_format=torch.channels_last)
+        out[:, :, r0:r1] = y
+    return out

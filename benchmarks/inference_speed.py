@@ -1,0 +1,278 @@
+"""Speed and memory of the DAP network per variant, working resolution, precision and batch size.
+
+    .venv/bin/python benchmarks/inference_speed.py                                    # everything (hours on 2 cores)
+    .venv/bin/python benchmarks/inference_speed.py --variants tiny,vits --resolutions 256x512 --batches 1
+    .venv/bin/python benchmarks/inference_speed.py --variants vitl --resolutions 512x1024 --precisions fp32,int8 \\
+        --against /tmp/dap-before/src                                           # ratios against an older checkout
+    .venv/bin/python benchmarks/inference_speed.py --device cuda --precisions fp32,bf16,fp16 --batches 1,4,16
+    .venv/bin/python benchmarks/inference_speed.py --plot docs/figures/inference_speed.png --from results.json
+
+One row = one `dap.inference.run_model` call on a (batch, 3, H, W) input, what `dap.predict` runs at that working
+resolution (default seam padding 1/16 included: 512x1024 runs the network at 512x1152). Random weights (speed does
+not depend on their values). Time is the best of --repeats calls after a warm-up call; the rows of one variant and
+resolution are timed in turns (row 1, row 2, ..., row 1, ...) so load from other processes on a shared machine hits
+them alike, and every speed-up is a ratio against the first row of the same run ("x base").
+  peak     CPU: the process's peak RSS during that row (VmHWM, reset before it); CUDA: torch.cuda.max_memory_allocated
+  GFLOP    torch.utils.flop_counter.FlopCounterMode, one image (matmuls, convolutions, attention)
+  MFU      achieved FLOP/s over this machine's matmul peak in that precision, measured in the same run
+           (2048x2048 matmul on CPU, 4096 on CUDA, best of --repeats; int8 rows against the fp32 peak)
+--against SRC times the model of another checkout's `src/` (e.g. `git archive <commit> src | tar -x -C /tmp/x`)
+with the same weights as a first row named `before`, and checks that our fp32 output matches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dap.cli import parse_size
+from dap.inference import quantize_int8, resolve_precision, run_model
+from dap.models import create_model
+
+
+def _rss_peak_reset() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM (Linux)
+    except OSError:
+        pass
+
+
+def _rss_peak_gb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6 * 1.024
+    return float("nan")
+
+
+def cpu_description() -> dict:
+    info = {"machine": platform.machine(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        lines = text.splitlines()
+        info["name"] = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in lines if line.startswith("flags"))
+        info["flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
+    except (OSError, StopIteration):
+        pass
+    return info
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, precision: str, repeats: int) -> float:
+    """FLOP/s of a square matmul (2048 on CPU, 4096 on CUDA) in `precision`."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    n = 4096 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(10 if device.type == "cuda" else 1):
+            a @ b
+        _sync(device)
+        best = min(best, (time.perf_counter() - start) / (10 if device.type == "cuda" else 1))
+    return 2 * n**3 / best
+
+
+def count_flops(model, x: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        run_model(model, x, precision="fp32")
+    return counter.get_total_flops()
+
+
+def load_before(src: str):
+    """`create_model` of another checkout's package, imported under its own name beside ours."""
+    saved = {k: sys.modules.pop(k) for k in list(sys.modules) if k == "dap" or k.startswith("dap.")}
+    sys.path.insert(0, src)
+    try:
+        models, inference = importlib.import_module("dap.models"), importlib.import_module("dap.inference")
+    finally:
+        sys.path.remove(src)
+        for k in [k for k in sys.modules if k == "dap" or k.startswith("dap.")]:
+            sys.modules["before_" + k] = sys.modules.pop(k)
+        sys.modules.update(saved)
+    return models.create_model, inference.run_model
+
+
+def bench_group(rows: list[dict], device: torch.device, repeats: int) -> None:
+    """Times the rows (same variant and resolution) in turns; fills in seconds and peak memory."""
+    for row in rows:  # warm-up, and the memory peak of one call
+        _sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        _rss_peak_reset()
+        with torch.inference_mode():
+            row["out"] = row["call"]()["depth"]
+        _sync(device)
+        row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda"
+                          else _rss_peak_gb())
+        row["seconds"] = float("inf")
+    for _ in range(repeats):
+        for row in rows:
+            with torch.inference_mode():
+                _sync(device)
+                start = time.perf_counter()
+                row["call"]()
+                _sync(device)
+            row["seconds"] = min(row["seconds"], time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="tiny,vits,vitb,vitl")
+    parser.add_argument("--resolutions", default="256x512,512x1024,1024x2048")
+    parser.add_argument("--precisions", default="fp32,auto,int8",
+                        help="comma-separated (fp32, bf16, fp16, int8, auto); the first is the baseline")
+    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (best is kept)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, timed as row `before`")
+    parser.add_argument("--json", type=Path, default=Path("inference_speed.json"))
+    parser.add_argument("--plot", type=Path, help="write latency and memory vs resolution (batch 1) to this image")
+    parser.add_argument("--from", dest="from_json", type=Path, help="plot these results instead of measuring")
+    parser.add_argument("--pipeline", type=int, metavar="N",
+                        help="instead: `dap predict` on a folder of N panoramas against inference alone")
+    args = parser.parse_args()
+    if args.from_json:
+        return plot(json.loads(args.from_json.read_text()), args.plot)
+    if args.pipeline:
+        return pipeline(args.pipeline, args.resolutions.split(",")[0], args.repeats)
+    device = torch.device(args.device)
+    precisions = []
+    for p in args.precisions.split(","):  # "auto" becomes what it means here; duplicates are dropped
+        p = resolve_precision(p, device)
+        precisions += [] if p in precisions else [p]
+    before = load_before(args.against) if args.against else None
+    machine = cpu_description() if device.type == "cpu" else {"name": torch.cuda.get_device_name(device),
+                                                             "torch": torch.__version__}
+    peaks = {p: matmul_peak(device, p, args.repeats) for p in dict.fromkeys(["fp32", *precisions]) if p != "int8"}
+    print(f"{machine.get('name')} ({device.type}); torch {torch.__version__}"
+          + (f", {machine['threads']} threads" if device.type == "cpu" else "") + "; matmul peak "
+          + ", ".join(f"{p} {v / 1e9:.1f} GFLOP/s" for p, v in peaks.items()))
+    header = (f"{'variant':<6} {'resolution':>10} {'precision':>9} {'batch':>5} {'latency s':>9} {'img/s':>7} "
+              f"{'x base':>6} {'peak GB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'MFU':>5} {'AbsRel':>8}")
+    print(header)
+    results = []
+    for variant in args.variants.split(","):
+        torch.manual_seed(0)
+        model = create_model(f"dap_{variant}").eval().to(device)
+        models = {p: quantize_int8(model) if p == "int8" else model for p in precisions}
+        old = None
+        if before:
+            old = before[0](f"dap_{variant}").eval().to(device)
+            old.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+        for size in args.resolutions.split(","):
+            h, w = parse_size(size)
+            flops = count_flops(model, torch.randn(1, 3, h, w, device=device))
+            for batch in (int(b) for b in args.batches.split(",")):
+                x = torch.randn(batch, 3, h, w, device=device)
+                rows = [dict(precision=p, call=lambda p=p, m=models[p], x=x: run_model(m, x, precision=p))
+                        for p in precisions]
+                if old is not None:
+                    rows.insert(0, dict(precision="before", call=lambda m=old, x=x: before[1](m, x)))
+                try:
+                    bench_group(rows, device, args.repeats)
+                except torch.OutOfMemoryError:
+                    print(f"{variant:<6} {size:>10} batch {batch}: out of memory, skipped")
+                    torch.cuda.empty_cache()
+                    continue
+                base = rows[0]
+                for row in rows:
+                    ref = base["out"].float()
+                    drift = ((row["out"].float() - ref).abs() / ref.clamp(min=1e-6)).mean().item()
+                    rate = flops * batch / row["seconds"]
+                    peak = peaks.get(row["precision"], peaks["fp32"])  # int8 and `before` against fp32
+                    r = dict(variant=variant, resolution=size, precision=row["precision"], batch=batch,
+                             latency_s=row["seconds"], images_per_s=batch / row["seconds"],
+                             speedup=base["seconds"] / row["seconds"], peak_gb=row["peak_gb"], gflop=flops / 1e9,
+                             gflop_per_s=rate / 1e9, mfu=rate / peak, absrel_vs_base=drift)
+                    results.append(r)
+                    print(f"{variant:<6} {size:>10} {r['precision']:>9} {batch:>5} {r['latency_s']:>9.3f} "
+                          f"{r['images_per_s']:>7.3f} {r['speedup']:>5.2f}x {r['peak_gb']:>7.2f} {r['gflop']:>7.0f} "
+                          f"{r['gflop_per_s']:>8.1f} {r['mfu']:>5.1%} {drift:>8.2e}", flush=True)
+                for row in rows:
+                    row.pop("out", None)
+                args.json.write_text(json.dumps({"machine": machine, "device": device.type, "repeats": args.repeats,
+                                                 "matmul_peak_flops": peaks, "results": results}, indent=1))
+        del model, models, old
+    print(f"wrote {args.json}")
+    if args.plot:
+        plot(json.loads(args.json.read_text()), args.plot)
+
+
+def pipeline(count: int, size: str, repeats: int) -> None:
+    """Images/s of `dap predict` on a folder (decode, network, write npy+color+mask: overlapped) against the network
+    alone on the same decoded panoramas (`dap.predict`), with the bundled model; best of `repeats`, in turns."""
+    import tempfile
+
+    import numpy as np
+
+    import dap
+    from dap import io
+    from dap.cli import main as cli
+
+    h, w = parse_size(size)
+    model = dap.load_model("dap-tiny-synth")
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for i in range(count):
+            io.write_rgb(Path(tmp) / "in" / f"{i:03d}.jpg", rng.uniform(0, 1, (h, w, 3)).astype(np.float32))
+        images = [io.read_rgb(p) for p in sorted((Path(tmp) / "in").iterdir())]
+        best = {"inference": float("inf"), "dap predict": float("inf")}
+        for k in range(repeats):
+            start = time.perf_counter()
+            for rgb in images:
+                dap.predict(rgb, model)
+            best["inference"] = min(best["inference"], time.perf_counter() - start)
+            start = time.perf_counter()
+            cli(["predict", str(Path(tmp) / "in"), "--out", str(Path(tmp) / f"out{k}"), "--outputs", "npy,color,mask"])
+            best["dap predict"] = min(best["dap predict"], time.perf_counter() - start)
+    rates = {k: count / v for k, v in best.items()}
+    print(f"{count} panoramas {w}x{h}, bundled model, best of {repeats}: "
+          + ", ".join(f"{k} {v:.2f} img/s" for k, v in rates.items())
+          + f"; end to end / inference alone = {rates['dap predict'] / rates['inference']:.2f}")
+
+
+def plot(data: dict, out: Path | None) -> None:
+    """Latency and peak memory against working resolution, batch 1, one line per variant and precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in data["results"] if r["batch"] == 1]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for key in sorted({(r["variant"], r["precision"]) for r in rows}):
+        line = sorted((r for r in rows if (r["variant"], r["precision"]) == key),
+                      key=lambda r: parse_size(r["resolution"])[0])
+        pixels = [parse_size(r["resolution"])[0] * parse_size(r["resolution"])[1] / 1e6 for r in line]
+        for ax, field in zip(axes, ("latency_s", "peak_gb"), strict=True):
+            ax.plot(pixels, [r[field] for r in line], marker="o", label=" ".join(key))
+    for ax, label in zip(axes, ("latency (s, batch 1)", "peak memory (GB)"), strict=True):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("working resolution (megapixels)")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"DAP inference, {data['machine'].get('name')} ({data['device']})")
+    fig.tight_layout()
+    fig.savefig(out or "inference_speed.png", dpi=120)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

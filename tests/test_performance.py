@@ -1,0 +1,179 @@
+"""Inference precisions (fp32 / bf16 / fp16 / int8 / auto), the DPT heads' memory-bounded output stage, and the
+overlapped `dap predict` pipeline. No timings here: speed is measured by benchmarks/inference_speed.py."""
+
+import numpy as np
+import pytest
+import torch
+
+from dap.cli import main
+from dap.errors import DapError
+from dap.inference import (
+    PRECISION_TOLERANCE,
+    model_precision,
+    predict,
+    prepare_model,
+    quantize_int8,
+    resolve_precision,
+    run_model,
+)
+from dap.models import create_model, load_model, save_model
+from dap.models.dpt import _upsample_then
+
+CPU = torch.device("cpu")
+
+
+def _absrel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    ok = b > 0
+    return float(np.mean(np.abs(a[ok] - b[ok]) / b[ok]))
+
+
+@pytest.fixture(scope="module")
+def scene():
+    from dap.data.synthetic import make_scene, render
+
+    return render(make_scene(900000, "indoor"), 128, 256, "clean")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_model("dap-tiny-synth")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
+def test_precision_drift_within_stated_tolerance(bundled, scene, precision):
+    exact = predict(scene["rgb"], bundled, precision="fp32")
+    fast = predict(scene["rgb"], bundled, precision=precision)
+    tol = PRECISION_TOLERANCE[precision]
+    valid = ~exact.range_mask & ~fast.range_mask
+    assert _absrel(fast.depth[valid], exact.depth[valid]) <= tol
+    gt = np.where(scene["range_mask"], 0, scene["depth"])
+    assert abs(_absrel(fast.depth[valid], gt[valid]) - _absrel(exact.depth[valid], gt[valid])) <= tol
+    assert (fast.range_mask != exact.range_mask).mean() <= tol
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "int8"])
+def test_precision_drift_on_a_random_model(tiny_model, precision):
+    x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact = run_model(tiny_model, x, precision="fp32")["depth"]
+        fast = run_model(tiny_model, x, precision=precision)["depth"]
+    assert _absrel(fast.numpy(), exact.numpy()) <= PRECISION_TOLERANCE[precision]
+
+
+def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(monkeypatch):
+    assert resolve_precision("auto", CPU) == "fp32"  # conftest: no native bf16
+    monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU) == "bf16"
+    assert resolve_precision("fp32", CPU) == "fp32"
+    with pytest.raises(DapError, match="int8.*CPU only"):
+        resolve_precision("int8", torch.device("cuda"))
+    with pytest.raises(DapError, match="unknown precision 'fp8'"):
+        resolve_precision("fp8", CPU)
+
+
+def test_onnx_like_models_run_fp32_only():
+    class NotTorch:
+        pass
+
+    assert model_precision(NotTorch(), "auto", CPU) == "fp32"
+    with pytest.raises(DapError, match="ONNX models run in fp32"):
+        model_precision(NotTorch(), "bf16", CPU)
+
+
+def test_int8_copy_leaves_the_model_alone(tiny_model):
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    q = quantize_int8(tiny_model)
+    assert q is not tiny_model and quantize_int8(q) is q
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) for k, v in before.items())
+    assert type(tiny_model.backbone.blocks[0].attn.qkv) is torch.nn.Linear
+    # The heads' convolutions are shared, not copied.
+    assert q.depth_head.scratch.output_conv1.weight is tiny_model.depth_head.scratch.output_conv1.weight
+
+
+def test_prepared_model_stays_trainable(tiny_model):
+    with torch.inference_mode():
+        model = prepare_model(tiny_model, "fp32")
+    assert not any(p.is_inference() for p in model.parameters())
+    model(torch.randn(1, 3, 32, 64))["depth"].mean().backward()
+
+
+@pytest.mark.parametrize("size", [(64, 128), (100, 250), (48, 40)])
+def test_strip_upsampling_equals_the_plain_stage(size):
+    torch.manual_seed(0)
+    head = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
+    x = torch.randn(2, 8, 17, 33)
+    with torch.no_grad():
+        plain = head(torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True))
+        strips = _upsample_then(x, size, head, rows=7)
+    torch.testing.assert_close(strips, plain, atol=1e-5, rtol=1e-5)
+
+
+# --- dap predict ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    return save_model(create_model("dap_tiny"), d / "model")
+
+
+def _panos(folder, count: int) -> list:
+    from dap import io
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        paths.append(folder / f"p{i}.png")
+        io.write_rgb(paths[-1], rng.uniform(0, 1, (32, 64, 3)))
+    return paths
+
+
+def test_precision_option_parsing(ckpt, tmp_path, capsys):
+    pano = _panos(tmp_path / "in", 1)[0]
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(pano), "--model", str(ckpt), "--out", str(tmp_path / "o"), "--precision", "fp8"])
+    assert e.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
+    assert main(["predict", str(pano), "--backend", "onnxruntime", "--model", "m.onnx", "--precision", "bf16",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "ONNX models run in fp32" in err
+    code = main(["predict", str(pano), "--model", str(ckpt), "--resolution", "32x64", "--out", str(tmp_path / "q"),
+                 "--outputs", "npy", "--precision", "int8"])
+    assert code == 0
+    exact = predict(pano, load_model(ckpt), resolution=(32, 64), precision="fp32")
+    got = np.load(tmp_path / "q" / "p0.npy")
+    assert _absrel(got, np.where(exact.range_mask, 0, exact.depth)) <= PRECISION_TOLERANCE["int8"]
+
+
+def test_auto_says_once_when_it_picks_bf16(ckpt, tmp_path, capsys, monkeypatch):
+    panos = _panos(tmp_path / "in", 2)
+    argv = ["predict", str(tmp_path / "in"), "--model", str(ckpt), "--resolution", "32x64", "--outputs", "npy"]
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    assert "bf16" not in capsys.readouterr().err
+    monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: True)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("computing in bf16") == 1 and "--precision fp32" in err
+    assert len(panos) == 2 and len(list((tmp_path / "b").glob("*.npy"))) == 2
+
+
+def test_overlapped_folder_predict_equals_sequential(ckpt, tmp_path, capsys):
+    panos = _panos(tmp_path / "in", 5)
+    (tmp_path / "in" / "p2.png").write_bytes(b"not an image")  # fails alone, reported in input order
+    (tmp_path / "in" / "p4.png").write_bytes(b"")
+    out = tmp_path / "out"
+    code = main(["predict", str(tmp_path / "in"), "--model", str(ckpt), "--resolution", "32x64", "--out", str(out),
+                 "--outputs", "npy,mask", "--precision", "fp32"])
+    assert code == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 2 and "p2.png" in errors[0] and "p4.png" in errors[1]
+    assert "predicted 3 panorama(s)" in captured.out
+    model = load_model(ckpt)
+    for pano in panos[:2] + panos[3:4]:
+        want = predict(pano, model, resolution=(32, 64), precision="fp32")
+        np.testing.assert_array_equal(np.load(out / f"{pano.stem}.npy"), np.where(want.range_mask, 0, want.depth))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"p{i}{s}" for i in (0, 1, 3) for s in (".npy", ".mask.png"))

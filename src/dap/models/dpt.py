@@ -91,11 +91,13 @@ class DPTHead(nn.Module):
         return _upsample_then(out, (grid_h * self.patch_size, grid_w * self.patch_size), s.output_conv2)
 
 
-def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows: int = 64) -> torch.Tensor:
-    """head(bilinear upsampling of x to `size`, align_corners=True), computed in strips of `rows` output rows.
-    `head` is a 3x3 convolution (padding 1), or a Sequential of one followed by per-pixel layers."""
+def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows: int | None = None) -> torch.Tensor:
+    """head(bilinear upsampling of x to `size`, align_corners=True), computed in strips of `rows` output rows
+    (default: as many as fit in 16 MB of upsampled map; small maps in one go). `head` is a 3x3 convolution
+    (padding 1), or a Sequential of one followed by per-pixel layers."""
     conv, pointwise = (head[0], head[1:]) if isinstance(head, nn.Sequential) else (head, nn.Identity())
     h, (out_h, out_w) = x.shape[-2], size
+    rows = rows or max(8, (16 << 20) // (x.shape[0] * x.shape[1] * out_w * x.element_size()))
     if out_h <= rows or torch.is_grad_enabled():  # training keeps the plain graph
         return head(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
     scale = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
@@ -110,7 +112,7 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
         first, last = int(y0[0]), int(y1[-1]) + 1
         # Width first, on only the input rows this strip reads (same height: rows pass through unchanged).
         band = F.interpolate(x[:, :, first:last], size=(last - first, out_w), mode="bilinear", align_corners=True)
-        strip = torch.lerp(band[:, :, y0 - first], band[:, :, y1 - first], lam.to(band.dtype))
+        strip = band.index_select(2, y0 - first).lerp_(band.index_select(2, y1 - first), lam.to(band.dtype))
         # Zero rows where the strip touches the image border, as the convolution's own padding would add.
         strip = F.pad(strip, (0, 0, int(lo == r0), int(hi == r1)))
         y = pointwise(F.conv2d(strip, conv.weight, conv.bias, padding=(0, 1)))

@@ -129,10 +129,10 @@ def _autocast(device: torch.device, amp: str):
 # =================================================================================== validation
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Dist, *,
-             seam_pad: float = DEFAULT_SEAM_PAD) -> tuple[dict, np.ndarray | None]:
+             seam_pad: float = DEFAULT_SEAM_PAD, precision: str = "auto") -> tuple[dict, np.ndarray | None]:
     """Metric-protocol depth metrics (dap.evaluation) and range-mask IoU over the validation set, split
     across ranks; returns (per-image means, rank 0's first image panel, `dap.evaluation.depth_panel`).
-    Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, inference precision, then the range
+    Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, `precision`, then the range
     cap), so the depth metrics are those `dap eval` reports for the same model and samples."""
     from dap.errors import NoValidDepthError
     from dap.evaluation import aggregate, compute_metrics, depth_panel
@@ -142,7 +142,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
     rows, panel, no_depth = [], None, []
     for k in range(d.rank, len(val), d.world):
         s = val[k]
-        out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device)
+        out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device,
+                    precision=precision)
         prob = out["out_of_range_prob"][0].cpu()
         pred = apply_range_mask(out["depth"][0].cpu(), prob >= 0.5, model.cfg.max_depth)
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]

@@ -98,7 +98,8 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
     conv, pointwise = (head[0], head[1:]) if isinstance(head, nn.Sequential) else (head, nn.Identity())
     h, (out_h, out_w) = x.shape[-2], size
     rows = rows or max(8, (16 << 20) // (x.shape[0] * x.shape[1] * out_w * x.element_size()))
-    if out_h <= rows or torch.is_grad_enabled():  # training keeps the plain graph
+    # Training and tracing (ONNX export: a traced loop would fix the strips to one size) keep the plain graph.
+    if out_h <= rows or torch.is_grad_enabled() or torch.jit.is_tracing():
         return head(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
     scale = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
     out = None

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from dap.cli import parse_size
-from dap.inference import quantize_int8, resolve_precision, run_model
+from dap.inference import prepare_model, resolve_precision, run_model
 from dap.models import create_model
 
 
@@ -169,7 +169,7 @@ def main() -> None:
     for variant in args.variants.split(","):
         torch.manual_seed(0)
         model = create_model(f"dap_{variant}").eval().to(device)
-        models = {p: quantize_int8(model) if p == "int8" else model for p in precisions}
+        models = {p: prepare_model(model, p) for p in precisions}
         old = None
         if before:
             old = before[0](f"dap_{variant}").eval().to(device)

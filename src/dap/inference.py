@@ -258,14 +258,19 @@ def quantize_int8(model):
         return quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+def check_onnx_precision(precision: str) -> None:
+    """ONNX models (dap.export.OnnxModel) run in fp32 only: "auto" and "fp32" are fine, anything else an error."""
+    if precision not in ("auto", "fp32"):
+        raise DapError(f"precision {precision} needs the PyTorch backend; ONNX models run in fp32 (use "
+                       "--precision fp32 or auto with --backend onnxruntime)")
+
+
 def model_precision(model, precision: str, device: torch.device) -> str:
     """`resolve_precision` for this model: models that are not torch modules (dap.export.OnnxModel) run in fp32
     only, so "auto" is fp32 for them and anything else an error."""
     if isinstance(model, torch.nn.Module):
         return resolve_precision(precision, device)
-    if precision not in ("auto", "fp32"):
-        raise DapError(f"precision {precision} needs the PyTorch backend; ONNX models run in fp32 (use "
-                       "--precision fp32 or auto with --backend onnxruntime)")
+    check_onnx_precision(precision)
     return "fp32"
 
 
@@ -279,8 +284,7 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,
     """Forward a normalised ERP batch, wrapping `seam_pad` x width columns around the seam first, at `precision`
     (see PRECISIONS)."""
     precision = model_precision(model, precision, x.device)
-    if precision == "int8":
-        model = quantize_int8(model)
+    model = prepare_model(model, precision)
     pad = seam_pad_columns(x.shape[-1], seam_pad, model.cfg.vit.patch_size)
     if pad:
         x = torch.cat((x[..., -pad:], x, x[..., :pad]), dim=-1)

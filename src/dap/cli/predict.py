@@ -19,6 +19,7 @@ from dap.inference import (
     PNG16_SCALE,
     PRECISIONS,
     ScaleSmoother,
+    check_onnx_precision,
     check_seam_pad,
     expand_inputs,
     iter_frames,
@@ -84,10 +85,8 @@ def run(args: argparse.Namespace) -> int:
     check_seam_pad(args.seam_pad)
     items = expand_inputs(args.inputs)
     device = select_device(args.device)
-    if args.backend == "onnxruntime" and args.precision not in ("auto", "fp32"):
-        raise DapError(f"--precision {args.precision} needs the PyTorch backend; ONNX models run in fp32 (use "
-                       "--precision fp32 or auto with --backend onnxruntime)")
     if args.backend == "onnxruntime":
+        check_onnx_precision(args.precision)  # before loading the model
         from dap.export import OnnxModel
 
         if args.model is None:

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from dap.cli import nonnegative_int, parse_panorama_size, positive_int
+from dap.cli import nonnegative_int, parse_device, parse_panorama_size, positive_int
 from dap.data.shards import write_dataset
 from dap.data.synthetic import STYLES, get_style, load_texture_tiles
 from dap.errors import DapError
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the first panorama (sample i uses seed + i)")
     p.add_argument("--supersample", type=positive_int, default=1,
                    help="RGB anti-aliasing factor (geometry stays exact)")
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", type=parse_device, default=None,
                    help="torch device for the ray casting, e.g. cuda (default: cpu); with --workers N, N processes "
                         "share it. Depth is the same to float rounding on every device")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -46,15 +46,6 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as e:
             raise DapError(f"--texture-dir: {e}") from None
         load_texture_tiles(dirs)  # fail now, not in a worker, on a missing folder or one without images
-    if args.device is not None:
-        import torch
-
-        try:
-            device = torch.device(args.device)
-        except RuntimeError:
-            raise DapError(f"--device {args.device!r} is not a torch device; use cpu or cuda") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise DapError("--device cuda: no CUDA device is visible; leave --device out to render on the CPU")
     start = time.perf_counter()
     manifest = write_dataset(args.out, args.count, kind=args.kind, style=style, resolution=args.resolution,
                              workers=args.workers, shard_size=args.shard_size, seed=args.seed,

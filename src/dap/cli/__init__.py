@@ -80,6 +80,10 @@ def nonnegative_int(text: str) -> int:
     return _number(int, text, "an integer >= 0", lambda v: v >= 0)
 
 
+def port_number(text: str) -> int:
+    return _number(int, text, "a port number from 1 to 65535", lambda v: 1 <= v <= 65535)
+
+
 def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dap.cli import parse_device, parse_network_size, positive_int
+from dap.cli import parse_device, parse_network_size, port_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to serve on; 0.0.0.0 makes the demo reachable from other machines")
-    parser.add_argument("--port", type=positive_int, default=7860, help="port to serve on")
+    parser.add_argument("--port", type=port_number, default=7860, help="port to serve on")
     parser.add_argument("--share", action="store_true",
                         help="also publish the demo through a temporary public gradio.live link (the page and your "
                              "uploads then pass through gradio's servers)")
@@ -33,6 +33,11 @@ def run(args: argparse.Namespace) -> int:
     device = select_device(args.device)
     model = resolve_model(args.model, device)
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
+    from dap.errors import DapError
+
     print(f"dap demo: serving on http://{args.host}:{args.port} (Ctrl-C to stop)")
-    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    except OSError as e:  # port taken, address not on this machine: gradio says which
+        raise DapError(f"cannot serve on {args.host}:{args.port} ({e}); pick another --port or --host") from None
     return 0

@@ -62,10 +62,11 @@ class State:
         return step in self.data
 
     def mark(self, step: str, info: dict) -> None:
+        from dap.io import atomic_write
+
         self.data[step] = info
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1))
-        tmp.replace(self.path)
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(json.dumps(self.data, indent=1))
 
 
 def curate_config(args: argparse.Namespace, seed: int, steps: dict | None):

@@ -28,10 +28,10 @@ def main() -> None:
     p.add_argument("--pool", default=str(POOL), help="folder of real panoramas with manifest.csv (file, scene)")
     p.add_argument("--scene", default="indoor", choices=("indoor", "outdoor", "all"))
     p.add_argument("--limit", type=int, default=8, help="panoramas on the sheet")
-    p.add_argument("--resolution", default="256x512", help="working resolution HxW")
+    p.add_argument("--resolution", default=None, help="working resolution HxW (default: each model's own)")
     p.add_argument("--out", default="real_contact_sheet.png")
     args = p.parse_args()
-    h, w = (int(v) for v in args.resolution.split("x"))
+    resolution = tuple(int(v) for v in args.resolution.split("x")) if args.resolution else None
     with open(Path(args.pool) / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if args.scene == "all" or r["scene"] == args.scene]
     models = [dap.load_model(default_model_path() if m == "bundled" else m) for m in args.models]
@@ -40,7 +40,7 @@ def main() -> None:
         rgb = read_rgb(Path(args.pool) / r["file"])
         cells = [cv2.resize((rgb * 255).astype(np.uint8), (256, 128), interpolation=cv2.INTER_AREA)]
         for name, model in zip(args.models, models, strict=True):
-            pred = dap.predict(rgb, model, resolution=(h, w))
+            pred = dap.predict(rgb, model, resolution=resolution)
             depth = np.where(pred.range_mask, 0, pred.depth)
             vmax = 10.0 if r["scene"] == "indoor" else 50.0
             cells.append(cv2.resize(colorize_depth(depth, min_depth=0, max_depth=vmax), (256, 128),

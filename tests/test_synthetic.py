@@ -176,6 +176,21 @@ def test_generated_scenes_cover_the_depth_range():
     assert all(0.05 < f < 0.95 for f in outdoor_far)
 
 
+def test_indoor_camera_stands_like_a_tripod_in_the_open_middle_of_its_room():
+    heights = []
+    for seed in range(60):
+        scene = make_scene(seed, "indoor")
+        (x0, top, z0), (x1, _, z1) = scene.shells[0].lo, scene.shells[0].hi  # the first room
+        x, y, z = scene.camera
+        for c, lo, hi in ((x, x0, x1), (z, z0, z1)):
+            half = (hi - lo) / 2
+            assert abs(c - (lo + hi) / 2) <= 0.4 * half + 1e-9, seed  # near the centre
+            assert min(c - lo, hi - c) >= min(0.6, half) - 1e-9, seed  # clear of the walls
+        assert 1.1 - 1e-9 <= -y <= min(1.8, -top - 0.4) + 1e-9, seed
+        heights.append(-y)
+    assert 1.4 < np.median(heights) < 1.6  # most cameras about 1.5 m up
+
+
 def test_scene_dict_round_trip_and_kinds():
     scene = make_scene(5, "indoor")
     again = Scene.from_dict(scene.to_dict())

@@ -417,3 +417,10 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
     assert "model.name 'dap_vits' is ignored" in capsys.readouterr().err
     T.build_model(cfg_with(init, "model.name=dap_vits"), quiet=True)
     assert capsys.readouterr().err == ""
+    # the working resolution is not architecture: fine-tuning a checkpoint at a new one sets it (saved with it)
+    tuned = T.build_model(cfg_with(init, "model.overrides={default_resolution: [64, 128]}"))
+    assert tuned.cfg.default_resolution == (64, 128) and create_model("dap_tiny").cfg.default_resolution != (64, 128)
+    save_model(tuned, tmp_path / "tuned")
+    from dap.models import load_model
+
+    assert load_model(tmp_path / "tuned").cfg.default_resolution == (64, 128)

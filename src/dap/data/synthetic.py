@@ -41,7 +41,7 @@ from dap.geometry import check_erp_shape, erp_rays, lonlat_to_pixel, rotation_ma
 MAX_RANGE = 100.0  # metres; farther hits and sky form the range mask
 EPS = 1e-4  # smallest accepted ray distance (metres)
 KINDS = ("indoor", "outdoor")
-RENDERER_VERSION = 2  # bump whenever the pixels for a given seed change: resuming a dataset checks it
+RENDERER_VERSION = 3  # bump whenever the pixels for a given seed change: resuming a dataset checks it
 
 Vec3 = tuple[float, float, float]
 
@@ -233,6 +233,17 @@ def kind_for_seed(seed: int, kind: str) -> str:
     return kind
 
 
+def _capture_spot(r: np.random.Generator, w: float, d: float) -> tuple[float, float]:
+    """Where a 360 camera stands in a w x d room: people put the tripod or selfie stick in the open middle of the
+    space, not against a wall, so the position is drawn around the centre (at most 40% of the way to each wall) and
+    at least 0.6 m from the walls where the room allows it."""
+    spot = []
+    for size in (w, d):
+        reach = max(0.0, min(0.4 * size / 2, size / 2 - 0.6))
+        spot.append(size / 2 + float(r.uniform(-reach, reach)))
+    return spot[0], spot[1]
+
+
 def _camera_rotation(r: np.random.Generator) -> Vec3:
     """Hand-held or monopod 360 cameras: any heading, a few degrees of pitch and roll."""
     pitch, roll = np.clip(r.normal(0.0, 2.5, 2), -8.0, 8.0)
@@ -280,8 +291,9 @@ def _indoor(b: _Builder) -> None:
             s.shells.append(Shell((x0, -h2, z0), (x0 + w2, 0.0, z0 + d2), wall, floor, ceil, b.instance()))
             rooms.append((x0, z0, x0 + w2, z0 + d2, h2))
 
-    margin = min(r.uniform(0.25, 1.0), w / 2 - 0.05, d / 2 - 0.05)
-    cam = (r.uniform(margin, w - margin), -r.uniform(1.0, min(1.8, h - 0.4)), r.uniform(margin, d - margin))
+    x, z = _capture_spot(r, w, d)
+    height = min(float(r.triangular(1.1, 1.5, 1.8)), h - 0.4)  # tripods and selfie sticks: mostly about eye level
+    cam = (x, -height, z)
     s.camera, s.rotation = _v(cam), _camera_rotation(r)
     s.point_light = True
     s.light = _v((w / 2 + r.uniform(-0.5, 0.5), -h + 0.15, d / 2 + r.uniform(-0.5, 0.5)))

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     a DINOv3 checkpoint (Meta's .pth) for init=<that file>, else loaded from model.init.
 
     A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
-    (they could not be applied), and a model.name other than the checkpoint's gets one warning (unless quiet).
+    (they could not be applied), except default_resolution (the working resolution it is fine-tuned for), and a model.name other than the checkpoint's gets one warning (unless quiet).
     """
     from dap.models import create_model, load_model
     from dap.models.checkpoint import init_backbone_from_dinov3, is_dinov3_checkpoint
@@ -91,13 +91,15 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
         init = default_model_path()
     model = load_model(init)  # our directory or the official model.pth; the variant comes from the file
     _check_init_matches(cfg, model.cfg, init, quiet)
+    if "default_resolution" in cfg.model.overrides:  # not architecture: fine-tuning at a new resolution sets it
+        model.cfg = replace(model.cfg, default_resolution=tuple(cfg.model.overrides["default_resolution"]))
     return model
 
 
 def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
     have = loaded.to_dict()
     conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
-                 if k not in have or not _agrees(v, have[k])]
+                 if k != "default_resolution" and (k not in have or not _agrees(v, have[k]))]
     if conflicts:
         raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
                           f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "

@@ -1,0 +1,140 @@
+"""The recipe of the bundled default model (`dap-tiny-synth`, src/dap/weights/dap_tiny_synth), in one command:
+
+    python experiments/bundled_model.py --work runs/bundled              # everything, resumable
+    python experiments/bundled_model.py --work runs/bundled --install    # ... and copy the result into the package
+
+Steps (each skipped once done; rerun the same command after an interruption: `dap synth` and `dap train` resume):
+  render  renderer-v3 photo-style panoramas at 256x512 into <work>/data: 2400 indoor + 1200 outdoor for training,
+          and held-out sets: val_indoor (training validation), val_photo / val_clean (mixed indoor and outdoor,
+          the seen and an unseen appearance style), val_indoor_clean
+  v1      the first bundled model (128x256, renderer-v1 data) from git history: stage 1 starts from it
+  stage1  `dap train --config configs/bundled_stage1.yaml` (128x256) in <work>
+  stage2  `dap train --config configs/bundled_stage2.yaml` (256x512, from stage 1) in <work>
+  eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols) -> results.md
+  install (only with --install) copy stage 2's final weights over src/dap/weights/dap_tiny_synth
+
+CPU only; with two cores the whole run takes about two hours (docs/models.md has the measured times).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from data_in_the_loop import ROOT, State, dap_cli, log
+
+V1_COMMIT = "13e68c873ce9feeb8571c24b6c79cc777329a73d"  # the commit that added the first bundled model
+V1_FILES = ("config.json", "model.safetensors")
+BUNDLED = ROOT / "src" / "dap" / "weights" / "dap_tiny_synth"
+# (name, kind, style, seed of the first panorama, count); seed ranges are disjoint, so no held-out scene is trained on
+SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "photo", 2_000_000, 1200),
+        ("val_indoor", "indoor", "photo", 3_000_000, 96), ("val_indoor_clean", "indoor", "clean", 3_000_000, 96),
+        ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96))
+EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
+MODELS = {"v1": "v1", "new": "runs/stage2/final"}
+STEPS = ("render", "v1", "stage1", "stage2", "eval", "install")
+
+
+def run(cmd: list[str], cwd: Path) -> None:
+    log(" ".join(cmd[2:]))
+    if subprocess.run(cmd, cwd=cwd).returncode:
+        raise SystemExit(f"failed: {' '.join(cmd[2:])} (rerun the same command to resume)")
+
+
+def step_render(args: argparse.Namespace) -> dict:
+    info = {}
+    for name, kind, style, seed, count in SETS:
+        t0 = time.monotonic()
+        run(dap_cli("synth", "--count", str(count), "--out", str(args.work / "data" / name), "--kind", kind,
+                    "--style", style, "--resolution", "256x512", "--seed", str(seed), "--workers", str(args.workers),
+                    "--shard-size", "100" if count > 100 else str(count), "--no-progress"), ROOT)
+        info[name] = {"kind": kind, "style": style, "seed": seed, "count": count,
+                      "seconds": round(time.monotonic() - t0, 1)}
+    return info
+
+
+def step_v1(args: argparse.Namespace) -> dict:
+    out = args.work / "v1"
+    out.mkdir(parents=True, exist_ok=True)
+    for name in V1_FILES:
+        blob = subprocess.run(["git", "show", f"{V1_COMMIT}:src/dap/weights/dap_tiny_synth/{name}"], cwd=ROOT,
+                              capture_output=True, check=False)
+        if blob.returncode:
+            raise SystemExit(f"cannot read the first bundled model from git ({blob.stderr.decode().strip()}); "
+                             "this step needs a git clone of the repository with its history")
+        (out / name).write_bytes(blob.stdout)
+    return {"commit": V1_COMMIT}
+
+
+def step_train(args: argparse.Namespace, stage: str) -> dict:
+    t0 = time.monotonic()
+    run(dap_cli("train", "--config", str(ROOT / "configs" / f"bundled_{stage}.yaml"), "--out", f"runs/{stage}"),
+        args.work)
+    return {"seconds": round(time.monotonic() - t0, 1)}
+
+
+def step_eval(args: argparse.Namespace) -> dict:
+    results: dict = {}
+    for model, path in MODELS.items():
+        for name in EVAL_SETS:
+            out = args.work / "eval" / model / name
+            if not (out / "metrics.json").exists():
+                run(dap_cli("eval", "--dataset", "synth", "--root", str(args.work / "data" / name), "--checkpoint",
+                            str(args.work / path), "--out", str(out), "--protocol", "metric", "median"), ROOT)
+            results.setdefault(model, {})[name] = json.loads((out / "metrics.json").read_text())
+    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    lines = ["| model | set | AbsRel | δ1 | RMSE (m) | AbsRel after median scaling |", "|---|---|---|---|---|---|"]
+    for model in MODELS:
+        for name in EVAL_SETS:
+            m = results[model][name]
+            metric, median = (m["protocols"][p]["per_image_mean"] for p in ("metric", "median"))
+            lines.append(f"| {model} | {name} | {metric['abs_rel']:.4f} | {metric['delta1']:.4f} | "
+                         f"{metric['rmse']:.3f} | {median['abs_rel']:.4f} |")
+    (args.work / "results.md").write_text("\n".join(lines) + "\n")
+    log("results:\n" + "\n".join(lines))
+    return {"results": str(args.work / "results.md")}
+
+
+def step_install(args: argparse.Namespace) -> dict:
+    src = args.work / MODELS["new"]
+    tmp = BUNDLED.with_name(BUNDLED.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(BUNDLED)
+    tmp.rename(BUNDLED)
+    return {"from": str(src)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="folder for data, runs, results (resumable)")
+    parser.add_argument("--workers", type=int, default=2, help="processes rendering panoramas in parallel")
+    parser.add_argument("--step", choices=STEPS, action="append",
+                        help="run only this step (repeatable), even if it is done already")
+    parser.add_argument("--install", action="store_true",
+                        help="finally copy the new weights over the bundled model in src/dap/weights")
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    state = State(args.work)
+    actions = {"render": step_render, "v1": step_v1, "stage1": lambda a: step_train(a, "stage1"),
+               "stage2": lambda a: step_train(a, "stage2"), "eval": step_eval, "install": step_install}
+    for step in STEPS:
+        forced = args.step and step in args.step
+        if (args.step and not forced) or (step == "install" and not (args.install or forced)):
+            continue
+        if state.done(step) and not forced:
+            log(f"{step}: done already")
+            continue
+        log(f"{step} ...")
+        state.mark(step, actions[step](args))
+    log(f"done; results in {args.work / 'results.md'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,6 +10,8 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
   v1      the first bundled model (128x256, renderer-v1 data) from git history: stage 1 starts from it
   stage1  `dap train --config configs/bundled_stage1.yaml` (128x256) in <work>
   stage2  `dap train --config configs/bundled_stage2.yaml` (256x512, from stage 1) in <work>
+  calibrate  the range threshold (model config `range_threshold`) with the lowest mean AbsRel on cal_indoor and
+          cal_mixed (rendered for this only) -> <work>/calibrated: a wrongly masked pixel loses its whole depth
   eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols) -> results.md
   install (only with --install) copy stage 2's final weights over src/dap/weights/dap_tiny_synth
 
@@ -34,10 +36,13 @@ BUNDLED = ROOT / "src" / "dap" / "weights" / "dap_tiny_synth"
 # (name, kind, style, seed of the first panorama, count); seed ranges are disjoint, so no held-out scene is trained on
 SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "photo", 2_000_000, 1200),
         ("val_indoor", "indoor", "photo", 3_000_000, 96), ("val_indoor_clean", "indoor", "clean", 3_000_000, 96),
-        ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96))
+        ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96),
+        ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96))
+CAL_SETS = ("cal_indoor", "cal_mixed")  # held out from training and from the evaluation: the threshold's data
+THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
-MODELS = {"v1": "v1", "new": "runs/stage2/final"}
-STEPS = ("render", "v1", "stage1", "stage2", "eval", "install")
+MODELS = {"v1": "v1", "new": "calibrated"}
+STEPS = ("render", "v1", "stage1", "stage2", "calibrate", "eval", "install")
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -76,6 +81,39 @@ def step_train(args: argparse.Namespace, stage: str) -> dict:
     run(dap_cli("train", "--config", str(ROOT / "configs" / f"bundled_{stage}.yaml"), "--out", f"runs/{stage}"),
         args.work)
     return {"seconds": round(time.monotonic() - t0, 1)}
+
+
+def step_calibrate(args: argparse.Namespace) -> dict:
+    import math
+
+    import numpy as np
+
+    import dap
+    from dap.data.shards import ShardDataset
+
+    model = dap.load_model(args.work / "runs" / "stage2" / "final")
+    errors = {t: [] for t in THRESHOLDS}
+    for name in CAL_SETS:
+        data = ShardDataset(args.work / "data" / name)
+        for i in range(len(data)):
+            sample = data[i]
+            pred = dap.predict(sample["rgb"], model, threshold=math.inf, precision="fp32")  # no mask applied
+            gt = np.asarray(sample["depth"], np.float32).squeeze()
+            valid = np.isfinite(gt) & (gt > 0) & (gt <= model.cfg.max_depth)
+            depth = np.clip(pred.depth, 1e-3, model.cfg.max_depth)
+            for t in THRESHOLDS:
+                d = np.where(pred.out_of_range_prob >= t, model.cfg.max_depth, depth)
+                errors[t].append(float(np.mean(np.abs(d[valid] - gt[valid]) / gt[valid])))
+    mean = {t: float(np.mean(e)) for t, e in errors.items()}
+    best = min(THRESHOLDS, key=lambda t: mean[t])
+    out = args.work / "calibrated"
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(args.work / "runs" / "stage2" / "final", out)
+    config = json.loads((out / "config.json").read_text())
+    config["model"]["range_threshold"] = best
+    (out / "config.json").write_text(json.dumps(config, indent=1))
+    log(f"range threshold {best} (mean AbsRel per threshold: {', '.join(f'{t}: {v:.4f}' for t, v in mean.items())})")
+    return {"range_threshold": best, "abs_rel": mean}
 
 
 def step_eval(args: argparse.Namespace) -> dict:
@@ -123,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)
     actions = {"render": step_render, "v1": step_v1, "stage1": lambda a: step_train(a, "stage1"),
-               "stage2": lambda a: step_train(a, "stage2"), "eval": step_eval, "install": step_install}
+               "stage2": lambda a: step_train(a, "stage2"), "calibrate": step_calibrate, "eval": step_eval,
+               "install": step_install}
     for step in STEPS:
         forced = args.step and step in args.step
         if (args.step and not forced) or (step == "install" and not (args.install or forced)):

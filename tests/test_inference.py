@@ -1,3 +1,4 @@
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -255,6 +256,25 @@ def test_default_working_resolution_comes_from_the_model(tmp_path):
     loaded.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
     predict(_pano(64, 128), loaded, seam_pad=0)
     assert seen == [(32, 64)]
+
+
+def test_range_threshold_travels_with_the_model(tmp_path):
+    from dap.models import create_model, load_model
+
+    model = create_model("dap_tiny", default_resolution=(32, 64)).eval()
+    prob = predict(_pano(), model, seam_pad=0).out_of_range_prob
+    calibrated = float(np.quantile(prob, 0.7))  # random weights: a threshold that splits this image's pixels
+    model.cfg = dataclasses.replace(model.cfg, range_threshold=calibrated)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.range_threshold == calibrated
+    pred = predict(_pano(), loaded, seam_pad=0)
+    assert np.array_equal(pred.range_mask, prob >= calibrated) and 0.2 < pred.range_mask.mean() < 0.4
+    low = predict(_pano(), loaded, seam_pad=0, threshold=float(np.quantile(prob, 0.2)))  # asked for: wins
+    assert 0.7 < low.range_mask.mean() < 0.9
+    assert create_model("dap_tiny").cfg.range_threshold == 0.5  # what every model without calibration uses
+    with pytest.raises(ValueError, match="range_threshold is a probability in"):
+        create_model("dap_tiny", range_threshold=0.0)
 
 
 def test_scale_smoothing_follows_moving_average_of_medians():

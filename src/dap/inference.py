@@ -9,7 +9,8 @@ the working resolution; `predict`, training validation and `dap eval` all go thr
 Outputs, at the input's full resolution:
   depth       float32 metres, distance along each pixel's ray. Pixels in `range_mask` hold `max_depth` (100 m),
               the official convention; do not read them as measurements.
-  range_mask  bool, True where the range head says the pixel is sky or beyond `max_depth` (probability >= 0.5).
+  range_mask  bool, True where the range head says the pixel is sky or beyond `max_depth` (probability at or
+              above the model's `range_threshold`: 0.5, the official convention, unless calibrated).
   points      (H, W, 3) camera-frame points (x right, y down, z forward), from dap.geometry.
   normals     (H, W, 3) unit normals facing the camera.
 """
@@ -383,7 +384,7 @@ def predict(
     device: str | torch.device | None = None,
     seam_pad: float = DEFAULT_SEAM_PAD,
     pad_to_erp: bool = False,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     upsample: str = "bilinear",
     precision: str = "auto",
 ) -> Prediction | list[Prediction]:
@@ -395,6 +396,7 @@ def predict(
     resolution: working (height, width), multiples of 16; default: the model's `default_resolution` (512x1024
         for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
+    threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated).
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output).
     upsample: "bilinear" or "guided" (edge-aware, guided by the full-resolution RGB) when the input is larger
         than the working resolution. Memory stays bounded by the working resolution plus full-size maps.
@@ -430,7 +432,7 @@ def predict(
             depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
         prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
         max_depth = float(model.cfg.max_depth)
-        mask = prob >= threshold
+        mask = prob >= (model.cfg.range_threshold if threshold is None else threshold)
         depth = apply_range_mask(depth, mask, max_depth)
         if rows != slice(None):  # rows that were padding carry no measurement
             outside = torch.ones(full[0], dtype=torch.bool, device=dev)

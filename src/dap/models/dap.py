@@ -28,6 +28,13 @@ class DapConfig:
     token_adapter: str = "plain"
     # Working resolution (height, width) inference uses unless told otherwise: the one the weights were trained at.
     default_resolution: tuple[int, int] = (512, 1024)
+    # Probability at or above which inference marks a pixel out of range. 0.5 is the official convention; a model
+    # may ship a threshold calibrated on held-out data (a wrongly masked pixel loses its whole depth).
+    range_threshold: float = 0.5
+
+    def __post_init__(self):
+        if not 0 < self.range_threshold <= 1:
+            raise ValueError(f"range_threshold is a probability in (0, 1], got {self.range_threshold}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,7 +70,8 @@ class DAP(nn.Module):
       depth:             (B, 1, H, W) distance along the ray in metres, in (0, max_depth)
       out_of_range_prob: (B, 1, H, W) probability that the pixel is beyond max_depth or sky, i.e. that its
                          depth value should not be trusted as a number. Inference marks pixels with
-                         probability >= 0.5 as out of range (the official convention).
+                         probability >= cfg.range_threshold as out of range (0.5, the official convention,
+                         unless the model was calibrated).
     """
 
     def __init__(self, cfg: DapConfig):

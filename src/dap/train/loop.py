@@ -68,12 +68,16 @@ def ema_update(decay: float):
 
 
 # ======================================================================================== model
+INFERENCE_SETTINGS = ("default_resolution", "range_threshold")  # DapConfig fields that are not architecture
+
+
 def build_model(cfg: TrainConfig, *, quiet: bool = False):
     """The network to train: random (seeded by run.seed) for init=scratch, the same with the backbone copied from
     a DINOv3 checkpoint (Meta's .pth) for init=<that file>, else loaded from model.init.
 
     A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
-    (they could not be applied), except default_resolution (the working resolution it is fine-tuned for), and a model.name other than the checkpoint's gets one warning (unless quiet).
+    (they could not be applied), except INFERENCE_SETTINGS (the working resolution it is fine-tuned for, the
+    range threshold), and a model.name other than the checkpoint's gets one warning (unless quiet).
     """
     from dap.models import create_model, load_model
     from dap.models.checkpoint import init_backbone_from_dinov3, is_dinov3_checkpoint
@@ -91,15 +95,16 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
         init = default_model_path()
     model = load_model(init)  # our directory or the official model.pth; the variant comes from the file
     _check_init_matches(cfg, model.cfg, init, quiet)
-    if "default_resolution" in cfg.model.overrides:  # not architecture: fine-tuning at a new resolution sets it
-        model.cfg = replace(model.cfg, default_resolution=tuple(cfg.model.overrides["default_resolution"]))
+    settings = {k: v for k, v in cfg.model.overrides.items() if k in INFERENCE_SETTINGS}
+    if settings:  # not architecture: fine-tuning at a new resolution sets it, likewise the range threshold
+        model.cfg = replace(model.cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
     return model
 
 
 def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
     have = loaded.to_dict()
     conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
-                 if k != "default_resolution" and (k not in have or not _agrees(v, have[k]))]
+                 if k not in INFERENCE_SETTINGS and (k not in have or not _agrees(v, have[k]))]
     if conflicts:
         raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
                           f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "
@@ -147,7 +152,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
         out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device,
                     precision=precision)
         prob = out["out_of_range_prob"][0].cpu()
-        pred = apply_range_mask(out["depth"][0].cpu(), prob >= 0.5, model.cfg.max_depth)
+        pred = apply_range_mask(out["depth"][0].cpu(), prob >= model.cfg.range_threshold, model.cfg.max_depth)
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]
         row = {}
         try:
@@ -157,7 +162,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
             no_depth.append(val.items[k][0])  # scored for the range mask only
         target = oor | (valid & (gt > cfg.loss.mask_threshold))
         known = valid | oor
-        hit = (prob >= 0.5) & known
+        hit = (prob >= model.cfg.range_threshold) & known
         union = (hit | target).sum().item()
         row["mask_iou"] = (hit & target).sum().item() / union if union else float("nan")
         row["mask_acc"] = ((hit == target) & known).sum().item() / max(1, known.sum().item())

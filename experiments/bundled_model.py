@@ -13,7 +13,7 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
   calibrate  the range threshold (model config `range_threshold`) with the lowest mean AbsRel on cal_indoor and
           cal_mixed (rendered for this only) -> <work>/calibrated: a wrongly masked pixel loses its whole depth
   eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols) -> results.md
-  install (only with --install) copy stage 2's final weights over src/dap/weights/dap_tiny_synth
+  install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth
 
 CPU only; with two cores the whole run takes about two hours (docs/models.md has the measured times).
 """
@@ -84,14 +84,20 @@ def step_train(args: argparse.Namespace, stage: str) -> dict:
 
 
 def step_calibrate(args: argparse.Namespace) -> dict:
+    import dataclasses
     import math
 
     import numpy as np
 
     import dap
     from dap.data.shards import ShardDataset
+    from dap.evaluation import compute_metrics
+    from dap.inference import apply_range_mask
+    from dap.models import save_model
 
-    model = dap.load_model(args.work / "runs" / "stage2" / "final")
+    trained = args.work / "runs" / "stage2" / "final"
+    model = dap.load_model(trained)
+    cap = model.cfg.max_depth
     errors = {t: [] for t in THRESHOLDS}
     for name in CAL_SETS:
         data = ShardDataset(args.work / "data" / name)
@@ -99,19 +105,14 @@ def step_calibrate(args: argparse.Namespace) -> dict:
             sample = data[i]
             pred = dap.predict(sample["rgb"], model, threshold=math.inf, precision="fp32")  # no mask applied
             gt = np.asarray(sample["depth"], np.float32).squeeze()
-            valid = np.isfinite(gt) & (gt > 0) & (gt <= model.cfg.max_depth)
-            depth = np.clip(pred.depth, 1e-3, model.cfg.max_depth)
-            for t in THRESHOLDS:
-                d = np.where(pred.out_of_range_prob >= t, model.cfg.max_depth, depth)
-                errors[t].append(float(np.mean(np.abs(d[valid] - gt[valid]) / gt[valid])))
+            for t in THRESHOLDS:  # scored as `dap eval` scores: masked pixels at the cap, predictions clipped to it
+                depth = apply_range_mask(pred.depth, pred.out_of_range_prob >= t, cap)
+                errors[t].append(compute_metrics(depth, gt, max_depth=cap)["abs_rel"])
     mean = {t: float(np.mean(e)) for t, e in errors.items()}
     best = min(THRESHOLDS, key=lambda t: mean[t])
-    out = args.work / "calibrated"
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(args.work / "runs" / "stage2" / "final", out)
-    config = json.loads((out / "config.json").read_text())
-    config["model"]["range_threshold"] = best
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    model.cfg = dataclasses.replace(model.cfg, range_threshold=best)
+    training = json.loads((trained / "config.json").read_text())["training"]  # keep stage 2's record
+    save_model(model, args.work / "calibrated", training)
     log(f"range threshold {best} (mean AbsRel per threshold: {', '.join(f'{t}: {v:.4f}' for t, v in mean.items())})")
     return {"range_threshold": best, "abs_rel": mean}
 
@@ -139,12 +140,15 @@ def step_eval(args: argparse.Namespace) -> dict:
 
 
 def step_install(args: argparse.Namespace) -> dict:
+    """Copy beside the bundled model, then swap by renames: an interruption never leaves the package without one."""
     src = args.work / MODELS["new"]
-    tmp = BUNDLED.with_name(BUNDLED.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(BUNDLED)
-    tmp.rename(BUNDLED)
+    new, old = (BUNDLED.with_name(BUNDLED.name + suffix) for suffix in (".new", ".old"))
+    for stale in (new, old):
+        shutil.rmtree(stale, ignore_errors=True)
+    shutil.copytree(src, new)
+    BUNDLED.rename(old)
+    new.rename(BUNDLED)
+    shutil.rmtree(old)
     return {"from": str(src)}
 
 

@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +79,7 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     (they could not be applied), except INFERENCE_SETTINGS (the working resolution it is fine-tuned for, the
     range threshold), and a model.name other than the checkpoint's gets one warning (unless quiet).
     """
-    from dap.models import create_model, load_model
+    from dap.models import DapConfig, create_model, load_model
     from dap.models.checkpoint import init_backbone_from_dinov3, is_dinov3_checkpoint
 
     init = cfg.model.init or "scratch"
@@ -97,7 +97,7 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     _check_init_matches(cfg, model.cfg, init, quiet)
     settings = {k: v for k, v in cfg.model.overrides.items() if k in INFERENCE_SETTINGS}
     if settings:  # not architecture: fine-tuning at a new resolution sets it, likewise the range threshold
-        model.cfg = replace(model.cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+        model.cfg = DapConfig.from_dict({**model.cfg.to_dict(), **settings})
     return model
 
 

@@ -8,6 +8,9 @@ as a ratio against the baseline.
 Part 2 (high resolution): panoramas rendered at 4x the working resolution; depth predicted at the working
 resolution and brought back with bilinear vs guided upsampling. Prints AbsRel over all pixels and over depth-edge
 pixels (where sharpness shows), time ratio, and peak memory of a separate process per strategy on a 2048x4096 input.
+Part 3 (scale): metric AbsRel as the model guesses the scale, with `camera_height` set to each scene's true camera
+height, and with the depth scaled by the ratio of GT and predicted medians (an oracle: the best one factor can do),
+per scene kind.
 """
 
 from __future__ import annotations
@@ -84,6 +87,24 @@ def highres_table(model, scenes, resolution) -> None:
         print(f"| {mode} | {np.mean(rel_all):.4f} | {np.mean(rel_edge):.4f} | {total / base:.2f} |")
 
 
+def scale_table(model, scenes, resolution) -> None:
+    print(f"\n## Metric scale ({len(scenes)} panoramas at {resolution[0]}x{resolution[1]})\n")
+    print("| scenes | model's own scale | camera_height = true height | median scaling (oracle) |")
+    print("|---|---|---|---|")
+    rows = {}
+    for sc, kind, height in scenes:
+        valid = (sc["depth"] > 0) & ~sc["range_mask"]
+        guess = predict(sc["rgb"], model, resolution=resolution)
+        fixed = predict(sc["rgb"], model, resolution=resolution, camera_height=height)
+        ok = valid & ~guess.range_mask
+        oracle = guess.depth * np.median(sc["depth"][ok]) / np.median(guess.depth[ok])
+        rows.setdefault(kind, []).append(
+            [compute_metrics(d, sc["depth"], valid, max_depth=100.0)["abs_rel"] for d in (guess.depth, fixed.depth,
+                                                                                          oracle)])
+    for kind, values in rows.items():
+        print(f"| {kind} ({len(values)}) | " + " | ".join(f"{v:.4f}" for v in np.mean(values, axis=0)) + " |")
+
+
 def _peak_memory_child(checkpoint: str, mode: str, size: int) -> None:
     import resource
 
@@ -117,7 +138,7 @@ def main() -> None:
     ap.add_argument("--resolution", default="128x256", help="working resolution HxW")
     ap.add_argument("--style", default="photo")
     ap.add_argument("--memory-size", type=int, default=2048, help="height of the peak-memory input")
-    ap.add_argument("--parts", default="seam,highres,memory", help="comma-separated tables to run")
+    ap.add_argument("--parts", default="seam,highres,memory,scale", help="comma-separated tables to run")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_size", type=int, default=2048, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -130,7 +151,7 @@ def main() -> None:
     kinds = ["indoor", "outdoor"]
     # Held-out seeds (the bundled model's validation range, never trained on).
     seeds = [(900_000 + i, kinds[i % 2]) for i in range(args.count)]
-    if "seam" in parts or "highres" in parts:
+    if "seam" in parts or "highres" in parts or "scale" in parts:
         model = resolve_model(args.checkpoint, torch.device("cpu"))
     if "seam" in parts:
         seam_table(model, [render(make_scene(s, k), h, w, args.style) for s, k in seeds], (h, w))
@@ -138,6 +159,9 @@ def main() -> None:
         highres_table(model, [render(make_scene(s, k), 4 * h, 4 * w, args.style) for s, k in seeds], (h, w))
     if "memory" in parts:
         memory_table(args.checkpoint, args.memory_size)
+    if "scale" in parts:  # the ground and the floor lie at y = 0, the camera at y = -height (y points down)
+        scenes = [(make_scene(s, k), k) for s, k in seeds]
+        scale_table(model, [(render(sc, h, w, args.style), k, -sc.camera[1]) for sc, k in scenes], (h, w))
 
 
 if __name__ == "__main__":

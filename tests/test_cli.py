@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dap import io
+from dap import geometry, io
 from dap.cli import main
 from dap.models import create_model, save_model
 
@@ -444,3 +444,19 @@ def test_a_broken_pipe_elsewhere_is_still_an_error(capsys, monkeypatch):
     monkeypatch.setattr("dap.cli.models.run", broken)
     code, err = _run(["models"], capsys)
     assert code == 1 and err.startswith("dap models: error: broken pipe")
+
+
+def test_predict_camera_height_rescales_to_the_floor(d, tmp_path, capsys):
+    out = tmp_path / "o"
+    args = ["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+            "--outputs", "npy"]
+    assert main([*args, "--out", str(out / "guess")]) == 0
+    assert main([*args, "--out", str(out / "fixed"), "--camera-height", "1.6"]) == 0
+    guess, fixed = (np.load(out / k / "pano.npy") for k in ("guess", "fixed"))
+    in_range = guess < 100.0  # out-of-range pixels stay at the cap
+    ratio = fixed[in_range] / guess[in_range]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # one factor for the whole panorama ...
+    assert abs(ratio[0] - 1) > 0.05
+    assert geometry.floor_and_ceiling(fixed, in_range)[0] == pytest.approx(1.6, rel=1e-4)  # ... putting the floor there
+    code, err = _run([*args, "--out", str(out / "bad"), "--camera-height", "0"], capsys)
+    assert code == 2 and "argument --camera-height: expected a number > 0" in err

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import box_room_depth
 from dap import geometry as g
 
 H, W = 32, 64
@@ -306,3 +307,25 @@ def test_icosahedron_vertices():
     assert edge.item() == pytest.approx(1 / math.sin(2 * math.pi / 5))  # unit-circumradius icosahedron edge
     assert ((dist - edge).abs() < 1e-9).sum(-1).tolist() == [5] * 12
     assert dist.round(decimals=9).unique().numel() == 4  # three distinct distances, plus inf
+
+
+def test_floor_and_ceiling_of_a_box_room():
+    """Camera 1.2 m above the floor and 1.5 m below the ceiling of box_room_depth's room (y points down)."""
+    depth = box_room_depth(128, 256)
+    floor, ceiling = g.floor_and_ceiling(depth)
+    assert floor == pytest.approx(1.2, rel=1e-3) and ceiling == pytest.approx(1.5, rel=1e-3)
+    assert g.floor_and_ceiling(2.5 * depth) == pytest.approx((3.0, 3.75), rel=1e-3)
+    # a tilted camera (3 degrees of pitch and roll): the median over columns still finds both within 2%
+    tilted = g.rotate_erp(depth, pitch=3.0, roll=3.0, mode="nearest")
+    assert g.floor_and_ceiling(tilted) == pytest.approx((1.2, 1.5), rel=0.02)
+    # furniture is nearer than the floor: a box on the floor in part of the view does not move the estimate
+    cluttered = depth.copy()
+    cluttered[90:110, 40:100] *= 0.6
+    assert g.floor_and_ceiling(cluttered)[0] == pytest.approx(1.2, rel=1e-3)
+    # no valid pixel above the horizon (an open sky): no ceiling
+    sky = np.zeros_like(depth, dtype=bool)
+    sky[:64] = True
+    floor, ceiling = g.floor_and_ceiling(depth, ~sky)
+    assert floor == pytest.approx(1.2, rel=1e-3) and np.isnan(ceiling)
+    with pytest.raises(ValueError, match="one \\(H, W\\) depth map"):
+        g.floor_and_ceiling(depth[None])

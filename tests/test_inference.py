@@ -277,6 +277,42 @@ def test_range_threshold_travels_with_the_model(tmp_path):
         create_model("dap_tiny", range_threshold=0.0)
 
 
+class BoxRoomNet(torch.nn.Module):
+    """Whatever the image: the room of box_room_depth (camera 1.2 m above the floor) at `scale` times its size,
+    everything out of range above `sky_from` degrees of latitude."""
+
+    def __init__(self, scale: float, sky_from: float = 90.0):
+        super().__init__()
+        self.cfg, self.scale, self.sky_from = DapConfig(name="box"), scale, sky_from
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        depth = torch.from_numpy(self.scale * box_room_depth(h, w))[None, None].expand(len(x), 1, h, w)
+        lat = 90.0 - (torch.arange(h) + 0.5) * 180.0 / h
+        prob = (lat > self.sky_from).float()[:, None].expand(h, w)[None, None].expand(len(x), 1, h, w)
+        return {"depth": depth.contiguous(), "out_of_range_prob": prob.contiguous()}
+
+
+def test_camera_height_sets_the_metric_scale():
+    run = functools.partial(predict, resolution=(64, 128), seam_pad=0)
+    truth = box_room_depth(64, 128)
+    half = run(_pano(64, 128), BoxRoomNet(0.5))
+    np.testing.assert_allclose(half.depth, 0.5 * truth, rtol=1e-5)  # the model's own guess: half the size
+    fixed = run(_pano(64, 128), BoxRoomNet(0.5), camera_height=1.2)
+    np.testing.assert_allclose(fixed.depth, truth, rtol=2e-3)
+    np.testing.assert_allclose(run(_pano(64, 128), BoxRoomNet(3.0), camera_height=2.4).depth, 2 * truth, rtol=2e-3)
+    # out-of-range pixels keep the cap and are not used: an open sky above 10 degrees changes nothing below it
+    sky = run(_pano(64, 128), BoxRoomNet(0.5, sky_from=10.0), camera_height=1.2)
+    assert (sky.depth[sky.range_mask] == 100.0).all() and sky.range_mask[:25].all()
+    np.testing.assert_allclose(sky.depth[~sky.range_mask], truth[~sky.range_mask], rtol=2e-3)
+    with pytest.raises(DapError, match="no floor or ground found in the input panorama"):
+        run(_pano(64, 128), BoxRoomNet(0.5, sky_from=-80.0), camera_height=1.2)  # all sky
+    with pytest.raises(DapError, match="no floor or ground found in batch image 1"):
+        run([_pano(64, 128), _pano(16, 128)], BoxRoomNet(0.5), camera_height=1.2, pad_to_erp=True)  # +-22.5 deg
+    with pytest.raises(DapError, match="positive number of metres"):
+        run(_pano(64, 128), BoxRoomNet(0.5), camera_height=-1.0)
+
+
 def test_scale_smoothing_follows_moving_average_of_medians():
     from dap.inference import ScaleSmoother
 

@@ -105,6 +105,37 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
         )
 
 
+def floor_and_ceiling(depth: Array, valid: Array | None = None, *, band_deg: tuple[float, float] = (25.0, 70.0),
+                      min_columns: float = 0.25) -> tuple[float, float]:
+    """Vertical distance (metres) from the camera down to the floor and up to the ceiling, from a (H, W) distance
+    map of a roughly level camera, as (floor, ceiling).
+
+    Per column, the largest drop below the camera among the pixels between band_deg[0] and band_deg[1] below the
+    horizon (furniture and walls only come nearer than the floor, so the largest drop is the floor), then the
+    median over columns, which also cancels a small camera tilt to first order; the ceiling likewise above the
+    horizon. The band leaves out the poles, where a tripod or a stitching seam usually is. A value is NaN when
+    fewer than `min_columns` of the columns have a valid pixel in its band (an open sky has no ceiling).
+    valid: (H, W) bool, pixels to use; default: finite, positive depth."""
+    d = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth, np.float64)
+    if d.ndim != 2:
+        raise ValueError(f"floor_and_ceiling takes one (H, W) depth map, got shape {d.shape}")
+    ok = np.isfinite(d) & (d > 0)
+    if valid is not None:
+        ok &= np.asarray(valid.detach().cpu() if isinstance(valid, torch.Tensor) else valid, bool)
+    lat = (0.5 - (np.arange(d.shape[0]) + 0.5) / d.shape[0]) * math.pi
+    lo, hi = (math.radians(a) for a in band_deg)
+    rise = np.where(ok, d * np.sin(lat)[:, None], np.nan)  # height above the camera (negative below it)
+    out = []
+    for rows, sign in (((lat <= -lo) & (lat >= -hi), -1.0), ((lat >= lo) & (lat <= hi), 1.0)):
+        band = sign * rise[rows]
+        seen = np.isfinite(band).any(axis=0)
+        if not rows.any() or seen.mean() < min_columns:
+            out.append(math.nan)
+            continue
+        out.append(float(np.median(np.nanmax(band[:, seen], axis=0))))
+    return out[0], out[1]
+
+
 # ------------------------------------------------------------------------------ normals, solid angles
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import shutil
 import warnings
@@ -375,6 +376,26 @@ def resolve_model(model, device: torch.device):
     return model.to(device).eval()
 
 
+def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: float, rows: slice, full_height: int,
+                 index: int | None) -> float:
+    """The factor that puts the floor of a working-resolution prediction `camera_height` metres below the camera.
+    rows: the rows of the full-size input that are image (not `pad_to_erp` padding)."""
+    if not (camera_height > 0 and math.isfinite(camera_height)):
+        raise DapError(f"camera_height must be a positive number of metres, got {camera_height}")
+    use = (out["out_of_range_prob"][0, 0] < threshold).cpu()
+    h = use.shape[0]
+    start, stop, _ = rows.indices(full_height)
+    use[: math.ceil(start * h / full_height)] = False
+    use[stop * h // full_height:] = False
+    floor, _ = geometry.floor_and_ceiling(out["depth"][0, 0], use)
+    if not floor > 0:  # NaN: too few directions below the horizon see a surface in range
+        which = "the input panorama" if index is None else f"batch image {index}"
+        raise DapError(f"camera_height: no floor or ground found in {which} (fewer than a quarter of the directions "
+                       "25-70 degrees below the horizon see a surface in range), so its scale cannot be set from "
+                       "the camera height; predict it without camera_height (--camera-height)")
+    return camera_height / floor
+
+
 @torch.inference_mode()
 def predict(
     images,
@@ -387,6 +408,7 @@ def predict(
     threshold: float | None = None,
     upsample: str = "bilinear",
     precision: str = "auto",
+    camera_height: float | None = None,
 ) -> Prediction | list[Prediction]:
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
     4-D array/tensor), returned as a `Prediction` or a list of them.
@@ -403,6 +425,10 @@ def predict(
     precision: the network's arithmetic, one of PRECISIONS: "auto" (bf16 on CUDA and on CPUs with native bf16,
         else fp32), "fp32" (exact), "bf16", "fp16", or "int8" (CPU). int8 quantises a copy of the model on every
         call; for many calls, pass `prepare_model(model, "int8")`.
+    camera_height: metres from the floor up to the lens, if known (a tripod's height): each depth map is rescaled so
+        the floor it shows lies that far below the camera (`geometry.floor_and_ceiling` on the working-resolution
+        map, out-of-range pixels left out). A model can only guess metric scale from the image; a known height
+        fixes it. An error if no floor or ground is visible 25-70 degrees below the horizon.
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
@@ -424,6 +450,10 @@ def predict(
             rgb, rows = pad_rows_to_erp(rgb)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
         out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
+        mask_at = model.cfg.range_threshold if threshold is None else threshold
+        if camera_height is not None:
+            out["depth"] = out["depth"] * _floor_scale(out, mask_at, camera_height, rows, rgb.shape[0],
+                                                       k if is_batch else None)
         full = rgb.shape[:2]
         if upsample == "guided" and full[0] > out["depth"].shape[-2]:
             guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
@@ -432,7 +462,7 @@ def predict(
             depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
         prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
         max_depth = float(model.cfg.max_depth)
-        mask = prob >= (model.cfg.range_threshold if threshold is None else threshold)
+        mask = prob >= mask_at
         depth = apply_range_mask(depth, mask, max_depth)
         if rows != slice(None):  # rows that were padding carry no measurement
             outside = torch.ones(full[0], dtype=torch.bool, device=dev)

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from dap.cli import parse_device, parse_network_size, positive_int, unit_interval
+from dap.cli import parse_device, parse_network_size, positive_float, positive_int, unit_interval
 from dap.errors import DapError
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth-scale", type=unit_interval, default=0.0, metavar="ALPHA",
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off)")
+    parser.add_argument("--camera-height", type=positive_float, default=None, metavar="METRES",
+                        help="height of the lens above the floor, if known (e.g. a tripod's 1.6): rescales each "
+                             "depth map so the floor it shows lies that far below the camera. A model can only "
+                             "guess metric scale; a known height fixes it. Inputs with no floor or ground visible "
+                             "25-70 degrees below the horizon fail")
     parser.add_argument("--device", type=parse_device, default=None,
                         help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -118,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
                                pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample,
-                               precision=precision)
+                               precision=precision, camera_height=args.camera_height)
             except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
                 failures.append((seq, item.source, str(e)))
                 continue

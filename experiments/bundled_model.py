@@ -4,15 +4,17 @@
     python experiments/bundled_model.py --work runs/bundled --install    # ... and copy the result into the package
 
 Steps (each skipped once done; rerun the same command after an interruption: `dap synth` and `dap train` resume):
-  render  renderer-v3 photo-style panoramas at 256x512 into <work>/data: 2400 indoor + 1200 outdoor for training,
-          and held-out sets: val_indoor (training validation), val_photo / val_clean (mixed indoor and outdoor,
-          the seen and an unseen appearance style), val_indoor_clean
-  v1      the first bundled model (128x256, renderer-v1 data) from git history: stage 1 starts from it
-  stage1  `dap train --config configs/bundled_stage1.yaml` (128x256) in <work>
-  stage2  `dap train --config configs/bundled_stage2.yaml` (256x512, from stage 1) in <work>
+  render  renderer-v3 panoramas at 256x512 into <work>/data: for training 2400 indoor + 1200 outdoor in the photo
+          style and 800 indoor + 400 outdoor in the clean style; held out: val_indoor (training validation),
+          val_indoor_clean (the same rooms, clean style), val_photo / val_clean (mixed indoor and outdoor scenes,
+          both styles), and cal_indoor / cal_mixed for the range threshold only
+  v1      the first bundled model (128x256, renderer-v1 data) from git history: training starts from it
+  train   `dap train --config configs/bundled.yaml` (256x512) in <work>
   calibrate  the range threshold (model config `range_threshold`) with the lowest mean AbsRel on cal_indoor and
-          cal_mixed (rendered for this only) -> <work>/calibrated: a wrongly masked pixel loses its whole depth
-  eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols) -> results.md
+          cal_mixed -> <work>/calibrated: a wrongly masked pixel loses its whole depth
+  eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols), and on the real
+          indoor panoramas of ../shared/real-panos (no ground truth: the camera height and room height each model's
+          depth implies, against real rooms' 2.4-3 m) -> results.md
   install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth
 
 CPU only; with two cores the whole run takes about two hours (docs/models.md has the measured times).
@@ -33,8 +35,10 @@ from data_in_the_loop import ROOT, State, dap_cli, log
 V1_COMMIT = "13e68c873ce9feeb8571c24b6c79cc777329a73d"  # the commit that added the first bundled model
 V1_FILES = ("config.json", "model.safetensors")
 BUNDLED = ROOT / "src" / "dap" / "weights" / "dap_tiny_synth"
+REAL_POOL = ROOT.parent / "shared" / "real-panos"  # real photographs, no depth (manifest.csv: file, scene)
 # (name, kind, style, seed of the first panorama, count); seed ranges are disjoint, so no held-out scene is trained on
 SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "photo", 2_000_000, 1200),
+        ("indoor_clean", "indoor", "clean", 6_000_000, 800), ("outdoor_clean", "outdoor", "clean", 7_000_000, 400),
         ("val_indoor", "indoor", "photo", 3_000_000, 96), ("val_indoor_clean", "indoor", "clean", 3_000_000, 96),
         ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96),
         ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96))
@@ -42,7 +46,7 @@ CAL_SETS = ("cal_indoor", "cal_mixed")  # held out from training and from the ev
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
 MODELS = {"v1": "v1", "new": "calibrated"}
-STEPS = ("render", "v1", "stage1", "stage2", "calibrate", "eval", "install")
+STEPS = ("render", "v1", "train", "calibrate", "eval", "install")
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -76,10 +80,9 @@ def step_v1(args: argparse.Namespace) -> dict:
     return {"commit": V1_COMMIT}
 
 
-def step_train(args: argparse.Namespace, stage: str) -> dict:
+def step_train(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
-    run(dap_cli("train", "--config", str(ROOT / "configs" / f"bundled_{stage}.yaml"), "--out", f"runs/{stage}"),
-        args.work)
+    run(dap_cli("train", "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train"), args.work)
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 
@@ -95,7 +98,7 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     from dap.inference import apply_range_mask
     from dap.models import save_model
 
-    trained = args.work / "runs" / "stage2" / "final"
+    trained = args.work / "runs" / "train" / "final"
     model = dap.load_model(trained)
     cap = model.cfg.max_depth
     errors = {t: [] for t in THRESHOLDS}
@@ -111,10 +114,34 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     mean = {t: float(np.mean(e)) for t, e in errors.items()}
     best = min(THRESHOLDS, key=lambda t: mean[t])
     model.cfg = dataclasses.replace(model.cfg, range_threshold=best)
-    training = json.loads((trained / "config.json").read_text())["training"]  # keep stage 2's record
+    training = json.loads((trained / "config.json").read_text())["training"]  # keep the training record
     save_model(model, args.work / "calibrated", training)
     log(f"range threshold {best} (mean AbsRel per threshold: {', '.join(f'{t}: {v:.4f}' for t, v in mean.items())})")
     return {"range_threshold": best, "abs_rel": mean}
+
+
+def real_room_heights(model_path: Path) -> dict:
+    """GT-free plausibility of the metric scale on real indoor photographs: the camera height and floor-to-ceiling
+    height that the model's depth implies (`dap.geometry.floor_and_ceiling`), medians over the panoramas."""
+    import csv
+
+    import numpy as np
+
+    import dap
+    from dap.geometry import floor_and_ceiling
+    from dap.io import read_rgb
+
+    with open(REAL_POOL / "manifest.csv", newline="") as f:
+        files = [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
+    model = dap.load_model(model_path)
+    rows = []
+    for name in files:
+        pred = dap.predict(read_rgb(REAL_POOL / name), model, precision="fp32")
+        floor, ceiling = floor_and_ceiling(pred.depth, ~pred.range_mask)
+        rows.append((floor, floor + ceiling, float(np.median(pred.depth[~pred.range_mask]))))
+    camera, room, depth = np.nanmedian(np.array(rows), axis=0)
+    return {"panoramas": len(files), "camera_height": float(camera), "room_height": float(room),
+            "median_depth": float(depth)}
 
 
 def step_eval(args: argparse.Namespace) -> dict:
@@ -126,7 +153,12 @@ def step_eval(args: argparse.Namespace) -> dict:
                 run(dap_cli("eval", "--dataset", "synth", "--root", str(args.work / "data" / name), "--checkpoint",
                             str(args.work / path), "--out", str(out), "--protocol", "metric", "median"), ROOT)
             results.setdefault(model, {})[name] = json.loads((out / "metrics.json").read_text())
-    (args.work / "results.json").write_text(json.dumps(results, indent=1))
+    real = {}
+    if (REAL_POOL / "manifest.csv").exists():
+        real = {model: real_room_heights(args.work / path) for model, path in MODELS.items()}
+    else:
+        log(f"no real panoramas at {REAL_POOL}: the real-photo check is left out")
+    (args.work / "results.json").write_text(json.dumps({"synthetic": results, "real_indoor": real}, indent=1))
     lines = ["| model | set | AbsRel | δ1 | RMSE (m) | AbsRel after median scaling |", "|---|---|---|---|---|---|"]
     for model in MODELS:
         for name in EVAL_SETS:
@@ -134,6 +166,11 @@ def step_eval(args: argparse.Namespace) -> dict:
             metric, median = (m["protocols"][p]["per_image_mean"] for p in ("metric", "median"))
             lines.append(f"| {model} | {name} | {metric['abs_rel']:.4f} | {metric['delta1']:.4f} | "
                          f"{metric['rmse']:.3f} | {median['abs_rel']:.4f} |")
+    if real:
+        lines += ["", f"Real indoor panoramas ({real['v1']['panoramas']}, no ground truth), medians:", "",
+                  "| model | camera height (m) | floor to ceiling (m) | depth (m) |", "|---|---|---|---|"]
+        lines += [f"| {m} | {r['camera_height']:.2f} | {r['room_height']:.2f} | {r['median_depth']:.2f} |"
+                  for m, r in real.items()]
     (args.work / "results.md").write_text("\n".join(lines) + "\n")
     log("results:\n" + "\n".join(lines))
     return {"results": str(args.work / "results.md")}
@@ -164,9 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)
-    actions = {"render": step_render, "v1": step_v1, "stage1": lambda a: step_train(a, "stage1"),
-               "stage2": lambda a: step_train(a, "stage2"), "calibrate": step_calibrate, "eval": step_eval,
-               "install": step_install}
+    actions = {"render": step_render, "v1": step_v1, "train": step_train, "calibrate": step_calibrate,
+               "eval": step_eval, "install": step_install}
     for step in STEPS:
         forced = args.step and step in args.step
         if (args.step and not forced) or (step == "install" and not (args.install or forced)):

@@ -1,5 +1,6 @@
 """The recipes of the default model: configs/default_model.yaml + experiments/data_in_the_loop.py build valid stage
-configs and their model fits the issue's size limit (<= 40 MB as float16); configs/bundled_stage{1,2}.yaml chain."""
+configs and their model fits the issue's size limit (<= 40 MB as float16); configs/bundled.yaml trains on what
+experiments/bundled_model.py renders."""
 
 import importlib.util
 import sys
@@ -42,20 +43,22 @@ def test_stage_configs_chain_and_the_model_fits_40_mb(tmp_path):
 
 
 
-def test_bundled_model_recipe_chains_its_stages():
-    """configs/bundled_stage{1,2}.yaml (experiments/bundled_model.py): stage 1 continues the first bundled model,
-    stage 2 continues stage 1 at a working resolution of 256x512, both on the data the script renders, with the
-    range-mask loss that does not up-weight the rare out-of-range class."""
+def test_bundled_model_recipe_trains_on_what_it_renders():
+    """configs/bundled.yaml (experiments/bundled_model.py): continues the first bundled model at a working resolution
+    of 256x512, on exactly the training sets the script renders, with the range-mask loss that does not up-weight
+    the rare out-of-range class; no training or calibration scene is also evaluated."""
     from dap.train import load_config
 
-    s1, s2 = (load_config(ROOT / "configs" / f"bundled_stage{i}.yaml") for i in (1, 2))
-    assert s1.model.init == "./v1" and s2.model.init == "runs/stage1/final"
-    assert [s.path for s in s1.data.sources] == [s.path for s in s2.data.sources] == ["data/indoor", "data/outdoor"]
-    assert (s2.data.height, s2.data.width) == tuple(s2.model.overrides["default_resolution"]) == (256, 512)
-    assert s1.loss.mask_pos_weight == s2.loss.mask_pos_weight == 1.0
+    cfg = load_config(ROOT / "configs" / "bundled.yaml")
     e = _experiment("bundled_model")
-    assert {name for name, *_ in e.SETS} >= {"indoor", "outdoor", *e.EVAL_SETS, *e.CAL_SETS}
+    assert cfg.model.init == "./v1"
+    assert (cfg.data.height, cfg.data.width) == tuple(cfg.model.overrides["default_resolution"]) == (256, 512)
+    assert cfg.loss.mask_pos_weight == 1.0
+    training = [s.path.removeprefix("data/") for s in cfg.data.sources]
+    assert [v.path for v in cfg.data.val] == ["data/val_indoor"]
+    assert set(training) == {"indoor", "outdoor", "indoor_clean", "outdoor_clean"}
+    assert {name for name, *_ in e.SETS} == {*training, "val_indoor", *e.EVAL_SETS, *e.CAL_SETS}
     ranges = {name: range(seed, seed + count) for name, _, _, seed, count in e.SETS}
-    for name in ("indoor", "outdoor", *e.CAL_SETS):  # no training or calibration scene is also evaluated
+    for name in (*training, *e.CAL_SETS):
         for other, r in ranges.items():
             assert other == name or not set(ranges[name]) & set(r), (name, other)

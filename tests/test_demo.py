@@ -12,7 +12,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from dap import io
+from dap import geometry, io
 from dap.demo import DOWNLOADS, respond, samples
 from dap.inference import resolve_model
 
@@ -112,3 +112,17 @@ def test_the_page_in_a_browser(small_panorama, tmp_path):
     assert all(f".{k}" in found["downloads"] for k in DOWNLOADS)
     assert "cannot read notes.jpg" in found["error"]
     assert Image.open(shot).size[0] >= 1000
+
+
+def test_the_camera_height_sets_the_scale(model, small_panorama, tmp_path):
+    """The page's camera-height box does what --camera-height does; empty (None) or 0 means unknown."""
+    def depth_npy(height):
+        downloads = respond(str(small_panorama), False, model, tmp_path / str(height), camera_height=height)[4]
+        return np.load(next(p for p in downloads if p.endswith(".npy")))
+
+    guess, fixed = depth_npy(None), depth_npy(1.6)
+    np.testing.assert_array_equal(depth_npy(0), guess)
+    in_range = guess > 0  # files store 0 out of range
+    ratio = fixed[in_range] / guess[in_range]
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
+    assert geometry.floor_and_ceiling(fixed, in_range)[0] == pytest.approx(1.6, rel=0.02)

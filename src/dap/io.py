@@ -118,6 +118,8 @@ def _save_pil(path: PathLike, image: Image.Image, **save_kwargs) -> None:
         raise ValueError(f"cannot tell the image format of {path}; use a .png or .jpg extension")
     if fmt == "JPEG" and image.mode not in ("RGB", "L"):
         raise ValueError(f"JPEG cannot store a {image.mode} image ({path}); use a .png extension")
+    if fmt == "PNG":  # zlib level 1: a 1024x512 depth preview in 85 ms instead of 285 ms (level 6), 18% larger
+        save_kwargs.setdefault("compress_level", 1)
     with atomic_write(path) as tmp:
         image.save(tmp, format=fmt, **save_kwargs)
 

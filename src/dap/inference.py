@@ -380,8 +380,6 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
                  index: int | None) -> float:
     """The factor that puts the floor of a working-resolution prediction `camera_height` metres below the camera.
     rows: the rows of the full-size input that are image (not `pad_to_erp` padding)."""
-    if not (camera_height > 0 and math.isfinite(camera_height)):
-        raise DapError(f"camera_height must be a positive number of metres, got {camera_height}")
     use = (out["out_of_range_prob"][0, 0] < threshold).cpu()
     h = use.shape[0]
     start, stop, _ = rows.indices(full_height)
@@ -432,6 +430,8 @@ def predict(
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
+    if camera_height is not None and not (camera_height > 0 and math.isfinite(camera_height)):
+        raise DapError(f"camera_height must be a positive number of metres, got {camera_height}")
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)

@@ -152,7 +152,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
         out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device,
                     precision=precision)
         prob = out["out_of_range_prob"][0].cpu()
-        pred = apply_range_mask(out["depth"][0].cpu(), prob >= model.cfg.range_threshold, model.cfg.max_depth)
+        masked = prob >= model.cfg.range_threshold
+        pred = apply_range_mask(out["depth"][0].cpu(), masked, model.cfg.max_depth)
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]
         row = {}
         try:
@@ -162,7 +163,7 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
             no_depth.append(val.items[k][0])  # scored for the range mask only
         target = oor | (valid & (gt > cfg.loss.mask_threshold))
         known = valid | oor
-        hit = (prob >= model.cfg.range_threshold) & known
+        hit = masked & known
         union = (hit | target).sum().item()
         row["mask_iou"] = (hit & target).sum().item() / union if union else float("nan")
         row["mask_acc"] = ((hit == target) & known).sum().item() / max(1, known.sum().item())

@@ -82,7 +82,9 @@ def step_v1(args: argparse.Namespace) -> dict:
 
 def step_train(args: argparse.Namespace) -> dict:
     t0 = time.monotonic()
-    run(dap_cli("train", "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train"), args.work)
+    # --resume continues an interrupted run from its newest checkpoint and starts afresh when there is none
+    run(dap_cli("train", "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"),
+        args.work)
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 

@@ -62,3 +62,19 @@ def test_bundled_model_recipe_trains_on_what_it_renders():
     for name in (*training, *e.CAL_SETS):
         for other, r in ranges.items():
             assert other == name or not set(ranges[name]) & set(r), (name, other)
+
+
+def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkeypatch):
+    """Rerunning experiments/bundled_model.py must continue `runs/train` from its newest checkpoint: `dap train`
+    refuses a run folder that already holds a run unless --resume is given (and --resume starts afresh when there
+    is no checkpoint yet), so the train step always passes it."""
+    import argparse
+
+    e = _experiment("bundled_model")
+    calls = []
+    monkeypatch.setattr(e, "run", lambda command, cwd: calls.append((command, cwd)))
+    e.step_train(argparse.Namespace(work=tmp_path))
+    (command, cwd), = calls
+    assert cwd == tmp_path
+    assert command[command.index("train") + 1:] == [
+        "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"]

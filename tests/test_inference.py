@@ -52,6 +52,15 @@ def test_predict_accepts_every_input_kind_and_batches(tiny_model, tmp_path):
     assert len(predict(np.stack([rgb, rgb]), tiny_model, resolution=(32, 64))) == 2
 
 
+def test_predict_puts_the_model_in_eval_mode(tiny_model):
+    """predict skips the per-call .eval() walk when the model is already evaluating, but not when any submodule is
+    training (a model handed over from a training loop, or one head switched back to training)."""
+    for switch in (tiny_model, list(tiny_model.modules())[-1]):
+        switch.train()
+        predict(_pano(32, 64), tiny_model, resolution=(32, 64))
+        assert not any(m.training for m in tiny_model.modules())
+
+
 def test_wrong_aspect_is_an_error_unless_padded(tiny_model):
     with pytest.raises(NotPanoramaError, match="2:1"):
         predict(_pano(40, 64), tiny_model, resolution=(32, 64))

@@ -352,7 +352,9 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path):
     out = tmp_path / "out"
     assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
                  "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clip_000000.npy", "clip_000001.npy", "clip_000002.npy"]
+    frames = [f"clip_{i:06d}" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == sorted([f".{f}.dap.json" for f in frames]
+                                                           + [f"{f}.npy" for f in frames])
 
 
 def test_unreadable_video_fails_alone(checkpoint, tmp_path):
@@ -372,7 +374,9 @@ def _predict_cli(inputs, out, checkpoint, *extra):
 
 
 def _files(folder):
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    """Outputs in a folder, without `dap predict`'s hidden records (.<name>.dap.json)."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not p.name.endswith(".dap.json"))
 
 
 def test_output_names_keep_sub_folders_and_extensions_only_where_stems_collide():
@@ -401,6 +405,53 @@ def test_inputs_with_the_same_stem_never_overwrite_each_other(checkpoint, tmp_pa
     assert "predicted 3" in capsys.readouterr().out and len(_files(out)) == 3
     assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy") == 0
     assert "predicted 0 panorama(s); skipped 3" in capsys.readouterr().out
+
+
+def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(checkpoint, tiny_model, tmp_path,
+                                                                              capsys):
+    """Outputs record what made them (.<name>.dap.json): a rerun skips them only if the input file, the model and
+    every setting match; otherwise the input fails with what differs, and the old outputs stay, unless --overwrite.
+    Outputs with no record (an older version, or a run killed before its record) are made again."""
+    import json
+
+    from dap.models import save_model
+
+    io.write_rgb(tmp_path / "in" / "pano.jpg", _pano(32, 64, 1))
+    io.write_rgb(tmp_path / "other" / "pano.png", _pano(32, 64, 2))
+    out = tmp_path / "out"
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 0
+    record = json.loads((out / ".pano.dap.json").read_text())
+    assert record["input"]["file"] == str(tmp_path / "in" / "pano.jpg")
+    assert record["settings"]["resolution"] == [32, 64] and record["outputs"] == ["npy"]
+    first = (out / "pano.npy").read_bytes()
+    capsys.readouterr()
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 0
+    assert "predicted 0 panorama(s); skipped 1" in capsys.readouterr().out
+
+    other = {k: v + 0.01 for k, v in tiny_model.state_dict().items()}
+    changed = type(tiny_model)(tiny_model.cfg)
+    changed.load_state_dict(other)
+    runs = [
+        (["--resolution", "64x128"], "resolution was [32, 64], now [64, 128]", tmp_path / "in" / "pano.jpg"),
+        (["--checkpoint", str(save_model(changed, tmp_path / "changed"))], "by another model",
+         tmp_path / "in" / "pano.jpg"),
+        ([], f"they were made from {tmp_path / 'in' / 'pano.jpg'}", tmp_path / "other" / "pano.png"),
+    ]
+    for extra, difference, source in runs:
+        assert _predict_cli([source], out, checkpoint, "--outputs", "npy", *extra) == 2
+        err = capsys.readouterr().err
+        assert difference in err and "--overwrite" in err, err
+        assert (out / "pano.npy").read_bytes() == first
+    io.write_rgb(tmp_path / "in" / "pano.jpg", _pano(32, 64, 3))  # the input re-exported
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 2
+    assert "the input file changed since" in capsys.readouterr().err
+
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy", "--overwrite") == 0
+    assert (out / "pano.npy").read_bytes() != first
+    (out / ".pano.dap.json").unlink()  # as a run killed between its last output and its record leaves it
+    capsys.readouterr()
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 0
+    assert "predicted 1 panorama(s)" in capsys.readouterr().out and (out / ".pano.dap.json").is_file()
 
 
 def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, capsys):

@@ -176,4 +176,4 @@ def test_overlapped_folder_predict_equals_sequential(ckpt, tmp_path, capsys):
         want = predict(pano, model, resolution=(32, 64), precision="fp32")
         np.testing.assert_array_equal(np.load(out / f"{pano.stem}.npy"), np.where(want.range_mask, 0, want.depth))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"p{i}{s}" for i in (0, 1, 3) for s in (".npy", ".mask.png"))
+        [f"p{i}{s}" for i in (0, 1, 3) for s in (".npy", ".mask.png")] + [f".p{i}.dap.json" for i in (0, 1, 3)])

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -576,6 +578,65 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
 
 def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
     return {k: out_dir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
+
+
+def record_path(out_dir: Path, name: str) -> Path:
+    """Where `dap predict` records what an input's outputs were made from: `.<name>.dap.json` beside them (hidden,
+    so folder inputs never list it)."""
+    path = out_dir / name
+    return path.with_name(f".{path.name}.dap.json")
+
+
+def input_identity(path: str | os.PathLike) -> dict:
+    """The input file as a record names it: absolute path, size and modification time (a re-exported image
+    differs)."""
+    stat = os.stat(path)
+    return {"file": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def model_fingerprint(model) -> str:
+    """A short hash that tells models apart: the config plus a strided sample of every weight tensor (1,024
+    values each, so a ViT-L takes milliseconds, not a pass over 1.2 GB); an ONNX model by its file."""
+    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
+    if isinstance(model, torch.nn.Module):
+        for name, tensor in model.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
+            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+            h.update(sample.tobytes())
+    else:  # dap.export.OnnxModel
+        h.update(json.dumps(input_identity(model.path)).encode())
+    return h.hexdigest()[:16]
+
+
+def read_record(path: Path) -> dict | None:
+    """A record written by `write_record`; None if there is none or it cannot be read (its outputs are then made
+    again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == "dap-predict-record" else None
+
+
+def write_record(path: Path, record: dict) -> None:
+    from dap import io
+
+    with io.atomic_write(path) as tmp:
+        tmp.write_text(json.dumps({"format": "dap-predict-record", "version": 1, **record}, indent=1))
+
+
+def record_conflict(recorded: dict, expected: dict) -> str | None:
+    """How an existing record differs from what this run would write, in words; None if it does not."""
+    before, now = recorded.get("input", {}), expected["input"]
+    if before.get("file") != now["file"]:
+        return f"they were made from {before.get('file')}"
+    changes = ["the input file changed since (size or modification time)"] if before != now else []
+    for key in sorted(set(recorded.get("settings", {})) | set(expected["settings"])):
+        old, new = recorded.get("settings", {}).get(key), expected["settings"].get(key)
+        if old != new:
+            changes.append("by another model" if key == "model" else f"{key} was {old!r}, now {new!r}")
+    return "; ".join(changes) or None
 
 
 def outputs_complete(paths: dict[str, Path]) -> bool:

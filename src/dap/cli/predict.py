@@ -22,15 +22,21 @@ from dap.inference import (
     check_onnx_precision,
     check_seam_pad,
     expand_inputs,
+    input_identity,
     iter_frames,
+    model_fingerprint,
     model_precision,
     output_paths,
     outputs_complete,
     predict,
     prepare_model,
+    read_record,
+    record_conflict,
+    record_path,
     resolve_model,
     select_device,
     write_outputs,
+    write_record,
 )
 
 
@@ -77,7 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the network's arithmetic: fp32 (exact), bf16, fp16, int8 (CPU: int8 backbone "
                              "matmuls), or auto (default): bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16, "
                              "AMX), fp32 elsewhere. Drift and speed: docs/performance.md. onnxruntime runs fp32")
-    parser.add_argument("--overwrite", action="store_true", help="recompute inputs whose outputs already exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute every input, replacing existing outputs. Without it, an input whose outputs "
+                             "are complete and were made from the same file with the same model and settings (as "
+                             "recorded in .<name>.dap.json beside them) is skipped, and one whose outputs were made "
+                             "otherwise fails instead of replacing them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
     if args.precision == "auto" and precision != "fp32":
         print(f"dap predict: computing in {precision} on this {device.type} (--precision auto); pass --precision fp32 "
               "for exact float32", file=sys.stderr)
+    # What each input's outputs are made with, recorded beside them: a rerun skips only outputs made the same way
+    settings = {"model": model_fingerprint(model), "backend": args.backend, "precision": precision,
+                "resolution": list(args.resolution or model.cfg.default_resolution), "seam_pad": args.seam_pad,
+                "pad_to_erp": args.pad_to_erp, "upsample": args.upsample, "camera_height": args.camera_height,
+                "smooth_scale": args.smooth_scale, "point_stride": args.point_stride}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
     if missing:
@@ -118,8 +133,8 @@ def run(args: argparse.Namespace) -> int:
     # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
     writer = _Writer(lambda job: _write(job, args.point_stride, failures, counts))
     try:
-        for seq, item, paths, rgb in tqdm(_background(_decoded(items, args, kinds, failures, counts)),
-                                          desc="predict", unit="pano", disable=None):
+        for seq, item, paths, record, rgb in tqdm(_background(_decoded(items, args, kinds, settings, failures, counts)),
+                                                  desc="predict", unit="pano", disable=None):
             try:
                 pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
                                pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample,
@@ -128,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
                 failures.append((seq, item.source, str(e)))
                 continue
             smooth(pred, item.video)
-            writer.put((seq, item, pred, paths))
+            writer.put((seq, item, pred, paths, record))
     finally:
         writer.close()
     elapsed = time.perf_counter() - start
@@ -144,9 +159,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decoded(items, args, kinds, failures, counts):
-    """(position, item, output paths, RGB) for each input to predict, in order: names checked, inputs with
-    complete outputs skipped (never decoded), the rest decoded. Inputs that fail to decode go to `failures`."""
+def _decoded(items, args, kinds, settings, failures, counts):
+    """(position, item, output paths, record, RGB) for each input to predict, in order: names checked, inputs whose
+    outputs are complete and were made from the same file with the same model and settings skipped (never
+    decoded), inputs whose outputs were made otherwise failed unless --overwrite, the rest decoded. Inputs that fail
+    to decode go to `failures`."""
     sources: dict[str, str] = {}  # output name -> input that has it this run
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
@@ -161,22 +178,34 @@ def _decoded(items, args, kinds, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
-        if not args.overwrite and outputs_complete(paths):
-            counts["skipped"] += 1
-            continue
+        record = (record_path(args.out, item.name), {"input": input_identity(item.video or item.source),
+                                                     "settings": settings})
+        recorded = None if args.overwrite else read_record(record[0])
+        if recorded is not None:
+            conflict = record_conflict(recorded, record[1])
+            if conflict:  # never silently replace (or keep) outputs of another input, model or setting
+                failures.append((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
+                                                   f"differently: {conflict}. Pass --overwrite to replace them, or "
+                                                   "predict into another --out"))
+                continue
+            if outputs_complete(paths):
+                counts["skipped"] += 1
+                continue
         try:
             rgb = item.load()
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, rgb
+        yield seq, item, paths, record, rgb
     failures.extend((seq + 1, *f) for f in video_failures)
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:
-    seq, item, pred, paths = job
+    seq, item, pred, paths, (record, content) = job
     try:
+        record.unlink(missing_ok=True)  # outputs being replaced are no longer what the old record says
         write_outputs(pred, paths, point_stride=point_stride)
+        write_record(record, {**content, "outputs": sorted(paths)})  # last: outputs without one are made again
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
         failures.append((seq, item.source, str(e)))

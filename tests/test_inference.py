@@ -454,6 +454,14 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
     assert "predicted 1 panorama(s)" in capsys.readouterr().out and (out / ".pano.dap.json").is_file()
 
 
+def test_input_that_vanished_after_listing_fails_alone(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
+    (tmp_path / "in" / "b.png").symlink_to(tmp_path / "in" / "gone.png")  # listed, but nothing to read
+    assert _predict_cli([tmp_path / "in"], tmp_path / "out", checkpoint, "--outputs", "npy") == 1
+    assert f"cannot read {tmp_path / 'in' / 'b.png'}" in capsys.readouterr().err
+    assert _files(tmp_path / "out") == ["a.npy"]
+
+
 def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
     out = tmp_path / "o"

@@ -178,8 +178,12 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
-        record = (record_path(args.out, item.name), {"input": input_identity(item.video or item.source),
-                                                     "settings": settings})
+        try:
+            record = (record_path(args.out, item.name), {"input": input_identity(item.video or item.source),
+                                                         "settings": settings})
+        except OSError as e:  # gone or unreadable since the inputs were listed
+            failures.append((seq, item.source, f"cannot read {item.source}: {e.strerror or e}"))
+            continue
         recorded = None if args.overwrite else read_record(record[0])
         if recorded is not None:
             conflict = record_conflict(recorded, record[1])

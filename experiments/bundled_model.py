@@ -10,8 +10,8 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
           both styles), and cal_indoor / cal_mixed for the range threshold only
   v1      the first bundled model (128x256, renderer-v1 data) from git history: training starts from it
   train   `dap train --config configs/bundled.yaml` (256x512) in <work>
-  calibrate  the range threshold (model config `range_threshold`) with the lowest mean AbsRel on cal_indoor and
-          cal_mixed -> <work>/calibrated: a wrongly masked pixel loses its whole depth
+  calibrate  the range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the
+          lowest mean AbsRel on cal_indoor and cal_mixed -> <work>/calibrated
   eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols), and on the real
           indoor panoramas of ../shared/real-panos (no ground truth: the camera height and room height each model's
           depth implies, against real rooms' 2.4-3 m) -> results.md
@@ -45,6 +45,7 @@ SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "
         ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96))
 CAL_SETS = ("cal_indoor", "cal_mixed")  # held out from training and from the evaluation: the threshold's data
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SCALES = tuple(round(0.7 + 0.01 * i, 2) for i in range(61))  # depth scale factors tried: 0.70 ... 1.30
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
 MODELS = {"v1": "v1", "new": "calibrated"}
 STEPS = ("render", "v1", "train", "calibrate", "eval", "install")
@@ -89,7 +90,30 @@ def step_train(args: argparse.Namespace) -> dict:
     return {"seconds": round(time.monotonic() - t0, 1)}
 
 
+def calibration_table(samples, thresholds: tuple[float, ...], scales: tuple[float, ...], cap: float):
+    """Mean over `samples` ((depth, out-of-range probability, ground truth) maps at one size, depth unmasked) of
+    `dap eval`'s per-image metric AbsRel for every (threshold, scale): depth times the scale, clipped to
+    [1e-3, cap], pixels with probability >= the threshold at the cap; pixels with ground truth in (1e-3, cap]."""
+    import numpy as np
+
+    from dap.evaluation import valid_mask
+
+    table = np.zeros((len(thresholds), len(scales)))
+    factor = np.asarray(scales, np.float64)[:, None]
+    for depth, prob, gt in samples:
+        counted = valid_mask(gt, None, min_depth=1e-3, max_depth=cap)
+        g, d, p = gt[counted].astype(np.float64), depth[counted].astype(np.float64), prob[counted]
+        scaled = np.clip(factor * d[None], 1e-3, cap)  # (scales, pixels)
+        for i, t in enumerate(thresholds):
+            masked = p >= t
+            table[i] += np.where(masked[None], abs(cap - g) / g, np.abs(scaled - g) / g).mean(axis=1)
+    return table / len(samples)
+
+
 def step_calibrate(args: argparse.Namespace) -> dict:
+    """The range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the lowest
+    mean metric AbsRel on the calibration sets, chosen together: the scale corrects a depth that is too far or too
+    near by a constant factor (training can end with one), the threshold trades sky found against depth lost."""
     import dataclasses
     import math
 
@@ -97,30 +121,29 @@ def step_calibrate(args: argparse.Namespace) -> dict:
 
     import dap
     from dap.data.shards import ShardDataset
-    from dap.evaluation import compute_metrics
-    from dap.inference import apply_range_mask
     from dap.models import save_model
 
     trained = args.work / "runs" / "train" / "final"
     model = dap.load_model(trained)
-    cap = model.cfg.max_depth
-    errors = {t: [] for t in THRESHOLDS}
+    samples = []
     for name in CAL_SETS:
         data = ShardDataset(args.work / "data" / name)
         for i in range(len(data)):
             sample = data[i]
             pred = dap.predict(sample["rgb"], model, threshold=math.inf, precision="fp32")  # no mask applied
-            gt = np.asarray(sample["depth"], np.float32).squeeze()
-            for t in THRESHOLDS:  # scored as `dap eval` scores: masked pixels at the cap, predictions clipped to it
-                depth = apply_range_mask(pred.depth, pred.out_of_range_prob >= t, cap)
-                errors[t].append(compute_metrics(depth, gt, max_depth=cap)["abs_rel"])
-    mean = {t: float(np.mean(e)) for t, e in errors.items()}
-    best = min(THRESHOLDS, key=lambda t: mean[t])
-    model.cfg = dataclasses.replace(model.cfg, range_threshold=best)
+            samples.append((pred.depth, pred.out_of_range_prob, np.asarray(sample["depth"], np.float32).squeeze()))
+    table = calibration_table(samples, THRESHOLDS, SCALES, model.cfg.max_depth)
+    i, j = np.unravel_index(np.argmin(table), table.shape)
+    threshold, scale = THRESHOLDS[i], SCALES[j]
+    model.cfg = dataclasses.replace(model.cfg, range_threshold=threshold,
+                                    depth_scale=model.cfg.depth_scale * scale)
     training = json.loads((trained / "config.json").read_text())["training"]  # keep the training record
     save_model(model, args.work / "calibrated", training)
-    log(f"range threshold {best} (mean AbsRel per threshold: {', '.join(f'{t}: {v:.4f}' for t, v in mean.items())})")
-    return {"range_threshold": best, "abs_rel": mean}
+    untouched = table[:, SCALES.index(1.0)]
+    log(f"range threshold {threshold}, depth scale {scale}: mean AbsRel {table[i, j]:.4f} (at scale 1: "
+        f"{', '.join(f'{t}: {v:.4f}' for t, v in zip(THRESHOLDS, untouched, strict=True))})")
+    return {"range_threshold": threshold, "depth_scale": scale, "abs_rel": float(table[i, j]),
+            "abs_rel_at_scale_1": dict(zip(map(str, THRESHOLDS), untouched.tolist(), strict=True))}
 
 
 def real_room_heights(model_path: Path) -> dict:

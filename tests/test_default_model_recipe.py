@@ -78,3 +78,30 @@ def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkey
     assert cwd == tmp_path
     assert command[command.index("train") + 1:] == [
         "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"]
+
+
+def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():
+    """The calibrate step's grid (range threshold x depth scale) gives, in each cell, the mean of `dap eval`'s
+    per-image metric AbsRel of the masked, scaled prediction."""
+    import numpy as np
+
+    from dap.evaluation import compute_metrics
+    from dap.inference import apply_range_mask
+
+    e = _experiment("bundled_model")
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(3):
+        gt = rng.uniform(0.5, 30, (16, 32)).astype(np.float32)
+        gt[0, :5] = 0  # no ground truth
+        gt[1, :3] = 150  # beyond the cap
+        pred = gt * rng.uniform(0.6, 1.6, gt.shape).astype(np.float32)
+        samples.append((pred, rng.random((16, 32)).astype(np.float32), gt))
+    thresholds, scales = (0.5, 0.9, 1.5), (0.8, 1.0, 1.25)
+    table = e.calibration_table(samples, thresholds, scales, 100.0)
+    for i, t in enumerate(thresholds):
+        for j, s in enumerate(scales):
+            want = np.mean([compute_metrics(apply_range_mask(d * s, p >= t, 100.0), g, max_depth=100.0)["abs_rel"]
+                            for d, p, g in samples])
+            assert abs(table[i, j] - want) < 1e-6, (t, s)
+    assert 1.0 in e.SCALES and min(e.SCALES) < 0.8 and max(e.SCALES) > 1.2

@@ -1,5 +1,6 @@
 import dataclasses
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -284,6 +285,25 @@ def test_range_threshold_travels_with_the_model(tmp_path):
     assert create_model("dap_tiny").cfg.range_threshold == 0.5  # what every model without calibration uses
     with pytest.raises(ValueError, match="range_threshold is a probability in"):
         create_model("dap_tiny", range_threshold=0.0)
+
+
+def test_depth_scale_travels_with_the_model_and_scales_every_output_path(tmp_path):
+    """A calibrated depth_scale multiplies the depth the network gives (so predict, `dap eval`, training validation
+    and ONNX export all see it), is saved and loaded with the model, and leaves the range head alone."""
+    from dap.models import create_model, load_model
+
+    model = create_model("dap_tiny", default_resolution=(32, 64)).eval()
+    before = predict(_pano(), model, seam_pad=0, threshold=math.inf)
+    model.cfg = dataclasses.replace(model.cfg, depth_scale=0.8)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.depth_scale == 0.8 and create_model("dap_tiny").cfg.depth_scale == 1.0
+    after = predict(_pano(), loaded, seam_pad=0, threshold=math.inf)
+    np.testing.assert_allclose(after.depth, 0.8 * before.depth, rtol=1e-5)
+    np.testing.assert_array_equal(after.out_of_range_prob, before.out_of_range_prob)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="depth_scale is a positive factor"):
+            create_model("dap_tiny", depth_scale=bad)
 
 
 class BoxRoomNet(torch.nn.Module):

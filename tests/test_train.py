@@ -425,3 +425,4 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
 
     assert load_model(tmp_path / "tuned").cfg.default_resolution == (64, 128)
     assert T.build_model(cfg_with(init, "model.overrides={range_threshold: 0.8}")).cfg.range_threshold == 0.8
+    assert T.build_model(cfg_with(init, "model.overrides={depth_scale: 0.9}")).cfg.depth_scale == 0.9

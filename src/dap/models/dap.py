@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,10 +32,15 @@ class DapConfig:
     # Probability at or above which inference marks a pixel out of range. 0.5 is the official convention; a model
     # may ship a threshold calibrated on held-out data (a wrongly masked pixel loses its whole depth).
     range_threshold: float = 0.5
+    # Factor on the depth head's metric output, fitted on held-out data after training (1: as trained). A model
+    # whose depth is systematically too far or too near by a constant factor ships the correction here.
+    depth_scale: float = 1.0
 
     def __post_init__(self):
         if not 0 < self.range_threshold <= 1:
             raise ValueError(f"range_threshold is a probability in (0, 1], got {self.range_threshold}")
+        if not (0 < self.depth_scale and math.isfinite(self.depth_scale)):
+            raise ValueError(f"depth_scale is a positive factor, got {self.depth_scale}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,7 +73,7 @@ class DAP(nn.Module):
     """Metric panorama depth network.
 
     forward(x) with x (B, 3, H, W), ImageNet-normalised RGB, H and W multiples of 16, returns
-      depth:             (B, 1, H, W) distance along the ray in metres, in (0, max_depth)
+      depth:             (B, 1, H, W) distance along the ray in metres, in (0, max_depth * depth_scale)
       out_of_range_prob: (B, 1, H, W) probability that the pixel is beyond max_depth or sky, i.e. that its
                          depth value should not be trusted as a number. Inference marks pixels with
                          probability >= cfg.range_threshold as out of range (0.5, the official convention,
@@ -96,7 +102,7 @@ class DAP(nn.Module):
         tokens = self.backbone.forward_layers(x, tuple(self.cfg.layers))
         feats = self.adapter(tokens, grid_h, grid_w)
         return {
-            "depth": self.depth_head(feats) * self.cfg.max_depth,
+            "depth": self.depth_head(feats) * (self.cfg.max_depth * self.cfg.depth_scale),
             "out_of_range_prob": self.range_head(feats),
         }
 

@@ -68,7 +68,7 @@ def ema_update(decay: float):
 
 
 # ======================================================================================== model
-INFERENCE_SETTINGS = ("default_resolution", "range_threshold")  # DapConfig fields that are not architecture
+INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale")  # DapConfig fields, not architecture
 
 
 def build_model(cfg: TrainConfig, *, quiet: bool = False):

@@ -426,3 +426,34 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
     assert load_model(tmp_path / "tuned").cfg.default_resolution == (64, 128)
     assert T.build_model(cfg_with(init, "model.overrides={range_threshold: 0.8}")).cfg.range_threshold == 0.8
     assert T.build_model(cfg_with(init, "model.overrides={depth_scale: 0.9}")).cfg.depth_scale == 0.9
+
+
+def test_training_keeps_freed_memory_in_the_heap():
+    """`train` makes glibc serve large allocations from the heap and keep what is freed (each step's activations then
+    reuse memory instead of faulting in fresh zeroed pages); it leaves a user's own MALLOC_* settings alone. Run in a
+    subprocess: the setting is process-wide."""
+    import subprocess
+    import sys
+
+    from dap.train.loop import keep_freed_memory
+
+    assert keep_freed_memory({"MALLOC_ARENA_MAX": "2"}) is False
+    code = """
+import ctypes, numpy as np
+from dap.train.loop import keep_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+def mapped_while_holding_50_mb():
+    block = np.ones(50_000_000 // 8)
+    return libc.mallinfo2().hblkhd
+print(mapped_while_holding_50_mb(), keep_freed_memory({}), mapped_while_holding_50_mb())
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "mallinfo2" in result.stderr:
+        pytest.skip("no glibc >= 2.33 here")
+    before, applied, after = result.stdout.split()
+    assert applied == "True", result.stderr
+    assert int(after) < 50_000_000 <= int(before)  # the 50 MB block: mapped before, from the heap after

@@ -221,6 +221,26 @@ class _State:
         return self.ema.module if self.ema is not None else self.model
 
 
+def keep_freed_memory(environ=os.environ) -> bool:
+    """On Linux with glibc, serve every allocation from the heap (never mmap) and do not trim the heap, so each
+    step's large activations reuse the memory the previous step freed instead of mapping fresh pages that the
+    kernel must fault in and zero (half the CPU time was system time): dap_tiny training steps at 256x512,
+    batch 8, 8.7 -> 6.5 s on two cores. Left alone when the user sets glibc's MALLOC_* variables themselves, or
+    where there is no glibc. Returns whether it applied."""
+    import ctypes
+    import ctypes.util
+
+    if sys.platform != "linux" or any(k.startswith("MALLOC_") for k in environ):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl and other C libraries have no mallopt
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
 def train(
     cfg: TrainConfig,
     out: str | os.PathLike,
@@ -237,6 +257,7 @@ def train(
     run across sittings; continue with resume=True).
     """
     out = Path(out)
+    keep_freed_memory()
     d = setup_distributed(cfg.run.device)
     try:
         return _train(cfg, out, d, resume, stop_at, time_limit_min)

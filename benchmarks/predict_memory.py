@@ -1,6 +1,7 @@
-"""Peak memory and time of whole `dap predict` processes, with glibc's default malloc and with a fixed 1 MiB mmap
+"""Peak memory and time of whole `dap predict` processes, with glibc's default malloc, with a fixed 1 MiB mmap
 threshold (`MALLOC_MMAP_THRESHOLD_=1048576`: freed blocks of 1 MiB or more go back to the system at once, where by
-default glibc raises the threshold as large blocks are freed and keeps them in the heap for reuse).
+default glibc raises the threshold as large blocks are freed and keeps them in the heap for reuse), and with every
+block from the heap and nothing trimmed (`MALLOC_MMAP_MAX_=0`, `MALLOC_TRIM_THRESHOLD_`: what `dap train` sets).
 
     .venv/bin/python benchmarks/predict_memory.py --model /tmp/vitl --sizes 512,1024 --repeats 2
 
@@ -22,12 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}
+SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
+            "heap only, no trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}}
 
 
 def run_once(model: str, image: Path, out: Path, setting: dict) -> tuple[float, float]:
     """(peak RSS in bytes, seconds per panorama) of one `dap predict` child."""
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"} | setting
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | setting
     cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", "npy",
            "--precision", "fp32", "--out", str(out), "--overwrite"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

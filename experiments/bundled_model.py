@@ -12,7 +12,8 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
   train   `dap train --config configs/bundled.yaml` (256x512) in <work>
   calibrate  the range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the
           lowest mean AbsRel on cal_indoor and cal_mixed -> <work>/calibrated
-  eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols), and on the real
+  eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols; on val_indoor also
+          the depth error by latitude band, ceiling to floor), and on the real
           indoor panoramas of ../shared/real-panos (no ground truth: the camera height and room height each model's
           depth implies, against real rooms' 2.4-3 m) -> results.md
   install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth
@@ -170,6 +171,45 @@ def real_room_heights(model_path: Path) -> dict:
             "median_depth": float(depth)}
 
 
+def scale_by_latitude(pairs, bands: int = 4) -> list[float]:
+    """How far a model's depth is off in each horizontal band of the panorama (top = ceiling/sky to bottom = floor):
+    per band, the median over images of the median predicted / true depth over pixels with ground truth in (0, 100)
+    m. pairs: (predicted, true) depth maps of one size. A uniform scale error gives equal bands; a model that puts
+    the ceiling too far and the floor right gives falling ones."""
+    import numpy as np
+
+    per_image = []
+    for pred, gt in pairs:
+        edges = np.linspace(0, gt.shape[0], bands + 1).round().astype(int)
+        row = []
+        for top, bottom in zip(edges[:-1], edges[1:], strict=True):
+            g, q = gt[top:bottom], pred[top:bottom]
+            counted = (g > 0) & (g < 100)
+            row.append(float(np.median(q[counted] / g[counted])) if counted.any() else np.nan)
+        per_image.append(row)
+    return np.nanmedian(np.array(per_image), axis=0).tolist()
+
+
+def val_indoor_bands(args: argparse.Namespace, model_path: Path, every: int = 6) -> list[float]:
+    """`scale_by_latitude` on every `every`-th panorama of val_indoor, each model at its working resolution, no
+    range mask."""
+    import math
+
+    import numpy as np
+
+    import dap
+    from dap.data.shards import ShardDataset
+
+    model = dap.load_model(model_path)
+    data = ShardDataset(args.work / "data" / "val_indoor")
+    pairs = []
+    for i in range(0, len(data), every):
+        sample = data[i]
+        pred = dap.predict(sample["rgb"], model, threshold=math.inf, precision="fp32")
+        pairs.append((pred.depth, np.asarray(sample["depth"], np.float32).squeeze()))
+    return scale_by_latitude(pairs)
+
+
 def step_eval(args: argparse.Namespace) -> dict:
     results: dict = {}
     for model, path in MODELS.items():
@@ -184,7 +224,9 @@ def step_eval(args: argparse.Namespace) -> dict:
         real = {model: real_room_heights(args.work / path) for model, path in MODELS.items()}
     else:
         log(f"no real panoramas at {REAL_POOL}: the real-photo check is left out")
-    (args.work / "results.json").write_text(json.dumps({"synthetic": results, "real_indoor": real}, indent=1))
+    bands = {model: val_indoor_bands(args, args.work / path) for model, path in MODELS.items()}
+    (args.work / "results.json").write_text(json.dumps({"synthetic": results, "real_indoor": real,
+                                                        "val_indoor_scale_by_band": bands}, indent=1))
     lines = ["| model | set | AbsRel | δ1 | RMSE (m) | AbsRel after median scaling |", "|---|---|---|---|---|---|"]
     for model in MODELS:
         for name in EVAL_SETS:
@@ -192,6 +234,9 @@ def step_eval(args: argparse.Namespace) -> dict:
             metric, median = (m["protocols"][p]["per_image_mean"] for p in ("metric", "median"))
             lines.append(f"| {model} | {name} | {metric['abs_rel']:.4f} | {metric['delta1']:.4f} | "
                          f"{metric['rmse']:.3f} | {median['abs_rel']:.4f} |")
+    lines += ["", "Predicted / true depth on val_indoor by latitude band, top (ceiling) to bottom (floor), medians:",
+              "", "| model | " + " | ".join(f"band {k + 1}" for k in range(4)) + " |", "|---|---|---|---|---|"]
+    lines += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in b) + " |" for m, b in bands.items()]
     if real:
         lines += ["", f"Real indoor panoramas ({real['v1']['panoramas']}, no ground truth), medians:", "",
                   "| model | camera height (m) | floor to ceiling (m) | depth (m) |", "|---|---|---|---|"]

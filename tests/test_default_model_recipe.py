@@ -105,3 +105,23 @@ def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():
                             for d, p, g in samples])
             assert abs(table[i, j] - want) < 1e-6, (t, s)
     assert 1.0 in e.SCALES and min(e.SCALES) < 0.8 and max(e.SCALES) > 1.2
+
+
+def test_scale_by_latitude_finds_a_ceiling_that_is_too_far():
+    """The eval step's diagnostic: a prediction 1.4x too far in the top quarter and right below gives bands
+    (1.4, 1, 1, 1); pixels without ground truth (0, or 100 m and beyond) do not count."""
+    import numpy as np
+
+    e = _experiment("bundled_model")
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(3):
+        gt = rng.uniform(1, 10, (32, 64)).astype(np.float32)
+        pred = gt.copy()
+        pred[:8] *= 1.4
+        gt[8:10] = 0  # no ground truth: the prediction there is ignored
+        pred[8:10] = 500.0
+        gt[30:] = 150.0  # beyond the cap
+        pairs.append((pred, gt))
+    np.testing.assert_allclose(e.scale_by_latitude(pairs), [1.4, 1.0, 1.0, 1.0], rtol=1e-5)
+    np.testing.assert_allclose(e.scale_by_latitude([(2 * gt, gt) for _, gt in pairs], bands=2), [2.0, 2.0])

@@ -23,6 +23,7 @@ from dap.evaluation import (
     pole_error,
     seam_error,
 )
+from dap.inference import model_fingerprint
 from dap.io import read_depth, read_rgb, write_depth, write_rgb
 from dap.models import create_model, save_model
 
@@ -336,7 +337,7 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
     key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())
-    assert key == {"checkpoint": str(tmp_path / "ckpt"), "model_sha256": ev.model_fingerprint(tiny_model),
+    assert key == {"checkpoint": str(tmp_path / "ckpt"), "model_sha256": model_fingerprint(tiny_model),
                    "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0}
     assert summary["config"]["cache_key"] == key
 

@@ -567,18 +567,6 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def model_fingerprint(model: DAP) -> str:
-    """SHA-256 of the model's config and of every weight tensor (name, dtype, shape, bytes): what the model
-    computes, whichever file or copy it was loaded from, so an overwritten checkpoint never matches old
-    predictions. Hashing is ~1 s per GB of weights, small next to running the model on a benchmark."""
-    h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
-    for k, v in sorted(model.state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
 def model_predictor(
     model: DAP, *, device: str = "cpu", resolution: tuple[int, int] | None = None, seam_pad: float = DEFAULT_SEAM_PAD
 ) -> Predictor:

@@ -595,18 +595,20 @@ def input_identity(path: str | os.PathLike) -> dict:
 
 
 def model_fingerprint(model) -> str:
-    """A short hash that tells models apart: the config plus a strided sample of every weight tensor (1,024
-    values each, so a ViT-L takes milliseconds, not a pass over 1.2 GB); an ONNX model by its file."""
+    """SHA-256 of what a model computes: its config and every weight tensor (name, dtype, shape, bytes), whichever
+    file or copy it was loaded from, so an overwritten checkpoint never matches old outputs (~1 s per GB of
+    weights); for an ONNX model (`dap.export.OnnxModel`), of its config and the graph file's bytes."""
     h = hashlib.sha256(json.dumps(model.cfg.to_dict(), sort_keys=True).encode())
     if isinstance(model, torch.nn.Module):
-        for name, tensor in model.state_dict().items():
-            flat = tensor.detach().reshape(-1)
-            sample = flat[:: max(1, flat.numel() // 1024)].float().cpu().numpy()
-            h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-            h.update(sample.tobytes())
-    else:  # dap.export.OnnxModel
-        h.update(json.dumps(input_identity(model.path)).encode())
-    return h.hexdigest()[:16]
+        for name, tensor in sorted(model.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+    else:
+        with open(model.path, "rb") as f:
+            for chunk in iter(functools.partial(f.read, 1 << 24), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def read_record(path: Path) -> dict | None:

@@ -19,8 +19,8 @@ from dap.cli import (
 )
 from dap.data.datasets import DATASETS, get_dataset
 from dap.errors import DapError
-from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_fingerprint, model_predictor
-from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype
+from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint
 from dap.models import load_model
 
 

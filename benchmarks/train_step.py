@@ -54,7 +54,7 @@ parts = [step() for _ in range(settings["steps"])]
 after = resource.getrusage(resource.RUSAGE_SELF)
 mean = [sum(p[i] for p in parts) / len(parts) for i in range(4)]
 print(json.dumps({"parts": mean, "step": sum(mean), "sys_per_step": (after.ru_stime - usage.ru_stime) / len(parts),
-                  "peak_rss_gb": after.ru_maxrss / 2**20}))
+                  "peak_rss_gib": after.ru_maxrss / 2**20}))
 """
 
 
@@ -85,14 +85,14 @@ def main() -> None:
             rows[name].append(run({**base, "keep_freed_memory": name == "keep_freed_memory"}))
     print(f"# {args.variant} {h}x{w}, batch {args.batch}, {args.threads} threads, {args.steps} steps x "
           f"{args.rounds} processes per row")
-    print("| allocator | s/step | forward | loss | backward | optimiser | system CPU s/step | peak RSS GB | speed |")
+    print("| allocator | s/step | forward | loss | backward | optimiser | system CPU s/step | peak RSS GiB | speed |")
     print("|---|---|---|---|---|---|---|---|---|")
     reference = None
     for name, runs in rows.items():
         best = min(runs, key=lambda r: r["step"])
         reference = reference or best["step"]
         parts = " | ".join(f"{p:.2f}" for p in best["parts"])
-        print(f"| {name} | {best['step']:.2f} | {parts} | {best['sys_per_step']:.2f} | {best['peak_rss_gb']:.2f} | "
+        print(f"| {name} | {best['step']:.2f} | {parts} | {best['sys_per_step']:.2f} | {best['peak_rss_gib']:.2f} | "
               f"{reference / best['step']:.2f}x |")
 
 

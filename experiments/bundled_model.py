@@ -104,10 +104,10 @@ def calibration_table(samples, thresholds: tuple[float, ...], scales: tuple[floa
     for depth, prob, gt in samples:
         counted = valid_mask(gt, None, min_depth=1e-3, max_depth=cap)
         g, d, p = gt[counted].astype(np.float64), depth[counted].astype(np.float64), prob[counted]
-        scaled = np.clip(factor * d[None], 1e-3, cap)  # (scales, pixels)
+        scaled_error = np.abs(np.clip(factor * d[None], 1e-3, cap) - g) / g  # (scales, pixels)
+        capped_error = np.abs(cap - g) / g  # where the pixel is masked, whatever the scale
         for i, t in enumerate(thresholds):
-            masked = p >= t
-            table[i] += np.where(masked[None], abs(cap - g) / g, np.abs(scaled - g) / g).mean(axis=1)
+            table[i] += np.where((p >= t)[None], capped_error, scaled_error).mean(axis=1)
     return table / len(samples)
 
 

@@ -178,15 +178,15 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
+        record = record_path(args.out, item.name)
         try:
-            record = (record_path(args.out, item.name), {"input": input_identity(item.video or item.source),
-                                                         "settings": settings})
+            expected = {"input": input_identity(item.video or item.source), "settings": settings}
         except OSError as e:  # gone or unreadable since the inputs were listed
             failures.append((seq, item.source, f"cannot read {item.source}: {e.strerror or e}"))
             continue
-        recorded = None if args.overwrite else read_record(record[0])
+        recorded = None if args.overwrite else read_record(record)
         if recorded is not None:
-            conflict = record_conflict(recorded, record[1])
+            conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
                 failures.append((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
                                                    f"differently: {conflict}. Pass --overwrite to replace them, or "
@@ -200,7 +200,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, record, rgb
+        yield seq, item, paths, (record, expected), rgb
     failures.extend((seq + 1, *f) for f in video_failures)
 
 

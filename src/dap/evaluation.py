@@ -24,6 +24,7 @@ from dap.errors import DapError, NoValidDepthError, UnreadableFileError
 from dap.inference import (
     DEFAULT_SEAM_PAD,
     apply_range_mask,
+    changed_keys,
     predict,
     resize_depth,
     resize_image,
@@ -419,8 +420,7 @@ def _check_cache(cache_dir: Path, cache_key: dict) -> None:
             old = json.loads(meta.read_text())
         except ValueError as e:
             raise DapError(f"{meta} is corrupt ({e}); delete {cache_dir} to recompute the predictions") from e
-        changed = [f"{k}: {old.get(k)} -> {cache_key.get(k)}" for k in sorted(old.keys() | cache_key.keys())
-                   if old.get(k) != cache_key.get(k)]
+        changed = [f"{k}: {old.get(k)} -> {cache_key.get(k)}" for k in changed_keys(old, cache_key)]
         if changed and any(cache_dir.glob("*.npy")):
             raise DapError(
                 f"{cache_dir} holds predictions made with other settings ({'; '.join(changed)}). Use a new --out "

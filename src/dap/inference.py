@@ -628,16 +628,21 @@ def write_record(path: Path, record: dict) -> None:
         tmp.write_text(json.dumps({"format": "dap-predict-record", "version": 1, **record}, indent=1))
 
 
+def changed_keys(old: dict, new: dict) -> list[str]:
+    """Keys whose values differ between two flat mappings (a missing key counts as None), sorted: what a stored
+    record or cache key and the current run disagree on."""
+    return [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+
+
 def record_conflict(recorded: dict, expected: dict) -> str | None:
     """How an existing record differs from what this run would write, in words; None if it does not."""
     before, now = recorded.get("input", {}), expected["input"]
     if before.get("file") != now["file"]:
         return f"they were made from {before.get('file')}"
     changes = ["the input file changed since (size or modification time)"] if before != now else []
-    for key in sorted(set(recorded.get("settings", {})) | set(expected["settings"])):
-        old, new = recorded.get("settings", {}).get(key), expected["settings"].get(key)
-        if old != new:
-            changes.append("by another model" if key == "model" else f"{key} was {old!r}, now {new!r}")
+    old, new = recorded.get("settings", {}), expected["settings"]
+    changes += ["by another model" if key == "model" else f"{key} was {old.get(key)!r}, now {new.get(key)!r}"
+                for key in changed_keys(old, new)]
     return "; ".join(changes) or None
 
 

@@ -504,9 +504,33 @@ def test_out_folder_equal_to_input_folder_skips_our_outputs(checkpoint, tmp_path
     (src / ".pano.mask.png.1234.tmp.png").write_bytes(b"")  # a killed writer's temporary
     capsys.readouterr()
     assert _predict_cli([src], src, checkpoint, *outputs) == 0
-    assert "predicted 0 panorama(s); skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "predicted 0 panorama(s); skipped 1 with existing outputs; 0 failed" in printed.out
+    assert "ignoring" not in printed.err  # our outputs, records and temporaries are not "other files"
     assert _predict_cli([str(src / "*.png")], src, checkpoint, *outputs) == 0  # globs too
     assert "skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+
+
+def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpoint, tmp_path, capsys):
+    src = tmp_path / "panos"
+    io.write_rgb(src / "pano.png", _pano(32, 64))
+    Image.fromarray((_pano(32, 64) * 255).astype(np.uint8)).save(src / "anim.gif")
+    (src / "notes.txt").write_text("shot on a monopod")
+    (src / "sub").mkdir()
+    assert _predict_cli([src], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
+    printed = capsys.readouterr()
+    assert "predicted 1 panorama(s)" in printed.out
+    assert "ignoring 2 file(s) in the input folder(s) that are not images" in printed.err
+    assert "anim.gif, notes.txt" in printed.err
+    assert _files(tmp_path / "o") == ["pano.npy"]
+
+
+def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
+    # the model path does not exist either: the input is checked first (a ViT-L load would take a while)
+    assert main(["predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"),
+                 "--model", str(tmp_path / "no_model")]) == 2
+    assert f"no such file or folder: {tmp_path / 'nope.jpg'}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_video_frame_name_taken_by_an_image_fails_instead_of_overwriting(checkpoint, tmp_path, capsys):

@@ -496,7 +496,8 @@ PNG16_SCALE = 1 / 512  # metres per unit of the 16-bit depth PNG (as Stanford2D3
 NAMING_RULE = ("Output names: each input's path relative to the folder all inputs share, without its extension "
                "(one folder or files from one folder: the file stems; a/pano.jpg b/pano.jpg: a/pano, b/pano). "
                "Inputs that would still share a name keep their extension (pano.jpg, pano.png: pano.jpg.npy, "
-               "pano.png.npy). Folder listings and globs skip hidden files and our own outputs (*.mask.png, ...).")
+               "pano.png.npy). Folder listings and globs skip hidden files and our own outputs (*.mask.png, ...); "
+               "a folder's other files (not images) are named in a note and left out.")
 
 
 @dataclass
@@ -507,12 +508,15 @@ class InputItem:
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
-def _listable(path: Path) -> bool:
-    """Images a folder or glob contributes: not hidden (temporaries) and not one of our own outputs, so `--out`
-    may be the input folder."""
+def _ours_or_hidden(path: Path) -> bool:
+    """Hidden files (temporaries, our run records) and our own outputs, so `--out` may be the input folder."""
     name = path.name.lower()
-    return (path.suffix.lower() in IMAGE_SUFFIXES and not name.startswith(".")
-            and not name.endswith(tuple(OUTPUT_SUFFIXES.values())))
+    return name.startswith(".") or name.endswith(tuple(OUTPUT_SUFFIXES.values()))
+
+
+def _listable(path: Path) -> bool:
+    """Images a folder or glob contributes."""
+    return path.suffix.lower() in IMAGE_SUFFIXES and not _ours_or_hidden(path)
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -525,14 +529,16 @@ def output_names(paths: list[Path]) -> list[str]:
     return [stem if counts[stem] == 1 else r.as_posix() for stem, r in zip(stems, relative, strict=True)]
 
 
-def expand_inputs(inputs: list[str]) -> list[InputItem]:
+def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
-    each file once, named by `output_names`."""
+    each file once, named by `output_names`; and the other files of the folders given, which were left out (a
+    .gif, a .heic, notes), so the caller can say so."""
     import glob
 
     from dap import io
 
     paths: dict[str, Path] = {}  # absolute path -> path as given, in order: a file listed twice runs once
+    ignored: list[Path] = []
     for spec in inputs:
         if any(c in spec for c in "*?["):
             found = [Path(p) for p in sorted(glob.glob(spec))]
@@ -543,7 +549,9 @@ def expand_inputs(inputs: list[str]) -> list[InputItem]:
             found = [Path(spec)]
         for path in found:
             if path.is_dir():
-                images = sorted(p for p in path.iterdir() if _listable(p))
+                listing = sorted(path.iterdir())
+                images = [p for p in listing if _listable(p)]
+                ignored += [p for p in listing if not _listable(p) and not _ours_or_hidden(p) and p.is_file()]
                 if not images:
                     raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder {path}")
             else:
@@ -557,7 +565,7 @@ def expand_inputs(inputs: list[str]) -> list[InputItem]:
             items.append(InputItem(name, str(path), None, str(path)))
         else:
             items.append(InputItem(name, str(path), functools.partial(io.read_rgb, path)))
-    return items
+    return items, ignored
 
 
 def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):

@@ -14,6 +14,7 @@ from dap.cli import parse_device, parse_network_size, positive_float, positive_i
 from dap.errors import DapError
 from dap.inference import (
     DEFAULT_SEAM_PAD,
+    IMAGE_SUFFIXES,
     NAMING_RULE,
     OUTPUT_KINDS,
     PNG16_SCALE,
@@ -98,7 +99,14 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
-    items = expand_inputs(args.inputs)
+    items, ignored = expand_inputs(args.inputs)
+    missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
+    if missing:  # before the model: loading dap-vitl takes a while, a mistyped path should not
+        raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
+    if ignored:
+        shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "
+              f"({', '.join(IMAGE_SUFFIXES)}): {shown}; pass a video by its own path", file=sys.stderr)
     device = select_device(args.device)
     if args.backend == "onnxruntime":
         check_onnx_precision(args.precision)  # before loading the model
@@ -122,9 +130,6 @@ def run(args: argparse.Namespace) -> int:
                 "pad_to_erp": args.pad_to_erp, "upsample": args.upsample, "camera_height": args.camera_height,
                 "smooth_scale": args.smooth_scale, "point_stride": args.point_stride}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
-    missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
-    if missing:
-        raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
     failures: list[tuple[int, str, str]] = []  # (input's position, source, reason): reported in input order

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dap.cli import main
+from dap.io import write_rgb
 from dap.errors import DapError, UnreadableFileError
 from dap.export import OUTPUTS, OnnxModel, export_onnx
 from dap.models import create_model, load_model, save_model
@@ -86,7 +87,8 @@ def test_errors(tmp_path, monkeypatch, capsys):
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(UnreadableFileError, match="onnxruntime cannot load"):
         OnnxModel(tmp_path / "junk.onnx")
-    assert main(["predict", "x.png", "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]) == 2
+    write_rgb(tmp_path / "x.png", np.zeros((32, 64, 3), np.float32))
+    assert main(["predict", str(tmp_path / "x.png"), "--out", str(tmp_path / "o"), "--backend", "onnxruntime"]) == 2
     assert "--backend onnxruntime needs --model model.onnx" in capsys.readouterr().err
     with pytest.raises(DapError, match="seam padding is a fraction of the width"):
         export_onnx(create_model("dap_tiny"), tmp_path / "m.onnx", seam_pad=-1)

@@ -250,6 +250,7 @@ def test_non_positive_max_depth_is_refused_at_load(tmp_path, max_depth, capsys):
     import json
 
     from dap.cli import main
+    from dap.io import write_rgb
 
     save_model(create_model("dap_tiny"), tmp_path / "m")
     config = json.loads((tmp_path / "m" / "config.json").read_text())
@@ -257,6 +258,7 @@ def test_non_positive_max_depth_is_refused_at_load(tmp_path, max_depth, capsys):
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"m/config.json: max_depth is .*must be a positive number of metres"):
         load_model(tmp_path / "m")
+    write_rgb(tmp_path / "p.png", np.zeros((32, 64, 3), np.float32))
     argv = ["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "m")]
     assert main(argv) == 2
     assert "max_depth is" in capsys.readouterr().err

@@ -172,6 +172,17 @@ def test_truncated_images_raise(tmp_path, rng, name):
     assert str(tmp_path / name) in str(err.value)
 
 
+def test_too_many_pixels_says_to_downscale(tmp_path, rng, monkeypatch):
+    Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W // 3)  # over twice the limit: Pillow refuses it
+    with pytest.raises(UnreadableFileError, match=r"huge.png: .*Downscale it first") as err:
+        io.read_rgb(tmp_path / "huge.png")
+    assert "complete" not in str(err.value)  # not reported as a broken download
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W * 2 // 3)  # over the limit, under twice it: a warning
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert io.read_rgb(tmp_path / "huge.png").shape == (H, W, 3)
+
+
 def test_text_file_named_png_raises(tmp_path):
     (tmp_path / "fake.png").write_text("not an image at all")
     with pytest.raises(UnreadableFileError, match="fake.png"):

@@ -211,7 +211,13 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
                 rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     except DapError:
         raise
-    except (*_DECODE_ERRORS, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        # Not a broken file: Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (179 MP by default).
+        raise UnreadableFileError(
+            f"cannot read {path}: {e}. Downscale it first (e.g. to 8192x4096: the networks run at 1024 pixels "
+            "wide by default); to decode it anyway, raise PIL.Image.MAX_IMAGE_PIXELS in Python."
+        ) from e
+    except _DECODE_ERRORS as e:
         raise _unreadable(path, e) from e
     if require_erp:
         check_erp_shape(rgb.shape[0], rgb.shape[1], what=str(path))

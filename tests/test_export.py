@@ -72,6 +72,13 @@ def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
     assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
                  "--resolution", "32x64"]) == 0
     assert "opset 17): input image (batch, 3, 32, 64), outputs depth, out_of_range_prob" in capsys.readouterr().out
+    # exporting again over the file replaces it (it once was refused as "a file, not a folder")
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
+                 "--resolution", "64x128"]) == 0
+    assert "input image (batch, 3, 64, 128)" in capsys.readouterr().out
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
+                 "--resolution", "32x64"]) == 0
+    capsys.readouterr()
     common = [str(tmp_path / "p.png"), "--resolution", "32x64", "--outputs", "npy,mask"]
     assert main(["predict", *common, "--out", str(tmp_path / "ort"), "--backend", "onnxruntime",
                  "--model", str(tmp_path / "m.onnx")]) == 0

@@ -163,7 +163,8 @@ def check_output(path: Path, kind: str, option: str = "--out") -> None:
             raise ConfigError(f"{what}: it is a file; choose a folder for {option}")
         if kind == "file" and path.is_dir():
             raise ConfigError(f"{what}: it is a folder; give a file name, e.g. {path / 'model.onnx'}")
-        existing = path if path.exists() else path.parent
+        # the folder that will hold the output: a file is replaced by a rename in its folder
+        existing = path if kind == "dir" else path.parent
         while not existing.exists():
             existing = existing.parent
     except OSError as e:

@@ -16,7 +16,8 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
           the depth error by latitude band, ceiling to floor), and on the real
           indoor panoramas of ../shared/real-panos (no ground truth: the camera height and room height each model's
           depth implies, against real rooms' 2.4-3 m) -> results.md
-  install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth
+  install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth; refused when it
+          is worse than v1 (metric AbsRel) on any held-out set
 
 CPU only; on two cores rendering takes about 15 minutes and training about 8 s a step, 5.5 hours for its 2,400
 steps (docs/models.md has the measured times): stop it any time and rerun the command to continue.
@@ -242,13 +243,34 @@ def step_eval(args: argparse.Namespace) -> dict:
                   "| model | camera height (m) | floor to ceiling (m) | depth (m) |", "|---|---|---|---|"]
         lines += [f"| {m} | {r['camera_height']:.2f} | {r['room_height']:.2f} | {r['median_depth']:.2f} |"
                   for m, r in real.items()]
+    worse = regressions(results)
+    lines += ["", ("Installable: no held-out set is worse than with v1." if not worse else
+                   "Not installable, worse than v1 on: " + "; ".join(worse) + ".")]
     (args.work / "results.md").write_text("\n".join(lines) + "\n")
     log("results:\n" + "\n".join(lines))
     return {"results": str(args.work / "results.md")}
 
 
+def regressions(results: dict) -> list[str]:
+    """The held-out sets on which the new model's metric AbsRel (per-image mean) is worse than v1's, as
+    "set: new vs v1" lines; issue #13's rule is that none may be. results: results.json's "synthetic" part."""
+    worse = []
+    for name in EVAL_SETS:
+        v1, new = (results[m][name]["protocols"]["metric"]["per_image_mean"]["abs_rel"] for m in ("v1", "new"))
+        if new > v1:
+            worse.append(f"{name}: {new:.4f} vs v1 {v1:.4f}")
+    return worse
+
+
 def step_install(args: argparse.Namespace) -> dict:
-    """Copy beside the bundled model, then swap by renames: an interruption never leaves the package without one."""
+    """Copy beside the bundled model, then swap by renames: an interruption never leaves the package without one.
+    Refused when the new model is worse than v1 on any held-out set (see `regressions`)."""
+    results_file = args.work / "results.json"
+    if not results_file.exists():
+        raise SystemExit("install: no results.json yet; run the eval step first")
+    worse = regressions(json.loads(results_file.read_text())["synthetic"])
+    if worse:
+        raise SystemExit("install refused: the new model is worse than v1 (metric AbsRel) on " + "; ".join(worse))
     src = args.work / MODELS["new"]
     new, old = (BUNDLED.with_name(BUNDLED.name + suffix) for suffix in (".new", ".old"))
     for stale in (new, old):

@@ -125,3 +125,37 @@ def test_scale_by_latitude_finds_a_ceiling_that_is_too_far():
         pairs.append((pred, gt))
     np.testing.assert_allclose(e.scale_by_latitude(pairs), [1.4, 1.0, 1.0, 1.0], rtol=1e-5)
     np.testing.assert_allclose(e.scale_by_latitude([(2 * gt, gt) for _, gt in pairs], bands=2), [2.0, 2.0])
+
+
+def test_install_is_refused_when_any_held_out_set_got_worse(tmp_path, monkeypatch):
+    """Issue #13's rule: the new bundled model may not be worse than v1 on any held-out synthetic set; the install
+    step checks results.json and leaves the bundled model alone when it is."""
+    import argparse
+    import json
+
+    import pytest
+
+    e = _experiment("bundled_model")
+
+    def metrics(abs_rel):
+        return {"protocols": {"metric": {"per_image_mean": {"abs_rel": abs_rel}}}}
+
+    results = {"v1": {name: metrics(0.30) for name in e.EVAL_SETS},
+               "new": {name: metrics(0.20) for name in e.EVAL_SETS}}
+    assert e.regressions(results) == []
+    results["new"]["val_indoor"] = metrics(0.3001)
+    assert e.regressions(results) == ["val_indoor: 0.3001 vs v1 0.3000"]
+    (tmp_path / "results.json").write_text(json.dumps({"synthetic": results}))
+    bundled = tmp_path / "bundled"
+    bundled.mkdir()
+    (bundled / "model.safetensors").write_text("old")
+    (tmp_path / "calibrated").mkdir()
+    (tmp_path / "calibrated" / "model.safetensors").write_text("new")
+    monkeypatch.setattr(e, "BUNDLED", bundled)
+    with pytest.raises(SystemExit, match=r"install refused: .*val_indoor: 0.3001 vs v1 0.3000"):
+        e.step_install(argparse.Namespace(work=tmp_path))
+    assert (bundled / "model.safetensors").read_text() == "old"
+    results["new"]["val_indoor"] = metrics(0.25)
+    (tmp_path / "results.json").write_text(json.dumps({"synthetic": results}))
+    e.step_install(argparse.Namespace(work=tmp_path))
+    assert (bundled / "model.safetensors").read_text() == "new"

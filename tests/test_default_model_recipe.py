@@ -159,3 +159,20 @@ def test_install_is_refused_when_any_held_out_set_got_worse(tmp_path, monkeypatc
     (tmp_path / "results.json").write_text(json.dumps({"synthetic": results}))
     e.step_install(argparse.Namespace(work=tmp_path))
     assert (bundled / "model.safetensors").read_text() == "new"
+
+
+def test_near_ties_go_to_the_higher_range_threshold():
+    """Masking is the riskier error on photographs: a threshold within THRESHOLD_TIE of the best wins if higher,
+    with its own best scale; a clearly better lower threshold still wins."""
+    import numpy as np
+
+    e = _experiment("bundled_model")
+    table = np.full((3, 3), 0.5)
+    table[0, 1] = 0.200  # best cell: lowest threshold
+    table[2, 0] = 0.200 + e.THRESHOLD_TIE / 2  # a near tie at the highest threshold, another scale
+    assert e.pick_threshold_and_scale(table) == (2, 0)
+    table[2, 0] = 0.200 + e.THRESHOLD_TIE * 2
+    table[1, 2] = 0.201
+    assert e.pick_threshold_and_scale(table) == (1, 2)
+    table[1, 2] = 0.3
+    assert e.pick_threshold_and_scale(table) == (0, 1)

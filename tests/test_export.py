@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from dap.cli import main
-from dap.io import write_rgb
 from dap.errors import DapError, UnreadableFileError
 from dap.export import OUTPUTS, OnnxModel, export_onnx
+from dap.io import write_rgb
 from dap.models import create_model, load_model, save_model
 
 

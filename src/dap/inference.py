@@ -529,18 +529,26 @@ def output_names(paths: list[Path]) -> list[str]:
     return [stem if counts[stem] == 1 else r.as_posix() for stem, r in zip(stems, relative, strict=True)]
 
 
+def _is_pattern(spec: str) -> bool:
+    return any(c in spec for c in "*?[")
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
     each file once, named by `output_names`; and the other files of the folders given, which were left out (a
-    .gif, a .heic, notes), so the caller can say so."""
+    .gif, a .heic, notes), so the caller can say so. A path that does not exist, a pattern that matches nothing
+    and a folder without images raise DapError (before any model is loaded)."""
     import glob
 
     from dap import io
 
+    missing = [spec for spec in inputs if not _is_pattern(spec) and not os.path.exists(spec)]
+    if missing:
+        raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
     paths: dict[str, Path] = {}  # absolute path -> path as given, in order: a file listed twice runs once
     ignored: list[Path] = []
     for spec in inputs:
-        if any(c in spec for c in "*?["):
+        if _is_pattern(spec):
             found = [Path(p) for p in sorted(glob.glob(spec))]
             found = [p for p in found if p.is_dir() or p.suffix.lower() in io.VIDEO_SUFFIXES or _listable(p)]
             if not found:
@@ -551,7 +559,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             if path.is_dir():
                 listing = sorted(path.iterdir())
                 images = [p for p in listing if _listable(p)]
-                ignored += [p for p in listing if not _listable(p) and not _ours_or_hidden(p) and p.is_file()]
+                ignored += [p for p in listing if p.suffix.lower() not in IMAGE_SUFFIXES and not _ours_or_hidden(p)
+                            and p.is_file()]
                 if not images:
                     raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder {path}")
             else:

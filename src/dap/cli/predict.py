@@ -99,10 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
-    items, ignored = expand_inputs(args.inputs)
-    missing = [s for s in args.inputs if not any(c in s for c in "*?[") and not os.path.exists(s)]
-    if missing:  # before the model: loading dap-vitl takes a while, a mistyped path should not
-        raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
+    items, ignored = expand_inputs(args.inputs)  # before the model: a mistyped path should not wait for dap-vitl
     if ignored:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "

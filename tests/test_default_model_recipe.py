@@ -107,6 +107,41 @@ def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():
     assert 1.0 in e.SCALES and min(e.SCALES) < 0.8 and max(e.SCALES) > 1.2
 
 
+def test_latitude_fit_undoes_a_bias_by_band_and_scores_as_dap_eval_does():
+    """The calibrate step's latitude profile: a prediction 1.25x too far in the top half and 0.8x too near in the
+    bottom half gets factors 0.8 and 1.25 (exact where the noise is small), masked pixels cost the same whatever
+    the factor; and `mean_abs_rel` with a profile is `dap eval`'s AbsRel of depth times the interpolated rows."""
+    import numpy as np
+    import torch
+
+    from dap.evaluation import compute_metrics
+    from dap.inference import apply_range_mask
+    from dap.models.dap import latitude_factors
+
+    e = _experiment("bundled_model")
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(3):
+        gt = rng.uniform(0.5, 30, (16, 32)).astype(np.float32)
+        gt[0, :5] = 0  # no ground truth
+        pred = gt * rng.uniform(0.99, 1.01, gt.shape).astype(np.float32)
+        pred[:8] *= 1.25
+        pred[8:] *= 0.8
+        prob = np.zeros_like(gt)
+        prob[15, :4] = 1.0  # marked out of range
+        samples.append((pred, prob, gt))
+    factors = tuple(round(0.7 + 0.01 * i, 2) for i in range(71))
+    assert e.fit_latitude_scale(samples, 2, 0.5, factors, 100.0) == [0.8, 1.25]
+    assert e.fit_latitude_scale(samples, 4, 0.5, factors, 100.0) == [0.8, 0.8, 1.25, 1.25]
+    profile = (0.8, 1.1, 1.25)
+    rows = latitude_factors(profile, 16, torch.zeros(1, dtype=torch.float64)).reshape(16, 1).numpy()
+    want = np.mean([compute_metrics(apply_range_mask(d * rows, p >= 0.5, 100.0), g, max_depth=100.0)["abs_rel"]
+                    for d, p, g in samples])
+    assert abs(e.mean_abs_rel(samples, 0.5, profile, 100.0) - want) < 1e-6
+    unscaled = e.calibration_table(samples, (0.5,), (1.0,), 100.0)[0, 0]
+    assert abs(e.mean_abs_rel(samples, 0.5, (), 100.0) - unscaled) < 1e-6
+
+
 def test_scale_by_latitude_finds_a_ceiling_that_is_too_far():
     """The eval step's diagnostic: a prediction 1.4x too far in the top quarter and right below gives bands
     (1.4, 1, 1, 1); pixels without ground truth (0, or 100 m and beyond) do not count."""

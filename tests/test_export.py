@@ -46,6 +46,16 @@ def test_dynamic_export_runs_any_multiple_of_16(tiny_model, tmp_path):
         assert_same(onnx_model, tiny_model, torch.randn(shape))
 
 
+def test_latitude_scale_is_in_the_graph_at_every_height(tmp_path):
+    """A calibrated latitude_scale is part of the forward pass, so the exported graph applies it, interpolated to
+    whatever height a dynamic graph is given."""
+    model = create_model("dap_tiny", latitude_scale=(1.2, 0.9, 1.1)).eval()
+    export_onnx(model, tmp_path / "m.onnx", dynamic=True)
+    onnx_model = OnnxModel(tmp_path / "m.onnx")
+    for shape in [(1, 3, 32, 64), (1, 3, 64, 128)]:
+        assert_same(onnx_model, model, torch.randn(shape))
+
+
 def test_official_adapter_square_branch(tmp_path):
     """The official adapter takes a different branch when h*w - 1 patches is a perfect square (80x160): a fixed
     graph traced there is exact, a dynamic graph (traced elsewhere) refuses that size instead of being wrong."""

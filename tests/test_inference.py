@@ -306,6 +306,33 @@ def test_depth_scale_travels_with_the_model_and_scales_every_output_path(tmp_pat
             create_model("dap_tiny", depth_scale=bad)
 
 
+def test_latitude_scale_scales_rows_by_latitude_and_travels_with_the_model(tmp_path):
+    """latitude_scale multiplies each row's depth by its knots interpolated at the row's latitude (knot k at the
+    centre of the k-th of K equal bands of rows, constant beyond the end knots); saved and loaded with the model;
+    the range head is untouched; bad values are refused."""
+    from dap.models import create_model, load_model
+
+    model = create_model("dap_tiny", default_resolution=(32, 64)).eval()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.inference_mode():
+        before = model(x)
+    model.cfg = dataclasses.replace(model.cfg, latitude_scale=(2.0, 1.0, 0.5, 1.0))
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.latitude_scale == (2.0, 1.0, 0.5, 1.0)
+    with torch.inference_mode():
+        after = loaded(x)
+    row_factor = after["depth"][0, 0].mean(1) / before["depth"][0, 0].mean(1)
+    want = np.interp(np.arange(32) + 0.5, (np.arange(4) + 0.5) * 8, [2.0, 1.0, 0.5, 1.0])
+    np.testing.assert_allclose(row_factor.numpy(), want, rtol=1e-5)
+    assert want[0] == 2.0 and want[12] == 1.0 - 0.5 * 0.5 / 8  # the top rows keep the first knot; between: linear
+    torch.testing.assert_close(after["out_of_range_prob"], before["out_of_range_prob"])
+    assert create_model("dap_tiny").cfg.latitude_scale == ()
+    for bad in ((1.0,), (1.0, 0.0), (1.0, math.nan), (-1.0, 1.0)):
+        with pytest.raises(ValueError, match="latitude_scale is empty or two or more positive factors"):
+            create_model("dap_tiny", latitude_scale=bad)
+
+
 class BoxRoomNet(torch.nn.Module):
     """Whatever the image: the room of box_room_depth (camera 1.2 m above the floor) at `scale` times its size,
     everything out of range above `sky_from` degrees of latitude."""

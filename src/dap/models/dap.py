@@ -35,12 +35,20 @@ class DapConfig:
     # Factor on the depth head's metric output, fitted on held-out data after training (1: as trained). A model
     # whose depth is systematically too far or too near by a constant factor ships the correction here.
     depth_scale: float = 1.0
+    # Factors on depth at K latitudes evenly spaced from the top row (zenith) to the bottom row (nadir), each at the
+    # centre of its band of rows, linearly interpolated between them (the first and last hold to the poles); empty:
+    # none. Fitted on held-out data after training, for a model whose error depends on where it looks (floor too
+    # near, horizon too far). Applied by rows, so it assumes a whole equirectangular image, as inference gives.
+    latitude_scale: tuple[float, ...] = ()
 
     def __post_init__(self):
         if not 0 < self.range_threshold <= 1:
             raise ValueError(f"range_threshold is a probability in (0, 1], got {self.range_threshold}")
         if not (0 < self.depth_scale and math.isfinite(self.depth_scale)):
             raise ValueError(f"depth_scale is a positive factor, got {self.depth_scale}")
+        if len(self.latitude_scale) == 1 or not all(0 < f and math.isfinite(f) for f in self.latitude_scale):
+            raise ValueError("latitude_scale is empty or two or more positive factors (top to bottom), got "
+                             f"{list(self.latitude_scale)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -49,8 +57,9 @@ class DapConfig:
     def from_dict(cls, d: dict) -> DapConfig:
         d = dict(d)
         vit = ViTConfig(**d.pop("vit"))
-        if "default_resolution" in d:
-            d["default_resolution"] = tuple(d["default_resolution"])
+        for key in ("default_resolution", "latitude_scale"):
+            if key in d:
+                d[key] = tuple(d[key])
         return cls(vit=vit, layers=tuple(d.pop("layers")), out_channels=tuple(d.pop("out_channels")), **d)
 
 
@@ -101,8 +110,17 @@ class DAP(nn.Module):
         grid_h, grid_w = x.shape[-2] // patch, x.shape[-1] // patch
         tokens = self.backbone.forward_layers(x, tuple(self.cfg.layers))
         feats = self.adapter(tokens, grid_h, grid_w)
-        return {
-            "depth": self.depth_head(feats) * (self.cfg.max_depth * self.cfg.depth_scale),
-            "out_of_range_prob": self.range_head(feats),
-        }
+        depth = self.depth_head(feats) * (self.cfg.max_depth * self.cfg.depth_scale)
+        if self.cfg.latitude_scale:
+            depth = depth * latitude_factors(self.cfg.latitude_scale, depth.shape[-2], depth)
+        return {"depth": depth, "out_of_range_prob": self.range_head(feats)}
+
+
+def latitude_factors(knots: tuple[float, ...], height: int, like: torch.Tensor) -> torch.Tensor:
+    """(1, 1, height, 1) factors for the rows of an equirectangular image from `DapConfig.latitude_scale`: knot k
+    sits at the centre of the k-th of len(knots) equal bands of rows, linear in between, constant beyond the end
+    knots (`F.interpolate`'s linear mode without corner alignment is exactly that)."""
+    k = torch.tensor(knots, dtype=like.dtype, device=like.device).reshape(1, 1, -1)
+    rows = torch.nn.functional.interpolate(k, size=height, mode="linear", align_corners=False)
+    return rows.reshape(1, 1, height, 1)
 

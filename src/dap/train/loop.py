@@ -68,7 +68,8 @@ def ema_update(decay: float):
 
 
 # ======================================================================================== model
-INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale")  # DapConfig fields, not architecture
+# DapConfig fields that are not architecture: a fine-tuning run may set them on a loaded model
+INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "latitude_scale")
 
 
 def build_model(cfg: TrainConfig, *, quiet: bool = False):

@@ -158,6 +158,30 @@ def test_color_jitter_changes_only_rgb():
     assert torch.allclose(T.hsv_to_rgb(T.rgb_to_hsv(x)), x, atol=1e-5)
 
 
+def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():
+    """RandomExposure multiplies the image by one gain in [1/g, g] and clips; off by default in train_transforms,
+    where adding it leaves the draws of the transforms before it as they were."""
+    s, _ = room_sample()
+    s = {**s, "rgb": torch.linspace(0.25, 0.75, s["rgb"].numel()).reshape(s["rgb"].shape)}  # 0.25 x 2.5 < 1
+    gains = []
+    for seed in range(40):
+        e = T.RandomExposure(2.5, p=1.0, generator=torch.Generator().manual_seed(seed))(s)
+        assert e["depth"] is s["depth"] and e["valid"] is s["valid"] and 0 <= e["rgb"].min() and e["rgb"].max() <= 1
+        unclipped = e["rgb"] < 0.999
+        gain = (e["rgb"][unclipped] / s["rgb"][unclipped]).median().item()
+        assert torch.allclose(e["rgb"], (s["rgb"] * gain).clamp(0, 1), atol=1e-5)
+        gains.append(gain)
+    assert 1 / 2.5 - 1e-4 <= min(gains) < 0.6 and 1.6 < max(gains) <= 2.5 + 1e-4
+    assert sum(g < 1 for g in gains) >= 10 and sum(g > 1 for g in gains) >= 10  # both ways, log-uniform
+    assert T.RandomExposure(2.5, p=0.0)(s) is s
+    with pytest.raises(ValueError, match="max_gain is at least 1"):
+        T.RandomExposure(0.5)
+    plain = T.train_transforms(generator=torch.Generator().manual_seed(3))(s)
+    with_exposure = T.train_transforms(generator=torch.Generator().manual_seed(3), exposure=1.0)(s)
+    assert torch.equal(plain["rgb"], with_exposure["rgb"])
+    assert [type(t).__name__ for t in T.train_transforms(exposure=2.0).transforms][-1] == "RandomExposure"
+
+
 def test_train_transforms_through_a_loader(tmp_path):
     write(tmp_path, count=2, kind="outdoor")
     ds = ShardDataset(tmp_path, transform=T.train_transforms(generator=torch.Generator().manual_seed(0)))

@@ -83,6 +83,7 @@ def test_overrides_reach_nested_and_list_entries(tmp_path):
         (["optim.optimizer=sgd"], ValueError, "adam or adamw"),
         (["data.height=48", "data.width=64"], NotPanoramaError, "2:1"),
         (["lr"], ValueError, "key=value"),
+        (["data.exposure=0.5"], ValueError, r"data.exposure is the largest exposure gain, at least 1"),
     ],
 )
 def test_bad_configs_are_rejected(overrides, error, match):

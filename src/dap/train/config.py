@@ -56,6 +56,7 @@ class DataSection:
     num_workers: int = 0
     augment: bool = True  # paper: colour jitter (p=0.5), random yaw roll, horizontal flip (p=0.5)
     rotate: bool = False  # also random pitch/roll up to 10 degrees (not in the paper)
+    exposure: float = 1.0  # > 1: also an exposure gain in [1/x, x] (p=0.5, clipped; not in the paper)
     val_samples: int = 32  # first N panoramas of the validation sources
 
 
@@ -218,6 +219,8 @@ def _check_config(cfg: TrainConfig) -> None:
     for key, value in non_negative.items():
         if not 0 <= value < math.inf:
             raise ConfigError(f"{key} must be a number >= 0, got {value}")
+    if not 1 <= cfg.data.exposure < math.inf:
+        raise ConfigError(f"data.exposure is the largest exposure gain, at least 1 (1 = off), got {cfg.data.exposure}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
         raise ConfigError("data.sources needs at least one source with a positive ratio")
     if cfg.run.device not in ("auto", "cpu", "cuda"):

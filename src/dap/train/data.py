@@ -145,13 +145,14 @@ def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[s
     return {"rgb": resize_image(s["rgb"], size).clamp(0, 1), **near}
 
 
-def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False) -> dict[str, torch.Tensor]:
+def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False,
+                   exposure: float = 1.0) -> dict[str, torch.Tensor]:
     """The paper's ERP augmentations (dap.data.transforms), drawn from `gen`: random yaw roll, horizontal flip
     (p=0.5), colour jitter (p=0.5: brightness/contrast/saturation 0.8-1.2, hue ±0.1); `rotate` adds small
-    random pitch/roll (not in the paper)."""
+    random pitch/roll, `exposure` > 1 an exposure gain up to that factor either way (neither is in the paper)."""
     from dap.data.transforms import train_transforms
 
-    return train_transforms(rotation=rotate, generator=gen)(s)
+    return train_transforms(rotation=rotate, generator=gen, exposure=exposure)(s)
 
 
 class MixtureDataset(Dataset):
@@ -168,7 +169,7 @@ class MixtureDataset(Dataset):
         s = to_training_sample(self.sources[j][idx], self.configs[j].invalid_is_sky)
         s = resize_sample(s, self.data.height, self.data.width)
         if self.data.augment:
-            s = augment_sample(s, torch.Generator().manual_seed(aug_seed), self.data.rotate)
+            s = augment_sample(s, torch.Generator().manual_seed(aug_seed), self.data.rotate, self.data.exposure)
         return s
 
 

@@ -10,6 +10,7 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
           both styles), and cal_indoor / cal_mixed for the range threshold only
   v1      the first bundled model (128x256, renderer-v1 data) from git history: training starts from it
   train   `dap train --config configs/bundled.yaml` (256x512) in <work>
+  train2  `dap train --config configs/bundled_exposure.yaml`: 400 more steps with a wide exposure augmentation
   calibrate  the range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the
           lowest mean AbsRel on cal_indoor and cal_mixed -> <work>/calibrated
   eval    v1 and the new model on every held-out set (`dap eval`, metric and median protocols; on val_indoor also
@@ -60,7 +61,7 @@ LATITUDE_SET = "cal_indoor"
 LATITUDE_FACTORS = tuple(round(0.7 + 0.01 * i, 2) for i in range(71))  # 0.70 ... 1.40, on top of depth_scale
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
 MODELS = {"v1": "v1", "new": "calibrated"}
-STEPS = ("render", "v1", "train", "calibrate", "eval", "install")
+STEPS = ("render", "v1", "train", "train2", "calibrate", "eval", "install")
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -94,12 +95,16 @@ def step_v1(args: argparse.Namespace) -> dict:
     return {"commit": V1_COMMIT}
 
 
-def step_train(args: argparse.Namespace) -> dict:
+def step_train(args: argparse.Namespace, config: str = "bundled.yaml", out: str = "runs/train") -> dict:
     t0 = time.monotonic()
     # --resume continues an interrupted run from its newest checkpoint and starts afresh when there is none
-    run(dap_cli("train", "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"),
-        args.work)
+    run(dap_cli("train", "--config", str(ROOT / "configs" / config), "--out", out, "--resume"), args.work)
     return {"seconds": round(time.monotonic() - t0, 1)}
+
+
+def step_train2(args: argparse.Namespace) -> dict:
+    """From the end of `train`: brightness must stop meaning distance (configs/bundled_exposure.yaml says why)."""
+    return step_train(args, "bundled_exposure.yaml", "runs/train2")
 
 
 def calibration_table(samples, thresholds: tuple[float, ...], scales: tuple[float, ...], cap: float):
@@ -172,7 +177,7 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     from dap.data.shards import ShardDataset
     from dap.models import save_model
 
-    trained = args.work / "runs" / "train" / "final"
+    trained = args.work / "runs" / "train2" / "final"
     model = dap.load_model(trained)
     samples = {}
     for name in CAL_SETS:
@@ -375,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)
-    actions = {"render": step_render, "v1": step_v1, "train": step_train, "calibrate": step_calibrate,
-               "eval": step_eval, "install": step_install}
+    actions = {"render": step_render, "v1": step_v1, "train": step_train, "train2": step_train2,
+               "calibrate": step_calibrate, "eval": step_eval, "install": step_install}
     for step in STEPS:
         forced = args.step and step in args.step
         if (args.step and not forced) or (step == "install" and not (args.install or forced)):

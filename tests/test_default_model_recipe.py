@@ -62,6 +62,11 @@ def test_bundled_model_recipe_trains_on_what_it_renders():
     for name in (*training, *e.CAL_SETS):
         for other, r in ranges.items():
             assert other == name or not set(ranges[name]) & set(r), (name, other)
+    # the second stage continues the first on the same data and resolution, with the exposure augmentation
+    stage2 = load_config(ROOT / "configs" / "bundled_exposure.yaml")
+    assert stage2.model.init == "runs/train/final" and stage2.data.exposure > 1 and cfg.data.exposure == 1
+    assert [(s.path, s.ratio) for s in stage2.data.sources] == [(s.path, s.ratio) for s in cfg.data.sources]
+    assert (stage2.data.height, stage2.data.width) == (256, 512) and stage2.loss.mask_pos_weight == 1.0
 
 
 def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkeypatch):
@@ -74,10 +79,11 @@ def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkey
     calls = []
     monkeypatch.setattr(e, "run", lambda command, cwd: calls.append((command, cwd)))
     e.step_train(argparse.Namespace(work=tmp_path))
-    (command, cwd), = calls
-    assert cwd == tmp_path
-    assert command[command.index("train") + 1:] == [
-        "--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"]
+    e.step_train2(argparse.Namespace(work=tmp_path))
+    assert [cwd for _, cwd in calls] == [tmp_path, tmp_path]
+    assert [command[command.index("train") + 1:] for command, _ in calls] == [
+        ["--config", str(ROOT / "configs" / "bundled.yaml"), "--out", "runs/train", "--resume"],
+        ["--config", str(ROOT / "configs" / "bundled_exposure.yaml"), "--out", "runs/train2", "--resume"]]
 
 
 def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():

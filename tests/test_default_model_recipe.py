@@ -86,6 +86,20 @@ def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkey
         ["--config", str(ROOT / "configs" / "bundled_exposure.yaml"), "--out", "runs/train2", "--resume"]]
 
 
+def _truth_and_guess(rng, lo: float, hi: float, count: int = 3):
+    """(ground truth, prediction) 16x32 depth pairs: truth in 0.5-30 m with pixels without ground truth (0) and
+    beyond the 100 m cap; the prediction is the truth times a factor in [lo, hi] per pixel."""
+    import numpy as np
+
+    pairs = []
+    for _ in range(count):
+        gt = rng.uniform(0.5, 30, (16, 32)).astype(np.float32)
+        gt[0, :5] = 0  # no ground truth
+        gt[1, :3] = 150  # beyond the cap
+        pairs.append((gt, gt * rng.uniform(lo, hi, gt.shape).astype(np.float32)))
+    return pairs
+
+
 def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():
     """The calibrate step's grid (range threshold x depth scale) gives, in each cell, the mean of `dap eval`'s
     per-image metric AbsRel of the masked, scaled prediction."""
@@ -96,13 +110,7 @@ def test_calibration_scores_each_threshold_and_scale_as_dap_eval_does():
 
     e = _experiment("bundled_model")
     rng = np.random.default_rng(0)
-    samples = []
-    for _ in range(3):
-        gt = rng.uniform(0.5, 30, (16, 32)).astype(np.float32)
-        gt[0, :5] = 0  # no ground truth
-        gt[1, :3] = 150  # beyond the cap
-        pred = gt * rng.uniform(0.6, 1.6, gt.shape).astype(np.float32)
-        samples.append((pred, rng.random((16, 32)).astype(np.float32), gt))
+    samples = [(pred, rng.random((16, 32)).astype(np.float32), gt) for gt, pred in _truth_and_guess(rng, 0.6, 1.6)]
     thresholds, scales = (0.5, 0.9, 1.5), (0.8, 1.0, 1.25)
     table = e.calibration_table(samples, thresholds, scales, 100.0)
     for i, t in enumerate(thresholds):
@@ -125,12 +133,8 @@ def test_latitude_fit_undoes_a_bias_by_band_and_scores_as_dap_eval_does():
     from dap.models.dap import latitude_factors
 
     e = _experiment("bundled_model")
-    rng = np.random.default_rng(0)
     samples = []
-    for _ in range(3):
-        gt = rng.uniform(0.5, 30, (16, 32)).astype(np.float32)
-        gt[0, :5] = 0  # no ground truth
-        pred = gt * rng.uniform(0.99, 1.01, gt.shape).astype(np.float32)
+    for gt, pred in _truth_and_guess(np.random.default_rng(0), 0.99, 1.01):
         pred[:8] *= 1.25
         pred[8:] *= 0.8
         prob = np.zeros_like(gt)

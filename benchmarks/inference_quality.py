@@ -1,6 +1,6 @@
 """Seam handling and high-resolution upsampling: accuracy, speed and peak memory, measured in one run.
 
-    python benchmarks/inference_quality.py [--checkpoint DIR_OR_PTH] [--count 6] [--resolution 128x256]
+    python benchmarks/inference_quality.py [--checkpoint DIR_OR_PTH] [--count 6] [--resolution HxW]
 
 Part 1 (seam): synthetic panoramas with exact depth, predicted with seam padding 0 (baseline), 1/16 and 1/8 of
 the width. Prints AbsRel, the left-right seam error of the prediction (mean |d[:,0] - d[:,-1]| relative), and time
@@ -135,7 +135,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(default_model_path()))
     ap.add_argument("--count", type=int, default=6, help="synthetic panoramas per table (half indoor)")
-    ap.add_argument("--resolution", default="128x256", help="working resolution HxW")
+    ap.add_argument("--resolution", default=None, help="working resolution HxW (default: the model's own)")
     ap.add_argument("--style", default="photo")
     ap.add_argument("--memory-size", type=int, default=2048, help="height of the peak-memory input")
     ap.add_argument("--parts", default="seam,highres,memory,scale", help="comma-separated tables to run")
@@ -147,12 +147,12 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     parts = args.parts.split(",")
-    h, w = (int(v) for v in args.resolution.split("x"))
     kinds = ["indoor", "outdoor"]
     # Held-out seeds (the bundled model's validation range, never trained on).
     seeds = [(900_000 + i, kinds[i % 2]) for i in range(args.count)]
     if "seam" in parts or "highres" in parts or "scale" in parts:
         model = resolve_model(args.checkpoint, torch.device("cpu"))
+        h, w = ((int(v) for v in args.resolution.split("x")) if args.resolution else model.cfg.default_resolution)
     if "seam" in parts:
         seam_table(model, [render(make_scene(s, k), h, w, args.style) for s, k in seeds], (h, w))
     if "highres" in parts:

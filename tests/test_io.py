@@ -361,6 +361,17 @@ def test_colorize_depth():
     assert io.colorize_depth(np.zeros((H, W), np.float32)).max() == 0
 
 
+def test_preview_range_leaves_out_a_few_outliers():
+    """A room of 1-4 m with 0.5% of its pixels at 40 m (a lamp the model put far) and some invalid pixels: the
+    preview's colour range is the room's, not the outliers'."""
+    depth = np.linspace(1.0, 4.0, 200 * 100, dtype=np.float32).reshape(100, 200)
+    depth.flat[::200] = 40.0  # 0.5%
+    depth[0, :10] = [0.0, np.nan, np.inf, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    lo, hi = io.preview_range(depth)
+    assert 1.0 <= lo < 1.1 and 3.9 < hi <= 4.0
+    assert io.preview_range(np.zeros((4, 8), np.float32)) == (0.0, 1.0)
+
+
 def test_depth_color_legend_is_below_the_image(tmp_path, rng):
     depth = _depth(rng)
     io.write_depth_color(tmp_path / "c.png", depth)

@@ -701,7 +701,8 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
         elif kind == "png16":
             io.write_depth(path, valid_depth, scale=PNG16_SCALE)
         elif kind == "color":
-            io.write_depth_color(path, valid_depth)
+            lo, hi = io.preview_range(valid_depth)
+            io.write_depth_color(path, valid_depth, min_depth=lo, max_depth=hi)
         elif kind == "mask":
             io.write_mask_png(path, pred.range_mask)
         elif kind == "normals":

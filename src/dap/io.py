@@ -400,6 +400,18 @@ def _depth_range(depth: np.ndarray, min_depth: float | None, max_depth: float | 
     return lo, hi
 
 
+def preview_range(depth: np.ndarray) -> tuple[float, float]:
+    """Colour range for a depth preview: the 1st to 99th percentile of the valid pixels, so that a few outliers (a
+    lamp predicted 7 m away in a 3 m room) do not squeeze the rest of the image into one colour; pixels beyond
+    it saturate and the legend shows the range. (0, 1) without valid pixels."""
+    d = _clean_depth(depth)
+    values = d[d > 0]
+    if not values.size:
+        return 0.0, 1.0
+    lo, hi = np.percentile(values, [1.0, 99.0])
+    return float(lo), float(hi)
+
+
 def _apply_cmap(t: np.ndarray, cmap: str) -> np.ndarray:
     """Map values in [0, 1] to uint8 RGB with an OpenCV colormap (``'gray'`` for plain grayscale)."""
     u8 = np.round(np.clip(t, 0.0, 1.0) * 255.0).astype(np.uint8)

@@ -182,6 +182,27 @@ def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():
     assert [type(t).__name__ for t in T.train_transforms(exposure=2.0).transforms][-1] == "RandomExposure"
 
 
+def test_highlights_only_brighten_white_spots_in_the_upper_rows():
+    """RandomHighlights paints 1..count soft white spots (lamps, windows) in the upper two thirds of the rows and
+    nothing else: pixels only get brighter, spot cores are white, depth and masks are the same objects."""
+    s, _ = room_sample()
+    s = {**s, "rgb": torch.full_like(s["rgb"], 0.2)}
+    h = s["rgb"].shape[-2]
+    for seed in range(30):
+        out = T.RandomHighlights(4, p=1.0, generator=torch.Generator().manual_seed(seed))(s)
+        assert out["depth"] is s["depth"] and out["valid"] is s["valid"]
+        assert (out["rgb"] >= s["rgb"]).all() and out["rgb"].max() == 1.0
+        lit_rows = torch.nonzero((out["rgb"] > 0.2).any(0).any(1)).flatten()
+        assert lit_rows.max() < 0.67 * h + 0.03 * 2 * h  # centres above two thirds, plus a spot's reach
+    assert T.RandomHighlights(4, p=0.0)(s) is s
+    with pytest.raises(ValueError, match="count is at least 1"):
+        T.RandomHighlights(0)
+    plain = T.train_transforms(generator=torch.Generator().manual_seed(3))(s)
+    off = T.train_transforms(generator=torch.Generator().manual_seed(3), highlights=0)(s)
+    assert torch.equal(plain["rgb"], off["rgb"])
+    assert [type(t).__name__ for t in T.train_transforms(highlights=2).transforms][-1] == "RandomHighlights"
+
+
 def test_train_transforms_through_a_loader(tmp_path):
     write(tmp_path, count=2, kind="outdoor")
     ds = ShardDataset(tmp_path, transform=T.train_transforms(generator=torch.Generator().manual_seed(0)))

@@ -57,6 +57,7 @@ class DataSection:
     augment: bool = True  # paper: colour jitter (p=0.5), random yaw roll, horizontal flip (p=0.5)
     rotate: bool = False  # also random pitch/roll up to 10 degrees (not in the paper)
     exposure: float = 1.0  # > 1: also an exposure gain in [1/x, x] (p=0.5, clipped; not in the paper)
+    highlights: int = 0  # > 0: also up to this many blown-out spots, lamps and windows (p=0.5; not in the paper)
     val_samples: int = 32  # first N panoramas of the validation sources
 
 
@@ -219,6 +220,8 @@ def _check_config(cfg: TrainConfig) -> None:
     for key, value in non_negative.items():
         if not 0 <= value < math.inf:
             raise ConfigError(f"{key} must be a number >= 0, got {value}")
+    if cfg.data.highlights < 0:
+        raise ConfigError(f"data.highlights is a number of spots, 0 (off) or more, got {cfg.data.highlights}")
     if not 1 <= cfg.data.exposure < math.inf:
         raise ConfigError(f"data.exposure is the largest exposure gain, at least 1 (1 = off), got {cfg.data.exposure}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:

@@ -159,8 +159,7 @@ def test_color_jitter_changes_only_rgb():
 
 
 def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():
-    """RandomExposure multiplies the image by one gain in [1/g, g] and clips; off by default in train_transforms,
-    where adding it leaves the draws of the transforms before it as they were."""
+    """RandomExposure multiplies the image by one gain in [1/g, g] and clips."""
     s, _ = room_sample()
     s = {**s, "rgb": torch.linspace(0.25, 0.75, s["rgb"].numel()).reshape(s["rgb"].shape)}  # 0.25 x 2.5 < 1
     gains = []
@@ -176,10 +175,17 @@ def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():
     assert T.RandomExposure(2.5, p=0.0)(s) is s
     with pytest.raises(ValueError, match="max_gain is at least 1"):
         T.RandomExposure(0.5)
+
+
+@pytest.mark.parametrize(("off", "on", "name"), [({"exposure": 1.0}, {"exposure": 2.0}, "RandomExposure"),
+                                                  ({"highlights": 0}, {"highlights": 2}, "RandomHighlights")])
+def test_optional_augmentations_are_off_by_default_and_come_last(off, on, name):
+    """Switched off, an optional augmentation leaves the draws of the default ones as they were; switched on, it
+    runs after them."""
+    s, _ = room_sample()
     plain = T.train_transforms(generator=torch.Generator().manual_seed(3))(s)
-    with_exposure = T.train_transforms(generator=torch.Generator().manual_seed(3), exposure=1.0)(s)
-    assert torch.equal(plain["rgb"], with_exposure["rgb"])
-    assert [type(t).__name__ for t in T.train_transforms(exposure=2.0).transforms][-1] == "RandomExposure"
+    assert torch.equal(plain["rgb"], T.train_transforms(generator=torch.Generator().manual_seed(3), **off)(s)["rgb"])
+    assert type(T.train_transforms(**on).transforms[-1]).__name__ == name
 
 
 def test_highlights_only_brighten_white_spots_in_the_upper_rows():
@@ -197,10 +203,6 @@ def test_highlights_only_brighten_white_spots_in_the_upper_rows():
     assert T.RandomHighlights(4, p=0.0)(s) is s
     with pytest.raises(ValueError, match="count is at least 1"):
         T.RandomHighlights(0)
-    plain = T.train_transforms(generator=torch.Generator().manual_seed(3))(s)
-    off = T.train_transforms(generator=torch.Generator().manual_seed(3), highlights=0)(s)
-    assert torch.equal(plain["rgb"], off["rgb"])
-    assert [type(t).__name__ for t in T.train_transforms(highlights=2).transforms][-1] == "RandomHighlights"
 
 
 def test_train_transforms_through_a_loader(tmp_path):

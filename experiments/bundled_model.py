@@ -212,21 +212,22 @@ def step_calibrate(args: argparse.Namespace) -> dict:
 
 
 def mean_abs_rel(samples, threshold: float, latitude_scale, cap: float) -> float:
-    """Mean per-image metric AbsRel of `samples` (as calibration_table) with the range mask at `threshold` and the
-    depth multiplied by `latitude_scale` as the model applies it (`dap.models.dap.latitude_factors`)."""
+    """Mean of `dap eval`'s per-image metric AbsRel over `samples` (as calibration_table), the range mask at
+    `threshold` and the depth multiplied by `latitude_scale` as the model applies it
+    (`dap.models.dap.latitude_factors`)."""
     import numpy as np
     import torch
 
-    from dap.evaluation import valid_mask
+    from dap.evaluation import compute_metrics
+    from dap.inference import apply_range_mask
     from dap.models.dap import latitude_factors
 
     errors = []
     for depth, prob, gt in samples:
         rows = (latitude_factors(tuple(latitude_scale), depth.shape[0], torch.zeros(1, dtype=torch.float64))
                 .reshape(-1, 1).numpy() if latitude_scale else 1.0)
-        d = np.where(prob >= threshold, cap, np.clip(depth * rows, 1e-3, cap))
-        counted = valid_mask(gt, None, min_depth=1e-3, max_depth=cap)
-        errors.append(float(np.mean(np.abs(d[counted] - gt[counted]) / gt[counted])))
+        masked = apply_range_mask(depth * rows, prob >= threshold, cap)
+        errors.append(compute_metrics(masked, gt, max_depth=cap)["abs_rel"])
     return float(np.mean(errors))
 
 

@@ -428,6 +428,13 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
     assert load_model(tmp_path / "tuned").cfg.default_resolution == (64, 128)
     assert T.build_model(cfg_with(init, "model.overrides={range_threshold: 0.8}")).cfg.range_threshold == 0.8
     assert T.build_model(cfg_with(init, "model.overrides={depth_scale: 0.9}")).cfg.depth_scale == 0.9
+    tuned = T.build_model(cfg_with(init, "model.overrides={latitude_scale: [1.1, 0.9]}"))
+    assert tuned.cfg.latitude_scale == (1.1, 0.9)
+    # a bad value is the config's fault, said as such, whether the model is loaded or made from scratch
+    with pytest.raises(ConfigError, match=r"model.overrides: latitude_scale is empty or two or more positive"):
+        T.build_model(cfg_with(init, "model.overrides={latitude_scale: [1.0]}"))
+    with pytest.raises(ConfigError, match=r"model.overrides: depth_scale is a positive factor, got 0"):
+        T.build_model(cfg_with("model.init=scratch", "model.overrides={depth_scale: 0}"))
 
 
 def test_training_keeps_freed_memory_in_the_heap():

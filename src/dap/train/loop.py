@@ -10,6 +10,7 @@ pure functions of (run.seed, s, rank, world size, batch size); a checkpoint ther
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import math
@@ -86,7 +87,8 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     init = cfg.model.init or "scratch"
     if init == "scratch" or is_dinov3_checkpoint(init):
         torch.manual_seed(seed_of(cfg.run.seed, "init"))  # identical on every rank (DDP also broadcasts)
-        model = create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+        with _overrides_checked():
+            model = create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
         if init != "scratch":
             init_backbone_from_dinov3(model, init)
         return model
@@ -98,8 +100,19 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     _check_init_matches(cfg, model.cfg, init, quiet)
     settings = {k: v for k, v in cfg.model.overrides.items() if k in INFERENCE_SETTINGS}
     if settings:  # not architecture: fine-tuning at a new resolution sets it, likewise the range threshold
-        model.cfg = DapConfig.from_dict({**model.cfg.to_dict(), **settings})
+        with _overrides_checked():
+            model.cfg = DapConfig.from_dict({**model.cfg.to_dict(), **settings})
     return model
+
+
+@contextlib.contextmanager
+def _overrides_checked():
+    """DapConfig refuses bad values (a depth_scale of 0, one latitude_scale factor); from model.overrides that is
+    the user's config, reported as such rather than as a traceback."""
+    try:
+        yield
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model.overrides: {e}") from None
 
 
 def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:

@@ -386,6 +386,21 @@ def test_depth_color_legend_is_below_the_image(tmp_path, rng):
     assert legend[H:].max() > 0  # something (bar, labels) is drawn in the strip
 
 
+def test_depth_color_png_is_a_palette_image_of_the_colormap(tmp_path):
+    """The preview is written as an 8-bit palette PNG (fast to encode): its colours are colorize_depth's up to one
+    step of the colormap, with the same ends and black invalid pixels."""
+    depth = np.linspace(1.0, 5.0, H * W, dtype=np.float32).reshape(H, W)
+    depth[0, :3] = [0.0, np.nan, np.inf]
+    io.write_depth_color(tmp_path / "c.png", depth, legend=False)
+    with Image.open(tmp_path / "c.png") as img:
+        assert img.mode == "P"
+        rgb = np.asarray(img.convert("RGB")).astype(int)
+    expected = io.colorize_depth(depth).astype(int)
+    np.testing.assert_array_equal(rgb[0, :4], expected[0, :4])  # three invalid pixels black, then the near end
+    np.testing.assert_array_equal(rgb[-1, -1], expected[-1, -1])  # the far end
+    assert np.abs(rgb - expected).max() <= 8 and np.abs(rgb - expected).mean() < 1.0
+
+
 def test_mask_and_normals_png(tmp_path):
     mask = np.zeros((H, W), bool)
     mask[:, : W // 2] = True

@@ -423,6 +423,19 @@ def _apply_cmap(t: np.ndarray, cmap: str) -> np.ndarray:
     return cv2.applyColorMap(u8, code)[..., ::-1].copy()
 
 
+def _unit_depth(
+    depth: np.ndarray, min_depth: float | None, max_depth: float | None
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Depth mapped to [0, 1] over its colour range (unclipped), the valid pixels, and the range."""
+    d = np.asarray(depth, dtype=np.float32)
+    if d.ndim != 2:
+        raise ValueError(f"expected an (H, W) depth map, got shape {d.shape}")
+    lo, hi = _depth_range(d, min_depth, max_depth)
+    valid = _clean_depth(d) > 0
+    t = (np.nan_to_num(d) - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    return t, valid, lo, hi
+
+
 def colorize_depth(
     depth: np.ndarray, *, min_depth: float | None = None, max_depth: float | None = None, cmap: str = "turbo"
 ) -> np.ndarray:
@@ -430,15 +443,17 @@ def colorize_depth(
 
     The range defaults to the min and max of the valid pixels.
     """
-    d = np.asarray(depth, dtype=np.float32)
-    if d.ndim != 2:
-        raise ValueError(f"colorize_depth expects an (H, W) depth map, got shape {d.shape}")
-    lo, hi = _depth_range(d, min_depth, max_depth)
-    valid = _clean_depth(d) > 0
-    t = (np.nan_to_num(d) - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    t, valid, _, _ = _unit_depth(depth, min_depth, max_depth)
     rgb = _apply_cmap(t, cmap)
     rgb[~valid] = 0
     return rgb
+
+
+# A depth preview's palette: the colormap at this many levels, then black (invalid pixels, the legend's background)
+# and white (its labels). An 8-bit colormap has 256 colours anyway, and a palette PNG stores one byte a pixel: a
+# 1024x512 preview encodes about 15x faster than as RGB and is a fraction of the size.
+_PREVIEW_LEVELS = 254
+_BLACK, _WHITE = _PREVIEW_LEVELS, _PREVIEW_LEVELS + 1
 
 
 def write_depth_color(
@@ -449,35 +464,36 @@ def write_depth_color(
     max_depth: float | None = None,
     legend: bool = True,
 ) -> None:
-    """Write a colourised depth PNG; with ``legend`` a colour bar labelled with the range in metres is added
-    below the image."""
+    """Write a colourised depth PNG (turbo, near = blue, invalid pixels black; an 8-bit palette image); with
+    ``legend`` a colour bar labelled with the range in metres is added below the image."""
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"write_depth_color writes PNG; give {path} a .png extension")
-    rgb = colorize_depth(depth, min_depth=min_depth, max_depth=max_depth)
-    image = Image.fromarray(rgb, mode="RGB")
+    t, valid, lo, hi = _unit_depth(depth, min_depth, max_depth)
+    index = np.round(np.clip(t, 0.0, 1.0) * (_PREVIEW_LEVELS - 1)).astype(np.uint8)
+    index[~valid] = _BLACK
+    h, w = index.shape
+    strip_h = max(24, h // 12) if legend else 0
+    pixels = np.full((h + strip_h, w), _BLACK, np.uint8)
+    pixels[:h] = index
     if legend:
-        h, w = rgb.shape[:2]
-        lo, hi = _depth_range(depth, min_depth, max_depth)
-        strip_h = max(24, h // 12)
         font = ImageFont.load_default(size=max(10, int(strip_h * 0.55)))
-        canvas = Image.new("RGB", (w, h + strip_h), (0, 0, 0))
-        canvas.paste(image, (0, 0))
-        draw = ImageDraw.Draw(canvas)
         left, right = f"{lo:.2f} m", f"{hi:.2f} m"
         pad = max(2, strip_h // 6)
-        x0 = int(draw.textlength(left, font=font)) + 2 * pad
-        x1 = w - int(draw.textlength(right, font=font)) - 2 * pad
+        x0 = int(font.getlength(left)) + 2 * pad
+        x1 = w - int(font.getlength(right)) - 2 * pad
         if x1 > x0:
-            bar = _apply_cmap(np.linspace(0.0, 1.0, x1 - x0, dtype=np.float32)[None, :], "turbo")
-            bar = np.repeat(bar, strip_h - 2 * pad, axis=0)
-            canvas.paste(Image.fromarray(bar, mode="RGB"), (x0, h + pad))
+            pixels[h + pad : h + strip_h - pad, x0:x1] = np.round(np.linspace(0, _PREVIEW_LEVELS - 1, x1 - x0))
+    canvas = Image.fromarray(pixels)  # an "L" image; its palette makes it "P" with the same bytes
+    colors = _apply_cmap(np.linspace(0.0, 1.0, _PREVIEW_LEVELS, dtype=np.float32)[None, :], "turbo")[0]
+    canvas.putpalette(np.concatenate([colors, [[0, 0, 0], [255, 255, 255]]]).astype(np.uint8).tobytes())
+    if legend:
+        draw = ImageDraw.Draw(canvas)
         # Place labels from their bounding boxes: bitmap fallback fonts do not support anchors.
         for text, x_left in ((left, pad), (right, x1 + pad)):
             bx0, by0, _, by1 = draw.textbbox((0, 0), text, font=font)
             y = h + (strip_h - (by1 - by0)) // 2 - by0
-            draw.text((x_left - bx0, y), text, fill=(255, 255, 255), font=font)
-        image = canvas
-    _save_pil(path, image)
+            draw.text((x_left - bx0, y), text, fill=_WHITE, font=font)
+    _save_pil(path, canvas)
 
 
 # ---------------------------------------------------------------------------------------- point clouds

@@ -115,6 +115,9 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="as for `dap demo --model` (default: the bundled model)")
     args = parser.parse_args()
     found = capture(args.panorama, args.out, model=args.model, timeout_s=180)
+    if found["canvas_spread"] < DRAWN:  # a busy software renderer can miss the deadline: not a figure to ship
+        raise SystemExit(f"{args.out}: the 3-D view was still empty after 180 s (pixel spread "
+                         f"{found['canvas_spread']:.1f} < {DRAWN}); run it again on a less busy machine")
     print(f"wrote {args.out}: {found['summary']}")
 
 

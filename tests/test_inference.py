@@ -14,7 +14,7 @@ import dap
 from conftest import box_room_depth
 from dap import geometry, io
 from dap.cli import main
-from dap.errors import DapError, NotPanoramaError
+from dap.errors import DapError, InputWarning, NotPanoramaError
 from dap.inference import Prediction, predict, seam_pad_columns
 from dap.models import save_model
 from dap.models.dap import DapConfig
@@ -198,6 +198,27 @@ def test_cli_reports_bad_inputs(checkpoint, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "ok.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
                  "--outputs", "npy,bogus"]) == 2
     assert "unknown output kind" in capsys.readouterr().err
+
+
+def test_a_panorama_far_smaller_than_the_working_resolution_is_predicted_with_a_warning(checkpoint, tmp_path,
+                                                                                     tiny_model, capsys):
+    """A thumbnail (4x or more below the working height) still gets depth, with a warning that says how much it
+    was enlarged; `dap predict` names the file in it. Within 4x there is no warning."""
+    import warnings
+
+    with pytest.warns(InputWarning, match=r"only 32x16 pixels, enlarged 8x to the working resolution 256x128"):
+        got = predict(_pano(16, 32), tiny_model, resolution=(128, 256))
+    assert got.depth.shape == (16, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        predict(_pano(64, 128), tiny_model, resolution=(128, 256))  # 2x: no warning
+    io.write_rgb(tmp_path / "thumb.png", _pano(8, 16))
+    io.write_rgb(tmp_path / "ok.png", _pano(64, 128))
+    assert main(["predict", str(tmp_path / "thumb.png"), str(tmp_path / "ok.png"), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(checkpoint), "--resolution", "64x128"]) == 0
+    err = capsys.readouterr().err
+    assert f"dap predict: warning: {tmp_path / 'thumb.png'}: input panorama is only 16x8 pixels, enlarged 8x" in err
+    assert err.count("warning") == 1 and (tmp_path / "o" / "thumb.npy").is_file()
 
 
 def _prediction(depth: np.ndarray) -> Prediction:
@@ -645,7 +666,7 @@ def test_nan_pixels_become_black_with_a_warning(tiny_model):
     holes = rgb.copy()
     holes[5, 7] = np.nan
     holes[20, 30, 1] = np.inf
-    with pytest.warns(RuntimeWarning, match="NaN or infinite pixels; they are set to 0"):
+    with pytest.warns(InputWarning, match="NaN or infinite pixels; they are set to 0"):
         got = predict(holes, tiny_model, resolution=(32, 64))
     assert np.isfinite(got.depth).all()
     black = rgb.copy()

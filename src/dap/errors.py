@@ -31,3 +31,8 @@ class RunExistsError(DapError, FileExistsError):
 
 class ConfigError(DapError, ValueError):
     """A config file or a command-line value is invalid: unknown key, wrong type, bad YAML, value out of range."""
+
+
+class InputWarning(UserWarning):
+    """An input that can be processed but whose result is doubtful (NaN pixels, a panorama a few pixels across).
+    `dap predict` reports each one with the file it came from."""

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from dap import geometry
-from dap.errors import DapError, NotPanoramaError
+from dap.errors import DapError, InputWarning, NotPanoramaError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -106,7 +106,7 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     a = a.astype(np.float32)
     finite = np.isfinite(a)
     if not finite.all():
-        warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", RuntimeWarning,
+        warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", InputWarning,
                       stacklevel=2)
         a = np.where(finite, a, np.float32(0))
     lo, hi = float(a.min()), float(a.max())
@@ -404,6 +404,11 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
     return camera_height / floor
 
 
+# An input this many times smaller than the working resolution (in height) or more gets a warning: a thumbnail
+# or a wrong file rather than a panorama, whose depth is mostly interpolation.
+MAX_UPSAMPLING = 4
+
+
 @torch.inference_mode()
 def predict(
     images,
@@ -459,6 +464,11 @@ def predict(
         if pad_to_erp and w != 2 * h:
             rgb, rows = pad_rows_to_erp(rgb)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
+        if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
+            warnings.warn(f"{'batch image ' + str(k) if is_batch else 'input panorama'} is only {rgb.shape[1]}x"
+                          f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
+                          f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
+                          "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
         out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         mask_at = model.cfg.range_threshold if threshold is None else threshold
         if camera_height is not None:

@@ -252,6 +252,7 @@ def plot(data: dict, out: Path | None) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     rows = [r for r in data["results"] if r["batch"] == 1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -261,10 +262,14 @@ def plot(data: dict, out: Path | None) -> None:
         pixels = [parse_size(r["resolution"])[0] * parse_size(r["resolution"])[1] / 1e6 for r in line]
         for ax, field in zip(axes, ("latency_s", "peak_gb"), strict=True):
             ax.plot(pixels, [r[field] for r in line], marker="o", label=" ".join(key))
+    sizes = sorted({r["resolution"] for r in rows}, key=lambda s: parse_size(s)[0])
+    ticks = [parse_size(s)[0] * parse_size(s)[1] / 1e6 for s in sizes]
     for ax, label in zip(axes, ("latency (s, batch 1)", "peak memory (GB)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("working resolution (megapixels)")
+        ax.set_xticks(ticks, [s.replace("x", "×") for s in sizes])  # the measured sizes, not log-scale minor ticks
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("working resolution (H×W; log of the pixel count)")
         ax.set_ylabel(label)
         ax.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7)

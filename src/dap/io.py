@@ -392,14 +392,6 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
 # ---------------------------------------------------------------------------------------------- colour
 
 
-def _depth_range(depth: np.ndarray, min_depth: float | None, max_depth: float | None) -> tuple[float, float]:
-    d = _clean_depth(depth)
-    values = d[d > 0]
-    lo = float(min_depth) if min_depth is not None else (float(values.min()) if values.size else 0.0)
-    hi = float(max_depth) if max_depth is not None else (float(values.max()) if values.size else 1.0)
-    return lo, hi
-
-
 def preview_range(depth: np.ndarray) -> tuple[float, float]:
     """Colour range for a depth preview: the 1st to 99th percentile of the valid pixels, so that a few outliers (a
     lamp predicted 7 m away in a 3 m room) do not squeeze the rest of the image into one colour; pixels beyond
@@ -426,13 +418,17 @@ def _apply_cmap(t: np.ndarray, cmap: str) -> np.ndarray:
 def _unit_depth(
     depth: np.ndarray, min_depth: float | None, max_depth: float | None
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
-    """Depth mapped to [0, 1] over its colour range (unclipped), the valid pixels, and the range."""
+    """Depth mapped to [0, 1] over its colour range (unclipped; invalid pixels at any value), the valid pixels, and
+    the range: `min_depth`/`max_depth`, each defaulting to the min/max of the valid pixels ((0, 1) without any)."""
     d = np.asarray(depth, dtype=np.float32)
     if d.ndim != 2:
         raise ValueError(f"expected an (H, W) depth map, got shape {d.shape}")
-    lo, hi = _depth_range(d, min_depth, max_depth)
-    valid = _clean_depth(d) > 0
-    t = (np.nan_to_num(d) - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
+    clean = _clean_depth(d)
+    valid = clean > 0
+    values = clean[valid] if min_depth is None or max_depth is None else None
+    lo = float(min_depth) if min_depth is not None else (float(values.min()) if values.size else 0.0)
+    hi = float(max_depth) if max_depth is not None else (float(values.max()) if values.size else 1.0)
+    t = (clean - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
     return t, valid, lo, hi
 
 

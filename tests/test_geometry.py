@@ -223,6 +223,16 @@ def test_rotate_yaw_columns_is_roll():
         g.rotate_erp(img, g.rotation_matrix(10), yaw=5)
 
 
+def test_rotate_erp_is_sample_erp_along_rotated_rays_at_every_size():
+    # rotate_erp caches its pixel grid per (size, rotation): alternating sizes must each get their own grid.
+    rot = g.rotation_matrix(40, -25, 15)
+    for h, w in ((16, 32), (8, 16), (16, 32), (8, 16)):
+        img = torch.rand(3, h, w)
+        rays = g.erp_rays(h, w, dtype=torch.float64) @ rot.T
+        assert torch.equal(g.rotate_erp(img, rot), g.sample_erp(img, rays))
+        assert torch.equal(g.rotate_erp(img, rot, mode="nearest"), g.sample_erp(img, rays, mode="nearest"))
+
+
 def test_rotate_coordinate_image():
     # An image whose value is its own ray direction, rotated, must read R @ d at each pixel.
     rays = g.erp_rays(64, 128, dtype=torch.float64)

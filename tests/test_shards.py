@@ -1,3 +1,4 @@
+import colorsys
 import json
 import tarfile
 
@@ -156,6 +157,10 @@ def test_color_jitter_changes_only_rgb():
     assert T.ColorJitter(p=0.0)(s) is s
     x = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(2))
     assert torch.allclose(T.hsv_to_rgb(T.rgb_to_hsv(x)), x, atol=1e-5)
+    # the closed form against the standard library, hues across all six sectors and on their edges
+    hsv = torch.tensor([[h / 12 for h in range(12)], [1.0, 0.5, 0.0, 0.3] * 3, [0.9, 0.2, 1.0] * 4])
+    expected = torch.tensor([colorsys.hsv_to_rgb(*map(float, c)) for c in hsv.T]).T
+    torch.testing.assert_close(T.hsv_to_rgb(hsv), expected.float(), atol=1e-6, rtol=0)
 
 
 def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():

@@ -21,6 +21,7 @@ camera's x, y, z axes written in the original camera frame; see `rotation_matrix
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -333,9 +334,20 @@ def rotate_erp(
     colours and distances (use mode='nearest' for depth and masks); vector maps (normals, points) also need
     their values rotated: v_new = R.T @ v.
     """
+    _check_mode(mode)
     r = _rotation(rotation, yaw, pitch, roll)
-    h, w = image.shape[-3:-1] if isinstance(image, np.ndarray) and image.ndim > 2 else image.shape[-2:]
-    return sample_erp(image, erp_rays(h, w, dtype=torch.float64) @ r.T, mode)
+    x, info = _images_in(image)
+    u, v = _rotated_pixels(x.shape[-2], x.shape[-1], tuple(r.reshape(-1).tolist()))
+    return _images_out(_sample_padded(x, u, v, mode), info, 2)
+
+
+@functools.lru_cache(maxsize=2)
+def _rotated_pixels(height: int, width: int, rotation: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input pixel coordinates of each output pixel of `rotate_erp`. Cached: a training sample rotates its RGB,
+    depth and masks by the same rotation, and these float64 rays and arctangents cost more than the sampling."""
+    r = torch.tensor(rotation, dtype=torch.float64).reshape(3, 3)
+    lon, lat = rays_to_lonlat(erp_rays(height, width, dtype=torch.float64) @ r.T)
+    return lonlat_to_pixel(lon, lat, height, width)
 
 
 # -------------------------------------------------------------------------------- perspective, cubemap

@@ -106,14 +106,15 @@ def rgb_to_hsv(rgb: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """Inverse of `rgb_to_hsv`. Each channel in closed form, v - v·s·clamp(min(k, 4 - k), 0, 1) with
+    k = (n + 6h) mod 6 and n = 5, 3, 1 for r, g, b: no table of the six hue sectors (18 planes) to gather from."""
     h, s, v = hsv.unbind(0)
-    i = torch.floor(h * 6)
-    f = h * 6 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = torch.remainder(i, 6).long()
-    table = torch.stack((torch.stack((v, q, p, p, t, v)), torch.stack((t, v, v, q, p, p)),
-                         torch.stack((p, p, t, v, v, q))))  # (3 channels, 6 sectors, ...)
-    return table.gather(1, i[None, None].expand(3, 1, *i.shape)).squeeze(1)
+    vs = v * s
+    channels = []
+    for n in (5, 3, 1):
+        k = torch.remainder(h * 6 + n, 6)
+        channels.append(v - vs * torch.minimum(k, 4 - k).clamp(0, 1))
+    return torch.stack(channels)
 
 
 class ColorJitter:

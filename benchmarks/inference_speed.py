@@ -15,7 +15,7 @@ them alike, and every speed-up is a ratio against the first row of the same run 
   peak     CPU: the process's peak RSS during that row (VmHWM, reset before it); CUDA: torch.cuda.max_memory_allocated
   GFLOP    torch.utils.flop_counter.FlopCounterMode, one image (matmuls, convolutions, attention)
   MFU      achieved FLOP/s over this machine's matmul peak in that precision, measured in the same run
-           (2048x2048 matmul on CPU, 4096 on CUDA, best of --repeats; int8 rows against the fp32 peak)
+           (2048x2048 matmul on CPU, 8192 on CUDA, best of --repeats; int8 rows against the fp32 peak)
 --against SRC times the model of another checkout's `src/` (e.g. `git archive <commit> src | tar -x -C /tmp/x`)
 with the same weights as a first row named `before`, and checks that our fp32 output matches it.
 """
@@ -70,9 +70,9 @@ def _sync(device: torch.device) -> None:
 
 
 def matmul_peak(device: torch.device, precision: str, repeats: int) -> float:
-    """FLOP/s of a square matmul (2048 on CPU, 4096 on CUDA) in `precision`."""
+    """FLOP/s of a square matmul (2048 on CPU, 8192 on CUDA) in `precision`."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    n = 4096 if device.type == "cuda" else 2048
+    n = 8192 if device.type == "cuda" else 2048
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     best = float("inf")
     for _ in range(repeats + 1):
@@ -130,6 +130,28 @@ def bench_group(rows: list[dict], device: torch.device, repeats: int) -> None:
             row["seconds"] = min(row["seconds"], time.perf_counter() - start)
 
 
+def report(rows: list[dict], variant: str, size: str, batch: int, flops: int, peaks: dict) -> list[dict]:
+    """Prints one timed group's rows and returns them as results; drops their outputs. A function, so that no
+    variable of the caller keeps a row (and with it this variant's model) alive into the next variant's peak."""
+    out = []
+    ref = rows[0]["out"].float()
+    for row in rows:
+        drift = ((row["out"].float() - ref).abs() / ref.clamp(min=1e-6)).mean().item()
+        rate = flops * batch / row["seconds"]
+        peak = peaks.get(row["precision"], peaks["fp32"])  # int8 and `before` against fp32
+        r = dict(variant=variant, resolution=size, precision=row["precision"], batch=batch,
+                 latency_s=row["seconds"], images_per_s=batch / row["seconds"],
+                 speedup=rows[0]["seconds"] / row["seconds"], peak_gb=row["peak_gb"], gflop=flops / 1e9,
+                 gflop_per_s=rate / 1e9, mfu=rate / peak, absrel_vs_base=drift)
+        out.append(r)
+        print(f"{variant:<6} {size:>10} {r['precision']:>9} {batch:>5} {r['latency_s']:>9.3f} "
+              f"{r['images_per_s']:>7.3f} {r['speedup']:>5.2f}x {r['peak_gb']:>7.2f} {r['gflop']:>7.0f} "
+              f"{r['gflop_per_s']:>8.1f} {r['mfu']:>5.1%} {drift:>8.2e}", flush=True)
+    for row in rows:
+        row.pop("out", None)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="tiny,vits,vitb,vitl")
@@ -142,12 +164,14 @@ def main() -> None:
     parser.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, timed as row `before`")
     parser.add_argument("--json", type=Path, default=Path("inference_speed.json"))
     parser.add_argument("--plot", type=Path, help="write latency and memory vs resolution (batch 1) to this image")
-    parser.add_argument("--from", dest="from_json", type=Path, help="plot these results instead of measuring")
+    parser.add_argument("--from", dest="from_json", type=Path, action="append",
+                        help="plot these results instead of measuring (repeatable: a later file's rows replace the "
+                             "earlier files' rows of the same variant, resolution, precision and batch)")
     parser.add_argument("--pipeline", type=int, metavar="N",
                         help="instead: `dap predict` on a folder of N panoramas against inference alone")
     args = parser.parse_args()
     if args.from_json:
-        return plot(json.loads(args.from_json.read_text()), args.plot)
+        return plot(merge_results([json.loads(p.read_text()) for p in args.from_json]), args.plot)
     if args.pipeline:
         return pipeline(args.pipeline, args.resolutions.split(",")[0], args.repeats)
     device = torch.device(args.device)
@@ -189,25 +213,11 @@ def main() -> None:
                     print(f"{variant:<6} {size:>10} batch {batch}: out of memory, skipped")
                     torch.cuda.empty_cache()
                     continue
-                base = rows[0]
-                for row in rows:
-                    ref = base["out"].float()
-                    drift = ((row["out"].float() - ref).abs() / ref.clamp(min=1e-6)).mean().item()
-                    rate = flops * batch / row["seconds"]
-                    peak = peaks.get(row["precision"], peaks["fp32"])  # int8 and `before` against fp32
-                    r = dict(variant=variant, resolution=size, precision=row["precision"], batch=batch,
-                             latency_s=row["seconds"], images_per_s=batch / row["seconds"],
-                             speedup=base["seconds"] / row["seconds"], peak_gb=row["peak_gb"], gflop=flops / 1e9,
-                             gflop_per_s=rate / 1e9, mfu=rate / peak, absrel_vs_base=drift)
-                    results.append(r)
-                    print(f"{variant:<6} {size:>10} {r['precision']:>9} {batch:>5} {r['latency_s']:>9.3f} "
-                          f"{r['images_per_s']:>7.3f} {r['speedup']:>5.2f}x {r['peak_gb']:>7.2f} {r['gflop']:>7.0f} "
-                          f"{r['gflop_per_s']:>8.1f} {r['mfu']:>5.1%} {drift:>8.2e}", flush=True)
-                for row in rows:
-                    row.pop("out", None)
+                results += report(rows, variant, size, batch, flops, peaks)
                 args.json.write_text(json.dumps({"machine": machine, "device": device.type, "repeats": args.repeats,
                                                  "matmul_peak_flops": peaks, "results": results}, indent=1))
         del model, models, old
+        rows = x = None  # the last group's closures hold the model: let it go before the next variant's peak
     print(f"wrote {args.json}")
     if args.plot:
         plot(json.loads(args.json.read_text()), args.plot)
@@ -246,6 +256,14 @@ def pipeline(count: int, size: str, repeats: int) -> None:
           + f"; end to end / inference alone = {rates['dap predict'] / rates['inference']:.2f}")
 
 
+def merge_results(runs: list[dict]) -> dict:
+    """The first run's machine and rows, with each later run's rows replacing those of the same key."""
+    rows = {}
+    for run in runs:
+        rows.update({(r["variant"], r["resolution"], r["precision"], r["batch"]): r for r in run["results"]})
+    return {**runs[0], "results": list(rows.values())}
+
+
 def plot(data: dict, out: Path | None) -> None:
     """Latency and peak memory against working resolution, batch 1, one line per variant and precision."""
     import matplotlib
@@ -256,12 +274,17 @@ def plot(data: dict, out: Path | None) -> None:
 
     rows = [r for r in data["results"] if r["batch"] == 1]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    variants = sorted({r["variant"] for r in rows})
+    precisions = sorted({r["precision"] for r in rows})
     for key in sorted({(r["variant"], r["precision"]) for r in rows}):
+        # colour = variant, line style and marker = precision: a dozen lines stay apart
+        style = dict(color=f"C{variants.index(key[0])}", linestyle=("-", "--", ":", "-.")[precisions.index(key[1]) % 4],
+                     marker="os^D"[precisions.index(key[1]) % 4])
         line = sorted((r for r in rows if (r["variant"], r["precision"]) == key),
                       key=lambda r: parse_size(r["resolution"])[0])
         pixels = [parse_size(r["resolution"])[0] * parse_size(r["resolution"])[1] / 1e6 for r in line]
         for ax, field in zip(axes, ("latency_s", "peak_gb"), strict=True):
-            ax.plot(pixels, [r[field] for r in line], marker="o", label=" ".join(key))
+            ax.plot(pixels, [r[field] for r in line], label=" ".join(key), **style)
     sizes = sorted({r["resolution"] for r in rows}, key=lambda s: parse_size(s)[0])
     ticks = [parse_size(s)[0] * parse_size(s)[1] / 1e6 for s in sizes]
     for ax, label in zip(axes, ("latency (s, batch 1)", "peak memory (GB)"), strict=True):

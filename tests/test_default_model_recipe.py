@@ -86,6 +86,51 @@ def test_bundled_model_recipe_continues_an_interrupted_training(tmp_path, monkey
         ["--config", str(ROOT / "configs" / "bundled_exposure.yaml"), "--out", "runs/train2", "--resume"]]
 
 
+def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float16(tmp_path, monkeypatch):
+    """experiments/gpu_model.py: configs/gpu_vits.yaml trains at the resolution the script renders, on the four sets
+    it renders with the bundled recipe's seeds (so no held-out scene is trained on), with a schedule that does not
+    depend on where the time limit stops it; the export writes the checkpoint's EMA weights as float16."""
+    import argparse
+    import types
+
+    import torch
+    from safetensors import safe_open
+
+    from dap.models import load_model
+    from dap.train import build_model, load_config
+
+    e = _experiment("gpu_model")
+    cfg = load_config(e.ROOT / "configs" / "gpu_vits.yaml")
+    assert (cfg.data.height, cfg.data.width) == tuple(cfg.model.overrides["default_resolution"]) == (512, 1024)
+    assert {s.path.removeprefix("data/") for s in cfg.data.sources} == set(e.TRAIN_SETS)
+    assert cfg.optim.schedule == "constant" and cfg.optim.ema_decay > 0
+    calls = []
+    monkeypatch.setattr(e.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or types.SimpleNamespace(returncode=0))
+    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.25, resolution="512x1024", workers=4))
+    rendered = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: (int(c[c.index("--seed") + 1]),
+                                                            int(c[c.index("--count") + 1])) for c in calls}
+    bundled = {name: (seed, count) for name, _, _, seed, count in e.SETS}
+    assert rendered == {name: (bundled[name][0], bundled[name][1] // 4) for name in e.TRAIN_SETS}
+
+    overrides = ["model.name=dap_tiny", "model.overrides.default_resolution=[64,128]"]
+    model = build_model(load_config(e.ROOT / "configs" / "gpu_vits.yaml", overrides), quiet=True)
+    ema = torch.optim.swa_utils.AveragedModel(model)
+    with torch.no_grad():
+        for p in ema.module.parameters():
+            p.add_(0.25)  # the EMA differs from the trained weights: the export must take the EMA
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    torch.save({"step": 7, "model": model.state_dict(), "ema": ema.state_dict()},
+               tmp_path / "run" / "checkpoints" / "step_00000007.pt")
+    args = argparse.Namespace(work=tmp_path, config=e.ROOT / "configs" / "gpu_vits.yaml", set=overrides)
+    info = e.step_export(args, e.State(tmp_path))
+    assert info["step"] == 7
+    with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    loaded = load_model(tmp_path / "model")
+    for k, v in ema.module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v.half().to(v.dtype)), k
+
+
 def _truth_and_guess(rng, lo: float, hi: float, count: int = 3):
     """(ground truth, prediction) 16x32 depth pairs: truth in 0.5-30 m with pixels without ground truth (0) and
     beyond the 100 m cap; the prediction is the truth times a factor in [lo, hi] per pixel."""

@@ -1,0 +1,125 @@
+"""A larger DAP (ViT-S by default) trained from random weights on a GPU for a fixed time, at 512x1024:
+
+    python experiments/gpu_model.py --work runs/gpu --minutes 5 --workers 12      # render, train, export; resumable
+
+Steps (each skipped once done; rerun the same command after an interruption):
+  render  the bundled recipe's four training sets (experiments/bundled_model.py: same kinds, styles and seeds, so
+          none of its held-out scenes is trained on) at 512x1024, --fraction of its panorama counts, --workers
+          processes per set
+  train   `dap train --config configs/gpu_vits.yaml` in <work>, stopped after --minutes (a time budget, not a step
+          count: the config's schedule is constant after the warm-up and the EMA weights are kept). A rerun
+          continues from the checkpoint for another --minutes.
+  export  the EMA weights as a model folder, <work>/model, stored in float16 (half the size; loading gives fp32)
+
+Evaluate the result as any model folder: `dap eval <held-out shards> --model <work>/model`. Runs on a CPU too (for
+a check with tiny counts: --fraction 0.005 --minutes 0.5), but it is meant for a GPU: on two CPU cores a ViT-S step
+at 512x1024 takes minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from bundled_model import SETS
+from data_in_the_loop import ROOT, State, dap_cli, log
+
+TRAIN_SETS = ("indoor", "outdoor", "indoor_clean", "outdoor_clean")
+STEPS = ("render", "train", "export")
+
+
+def step_render(args: argparse.Namespace) -> dict:
+    info = {}
+    for name, kind, style, seed, count in (s for s in SETS if s[0] in TRAIN_SETS):
+        n = max(1, round(count * args.fraction))
+        t0 = time.monotonic()
+        cmd = dap_cli("synth", "--count", str(n), "--out", str(args.work / "data" / name), "--kind", kind,
+                      "--style", style, "--resolution", args.resolution, "--seed", str(seed),
+                      "--workers", str(args.workers), "--shard-size", str(math.ceil(n / args.workers)), "--no-progress")
+        log(" ".join(cmd[2:]))
+        if subprocess.run(cmd, cwd=ROOT).returncode:
+            raise SystemExit(f"failed: {' '.join(cmd[2:])} (rerun the same command to resume)")
+        info[name] = {"kind": kind, "style": style, "seed": seed, "count": n,
+                      "seconds": round(time.monotonic() - t0, 1)}
+        log(f"{name}: {n} panoramas in {info[name]['seconds']} s")
+    return info
+
+
+def step_train(args: argparse.Namespace) -> dict:
+    from dap.train import load_config, train
+
+    cfg = load_config(args.config, args.set)
+    run = args.work / "run"
+    cwd = os.getcwd()
+    os.chdir(args.work)  # the config's data paths are relative to the work folder
+    try:
+        t0 = time.monotonic()
+        result = train(cfg, run, resume=(run / "checkpoints").is_dir(), time_limit_min=args.minutes)
+    finally:
+        os.chdir(cwd)
+    rates = [row["samples_per_s"] for row in result.history[1:]]  # the first window holds the warm-up
+    return {"steps": result.step, "minutes": round((time.monotonic() - t0) / 60, 2),
+            "samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "last_loss": result.history[-1]["loss/total"] if result.history else None}
+
+
+def step_export(args: argparse.Namespace, state: State) -> dict:
+    from dap.models import load_model, save_model
+    from dap.train import build_model, load_config
+    from dap.train.checkpoints import list_checkpoints, load_checkpoint
+
+    cfg = load_config(args.config, args.set)
+    ckpt_path = list_checkpoints(args.work / "run")[-1]
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(cfg, quiet=True)
+    # the EMA is a torch AveragedModel: the network's keys under `module.`, plus its count of averaged steps
+    model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k != "n_averaged"})
+    step = int(ckpt["step"])
+    save_model(model, args.work / "model", dtype=torch.float16, training={
+        "trainer": "dap.train", "steps": step, "world_size": 1, "config": cfg.to_dict(), "ema": True,
+        "recipe": "experiments/gpu_model.py", "train": state.data.get("train", {}),
+        "render": state.data.get("render", {})})
+    load_model(args.work / "model")  # reads back
+    size = sum(f.stat().st_size for f in (args.work / "model").iterdir())
+    log(f"wrote {args.work / 'model'} ({size / 1e6:.1f} MB, step {step})")
+    return {"checkpoint": str(ckpt_path), "step": step, "megabytes": round(size / 1e6, 1)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="folder for the data, the run and the model")
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "gpu_vits.yaml", help="training config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (as `dap train --set`)")
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget (per sitting)")
+    parser.add_argument("--fraction", type=float, default=0.25,
+                        help="share of the bundled recipe's panorama counts to render (1.0: 4,800)")
+    parser.add_argument("--resolution", default="512x1024", help="rendering resolution (HEIGHTxWIDTH)")
+    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2),
+                        help="rendering processes")
+    parser.add_argument("--step", action="append", choices=STEPS, help="run only these steps (repeatable)")
+    args = parser.parse_args(argv)
+    args.work = args.work.resolve()
+    args.config = args.config.resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    state = State(args.work)
+    for step in args.step or STEPS:
+        if state.done(step) and step != "train":  # train continues for another --minutes when rerun
+            log(f"{step}: done")
+            continue
+        log(f"{step} ...")
+        info = {"render": step_render, "train": step_train}[step](args) if step != "export" \
+            else step_export(args, state)
+        state.mark(step, info)
+    log(f"state in {state.path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

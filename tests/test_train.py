@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,6 +227,28 @@ def test_two_process_gloo_run_keeps_ranks_identical(tmp_path):
     ckpt = T.load_checkpoint(out / "checkpoints/step_00000002.pt")
     assert ckpt["data"]["world_size"] == 2 and len(ckpt["rng"]) == 2
     assert (out / "final/model.safetensors").is_file()
+
+
+def test_a_loader_bound_run_logs_its_wait_and_says_so_once(tmp_path, monkeypatch, capsys):
+    """Training that spends most of its time waiting for the next batch logs that share (data_wait_share) and says
+    once on stderr which setting to change; the first logged window (loader start-up) is not judged."""
+    from dap.train import data as train_data
+
+    make = train_data.MixtureDataset.__getitem__
+
+    def slow(self, key):
+        time.sleep(0.25)
+        return make(self, key)
+
+    monkeypatch.setattr(train_data.MixtureDataset, "__getitem__", slow)
+    result = T.train(cfg_with("run.steps=4", "data.num_workers=0"), tmp_path / "run")
+    shares = [h["data_wait_share"] for h in result.history]
+    assert len(shares) == 4 and all(0.3 < s <= 1 for s in shares), shares
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["data_wait_share"] for r in rows] == shares
+    err = capsys.readouterr().err
+    assert err.count("the data loader kept training waiting") == 1 and "data.num_workers=0" in err
+    assert "up to step 2 " in err
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -41,8 +41,12 @@ from dap.train.config import SourceConfig, TrainConfig
 from dap.train.data import MixtureDataset, MixtureSampler, ValidationSet, build_source, seed_of
 from dap.train.distributed import Dist, any_rank, barrier, reduce_mean, setup_distributed
 
+# A logged window in which training waited this share of its time for the next batch is loader-bound: say so once.
+LOADER_BOUND_SHARE = 0.3
 
 # ====================================================================================== LR and EMA
+
+
 def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
     """LR multiplier for the update made at `step` (0-based): linear warm-up, then cosine/linear/constant."""
     if warmup and step < warmup:
@@ -305,9 +309,11 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                dynamic_ncols=True)
     history: list[dict] = []
     t_start, t_log, n_log, t_extra = time.monotonic(), time.monotonic(), 0, 0.0
+    t_wait, t_asked, warned = 0.0, time.monotonic(), False  # time spent waiting for the loader's next batch
     step = start
     end = run.steps if stop_at is None else min(run.steps, max(stop_at, start))
     for step_idx, batch in zip(range(start, end), loader, strict=False):
+        t_wait += time.monotonic() - t_asked
         loss, terms, grad_norm, lrs = _train_step(st, train_model, loss_fn, batch, step_idx, cfg, d)
         step = step_idx + 1
         n_log += 1
@@ -318,10 +324,19 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                                "grad_norm": float(grad_norm)}, d)
             now = time.monotonic()
             row.update(lrs)
-            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / max(now - t_log - t_extra, 1e-9)
-            t_log, n_log, t_extra = now, 0, 0.0
+            window = max(now - t_log - t_extra, 1e-9)
+            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / window
+            row["data_wait_share"] = min(1.0, t_wait / window)  # this rank's
+            t_log, n_log, t_extra, t_wait = now, 0, 0.0, 0.0
             history.append({"step": step, **row})
             log(step, row)
+            # the first window holds the loader workers' start-up
+            if len(history) > 1 and row["data_wait_share"] > LOADER_BOUND_SHARE and not warned and d.main:
+                warned = True
+                tqdm.write(f"dap train: the data loader kept training waiting {row['data_wait_share']:.0%} of the "
+                           f"time up to step {step} (data.num_workers={cfg.data.num_workers}, "
+                           f"{os.cpu_count()} CPU cores here): raise data.num_workers if cores are free, or "
+                           "lower the training resolution", file=sys.stderr)
             bar.set_postfix(loss=f"{row['loss/total']:.4f}")
 
         t0 = time.monotonic()  # validation and checkpoints do not count against the training throughput
@@ -337,6 +352,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         t_extra += time.monotonic() - t0
         if stopped:
             break
+        t_asked = time.monotonic()
     bar.close()
 
     finished = step >= run.steps

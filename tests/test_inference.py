@@ -526,7 +526,9 @@ def test_input_that_vanished_after_listing_fails_alone(checkpoint, tmp_path, cap
     io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
     (tmp_path / "in" / "b.png").symlink_to(tmp_path / "in" / "gone.png")  # listed, but nothing to read
     assert _predict_cli([tmp_path / "in"], tmp_path / "out", checkpoint, "--outputs", "npy") == 1
-    assert f"cannot read {tmp_path / 'in' / 'b.png'}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"cannot read {tmp_path / 'in' / 'b.png'}: it is a symbolic link to {tmp_path / 'in' / 'gone.png'}, " \
+           "which does not exist" in err
     assert _files(tmp_path / "out") == ["a.npy"]
 
 
@@ -579,6 +581,10 @@ def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
                  "--model", str(tmp_path / "no_model")]) == 2
     assert f"no such file or folder: {tmp_path / 'nope.jpg'}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "gone.jpg")  # a dangling link says where it points
+    assert main(["predict", str(tmp_path / "link.jpg"), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'link.jpg'} (a symbolic link to {tmp_path / 'gone.jpg'}, which does not exist)" \
+        in capsys.readouterr().err
 
 
 def test_video_frame_name_taken_by_an_image_fails_instead_of_overwriting(checkpoint, tmp_path, capsys):

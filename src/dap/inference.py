@@ -552,7 +552,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
 
     from dap import io
 
-    missing = [spec for spec in inputs if not _is_pattern(spec) and not os.path.exists(spec)]
+    missing = [spec + (f" (a symbolic link to {os.readlink(spec)}, which does not exist)"
+                       if os.path.islink(spec) else "")
+               for spec in inputs if not _is_pattern(spec) and not os.path.exists(spec)]
     if missing:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
     paths: dict[str, Path] = {}  # absolute path -> path as given, in order: a file listed twice runs once

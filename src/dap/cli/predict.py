@@ -166,6 +166,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _why_unreadable(source: str, error: OSError) -> str:
+    """The reason an input that was listed cannot be read, saying what to do where we can tell."""
+    if os.path.islink(source) and not os.path.exists(source):
+        return (f"it is a symbolic link to {os.readlink(source)}, which does not exist. Fix the link or remove it, "
+                "or pass the files to predict instead of the folder")
+    return str(error.strerror or error)
+
+
 def _report(caught: list[warnings.WarningMessage], source: str) -> None:
     """Input warnings as one line naming the input (the library cannot: it is given pixels); others as they were."""
     from tqdm import tqdm
@@ -200,7 +208,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
         try:
             expected = {"input": input_identity(item.video or item.source), "settings": settings}
         except OSError as e:  # gone or unreadable since the inputs were listed
-            failures.append((seq, item.source, f"cannot read {item.source}: {e.strerror or e}"))
+            failures.append((seq, item.source, f"cannot read {item.source}: {_why_unreadable(item.source, e)}"))
             continue
         recorded = None if args.overwrite else read_record(record)
         if recorded is not None:

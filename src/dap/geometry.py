@@ -288,19 +288,23 @@ def _check_mode(mode: str) -> None:
         raise ValueError(f"mode must be 'bilinear' or 'nearest', got {mode!r}.")
 
 
-def _sample_padded(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mode: str) -> torch.Tensor:
-    """Sample (N, C, H, W) ERP images at continuous pixel coords u, v (shape S) -> (N, C, *S)."""
-    n, _, h, w = x.shape
+def _padded_grid(u: torch.Tensor, v: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`grid_sample` coordinates (1, 1, S, 2) of continuous pixel coords u, v in the image `_sample_padded` pads."""
+    gx = (u.reshape(-1) + 1) / (width + 1) * 2 - 1
+    gy = (v.reshape(-1) + 1) / (height + 1) * 2 - 1
+    return torch.stack((gx, gy), -1).reshape(1, 1, -1, 2)
+
+
+def _sample_padded(x: torch.Tensor, grid: torch.Tensor, shape: tuple[int, ...], mode: str) -> torch.Tensor:
+    """Sample (N, C, H, W) ERP images at `_padded_grid` coordinates -> (N, C, *shape)."""
+    n = x.shape[0]
+    w = x.shape[-1]
     # One extra row beyond each pole (the same row half a turn away) and one wrapped column on each side.
     top = torch.roll(x[..., :1, :], w // 2, -1)
     bottom = torch.roll(x[..., -1:, :], w // 2, -1)
     x = torch.cat((top, x, bottom), -2)
     x = torch.cat((x[..., -1:], x, x[..., :1]), -1)
-    shape = u.shape
-    gx = (u.reshape(-1) + 1) / (w + 1) * 2 - 1
-    gy = (v.reshape(-1) + 1) / (h + 1) * 2 - 1
-    grid = torch.stack((gx, gy), -1).to(device=x.device, dtype=x.dtype)
-    grid = grid.reshape(1, 1, -1, 2).expand(n, -1, -1, -1)
+    grid = grid.to(device=x.device, dtype=x.dtype).expand(n, -1, -1, -1)
     y = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=True)
     return y.reshape(n, y.shape[1], *shape)
 
@@ -316,7 +320,8 @@ def sample_erp(image: Array, rays: Array, mode: str = "bilinear") -> Array:
     r, _ = _to_torch(rays)
     lon, lat = rays_to_lonlat(r.to(device=x.device, dtype=torch.float64))
     u, v = lonlat_to_pixel(lon, lat, x.shape[-2], x.shape[-1])
-    return _images_out(_sample_padded(x, u, v, mode), info, r.ndim - 1)
+    return _images_out(_sample_padded(x, _padded_grid(u, v, x.shape[-2], x.shape[-1]), u.shape, mode), info,
+                       r.ndim - 1)
 
 
 def rotate_erp(
@@ -337,17 +342,18 @@ def rotate_erp(
     _check_mode(mode)
     r = _rotation(rotation, yaw, pitch, roll)
     x, info = _images_in(image)
-    u, v = _rotated_pixels(x.shape[-2], x.shape[-1], tuple(r.reshape(-1).tolist()))
-    return _images_out(_sample_padded(x, u, v, mode), info, 2)
+    h, w = x.shape[-2:]
+    return _images_out(_sample_padded(x, _rotated_grid(h, w, tuple(r.reshape(-1).tolist())), (h, w), mode), info, 2)
 
 
 @functools.lru_cache(maxsize=2)
-def _rotated_pixels(height: int, width: int, rotation: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input pixel coordinates of each output pixel of `rotate_erp`. Cached: a training sample rotates its RGB,
-    depth and masks by the same rotation, and these float64 rays and arctangents cost more than the sampling."""
+def _rotated_grid(height: int, width: int, rotation: tuple[float, ...]) -> torch.Tensor:
+    """`_padded_grid` of `rotate_erp`: where each output pixel reads the input. Cached: a training sample rotates
+    its RGB, depth and masks by the same rotation, and these float64 rays and arctangents cost more than the
+    sampling."""
     r = torch.tensor(rotation, dtype=torch.float64).reshape(3, 3)
     lon, lat = rays_to_lonlat(erp_rays(height, width, dtype=torch.float64) @ r.T)
-    return lonlat_to_pixel(lon, lat, height, width)
+    return _padded_grid(*lonlat_to_pixel(lon, lat, height, width), height, width)
 
 
 # -------------------------------------------------------------------------------- perspective, cubemap

@@ -48,12 +48,15 @@ def rotate_sphere(sample: Sample, yaw: float = 0.0, pitch: float = 0.0, roll: fl
     """The sample seen from the camera rotated by yaw/pitch/roll degrees (`dap.geometry.rotation_matrix`).
     RGB is resampled bilinearly; depth and masks by nearest neighbour, so no depth is blended across edges."""
     out = dict(sample)
-    for k in _images(sample):
-        v = sample[k]
-        if k == "rgb":
-            out[k] = rotate_erp(v, yaw=yaw, pitch=pitch, roll=roll, mode="bilinear").clamp(0, 1)
-        else:
-            r = rotate_erp(v.float(), yaw=yaw, pitch=pitch, roll=roll, mode="nearest")
+    keys = _images(sample)
+    if "rgb" in keys:
+        out["rgb"] = rotate_erp(sample["rgb"], yaw=yaw, pitch=pitch, roll=roll, mode="bilinear").clamp(0, 1)
+    maps = [k for k in keys if k != "rgb"]
+    if maps:  # depth and masks: one nearest-neighbour pass over all their channels
+        stacked = torch.cat([sample[k].float() for k in maps], dim=-3)
+        rotated = rotate_erp(stacked, yaw=yaw, pitch=pitch, roll=roll, mode="nearest")
+        for k, r in zip(maps, rotated.split([sample[k].shape[-3] for k in maps], dim=-3), strict=True):
+            v = sample[k]
             out[k] = r.to(v.dtype) if v.dtype != torch.bool else r > 0.5
     return out
 

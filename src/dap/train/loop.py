@@ -44,9 +44,8 @@ from dap.train.distributed import Dist, any_rank, barrier, reduce_mean, setup_di
 # A logged window in which training waited this share of its time for the next batch is loader-bound: say so once.
 LOADER_BOUND_SHARE = 0.3
 
+
 # ====================================================================================== LR and EMA
-
-
 def lr_factor(step: int, steps: int, warmup: int, schedule: str, min_ratio: float) -> float:
     """LR multiplier for the update made at `step` (0-based): linear warm-up, then cosine/linear/constant."""
     if warmup and step < warmup:

@@ -2,18 +2,18 @@
 
     python experiments/gpu_model.py --work runs/gpu --minutes 5 --workers 12      # render, train, export; resumable
 
-Steps (each skipped once done; rerun the same command after an interruption):
+Steps (rerun the same command after an interruption: rendering resumes, or is skipped once done):
   render  the bundled recipe's four training sets (experiments/bundled_model.py: same kinds, styles and seeds, so
           none of its held-out scenes is trained on) at 512x1024, --fraction of its panorama counts, --workers
           processes per set
   train   `dap train --config configs/gpu_vits.yaml` in <work>, stopped after --minutes (a time budget, not a step
-          count: the config's schedule is constant after the warm-up and the EMA weights are kept). A rerun
-          continues from the checkpoint for another --minutes.
+          count: the config's schedule is constant after the warm-up and the EMA weights are kept). Every run
+          continues from the newest checkpoint, for another --minutes.
   export  the EMA weights as a model folder, <work>/model, stored in float16 (half the size; loading gives fp32)
 
-Evaluate the result as any model folder: `dap eval <held-out shards> --model <work>/model`. Runs on a CPU too (for
-a check with tiny counts: --fraction 0.005 --minutes 0.5), but it is meant for a GPU: on two CPU cores a ViT-S step
-at 512x1024 takes minutes.
+Evaluate the result as any model folder: `dap eval --dataset synth --root <held-out shards> --checkpoint
+<work>/model --out <dir>`. Runs on a CPU too (a check with tiny counts: --fraction 0.005 --minutes 0.5), but it is
+meant for a GPU: on two CPU cores one ViT-S step at 512x1024, batch 16, takes minutes.
 """
 
 from __future__ import annotations
@@ -110,14 +110,14 @@ def main(argv: list[str] | None = None) -> None:
     args.config = args.config.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)
+    run_step = {"render": lambda: step_render(args), "train": lambda: step_train(args),
+                "export": lambda: step_export(args, state)}
     for step in args.step or STEPS:
-        if state.done(step) and step != "train":  # train continues for another --minutes when rerun
+        if state.done(step) and step == "render":  # a rerun trains for another --minutes, then exports that
             log(f"{step}: done")
             continue
         log(f"{step} ...")
-        info = {"render": step_render, "train": step_train}[step](args) if step != "export" \
-            else step_export(args, state)
-        state.mark(step, info)
+        state.mark(step, run_step[step]())
     log(f"state in {state.path}")
 
 

@@ -352,8 +352,14 @@ def _rotated_grid(height: int, width: int, rotation: tuple[float, ...]) -> torch
     its RGB, depth and masks by the same rotation, and these float64 rays and arctangents cost more than the
     sampling."""
     r = torch.tensor(rotation, dtype=torch.float64).reshape(3, 3)
-    lon, lat = rays_to_lonlat(erp_rays(height, width, dtype=torch.float64) @ r.T)
+    lon, lat = rays_to_lonlat(_erp_rays64(height, width) @ r.T)
     return _padded_grid(*lonlat_to_pixel(lon, lat, height, width), height, width)
+
+
+@functools.lru_cache(maxsize=2)
+def _erp_rays64(height: int, width: int) -> torch.Tensor:
+    """`erp_rays` in float64, kept for `_rotated_grid`, which only reads it: every rotation starts from them."""
+    return erp_rays(height, width, dtype=torch.float64)
 
 
 # -------------------------------------------------------------------------------- perspective, cubemap

@@ -177,3 +177,29 @@ def test_overlapped_folder_predict_equals_sequential(ckpt, tmp_path, capsys):
         np.testing.assert_array_equal(np.load(out / f"{pano.stem}.npy"), np.where(want.range_mask, 0, want.depth))
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [f"p{i}{s}" for i in (0, 1, 3) for s in (".npy", ".mask.png")] + [f".p{i}.dap.json" for i in (0, 1, 3)])
+
+
+def test_speed_benchmark_merges_runs_and_plots_them(tmp_path):
+    """benchmarks/inference_speed.py --from a.json --from b.json: b's rows replace a's rows of the same model,
+    resolution, precision and batch (a rerun of a few rows), the others stay; the plot is written from the merge."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_speed.py"
+    spec = importlib.util.spec_from_file_location("inference_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    def row(variant, resolution, peak):
+        return {"variant": variant, "resolution": resolution, "precision": "fp32", "batch": 1, "latency_s": 0.1,
+                "peak_gb": peak}
+
+    first = {"machine": {"name": "GPU"}, "device": "cuda",
+             "results": [row("tiny", "256x512", 2.0), row("tiny", "512x1024", 0.3), row("vits", "256x512", 1.2)]}
+    rerun = {"machine": {"name": "GPU"}, "device": "cuda", "results": [row("tiny", "256x512", 0.1)]}
+    merged = bench.merge_results([first, rerun])
+    peaks = {(r["variant"], r["resolution"]): r["peak_gb"] for r in merged["results"]}
+    assert peaks == {("tiny", "256x512"): 0.1, ("tiny", "512x1024"): 0.3, ("vits", "256x512"): 1.2}
+    assert merged["machine"] == first["machine"]
+    bench.plot(merged, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 10_000

@@ -177,7 +177,7 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     from dap.data.shards import ShardDataset
     from dap.models import save_model
 
-    trained = args.work / "runs" / "train2" / "final"
+    trained = args.trained or args.work / "runs" / "train2" / "final"
     model = dap.load_model(trained)
     samples = {}
     for name in CAL_SETS:
@@ -377,6 +377,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only this step (repeatable), even if it is done already")
     parser.add_argument("--install", action="store_true",
                         help="finally copy the new weights over the bundled model in src/dap/weights")
+    parser.add_argument("--trained", type=Path, metavar="MODEL",
+                        help="the model folder the calibrate step starts from (default: <work>/runs/train2/final, "
+                             "what the train2 step makes), e.g. <dir>/model of experiments/gpu_model.py: "
+                             "--trained <dir>/model --step calibrate --step eval")
     args = parser.parse_args(argv)
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,22 @@ def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float
         assert torch.equal(loaded.state_dict()[k], v.half().to(v.dtype)), k
 
 
+def test_gpu_small_config_fits_the_bundled_size_and_trains_where_the_recipe_renders():
+    """configs/gpu_small.yaml (for experiments/gpu_model.py --resolution 256x512): a model within the bundled limit
+    of 40 MB as float16, at the bundled working resolution, on the four sets gpu_model.py renders, with the same
+    time-budget schedule as configs/gpu_vits.yaml."""
+    from dap.models import count_parameters
+    from dap.train import build_model, load_config
+
+    e = _experiment("gpu_model")
+    cfg = load_config(e.ROOT / "configs" / "gpu_small.yaml")
+    n = count_parameters(build_model(cfg, quiet=True))["total"]
+    assert 2 * n <= 40e6, f"{n} parameters are {2 * n / 1e6:.1f} MB as float16"
+    assert (cfg.data.height, cfg.data.width) == tuple(cfg.model.overrides["default_resolution"]) == (256, 512)
+    assert {s.path.removeprefix("data/") for s in cfg.data.sources} == set(e.TRAIN_SETS)
+    assert cfg.optim.schedule == "constant" and cfg.optim.ema_decay > 0 and cfg.run.val_every == 0
+
+
 def _truth_and_guess(rng, lo: float, hi: float, count: int = 3):
     """(ground truth, prediction) 16x32 depth pairs: truth in 0.5-30 m with pixels without ground truth (0) and
     beyond the 100 m cap; the prediction is the truth times a factor in [lo, hi] per pixel."""

@@ -389,6 +389,26 @@ def test_corrupt_eval_cache(d, tmp_path, capsys):
     _check_one_line(err, "eval", ["cache.json", "corrupt", "delete"])
 
 
+def test_eval_of_small_panoramas_warns_once_naming_how_many(d, tmp_path, capsys):
+    """Panoramas 4x or more smaller than the working resolution are evaluated, with one warning line for all of
+    them (how many, the first one's name), not one Python warning per image."""
+    import shutil
+
+    root = tmp_path / "data"
+    root.mkdir()
+    io.write_depth(root / "gt.npy", np.full((32, 64), 2.0, np.float32))
+    for i in range(3):
+        shutil.copy(d / "pano.png", root / f"p{i}.png")
+    (root / "manifest.csv").write_text("rgb,depth\n" + "".join(f"{root / f'p{i}.png'},{root / 'gt.npy'}\n"
+                                                                 for i in range(3)))
+    argv = ["eval", "--dataset", "folder", "--root", str(root), "--checkpoint", str(d / "ckpt"), "--out",
+            str(tmp_path / "out"), "--resolution", "256x512", "--panels", "0"]
+    code, err = _run(argv, capsys)
+    assert code == 0
+    line = _check_one_line(err, "eval", ["warning: 3 of 3 samples", "64x32 pixels", "enlarged 8x"])
+    assert "p0" in line
+
+
 # --- the CLI sits on top of the library ---------------------------------------------------------------------------
 def _python(code: str) -> str:
     import subprocess

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from dap.errors import DapError, NoValidDepthError, UnreadableFileError
+from dap.errors import DapError, InputWarning, NoValidDepthError, UnreadableFileError
 from dap.inference import (
     DEFAULT_SEAM_PAD,
     apply_range_mask,
@@ -467,6 +468,7 @@ def evaluate(
         _check_cache(cache_dir, cache_key)
     accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
     skipped: list[dict] = []
+    input_warnings: dict[str, list[str]] = {}  # an input warning's text -> the samples that raised it
     n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
     n_cached = 0
     t0 = time.perf_counter()
@@ -493,7 +495,14 @@ def evaluate(
                 pred = read_depth(path)
                 n_cached += 1
             else:
-                depth, mask = predictor(sample["rgb"])
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", InputWarning)
+                    depth, mask = predictor(sample["rgb"])
+                for w in caught:  # input warnings once per text after the loop, naming the samples; others now
+                    if issubclass(w.category, InputWarning):
+                        input_warnings.setdefault(str(w.message), []).append(name)
+                    else:
+                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
                 pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
                 if path is not None:
                     write_depth(path, pred)
@@ -515,6 +524,9 @@ def evaluate(
             rgb = np.asarray(sample["rgb"], np.float32)
             (out / "panels").mkdir(parents=True, exist_ok=True)
             write_rgb(out / "panels" / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
+    for text, names in input_warnings.items():
+        which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"
+        warnings.warn(f"{which}: {text}", InputWarning, stacklevel=2)
     summary = {
         "config": {
             **asdict(cfg),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -18,7 +19,7 @@ from dap.cli import (
     positive_int,
 )
 from dap.data.datasets import DATASETS, get_dataset
-from dap.errors import DapError
+from dap.errors import DapError, InputWarning
 from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
 from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint
 from dap.models import load_model
@@ -102,27 +103,18 @@ def run(args: argparse.Namespace) -> int:
             f"{expected}. Numbers are not comparable with published ones."
         )
     check_seam_pad(args.seam_pad)
-    if args.predictions:
-        summary = evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
-                           progress=sys.stderr.isatty())
-    else:
-        model = load_model(args.checkpoint, device=args.device)
-        resolution = tuple(args.resolution or model.cfg.default_resolution)
-        predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
-        key = {
-            "checkpoint": str(args.checkpoint),
-            "model_sha256": model_fingerprint(model),
-            "resolution": list(resolution),
-            "seam_pad": args.seam_pad,
-            "precision": str(compute_dtype(torch.device(args.device))).removeprefix("torch."),
-            "range_cap": args.range_cap,
-        }
-        summary = evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key,
-                           progress=sys.stderr.isatty())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InputWarning)
+        summary = _evaluate(args, dataset, cfg)
     if summary["n_images"] and len(summary["skipped"]) == summary["n_images"] * len(cfg.protocols):
         raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth in "
                        f"({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
                        f"(metres_per_unit) or --max-depth. Details in {Path(args.out) / 'metrics.json'}")
+    for w in caught:  # input warnings as one line each (a failed run has said its error alone); others as Python does
+        if issubclass(w.category, InputWarning):
+            print(f"dap eval: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     print(format_table(summary))
     if summary["skipped"]:
         print(
@@ -131,3 +123,22 @@ def run(args: argparse.Namespace) -> int:
         )
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
+    """`evaluate` on saved predictions or on the model of --checkpoint, with its prediction cache."""
+    if args.predictions:
+        return evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
+                        progress=sys.stderr.isatty())
+    model = load_model(args.checkpoint, device=args.device)
+    resolution = tuple(args.resolution or model.cfg.default_resolution)
+    predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
+    key = {
+        "checkpoint": str(args.checkpoint),
+        "model_sha256": model_fingerprint(model),
+        "resolution": list(resolution),
+        "seam_pad": args.seam_pad,
+        "precision": str(compute_dtype(torch.device(args.device))).removeprefix("torch."),
+        "range_cap": args.range_cap,
+    }
+    return evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=sys.stderr.isatty())

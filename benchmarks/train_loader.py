@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dap.cli import parse_panorama_size
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -50,7 +52,8 @@ def time_row(src: Path, settings: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolution", default="512x1024", help="training resolution HEIGHTxWIDTH")
+    parser.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024),
+                        help="training resolution HEIGHTxWIDTH (2:1)")
     parser.add_argument("--data", type=Path, help="shards to read (default: render --count panoramas)")
     parser.add_argument("--count", type=int, default=16, help="panoramas to render when --data is not given")
     parser.add_argument("--batch", type=int, default=8)
@@ -58,13 +61,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--against", type=Path, metavar="SRC", help="an older checkout's src/, timed as `before`")
     args = parser.parse_args()
-    h, w = (int(v) for v in args.resolution.split("x"))
+    h, w = args.resolution
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if data is None:
             data = Path(tmp) / "data"
             subprocess.run([sys.executable, "-m", "dap.cli", "synth", "--count", str(args.count), "--out", str(data),
-                            "--kind", "indoor", "--style", "photo", "--resolution", args.resolution,
+                            "--kind", "indoor", "--style", "photo", "--resolution", f"{h}x{w}",
                             "--no-progress"], check=True)
         settings = {"data": str(data), "h": h, "w": w, "batch": args.batch, "batches": args.batches}
         rows = {"before": args.against} if args.against else {}

@@ -1,4 +1,8 @@
-"""Exceptions users can catch. Every message says what is wrong and what to do about it."""
+"""Exceptions and warnings users can catch. Every message says what is wrong and what to do about it."""
+
+import contextlib
+import warnings
+from collections.abc import Iterator
 
 
 class DapError(Exception):
@@ -36,3 +40,22 @@ class ConfigError(DapError, ValueError):
 class InputWarning(UserWarning):
     """An input that can be processed but whose result is doubtful (NaN pixels, a panorama a few pixels across).
     `dap predict` reports each one with the file it came from."""
+
+
+@contextlib.contextmanager
+def collect_input_warnings() -> Iterator[list[str]]:
+    """The texts of the `InputWarning`s raised inside, every one of them (not once per code location), for the
+    caller to report with what only it knows (the file, how many samples); filled on leaving, also when the body
+    raises. Other warnings go on, on leaving, as Python shows them."""
+    texts: list[str] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            yield texts
+    finally:
+        for w in caught:
+            if issubclass(w.category, InputWarning):
+                texts.append(str(w.message))
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

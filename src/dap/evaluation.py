@@ -21,7 +21,7 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from dap.errors import DapError, InputWarning, NoValidDepthError, UnreadableFileError
+from dap.errors import DapError, InputWarning, NoValidDepthError, UnreadableFileError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
     apply_range_mask,
@@ -495,14 +495,10 @@ def evaluate(
                 pred = read_depth(path)
                 n_cached += 1
             else:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", InputWarning)
+                with collect_input_warnings() as warned:
                     depth, mask = predictor(sample["rgb"])
-                for w in caught:  # input warnings once per text after the loop, naming the samples; others now
-                    if issubclass(w.category, InputWarning):
-                        input_warnings.setdefault(str(w.message), []).append(name)
-                    else:
-                        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+                for text in warned:  # once per text after the loop, naming the samples
+                    input_warnings.setdefault(text, []).append(name)
                 pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
                 if path is not None:
                     write_depth(path, pred)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 import torch
@@ -19,7 +18,7 @@ from dap.cli import (
     positive_int,
 )
 from dap.data.datasets import DATASETS, get_dataset
-from dap.errors import DapError, InputWarning
+from dap.errors import DapError, collect_input_warnings
 from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
 from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint
 from dap.models import load_model
@@ -103,18 +102,14 @@ def run(args: argparse.Namespace) -> int:
             f"{expected}. Numbers are not comparable with published ones."
         )
     check_seam_pad(args.seam_pad)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", InputWarning)
+    with collect_input_warnings() as warned:
         summary = _evaluate(args, dataset, cfg)
     if summary["n_images"] and len(summary["skipped"]) == summary["n_images"] * len(cfg.protocols):
         raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth in "
                        f"({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
                        f"(metres_per_unit) or --max-depth. Details in {Path(args.out) / 'metrics.json'}")
-    for w in caught:  # input warnings as one line each (a failed run has said its error alone); others as Python does
-        if issubclass(w.category, InputWarning):
-            print(f"dap eval: warning: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for text in warned:  # one line each, after the error check: a failed run says its error alone
+        print(f"dap eval: warning: {text}", file=sys.stderr)
     print(format_table(summary))
     if summary["skipped"]:
         print(

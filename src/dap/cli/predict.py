@@ -8,11 +8,10 @@ import queue
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 
 from dap.cli import parse_device, parse_network_size, positive_float, positive_int, unit_interval
-from dap.errors import DapError, InputWarning
+from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
     IMAGE_SUFFIXES,
@@ -139,16 +138,16 @@ def run(args: argparse.Namespace) -> int:
         for seq, item, paths, record, rgb in tqdm(_background(_decoded(items, args, kinds, settings, failures, counts)),
                                                   desc="predict", unit="pano", disable=None):
             try:
-                with warnings.catch_warnings(record=True) as caught:
-                    warnings.simplefilter("always", InputWarning)
+                with collect_input_warnings() as warned:
                     pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
                                    pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample,
                                    precision=precision, camera_height=args.camera_height)
             except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
                 failures.append((seq, item.source, str(e)))
                 continue
-            finally:
-                _report(caught, item.source)
+            finally:  # one line naming the input (the library cannot: it is given pixels)
+                for text in warned:
+                    tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             smooth(pred, item.video)
             writer.put((seq, item, pred, paths, record))
     finally:
@@ -172,17 +171,6 @@ def _why_unreadable(source: str, error: OSError) -> str:
         return (f"it is a symbolic link to {os.readlink(source)}, which does not exist. Fix the link or remove it, "
                 "or pass the files to predict instead of the folder")
     return str(error.strerror or error)
-
-
-def _report(caught: list[warnings.WarningMessage], source: str) -> None:
-    """Input warnings as one line naming the input (the library cannot: it is given pixels); others as they were."""
-    from tqdm import tqdm
-
-    for w in caught:
-        if issubclass(w.category, InputWarning):
-            tqdm.write(f"dap predict: warning: {source}: {w.message}", file=sys.stderr)
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
 def _decoded(items, args, kinds, settings, failures, counts):

@@ -543,6 +543,13 @@ def _is_pattern(spec: str) -> bool:
     return any(c in spec for c in "*?[")
 
 
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """"a symbolic link to <target>, which does not exist" when `path` is one; else None."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
     each file once, named by `output_names`; and the other files of the folders given, which were left out (a
@@ -552,8 +559,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
 
     from dap import io
 
-    missing = [spec + (f" (a symbolic link to {os.readlink(spec)}, which does not exist)"
-                       if os.path.islink(spec) else "")
+    missing = [spec + (f" ({dangling})" if (dangling := dangling_link(spec)) else "")
                for spec in inputs if not _is_pattern(spec) and not os.path.exists(spec)]
     if missing:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")

@@ -22,6 +22,7 @@ from dap.inference import (
     ScaleSmoother,
     check_onnx_precision,
     check_seam_pad,
+    dangling_link,
     expand_inputs,
     input_identity,
     iter_frames,
@@ -167,9 +168,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _why_unreadable(source: str, error: OSError) -> str:
     """The reason an input that was listed cannot be read, saying what to do where we can tell."""
-    if os.path.islink(source) and not os.path.exists(source):
-        return (f"it is a symbolic link to {os.readlink(source)}, which does not exist. Fix the link or remove it, "
-                "or pass the files to predict instead of the folder")
+    dangling = dangling_link(source)
+    if dangling:
+        return f"it is {dangling}. Fix the link or remove it, or pass the files to predict instead of the folder"
     return str(error.strerror or error)
 
 

@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
                              "what the train2 step makes), e.g. <dir>/model of experiments/gpu_model.py: "
                              "--trained <dir>/model --step calibrate --step eval")
     args = parser.parse_args(argv)
+    if args.trained is not None and not (args.trained / "config.json").is_file():
+        parser.error(f"--trained {args.trained}: not a model folder (config.json + model.safetensors)")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)

@@ -30,6 +30,8 @@ import torch
 from bundled_model import SETS
 from data_in_the_loop import ROOT, State, dap_cli, log
 
+from dap.cli import parse_panorama_size, positive_float, positive_int
+
 TRAIN_SETS = ("indoor", "outdoor", "indoor_clean", "outdoor_clean")
 STEPS = ("render", "train", "export")
 
@@ -40,7 +42,7 @@ def step_render(args: argparse.Namespace) -> dict:
         n = max(1, round(count * args.fraction))
         t0 = time.monotonic()
         cmd = dap_cli("synth", "--count", str(n), "--out", str(args.work / "data" / name), "--kind", kind,
-                      "--style", style, "--resolution", args.resolution, "--seed", str(seed),
+                      "--style", style, "--resolution", "x".join(map(str, args.resolution)), "--seed", str(seed),
                       "--workers", str(args.workers), "--shard-size", str(math.ceil(n / args.workers)), "--no-progress")
         log(" ".join(cmd[2:]))
         if subprocess.run(cmd, cwd=ROOT).returncode:
@@ -98,14 +100,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "gpu_vits.yaml", help="training config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (as `dap train --set`)")
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time budget (per sitting)")
-    parser.add_argument("--fraction", type=float, default=0.25,
+    parser.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget (per sitting)")
+    parser.add_argument("--fraction", type=positive_float, default=0.25,
                         help="share of the bundled recipe's panorama counts to render (1.0: 4,800)")
-    parser.add_argument("--resolution", default="512x1024", help="rendering resolution (HEIGHTxWIDTH)")
-    parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2),
+    parser.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024),
+                        help="rendering resolution (HEIGHTxWIDTH, 2:1)")
+    parser.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2),
                         help="rendering processes")
     parser.add_argument("--step", action="append", choices=STEPS, help="run only these steps (repeatable)")
     args = parser.parse_args(argv)
+    if not args.config.is_file():
+        parser.error(f"--config {args.config}: no such file")
     args.work = args.work.resolve()
     args.config = args.config.resolve()
     args.work.mkdir(parents=True, exist_ok=True)

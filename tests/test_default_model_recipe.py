@@ -106,7 +106,7 @@ def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float
     assert cfg.optim.schedule == "constant" and cfg.optim.ema_decay > 0
     calls = []
     monkeypatch.setattr(e.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or types.SimpleNamespace(returncode=0))
-    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.25, resolution="512x1024", workers=4))
+    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.25, resolution=(512, 1024), workers=4))
     rendered = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: (int(c[c.index("--seed") + 1]),
                                                             int(c[c.index("--count") + 1])) for c in calls}
     bundled = {name: (seed, count) for name, _, _, seed, count in e.SETS}

@@ -64,12 +64,24 @@ def test_precision_drift_on_a_random_model(tiny_model, precision):
 def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(monkeypatch):
     assert resolve_precision("auto", CPU) == "fp32"  # conftest: no native bf16
     monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("dap.inference.cpu_bf16_speedup", lambda: 4.3)  # an EPYC with AVX-512 BF16
     assert resolve_precision("auto", CPU) == "bf16"
+    monkeypatch.setattr("dap.inference.cpu_bf16_speedup", lambda: 0.56)  # the flag, but bf16 slower (a Xeon VM)
+    assert resolve_precision("auto", CPU) == "fp32"
     assert resolve_precision("fp32", CPU) == "fp32"
     with pytest.raises(DapError, match="int8.*CPU only"):
         resolve_precision("int8", torch.device("cuda"))
     with pytest.raises(DapError, match="unknown precision 'fp8'"):
         resolve_precision("fp8", CPU)
+
+
+def test_the_bf16_speedup_is_measured_once_per_process():
+    from dap.inference import cpu_bf16_speedup
+
+    cpu_bf16_speedup.cache_clear()
+    speedup = cpu_bf16_speedup()
+    assert 0.01 < speedup < 100  # a ratio of two timings of the same matmul, whatever this CPU
+    assert cpu_bf16_speedup() == speedup and cpu_bf16_speedup.cache_info().hits >= 1
 
 
 def test_onnx_like_models_run_fp32_only():
@@ -153,6 +165,7 @@ def test_auto_says_once_when_it_picks_bf16(ckpt, tmp_path, capsys, monkeypatch):
     assert main([*argv, "--out", str(tmp_path / "a")]) == 0
     assert "bf16" not in capsys.readouterr().err
     monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("dap.inference.cpu_bf16_speedup", lambda: 4.3)
     assert main([*argv, "--out", str(tmp_path / "b")]) == 0
     err = capsys.readouterr().err
     assert err.count("computing in bf16") == 1 and "--precision fp32" in err

@@ -203,7 +203,8 @@ def seam_pad_columns(width: int, seam_pad: float, patch: int = 16) -> int:
 
 # Precision of the network's forward pass. fp32 is exact (parity with the official model); bf16 and fp16 run
 # matmuls and convolutions under autocast; int8 quantises the backbone's Linear layers (dynamic quantisation,
-# CPU only). "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere.
+# CPU only). "auto": bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16 or AMX) where it is also measurably
+# faster than fp32 (`cpu_bf16_speedup`), fp32 elsewhere.
 # Measured drift against fp32: docs/performance.md.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 # Largest AbsRel between a precision's depth and fp32's that we accept (tests/test_performance.py checks it on the
@@ -212,14 +213,38 @@ PRECISION_TOLERANCE = {"fp32": 0.0, "bf16": 0.01, "fp16": 0.01, "int8": 0.01}
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+# "auto" takes bf16 on a CPU only where a bf16 matmul runs at least this many times as fast as a float32 one: the
+# flag alone does not say it pays (measured: 4.3x on an AMD EPYC with AVX-512 BF16, 0.56x on an Intel Xeon VM with
+# the same flag and no AMX; docs/performance.md). Below it, fp32 is exact and about as fast.
+BF16_MIN_SPEEDUP = 1.5
+
+
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matmuls natively (AVX-512 BF16 or AMX). Without it bf16 is emulated and
-    far slower than fp32 (50x on an AVX2-only EPYC)."""
+    """Whether this CPU has bf16 matmul instructions (AVX-512 BF16 or AMX). Without them bf16 is emulated and far
+    slower than fp32 (50x on an AVX2-only EPYC); with them it can still be slower (`cpu_bf16_speedup`)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:  # not Linux: assume no
         return False
     return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How many times as fast a bf16 matmul runs as a float32 one on this CPU with torch's threads: 1024x1024
+    matrices, one warm-up each, then the best of 3 each in turns (about 0.2 s, once per process)."""
+    import time
+
+    matrices = {dtype: torch.ones(1024, 1024, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
+    best = {}
+    for a in matrices.values():
+        a @ a
+    for _ in range(3):
+        for dtype, a in matrices.items():
+            start = time.perf_counter()
+            a @ a
+            best[dtype] = min(best.get(dtype, math.inf), time.perf_counter() - start)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -233,7 +258,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    fast = device.type == "cpu" and cpu_has_native_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+    return "bf16" if fast else "fp32"
 
 
 def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:

@@ -41,7 +41,7 @@ from dap.geometry import check_erp_shape, erp_rays, lonlat_to_pixel, rotation_ma
 MAX_RANGE = 100.0  # metres; farther hits and sky form the range mask
 EPS = 1e-4  # smallest accepted ray distance (metres)
 KINDS = ("indoor", "outdoor")
-RENDERER_VERSION = 4  # bump whenever the pixels for a given seed change: resuming a dataset checks it
+RENDERER_VERSION = 3  # bump whenever the pixels for a given seed change: resuming a dataset checks it
 
 Vec3 = tuple[float, float, float]
 
@@ -244,14 +244,6 @@ def _capture_spot(r: np.random.Generator, w: float, d: float) -> tuple[float, fl
     return spot[0], spot[1]
 
 
-def _room_height(r: np.random.Generator) -> float:
-    """Floor to ceiling of an ordinary room: 2.3-3.4 m, mostly about 2.6 m, as homes and offices are built (version
-    4; version 3 drew 2.4-3.6 m uniformly, a mean of 3.0 m). Measured on real photographs from door heights (a door
-    is about 2.05 m: docs/synthetic.md, version 4), cameras stood 1.2-1.4 m up under ceilings 2.4-2.9 m high, and
-    the bundled model trained on version 3 put real ceilings about a third too far."""
-    return float(r.triangular(2.3, 2.6, 3.4))
-
-
 def _camera_rotation(r: np.random.Generator) -> Vec3:
     """Hand-held or monopod 360 cameras: any heading, a few degrees of pitch and roll."""
     pitch, roll = np.clip(r.normal(0.0, 2.5, 2), -8.0, 8.0)
@@ -261,7 +253,7 @@ def _camera_rotation(r: np.random.Generator) -> Vec3:
 def _indoor(b: _Builder) -> None:
     r, s = b.rng, b.scene
     # rooms as footprints (x0, z0, x1, z1, height); later rooms only grow towards +x/+z so they never overlap
-    w, d, h = r.uniform(2.5, 8.0), r.uniform(2.5, 8.0), _room_height(r)
+    w, d, h = r.uniform(2.5, 8.0), r.uniform(2.5, 8.0), r.uniform(2.4, 3.6)
     if r.random() < 0.15:  # a hall, an open-plan office or a shop
         w, d, h = r.uniform(8.0, 18.0), r.uniform(6.0, 14.0), r.uniform(3.0, 6.0)
     wall, floor, ceil = b.material("wall"), b.material("floor", (0.4, 1.5)), b.material("ceiling", (0.6, 2.0))
@@ -279,7 +271,7 @@ def _indoor(b: _Builder) -> None:
         gap = 0.2  # wall thickness between rooms
         for _ in range(int(r.integers(1, 3))):
             px0, pz0, px1, pz1, ph = rooms[-1]
-            w2, d2, h2 = r.uniform(2.5, 7.0), r.uniform(2.5, 7.0), _room_height(r)
+            w2, d2, h2 = r.uniform(2.5, 7.0), r.uniform(2.5, 7.0), r.uniform(2.4, 3.6)
             door_h, door_w = min(2.1, min(ph, h2) - 0.25), r.uniform(0.8, 1.2)
             along_x = r.random() < 0.5
             if along_x:
@@ -300,7 +292,7 @@ def _indoor(b: _Builder) -> None:
             rooms.append((x0, z0, x0 + w2, z0 + d2, h2))
 
     x, z = _capture_spot(r, w, d)
-    height = min(float(r.triangular(1.0, 1.35, 1.8)), h - 0.4)  # tripods and selfie sticks (version 4: see _room_height)
+    height = min(float(r.triangular(1.1, 1.5, 1.8)), h - 0.4)  # tripods and selfie sticks: mostly about eye level
     cam = (x, -height, z)
     s.camera, s.rotation = _v(cam), _camera_rotation(r)
     s.point_light = True

@@ -4,16 +4,14 @@
     python experiments/bundled_model.py --work runs/bundled --install    # ... and copy the result into the package
 
 Steps (each skipped once done; rerun the same command after an interruption: `dap synth` and `dap train` resume):
-  render  `dap synth` panoramas at 256x512 into <work>/data: for training 2400 indoor + 1200 outdoor in the photo
-          style and 800 indoor + 400 outdoor in the clean style, and for train3 only 1200 + 300 more in the photo
-          style and 400 indoor in the clean style; held out: val_indoor (training validation),
+  render  renderer-v3 panoramas at 256x512 into <work>/data: for training 2400 indoor + 1200 outdoor in the photo
+          style and 800 indoor + 400 outdoor in the clean style; held out: val_indoor (training validation),
           val_indoor_clean (the same rooms, clean style), val_photo / val_clean (mixed indoor and outdoor scenes,
           both styles), and cal_indoor / cal_mixed for the range threshold only
   v1      the first two bundled models from git history: training starts from v1 (128x256, renderer-v1 data), v2
           is compared
   train   `dap train --config configs/bundled.yaml` (256x512) in <work>
   train2  `dap train --config configs/bundled_exposure.yaml`: 400 more steps with a wide exposure augmentation
-  train3  `dap train --config configs/bundled_stage3.yaml`: 600 more steps on more scenes
   calibrate  the range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the
           lowest mean AbsRel on cal_indoor and cal_mixed -> <work>/calibrated
   eval    v1, v2 and the new model on every held-out set (`dap eval`, metric and median protocols; on val_indoor also
@@ -49,9 +47,7 @@ SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "
         ("indoor_clean", "indoor", "clean", 6_000_000, 800), ("outdoor_clean", "outdoor", "clean", 7_000_000, 400),
         ("val_indoor", "indoor", "photo", 3_000_000, 96), ("val_indoor_clean", "indoor", "clean", 3_000_000, 96),
         ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96),
-        ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96),
-        ("indoor_b", "indoor", "photo", 8_000_000, 1200), ("indoor_clean_b", "indoor", "clean", 8_500_000, 400),
-        ("outdoor_b", "outdoor", "photo", 9_000_000, 300))  # the _b sets: new scenes for train3 only
+        ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96))
 CAL_SETS = ("cal_indoor", "cal_mixed")  # held out from training and from the evaluation: the threshold's data
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 # Calibration AbsRel this close to the best counts as a tie, which goes to the highest threshold (the fewest
@@ -67,7 +63,7 @@ LATITUDE_SET = "cal_indoor"
 LATITUDE_FACTORS = tuple(round(0.7 + 0.01 * i, 2) for i in range(71))  # 0.70 ... 1.40, on top of depth_scale
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
 MODELS = {"v1": "v1", "v2": "v2", "new": "calibrated"}
-STEPS = ("render", "v1", "train", "train2", "train3", "calibrate", "eval", "install")
+STEPS = ("render", "v1", "train", "train2", "calibrate", "eval", "install")
 
 
 def run(cmd: list[str], cwd: Path) -> None:
@@ -113,11 +109,6 @@ def step_train(args: argparse.Namespace, config: str = "bundled.yaml", out: str 
 def step_train2(args: argparse.Namespace) -> dict:
     """From the end of `train`: brightness must stop meaning distance (configs/bundled_exposure.yaml says why)."""
     return step_train(args, "bundled_exposure.yaml", "runs/train2")
-
-
-def step_train3(args: argparse.Namespace) -> dict:
-    """From the end of `train2`, on more scenes (configs/bundled_stage3.yaml says why)."""
-    return step_train(args, "bundled_stage3.yaml", "runs/train3")
 
 
 def calibration_table(samples, thresholds: tuple[float, ...], scales: tuple[float, ...], cap: float):
@@ -190,7 +181,7 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     from dap.data.shards import ShardDataset
     from dap.models import save_model
 
-    trained = args.trained or args.work / "runs" / "train3" / "final"
+    trained = args.trained or args.work / "runs" / "train2" / "final"
     model = dap.load_model(trained)
     samples = {}
     for name in CAL_SETS:
@@ -453,8 +444,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--install", action="store_true",
                         help="finally copy the new weights over the bundled model in src/dap/weights")
     parser.add_argument("--trained", type=Path, metavar="MODEL",
-                        help="the model folder the calibrate step starts from (default: <work>/runs/train3/final, "
-                             "what the train3 step makes), e.g. <dir>/model of experiments/gpu_model.py: "
+                        help="the model folder the calibrate step starts from (default: <work>/runs/train2/final, "
+                             "what the train2 step makes), e.g. <dir>/model of experiments/gpu_model.py: "
                              "--trained <dir>/model --step calibrate --step eval")
     args = parser.parse_args(argv)
     if args.trained is not None and not (args.trained / "config.json").is_file():
@@ -462,7 +453,7 @@ def main(argv: list[str] | None = None) -> None:
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     state = State(args.work)
-    actions = {"render": step_render, "v1": step_v1, "train": step_train, "train2": step_train2, "train3": step_train3,
+    actions = {"render": step_render, "v1": step_v1, "train": step_train, "train2": step_train2,
                "calibrate": step_calibrate, "eval": step_eval, "install": step_install}
     for step in STEPS:
         forced = args.step and step in args.step

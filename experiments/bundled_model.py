@@ -278,12 +278,32 @@ WALLS = (  # (image, column, ceiling row, floor row) of one wall
     ("360sd-net_hall", 400, 208, 311))
 
 
+def row_slope(row: float, image_height: int = 512) -> float:
+    """tan of the elevation of a row's centre in an equirectangular image (positive above the horizon)."""
+    import math
+
+    return math.tan((0.5 - (row + 0.5) / image_height) * math.pi)
+
+
+def door_geometry(top_row: float, bottom_row: float, door_height: float, image_height: int = 512):
+    """(horizontal distance to the door's wall, camera height) in metres from the rows of a door's top and bottom
+    edges in one column of a level panorama."""
+    up, down = row_slope(top_row, image_height), -row_slope(bottom_row, image_height)
+    wall = door_height / (up + down)
+    return wall, wall * down
+
+
+def wall_ratio(ceiling_row: float, floor_row: float, image_height: int = 512) -> float:
+    """The ceiling's height above the camera over the camera's height above the floor, from the rows of one wall's
+    top and bottom edges in one column of a level panorama (the wall's distance cancels)."""
+    return row_slope(ceiling_row, image_height) / -row_slope(floor_row, image_height)
+
+
 def anchor_checks(model_path: Path) -> dict:
     """The model against DOORS and WALLS, per photograph: the camera height the doors give (mean over a photo's
     doors) and the one the model's depth implies (`floor_and_ceiling`); the ceiling-over-camera height ratio of the
     wall against the model's; and the model's horizontal distance to each door's wall (median over the door's rows,
     two columns either side) over the door's."""
-    import math
 
     import numpy as np
     from PIL import Image
@@ -292,7 +312,6 @@ def anchor_checks(model_path: Path) -> dict:
     from dap.geometry import floor_and_ceiling
 
     model = dap.load_model(model_path)
-    tan = lambda row: math.tan((256 - (row + 0.5)) / 512 * math.pi)  # noqa: E731 - elevation of a row, as a slope
     depth = {}
     for name in {d[0] for d in DOORS} | {w[0] for w in WALLS}:
         image = Image.open(REAL_POOL / f"{name}.jpg").convert("RGB").resize((1024, 512), Image.LANCZOS)
@@ -300,14 +319,13 @@ def anchor_checks(model_path: Path) -> dict:
         depth[name] = (pred.depth, floor_and_ceiling(pred.depth, ~pred.range_mask))
     cameras, walls = {}, []
     for name, x, top, bottom, height in DOORS:
-        up, down = tan(top), -tan(bottom)
-        wall = height / (up + down)
-        cameras.setdefault(name, []).append(wall * down)
+        wall, camera_height = door_geometry(top, bottom, height)
+        cameras.setdefault(name, []).append(camera_height)
         rows = np.arange(top + 3, bottom - 3)
-        horizontal = depth[name][0][rows, x - 2:x + 3] * np.cos(np.arctan([tan(r) for r in rows]))[:, None]
+        horizontal = depth[name][0][rows, x - 2:x + 3] * np.cos(np.arctan([row_slope(r) for r in rows]))[:, None]
         walls.append(float(np.median(horizontal)) / wall)
     camera = {name: (float(np.mean(c)), depth[name][1][0]) for name, c in cameras.items()}
-    ratio = {name: (tan(ceiling) / -tan(floor), depth[name][1][1] / depth[name][1][0])
+    ratio = {name: (wall_ratio(ceiling, floor), depth[name][1][1] / depth[name][1][0])
              for name, _, ceiling, floor in WALLS}
     return {"camera_height": camera, "ceiling_over_camera": ratio, "door_wall_distance_ratios": walls,
             "camera_height_ratio_median": float(np.median([m / d for d, m in camera.values()])),

@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -239,7 +241,6 @@ def test_install_is_refused_when_any_held_out_set_got_worse(tmp_path, monkeypatc
     import argparse
     import json
 
-    import pytest
 
     e = _experiment("bundled_model")
 
@@ -282,3 +283,28 @@ def test_near_ties_go_to_the_higher_range_threshold():
     assert e.pick_threshold_and_scale(table) == (1, 2)
     table[1, 2] = 0.3
     assert e.pick_threshold_and_scale(table) == (0, 1)
+
+
+def test_doors_and_walls_give_the_camera_height_and_the_ceiling_ratio_of_a_known_room():
+    """experiments/bundled_model.py's door_geometry and wall_ratio, on rows read off an analytic box room (camera
+    1.2 m above the floor, 1.5 m below the ceiling) the way they are read off photographs: the rows where the wall
+    in front meets the ceiling and the floor, and the row at a door's height of 2 m."""
+    import numpy as np
+    import torch
+
+    from conftest import box_room_depth
+    from dap import geometry
+
+    e = _experiment("bundled_model")
+    h, w = 512, 1024
+    depth = box_room_depth(h, w).astype(np.float64)
+    rays = geometry.erp_rays(h, w, dtype=torch.float64).numpy()
+    column = int(np.argmin(depth[h // 2]))  # the wall nearest the camera, seen squarely
+    y = depth[:, column] * rays[:, column, 1]  # height of each row's point, downwards
+    on_wall = np.flatnonzero((y > -1.5 + 1e-6) & (y < 1.2 - 1e-6))
+    ceiling_row, floor_row = on_wall[0] - 0.5, on_wall[-1] + 0.5  # the edges lie between rows
+    assert e.wall_ratio(ceiling_row, floor_row, h) == pytest.approx(1.5 / 1.2, rel=0.02)
+    door_top = int(np.argmin(np.abs(y + (2.0 - 1.2))))  # 2 m above the floor, 0.8 m above the camera
+    wall, camera = e.door_geometry(door_top, floor_row, 2.0, h)
+    horizontal = float(depth[h // 2, column] * np.hypot(rays[h // 2, column, 0], rays[h // 2, column, 2]))
+    assert wall == pytest.approx(horizontal, rel=0.02) and camera == pytest.approx(1.2, rel=0.02)

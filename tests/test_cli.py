@@ -409,6 +409,30 @@ def test_eval_of_small_panoramas_warns_once_naming_how_many(d, tmp_path, capsys)
     assert "p0" in line
 
 
+def test_an_animation_is_predicted_from_its_first_frame_and_says_so(d, tmp_path, capsys):
+    """An animated WebP (or GIF, APNG, multi-page TIFF) is one image to predict: its first frame, with one warning
+    line naming the file and how many frames it holds, from `dap predict` and from `dap.predict` alike."""
+    from PIL import Image
+
+    from dap.errors import InputWarning
+    from dap.inference import predict
+
+    rng = np.random.default_rng(1)
+    first, second = (Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)) for _ in range(2))
+    first.save(tmp_path / "anim.webp", save_all=True, append_images=[second], lossless=True)
+    first.save(tmp_path / "still.webp", lossless=True)
+    argv = ["predict", str(tmp_path / "anim.webp"), str(tmp_path / "still.webp"), "--model", str(d / "ckpt"),
+            "--resolution", "32x64", "--outputs", "npy", "--out", str(tmp_path / "out")]
+    code, err = _run(argv, capsys)
+    assert code == 0
+    _check_one_line(err, "predict", ["warning", "anim.webp", "holds 2 frames", "only the first"])
+    assert "still.webp" not in err
+    # the first frame's depth, as if it had been saved alone
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "anim.npy"), np.load(tmp_path / "out" / "still.npy"))
+    with pytest.warns(InputWarning, match="anim.webp: the file holds 2 frames"):
+        predict(tmp_path / "anim.webp", str(d / "ckpt"), resolution=(32, 64))
+
+
 # --- the CLI sits on top of the library ---------------------------------------------------------------------------
 def _python(code: str) -> str:
     import subprocess

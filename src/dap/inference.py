@@ -81,7 +81,10 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     from dap import io
 
     if isinstance(image, (str, os.PathLike)):
-        return io.read_rgb(image)
+        rgb = io.read_rgb(image)
+        if (frames := io.image_frames(image)) > 1:
+            warnings.warn(f"{Path(image).name}: {first_frame_only(frames)}", InputWarning, stacklevel=2)
+        return rgb
     if isinstance(image, Image.Image):
         image = image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -114,6 +117,11 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         raise DapError(f"{source}: float pixels must be in [0, 1], got {lo:g}..{hi:g}; divide 0-255 images by "
                        "255 (or pass them as uint8), or clip them to [0, 1]")
     return a
+
+
+def first_frame_only(frames: int) -> str:
+    return (f"the file holds {frames} frames (an animation or a multi-page image); only the first is predicted. "
+            "Save the frames as separate images, or a video as .mp4, to predict them all")
 
 
 def _split_batch(images) -> tuple[list, bool]:

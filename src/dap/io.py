@@ -180,6 +180,16 @@ def _is_16bit_colour(img: Image.Image) -> bool:
     return isinstance(rawmode, str) and ";16" in rawmode
 
 
+def image_frames(path: PathLike) -> int:
+    """How many frames (pages) an image file holds: 1 for a still image, more for an animated GIF, WebP or PNG or a
+    multi-page TIFF, whose first frame is what `read_rgb` reads. 1 if the file cannot be opened (read_rgb says why)."""
+    try:
+        with Image.open(path) as img:
+            return int(getattr(img, "n_frames", 1))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 1
+
+
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
 

@@ -24,6 +24,7 @@ from dap.inference import (
     check_seam_pad,
     dangling_link,
     expand_inputs,
+    first_frame_only,
     input_identity,
     iter_frames,
     model_fingerprint,
@@ -136,8 +137,11 @@ def run(args: argparse.Namespace) -> int:
     # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
     writer = _Writer(lambda job: _write(job, args.point_stride, failures, counts))
     try:
-        for seq, item, paths, record, rgb in tqdm(_background(_decoded(items, args, kinds, settings, failures, counts)),
-                                                  desc="predict", unit="pano", disable=None):
+        for seq, item, paths, record, rgb, notes in tqdm(
+                _background(_decoded(items, args, kinds, settings, failures, counts)), desc="predict", unit="pano",
+                disable=None):
+            for text in notes:  # from decoding, which runs on another thread
+                tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             try:
                 with collect_input_warnings() as warned:
                     pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
@@ -175,10 +179,12 @@ def _why_unreadable(source: str, error: OSError) -> str:
 
 
 def _decoded(items, args, kinds, settings, failures, counts):
-    """(position, item, output paths, record, RGB) for each input to predict, in order: names checked, inputs whose
-    outputs are complete and were made from the same file with the same model and settings skipped (never
+    """(position, item, output paths, record, RGB, notes) for each input to predict, in order: names checked, inputs
+    whose outputs are complete and were made from the same file with the same model and settings skipped (never
     decoded), inputs whose outputs were made otherwise failed unless --overwrite, the rest decoded. Inputs that fail
     to decode go to `failures`."""
+    from dap import io
+
     sources: dict[str, str] = {}  # output name -> input that has it this run
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
@@ -215,7 +221,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, (record, expected), rgb
+        frames = 1 if item.video else io.image_frames(item.source)
+        yield seq, item, paths, (record, expected), rgb, [first_frame_only(frames)] if frames > 1 else []
     failures.extend((seq + 1, *f) for f in video_failures)
 
 

@@ -304,7 +304,6 @@ def anchor_checks(model_path: Path) -> dict:
     doors) and the one the model's depth implies (`floor_and_ceiling`); the ceiling-over-camera height ratio of the
     wall against the model's; and the model's horizontal distance to each door's wall (median over the door's rows,
     two columns either side) over the door's."""
-
     import numpy as np
     from PIL import Image
 

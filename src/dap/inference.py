@@ -81,8 +81,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     from dap import io
 
     if isinstance(image, (str, os.PathLike)):
-        rgb = io.read_rgb(image)
-        if (frames := io.image_frames(image)) > 1:
+        rgb, frames = io.read_rgb_frames(image)
+        if frames > 1:
             warnings.warn(f"{Path(image).name}: {first_frame_only(frames)}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
@@ -548,7 +548,7 @@ NAMING_RULE = ("Output names: each input's path relative to the folder all input
 class InputItem:
     name: str  # output file stem, may hold sub-folders (see `output_names`)
     source: str  # what the user gave (for messages)
-    load: object  # () -> float32 (H, W, 3) RGB; None for a whole video, expanded by `iter_frames`
+    load: object  # () -> (float32 (H, W, 3) RGB, frames the file holds); None for a whole video (`iter_frames`)
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
@@ -625,7 +625,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
         if path.suffix.lower() in io.VIDEO_SUFFIXES:
             items.append(InputItem(name, str(path), None, str(path)))
         else:
-            items.append(InputItem(name, str(path), functools.partial(io.read_rgb, path)))
+            items.append(InputItem(name, str(path), functools.partial(io.read_rgb_frames, path)))
     return items, ignored
 
 
@@ -640,7 +640,7 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
             continue
         try:
             for i, frame in enumerate(io.iter_video_frames(item.video)):
-                yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: f, item.video)
+                yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: (f, 1), item.video)
         except DapError as e:
             failures.append((item.source, str(e)))
 

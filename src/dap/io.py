@@ -180,29 +180,27 @@ def _is_16bit_colour(img: Image.Image) -> bool:
     return isinstance(rawmode, str) and ";16" in rawmode
 
 
-def image_frames(path: PathLike) -> int:
-    """How many frames (pages) an image file holds: 1 for a still image, more for an animated GIF, WebP or PNG or a
-    multi-page TIFF, whose first frame is what `read_rgb` reads. 1 if the file cannot be opened (read_rgb says why)."""
-    try:
-        with Image.open(path) as img:
-            return int(getattr(img, "n_frames", 1))
-    except (OSError, ValueError, Image.DecompressionBombError):
-        return 1
-
-
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
 
     JPEG, PNG, WebP and TIFF, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
-    (not composited), EXIF orientation is applied. ``require_erp`` raises ``NotPanoramaError`` unless 2:1.
+    (not composited), EXIF orientation is applied; of an animation or a multi-page file, the first frame
+    (`read_rgb_frames` also says how many it holds). ``require_erp`` raises ``NotPanoramaError`` unless 2:1.
     Missing, truncated or undecodable files raise ``UnreadableFileError``.
     """
+    return read_rgb_frames(path, require_erp=require_erp)[0]
+
+
+def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, int]:
+    """`read_rgb`'s image, and how many frames (pages) the file holds: 1 for a still image, more for an animated
+    GIF, WebP or PNG or a multi-page TIFF."""
     path = _check_file(path)
     try:
         with Image.open(path) as img:
             deep_colour = _is_16bit_colour(img)
             # Full decode now: lazy loading would let a truncated file through until pixels are touched.
             img.load()
+            frames = int(getattr(img, "n_frames", 1))
             img = ImageOps.exif_transpose(img)
             if deep_colour:
                 # cv2 keeps 16 bits; IMREAD_COLOR (no IGNORE_ORIENTATION) drops alpha and applies EXIF.
@@ -231,7 +229,7 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
         raise _unreadable(path, e) from e
     if require_erp:
         check_erp_shape(rgb.shape[0], rgb.shape[1], what=str(path))
-    return np.ascontiguousarray(rgb, dtype=np.float32)
+    return np.ascontiguousarray(rgb, dtype=np.float32), frames
 
 
 # ----------------------------------------------------------------------------------------------- depth

@@ -183,8 +183,6 @@ def _decoded(items, args, kinds, settings, failures, counts):
     whose outputs are complete and were made from the same file with the same model and settings skipped (never
     decoded), inputs whose outputs were made otherwise failed unless --overwrite, the rest decoded. Inputs that fail
     to decode go to `failures`."""
-    from dap import io
-
     sources: dict[str, str] = {}  # output name -> input that has it this run
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
@@ -217,11 +215,10 @@ def _decoded(items, args, kinds, settings, failures, counts):
                 counts["skipped"] += 1
                 continue
         try:
-            rgb = item.load()
+            rgb, frames = item.load()
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        frames = 1 if item.video else io.image_frames(item.source)
         yield seq, item, paths, (record, expected), rgb, [first_frame_only(frames)] if frames > 1 else []
     failures.extend((seq + 1, *f) for f in video_failures)
 

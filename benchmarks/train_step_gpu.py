@@ -1,28 +1,33 @@
-"""Seconds per training step on a GPU with random data (no loader): ViT-S, 512x1024, batch 16 and 32, bf16
-autocast, AdamW, the loss of configs/gpu_vits.yaml; median of 10 steps after 3 warm-up steps, peak GPU memory.
+"""Seconds per training step on a GPU with random data (no loader): a training config's model, loss, working
+resolution and optimizer (AdamW), bf16 autocast; batch = the config's and twice it; median of 10 steps after 3
+warm-up steps, peak GPU memory.
 
-    python benchmarks/train_step_gpu.py            # cuda
-    python benchmarks/train_step_gpu.py cpu        # a check of the script itself at 64x128, batch 2
+    python benchmarks/train_step_gpu.py                                   # configs/gpu_vits.yaml, cuda
+    python benchmarks/train_step_gpu.py --config configs/gpu_small.yaml   # the 19.2 M model at 256x512
+    python benchmarks/train_step_gpu.py --device cpu                      # a check of the script at 64x128, batch 2
 
 What `dap train` would reach if its loader kept up: compare the run's samples/s in metrics.jsonl.
 """
-import sys
+import argparse
 import time
 
 import torch
 
 from dap.inference import normalize_image
 from dap.losses import DapLoss
-from dap.models import create_model
-from dap.train import load_config
+from dap.train import build_model, load_config
 
-dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
-h, w = (512, 1024) if dev == "cuda" else (64, 128)
-cfg = load_config("configs/gpu_vits.yaml")
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--config", default="configs/gpu_vits.yaml", help="training config (model, loss, data size)")
+parser.add_argument("--device", default="cuda", help="cuda, or cpu for a small check of the script")
+args = parser.parse_args()
+dev = args.device
+cfg = load_config(args.config)
+h, w = (cfg.data.height, cfg.data.width) if dev == "cuda" else (64, 128)
 loss_fn = DapLoss(cfg.loss)
-for batch in (16, 32) if dev == "cuda" else (2,):
-    torch.manual_seed(0)
-    m = create_model("dap_vits").to(dev).train()
+for batch in (cfg.data.batch_size, 2 * cfg.data.batch_size) if dev == "cuda" else (2,):
+    torch.cuda.reset_peak_memory_stats() if dev == "cuda" else None
+    m = build_model(cfg, quiet=True).to(dev).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, h, w, device=dev)
     gt = torch.rand(batch, 1, h, w, device=dev) * 5 + 1
@@ -45,6 +50,7 @@ for batch in (16, 32) if dev == "cuda" else (2,):
         times.append(time.perf_counter() - t)
     s = sorted(times[3:])[len(times[3:]) // 2]
     peak = torch.cuda.max_memory_allocated() / 1e9 if dev == "cuda" else 0
-    print(f"train step dap_vits {h}x{w} batch {batch} bf16: {s:.3f} s median, {batch / s:.0f} samples/s, "
-          f"peak {peak:.1f} GB")
+    params = sum(p.numel() for p in m.parameters()) / 1e6
+    print(f"train step {cfg.model.name} ({params:.1f} M) {h}x{w} batch {batch} bf16: {s:.3f} s median, "
+          f"{batch / s:.0f} samples/s, peak {peak:.1f} GB")
     del m, opt

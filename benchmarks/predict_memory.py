@@ -9,6 +9,12 @@ Each row runs `dap predict <one random panorama> --outputs npy --precision fp32`
 allocator settings alternate (default, fixed, default, fixed, ...) so load from other processes hits both alike.
 Peak RSS is the child's own (`os.wait4` rusage, ru_maxrss), in GiB and in GB (10^9 bytes); time is what `dap
 predict` reports per panorama (model loading excluded), best of --repeats, and the ratio is against the default.
+
+    .venv/bin/python benchmarks/predict_memory.py --model dap-tiny-synth --sizes 4096,8192 --repeats 1 \
+        --malloc "glibc default" --outputs npy,color,mask --against /tmp/dap-before/src
+
+--against adds rows of an older checkout's src/ folder (`git archive <commit> src | tar -x -C /tmp/dap-before`),
+run the same way in turns, so a change's effect on peak memory is measured in one run; --malloc picks settings.
 """
 
 from __future__ import annotations
@@ -21,16 +27,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
             "heap only, no trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}}
 
 
-def run_once(model: str, image: Path, out: Path, setting: dict) -> tuple[float, float]:
-    """(peak RSS in bytes, seconds per panorama) of one `dap predict` child."""
+def run_once(model: str, image: Path, out: Path, setting: dict, outputs: str = "npy",
+             src: str | None = None) -> tuple[float, float]:
+    """(peak RSS in bytes, seconds per panorama) of one `dap predict` child, of the checkout in `src` if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | setting
-    cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", "npy",
+    if src:
+        env["PYTHONPATH"] = src
+    cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", outputs,
            "--precision", "fp32", "--out", str(out), "--overwrite"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = proc.stdout.read()
@@ -46,23 +53,35 @@ def main() -> None:
     ap.add_argument("--model", required=True, help="model for --model of dap predict (a folder in our format)")
     ap.add_argument("--sizes", default="512,1024", help="input heights (width = 2 x height), comma-separated")
     ap.add_argument("--repeats", type=int, default=2, help="runs per setting and size (best time, largest peak)")
+    ap.add_argument("--malloc", default=",".join(SETTINGS),
+                    help=f"allocator settings to run, comma-separated, any of: {', '.join(SETTINGS)}")
+    ap.add_argument("--outputs", default="npy", help="--outputs of dap predict")
+    ap.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, run as rows `before`")
     args = ap.parse_args()
-    print("| input | malloc | peak RSS GiB | peak RSS GB | s per panorama | time vs default |")
-    print("|---|---|---|---|---|---|")
+    settings = [name.strip() for name in args.malloc.split(",")]
+    if unknown := [name for name in settings if name not in SETTINGS]:
+        ap.error(f"--malloc: unknown {unknown}; choose from {', '.join(SETTINGS)}")
+    codes = {"this checkout": None} | ({"before": args.against} if args.against else {})
+    print("| input | code | malloc | peak RSS GiB | peak RSS GB | s per panorama | time vs first row |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for h in (int(v) for v in args.sizes.split(",")):
-            from dap import io
-
             image = Path(tmp) / f"pano{h}.jpg"
-            io.write_rgb(image, np.random.default_rng(0).random((h, 2 * h, 3)))
-            results = {name: [] for name in SETTINGS}
+            # In a process of its own: a child's ru_maxrss counts what its parent held when it forked, so this
+            # process must stay small (a 16K panorama made here would be added to every row).
+            subprocess.run([sys.executable, "-c", "import sys, numpy as np; from dap import io; h = int(sys.argv[2]); "
+                            "io.write_rgb(sys.argv[1], np.random.default_rng(0).random((h, 2 * h, 3), np.float32))",
+                            str(image), str(h)], check=True)
+            rows = [(code, name) for code in codes for name in settings]
+            results = {row: [] for row in rows}
             for _ in range(args.repeats):
-                for name, setting in SETTINGS.items():
-                    results[name].append(run_once(args.model, image, Path(tmp) / "out", setting))
-            base = min(s for _, s in results["glibc default"])
-            for name, runs in results.items():
+                for code, name in rows:  # in turns, so load from other processes hits all rows alike
+                    results[code, name].append(run_once(args.model, image, Path(tmp) / "out", SETTINGS[name],
+                                                        args.outputs, codes[code]))
+            base = min(s for _, s in results[rows[0]])
+            for (code, name), runs in results.items():
                 peak, best = max(p for p, _ in runs), min(s for _, s in runs)
-                print(f"| {h}x{2 * h} | {name} | {peak / 2**30:.2f} | {peak / 1e9:.2f} | {best:.1f} | "
+                print(f"| {h}x{2 * h} | {code} | {name} | {peak / 2**30:.2f} | {peak / 1e9:.2f} | {best:.1f} | "
                       f"{base / best:.2f}x |", flush=True)
 
 

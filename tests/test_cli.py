@@ -249,6 +249,22 @@ def test_sixteen_bit_panorama_is_accepted(d, tmp_path, capsys):
     assert (tmp_path / "pano16.npy").is_file()
 
 
+def test_a_very_large_panorama_is_predicted_without_pillows_bomb_warning(d, tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    # 32x64 = 2,048 pixels, over this limit and under twice it: Pillow's "decompression bomb" warning zone (89-179 MP
+    # by default, where 16K panoramas are), which `dap predict` does not repeat to its user
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1500)
+    code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                      "--out", str(tmp_path), "--outputs", "npy"], capsys)
+    assert code == 0 and (tmp_path / "pano.npy").is_file()
+    assert "DecompressionBomb" not in err and "warning" not in err
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # over twice the limit: refused, with what to do
+    code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                      "--out", str(tmp_path / "refused"), "--outputs", "npy"], capsys)
+    assert code == 2 and "Downscale it first" in err
+
+
 def test_no_write_permission(d, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("dap.cli.os.access", lambda *a, **k: False)  # tests may run as root, who can write anywhere
     for argv in (["predict", str(d / "pano.png"), "--out", str(tmp_path / "o")],

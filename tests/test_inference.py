@@ -644,6 +644,20 @@ def test_input_range_and_layout_follow_the_dtype():
         np.testing.assert_allclose(to_rgb(image), want, atol=1e-3)
     np.testing.assert_array_equal(to_rgb(u8[..., 0]), np.repeat(want[..., :1], 3, axis=-1))  # grey
     np.testing.assert_array_equal(to_rgb(torch.from_numpy(u8[None, ..., 0])), to_rgb(u8[..., 0]))  # (1, H, W)
+    np.testing.assert_array_equal(to_rgb(u8), want)  # exactly /255 (scaled in place, not approximately)
+
+
+def test_a_float32_image_is_used_without_a_copy(tiny_model):
+    """What dap.io decodes (float32, (H, W, 3)) goes through as it is: a 16K panorama is 1.6 GB a copy."""
+    from dap.inference import to_rgb
+
+    rgb = _pano(32, 64).astype(np.float32)
+    assert to_rgb(rgb) is rgb or np.shares_memory(to_rgb(rgb), rgb)
+    assert np.shares_memory(predict(rgb, tiny_model, resolution=(32, 64)).rgb, rgb)
+    grey = rgb[..., 0]  # broadcast to 3 channels: read-only, so copied into an array of its own
+    assert to_rgb(grey).flags.writeable and not np.shares_memory(to_rgb(grey), grey)
+    rgba = np.concatenate([rgb, np.ones_like(rgb[..., :1])], axis=-1)
+    assert to_rgb(rgba).flags.c_contiguous and to_rgb(rgba).shape == (32, 64, 3)
 
 
 @pytest.mark.parametrize("image, message", [

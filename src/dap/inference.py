@@ -98,15 +98,17 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.size == 0:
         raise DapError(f"{source}: expected one image of shape (H, W), (H, W, 3) or (3, H, W), got {a.shape}; "
                        "pass batches as a list or a 4-D array")
-    a = np.broadcast_to(a[..., :3], (*a.shape[:2], 3))
-    if a.dtype == np.uint8:
-        return a.astype(np.float32) / 255.0
-    if a.dtype == np.uint16:
-        return a.astype(np.float32) / 65535.0
+    a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))
+    if a.dtype in (np.uint8, np.uint16):
+        scaled = a.astype(np.float32)
+        scaled /= 255.0 if a.dtype == np.uint8 else 65535.0  # in place: a 16K panorama is 1.6 GB as float32
+        return scaled
     if not np.issubdtype(a.dtype, np.floating):
         raise DapError(f"{source}: pixels of type {a.dtype} are not supported; pass uint8 (0-255), uint16 "
                        "(0-65535) or float in [0, 1]")
-    a = a.astype(np.float32)
+    # A float32 (H, W, 3) array (what dap.io decodes) is used as it is, not copied: callers get it back as
+    # Prediction.rgb. A broadcast grey image is read-only, so it is copied.
+    a = np.ascontiguousarray(a, dtype=np.float32) if a.flags.writeable else a.astype(np.float32)
     finite = np.isfinite(a)
     if not finite.all():
         warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", InputWarning,
@@ -746,7 +748,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
     """Write the requested outputs of one prediction. Point clouds drop out-of-range pixels."""
     from dap import io
 
-    valid_depth = np.where(pred.range_mask, 0.0, pred.depth).astype(np.float32)
+    valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
     for kind, path in paths.items():
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)

@@ -138,7 +138,7 @@ def write_mask_png(path: PathLike, mask: np.ndarray) -> None:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"write_mask_png expects an (H, W) mask, got shape {mask.shape}")
-    _save_pil(path, Image.fromarray(np.where(mask.astype(bool), 255, 0).astype(np.uint8), mode="L"))
+    _save_pil(path, Image.fromarray(mask.astype(bool).view(np.uint8) * np.uint8(255), mode="L"))
 
 
 def write_normals_png(path: PathLike, normals: np.ndarray) -> None:
@@ -207,7 +207,8 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
                 bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
                 if bgr is None or bgr.dtype != np.uint16:
                     raise ValueError("OpenCV could not decode the 16-bit colour image")
-                rgb = bgr[..., ::-1].astype(np.float32) / 65535.0
+                rgb = bgr[..., ::-1].astype(np.float32)
+                rgb /= 65535.0
             elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
                 # 16-bit grayscale (Pillow may report it as 'I'); 32-bit integer images are taken as 16-bit.
                 gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
@@ -216,7 +217,8 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
                 gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
                 rgb = np.repeat(gray[..., None], 3, axis=2)
             else:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+                rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+                rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
     except DapError:
         raise
     except Image.DecompressionBombError as e:
@@ -408,7 +410,7 @@ def preview_range(depth: np.ndarray) -> tuple[float, float]:
     values = d[d > 0]
     if not values.size:
         return 0.0, 1.0
-    lo, hi = np.percentile(values, [1.0, 99.0])
+    lo, hi = np.percentile(values, [1.0, 99.0], overwrite_input=True)  # `values` is ours: no third copy
     return float(lo), float(hi)
 
 
@@ -436,8 +438,11 @@ def _unit_depth(
     values = clean[valid] if min_depth is None or max_depth is None else None
     lo = float(min_depth) if min_depth is not None else (float(values.min()) if values.size else 0.0)
     hi = float(max_depth) if max_depth is not None else (float(values.max()) if values.size else 1.0)
-    t = (clean - lo) / (hi - lo) if hi > lo else np.zeros_like(d)
-    return t, valid, lo, hi
+    if hi > lo:  # in place on our own copy (the same float32 values as (clean - lo) / (hi - lo))
+        clean -= lo
+        clean /= hi - lo
+        return clean, valid, lo, hi
+    return np.zeros_like(d), valid, lo, hi
 
 
 def colorize_depth(
@@ -473,12 +478,14 @@ def write_depth_color(
     if Path(path).suffix.lower() != ".png":
         raise ValueError(f"write_depth_color writes PNG; give {path} a .png extension")
     t, valid, lo, hi = _unit_depth(depth, min_depth, max_depth)
-    index = np.round(np.clip(t, 0.0, 1.0) * (_PREVIEW_LEVELS - 1)).astype(np.uint8)
-    index[~valid] = _BLACK
-    h, w = index.shape
+    np.clip(t, 0.0, 1.0, out=t)  # t is _unit_depth's own array: scaled to palette indices in place
+    t *= _PREVIEW_LEVELS - 1
+    np.round(t, out=t)
+    h, w = t.shape
     strip_h = max(24, h // 12) if legend else 0
     pixels = np.full((h + strip_h, w), _BLACK, np.uint8)
-    pixels[:h] = index
+    pixels[:h] = t
+    pixels[:h][~valid] = _BLACK
     if legend:
         font = ImageFont.load_default(size=max(10, int(strip_h * 0.55)))
         left, right = f"{lo:.2f} m", f"{hi:.2f} m"

@@ -460,7 +460,8 @@ def predict(
     camera_height: float | None = None,
 ) -> Prediction | list[Prediction]:
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
-    4-D array/tensor), returned as a `Prediction` or a list of them.
+    4-D array/tensor), returned as a `Prediction` or a list of them. A float32 (H, W, 3) array is not copied: it
+    is the Prediction's `rgb` (a 16K panorama is 1.6 GB as float32).
 
     model: a loaded DAP model (or a `dap.export.OnnxModel`), a model name (`dap models`), a checkpoint path
         (official model.pth or ours), or None for the bundled default.

@@ -60,8 +60,9 @@ class PanoDataset:
 
     def layout_error(self, problem: str) -> DatasetLayoutError:
         return DatasetLayoutError(
-            f"{self.name} (split '{self.split}'): {problem.rstrip()}\nExpected this layout under the root "
-            f"{self.root}:\n{self.layout.rstrip()}\nPoint --root at the folder that contains it, or use the "
+            # sentences end in full stops: `dap` prints errors on one line, joining these lines with spaces
+            f"{self.name} (split '{self.split}'): {problem.rstrip().rstrip('.')}.\nExpected this layout under the "
+            f"root {self.root}:\n{self.layout.rstrip()}.\nPoint --root at the folder that contains it, or use the "
             "'folder' loader with a manifest (CSV/Parquet: rgb, depth, metres_per_unit) for another layout."
         )
 

@@ -29,6 +29,7 @@ from dap.io import read_rgb, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src/dap/assets/sample_indoor.jpg"
+SMALL = 16  # IngestOptions.min_width for these tests' small panoramas (the pool keeps >= 512 wide by default)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -61,7 +62,7 @@ def _pool_of_renders(root: Path, n: int, h: int = 64) -> Path:
     for i in range(n):
         write_rgb(src / f"pano_{i:02d}.png", _render(100 + i, "indoor" if i % 2 else "outdoor", h)["rgb"])
     pool = root / "pool"
-    ingest([str(src)], pool, IngestOptions(max_tilt_deg=90), progress=False)
+    ingest([str(src)], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
     return pool
 
 
@@ -70,7 +71,7 @@ def _pool_of_noise(root: Path, n: int) -> Path:
     rng = np.random.default_rng(0)
     for i in range(n):
         write_rgb(root / "src" / f"pano_{i:02d}.png", cv2.resize(rng.random((4, 8, 3), np.float32), (64, 32)))
-    ingest([str(root / "src")], root / "pool", IngestOptions(max_tilt_deg=90), progress=False)
+    ingest([str(root / "src")], root / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
     return root / "pool"
 
 
@@ -89,7 +90,8 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     (tmp_path / "tags.csv").write_text("file,scene\na.png,indoor\nb.png,outdoor\n")
 
     pool = tmp_path / "pool"
-    counts = ingest([str(src)], pool, IngestOptions(every_s=1.0, tags=str(tmp_path / "tags.csv")), progress=False)
+    counts = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0, tags=str(tmp_path / "tags.csv")),
+                    progress=False)
     rows = read_manifest(pool)
     by_path = {}
     for r in rows:
@@ -106,12 +108,28 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert "notes.txt" not in by_path
 
     # a rerun adds nothing; --pad-to-erp accepts the partial panorama into the same pool
-    again = ingest([str(src)], pool, IngestOptions(every_s=1.0, pad_to_erp=True), progress=False)
+    again = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0, pad_to_erp=True), progress=False)
     assert again["added"] == 0 and again["already_in_pool"] == 7
     assert len(read_manifest(pool)) == len(rows)
-    ingest([str(src / "wide.png")], tmp_path / "pool2", IngestOptions(pad_to_erp=True), progress=False)
+    ingest([str(src / "wide.png")], tmp_path / "pool2", IngestOptions(min_width=SMALL, pad_to_erp=True),
+           progress=False)
     (row,) = read_manifest(tmp_path / "pool2")
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
+
+
+def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):
+    src = tmp_path / "in"
+    write_rgb(src / "dot.png", np.full((2, 4, 3), 0.5, np.float32))  # no rows near the horizon: tilt unknown
+    write_rgb(src / "thumb.png", _render(1, "indoor", 64)["rgb"])  # 128x64
+    write_rgb(src / "ok.png", _render(2, "indoor", 256)["rgb"])  # 512x256
+    assert np.isnan(estimate_tilt(np.full((2, 4, 3), 0.5, np.float32)))
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(max_tilt_deg=90), progress=False)
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 2, "already_in_pool": 0}
+    reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
+    assert reasons["dot.png"].startswith("too small (4x2)") and "--min-width" in reasons["dot.png"]
+    assert reasons["thumb.png"].startswith("too small (128x64)") and reasons["ok.png"] == ""
+    counts = ingest([str(src)], tmp_path / "pool2", IngestOptions(max_tilt_deg=90, min_width=4), progress=False)
+    assert counts["added"] == 3
 
 
 def test_perceptual_hash_is_robust_to_reencoding_but_not_to_other_scenes():
@@ -159,7 +177,7 @@ def test_ingest_rejects_a_tilted_panorama_with_its_reason(tmp_path):
     from dap.geometry import rotate_erp
 
     write_rgb(tmp_path / "in/tilted.jpg", np.asarray(rotate_erp(read_rgb(SAMPLE), pitch=15.0)))
-    ingest([str(tmp_path / "in")], tmp_path / "pool", IngestOptions(), progress=False)
+    ingest([str(tmp_path / "in")], tmp_path / "pool", IngestOptions(min_width=SMALL), progress=False)
     (row,) = read_manifest(tmp_path / "pool")
     assert row["status"] == "rejected" and "tilted by about 1" in row["reason"] and "--max-tilt" in row["reason"]
 
@@ -417,7 +435,7 @@ def _tiny_curate_config(tmp_path: Path, pool_src: Path) -> Path:
     stage = {"data.height": 32, "data.width": 64, "data.batch_size": 2, "data.val": [], "run.val_every": 0,
              "run.ckpt_every": 1, "run.steps": 2, "run.log_every": 1, "run.device": "cpu", "model.name": "dap_tiny"}
     cfg = {
-        "pool": {"inputs": [{"path": str(pool_src), "source": "renders"}], "max_tilt_deg": 90},
+        "pool": {"inputs": [{"path": str(pool_src), "source": "renders"}], "max_tilt_deg": 90, "min_width": SMALL},
         "labeled": [{"kind": "rooms", "size": 8}],
         "label": {"resolution": [32, 64], "batch_size": 2, "num_workers": 0},
         "discriminator": {"data": [{"kind": "rooms", "size": 8, "seed": 77}], "samples": 8, "height": 32,
@@ -490,11 +508,12 @@ def test_ingest_records_a_video_cut_short_after_its_good_frames(tmp_path):
     data = (tmp_path / "src" / "walk.avi").read_bytes()
     (tmp_path / "src" / "walk.avi").write_bytes(data[: int(len(data) * 0.7)])  # a copy interrupted mid-way
     pool = tmp_path / "pool"
-    ingest([str(tmp_path / "src")], pool, IngestOptions(every_s=1.0, max_tilt_deg=90), progress=False)
+    ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, every_s=1.0, max_tilt_deg=90), progress=False)
     rows = read_manifest(pool)
     good = [r for r in rows if r["kind"] == "video_frame"]
     bad = [r for r in rows if r["kind"] != "video_frame"]
     assert [r["frame_time"] for r in good] == [0.0, 1.0] and {r["status"] for r in good} == {"ok"}
     assert len(bad) == 1 and bad[0]["status"] == "rejected" and "of 12 cannot be decoded" in bad[0]["reason"]
-    again = ingest([str(tmp_path / "src")], pool, IngestOptions(every_s=1.0, max_tilt_deg=90), progress=False)
+    again = ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, every_s=1.0, max_tilt_deg=90),
+                   progress=False)
     assert again["already_in_pool"] == 2 and again["rejected"] == 0 and len(read_manifest(pool)) == 3

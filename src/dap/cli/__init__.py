@@ -220,6 +220,18 @@ def _stdout_closed() -> bool:
         return False
 
 
+def _quiet_decoders() -> None:
+    """Keep the decoders' own messages out of a command's output, where each bad file already gets one line of
+    ours: FFmpeg's log (e.g. "moov atom not found" for a cut-short .mp4, read by OpenCV when it opens its first
+    video) and Pillow's "decompression bomb" warning above 89 MP (a 16K panorama is 134 MP; past 179 MP Pillow
+    refuses and dap.io says what to do). Process-wide, so set here for the command's own process, not in the
+    library; before any thread starts (warning filters are shared). A user's OPENCV_FFMPEG_LOGLEVEL wins."""
+    import warnings
+
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Exit codes: 0 done, 1 some inputs failed or a write failed (disk full, I/O error), 2 bad
     arguments or input (one line: what, which file, how to fix), 130 interrupted, 141 (quietly) stdout closed by
@@ -231,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(2)
     from dap.errors import DapError
 
+    _quiet_decoders()
     name = f"dap {args.command}"
     try:
         _prepare_outputs(args)

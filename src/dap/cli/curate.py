@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--pad-to-erp", action="store_true",
                    help="accept partial panoramas wider than 2:1 by padding black rows (else they are rejected)")
     p.add_argument("--max-width", type=positive_int, default=2048, help="store panoramas at most this wide")
+    p.add_argument("--min-width", type=positive_int, default=512,
+                   help="reject panoramas narrower than this (too little to label or to train on)")
     p.add_argument("--dedupe-bits", type=int, default=6,
                    help="near-duplicate when 64-bit perceptual hashes differ in at most this many bits (-1: off)")
     p.add_argument("--max-tilt", type=float, default=8.0, metavar="DEGREES",
@@ -105,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
         from dap.curation.ingest import IngestOptions, ingest
 
         opts = IngestOptions(source=args.source, generated=args.generated, every_s=args.every,
-                             pad_to_erp=args.pad_to_erp, max_width=args.max_width, dedupe_bits=args.dedupe_bits,
+                             pad_to_erp=args.pad_to_erp, max_width=args.max_width, min_width=args.min_width,
+                             dedupe_bits=args.dedupe_bits,
                              max_tilt_deg=args.max_tilt, tags=args.tags)
         counts = ingest(args.sources, args.pool, opts)
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")

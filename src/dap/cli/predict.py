@@ -94,15 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import warnings
-
-    from PIL import Image
     from tqdm import tqdm
 
-    # Pillow warns of a "decompression bomb" above 89 MP, in its own words, for every such file: a 16K panorama
-    # (134 MP) is a normal input here. Set in this process (the command's own), before the decode thread starts
-    # (warning filters are process-wide); past 179 MP Pillow refuses, and dap.io says so.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     kinds = [k.strip() for k in args.outputs.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:

@@ -37,8 +37,9 @@ class IngestOptions:
     every_s: float = 2.0  # seconds between sampled video frames
     pad_to_erp: bool = False  # pad partial panoramas (wider than 2:1) with black rows instead of rejecting
     max_width: int = 2048  # stored panoramas are downscaled to at most this width
+    min_width: int = 512  # smaller panoramas are rejected: too little to label or to train on
     dedupe_bits: int = 6  # near-duplicate: perceptual hashes differ in at most this many of 64 bits
-    max_tilt_deg: float = 5.0  # reject panoramas whose estimated tilt exceeds this (NaN estimates are kept)
+    max_tilt_deg: float = 8.0  # reject panoramas whose estimated tilt exceeds this (NaN estimates are kept)
     tags: str | None = None  # CSV with columns file (or path) and domain (or scene): indoor | outdoor
 
 
@@ -79,6 +80,8 @@ def estimate_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200)
     lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
     rows = np.abs(lat) < band_deg
     gx, gy = gx[rows], gy[rows]
+    if gx.size < min_edges:  # a panorama a few pixels high has no rows in the band, or too few pixels
+        return math.nan
     lon = ((np.arange(w) + 0.5) / w - 0.5) * 2 * math.pi
     lon = np.broadcast_to(lon, gx.shape)
     mag2 = gx * gx + gy * gy
@@ -253,6 +256,12 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             if w != 2 * h:
                 row.update(status="rejected", reason=f"not a 2:1 equirectangular panorama ({w}x{h}); partial "
                            "panoramas wider than 2:1 are accepted with --pad-to-erp")
+                rows.append(row)
+                counts["rejected"] += 1
+                continue
+            if w < o.min_width:
+                row.update(status="rejected", reason=f"too small ({w}x{h}); the pool keeps panoramas at least "
+                           f"{o.min_width} pixels wide (lower --min-width to keep it)")
                 rows.append(row)
                 counts["rejected"] += 1
                 continue

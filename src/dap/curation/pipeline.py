@@ -54,6 +54,7 @@ class PoolSection:
     every_s: float = 2.0
     pad_to_erp: bool = False
     max_width: int = 1024
+    min_width: int = 512
     dedupe_bits: int = 6
     max_tilt_deg: float = 8.0
 
@@ -243,7 +244,8 @@ class Pipeline:
         totals: dict[str, int] = {}
         for inp in p.inputs:
             opts = IngestOptions(source=inp.source, generated=inp.generated, every_s=p.every_s,
-                                 pad_to_erp=p.pad_to_erp, max_width=p.max_width, dedupe_bits=p.dedupe_bits,
+                                 pad_to_erp=p.pad_to_erp, max_width=p.max_width, min_width=p.min_width,
+                                 dedupe_bits=p.dedupe_bits,
                                  max_tilt_deg=p.max_tilt_deg, tags=_resolve(self.cfg, inp.tags))
             counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}

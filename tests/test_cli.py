@@ -3,6 +3,7 @@ for bad arguments or input, 1 for a failed write, 130 for Ctrl-C; nothing left b
 
 import errno
 import os
+import sys
 import time
 
 import numpy as np
@@ -520,3 +521,15 @@ def test_predict_camera_height_rescales_to_the_floor(d, tmp_path, capsys):
     assert geometry.floor_and_ceiling(fixed, in_range)[0] == pytest.approx(1.6, rel=1e-4)  # ... putting the floor there
     code, err = _run([*args, "--out", str(out / "bad"), "--camera-height", "0"], capsys)
     assert code == 2 and "argument --camera-height: expected a number > 0" in err
+
+
+def test_a_cut_short_video_is_one_line_of_ours_not_ffmpegs_log(tmp_path):
+    import subprocess
+
+    (tmp_path / "cut.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(1000))  # an MP4 header, no moov atom
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "dap.cli", "predict", str(tmp_path / "cut.mp4"), "--out",
+                           str(tmp_path / "out"), "--outputs", "npy"], capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert proc.returncode == 2
+    assert "moov" not in proc.stderr and "cut.mp4: OpenCV cannot open it as a video" in proc.stderr

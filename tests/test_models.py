@@ -155,6 +155,29 @@ def test_missing_checkpoint_and_non_checkpoint(tmp_path):
         load_model(tmp_path / "junk.pth")
 
 
+def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path):
+    import json
+    import shutil
+
+    torch.manual_seed(0)
+    good = save_model(create_model("dap_tiny"), tmp_path / "good")
+    cases = {
+        "no_weights": (lambda d: (d / "model.safetensors").unlink(), r"no_weights has config.json but no model"),
+        "cut_short": (lambda d: (d / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:5000]),
+                      r"cut_short/model.safetensors: .*damaged or cut short"),
+        "not_json": (lambda d: (d / "config.json").write_text('{"model": '), r"cannot read the model config"),
+        "other_json": (lambda d: (d / "config.json").write_text('{"name": "dap_tiny"}'), r"has no 'model' section"),
+        "bad_field": (lambda d: (d / "config.json").write_text(json.dumps({"model": {"vit": "x"}})),
+                      r"the model config in .*bad_field/config.json is not valid"),
+    }
+    for name, (damage, message) in cases.items():
+        shutil.copytree(good, tmp_path / name)
+        damage(tmp_path / name)
+        with pytest.raises(CheckpointError, match=message) as err:
+            load_model(tmp_path / name)
+        assert "copy or download the model folder again" in str(err.value)
+
+
 @pytest.mark.parametrize("name", ["dap_tiny", "dap_vits"])
 def test_variants_run_on_64x128(name):
     torch.manual_seed(0)

@@ -75,11 +75,18 @@ def _load_ours(directory: Path) -> DAP:
     from safetensors.torch import load_file
 
     config_path = directory / CONFIG_FILE
+    again = "copy or download the model folder again (config.json and model.safetensors belong together)"
     try:
         meta = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read the model config {config_path}: {e}; {again}") from e
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{config_path} has no 'model' section: it is not the config.json of a model folder "
+                              f"written by dap (save_model, `dap convert`, `dap train`); {again}")
+    try:
         cfg = DapConfig.from_dict(meta["model"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"cannot read the model config {config_path}: {e}") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the model config in {config_path} is not valid: {e}; {again}") from e
     # The depth head's scale: <= 0 (or NaN) would make every depth 0.
     if not (isinstance(cfg.max_depth, (int, float)) and cfg.max_depth > 0):
         raise CheckpointError(
@@ -88,10 +95,13 @@ def _load_ours(directory: Path) -> DAP:
         )
     with torch.device("meta"):  # weights come from the file: skip the random init
         model = DAP(cfg)
+    if not (directory / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{directory} has {CONFIG_FILE} but no {WEIGHTS_FILE}; {again}")
     try:
         sd = load_file(directory / WEIGHTS_FILE)
     except Exception as e:
-        raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}") from e
+        raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}; the file is damaged or cut "
+                              f"short: {again}") from e
     # Weights may be stored as float16 (half the download, e.g. the bundled model); the model computes in float32
     # and inference picks its own precision.
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}

@@ -494,3 +494,50 @@ def test_cache_folder_not_written_by_us_and_bad_seam_pad_are_refused(tmp_path, t
     assert "holds no cache.json, so it was not written by dap eval" in capsys.readouterr().err
     assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "o2", "--seam-pad", "2") == 2
     assert "seam padding is a fraction of the width from 0 (off) to 0.5, got 2.0" in capsys.readouterr().err
+
+
+def test_dap_predict_outputs_score_as_the_model_itself(tmp_path, capsys):
+    """`dap predict --outputs npy` then `dap eval --predictions` gives the numbers of `dap eval --checkpoint`: the 0
+    that dap predict writes where the model marks a pixel out of range is scored as the range cap, as in a model
+    run (before, it counted as min_depth)."""
+    from dap.inference import predict
+
+    torch.manual_seed(0)
+    model = create_model("dap_tiny").eval()
+    rng = np.random.default_rng(2)
+    for name in ("a", "b"):
+        write_rgb(tmp_path / "data" / "rgb" / f"{name}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "data" / "depth" / f"{name}.npy", rng.uniform(1, 5, (32, 64)).astype(np.float32))
+    prob = predict(read_rgb(tmp_path / "data" / "rgb" / "a.png"), model, resolution=(32, 64)).out_of_range_prob
+    torch.manual_seed(0)  # the same weights, marking about half of the pixels out of range
+    save_model(create_model("dap_tiny", range_threshold=float(np.median(prob))), tmp_path / "ckpt")
+    common = ["--dataset", "folder", "--root", str(tmp_path / "data"), "--protocol", "metric", "--max-depth", "100"]
+    assert main(["predict", str(tmp_path / "data" / "rgb"), "--checkpoint", str(tmp_path / "ckpt"), "--out",
+                 str(tmp_path / "preds"), "--outputs", "npy", "--resolution", "32x64"]) == 0
+    saved = [read_depth(tmp_path / "preds" / f"{n}.npy") for n in ("a", "b")]
+    assert 0.01 < np.mean([(s == 0).mean() for s in saved]) < 0.99  # both kinds of pixel are there
+    assert main(["eval", *common, "--predictions", str(tmp_path / "preds"), "--out", str(tmp_path / "e1")]) == 0
+    assert main(["eval", *common, "--checkpoint", str(tmp_path / "ckpt"), "--resolution", "32x64",
+                 "--out", str(tmp_path / "e2")]) == 0
+    got, want = (json.loads((tmp_path / e / "metrics.json").read_text())["protocols"]["metric"] for e in ("e1", "e2"))
+    for key in ("abs_rel", "rmse", "delta1", "seam_error"):
+        assert got["per_image_mean"][key] == pytest.approx(want["per_image_mean"][key], rel=1e-5), key
+
+
+def test_saved_predictions_of_the_wrong_shape_or_without_depth(tmp_path, capsys):
+    gts = make_folder(tmp_path / "data", n=2)
+    for name in gts:
+        write_depth(tmp_path / "square" / f"{name}.npy", np.ones((H, H), np.float32))
+        write_depth(tmp_path / "empty" / f"{name}.npy", np.zeros((H, W), np.float32))
+        write_depth(tmp_path / "half_res" / f"{name}.npy", np.full((H // 2, W // 2), 3.0, np.float32))
+    argv = ["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--protocol", "metric", "--predictions"]
+    assert main([*argv, str(tmp_path / "square"), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert f"s0.npy is {H}x{H} but the ground truth of 's0' is {W}x{H}" in err and "same shape (2:1)" in err
+    assert main([*argv, str(tmp_path / "half_res"), "--out", str(tmp_path / "o2")]) == 0  # resized, as documented
+    assert main([*argv, str(tmp_path / "empty"), "--out", str(tmp_path / "o3")]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 samples, the first s0: over half of the saved prediction has no depth" in err
+    summary = json.loads((tmp_path / "o3" / "metrics.json").read_text())
+    want = np.mean([compute_metrics(np.full((H, W), 100.0), g, max_depth=100.0)["abs_rel"] for g in gts.values()])
+    assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(want, rel=1e-6)

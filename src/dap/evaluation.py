@@ -488,7 +488,21 @@ def evaluate(
                     f"no saved prediction for sample {name!r}: expected {path}. Save each "
                     "prediction as <predictions dir>/<sample name>.npy (metres)."
                 )
-            pred = read_depth(path)
+            pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
+            if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
+                raise DapError(
+                    f"{path} is {pred.shape[1]}x{pred.shape[0]} but the ground truth of {name!r} is "
+                    f"{gt.shape[1]}x{gt.shape[0]}: a saved prediction must be the whole panorama, at any resolution "
+                    "of the same shape (2:1)"
+                )
+            # A saved pixel without depth is out of range (`dap predict` writes 0 there): it gets the range cap
+            # here, where a model run caps its out-of-range pixels, so both ways of scoring a model agree
+            empty = pred <= 0
+            if empty.mean() > 0.5:
+                input_warnings.setdefault(
+                    "over half of the saved prediction has no depth (0, NaN or inf); those pixels are scored as out "
+                    f"of range (--range-cap {cfg.range_cap:g} m)", []).append(name)
+            pred = np.where(empty, np.float32(cfg.range_cap), pred)
         else:
             path = cache_dir / f"{_file_stem(name)}.npy" if cache_dir is not None else None
             if path is not None and path.exists():

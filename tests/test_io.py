@@ -340,6 +340,11 @@ def test_broken_depth_files_are_unreadable(tmp_path, rng):
     for name in ("d.npy", "d.exr", "d.npz", "d.bmp"):
         with pytest.raises(UnreadableFileError, match=name):
             io.read_depth(tmp_path / name)
+    (tmp_path / "text.npy").write_text("not an array")  # numpy alone would call it a pickle: allow_pickle advice
+    with pytest.raises(UnreadableFileError, match=r"text.npy: it is not a NumPy .npy file \(no NumPy header\); "
+                                                   r"save depth maps with numpy.save\. Check") as err:
+        io.read_depth(tmp_path / "text.npy")
+    assert "pickle" not in str(err.value) and ".." not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------- colour

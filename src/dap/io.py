@@ -157,8 +157,8 @@ def write_normals_png(path: PathLike, normals: np.ndarray) -> None:
 
 def _unreadable(path: Path, reason: object) -> UnreadableFileError:
     return UnreadableFileError(
-        f"cannot read {path}: {reason}. Check that the path is right and the file is complete and in a "
-        "supported format (re-download or re-export it if it was cut short)."
+        f"cannot read {path}: {str(reason).rstrip('.')}. Check that the path is right and the file is complete and "
+        "in a supported format (re-download or re-export it if it was cut short)."
     )
 
 
@@ -254,6 +254,14 @@ def _as_2d(a: np.ndarray) -> np.ndarray:
     return a
 
 
+def _read_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # else numpy takes it for a pickle and suggests allow_pickle, the wrong advice here
+        raise ValueError("it is not a NumPy .npy file (no NumPy header); save depth maps with numpy.save")
+    return np.load(path, allow_pickle=False)
+
+
 def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())
@@ -330,7 +338,7 @@ def read_depth(
     path = _check_file(path)
     suffix = path.suffix.lower()
     readers = {
-        ".npy": lambda: np.load(path, allow_pickle=False),
+        ".npy": lambda: _read_npy(path),
         ".npz": lambda: _read_depth_npz(path, key),
         ".exr": lambda: _read_depth_exr(path, key),
         ".png": lambda: _read_depth_png(path, scale),

@@ -308,6 +308,38 @@ def test_range_threshold_travels_with_the_model(tmp_path):
         create_model("dap_tiny", range_threshold=0.0)
 
 
+def test_small_out_of_range_regions_are_dropped_by_their_share_of_the_panorama(tmp_path):
+    """range_min_region: a 2x2 blob (0.2% of a 32x64 map) goes, a 4x8 one (1.6%) and the sky band (25%) stay, at any
+    threshold asked for; saved and loaded with the model; 0 keeps every region (the official rule)."""
+    from dap.inference import drop_small_range_regions
+    from dap.models import create_model, load_model
+
+    prob = torch.zeros(1, 1, 32, 64)
+    prob[..., :8, :] = 0.9  # sky band at the top
+    prob[..., 20:22, 10:12] = 0.95  # a lamp-sized false alarm
+    prob[..., 20:24, 40:48] = 0.8  # a window-sized region
+    out = drop_small_range_regions(prob, 0.5, 0.005)
+    assert out[..., 20:22, 10:12].max() == 0 and torch.equal(out[..., :8, :], prob[..., :8, :])
+    assert torch.equal(out[..., 20:24, 40:48], prob[..., 20:24, 40:48])
+    assert torch.equal(drop_small_range_regions(prob, 0.5, 0.0), prob)
+    assert torch.equal(drop_small_range_regions(prob, 0.85, 0.02)[..., 20:24, 40:48], prob[..., 20:24, 40:48])  # < 0.85
+    assert drop_small_range_regions(prob, 0.5, 0.02)[..., 20:24, 40:48].max() == 0  # 1.6% < 2%
+
+    model = create_model("dap_tiny", default_resolution=(32, 64)).eval()
+    base = predict(_pano(), model, seam_pad=0)
+    threshold = float(np.quantile(base.out_of_range_prob, 0.9))  # random weights: a tenth of the pixels, scattered
+    model.cfg = dataclasses.replace(model.cfg, range_threshold=threshold, range_min_region=0.01)
+    save_model(model, tmp_path / "m")
+    loaded = load_model(tmp_path / "m")
+    assert loaded.cfg.range_min_region == 0.01
+    pred = predict(_pano(), loaded, seam_pad=0)
+    assert pred.range_mask.mean() < (base.out_of_range_prob >= threshold).mean()
+    unmasked = predict(_pano(), model, seam_pad=0, threshold=math.inf).depth  # the depth head alone
+    np.testing.assert_array_equal(pred.depth[~pred.range_mask], unmasked[~pred.range_mask])
+    with pytest.raises(ValueError, match="range_min_region is a share"):
+        create_model("dap_tiny", range_min_region=1.0)
+
+
 def test_depth_scale_travels_with_the_model_and_scales_every_output_path(tmp_path):
     """A calibrated depth_scale multiplies the depth the network gives (so predict, `dap eval`, training validation
     and ONNX export all see it), is saved and loaded with the model, and leaves the range head alone."""

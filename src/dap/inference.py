@@ -348,6 +348,25 @@ def infer(model, rgb, resolution: tuple[int, int], *, seam_pad: float = DEFAULT_
     return run_model(model, prepare_input(rgb, resolution, device), seam_pad=seam_pad, precision=precision)
 
 
+def drop_small_range_regions(prob: torch.Tensor, threshold: float, min_region: float) -> torch.Tensor:
+    """`prob` (..., H, W) with the out-of-range regions (prob >= threshold, 8-connected) that cover less than
+    `min_region` of their map set to 0, so no threshold marks them (`DapConfig.range_min_region`); 0: as it is."""
+    if min_region <= 0:
+        return prob
+    import cv2
+
+    marked = (prob >= threshold).reshape(-1, *prob.shape[-2:]).cpu().numpy().astype(np.uint8)
+    drop = np.zeros(marked.shape, bool)
+    for k, m in enumerate(marked):
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] < min_region * m.size
+        small[0] = False  # the background
+        drop[k] = small[labels]
+    if not drop.any():
+        return prob
+    return prob.masked_fill(torch.from_numpy(drop).reshape(prob.shape).to(prob.device), 0.0)
+
+
 def apply_range_mask(depth, out_of_range, cap: float = 100.0):
     """DAP convention: pixels the model marks out of range (sky / beyond its range) get depth `cap` (the model's
     max_depth, 100 m). Returns a new array or tensor of the input's kind; `out_of_range=None` returns a copy."""
@@ -508,6 +527,8 @@ def predict(
                           "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
         out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         mask_at = model.cfg.range_threshold if threshold is None else threshold
+        out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,
+                                                            model.cfg.range_min_region)
         if camera_height is not None:
             out["depth"] = out["depth"] * _floor_scale(out, mask_at, camera_height, rows, rgb.shape[0],
                                                        k if is_batch else None)

@@ -40,12 +40,18 @@ class DapConfig:
     # none. Fitted on held-out data after training, for a model whose error depends on where it looks (floor too
     # near, horizon too far). Applied by rows, so it assumes a whole equirectangular image, as inference gives.
     latitude_scale: tuple[float, ...] = ()
+    # Out-of-range regions (8-connected, at the working resolution) smaller than this share of the panorama are not
+    # marked: the range head's small false alarms (a lamp, a bright window pane, the sky reflected in water) would
+    # put 100 m where the depth head, smooth across them, has the surroundings' depth. 0: off (the official rule).
+    range_min_region: float = 0.0
 
     def __post_init__(self):
         if not 0 < self.range_threshold <= 1:
             raise ValueError(f"range_threshold is a probability in (0, 1], got {self.range_threshold}")
         if not (0 < self.depth_scale and math.isfinite(self.depth_scale)):
             raise ValueError(f"depth_scale is a positive factor, got {self.depth_scale}")
+        if not 0 <= self.range_min_region < 1:
+            raise ValueError(f"range_min_region is a share of the panorama in [0, 1), got {self.range_min_region}")
         if len(self.latitude_scale) == 1 or not all(0 < f and math.isfinite(f) for f in self.latitude_scale):
             raise ValueError("latitude_scale is empty or two or more positive factors (top to bottom), got "
                              f"{list(self.latitude_scale)}")

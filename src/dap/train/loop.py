@@ -27,7 +27,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from dap.errors import ConfigError
-from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, infer, normalize_image
+from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.losses import DapLoss
 from dap.train.checkpoints import (
     _set_rng_state,
@@ -73,7 +73,7 @@ def ema_update(decay: float):
 
 # ======================================================================================== model
 # DapConfig fields that are not architecture: a fine-tuning run may set them on a loaded model
-INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "latitude_scale")
+INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "latitude_scale", "range_min_region")
 
 
 def build_model(cfg: TrainConfig, *, quiet: bool = False):
@@ -168,7 +168,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
         s = val[k]
         out = infer(model, s["rgb"], (cfg.data.height, cfg.data.width), seam_pad=seam_pad, device=d.device,
                     precision=precision)
-        prob = out["out_of_range_prob"][0].cpu()
+        prob = drop_small_range_regions(out["out_of_range_prob"][0].cpu(), model.cfg.range_threshold,
+                                        model.cfg.range_min_region)
         masked = prob >= model.cfg.range_threshold
         pred = apply_range_mask(out["depth"][0].cpu(), masked, model.cfg.max_depth)
         gt, valid, oor = s["depth"], s["valid"], s["out_of_range"]

@@ -358,7 +358,7 @@ def drop_small_range_regions(prob: torch.Tensor, threshold: float, min_region: f
     marked = (prob >= threshold).reshape(-1, *prob.shape[-2:]).cpu().numpy().astype(np.uint8)
     drop = np.zeros(marked.shape, bool)
     for k, m in enumerate(marked):
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(m, connectivity=8)
         small = stats[:, cv2.CC_STAT_AREA] < min_region * m.size
         small[0] = False  # the background
         drop[k] = small[labels]

@@ -253,15 +253,15 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
                 rgb, _ = pad_rows_to_erp(rgb)
                 h, w = rgb.shape[:2]
+            shape_problem = None
             if w != 2 * h:
-                row.update(status="rejected", reason=f"not a 2:1 equirectangular panorama ({w}x{h}); partial "
-                           "panoramas wider than 2:1 are accepted with --pad-to-erp")
-                rows.append(row)
-                counts["rejected"] += 1
-                continue
-            if w < o.min_width:
-                row.update(status="rejected", reason=f"too small ({w}x{h}); the pool keeps panoramas at least "
-                           f"{o.min_width} pixels wide (lower --min-width to keep it)")
+                shape_problem = (f"not a 2:1 equirectangular panorama ({w}x{h}); partial panoramas wider than 2:1 "
+                                 "are accepted with --pad-to-erp")
+            elif w < o.min_width:
+                shape_problem = (f"too small ({w}x{h}); the pool keeps panoramas at least {o.min_width} pixels wide "
+                                 "(lower --min-width to keep it)")
+            if shape_problem:
+                row.update(status="rejected", reason=shape_problem)
                 rows.append(row)
                 counts["rejected"] += 1
                 continue

@@ -26,7 +26,8 @@ cfg = load_config(args.config)
 h, w = (cfg.data.height, cfg.data.width) if dev == "cuda" else (64, 128)
 loss_fn = DapLoss(cfg.loss)
 for batch in (cfg.data.batch_size, 2 * cfg.data.batch_size) if dev == "cuda" else (2,):
-    torch.cuda.reset_peak_memory_stats() if dev == "cuda" else None
+    if dev == "cuda":  # each batch size's own peak
+        torch.cuda.reset_peak_memory_stats()
     m = build_model(cfg, quiet=True).to(dev).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
     x = torch.rand(batch, 3, h, w, device=dev)

@@ -3,6 +3,7 @@ for bad arguments or input, 1 for a failed write, 130 for Ctrl-C; nothing left b
 
 import errno
 import os
+import re
 import sys
 import time
 
@@ -480,10 +481,14 @@ def test_library_never_imports_the_cli():
 def test_every_command_has_a_module(capsys):
     from dap.cli import COMMANDS
 
-    for name in COMMANDS:
+    for name in [*COMMANDS, "curate ingest", "curate run"]:
         with pytest.raises(SystemExit) as e:
-            main([name, "--help"])
-        assert e.value.code == 0 and f"usage: dap {name}" in capsys.readouterr().out
+            main([*name.split(), "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert e.value.code == 0 and f"usage: dap {name}" in text
+        # an option says its default once, in words where it has no value of its own
+        assert "(default: None)" not in text
+        assert not re.search(r"default[^()]{0,120}\(default: ", text, flags=re.IGNORECASE), name
 
 
 def test_closed_stdout_stops_quietly():

@@ -133,12 +133,21 @@ class _Commands(argparse._SubParsersAction):
         super().__call__(parser, namespace, values, option_string)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already says its default, or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dap", description="Depth Any Panoramas: metric depth for 360° panoramas.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", action=_Commands)
     for name, (_, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, description=help_text,
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
     return parser
 
 

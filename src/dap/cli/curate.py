@@ -7,7 +7,7 @@ import json
 import os
 from pathlib import Path
 
-from dap.cli import check_output, parse_size, positive_float, positive_int, remove_stale_temporaries
+from dap.cli import HelpFormatter, check_output, parse_size, positive_float, positive_int, remove_stale_temporaries
 from dap.errors import DapError
 
 
@@ -27,7 +27,7 @@ def _keep(text: str) -> dict[str, float]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="curate_command", required=True, metavar="STEP")
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = HelpFormatter
 
     p = sub.add_parser("ingest", help="add panoramas and 360° videos to a pool (checks, dedupe, tags)",
                        formatter_class=fmt)

@@ -25,7 +25,7 @@ from dap.curation.label import LabelOptions, label_pool
 from dap.curation.manifest import PseudoLabelDataset, empty_row, load_label, read_manifest, save_label, write_manifest
 from dap.curation.selection import keep_count, select_top_k
 from dap.errors import DapError
-from dap.io import read_rgb, write_rgb
+from dap.io import read_rgb, write_depth, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "src/dap/assets/sample_indoor.jpg"
@@ -115,6 +115,21 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
            progress=False)
     (row,) = read_manifest(tmp_path / "pool2")
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
+
+
+def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path):
+    src = tmp_path / "in"
+    src.mkdir()
+    linear = (_render(3, "indoor")["rgb"] ** 2.2 * 60).astype(np.float32)  # linear radiance, any exposure
+    cv2.imwrite(str(src / "room.hdr"), linear[..., ::-1].copy())
+    write_depth(src / "room_depth.exr", _render(3, "indoor")["depth"])
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
+    rows = {Path(r["path"]).name: r for r in read_manifest(tmp_path / "pool")}
+    assert "no colour channels" in rows["room_depth.exr"]["reason"] and "depth map" in rows["room_depth.exr"]["reason"]
+    stored = read_rgb(tmp_path / "pool" / rows["room.hdr"]["image"])
+    assert np.abs(stored - read_rgb(src / "room.hdr")).mean() < 0.06  # the pool stores a JPEG of it
+    assert np.abs(stored - np.minimum(linear, 1.0)).mean() > 0.2  # not the radiance clipped at white
 
 
 def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import trimesh
@@ -60,6 +61,14 @@ def test_the_page_gets_every_output(model, small_panorama, tmp_path):
     assert len(points) > 1000 and " m;" in summary and "256x128" in summary
     respond(str(small_panorama), False, model, tmp_path)
     assert len(list(tmp_path.iterdir())) == 1  # a click clears the previous click's files
+
+
+def test_an_hdr_upload_is_tone_mapped_like_dap_predict(model, small_panorama, tmp_path):
+    linear = (io.read_rgb(small_panorama) ** 2.2 * 80).astype(np.float32)
+    hdr = tmp_path / "room.hdr"
+    cv2.imwrite(str(hdr), linear[..., ::-1].copy())
+    depth, *_, summary = respond(str(hdr), False, model, tmp_path / "work")
+    assert "256x128" in summary and Image.open(depth).size[0] == 256
 
 
 @pytest.mark.parametrize("content, expected", [

@@ -4,7 +4,9 @@ import math
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
+import OpenEXR
 import pytest
 import torch
 import trimesh
@@ -16,7 +18,7 @@ from dap import geometry, io
 from dap.cli import main
 from dap.errors import DapError, InputWarning, NotPanoramaError
 from dap.inference import Prediction, predict, seam_pad_columns
-from dap.models import save_model
+from dap.models import load_model, save_model
 from dap.models.dap import DapConfig
 
 
@@ -605,6 +607,33 @@ def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpo
     assert "ignoring 2 file(s) in the input folder(s) that are not images" in printed.err
     assert "anim.gif, notes.txt" in printed.err
     assert _files(tmp_path / "o") == ["pano.npy"]
+
+
+def test_hdr_panoramas_are_inputs_and_depth_exrs_are_not(checkpoint, tmp_path, capsys):
+    src = tmp_path / "panos"
+    src.mkdir()
+    linear = (_pano(32, 64) ** 2.2 * 25).astype(np.float32)  # an HDR file's linear radiance
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage},
+                 {"RGB": linear}).write(str(src / "hdri.exr"))
+    cv2.imwrite(str(src / "room.hdr"), linear[..., ::-1].copy())
+    io.write_depth(src / "old.exr", np.ones((32, 64), np.float32))  # a depth map: no input, and no "other file"
+    assert _predict_cli([src], src, checkpoint, "--outputs", "npy,mask") == 0
+    printed = capsys.readouterr()
+    assert "predicted 2 panorama(s)" in printed.out and "ignoring" not in printed.err
+    assert _files(src) == ["hdri.exr", "hdri.mask.png", "hdri.npy", "old.exr", "room.hdr", "room.mask.png",
+                           "room.npy"]
+    # the same HDR as its tone-mapped image gives the same depth
+    model = load_model(checkpoint)
+    tone_mapped = predict(io.tonemap_hdr(linear.copy()), model, resolution=(32, 64)).depth
+    np.testing.assert_allclose(np.load(src / "hdri.npy"), tone_mapped, rtol=1e-5)
+    # an .exr output in the input's own folder would overwrite the input: that input fails, the file is kept
+    before = (src / "hdri.exr").read_bytes()
+    assert _predict_cli([src / "hdri.exr"], src, checkpoint, "--outputs", "exr", "--overwrite") == 2
+    assert "hdri.exr: its exr output would overwrite the input itself; predict into another --out" \
+        in capsys.readouterr().err
+    assert (src / "hdri.exr").read_bytes() == before
+    assert _predict_cli([src / "hdri.exr"], tmp_path / "o", checkpoint, "--outputs", "exr") == 0
+    assert io.is_depth_exr(tmp_path / "o" / "hdri.exr")
 
 
 def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):

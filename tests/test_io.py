@@ -149,6 +149,70 @@ def test_webp_and_tiff_read(tmp_path, rng):
         np.testing.assert_array_equal(np.round(io.read_rgb(tmp_path / name) * 255), rgb)
 
 
+def _srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    return np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def _write_exr(path, channels: dict) -> None:
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, channels).write(str(path))
+
+
+def test_hdr_tone_mapping_exposes_the_median_to_middle_grey_whatever_the_exposure(rng):
+    # a uniform panorama of any radiance comes out at middle grey: linear 0.18 is sRGB 0.4614
+    for radiance in (0.002, 5.0, 3000.0):
+        np.testing.assert_allclose(io.tonemap_hdr(np.full((H, W, 3), radiance, np.float32)), 0.46135, atol=1e-4)
+    linear = (rng.random((H, W, 3)) ** 2.2 * 30).astype(np.float32)
+    out = io.tonemap_hdr(linear.copy())
+    np.testing.assert_allclose(io.tonemap_hdr(linear * 7.3), out, atol=1e-6)  # exposure-invariant
+    assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    # the median over the sphere, not over pixels: bright polar caps of 60% of the rows cover 41% of the sphere,
+    # so the dark middle band is what comes out at middle grey
+    caps = np.full((H, W, 3), 1.0, np.float32)
+    band = round(0.3 * H)
+    caps[:band] = caps[-band:] = 50.0
+    out = io.tonemap_hdr(caps)
+    np.testing.assert_allclose(out[H // 2], 0.46135, atol=1e-4)
+    np.testing.assert_allclose(out[0], 1.0, atol=1e-6)  # clipped at white
+    # NaN, inf and negative radiance are black; a black panorama stays black
+    bad = np.full((H, W, 3), 0.5, np.float32)
+    bad[0, :3] = [np.nan, np.inf, -2.0]
+    assert np.all(io.tonemap_hdr(bad)[0, :3] == 0)
+    np.testing.assert_array_equal(io.tonemap_hdr(np.zeros((H, W, 3))), 0)
+
+
+def test_hdr_and_exr_panoramas_read_tone_mapped(tmp_path, rng):
+    srgb = rng.random((H, W, 3)).astype(np.float32)
+    linear = _srgb_to_linear(srgb) * 40.0  # as an HDR file stores it, at some absolute exposure
+    expected = io.tonemap_hdr(linear.copy())
+    cv2.imwrite(str(tmp_path / "p.hdr"), linear[..., ::-1].copy())
+    _write_exr(tmp_path / "rgb.exr", {"RGB": linear})
+    _write_exr(tmp_path / "half.exr", {"R": linear[..., 0].astype(np.float16), "G": linear[..., 1].astype(np.float16),
+                                       "B": linear[..., 2].astype(np.float16), "A": np.ones((H, W), np.float16)})
+    _write_exr(tmp_path / "gray.exr", {"Y": linear[..., 1]})
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "rgb.exr"), expected, atol=1e-6)
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "half.exr"), expected, atol=2e-3)  # half floats
+    # RGBE keeps 8 bits of mantissa per channel beside a shared exponent: close, not exact
+    assert np.abs(io.read_rgb(tmp_path / "p.hdr") - expected).mean() < 0.01
+    gray = io.read_rgb(tmp_path / "gray.exr")
+    np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    assert not io.is_depth_exr(tmp_path / "rgb.exr") and not io.is_depth_exr(tmp_path / "gray.exr")
+
+
+def test_depth_exr_npy_and_broken_hdr_inputs_say_what_they_are(tmp_path, rng):
+    io.write_depth(tmp_path / "depth.exr", rng.random((H, W)).astype(np.float32) + 1)
+    assert io.is_depth_exr(tmp_path / "depth.exr")
+    with pytest.raises(UnreadableFileError, match=r"no colour channels \(R, G, B or Y\), only Z; a depth map"):
+        io.read_rgb(tmp_path / "depth.exr")
+    np.save(tmp_path / "pano.npy", rng.random((H, W, 3)).astype(np.float32))
+    with pytest.raises(UnreadableFileError, match=r"a \.npy file holds an array, not an image.*numpy\.load"):
+        io.read_rgb(tmp_path / "pano.npy")
+    for name, data in (("cut.hdr", b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 8 +X 16\n"), ("text.exr", b"hello")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UnreadableFileError, match=f"cannot read .*{name}"):
+            io.read_rgb(tmp_path / name)
+    assert not io.is_depth_exr(tmp_path / "text.exr")  # unreadable: listed as an input, then fails by name
+
+
 def test_exif_orientation_is_applied(tmp_path):
     rgb = np.zeros((H, W, 3), np.uint8)
     rgb[:4] = 255  # bright top rows

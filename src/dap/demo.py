@@ -119,7 +119,8 @@ def build_app(model, *, resolution: tuple[int, int] | None = None, device=None, 
                     + (f"Model: `{model_name}`." if model_name else ""))
         with gr.Row():
             with gr.Column(scale=1):
-                upload = gr.File(label="Panorama (2:1 equirectangular image)", file_types=["image"],
+                # "image" is the browser's image/* (no HDR types there): list our suffixes too
+                upload = gr.File(label="Panorama (2:1 equirectangular image)", file_types=["image", *io.IMAGE_SUFFIXES],
                                  elem_id="panorama")
                 pad = gr.Checkbox(label="Partial panorama: pad the missing latitudes to 2:1 (--pad-to-erp)")
                 height = gr.Number(label="Camera height above the floor, metres (optional: fixes the metric "

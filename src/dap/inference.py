@@ -556,7 +556,6 @@ def predict(
 
 # --- `dap predict` ---------------------------------------------------------------------------------------
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 OUTPUT_SUFFIXES = {"npy": ".npy", "exr": ".exr", "png16": ".depth.png", "color": ".color.png", "mask": ".mask.png",
                    "normals": ".normals.png", "ply": ".ply", "glb": ".glb", "cubemap": ".cube"}
 OUTPUT_KINDS = tuple(OUTPUT_SUFFIXES)
@@ -577,14 +576,23 @@ class InputItem:
 
 
 def _ours_or_hidden(path: Path) -> bool:
-    """Hidden files (temporaries, our run records) and our own outputs, so `--out` may be the input folder."""
+    """Hidden files (temporaries, our run records) and our own outputs, so `--out` may be the input folder. An .exr
+    is ours when it holds no colour (our depth EXR has one channel, Z), else an HDR panorama."""
+    from dap import io
+
     name = path.name.lower()
-    return name.startswith(".") or name.endswith(tuple(OUTPUT_SUFFIXES.values()))
+    if name.startswith("."):
+        return True
+    if name.endswith(OUTPUT_SUFFIXES["exr"]):
+        return io.is_depth_exr(path)
+    return name.endswith(tuple(OUTPUT_SUFFIXES.values()))
 
 
 def _listable(path: Path) -> bool:
     """Images a folder or glob contributes."""
-    return path.suffix.lower() in IMAGE_SUFFIXES and not _ours_or_hidden(path)
+    from dap import io
+
+    return path.suffix.lower() in io.IMAGE_SUFFIXES and not _ours_or_hidden(path)
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -635,10 +643,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             if path.is_dir():
                 listing = sorted(path.iterdir())
                 images = [p for p in listing if _listable(p)]
-                ignored += [p for p in listing if p.suffix.lower() not in IMAGE_SUFFIXES and not _ours_or_hidden(p)
-                            and p.is_file()]
+                ignored += [p for p in listing if p.suffix.lower() not in io.IMAGE_SUFFIXES
+                            and not _ours_or_hidden(p) and p.is_file()]
                 if not images:
-                    raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in the folder {path}")
+                    raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}")
             else:
                 images = [path]
             for image in images:

@@ -180,45 +180,111 @@ def _is_16bit_colour(img: Image.Image) -> bool:
     return isinstance(rawmode, str) and ";16" in rawmode
 
 
+HDR_SUFFIXES = (".hdr", ".exr")
+"""High-dynamic-range panoramas (Radiance RGBE, OpenEXR): linear radiance, tone-mapped by `tonemap_hdr` on reading."""
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", *HDR_SUFFIXES)
+"""Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
+
+HDR_KEY = 0.18
+"""Linear luminance that an HDR panorama's median (over the sphere) is exposed to: photographic middle grey. Tried
+against the camera-exposed originals of the 55 real photographs, it gives the bundled model's depth its smallest
+typical change (docs/inference.md, "HDR panoramas")."""
+
+
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
 
-    JPEG, PNG, WebP and TIFF, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
+    JPEG, PNG, WebP, TIFF and BMP, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
     (not composited), EXIF orientation is applied; of an animation or a multi-page file, the first frame
-    (`read_rgb_frames` also says how many it holds). ``require_erp`` raises ``NotPanoramaError`` unless 2:1.
-    Missing, truncated or undecodable files raise ``UnreadableFileError``.
+    (`read_rgb_frames` also says how many it holds). HDR panoramas (.hdr, .exr with R, G, B or Y channels) are
+    tone-mapped to what a camera would have saved (`tonemap_hdr`). ``require_erp`` raises ``NotPanoramaError``
+    unless 2:1. Missing, truncated or undecodable files raise ``UnreadableFileError``.
     """
     return read_rgb_frames(path, require_erp=require_erp)[0]
+
+
+def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY) -> np.ndarray:
+    """Linear-radiance float (H, W, 3) RGB -> sRGB-encoded float32 in [0, 1], as a camera's automatic exposure
+    would save it: scaled so that the median luminance over the sphere (rows weighted by cos latitude, so the
+    stretched poles count no more than they cover) becomes `key`, clipped at white, then the sRGB curve. The
+    networks were trained on such photographs; fed raw radiance they would see a dark or burnt-out image. The result
+    does not depend on the file's absolute exposure. Non-finite and negative values count as black. Works in place
+    on a float32 array (an 8K HDR panorama is 400 MB)."""
+    rgb = linear if linear.dtype == np.float32 else linear.astype(np.float32)
+    np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    np.maximum(rgb, 0.0, out=rgb)
+    step = max(1, rgb.shape[1] // 1024)  # the median is a statistic: every step-th pixel is plenty
+    luminance = (rgb[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)).ravel()
+    lat = (0.5 - (np.arange(0, rgb.shape[0], step) + 0.5) / rgb.shape[0]) * np.pi
+    weights = np.repeat(np.cos(lat), -(-rgb.shape[1] // step))
+    order = np.argsort(luminance)
+    cumulative = np.cumsum(weights[order])
+    median = float(luminance[order[np.searchsorted(cumulative, cumulative[-1] / 2)]]) if luminance.size else 0.0
+    if median > 0:  # else more than half the sphere is black: leave the exposure as it is
+        rgb *= np.float32(key / median)
+    np.minimum(rgb, 1.0, out=rgb)
+    # The sRGB encoding (IEC 61966-2-1): linear near black, a 1/2.4 power above.
+    low = rgb <= 0.0031308
+    dark = rgb[low] * np.float32(12.92)
+    np.power(rgb, np.float32(1 / 2.4), out=rgb)
+    rgb *= np.float32(1.055)
+    rgb -= np.float32(0.055)
+    rgb[low] = dark
+    np.clip(rgb, 0.0, 1.0, out=rgb)  # float rounding of the curve at white
+    return rgb
+
+
+def _read_exr_rgb(path: Path) -> np.ndarray:
+    """Linear float32 (H, W, 3) RGB of an OpenEXR file: its R, G, B channels, else its Y (luminance) channel."""
+    channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    if all(c in channels for c in "RGB"):
+        return np.dstack([np.asarray(channels[c].pixels, dtype=np.float32) for c in "RGB"])
+    if "Y" in channels:
+        return np.repeat(np.asarray(channels["Y"].pixels, dtype=np.float32)[..., None], 3, axis=2)
+    raise UnreadableFileError(
+        f"cannot read {path} as a panorama: the EXR has no colour channels (R, G, B or Y), only "
+        f"{', '.join(sorted(channels)) or 'none'}; a depth map (such as `dap predict --outputs exr` writes) is no "
+        "input. Pass the colour panorama instead."
+    )
+
+
+def is_depth_exr(path: PathLike) -> bool:
+    """Whether an OpenEXR file holds no colour channels (R, G, B or Y) by its header: a depth map, such as `dap
+    predict --outputs exr` writes, not a panorama. False for a file whose header cannot be read."""
+    try:
+        names = {c.name for c in OpenEXR.File(str(path), header_only=True).header()["channels"]}
+    except _DECODE_ERRORS:
+        return False
+    return not ({"R", "G", "B"} <= names or "Y" in names)
+
+
+def _read_hdr(path: Path) -> np.ndarray:
+    """Tone-mapped float32 (H, W, 3) RGB of a Radiance .hdr or an OpenEXR panorama."""
+    if path.suffix.lower() == ".exr":
+        linear = _read_exr_rgb(path)
+    else:
+        bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+        if bgr is None or bgr.dtype != np.float32:
+            raise ValueError("OpenCV could not decode it as a Radiance HDR image")
+        linear = np.ascontiguousarray(bgr[..., ::-1])
+    return tonemap_hdr(linear)
 
 
 def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, int]:
     """`read_rgb`'s image, and how many frames (pages) the file holds: 1 for a still image, more for an animated
     GIF, WebP or PNG or a multi-page TIFF."""
     path = _check_file(path)
+    if path.suffix.lower() == ".npy":
+        raise UnreadableFileError(
+            f"cannot read {path}: a .npy file holds an array, not an image. Save the panorama as an image file "
+            f"({', '.join(IMAGE_SUFFIXES)}), or pass the array itself in Python: dap.predict(numpy.load(path), ...)."
+        )
     try:
-        with Image.open(path) as img:
-            deep_colour = _is_16bit_colour(img)
-            # Full decode now: lazy loading would let a truncated file through until pixels are touched.
-            img.load()
-            frames = int(getattr(img, "n_frames", 1))
-            img = ImageOps.exif_transpose(img)
-            if deep_colour:
-                # cv2 keeps 16 bits; IMREAD_COLOR (no IGNORE_ORIENTATION) drops alpha and applies EXIF.
-                bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
-                if bgr is None or bgr.dtype != np.uint16:
-                    raise ValueError("OpenCV could not decode the 16-bit colour image")
-                rgb = bgr[..., ::-1].astype(np.float32)
-                rgb /= 65535.0
-            elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-                # 16-bit grayscale (Pillow may report it as 'I'); 32-bit integer images are taken as 16-bit.
-                gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
-                rgb = np.repeat(gray[..., None], 3, axis=2)
-            elif img.mode == "F":
-                gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-                rgb = np.repeat(gray[..., None], 3, axis=2)
-            else:
-                rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-                rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
+        if path.suffix.lower() in HDR_SUFFIXES:
+            rgb, frames = _read_hdr(path), 1
+        else:
+            rgb, frames = _read_ldr(path)
     except DapError:
         raise
     except Image.DecompressionBombError as e:
@@ -232,6 +298,34 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
     if require_erp:
         check_erp_shape(rgb.shape[0], rgb.shape[1], what=str(path))
     return np.ascontiguousarray(rgb, dtype=np.float32), frames
+
+
+def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
+    """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, and its frame count."""
+    with Image.open(path) as img:
+        deep_colour = _is_16bit_colour(img)
+        # Full decode now: lazy loading would let a truncated file through until pixels are touched.
+        img.load()
+        frames = int(getattr(img, "n_frames", 1))
+        img = ImageOps.exif_transpose(img)
+        if deep_colour:
+            # cv2 keeps 16 bits; IMREAD_COLOR (no IGNORE_ORIENTATION) drops alpha and applies EXIF.
+            bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+            if bgr is None or bgr.dtype != np.uint16:
+                raise ValueError("OpenCV could not decode the 16-bit colour image")
+            rgb = bgr[..., ::-1].astype(np.float32)
+            rgb /= 65535.0
+        elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            # 16-bit grayscale (Pillow may report it as 'I'); 32-bit integer images are taken as 16-bit.
+            gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+            rgb = np.repeat(gray[..., None], 3, axis=2)
+        elif img.mode == "F":
+            gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+            rgb = np.repeat(gray[..., None], 3, axis=2)
+        else:
+            rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+            rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
+    return rgb, frames
 
 
 # ----------------------------------------------------------------------------------------------- depth

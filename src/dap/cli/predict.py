@@ -14,7 +14,6 @@ from dap.cli import parse_device, parse_network_size, positive_float, positive_i
 from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
-    IMAGE_SUFFIXES,
     NAMING_RULE,
     OUTPUT_KINDS,
     PNG16_SCALE,
@@ -96,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from dap import io
+
     kinds = [k.strip() for k in args.outputs.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if ignored:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "
-              f"({', '.join(IMAGE_SUFFIXES)}): {shown}; pass a video by its own path", file=sys.stderr)
+              f"({', '.join(io.IMAGE_SUFFIXES)}): {shown}; pass a video by its own path", file=sys.stderr)
     device = select_device(args.device)
     if args.backend == "onnxruntime":
         check_onnx_precision(args.precision)  # before loading the model
@@ -197,6 +198,11 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
+        clash = [k for k, p in paths.items() if not item.video and os.path.abspath(p) == os.path.abspath(item.source)]
+        if clash:  # an HDR panorama pano.exr predicted into its own folder with --outputs exr
+            failures.append((seq, item.source, f"its {clash[0]} output would overwrite the input itself; predict "
+                                               "into another --out, or leave that output out"))
+            continue
         record = record_path(args.out, item.name)
         try:
             expected = {"input": input_identity(item.video or item.source), "settings": settings}

@@ -24,9 +24,8 @@ import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError
+from dap.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
 DOMAINS = ("indoor", "outdoor")
 
 

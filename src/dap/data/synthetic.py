@@ -885,7 +885,6 @@ def get_style(style: str | Style) -> Style:
 
 TILE = 128  # texture bank crops are TILE x TILE pixels
 TEXTURE_ATLAS = Path(__file__).resolve().parents[1] / "assets" / "synth_textures.jpg"
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -912,7 +911,7 @@ def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.
 def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
     """Photo crops (N, TILE, TILE, 3) uint8: the bank shipped with the package (`dirs` empty; see
     assets/synth_textures_credits.csv) or crops cut from every image in the folders (deterministic)."""
-    from dap.io import read_rgb
+    from dap.io import IMAGE_SUFFIXES, read_rgb
 
     if not dirs:
         atlas = (read_rgb(TEXTURE_ATLAS) * 255 + 0.5).astype(np.uint8)
@@ -920,10 +919,11 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
         return atlas.reshape(rows, TILE, cols, TILE, 3).transpose(0, 2, 1, 3, 4).reshape(-1, TILE, TILE, 3)
     for d in dirs:
         if not Path(d).is_dir():
-            raise DapError(f"texture folder {d} does not exist; pass a folder of photos (.jpg, .png, .webp)")
-    files = sorted(f for d in dirs for f in Path(d).iterdir() if f.suffix.lower() in _IMAGE_SUFFIXES)
+            raise DapError(f"texture folder {d} does not exist; pass a folder of photos ({', '.join(IMAGE_SUFFIXES)})")
+    files = sorted(f for d in dirs for f in Path(d).iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise DapError(f"no images (.jpg, .png, .webp) in {', '.join(map(str, dirs))}; pass folders of photos")
+        raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, dirs))}; pass folders of "
+                       "photos")
     per_image = max(1, min(16, 512 // len(files)))  # a bank of at most ~512 crops (~25 MB in memory)
     tiles = []
     for f in files:

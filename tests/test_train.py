@@ -78,7 +78,7 @@ def test_overrides_reach_nested_and_list_entries(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "error", "match"),
     [
-        (["optim.lr_heads=1"], ValueError, r"unknown keys \[.lr_heads.\]"),
+        (["optim.lr_heads=1"], ValueError, r"^--set optim.lr_heads=1: config optim: unknown keys \[.lr_heads.\]"),
         (["data.sources.3.ratio=1"], ValueError, "no such config entry"),
         (["loss.mask_threshold=150"], ValueError, "10, 20, 50, 100"),
         (["optim.optimizer=sgd"], ValueError, "adam or adamw"),
@@ -98,6 +98,11 @@ def test_unknown_yaml_key_is_an_error(tmp_path):
     path.write_text("run: {step: 10}\n")
     with pytest.raises(ValueError, match=r"run: unknown keys \['step'\]"):
         T.load_config(path)
+    # an error that --set brought in names the settings beside the file
+    good = tmp_path / "good.yaml"
+    good.write_text("run: {steps: 2}\n")
+    with pytest.raises(ValueError, match=rf"^{good} with --set run.steps=1, --set optim.lr=1: config optim: unknown"):
+        T.load_config(good, ["run.steps=1", "optim.lr=1"])
 
 
 def test_lr_schedule():

@@ -187,9 +187,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         cfg = _build(TrainConfig, full, "")
         _check_config(cfg)
     except (ConfigError, NotPanoramaError) as e:
-        if path is None:
+        settings = ", ".join(f"--set {item}" for item in overrides or [])
+        where = " with ".join(part for part in (str(path or ""), settings) if part)  # what the user wrote
+        if not where:
             raise
-        raise type(e)(f"{path}: {e}") from None
+        raise type(e)(f"{where}: {e}") from None
     return cfg
 
 

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 from dap.curation.discriminator import (
     DiscriminatorConfig,
@@ -35,7 +34,8 @@ from dap.curation.ingest import IngestOptions, ingest
 from dap.curation.label import LabelOptions, label_batch, label_pool
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
 from dap.errors import DapError
-from dap.train import SourceConfig, _build, _merge, _set_path
+from dap.train import SourceConfig, _build, _merge
+from dap.train.config import apply_overrides, config_source, read_yaml_mapping
 
 STEPS = ("ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final")
 
@@ -109,24 +109,13 @@ class CurateConfig:
 
 def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = None) -> CurateConfig:
     p = Path(path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except OSError as e:
-        raise DapError(f"cannot read the curation config {p}: {e}") from e
-    except yaml.YAMLError as e:
-        raise DapError(f"the curation config {p} is not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise DapError(f"the curation config {p} must be a YAML mapping of sections (pool, labeled, ...)")
+    raw = read_yaml_mapping(p, "curation config", "configs/curate_tiny.yaml")
     full = _merge(asdict(CurateConfig()), raw)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise DapError(f"--set expects key=value (e.g. label.batch_size=8), got {item!r}")
-        _set_path(full, key.strip(), yaml.safe_load(value))
+    apply_overrides(full, overrides, "label.batch_size=8")
     try:
         cfg = _build(CurateConfig, full, "")
     except (ValueError, TypeError) as e:
-        raise DapError(f"curation config {p}: {e}") from e
+        raise DapError(f"curation config {config_source(p, overrides)}: {e}") from e
     cfg.base_dir = str(p.resolve().parent)
     if not cfg.pool.inputs:
         raise DapError(f"curation config {p}: pool.inputs is empty; list folders of unlabeled panoramas")

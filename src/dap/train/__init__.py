@@ -28,7 +28,6 @@ from dap.train.config import (
     _build,
     _check_config,
     _merge,
-    _set_path,
     load_config,
 )
 from dap.train.data import (
@@ -50,7 +49,7 @@ __all__ = [
     "CHECKPOINT_VERSION", "RANGE_THRESHOLDS", "CheckpointError", "DataSection", "Dist", "MixtureDataset",
     "MixtureSampler", "ModelSection", "OptimSection", "RenderedSynthetic", "RoomsDataset", "RunExistsError",
     "RunSection", "SourceConfig", "TrainConfig", "TrainResult", "ValidationSet", "_build", "_check_config",
-    "_merge", "_set_path", "augment_sample", "build_model", "build_source", "check_run_folder", "checkpoint_step",
+    "_merge", "augment_sample", "build_model", "build_source", "check_run_folder", "checkpoint_step",
     "ema_decay_at", "ema_update", "list_checkpoints", "load_checkpoint", "load_config", "lr_factor",
     "read_metrics", "resize_sample", "seed_of", "setup_distributed", "to_training_sample", "train", "validate",
 ]

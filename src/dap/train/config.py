@@ -158,37 +158,52 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
                          "data.sources.0.ratio)") from None
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from a YAML file plus `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [1,2])."""
-    raw: dict = {}
-    if path is not None:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as e:
-            raise ConfigError(f"cannot read the training config {path}: {e.strerror or e}; check the path") from e
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            where = getattr(e, "problem_mark", None)
-            at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
-            raise ConfigError(f"training config {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
-                              "fix the file (configs/tiny_cpu.yaml is an example)") from None
+def read_yaml_mapping(path: str | os.PathLike, what: str, example: str) -> dict:
+    """The mapping of sections in the YAML file `path` ({} if it is empty); errors name `what` (e.g. "training
+    config") and an `example` file to follow."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror or e}; check the path") from e
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{what} {path} is not valid YAML{at} ({getattr(e, 'problem', None) or e}); "
+                          f"fix the file ({example} is an example)") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"training config {path} must be a YAML mapping of sections (model, data, ...)")
-    full = _merge(TrainConfig().to_dict(), raw)  # defaults first, so --set can reach into lists
+        raise ConfigError(f"{what} {path} must be a YAML mapping of sections (see {example})")
+    return raw
+
+
+def apply_overrides(full: dict, overrides: list[str] | None, example: str) -> None:
+    """`--set key.sub=value` items applied to a config dict in place (values parsed as YAML: 1e-4, true, [1,2])."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set expects key=value (e.g. optim.lr_head=1e-4), got {item!r}")
+            raise ConfigError(f"--set expects key=value (e.g. {example}), got {item!r}")
         try:
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: the value is not valid YAML; quote strings, e.g. 'a: b'") from None
         _set_path(full, key.strip(), value)
+
+
+def config_source(path: str | os.PathLike | None, overrides: list[str] | None) -> str:
+    """Where a config came from, as the user wrote it: "c.yaml with --set a=1, --set b=2" ("" for defaults)."""
+    settings = ", ".join(f"--set {item}" for item in overrides or [])
+    return " with ".join(part for part in (str(path or ""), settings) if part)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """TrainConfig from a YAML file plus `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [1,2])."""
+    raw = read_yaml_mapping(path, "training config", "configs/tiny_cpu.yaml") if path is not None else {}
+    full = _merge(TrainConfig().to_dict(), raw)  # defaults first, so --set can reach into lists
+    apply_overrides(full, overrides, "optim.lr_head=1e-4")
     try:
         cfg = _build(TrainConfig, full, "")
         _check_config(cfg)
     except (ConfigError, NotPanoramaError) as e:
-        settings = ", ".join(f"--set {item}" for item in overrides or [])
-        where = " with ".join(part for part in (str(path or ""), settings) if part)  # what the user wrote
+        where = config_source(path, overrides)
         if not where:
             raise
         raise type(e)(f"{where}: {e}") from None

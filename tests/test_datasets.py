@@ -2,6 +2,7 @@
 
 import math
 
+import cv2
 import numpy as np
 import OpenEXR
 import pyarrow as pa
@@ -230,6 +231,13 @@ def test_folder_without_manifest_and_errors(tmp_path):
     rgb_png(tmp_path / "rgb" / "s.png")
     write_depth(tmp_path / "depth" / "s.npy", np.full((H, W), 4.0, np.float32))
     assert np.all(FolderDataset(tmp_path)[0]["depth"] == 4.0)
+    # any image format dap.io reads, HDR included (tone-mapped), pairs with its depth by stem
+    cv2.imwrite(str(tmp_path / "rgb" / "t.hdr"), np.full((H, W, 3), 30.0, np.float32))
+    write_depth(tmp_path / "depth" / "t.exr", np.full((H, W), 2.0, np.float32))
+    ds = FolderDataset(tmp_path)
+    assert [it.name for it in ds.items] == ["s", "t"]
+    np.testing.assert_allclose(ds[1]["rgb"], 0.4614, atol=1e-3)
+    assert np.all(ds[1]["depth"] == 2.0)
 
 
 def test_registry():

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from dap.errors import DatasetLayoutError
 from dap.geometry import erp_rays
-from dap.io import read_depth, read_rgb
+from dap.io import IMAGE_SUFFIXES, read_depth, read_rgb
 
 
 @dataclass(frozen=True)
@@ -329,14 +329,13 @@ class FolderDataset(PanoDataset):
     Manifest: `manifest.csv` / `manifest.parquet` in the root (or the root is the manifest file) with columns
     rgb, depth (paths relative to the manifest's folder, or absolute), and optional metres_per_unit (for
     16-bit PNG depth; EXR/NPY/NPZ are metres), name, split (rows kept when split matches; 'all' keeps all).
-    Plain folder: rgb/<stem>.{png,jpg,jpeg} with depth/<stem>.{npy,npz,exr,png} (PNG written by
-    dap.io.write_depth, which stores its scale)."""
+    Plain folder: rgb/<stem>.<any image suffix of dap.io.IMAGE_SUFFIXES> with depth/<stem>.{npy,npz,exr,png} (PNG
+    written by dap.io.write_depth, which stores its scale)."""
 
     name = "folder"
     layout = """\
   manifest.csv or manifest.parquet with columns: rgb, depth[, metres_per_unit, name, split]
-  or: rgb/<stem>.png|jpg  +  depth/<stem>.npy|npz|exr|png"""
-    RGB_EXTS = (".png", ".jpg", ".jpeg")
+  or: rgb/<stem>.jpg|png|webp|tif|hdr|exr|...  +  depth/<stem>.npy|npz|exr|png"""
     DEPTH_EXTS = (".npy", ".npz", ".exr", ".png")
 
     def __init__(self, root: str | Path, split: str = "test"):
@@ -379,7 +378,7 @@ class FolderDataset(PanoDataset):
         if not rgb_dir.is_dir() or not depth_dir.is_dir():
             raise self.layout_error("found no manifest.csv / manifest.parquet and no rgb/ + depth/ folders")
         items = []
-        for rgb in sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in self.RGB_EXTS):
+        for rgb in sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             depth = next(
                 (depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()),
                 depth_dir / f"{rgb.stem}.npy",

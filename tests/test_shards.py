@@ -183,7 +183,9 @@ def test_exposure_gain_is_log_uniform_clipped_and_changes_only_rgb():
 
 
 @pytest.mark.parametrize(("off", "on", "name"), [({"exposure": 1.0}, {"exposure": 2.0}, "RandomExposure"),
-                                                  ({"highlights": 0}, {"highlights": 2}, "RandomHighlights")])
+                                                  ({"highlights": 0}, {"highlights": 2}, "RandomHighlights"),
+                                                  ({"vertical_gain": 1.0}, {"vertical_gain": 2.0},
+                                                   "RandomVerticalGain")])
 def test_optional_augmentations_are_off_by_default_and_come_last(off, on, name):
     """Switched off, an optional augmentation leaves the draws of the default ones as they were; switched on, it
     runs after them."""
@@ -191,6 +193,31 @@ def test_optional_augmentations_are_off_by_default_and_come_last(off, on, name):
     plain = T.train_transforms(generator=torch.Generator().manual_seed(3))(s)
     assert torch.equal(plain["rgb"], T.train_transforms(generator=torch.Generator().manual_seed(3), **off)(s)["rgb"])
     assert type(T.train_transforms(**on).transforms[-1]).__name__ == name
+
+
+def test_vertical_gain_is_a_log_linear_ramp_from_top_to_bottom():
+    """RandomVerticalGain multiplies each row by a gain that is log-linear from the top row to the bottom one, end
+    gains in [1/g, g] drawn independently, and clips; columns are treated alike, depth and masks untouched."""
+    s, _ = room_sample()
+    s = {**s, "rgb": torch.full_like(s["rgb"], 0.3)}  # 0.3 x 2 < 1: nothing clips
+    h = s["rgb"].shape[-2]
+    ends = []
+    for seed in range(40):
+        out = T.RandomVerticalGain(2.0, p=1.0, generator=torch.Generator().manual_seed(seed))(s)
+        assert out["depth"] is s["depth"] and out["valid"] is s["valid"]
+        gain = out["rgb"] / 0.3
+        assert torch.allclose(gain, gain[:, :, :1].expand_as(gain)) and torch.allclose(gain[0], gain[2])
+        log_gain = gain[0, :, 0].log()
+        torch.testing.assert_close(log_gain, torch.linspace(log_gain[0].item(), log_gain[-1].item(), h), atol=1e-5,
+                                   rtol=0)
+        ends.append((gain[0, 0, 0].item(), gain[0, -1, 0].item()))
+    top, bottom = torch.tensor(ends).T
+    assert 0.5 - 1e-4 <= min(top.min(), bottom.min()) and max(top.max(), bottom.max()) <= 2.0 + 1e-4
+    assert (top > bottom).sum() >= 10 and (top < bottom).sum() >= 10  # brighter above or below, independently
+    assert T.RandomVerticalGain(2.0, p=0.0)(s) is s
+    assert T.RandomVerticalGain(2.0, p=1.0)({**s, "rgb": torch.ones_like(s["rgb"])})["rgb"].max() == 1.0  # clipped
+    with pytest.raises(ValueError, match="max_gain is at least 1"):
+        T.RandomVerticalGain(0.5)
 
 
 def test_highlights_only_brighten_white_spots_in_the_upper_rows():

@@ -86,6 +86,7 @@ def test_overrides_reach_nested_and_list_entries(tmp_path):
         (["lr"], ValueError, "key=value"),
         (["data.exposure=0.5"], ValueError, r"data.exposure is the largest exposure gain, at least 1"),
         (["data.highlights=-1"], ValueError, r"data.highlights is a number of spots, 0 \(off\) or more"),
+        (["data.vertical_gain=0.5"], ValueError, r"data.vertical_gain is the largest gain .* at least 1"),
     ],
 )
 def test_bad_configs_are_rejected(overrides, error, match):

@@ -58,6 +58,7 @@ class DataSection:
     rotate: bool = False  # also random pitch/roll up to 10 degrees (not in the paper)
     exposure: float = 1.0  # > 1: also an exposure gain in [1/x, x] (p=0.5, clipped; not in the paper)
     highlights: int = 0  # > 0: also up to this many blown-out spots, lamps and windows (p=0.5; not in the paper)
+    vertical_gain: float = 1.0  # > 1: also a top-to-bottom brightness ramp, end gains in [1/x, x] (p=0.5; not paper)
     val_samples: int = 32  # first N panoramas of the validation sources
 
 
@@ -241,6 +242,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"data.highlights is a number of spots, 0 (off) or more, got {cfg.data.highlights}")
     if not 1 <= cfg.data.exposure < math.inf:
         raise ConfigError(f"data.exposure is the largest exposure gain, at least 1 (1 = off), got {cfg.data.exposure}")
+    if not 1 <= cfg.data.vertical_gain < math.inf:
+        raise ConfigError("data.vertical_gain is the largest gain at the top or bottom row, at least 1 (1 = off), "
+                          f"got {cfg.data.vertical_gain}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
         raise ConfigError("data.sources needs at least one source with a positive ratio")
     if cfg.run.device not in ("auto", "cpu", "cuda"):

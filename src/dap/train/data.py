@@ -146,14 +146,15 @@ def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[s
 
 
 def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False,
-                   exposure: float = 1.0, highlights: int = 0) -> dict[str, torch.Tensor]:
+                   exposure: float = 1.0, highlights: int = 0, vertical_gain: float = 1.0) -> dict[str, torch.Tensor]:
     """The paper's ERP augmentations (dap.data.transforms), drawn from `gen`: random yaw roll, horizontal flip
     (p=0.5), colour jitter (p=0.5: brightness/contrast/saturation 0.8-1.2, hue ±0.1); `rotate` adds small
     random pitch/roll, `exposure` > 1 an exposure gain up to that factor either way, `highlights` up to that many
-    blown-out spots (none of them is in the paper)."""
+    blown-out spots, `vertical_gain` > 1 a top-to-bottom brightness ramp (none of them is in the paper)."""
     from dap.data.transforms import train_transforms
 
-    return train_transforms(rotation=rotate, generator=gen, exposure=exposure, highlights=highlights)(s)
+    return train_transforms(rotation=rotate, generator=gen, exposure=exposure, highlights=highlights,
+                            vertical_gain=vertical_gain)(s)
 
 
 class MixtureDataset(Dataset):
@@ -171,7 +172,7 @@ class MixtureDataset(Dataset):
         s = resize_sample(s, self.data.height, self.data.width)
         if self.data.augment:
             s = augment_sample(s, torch.Generator().manual_seed(aug_seed), self.data.rotate, self.data.exposure,
-                               self.data.highlights)
+                               self.data.highlights, self.data.vertical_gain)
         return s
 
 

@@ -44,8 +44,8 @@ from dap.inference import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="panorama files, folders of images, glob patterns (quoted) or video files. "
-                             + NAMING_RULE)
+                        help="panorama files (2:1 JPEG, PNG, WebP, TIFF, BMP; HDR .hdr/.exr, exposed like a photo), "
+                             "folders of images, glob patterns (quoted) or video files. " + NAMING_RULE)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--model", "--checkpoint", dest="model", default=None,
                         help="a model name (`dap models`: dap-vitl is the official release, fetched from the Hugging "

@@ -163,9 +163,9 @@ class RandomVerticalGain:
     """With probability p: a brightness ramp from the top row of the panorama to the bottom one, gains at the two
     ends drawn log-uniformly from [1 / max_gain, max_gain] each and log-linear in between, then clipped: a lit
     ceiling over a dark floor, a bright sky over shaded ground, or the reverse. In the rendered data the top and
-    bottom halves keep fixed brightness ratios per style, and a model trained on it takes the ratio for geometry:
-    the bundled model put the ceilings of real rooms 13% farther when their upper half was brightened 1.5x, 16%
-    farther when the lower half was darkened to 0.6x (docs/models.md). Only `rgb` changes."""
+    bottom halves keep fixed brightness ratios per style, and the bundled model puts the ceilings of real rooms 13%
+    farther when their upper half is brightened 1.5x, 16% farther when the lower half is darkened to 0.6x; 400
+    steps with this ramp did not change that (docs/models.md, "Tried and not shipped"). Only `rgb` changes."""
 
     def __init__(self, max_gain: float = 2.0, p: float = 0.5, generator: torch.Generator | None = None):
         if max_gain < 1:

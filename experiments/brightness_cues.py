@@ -41,14 +41,36 @@ def floor_ceiling(model, rgb: np.ndarray) -> tuple[float, float]:
     return floor_and_ceiling(pred.depth, ~pred.range_mask & (pred.depth > 0))
 
 
+def top_bottom_ratio(rgb: np.ndarray) -> float:
+    """Mean brightness of the top quarter of the rows over that of the bottom quarter."""
+    lum = rgb.mean(axis=-1)
+    quarter = rgb.shape[0] // 4
+    return float(lum[:quarter].mean() / max(float(lum[-quarter:].mean()), 1e-6))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["bundled"], help="model folders or names ('bundled' = packaged)")
+    p.add_argument("--models", nargs="*", default=["bundled"], help="model folders or names ('bundled' = packaged)")
     p.add_argument("--pool", default=str(POOL), help="folder of real panoramas with manifest.csv (file, scene)")
+    p.add_argument("--rendered", nargs="*", default=[], metavar="SHARDS",
+                   help="`dap synth` folders: also print their top-to-bottom brightness ratio beside the photographs'")
     args = p.parse_args()
     with open(Path(args.pool) / "manifest.csv", newline="") as f:
         files = [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
     photos = [read_rgb(Path(args.pool) / name) for name in files]
+    if args.rendered:
+        from dap.data.shards import ShardDataset
+
+        print("brightness of the top quarter of the rows over the bottom quarter's, median:")
+        print(f"  real indoor photographs: {np.median([top_bottom_ratio(r) for r in photos]):.3f}")
+        for folder in args.rendered:
+            data = ShardDataset(folder)
+            picks = range(0, len(data), max(1, len(data) // 150))
+            ratio = np.median([top_bottom_ratio(data[i]["rgb"].permute(1, 2, 0).numpy()) for i in picks])
+            print(f"  {folder} ({len(picks)} of {len(data)}): {ratio:.3f}")
+        print()
+    if not args.models:
+        return
     print(f"{len(photos)} indoor photographs; floor and ceiling: vertical distance from the camera (m), medians\n")
     print("| model | lighting | floor | ceiling | ceiling / floor | ceiling vs as taken |")
     print("|---|---|---|---|---|---|")

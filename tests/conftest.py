@@ -39,3 +39,22 @@ def tiny_model():
 
     torch.manual_seed(0)
     return create_model("dap_tiny").eval()
+
+
+def dual_fisheye(erp: np.ndarray) -> np.ndarray:
+    """What a two-lens 360 camera writes before stitching: the front and back hemispheres of an ERP image (float
+    (H, W, 3)) as equidistant fisheye discs side by side on black, (S, 2S, 3) with S = H."""
+    from dap import geometry
+
+    s = erp.shape[0]
+    yy, xx = np.mgrid[:s, :s]
+    dx, dy = (xx + 0.5 - s / 2) / (s / 2), (yy + 0.5 - s / 2) / (s / 2)
+    r = np.hypot(dx, dy)
+    theta, phi = r * np.pi / 2, np.arctan2(dy, dx)  # 90 degrees off the lens axis at the disc's rim
+    out = np.zeros((s, 2 * s, 3), np.float32)
+    for i, forward in enumerate((1.0, -1.0)):  # front lens looks along +z, back lens along -z (mirrored in x)
+        rays = np.stack([forward * np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
+                         forward * np.cos(theta)], -1)
+        disc = geometry.sample_erp(erp, rays)
+        out[:, i * s:(i + 1) * s][r <= 1] = disc[r <= 1]
+    return out

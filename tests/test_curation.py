@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import dual_fisheye
 from dap.curation import discriminator as D
 from dap.curation.ingest import IngestOptions, estimate_tilt, hamming, ingest, perceptual_hash
 from dap.curation.label import LabelOptions, label_pool
@@ -130,6 +131,16 @@ def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path
     stored = read_rgb(tmp_path / "pool" / rows["room.hdr"]["image"])
     assert np.abs(stored - read_rgb(src / "room.hdr")).mean() < 0.06  # the pool stores a JPEG of it
     assert np.abs(stored - np.minimum(linear, 1.0)).mean() > 0.2  # not the radiance clipped at white
+
+
+def test_ingest_rejects_an_unstitched_dual_fisheye_image(tmp_path):
+    src = tmp_path / "in"
+    write_rgb(src / "raw.jpg", dual_fisheye(_render(4, "indoor")["rgb"]))
+    write_rgb(src / "pano.jpg", _render(4, "indoor")["rgb"])
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
+    reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
+    assert reasons["raw.jpg"].startswith("an unstitched dual-fisheye image") and reasons["pano.jpg"] == ""
 
 
 def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import box_room_depth
+from conftest import box_room_depth, dual_fisheye
 from dap import geometry as g
 
 H, W = 32, 64
@@ -339,3 +339,17 @@ def test_floor_and_ceiling_of_a_box_room():
     assert floor == pytest.approx(1.2, rel=1e-3) and np.isnan(ceiling)
     with pytest.raises(ValueError, match="one \\(H, W\\) depth map"):
         g.floor_and_ceiling(depth[None])
+
+
+def test_dual_fisheye_images_are_told_from_equirectangular_ones():
+    from dap.data.synthetic import make_scene, render
+
+    for seed in range(6):  # rendered rooms and streets, and their unstitched two-lens versions
+        erp = render(make_scene(seed, "indoor" if seed % 2 else "outdoor"), 64, 128, "photo")["rgb"]
+        assert not g.looks_dual_fisheye(erp)
+        assert g.looks_dual_fisheye(dual_fisheye(erp))
+    night = np.full((64, 128, 3), 0.3, np.float32)
+    night[:12] = night[-12:] = 0.0  # black sky above and a black tripod patch below: still one colour per row
+    assert not g.looks_dual_fisheye(night)
+    assert not g.looks_dual_fisheye(np.zeros((64, 128, 3), np.float32))
+    assert not g.looks_dual_fisheye(dual_fisheye(np.ones((64, 128, 3), np.float32))[:, :100])  # not 2:1

@@ -13,7 +13,7 @@ import trimesh
 from PIL import Image
 
 import dap
-from conftest import box_room_depth
+from conftest import box_room_depth, dual_fisheye
 from dap import geometry, io
 from dap.cli import main
 from dap.errors import DapError, InputWarning, NotPanoramaError
@@ -221,6 +221,17 @@ def test_a_panorama_far_smaller_than_the_working_resolution_is_predicted_with_a_
     err = capsys.readouterr().err
     assert f"dap predict: warning: {tmp_path / 'thumb.png'}: input panorama is only 16x8 pixels, enlarged 8x" in err
     assert err.count("warning") == 1 and (tmp_path / "o" / "thumb.npy").is_file()
+
+
+def test_an_unstitched_dual_fisheye_image_is_predicted_with_a_warning(checkpoint, tmp_path, capsys):
+    fisheye = dual_fisheye(_pano(64, 128))
+    io.write_rgb(tmp_path / "raw.jpg", fisheye)
+    io.write_rgb(tmp_path / "pano.jpg", _pano(64, 128))
+    assert main(["predict", str(tmp_path / "raw.jpg"), str(tmp_path / "pano.jpg"), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(checkpoint), "--resolution", "64x128"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'raw.jpg'}: input panorama looks like an unstitched dual-fisheye image" in err
+    assert "Stitch it first" in err and err.count("warning") == 1  # the panorama itself gets none
 
 
 def _prediction(depth: np.ndarray) -> Prediction:

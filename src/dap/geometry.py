@@ -106,6 +106,25 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
         )
 
 
+def looks_dual_fisheye(rgb: np.ndarray, black: float = 0.03, lit: float = 0.06) -> bool:
+    """Whether a 2:1 image looks like the unstitched output of a two-lens 360 camera (two fisheye discs side by
+    side on black) rather than an equirectangular panorama. Each disc touches the top and bottom edges at a quarter
+    and three quarters of the width, with black frame between and beside the discs; in an equirectangular image
+    the top row is all one direction (the zenith) and the bottom row the nadir, so each row is one colour. True when
+    the top and bottom rows are black (< `black`, mean of [0, 1] RGB) at their ends and middle and brighter than
+    `lit` at both quarter points. rgb: float (H, W, 3) in [0, 1]."""
+    h, w = rgb.shape[:2]
+    if w != 2 * h or h < 8:
+        return False
+    k = max(1, h // 64)
+    for rows in (slice(0, k), slice(h - k, h)):
+        band = rgb[rows].mean(axis=(0, 2))
+        level = [float(band[max(0, x - k):x + k + 1].mean()) for x in (0, w // 4, w // 2, 3 * w // 4, w - 1)]
+        if max(level[0], level[2], level[4]) >= black or min(level[1], level[3]) <= lit:
+            return False
+    return True
+
+
 def floor_and_ceiling(depth: Array, valid: Array | None = None, *, band_deg: tuple[float, float] = (25.0, 70.0),
                       min_columns: float = 0.25) -> tuple[float, float]:
     """Vertical distance (metres) from the camera down to the floor and up to the ceiling, from a (H, W) distance

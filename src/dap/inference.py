@@ -525,6 +525,11 @@ def predict(
                           f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
                           f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
                           "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
+        if geometry.looks_dual_fisheye(rgb):
+            warnings.warn(f"{'batch image ' + str(k) if is_batch else 'input panorama'} looks like an unstitched "
+                          "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
+                          "means nothing. Stitch it first: the camera's app or software exports equirectangular "
+                          "images.", InputWarning, stacklevel=3)
         out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         mask_at = model.cfg.range_threshold if threshold is None else threshold
         out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,

@@ -24,6 +24,7 @@ import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError
+from dap.geometry import looks_dual_fisheye
 from dap.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 DOMAINS = ("indoor", "outdoor")
@@ -259,6 +260,9 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             elif w < o.min_width:
                 shape_problem = (f"too small ({w}x{h}); the pool keeps panoramas at least {o.min_width} pixels wide "
                                  "(lower --min-width to keep it)")
+            elif looks_dual_fisheye(rgb):
+                shape_problem = ("an unstitched dual-fisheye image (two discs on black), not an equirectangular "
+                                 "panorama; stitch it with the camera's software first")
             if shape_problem:
                 row.update(status="rejected", reason=shape_problem)
                 rows.append(row)

@@ -13,6 +13,7 @@ import pytest
 import trimesh
 from PIL import Image
 
+from conftest import dual_fisheye
 from dap import geometry, io
 from dap.demo import DOWNLOADS, respond, samples
 from dap.inference import resolve_model
@@ -61,6 +62,18 @@ def test_the_page_gets_every_output(model, small_panorama, tmp_path):
     assert len(points) > 1000 and " m;" in summary and "256x128" in summary
     respond(str(small_panorama), False, model, tmp_path)
     assert len(list(tmp_path.iterdir())) == 1  # a click clears the previous click's files
+
+
+def test_what_predict_warns_of_is_shown_on_the_page(model, small_panorama, tmp_path, monkeypatch):
+    shown = []
+    monkeypatch.setattr("gradio.Warning", lambda text, *a, **k: shown.append(text))
+    raw = tmp_path / "raw.jpg"
+    io.write_rgb(raw, dual_fisheye(io.read_rgb(small_panorama)))
+    respond(str(raw), False, model, tmp_path / "work")
+    assert len(shown) == 1 and "looks like an unstitched dual-fisheye image" in shown[0]
+    shown.clear()
+    respond(str(small_panorama), False, model, tmp_path / "work")
+    assert shown == []
 
 
 def test_an_hdr_upload_is_tone_mapped_like_dap_predict(model, small_panorama, tmp_path):

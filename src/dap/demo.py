@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from dap import io
-from dap.errors import DapError
+from dap.errors import DapError, collect_input_warnings
 from dap.inference import output_paths, predict, resize_image, write_outputs
 
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
@@ -38,6 +38,7 @@ def samples() -> list[Path]:
 class Analysis:
     files: dict[str, Path]  # output kind (see dap.inference.OUTPUT_SUFFIXES) -> file
     summary: str  # one line for the page: size, depth range, sky share, time
+    warnings: list[str]  # what `predict` warned of (a thumbnail, an unstitched dual-fisheye image, ...)
 
 
 def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = None, device=None,
@@ -57,8 +58,9 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
         note = f" (downscaled from {w}x{h})"
     progress(0.1, "predicting depth")
     start = time.perf_counter()
-    pred = predict(rgb, model, resolution=resolution, device=device, pad_to_erp=pad_to_erp,
-                   camera_height=camera_height)
+    with collect_input_warnings() as warned:
+        pred = predict(rgb, model, resolution=resolution, device=device, pad_to_erp=pad_to_erp,
+                       camera_height=camera_height)
     seconds = time.perf_counter() - start
     progress(0.6, "writing depth, mask, normals and point clouds")
     files = output_paths(Path(out_dir), "panorama", ["color", "mask", "normals", *DOWNLOADS])
@@ -70,7 +72,7 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
                f"{100 * float(np.mean(pred.range_mask)):.0f}% out of range (sky or beyond {pred.max_depth:g} m); "
                f"predicted in {seconds:.2f} s")
     progress(1.0, "done")
-    return Analysis(files, summary)
+    return Analysis(files, summary, warned)
 
 
 def import_gradio():
@@ -100,6 +102,8 @@ def respond(file, pad_to_erp: bool, model, work: Path, *, camera_height: float |
     except DapError as e:  # the message names the upload by its name, not by gradio's temporary copy
         message = " ".join(str(e).replace(str(file), Path(file).name).split())
         raise gr.Error(message, title="Cannot use this file", print_exception=False) from None
+    for text in result.warnings:  # shown on the page beside the results, as `dap predict` prints them
+        gr.Warning(text)
     f = {k: str(v) for k, v in result.files.items()}
     return f["color"], f["mask"], f["normals"], f["glb"], [f[k] for k in DOWNLOADS], result.summary
 

@@ -353,3 +353,19 @@ def test_dual_fisheye_images_are_told_from_equirectangular_ones():
     assert not g.looks_dual_fisheye(night)
     assert not g.looks_dual_fisheye(np.zeros((64, 128, 3), np.float32))
     assert not g.looks_dual_fisheye(dual_fisheye(np.ones((64, 128, 3), np.float32))[:, :100])  # not 2:1
+
+
+@pytest.mark.parametrize(("height", "width", "hint"), [
+    (256, 512, None), (256, 500, ""), (512, 256, "turned by 90 degrees"), (128, 768, "cubemap strip"),
+    (768, 128, "cubemap strip"), (100, 100, ""),
+])
+def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, hint):
+    from dap.errors import NotPanoramaError
+
+    if hint is None:
+        g.check_erp_shape(height, width)
+        return
+    expected = rf"is {width}x{height} .* exactly 2:1 \(e.g. {2 * height}x{height}\)"
+    with pytest.raises(NotPanoramaError, match=expected) as e:
+        g.check_erp_shape(height, width)
+    assert (hint in str(e.value)) if hint else ("cubemap" not in str(e.value) and "turned" not in str(e.value))

@@ -99,10 +99,16 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
     from dap.errors import NotPanoramaError
 
     if width != 2 * height:
+        hint = ""
+        if height == 2 * width:
+            hint = " It is 1:2, as a panorama turned by 90 degrees would be: rotate it upright."
+        elif 6 * min(height, width) == max(height, width):
+            hint = (" Six square faces in a row look like a cubemap strip: convert the cubemap to an "
+                    "equirectangular panorama first (dap reads only that projection).")
         raise NotPanoramaError(
             f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly "
             f"2:1 (e.g. {2 * height}x{height}). Crop or resize it to 2:1, or use --pad-to-erp for a partial "
-            "panorama that covers less than the full latitude range."
+            f"panorama that covers less than the full latitude range.{hint}"
         )
 
 

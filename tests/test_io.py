@@ -195,6 +195,14 @@ def test_hdr_and_exr_panoramas_read_tone_mapped(tmp_path, rng):
     assert np.abs(io.read_rgb(tmp_path / "p.hdr") - expected).mean() < 0.01
     gray = io.read_rgb(tmp_path / "gray.exr")
     np.testing.assert_array_equal(gray[..., 0], gray[..., 2])
+    # a renderer's multi-layer EXR: the colour of its Combined layer, whatever other layers it holds
+    plane = [np.ascontiguousarray(linear[..., i]) for i in range(3)]  # the binding ignores strides: no views
+    layers = {f"ViewLayer.Combined.{c}": plane[i] for i, c in enumerate("RGB")}
+    layers.update({"ViewLayer.Combined.A": np.ones((H, W), np.float32), "ViewLayer.Depth.Z": plane[0],
+                   "ViewLayer.Normal.R": plane[2], "ViewLayer.Normal.G": plane[1], "ViewLayer.Normal.B": plane[0]})
+    _write_exr(tmp_path / "layers.exr", layers)
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "layers.exr"), expected, atol=1e-6)
+    assert not io.is_depth_exr(tmp_path / "layers.exr")
     assert not io.is_depth_exr(tmp_path / "rgb.exr") and not io.is_depth_exr(tmp_path / "gray.exr")
 
 
@@ -285,6 +293,11 @@ def test_float_depth_round_trip_is_bit_exact(tmp_path, rng, ext):
     assert out.dtype == np.float32 and out.shape == (H, W)
     np.testing.assert_array_equal(out, depth)
     assert _leftovers(tmp_path) == []
+    # views keep their values whatever their memory layout (OpenEXR's binding alone would write the buffer as is)
+    for name, view in (("transposed", _depth(rng).T.copy().T), ("mirrored", depth[:, ::-1]), ("strided",
+                       np.repeat(depth, 2, axis=1)[:, ::2])):
+        io.write_depth(tmp_path / f"{name}{ext}", view)
+        np.testing.assert_array_equal(io.read_depth(tmp_path / f"{name}{ext}"), view, err_msg=name)
 
 
 def test_written_files_are_what_they_claim(tmp_path, rng):

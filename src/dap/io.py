@@ -235,28 +235,40 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY) -> np.ndarray:
     return rgb
 
 
+def _exr_colour_layer(names: set[str]) -> tuple[str, str] | None:
+    """Which channels of an EXR hold colour, as (prefix, "RGB") or (prefix, "Y"): the plain R, G, B (or Y) channels,
+    else a layer's, as a renderer writes them ("ViewLayer.Combined.R", ...), preferring a layer named Combined or
+    beauty; None when there are none (a depth map)."""
+    layers = sorted(name[:-1] for name in names if name.endswith(".R") and {name[:-1] + "G", name[:-1] + "B"} <= names)
+    for prefix in ("", *sorted(layers, key=lambda p: ("combined" not in p.lower() and "beauty" not in p.lower(), p))):
+        if {prefix + c for c in "RGB"} <= names:
+            return prefix, "RGB"
+    return ("", "Y") if "Y" in names else None
+
+
 def _read_exr_rgb(path: Path) -> np.ndarray:
-    """Linear float32 (H, W, 3) RGB of an OpenEXR file: its R, G, B channels, else its Y (luminance) channel."""
+    """Linear float32 (H, W, 3) RGB of an OpenEXR file's colour channels (`_exr_colour_layer`)."""
     channels = OpenEXR.File(str(path), separate_channels=True).channels()
-    if all(c in channels for c in "RGB"):
-        return np.dstack([np.asarray(channels[c].pixels, dtype=np.float32) for c in "RGB"])
-    if "Y" in channels:
-        return np.repeat(np.asarray(channels["Y"].pixels, dtype=np.float32)[..., None], 3, axis=2)
-    raise UnreadableFileError(
-        f"cannot read {path} as a panorama: the EXR has no colour channels (R, G, B or Y), only "
-        f"{', '.join(sorted(channels)) or 'none'}; a depth map (such as `dap predict --outputs exr` writes) is no "
-        "input. Pass the colour panorama instead."
-    )
+    layer = _exr_colour_layer(set(channels))
+    if layer is None:
+        raise UnreadableFileError(
+            f"cannot read {path} as a panorama: the EXR has no colour channels (R, G, B or Y), only "
+            f"{', '.join(sorted(channels)) or 'none'}; a depth map (such as `dap predict --outputs exr` writes) is no "
+            "input. Pass the colour panorama instead."
+        )
+    prefix, kind = layer
+    planes = [np.asarray(channels[prefix + c].pixels, dtype=np.float32) for c in kind]
+    return np.dstack(planes) if kind == "RGB" else np.repeat(planes[0][..., None], 3, axis=2)
 
 
 def is_depth_exr(path: PathLike) -> bool:
-    """Whether an OpenEXR file holds no colour channels (R, G, B or Y) by its header: a depth map, such as `dap
-    predict --outputs exr` writes, not a panorama. False for a file whose header cannot be read."""
+    """Whether an OpenEXR file holds no colour channels (`_exr_colour_layer`) by its header: a depth map, such as
+    `dap predict --outputs exr` writes, not a panorama. False for a file whose header cannot be read."""
     try:
         names = {c.name for c in OpenEXR.File(str(path), header_only=True).header()["channels"]}
     except _DECODE_ERRORS:
         return False
-    return not ({"R", "G", "B"} <= names or "Y" in names)
+    return _exr_colour_layer(names) is None
 
 
 def _read_hdr(path: Path) -> np.ndarray:
@@ -332,8 +344,8 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
 
 
 def _clean_depth(depth: np.ndarray) -> np.ndarray:
-    """float32 copy with every invalid value (NaN, inf, <= 0, >= DEPTH_SENTINEL) set to 0."""
-    d = np.array(depth, dtype=np.float32)
+    """float32 C-ordered copy with every invalid value (NaN, inf, <= 0, >= DEPTH_SENTINEL) set to 0."""
+    d = np.array(depth, dtype=np.float32, order="C")
     d[~np.isfinite(d) | (d <= 0) | (d >= DEPTH_SENTINEL)] = 0.0
     return d
 
@@ -496,7 +508,8 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
             np.savez_compressed(tmp, depth=d)
         elif suffix == ".exr":
             header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-            OpenEXR.File(header, {"Z": d}).write(str(tmp))
+            # OpenEXR's binding writes an array's buffer in C order whatever its strides: never give it a view
+            OpenEXR.File(header, {"Z": np.ascontiguousarray(d)}).write(str(tmp))
         else:
             raise ValueError(f"unknown depth format '{suffix}' for {path}; use .npy, .npz, .exr or .png")
 

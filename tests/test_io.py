@@ -405,6 +405,13 @@ def test_exr_channel_priority(tmp_path, rng):
     OpenEXR.File(header, {"A": r, "B": g}).write(str(tmp_path / "ab.exr"))
     with pytest.raises(DapError, match="key="):
         io.read_depth(tmp_path / "ab.exr")
+    # a renderer's multi-layer file: its one <layer>.Z channel, beside colour layers
+    OpenEXR.File(header, {"ViewLayer.Combined.R": r, "ViewLayer.Combined.G": g, "ViewLayer.Combined.B": g,
+                          "ViewLayer.Depth.Z": z}).write(str(tmp_path / "layers.exr"))
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "layers.exr"), z)
+    OpenEXR.File(header, {"a.Z": r, "b.Z": z}).write(str(tmp_path / "two_layers.exr"))
+    with pytest.raises(DapError, match=r"\['a.Z', 'b.Z'\].*key="):  # two depth layers: which one is for the user
+        io.read_depth(tmp_path / "two_layers.exr")
 
 
 def test_broken_depth_files_are_unreadable(tmp_path, rng):

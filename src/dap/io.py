@@ -382,21 +382,24 @@ def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
 
 
 EXR_CHANNEL_PRIORITY = ("Z", "Y", "R")
-"""EXR channel read as depth when there are several and no ``key``: the first of these that exists."""
+"""EXR channel read as depth when there are several and no ``key``: the first of these that exists, else the one
+channel of a layer named ``<layer>.Z`` (a renderer's multi-layer file: "ViewLayer.Depth.Z")."""
 
 
 def _read_depth_exr(path: Path, key: str | None) -> np.ndarray:
     channels = OpenEXR.File(str(path), separate_channels=True).channels()
     names = list(channels)
     if key is None:
+        layered = [c for c in names if c.endswith(".Z")]
         if len(names) == 1:
             key = names[0]
         else:
-            key = next((c for c in EXR_CHANNEL_PRIORITY if c in channels), None)
+            key = next((c for c in EXR_CHANNEL_PRIORITY if c in channels), layered[0] if len(layered) == 1 else None)
     if key not in channels:
         raise DapError(
             f"cannot pick the depth channel in {path}: it has channels {names}. Pass key=<channel name> "
-            f"(without a key we take the only channel, else the first of {list(EXR_CHANNEL_PRIORITY)})."
+            f"(without a key we take the only channel, else the first of {list(EXR_CHANNEL_PRIORITY)}, else the one "
+            "channel named <layer>.Z)."
         )
     return channels[key].pixels
 

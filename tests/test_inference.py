@@ -735,6 +735,7 @@ def test_a_float32_image_is_used_without_a_copy(tiny_model):
 @pytest.mark.parametrize("image, message", [
     (np.full((32, 64, 3), 200.0), r"float pixels must be in \[0, 1\], got 200..200; divide 0-255 images by 255"),
     (np.full((32, 64, 3), -0.5, np.float32), r"got -0.5..-0.5"),
+    (np.full((32, 64, 3), 37.5, np.float32), r"got 37.5..37.5; .*expose linear HDR radiance with dap.io.tonemap_hdr"),
     (np.zeros((32, 64, 3), np.int32), "pixels of type int32 are not supported; pass uint8"),
     (np.zeros((32, 64, 2), np.uint8), r"expected one image of shape .* got \(32, 64, 2\)"),
     (np.zeros((2, 32, 64, 3, 1), np.uint8), "expected one image of shape"),

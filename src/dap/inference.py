@@ -117,7 +117,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:
         raise DapError(f"{source}: float pixels must be in [0, 1], got {lo:g}..{hi:g}; divide 0-255 images by "
-                       "255 (or pass them as uint8), or clip them to [0, 1]")
+                       "255 (or pass them as uint8), expose linear HDR radiance with dap.io.tonemap_hdr, or clip "
+                       "them to [0, 1]")
     return a
 
 

@@ -155,11 +155,14 @@ class RandomExposure:
     def __call__(self, sample: Sample) -> Sample:
         if _rand(self.generator) >= self.p:
             return sample
-        gain = math.exp(_uniform(-self.log_gain, self.log_gain, self.generator))
-        return {**sample, "rgb": (sample["rgb"] * gain).clamp(0, 1)}
+        return {**sample, "rgb": (sample["rgb"] * self.gain(sample["rgb"])).clamp(0, 1)}
+
+    def gain(self, rgb: torch.Tensor) -> float | torch.Tensor:
+        """The factor this draw multiplies `rgb` by: one gain."""
+        return math.exp(_uniform(-self.log_gain, self.log_gain, self.generator))
 
 
-class RandomVerticalGain:
+class RandomVerticalGain(RandomExposure):
     """With probability p: a brightness ramp from the top row of the panorama to the bottom one, gains at the two
     ends drawn log-uniformly from [1 / max_gain, max_gain] each and log-linear in between, then clipped: a lit
     ceiling over a dark floor, a bright sky over shaded ground, or the reverse. In the rendered data the top and
@@ -168,19 +171,13 @@ class RandomVerticalGain:
     steps with this ramp did not change that (docs/models.md, "Tried and not shipped"). Only `rgb` changes."""
 
     def __init__(self, max_gain: float = 2.0, p: float = 0.5, generator: torch.Generator | None = None):
-        if max_gain < 1:
-            raise ValueError(f"max_gain is at least 1 (1: no change), got {max_gain}")
-        self.log_gain, self.p, self.generator = math.log(max_gain), p, generator
+        super().__init__(max_gain, p, generator)
 
-    def __call__(self, sample: Sample) -> Sample:
-        if _rand(self.generator) >= self.p:
-            return sample
-        rgb = sample["rgb"]
+    def gain(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(H, 1) factors, one per row."""
         top = _uniform(-self.log_gain, self.log_gain, self.generator)
         bottom = _uniform(-self.log_gain, self.log_gain, self.generator)
-        h = rgb.shape[-2]
-        gain = torch.exp(torch.linspace(top, bottom, h, dtype=rgb.dtype, device=rgb.device))[:, None]
-        return {**sample, "rgb": (rgb * gain).clamp(0, 1)}
+        return torch.exp(torch.linspace(top, bottom, rgb.shape[-2], dtype=rgb.dtype, device=rgb.device))[:, None]
 
 
 class RandomHighlights:

@@ -138,6 +138,18 @@ def test_unknown_names_list_the_known_ones():
         registry.get("dap-vitx")
     with pytest.raises(CheckpointError, match=r"dap-vitx does not exist and is not a model name \(dap-tiny-synth, "):
         load_model("dap-vitx")
+    # near misses are named; an architecture name says it has no weights; unrelated names get no guess
+    for spec, hint in (("dap-vitll", "Did you mean dap-vitl?"), ("DAP-VITL", "Did you mean dap-vitl?"),
+                       ("dap-tiny", "Did you mean dap-tiny-synth?"),
+                       ("dap_vitl", "Did you mean dap-vitl? (dap_vitl is an architecture"),
+                       ("dap_vits", "(dap_vits is an architecture, for `dap.create_model`")):
+        with pytest.raises(CheckpointError) as e:
+            load_model(spec)
+        assert hint in str(e.value), spec
+    for spec in ("dap-vits", "dap-vitx", "foo"):
+        with pytest.raises(CheckpointError) as e:
+            load_model(spec)
+        assert "Did you mean" not in str(e.value), spec
 
 
 def test_bundled_model_by_name_and_the_models_listing(capsys):

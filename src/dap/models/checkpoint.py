@@ -177,6 +177,22 @@ def _download_hub(spec: str) -> Path:
         ) from e
 
 
+def _name_hint(spec: str) -> str:
+    """" Did you mean <name>?" for a near miss of a registered name, and what an architecture name is."""
+    import difflib
+
+    from dap.models import MODEL_CONFIGS, registry
+
+    names, key = list(registry.MODELS), spec.lower().replace("_", "-")
+    alike = ([n for n in names if n == key] or [n for n in names if key and n.startswith(key)]
+             or difflib.get_close_matches(key, names, n=1, cutoff=0.9))
+    hint = f" Did you mean {alike[0]}?" if alike else ""
+    if spec in MODEL_CONFIGS:
+        hint += (f" ({spec} is an architecture, for `dap.create_model` and training configs; it has no weights of "
+                 "its own.)")
+    return hint
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAP:
     """Load a DAP model in eval mode from a registered name (`dap models`, e.g. "dap-vitl"; fetched and converted
     on first use), our checkpoint directory, its config/weights file, an official `model.pth`, or `hf:<repo>`
@@ -191,7 +207,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     if not p.exists():
         raise CheckpointError(
             f"checkpoint {p} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a name, "
-            "the official model.pth or a directory written by `dap convert`/`dap train`."
+            f"the official model.pth or a directory written by `dap convert`/`dap train`.{_name_hint(spec)}"
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():

@@ -21,6 +21,7 @@ from dap.data.synthetic import (
 )
 from dap.errors import DapError, NotPanoramaError
 from dap.geometry import erp_rays, rotation_matrix
+from dap.io import write_depth
 
 H, W = 32, 64
 
@@ -288,6 +289,7 @@ def test_texture_bank_from_package_and_folders(tmp_path):
     for name in ("a.jpg", "b.png"):
         Image.fromarray(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
+    write_depth(tmp_path / "b.exr", np.ones((256, 512), np.float32))  # a depth map beside its photo: no texture
     folder = load_texture_tiles([str(tmp_path)])
     assert folder.shape[1:] == (TILE, TILE, 3) and len(folder) == 2 * 16
     assert np.array_equal(folder, load_texture_tiles([str(tmp_path)]))  # deterministic

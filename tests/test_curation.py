@@ -124,10 +124,14 @@ def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path
     linear = (_render(3, "indoor")["rgb"] ** 2.2 * 60).astype(np.float32)  # linear radiance, any exposure
     cv2.imwrite(str(src / "room.hdr"), linear[..., ::-1].copy())
     write_depth(src / "room_depth.exr", _render(3, "indoor")["depth"])
-    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    # the folder's depth EXR is no input; named explicitly, it is a rejected row that says what it is
+    counts = ingest([str(src), str(src / "room_depth.exr")], tmp_path / "pool",
+                    IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
     assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
     rows = {Path(r["path"]).name: r for r in read_manifest(tmp_path / "pool")}
     assert "no colour channels" in rows["room_depth.exr"]["reason"] and "depth map" in rows["room_depth.exr"]["reason"]
+    assert ingest([str(src)], tmp_path / "pool2", IngestOptions(min_width=SMALL, max_tilt_deg=90),
+                  progress=False) == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
     stored = read_rgb(tmp_path / "pool" / rows["room.hdr"]["image"])
     assert np.abs(stored - read_rgb(src / "room.hdr")).mean() < 0.06  # the pool stores a JPEG of it
     assert np.abs(stored - np.minimum(linear, 1.0)).mean() > 0.2  # not the radiance clipped at white

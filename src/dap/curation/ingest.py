@@ -25,7 +25,7 @@ import numpy as np
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError
 from dap.geometry import looks_dual_fisheye
-from dap.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from dap.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_depth_exr
 
 DOMAINS = ("indoor", "outdoor")
 
@@ -146,14 +146,16 @@ def item_id(checksum: str, frame: int | None) -> str:
 
 # ------------------------------------------------------------------------------------------- inputs
 def expand_sources(sources: list[str]) -> list[Path]:
-    """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes are skipped
-    in folders but an explicitly named file is always tried (and rejected with a reason if it is no image)."""
+    """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes and depth EXRs
+    are skipped in folders but an explicitly named file is always tried (and rejected with a reason if it is no
+    image)."""
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            + VIDEO_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                            + VIDEO_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                            and not (f.suffix.lower() == ".exr" and is_depth_exr(f)))
         elif p.is_file():
             files.append(p)
         else:

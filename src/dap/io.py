@@ -271,6 +271,12 @@ def is_depth_exr(path: PathLike) -> bool:
     return _exr_colour_layer(names) is None
 
 
+def is_image_file(path: PathLike) -> bool:
+    """Whether folder listings take `path` as an image: an IMAGE_SUFFIXES suffix, and not a depth EXR."""
+    suffix = Path(path).suffix.lower()
+    return suffix in IMAGE_SUFFIXES and not (suffix == ".exr" and is_depth_exr(path))
+
+
 def _read_hdr(path: Path) -> np.ndarray:
     """Tone-mapped float32 (H, W, 3) RGB of a Radiance .hdr or an OpenEXR panorama."""
     if path.suffix.lower() == ".exr":

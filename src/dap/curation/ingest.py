@@ -25,7 +25,7 @@ import numpy as np
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError
 from dap.geometry import looks_dual_fisheye
-from dap.io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, is_depth_exr
+from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
 
@@ -153,9 +153,9 @@ def expand_sources(sources: list[str]) -> list[Path]:
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-                            + VIDEO_SUFFIXES and not any(part.startswith(".") for part in f.relative_to(p).parts)
-                            and not (f.suffix.lower() == ".exr" and is_depth_exr(f)))
+            files += sorted(f for f in p.rglob("*") if f.is_file()
+                            and (is_image_file(f) or f.suffix.lower() in VIDEO_SUFFIXES)
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
         elif p.is_file():
             files.append(p)
         else:

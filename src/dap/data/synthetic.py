@@ -911,7 +911,7 @@ def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.
 def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
     """Photo crops (N, TILE, TILE, 3) uint8: the bank shipped with the package (`dirs` empty; see
     assets/synth_textures_credits.csv) or crops cut from every image in the folders (deterministic)."""
-    from dap.io import IMAGE_SUFFIXES, is_depth_exr, read_rgb
+    from dap.io import IMAGE_SUFFIXES, is_image_file, read_rgb
 
     if not dirs:
         atlas = (read_rgb(TEXTURE_ATLAS) * 255 + 0.5).astype(np.uint8)
@@ -920,8 +920,7 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
     for d in dirs:
         if not Path(d).is_dir():
             raise DapError(f"texture folder {d} does not exist; pass a folder of photos ({', '.join(IMAGE_SUFFIXES)})")
-    files = sorted(f for d in dirs for f in Path(d).iterdir()
-                   if f.suffix.lower() in IMAGE_SUFFIXES and not (f.suffix.lower() == ".exr" and is_depth_exr(f)))
+    files = sorted(f for d in dirs for f in Path(d).iterdir() if is_image_file(f))
     if not files:
         raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, dirs))}; pass folders of "
                        "photos")

@@ -58,3 +58,18 @@ def dual_fisheye(erp: np.ndarray) -> np.ndarray:
         disc = geometry.sample_erp(erp, rays)
         out[:, i * s:(i + 1) * s][r <= 1] = disc[r <= 1]
     return out
+
+
+def photo_sphere_xmp(full_w: int, full_h: int, left: int, top: int, w: int, h: int, elements: bool = False) -> bytes:
+    """Google Photo Sphere XMP (GPano) for an image that is the (left, top, w, h) crop of a full_w x full_h panorama,
+    its fields as attributes or as elements."""
+    fields = {"FullPanoWidthPixels": full_w, "FullPanoHeightPixels": full_h, "CroppedAreaLeftPixels": left,
+              "CroppedAreaTopPixels": top, "CroppedAreaImageWidthPixels": w, "CroppedAreaImageHeightPixels": h}
+    if elements:
+        body = "".join(f"<GPano:{k}>{v}</GPano:{k}>" for k, v in fields.items())
+        description = f'<rdf:Description xmlns:GPano="http://ns.google.com/photos/1.0/panorama/">{body}</rdf:Description>'
+    else:
+        attributes = " ".join(f'GPano:{k}="{v}"' for k, v in fields.items())
+        description = f'<rdf:Description xmlns:GPano="http://ns.google.com/photos/1.0/panorama/" {attributes}/>'
+    return ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            f"{description}</rdf:RDF></x:xmpmeta>").encode()

@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import dual_fisheye
+from conftest import dual_fisheye, photo_sphere_xmp
 from dap.curation import discriminator as D
 from dap.curation.ingest import IngestOptions, estimate_tilt, hamming, ingest, perceptual_hash
 from dap.curation.label import LabelOptions, label_pool
@@ -145,6 +145,24 @@ def test_ingest_rejects_an_unstitched_dual_fisheye_image(tmp_path):
     assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
     reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
     assert reasons["raw.jpg"].startswith("an unstitched dual-fisheye image") and reasons["pano.jpg"] == ""
+
+
+def test_ingest_pads_a_partial_photo_sphere_where_its_xmp_puts_it(tmp_path):
+    from PIL import Image
+
+    src = tmp_path / "in"
+    src.mkdir()
+    full = _render(5, "indoor")["rgb"]  # 64x128
+    part = (full[:48] * 255).astype(np.uint8)  # the upper 48 rows: the camera missed the nadir
+    Image.fromarray(part).save(src / "sphere.jpg", xmp=photo_sphere_xmp(128, 64, 0, 0, 128, 48), quality=95)
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90, pad_to_erp=True),
+                    progress=False)
+    assert counts["added"] == 1
+    (row,) = read_manifest(tmp_path / "pool")
+    stored = read_rgb(tmp_path / "pool" / row["image"])
+    # black below (JPEG rings for a row or two at the edge), none above: not split around the horizon
+    assert stored.shape == (64, 128, 3) and stored[50:].max() < 0.05 and stored[:8].mean() > 0.1
+    assert np.abs(stored[:48] - full[:48]).mean() < 0.06
 
 
 def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):

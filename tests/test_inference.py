@@ -13,11 +13,11 @@ import trimesh
 from PIL import Image
 
 import dap
-from conftest import box_room_depth, dual_fisheye
+from conftest import box_room_depth, dual_fisheye, photo_sphere_xmp
 from dap import geometry, io
 from dap.cli import main
 from dap.errors import DapError, InputWarning, NotPanoramaError
-from dap.inference import Prediction, predict, seam_pad_columns
+from dap.inference import Prediction, photo_sphere_top, predict, seam_pad_columns
 from dap.models import load_model, save_model
 from dap.models.dap import DapConfig
 
@@ -72,6 +72,39 @@ def test_wrong_aspect_is_an_error_unless_padded(tiny_model):
     assert res.range_mask[:4].all() and res.range_mask[28:].all() and (res.depth[:4] == 0).all()
     with pytest.raises(NotPanoramaError, match="too tall"):
         predict(_pano(40, 64), tiny_model, resolution=(32, 64), pad_to_erp=True)
+
+
+def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(tiny_model, checkpoint, tmp_path, capsys):
+    from PIL import PngImagePlugin
+
+    part = (_pano(24, 64) * 255).astype(np.uint8)  # 360 degrees wide, 24 of the full 32 rows
+    Image.fromarray(part).save(tmp_path / "top2.jpg", xmp=photo_sphere_xmp(1024, 512, 0, 32, 1024, 384))
+    png_info = PngImagePlugin.PngInfo()
+    png_info.add_itxt("XML:com.adobe.xmp", photo_sphere_xmp(64, 32, 0, 8, 64, 24, elements=True).decode())
+    Image.fromarray(part).save(tmp_path / "top8.png", pnginfo=png_info)
+    Image.fromarray(part).save(tmp_path / "plain.jpg")
+    assert io.read_photo_sphere(tmp_path / "top8.png") == io.PhotoSphere(64, 32, 0, 8, 64, 24)
+    assert io.read_photo_sphere(tmp_path / "plain.jpg") is None
+    # its numbers are in the pixels the XMP was written for (1024 wide): scaled to the image's 64, row 32 is row 2
+    for name, rows in (("top2.jpg", slice(2, 26)), ("top8.png", slice(8, 32)), ("plain.jpg", slice(4, 28))):
+        res = predict(str(tmp_path / name), tiny_model, resolution=(32, 64), pad_to_erp=True)
+        assert res.valid_rows == rows, name
+        outside = np.ones(32, bool)
+        outside[rows] = False
+        assert (res.depth[outside] == 0).all() and (res.depth[rows] > 0).all()
+    res = predict(str(tmp_path / "top8.png"), tiny_model, resolution=(32, 64), pad_to_erp=True, pad_top=0)
+    assert res.valid_rows == slice(0, 24)  # pad_top wins
+    with pytest.raises(DapError, match="pad_top 9 puts a 64x24 partial panorama outside .* 0 to 8"):
+        predict(_pano(24, 64), tiny_model, resolution=(32, 64), pad_to_erp=True, pad_top=9)
+    # numbers that do not fit the image (another crop, not 360 degrees wide, not 2:1 in full) are not used
+    assert photo_sphere_top(io.PhotoSphere(64, 32, 0, 8, 64, 20), 24, 64) is None
+    assert photo_sphere_top(io.PhotoSphere(128, 32, 0, 8, 64, 24), 24, 64) is None
+    assert photo_sphere_top(io.PhotoSphere(64, 40, 0, 8, 64, 24), 24, 64) is None
+    # dap predict does the same, reading the XMP on its decoding thread
+    assert main(["predict", str(tmp_path / "top8.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
+                 "--resolution", "32x64", "--outputs", "npy", "--pad-to-erp"]) == 0
+    depth = np.load(tmp_path / "o" / "top8.npy")
+    assert depth.shape == (32, 64) and (depth[:8] == 0).all() and (depth[8:] > 0).all()
 
 
 def test_seam_padding_width():

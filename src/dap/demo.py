@@ -20,7 +20,7 @@ import numpy as np
 
 from dap import io
 from dap.errors import DapError, collect_input_warnings
-from dap.inference import output_paths, predict, resize_image, write_outputs
+from dap.inference import output_paths, photo_sphere_top, predict, resize_image, write_outputs
 
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
 DOWNLOADS = ("npy", "exr", "ply", "glb")
@@ -58,8 +58,10 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
         note = f" (downscaled from {w}x{h})"
     progress(0.1, "predicting depth")
     start = time.perf_counter()
+    partial = pad_to_erp and rgb.shape[1] != 2 * rgb.shape[0]
+    top = photo_sphere_top(io.read_photo_sphere(path), *rgb.shape[:2]) if partial else None  # scaled if downscaled
     with collect_input_warnings() as warned:
-        pred = predict(rgb, model, resolution=resolution, device=device, pad_to_erp=pad_to_erp,
+        pred = predict(rgb, model, resolution=resolution, device=device, pad_to_erp=pad_to_erp, pad_top=top,
                        camera_height=camera_height)
     seconds = time.perf_counter() - start
     progress(0.6, "writing depth, mask, normals and point clouds")

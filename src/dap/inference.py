@@ -136,18 +136,34 @@ def _split_batch(images) -> tuple[list, bool]:
     return [images], False
 
 
-def pad_rows_to_erp(rgb: np.ndarray) -> tuple[np.ndarray, slice]:
-    """Pad a partial panorama (full 360 degrees horizontally, less than 180 vertically, centred on the horizon)
-    with black rows to 2:1. Returns the padded image and the rows of the original."""
+def pad_rows_to_erp(rgb: np.ndarray, top: int | None = None) -> tuple[np.ndarray, slice]:
+    """Pad a partial panorama (full 360 degrees horizontally, less than 180 vertically) with black rows to 2:1, its
+    first row at row `top` of the result (default: centred on the horizon; `photo_sphere_top` reads it from the
+    file). Returns the padded image and the rows of the original."""
     h, w = rgb.shape[:2]
     if w < 2 * h or w % 2:
         raise NotPanoramaError(
             f"image is {w}x{h}: too tall to be a partial 360-degree panorama (needs width >= 2 x height)"
         )
-    top = (w // 2 - h) // 2
+    top = (w // 2 - h) // 2 if top is None else top
+    if not 0 <= top <= w // 2 - h:
+        raise DapError(f"pad_top {top} puts a {w}x{h} partial panorama outside its 2:1 panorama: it must be 0 to "
+                       f"{w // 2 - h}")
     padded = np.zeros((w // 2, w, 3), np.float32)
     padded[top : top + h] = rgb
     return padded, slice(top, top + h)
+
+
+def photo_sphere_top(sphere, height: int, width: int) -> int | None:
+    """Where a partial panorama's first row belongs in its 2:1 panorama, from its Photo Sphere XMP
+    (`dap.io.read_photo_sphere`), in the image's own pixels; None when the XMP does not say: none, a panorama not
+    360 degrees wide or not 2:1 in full, or numbers for another size of the image."""
+    if sphere is None or sphere.width != sphere.full_width or sphere.full_width != 2 * sphere.full_height:
+        return None
+    scale = width / sphere.width
+    if abs(sphere.height * scale - height) > 1 + 0.01 * height:
+        return None
+    return min(max(round(sphere.top * scale), 0), width // 2 - height)
 
 
 def normalize_image(rgb: torch.Tensor) -> torch.Tensor:
@@ -474,6 +490,7 @@ def predict(
     device: str | torch.device | None = None,
     seam_pad: float = DEFAULT_SEAM_PAD,
     pad_to_erp: bool = False,
+    pad_top: int | None = None,
     threshold: float | None = None,
     upsample: str = "bilinear",
     precision: str = "auto",
@@ -489,7 +506,9 @@ def predict(
         for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
     threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated).
-    pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output).
+    pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output):
+        where the file's Photo Sphere XMP puts them, else centred on the horizon.
+    pad_top: with pad_to_erp, the row of the padded panorama where the input's first row goes (overrides both).
     upsample: "bilinear" or "guided" (edge-aware, guided by the full-resolution RGB) when the input is larger
         than the working resolution. Memory stays bounded by the working resolution plus full-size maps.
     precision: the network's arithmetic, one of PRECISIONS: "auto" (bf16 on CUDA and on CPUs with native bf16,
@@ -519,7 +538,12 @@ def predict(
         rows = slice(None)
         h, w = rgb.shape[:2]
         if pad_to_erp and w != 2 * h:
-            rgb, rows = pad_rows_to_erp(rgb)
+            top = pad_top
+            if top is None and isinstance(item, (str, os.PathLike)):
+                from dap import io
+
+                top = photo_sphere_top(io.read_photo_sphere(item), h, w)
+            rgb, rows = pad_rows_to_erp(rgb, top)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
         if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
             warnings.warn(f"{'batch image ' + str(k) if is_batch else 'input panorama'} is only {rgb.shape[1]}x"

@@ -10,6 +10,7 @@ Depth conventions: float32 metres along the ray, invalid = 0. On read, NaN, inf,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -287,6 +288,46 @@ def _read_hdr(path: Path) -> np.ndarray:
             raise ValueError("OpenCV could not decode it as a Radiance HDR image")
         linear = np.ascontiguousarray(bgr[..., ::-1])
     return tonemap_hdr(linear)
+
+
+@dataclasses.dataclass(frozen=True)
+class PhotoSphere:
+    """Google's Photo Sphere (GPano) XMP of an image: the full panorama's size and where the image sits in it, in
+    the pixels the metadata uses (the image itself may since have been resized)."""
+
+    full_width: int
+    full_height: int
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+_GPANO_FIELDS = {"full_width": "FullPanoWidthPixels", "full_height": "FullPanoHeightPixels",
+                 "left": "CroppedAreaLeftPixels", "top": "CroppedAreaTopPixels",
+                 "width": "CroppedAreaImageWidthPixels", "height": "CroppedAreaImageHeightPixels"}
+
+
+def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
+    """The Photo Sphere XMP of a JPEG, PNG, WebP or TIFF (phones and stitchers write it for panoramas, also for
+    ones that do not cover the whole sphere), or None when the file has none, or not all six numbers."""
+    try:
+        with Image.open(path) as img:
+            xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp") or ""
+            if not xmp and hasattr(img, "tag_v2"):
+                xmp = img.tag_v2.get(700, "")  # TIFF keeps XMP in tag 700
+    except (*_DECODE_ERRORS, Image.DecompressionBombError):
+        return None
+    text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else str(xmp)
+    values = {}
+    for field, name in _GPANO_FIELDS.items():
+        # attribute form GPano:Name="1" or element form <GPano:Name>1</GPano:Name>
+        m = re.search(rf'GPano:{name}\s*=\s*["\']([^"\']+)["\']|<GPano:{name}>\s*([^<]+?)\s*</GPano:{name}>', text)
+        try:
+            values[field] = int(float((m.group(1) or m.group(2)) if m else ""))
+        except ValueError:
+            return None
+    return PhotoSphere(**values)
 
 
 def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, int]:

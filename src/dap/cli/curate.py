@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--every", type=positive_float, default=2.0, metavar="SECONDS",
                    help="sample one frame of a video every this many seconds")
     p.add_argument("--pad-to-erp", action="store_true",
-                   help="accept partial panoramas wider than 2:1 by padding black rows (else they are rejected)")
+                   help="accept partial panoramas wider than 2:1 by padding black rows, where the file's Photo "
+                        "Sphere XMP puts the image, else centred on the horizon (without it they are rejected)")
     p.add_argument("--max-width", type=positive_int, default=2048, help="store panoramas at most this wide")
     p.add_argument("--min-width", type=positive_int, default=512,
                    help="reject panoramas narrower than this (too little to label or to train on)")

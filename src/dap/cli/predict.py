@@ -30,6 +30,7 @@ from dap.inference import (
     model_precision,
     output_paths,
     outputs_complete,
+    photo_sphere_top,
     predict,
     prepare_model,
     read_record,
@@ -66,7 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
     parser.add_argument("--pad-to-erp", action="store_true",
-                        help="accept partial panoramas wider than 2:1 by padding the missing latitudes")
+                        help="accept partial panoramas wider than 2:1 (360 degrees across) by padding the missing "
+                             "latitudes with masked rows: where the file's Photo Sphere XMP puts the image, else "
+                             "centred on the horizon")
     parser.add_argument("--upsample", choices=("bilinear", "guided"), default="bilinear",
                         help="how depth is brought from the working resolution back to a larger input: "
                              "bilinear, or guided by the full-resolution RGB (edge-aware)")
@@ -138,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
     writer = _Writer(lambda job: _write(job, args.point_stride, failures, counts))
     try:
-        for seq, item, paths, record, rgb, notes in tqdm(
+        for seq, item, paths, record, rgb, top, notes in tqdm(
                 _background(_decoded(items, args, kinds, settings, failures, counts)), desc="predict", unit="pano",
                 disable=None):
             for text in notes:  # from decoding, which runs on another thread
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             try:
                 with collect_input_warnings() as warned:
                     pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
-                                   pad_to_erp=args.pad_to_erp, device=device, upsample=args.upsample,
+                                   pad_to_erp=args.pad_to_erp, pad_top=top, device=device, upsample=args.upsample,
                                    precision=precision, camera_height=args.camera_height)
             except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
                 failures.append((seq, item.source, str(e)))
@@ -180,10 +183,12 @@ def _why_unreadable(source: str, error: OSError) -> str:
 
 
 def _decoded(items, args, kinds, settings, failures, counts):
-    """(position, item, output paths, record, RGB, notes) for each input to predict, in order: names checked, inputs
-    whose outputs are complete and were made from the same file with the same model and settings skipped (never
-    decoded), inputs whose outputs were made otherwise failed unless --overwrite, the rest decoded. Inputs that fail
-    to decode go to `failures`."""
+    """(position, item, output paths, record, RGB, --pad-to-erp's top row or None, notes) for each input to predict,
+    in order: names checked, inputs whose outputs are complete and were made from the same file with the same model
+    and settings skipped (never decoded), inputs whose outputs were made otherwise failed unless --overwrite, the
+    rest decoded. Inputs that fail to decode go to `failures`."""
+    from dap import io
+
     sources: dict[str, str] = {}  # output name -> input that has it this run
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
@@ -225,7 +230,11 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, (record, expected), rgb, [first_frame_only(frames)] if frames > 1 else []
+        # a partial panorama's place in the sphere, from its file's Photo Sphere XMP (a header read, here on the
+        # decoding thread)
+        top = (photo_sphere_top(io.read_photo_sphere(item.source), *rgb.shape[:2])
+               if args.pad_to_erp and not item.video and rgb.shape[1] != 2 * rgb.shape[0] else None)
+        yield seq, item, paths, (record, expected), rgb, top, [first_frame_only(frames)] if frames > 1 else []
     failures.extend((seq + 1, *f) for f in video_failures)
 
 

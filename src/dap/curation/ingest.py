@@ -205,8 +205,8 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
     """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome."""
     from tqdm import tqdm
 
-    from dap.inference import pad_rows_to_erp
-    from dap.io import write_rgb
+    from dap.inference import pad_rows_to_erp, photo_sphere_top
+    from dap.io import read_photo_sphere, write_rgb
 
     o = options or IngestOptions()
     pool = Path(pool)
@@ -253,7 +253,8 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             known.add(row["id"])
             h, w = rgb.shape[:2]
             if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
-                rgb, _ = pad_rows_to_erp(rgb)
+                top = photo_sphere_top(read_photo_sphere(path), h, w) if frame is None else None
+                rgb, _ = pad_rows_to_erp(rgb, top)
                 h, w = rgb.shape[:2]
             shape_problem = None
             if w != 2 * h:

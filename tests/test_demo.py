@@ -13,7 +13,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from conftest import dual_fisheye
+from conftest import dual_fisheye, photo_sphere_xmp
 from dap import geometry, io
 from dap.demo import DOWNLOADS, respond, samples
 from dap.inference import resolve_model
@@ -74,6 +74,14 @@ def test_what_predict_warns_of_is_shown_on_the_page(model, small_panorama, tmp_p
     shown.clear()
     respond(str(small_panorama), False, model, tmp_path / "work")
     assert shown == []
+
+
+def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(model, small_panorama, tmp_path):
+    full = np.asarray(Image.open(small_panorama))  # 256x128
+    Image.fromarray(full[:96]).save(tmp_path / "part.jpg", xmp=photo_sphere_xmp(256, 128, 0, 0, 256, 96))
+    _, mask, *_ = respond(str(tmp_path / "part.jpg"), True, model, tmp_path / "work")
+    masked = np.asarray(Image.open(mask).convert("L")) > 127  # white: out of range, as padding is
+    assert masked.shape == (128, 256) and masked[96:].all() and not masked[:4].all()  # padded below, not around
 
 
 def test_an_hdr_upload_is_tone_mapped_like_dap_predict(model, small_panorama, tmp_path):

@@ -162,7 +162,10 @@ def test_hdr_tone_mapping_exposes_the_median_to_middle_grey_whatever_the_exposur
     for radiance in (0.002, 5.0, 3000.0):
         np.testing.assert_allclose(io.tonemap_hdr(np.full((H, W, 3), radiance, np.float32)), 0.46135, atol=1e-4)
     linear = (rng.random((H, W, 3)) ** 2.2 * 30).astype(np.float32)
-    out = io.tonemap_hdr(linear.copy())
+    kept = linear.copy()
+    out = io.tonemap_hdr(linear)
+    np.testing.assert_array_equal(linear, kept)  # the caller's array is left alone unless copy=False
+    assert io.tonemap_hdr(kept, copy=False) is kept and np.array_equal(kept, out)
     np.testing.assert_allclose(io.tonemap_hdr(linear * 7.3), out, atol=1e-6)  # exposure-invariant
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     # the median over the sphere, not over pixels: bright polar caps of 60% of the rows cover 41% of the sphere,

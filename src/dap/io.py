@@ -205,14 +205,14 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     return read_rgb_frames(path, require_erp=require_erp)[0]
 
 
-def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY) -> np.ndarray:
+def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, *, copy: bool = True) -> np.ndarray:
     """Linear-radiance float (H, W, 3) RGB -> sRGB-encoded float32 in [0, 1], as a camera's automatic exposure
     would save it: scaled so that the median luminance over the sphere (rows weighted by cos latitude, so the
     stretched poles count no more than they cover) becomes `key`, clipped at white, then the sRGB curve. The
     networks were trained on such photographs; fed raw radiance they would see a dark or burnt-out image. The result
-    does not depend on the file's absolute exposure. Non-finite and negative values count as black. Works in place
-    on a float32 array (an 8K HDR panorama is 400 MB)."""
-    rgb = linear if linear.dtype == np.float32 else linear.astype(np.float32)
+    does not depend on the file's absolute exposure. Non-finite and negative values count as black. `copy=False`
+    works in place on a float32 array (an 8K HDR panorama is 400 MB; `read_rgb` does so on its own buffer)."""
+    rgb = np.array(linear, dtype=np.float32, copy=True if copy else None)  # None: only if it must
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)
     step = max(1, rgb.shape[1] // 1024)  # the median is a statistic: every step-th pixel is plenty
@@ -287,7 +287,7 @@ def _read_hdr(path: Path) -> np.ndarray:
         if bgr is None or bgr.dtype != np.float32:
             raise ValueError("OpenCV could not decode it as a Radiance HDR image")
         linear = np.ascontiguousarray(bgr[..., ::-1])
-    return tonemap_hdr(linear)
+    return tonemap_hdr(linear, copy=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -163,6 +163,12 @@ def test_ingest_pads_a_partial_photo_sphere_where_its_xmp_puts_it(tmp_path):
     # black below (JPEG rings for a row or two at the edge), none above: not split around the horizon
     assert stored.shape == (64, 128, 3) and stored[50:].max() < 0.05 and stored[:8].mean() > 0.1
     assert np.abs(stored[:48] - full[:48]).mean() < 0.06
+    # an image whose XMP says it spans half the circle is rejected with that reason, not padded into a panorama
+    Image.fromarray(part).save(src / "half.jpg", xmp=photo_sphere_xmp(256, 128, 64, 0, 128, 48), quality=95)
+    ingest([str(src / "half.jpg")], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90,
+                                                                      pad_to_erp=True), progress=False)
+    reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
+    assert "spans 180 of 360 degrees across" in reasons["half.jpg"]
 
 
 def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):

@@ -98,13 +98,20 @@ def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(tiny_model, chec
         predict(_pano(24, 64), tiny_model, resolution=(32, 64), pad_to_erp=True, pad_top=9)
     # numbers that do not fit the image (another crop, not 360 degrees wide, not 2:1 in full) are not used
     assert photo_sphere_top(io.PhotoSphere(64, 32, 0, 8, 64, 20), 24, 64) is None
-    assert photo_sphere_top(io.PhotoSphere(128, 32, 0, 8, 64, 24), 24, 64) is None
+    with pytest.raises(NotPanoramaError, match="spans 180 of 360 degrees across"):
+        photo_sphere_top(io.PhotoSphere(128, 64, 32, 8, 64, 24), 24, 64)
     assert photo_sphere_top(io.PhotoSphere(64, 40, 0, 8, 64, 24), 24, 64) is None
     # dap predict does the same, reading the XMP on its decoding thread
     assert main(["predict", str(tmp_path / "top8.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
                  "--resolution", "32x64", "--outputs", "npy", "--pad-to-erp"]) == 0
     depth = np.load(tmp_path / "o" / "top8.npy")
     assert depth.shape == (32, 64) and (depth[:8] == 0).all() and (depth[8:] > 0).all()
+    # a half-sphere's XMP: that input fails with the reason, the others go on
+    Image.fromarray(part).save(tmp_path / "half.jpg", xmp=photo_sphere_xmp(128, 64, 32, 8, 64, 24))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "half.jpg"), str(tmp_path / "plain.jpg"), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(checkpoint), "--resolution", "32x64", "--outputs", "npy", "--pad-to-erp"]) == 1
+    assert "half.jpg: the image's Photo Sphere XMP says it spans 180 of 360 degrees" in capsys.readouterr().err
 
 
 def test_seam_padding_width():

@@ -156,9 +156,18 @@ def pad_rows_to_erp(rgb: np.ndarray, top: int | None = None) -> tuple[np.ndarray
 
 def photo_sphere_top(sphere, height: int, width: int) -> int | None:
     """Where a partial panorama's first row belongs in its 2:1 panorama, from its Photo Sphere XMP
-    (`dap.io.read_photo_sphere`), in the image's own pixels; None when the XMP does not say: none, a panorama not
-    360 degrees wide or not 2:1 in full, or numbers for another size of the image."""
-    if sphere is None or sphere.width != sphere.full_width or sphere.full_width != 2 * sphere.full_height:
+    (`dap.io.read_photo_sphere`), in the image's own pixels; None when the XMP does not say: none, a full panorama
+    not 2:1, or numbers for another size of the image. An image the XMP says spans less than 360 degrees across
+    raises NotPanoramaError: padding latitudes cannot make it whole."""
+    if sphere is None or sphere.full_width != 2 * sphere.full_height:
+        return None
+    if 0 < sphere.width < sphere.full_width:
+        raise NotPanoramaError(
+            f"the image's Photo Sphere XMP says it spans {360 * sphere.width / sphere.full_width:.0f} of 360 degrees "
+            "across; --pad-to-erp fills in missing latitudes only, and depth needs the panorama to go all the way "
+            "around. Use a full 360-degree panorama."
+        )
+    if sphere.width != sphere.full_width:
         return None
     scale = width / sphere.width
     if abs(sphere.height * scale - height) > 1 + 0.01 * height:

@@ -227,13 +227,13 @@ def _decoded(items, args, kinds, settings, failures, counts):
                 continue
         try:
             rgb, frames = item.load()
+            # a partial panorama's place in the sphere, from its file's Photo Sphere XMP (a header read, here on
+            # the decoding thread)
+            top = (photo_sphere_top(io.read_photo_sphere(item.source), *rgb.shape[:2])
+                   if args.pad_to_erp and not item.video and rgb.shape[1] != 2 * rgb.shape[0] else None)
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        # a partial panorama's place in the sphere, from its file's Photo Sphere XMP (a header read, here on the
-        # decoding thread)
-        top = (photo_sphere_top(io.read_photo_sphere(item.source), *rgb.shape[:2])
-               if args.pad_to_erp and not item.video and rgb.shape[1] != 2 * rgb.shape[0] else None)
         yield seq, item, paths, (record, expected), rgb, top, [first_frame_only(frames)] if frames > 1 else []
     failures.extend((seq + 1, *f) for f in video_failures)
 

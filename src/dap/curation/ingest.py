@@ -200,13 +200,38 @@ def _decoded(path: Path, every_s: float) -> Iterator[tuple[int | None, float, np
 
 
 # ------------------------------------------------------------------------------------------- ingest
+def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> tuple[np.ndarray, str | None]:
+    """The image as a 2:1 panorama (a partial one padded with `pad_to_erp`, placed by the Photo Sphere XMP of
+    `image_file` if it has one), or why the pool rejects it."""
+    from dap.inference import pad_rows_to_erp, photo_sphere_top
+    from dap.io import read_photo_sphere
+
+    h, w = rgb.shape[:2]
+    if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
+        try:
+            top = photo_sphere_top(read_photo_sphere(image_file), h, w) if image_file is not None else None
+            rgb, _ = pad_rows_to_erp(rgb, top)
+        except DapError as e:  # its XMP says it is not 360 degrees across
+            return rgb, str(e)
+        h, w = rgb.shape[:2]
+    if w != 2 * h:
+        return rgb, (f"not a 2:1 equirectangular panorama ({w}x{h}); partial panoramas wider than 2:1 are accepted "
+                     "with --pad-to-erp")
+    if w < o.min_width:
+        return rgb, (f"too small ({w}x{h}); the pool keeps panoramas at least {o.min_width} pixels wide (lower "
+                     "--min-width to keep it)")
+    if looks_dual_fisheye(rgb):
+        return rgb, ("an unstitched dual-fisheye image (two discs on black), not an equirectangular panorama; "
+                     "stitch it with the camera's software first")
+    return rgb, None
+
+
 def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None = None,
            progress: bool = True) -> dict[str, int]:
     """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome."""
     from tqdm import tqdm
 
-    from dap.inference import pad_rows_to_erp, photo_sphere_top
-    from dap.io import read_photo_sphere, write_rgb
+    from dap.io import write_rgb
 
     o = options or IngestOptions()
     pool = Path(pool)
@@ -251,21 +276,8 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
                 counts["already_in_pool"] += 1
                 continue
             known.add(row["id"])
+            rgb, shape_problem = _as_panorama(rgb, path if frame is None else None, o)
             h, w = rgb.shape[:2]
-            if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
-                top = photo_sphere_top(read_photo_sphere(path), h, w) if frame is None else None
-                rgb, _ = pad_rows_to_erp(rgb, top)
-                h, w = rgb.shape[:2]
-            shape_problem = None
-            if w != 2 * h:
-                shape_problem = (f"not a 2:1 equirectangular panorama ({w}x{h}); partial panoramas wider than 2:1 "
-                                 "are accepted with --pad-to-erp")
-            elif w < o.min_width:
-                shape_problem = (f"too small ({w}x{h}); the pool keeps panoramas at least {o.min_width} pixels wide "
-                                 "(lower --min-width to keep it)")
-            elif looks_dual_fisheye(rgb):
-                shape_problem = ("an unstitched dual-fisheye image (two discs on black), not an equirectangular "
-                                 "panorama; stitch it with the camera's software first")
             if shape_problem:
                 row.update(status="rejected", reason=shape_problem)
                 rows.append(row)

@@ -571,8 +571,9 @@ def preview_range(depth: np.ndarray) -> tuple[float, float]:
     """Colour range for a depth preview: the 1st to 99th percentile of the valid pixels, so that a few outliers (a
     lamp predicted 7 m away in a 3 m room) do not squeeze the rest of the image into one colour; pixels beyond
     it saturate and the legend shows the range. (0, 1) without valid pixels."""
-    d = _clean_depth(depth)
-    values = d[d > 0]
+    d = np.asarray(depth, dtype=np.float32)
+    with np.errstate(invalid="ignore"):  # the valid pixels of `_clean_depth`, without a copy of the whole map
+        values = d[np.isfinite(d) & (d > 0) & (d < DEPTH_SENTINEL)]
     if not values.size:
         return 0.0, 1.0
     lo, hi = np.percentile(values, [1.0, 99.0], overwrite_input=True)  # `values` is ours: no third copy

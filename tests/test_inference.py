@@ -687,6 +687,18 @@ def test_hdr_panoramas_are_inputs_and_depth_exrs_are_not(checkpoint, tmp_path, c
     assert io.is_depth_exr(tmp_path / "o" / "hdri.exr")
 
 
+def test_file_names_with_glob_characters_are_files_first(checkpoint, tmp_path, capsys):
+    for name in ("pano[1].png", "what?.png"):
+        io.write_rgb(tmp_path / name, _pano(32, 64))
+    assert _predict_cli([tmp_path / "pano[1].png", tmp_path / "what?.png"], tmp_path / "o", checkpoint,
+                        "--outputs", "npy") == 0
+    assert _files(tmp_path / "o") == ["pano[1].npy", "what?.npy"]
+    assert _predict_cli([str(tmp_path / "*[[]1].png")], tmp_path / "o2", checkpoint, "--outputs", "npy") == 0
+    assert _files(tmp_path / "o2") == ["pano[1].npy"]  # a pattern still globs; [[] is a literal [
+    assert _predict_cli([str(tmp_path / "pano[1].pn*")], tmp_path / "o3", checkpoint, "--outputs", "npy") == 2
+    assert "write [[] for a literal [" in capsys.readouterr().err
+
+
 def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     # the model path does not exist either: the input is checked first (a ViT-L load would take a while)
     assert main(["predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"),

@@ -645,7 +645,8 @@ def output_names(paths: list[Path]) -> list[str]:
 
 
 def _is_pattern(spec: str) -> bool:
-    return any(c in spec for c in "*?[")
+    """A glob pattern, unless a file or folder has that very name (pano[1].jpg)."""
+    return any(c in spec for c in "*?[") and not os.path.lexists(spec)
 
 
 def dangling_link(path: str | os.PathLike) -> str | None:
@@ -675,7 +676,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             found = [Path(p) for p in sorted(glob.glob(spec))]
             found = [p for p in found if p.is_dir() or p.suffix.lower() in io.VIDEO_SUFFIXES or _listable(p)]
             if not found:
-                raise DapError(f"the pattern {spec!r} matches no panorama, folder or video")
+                brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
+                raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}")
         else:
             found = [Path(spec)]
         for path in found:

@@ -699,6 +699,16 @@ def test_file_names_with_glob_characters_are_files_first(checkpoint, tmp_path, c
     assert "write [[] for a literal [" in capsys.readouterr().err
 
 
+def test_an_input_whose_output_names_would_be_too_long_fails_alone(checkpoint, tmp_path, capsys):
+    long_name = "p" * 240 + ".png"  # fine as a file name; its outputs' temporary names are not
+    io.write_rgb(tmp_path / "in" / "ok.png", _pano(32, 64))
+    Image.fromarray((_pano(32, 64) * 255).astype(np.uint8)).save(tmp_path / "in" / long_name)  # no temporary
+    assert _predict_cli([tmp_path / "in"], tmp_path / "o", checkpoint, "--outputs", "npy,color") == 1
+    printed = capsys.readouterr()
+    assert "predicted 1 panorama(s)" in printed.out and _files(tmp_path / "o") == ["ok.color.png", "ok.npy"]
+    assert "its output files would have names of up to 273 bytes" in printed.err and "rename the input" in printed.err
+
+
 def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     # the model path does not exist either: the input is checked first (a ViT-L load would take a while)
     assert main(["predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"),

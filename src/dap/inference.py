@@ -722,6 +722,21 @@ def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
     return {k: out_dir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
 
 
+def name_too_long(paths: list[Path]) -> str | None:
+    """Why some of these output files could not be created because their names (or `dap.io.atomic_write`'s
+    temporary names beside them) pass the file system's limit on a name's length; None when they all fit."""
+    longest = max(len(os.fsencode(f".{p.name}.{'0' * 12}.tmp{p.suffix}")) for p in paths)
+    folder = next((d for d in (paths[0].parent, *paths[0].parent.parents) if d.exists()), Path("."))
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
+        limit = 255
+    if longest <= limit:
+        return None
+    return (f"its output files would have names of up to {longest} bytes (with their temporary names), more than "
+            f"the {limit} this file system allows; rename the input to something shorter")
+
+
 def record_path(out_dir: Path, name: str) -> Path:
     """Where `dap predict` records what an input's outputs were made from: `.<name>.dap.json` beside them (hidden,
     so folder inputs never list it)."""

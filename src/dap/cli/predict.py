@@ -28,6 +28,7 @@ from dap.inference import (
     iter_frames,
     model_fingerprint,
     model_precision,
+    name_too_long,
     output_paths,
     outputs_complete,
     photo_sphere_top,
@@ -209,6 +210,10 @@ def _decoded(items, args, kinds, settings, failures, counts):
                                                "into another --out, or leave that output out"))
             continue
         record = record_path(args.out, item.name)
+        too_long = name_too_long([*paths.values(), record])
+        if too_long:  # an input's problem, found before decoding it; a write error would end the whole run
+            failures.append((seq, item.source, too_long))
+            continue
         try:
             expected = {"input": input_identity(item.video or item.source), "settings": settings}
         except OSError as e:  # gone or unreadable since the inputs were listed

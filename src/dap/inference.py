@@ -28,6 +28,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,6 +36,9 @@ import torch.nn.functional as F
 
 from dap import geometry
 from dap.errors import DapError, InputWarning, NotPanoramaError
+
+if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
+    from dap.io import PhotoSphere
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -154,7 +158,7 @@ def pad_rows_to_erp(rgb: np.ndarray, top: int | None = None) -> tuple[np.ndarray
     return padded, slice(top, top + h)
 
 
-def photo_sphere_top(sphere, height: int, width: int) -> int | None:
+def photo_sphere_top(sphere: PhotoSphere | None, height: int, width: int) -> int | None:
     """Where a partial panorama's first row belongs in its 2:1 panorama, from its Photo Sphere XMP
     (`dap.io.read_photo_sphere`), in the image's own pixels; None when the XMP does not say: none, a full panorama
     not 2:1, or numbers for another size of the image. An image the XMP says spans less than 360 degrees across

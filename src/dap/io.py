@@ -390,10 +390,16 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
 # ----------------------------------------------------------------------------------------------- depth
 
 
+def _valid_depth(depth: np.ndarray) -> np.ndarray:
+    """Where a depth map holds a measurement: finite, > 0 and below DEPTH_SENTINEL."""
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(depth) & (depth > 0) & (depth < DEPTH_SENTINEL)
+
+
 def _clean_depth(depth: np.ndarray) -> np.ndarray:
     """float32 C-ordered copy with every invalid value (NaN, inf, <= 0, >= DEPTH_SENTINEL) set to 0."""
     d = np.array(depth, dtype=np.float32, order="C")
-    d[~np.isfinite(d) | (d <= 0) | (d >= DEPTH_SENTINEL)] = 0.0
+    d[~_valid_depth(d)] = 0.0
     return d
 
 
@@ -572,8 +578,7 @@ def preview_range(depth: np.ndarray) -> tuple[float, float]:
     lamp predicted 7 m away in a 3 m room) do not squeeze the rest of the image into one colour; pixels beyond
     it saturate and the legend shows the range. (0, 1) without valid pixels."""
     d = np.asarray(depth, dtype=np.float32)
-    with np.errstate(invalid="ignore"):  # the valid pixels of `_clean_depth`, without a copy of the whole map
-        values = d[np.isfinite(d) & (d > 0) & (d < DEPTH_SENTINEL)]
+    values = d[_valid_depth(d)]  # without `_clean_depth`'s copy of the whole map
     if not values.size:
         return 0.0, 1.0
     lo, hi = np.percentile(values, [1.0, 99.0], overwrite_input=True)  # `values` is ours: no third copy

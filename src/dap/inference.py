@@ -729,7 +729,9 @@ def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
 def name_too_long(paths: list[Path]) -> str | None:
     """Why some of these output files could not be created because their names (or `dap.io.atomic_write`'s
     temporary names beside them) pass the file system's limit on a name's length; None when they all fit."""
-    longest = max(len(os.fsencode(f".{p.name}.{'0' * 12}.tmp{p.suffix}")) for p in paths)
+    from dap import io
+
+    longest = max(len(os.fsencode(io.temporary_path(p, "0" * 12).name)) for p in paths)
     folder = next((d for d in (paths[0].parent, *paths[0].parent.parents) if d.exists()), Path("."))
     try:
         limit = os.pathconf(folder, "PC_NAME_MAX")

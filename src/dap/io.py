@@ -45,6 +45,13 @@ _DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipf
 # --------------------------------------------------------------------------------------------- writing
 
 
+def temporary_path(path: Path, token: str | None = None) -> Path:
+    """Where `atomic_write` writes `path` first: ".<name>.<12 hex>.tmp<suffix>" beside it (`token`: the 12 hex
+    characters, a fresh random one by default). Its name is the longest a write of `path` needs."""
+    token = uuid.uuid4().hex[:12] if token is None else token
+    return path.with_name(f".{path.name}.{token}.tmp{path.suffix}")
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
@@ -58,7 +65,7 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh random name instead of mkstemp: mkstemp makes 0600 files, and the final file should get the
     # user's normal permissions. Same directory so os.replace stays a rename on one filesystem.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    tmp = temporary_path(path)
     try:
         yield tmp
         if not tmp.is_file():

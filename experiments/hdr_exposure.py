@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import dap
-from dap.io import read_rgb, tonemap_hdr
+from dap.io import read_rgb, sphere_median_luminance, tonemap_hdr
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "real-panos"
@@ -42,16 +42,6 @@ def geometric_mean_exposure(linear: np.ndarray, key: float) -> np.ndarray:
     return np.where(x <= 0.0031308, x * 12.92, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
 
 
-def median_luminance(linear: np.ndarray) -> float:
-    """The statistic `tonemap_hdr` sets to its key: luminance median over the sphere (cos-latitude weights)."""
-    lum = (linear @ LUMA).ravel()
-    lat = (0.5 - (np.arange(linear.shape[0]) + 0.5) / linear.shape[0]) * np.pi
-    weights = np.repeat(np.cos(lat), linear.shape[1])
-    order = np.argsort(lum)
-    cumulative = np.cumsum(weights[order])
-    return float(lum[order[np.searchsorted(cumulative, cumulative[-1] / 2)]])
-
-
 def log_gap(a: np.ndarray, b: np.ndarray) -> float:
     both = (a > 0) & (b > 0)
     return float(np.median(np.abs(np.log(a[both] / b[both]))))
@@ -66,7 +56,7 @@ def main() -> None:
                    help="only print how the photographs themselves are exposed (no model)")
     args = p.parse_args()
     files = sorted(glob.glob(str(Path(args.pool) / "*.jpg")))
-    medians = np.array([median_luminance(srgb_to_linear(read_rgb(f))) for f in files])
+    medians = np.array([sphere_median_luminance(srgb_to_linear(read_rgb(f))) for f in files])
     print(f"the photographs' own median luminance over the sphere: min {medians.min():.3f}, quartiles "
           f"{np.percentile(medians, 25):.3f} / {np.median(medians):.3f} / {np.percentile(medians, 75):.3f}, "
           f"max {medians.max():.3f}")

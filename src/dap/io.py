@@ -25,11 +25,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import OpenEXR
+import torch
 import trimesh
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
 from dap.errors import DapError, NoValidDepthError, UnreadableFileError
-from dap.geometry import check_erp_shape
+from dap.geometry import check_erp_shape, solid_angle_weights
 
 PathLike = str | os.PathLike
 
@@ -222,13 +223,7 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, *, copy: bool = True) 
     rgb = np.array(linear, dtype=np.float32, copy=True if copy else None)  # None: only if it must
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)
-    step = max(1, rgb.shape[1] // 1024)  # the median is a statistic: every step-th pixel is plenty
-    luminance = (rgb[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)).ravel()
-    lat = (0.5 - (np.arange(0, rgb.shape[0], step) + 0.5) / rgb.shape[0]) * np.pi
-    weights = np.repeat(np.cos(lat), -(-rgb.shape[1] // step))
-    order = np.argsort(luminance)
-    cumulative = np.cumsum(weights[order])
-    median = float(luminance[order[np.searchsorted(cumulative, cumulative[-1] / 2)]]) if luminance.size else 0.0
+    median = sphere_median_luminance(rgb)
     if median > 0:  # else more than half the sphere is black: leave the exposure as it is
         rgb *= np.float32(key / median)
     np.minimum(rgb, 1.0, out=rgb)
@@ -241,6 +236,21 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, *, copy: bool = True) 
     rgb[low] = dark
     np.clip(rgb, 0.0, 1.0, out=rgb)  # float rounding of the curve at white
     return rgb
+
+
+def sphere_median_luminance(linear: np.ndarray) -> float:
+    """Median luminance (Rec. 709 weights) of a linear (H, W, 3) RGB panorama over the sphere: each pixel weighted by
+    the solid angle it covers (`dap.geometry.solid_angle_weights`), so the stretched poles count no more than they
+    cover; over every k-th row and column of panoramas wider than 1024 (a statistic: plenty). 0 when empty."""
+    h, w = linear.shape[:2]
+    step = max(1, w // 1024)
+    luminance = linear[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    if not luminance.size:
+        return 0.0
+    weights = np.broadcast_to(solid_angle_weights(h, w, dtype=torch.float64).numpy()[::step], luminance.shape)
+    order = np.argsort(luminance, axis=None)
+    cumulative = np.cumsum(weights.ravel()[order])
+    return float(luminance.ravel()[order[np.searchsorted(cumulative, cumulative[-1] / 2)]])
 
 
 def _exr_colour_layer(names: set[str]) -> tuple[str, str] | None:

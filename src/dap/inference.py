@@ -558,13 +558,14 @@ def predict(
                 top = photo_sphere_top(io.read_photo_sphere(item), h, w)
             rgb, rows = pad_rows_to_erp(rgb, top)
         geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
+        which = f"batch image {k}" if is_batch else "input panorama"  # as the warnings name it
         if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
-            warnings.warn(f"{'batch image ' + str(k) if is_batch else 'input panorama'} is only {rgb.shape[1]}x"
+            warnings.warn(f"{which} is only {rgb.shape[1]}x"
                           f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
                           f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
                           "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
         if geometry.looks_dual_fisheye(rgb):
-            warnings.warn(f"{'batch image ' + str(k) if is_batch else 'input panorama'} looks like an unstitched "
+            warnings.warn(f"{which} looks like an unstitched "
                           "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
                           "means nothing. Stitch it first: the camera's app or software exports equirectangular "
                           "images.", InputWarning, stacklevel=3)

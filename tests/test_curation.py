@@ -83,7 +83,7 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     write_rgb(src / "a.png", a)
     write_rgb(src / "a_copy.jpg", cv2.resize(a, (256, 128)))  # re-encoded, resized: a near-duplicate
     write_rgb(src / "b.png", b)
-    write_rgb(src / "wide.png", np.zeros((32, 128, 3), np.float32))  # 4:1, a partial panorama
+    write_rgb(src / "wide.png", _render(3, "indoor")["rgb"][16:48])  # 4:1, a partial panorama
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (src / "notes.txt").write_text("ignored: not an image suffix")
     # 3 s at 4 fps: scene a for 2 s, then scene b; sampling every 1 s gives frames 0, 4, 8 = a, a, b
@@ -147,6 +147,26 @@ def test_ingest_rejects_an_unstitched_dual_fisheye_image(tmp_path):
     assert reasons["raw.jpg"].startswith("an unstitched dual-fisheye image") and reasons["pano.jpg"] == ""
 
 
+def test_ingest_rejects_blank_images_and_black_video_frames(tmp_path):
+    src = tmp_path / "in"
+    room = _render(4, "indoor")["rgb"]
+    write_rgb(src / "black.png", np.zeros_like(room))
+    noisy_grey = 0.5 + np.random.default_rng(0).normal(0, 0.002, room.shape)  # sensor noise is not detail
+    write_rgb(src / "grey.png", noisy_grey.astype(np.float32))
+    write_rgb(src / "dark_room.png", room * 0.1)  # a dark photograph is not blank
+    # a video that fades in from black: its first frame (t = 0) is rejected, the street (t = 1 s) kept
+    street = _render(5, "outdoor")["rgb"]
+    _write_video(src / "fade.avi", [np.zeros_like(street)] * 2 + [street] * 2, fps=2)
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90, every_s=1.0),
+                    progress=False)
+    rows = {(Path(r["path"]).name, 0.0 if np.isnan(r["frame_time"]) else r["frame_time"]): r
+            for r in read_manifest(tmp_path / "pool")}
+    for blank in [("black.png", 0.0), ("grey.png", 0.0), ("fade.avi", 0.0)]:
+        assert rows[blank]["reason"].startswith("blank: one flat colour"), blank
+    assert rows["dark_room.png", 0.0]["status"] == "ok" and rows["fade.avi", 1.0]["status"] == "ok"
+    assert counts == {"added": 2, "duplicate": 0, "rejected": 3, "already_in_pool": 0}
+
+
 def test_ingest_pads_a_partial_photo_sphere_where_its_xmp_puts_it(tmp_path):
     from PIL import Image
 
@@ -173,10 +193,11 @@ def test_ingest_pads_a_partial_photo_sphere_where_its_xmp_puts_it(tmp_path):
 
 def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(tmp_path):
     src = tmp_path / "in"
-    write_rgb(src / "dot.png", np.full((2, 4, 3), 0.5, np.float32))  # no rows near the horizon: tilt unknown
+    dot = np.random.default_rng(0).random((2, 4, 3)).astype(np.float32)
+    write_rgb(src / "dot.png", dot)  # no rows near the horizon: tilt unknown
     write_rgb(src / "thumb.png", _render(1, "indoor", 64)["rgb"])  # 128x64
     write_rgb(src / "ok.png", _render(2, "indoor", 256)["rgb"])  # 512x256
-    assert np.isnan(estimate_tilt(np.full((2, 4, 3), 0.5, np.float32)))
+    assert np.isnan(estimate_tilt(dot))
     counts = ingest([str(src)], tmp_path / "pool", IngestOptions(max_tilt_deg=90), progress=False)
     assert counts == {"added": 1, "duplicate": 0, "rejected": 2, "already_in_pool": 0}
     reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}

@@ -17,7 +17,7 @@ from conftest import box_room_depth, dual_fisheye, photo_sphere_xmp
 from dap import geometry, io
 from dap.cli import main
 from dap.errors import DapError, InputWarning, NotPanoramaError
-from dap.inference import Prediction, photo_sphere_top, predict, seam_pad_columns
+from dap.inference import Prediction, looks_blank, photo_sphere_top, predict, seam_pad_columns
 from dap.models import load_model, save_model
 from dap.models.dap import DapConfig
 
@@ -272,6 +272,17 @@ def test_an_unstitched_dual_fisheye_image_is_predicted_with_a_warning(checkpoint
     err = capsys.readouterr().err
     assert f"warning: {tmp_path / 'raw.jpg'}: input panorama looks like an unstitched dual-fisheye image" in err
     assert "Stitch it first" in err and err.count("warning") == 1  # the panorama itself gets none
+
+
+def test_a_blank_image_is_predicted_with_a_warning(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "black.png", np.zeros((64, 128, 3), np.float32))
+    io.write_rgb(tmp_path / "night.png", _pano(64, 128) * 0.3)  # dark, but with detail: no warning
+    assert main(["predict", str(tmp_path / "black.png"), str(tmp_path / "night.png"), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(checkpoint), "--resolution", "64x128"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {tmp_path / 'black.png'}: input panorama is blank (one flat colour, no detail)" in err
+    assert err.count("warning") == 1 and (tmp_path / "o" / "black.npy").is_file()
+    assert looks_blank(np.full((8, 16, 3), 0.7, np.float32)) and not looks_blank(_pano(64, 128) * 0.3)
 
 
 def _prediction(depth: np.ndarray) -> Prediction:

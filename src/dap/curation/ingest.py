@@ -203,7 +203,7 @@ def _decoded(path: Path, every_s: float) -> Iterator[tuple[int | None, float, np
 def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> tuple[np.ndarray, str | None]:
     """The image as a 2:1 panorama (a partial one padded with `pad_to_erp`, placed by the Photo Sphere XMP of
     `image_file` if it has one), or why the pool rejects it."""
-    from dap.inference import pad_rows_to_erp, photo_sphere_top
+    from dap.inference import looks_blank, pad_rows_to_erp, photo_sphere_top
     from dap.io import read_photo_sphere
 
     h, w = rgb.shape[:2]
@@ -223,6 +223,8 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
     if looks_dual_fisheye(rgb):
         return rgb, ("an unstitched dual-fisheye image (two discs on black), not an equirectangular panorama; "
                      "stitch it with the camera's software first")
+    if looks_blank(rgb):
+        return rgb, "blank: one flat colour with no detail (a black video frame or a failed export?), nothing to label"
     return rgb, None
 
 

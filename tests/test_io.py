@@ -9,10 +9,11 @@ import cv2
 import numpy as np
 import OpenEXR
 import pytest
+import torch
 import trimesh
 from PIL import Image
 
-from dap import io
+from dap import geometry, io
 from dap.errors import DapError, NotPanoramaError, NoValidDepthError, UnreadableFileError
 
 H, W = 32, 64
@@ -169,11 +170,11 @@ def test_hdr_tone_mapping_exposes_the_median_to_middle_grey_whatever_the_exposur
     np.testing.assert_allclose(io.tonemap_hdr(linear * 7.3), out, atol=1e-6)  # exposure-invariant
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
     # the median over the sphere, not over pixels: bright polar caps of 60% of the rows cover 41% of the sphere,
-    # so the dark middle band is what comes out at middle grey
+    # so the dark middle band is what comes out at middle grey (without the limit on clipping, which they would hit)
     caps = np.full((H, W, 3), 1.0, np.float32)
     band = round(0.3 * H)
     caps[:band] = caps[-band:] = 50.0
-    out = io.tonemap_hdr(caps)
+    out = io.tonemap_hdr(caps, clip_share=None)
     np.testing.assert_allclose(out[H // 2], 0.46135, atol=1e-4)
     np.testing.assert_allclose(out[0], 1.0, atol=1e-6)  # clipped at white
     # NaN, inf and negative radiance are black; a black panorama stays black
@@ -181,6 +182,46 @@ def test_hdr_tone_mapping_exposes_the_median_to_middle_grey_whatever_the_exposur
     bad[0, :3] = [np.nan, np.inf, -2.0]
     assert np.all(io.tonemap_hdr(bad)[0, :3] == 0)
     np.testing.assert_array_equal(io.tonemap_hdr(np.zeros((H, W, 3))), 0)
+
+
+def test_hdr_tone_mapping_keeps_a_bright_sky_as_a_camera_would():
+    # ground at radiance 1, a sky over the top 40% of the rows (about 30% of the sphere) brightening from 10 to 20
+    # towards the zenith, and a sun of a few pixels at 1e5
+    linear = np.full((64, 128, 3), 1.0, np.float32)
+    sky_rows = round(0.4 * 64)
+    linear[:sky_rows] = np.linspace(20.0, 10.0, sky_rows, dtype=np.float32)[:, None, None]
+    linear[10, 40:42] = 1e5
+    sphere = geometry.solid_angle_weights(64, 128, dtype=torch.float64).numpy()
+
+    def share_at_white(img: np.ndarray) -> float:
+        return float(np.average(img.min(-1) > 0.9999, weights=np.broadcast_to(sphere, (64, 128))))
+
+    # the median alone (the ground, at middle grey) would burn out the whole sky
+    burnt = io.tonemap_hdr(linear, clip_share=None)
+    np.testing.assert_allclose(burnt[-1], 0.46135, atol=1e-4)
+    assert share_at_white(burnt) > 0.29
+    # the limit keeps all but 1% of the sphere below white: the sky keeps its gradient, the ground comes out darker
+    out = io.tonemap_hdr(linear)
+    # the sun and the sky's brightest rows: 1% past white, and the row holding the quantile at white exactly
+    assert 0.002 < share_at_white(out) < 0.02
+    sky = out[:sky_rows, 0, 1]
+    assert sky[6] < 0.99 and np.all(np.diff(sky[4:]) < 0)  # brighter towards the zenith, row by row
+    ground = out[-1, 0, 1]
+    assert 0.2 < ground < 0.46135
+    # the sun alone covers too little to change the exposure
+    no_sun = linear.copy()
+    no_sun[10, 40:42] = no_sun[10, 39]
+    np.testing.assert_allclose(io.tonemap_hdr(no_sun)[-1], out[-1], atol=1e-6)
+
+
+def test_hdr_tone_mapping_of_a_mostly_black_panorama_is_exposure_invariant():
+    # a night sky over 60% of the sphere: the median is black, so the lit 40% sets the exposure, whatever the file's
+    linear = np.zeros((64, 128, 3), np.float32)
+    linear[30:] = np.linspace(0.5, 3.0, 128, dtype=np.float32)[None, :, None]
+    out = io.tonemap_hdr(linear)
+    np.testing.assert_allclose(io.tonemap_hdr(linear * np.float32(1e-3)), out, atol=1e-6)
+    np.testing.assert_allclose(io.tonemap_hdr(linear * np.float32(1e3)), out, atol=1e-6)
+    assert out[40, -1, 0] > 0.85 and out[40, 0, 0] < 0.6 and np.all(out[:30] == 0)  # the brightest near white
 
 
 def test_hdr_and_exr_panoramas_read_tone_mapped(tmp_path, rng):

@@ -19,7 +19,7 @@ import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -200,6 +200,11 @@ HDR_KEY = 0.18
 against the camera-exposed originals of the 55 real photographs, it gives the bundled model's depth its smallest
 typical change (docs/inference.md, "HDR panoramas")."""
 
+HDR_CLIP_SHARE = 0.01
+"""Largest share of the sphere that `tonemap_hdr`'s exposure may push past white: cameras protect highlights (46 of
+the 55 real photographs have at most 1% of their sphere clipped), so a bright sky or window caps the exposure before
+the median reaches `HDR_KEY`."""
+
 
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
@@ -213,19 +218,22 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     return read_rgb_frames(path, require_erp=require_erp)[0]
 
 
-def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, *, copy: bool = True) -> np.ndarray:
+def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | None = HDR_CLIP_SHARE, *,
+                copy: bool = True) -> np.ndarray:
     """Linear-radiance float (H, W, 3) RGB -> sRGB-encoded float32 in [0, 1], as a camera's automatic exposure
-    would save it: scaled so that the median luminance over the sphere (rows weighted by cos latitude, so the
-    stretched poles count no more than they cover) becomes `key`, clipped at white, then the sRGB curve. The
-    networks were trained on such photographs; fed raw radiance they would see a dark or burnt-out image. The result
-    does not depend on the file's absolute exposure. Non-finite and negative values count as black. `copy=False`
-    works in place on a float32 array (an 8K HDR panorama is 400 MB; `read_rgb` does so on its own buffer)."""
+    would save it: scaled so that the median luminance over the sphere becomes `key`, unless that would push more
+    than `clip_share` of the sphere past white (a bright sky or window): then that quantile goes to white instead
+    (None: no such limit). Then clipped at white and sRGB-encoded. The networks were trained on, and are used on,
+    such photographs; fed raw radiance they would see a dark or burnt-out image. The result does not depend on the
+    file's absolute exposure. Non-finite and negative values count as black. `copy=False` works in place on a
+    float32 array (an 8K HDR panorama is 400 MB; `read_rgb` does so on its own buffer)."""
     rgb = np.array(linear, dtype=np.float32, copy=True if copy else None)  # None: only if it must
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)
-    median = sphere_median_luminance(rgb)
-    if median > 0:  # else more than half the sphere is black: leave the exposure as it is
-        rgb *= np.float32(key / median)
+    median, highlight = sphere_luminance_quantiles(rgb, (0.5, 1.0 - (clip_share or 0.0)))
+    gains = ([key / median] if median > 0 else []) + ([1.0 / highlight] if clip_share and highlight > 0 else [])
+    if gains:  # else (almost) all of the sphere is black: nothing to expose by
+        rgb *= np.float32(min(gains))
     np.minimum(rgb, 1.0, out=rgb)
     # The sRGB encoding (IEC 61966-2-1): linear near black, a 1/2.4 power above.
     low = rgb <= 0.0031308
@@ -238,19 +246,21 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, *, copy: bool = True) 
     return rgb
 
 
-def sphere_median_luminance(linear: np.ndarray) -> float:
-    """Median luminance (Rec. 709 weights) of a linear (H, W, 3) RGB panorama over the sphere: each pixel weighted by
-    the solid angle it covers (`dap.geometry.solid_angle_weights`), so the stretched poles count no more than they
-    cover; over every k-th row and column of panoramas wider than 1024 (a statistic: plenty). 0 when empty."""
+def sphere_luminance_quantiles(linear: np.ndarray, quantiles: Sequence[float]) -> list[float]:
+    """Quantiles of the luminance (Rec. 709 weights) of a linear (H, W, 3) RGB panorama over the sphere: each pixel
+    weighted by the solid angle it covers (`dap.geometry.solid_angle_weights`), so the stretched poles count no more
+    than they cover; over every k-th row and column of panoramas wider than 1024 (a statistic: plenty). 0 when
+    empty."""
     h, w = linear.shape[:2]
     step = max(1, w // 1024)
     luminance = linear[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
     if not luminance.size:
-        return 0.0
+        return [0.0 for _ in quantiles]
     weights = np.broadcast_to(solid_angle_weights(h, w, dtype=torch.float64).numpy()[::step], luminance.shape)
     order = np.argsort(luminance, axis=None)
     cumulative = np.cumsum(weights.ravel()[order])
-    return float(luminance.ravel()[order[np.searchsorted(cumulative, cumulative[-1] / 2)]])
+    at = np.minimum(np.searchsorted(cumulative, np.asarray(quantiles) * cumulative[-1]), cumulative.size - 1)
+    return [float(v) for v in luminance.ravel()[order[at]]]
 
 
 def _exr_colour_layer(names: set[str]) -> tuple[str, str] | None:

@@ -489,13 +489,17 @@ def test_camera_height_sets_the_metric_scale():
 def test_scale_smoothing_follows_moving_average_of_medians():
     from dap.inference import ScaleSmoother
 
-    def frame(scale):
+    def frame(scale, blank=False):
         d = np.full((4, 8), 2.0 * scale, np.float32)
-        return Prediction(rgb=np.zeros((4, 8, 3), np.float32), depth=d, range_mask=np.zeros((4, 8), bool),
+        rgb = np.zeros((4, 8, 3), np.float32) if blank else _pano(4, 8)
+        return Prediction(rgb=rgb, depth=d, range_mask=np.zeros((4, 8), bool),
                           out_of_range_prob=np.zeros((4, 8), np.float32))
 
     smooth = ScaleSmoother(0.5)
     a, b = frame(1.0), frame(4.0)
+    black = frame(50.0, blank=True)
+    smooth(black, "v.mp4")  # a fade from black: left as it is, and not the average's start
+    np.testing.assert_allclose(black.depth, 100.0)
     smooth(a, "v.mp4")
     smooth(b, "v.mp4")
     np.testing.assert_allclose(a.depth, 2.0)
@@ -519,6 +523,21 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path):
     frames = [f"clip_{i:06d}" for i in range(3)]
     assert sorted(p.name for p in out.iterdir()) == sorted([f".{f}.dap.json" for f in frames]
                                                            + [f"{f}.npy" for f in frames])
+
+
+def test_a_videos_repeated_warning_is_printed_once_with_a_count(checkpoint, tmp_path, capsys):
+    import cv2
+
+    path = tmp_path / "fade.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    for i in range(4):  # three black frames, then the scene
+        writer.write((_pano(32, 64) * 255 * (i == 3)).astype(np.uint8))
+    writer.release()
+    assert main(["predict", str(path), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint),
+                 "--resolution", "32x64", "--outputs", "npy"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("dap predict: warning") == 2 and f"warning: {path} frame 0: input panorama is blank" in err
+    assert f"warning: {path}: the warning above also held for 2 later frame(s)" in err
 
 
 def test_unreadable_video_fails_alone(checkpoint, tmp_path):

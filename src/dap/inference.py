@@ -885,13 +885,14 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
 class ScaleSmoother:
     """Temporal smoothing of the global scale of video depth: each frame's depth is rescaled so its median
     follows an exponential moving average of the medians (in log space) of the frames so far. Metric models
-    jitter in scale from frame to frame more than in shape; this removes the jitter, not the motion."""
+    jitter in scale from frame to frame more than in shape; this removes the jitter, not the motion. Blank frames
+    (a fade from black: `looks_blank`) are left as they are and do not count."""
 
     def __init__(self, alpha: float):
         self.alpha, self.video, self.log_median = alpha, None, None
 
     def __call__(self, pred: Prediction, video: str | None) -> None:
-        if video is None or self.alpha <= 0:
+        if video is None or self.alpha <= 0 or looks_blank(pred.rgb):
             return
         ok = ~pred.range_mask & (pred.depth > 0)
         if not ok.any():

@@ -136,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
+    repeats = _RepeatedWarnings()
     failures: list[tuple[int, str, str]] = []  # (input's position, source, reason): reported in input order
     counts = {"done": 0, "skipped": 0}
     start = time.perf_counter()
@@ -157,11 +158,14 @@ def run(args: argparse.Namespace) -> int:
                 continue
             finally:  # one line naming the input (the library cannot: it is given pixels)
                 for text in warned:
-                    tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
+                    if not (item.video and repeats.seen(item.video, text)):  # a video's black intro: once
+                        tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             smooth(pred, item.video)
             writer.put((seq, item, pred, paths, record))
     finally:
         writer.close()
+    for video, count in repeats.counts.items():
+        print(f"dap predict: warning: {video}: the warning above also held for {count} later frame(s)", file=sys.stderr)
     elapsed = time.perf_counter() - start
     done, skipped = counts["done"], counts["skipped"]
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
@@ -288,6 +292,21 @@ def _background(iterable, size: int = 2):
             yield x
     finally:
         stop.set()
+
+
+class _RepeatedWarnings:
+    """Which warnings a video's frames have had: each text is printed for its first frame, later frames counted."""
+
+    def __init__(self) -> None:
+        self.printed: set[tuple[str, str]] = set()
+        self.counts: dict[str, int] = {}
+
+    def seen(self, video: str, text: str) -> bool:
+        if (video, text) not in self.printed:
+            self.printed.add((video, text))
+            return False
+        self.counts[video] = self.counts.get(video, 0) + 1
+        return True
 
 
 class _Writer:

@@ -20,7 +20,7 @@ from dap.data.datasets import (
     cassini_to_erp,
     get_dataset,
 )
-from dap.errors import DatasetLayoutError
+from dap.errors import DatasetLayoutError, DepthUnitError
 from dap.geometry import erp_lonlat
 from dap.io import write_depth, write_rgb
 
@@ -238,6 +238,25 @@ def test_folder_without_manifest_and_errors(tmp_path):
     assert [it.name for it in ds.items] == ["s", "t"]
     np.testing.assert_allclose(ds[1]["rgb"], 0.4614, atol=1e-3)
     assert np.all(ds[1]["depth"] == 2.0)
+
+
+def test_folder_pairs_that_cannot_be_scored_say_why(tmp_path):
+    # a raw 16-bit PNG does not say its unit: the fix is the manifest's metres_per_unit column
+    rgb_png(tmp_path / "rgb" / "a.png")
+    png16(tmp_path / "depth" / "a.png", np.full((H, W), 3000, np.uint16))
+    with pytest.raises(DepthUnitError, match=r"a.png is a 16-bit depth PNG that does not say its unit\. List it in "
+                                             r"a manifest.csv .* metres_per_unit \(e.g. 0.001 for millimetres"):
+        FolderDataset(tmp_path)[0]
+    (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/a.png,depth/a.png,0.001\n")
+    assert np.all(FolderDataset(tmp_path)[0]["depth"] == 3.0)
+    # a depth map of another shape than its panorama is not the same view: an error, not a silent stretch
+    (tmp_path / "manifest.csv").unlink()
+    (tmp_path / "depth" / "a.png").unlink()
+    write_depth(tmp_path / "depth" / "a.npy", np.full((H, W + 6), 2.0, np.float32))
+    with pytest.raises(DatasetLayoutError, match=rf"a.npy is {W + 6}x{H} but its RGB .*a.png is {W}x{H}"):
+        FolderDataset(tmp_path)[0]
+    write_depth(tmp_path / "depth" / "a.npy", np.full((H // 2, W // 2), 2.0, np.float32))  # smaller: fine
+    assert FolderDataset(tmp_path)[0]["depth"].shape == (H // 2, W // 2)
 
 
 def test_registry():

@@ -21,6 +21,10 @@ class NoValidDepthError(DapError, ValueError):
     """A depth map has no valid (finite, positive) pixel."""
 
 
+class DepthUnitError(DapError, ValueError):
+    """A depth file stores integers without saying how many metres one unit is (a 16-bit PNG without its scale)."""
+
+
 class CheckpointError(DapError, ValueError):
     """A checkpoint is missing, has the wrong keys or shapes, or is in an unknown format."""
 

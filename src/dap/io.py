@@ -29,7 +29,7 @@ import torch
 import trimesh
 from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
 
-from dap.errors import DapError, NoValidDepthError, UnreadableFileError
+from dap.errors import DapError, DepthUnitError, NoValidDepthError, UnreadableFileError
 from dap.geometry import check_erp_shape, solid_angle_weights
 
 PathLike = str | os.PathLike
@@ -496,7 +496,7 @@ def _read_depth_png(path: Path, scale: float | None) -> np.ndarray:
         stored = img.info.get(SCALE_KEY)
     if scale is None:
         if stored is None:
-            raise DapError(
+            raise DepthUnitError(
                 f"{path} is a 16-bit depth PNG without a '{SCALE_KEY}' text chunk, so its unit is unknown. "
                 "Pass scale=<metres per unit>, e.g. 1/512 for Stanford2D3D, 1/4000 for Matterport3D, "
                 "1/1000 for Structured3D."

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dap.errors import DatasetLayoutError
+from dap.errors import DatasetLayoutError, DepthUnitError
 from dap.geometry import erp_rays
 from dap.io import IMAGE_SUFFIXES, read_depth, read_rgb
 
@@ -80,7 +80,14 @@ class PanoDataset:
 
     def __getitem__(self, index: int) -> dict:
         it = self.items[index]
-        return {"rgb": self.load_rgb(it.rgb), "depth": self.load_depth(it.depth), "name": it.name}
+        rgb, depth = self.load_rgb(it.rgb), self.load_depth(it.depth)
+        (h, w), (dh, dw) = rgb.shape[:2], depth.shape[:2]
+        if dh * w != dw * h:  # scored after resizing one to the other, a mismatched pair would pass unnoticed
+            raise DatasetLayoutError(
+                f"{it.depth} is {dw}x{dh} but its RGB {it.rgb} is {w}x{h}: a depth map and its panorama must have "
+                "the same shape (2:1; the resolution may differ). Check that the two files belong together."
+            )
+        return {"rgb": rgb, "depth": depth, "name": it.name}
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
@@ -388,7 +395,16 @@ class FolderDataset(PanoDataset):
 
     def load_depth(self, path: Path) -> np.ndarray:
         scale = self._scales.get(path)
-        return read_depth(path, scale=scale) if path.suffix.lower() == ".png" else read_depth(path)
+        if path.suffix.lower() != ".png":
+            return read_depth(path)
+        try:
+            return read_depth(path, scale=scale)
+        except DepthUnitError as e:  # the fix here is the manifest's column, not read_depth's argument
+            raise DepthUnitError(
+                f"{path} is a 16-bit depth PNG that does not say its unit. List it in a manifest.csv beside rgb/ and "
+                "depth/ with columns rgb, depth, metres_per_unit (e.g. 0.001 for millimetres, 0.00025 for "
+                "Matterport3D's quarter-millimetres), or save the depth as .npy/.exr in metres."
+            ) from e
 
 
 def _read_table(path: Path) -> list[dict]:

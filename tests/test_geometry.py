@@ -356,8 +356,10 @@ def test_dual_fisheye_images_are_told_from_equirectangular_ones():
 
 
 @pytest.mark.parametrize(("height", "width", "hint"), [
-    (256, 512, None), (256, 500, ""), (512, 256, "turned by 90 degrees"), (128, 768, "cubemap strip"),
-    (768, 128, "cubemap strip"), (100, 100, ""),
+    (256, 512, None), (256, 500, "within 3% of that: resize it"), (256, 524, "within 3%"), (256, 400, "Narrower"),
+    (512, 256, "turned by 90 degrees"), (128, 768, "cubemap strip"), (768, 128, "cubemap strip"),
+    (100, 100, "ordinary photograph"), (720, 1280, "ordinary photograph"), (768, 1024, "cubemap cross"),
+    (1024, 768, "cubemap cross"), (256, 1024, "--pad-to-erp for a partial panorama"),
 ])
 def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, hint):
     from dap.errors import NotPanoramaError
@@ -368,4 +370,5 @@ def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, h
     expected = rf"is {width}x{height} .* exactly 2:1 \(e.g. {2 * height}x{height}\)"
     with pytest.raises(NotPanoramaError, match=expected) as e:
         g.check_erp_shape(height, width)
-    assert (hint in str(e.value)) if hint else ("cubemap" not in str(e.value) and "turned" not in str(e.value))
+    assert hint in str(e.value)
+    assert ("--pad-to-erp" in str(e.value)) == hint.startswith("--pad-to-erp")  # only where it is the fix

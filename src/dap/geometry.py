@@ -98,18 +98,28 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
     """Raise NotPanoramaError unless (height, width) is a 2:1 equirectangular size."""
     from dap.errors import NotPanoramaError
 
-    if width != 2 * height:
-        hint = ""
-        if height == 2 * width:
-            hint = " It is 1:2, as a panorama turned by 90 degrees would be: rotate it upright."
-        elif 6 * min(height, width) == max(height, width):
-            hint = (" Six square faces in a row look like a cubemap strip: convert the cubemap to an "
-                    "equirectangular panorama first (dap reads only that projection).")
-        raise NotPanoramaError(
-            f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly "
-            f"2:1 (e.g. {2 * height}x{height}). Crop or resize it to 2:1, or use --pad-to-erp for a partial "
-            f"panorama that covers less than the full latitude range.{hint}"
-        )
+    if width == 2 * height:
+        return
+    cubemap = " convert the cubemap to an equirectangular panorama first (dap reads only that projection)."
+    if 6 * min(height, width) == max(height, width):
+        hint = " Six square faces in a row look like a cubemap strip:" + cubemap
+    elif 3 * max(height, width) == 4 * min(height, width):
+        hint = " Four by three square faces look like a cubemap cross:" + cubemap
+    elif height == 2 * width:
+        hint = " It is 1:2, as a panorama turned by 90 degrees would be: rotate it upright."
+    elif abs(width - 2 * height) <= 0.03 * 2 * height:
+        hint = " It is within 3% of that: resize it to exactly 2:1."
+    elif width > 2 * height:
+        hint = (" Crop or resize it to 2:1, or use --pad-to-erp for a partial panorama that covers less than the "
+                "full latitude range.")
+    else:  # narrower than 2:1: an ordinary photograph, or a panorama saved at the wrong size
+        hint = (" Narrower than 2:1, it is not a 360-degree panorama as it stands: an ordinary photograph has no "
+                "view all around to give depth for; resize it to 2:1 only if it is a 360-degree panorama saved at "
+                "the wrong size.")
+    raise NotPanoramaError(
+        f"{what} is {width}x{height} (width x height) but an equirectangular panorama must be exactly 2:1 (e.g. "
+        f"{2 * height}x{height}).{hint}"
+    )
 
 
 def looks_dual_fisheye(rgb: np.ndarray, black: float = 0.03, lit: float = 0.06) -> bool:

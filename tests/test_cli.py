@@ -4,6 +4,7 @@ for bad arguments or input, 1 for a failed write, 130 for Ctrl-C; nothing left b
 import errno
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -198,7 +199,7 @@ CORPUS = {
     "empty file": (["predict", "{d}/empty.png", *P], 2, ["empty.png", "cannot read"]),
     "wrong extension": (["predict", "{d}/pano.txt", *P], 2, ["pano.txt", "cannot read"]),
     "non-image bytes": (["predict", "{d}/noise.png", *P], 2, ["noise.png", "cannot read"]),
-    "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "--pad-to-erp"]),
+    "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "ordinary photograph"]),
     "3:1 image": (["predict", "{d}/wide.png", *P], 2, ["wide.png", "96x32", "2:1"]),
     "glob matching nothing": (["predict", "{d}/*.jpeg", *P], 2, ["*.jpeg", "matches no"]),
     # --- checkpoints ----------------------------------------------------------------------------------------------
@@ -317,7 +318,7 @@ def test_disk_full_names_the_file_and_exits_1(d, tmp_path, capsys, monkeypatch, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(tmp_path / filename)] if filename else []))
 
     monkeypatch.setattr("dap.io.write_depth", full)
-    io.write_rgb(tmp_path / "b.png", np.zeros((32, 64, 3), np.uint8))  # a second input: the run stops at the first
+    shutil.copy(d / "pano.png", tmp_path / "b.png")  # a second input: the run stops at the first
     code, err = _run(["predict", str(d / "pano.png"), str(tmp_path / "b.png"), "--checkpoint", str(d / "ckpt"),
                       "--resolution", "32x64", "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
     assert code == 1

@@ -537,7 +537,26 @@ def test_a_videos_repeated_warning_is_printed_once_with_a_count(checkpoint, tmp_
                  "--resolution", "32x64", "--outputs", "npy"]) == 0
     err = capsys.readouterr().err
     assert err.count("dap predict: warning") == 2 and f"warning: {path} frame 0: input panorama is blank" in err
-    assert f"warning: {path}: the warning above also held for 2 later frame(s)" in err
+    assert f"warning: {path}: also on 2 later frame(s): input panorama is blank (one flat colour, no detail)" in err
+
+
+def test_a_video_whose_frames_are_not_panoramas_fails_once(checkpoint, tmp_path, capsys):
+    import cv2
+
+    for name, (w, h) in {"phone.avi": (96, 54), "strip.avi": (128, 32)}.items():
+        writer = cv2.VideoWriter(str(tmp_path / name), cv2.VideoWriter_fourcc(*"MJPG"), 5, (w, h))
+        for i in range(5):
+            writer.write((np.random.default_rng(i).random((h, w, 3)) * 255).astype(np.uint8))
+        writer.release()
+    args = ["--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint), "--resolution", "32x64", "--outputs", "npy"]
+    assert main(["predict", str(tmp_path / "phone.avi"), str(tmp_path / "strip.avi"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error") == 2  # one line per video, not one per frame
+    assert f"error: {tmp_path / 'phone.avi'}: each of its frames is 96x54 (width x height)" in err
+    assert "ordinary photograph" in err and not (tmp_path / "o" / "phone_000000.npy").exists()
+    # frames wider than 2:1 are partial panoramas: padded with --pad-to-erp, every frame predicted
+    assert main(["predict", str(tmp_path / "strip.avi"), "--pad-to-erp", *args]) == 0
+    assert len(list((tmp_path / "o").glob("strip_*.npy"))) == 5
 
 
 def test_unreadable_video_fails_alone(checkpoint, tmp_path):

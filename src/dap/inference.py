@@ -723,9 +723,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     return items, ignored
 
 
-def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
+def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_erp: bool = False):
     """Items with videos expanded into one item per frame, decoded one at a time as the loop reaches them (a
-    long video never sits in memory). A video that cannot be decoded is recorded in `failures`."""
+    long video never sits in memory). A video that cannot be decoded, or whose frames are no panoramas (not 2:1;
+    with `pad_to_erp`, not 2:1 or wider), is recorded in `failures` once, not frame by frame."""
     from dap import io
 
     for item in items:
@@ -734,6 +735,9 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]]):
             continue
         try:
             for i, frame in enumerate(io.iter_video_frames(item.video)):
+                h, w = frame.shape[:2]
+                if i == 0 and not (pad_to_erp and w > 2 * h):
+                    geometry.check_erp_shape(h, w, what="each of its frames")
                 yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: (f, 1), item.video)
         except DapError as e:
             failures.append((item.source, str(e)))

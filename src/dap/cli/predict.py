@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -164,8 +165,9 @@ def run(args: argparse.Namespace) -> int:
             writer.put((seq, item, pred, paths, record))
     finally:
         writer.close()
-    for video, count in repeats.counts.items():
-        print(f"dap predict: warning: {video}: the warning above also held for {count} later frame(s)", file=sys.stderr)
+    for (video, text), count in repeats.counts.items():
+        gist = re.split(r"[:.]\s", text, maxsplit=1)[0]
+        print(f"dap predict: warning: {video}: also on {count} later frame(s): {gist}", file=sys.stderr)
     elapsed = time.perf_counter() - start
     done, skipped = counts["done"], counts["skipped"]
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
@@ -197,7 +199,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
     sources: dict[str, str] = {}  # output name -> input that has it this run
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
-    for seq, item in enumerate(iter_frames(items, video_failures)):
+    for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
         failures.extend((seq, *f) for f in video_failures)
         video_failures.clear()
         # Names are distinct by construction except for video frames (<video>_000001) against an image of
@@ -295,17 +297,18 @@ def _background(iterable, size: int = 2):
 
 
 class _RepeatedWarnings:
-    """Which warnings a video's frames have had: each text is printed for its first frame, later frames counted."""
+    """Which warnings a video's frames have had: each text is printed for its first frame, later frames counted
+    (`counts`: (video, text) -> later frames)."""
 
     def __init__(self) -> None:
         self.printed: set[tuple[str, str]] = set()
-        self.counts: dict[str, int] = {}
+        self.counts: dict[tuple[str, str], int] = {}
 
     def seen(self, video: str, text: str) -> bool:
         if (video, text) not in self.printed:
             self.printed.add((video, text))
             return False
-        self.counts[video] = self.counts.get(video, 0) + 1
+        self.counts[video, text] = self.counts.get((video, text), 0) + 1
         return True
 
 

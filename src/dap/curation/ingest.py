@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
-from dap.errors import DapError
-from dap.geometry import looks_dual_fisheye
+from dap.errors import DapError, NotPanoramaError
+from dap.geometry import check_erp_shape, looks_dual_fisheye
 from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
@@ -214,9 +214,10 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
         except DapError as e:  # its XMP says it is not 360 degrees across
             return rgb, str(e)
         h, w = rgb.shape[:2]
-    if w != 2 * h:
-        return rgb, (f"not a 2:1 equirectangular panorama ({w}x{h}); partial panoramas wider than 2:1 are accepted "
-                     "with --pad-to-erp")
+    try:
+        check_erp_shape(h, w, what="the image")  # its message says what the shape looks like and what to do
+    except NotPanoramaError as e:
+        return rgb, str(e)
     if w < o.min_width:
         return rgb, (f"too small ({w}x{h}); the pool keeps panoramas at least {o.min_width} pixels wide (lower "
                      "--min-width to keep it)")

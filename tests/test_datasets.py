@@ -249,6 +249,13 @@ def test_folder_pairs_that_cannot_be_scored_say_why(tmp_path):
         FolderDataset(tmp_path)[0]
     (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/a.png,depth/a.png,0.001\n")
     assert np.all(FolderDataset(tmp_path)[0]["depth"] == 3.0)
+    # the same column gives the unit of float depth too (millimetres in an .npy); without it they are metres
+    np.save(tmp_path / "depth" / "mm.npy", np.full((H, W), 2500.0, np.float32))
+    (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/a.png,depth/mm.npy,0.001\n")
+    np.testing.assert_allclose(FolderDataset(tmp_path)[0]["depth"], 2.5)
+    (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/a.png,depth/mm.npy,\n")
+    assert np.all(FolderDataset(tmp_path)[0]["depth"] == 2500.0)
+    (tmp_path / "depth" / "mm.npy").unlink()
     # a depth map of another shape than its panorama is not the same view: an error, not a silent stretch
     (tmp_path / "manifest.csv").unlink()
     (tmp_path / "depth" / "a.png").unlink()

@@ -541,3 +541,24 @@ def test_saved_predictions_of_the_wrong_shape_or_without_depth(tmp_path, capsys)
     summary = json.loads((tmp_path / "o3" / "metrics.json").read_text())
     want = np.mean([compute_metrics(np.full((H, W), 100.0), g, max_depth=100.0)["abs_rel"] for g in gts.values()])
     assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(want, rel=1e-6)
+
+
+def test_ground_truth_in_another_unit_is_named(tmp_path, capsys):
+    # centimetres stored as if metres: all but the near pixels lie beyond the 100 m cap, which alone would be scored
+    gts = make_folder(tmp_path / "data", n=2)
+    for name, gt in gts.items():
+        centimetres = gt * 100.0
+        centimetres[:, :1] = 80.0  # 0.8 m: a near wall, 6% of the pixels
+        write_depth(tmp_path / "data" / "depth" / f"{name}.npy", centimetres)
+        write_depth(tmp_path / "preds" / f"{name}.npy", centimetres / 100.0)
+    argv = ["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions", str(tmp_path / "preds")]
+    assert main([*argv, "--out", str(tmp_path / "o1")]) == 0
+    err = capsys.readouterr().err
+    assert "2 of 2 samples, the first s0: over 90% of the ground truth is beyond --max-depth 100 m" in err
+    assert "metres_per_unit" in err
+    (tmp_path / "data" / "manifest.csv").write_text("rgb,depth,metres_per_unit,name\n" + "".join(
+        f"rgb/{name}.png,depth/{name}.npy,0.01,{name}\n" for name in gts))  # the fix the warning names
+    assert main([*argv, "--out", str(tmp_path / "o2")]) == 0
+    assert "beyond --max-depth" not in capsys.readouterr().err
+    summary = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)

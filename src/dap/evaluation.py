@@ -481,6 +481,13 @@ def evaluate(
         sample = dataset[i]
         name = sample["name"]
         gt = np.asarray(sample["depth"], np.float32)
+        measured = gt[gt > 0]
+        if measured.size and np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
+            # Depth in another unit (cm, mm): left out without a word, the few pixels that happen to fit would
+            # make the score. 90%: more than any sky stored as a large depth covers of a panorama.
+            input_warnings.setdefault(
+                f"over 90% of the ground truth is beyond --max-depth {cfg.max_depth:g} m and is not scored: if the "
+                "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
         if predictions_dir is not None:
             path = _saved_prediction_path(Path(predictions_dir), name)
             if not path.exists():

@@ -334,8 +334,9 @@ class FolderDataset(PanoDataset):
     """Any ERP RGB + depth collection, from a manifest or a plain folder.
 
     Manifest: `manifest.csv` / `manifest.parquet` in the root (or the root is the manifest file) with columns
-    rgb, depth (paths relative to the manifest's folder, or absolute), and optional metres_per_unit (for
-    16-bit PNG depth; EXR/NPY/NPZ are metres), name, split (rows kept when split matches; 'all' keeps all).
+    rgb, depth (paths relative to the manifest's folder, or absolute), and optional metres_per_unit (needed for
+    raw 16-bit PNG depth; EXR/NPY/NPZ hold metres unless it is given, e.g. 0.001 for millimetres), name, split
+    (rows kept when split matches; 'all' keeps all).
     Plain folder: rgb/<stem>.<any image suffix of dap.io.IMAGE_SUFFIXES> with depth/<stem>.{npy,npz,exr,png} (PNG
     written by dap.io.write_depth, which stores its scale)."""
 
@@ -395,8 +396,9 @@ class FolderDataset(PanoDataset):
 
     def load_depth(self, path: Path) -> np.ndarray:
         scale = self._scales.get(path)
-        if path.suffix.lower() != ".png":
-            return read_depth(path)
+        if path.suffix.lower() != ".png":  # float formats hold metres unless the manifest gives their unit
+            depth = read_depth(path)
+            return depth * np.float32(scale) if scale is not None else depth
         try:
             return read_depth(path, scale=scale)
         except DepthUnitError as e:  # the fix here is the manifest's column, not read_depth's argument

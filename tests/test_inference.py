@@ -17,7 +17,7 @@ from conftest import box_room_depth, dual_fisheye, photo_sphere_xmp
 from dap import geometry, io
 from dap.cli import main
 from dap.errors import DapError, InputWarning, NotPanoramaError
-from dap.inference import Prediction, looks_blank, photo_sphere_top, predict, seam_pad_columns
+from dap.inference import Prediction, looks_blank, photo_sphere_top, predict, seam_pad_columns, to_rgb
 from dap.models import load_model, save_model
 from dap.models.dap import DapConfig
 
@@ -816,8 +816,6 @@ def test_a_bug_raising_value_error_is_not_reported_as_a_bad_input(checkpoint, tm
 # --- input ranges, NaN pixels, bad checkpoints (issue 11, item 4) -----------------------------------------
 
 def test_input_range_and_layout_follow_the_dtype():
-    from dap.inference import to_rgb
-
     u8 = (_pano(32, 64) * 255).round().astype(np.uint8)
     want = u8.astype(np.float32) / 255
     same = [u8, torch.from_numpy(u8).permute(2, 0, 1), torch.from_numpy(u8), want, torch.from_numpy(want),
@@ -848,17 +846,31 @@ def test_a_float32_image_is_used_without_a_copy(tiny_model):
     (np.full((32, 64, 3), -0.5, np.float32), r"got -0.5..-0.5"),
     (np.full((32, 64, 3), 37.5, np.float32), r"got 37.5..37.5; .*expose linear HDR radiance with dap.io.tonemap_hdr"),
     (np.zeros((32, 64, 3), np.int32), "pixels of type int32 are not supported; pass uint8"),
-    (np.zeros((32, 64, 2), np.uint8), r"expected one image of shape .* got \(32, 64, 2\)"),
-    (np.zeros((2, 32, 64, 3, 1), np.uint8), "expected one image of shape"),
+    (np.zeros((32, 64, 2), np.uint8), r"one image array of shape .* got shape \(32, 64, 2\)"),
+    (np.zeros((2, 32, 64, 3, 1), np.uint8), "expected a path, a PIL image or one image array of shape"),
+    (None, "got NoneType None"),
+    ({"rgb": 1}, "got dict {'rgb': 1}"),
+    (b"\xff\xd8\xff\xe0", r"got 4 bytes of a file, not an image; pass its path, or decode it first"),
+    ("", "the path is empty"),
 ])
 def test_bad_input_values_are_explained(tiny_model, image, message):
     with pytest.raises(DapError, match=message):
         predict(image, tiny_model, resolution=(32, 64))
 
 
+def test_pil_images_in_16_bit_and_float_modes_keep_their_range(tmp_path):
+    grey = _pano(32, 64)[..., 0]
+    for image in (Image.fromarray((grey * 65535).round().astype(np.uint16)), Image.fromarray(grey)):  # I;16, F
+        np.testing.assert_allclose(to_rgb(image), np.repeat(grey[..., None], 3, axis=2), atol=2e-5)
+        image.save(tmp_path / "g.tif")  # the same as a file of that mode reads
+        np.testing.assert_allclose(to_rgb(image), to_rgb(tmp_path / "g.tif"), atol=2e-5)
+    assert to_rgb(Image.fromarray((grey * 255).astype(np.uint8)).convert("P")).shape == (32, 64, 3)
+
+
 def test_uint8_chw_tensor_is_not_clipped_to_white(tiny_model):
     u8 = (_pano(32, 64) * 255).round().astype(np.uint8)
-    white = predict(np.ones((32, 64, 3), np.float32), tiny_model, resolution=(32, 64)).depth
+    with pytest.warns(InputWarning, match="blank"):
+        white = predict(np.ones((32, 64, 3), np.float32), tiny_model, resolution=(32, 64)).depth
     got = predict(torch.from_numpy(u8).permute(2, 0, 1), tiny_model, resolution=(32, 64)).depth
     np.testing.assert_allclose(got, predict(u8.astype(np.float32) / 255, tiny_model, resolution=(32, 64)).depth,
                                atol=1e-5)

@@ -76,21 +76,27 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 def to_rgb(image, source: str = "input image") -> np.ndarray:
     """The one rule for image values (inference and training): any single image -> float32 (H, W, 3) RGB in
-    [0, 1]. Files are decoded by dap.io, PIL images by Pillow. Arrays and tensors may be (H, W), (H, W, C) or
-    (C, H, W) with C in 1, 3, 4 (alpha is dropped); their dtype sets the range: uint8 is 0-255, uint16 is
-    0-65535, float must already be in [0, 1] (anything outside is an error, never clipped or guessed).
+    [0, 1]. Files are decoded by dap.io, PIL images as dap.io reads a file of their mode (`dap.io.pil_to_rgb`).
+    Arrays and tensors may be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 (alpha is dropped); their dtype
+    sets the range: uint8 is 0-255, uint16 is 0-65535, float must already be in [0, 1] (anything outside is an
+    error, never clipped or guessed).
     NaN/inf pixels become 0 (black) with a warning. `source` names the image in messages."""
     from PIL import Image
 
     from dap import io
 
+    if isinstance(image, str) and not image.strip():
+        raise DapError(f"{source}: the path is empty; pass a panorama's file name")
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        raise DapError(f"{source}: got {len(image)} bytes of a file, not an image; pass its path, or decode it first: "
+                       "dap.predict(PIL.Image.open(io.BytesIO(data)), ...)")
     if isinstance(image, (str, os.PathLike)):
         rgb, frames = io.read_rgb_frames(image)
         if frames > 1:
             warnings.warn(f"{Path(image).name}: {first_frame_only(frames)}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
-        image = image.convert("RGB")
+        image = io.pil_to_rgb(image)  # as a file in its mode is read: 16-bit and float modes keep their range
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         image = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
@@ -100,8 +106,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
         a = np.moveaxis(a, 0, -1)  # CHW, as torch and torchvision readers return
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.size == 0:
-        raise DapError(f"{source}: expected one image of shape (H, W), (H, W, 3) or (3, H, W), got {a.shape}; "
-                       "pass batches as a list or a 4-D array")
+        got = f"shape {a.shape}" if np.ndim(image) else f"{type(image).__name__} {image!r:.40}"
+        raise DapError(f"{source}: expected a path, a PIL image or one image array of shape (H, W), (H, W, 3) or "
+                       f"(3, H, W), got {got}; pass batches as a list or a 4-D array")
     a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))
     if a.dtype in (np.uint8, np.uint16):
         scaled = a.astype(np.float32)

@@ -401,17 +401,24 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
                 raise ValueError("OpenCV could not decode the 16-bit colour image")
             rgb = bgr[..., ::-1].astype(np.float32)
             rgb /= 65535.0
-        elif img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-            # 16-bit grayscale (Pillow may report it as 'I'); 32-bit integer images are taken as 16-bit.
-            gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
-            rgb = np.repeat(gray[..., None], 3, axis=2)
-        elif img.mode == "F":
-            gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
-            rgb = np.repeat(gray[..., None], 3, axis=2)
         else:
-            rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
-            rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
+            rgb = pil_to_rgb(img)
     return rgb, frames
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
+    for it; 32-bit integer images are taken as 16-bit) over 65535, float ('F') as it is, both clipped to [0, 1];
+    any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(gray[..., None], 3, axis=2)
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
+    return rgb
 
 
 # ----------------------------------------------------------------------------------------------- depth

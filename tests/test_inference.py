@@ -2,6 +2,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 from pathlib import Path
 
 import cv2
@@ -903,6 +904,27 @@ def test_training_samples_use_the_same_range_rule():
     torch.testing.assert_close(dark, torch.full((3, 8, 16), 1 / 255))
     with pytest.raises(DapError, match="training sample: float pixels must be in"):
         to_training_sample({"rgb": u8.astype(np.float32), "depth": depth})
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"resolution": (64, 64)}, r"resolution \(64, 64\) must be \(height, width\) of a 2:1 panorama in multiples of 16"),
+    ({"resolution": (-16, -32)}, "must be .* of a 2:1 panorama"),
+    ({"resolution": (40, 80)}, "in multiples of 16"),
+    ({"threshold": -0.5}, r"threshold is a probability from 0 to 1 \(above 1: nothing is masked\), got -0.5"),
+    ({"threshold": math.nan}, "threshold is a probability"),
+    ({"device": "tpu"}, "unknown device 'tpu'; use cpu, cuda, cuda:N or mps"),
+    ({"device": "cuda:7"}, "device 'cuda:7': "),  # no CUDA here, or too few devices
+])
+def test_bad_predict_arguments_are_explained(tiny_model, kwargs, message):
+    with pytest.raises(DapError, match=message):
+        predict(_pano(32, 64), tiny_model, **kwargs)
+
+
+@pytest.mark.parametrize("spec", [None, "", 5])
+def test_load_model_names_what_it_was_given(spec):
+    with pytest.raises(DapError, match=r"expected a model name \(dap-tiny-synth, dap-vitl\), a folder or a "
+                                       rf"checkpoint file, got {re.escape(repr(spec))}; dap.load_model"):
+        load_model(spec)
 
 
 def test_bad_seam_pad_is_refused(tiny_model, checkpoint, tmp_path, capsys):

@@ -65,8 +65,20 @@ class Prediction:
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The torch device to run on: `device` if given (an error unless it exists on this machine), else CUDA, MPS
+    or the CPU, the first there is."""
     if device is not None:
-        return torch.device(device)
+        try:
+            chosen = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise DapError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise DapError(f"device {device!r}: no CUDA device is visible (or this torch is a CPU build); use cpu")
+        if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+            raise DapError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA devices")
+        if chosen.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise DapError(f"device {device!r}: MPS is not available here; use cpu")
+        return chosen
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -537,7 +549,8 @@ def predict(
     resolution: working (height, width), multiples of 16; default: the model's `default_resolution` (512x1024
         for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
-    threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated).
+    threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated);
+        above 1 (e.g. math.inf), nothing is masked: the depth head alone.
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output):
         where the file's Photo Sphere XMP puts them, else centred on the horizon.
     pad_top: with pad_to_erp, the row of the padded panorama where the input's first row goes (overrides both).
@@ -562,8 +575,11 @@ def predict(
     precision = model_precision(model, precision, dev)
     model = prepare_model(model, precision)
     resolution = tuple(resolution or model.cfg.default_resolution)
-    if resolution[0] % 16 or resolution[1] % 16:
-        raise DapError(f"resolution {resolution} must be multiples of 16")
+    if len(resolution) != 2 or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16:
+        raise DapError(f"resolution {resolution} must be (height, width) of a 2:1 panorama in multiples of 16, "
+                       "e.g. (512, 1024)")
+    if threshold is not None and not threshold >= 0.0:  # NaN too
+        raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold}")
     results = []
     for k, item in enumerate(items):
         rgb = to_rgb(item, f"batch image {k}" if is_batch else "input image")

@@ -98,19 +98,14 @@ def unit_interval(text: str) -> float:
 
 
 def parse_device(text: str) -> str:
-    """A torch device that exists on this machine: cpu, cuda, cuda:N, mps."""
-    import torch
+    """A torch device that exists on this machine: cpu, cuda, cuda:N, mps (`dap.inference.select_device`'s rule)."""
+    from dap.errors import DapError
+    from dap.inference import select_device
 
     try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r}: no CUDA device is visible; use cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text!r}: there are {torch.cuda.device_count()} CUDA devices")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available here; use cpu")
+        select_device(text)
+    except DapError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

@@ -199,6 +199,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     (online only). Names win over paths: write `./dap-vitl` for a folder of that name."""
     from dap.models import registry
 
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise CheckpointError(f"expected a model name ({', '.join(registry.MODELS)}), a folder or a checkpoint file, "
+                              f"got {path!r}; dap.load_model('dap-tiny-synth') loads the bundled model")
     spec = str(path)
     if spec in registry.MODELS:
         p = registry.weights_path(spec)

@@ -522,6 +522,13 @@ def test_dap_predict_outputs_score_as_the_model_itself(tmp_path, capsys):
     got, want = (json.loads((tmp_path / e / "metrics.json").read_text())["protocols"]["metric"] for e in ("e1", "e2"))
     for key in ("abs_rel", "rmse", "delta1", "seam_error"):
         assert got["per_image_mean"][key] == pytest.approx(want["per_image_mean"][key], rel=1e-5), key
+    # the other depth files dap predict writes score the same: EXR exactly, the 16-bit PNG to its 2 mm steps
+    for kind, rel in (("exr", 1e-5), ("png16", 1e-3)):
+        assert main(["predict", str(tmp_path / "data" / "rgb"), "--checkpoint", str(tmp_path / "ckpt"), "--out",
+                     str(tmp_path / kind), "--outputs", kind, "--resolution", "32x64"]) == 0
+        assert main(["eval", *common, "--predictions", str(tmp_path / kind), "--out", str(tmp_path / f"e_{kind}")]) == 0
+        other = json.loads((tmp_path / f"e_{kind}" / "metrics.json").read_text())["protocols"]["metric"]
+        assert other["per_image_mean"]["abs_rel"] == pytest.approx(want["per_image_mean"]["abs_rel"], rel=rel), kind
 
 
 def test_saved_predictions_of_the_wrong_shape_or_without_depth(tmp_path, capsys):

@@ -402,15 +402,27 @@ def _file_stem(name: str) -> str:
     return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
 
 
+# What `dap predict --outputs npy|exr|png16` writes, looked up in this order
+SAVED_PREDICTION_SUFFIXES = (".npy", ".exr", ".depth.png")
+
+
 def _saved_prediction_path(predictions_dir: Path, name: str) -> Path:
-    """<predictions_dir>/<name>.npy; refuses names that would lead out of the folder (absolute manifest paths
-    make absolute sample names, whose '.npy' could be a ground-truth file beside the RGB)."""
+    """<predictions_dir>/<name>.npy (else .exr, else .depth.png: the depth files `dap predict` writes); refuses
+    names that would lead out of the folder (absolute manifest paths make absolute sample names, whose '.npy'
+    could be a ground-truth file beside the RGB). Missing: UnreadableFileError saying what was looked for."""
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise DapError(
             f"sample name {name!r} is an absolute path or leaves the folder, so its prediction cannot be looked up "
             f"inside --predictions {predictions_dir}. Give the manifest a 'name' column with relative names."
         )
-    return predictions_dir / f"{name}.npy"
+    candidates = [predictions_dir / f"{name}{suffix}" for suffix in SAVED_PREDICTION_SUFFIXES]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise UnreadableFileError(
+            f"no saved prediction for sample {name!r}: expected {candidates[0]} (or {name}.exr, {name}.depth.png). "
+            "Save each prediction as <predictions dir>/<sample name>.npy in metres (`dap predict --outputs npy`)."
+        )
+    return found
 
 
 def _check_cache(cache_dir: Path, cache_key: dict) -> None:
@@ -490,11 +502,6 @@ def evaluate(
                 "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
         if predictions_dir is not None:
             path = _saved_prediction_path(Path(predictions_dir), name)
-            if not path.exists():
-                raise UnreadableFileError(
-                    f"no saved prediction for sample {name!r}: expected {path}. Save each "
-                    "prediction as <predictions dir>/<sample name>.npy (metres)."
-                )
             pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
             if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
                 raise DapError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 
@@ -212,6 +213,19 @@ def test_hdr_tone_mapping_keeps_a_bright_sky_as_a_camera_would():
     no_sun = linear.copy()
     no_sun[10, 40:42] = no_sun[10, 39]
     np.testing.assert_allclose(io.tonemap_hdr(no_sun)[-1], out[-1], atol=1e-6)
+
+
+def test_hdr_tone_mapping_lets_very_bright_lamps_burn_out_rather_than_darken_the_room():
+    # ceiling lights in a band of rows 30-40 degrees up (about 2% of the sphere) at 1000 times the room's radiance
+    linear = np.full((64, 128, 3), 1.0, np.float32)
+    linear[8:10] = 1000.0
+    out = io.tonemap_hdr(linear)
+    # putting the lamps at white would leave the room at 1/1000; the protection stops 3 stops below the median's
+    room = 0.18 / 2**io.HDR_PROTECT_STOPS  # linear, then sRGB-encoded:
+    np.testing.assert_allclose(out[32], 1.055 * room ** (1 / 2.4) - 0.055, atol=1e-4)
+    assert np.all(out[8:10] > 0.9999)
+    # with the limit lifted, the lamps win and the room goes black
+    assert io.tonemap_hdr(linear, protect_stops=math.inf)[32].max() < 0.02
 
 
 def test_hdr_tone_mapping_of_a_mostly_black_panorama_is_exposure_invariant():

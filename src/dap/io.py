@@ -203,7 +203,12 @@ typical change (docs/inference.md, "HDR panoramas")."""
 HDR_CLIP_SHARE = 0.01
 """Largest share of the sphere that `tonemap_hdr`'s exposure may push past white: cameras protect highlights (46 of
 the 55 real photographs have at most 1% of their sphere clipped), so a bright sky or window caps the exposure before
-the median reaches `HDR_KEY`."""
+the median reaches `HDR_KEY`, by at most `HDR_PROTECT_STOPS`."""
+
+HDR_PROTECT_STOPS = 3.0
+"""How far (in stops, factors of 2) below the median's exposure protecting the highlights may take it: lamps or
+windows hundreds of times brighter than a room would otherwise leave the room black, where a camera lets them burn
+out (docs/inference.md, "HDR panoramas")."""
 
 
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
@@ -218,12 +223,13 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     return read_rgb_frames(path, require_erp=require_erp)[0]
 
 
-def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | None = HDR_CLIP_SHARE, *,
-                copy: bool = True) -> np.ndarray:
+def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | None = HDR_CLIP_SHARE,
+                protect_stops: float = HDR_PROTECT_STOPS, *, copy: bool = True) -> np.ndarray:
     """Linear-radiance float (H, W, 3) RGB -> sRGB-encoded float32 in [0, 1], as a camera's automatic exposure
     would save it: scaled so that the median luminance over the sphere becomes `key`, unless that would push more
-    than `clip_share` of the sphere past white (a bright sky or window): then that quantile goes to white instead
-    (None: no such limit). Then clipped at white and sRGB-encoded. The networks were trained on, and are used on,
+    than `clip_share` of the sphere past white (a bright sky or window): then that quantile goes to white instead,
+    but no more than `protect_stops` below the median's exposure (`clip_share=None`: the median alone). Then
+    clipped at white and sRGB-encoded. The networks were trained on, and are used on,
     such photographs; fed raw radiance they would see a dark or burnt-out image. The result does not depend on the
     file's absolute exposure. Non-finite and negative values count as black. `copy=False` works in place on a
     float32 array (an 8K HDR panorama is 400 MB; `read_rgb` does so on its own buffer)."""
@@ -231,9 +237,15 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | No
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)
     median, highlight = sphere_luminance_quantiles(rgb, (0.5, 1.0 - (clip_share or 0.0)))
-    gains = ([key / median] if median > 0 else []) + ([1.0 / highlight] if clip_share and highlight > 0 else [])
-    if gains:  # else (almost) all of the sphere is black: nothing to expose by
-        rgb *= np.float32(min(gains))
+    protect = 1.0 / highlight if clip_share and highlight > 0 else None
+    if median > 0:
+        gain = key / median
+        if protect is not None:
+            gain = max(min(gain, protect), gain / 2.0**protect_stops)
+    else:  # more than half the sphere is black: its highlights alone can set the exposure
+        gain = protect
+    if gain is not None:  # else all of the sphere is black: nothing to expose by
+        rgb *= np.float32(gain)
     np.minimum(rgb, 1.0, out=rgb)
     # The sRGB encoding (IEC 61966-2-1): linear near black, a 1/2.4 power above.
     low = rgb <= 0.0031308

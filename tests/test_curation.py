@@ -593,3 +593,16 @@ def test_ingest_records_a_video_cut_short_after_its_good_frames(tmp_path):
     again = ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, every_s=1.0, max_tilt_deg=90),
                    progress=False)
     assert again["already_in_pool"] == 2 and again["rejected"] == 0 and len(read_manifest(pool)) == 3
+
+
+def test_a_file_name_that_is_not_utf8_is_ingested_with_its_name_escaped(tmp_path):
+    src = tmp_path / "in"
+    name = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes, as old cameras and Windows tools write them
+    try:
+        write_rgb(src / name, _render(4, "indoor")["rgb"])
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    assert counts["added"] == 1
+    (row,) = read_manifest(tmp_path / "pool")
+    assert row["path"].endswith("caf\\xe9.png") and (tmp_path / "pool" / row["image"]).is_file()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 from urllib.parse import quote
 
 import numpy as np
@@ -568,4 +569,20 @@ def test_ground_truth_in_another_unit_is_named(tmp_path, capsys):
     assert main([*argv, "--out", str(tmp_path / "o2")]) == 0
     assert "beyond --max-depth" not in capsys.readouterr().err
     summary = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_sample_whose_file_name_is_not_utf8_is_scored_and_reported(tmp_path):
+    gts = make_folder(tmp_path / "data", n=1)
+    odd = os.fsdecode(b"caf\xe9")
+    try:
+        for kind, suffix in (("rgb", ".png"), ("depth", ".npy")):
+            os.rename(tmp_path / "data" / kind / f"s0{suffix}", tmp_path / "data" / kind / f"{odd}{suffix}")
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    write_depth(tmp_path / "preds" / f"{odd}.npy", gts["s0"])
+    argv = ["eval", "--dataset", "folder", "--root", str(tmp_path / "data")]
+    assert main([*argv, "--predictions", str(tmp_path / "preds"), "--out", str(tmp_path / "o")]) == 0
+    assert "caf\\xe9" in (tmp_path / "o" / "per_image.csv").read_text()  # the bytes escaped, the file still written
+    summary = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)

@@ -397,9 +397,10 @@ def _to_float_rgb(img: np.ndarray) -> np.ndarray:
 def _file_stem(name: str) -> str:
     """A sample name as one file name inside a folder we own: '/' and every other special character
     percent-encoded, so distinct names never share a file and no name (absolute, '..') can point elsewhere."""
-    stem = quote(name, safe="")
+    raw = name.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8 keeps its own bytes
+    stem = quote(raw, safe="")
     # File names are limited to 255 bytes: long names keep a readable head and a hash for uniqueness.
-    return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
 # What `dap predict --outputs npy|exr|png16` writes, looked up in this order
@@ -578,10 +579,11 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from dap.io import atomic_write
+    from dap.io import atomic_write, utf8_text
 
     out.mkdir(parents=True, exist_ok=True)
-    rows = [{"protocol": p, **r} for p, acc in accs.items() for r in acc.rows]
+    rows = [{"protocol": p, **{k: utf8_text(v) if isinstance(v, str) else v for k, v in r.items()}}
+            for p, acc in accs.items() for r in acc.rows]
     if rows:
         table = pa.Table.from_pylist(rows)
         pq.write_table(table, out / "per_image.parquet")

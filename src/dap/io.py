@@ -211,6 +211,12 @@ windows hundreds of times brighter than a room would otherwise leave the room bl
 out (docs/inference.md, "HDR panoramas")."""
 
 
+def utf8_text(text: str) -> str:
+    """`text` as any UTF-8 writer (Parquet, CSV) takes it: a file name that is not UTF-8, which Python holds with
+    its bytes as surrogates, gets those bytes escaped (caf\\xe9.jpg); any other text is returned as it is."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import torch
 
 from dap.errors import DatasetLayoutError
-from dap.io import atomic_write
+from dap.io import atomic_write, utf8_text
 
 MANIFEST = "manifest.parquet"
 STAGES = ("stage1", "stage3")  # label stages: the Scene-Invariant and the Realism-Invariant Labeler
@@ -108,10 +108,15 @@ def row_stage(row: dict) -> str:
 def write_manifest(pool: str | os.PathLike, rows: list[dict]) -> Path:
     path = manifest_path(pool)
     rows = [{**r, "stage": row_stage(r)} for r in rows]
-    table = pa.Table.from_pylist([{k: r.get(k) for k in COLUMNS} for r in rows], schema=SCHEMA)
+    table = pa.Table.from_pylist([{k: _text(r.get(k)) for k in COLUMNS} for r in rows], schema=SCHEMA)
     with atomic_write(path) as tmp:
         pq.write_table(table, tmp)
     return path
+
+
+def _text(value):
+    # A source file name that is not UTF-8 is stored escaped; the pool keeps its own copy of the image.
+    return utf8_text(value) if isinstance(value, str) else value
 
 
 def save_label(path: Path, depth: np.ndarray, prob: np.ndarray, **scores: float) -> None:

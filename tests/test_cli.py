@@ -513,6 +513,21 @@ def test_closed_stdout_stops_quietly():
     assert proc.wait(timeout=120) == 141 and err == ""
 
 
+def test_a_file_name_that_is_not_utf8_prints_escaped_on_a_strict_utf8_terminal(d, tmp_path):
+    """A desktop's en_US.UTF-8 locale gives Python a strict stdout; the summary line names --out, whose Latin-1
+    byte reaches Python as a surrogate: printing it ended the run with a UnicodeEncodeError after the work."""
+    import subprocess
+    import sys
+
+    out = os.fsdecode(bytes(tmp_path) + b"/caf\xe9")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    proc = subprocess.run([sys.executable, "-m", "dap.cli", "predict", str(d / "pano.png"), "--out", out,
+                           "--checkpoint", str(d / "ckpt"), "--resolution", "32x64", "--outputs", "npy"],
+                          capture_output=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    assert b"in " + bytes(tmp_path) + b"/caf\\udce9" in proc.stdout and os.path.isfile(os.path.join(out, "pano.npy"))
+
+
 def test_a_broken_pipe_elsewhere_is_still_an_error(capsys, monkeypatch):
     def broken(args):
         raise BrokenPipeError(errno.EPIPE, os.strerror(errno.EPIPE))

@@ -236,6 +236,14 @@ def _quiet_decoders() -> None:
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 
+def _printable_file_names() -> None:
+    """A file name that is not UTF-8 reaches Python with its bytes as surrogates; printed to a strict UTF-8 stdout
+    (a desktop's en_US.UTF-8 locale) it would end the run. Escape them, as Python already does on stderr."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", None) == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Exit codes: 0 done, 1 some inputs failed or a write failed (disk full, I/O error), 2 bad
     arguments or input (one line: what, which file, how to fix), 130 interrupted, 141 (quietly) stdout closed by
@@ -248,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from dap.errors import DapError
 
     _quiet_decoders()
+    _printable_file_names()
     name = f"dap {args.command}"
     try:
         _prepare_outputs(args)

@@ -665,6 +665,11 @@ def test_input_that_vanished_after_listing_fails_alone(checkpoint, tmp_path, cap
     assert f"cannot read {tmp_path / 'in' / 'b.png'}: it is a symbolic link to {tmp_path / 'in' / 'gone.png'}, " \
            "which does not exist" in err
     assert _files(tmp_path / "out") == ["a.npy"]
+    (tmp_path / "in" / "c.png").symlink_to("d.png")  # two links that point at each other
+    (tmp_path / "in" / "d.png").symlink_to("c.png")
+    assert _predict_cli([tmp_path / "in"], tmp_path / "out", checkpoint, "--outputs", "npy") == 1
+    err = capsys.readouterr().err
+    assert f"cannot read {tmp_path / 'in' / 'c.png'}: it is a symbolic link to d.png, which leads back to itself" in err
 
 
 def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, capsys):

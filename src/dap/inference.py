@@ -18,6 +18,7 @@ Outputs, at the input's full resolution:
 from __future__ import annotations
 
 import copy
+import errno
 import functools
 import hashlib
 import json
@@ -694,8 +695,14 @@ def _is_pattern(spec: str) -> bool:
 
 
 def dangling_link(path: str | os.PathLike) -> str | None:
-    """"a symbolic link to <target>, which does not exist" when `path` is one; else None."""
+    """"a symbolic link to <target>, which does not exist" (or "..., a loop of links") when `path` is one whose
+    target cannot be reached; else None."""
     if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return f"a symbolic link to {os.readlink(path)}, which leads back to itself (a loop of links)"
         return f"a symbolic link to {os.readlink(path)}, which does not exist"
     return None
 

@@ -150,6 +150,10 @@ CORPUS = {
     "train time limit negative": (["train", "--config", "{d}/typo.yaml", "--out", "{out}", "--time-limit", "-1"], 2,
                                   ["--time-limit"]),
     "export resolution 0x0": (["export", "onnx", "--out", "{out}.onnx", "--resolution", "0x0"], 2, ["--resolution"]),
+    "export resolution square": (["export", "onnx", "--out", "{out}.onnx", "--resolution", "64x64"], 2,
+                                 ["--resolution", "not 2:1"]),
+    "eval size square": (["eval", "--dataset", "folder", "--root", "{d}", "--checkpoint", "{d}/ckpt", "--out", "{out}",
+                          "--eval-size", "64x64"], 2, ["--eval-size", "not 2:1"]),
     "unknown command": (["paint", "--out", "{out}"], 2, ["invalid choice", "paint"]),
     # --- training configs ---------------------------------------------------------------------------------------
     "config typo key": (["train", "--config", "{d}/typo.yaml", "--out", "{out}"], 2,

@@ -606,3 +606,12 @@ def test_a_file_name_that_is_not_utf8_is_ingested_with_its_name_escaped(tmp_path
     assert counts["added"] == 1
     (row,) = read_manifest(tmp_path / "pool")
     assert row["path"].endswith("caf\\xe9.png") and (tmp_path / "pool" / row["image"]).is_file()
+
+
+def test_label_resolution_must_be_a_panorama_size(tmp_path, capsys):
+    from dap.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["curate", "label", "--pool", str(tmp_path), "--model", "x", "--resolution", "64x64"])
+    assert e.value.code == 2
+    assert "argument --resolution: size '64x64' is not 2:1 (HEIGHTxWIDTH); use e.g. 64x128" in capsys.readouterr().err

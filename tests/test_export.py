@@ -30,13 +30,15 @@ def assert_same(onnx_model: OnnxModel, model, x: torch.Tensor) -> None:
 
 
 def test_fixed_size_export_matches_torch(tiny_model, tmp_path):
-    export_onnx(tiny_model, tmp_path / "m.onnx", resolution=(64, 256))  # + 16 seam columns each side
+    export_onnx(tiny_model, tmp_path / "m.onnx", resolution=(128, 256))  # + 16 seam columns each side
     onnx_model = OnnxModel(tmp_path / "m.onnx")
-    assert onnx_model.cfg.default_resolution == (64, 256) and onnx_model.cfg.max_depth == tiny_model.cfg.max_depth
-    assert onnx_model.input_size == (64, 288)
-    assert_same(onnx_model, tiny_model, torch.randn(2, 3, 64, 288))  # batch is dynamic
-    with pytest.raises(DapError, match=r"takes inputs of 64x288 only \(64x256 plus the seam columns\), got 32x64"):
+    assert onnx_model.cfg.default_resolution == (128, 256) and onnx_model.cfg.max_depth == tiny_model.cfg.max_depth
+    assert onnx_model.input_size == (128, 288)
+    assert_same(onnx_model, tiny_model, torch.randn(2, 3, 128, 288))  # batch is dynamic
+    with pytest.raises(DapError, match=r"takes inputs of 128x288 only \(128x256 plus the seam columns\), got 32x64"):
         onnx_model(torch.randn(1, 3, 32, 64))
+    with pytest.raises(DapError, match=r"resolution 64x256 must be a 2:1 panorama size .* in multiples of 16"):
+        export_onnx(tiny_model, tmp_path / "wide.onnx", resolution=(64, 256))
 
 
 def test_dynamic_export_runs_any_multiple_of_16(tiny_model, tmp_path):

@@ -68,8 +68,9 @@ def export_onnx(
     check_seam_pad(seam_pad)
     h, w = resolution or model.cfg.default_resolution
     patch = model.cfg.vit.patch_size
-    if h % patch or w % patch:
-        raise DapError(f"resolution {h}x{w} must be multiples of {patch}")
+    if h % patch or w % patch or w != 2 * h or h <= 0:
+        raise DapError(f"resolution {h}x{w} must be a 2:1 panorama size (height x width) in multiples of {patch}, "
+                       "e.g. 512x1024")
     example = torch.zeros(1, 3, h, w + 2 * seam_pad_columns(w, seam_pad, patch))
     if dynamic and takes_square_branch(model.cfg, *example.shape[-2:]):
         raise DapError(f"{h}x{w} takes the official adapter's rare square branch, which the dynamic graph would then "

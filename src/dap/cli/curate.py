@@ -7,7 +7,14 @@ import json
 import os
 from pathlib import Path
 
-from dap.cli import HelpFormatter, check_output, parse_size, positive_float, positive_int, remove_stale_temporaries
+from dap.cli import (
+    HelpFormatter,
+    check_output,
+    parse_network_size,
+    positive_float,
+    positive_int,
+    remove_stale_temporaries,
+)
 from dap.errors import DapError
 
 
@@ -57,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="labeler checkpoint (our folder or an official model.pth)")
     p.add_argument("--stage", choices=("stage1", "stage3"), default="stage1",
                    help="stage1: Scene-Invariant Labeler; stage3: Realism-Invariant Labeler")
-    p.add_argument("--resolution", type=parse_size, default=(256, 512), metavar="HxW",
+    p.add_argument("--resolution", type=parse_network_size, default=(256, 512), metavar="HxW",
                    help="working and stored label resolution (2:1, multiples of 16)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="panoramas per forward")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")

@@ -13,7 +13,7 @@ from dap.cli import (
     nonnegative_int,
     parse_device,
     parse_network_size,
-    parse_size,
+    parse_panorama_size,
     positive_float,
     positive_int,
 )
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(0 = off, as the official evaluation)")
     parser.add_argument(
         "--eval-size",
-        type=parse_size,
+        type=parse_panorama_size,
         default=None,
         help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
     )

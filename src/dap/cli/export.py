@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dap.cli import parse_size
+from dap.cli import parse_network_size
 from dap.export import INPUT, OPSET, OUTPUTS, export_onnx
 from dap.inference import DEFAULT_SEAM_PAD, seam_pad_columns
 from dap.models import load_model
@@ -17,8 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a model name (`dap models`), an official model.pth or a folder written by `dap convert`")
     parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--resolution", type=parse_size, default=None,
-                      help="fixed working resolution HxW, multiples of 16; None: the model's own")
+    size.add_argument("--resolution", type=parse_network_size, default=None,
+                      help="fixed working resolution HxW, 2:1, multiples of 16; default: the model's own")
     size.add_argument("--dynamic", action="store_true", help="dynamic height and width (multiples of 16)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="seam columns (fraction of the width) a fixed-size graph is traced with; "

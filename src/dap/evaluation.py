@@ -24,6 +24,7 @@ import torch
 from dap.errors import DapError, InputWarning, NoValidDepthError, UnreadableFileError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
+    OUTPUT_SUFFIXES,
     apply_range_mask,
     changed_keys,
     predict,
@@ -403,8 +404,8 @@ def _file_stem(name: str) -> str:
     return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
-# What `dap predict --outputs npy|exr|png16` writes, looked up in this order
-SAVED_PREDICTION_SUFFIXES = (".npy", ".exr", ".depth.png")
+# The depth files `dap predict --outputs npy|exr|png16` writes, looked up in this order
+SAVED_PREDICTION_SUFFIXES = tuple(OUTPUT_SUFFIXES[kind] for kind in ("npy", "exr", "png16"))
 
 
 def _saved_prediction_path(predictions_dir: Path, name: str) -> Path:

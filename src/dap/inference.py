@@ -547,7 +547,7 @@ def predict(
 
     model: a loaded DAP model (or a `dap.export.OnnxModel`), a model name (`dap models`), a checkpoint path
         (official model.pth or ours), or None for the bundled default.
-    resolution: working (height, width), multiples of 16; default: the model's `default_resolution` (512x1024
+    resolution: working (height, width), 2:1, multiples of 16; default: the model's `default_resolution` (512x1024
         for the official model). Output is resized back to each input's size.
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
     threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated);

@@ -235,10 +235,10 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | No
     would save it: scaled so that the median luminance over the sphere becomes `key`, unless that would push more
     than `clip_share` of the sphere past white (a bright sky or window): then that quantile goes to white instead,
     but no more than `protect_stops` below the median's exposure (`clip_share=None`: the median alone). Then
-    clipped at white and sRGB-encoded. The networks were trained on, and are used on,
-    such photographs; fed raw radiance they would see a dark or burnt-out image. The result does not depend on the
-    file's absolute exposure. Non-finite and negative values count as black. `copy=False` works in place on a
-    float32 array (an 8K HDR panorama is 400 MB; `read_rgb` does so on its own buffer)."""
+    clipped at white and sRGB-encoded. The networks were trained on, and are used on, such photographs; fed raw
+    radiance they would see a dark or burnt-out image. The result does not depend on the file's absolute exposure.
+    Non-finite and negative values count as black. `copy=False` works in place on a float32 array (an 8K HDR
+    panorama is 400 MB; `read_rgb` does so on its own buffer)."""
     rgb = np.array(linear, dtype=np.float32, copy=True if copy else None)  # None: only if it must
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)

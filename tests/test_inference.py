@@ -706,12 +706,15 @@ def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpo
     io.write_rgb(src / "pano.png", _pano(32, 64))
     Image.fromarray((_pano(32, 64) * 255).astype(np.uint8)).save(src / "anim.gif")
     (src / "notes.txt").write_text("shot on a monopod")
+    (src / "IMG_1.insp").write_bytes(b"raw")  # formats people have panoramas in, named with what to do
+    (src / "IMG_2.insp").write_bytes(b"raw")
     (src / "sub").mkdir()
     assert _predict_cli([src], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
     printed = capsys.readouterr()
     assert "predicted 1 panorama(s)" in printed.out
-    assert "ignoring 2 file(s) in the input folder(s) that are not images" in printed.err
-    assert "anim.gif, notes.txt" in printed.err
+    assert "ignoring 4 file(s) in the input folder(s) that are not images" in printed.err
+    assert "IMG_1.insp, IMG_2.insp, anim.gif, notes.txt" in printed.err
+    assert "note: IMG_1.insp, IMG_2.insp: an Insta360 photo, the camera's two unstitched fisheye images" in printed.err
     assert _files(tmp_path / "o") == ["pano.npy"]
 
 

@@ -660,3 +660,18 @@ def test_video_cut_short_raises_after_its_good_frames(tmp_path):
     assert 0 < len(got) < 20 and f"frame {len(got)} of 20" in str(e.value)  # the first frame that failed
     with pytest.raises(UnreadableFileError, match=rf"{cut}: frame {len(got)} of 20"):
         list(io.sample_video_frames(cut, every_s=1.0))
+
+
+@pytest.mark.parametrize("name, says", [
+    ("pano.heic", "a HEIF/AVIF image, which this install does not decode: convert it to JPEG or PNG first"),
+    ("IMG_0001.DNG", "a camera raw file: develop and export it as JPEG, PNG or TIFF first"),
+    ("IMG_20260101.insp", "an Insta360 photo, the camera's two unstitched fisheye images: export an equirectangular"),
+])
+def test_panorama_formats_we_do_not_decode_say_how_to_convert_them(tmp_path, name, says):
+    (tmp_path / name).write_bytes(b"\x00\x00\x00\x18ftypheic not decodable here")
+    with pytest.raises(UnreadableFileError, match=f"cannot read .*{name}: it is {says}"):
+        io.read_rgb(tmp_path / name)
+    write_rgb_ok = tmp_path / "really_a_jpeg.heic"  # a misnamed file that decodes is read as what it is
+    io.write_rgb(tmp_path / "x.jpg", np.full((H, W, 3), 0.5, np.float32))
+    (tmp_path / "x.jpg").rename(write_rgb_ok)
+    assert io.read_rgb(write_rgb_ok).shape == (H, W, 3)

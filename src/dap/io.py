@@ -164,7 +164,28 @@ def write_normals_png(path: PathLike, normals: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------------- images
 
 
+# Image formats people have panoramas in that this package does not decode, and what to do with each
+UNSUPPORTED_FORMATS = {
+    **dict.fromkeys((".heic", ".heif", ".avif"), "a HEIF/AVIF image, which this install does not decode: convert it "
+                    "to JPEG or PNG first"),
+    **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"), "a camera raw file: develop "
+                    "and export it as JPEG, PNG or TIFF first"),
+    ".insp": "an Insta360 photo, the camera's two unstitched fisheye images: export an equirectangular JPEG from "
+             "Insta360 Studio or the app first",
+    ".insv": "an Insta360 video, the camera's two unstitched fisheye views: export an equirectangular MP4 from "
+             "Insta360 Studio or the app first",
+}
+
+
+def unsupported_format(path: PathLike) -> str | None:
+    """What a file of a known but unsupported panorama format is and how to convert it (by its suffix); else None."""
+    return UNSUPPORTED_FORMATS.get(Path(path).suffix.lower())
+
+
 def _unreadable(path: Path, reason: object) -> UnreadableFileError:
+    known = unsupported_format(path)
+    if known:
+        return UnreadableFileError(f"cannot read {path}: it is {known}.")
     return UnreadableFileError(
         f"cannot read {path}: {str(reason).rstrip('.')}. Check that the path is right and the file is complete and "
         "in a supported format (re-download or re-export it if it was cut short)."

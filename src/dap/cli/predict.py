@@ -112,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "
               f"({', '.join(io.IMAGE_SUFFIXES)}): {shown}; pass a video by its own path", file=sys.stderr)
+        by_kind: dict[str, list[str]] = {}
+        for p in ignored:
+            if known := io.unsupported_format(p):
+                by_kind.setdefault(known, []).append(p.name)
+        for kind, names in by_kind.items():
+            more = f" and {len(names) - 3} more" if len(names) > 3 else ""
+            print(f"dap predict: note: {', '.join(names[:3])}{more}: {kind}", file=sys.stderr)
     device = select_device(args.device)
     if args.backend == "onnxruntime":
         check_onnx_precision(args.precision)  # before loading the model

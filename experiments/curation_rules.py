@@ -15,8 +15,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from dap.curation.ingest import estimate_tilt, hamming, perceptual_hash
+from dap.curation.ingest import hamming, perceptual_hash
 from dap.curation.manifest import read_manifest
+from dap.geometry import tilt_angle
 from dap.io import read_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def main() -> None:
         print(f"| {name} | max {col.max()} (mean {col.mean():.2f}) |")
     print(f"| distinct panoramas ({distinct.size} pairs) | min {distinct.min()}, 1st percentile "
           f"{np.percentile(distinct, 1):.0f}, median {np.median(distinct):.0f} |")
-    tilts = sorted((estimate_tilt(im), f.name) for im, f in zip(images, files, strict=True))
+    tilts = sorted((tilt_angle(im), f.name) for im, f in zip(images, files, strict=True))
     print("\ntilt estimates (degrees), highest five:", ", ".join(f"{n} {t:.1f}" for t, n in tilts[-5:]))
     if args.pool:
         rows = [r for r in read_manifest(args.pool) if r["status"] == "ok" and np.isfinite(r["stage1_sky_fraction"])]

@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from conftest import dual_fisheye, photo_sphere_xmp
 from dap.curation import discriminator as D
-from dap.curation.ingest import IngestOptions, estimate_tilt, hamming, ingest, perceptual_hash
+from dap.curation.ingest import IngestOptions, hamming, ingest, perceptual_hash
 from dap.curation.label import LabelOptions, label_pool
 from dap.curation.manifest import PseudoLabelDataset, empty_row, load_label, read_manifest, save_label, write_manifest
 from dap.curation.selection import keep_count, select_top_k
 from dap.errors import DapError
+from dap.geometry import tilt_angle
 from dap.io import read_rgb, write_depth, write_rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +199,7 @@ def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(
     write_rgb(src / "dot.png", dot)  # no rows near the horizon: tilt unknown
     write_rgb(src / "thumb.png", _render(1, "indoor", 64)["rgb"])  # 128x64
     write_rgb(src / "ok.png", _render(2, "indoor", 256)["rgb"])  # 512x256
-    assert np.isnan(estimate_tilt(dot))
+    assert np.isnan(tilt_angle(dot))
     counts = ingest([str(src)], tmp_path / "pool", IngestOptions(max_tilt_deg=90), progress=False)
     assert counts == {"added": 1, "duplicate": 0, "rejected": 2, "already_in_pool": 0}
     reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
@@ -242,11 +243,11 @@ def test_tilt_estimate_follows_a_known_rotation():
     from dap.geometry import rotate_erp
 
     rgb = read_rgb(SAMPLE)
-    assert estimate_tilt(rgb) < 1.5
+    assert tilt_angle(rgb) < 1.5
     for pitch, roll in ((6.0, 0.0), (0.0, 10.0), (8.0, 8.0)):
         tilted = np.asarray(rotate_erp(rgb, pitch=pitch, roll=roll, yaw=30.0))
-        assert estimate_tilt(tilted) == pytest.approx(np.hypot(pitch, roll), abs=1.5)
-    assert np.isnan(estimate_tilt(np.full((64, 128, 3), 0.5, np.float32)))  # no edges: cannot tell
+        assert tilt_angle(tilted) == pytest.approx(np.hypot(pitch, roll), abs=1.5)
+    assert np.isnan(tilt_angle(np.full((64, 128, 3), 0.5, np.float32)))  # no edges: cannot tell
 
 
 def test_ingest_rejects_a_tilted_panorama_with_its_reason(tmp_path):

@@ -156,3 +156,18 @@ def test_the_camera_height_sets_the_scale(model, small_panorama, tmp_path):
     ratio = fixed[in_range] / guess[in_range]
     np.testing.assert_allclose(ratio, ratio[0], rtol=1e-4)
     assert geometry.floor_and_ceiling(fixed, in_range)[0] == pytest.approx(1.6, rel=0.02)
+
+
+def test_the_level_box_does_what_level_does(model, small_panorama, tmp_path):
+    """The page's level checkbox passes `level` to predict: a tilted upload comes out as `predict(level=True)`
+    gives it, and without the box the page shows the tilt warning."""
+    from dap.inference import predict
+
+    tilted = np.clip(np.asarray(geometry.rotate_erp(io.read_rgb(small_panorama), pitch=15.0)), 0, 1)
+    io.write_rgb(tmp_path / "tilted.png", tilted)
+    downloads = respond(str(tmp_path / "tilted.png"), False, model, tmp_path / "on", level=True)[4]
+    got = np.load(next(p for p in downloads if p.endswith(".npy")))
+    want = predict(io.read_rgb(tmp_path / "tilted.png"), model, level=True)
+    np.testing.assert_allclose(got, np.where(want.range_mask, 0, want.depth), rtol=1e-5)
+    with pytest.warns(UserWarning, match="tilted by about"):  # gr.Warning outside a running app
+        respond(str(tmp_path / "tilted.png"), False, model, tmp_path / "off")

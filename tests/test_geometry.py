@@ -1,6 +1,7 @@
 """Analytic tests of dap.geometry: a camera in a box room and an ellipsoid room, exact rolls, round trips."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -372,3 +373,26 @@ def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, h
         g.check_erp_shape(height, width)
     assert hint in str(e.value)
     assert ("--pad-to-erp" in str(e.value)) == hint.startswith("--pad-to-erp")  # only where it is the fix
+
+
+
+SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dap" / "assets" / "sample_indoor.jpg"
+
+
+def _down_axis_angle(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Degrees between where two rotated cameras see the world's down direction (row 1 of R: R.T @ y): the tilt
+    between them, whatever their yaw."""
+    return math.degrees(math.acos(min(1.0, float(a[1] @ b[1]))))
+
+
+@pytest.mark.parametrize(("pitch", "roll", "yaw"), [(6.0, 0.0, 0.0), (0.0, -12.0, 40.0), (15.0, 15.0, -70.0)])
+def test_level_rotation_recovers_a_tilt_and_levels_the_panorama(pitch, roll, yaw):
+    from dap.io import read_rgb
+
+    level = read_rgb(SAMPLE)
+    truth = g.rotation_matrix(yaw=yaw, pitch=pitch, roll=roll)
+    tilted = np.asarray(g.rotate_erp(level, truth), dtype=np.float32)
+    found = g.level_rotation(tilted)
+    assert _down_axis_angle(found, truth) < 1.0  # a 21-degree tilt to within a degree
+    assert math.hypot(*g.camera_tilt(np.asarray(g.rotate_erp(tilted, found.T), dtype=np.float32))) < 1.0
+    assert g.level_rotation(np.full((64, 128, 3), 0.5, np.float32)) is None  # no edges: cannot judge

@@ -1,8 +1,10 @@
 import dataclasses
 import functools
+import json
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import cv2
@@ -247,7 +249,6 @@ def test_a_panorama_far_smaller_than_the_working_resolution_is_predicted_with_a_
                                                                                      tiny_model, capsys):
     """A thumbnail (4x or more below the working height) still gets depth, with a warning that says how much it
     was enlarged; `dap predict` names the file in it. Within 4x there is no warning."""
-    import warnings
 
     with pytest.warns(InputWarning, match=r"only 32x16 pixels, enlarged 8x to the working resolution 256x128"):
         got = predict(_pano(16, 32), tiny_model, resolution=(128, 256))
@@ -465,6 +466,42 @@ class BoxRoomNet(torch.nn.Module):
         lat = 90.0 - (torch.arange(h) + 0.5) * 180.0 / h
         prob = (lat > self.sky_from).float()[:, None].expand(h, w)[None, None].expand(len(x), 1, h, w)
         return {"depth": depth.contiguous(), "out_of_range_prob": prob.contiguous()}
+
+
+def test_level_predicts_a_tilted_panorama_as_if_level_and_turns_the_depth_back():
+    """BoxRoomNet gives the room a level camera sees, whatever the image: on a tilted panorama, `level` must hand
+    it the levelled panorama and turn its depth back to what the tilted camera sees of the same room."""
+    sample = io.read_rgb(Path(__file__).resolve().parents[1] / "src/dap/assets/sample_indoor.jpg")
+    tilt = geometry.rotation_matrix(pitch=12.0, roll=-8.0)
+    tilted = np.clip(np.asarray(geometry.rotate_erp(sample, tilt), np.float32), 0, 1)
+    truth = np.asarray(geometry.rotate_erp(box_room_depth(512, 1024), tilt, mode="nearest"))
+    run = functools.partial(predict, model=BoxRoomNet(1.0), resolution=(128, 256), seam_pad=0)
+
+    def error(depth):  # median relative error against the room the tilted camera sees
+        return float(np.median(np.abs(depth - truth) / truth))
+
+    with pytest.warns(InputWarning, match=r"tilted by about 14 degrees .* Level it: --level"):
+        as_taken = run(tilted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InputWarning)
+        levelled = run(tilted, level=True)
+        run(sample)  # a level panorama: no warning
+    assert error(as_taken.depth) > 0.05 and error(levelled.depth) < 0.01  # measured: 0.063 and 0.004
+    assert np.array_equal(levelled.rgb, tilted)  # the outputs are in the input's frame, with its pixels
+
+
+def test_predict_level_flag_is_recorded_and_silences_the_tilt_warning(checkpoint, tmp_path, capsys):
+    sample = io.read_rgb(Path(__file__).resolve().parents[1] / "src/dap/assets/sample_indoor.jpg")
+    io.write_rgb(tmp_path / "tilted.jpg", np.clip(np.asarray(geometry.rotate_erp(sample, pitch=15.0)), 0, 1))
+    assert _predict_cli([tmp_path / "tilted.jpg"], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
+    err = capsys.readouterr().err
+    assert re.search(rf"warning: {re.escape(str(tmp_path / 'tilted.jpg'))}: input panorama looks taken by a camera "
+                     r"tilted by about 1[456] degrees", err)
+    assert _predict_cli([tmp_path / "tilted.jpg"], tmp_path / "o2", checkpoint, "--outputs", "npy", "--level") == 0
+    assert "tilted" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "o2" / ".tilted.dap.json").read_text())["settings"]["level"] is True
+    assert _predict_cli([tmp_path / "tilted.jpg"], tmp_path / "o2", checkpoint, "--outputs", "npy") == 2
+    assert "level was True, now None" in capsys.readouterr().err  # made otherwise: not silently kept
 
 
 def test_camera_height_sets_the_metric_scale():

@@ -42,12 +42,13 @@ class Analysis:
 
 
 def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = None, device=None,
-            pad_to_erp: bool = False, camera_height: float | None = None,
+            pad_to_erp: bool = False, camera_height: float | None = None, level: bool = False,
             progress=lambda fraction, what: None) -> Analysis:
     """Predict one panorama file and write what the page shows and offers for download into `out_dir`: depth
     colour map with a legend in metres, range mask, normals, and the DOWNLOADS files. `camera_height` (metres)
-    sets the metric scale as in `predict`. `progress(fraction, what)` is told each step. Bad inputs (not an image,
-    not 2:1, no floor for the camera height) raise DapError, as everywhere in the library."""
+    sets the metric scale and `level` levels a tilted panorama, as in `predict`. `progress(fraction, what)` is
+    told each step. Bad inputs (not an image, not 2:1, no floor for the camera height) raise DapError, as
+    everywhere in the library."""
     progress(0.0, "reading the panorama")
     rgb = io.read_rgb(path)
     h, w = rgb.shape[:2]
@@ -62,7 +63,7 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
     top = photo_sphere_top(io.read_photo_sphere(path), *rgb.shape[:2]) if partial else None  # scaled if downscaled
     with collect_input_warnings() as warned:
         pred = predict(rgb, model, resolution=resolution, device=device, pad_to_erp=pad_to_erp, pad_top=top,
-                       camera_height=camera_height)
+                       camera_height=camera_height, level=level)
     seconds = time.perf_counter() - start
     progress(0.6, "writing depth, mask, normals and point clouds")
     files = output_paths(Path(out_dir), "panorama", ["color", "mask", "normals", *DOWNLOADS])
@@ -87,8 +88,8 @@ def import_gradio():
     return gradio
 
 
-def respond(file, pad_to_erp: bool, model, work: Path, *, camera_height: float | None = None, resolution=None,
-            device=None, progress=None) -> tuple:
+def respond(file, pad_to_erp: bool, model, work: Path, *, camera_height: float | None = None, level: bool = False,
+            resolution=None, device=None, progress=None) -> tuple:
     """One click of the page's button: the values of its outputs (depth, mask, normals, 3-D view, downloads,
     summary), or gr.Error carrying the library's message, which the page shows. An empty or zero camera height
     means unknown."""
@@ -100,7 +101,8 @@ def respond(file, pad_to_erp: bool, model, work: Path, *, camera_height: float |
     report = (lambda f, what: progress(f, desc=what)) if progress else (lambda f, what: None)
     try:
         result = analyse(file, model, Path(work) / uuid.uuid4().hex, resolution=resolution, device=device,
-                         pad_to_erp=pad_to_erp, camera_height=camera_height or None, progress=report)
+                         pad_to_erp=pad_to_erp, camera_height=camera_height or None, level=level,
+                         progress=report)
     except DapError as e:  # the message names the upload by its name, not by gradio's temporary copy
         message = " ".join(str(e).replace(str(file), Path(file).name).split())
         raise gr.Error(message, title="Cannot use this file", print_exception=False) from None
@@ -116,8 +118,8 @@ def build_app(model, *, resolution: tuple[int, int] | None = None, device=None, 
     work = Path(tempfile.mkdtemp(prefix="dap-demo-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
 
-    def run(file, pad_to_erp, camera_height, progress=gr.Progress()):  # noqa: B008 (gradio's progress bar)
-        return respond(file, pad_to_erp, model, work, camera_height=camera_height, resolution=resolution,
+    def run(file, pad_to_erp, camera_height, level, progress=gr.Progress()):  # noqa: B008 (gradio's progress bar)
+        return respond(file, pad_to_erp, model, work, camera_height=camera_height, level=level, resolution=resolution,
                        device=device, progress=progress)
 
     with gr.Blocks(title="Depth Any Panoramas", delete_cache=(3600, 3600)) as app:
@@ -131,6 +133,8 @@ def build_app(model, *, resolution: tuple[int, int] | None = None, device=None, 
                 pad = gr.Checkbox(label="Partial panorama: pad the missing latitudes to 2:1 (--pad-to-erp)")
                 height = gr.Number(label="Camera height above the floor, metres (optional: fixes the metric "
                                    "scale; --camera-height)", value=None, minimum=0, elem_id="camera_height")
+                level = gr.Checkbox(label="Level a tilted panorama (walls lean) before predicting (--level)",
+                                    elem_id="level")
                 button = gr.Button("Predict depth", variant="primary", elem_id="run")
                 gr.Examples([[str(p)] for p in samples()], inputs=[upload], label="Samples (credits: "
                             "assets/samples/credits.csv)")
@@ -145,5 +149,5 @@ def build_app(model, *, resolution: tuple[int, int] | None = None, device=None, 
                     normals = gr.Image(label="Normals", type="filepath", elem_id="normals")
                 view = gr.Model3D(label="3-D point cloud (drag to orbit, scroll to zoom)", elem_id="view3d",
                                   clear_color=(0.0, 0.0, 0.0, 1.0), camera_position=(90, 60, None))
-        button.click(run, [upload, pad, height], [depth, mask, normals, view, downloads, summary])
+        button.click(run, [upload, pad, height, level], [depth, mask, normals, view, downloads, summary])
     return app

@@ -141,6 +141,84 @@ def looks_dual_fisheye(rgb: np.ndarray, black: float = 0.03, lit: float = 0.06) 
     return True
 
 
+def camera_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -> tuple[float, float] | None:
+    """(pitch, roll) in degrees (`rotation_matrix`'s conventions) of the camera that took an equirectangular
+    panorama, relative to level, from how near-vertical edges lean around the horizon; None when fewer than
+    `min_edges` edge pixels qualify (open landscapes without verticals: it cannot judge).
+
+    A level camera images every world-vertical line as a vertical ERP column. Tilted by a small rotation, a
+    vertical line at longitude lon near the equator leans by s = a cos(lon) - c sin(lon) columns per row (ERP
+    pixels are square in angle), with a = -tan(roll) and c = tan(pitch). Each strong, near-vertical edge pixel
+    measures s = gy / gx; a gradient-weighted, reweighted least-squares fit over the |latitude| < band_deg rows
+    gives (a, c). First order in the tilt: `level_rotation` refits on the levelled image."""
+    import cv2
+
+    image = np.ascontiguousarray(rgb, dtype=np.float32)
+    if image.shape[1] > 1024:  # the estimate needs edges, not detail
+        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    h, w = image.shape[:2]
+    lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
+    rows = np.flatnonzero(np.abs(lat) < band_deg)
+    if rows.size * w < min_edges:  # a panorama a few pixels high has no rows in the band, or too few pixels
+        return None
+    # Only the band's rows (and one beyond each side for the 3x3 kernels): a third of the image's work
+    top, bottom = max(0, rows[0] - 1), min(h, rows[-1] + 2)
+    grey = cv2.cvtColor(image[top:bottom], cv2.COLOR_RGB2GRAY)
+    inner = slice(rows[0] - top, rows[-1] + 1 - top)
+    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)[inner]
+    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)[inner]
+    lon = np.broadcast_to(((np.arange(w) + 0.5) / w - 0.5) * 2 * math.pi, gx.shape)
+    mag2 = gx * gx + gy * gy
+    strong = mag2 > np.quantile(mag2, 0.9)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = gy / gx
+    keep = strong & (np.abs(gx) > 1e-6) & (np.abs(s) < 0.5)
+    if keep.sum() < min_edges:
+        return None
+    s, lon, wgt = s[keep], lon[keep], np.sqrt(mag2[keep])
+    design = np.stack([np.cos(lon), -np.sin(lon)], axis=1)
+    for _ in range(3):  # reweighted: edges that do not fit (texture, slanted objects) lose influence
+        sw = np.sqrt(wgt)
+        (a, c), *_ = np.linalg.lstsq(design * sw[:, None], s * sw, rcond=None)
+        resid = np.abs(design @ np.array([a, c]) - s)
+        wgt = np.sqrt(mag2[keep]) / (1.0 + (resid / 0.05) ** 2)
+    return math.degrees(math.atan(c)), -math.degrees(math.atan(a))
+
+
+def tilt_angle(rgb: np.ndarray) -> float:
+    """How far from level, in degrees, the camera that took `rgb` was (`camera_tilt`'s pitch and roll as one
+    angle); NaN when the panorama has too few vertical edges to judge (open landscapes)."""
+    tilt = camera_tilt(rgb)
+    if tilt is None:
+        return math.nan
+    return math.degrees(math.atan(math.hypot(*(math.tan(math.radians(t)) for t in tilt))))
+
+
+def level_rotation(rgb: np.ndarray, fits: int = 5, settled: float = 0.5) -> torch.Tensor | None:
+    """The rotation R (3, 3, float64) of the camera that took `rgb` relative to level, so that
+    `rotate_erp(rgb, R.T)` is the panorama a level camera would have taken and `rotate_erp(x, R)` takes a map of
+    the levelled panorama back to `rgb`'s frame. `camera_tilt` is first order, so it is refitted on the image
+    levelled so far until a fit moves it less than `settled` degrees; None when that does not happen within `fits`
+    fits (edges that do not follow the world's vertical: the fits wander instead of closing in) or when the tilt
+    cannot be judged at all."""
+    import cv2
+
+    image = np.ascontiguousarray(rgb, dtype=np.float32)
+    if image.shape[1] > 1024:
+        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    rotation = torch.eye(3, dtype=torch.float64)
+    levelled = image
+    for _ in range(fits):
+        tilt = camera_tilt(levelled)
+        if tilt is None:
+            return None
+        rotation = rotation_matrix(pitch=tilt[0], roll=tilt[1]) @ rotation
+        if math.hypot(*tilt) < settled:
+            return rotation
+        levelled = np.asarray(rotate_erp(image, rotation.T), dtype=np.float32)
+    return None
+
+
 def floor_and_ceiling(depth: Array, valid: Array | None = None, *, band_deg: tuple[float, float] = (25.0, 70.0),
                       min_columns: float = 0.25) -> tuple[float, float]:
     """Vertical distance (metres) from the camera down to the floor and up to the ceiling, from a (H, W) distance

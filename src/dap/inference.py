@@ -526,6 +526,11 @@ def looks_blank(rgb: np.ndarray) -> bool:
     return bool(luminance.size) and float(luminance.std()) < BLANK_SPREAD
 
 
+# A panorama whose camera looks tilted by more than this many degrees gets a warning (without `level`): the 55 real
+# photographs of the pool are all under 7 but one, tilted by 22 (horizonnet_demo, which HorizonNet levels itself).
+TILT_WARNING = 10.0
+
+
 @torch.inference_mode()
 def predict(
     images,
@@ -540,6 +545,7 @@ def predict(
     upsample: str = "bilinear",
     precision: str = "auto",
     camera_height: float | None = None,
+    level: bool = False,
 ) -> Prediction | list[Prediction]:
     """Metric depth for one panorama (path, PIL image, (H, W, 3) array, (3, H, W) tensor) or a batch (list, or a
     4-D array/tensor), returned as a `Prediction` or a list of them. A float32 (H, W, 3) array is not copied: it
@@ -564,6 +570,11 @@ def predict(
         the floor it shows lies that far below the camera (`geometry.floor_and_ceiling` on the working-resolution
         map, out-of-range pixels left out). A model can only guess metric scale from the image; a known height
         fixes it. An error if no floor or ground is visible 25-70 degrees below the horizon.
+    level: a panorama whose camera was not level (walls lean) is levelled before the network sees it
+        (`geometry.level_rotation`, from how its vertical edges lean) and the outputs are turned back to the input's
+        frame; the network was trained on level panoramas. Left as it is when the tilt cannot be judged (too few
+        vertical edges, or edges that do not agree on one). Without it, a tilt of more than TILT_WARNING degrees
+        gets a warning.
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
@@ -609,13 +620,22 @@ def predict(
             warnings.warn(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that "
                           "it is the image you meant (a black video frame or a failed export?)", InputWarning,
                           stacklevel=3)
-        out = infer(model, rgb, resolution, seam_pad=seam_pad, device=dev, precision=precision)
+        tilt = geometry.level_rotation(rgb) if level else None
+        if not level and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
+            warnings.warn(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical edges "
+                          "lean); the network was trained on level panoramas. Level it: --level (predict(..., "
+                          "level=True)) or the camera app's horizon levelling.", InputWarning, stacklevel=3)
+        net_input = rgb if tilt is None else np.clip(np.asarray(geometry.rotate_erp(rgb, tilt.T), np.float32), 0, 1)
+        out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         mask_at = model.cfg.range_threshold if threshold is None else threshold
         out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,
                                                             model.cfg.range_min_region)
-        if camera_height is not None:
+        if camera_height is not None:  # on the levelled panorama, whose floor is where the estimate looks
             out["depth"] = out["depth"] * _floor_scale(out, mask_at, camera_height, rows, rgb.shape[0],
                                                        k if is_batch else None)
+        if tilt is not None:  # back to the input's frame; nearest for depth: no mixing across edges
+            out["depth"] = geometry.rotate_erp(out["depth"], tilt, mode="nearest")
+            out["out_of_range_prob"] = geometry.rotate_erp(out["out_of_range_prob"], tilt)
         full = rgb.shape[:2]
         if upsample == "guided" and full[0] > out["depth"].shape[-2]:
             guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)

@@ -84,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "depth map so the floor it shows lies that far below the camera. A model can only "
                              "guess metric scale; a known height fixes it. Inputs with no floor or ground visible "
                              "25-70 degrees below the horizon fail")
+    parser.add_argument("--level", action="store_true",
+                        help="level panoramas whose camera was tilted (walls lean) before the network sees them, "
+                             "from how their vertical edges lean, and turn the outputs back to the input's frame. "
+                             "Without it, a tilt over 10 degrees gets a warning")
     parser.add_argument("--device", type=parse_device, default=None,
                         help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
@@ -140,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     settings = {"model": model_fingerprint(model), "backend": args.backend, "precision": precision,
                 "resolution": list(args.resolution or model.cfg.default_resolution), "seam_pad": args.seam_pad,
                 "pad_to_erp": args.pad_to_erp, "upsample": args.upsample, "camera_height": args.camera_height,
+                **({"level": True} if args.level else {}),  # absent when off: records from before it still match
                 "smooth_scale": args.smooth_scale, "point_stride": args.point_stride}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
@@ -160,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
                 with collect_input_warnings() as warned:
                     pred = predict(rgb, model, resolution=args.resolution, seam_pad=args.seam_pad,
                                    pad_to_erp=args.pad_to_erp, pad_top=top, device=device, upsample=args.upsample,
-                                   precision=precision, camera_height=args.camera_height)
+                                   precision=precision, camera_height=args.camera_height, level=args.level)
             except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
                 failures.append((seq, item.source, str(e)))
                 continue

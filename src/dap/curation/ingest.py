@@ -24,7 +24,7 @@ import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError, NotPanoramaError
-from dap.geometry import check_erp_shape, looks_dual_fisheye
+from dap.geometry import check_erp_shape, looks_dual_fisheye, tilt_angle
 from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
@@ -58,47 +58,6 @@ def perceptual_hash(rgb: np.ndarray) -> int:
 
 def hamming(a: int, b: int) -> int:
     return ((a ^ b) & ((1 << 64) - 1)).bit_count()
-
-
-def estimate_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -> float:
-    """Camera tilt (degrees) from how near-vertical edges lean around the horizon.
-
-    A level camera images every world-vertical line as a vertical ERP column. Tilted by a small rotation with
-    components (a about the forward axis, c about the right axis), a vertical line at longitude lon near the
-    equator leans by s = a·cos(lon) - c·sin(lon) columns per row (ERP pixels are square in angle). Each strong,
-    near-vertical edge pixel measures s = gy/gx; a gradient-weighted least-squares fit of (a, c) over the
-    |latitude| < band_deg rows gives the tilt atan(hypot(a, c)). NaN when fewer than `min_edges` pixels qualify
-    (e.g. open landscapes without verticals): the check then cannot judge.
-    """
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2GRAY)
-    h, w = grey.shape
-    if w > 1024:  # the estimate needs edges, not detail
-        grey = cv2.resize(grey, (1024, 512), interpolation=cv2.INTER_AREA)
-        h, w = grey.shape
-    gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
-    rows = np.abs(lat) < band_deg
-    gx, gy = gx[rows], gy[rows]
-    if gx.size < min_edges:  # a panorama a few pixels high has no rows in the band, or too few pixels
-        return math.nan
-    lon = ((np.arange(w) + 0.5) / w - 0.5) * 2 * math.pi
-    lon = np.broadcast_to(lon, gx.shape)
-    mag2 = gx * gx + gy * gy
-    strong = mag2 > np.quantile(mag2, 0.9)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        s = gy / gx
-    keep = strong & (np.abs(gx) > 1e-6) & (np.abs(s) < 0.5)
-    if keep.sum() < min_edges:
-        return math.nan
-    s, lon, wgt = s[keep], lon[keep], np.sqrt(mag2[keep])
-    design = np.stack([np.cos(lon), -np.sin(lon)], axis=1)
-    for _ in range(3):  # reweighted: edges that do not fit (texture, slanted objects) lose influence
-        sw = np.sqrt(wgt)
-        coef, *_ = np.linalg.lstsq(design * sw[:, None], s * sw, rcond=None)
-        resid = np.abs(design @ coef - s)
-        wgt = np.sqrt(mag2[keep]) / (1.0 + (resid / 0.05) ** 2)
-    return float(np.degrees(np.arctan(np.hypot(*coef))))
 
 
 class HashIndex:
@@ -289,7 +248,7 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             if w > o.max_width:
                 rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
             row["phash"] = perceptual_hash(rgb)
-            row["tilt_deg"] = estimate_tilt(rgb)
+            row["tilt_deg"] = tilt_angle(rgb)
             dup = hashes.find(row["phash"])
             if dup is not None:
                 row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)

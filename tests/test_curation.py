@@ -257,6 +257,13 @@ def test_ingest_rejects_a_tilted_panorama_with_its_reason(tmp_path):
     ingest([str(tmp_path / "in")], tmp_path / "pool", IngestOptions(min_width=SMALL), progress=False)
     (row,) = read_manifest(tmp_path / "pool")
     assert row["status"] == "rejected" and "tilted by about 1" in row["reason"] and "--max-tilt" in row["reason"]
+    assert "or --level to level it" in row["reason"]
+    # with level, it is kept, stored as a level camera would have taken it; a flat image still cannot be levelled
+    write_rgb(tmp_path / "in2/tilted.jpg", np.asarray(rotate_erp(read_rgb(SAMPLE), pitch=15.0)))
+    ingest([str(tmp_path / "in2")], tmp_path / "pool2", IngestOptions(min_width=SMALL, level=True), progress=False)
+    (row,) = read_manifest(tmp_path / "pool2")
+    assert row["status"] == "ok" and row["tilt_deg"] > 14
+    assert tilt_angle(read_rgb(tmp_path / "pool2" / row["image"])) < 1.5
 
 
 def test_missing_source_and_bad_tag_file_are_clear_errors(tmp_path):

@@ -54,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="near-duplicate when 64-bit perceptual hashes differ in at most this many bits (-1: off)")
     p.add_argument("--max-tilt", type=float, default=8.0, metavar="DEGREES",
                    help="reject panoramas whose camera tilt, estimated from vertical edges, exceeds this")
+    p.add_argument("--level", action="store_true",
+                   help="store panoramas tilted beyond --max-tilt levelled (from how their vertical edges lean) "
+                        "instead of rejecting them; those it cannot level are still rejected")
     p.add_argument("--tags", default=None, metavar="CSV",
                    help="indoor/outdoor tags: CSV with columns file (or path) and domain (or scene); a tag wins "
                         "over the labeler's sky-fraction rule")
@@ -117,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         opts = IngestOptions(source=args.source, generated=args.generated, every_s=args.every,
                              pad_to_erp=args.pad_to_erp, max_width=args.max_width, min_width=args.min_width,
                              dedupe_bits=args.dedupe_bits,
-                             max_tilt_deg=args.max_tilt, tags=args.tags)
+                             max_tilt_deg=args.max_tilt, level=args.level, tags=args.tags)
         counts = ingest(args.sources, args.pool, opts)
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
     elif cmd == "label":

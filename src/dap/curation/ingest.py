@@ -24,7 +24,7 @@ import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError, NotPanoramaError
-from dap.geometry import check_erp_shape, looks_dual_fisheye, tilt_angle
+from dap.geometry import check_erp_shape, level_rotation, looks_dual_fisheye, rotate_erp, tilt_angle
 from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
@@ -40,6 +40,7 @@ class IngestOptions:
     min_width: int = 512  # smaller panoramas are rejected: too little to label or to train on
     dedupe_bits: int = 6  # near-duplicate: perceptual hashes differ in at most this many of 64 bits
     max_tilt_deg: float = 8.0  # reject panoramas whose estimated tilt exceeds this (NaN estimates are kept)
+    level: bool = False  # level such panoramas (geometry.level_rotation) instead; rejected only if that fails
     tags: str | None = None  # CSV with columns file (or path) and domain (or scene): indoor | outdoor
 
 
@@ -250,12 +251,17 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             row["phash"] = perceptual_hash(rgb)
             row["tilt_deg"] = tilt_angle(rgb)
             dup = hashes.find(row["phash"])
+            tilted = row["tilt_deg"] > o.max_tilt_deg  # NaN compares False: unknown tilt is kept
+            if tilted and o.level and dup is None:  # stored levelled (tilt_deg stays the tilt it was taken with)
+                levelled = _levelled(rgb)
+                tilted, rgb = levelled is None, rgb if levelled is None else levelled
             if dup is not None:
                 row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
                 counts["duplicate"] += 1
-            elif row["tilt_deg"] > o.max_tilt_deg:  # NaN compares False: unknown tilt is kept
+            elif tilted:
                 row.update(status="rejected", reason=f"camera tilted by about {row['tilt_deg']:.1f} degrees "
-                           f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it)")
+                           f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it"
+                           + (", --level could not level it)" if o.level else ", or --level to level it)"))
                 counts["rejected"] += 1
             else:
                 row["image"] = f"images/{row['id']}.jpg"
@@ -270,6 +276,14 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
             last_write = time.monotonic()
     write_manifest(pool, rows)
     return counts
+
+
+def _levelled(rgb: np.ndarray) -> np.ndarray | None:
+    """The panorama a level camera would have taken (`dap.geometry.level_rotation`), or None if it cannot tell."""
+    rotation = level_rotation(rgb)
+    if rotation is None:
+        return None
+    return np.clip(np.asarray(rotate_erp(rgb, rotation.T), dtype=np.float32), 0.0, 1.0)
 
 
 def _rejected(path: Path, source: str, checksum: str, frame: int | None, reason: str) -> dict:

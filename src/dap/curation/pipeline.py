@@ -57,6 +57,7 @@ class PoolSection:
     min_width: int = 512
     dedupe_bits: int = 6
     max_tilt_deg: float = 8.0
+    level: bool = False  # store panoramas tilted beyond max_tilt_deg levelled instead of rejecting them
 
 
 @dataclass
@@ -235,7 +236,7 @@ class Pipeline:
             opts = IngestOptions(source=inp.source, generated=inp.generated, every_s=p.every_s,
                                  pad_to_erp=p.pad_to_erp, max_width=p.max_width, min_width=p.min_width,
                                  dedupe_bits=p.dedupe_bits,
-                                 max_tilt_deg=p.max_tilt_deg, tags=_resolve(self.cfg, inp.tags))
+                                 max_tilt_deg=p.max_tilt_deg, level=p.level, tags=_resolve(self.cfg, inp.tags))
             counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
         return totals

@@ -429,6 +429,8 @@ def _saved_prediction_path(predictions_dir: Path, name: str) -> Path:
 
 def _check_cache(cache_dir: Path, cache_key: dict) -> None:
     """Cached predictions are reused only under the same key; a run with another key is refused, not mixed."""
+    from dap.io import atomic_write
+
     meta = cache_dir / "cache.json"
     if meta.exists():
         try:
@@ -446,7 +448,8 @@ def _check_cache(cache_dir: Path, cache_key: dict) -> None:
             f"{cache_dir} exists but holds no cache.json, so it was not written by dap eval; choose another --out"
         )
     cache_dir.mkdir(parents=True, exist_ok=True)
-    meta.write_text(json.dumps(cache_key, indent=2))
+    with atomic_write(meta) as tmp:  # half a cache.json would refuse every later run on this folder
+        tmp.write_text(json.dumps(cache_key, indent=2))
 
 
 def evaluate(
@@ -587,8 +590,10 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
             for p, acc in accs.items() for r in acc.rows]
     if rows:
         table = pa.Table.from_pylist(rows)
-        pq.write_table(table, out / "per_image.parquet")
-        pacsv.write_csv(table, out / "per_image.csv")
+        with atomic_write(out / "per_image.parquet") as tmp:  # an interrupted run leaves no truncated report
+            pq.write_table(table, tmp)
+        with atomic_write(out / "per_image.csv") as tmp:
+            pacsv.write_csv(table, tmp)
     with atomic_write(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
 

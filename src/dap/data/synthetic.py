@@ -37,6 +37,7 @@ from PIL import Image
 
 from dap.errors import DapError
 from dap.geometry import check_erp_shape, erp_rays, lonlat_to_pixel, rotation_matrix
+from dap.io import atomic_write
 
 MAX_RANGE = 100.0  # metres; farther hits and sky form the range mask
 EPS = 1e-4  # smallest accepted ray distance (metres)
@@ -943,7 +944,8 @@ def write_texture_atlas(files: list[str], out: str, per_image: int = 6, columns:
         tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(Path(f).name.encode())))
     tiles += tiles[: -len(tiles) % columns]
     grid = np.stack(tiles).reshape(-1, columns, TILE, TILE, 3).transpose(0, 2, 1, 3, 4)
-    Image.fromarray(grid.reshape(grid.shape[0] * TILE, columns * TILE, 3)).save(out, quality=85, optimize=True)
+    with atomic_write(out) as tmp:
+        Image.fromarray(grid.reshape(grid.shape[0] * TILE, columns * TILE, 3)).save(tmp, quality=85, optimize=True)
     return len(tiles)
 
 

@@ -814,6 +814,13 @@ def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "link.jpg"), "--out", str(tmp_path / "o")]) == 2
     assert f"{tmp_path / 'link.jpg'} (a symbolic link to {tmp_path / 'gone.jpg'}, which does not exist)" \
         in capsys.readouterr().err
+    # what a missing path most likely is, where that can be told
+    io.write_rgb(tmp_path / "pano.jpg", _pano(32, 64))
+    for spec, says in [("https://example.com/pano.jpg", "(a URL: files are not downloaded; download it"),
+                       ("~/pano.jpg", "('~' is not expanded inside quotes: write " + os.path.expanduser("~/pano.jpg")),
+                       (f"{tmp_path / 'pano.jpg'} ", f"(it has spaces at an end; '{tmp_path / 'pano.jpg'}' exists)")]:
+        assert main(["predict", spec, "--out", str(tmp_path / "o")]) == 2
+        assert " ".join(f"no such file or folder: {spec} {says}".split()) in capsys.readouterr().err
 
 
 def test_video_frame_name_taken_by_an_image_fails_instead_of_overwriting(checkpoint, tmp_path, capsys):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import warnings
 from collections import Counter
@@ -727,6 +728,17 @@ def dangling_link(path: str | os.PathLike) -> str | None:
     return None
 
 
+def _why_missing(spec: str) -> str | None:
+    """What a path that does not exist most likely is, in words, where we can tell."""
+    if re.match(r"^[a-z][a-z0-9+.-]*://", spec, flags=re.IGNORECASE):
+        return "a URL: files are not downloaded; download it and pass the file"
+    if spec.startswith("~"):
+        return f"'~' is not expanded inside quotes: write {os.path.expanduser(spec)}"
+    if spec != spec.strip() and os.path.exists(spec.strip()):
+        return f"it has spaces at an end; {spec.strip()!r} exists"
+    return dangling_link(spec)
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
     each file once, named by `output_names`; and the other files of the folders given, which were left out (a
@@ -736,7 +748,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
 
     from dap import io
 
-    missing = [spec + (f" ({dangling})" if (dangling := dangling_link(spec)) else "")
+    missing = [spec + (f" ({why})" if (why := _why_missing(spec)) else "")
                for spec in inputs if not _is_pattern(spec) and not os.path.exists(spec)]
     if missing:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")

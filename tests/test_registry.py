@@ -142,7 +142,13 @@ def test_unknown_names_list_the_known_ones():
     for spec, hint in (("dap-vitll", "Did you mean dap-vitl?"), ("DAP-VITL", "Did you mean dap-vitl?"),
                        ("dap-tiny", "Did you mean dap-tiny-synth?"),
                        ("dap_vitl", "Did you mean dap-vitl? (dap_vitl is an architecture"),
-                       ("dap_vits", "(dap_vits is an architecture, for `dap.create_model`")):
+                       ("dap_vits", "(dap_vits is an architecture, for `dap.create_model`"),
+                       ("https://huggingface.co/Insta360-Research/DAP-weights/blob/main/model.pth",
+                        "https://huggingface.co/Insta360-Research/DAP-weights/blob/main/model.pth does not exist and "
+                        "is not a model name"),
+                       ("https://huggingface.co/Insta360-Research/DAP-weights",
+                        "A Hugging Face Hub repository is given as hf:Insta360-Research/DAP-weights."),
+                       ("http://example.com/model.pth", "URLs are not downloaded: download the file")):
         with pytest.raises(CheckpointError) as e:
             load_model(spec)
         assert hint in str(e.value), spec

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -187,6 +188,11 @@ def _name_hint(spec: str) -> str:
     alike = ([n for n in names if n == key] or [n for n in names if key and n.startswith(key)]
              or difflib.get_close_matches(key, names, n=1, cutoff=0.9))
     hint = f" Did you mean {alike[0]}?" if alike else ""
+    hub = re.match(r"^https?://(?:www\.)?huggingface\.co/([^/]+/[^/]+)", spec)
+    if hub:
+        hint += f" A Hugging Face Hub repository is given as hf:{hub.group(1)}."
+    elif re.match(r"^[a-z][a-z0-9+.-]*://", spec, flags=re.IGNORECASE):
+        hint += " URLs are not downloaded: download the file and pass its path."
     if spec in MODEL_CONFIGS:
         hint += (f" ({spec} is an architecture, for `dap.create_model` and training configs; it has no weights of "
                  "its own.)")
@@ -208,9 +214,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     else:
         p = _download_hub(spec) if spec.startswith("hf:") else Path(path)
     if not p.exists():
+        given = p if spec in registry.MODELS else spec  # as typed: a Path would fold a URL's // into /
         raise CheckpointError(
-            f"checkpoint {p} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a name, "
-            f"the official model.pth or a directory written by `dap convert`/`dap train`.{_name_hint(spec)}"
+            f"checkpoint {given} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a "
+            f"name, the official model.pth or a directory written by `dap convert`/`dap train`.{_name_hint(spec)}"
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():

@@ -527,6 +527,16 @@ def looks_blank(rgb: np.ndarray) -> bool:
     return bool(luminance.size) and float(luminance.std()) < BLANK_SPREAD
 
 
+def _levelled_input(rgb: np.ndarray, tilt: torch.Tensor, resolution: tuple[int, int]) -> np.ndarray:
+    """The network's view of `rgb` levelled (`geometry.rotate_erp` by tilt.T). A large panorama is first shrunk to
+    twice the working resolution: the network sees no more than that, and turning an 8K panorama's every pixel
+    would take 4x the time of its prediction and 2 GB."""
+    size = (2 * resolution[0], 2 * resolution[1])
+    if rgb.shape[0] > size[0]:
+        rgb = resize_image(rgb.transpose(2, 0, 1), size).transpose(1, 2, 0)
+    return np.clip(np.asarray(geometry.rotate_erp(rgb, tilt.T), np.float32), 0.0, 1.0)
+
+
 # A panorama whose camera looks tilted by more than this many degrees gets a warning (without `level`): the 55 real
 # photographs of the pool are all under 7 but one, tilted by 22 (horizonnet_demo, which HorizonNet levels itself).
 TILT_WARNING = 10.0
@@ -626,7 +636,7 @@ def predict(
             warnings.warn(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical edges "
                           "lean); the network was trained on level panoramas. Level it: --level (predict(..., "
                           "level=True)) or the camera app's horizon levelling.", InputWarning, stacklevel=3)
-        net_input = rgb if tilt is None else np.clip(np.asarray(geometry.rotate_erp(rgb, tilt.T), np.float32), 0, 1)
+        net_input = rgb if tilt is None else _levelled_input(rgb, tilt, resolution)
         out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
         mask_at = model.cfg.range_threshold if threshold is None else threshold
         out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,

@@ -15,6 +15,11 @@ predict` reports per panorama (model loading excluded), best of --repeats, and t
 
 --against adds rows of an older checkout's src/ folder (`git archive <commit> src | tar -x -C /tmp/dap-before`),
 run the same way in turns, so a change's effect on peak memory is measured in one run; --malloc picks settings.
+--with adds rows with further `dap predict` arguments, and --image resizes a real panorama to each size instead
+of random pixels (levelling needs edges to find a tilt in):
+
+    .venv/bin/python benchmarks/predict_memory.py --model dap-tiny-synth --sizes 4096 --repeats 2 \
+        --malloc "glibc default" --image src/dap/assets/sample_indoor.jpg --with=--level
 """
 
 from __future__ import annotations
@@ -32,13 +37,13 @@ SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD
 
 
 def run_once(model: str, image: Path, out: Path, setting: dict, outputs: str = "npy",
-             src: str | None = None) -> tuple[float, float]:
+             src: str | None = None, extra: tuple[str, ...] = ()) -> tuple[float, float]:
     """(peak RSS in bytes, seconds per panorama) of one `dap predict` child, of the checkout in `src` if given."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | setting
     if src:
         env["PYTHONPATH"] = src
     cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", outputs,
-           "--precision", "fp32", "--out", str(out), "--overwrite"]
+           "--precision", "fp32", "--out", str(out), "--overwrite", *extra]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     stdout = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
@@ -57,32 +62,36 @@ def main() -> None:
                     help=f"allocator settings to run, comma-separated, any of: {', '.join(SETTINGS)}")
     ap.add_argument("--outputs", default="npy", help="--outputs of dap predict")
     ap.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, run as rows `before`")
+    ap.add_argument("--with", dest="variants", action="append", default=[""], metavar="ARGS",
+                    help="also rows with these further dap predict arguments (repeatable; write --with=--level)")
+    ap.add_argument("--image", help="a panorama to resize to each size (default: random pixels)")
     args = ap.parse_args()
     settings = [name.strip() for name in args.malloc.split(",")]
     if unknown := [name for name in settings if name not in SETTINGS]:
         ap.error(f"--malloc: unknown {unknown}; choose from {', '.join(SETTINGS)}")
     codes = {"this checkout": None} | ({"before": args.against} if args.against else {})
-    print("| input | code | malloc | peak RSS GiB | peak RSS GB | s per panorama | time vs first row |")
-    print("|---|---|---|---|---|---|---|")
+    print("| input | code | arguments | malloc | peak RSS GiB | peak RSS GB | s per panorama | time vs first row |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for h in (int(v) for v in args.sizes.split(",")):
             image = Path(tmp) / f"pano{h}.jpg"
             # In a process of its own: a child's ru_maxrss counts what its parent held when it forked, so this
             # process must stay small (a 16K panorama made here would be added to every row).
-            subprocess.run([sys.executable, "-c", "import sys, numpy as np; from dap import io; h = int(sys.argv[2]); "
-                            "io.write_rgb(sys.argv[1], np.random.default_rng(0).random((h, 2 * h, 3), np.float32))",
-                            str(image), str(h)], check=True)
-            rows = [(code, name) for code in codes for name in settings]
+            subprocess.run([sys.executable, "-c", "import sys, cv2, numpy as np; from dap import io; "
+                            "h = int(sys.argv[2]); rgb = np.random.default_rng(0).random((h, 2 * h, 3), np.float32) "
+                            "if sys.argv[3] == '' else cv2.resize(io.read_rgb(sys.argv[3]), (2 * h, h)); "
+                            "io.write_rgb(sys.argv[1], rgb)", str(image), str(h), args.image or ""], check=True)
+            rows = [(code, variant, name) for code in codes for variant in args.variants for name in settings]
             results = {row: [] for row in rows}
             for _ in range(args.repeats):
-                for code, name in rows:  # in turns, so load from other processes hits all rows alike
-                    results[code, name].append(run_once(args.model, image, Path(tmp) / "out", SETTINGS[name],
-                                                        args.outputs, codes[code]))
+                for code, variant, name in rows:  # in turns, so load from other processes hits all rows alike
+                    results[code, variant, name].append(run_once(args.model, image, Path(tmp) / "out", SETTINGS[name],
+                                                                 args.outputs, codes[code], tuple(variant.split())))
             base = min(s for _, s in results[rows[0]])
-            for (code, name), runs in results.items():
+            for (code, variant, name), runs in results.items():
                 peak, best = max(p for p, _ in runs), min(s for _, s in runs)
-                print(f"| {h}x{2 * h} | {code} | {name} | {peak / 2**30:.2f} | {peak / 1e9:.2f} | {best:.1f} | "
-                      f"{base / best:.2f}x |", flush=True)
+                print(f"| {h}x{2 * h} | {code} | {variant or '-'} | {name} | {peak / 2**30:.2f} | {peak / 1e9:.2f} | "
+                      f"{best:.1f} | {base / best:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -570,6 +570,12 @@ def test_ground_truth_in_another_unit_is_named(tmp_path, capsys):
     assert "beyond --max-depth" not in capsys.readouterr().err
     summary = json.loads((tmp_path / "o2" / "metrics.json").read_text())
     assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+    # metres given a millimetre unit: nothing is far enough to be dropped, but nothing is where it should be
+    (tmp_path / "data" / "manifest.csv").write_text("rgb,depth,metres_per_unit,name\n" + "".join(
+        f"rgb/{name}.png,depth/{name}.npy,0.0001,{name}\n" for name in gts))
+    assert main([*argv, "--out", str(tmp_path / "o3")]) == 0
+    assert "2 of 2 samples, the first s0: over 90% of the ground truth is nearer than 0.1 m: check its unit" \
+        in capsys.readouterr().err
 
 
 def test_a_sample_whose_file_name_is_not_utf8_is_scored_and_reported(tmp_path):

@@ -505,6 +505,11 @@ def evaluate(
             input_warnings.setdefault(
                 f"over 90% of the ground truth is beyond --max-depth {cfg.max_depth:g} m and is not scored: if the "
                 "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
+        elif measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
+            # The other way round (metres given a millimetre unit): no room is that near its camera
+            input_warnings.setdefault(
+                "over 90% of the ground truth is nearer than 0.1 m: check its unit (a folder dataset's "
+                "metres_per_unit)", []).append(name)
         if predictions_dir is not None:
             path = _saved_prediction_path(Path(predictions_dir), name)
             pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0

@@ -203,7 +203,7 @@ CORPUS = {
     "empty file": (["predict", "{d}/empty.png", *P], 2, ["empty.png", "cannot read"]),
     "wrong extension": (["predict", "{d}/pano.txt", *P], 2, ["pano.txt", "cannot read"]),
     "non-image bytes": (["predict", "{d}/noise.png", *P], 2, ["noise.png", "cannot read"]),
-    "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "ordinary photograph"]),
+    "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "over-under"]),
     "3:1 image": (["predict", "{d}/wide.png", *P], 2, ["wide.png", "96x32", "2:1"]),
     "glob matching nothing": (["predict", "{d}/*.jpeg", *P], 2, ["*.jpeg", "matches no"]),
     # --- checkpoints ----------------------------------------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert by_path["a_copy.jpg"][0]["dup_of"] == by_path["a.png"][0]["id"]
     assert "cannot decode" in by_path["broken.jpg"][0]["reason"]
     assert by_path["wide.png"][0]["reason"].startswith("the image is 128x32 (width x height) but an equirectangular")
-    assert "--pad-to-erp for a partial panorama" in by_path["wide.png"][0]["reason"]
+    assert "a partial panorama covering +-45 degrees of latitude: use --pad-to-erp" in by_path["wide.png"][0]["reason"]
     video = by_path["walk.avi"]
     assert [r["frame_time"] for r in video] == [0.0, 1.0, 2.0] and {r["kind"] for r in video} == {"video_frame"}
     assert all(r["status"] == "rejected" and r["dup_of"] for r in video)  # a, a, b were all seen already

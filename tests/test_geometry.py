@@ -359,8 +359,9 @@ def test_dual_fisheye_images_are_told_from_equirectangular_ones():
 @pytest.mark.parametrize(("height", "width", "hint"), [
     (256, 512, None), (256, 500, "within 3% of that: resize it"), (256, 524, "within 3%"), (256, 400, "Narrower"),
     (512, 256, "turned by 90 degrees"), (128, 768, "cubemap strip"), (768, 128, "cubemap strip"),
-    (100, 100, "ordinary photograph"), (720, 1280, "ordinary photograph"), (768, 1024, "cubemap cross"),
-    (1024, 768, "cubemap cross"), (256, 1024, "--pad-to-erp for a partial panorama"),
+    (100, 100, "stereo (over-under) 360-degree panorama"), (720, 1280, "ordinary photograph"),
+    (768, 1024, "cubemap cross"), (1024, 768, "cubemap cross"), (256, 1024, "stereo (side-by-side)"),
+    (256, 1200, "--pad-to-erp for a partial panorama"),
 ])
 def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, hint):
     from dap.errors import NotPanoramaError
@@ -372,7 +373,7 @@ def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, h
     with pytest.raises(NotPanoramaError, match=expected) as e:
         g.check_erp_shape(height, width)
     assert hint in str(e.value)
-    assert ("--pad-to-erp" in str(e.value)) == hint.startswith("--pad-to-erp")  # only where it is the fix
+    assert ("--pad-to-erp" in str(e.value)) == (width > 2.06 * height and "cubemap" not in hint)  # where it may help
 
 
 

@@ -107,6 +107,12 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
         hint = " Four by three square faces look like a cubemap cross:" + cubemap
     elif height == 2 * width:
         hint = " It is 1:2, as a panorama turned by 90 degrees would be: rotate it upright."
+    elif height == width:
+        hint = (" A square image may be a stereo (over-under) 360-degree panorama, two 2:1 views one above the "
+                "other: crop the top half. Otherwise it is not a 360-degree panorama as it stands.")
+    elif width == 4 * height:
+        hint = (" It may be a stereo (side-by-side) 360-degree panorama, two 2:1 views next to each other: crop the "
+                "left half; or a partial panorama covering +-45 degrees of latitude: use --pad-to-erp.")
     elif abs(width - 2 * height) <= 0.03 * 2 * height:
         hint = " It is within 3% of that: resize it to exactly 2:1."
     elif width > 2 * height:

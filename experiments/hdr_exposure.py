@@ -31,11 +31,11 @@ import torch
 
 import dap
 from dap.geometry import solid_angle_weights
-from dap.io import HDR_KEY, read_rgb, sphere_luminance_quantiles, tonemap_hdr
+from dap.io import HDR_KEY, REC709_LUMA, read_rgb, sphere_luminance_quantiles, tonemap_hdr
 
 ROOT = Path(__file__).resolve().parents[1]
 POOL = ROOT.parent / "shared" / "real-panos"
-LUMA = np.array([0.2126, 0.7152, 0.0722], np.float32)
+LUMA = np.array(REC709_LUMA, np.float32)
 CLIP_SHARES = (0.05, 0.02, 0.01)  # for --exposure-only: how much of the sphere the cameras clipped
 PROTECT_STOPS = (math.inf, 1.0, 2.0, 3.0)  # capped rules: how far below the median's exposure the cap may go
 EXPANSIONS = (1.0, 8.0, 20.0)  # highlights: as the photograph holds them (1), or as an HDR would (white -> k x white)

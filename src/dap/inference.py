@@ -24,7 +24,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import warnings
 from collections import Counter
@@ -522,8 +521,10 @@ BLANK_SPREAD = 0.01
 def looks_blank(rgb: np.ndarray) -> bool:
     """Whether an image is one flat colour with no detail (a black video frame, a failed export, a placeholder):
     the standard deviation of its luminance is below `BLANK_SPREAD`. rgb: float (H, W, 3) in [0, 1]."""
+    from dap.io import REC709_LUMA
+
     step = max(1, rgb.shape[1] // 512)  # a statistic: every k-th pixel of large images is plenty
-    luminance = rgb[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    luminance = rgb[::step, ::step] @ np.array(REC709_LUMA, np.float32)
     return bool(luminance.size) and float(luminance.std()) < BLANK_SPREAD
 
 
@@ -740,7 +741,9 @@ def dangling_link(path: str | os.PathLike) -> str | None:
 
 def _why_missing(spec: str) -> str | None:
     """What a path that does not exist most likely is, in words, where we can tell."""
-    if re.match(r"^[a-z][a-z0-9+.-]*://", spec, flags=re.IGNORECASE):
+    from dap.io import is_url
+
+    if is_url(spec):
         return "a URL: files are not downloaded; download it and pass the file"
     if spec.startswith("~"):
         return f"'~' is not expanded inside quotes: write {os.path.expanduser(spec)}"

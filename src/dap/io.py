@@ -177,6 +177,11 @@ UNSUPPORTED_FORMATS = {
 }
 
 
+def is_url(text: str) -> bool:
+    """Whether `text` is written as a URL (scheme://...), which this package never downloads."""
+    return re.match(r"^[a-z][a-z0-9+.-]*://", text, flags=re.IGNORECASE) is not None
+
+
 def unsupported_format(path: PathLike) -> str | None:
     """What a file of a known but unsupported panorama format is and how to convert it (by its suffix); else None."""
     return UNSUPPORTED_FORMATS.get(Path(path).suffix.lower())
@@ -215,6 +220,9 @@ HDR_SUFFIXES = (".hdr", ".exr")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", *HDR_SUFFIXES)
 """Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
+
+REC709_LUMA = (0.2126, 0.7152, 0.0722)
+"""Weights of linear R, G, B in luminance (Rec. 709 / sRGB primaries)."""
 
 HDR_KEY = 0.18
 """Linear luminance that an HDR panorama's median (over the sphere) is exposed to: photographic middle grey. Tried
@@ -292,7 +300,7 @@ def sphere_luminance_quantiles(linear: np.ndarray, quantiles: Sequence[float]) -
     empty."""
     h, w = linear.shape[:2]
     step = max(1, w // 1024)
-    luminance = linear[::step, ::step] @ np.array([0.2126, 0.7152, 0.0722], np.float32)
+    luminance = linear[::step, ::step] @ np.array(REC709_LUMA, np.float32)
     if not luminance.size:
         return [0.0 for _ in quantiles]
     weights = np.broadcast_to(solid_angle_weights(h, w, dtype=torch.float64).numpy()[::step], luminance.shape)
@@ -471,6 +479,8 @@ def _valid_depth(depth: np.ndarray) -> np.ndarray:
 
 def _clean_depth(depth: np.ndarray) -> np.ndarray:
     """float32 C-ordered copy with every invalid value (NaN, inf, <= 0, >= DEPTH_SENTINEL) set to 0."""
+    # C order: OpenEXR's binding writes an array's buffer in C order whatever its strides (a transposed view
+    # would come out scrambled)
     d = np.array(depth, dtype=np.float32, order="C")
     d[~_valid_depth(d)] = 0.0
     return d
@@ -637,8 +647,7 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
             np.savez_compressed(tmp, depth=d)
         elif suffix == ".exr":
             header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
-            # OpenEXR's binding writes an array's buffer in C order whatever its strides: never give it a view
-            OpenEXR.File(header, {"Z": np.ascontiguousarray(d)}).write(str(tmp))
+            OpenEXR.File(header, {"Z": d}).write(str(tmp))  # `d` is C-ordered (`_clean_depth`)
         else:
             raise ValueError(f"unknown depth format '{suffix}' for {path}; use .npy, .npz, .exr or .png")
 

@@ -37,7 +37,7 @@ from PIL import Image
 
 from dap.errors import DapError
 from dap.geometry import check_erp_shape, erp_rays, lonlat_to_pixel, rotation_matrix
-from dap.io import atomic_write
+from dap.io import REC709_LUMA, atomic_write
 
 MAX_RANGE = 100.0  # metres; farther hits and sky form the range mask
 EPS = 1e-4  # smallest accepted ray distance (metres)
@@ -955,7 +955,7 @@ def _texture_bank(dirs: tuple[str, ...], device: torch.device) -> tuple[torch.Te
     Each crop is scaled towards a mean luminance of 1 (dark ones by at most 3x), so a material's brightness
     comes mostly from its palette whether the crop was cut from a night scene or a snow field."""
     x = (load_texture_tiles(dirs).astype(np.float32) / 255) ** 2.2
-    lum = (x * np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)).sum(-1).mean((1, 2))
+    lum = (x * np.array(REC709_LUMA, dtype=np.float32)).sum(-1).mean((1, 2))
     x = np.minimum(x * np.minimum(1 / np.maximum(lum, 1e-3), 3.0)[:, None, None, None], 2.5)
     levels, offsets, off = [], [], 0
     while x.shape[1] >= 4:
@@ -1637,7 +1637,7 @@ def _finish(lin: torch.Tensor, style: Style, look: dict) -> torch.Tensor:
     x = lin * (2.0 ** look["ev"]) * torch.from_numpy(look["wb"]).to(lin.device)
     if style.grading > 0:
         # auto exposure: the log-average luminance maps to mid grey, as a camera meters a bright window or sky
-        lum = (x * torch.tensor([0.2126, 0.7152, 0.0722], device=x.device)).sum(-1)
+        lum = (x * torch.tensor(REC709_LUMA, device=x.device)).sum(-1)
         key = float(torch.exp(torch.log(lum + 1e-3).mean()))
         x = x * min(4.0, max(0.25, 0.25 / key))
         # a dual-lens 360 camera: the two halves differ slightly in gain, blended across the stitching seams

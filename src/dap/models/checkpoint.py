@@ -182,6 +182,7 @@ def _name_hint(spec: str) -> str:
     """" Did you mean <name>?" for a near miss of a registered name, and what an architecture name is."""
     import difflib
 
+    from dap.io import is_url
     from dap.models import MODEL_CONFIGS, registry
 
     names, key = list(registry.MODELS), spec.lower().replace("_", "-")
@@ -191,7 +192,7 @@ def _name_hint(spec: str) -> str:
     hub = re.match(r"^https?://(?:www\.)?huggingface\.co/([^/]+/[^/]+)", spec)
     if hub:
         hint += f" A Hugging Face Hub repository is given as hf:{hub.group(1)}."
-    elif re.match(r"^[a-z][a-z0-9+.-]*://", spec, flags=re.IGNORECASE):
+    elif is_url(spec):
         hint += " URLs are not downloaded: download the file and pass its path."
     if spec in MODEL_CONFIGS:
         hint += (f" ({spec} is an architecture, for `dap.create_model` and training configs; it has no weights of "

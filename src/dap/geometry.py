@@ -147,6 +147,22 @@ def looks_dual_fisheye(rgb: np.ndarray, black: float = 0.03, lit: float = 0.06) 
     return True
 
 
+def _tilt_sized(rgb: np.ndarray) -> np.ndarray:
+    """The float32 panorama the tilt is fitted on: at most 1024 pixels wide (the fit needs edges, not detail)."""
+    import cv2
+
+    image = np.ascontiguousarray(rgb, dtype=np.float32)
+    if image.shape[1] > 1024:
+        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    return image
+
+
+def level_panorama(rgb: np.ndarray, rotation: torch.Tensor) -> np.ndarray:
+    """The float32 RGB panorama a level camera would have taken of `rgb`, whose camera `level_rotation` found at
+    `rotation`: `rotate_erp(rgb, rotation.T)`, held to [0, 1] against float rounding."""
+    return np.clip(np.asarray(rotate_erp(rgb, rotation.T), dtype=np.float32), 0.0, 1.0)
+
+
 def camera_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -> tuple[float, float] | None:
     """(pitch, roll) in degrees (`rotation_matrix`'s conventions) of the camera that took an equirectangular
     panorama, relative to level, from how near-vertical edges lean around the horizon; None when fewer than
@@ -159,9 +175,7 @@ def camera_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -
     gives (a, c). First order in the tilt: `level_rotation` refits on the levelled image."""
     import cv2
 
-    image = np.ascontiguousarray(rgb, dtype=np.float32)
-    if image.shape[1] > 1024:  # the estimate needs edges, not detail
-        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    image = _tilt_sized(rgb)
     h, w = image.shape[:2]
     lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0
     rows = np.flatnonzero(np.abs(lat) < band_deg)
@@ -207,11 +221,7 @@ def level_rotation(rgb: np.ndarray, fits: int = 5, settled: float = 0.5) -> torc
     levelled so far until a fit moves it less than `settled` degrees; None when that does not happen within `fits`
     fits (edges that do not follow the world's vertical: the fits wander instead of closing in) or when the tilt
     cannot be judged at all."""
-    import cv2
-
-    image = np.ascontiguousarray(rgb, dtype=np.float32)
-    if image.shape[1] > 1024:
-        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    image = _tilt_sized(rgb)  # once, not at every fit
     rotation = torch.eye(3, dtype=torch.float64)
     levelled = image
     for _ in range(fits):

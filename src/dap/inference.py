@@ -529,13 +529,13 @@ def looks_blank(rgb: np.ndarray) -> bool:
 
 
 def _levelled_input(rgb: np.ndarray, tilt: torch.Tensor, resolution: tuple[int, int]) -> np.ndarray:
-    """The network's view of `rgb` levelled (`geometry.rotate_erp` by tilt.T). A large panorama is first shrunk to
+    """The network's view of `rgb` levelled (`geometry.level_panorama`). A large panorama is first shrunk to
     twice the working resolution: the network sees no more than that, and turning an 8K panorama's every pixel
     would take 4x the time of its prediction and 2 GB."""
     size = (2 * resolution[0], 2 * resolution[1])
     if rgb.shape[0] > size[0]:
         rgb = resize_image(rgb.transpose(2, 0, 1), size).transpose(1, 2, 0)
-    return np.clip(np.asarray(geometry.rotate_erp(rgb, tilt.T), np.float32), 0.0, 1.0)
+    return geometry.level_panorama(rgb, tilt)
 
 
 # A panorama whose camera looks tilted by more than this many degrees gets a warning (without `level`): the 55 real

@@ -24,7 +24,7 @@ import numpy as np
 
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError, NotPanoramaError
-from dap.geometry import check_erp_shape, level_rotation, looks_dual_fisheye, rotate_erp, tilt_angle
+from dap.geometry import check_erp_shape, level_panorama, level_rotation, looks_dual_fisheye, tilt_angle
 from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
@@ -167,7 +167,7 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
     from dap.io import read_photo_sphere
 
     h, w = rgb.shape[:2]
-    if w != 2 * h and o.pad_to_erp and w > 2 * h and w % 2 == 0:
+    if o.pad_to_erp and w > 2 * h and w % 2 == 0:
         try:
             top = photo_sphere_top(read_photo_sphere(image_file), h, w) if image_file is not None else None
             rgb, _ = pad_rows_to_erp(rgb, top)
@@ -281,9 +281,7 @@ def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions |
 def _levelled(rgb: np.ndarray) -> np.ndarray | None:
     """The panorama a level camera would have taken (`dap.geometry.level_rotation`), or None if it cannot tell."""
     rotation = level_rotation(rgb)
-    if rotation is None:
-        return None
-    return np.clip(np.asarray(rotate_erp(rgb, rotation.T), dtype=np.float32), 0.0, 1.0)
+    return None if rotation is None else level_panorama(rgb, rotation)
 
 
 def _rejected(path: Path, source: str, checksum: str, frame: int | None, reason: str) -> dict:

@@ -40,6 +40,7 @@ def step_render(args: argparse.Namespace) -> dict:
     info = {}
     for name, kind, style, seed, count in (s for s in SETS if s[0] in TRAIN_SETS):
         n = max(1, round(count * args.fraction))
+        seed += args.seed_offset
         t0 = time.monotonic()
         cmd = dap_cli("synth", "--count", str(n), "--out", str(args.work / "data" / name), "--kind", kind,
                       "--style", style, "--resolution", "x".join(map(str, args.resolution)), "--seed", str(seed),
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget (per sitting)")
     parser.add_argument("--fraction", type=positive_float, default=0.25,
                         help="share of the bundled recipe's panorama counts to render (1.0: 4,800)")
+    parser.add_argument("--seed-offset", type=int, default=0,
+                        help="added to each training set's first seed: other scenes than the bundled recipe's, for a "
+                             "model that starts from it (10000000 keeps clear of every held-out set's seeds)")
     parser.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024),
                         help="rendering resolution (HEIGHTxWIDTH, 2:1)")
     parser.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 2),
@@ -111,6 +115,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
+    held_out = [(seed, seed + count) for name, _, _, seed, count in SETS if name not in TRAIN_SETS]
+    for name, _, _, seed, count in (s for s in SETS if s[0] in TRAIN_SETS):
+        first, end = seed + args.seed_offset, seed + args.seed_offset + max(1, round(count * args.fraction))
+        if any(first < b and a < end for a, b in held_out):
+            parser.error(f"--seed-offset {args.seed_offset}: {name}'s seeds {first}..{end - 1} include held-out scenes")
     args.work = args.work.resolve()
     args.config = args.config.resolve()
     args.work.mkdir(parents=True, exist_ok=True)

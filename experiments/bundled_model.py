@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,7 @@ SETS = (("indoor", "indoor", "photo", 1_000_000, 2400), ("outdoor", "outdoor", "
         ("val_indoor", "indoor", "photo", 3_000_000, 96), ("val_indoor_clean", "indoor", "clean", 3_000_000, 96),
         ("val_photo", "mixed", "photo", 900_000, 96), ("val_clean", "mixed", "clean", 900_000, 96),
         ("cal_indoor", "indoor", "photo", 4_000_000, 96), ("cal_mixed", "mixed", "photo", 5_000_000, 96))
+TRAIN_SETS = ("indoor", "outdoor", "indoor_clean", "outdoor_clean")
 CAL_SETS = ("cal_indoor", "cal_mixed")  # held out from training and from the evaluation: the threshold's data
 THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 # Calibration AbsRel this close to the best counts as a tie, which goes to the highest threshold (the fewest
@@ -77,16 +79,40 @@ def run(cmd: list[str], cwd: Path) -> None:
         raise SystemExit(f"failed: {' '.join(cmd[2:])} (rerun the same command to resume)")
 
 
-def step_render(args: argparse.Namespace) -> dict:
+def render_sets(data: Path, names: tuple[str, ...], workers: int, *, resolution: tuple[int, int] = (256, 512),
+                fraction: float = 1.0, seed_offset: int = 0, one_shard_per_worker: bool = False) -> dict:
+    """`dap synth` each of SETS named in `names` into data/<name>: fraction of its count, its first seed moved by
+    seed_offset (other scenes than the recipe's: for training a model further on panoramas it has not seen).
+    one_shard_per_worker: shards of count / workers panoramas rather than 100 (on many cores a set of a few
+    hundred would otherwise keep most processes idle)."""
     info = {}
-    for name, kind, style, seed, count in SETS:
+    for name, kind, style, seed, count in (s for s in SETS if s[0] in names):
+        n, seed = max(1, round(count * fraction)), seed + seed_offset
         t0 = time.monotonic()
-        run(dap_cli("synth", "--count", str(count), "--out", str(args.work / "data" / name), "--kind", kind,
-                    "--style", style, "--resolution", "256x512", "--seed", str(seed), "--workers", str(args.workers),
-                    "--shard-size", "100" if count > 100 else str(count), "--no-progress"), ROOT)
-        info[name] = {"kind": kind, "style": style, "seed": seed, "count": count,
-                      "seconds": round(time.monotonic() - t0, 1)}
+        run(dap_cli("synth", "--count", str(n), "--out", str(data / name), "--kind", kind, "--style", style,
+                    "--resolution", "x".join(map(str, resolution)), "--seed", str(seed), "--workers", str(workers),
+                    "--shard-size", str(math.ceil(n / workers) if one_shard_per_worker else min(n, 100)),
+                    "--no-progress"), ROOT)
+        seconds = round(time.monotonic() - t0, 1)
+        info[name] = {"kind": kind, "style": style, "seed": seed, "count": n, "seconds": seconds}
+        log(f"{name}: {n} panoramas in {seconds} s")
     return info
+
+
+def seeds_clear_of_held_out(names: tuple[str, ...], fraction: float, seed_offset: int) -> list[str]:
+    """The sets of `names` whose seeds, moved by seed_offset, would reach a held-out or calibration set's scenes."""
+    held_out = [(seed, seed + count) for name, _, _, seed, count in SETS if name not in TRAIN_SETS]
+    clash = []
+    for name, _, _, seed, count in (s for s in SETS if s[0] in names):
+        first = seed + seed_offset
+        end = first + max(1, round(count * fraction))
+        if any(first < b and a < end for a, b in held_out):
+            clash.append(f"{name}'s seeds {first}..{end - 1}")
+    return clash
+
+
+def step_render(args: argparse.Namespace) -> dict:
+    return render_sets(args.work / "data", tuple(name for name, *_ in SETS), args.workers)
 
 
 def step_v1(args: argparse.Namespace) -> dict:
@@ -178,7 +204,6 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     (near-ties go to the higher threshold: `pick_threshold_and_scale`). Then, on top, a factor per band of
     latitude (`latitude_scale`, fitted on LATITUDE_SET) for an error that depends on where the model looks."""
     import dataclasses
-    import math
 
     import numpy as np
 
@@ -208,7 +233,7 @@ def step_calibrate(args: argparse.Namespace) -> dict:
     with_profile = {name: mean_abs_rel(s, threshold, profile, model.cfg.max_depth) for name, s in scaled.items()}
     without = {name: mean_abs_rel(s, threshold, (), model.cfg.max_depth) for name, s in scaled.items()}
     training = json.loads((trained / "config.json").read_text())["training"]  # keep the training record
-    save_model(model, args.work / "calibrated", training)
+    save_model(model, args.work / "calibrated", training, dtype=weights_dtype(trained))  # float16 stays so
     untouched = table[:, SCALES.index(1.0)]
     log(f"range threshold {threshold}, depth scale {scale}: mean AbsRel {table[i, j]:.4f} (at scale 1: "
         f"{', '.join(f'{t}: {v:.4f}' for t, v in zip(THRESHOLDS, untouched, strict=True))}); latitude scale "
@@ -285,7 +310,6 @@ WALLS = (  # (image, column, ceiling row, floor row) of one wall
 
 def row_slope(row: float, image_height: int = 512) -> float:
     """tan of the elevation of a row's centre in an equirectangular image (positive above the horizon)."""
-    import math
 
     return math.tan((0.5 - (row + 0.5) / image_height) * math.pi)
 
@@ -359,7 +383,6 @@ def scale_by_latitude(pairs, bands: int = 4) -> list[float]:
 def val_indoor_bands(args: argparse.Namespace, model_path: Path) -> list[float]:
     """`scale_by_latitude` on all of val_indoor (a sixth of it, 16 panoramas, once put the ceiling band at 1.40 where
     all 96 give 1.13: rooms differ that much), each model at its working resolution, no range mask."""
-    import math
 
     import numpy as np
 
@@ -374,6 +397,14 @@ def val_indoor_bands(args: argparse.Namespace, model_path: Path) -> list[float]:
         pred = dap.predict(sample["rgb"], model, threshold=math.inf, precision="fp32")
         pairs.append((pred.depth, np.asarray(sample["depth"], np.float32).squeeze()))
     return scale_by_latitude(pairs)
+
+
+def weights_dtype(model_dir: Path):
+    """The floating-point type a model folder's weights are stored in (float16 halves the package's size)."""
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return next(f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point())
 
 
 def step_eval(args: argparse.Namespace) -> dict:

@@ -19,39 +19,24 @@ meant for a GPU: on two CPU cores one ViT-S step at 512x1024, batch 16, takes mi
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from bundled_model import SETS
-from data_in_the_loop import ROOT, State, dap_cli, log
+from bundled_model import TRAIN_SETS, render_sets, seeds_clear_of_held_out
+from data_in_the_loop import ROOT, State, log
 
 from dap.cli import parse_panorama_size, positive_float, positive_int
 
-TRAIN_SETS = ("indoor", "outdoor", "indoor_clean", "outdoor_clean")
 STEPS = ("render", "train", "export")
 
 
 def step_render(args: argparse.Namespace) -> dict:
-    info = {}
-    for name, kind, style, seed, count in (s for s in SETS if s[0] in TRAIN_SETS):
-        n = max(1, round(count * args.fraction))
-        seed += args.seed_offset
-        t0 = time.monotonic()
-        cmd = dap_cli("synth", "--count", str(n), "--out", str(args.work / "data" / name), "--kind", kind,
-                      "--style", style, "--resolution", "x".join(map(str, args.resolution)), "--seed", str(seed),
-                      "--workers", str(args.workers), "--shard-size", str(math.ceil(n / args.workers)), "--no-progress")
-        log(" ".join(cmd[2:]))
-        if subprocess.run(cmd, cwd=ROOT).returncode:
-            raise SystemExit(f"failed: {' '.join(cmd[2:])} (rerun the same command to resume)")
-        info[name] = {"kind": kind, "style": style, "seed": seed, "count": n,
-                      "seconds": round(time.monotonic() - t0, 1)}
-        log(f"{name}: {n} panoramas in {info[name]['seconds']} s")
-    return info
+    return render_sets(args.work / "data", TRAIN_SETS, args.workers, resolution=args.resolution,
+                       fraction=args.fraction, seed_offset=args.seed_offset, one_shard_per_worker=True)
 
 
 def step_train(args: argparse.Namespace) -> dict:
@@ -59,13 +44,10 @@ def step_train(args: argparse.Namespace) -> dict:
 
     cfg = load_config(args.config, args.set)
     run = args.work / "run"
-    cwd = os.getcwd()
-    os.chdir(args.work)  # the config's data paths are relative to the work folder
-    try:
-        t0 = time.monotonic()
-        result = train(cfg, run, resume=(run / "checkpoints").is_dir(), time_limit_min=args.minutes)
-    finally:
-        os.chdir(cwd)
+    t0 = time.monotonic()
+    with contextlib.chdir(args.work):  # the config's paths (data, model.init) are relative to the work folder
+        result = train(cfg, run, resume=(run / "checkpoints").is_dir(), time_limit_min=args.minutes,
+                       stop_at=args.stop_at)
     rates = [row["samples_per_s"] for row in result.history[1:]]  # the first window holds the warm-up
     return {"steps": result.step, "minutes": round((time.monotonic() - t0) / 60, 2),
             "samples_per_s": round(sum(rates) / len(rates), 1) if rates else None,
@@ -81,7 +63,8 @@ def step_export(args: argparse.Namespace, state: State) -> dict:
     cfg = load_config(args.config, args.set)
     ckpt_path = list_checkpoints(args.work / "run")[-1]
     ckpt = load_checkpoint(ckpt_path)
-    model = build_model(cfg, quiet=True)
+    with contextlib.chdir(args.work):
+        model = build_model(cfg, quiet=True)
     # the EMA is a torch AveragedModel: the network's keys under `module.`, plus its count of averaged steps
     model.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k != "n_averaged"})
     step = int(ckpt["step"])
@@ -102,6 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value (as `dap train --set`)")
     parser.add_argument("--minutes", type=positive_float, default=5.0, help="training time budget (per sitting)")
+    parser.add_argument("--stop-at", type=positive_int, metavar="STEP",
+                        help="stop training at this step (whatever the time), a step of the config's schedule")
     parser.add_argument("--fraction", type=positive_float, default=0.25,
                         help="share of the bundled recipe's panorama counts to render (1.0: 4,800)")
     parser.add_argument("--seed-offset", type=int, default=0,
@@ -115,11 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
-    held_out = [(seed, seed + count) for name, _, _, seed, count in SETS if name not in TRAIN_SETS]
-    for name, _, _, seed, count in (s for s in SETS if s[0] in TRAIN_SETS):
-        first, end = seed + args.seed_offset, seed + args.seed_offset + max(1, round(count * args.fraction))
-        if any(first < b and a < end for a, b in held_out):
-            parser.error(f"--seed-offset {args.seed_offset}: {name}'s seeds {first}..{end - 1} include held-out scenes")
+    clash = seeds_clear_of_held_out(TRAIN_SETS, args.fraction, args.seed_offset)
+    if clash:
+        parser.error(f"--seed-offset {args.seed_offset}: {', '.join(clash)} include held-out scenes")
     args.work = args.work.resolve()
     args.config = args.config.resolve()
     args.work.mkdir(parents=True, exist_ok=True)

@@ -93,7 +93,6 @@ def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float
     it renders with the bundled recipe's seeds (so no held-out scene is trained on), with a schedule that does not
     depend on where the time limit stops it; the export writes the checkpoint's EMA weights as float16."""
     import argparse
-    import types
 
     import torch
     from safetensors import safe_open
@@ -107,12 +106,13 @@ def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float
     assert {s.path.removeprefix("data/") for s in cfg.data.sources} == set(e.TRAIN_SETS)
     assert cfg.optim.schedule == "constant" and cfg.optim.ema_decay > 0
     calls = []
-    monkeypatch.setattr(e.subprocess, "run", lambda cmd, cwd: calls.append(cmd) or types.SimpleNamespace(returncode=0))
-    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.25, resolution=(512, 1024), workers=4))
+    monkeypatch.setattr(sys.modules["bundled_model"], "run", lambda cmd, cwd: calls.append(cmd))
+    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.25, resolution=(512, 1024), workers=4, seed_offset=0))
     rendered = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: (int(c[c.index("--seed") + 1]),
                                                             int(c[c.index("--count") + 1])) for c in calls}
-    bundled = {name: (seed, count) for name, _, _, seed, count in e.SETS}
+    bundled = {name: (seed, count) for name, _, _, seed, count in sys.modules["bundled_model"].SETS}
     assert rendered == {name: (bundled[name][0], bundled[name][1] // 4) for name in e.TRAIN_SETS}
+    assert {c[c.index("--resolution") + 1] for c in calls} == {"512x1024"}
 
     overrides = ["model.name=dap_tiny", "model.overrides.default_resolution=[64,128]"]
     model = build_model(load_config(e.ROOT / "configs" / "gpu_vits.yaml", overrides), quiet=True)
@@ -147,6 +147,73 @@ def test_gpu_small_config_fits_the_bundled_size_and_trains_where_the_recipe_rend
     assert (cfg.data.height, cfg.data.width) == tuple(cfg.model.overrides["default_resolution"]) == (256, 512)
     assert {s.path.removeprefix("data/") for s in cfg.data.sources} == set(e.TRAIN_SETS)
     assert cfg.optim.schedule == "constant" and cfg.optim.ema_decay > 0 and cfg.run.val_every == 0
+
+
+def test_fresh_rounds_render_scenes_no_held_out_set_or_v2_has(tmp_path, monkeypatch):
+    """experiments/gpu_model.py --seed-offset moves every training set's seeds (the v3 rounds: 10M and 20M), and an
+    offset that would reach a held-out or calibration set's scenes is refused before anything is rendered."""
+    import argparse
+
+    e = _experiment("gpu_model")
+    b = sys.modules["bundled_model"]
+    calls = []
+    monkeypatch.setattr(b, "run", lambda cmd, cwd: calls.append(cmd))
+    e.step_render(argparse.Namespace(work=tmp_path, fraction=0.6, resolution=(256, 512), workers=16,
+                                     seed_offset=20_000_000))
+    seeds = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: (int(c[c.index("--seed") + 1]), int(c[c.index("--count") + 1]))
+             for c in calls}
+    recipe = {name: (seed, count) for name, _, _, seed, count in b.SETS}
+    assert seeds == {n: (recipe[n][0] + 20_000_000, round(recipe[n][1] * 0.6)) for n in e.TRAIN_SETS}
+    assert {int(c[c.index("--shard-size") + 1]) for c in calls if "indoor" in c[c.index("--out") + 1]} == {90, 30}
+    used = [range(seed, seed + count) for name, (seed, count) in recipe.items()]  # v2's and the held-out scenes
+    for g in _experiment("bundled_gpu").ROUNDS:
+        _, _, fraction, offset, _ = g
+        assert b.seeds_clear_of_held_out(e.TRAIN_SETS, fraction, offset) == []
+        for name in e.TRAIN_SETS:
+            first = recipe[name][0] + offset
+            fresh = range(first, first + round(recipe[name][1] * fraction))
+            assert not any(set(fresh) & set(r) for r in used), (name, offset)
+    assert b.seeds_clear_of_held_out(e.TRAIN_SETS, 1.0, 2_000_000) == ["indoor's seeds 3000000..3002399",
+                                                                     "outdoor's seeds 4000000..4001199"]
+    with pytest.raises(SystemExit):
+        e.main(["--work", str(tmp_path / "w"), "--seed-offset", "2000000", "--step", "render"])
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+def test_v3_recipe_chains_v2_round1_round2_and_the_bundled_calibration(tmp_path, monkeypatch):
+    """experiments/bundled_gpu.py: round 1 starts from v2 (../v2, put there by the held-out step), round 2 from
+    round 1's model, both at the bundled resolution on the sets gpu_model.py renders, the model unchanged in size;
+    then bundled_model.py calibrates and evaluates round 2's model in the same work folder, and a rerun skips what
+    is done."""
+    from dap.train import load_config
+
+    g = _experiment("bundled_gpu")
+    b, gm = sys.modules["bundled_model"], sys.modules["gpu_model"]
+    r1, r2 = (load_config(ROOT / "configs" / config) for _, config, *_ in g.ROUNDS)
+    assert (r1.model.init, r2.model.init) == ("../v2", "../round1/model")
+    for cfg in (r1, r2):
+        assert cfg.model.name == "dap_tiny" and (cfg.data.height, cfg.data.width) == (256, 512)
+        assert cfg.model.overrides == {"depth_scale": 1.0, "latitude_scale": [], "range_threshold": 0.5}
+        assert {s.path.removeprefix("data/") for s in cfg.data.sources} == set(gm.TRAIN_SETS)
+    assert r2.optim.lr_head < r1.optim.lr_head and g.ROUNDS[1][4] < r2.run.steps  # stopped inside its schedule
+    assert set(g.HELD_OUT) == {"val_indoor", *b.EVAL_SETS, *b.CAL_SETS}
+
+    calls = []
+    monkeypatch.setattr(b, "render_sets", lambda data, names, workers: calls.append(("render", names)) or {})
+    monkeypatch.setattr(b, "step_v1", lambda args: calls.append(("v1",)) or {})
+    monkeypatch.setattr(gm, "main", lambda argv: calls.append(("gpu_model", argv)))
+    monkeypatch.setattr(b, "main", lambda argv: calls.append(("bundled_model", argv)) or b.State(tmp_path).mark(
+        argv[argv.index("--step") + 1], {}))
+    g.main(["--work", str(tmp_path), "--workers", "3"])
+    assert [c[0] for c in calls] == ["render", "v1", "gpu_model", "gpu_model", "bundled_model", "bundled_model"]
+    round1, round2 = calls[2][1], calls[3][1]
+    assert round1[round1.index("--work") + 1] == str(tmp_path / "round1") and "--stop-at" not in round1
+    assert round2[round2.index("--seed-offset") + 1] == "20000000" and round2[round2.index("--stop-at") + 1] == "1025"
+    assert [c[1][c[1].index("--step") + 1] for c in calls[4:]] == ["calibrate", "eval"]
+    assert all(c[1][c[1].index("--trained") + 1] == str(tmp_path / "round2" / "model") for c in calls[4:])
+    calls.clear()
+    g.main(["--work", str(tmp_path)])  # everything done: nothing runs again
+    assert calls == []
 
 
 def _truth_and_guess(rng, lo: float, hi: float, count: int = 3):

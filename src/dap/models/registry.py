@@ -45,10 +45,10 @@ MODELS: dict[str, RegisteredModel] = {m.name: m for m in (
         name="dap-tiny-synth",
         # The working resolution and the calibration (experiments/bundled_model.py) ship in its config.json
         config=dataclasses.replace(MODEL_CONFIGS["dap_tiny"], default_resolution=(256, 512), range_threshold=0.999,
-                                   depth_scale=0.88, latitude_scale=(0.99, 1.0, 0.97, 0.93, 0.92, 1.08, 1.15, 1.15),
+                                   depth_scale=0.95, latitude_scale=(1.14, 1.01, 0.94, 0.91, 0.91, 1.0, 1.09, 1.31),
                                    range_min_region=0.01),
-        description="default; trained on CPU on `dap synth` panoramas only (see docs/models.md)",
-        size="20 MB", licence="Apache-2.0 (this package)", bundled="dap_tiny_synth",
+        description="default; trained on `dap synth` panoramas only, on CPU then GPU (see docs/models.md)",
+        size="10 MB", licence="Apache-2.0 (this package)", bundled="dap_tiny_synth",
     ),
     RegisteredModel(
         name="dap-vitl",

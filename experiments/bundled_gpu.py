@@ -6,7 +6,7 @@ evaluated as v2 was (docs/models.md has the card):
 
 Steps (each skipped once done; rerun the same command after an interruption, rendering and training resume):
   heldout    experiments/bundled_model.py's held-out and calibration sets (same kinds, styles, seeds, 256x512) and
-             the bundled models v1 and v2 from git history (v2 is where training starts)
+             the earlier bundled models from git history (v2 is where training starts)
   round1     experiments/gpu_model.py in <work>/round1: the four training sets rendered again from seeds
              10,000,000 on (4,800 scenes neither v2 nor any held-out set has), configs/gpu_tiny_finetune.yaml from
              v2 -> round1/model, float16

@@ -8,18 +8,19 @@ Steps (each skipped once done; rerun the same command after an interruption: `da
           style and 800 indoor + 400 outdoor in the clean style; held out: val_indoor (training validation),
           val_indoor_clean (the same rooms, clean style), val_photo / val_clean (mixed indoor and outdoor scenes,
           both styles), and cal_indoor / cal_mixed for the range threshold only
-  v1      the first two bundled models from git history: training starts from v1 (128x256, renderer-v1 data), v2
-          is compared
+  v1      the earlier bundled models from git history (EARLIER): training starts from v1 (128x256, renderer-v1
+          data), the others are compared
   train   `dap train --config configs/bundled.yaml` (256x512) in <work>
   train2  `dap train --config configs/bundled_exposure.yaml`: 400 more steps with a wide exposure augmentation
   calibrate  the range threshold and a depth scale factor (model config `range_threshold`, `depth_scale`) with the
           lowest mean AbsRel on cal_indoor and cal_mixed -> <work>/calibrated
-  eval    v1, v2 and the new model on every held-out set (`dap eval`, metric and median protocols; on val_indoor also
-          the depth error by latitude band, ceiling to floor), and on the real indoor panoramas of
-          ../shared/real-panos (no ground truth: the camera height and room height each model's depth implies,
-          against real rooms' 2.4-3 m; and against doors and walls measured on some of them) -> results.md
+  eval    the earlier bundled models (v1, v2, v3) and the new one on every held-out set (`dap eval`, metric and
+          median protocols; on val_indoor also the depth error by latitude band, ceiling to floor), and on the real
+          indoor panoramas of ../shared/real-panos (no ground truth: the camera height and room height each model's
+          depth implies, against real rooms' 2.4-3 m; and against doors and walls measured on some of them)
+          -> results.md
   install (only with --install) copy the calibrated model over src/dap/weights/dap_tiny_synth; refused when it
-          is worse than v1 or v2 (metric AbsRel) on any held-out set
+          is worse than an earlier bundled model (metric AbsRel) on any held-out set
 
 CPU only; on two cores rendering takes about 15 minutes and training about 8 s a step, 5.5 hours for its 2,400
 steps (docs/models.md has the measured times): stop it any time and rerun the command to continue.
@@ -38,8 +39,9 @@ from pathlib import Path
 
 from data_in_the_loop import ROOT, State, dap_cli, log
 
-# the commits that added the first and second bundled models: the eval step compares the new model with both
-EARLIER = {"v1": "13e68c873ce9feeb8571c24b6c79cc777329a73d", "v2": "cdf5a4b"}
+# the commits that added each earlier bundled model: the eval step compares the new model with all of them, and the
+# install step refuses a model worse than any on a held-out set (v3 came from experiments/bundled_gpu.py)
+EARLIER = {"v1": "13e68c873ce9feeb8571c24b6c79cc777329a73d", "v2": "cdf5a4b", "v3": "fb75619"}
 MODEL_FILES = ("config.json", "model.safetensors")
 BUNDLED = ROOT / "src" / "dap" / "weights" / "dap_tiny_synth"
 REAL_POOL = ROOT.parent / "shared" / "real-panos"  # real photographs, no depth (manifest.csv: file, scene)
@@ -69,7 +71,7 @@ LATITUDE_FACTORS = tuple(round(0.7 + 0.01 * i, 2) for i in range(71))  # 0.70 ..
 # the smaller of the two keeps more of the real sky patches (docs/models.md, "Small out-of-range regions").
 RANGE_MIN_REGION = 0.01
 EVAL_SETS = ("val_indoor", "val_indoor_clean", "val_photo", "val_clean")
-MODELS = {"v1": "v1", "v2": "v2", "new": "calibrated"}
+MODELS = {**{model: model for model in EARLIER}, "new": "calibrated"}
 STEPS = ("render", "v1", "train", "train2", "calibrate", "eval", "install")
 
 
@@ -458,7 +460,7 @@ def step_eval(args: argparse.Namespace) -> dict:
 
 def regressions(results: dict) -> list[str]:
     """The held-out sets on which the new model's metric AbsRel (per-image mean) is worse than an earlier bundled
-    model's (v1, v2: those in `results`), as "set: new vs v1 x" lines; issue #13's rule is that none may be.
+    model's (those of EARLIER in `results`), as "set: new vs v1 x" lines; issue #13's rule is that none may be.
     results: results.json's "synthetic" part."""
     def abs_rel(model: str, name: str) -> float:
         return results[model][name]["protocols"]["metric"]["per_image_mean"]["abs_rel"]
@@ -470,7 +472,7 @@ def regressions(results: dict) -> list[str]:
 
 def step_install(args: argparse.Namespace) -> dict:
     """Copy beside the bundled model, then swap by renames: an interruption never leaves the package without one.
-    Refused when the new model is worse than v1 or v2 on any held-out set (see `regressions`)."""
+    Refused when the new model is worse than an earlier bundled model on any held-out set (see `regressions`)."""
     results_file = args.work / "results.json"
     if not results_file.exists():
         raise SystemExit("install: no results.json yet; run the eval step first")

@@ -279,16 +279,29 @@ def test_depth_exr_npy_and_broken_hdr_inputs_say_what_they_are(tmp_path, rng):
     assert not io.is_depth_exr(tmp_path / "text.exr")  # unreadable: listed as an input, then fails by name
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    rgb = np.zeros((H, W, 3), np.uint8)
-    rgb[:4] = 255  # bright top rows
-    exif = Image.Exif()
-    exif[0x0112] = 6  # "rotate 90 CW to display"
-    Image.fromarray(rgb).save(tmp_path / "o.jpg", exif=exif.tobytes(), quality=95)
-    out = io.read_rgb(tmp_path / "o.jpg")
-    assert out.shape == (W, H, 3)
-    # the top rows end up as the right-most columns after a clockwise turn
-    assert out[:, -3:].mean() > 0.9 and out[:, :-5].mean() < 0.1
+def test_exif_orientation_is_applied_unless_it_would_turn_a_panorama_on_its_side(tmp_path):
+    """A phone's portrait-stored 1:2 image tagged "turn 90 degrees" is turned upright (to 2:1); a 2:1 panorama with
+    such a tag is read as stored (turned it would be 1:2, which no 360 camera makes: the tag is wrong); a turn by
+    180 degrees (a camera mounted upside down) is applied to a panorama too."""
+    def saved(rgb, orientation, name):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(rgb).save(tmp_path / name, exif=exif.tobytes(), quality=95)
+        return io.read_rgb(tmp_path / name)
+
+    portrait = np.zeros((W, H, 3), np.uint8)
+    portrait[:4] = 255  # bright top rows
+    out = saved(portrait, 6, "portrait.jpg")  # 6: "turn 90 degrees clockwise to display"
+    assert out.shape == (H, W, 3)
+    assert out[:, -3:].mean() > 0.9 and out[:, :-5].mean() < 0.1  # the top rows end up as the right-most columns
+
+    pano = np.zeros((H, W, 3), np.uint8)
+    pano[:4] = 255
+    for orientation in (5, 6, 7, 8):
+        out = saved(pano, orientation, f"pano{orientation}.jpg")
+        assert out.shape == (H, W, 3) and out[:3].mean() > 0.9 and out[5:].mean() < 0.1
+    out = saved(pano, 3, "upside_down.jpg")
+    assert out.shape == (H, W, 3) and out[-3:].mean() > 0.9 and out[:-5].mean() < 0.1
 
 
 @pytest.mark.parametrize("name", ["x.png", "x.jpg"])

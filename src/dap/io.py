@@ -222,6 +222,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", *HD
 """Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
 
 REC709_LUMA = (0.2126, 0.7152, 0.0722)
+EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels upright; values 5-8 turn by 90 degrees
 """Weights of linear R, G, B in luminance (Rec. 709 / sRGB primaries)."""
 
 HDR_KEY = 0.18
@@ -434,16 +435,23 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
 
 
 def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
-    """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, and its frame count."""
+    """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF
+    orientation says (except a turn by 90 degrees of a 2:1 image), and its frame count."""
     with Image.open(path) as img:
         deep_colour = _is_16bit_colour(img)
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
         frames = int(getattr(img, "n_frames", 1))
-        img = ImageOps.exif_transpose(img)
+        # An orientation that turns by 90 degrees would make a 2:1 panorama 1:2, which no 360 camera makes: such a
+        # tag is wrong (some editors and phone galleries add one) and the stored pixels are the panorama. Not a
+        # warning: the CLI decodes on a thread, where Python 3.11's warning capture is not thread-safe.
+        as_stored = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) and img.width == 2 * img.height
+        if not as_stored:
+            img = ImageOps.exif_transpose(img)
         if deep_colour:
-            # cv2 keeps 16 bits; IMREAD_COLOR (no IGNORE_ORIENTATION) drops alpha and applies EXIF.
-            bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+            # cv2 keeps 16 bits; IMREAD_COLOR drops alpha and applies EXIF unless told to ignore it.
+            flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0)
+            bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
             if bgr is None or bgr.dtype != np.uint16:
                 raise ValueError("OpenCV could not decode the 16-bit colour image")
             rgb = bgr[..., ::-1].astype(np.float32)

@@ -101,7 +101,7 @@ def render_sets(data: Path, names: tuple[str, ...], workers: int, *, resolution:
     return info
 
 
-def seeds_clear_of_held_out(names: tuple[str, ...], fraction: float, seed_offset: int) -> list[str]:
+def seed_clashes_with_held_out(names: tuple[str, ...], fraction: float, seed_offset: int) -> list[str]:
     """The sets of `names` whose seeds, moved by seed_offset, would reach a held-out or calibration set's scenes."""
     held_out = [(seed, seed + count) for name, _, _, seed, count in SETS if name not in TRAIN_SETS]
     clash = []
@@ -118,7 +118,8 @@ def step_render(args: argparse.Namespace) -> dict:
 
 
 def step_v1(args: argparse.Namespace) -> dict:
-    """The earlier bundled models, v1 (training starts from it) and v2 (for comparison), from git history."""
+    """The earlier bundled models (EARLIER) from git history: v1, where training starts, and the others, which the
+    eval step compares the new model with."""
     for model, commit in EARLIER.items():
         out = args.work / model
         out.mkdir(parents=True, exist_ok=True)
@@ -312,7 +313,6 @@ WALLS = (  # (image, column, ceiling row, floor row) of one wall
 
 def row_slope(row: float, image_height: int = 512) -> float:
     """tan of the elevation of a row's centre in an equirectangular image (positive above the horizon)."""
-
     return math.tan((0.5 - (row + 0.5) / image_height) * math.pi)
 
 
@@ -385,7 +385,6 @@ def scale_by_latitude(pairs, bands: int = 4) -> list[float]:
 def val_indoor_bands(args: argparse.Namespace, model_path: Path) -> list[float]:
     """`scale_by_latitude` on all of val_indoor (a sixth of it, 16 panoramas, once put the ceiling band at 1.40 where
     all 96 give 1.13: rooms differ that much), each model at its working resolution, no range mask."""
-
     import numpy as np
 
     import dap

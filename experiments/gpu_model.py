@@ -1,13 +1,14 @@
-"""A larger DAP (ViT-S by default) trained from random weights on a GPU for a fixed time, at 512x1024:
+"""A DAP trained on a GPU (by default a ViT-S from random weights for a fixed time at 512x1024; with other configs a
+model that starts from the bundled one, as experiments/bundled_gpu.py's rounds do):
 
     python experiments/gpu_model.py --work runs/gpu --minutes 5 --workers 12      # render, train, export; resumable
 
 Steps (rerun the same command after an interruption: rendering resumes, or is skipped once done):
   render  the bundled recipe's four training sets (experiments/bundled_model.py: same kinds, styles and seeds, so
-          none of its held-out scenes is trained on) at 512x1024, --fraction of its panorama counts, --workers
-          processes per set
-  train   `dap train --config configs/gpu_vits.yaml` in <work>, stopped after --minutes (a time budget, not a step
-          count: the config's schedule is constant after the warm-up and the EMA weights are kept). Every run
+          none of its held-out scenes is trained on; with --seed-offset other seeds, other scenes, refused where
+          they would reach a held-out set) at --resolution, --fraction of its panorama counts, --workers processes
+  train   `dap train --config <config>` in <work>, stopped after --minutes (configs/gpu_vits.yaml's schedule is
+          constant after the warm-up, so the time budget decides where it ends) or at --stop-at. Every run
           continues from the newest checkpoint, for another --minutes.
   export  the EMA weights as a model folder, <work>/model, stored in float16 (half the size; loading gives fp32)
 
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from bundled_model import TRAIN_SETS, render_sets, seeds_clear_of_held_out
+from bundled_model import TRAIN_SETS, render_sets, seed_clashes_with_held_out
 from data_in_the_loop import ROOT, State, log
 
 from dap.cli import parse_panorama_size, positive_float, positive_int
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"--config {args.config}: no such file")
-    clash = seeds_clear_of_held_out(TRAIN_SETS, args.fraction, args.seed_offset)
+    clash = seed_clashes_with_held_out(TRAIN_SETS, args.fraction, args.seed_offset)
     if clash:
         parser.error(f"--seed-offset {args.seed_offset}: {', '.join(clash)} include held-out scenes")
     args.work = args.work.resolve()

@@ -168,12 +168,12 @@ def test_fresh_rounds_render_scenes_no_held_out_set_or_v2_has(tmp_path, monkeypa
     used = [range(seed, seed + count) for name, (seed, count) in recipe.items()]  # v2's and the held-out scenes
     for g in _experiment("bundled_gpu").ROUNDS:
         _, _, fraction, offset, _ = g
-        assert b.seeds_clear_of_held_out(e.TRAIN_SETS, fraction, offset) == []
+        assert b.seed_clashes_with_held_out(e.TRAIN_SETS, fraction, offset) == []
         for name in e.TRAIN_SETS:
             first = recipe[name][0] + offset
             fresh = range(first, first + round(recipe[name][1] * fraction))
             assert not any(set(fresh) & set(r) for r in used), (name, offset)
-    assert b.seeds_clear_of_held_out(e.TRAIN_SETS, 1.0, 2_000_000) == ["indoor's seeds 3000000..3002399",
+    assert b.seed_clashes_with_held_out(e.TRAIN_SETS, 1.0, 2_000_000) == ["indoor's seeds 3000000..3002399",
                                                                      "outdoor's seeds 4000000..4001199"]
     with pytest.raises(SystemExit):
         e.main(["--work", str(tmp_path / "w"), "--seed-offset", "2000000", "--step", "render"])

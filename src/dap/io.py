@@ -222,8 +222,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", *HD
 """Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
 
 REC709_LUMA = (0.2126, 0.7152, 0.0722)
-EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels upright; values 5-8 turn by 90 degrees
 """Weights of linear R, G, B in luminance (Rec. 709 / sRGB primaries)."""
+
+EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels upright; values 5-8 turn by 90 degrees
 
 HDR_KEY = 0.18
 """Linear luminance that an HDR panorama's median (over the sphere) is exposed to: photographic middle grey. Tried

@@ -997,6 +997,29 @@ def test_cli_says_once_when_it_uses_the_bundled_model(tmp_path, capsys):
                  "--outputs", "npy", "--resolution", "32x64"]) == 0
     err = capsys.readouterr().err
     assert err.count("bundled dap-tiny-synth") == 1 and "--model dap-vitl" in err
+    # not its own working resolution (256x512): said once per run, not per input
+    assert err.count("working resolution 32x64 is not the one this model was calibrated at, 256x512") == 1
     assert main(["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o2"), "--outputs", "npy",
-                 "--resolution", "32x64", "--model", "dap-tiny-synth"]) == 0
-    assert "bundled" not in capsys.readouterr().err  # a model chosen by name is not announced
+                 "--resolution", "256x512", "--model", "dap-tiny-synth"]) == 0
+    err = capsys.readouterr().err
+    assert "bundled" not in err  # a model chosen by name is not announced
+    assert "calibrated at" not in err  # its own resolution, given explicitly: nothing to say
+
+
+def test_a_calibrated_model_at_another_working_resolution_gets_a_note():
+    """The bundled model's depth scale and latitude profile were fitted at 256x512 (its AbsRel on held-out rooms
+    rises 13%-4x elsewhere): another --resolution gets a note; its own, none given, or an uncalibrated model (a
+    random one, the official release) none."""
+    import dataclasses
+
+    from dap.inference import other_resolution_note
+    from dap.models.registry import MODELS
+
+    bundled = MODELS["dap-tiny-synth"].config
+    note = other_resolution_note((512, 1024), bundled)
+    assert note is not None and "512x1024 is not the one this model was calibrated at, 256x512" in note
+    assert other_resolution_note((256, 512), bundled) is None and other_resolution_note(None, bundled) is None
+    assert other_resolution_note((512, 1024), dataclasses.replace(bundled, latitude_scale=())) is not None  # scale
+    raw = dataclasses.replace(bundled, depth_scale=1.0, latitude_scale=())
+    assert other_resolution_note((512, 1024), raw) is None
+    assert other_resolution_note((256, 512), MODELS["dap-vitl"].config) is None

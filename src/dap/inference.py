@@ -511,6 +511,21 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
 
 # An input this many times smaller than the working resolution (in height) or more gets a warning: a thumbnail
 # or a wrong file rather than a panorama, whose depth is mostly interpolation.
+def other_resolution_note(resolution: tuple[int, int] | None, cfg) -> str | None:
+    """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
+    one is) at another working resolution than its `default_resolution`, the one it was calibrated at; else None.
+    Its metric depth does not carry over: the bundled model's AbsRel on held-out rooms, 0.19 at its 256x512, is
+    0.21-0.26 at 240x480-320x640, 0.31 at 512x1024 and 0.74 at 192x384 (docs/models.md, "Working resolution")."""
+    calibrated = getattr(cfg, "depth_scale", 1.0) != 1.0 or bool(getattr(cfg, "latitude_scale", ()))
+    own = tuple(getattr(cfg, "default_resolution", ()))
+    if resolution is None or not calibrated or tuple(resolution) == own:
+        return None
+    return (f"working resolution {resolution[0]}x{resolution[1]} is not the one this model was calibrated at, "
+            f"{own[0]}x{own[1]}, and its depth scale depends on it (the bundled model has 13% to 4x its AbsRel on "
+            "held-out rooms at the other resolutions measured: docs/models.md, \"Working resolution\"). Leave "
+            "--resolution out unless you have measured the other one.")
+
+
 MAX_UPSAMPLING = 4
 
 # Luminance standard deviation (of [0, 1] RGB) below which an image is blank: the 55 real photographs of the pool,

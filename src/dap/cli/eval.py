@@ -20,7 +20,7 @@ from dap.cli import (
 from dap.data.datasets import DATASETS, get_dataset
 from dap.errors import DapError, collect_input_warnings
 from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
-from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint, other_resolution_note
 from dap.models import load_model
 
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--solid-angle", action="store_true", help="weight pixels by their solid angle")
     parser.add_argument("--resolution", type=parse_network_size, default=None,
                         help="model input size HxW, 2:1, multiples of 16 (default: the model's own; 512x1024 for the "
-                             "official model)")
+                             "official model, 256x512 for the bundled one, which is much less accurate at any other)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam before the model "
                              "(0 = off, as the official evaluation)")
@@ -126,6 +126,8 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         return evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
                         progress=sys.stderr.isatty())
     model = load_model(args.checkpoint, device=args.device)
+    if note := other_resolution_note(args.resolution, model.cfg):
+        print(f"dap eval: note: {note}", file=sys.stderr)
     resolution = tuple(args.resolution or model.cfg.default_resolution)
     predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
     key = {

@@ -30,6 +30,7 @@ from dap.inference import (
     model_fingerprint,
     model_precision,
     name_too_long,
+    other_resolution_note,
     output_paths,
     outputs_complete,
     photo_sphere_top,
@@ -65,7 +66,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{PNG16_SCALE:g} m per unit stored in the file")
     parser.add_argument("--resolution", type=parse_network_size, default=None,
                         help="working resolution HxW, 2:1, multiples of 16 (default: the model's own, 512x1024 for the "
-                             "official model)")
+                             "official model, 256x512 for the bundled one, which is much less accurate at any other)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
                         help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
     parser.add_argument("--pad-to-erp", action="store_true",
@@ -136,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             print("dap predict: using the bundled dap-tiny-synth (5 M parameters, trained on synthetic panoramas "
                   "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
+    if note := other_resolution_note(args.resolution, model.cfg):
+        print(f"dap predict: note: {note}", file=sys.stderr)
     precision = model_precision(model, args.precision, device)
     if args.precision == "auto" and precision != "fp32":
         print(f"dap predict: computing in {precision} on this {device.type} (--precision auto); pass --precision fp32 "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from dap.cli import parse_device, parse_network_size, port_number
 
@@ -14,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model bundled with the package (synthetic data only); for the paper's model pass "
                              "--model dap-vitl")
     parser.add_argument("--resolution", type=parse_network_size, default=None,
-                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own)")
+                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own; the bundled model is "
+                             "much less accurate at any other than its 256x512)")
     parser.add_argument("--device", type=parse_device, default=None,
                         help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -27,11 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dap.demo import build_app, import_gradio
-    from dap.inference import resolve_model, select_device
+    from dap.inference import other_resolution_note, resolve_model, select_device
 
     import_gradio()  # before loading (maybe downloading) the model
     device = select_device(args.device)
     model = resolve_model(args.model, device)
+    if note := other_resolution_note(args.resolution, model.cfg):
+        print(f"dap demo: note: {note}", file=sys.stderr)
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
     from dap.errors import DapError
 

@@ -15,8 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "model bundled with the package (synthetic data only); for the paper's model pass "
                              "--model dap-vitl")
     parser.add_argument("--resolution", type=parse_network_size, default=None,
-                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own; the bundled model is "
-                             "much less accurate at any other than its 256x512)")
+                        help="working resolution HxW, 2:1, multiples of 16 (default: the model's own; the bundled "
+                             "model is much less accurate at any other than its 256x512)")
     parser.add_argument("--device", type=parse_device, default=None,
                         help="cpu, cuda, cuda:1, mps (default: best available)")
     parser.add_argument("--host", default="127.0.0.1",

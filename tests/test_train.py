@@ -87,6 +87,7 @@ def test_overrides_reach_nested_and_list_entries(tmp_path):
         (["data.exposure=0.5"], ValueError, r"data.exposure is the largest exposure gain, at least 1"),
         (["data.highlights=-1"], ValueError, r"data.highlights is a number of spots, 0 \(off\) or more"),
         (["data.vertical_gain=0.5"], ValueError, r"data.vertical_gain is the largest gain .* at least 1"),
+        (["data.scale_jitter=0.5"], ValueError, r"data.scale_jitter is the largest factor .* 1 \(off\) to 4"),
     ],
 )
 def test_bad_configs_are_rejected(overrides, error, match):
@@ -260,7 +261,8 @@ def test_a_loader_bound_run_logs_its_wait_and_says_so_once(tmp_path, monkeypatch
 def test_resume_continues_exactly(tmp_path):
     # augmentation, EMA, warm-up + cosine and a mixture of two sources: every piece of state matters
     cfg = cfg_with("run.steps=4", "run.ckpt_every=2", "optim.ema_decay=0.5", "optim.warmup_steps=2",
-                   "data.sources=[{kind: rooms, size: 8}, {kind: rooms, size: 5, seed: 9, ratio: 0.5}]")
+                   "data.sources=[{kind: rooms, size: 8}, {kind: rooms, size: 5, seed: 9, ratio: 0.5}]",
+                   "data.scale_jitter=2")
     full = T.train(cfg, tmp_path / "full")
     part = T.train(cfg, tmp_path / "part", stop_at=2)
     assert (part.step, part.finished) == (2, False) and not (tmp_path / "part/final").exists()
@@ -495,3 +497,23 @@ print(mapped_while_holding_50_mb(), keep_freed_memory({}), mapped_while_holding_
     before, applied, after = result.stdout.split()
     assert applied == "True", result.stderr
     assert int(after) < 50_000_000 <= int(before)  # the 50 MB block: mapped before, from the heap after
+
+
+def test_scale_jitter_trains_batches_at_several_2_to_1_sizes(tmp_path, monkeypatch):
+    """data.scale_jitter: half the batches at the training size, the rest at its height times a log-uniform factor
+    in [1/x, x], rounded to multiples of 16, 2:1; the same draws for the same seed (resume is exact: see
+    test_resume_continues_exactly, which runs with it), and the network sees those sizes."""
+    from dap.train import loop
+    from dap.train.data import jitter_size
+
+    sizes = [jitter_size(64, 1.5, torch.Generator().manual_seed(i)) for i in range(400)]
+    assert all(w == 2 * h and h % 16 == 0 and 48 <= h <= 96 for h, w in sizes)
+    assert 0.4 < sum(h == 64 for h, _ in sizes) / len(sizes) < 0.75  # half the time, plus rounding back to 64
+    assert {h for h, _ in sizes} == {48, 64, 80, 96}
+    assert sizes == [jitter_size(64, 1.5, torch.Generator().manual_seed(i)) for i in range(400)]
+
+    seen = []
+    real = loop.normalize_image
+    monkeypatch.setattr(loop, "normalize_image", lambda rgb: seen.append(tuple(rgb.shape[-2:])) or real(rgb))
+    T.train(cfg_with("run.steps=8", "data.scale_jitter=2"), tmp_path / "run")
+    assert len(set(seen)) > 1 and all(w == 2 * h and h % 16 == 0 for h, w in seen), seen

@@ -59,6 +59,7 @@ class DataSection:
     exposure: float = 1.0  # > 1: also an exposure gain in [1/x, x] (p=0.5, clipped; not in the paper)
     highlights: int = 0  # > 0: also up to this many blown-out spots, lamps and windows (p=0.5; not in the paper)
     vertical_gain: float = 1.0  # > 1: also a top-to-bottom brightness ramp, end gains in [1/x, x] (p=0.5; not paper)
+    scale_jitter: float = 1.0  # > 1: half the batches at a working size scaled by [1/x, x] (not in the paper)
     val_samples: int = 32  # first N panoramas of the validation sources
 
 
@@ -245,6 +246,9 @@ def _check_config(cfg: TrainConfig) -> None:
     if not 1 <= cfg.data.vertical_gain < math.inf:
         raise ConfigError("data.vertical_gain is the largest gain at the top or bottom row, at least 1 (1 = off), "
                           f"got {cfg.data.vertical_gain}")
+    if not 1 <= cfg.data.scale_jitter <= 4:
+        raise ConfigError("data.scale_jitter is the largest factor a batch's working size is scaled by either way, "
+                          f"1 (off) to 4, got {cfg.data.scale_jitter}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
         raise ConfigError("data.sources needs at least one source with a positive ratio")
     if cfg.run.device not in ("auto", "cpu", "cuda"):

@@ -145,6 +145,18 @@ def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[s
     return {"rgb": resize_image(s["rgb"], size).clamp(0, 1), **near}
 
 
+def jitter_size(height: int, jitter: float, gen: torch.Generator) -> tuple[int, int]:
+    """One batch's working size under `data.scale_jitter` (x > 1): half the time the training size, else its height
+    times a factor drawn log-uniformly in [1/x, x], rounded to a multiple of 16; always 2:1. A network trained at one
+    size reads depth partly from how large things are in pixels (the bundled model: docs/models.md, "Working
+    resolution"); seeing scenes at several sizes takes that cue away."""
+    if torch.rand((), generator=gen).item() < 0.5:
+        return height, 2 * height
+    factor = jitter ** (2 * torch.rand((), generator=gen).item() - 1)
+    h = max(16, 16 * round(height * factor / 16))
+    return h, 2 * h
+
+
 def augment_sample(s: dict[str, torch.Tensor], gen: torch.Generator, rotate: bool = False,
                    exposure: float = 1.0, highlights: int = 0, vertical_gain: float = 1.0) -> dict[str, torch.Tensor]:
     """The paper's ERP augmentations (dap.data.transforms), drawn from `gen`: random yaw roll, horizontal flip

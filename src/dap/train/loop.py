@@ -38,7 +38,15 @@ from dap.train.checkpoints import (
     save_checkpoint,
 )
 from dap.train.config import SourceConfig, TrainConfig
-from dap.train.data import MixtureDataset, MixtureSampler, ValidationSet, build_source, seed_of
+from dap.train.data import (
+    MixtureDataset,
+    MixtureSampler,
+    ValidationSet,
+    build_source,
+    jitter_size,
+    resize_sample,
+    seed_of,
+)
 from dap.train.distributed import Dist, any_rank, barrier, reduce_mean, setup_distributed
 
 # A logged window in which training waited this share of its time for the next batch is loader-bound: say so once.
@@ -445,6 +453,9 @@ def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batc
     # The step's randomness (dropout, if any) depends only on (seed, step, rank): resume is exact.
     torch.manual_seed(seed_of(cfg.run.seed, "step", step_idx, d.rank))
     batch = {k: v.to(d.device, non_blocking=True) for k, v in batch.items()}
+    if cfg.data.scale_jitter > 1:
+        gen = torch.Generator().manual_seed(seed_of(cfg.run.seed, "scale", step_idx))  # resume stays exact
+        batch = resize_sample(batch, *jitter_size(cfg.data.height, cfg.data.scale_jitter, gen))
     with _autocast(d.device, cfg.optim.amp):
         pred = train_model(normalize_image(batch["rgb"]))
     loss, terms = loss_fn(pred["depth"], pred["out_of_range_prob"], batch["depth"], batch["valid"],

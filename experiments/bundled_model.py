@@ -405,7 +405,10 @@ def weights_dtype(model_dir: Path):
     from safetensors import safe_open
 
     with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
-        return next(f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point())
+        for key in f.keys():
+            if (tensor := f.get_tensor(key)).is_floating_point():
+                return tensor.dtype
+    raise SystemExit(f"{model_dir}: no floating-point weights")
 
 
 def step_eval(args: argparse.Namespace) -> dict:

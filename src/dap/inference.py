@@ -40,6 +40,7 @@ from dap.errors import DapError, InputWarning, NotPanoramaError
 
 if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
     from dap.io import PhotoSphere
+    from dap.models import DapConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -509,15 +510,13 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
     return camera_height / floor
 
 
-# An input this many times smaller than the working resolution (in height) or more gets a warning: a thumbnail
-# or a wrong file rather than a panorama, whose depth is mostly interpolation.
-def other_resolution_note(resolution: tuple[int, int] | None, cfg) -> str | None:
+def other_resolution_note(resolution: tuple[int, int] | None, cfg: DapConfig) -> str | None:
     """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
     one is) at another working resolution than its `default_resolution`, the one it was calibrated at; else None.
     Its metric depth does not carry over: the bundled model's AbsRel on held-out rooms, 0.19 at its 256x512, is
     0.21-0.26 at 240x480-320x640, 0.31 at 512x1024 and 0.74 at 192x384 (docs/models.md, "Working resolution")."""
-    calibrated = getattr(cfg, "depth_scale", 1.0) != 1.0 or bool(getattr(cfg, "latitude_scale", ()))
-    own = tuple(getattr(cfg, "default_resolution", ()))
+    own = tuple(cfg.default_resolution)
+    calibrated = cfg.depth_scale != 1.0 or bool(cfg.latitude_scale)
     if resolution is None or not calibrated or tuple(resolution) == own:
         return None
     return (f"working resolution {resolution[0]}x{resolution[1]} is not the one this model was calibrated at, "
@@ -526,6 +525,8 @@ def other_resolution_note(resolution: tuple[int, int] | None, cfg) -> str | None
             "--resolution out unless you have measured the other one.")
 
 
+# An input this many times smaller than the working resolution (in height) or more gets a warning: a thumbnail
+# or a wrong file rather than a panorama, whose depth is mostly interpolation.
 MAX_UPSAMPLING = 4
 
 # Luminance standard deviation (of [0, 1] RGB) below which an image is blank: the 55 real photographs of the pool,

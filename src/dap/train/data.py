@@ -149,7 +149,8 @@ def jitter_size(height: int, jitter: float, gen: torch.Generator) -> tuple[int, 
     """One batch's working size under `data.scale_jitter` (x > 1): half the time the training size, else its height
     times a factor drawn log-uniformly in [1/x, x], rounded to a multiple of 16; always 2:1. A network trained at one
     size reads depth partly from how large things are in pixels (the bundled model: docs/models.md, "Working
-    resolution"); seeing scenes at several sizes takes that cue away."""
+    resolution"); seeing scenes at several sizes is meant to take that cue away (a first CPU check: 1-4% better off
+    the training size, there)."""
     if torch.rand((), generator=gen).item() < 0.5:
         return height, 2 * height
     factor = jitter ** (2 * torch.rand((), generator=gen).item() - 1)

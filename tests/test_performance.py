@@ -110,11 +110,12 @@ def test_prepared_model_stays_trainable(tiny_model):
     model(torch.randn(1, 3, 32, 64))["depth"].mean().backward()
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])  # the heads run channels-last
 @pytest.mark.parametrize("size", [(64, 128), (100, 250), (48, 40)])
-def test_strip_upsampling_equals_the_plain_stage(size):
+def test_strip_upsampling_equals_the_plain_stage(size, layout):
     torch.manual_seed(0)
     head = torch.nn.Sequential(torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
-    x = torch.randn(2, 8, 17, 33)
+    x = torch.randn(2, 8, 17, 33).contiguous(memory_format=layout)
     with torch.no_grad():
         plain = head(torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=True))
         strips = _upsample_then(x, size, head, rows=7)

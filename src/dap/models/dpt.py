@@ -113,7 +113,7 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
         first, last = int(y0[0]), int(y1[-1]) + 1
         # Width first, on only the input rows this strip reads (same height: rows pass through unchanged).
         band = F.interpolate(x[:, :, first:last], size=(last - first, out_w), mode="bilinear", align_corners=True)
-        strip = band.index_select(2, y0 - first).lerp_(band.index_select(2, y1 - first), lam.to(band.dtype))
+        strip = _rows(band, y0 - first).lerp_(_rows(band, y1 - first), lam.to(band.dtype))
         # Zero rows where the strip touches the image border, as the convolution's own padding would add.
         strip = F.pad(strip, (0, 0, int(lo == r0), int(hi == r1)))
         y = pointwise(F.conv2d(strip, conv.weight, conv.bias, padding=(0, 1)))
@@ -122,3 +122,12 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
                               memory_format=torch.channels_last)
         out[:, :, r0:r1] = y
     return out
+
+
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[:, :, index] in x's memory format. On a channels-last map, `index_select` along the height takes a generic
+    strided path, 8x slower than selecting the same rows along the outer dimension of its (B, H, W, C) view,
+    and returns a channels-first tensor that the next convolution reorders again."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x.permute(0, 2, 3, 1).index_select(1, index).permute(0, 3, 1, 2)
+    return x.index_select(2, index)

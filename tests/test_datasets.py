@@ -220,6 +220,44 @@ def test_manifest_csv_and_parquet(tmp_path):
     assert ds[0]["name"] == "bee" and np.all(ds[0]["depth"] == 7.0)
 
 
+def test_manifests_as_spreadsheets_write_them_or_with_mistakes(tmp_path):
+    rgb_png(tmp_path / "img" / "a.png")
+    rgb_png(tmp_path / "img" / "a.jpg")
+    write_depth(tmp_path / "d" / "a.npy", np.full((H, W), 3.0, np.float32))
+    manifest = tmp_path / "manifest.csv"
+    # Excel's "CSV UTF-8" starts with a byte-order mark; a trailing line of commas is a blank spreadsheet row
+    manifest.write_bytes("\ufeffrgb,depth,metres_per_unit\nimg/a.png,d/a.npy,\n,,\n".encode())
+    assert [it.name for it in FolderDataset(tmp_path).items] == ["img/a"]
+    for body, problem in [
+        ("img/a.png,d/a.npy,abc\n", "row 2 of .*manifest.csv: metres_per_unit must be a positive number"),
+        ("img/a.png,d/a.npy,0\n", "metres_per_unit must be a positive number .* got '0'"),
+        ("img/a.png,,\n", "row 2 of the manifest manifest.csv has an empty rgb or depth cell"),
+        ("img/a.png,d/a.npy,\nimg/a.jpg,d/a.npy,\n", r"two samples share the name 'img/a' \(.*a.png and .*a.jpg\)"),
+    ]:
+        manifest.write_text("rgb,depth,metres_per_unit\n" + body)
+        with pytest.raises(DatasetLayoutError, match=problem):
+            FolderDataset(tmp_path)
+    manifest.write_bytes("rgb,depth\nimg/caf\xe9.png,d/a.npy\n".encode("latin-1"))
+    with pytest.raises(DatasetLayoutError, match="is not UTF-8 text"):
+        FolderDataset(tmp_path)
+    manifest.unlink()
+    (tmp_path / "manifest.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(DatasetLayoutError, match="cannot read the manifest .* as Parquet"):
+        FolderDataset(tmp_path)
+
+
+def test_split_files_that_are_missing_or_of_the_wrong_kind(tmp_path):
+    make_stanford(tmp_path)
+    with pytest.raises(DatasetLayoutError, match="the split file .*nope.txt does not exist"):
+        Stanford2D3D(tmp_path, split_file=tmp_path / "nope.txt")
+    (tmp_path / "one.txt").write_text("# rgb only\narea_5b/pano/rgb/x_rgb.png\n")
+    with pytest.raises(DatasetLayoutError, match="line 2 of the split file .* holds one path"):
+        Matterport3D(tmp_path, split_file=tmp_path / "one.txt")
+    (tmp_path / "utf16.txt").write_text("a b\n", encoding="utf-16")
+    with pytest.raises(DatasetLayoutError, match="is not UTF-8 text"):
+        Stanford2D3D(tmp_path, split_file=tmp_path / "utf16.txt")
+
+
 def test_folder_without_manifest_and_errors(tmp_path):
     with pytest.raises(DatasetLayoutError, match="no manifest.csv") as e:
         FolderDataset(tmp_path)

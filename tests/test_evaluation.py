@@ -338,7 +338,8 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
     key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())
-    assert key == {"checkpoint": str(tmp_path / "ckpt"), "model_sha256": model_fingerprint(tiny_model),
+    assert key == {"dataset": "folder", "root": str((tmp_path / "data").resolve()), "split": "test", "split_file": None,
+                   "checkpoint": str(tmp_path / "ckpt"), "model_sha256": model_fingerprint(tiny_model),
                    "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0}
     assert summary["config"]["cache_key"] == key
 
@@ -468,6 +469,16 @@ def test_cache_is_refused_when_weights_seam_pad_or_resolution_change(tmp_path, t
     assert "seam_pad: 0.0625 -> 0.25" in capsys.readouterr().err
     assert _eval(tmp_path / "data", tiny_ckpt, out, "--resolution", "64x128") == 2
     assert "resolution: [32, 64] -> [64, 128]" in capsys.readouterr().err
+
+
+def test_cache_is_refused_for_another_dataset_with_the_same_sample_names(tmp_path, tiny_ckpt, capsys):
+    make_folder(tmp_path / "a", n=1)
+    make_folder(tmp_path / "b", n=1)  # the same name, s0, and other pixels
+    write_rgb(tmp_path / "b" / "rgb" / "s0.png", np.zeros((H, W, 3)))
+    assert _eval(tmp_path / "a", tiny_ckpt, tmp_path / "out") == 0
+    capsys.readouterr()
+    assert _eval(tmp_path / "b", tiny_ckpt, tmp_path / "out") == 2
+    assert f"root: {(tmp_path / 'a').resolve()} -> {(tmp_path / 'b').resolve()}" in capsys.readouterr().err
 
 
 def test_eval_seam_pad_reaches_the_model(tmp_path, tiny_ckpt, tiny_model):

@@ -1,5 +1,6 @@
 """Model construction, the official checkpoint's parity fixture, and our checkpoint format."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
 from dap.errors import CheckpointError
 from dap.models import MODEL_CONFIGS, count_parameters, create_model, load_model, save_model
@@ -169,6 +171,11 @@ def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path
         "other_json": (lambda d: (d / "config.json").write_text('{"name": "dap_tiny"}'), r"has no 'model' section"),
         "bad_field": (lambda d: (d / "config.json").write_text(json.dumps({"model": {"vit": "x"}})),
                       r"the model config in .*bad_field/config.json is not valid"),
+        # hand-edited fields fail on loading, naming the field, not in a later forward pass
+        "adapter": (lambda d: _edit(d, token_adapter="bogus"), r"token_adapter is 'plain' or 'official'"),
+        "features": (lambda d: _edit(d, features=-1), r"out_channels .* and features are positive"),
+        "layers": (lambda d: _edit(d, layers=[1, 2, 4, 9]), r"layers are the 4 blocks \(0 to 5, .*got \[1, 2, 4, 9\]"),
+        "resolution": (lambda d: _edit(d, default_resolution=[100, 200]), r"default_resolution is .* got \[100, 200\]"),
     }
     for name, (damage, message) in cases.items():
         shutil.copytree(good, tmp_path / name)
@@ -176,6 +183,33 @@ def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path
         with pytest.raises(CheckpointError, match=message) as err:
             load_model(tmp_path / name)
         assert "copy or download the model folder again" in str(err.value)
+
+
+def _edit(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    config["model"].update(fields)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+def test_a_weights_file_is_loaded_by_its_name_and_other_files_are_named(tmp_path):
+    torch.manual_seed(0)
+    folder = save_model(create_model("dap_tiny"), tmp_path / "run")
+    zeroed = {k: torch.zeros_like(v) for k, v in load_file(folder / "model.safetensors").items()}
+    save_file(zeroed, str(folder / "epoch5.safetensors"))
+    assert all(float(p.abs().sum()) == 0 for p in load_model(folder / "epoch5.safetensors").parameters())
+    assert any(float(p.abs().sum()) > 0 for p in load_model(folder / "model.safetensors").parameters())
+    (tmp_path / "alone").mkdir()
+    (folder / "epoch5.safetensors").rename(tmp_path / "alone" / "epoch5.safetensors")
+    with pytest.raises(CheckpointError, match=r"alone/epoch5.safetensors has no config.json beside it"):
+        load_model(tmp_path / "alone" / "epoch5.safetensors")
+    (tmp_path / "m.onnx").write_bytes(b"onnx")
+    with pytest.raises(CheckpointError, match=r"m.onnx is an ONNX graph.*--backend onnxruntime"):
+        load_model(tmp_path / "m.onnx")
+    meta = json.loads((folder / "config.json").read_text())
+    meta["format_version"] = 99
+    (folder / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"format_version 99; this dap reads up to 1. Upgrade dap"):
+        load_model(folder)
 
 
 @pytest.mark.parametrize("name", ["dap_tiny", "dap_vits"])

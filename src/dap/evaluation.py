@@ -466,8 +466,8 @@ def evaluate(
     None)) or a folder of saved predictions (`predictions_dir/<sample name>.npy`, metres, final) on a dataset.
 
     With `out_dir`, metrics.json, per_image.parquet/.csv and panels/*.png are written. With `out_dir` and
-    `cache_key` (everything the predictions depend on: model content, resolution, seam padding, precision,
-    range cap), model predictions are cached in out_dir/predictions/ (after the range mask is applied, one
+    `cache_key` (everything the predictions depend on: the dataset, model content, resolution, seam padding,
+    precision, range cap), model predictions are cached in out_dir/predictions/ (after the range mask is applied, one
     file per sample, named by `_file_stem`) and reused by a run with the same key; another key is refused.
     Returns the summary that goes into metrics.json.
     """

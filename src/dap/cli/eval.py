@@ -130,7 +130,11 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         print(f"dap eval: note: {note}", file=sys.stderr)
     resolution = tuple(args.resolution or model.cfg.default_resolution)
     predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)
-    key = {
+    key = {  # the inputs too: sample names (synth shards' are 00000000...) repeat from one dataset to the next
+        "dataset": args.dataset,
+        "root": str(Path(args.root).resolve()),
+        "split": args.split,
+        "split_file": str(Path(args.split_file).resolve()) if args.split_file else None,
         "checkpoint": str(args.checkpoint),
         "model_sha256": model_fingerprint(model),
         "resolution": list(resolution),

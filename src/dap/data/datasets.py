@@ -49,6 +49,11 @@ class PanoDataset:
         self.items: list[Item] = self._index()
         if not self.items:
             raise self.layout_error(f"no samples found for split '{split}'")
+        seen: dict[str, Item] = {}
+        for it in self.items:  # predictions are saved and reported by name: two samples must not share one
+            if (first := seen.setdefault(it.name, it)) is not it:
+                raise self.layout_error(f"two samples share the name {it.name!r} ({first.rgb} and {it.rgb}); give "
+                                        "them distinct names (a manifest's name column, or distinct file stems)")
         missing = [p for it in self.items for p in (it.rgb, it.depth) if not p.is_file()]
         if missing:
             shown = "\n  ".join(str(p) for p in missing[:3])
@@ -96,11 +101,22 @@ class PanoDataset:
 
 def _read_pair_list(path: Path) -> list[tuple[str, str]]:
     """UniFuse/BiFuse-style split file: one 'rgb_path depth_path' pair per line, relative to the root."""
+    if not path.is_file():
+        raise DatasetLayoutError(f"the split file {path} does not exist or is not a file; pass a text file of "
+                                 "'<rgb path> <depth path>' lines")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetLayoutError(f"the split file {path} is not UTF-8 text ({e}); it should hold "
+                                 "'<rgb path> <depth path>' lines") from e
     pairs = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
         if len(parts) >= 2:
             pairs.append((parts[0].lstrip("/"), parts[1].lstrip("/")))
+        elif parts and not parts[0].startswith("#"):  # one path alone: a list of the wrong kind
+            raise DatasetLayoutError(f"line {number} of the split file {path} holds one path ({parts[0]!r}); each "
+                                     "line needs '<rgb path> <depth path>'")
     return pairs
 
 
@@ -371,13 +387,18 @@ class FolderDataset(PanoDataset):
             )
         base = manifest.parent
         items = []
-        for row in rows:
+        for line, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them, header = 1
+            if all(v in (None, "") for v in row.values()):  # a blank line, or one of only commas
+                continue
             if "split" in row and self.split != "all" and str(row["split"]) != self.split:
                 continue
+            if row["rgb"] in (None, "") or row["depth"] in (None, ""):
+                raise self.layout_error(f"row {line} of the manifest {manifest.name} has an empty rgb or depth "
+                                        "cell; fill it in or delete the row")
             rgb, depth = base / str(row["rgb"]), base / str(row["depth"])
             name = str(row["name"]) if row.get("name") not in (None, "") else _strip_suffix(str(row["rgb"]))
             scale = row.get("metres_per_unit")
-            self._scales[depth] = float(scale) if scale not in (None, "") else None
+            self._scales[depth] = _unit(scale, line, manifest) if scale not in (None, "") else None
             items.append(Item(name, rgb, depth))
         return items
 
@@ -409,13 +430,34 @@ class FolderDataset(PanoDataset):
             ) from e
 
 
+def _unit(value, line: int, manifest: Path) -> float:
+    """A manifest row's metres_per_unit as a positive number of metres."""
+    try:
+        unit = float(value)
+    except (TypeError, ValueError):
+        unit = math.nan
+    if not (unit > 0 and math.isfinite(unit)):
+        raise DatasetLayoutError(f"row {line} of {manifest}: metres_per_unit must be a positive number (e.g. 0.001 "
+                                 f"for millimetres), got {value!r}")
+    return unit
+
+
 def _read_table(path: Path) -> list[dict]:
+    """The rows of a manifest (CSV in UTF-8, with or without the byte-order mark spreadsheets write, or Parquet)."""
     if path.suffix.lower() == ".parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+        try:
+            return pq.read_table(path).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise DatasetLayoutError(f"cannot read the manifest {path} as Parquet ({e}); write it again, or use a "
+                                     "manifest.csv") from e
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            return list(csv.DictReader(f))
+    except UnicodeDecodeError as e:
+        raise DatasetLayoutError(f"the manifest {path} is not UTF-8 text ({e}); save it as CSV in UTF-8") from e
 
 
 class SynthShards:

@@ -72,9 +72,12 @@ def check_finite(model: DAP, source: Path) -> None:
         )
 
 
-def _load_ours(directory: Path) -> DAP:
+def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
+    """A model folder: config.json with model.safetensors, or with `weights`, another .safetensors file beside it
+    (a training run's earlier weights, say)."""
     from safetensors.torch import load_file
 
+    weights = weights or directory / WEIGHTS_FILE
     config_path = directory / CONFIG_FILE
     again = "copy or download the model folder again (config.json and model.safetensors belong together)"
     try:
@@ -84,9 +87,14 @@ def _load_ours(directory: Path) -> DAP:
     if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
         raise CheckpointError(f"{config_path} has no 'model' section: it is not the config.json of a model folder "
                               f"written by dap (save_model, `dap convert`, `dap train`); {again}")
+    if not isinstance(version := meta.get("format_version", FORMAT_VERSION), int) or version > FORMAT_VERSION:
+        raise CheckpointError(f"{config_path} has format_version {version!r}; this dap reads up to "
+                              f"{FORMAT_VERSION}. Upgrade dap (pip install -U depth-any-panoramas) to load it.")
     try:
         cfg = DapConfig.from_dict(meta["model"])
-    except (ValueError, KeyError, TypeError) as e:
+        with torch.device("meta"):  # weights come from the file: skip the random init
+            model = DAP(cfg)
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"the model config in {config_path} is not valid: {e}; {again}") from e
     # The depth head's scale: <= 0 (or NaN) would make every depth 0.
     if not (isinstance(cfg.max_depth, (int, float)) and cfg.max_depth > 0):
@@ -94,20 +102,17 @@ def _load_ours(directory: Path) -> DAP:
             f"{config_path}: max_depth is {cfg.max_depth}, it must be a positive number of metres (100 for DAP). "
             "Fix it in the config."
         )
-    with torch.device("meta"):  # weights come from the file: skip the random init
-        model = DAP(cfg)
-    if not (directory / WEIGHTS_FILE).is_file():
-        raise CheckpointError(f"{directory} has {CONFIG_FILE} but no {WEIGHTS_FILE}; {again}")
+    if not weights.is_file():
+        raise CheckpointError(f"{directory} has {CONFIG_FILE} but no {weights.name}; {again}")
     try:
-        sd = load_file(directory / WEIGHTS_FILE)
+        sd = load_file(weights)
     except Exception as e:
-        raise CheckpointError(f"cannot read weights {directory / WEIGHTS_FILE}: {e}; the file is damaged or cut "
-                              f"short: {again}") from e
+        raise CheckpointError(f"cannot read weights {weights}: {e}; the file is damaged or cut short: {again}") from e
     # Weights may be stored as float16 (half the download, e.g. the bundled model); the model computes in float32
     # and inference picks its own precision.
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    load_state_dict_strict(model, sd, str(directory))
-    check_finite(model, directory / WEIGHTS_FILE)
+    load_state_dict_strict(model, sd, str(weights if weights.name != WEIGHTS_FILE else directory))
+    check_finite(model, weights)
     model.checkpoint_info = meta
     return model
 
@@ -231,8 +236,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
                 raise CheckpointError(f"{p} holds {len(pths)} .pth files ({_key_list([q.name for q in pths])}); "
                                       f"pass the one to load, e.g. {pths[0]}")
             model = _load_official(pths[0])
-    elif p.name in (WEIGHTS_FILE, CONFIG_FILE) or p.suffix == ".safetensors":
+    elif p.name == CONFIG_FILE:
         model = _load_ours(p.parent)
+    elif p.suffix == ".safetensors":
+        if not (p.parent / CONFIG_FILE).is_file():
+            raise CheckpointError(f"{p} has no {CONFIG_FILE} beside it: our weights files are loaded with the "
+                                  f"model folder's config; copy {CONFIG_FILE} next to it (or pass the folder)")
+        model = _load_ours(p.parent, p)
+    elif p.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{p} is an ONNX graph, not a PyTorch checkpoint: predict with it through "
+                              "`dap predict --backend onnxruntime --model <file.onnx>` (Python: dap.export.OnnxModel)")
     else:
         model = _load_official(p)
     return model.to(device).eval()

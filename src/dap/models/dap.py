@@ -46,6 +46,19 @@ class DapConfig:
     range_min_region: float = 0.0
 
     def __post_init__(self):
+        # Checked here so that a hand-edited config.json fails on loading, naming the field, not in a forward pass.
+        if self.token_adapter not in ("plain", "official"):
+            raise ValueError(f"token_adapter is 'plain' or 'official', got {self.token_adapter!r}")
+        if len(self.layers) != 4 or not all(0 <= k < self.vit.depth for k in self.layers):
+            raise ValueError(f"layers are the 4 blocks (0 to {self.vit.depth - 1}, the backbone's depth) that feed "
+                             f"the heads, got {list(self.layers)}")
+        if len(self.out_channels) != 4 or not all(c > 0 for c in (*self.out_channels, self.features)):
+            raise ValueError(f"out_channels (4 of them) and features are positive channel counts, got "
+                             f"{list(self.out_channels)} and {self.features}")
+        h, w = self.default_resolution
+        if w != 2 * h or h <= 0 or h % self.vit.patch_size:
+            raise ValueError(f"default_resolution is (height, width) of a 2:1 panorama in multiples of "
+                             f"{self.vit.patch_size}, got {list(self.default_resolution)}")
         if not 0 < self.range_threshold <= 1:
             raise ValueError(f"range_threshold is a probability in (0, 1], got {self.range_threshold}")
         if not (0 < self.depth_scale and math.isfinite(self.depth_scale)):

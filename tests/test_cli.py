@@ -292,6 +292,32 @@ def test_no_write_permission(d, tmp_path, capsys, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_path, capsys):
+    import json
+
+    from dap.errors import CheckpointError
+    from dap.models import load_model
+
+    out = tmp_path / "converted"
+    assert main(["convert", str(d / "ckpt"), str(out)]) == 0
+    first = json.loads((out / "config.json").read_text())["save_id"]
+    assert main(["convert", str(d / "ckpt"), str(out)]) == 0  # an earlier conversion is replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]  # no temporary folder left beside it
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["save_id"] != first
+    # a save interrupted between its two files: the weights of one save beside the config of another
+    save_model(create_model("dap_tiny"), tmp_path / "other")
+    shutil.copy(tmp_path / "other" / "model.safetensors", out / "model.safetensors")
+    with pytest.raises(CheckpointError, match="were written by different saves"):
+        load_model(out)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    capsys.readouterr()
+    code, err = _run(["convert", str(d / "ckpt"), str(tmp_path / "mine")], capsys)
+    assert code == 2 and "is not a model folder of ours" in err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+
+
 def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt

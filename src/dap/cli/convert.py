@@ -3,18 +3,41 @@
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
+from pathlib import Path
 
+from dap.errors import DapError
 from dap.models import count_parameters, load_model, save_model
+from dap.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="official model.pth (with or without the `module.` prefix)")
-    parser.add_argument("out", help="output directory for model.safetensors + config.json")
+    parser.add_argument("out", help="output directory for model.safetensors + config.json (new, or one that "
+                                    "holds only an earlier conversion, which is replaced)")
 
 
 def run(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= {CONFIG_FILE, WEIGHTS_FILE}):
+        raise DapError(f"{out} exists and is not a model folder of ours (only {CONFIG_FILE} and {WEIGHTS_FILE}); "
+                       "choose a new output folder")
     model = load_model(args.checkpoint)
-    out = save_model(model, args.out, training={"converted_from": str(args.checkpoint)})
-    print(f"wrote {out}/model.safetensors and config.json ({model.cfg.name}, "
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written in a folder beside the output, then renamed into place: an interrupted conversion leaves either the
+    # earlier folder or the new one, never new weights beside an old config.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    old = out.with_name(f"{tmp.name}.old")
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+        save_model(model, tmp, training={"converted_from": str(args.checkpoint)})
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    print(f"wrote {out}/{WEIGHTS_FILE} and {CONFIG_FILE} ({model.cfg.name}, "
           f"{count_parameters(model)['total'] / 1e6:.1f}M parameters)")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,7 @@ def check_finite(model: DAP, source: Path) -> None:
 def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
     """A model folder: config.json with model.safetensors, or with `weights`, another .safetensors file beside it
     (a training run's earlier weights, say)."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     weights = weights or directory / WEIGHTS_FILE
@@ -106,8 +108,13 @@ def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
         raise CheckpointError(f"{directory} has {CONFIG_FILE} but no {weights.name}; {again}")
     try:
         sd = load_file(weights)
+        with safe_open(weights, "pt") as f:
+            weights_id = (f.metadata() or {}).get("save_id")
     except Exception as e:
         raise CheckpointError(f"cannot read weights {weights}: {e}; the file is damaged or cut short: {again}") from e
+    if weights.name == WEIGHTS_FILE and None not in (weights_id, meta.get("save_id")) and weights_id != meta["save_id"]:
+        raise CheckpointError(f"{config_path} and {weights} were written by different saves (one was interrupted, "
+                              f"or one file was copied over from another model); {again}")
     # Weights may be stored as float16 (half the download, e.g. the bundled model); the model computes in float32
     # and inference picks its own precision.
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
@@ -271,8 +278,11 @@ def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any
                   "out_of_range_prob": "probability that the pixel is sky or beyond max_depth"},
         "training": training or {},
     }
+    # The same random id in both files: a save interrupted between the two renames leaves a pair that loading
+    # refuses instead of new weights read with an older config (another architecture or calibration).
+    meta["save_id"] = secrets.token_hex(8)
     with atomic_write(directory / WEIGHTS_FILE) as tmp:
-        save_file(sd, str(tmp), metadata={"format": "dap", "name": model.cfg.name})
+        save_file(sd, str(tmp), metadata={"format": "dap", "name": model.cfg.name, "save_id": meta["save_id"]})
         os.chmod(tmp, 0o644)  # safetensors creates owner-only files; weights are meant to be shared
     with atomic_write(directory / CONFIG_FILE) as tmp:
         Path(tmp).write_text(json.dumps(meta, indent=2) + "\n")

@@ -651,7 +651,8 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
                                                                               capsys):
     """Outputs record what made them (.<name>.dap.json): a rerun skips them only if the input file, the model and
     every setting match; otherwise the input fails with what differs, and the old outputs stay, unless --overwrite.
-    Outputs with no record (an older version, or a run killed before its record) are made again."""
+    A run killed while writing leaves a record that says so: its outputs are made again. Files at the output paths
+    with no record were not written by dap predict: they stay, and the input fails, unless --overwrite."""
     import json
 
     from dap.models import save_model
@@ -688,10 +689,32 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
 
     assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy", "--overwrite") == 0
     assert (out / "pano.npy").read_bytes() != first
-    (out / ".pano.dap.json").unlink()  # as a run killed between its last output and its record leaves it
+    record = json.loads((out / ".pano.dap.json").read_text())
+    assert record["complete"] is True
+    record["complete"] = False  # as a run killed between its first record and its last leaves it
+    (out / ".pano.dap.json").write_text(json.dumps(record))
     capsys.readouterr()
     assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 0
-    assert "predicted 1 panorama(s)" in capsys.readouterr().out and (out / ".pano.dap.json").is_file()
+    assert "predicted 1 panorama(s)" in capsys.readouterr().out
+    assert json.loads((out / ".pano.dap.json").read_text())["complete"] is True
+    (out / ".pano.dap.json").unlink()  # now pano.npy is a file of unknown origin (the user's ground truth, say)
+    (out / "pano.npy").write_bytes(b"the user's")
+    assert _predict_cli([tmp_path / "in" / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 2
+    err = capsys.readouterr().err
+    assert "pano.npy already exists and was not written by dap predict" in err and "--overwrite" in err
+    assert (out / "pano.npy").read_bytes() == b"the user's"
+
+
+def test_no_output_replaces_an_input_of_the_run(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "m" / "x.png", _pano(32, 64, 1))
+    io.write_rgb(tmp_path / "m" / "x.mask.png", _pano(32, 64, 2))  # x's mask output would land on this input
+    before = (tmp_path / "m" / "x.mask.png").read_bytes()
+    for extra in ([], ["--overwrite"]):
+        code = _predict_cli([tmp_path / "m" / "x.png", tmp_path / "m" / "x.mask.png"], tmp_path / "m", checkpoint,
+                            "--outputs", "npy,mask", *extra)
+        assert code == 1  # x fails, x.mask is predicted
+        assert f"its mask output would overwrite the input {tmp_path / 'm' / 'x.mask.png'}" in capsys.readouterr().err
+        assert (tmp_path / "m" / "x.mask.png").read_bytes() == before
 
 
 def test_input_that_vanished_after_listing_fails_alone(checkpoint, tmp_path, capsys):

@@ -98,8 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute every input, replacing existing outputs. Without it, an input whose outputs "
                              "are complete and were made from the same file with the same model and settings (as "
-                             "recorded in .<name>.dap.json beside them) is skipped, and one whose outputs were made "
-                             "otherwise fails instead of replacing them")
+                             "recorded in .<name>.dap.json beside them) is skipped, one whose outputs were made "
+                             "otherwise fails instead of replacing them, and so does one whose output names are "
+                             "taken by files dap predict did not write. No output ever replaces an input of the run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,6 +213,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
     from dap import io
 
     sources: dict[str, str] = {}  # output name -> input that has it this run
+    inputs = {os.path.abspath(i.video or i.source) for i in items}  # no output may replace an input, --overwrite or not
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     seq = -1
     for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
@@ -225,10 +227,12 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
-        clash = [k for k, p in paths.items() if not item.video and os.path.abspath(p) == os.path.abspath(item.source)]
-        if clash:  # an HDR panorama pano.exr predicted into its own folder with --outputs exr
-            failures.append((seq, item.source, f"its {clash[0]} output would overwrite the input itself; predict "
-                                               "into another --out, or leave that output out"))
+        clash = next((k for k, p in paths.items() if os.path.abspath(p) in inputs), None)
+        if clash:  # an HDR panorama pano.exr predicted into its own folder with --outputs exr; x.png beside x.mask.png
+            which = ("the input itself" if os.path.abspath(paths[clash]) == os.path.abspath(item.source)
+                     else f"the input {paths[clash]}")
+            failures.append((seq, item.source, f"its {clash} output would overwrite {which}; predict into another "
+                                               "--out, or leave that output out"))
             continue
         record = record_path(args.out, item.name)
         too_long = name_too_long([*paths.values(), record])
@@ -248,9 +252,15 @@ def _decoded(items, args, kinds, settings, failures, counts):
                                                    f"differently: {conflict}. Pass --overwrite to replace them, or "
                                                    "predict into another --out"))
                 continue
-            if outputs_complete(paths):
+            if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
                 continue
+        elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
+            # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
+            failures.append((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
+                                               f"{record.name} beside it); pass --overwrite to replace it, or predict "
+                                               "into another --out"))
+            continue
         try:
             rgb, frames = item.load()
             # a partial panorama's place in the sphere, from its file's Photo Sphere XMP (a header read, here on
@@ -267,9 +277,11 @@ def _decoded(items, args, kinds, settings, failures, counts):
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:
     seq, item, pred, paths, (record, content) = job
     try:
-        record.unlink(missing_ok=True)  # outputs being replaced are no longer what the old record says
+        # First a record that says the outputs are being written (a rerun after a kill makes them again, and knows
+        # they are ours), then the outputs, then the record that says they are complete.
+        write_record(record, {**content, "outputs": sorted(paths), "complete": False})
         write_outputs(pred, paths, point_stride=point_stride)
-        write_record(record, {**content, "outputs": sorted(paths)})  # last: outputs without one are made again
+        write_record(record, {**content, "outputs": sorted(paths), "complete": True})
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
         failures.append((seq, item.source, str(e)))

@@ -705,6 +705,17 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
     assert (out / "pano.npy").read_bytes() == b"the user's"
 
 
+def test_a_point_cloud_with_no_points(tiny_model, tmp_path):
+    from dap.inference import output_paths, write_outputs
+
+    pred = predict(_pano(32, 64), tiny_model, resolution=(32, 64), threshold=0.0)  # every pixel out of range
+    paths = output_paths(tmp_path, "p", ["ply", "glb"])
+    with pytest.raises(DapError, match=r"no points for p.glb: every pixel that point_stride 1 keeps is out of range"):
+        write_outputs(pred, paths)
+    assert b"element vertex 0" in (tmp_path / "p.ply").read_bytes()  # PLY can hold an empty cloud, and does
+    assert not (tmp_path / "p.glb").exists()
+
+
 def test_no_output_replaces_an_input_of_the_run(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "m" / "x.png", _pano(32, 64, 1))
     io.write_rgb(tmp_path / "m" / "x.mask.png", _pano(32, 64, 2))  # x's mask output would land on this input

@@ -971,6 +971,9 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
             points, colors = pred.points[keep], pred.rgb[keep]
             if kind == "ply":
                 io.write_ply(path, points, colors, pred.normals[keep])
+            elif not len(points):  # glTF has no empty point cloud (trimesh refuses to write one); PLY has
+                raise DapError(f"no points for {path.name}: every pixel that point_stride {point_stride} keeps is out "
+                               "of range or without depth; lower --point-stride, or leave glb out")
             else:
                 io.write_glb(path, points, colors)
         elif kind == "cubemap":

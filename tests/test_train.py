@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch.multiprocessing as mp
 
 from dap import geometry
 from dap import train as T
-from dap.errors import NotPanoramaError
+from dap.errors import CheckpointError, ConfigError, NotPanoramaError
 from dap.models import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -394,6 +395,42 @@ def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, ca
         T.train(cfg_with("run.steps=2", "model.overrides={max_depth: 50.0}"), out, resume=True)
     T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=5e-4"), out, resume=True)
     assert "optim.lr_head: 0.001 -> 0.0005" in capsys.readouterr().err
+
+
+def test_a_finished_run_extended_at_another_lr_trains_at_that_lr(tmp_path):
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "run.log_every=1"), out)  # cosine to 0 at step 2
+    T.train(cfg_with("run.steps=4", "run.ckpt_every=1", "run.log_every=1", "optim.schedule=constant",
+                     "optim.lr_head=0.01", "optim.lr_backbone=0.002", "optim.weight_decay=0.1"), out, resume=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = {r["step"]: (r["lr/backbone"], r["lr/head"]) for r in rows if "lr/head" in r}
+    assert lrs[3] == lrs[4] == (0.002, 0.01)  # not the old cosine's 0 nor the old peak
+    ckpt = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    assert {g["weight_decay"] for g in ckpt["optimizer"]["param_groups"]} == {0.1}
+    with pytest.raises(CheckpointError, match="parameter groups.*optim.freeze_backbone changed"):
+        T.train(cfg_with("run.steps=6", "optim.freeze_backbone=true"), out, resume=True)
+
+
+def test_a_section_given_twice_is_refused(tmp_path):
+    (tmp_path / "c.yaml").write_text("run:\n  steps: 3\n  log_every: 1\nrun:\n  steps: 2\n")
+    with pytest.raises(ConfigError, match=r"at line 4, column 1 \(the key 'run' is given twice"):
+        T.load_config(tmp_path / "c.yaml")
+
+
+@pytest.mark.parametrize("override, problem", [
+    ("data.sources=[{kind: shard, path: x}]", "data.sources[0].kind must be one of shards, folder"),
+    ("data.sources=[{kind: shards}]", "data.sources[0] (kind shards) needs a path"),
+    ("data.sources=[{kind: dataset, path: x, dataset: nosuch}]", "data.sources[0].dataset must be one of"),
+    ("data.val=[{kind: bogus}]", "data.val[0].kind must be one of"),
+    ("data.sources=[{kind: rooms, size: 0}]", "data.sources[0].size is the number of panoramas"),
+    ("optim.min_lr_ratio=-2", "optim.min_lr_ratio is the final LR over the peak LR, 0 to 1, got -2"),
+    ("optim.betas=[1.5, 0.999]", "optim.betas are Adam's two decay rates"),
+    ("loss.w_silog=-5", "loss.w_silog is a loss term's weight"),
+    ("loss.df_normalise=centered", "loss.df_normalise must be one of centred, frobenius, gt_mean"),
+])
+def test_config_values_are_checked_before_anything_runs(override, problem):
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        cfg_with(override)
 
 
 

@@ -23,6 +23,9 @@ _DEPTH_EPS = 1e-6
 
 
 # ------------------------------ helpers
+
+DF_NORMALISE = ("centred", "frobenius", "gt_mean")  # how distortion_loss makes the two Grams comparable
+
 def _sanitise(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor):
     """Valid = given mask & finite positive GT; invalid GT replaced by 1 so logs/points stay finite there."""
     valid = valid.bool() & torch.isfinite(gt) & (gt > 0)
@@ -141,8 +144,8 @@ def dense_fidelity_loss(
     with fewer than min_valid_fraction valid pixels are skipped (0 when none is left). view_size None →
     round(2H/π), which matches the ERP pixel pitch at the view centre for a 90° view.
     """
-    if normalise not in ("centred", "frobenius", "gt_mean"):
-        raise ValueError(f"normalise must be 'centred', 'frobenius' or 'gt_mean', got {normalise!r}")
+    if normalise not in DF_NORMALISE:
+        raise ValueError(f"normalise must be one of {', '.join(DF_NORMALISE)}, got {normalise!r}")
     pred, gt, valid = _sanitise(pred, gt, valid)
     height = pred.shape[-2]
     size = view_size or max(8, round(2 * height / math.pi))

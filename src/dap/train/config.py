@@ -16,7 +16,7 @@ import yaml
 
 from dap import geometry
 from dap.errors import ConfigError, NotPanoramaError
-from dap.losses import LossConfig
+from dap.losses import DF_NORMALISE, LossConfig
 
 RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
 
@@ -160,11 +160,26 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
                          "data.sources.0.ratio)") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, refusing a key given twice in one mapping: PyYAML keeps the last silently, so a
+    second `run:` section would reset every key of the first to its default."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice (the later one "
+                                                        "would silently replace the earlier)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml_mapping(path: str | os.PathLike, what: str, example: str) -> dict:
     """The mapping of sections in the YAML file `path` ({} if it is empty); errors name `what` (e.g. "training
     config") and an `example` file to follow."""
     try:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except OSError as e:
         raise ConfigError(f"cannot read the {what} {path}: {e.strerror or e}; check the path") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -212,6 +227,27 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return cfg
 
 
+SOURCE_KINDS = ("shards", "folder", "dataset", "synthetic", "rooms", "pseudo")
+
+
+def _check_source(src: SourceConfig, where: str) -> None:
+    """One data source's settings, before any model is built or data read."""
+    from dap.data.datasets import DATASETS
+
+    if src.kind not in SOURCE_KINDS:
+        raise ConfigError(f"{where}.kind must be one of {', '.join(SOURCE_KINDS)}, got {src.kind!r}")
+    if src.kind in ("synthetic", "rooms"):
+        if not src.size >= 1:
+            raise ConfigError(f"{where}.size is the number of panoramas a {src.kind} source makes, at least 1, "
+                              f"got {src.size}")
+        return
+    if not src.path:
+        raise ConfigError(f"{where} (kind {src.kind}) needs a path")
+    if src.kind == "dataset" and (src.dataset or "").lower() not in DATASETS:
+        raise ConfigError(f"{where}.dataset must be one of {', '.join(DATASETS)} for kind dataset, got "
+                          f"{src.dataset!r}")
+
+
 def _check_config(cfg: TrainConfig) -> None:
     from dap.models import MODEL_CONFIGS, DapConfig
     from dap.models.checkpoint import is_dinov3_checkpoint
@@ -251,6 +287,9 @@ def _check_config(cfg: TrainConfig) -> None:
                           f"1 (off) to 4, got {cfg.data.scale_jitter}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
         raise ConfigError("data.sources needs at least one source with a positive ratio")
+    for where, sources in (("data.sources", cfg.data.sources), ("data.val", cfg.data.val)):
+        for i, src in enumerate(sources):
+            _check_source(src, f"{where}[{i}]")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}")
     if cfg.optim.optimizer not in ("adam", "adamw"):
@@ -259,6 +298,16 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.schedule must be cosine, linear or constant, got {cfg.optim.schedule!r}")
     if cfg.optim.amp not in ("auto", "bf16", "off"):
         raise ConfigError(f"optim.amp must be auto, bf16 or off, got {cfg.optim.amp!r}")
+    if not 0 <= cfg.optim.min_lr_ratio <= 1:
+        raise ConfigError(f"optim.min_lr_ratio is the final LR over the peak LR, 0 to 1, got {cfg.optim.min_lr_ratio}")
+    if not all(0 <= b < 1 for b in cfg.optim.betas):
+        raise ConfigError(f"optim.betas are Adam's two decay rates, each in [0, 1), got {list(cfg.optim.betas)}")
+    weights = {f.name: getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss) if f.name.startswith("w_")}
+    for key, value in weights.items():
+        if not 0 <= value < math.inf:
+            raise ConfigError(f"loss.{key} is a loss term's weight, a number >= 0 (0 = off), got {value}")
+    if cfg.loss.df_normalise not in DF_NORMALISE:
+        raise ConfigError(f"loss.df_normalise must be one of {', '.join(DF_NORMALISE)}, got {cfg.loss.df_normalise!r}")
     if not 0 <= cfg.optim.ema_decay < 1:
         raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off), got {cfg.optim.ema_decay}")
     if not 0 < cfg.loss.mask_threshold <= cfg.loss.max_depth:

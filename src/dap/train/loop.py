@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from dap.errors import ConfigError
+from dap.errors import CheckpointError, ConfigError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.losses import DapLoss
 from dap.train.checkpoints import (
@@ -403,8 +403,23 @@ def _build_state(cfg: TrainConfig, d: Dist) -> _State:
 def _restore(st: _State, ckpt: dict, path: Path, cfg: TrainConfig, d: Dist) -> None:
     """Load a checkpoint's states; say on stderr (once, rank 0) what a changed world or batch size costs."""
     st.model.load_state_dict(ckpt["model"])
+    if len(ckpt["optimizer"]["param_groups"]) != len(st.optimizer.param_groups):
+        raise CheckpointError(f"{path} was trained with {len(ckpt['optimizer']['param_groups'])} parameter groups, "
+                              f"this config makes {len(st.optimizer.param_groups)} (optim.freeze_backbone changed?); "
+                              "resume with the config it was made with, or start a new run from it with model.init="
+                              "<its run folder>/final")
+    # The optimiser's and the schedule's states bring back the learning rates, weight decay and betas they were
+    # made with; the config may have changed them (a finished run extended at another LR): its values win, and
+    # this step's LR is the current schedule's. Unchanged, they are the same numbers, so resume stays exact.
+    hyper = {"weight_decay": cfg.optim.weight_decay, "betas": tuple(cfg.optim.betas)}
+    peak = {"backbone": cfg.optim.lr_backbone, "head": cfg.optim.lr_head}
+    base = [peak[g["name"]] for g in st.optimizer.param_groups]
     st.optimizer.load_state_dict(ckpt["optimizer"])
     st.scheduler.load_state_dict(ckpt["scheduler"])
+    st.scheduler.base_lrs = base
+    for group, lr, factor in zip(st.optimizer.param_groups, base, st.scheduler.lr_lambdas, strict=True):
+        group.update(hyper, initial_lr=lr, lr=lr * factor(st.scheduler.last_epoch))
+    st.scheduler._last_lr = [g["lr"] for g in st.optimizer.param_groups]  # what get_last_lr() reports
     if st.ema is not None and ckpt.get("ema") is not None:
         st.ema.load_state_dict(ckpt["ema"])
     data_pos = ckpt["data"]

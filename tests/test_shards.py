@@ -93,6 +93,21 @@ def test_resume_keeps_complete_shards_and_redoes_a_partial_one(tmp_path):
     assert len(ShardDataset(tmp_path)) == 5
 
 
+def test_a_shard_cut_short_is_rendered_again(tmp_path):
+    write(tmp_path)
+    before = shard_bytes(tmp_path)
+    shard = tmp_path / "shard-000001.tar"
+    data = shard.read_bytes()
+    # cut where a member ends (tar reads that back without an error, one sample short), then mid-member
+    with tarfile.open(shard) as tar:
+        last = tar.getmembers()[-1]
+    for cut in (last.offset, len(data) // 3):
+        shard.write_bytes(data[:cut])
+        write(tmp_path)
+        assert shard_bytes(tmp_path) == before
+        assert len(ShardDataset(tmp_path)) == 5
+
+
 def test_settings_mismatch_and_missing_manifest(tmp_path):
     write(tmp_path, count=2)
     with pytest.raises(DapError, match=r"other settings \(count: 2 -> 3\)"):

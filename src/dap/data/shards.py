@@ -152,7 +152,9 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
         stale.unlink()
 
     n_shards = -(-count // shard_size)
-    todo = [s for s in range(n_shards) if not (root / shard_name(s)).exists()]
+    # Shards are written whole (atomic_write), but a copy or a disk can still cut one short: only a shard that reads
+    # back with all its samples' members is kept, the rest are rendered again
+    todo = [s for s in range(n_shards) if not _shard_complete(root / shard_name(s), s, shard_size, count)]
     done = count - sum(min((s + 1) * shard_size, count) - s * shard_size for s in todo)
     from tqdm import tqdm
 
@@ -170,6 +172,22 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     return write_manifest(root)
 
 
+SAMPLE_MEMBERS = ("depth.npy", "instance.png", "json", "mask.png", "rgb.png")  # `encode_sample`'s files per key
+
+
+def _shard_complete(path: Path, shard: int, shard_size: int, count: int) -> bool:
+    """Whether shard `shard` exists and holds every member of its samples (and nothing else)."""
+    if not path.is_file():
+        return False
+    want = {f"{i:08d}.{m}" for i in range(shard * shard_size, min((shard + 1) * shard_size, count))
+            for m in SAMPLE_MEMBERS}
+    try:
+        with tarfile.open(path) as tar:
+            return {m.name for m in tar.getmembers() if m.isfile()} == want
+    except (tarfile.TarError, OSError):
+        return False
+
+
 def iter_shard(path: str | os.PathLike) -> Iterator[tarfile.TarInfo]:
     try:
         with tarfile.open(path) as tar:
@@ -184,13 +202,17 @@ def write_manifest(root: str | os.PathLike) -> Path:
     root = Path(root)
     rows = []
     for shard in sorted(root.glob("shard-*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tar.extractfile(m).read())
-                    meta["scene"] = json.dumps(meta["scene"], sort_keys=True)
-                    meta["shard"] = shard.name
-                    rows.append(meta)
+        try:
+            with tarfile.open(shard) as tar:
+                for m in tar.getmembers():
+                    if m.name.endswith(".json"):
+                        meta = json.loads(tar.extractfile(m).read())
+                        meta["scene"] = json.dumps(meta["scene"], sort_keys=True)
+                        meta["shard"] = shard.name
+                        rows.append(meta)
+        except (tarfile.TarError, OSError, ValueError, KeyError) as e:
+            raise UnreadableFileError(f"cannot read shard {shard}: {e}. Delete it and rerun `dap synth` with the "
+                                      "same settings to rewrite it.") from e
     if not rows:
         raise DatasetLayoutError(f"no shard-*.tar files in {root}; write a dataset with `dap synth --out {root}`")
     table = pa.Table.from_pylist(rows)

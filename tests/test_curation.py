@@ -5,6 +5,7 @@ and the whole pipeline from a config. Tiny models, tiny panoramas."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import dual_fisheye, photo_sphere_xmp
+from dap.cli import main
 from dap.curation import discriminator as D
 from dap.curation.ingest import IngestOptions, hamming, ingest, perceptual_hash
 from dap.curation.label import LabelOptions, label_pool
@@ -476,6 +478,32 @@ def test_top_k_per_domain_keeps_exactly_k_of_each():
     assert keep_count(1000, 0.3) == 300 and keep_count(10, 1) == 1
 
 
+def test_selecting_a_domain_the_pool_lacks_or_an_absent_score_keeps_the_selection(tmp_path, capsys):
+    rows = _scored_rows(4, 4)
+    select_top_k(rows, {"indoor": 2})
+    write_manifest(tmp_path, rows)
+    assert main(["curate", "select", "--pool", str(tmp_path), "--score", "disc", "--keep", "indor=0.5,outdoor=1"]) == 2
+    err = capsys.readouterr().err
+    assert "--keep names 'indor', which" in err and "its domains: indoor, outdoor" in err
+    for r in rows:
+        r["stage1_tta_absrel"] = math.nan  # labelled with --no-tta
+    write_manifest(tmp_path, rows)
+    assert main(["curate", "select", "--pool", str(tmp_path), "--score", "tta", "--keep", "indoor=1"]) == 2
+    assert "has no test-time-augmentation scores" in capsys.readouterr().err
+    assert sum(r["selected"] for r in read_manifest(tmp_path)) == 2  # the earlier selection stands
+
+
+def test_a_synth_dataset_is_not_taken_for_a_pool(tmp_path, capsys):
+    from dap.data.shards import write_dataset
+
+    write_dataset(tmp_path / "synth", 1, resolution=(32, 64), progress=False)
+    before = (tmp_path / "synth" / "manifest.parquet").read_bytes()
+    write_rgb(tmp_path / "src" / "p.png", np.random.default_rng(0).random((64, 128, 3)))
+    assert main(["curate", "ingest", str(tmp_path / "src"), "--pool", str(tmp_path / "synth")]) == 2
+    assert "is not a curation pool: its manifest.parquet is a `dap synth` dataset" in capsys.readouterr().err
+    assert (tmp_path / "synth" / "manifest.parquet").read_bytes() == before
+
+
 # ------------------------------------------------------------------------------------------ pseudo-labels
 def test_pseudo_labels_with_a_range_mask_train_the_range_head(tmp_path):
     from dap import train as T
@@ -533,7 +561,6 @@ def _tiny_curate_config(tmp_path: Path, pool_src: Path) -> Path:
 
 
 def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
-    from dap.cli import main
 
     src = tmp_path / "renders"
     for i in range(6):
@@ -560,7 +587,6 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
 
 
 def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
-    from dap.cli import main
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("pool: {inputs: []}\nlabeled: [{kind: rooms}]\n")
@@ -617,7 +643,6 @@ def test_a_file_name_that_is_not_utf8_is_ingested_with_its_name_escaped(tmp_path
 
 
 def test_label_resolution_must_be_a_panorama_size(tmp_path, capsys):
-    from dap.cli import main
 
     with pytest.raises(SystemExit) as e:
         main(["curate", "label", "--pool", str(tmp_path), "--model", "x", "--resolution", "64x64"])

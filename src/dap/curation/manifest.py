@@ -84,11 +84,17 @@ def read_manifest(pool: str | os.PathLike) -> list[dict]:
     if not path.exists():
         return []
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise DatasetLayoutError(f"cannot read the curation manifest {path}: {e}. It is only ever replaced "
                                  "atomically, so this file was damaged outside dap; restore it or re-run "
                                  "`dap curate ingest` into a new --pool") from e
+    missing = sorted({"id", "status"} - set(table.column_names))
+    if missing:  # e.g. a `dap synth` folder (manifest.parquet of shards): rewriting it would lose that dataset
+        what = "a `dap synth` dataset" if "shard" in table.column_names else "another kind of manifest"
+        raise DatasetLayoutError(f"{pool} is not a curation pool: its {MANIFEST} is {what} (no {', '.join(missing)} "
+                                 "column). Give --pool a folder of its own (a new one is created)")
+    rows = table.to_pylist()
     defaults = empty_row()
     return [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS}} for r in rows]
 

@@ -126,6 +126,14 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
     rows = read_manifest(pool)
     if score in ("disc", "disc_tta") and not any(math.isfinite(r["disc_score"]) for r in rows):
         raise DapError(f"{pool} has no discriminator scores: run `dap curate score` first, or select by --score tta")
+    if score in ("tta", "disc_tta") and not any(math.isfinite(r["stage1_tta_absrel"]) for r in rows):
+        raise DapError(f"{pool} has no test-time-augmentation scores: label it with TTA (`dap curate label` without "
+                       "--no-tta), or select by --score disc")
+    domains = sorted({r["domain"] for r in rows if r["status"] == "ok"})
+    unknown = sorted(set(keep) - set(domains))
+    if unknown:  # a typo would silently select nothing there, after clearing the earlier selection
+        raise DapError(f"--keep names {', '.join(map(repr, unknown))}, which {pool} does not have; its domains: "
+                       f"{', '.join(domains) or 'none (no accepted panorama)'}")
     counts = select_top_k(rows, keep, score)
     write_manifest(pool, rows)
     return counts

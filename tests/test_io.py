@@ -675,6 +675,17 @@ def test_video_cut_short_raises_after_its_good_frames(tmp_path):
         list(io.sample_video_frames(cut, every_s=1.0))
 
 
+def test_a_float_grey_tiff_is_read_only_in_0_to_1(tmp_path):
+    from PIL import Image
+
+    grey = np.linspace(0, 1, 32 * 64, dtype=np.float32).reshape(32, 64)
+    Image.fromarray(grey, mode="F").save(tmp_path / "unit.tif")
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "unit.tif")[..., 1], grey, atol=1e-7)
+    Image.fromarray(grey * 255, mode="F").save(tmp_path / "bytes.tif")  # 0-255 values: clipped, a white image
+    with pytest.raises(DapError, match=r"a 32-bit float grey image \(mode F\) with pixels over 0..255, not 0..1"):
+        io.read_rgb(tmp_path / "bytes.tif")
+
+
 @pytest.mark.parametrize("name, says", [
     ("pano.heic", "a HEIF/AVIF image, which this install does not decode: convert it to JPEG or PNG first"),
     ("IMG_0001.DNG", "a camera raw file: develop and export it as JPEG, PNG or TIFF first"),

@@ -464,13 +464,18 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
-    for it; 32-bit integer images are taken as 16-bit) over 65535, float ('F') as it is, both clipped to [0, 1];
-    any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
+    for it; 32-bit integer images are taken as 16-bit) over 65535, clipped to [0, 1]; float ('F') as it is, which
+    must be in [0, 1] (NaN as 0); any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK
+    resolved) over 255."""
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
-        gray = np.clip(np.asarray(img, dtype=np.float32), 0.0, 1.0)
+        gray = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)
+        lo, hi = float(gray.min()), float(gray.max())
+        if lo < 0 or hi > 1:  # 0-255 values or linear radiance: clipping would give a white (or black) image
+            raise DapError(f"a 32-bit float grey image (mode F) with pixels over {lo:g}..{hi:g}, not 0..1: save it "
+                           "as an 8- or 16-bit image, or as EXR/HDR if it holds linear radiance")
         return np.repeat(gray[..., None], 3, axis=2)
     rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
     rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32

@@ -2,6 +2,7 @@
 for bad arguments or input, 1 for a failed write, 130 for Ctrl-C; nothing left behind (issue 11, item 5)."""
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -327,6 +328,23 @@ def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
     assert code == 130 and err == "dap synth: interrupted\n"
 
 
+def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
+    import signal
+    import subprocess
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "400", "--resolution", "32x64", "--shard-size", "400",
+           "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not list(out.glob(".shard-*.tmp.tar")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # until the shard's temporary file is being written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.strip().endswith("dap synth: terminated"), err
+    assert not list(out.glob(".*.tmp*")) and not list(out.glob("shard-*.tar"))
+
+
 def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkeypatch):
     real_save = np.save
 
@@ -339,7 +357,9 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkey
     code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
                       "--out", str(out), "--outputs", "npy"], capsys)
     assert code == 130 and err.strip() == "dap predict: interrupted"
-    assert list(out.iterdir()) == []
+    # no partial output; only the record that says the outputs were being written (a rerun makes them again)
+    assert [p.name for p in out.iterdir()] == [".pano.dap.json"]
+    assert json.loads((out / ".pano.dap.json").read_text())["complete"] is False
 
 
 @pytest.mark.parametrize("filename", [None, "out/pano.npy"])

@@ -746,9 +746,12 @@ def test_input_that_vanished_after_listing_fails_alone(checkpoint, tmp_path, cap
 def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
     out = tmp_path / "o"
-    io.write_rgb(out / "a.cube" / "+x.rgb.png", _pano(16, 16))  # what a killed run used to leave
+    io.write_rgb(out / "a.cube" / "+x.rgb.png", _pano(16, 16))  # what a killed run of an old version left
     (out / ".a.cube.tmp").mkdir()  # a killed run's temporary folder
-    assert _predict_cli([tmp_path / "in"], out, checkpoint, "--outputs", "cubemap") == 0
+    # no record beside it: not known to be ours, so kept unless --overwrite
+    assert _predict_cli([tmp_path / "in"], out, checkpoint, "--outputs", "cubemap") == 2
+    assert "a.cube already exists and was not written by dap predict" in capsys.readouterr().err
+    assert _predict_cli([tmp_path / "in"], out, checkpoint, "--outputs", "cubemap", "--overwrite") == 0
     printed = capsys.readouterr().out
     assert "predicted 1 panorama(s)" in printed and "skipped 0" in printed
     faces = [f"a.cube/{axis}.{part}" for axis in geometry.CUBE_FACES for part in ("depth.npy", "rgb.png")]

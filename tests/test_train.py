@@ -19,6 +19,7 @@ from dap import geometry
 from dap import train as T
 from dap.errors import CheckpointError, ConfigError, NotPanoramaError
 from dap.models import load_model
+from dap.train.config import read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -415,6 +416,9 @@ def test_a_section_given_twice_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("run:\n  steps: 3\n  log_every: 1\nrun:\n  steps: 2\n")
     with pytest.raises(ConfigError, match=r"at line 4, column 1 \(the key 'run' is given twice"):
         T.load_config(tmp_path / "c.yaml")
+    # a merge key's keys may be overridden: that is what it is for
+    (tmp_path / "m.yaml").write_text("x: &d {steps: 3, log_every: 1}\nrun:\n  <<: *d\n  steps: 2\n")
+    assert read_yaml_mapping(tmp_path / "m.yaml", "config", "c.yaml")["run"] == {"steps": 2, "log_every": 1}
 
 
 @pytest.mark.parametrize("override, problem", [

@@ -13,7 +13,9 @@ import glob
 import importlib
 import os
 import select
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -244,11 +246,23 @@ def _printable_file_names() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the main thread is, so that what a command writes is cleaned up as after Ctrl-C
+    (temporary files removed by `dap.io.atomic_write`, threads stopped) instead of the process dying mid-write."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. Exit codes: 0 done, 1 some inputs failed or a write failed (disk full, I/O error), 2 bad
     arguments or input (one line: what, which file, how to fix), 130 interrupted, 141 (quietly) stdout closed by
     its reader. Other exceptions are bugs and keep their traceback."""
-    args, extra = build_parser().parse_known_args(argv)
+    try:
+        args, extra = build_parser().parse_known_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C before the command started: nothing to clean up, nothing to report
+        return 130
     if extra:  # reported here, where the command is known, rather than by the top-level parser
         print(f"dap {args.command}: error: unrecognized arguments: {' '.join(extra)}; see dap {args.command} --help",
               file=sys.stderr)
@@ -258,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_decoders()
     _printable_file_names()
     name = f"dap {args.command}"
+    main_thread = threading.current_thread() is threading.main_thread()
+    # `timeout`, `kill`, docker stop: clean up as after Ctrl-C; the caller's handler is put back afterwards
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         _prepare_outputs(args)
         code = int(args._module.run(args) or 0)
@@ -269,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except OSError as e:
         if isinstance(e, BrokenPipeError) and _stdout_closed():
             # The reader went away (`dap models | head`): stop quietly, as command-line tools do, with the
@@ -277,3 +297,6 @@ def main(argv: list[str] | None = None) -> int:
             return 141
         print(f"{name}: error: {_os_error(e, args)}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

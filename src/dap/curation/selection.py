@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from dap.curation.discriminator import DepthDiscriminator, discriminator_input
+from dap.curation.ingest import DOMAINS
 from dap.curation.manifest import labelled_arrays, read_manifest, write_manifest
 from dap.errors import DapError
 
@@ -129,11 +130,10 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
     if score in ("tta", "disc_tta") and not any(math.isfinite(r["stage1_tta_absrel"]) for r in rows):
         raise DapError(f"{pool} has no test-time-augmentation scores: label it with TTA (`dap curate label` without "
                        "--no-tta), or select by --score disc")
-    domains = sorted({r["domain"] for r in rows if r["status"] == "ok"})
-    unknown = sorted(set(keep) - set(domains))
+    unknown = sorted(set(keep) - set(DOMAINS))
     if unknown:  # a typo would silently select nothing there, after clearing the earlier selection
-        raise DapError(f"--keep names {', '.join(map(repr, unknown))}, which {pool} does not have; its domains: "
-                       f"{', '.join(domains) or 'none (no accepted panorama)'}")
+        raise DapError(f"--keep names the domain {', '.join(map(repr, unknown))}; the domains are "
+                       f"{', '.join(DOMAINS)}")
     counts = select_top_k(rows, keep, score)
     write_manifest(pool, rows)
     return counts

@@ -328,6 +328,22 @@ def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
     assert code == 130 and err == "dap synth: interrupted\n"
 
 
+def test_an_error_in_a_data_loader_worker_is_reported_without_its_traceback():
+    from torch._utils import ExceptionWrapper
+
+    from dap.cli import _without_worker_traceback
+    from dap.errors import UnreadableFileError
+
+    try:
+        raise UnreadableFileError("cannot read shard a.tar: bad.\nDelete it")
+    except UnreadableFileError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")  # as torch's worker loop does
+    with pytest.raises(UnreadableFileError) as e:
+        wrapped.reraise()
+    assert "Original Traceback" in str(e.value)
+    assert _without_worker_traceback(str(e.value)).strip() == "cannot read shard a.tar: bad.\nDelete it"
+
+
 def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
     import subprocess

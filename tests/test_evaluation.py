@@ -560,6 +560,10 @@ def test_saved_predictions_of_the_wrong_shape_or_without_depth(tmp_path, capsys)
     summary = json.loads((tmp_path / "o3" / "metrics.json").read_text())
     want = np.mean([compute_metrics(np.full((H, W), 100.0), g, max_depth=100.0)["abs_rel"] for g in gts.values()])
     assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(want, rel=1e-6)
+    for name, gt in gts.items():  # millimetres
+        write_depth(tmp_path / "mm" / f"{name}.npy", np.where(gt > 0, gt * 1000, 0).astype(np.float32))
+    assert main([*argv, str(tmp_path / "mm"), "--out", str(tmp_path / "o4")]) == 0
+    assert "over 90% of the saved prediction is beyond --max-depth 100 m" in capsys.readouterr().err
 
 
 def test_ground_truth_in_another_unit_is_named(tmp_path, capsys):

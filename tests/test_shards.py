@@ -108,6 +108,22 @@ def test_a_shard_cut_short_is_rendered_again(tmp_path):
         assert len(ShardDataset(tmp_path)) == 5
 
 
+def test_a_damaged_sample_names_itself_and_its_shard(tmp_path):
+    from dap.errors import UnreadableFileError
+
+    write(tmp_path, count=2)
+    shard = tmp_path / "shard-000000.tar"
+    with tarfile.open(shard) as tar:
+        depth = next(m for m in tar.getmembers() if m.name == "00000001.depth.npy")
+    data = bytearray(shard.read_bytes())
+    data[depth.offset_data:depth.offset_data + 8] = b"\x00" * 8  # the .npy magic gone: numpy would suggest pickle
+    shard.write_bytes(bytes(data))
+    ds = ShardDataset(tmp_path)
+    assert ds[0]["depth"].shape[1:] == RES
+    with pytest.raises(UnreadableFileError, match=r"cannot decode sample 00000001 in .*shard-000000.tar"):
+        ds[1]
+
+
 def test_settings_mismatch_and_missing_manifest(tmp_path):
     write(tmp_path, count=2)
     with pytest.raises(DapError, match=r"other settings \(count: 2 -> 3\)"):

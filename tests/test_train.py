@@ -341,6 +341,9 @@ def test_damaged_checkpoint_is_reported(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(T.CheckpointError, match="Delete it"):
         T.load_checkpoint(bad)
+    torch.save({"foo": 1}, bad)  # a torch file, but not ours
+    with pytest.raises(T.CheckpointError, match="is not a training checkpoint of dap train \\(it lacks step, model"):
+        T.load_checkpoint(bad)
 
 
 def test_ema_warms_up_so_the_initial_weights_fade():

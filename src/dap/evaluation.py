@@ -522,6 +522,10 @@ def evaluate(
             # A saved pixel without depth is out of range (`dap predict` writes 0 there): it gets the range cap
             # here, where a model run caps its out-of-range pixels, so both ways of scoring a model agree
             empty = pred <= 0
+            if np.count_nonzero(pred > cfg.max_depth) > 0.9 * max(1, np.count_nonzero(~empty)):
+                input_warnings.setdefault(  # as for the ground truth: millimetres scored as metres
+                    f"over 90% of the saved prediction is beyond --max-depth {cfg.max_depth:g} m: save predictions "
+                    "in metres (a millimetre map divided by 1000)", []).append(name)
             if empty.mean() > 0.5:
                 input_warnings.setdefault(
                     "over half of the saved prediction has no depth (0, NaN or inf); those pixels are scored as out "

@@ -166,10 +166,13 @@ def pad_rows_to_erp(rgb: np.ndarray, top: int | None = None) -> tuple[np.ndarray
     first row at row `top` of the result (default: centred on the horizon; `photo_sphere_top` reads it from the
     file). Returns the padded image and the rows of the original."""
     h, w = rgb.shape[:2]
-    if w < 2 * h or w % 2:
+    if w < 2 * h:
         raise NotPanoramaError(
             f"image is {w}x{h}: too tall to be a partial 360-degree panorama (needs width >= 2 x height)"
         )
+    if w % 2:  # the full panorama would be w/2 rows high
+        raise NotPanoramaError(f"image is {w}x{h}: a partial panorama's width must be even (it is padded to "
+                               f"{w}x{w / 2:g} otherwise); crop or resize it to {w - 1} or {w + 1} pixels wide")
     top = (w // 2 - h) // 2 if top is None else top
     if not 0 <= top <= w // 2 - h:
         raise DapError(f"pad_top {top} puts a {w}x{h} partial panorama outside its 2:1 panorama: it must be 0 to "
@@ -632,8 +635,8 @@ def predict(
 
                 top = photo_sphere_top(io.read_photo_sphere(item), h, w)
             rgb, rows = pad_rows_to_erp(rgb, top)
-        geometry.check_erp_shape(*rgb.shape[:2], what="input panorama")
-        which = f"batch image {k}" if is_batch else "input panorama"  # as the warnings name it
+        which = f"batch image {k}" if is_batch else "input panorama"  # as the errors and warnings name it
+        geometry.check_erp_shape(*rgb.shape[:2], what=which)
         if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
             warnings.warn(f"{which} is only {rgb.shape[1]}x"
                           f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "

@@ -12,6 +12,7 @@ import errno
 import glob
 import importlib
 import os
+import re
 import select
 import signal
 import sys
@@ -88,10 +89,6 @@ def port_number(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
-
-
-def nonnegative_float(text: str) -> float:
-    return _number(float, text, "a number >= 0", lambda v: 0 <= v < float("inf"))
 
 
 def unit_interval(text: str) -> float:
@@ -246,6 +243,15 @@ def _printable_file_names() -> None:
             stream.reconfigure(errors="backslashreplace")
 
 
+def _without_worker_traceback(text: str) -> str:
+    """The message of an error raised in a DataLoader worker, which torch re-raises here with the worker's whole
+    traceback in front of it ("Caught X in DataLoader worker process 0. Original Traceback ...: X: message")."""
+    if "Original Traceback (most recent call last):" not in text:
+        return text
+    raised = list(re.finditer(r"^[\w.]+(Error|Exception): ", text, re.MULTILINE))  # the traceback's last line
+    return text[raised[-1].end():] if raised else text
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the main thread is, so that what a command writes is cleaned up as after Ctrl-C
     (temporary files removed by `dap.io.atomic_write`, threads stopped) instead of the process dying mid-write."""
@@ -281,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # output still buffered for a closed pipe fails here, under the policy below
         return code
     except DapError as e:
-        print(f"{name}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        print(f"{name}: error: {' '.join(_without_worker_traceback(str(e)).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

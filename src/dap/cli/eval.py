@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 
 from dap.cli import (
-    nonnegative_float,
     nonnegative_int,
     parse_device,
     parse_network_size,
@@ -45,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="ground truth above this is ignored and predictions are clipped to it "
         "(10 = indoor convention, 100 = DAP convention)",
     )
-    parser.add_argument("--min-depth", type=nonnegative_float, default=1e-3,
-                        help="ground truth at or below this is ignored")
+    parser.add_argument("--min-depth", type=positive_float, default=1e-3,
+                        help="ground truth at or below this is ignored (> 0: the metrics divide by it)")
     parser.add_argument(
         "--range-cap",
         type=positive_float,

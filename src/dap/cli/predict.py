@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
+    if not kinds:
+        raise DapError(f"--outputs names no output; give one or more of {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
     items, ignored = expand_inputs(args.inputs)  # before the model: a mistyped path should not wait for dap-vitl
     if ignored:

@@ -182,7 +182,7 @@ def load_discriminator(path: str | os.PathLike) -> DepthDiscriminator:
     path = Path(path)
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{path} is not a discriminator folder (needs config.json and model.safetensors); "
-                              "train one with `dap curate run` or `dap curate score --train`")
+                              "`dap curate run` trains one (its step disc writes <work>/discriminator)")
     cfg = DiscriminatorConfig(**json.loads((path / "config.json").read_text())["config"])
     model = DepthDiscriminator(cfg)
     try:

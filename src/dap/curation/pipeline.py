@@ -203,7 +203,15 @@ class Pipeline:
     def state(self) -> dict:
         if not self.state_file.exists():
             return {"done": {}}
-        return json.loads(self.state_file.read_text())
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError) as e:
+            state = e
+        if not isinstance(state, dict) or not isinstance(state.get("done"), dict):
+            raise DapError(f"{self.state_file} is damaged ({state if isinstance(state, Exception) else 'no steps'}); "
+                           "it is only ever replaced whole, so it was changed outside dap: restore it, or delete it "
+                           "to run every step again")
+        return state
 
     def _mark(self, step: str, info: dict) -> None:
         from dap.io import atomic_write

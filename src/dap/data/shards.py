@@ -277,9 +277,15 @@ class ShardDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         row = self.rows[i]
         key, shard = row["key"], row["shard"]
-        rgb = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.rgb.png"))).convert("RGB"))
-        depth = np.load(io.BytesIO(self._read(shard, f"{key}.depth.npy")))
-        mask = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.mask.png"))))
+        try:
+            rgb = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.rgb.png"))).convert("RGB"))
+            depth = np.load(io.BytesIO(self._read(shard, f"{key}.depth.npy")), allow_pickle=False)
+            mask = np.asarray(Image.open(io.BytesIO(self._read(shard, f"{key}.mask.png"))))
+        except (OSError, ValueError, EOFError, SyntaxError) as e:  # what Pillow and numpy raise for damaged bytes
+            if isinstance(e, UnreadableFileError):
+                raise
+            raise UnreadableFileError(f"cannot decode sample {key} in {self.root / shard} ({e}); the shard is "
+                                      "damaged: delete it and rerun `dap synth` with the same settings") from e
         depth = torch.from_numpy(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))[None]
         range_mask = torch.from_numpy(mask & RANGE_BIT > 0)[None]
         sample = dict(rgb=torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1).contiguous(),

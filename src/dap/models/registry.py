@@ -97,7 +97,7 @@ def _download(entry: RegisteredModel) -> Path:
             f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({e}). Connect "
             f"and unset HF_HUB_OFFLINE, or fetch it on a connected machine (`hf download {entry.repo_id} "
             f"{entry.filename}`) and copy its Hugging Face cache here (HF_HOME / HF_HUB_CACHE), or pass the "
-            "file's path with --checkpoint."
+            "file's path instead of the name."
         ) from e
     except (OSError, EntryNotFoundError, ValueError) as e:  # HTTP errors, missing repo/file, disk full
         raise CheckpointError(f"{entry.name}: could not fetch {where}: {type(e).__name__}: {e}") from e
@@ -110,7 +110,7 @@ def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:
     if model.cfg != entry.config:
         raise CheckpointError(
             f"{pth} holds a network with config {model.cfg}, not the {entry.config} that {entry.name!r} stands "
-            "for; the file on the Hub may have changed. Load it by path (--checkpoint) if you trust it."
+            "for; the file on the Hub may have changed. Pass its path instead of the name if you trust it."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside its final place, then renamed: a reader (or a second process) sees all of it or nothing.

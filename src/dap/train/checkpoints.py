@@ -95,13 +95,21 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
+CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "data", "rng")  # what resuming reads
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
         raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: the file is damaged or "
                               "not a checkpoint). Delete it to resume from the "
                               "previous one.") from e
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint of dap train (it lacks {', '.join(missing)}). "
+                              "Move it out of the checkpoints folder to resume from the previous one.")
+    return ckpt
 
 
 def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callable[[], dict]) -> None:

@@ -595,6 +595,15 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
                    "selekt: {}\n")
     assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w")]) == 2
     assert "unknown keys ['selekt']" in capsys.readouterr().err
+    # what later steps use is checked before the first one runs
+    bad.write_text("pool: {inputs: [{path: x}]}\nlabeled: [{kind: rooms}]\ndiscriminator: {data: [{kind: rooms}]}\n")
+    for setting, problem in [("select.score=disk", "select.score must be one of disc, tta, disc_tta, got 'disk'"),
+                             ("label.resolution=[100,100]", "label.resolution must be [height, width] of a 2:1"),
+                             ("stage2.config=nonexist.yaml", "stage2: cannot read the training config"),
+                             ("final.set={optim.lr_head: -1}", "final: --set optim.lr_head=-1: optim.lr_head must be")]:
+        assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w"), "--set", setting]) == 2
+        assert problem in capsys.readouterr().err, setting
+    assert not (tmp_path / "w").exists()
     assert main(["curate", "label", "--pool", str(tmp_path), "--model", str(tmp_path / "missing")]) == 2
     assert "is not a curation pool" in capsys.readouterr().err
     write_manifest(tmp_path, [{**empty_row(), "id": "0" * 16, "status": "ok"}])

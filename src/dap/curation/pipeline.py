@@ -125,6 +125,21 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
     if not cfg.discriminator.data:
         raise DapError(f"curation config {p}: discriminator.data is empty; give labeled panoramas that the "
                        "stage-1 labeler does not train on (e.g. a disjoint seed range of synthetic data)")
+    # Settings the later steps use are checked now: a typo found after hours of stage-1 training costs those hours
+    from dap.curation.selection import SCORES
+
+    if cfg.select.score not in SCORES:
+        raise DapError(f"curation config {p}: select.score must be one of {', '.join(SCORES)}, got "
+                       f"{cfg.select.score!r}")
+    h, w = cfg.label.resolution
+    if h <= 0 or h % 16 or w != 2 * h:
+        raise DapError(f"curation config {p}: label.resolution must be [height, width] of a 2:1 panorama in "
+                       f"multiples of 16, got {[h, w]}")
+    for name in ("stage1", "stage2", "final"):
+        try:
+            stage_train_config(cfg, getattr(cfg, name), None, Path(cfg.base_dir))
+        except DapError as e:
+            raise DapError(f"curation config {p}: {name}: {e}") from e
     return cfg
 
 

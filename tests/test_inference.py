@@ -789,7 +789,19 @@ def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpo
     assert "ignoring 4 file(s) in the input folder(s) that are not images" in printed.err
     assert "IMG_1.insp, IMG_2.insp, anim.gif, notes.txt" in printed.err
     assert "note: IMG_1.insp, IMG_2.insp: an Insta360 photo, the camera's two unstitched fisheye images" in printed.err
+    assert "not searching 1 sub-folder(s) of the input folder(s): sub; pass them too" in printed.err
     assert _files(tmp_path / "o") == ["pano.npy"]
+    (src / "pano.png").unlink()
+    assert _predict_cli([src], tmp_path / "o3", checkpoint, "--outputs", "npy") == 2
+    assert "its sub-folders (sub) are not searched: pass them, or a pattern such as" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(".avif" not in io.IMAGE_SUFFIXES, reason="this Pillow does not decode AVIF")
+def test_a_folder_lists_the_formats_this_pillow_decodes(checkpoint, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    Image.fromarray((_pano(32, 64) * 255).astype(np.uint8)).save(tmp_path / "in" / "p.avif")
+    assert _predict_cli([tmp_path / "in"], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
+    assert "ignoring" not in capsys.readouterr().err and _files(tmp_path / "o") == ["p.npy"]
 
 
 def test_hdr_panoramas_are_inputs_and_depth_exrs_are_not(checkpoint, tmp_path, capsys):

@@ -773,9 +773,9 @@ def _why_missing(spec: str) -> str | None:
 
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
-    each file once, named by `output_names`; and the other files of the folders given, which were left out (a
-    .gif, a .heic, notes), so the caller can say so. A path that does not exist, a pattern that matches nothing
-    and a folder without images raise DapError (before any model is loaded)."""
+    each file once, named by `output_names`; and the other files and the sub-folders of the folders given, which
+    were left out (a .gif, a .heic, notes), so the caller can say so. A path that does not exist, a pattern that
+    matches nothing and a folder without images raise DapError (before any model is loaded)."""
     import glob
 
     from dap import io
@@ -799,10 +799,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             if path.is_dir():
                 listing = sorted(path.iterdir())
                 images = [p for p in listing if _listable(p)]
-                ignored += [p for p in listing if p.suffix.lower() not in io.IMAGE_SUFFIXES
-                            and not _ours_or_hidden(p) and p.is_file()]
+                # folders are not searched below their first level: sub-folders are left out, and said so
+                left_out = [p for p in listing if (p.is_dir() or p.suffix.lower() not in io.IMAGE_SUFFIXES)
+                            and not _ours_or_hidden(p) and (p.is_file() or p.is_dir())]
+                ignored += left_out
                 if not images:
-                    raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}")
+                    subs = [p.name for p in left_out if p.is_dir()]
+                    inside = (f"; its sub-folders ({', '.join(subs[:3])}{', ...' if len(subs) > 3 else ''}) are not "
+                              f"searched: pass them, or a pattern such as '{path / '*'}'" if subs else "")
+                    raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}{inside}")
             else:
                 images = [path]
             for image in images:

@@ -164,10 +164,15 @@ def write_normals_png(path: PathLike, normals: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------------- images
 
 
+def _pillow_decodes(suffix: str) -> bool:
+    """Whether this install's Pillow opens files of `suffix` (AVIF, HEIF: it depends on the build and plugins)."""
+    return Image.registered_extensions().get(suffix) in Image.OPEN
+
+
 # Image formats people have panoramas in that this package does not decode, and what to do with each
 UNSUPPORTED_FORMATS = {
-    **dict.fromkeys((".heic", ".heif", ".avif"), "a HEIF/AVIF image, which this install does not decode: convert it "
-                    "to JPEG or PNG first"),
+    **dict.fromkeys((s for s in (".heic", ".heif", ".avif") if not _pillow_decodes(s)), "a HEIF/AVIF image, which "
+                    "this install does not decode: convert it to JPEG or PNG first"),
     **dict.fromkeys((".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf"), "a camera raw file: develop "
                     "and export it as JPEG, PNG or TIFF first"),
     ".insp": "an Insta360 photo, the camera's two unstitched fisheye images: export an equirectangular JPEG from "
@@ -218,7 +223,8 @@ def _is_16bit_colour(img: Image.Image) -> bool:
 HDR_SUFFIXES = (".hdr", ".exr")
 """High-dynamic-range panoramas (Radiance RGBE, OpenEXR): linear radiance, tone-mapped by `tonemap_hdr` on reading."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", *HDR_SUFFIXES)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp",
+                  *(s for s in (".avif", ".heic", ".heif") if _pillow_decodes(s)), *HDR_SUFFIXES)
 """Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
 
 REC709_LUMA = (0.2126, 0.7152, 0.0722)

@@ -116,6 +116,12 @@ def run(args: argparse.Namespace) -> int:
         raise DapError(f"--outputs names no output; give one or more of {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
     items, ignored = expand_inputs(args.inputs)  # before the model: a mistyped path should not wait for dap-vitl
+    subs = [p for p in ignored if p.is_dir()]
+    ignored = [p for p in ignored if not p.is_dir()]
+    if subs:
+        shown = ", ".join(p.name for p in subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
+        print(f"dap predict: not searching {len(subs)} sub-folder(s) of the input folder(s): {shown}; pass them too, "
+              "or a pattern such as 'panos/*'", file=sys.stderr)
     if ignored:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "

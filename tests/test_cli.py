@@ -282,6 +282,13 @@ def test_a_very_large_panorama_is_predicted_without_pillows_bomb_warning(d, tmp_
     assert code == 2 and "Downscale it first" in err
 
 
+def test_an_output_folder_that_is_a_broken_link_says_so(d, tmp_path, capsys):
+    (tmp_path / "out").symlink_to(tmp_path / "gone")
+    code, err = _run(["predict", str(d / "pano.png"), "--out", str(tmp_path / "out")], capsys)
+    assert code == 2
+    _check_one_line(err, "predict", [f"it is a symbolic link to {tmp_path / 'gone'}, which does not exist"])
+
+
 def test_no_write_permission(d, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr("dap.cli.os.access", lambda *a, **k: False)  # tests may run as root, who can write anywhere
     for argv in (["predict", str(d / "pano.png"), "--out", str(tmp_path / "o")],
@@ -378,7 +385,7 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkey
     assert json.loads((out / ".pano.dap.json").read_text())["complete"] is False
 
 
-@pytest.mark.parametrize("filename", [None, "out/pano.npy"])
+@pytest.mark.parametrize("filename", [None, "out/pano.npy", "out/.pano.npy.0123456789ab.tmp.npy"])
 def test_disk_full_names_the_file_and_exits_1(d, tmp_path, capsys, monkeypatch, filename):
     def full(path, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(tmp_path / filename)] if filename else []))
@@ -388,7 +395,8 @@ def test_disk_full_names_the_file_and_exits_1(d, tmp_path, capsys, monkeypatch, 
     code, err = _run(["predict", str(d / "pano.png"), str(tmp_path / "b.png"), "--checkpoint", str(d / "ckpt"),
                       "--resolution", "32x64", "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
     assert code == 1
-    _check_one_line(err, "predict", ["no space left on device", str(tmp_path / (filename or "out")), "free"])
+    named = "out/pano.npy" if filename else "out"  # the file being written, not atomic_write's temporary
+    _check_one_line(err, "predict", ["no space left on device", f"{tmp_path / named};", "free"])
 
 
 def test_other_write_errors_exit_1(d, tmp_path, capsys, monkeypatch):

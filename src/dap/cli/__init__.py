@@ -162,6 +162,9 @@ def check_output(path: Path, kind: str, option: str = "--out") -> None:
     path = Path(path)
     what = f"cannot write to the output {'folder' if kind == 'dir' else 'file'} {path}"
     try:
+        if path.is_symlink() and not path.exists():  # mkdir would say "File exists"
+            raise ConfigError(f"{what}: it is a symbolic link to {os.readlink(path)}, which does not exist; create "
+                              f"that folder or choose another {option}")
         if kind == "dir" and path.exists() and not path.is_dir():
             raise ConfigError(f"{what}: it is a file; choose a folder for {option}")
         if kind == "file" and path.is_dir():
@@ -204,6 +207,8 @@ def _prepare_outputs(args: argparse.Namespace) -> None:
 
 def _os_error(e: OSError, args: argparse.Namespace) -> str:
     where = e.filename or getattr(args, "out", None)
+    if e.filename and (temporary := re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp(\.[^.]*)?", Path(e.filename).name)):
+        where = Path(e.filename).with_name(temporary[1])  # atomic_write's temporary: name the file being written
     at = f", {where}" if where else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return f"no space left on device{at}; free some space or choose another --out"

@@ -579,6 +579,15 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert (work / "runs/final/final/model.safetensors").is_file()
     assert all(r["stage3_label"] and r["stage"] == "labelled3" for r in read_manifest(work / "pool"))
     capsys.readouterr()
+    # the steps done hold only for the config they were done with
+    rerun = ["curate", "run", "--config", str(config), "--work", str(work)]
+    assert main([*rerun, "--set", "label.resolution=[64,128]"]) == 2
+    assert "holds steps done with another curation config (label.resolution: '[32, 64]' -> '[64, 128]')" in \
+        capsys.readouterr().err
+    with pytest.raises(DapError, match=r"stage1 labels .* were made with other settings \(resolution: \[32, 64\] -> "
+                                       r"\[64, 128\]\); label with the earlier ones, or delete"):
+        label_pool(work / "pool", work / "runs/stage1/final", "stage1", LabelOptions(resolution=(64, 128)),
+                   progress=False)
     assert main(["curate", "status", "--pool", str(work / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     printed = capsys.readouterr().out
     assert "accepted 6" in printed and "stage3 6" in printed

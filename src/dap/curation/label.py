@@ -103,7 +103,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     merge all labels into the manifest on rank 0. `model`: a loaded DAP model or a checkpoint path."""
     from tqdm import tqdm
 
-    from dap.inference import resolve_model
+    from dap.inference import model_fingerprint, resolve_model
     from dap.io import remove_temporaries
     from dap.train import setup_distributed
 
@@ -121,6 +121,8 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         model = resolve_model(model, d.device)
         if d.main:  # label writes killed mid-way
             remove_temporaries(pool / "labels" / stage)
+            _check_label_settings(pool, stage, {"model": model_fingerprint(model), "resolution": list(o.resolution),
+                                                "tta": o.tta, "seam_pad": o.seam_pad})
         if d.world > 1:
             dist.barrier()  # no rank writes before the clean-up is done
         mine = [i for i in rank_rows(rows, d.rank, d.world) if not (pool / label_path(stage, rows[i]["id"])).exists()]
@@ -146,6 +148,31 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     finally:
         if d.initialised_here:
             dist.destroy_process_group()
+
+
+def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
+    """A stage's labels all come from one model at one resolution: labels/<stage>/settings.json records them, and
+    labelling more rows with others is refused (the rows labelled before would silently keep the old labels)."""
+    import json
+
+    from dap.inference import changed_keys
+    from dap.io import atomic_write
+
+    folder = pool / "labels" / stage
+    path = folder / "settings.json"
+    labels = any(folder.glob("*.npz")) if folder.is_dir() else False
+    try:
+        before = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        before = None
+    if labels and isinstance(before, dict):
+        changed = changed_keys(before, settings)
+        if changed:
+            words = ["another model" if k == "model" else f"{k}: {before.get(k)} -> {settings.get(k)}" for k in changed]
+            raise DapError(f"the {stage} labels in {folder} were made with other settings ({'; '.join(words)}); "
+                           f"label with the earlier ones, or delete {folder} to label every row again")
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
 
 
 def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[str, int]:

@@ -34,6 +34,7 @@ from dap.curation.ingest import IngestOptions, ingest
 from dap.curation.label import LabelOptions, label_batch, label_pool
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
 from dap.errors import DapError
+from dap.inference import changed_keys
 from dap.train import SourceConfig, _build, _merge
 from dap.train.config import apply_overrides, config_source, read_yaml_mapping
 
@@ -143,6 +144,17 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
     return cfg
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    """A nested config as one level of dotted keys (lists as JSON text), as a state file records it."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+    return out
+
+
 def _resolve(cfg: CurateConfig, path: str | None) -> str | None:
     if path is None or Path(path).is_absolute():
         return path
@@ -229,10 +241,13 @@ class Pipeline:
         return state
 
     def _mark(self, step: str, info: dict) -> None:
-        from dap.io import atomic_write
-
         state = self.state()
         state["done"][step] = {**info, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        self._save(state)
+
+    def _save(self, state: dict) -> None:
+        from dap.io import atomic_write
+
         with atomic_write(self.state_file) as tmp:
             tmp.write_text(json.dumps(state, indent=1))
 
@@ -240,6 +255,17 @@ class Pipeline:
         if stop_after is not None and stop_after not in STEPS:
             raise DapError(f"--stop-after must be one of {', '.join(STEPS)}, got {stop_after!r}")
         self.work.mkdir(parents=True, exist_ok=True)
+        state = self.state()
+        config = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})
+        if state["done"] and "config" in state:  # a rerun continues the steps made with this config, no other
+            changed = changed_keys(state["config"], config)
+            if changed:
+                shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
+                raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
+                               f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config it was run "
+                               "with")
+        if "config" not in state:
+            self._save({**state, "config": config})
         for step in STEPS:
             if step not in self.state()["done"]:
                 t0 = time.monotonic()

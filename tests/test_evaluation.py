@@ -262,6 +262,11 @@ def test_cli_predictions_end_to_end(tmp_path, capsys):
     assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png", "s1.png"]
     printed = capsys.readouterr().out
     assert "per_image_mean" in printed and "pixel_pooled" in printed and "rmse" in printed
+    # a rerun into the same --out replaces the reports whole: one panel now, none of the earlier run's left
+    again = ["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions", str(tmp_path / "preds"),
+             "--out", str(out), "--panels", "1"]
+    assert main(again) == 0
+    assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png"]
 
 
 class StubPredictor:

@@ -415,6 +415,24 @@ def test_a_finished_run_extended_at_another_lr_trains_at_that_lr(tmp_path):
         T.train(cfg_with("run.steps=6", "optim.freeze_backbone=true"), out, resume=True)
 
 
+def test_resuming_below_the_step_reached_or_validating_nothing_is_refused(tmp_path):
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out)
+    with pytest.raises(ConfigError, match=r"run.steps 1 is below step 2, which .*step_00000002.pt reached"):
+        T.train(cfg_with("run.steps=1"), out, resume=True)
+    with pytest.raises(ConfigError, match="data.val_samples is 0, so validation would score no panorama"):
+        cfg_with("data.val=[{kind: rooms, size: 2}]", "run.val_every=1", "data.val_samples=0")
+
+
+def test_a_config_without_data_says_what_it_trains_on(tmp_path, capsys):
+    from dap.cli import main
+
+    (tmp_path / "empty.yaml").write_text("")
+    assert main(["train", "--config", str(tmp_path / "empty.yaml"), "--out", str(tmp_path / "run"), "--set",
+                 "run.steps=1", *(f"--set={o}" for o in BASE if not o.startswith("data.sources"))]) == 0
+    assert "gives no data.sources: training on the default, 1000 analytic boxy rooms" in capsys.readouterr().err
+
+
 def test_a_section_given_twice_is_refused(tmp_path):
     (tmp_path / "c.yaml").write_text("run:\n  steps: 3\n  log_every: 1\nrun:\n  steps: 2\n")
     with pytest.raises(ConfigError, match=r"at line 4, column 1 \(the key 'run' is given twice"):

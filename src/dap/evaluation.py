@@ -483,6 +483,9 @@ def evaluate(
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
         _check_cache(cache_dir, cache_key)
+    if out is not None:  # this run's reports replace an earlier run's whole: no panel or table of it is left over
+        for old in [*(out / "panels").glob("*.png"), out / "per_image.parquet", out / "per_image.csv"]:
+            old.unlink(missing_ok=True)
     accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
     skipped: list[dict] = []
     input_warnings: dict[str, list[str]] = {}  # an input warning's text -> the samples that raised it

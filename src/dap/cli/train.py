@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from dap.cli import positive_float, positive_int
-from dap.train import load_config, train
+from dap.train import SourceConfig, load_config, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
+    if cfg.data.sources == [SourceConfig()] and int(os.environ.get("RANK", 0)) == 0:
+        print(f"dap train: note: {args.config} gives no data.sources: training on the default, "
+              f"{cfg.data.sources[0].size} analytic boxy rooms (kind rooms); configs/ has real recipes",
+              file=sys.stderr)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     result = train(cfg, out, resume=args.resume, stop_at=args.stop_at, time_limit_min=args.time_limit)
     if int(os.environ.get("RANK", 0)) == 0:

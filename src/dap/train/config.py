@@ -289,6 +289,9 @@ def _check_config(cfg: TrainConfig) -> None:
                           f"1 (off) to 4, got {cfg.data.scale_jitter}")
     if not cfg.data.sources or sum(s.ratio for s in cfg.data.sources) <= 0:
         raise ConfigError("data.sources needs at least one source with a positive ratio")
+    if cfg.data.val and cfg.run.val_every and cfg.data.val_samples < 1:
+        raise ConfigError("data.val_samples is 0, so validation would score no panorama; set it to 1 or more, or "
+                          "run.val_every=0 to validate never")
     for where, sources in (("data.sources", cfg.data.sources), ("data.val", cfg.data.val)):
         for i, src in enumerate(sources):
             _check_source(src, f"{where}[{i}]")

@@ -300,6 +300,9 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     check_run_folder(out, resume)
     ckpt_path, ckpt = resume_checkpoint(out, cfg.to_dict(), d) if resume else (None, None)
     start = int(ckpt["step"]) if ckpt else 0
+    if start > run.steps:  # else it would report the run finished and write final/ from the later checkpoint
+        raise ConfigError(f"run.steps {run.steps} is below step {start}, which {ckpt_path} reached; give run.steps "
+                          f"above it to continue this run, or start a new one from it with model.init={out}/final")
     barrier(d)  # every rank has checked the folder before rank 0 writes into it
 
     st = _build_state(cfg, d)

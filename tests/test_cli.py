@@ -255,7 +255,8 @@ def test_bad_input_is_one_line_and_exit_2(d, tmp_path, capsys, case):
     argv = [a.format(d=d, out=tmp_path / "out") for a in argv]
     got, err = _run(argv, capsys)
     assert got == code, err
-    _check_one_line(err, argv[0] if argv[0] != "paint" else "", needles)
+    command = {"paint": "", "curate": " ".join(argv[:2])}.get(argv[0], argv[0])  # curate errors name their step
+    _check_one_line(err, command, needles)
     if case not in REPORTED_IN_OUT:
         assert not [p for p in tmp_path.rglob("*") if p.is_file()], "a rejected run left files behind"
 

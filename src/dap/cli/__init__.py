@@ -134,6 +134,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         text = action.help or ""
         if action.default is None or "default" in text.lower():
             return text
+        if isinstance(action.default, tuple) and len(action.default) == 2:  # a size, written as it is typed
+            return f"{text} (default: {action.default[0]}x{action.default[1]})"
         return super()._get_help_string(action)
 
 
@@ -282,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
 
     _quiet_decoders()
     _printable_file_names()
-    name = f"dap {args.command}"
+    name = " ".join(["dap", args.command, *filter(None, [getattr(args, "curate_command", None)])])
     main_thread = threading.current_thread() is threading.main_thread()
     # `timeout`, `kill`, docker stop: clean up as after Ctrl-C; the caller's handler is put back afterwards
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

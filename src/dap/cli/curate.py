@@ -32,12 +32,14 @@ def _keep(text: str) -> dict[str, float]:
     return out
 
 
+def _step(sub, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="curate_command", required=True, metavar="STEP")
-    fmt = HelpFormatter
 
-    p = sub.add_parser("ingest", help="add panoramas and 360° videos to a pool (checks, dedupe, tags)",
-                       formatter_class=fmt)
+    p = _step(sub, "ingest", "add panoramas and 360° videos to a pool (checks, dedupe, tags)")
     p.add_argument("sources", nargs="+", help="files, folders (searched recursively) or glob patterns")
     p.add_argument("--pool", required=True, help="pool folder (created; re-ingesting adds only new items)")
     p.add_argument("--source", default=None, help="source name for these items (default: each file's folder name)")
@@ -61,8 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="indoor/outdoor tags: CSV with columns file (or path) and domain (or scene); a tag wins "
                         "over the labeler's sky-fraction rule")
 
-    p = sub.add_parser("label", help="pseudo-label the pool with a model (torchrun-ready, resumable)",
-                       formatter_class=fmt)
+    p = _step(sub, "label", "pseudo-label the pool with a model (torchrun-ready, resumable)")
     p.add_argument("--pool", required=True, help="pool folder made by `dap curate ingest`")
     p.add_argument("--model", required=True, help="labeler checkpoint (our folder or an official model.pth)")
     p.add_argument("--stage", choices=("stage1", "stage3"), default="stage1",
@@ -76,11 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="tag a panorama outdoor when this share of its upper hemisphere is sky / out of range")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
-    p = sub.add_parser("score", help="score the stage-1 labels with a trained discriminator", formatter_class=fmt)
+    p = _step(sub, "score", "score the stage-1 labels with a trained discriminator")
     p.add_argument("--pool", required=True, help="pool folder")
     p.add_argument("--discriminator", required=True, help="discriminator folder (written by `dap curate run`)")
 
-    p = sub.add_parser("select", help="keep the top-k stage-1 labels per domain", formatter_class=fmt)
+    p = _step(sub, "select", "keep the top-k stage-1 labels per domain")
     p.add_argument("--pool", required=True, help="pool folder")
     p.add_argument("--keep", type=_keep, default=None, metavar="DOMAIN=K,...",
                    help="per domain a count (>= 1) or a fraction (< 1); default: the paper's 300K+300K of 1.9M as "
@@ -88,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--score", choices=("disc", "tta", "disc_tta"), default="disc",
                    help="rank by discriminator P(real), TTA agreement, or the mean of both ranks")
 
-    p = sub.add_parser("run", help="all stages from a config; a rerun resumes", formatter_class=fmt)
+    p = _step(sub, "run", "all stages from a config; a rerun resumes")
     p.add_argument("--config", required=True, help="curation config (YAML), e.g. configs/curate_tiny.yaml")
     p.add_argument("--work", required=True, help="work folder: pool/, runs/, discriminator/, state.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -96,7 +97,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--stop-after", default=None, metavar="STEP",
                    help="stop after this step: ingest, stage1, label1, disc, select, stage2, label3, final")
 
-    p = sub.add_parser("status", help="progress of a pool; histograms and a contact sheet", formatter_class=fmt)
+    p = _step(sub, "status", "progress of a pool; histograms and a contact sheet")
     p.add_argument("--pool", required=True, help="pool folder")
     p.add_argument("--plots", default=None, metavar="DIR", help="write score histograms and a contact sheet here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")

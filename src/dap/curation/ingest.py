@@ -121,7 +121,7 @@ def expand_sources(sources: list[str]) -> list[Path]:
         else:
             matches = sorted(Path(m) for m in glob.glob(src, recursive=True) if Path(m).is_file())
             if not matches:
-                raise DapError(f"curate ingest: {src} is neither a file, a folder nor a glob that matches files")
+                raise DapError(f"{src} is neither a file, a folder nor a glob that matches files")
             files += matches
     seen: set[Path] = set()
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
@@ -134,18 +134,18 @@ def read_tags(path: str | os.PathLike) -> dict[str, str]:
         with p.open(newline="") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
-        raise DapError(f"curate ingest: cannot read the tag file {p}: {e}") from e
+        raise DapError(f"cannot read the tag file {p}: {e}") from e
     cols = set(rows[0]) if rows else set()
     key = next((c for c in ("file", "path") if c in cols), None)
     val = next((c for c in ("domain", "scene") if c in cols), None)
     if key is None or val is None:
-        raise DapError(f"curate ingest: the tag file {p} needs columns file (or path) and domain (or scene); "
+        raise DapError(f"the tag file {p} needs columns file (or path) and domain (or scene); "
                        f"it has {sorted(cols)}")
     tags = {}
     for r in rows:
         d = (r[val] or "").strip().lower()
         if d not in DOMAINS:
-            raise DapError(f"curate ingest: {p}: domain {r[val]!r} for {r[key]!r} is not indoor or outdoor")
+            raise DapError(f"{p}: domain {r[val]!r} for {r[key]!r} is not indoor or outdoor")
         tags[Path(r[key]).name] = d
     return tags
 

@@ -705,6 +705,19 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
     assert (out / "pano.npy").read_bytes() == b"the user's"
 
 
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"resolution": 256}, "resolution 256 must be (height, width)"),
+    ({"resolution": (32.0, 64.0)}, "resolution (32.0, 64.0) must be"),
+    ({"camera_height": "1.6"}, "camera_height must be a positive number of metres below 1000, got '1.6'"),
+    ({"camera_height": 1e30}, "camera_height must be a positive number of metres below 1000"),
+    ({"pad_to_erp": True, "pad_top": 1.5}, "pad_top is a row number (an int), got 1.5"),
+    ({"threshold": "0.5"}, "threshold is a probability"),
+])
+def test_arguments_of_the_wrong_type_are_named(tiny_model, kwargs, problem):
+    with pytest.raises(DapError, match=re.escape(problem)):
+        predict(_pano(32, 64), tiny_model, **kwargs)
+
+
 def test_a_point_cloud_with_no_points(tiny_model, tmp_path):
     from dap.inference import output_paths, write_outputs
 

@@ -513,6 +513,16 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
     return camera_height / floor
 
 
+# Metres: a camera height above this is a unit mistake (millimetres), and its depth would pass io's 1e9 m sentinel
+MAX_CAMERA_HEIGHT = 1000.0
+
+
+def _is_number(value) -> bool:
+    """A real number (int, float or a numpy scalar; not a bool, a string or an array), finite."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
 def other_resolution_note(resolution: tuple[int, int] | None, cfg: DapConfig) -> str | None:
     """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
     one is) at another working resolution than its `default_resolution`, the one it was calibrated at; else None.
@@ -609,19 +619,25 @@ def predict(
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
-    if camera_height is not None and not (camera_height > 0 and math.isfinite(camera_height)):
-        raise DapError(f"camera_height must be a positive number of metres, got {camera_height}")
+    if camera_height is not None and not (_is_number(camera_height) and 0 < camera_height < MAX_CAMERA_HEIGHT):
+        raise DapError(f"camera_height must be a positive number of metres below {MAX_CAMERA_HEIGHT:g}, got "
+                       f"{camera_height!r}")
+    if pad_top is not None and not (isinstance(pad_top, (int, np.integer)) and not isinstance(pad_top, bool)):
+        raise DapError(f"pad_top is a row number (an int), got {pad_top!r}")
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     model = resolve_model(model, dev)
     precision = model_precision(model, precision, dev)
     model = prepare_model(model, precision)
-    resolution = tuple(resolution or model.cfg.default_resolution)
-    if len(resolution) != 2 or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16:
-        raise DapError(f"resolution {resolution} must be (height, width) of a 2:1 panorama in multiples of 16, "
+    resolution = resolution or model.cfg.default_resolution
+    if (not isinstance(resolution, (tuple, list)) or len(resolution) != 2
+            or not all(isinstance(v, (int, np.integer)) for v in resolution)
+            or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16):
+        raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
                        "e.g. (512, 1024)")
-    if threshold is not None and not threshold >= 0.0:  # NaN too
+    resolution = tuple(int(v) for v in resolution)
+    if threshold is not None and not (_is_number(threshold) and threshold >= 0.0):  # NaN too
         raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold}")
     results = []
     for k, item in enumerate(items):

@@ -463,6 +463,10 @@ def test_npz_key_selection(tmp_path, rng):
     with pytest.raises(DapError, match=r"key=.*\['a', 'b'\]|\['a', 'b'\].*key="):
         io.read_depth(tmp_path / "two.npz")
     np.testing.assert_array_equal(io.read_depth(tmp_path / "two.npz", key="b"), b)
+    np.savez(tmp_path / "named.npz", depth=a, confidence=b)  # 'depth' first, then numpy's default name 'arr_0'
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "named.npz"), a)
+    np.savez(tmp_path / "plain.npz", a, b)
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "plain.npz"), a)
 
 
 def test_exr_channel_priority(tmp_path, rng):

@@ -21,7 +21,14 @@ from urllib.parse import quote
 import numpy as np
 import torch
 
-from dap.errors import DapError, InputWarning, NoValidDepthError, UnreadableFileError, collect_input_warnings
+from dap.errors import (
+    DapError,
+    DepthUnitError,
+    InputWarning,
+    NoValidDepthError,
+    UnreadableFileError,
+    collect_input_warnings,
+)
 from dap.inference import (
     DEFAULT_SEAM_PAD,
     OUTPUT_SUFFIXES,
@@ -515,7 +522,12 @@ def evaluate(
                 "metres_per_unit)", []).append(name)
         if predictions_dir is not None:
             path = _saved_prediction_path(Path(predictions_dir), name)
-            pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
+            try:
+                pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
+            except DepthUnitError as e:  # no `scale=` to pass on the command line
+                raise DepthUnitError(f"{path} is a 16-bit PNG that does not say its unit: save predictions as .npy "
+                                     "or .exr in metres, or as `dap predict --outputs png16` writes them (with their "
+                                     "unit)") from e
             if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
                 raise DapError(
                     f"{path} is {pred.shape[1]}x{pred.shape[0]} but the ground truth of {name!r} is "

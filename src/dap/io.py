@@ -527,12 +527,12 @@ def _read_npy(path: Path) -> np.ndarray:
 def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())
-        if key is None:
-            key = "depth" if "depth" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:  # numpy.savez(path, depth=d) or numpy.savez(path, d) (stored as arr_0, as Deep360 is)
+            key = next((k for k in ("depth", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
         if key not in keys:
             raise DapError(
-                f"cannot pick the depth array in {path}: it holds {keys}. Pass key=<name> "
-                "(or store it under 'depth')."
+                f"cannot pick the depth array in {path}: it holds {keys}. Store the depth under 'depth' "
+                "(numpy.savez(path, depth=d)), or in Python pass key=<name> to read_depth."
             )
         return z[key]
 

@@ -301,7 +301,7 @@ class Deep360(PanoDataset):
         return np.clip(cassini_to_erp(read_rgb(path), mode="bilinear"), 0.0, 1.0)
 
     def load_depth(self, path: Path) -> np.ndarray:
-        return cassini_to_erp(read_depth(path, key="arr_0"), mode="nearest")
+        return cassini_to_erp(read_depth(path), mode="nearest")  # 'arr_0' (or 'depth', or the only array)
 
 
 # ---------------------------------------------------------------------------------------- Structured3D

@@ -35,7 +35,8 @@ def test_fixed_size_export_matches_torch(tiny_model, tmp_path):
     assert onnx_model.cfg.default_resolution == (128, 256) and onnx_model.cfg.max_depth == tiny_model.cfg.max_depth
     assert onnx_model.input_size == (128, 288)
     assert_same(onnx_model, tiny_model, torch.randn(2, 3, 128, 288))  # batch is dynamic
-    with pytest.raises(DapError, match=r"takes inputs of 128x288 only \(128x256 plus the seam columns\), got 32x64"):
+    with pytest.raises(DapError, match=r"takes inputs of 128x288 only \(128x256 plus the seam columns\), got 32x64: "
+                                       r".*the --seam-pad it was exported with \(0.0625\)"):
         onnx_model(torch.randn(1, 3, 32, 64))
     with pytest.raises(DapError, match=r"resolution 64x256 must be a 2:1 panorama size .* in multiples of 16"):
         export_onnx(tiny_model, tmp_path / "wide.onnx", resolution=(64, 256))
@@ -103,6 +104,8 @@ def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
 def test_errors(tmp_path, monkeypatch, capsys):
     with pytest.raises(UnreadableFileError, match=r"nope.onnx does not exist; write one with `dap export onnx"):
         OnnxModel(tmp_path / "nope.onnx")
+    with pytest.raises(UnreadableFileError, match=r"--backend onnxruntime needs an .onnx file, got dap-tiny-synth"):
+        OnnxModel("dap-tiny-synth")
     (tmp_path / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(UnreadableFileError, match="onnxruntime cannot load"):
         OnnxModel(tmp_path / "junk.onnx")

@@ -99,6 +99,10 @@ class OnnxModel:
     def __init__(self, path: str | Path, providers: list[str] | None = None):
         self.path = Path(path)
         if not self.path.is_file():
+            if self.path.suffix.lower() != ".onnx":  # a model name or a checkpoint: for the torch backend
+                raise UnreadableFileError(f"--backend onnxruntime needs an .onnx file, got {self.path}; export one "
+                                          f"with `dap export onnx --model {self.path} --out model.onnx`, or predict "
+                                          "with the default torch backend")
             raise UnreadableFileError(f"ONNX model {self.path} does not exist; write one with "
                                       f"`dap export onnx --model NAME --out {self.path}`")
         ort = _require("onnxruntime")
@@ -110,6 +114,7 @@ class OnnxModel:
         if "dap.config" not in meta:
             raise DapError(f"{self.path} has no dap.config metadata: it was not written by `dap export onnx`")
         self.cfg = DapConfig.from_dict(json.loads(meta["dap.config"]))
+        self.seam_pad = float(meta["dap.seam_pad"]) if "dap.seam_pad" in meta else None
         self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # ints if fixed, axis names if dynamic
 
     def to(self, device) -> OnnxModel:
@@ -126,7 +131,8 @@ class OnnxModel:
             raise DapError(
                 f"{self.path} takes inputs of {self.input_size[0]}x{self.input_size[1]} only ({h}x{w} plus the "
                 f"seam columns), got {size[0]}x{size[1]}: predict with --resolution {h}x{w} and the --seam-pad it "
-                "was exported with, or export with --dynamic"
+                f"was exported with{f' ({self.seam_pad:g})' if self.seam_pad is not None else ''}, or export with "
+                "--dynamic"
             )
         if not fixed and takes_square_branch(self.cfg, *size):
             raise DapError(f"input {size[0]}x{size[1]} takes the official adapter's square branch, which the dynamic "

@@ -121,7 +121,7 @@ def test_predict_by_name_in_a_fresh_process_honours_the_environment(tiny_release
 
 def test_missing_from_cache_while_offline_is_a_clear_error(hub):
     with pytest.raises(CheckpointError, match=r"dap-vitl: model.pth of the Hub repository Insta360-Research/"
-                       r"DAP-weights is not in the Hugging Face cache.*HF_HUB_OFFLINE.*--checkpoint"):
+                       r"DAP-weights is not in the Hugging Face cache.*HF_HUB_OFFLINE.*pass the file's path instead"):
         load_model("dap-vitl")
 
 

@@ -19,6 +19,7 @@ from dap import geometry
 from dap import train as T
 from dap.errors import CheckpointError, ConfigError, NotPanoramaError
 from dap.models import load_model
+from dap.train.checkpoints import RESUME_KEYS
 from dap.train.config import read_yaml_mapping
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,8 +343,12 @@ def test_damaged_checkpoint_is_reported(tmp_path):
     with pytest.raises(T.CheckpointError, match="Delete it"):
         T.load_checkpoint(bad)
     torch.save({"foo": 1}, bad)  # a torch file, but not ours
-    with pytest.raises(T.CheckpointError, match="is not a training checkpoint of dap train \\(it lacks step, model"):
+    with pytest.raises(T.CheckpointError, match="is not a training checkpoint of dap train \\(it lacks step, model\\)"):
         T.load_checkpoint(bad)
+    torch.save({"step": 1, "model": {}}, bad)  # weights alone: enough to export, not to resume
+    assert T.load_checkpoint(bad)["step"] == 1
+    with pytest.raises(T.CheckpointError, match="it lacks optimizer, scheduler, data, rng"):
+        T.load_checkpoint(bad, needs=RESUME_KEYS)
 
 
 def test_ema_warms_up_so_the_initial_weights_fade():

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from dap.errors import DatasetLayoutError, DepthUnitError
-from dap.geometry import erp_rays
+from dap.geometry import check_erp_shape, erp_rays
 from dap.io import IMAGE_SUFFIXES, read_depth, read_rgb
 
 
@@ -87,6 +87,7 @@ class PanoDataset:
         it = self.items[index]
         rgb, depth = self.load_rgb(it.rgb), self.load_depth(it.depth)
         (h, w), (dh, dw) = rgb.shape[:2], depth.shape[:2]
+        check_erp_shape(h, w, what=f"{it.rgb} (sample {it.name})")  # named here, not later as "input panorama"
         if dh * w != dw * h:  # scored after resizing one to the other, a mismatched pair would pass unnoticed
             raise DatasetLayoutError(
                 f"{it.depth} is {dw}x{dh} but its RGB {it.rgb} is {w}x{h}: a depth map and its panorama must have "

@@ -95,17 +95,18 @@ def _config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
     return changes
 
 
-CHECKPOINT_KEYS = ("step", "model", "optimizer", "scheduler", "data", "rng")  # what resuming reads
+RESUME_KEYS = ("step", "model", "optimizer", "scheduler", "data", "rng")  # what resuming reads
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+def load_checkpoint(path: str | os.PathLike, needs: tuple[str, ...] = ("step", "model")) -> dict:
+    """A training checkpoint's contents; `needs`: the entries the caller reads (resuming: RESUME_KEYS)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a damaged file
         raise CheckpointError(f"cannot read training checkpoint {path} ({type(e).__name__}: the file is damaged or "
                               "not a checkpoint). Delete it to resume from the "
                               "previous one.") from e
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    missing = [k for k in needs if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a training checkpoint of dap train (it lacks {', '.join(missing)}). "
                               "Move it out of the checkpoints folder to resume from the previous one.")
@@ -155,7 +156,7 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
     existing = list_checkpoints(out)
     if not existing:
         return None, None
-    ckpt = load_checkpoint(existing[-1])
+    ckpt = load_checkpoint(existing[-1], needs=RESUME_KEYS)
     changes = _config_changes(ckpt.get("config", {}), config)
     if any(c.startswith("model.") for c in changes):
         raise RunExistsError(

@@ -679,6 +679,15 @@ def test_video_cut_short_raises_after_its_good_frames(tmp_path):
         list(io.sample_video_frames(cut, every_s=1.0))
 
 
+def test_a_float_colour_tiff_is_read_through_opencv(tmp_path):
+    rgb = np.random.default_rng(0).random((32, 64, 3)).astype(np.float32)
+    cv2.imwrite(str(tmp_path / "f.tif"), rgb[..., ::-1])  # OpenCV writes BGR; Pillow cannot open float RGB TIFFs
+    np.testing.assert_array_equal(io.read_rgb(tmp_path / "f.tif"), rgb)
+    cv2.imwrite(str(tmp_path / "hdr.tif"), rgb * 40)
+    with pytest.raises(DapError, match=r"hdr.tif is a float TIFF with pixels over .*, not 0..1"):
+        io.read_rgb(tmp_path / "hdr.tif")
+
+
 def test_a_float_grey_tiff_is_read_only_in_0_to_1(tmp_path):
     from PIL import Image
 

@@ -27,7 +27,7 @@ import numpy as np
 import OpenEXR
 import torch
 import trimesh
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from dap.errors import DapError, DepthUnitError, NoValidDepthError, UnreadableFileError
 from dap.geometry import check_erp_shape, solid_angle_weights
@@ -444,7 +444,13 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
 def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
     """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF
     orientation says (except a turn by 90 degrees of a 2:1 image), and its frame count."""
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+    except UnidentifiedImageError:
+        if path.suffix.lower() not in (".tif", ".tiff"):
+            raise
+        return _read_tiff_opencv(path), 1  # a float RGB TIFF, which Pillow does not decode
+    with img:
         deep_colour = _is_16bit_colour(img)
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
@@ -466,6 +472,23 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
         else:
             rgb = pil_to_rgb(img)
     return rgb, frames
+
+
+def _read_tiff_opencv(path: Path) -> np.ndarray:
+    """float32 (H, W, 3) RGB in [0, 1] of a TIFF that Pillow cannot open (32-bit float colour) but OpenCV can."""
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if a is None:
+        raise ValueError("neither Pillow nor OpenCV decodes this TIFF")
+    a = a[..., None] if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., :1]  # BGR(A) -> RGB
+    if np.issubdtype(a.dtype, np.integer):
+        rgb = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+    else:
+        rgb = np.nan_to_num(a.astype(np.float32), nan=0.0)
+        lo, hi = float(rgb.min()), float(rgb.max())
+        if lo < 0 or hi > 1:
+            raise DapError(f"{path} is a float TIFF with pixels over {lo:g}..{hi:g}, not 0..1: save it as an 8- or "
+                           "16-bit image, or as EXR/HDR if it holds linear radiance")
+    return np.ascontiguousarray(np.broadcast_to(rgb, (*rgb.shape[:2], 3)))
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:

@@ -492,6 +492,12 @@ def test_selecting_a_domain_the_pool_lacks_or_an_absent_score_keeps_the_selectio
     assert sum(r["selected"] for r in read_manifest(tmp_path)) == 2  # the earlier selection stands
 
 
+def test_ingesting_a_folder_without_images_says_so(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["curate", "ingest", str(tmp_path / "empty"), "--pool", str(tmp_path / "pool")]) == 0
+    assert f"note: no images or videos found in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
 def test_a_synth_dataset_is_not_taken_for_a_pool(tmp_path, capsys):
     from dap.data.shards import write_dataset
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from dap.cli import (
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
                              max_tilt_deg=args.max_tilt, level=args.level, tags=args.tags)
         counts = ingest(args.sources, args.pool, opts)
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
+        if not any(counts.values()):
+            print(f"dap curate ingest: note: no images or videos found in {' '.join(args.sources)}", file=sys.stderr)
     elif cmd == "label":
         from dap.curation.label import LabelOptions, label_pool
         from dap.models import registry

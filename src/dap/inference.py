@@ -517,10 +517,10 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
 MAX_CAMERA_HEIGHT = 1000.0
 
 
-def _is_number(value) -> bool:
-    """A real number (int, float or a numpy scalar; not a bool, a string or an array), finite."""
+def _is_number(value, finite: bool = True) -> bool:
+    """A real number (int, float or a numpy scalar; not a bool, a string or an array), finite unless told."""
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
-        math.isfinite(value)
+        (math.isfinite(value) or not finite)
 
 
 def other_resolution_note(resolution: tuple[int, int] | None, cfg: DapConfig) -> str | None:
@@ -637,7 +637,7 @@ def predict(
         raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
                        "e.g. (512, 1024)")
     resolution = tuple(int(v) for v in resolution)
-    if threshold is not None and not (_is_number(threshold) and threshold >= 0.0):  # NaN too
+    if threshold is not None and not (_is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
         raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold}")
     results = []
     for k, item in enumerate(items):

@@ -125,8 +125,9 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
 
 
 def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """x[:, :, index] in x's memory format. On a channels-last map, `index_select` along the height takes a generic
-    strided path, 8x slower than selecting the same rows along the outer dimension of its (B, H, W, C) view,
+    """x[:, :, index] in x's memory format. On a channels-last map, `index_select` along the height takes a strided
+    path whose threads stall when other processes hold the cores (16x slower than selecting the same rows along the
+    outer dimension of its (B, H, W, C) view with one busy process beside it; as fast when idle: performance.md),
     and returns a channels-first tensor that the next convolution reorders again."""
     if x.is_contiguous(memory_format=torch.channels_last):
         return x.permute(0, 2, 3, 1).index_select(1, index).permute(0, 3, 1, 2)

@@ -492,6 +492,18 @@ def test_selecting_a_domain_the_pool_lacks_or_an_absent_score_keeps_the_selectio
     assert sum(r["selected"] for r in read_manifest(tmp_path)) == 2  # the earlier selection stands
 
 
+def test_status_counts_rejections_by_kind():
+    from dap.curation.report import pool_summary
+
+    reasons = ["the image is 1000x512 (width x height) but an equirectangular panorama must be exactly 2:1 (e.g. "
+               "1024x512). It is within 3% of that", "the image is 900x512 (width x height) but an equirectangular "
+               "panorama must be exactly 2:1 (e.g. 1024x512). Crop", "near-duplicate of 0a", "near-duplicate of 0b",
+               "camera tilted by about 12.5 degrees (limit 8.0; raise --max-tilt to keep it)"]
+    rows = [{**empty_row(), "status": "rejected", "reason": r} for r in reasons]
+    assert pool_summary(rows)["rejected"] == {"not a 2:1 panorama": 2, "near-duplicate": 2,
+                                              "camera tilted beyond --max-tilt": 1}
+
+
 def test_ingesting_a_folder_without_images_says_so(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["curate", "ingest", str(tmp_path / "empty"), "--pool", str(tmp_path / "pool")]) == 0

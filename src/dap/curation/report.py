@@ -12,9 +12,20 @@ import numpy as np
 from dap.curation.manifest import STAGES, labelled_arrays, read_manifest
 
 
+def reason_kind(reason: str) -> str:
+    """What kind of rejection a row's reason is, for counting: its numbers and names left out."""
+    kinds = (("near-duplicate", "near-duplicate"), ("camera tilted", "camera tilted beyond --max-tilt"),
+             ("must be exactly 2:1", "not a 2:1 panorama"), ("cannot decode", "cannot decode"),
+             ("cannot read", "cannot read the file"))
+    for needle, kind in kinds:
+        if needle in reason:
+            return kind
+    return re.sub(r"\d+(\.\d+)?", "N", re.split(r"[:;(]|\. ", reason)[0]).strip()
+
+
 def pool_summary(rows: list[dict]) -> dict:
     ok = [r for r in rows if r["status"] == "ok"]
-    reasons = Counter(re.split(r" \(| of | by |: ", r["reason"])[0] for r in rows if r["status"] != "ok")
+    reasons = Counter(reason_kind(r["reason"]) for r in rows if r["status"] != "ok")
     out = {
         "rows": len(rows), "accepted": len(ok), "rejected": dict(reasons),
         "sources": dict(Counter(r["source"] for r in ok)), "kinds": dict(Counter(r["kind"] for r in ok)),

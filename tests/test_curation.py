@@ -599,6 +599,7 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     capsys.readouterr()
     # the steps done hold only for the config they were done with
     rerun = ["curate", "run", "--config", str(config), "--work", str(work)]
+    assert main([*rerun, "--set", "label.batch_size=1"]) == 0  # how fast, not what: allowed
     assert main([*rerun, "--set", "label.resolution=[64,128]"]) == 2
     assert "holds steps done with another curation config (label.resolution: '[32, 64]' -> '[64, 128]')" in \
         capsys.readouterr().err

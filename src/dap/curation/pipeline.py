@@ -39,6 +39,10 @@ from dap.train import SourceConfig, _build, _merge
 from dap.train.config import apply_overrides, config_source, read_yaml_mapping
 
 STEPS = ("ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final")
+# The first step that uses each config section: changing a section is refused once that step is done
+FIRST_USE = {"pool": "ingest", "labeled": "stage1", "stage1": "stage1", "label": "label1", "discriminator": "disc",
+             "select": "select", "stage2": "stage2", "final": "final"}
+SPEED_ONLY = ("label.batch_size", "label.num_workers")  # settings that change how fast a step runs, not its result
 
 
 @dataclass
@@ -257,15 +261,15 @@ class Pipeline:
         self.work.mkdir(parents=True, exist_ok=True)
         state = self.state()
         config = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})
-        if state["done"] and "config" in state:  # a rerun continues the steps made with this config, no other
-            changed = changed_keys(state["config"], config)
-            if changed:
-                shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
-                raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
-                               f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config it was run "
-                               "with")
-        if "config" not in state:
-            self._save({**state, "config": config})
+        # A rerun may change what steps not yet done use, not what made the steps done (they would be kept silently)
+        changed = [k for k in changed_keys(state.get("config", config), config)
+                   if k not in SPEED_ONLY and FIRST_USE[k.split(".")[0]] in state["done"]]
+        if changed:
+            shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
+            raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
+                           f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config they were done "
+                           "with")
+        self._save({**state, "config": config})
         for step in STEPS:
             if step not in self.state()["done"]:
                 t0 = time.monotonic()

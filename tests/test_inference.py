@@ -561,6 +561,24 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path):
     frames = [f"clip_{i:06d}" for i in range(3)]
     assert sorted(p.name for p in out.iterdir()) == sorted([f".{f}.dap.json" for f in frames]
                                                            + [f"{f}.npy" for f in frames])
+    # resumed after frame 0 (as a run killed then leaves it): the smoothing goes on from frame 0's recorded state
+    whole = {f: io.read_depth(out / f"{f}.npy") for f in frames}
+    for f in frames[1:]:
+        (out / f"{f}.npy").unlink()
+    assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
+                 "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
+    for f in frames:
+        np.testing.assert_allclose(io.read_depth(out / f"{f}.npy"), whole[f], rtol=1e-6)
+
+
+def test_a_video_without_frames_fails(checkpoint, tmp_path, capsys):
+    import cv2
+
+    writer = cv2.VideoWriter(str(tmp_path / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    writer.release()
+    assert main(["predict", str(tmp_path / "empty.avi"), "--out", str(tmp_path / "o"), "--checkpoint",
+                 str(checkpoint), "--resolution", "32x64", "--outputs", "npy"]) == 2
+    assert f"{tmp_path / 'empty.avi'}: the video holds no frames" in capsys.readouterr().err
 
 
 def test_a_videos_repeated_warning_is_printed_once_with_a_count(checkpoint, tmp_path, capsys):

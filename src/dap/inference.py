@@ -849,11 +849,14 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_
             yield item
             continue
         try:
+            i = -1
             for i, frame in enumerate(io.iter_video_frames(item.video)):
                 h, w = frame.shape[:2]
                 if i == 0 and not (pad_to_erp and w > 2 * h):
                     geometry.check_erp_shape(h, w, what="each of its frames")
                 yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: (f, 1), item.video)
+            if i < 0:
+                failures.append((item.source, "the video holds no frames"))
         except DapError as e:
             failures.append((item.source, str(e)))
 
@@ -1025,6 +1028,12 @@ class ScaleSmoother:
         else:
             self.log_median = (1 - self.alpha) * current + self.alpha * self.log_median
         pred.depth[ok] *= np.float32(np.exp(self.log_median - current))
+
+    def restore(self, video: str, log_median: float | None) -> None:
+        """Continue from the state recorded after a frame of `video` that is not predicted again (a resumed run);
+        None (a blank frame, or a record from before states were kept) leaves the state as it is."""
+        if log_median is not None:
+            self.video, self.log_median = video, float(log_median)
 
 
 def _stride_mask(shape: tuple[int, int], stride: int) -> np.ndarray:

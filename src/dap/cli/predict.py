@@ -171,6 +171,9 @@ def run(args: argparse.Namespace) -> int:
         for seq, item, paths, record, rgb, top, notes in tqdm(
                 _background(_decoded(items, args, kinds, settings, failures, counts)), desc="predict", unit="pano",
                 disable=None):
+            if rgb is None:  # a video frame skipped with its outputs: the scale smoothing goes on from its state
+                smooth.restore(item.video, record)
+                continue
             for text in notes:  # from decoding, which runs on another thread
                 tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             try:
@@ -186,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
                     if not (item.video and repeats.seen(item.video, text)):  # a video's black intro: once
                         tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             smooth(pred, item.video)
+            if item.video and args.smooth_scale:  # what a resumed run needs to smooth the next frames the same way
+                record = (record[0], {**record[1], "smooth_log_median": smooth.log_median})
             writer.put((seq, item, pred, paths, record))
     finally:
         writer.close()
@@ -262,6 +267,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
                 continue
             if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
+                if item.video and args.smooth_scale:  # in order, through the main thread, which smooths
+                    yield seq, item, None, recorded.get("smooth_log_median"), None, None, []
                 continue
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth

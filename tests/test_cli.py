@@ -243,6 +243,9 @@ CORPUS = {
     "convert out is a file": (["convert", "{d}/zero.pth", "{d}/pano.png"], 2, ["output folder", "is a file"]),
     "convert zero-byte pth": (["convert", "{d}/zero.pth", "{out}"], 2, ["zero.pth", "empty"]),
     "export out under a file": (["export", "onnx", "--out", "{d}/pano.png/m.onnx"], 2, ["not a folder"]),
+    "export out not .onnx": (["export", "onnx", "--out", "{out}.png"], 2, ["give the onnx file a .onnx name"]),
+    "predict resolution not 2:1": (["predict", "{d}/pano.png", "--resolution", "100x100", "--out", "{out}"], 2,
+                                   ["use e.g. 112x224"]),
 }
 
 

@@ -467,6 +467,21 @@ def test_npz_key_selection(tmp_path, rng):
     np.testing.assert_array_equal(io.read_depth(tmp_path / "named.npz"), a)
     np.savez(tmp_path / "plain.npz", a, b)
     np.testing.assert_array_equal(io.read_depth(tmp_path / "plain.npz"), a)
+    with pytest.raises(DapError, match=r"plain.npz has no array 'nope'; it holds \['arr_0', 'arr_1'\]$"):
+        io.read_depth(tmp_path / "plain.npz", key="nope")
+
+
+@pytest.mark.parametrize("scale", [math.inf, "0.001", 0.0])
+def test_png_depth_needs_a_finite_positive_scale(tmp_path, scale):
+    with pytest.raises(ValueError, match="needs scale=<metres per unit> > 0"):
+        io.write_depth(tmp_path / "d.png", np.full((4, 8), 5.0, np.float32), scale=scale)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_video_given_as_an_image_is_named_as_a_video(tmp_path):
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    with pytest.raises(UnreadableFileError, match=r"clip.mp4 is a video, not an image: predict its frames"):
+        io.read_rgb(tmp_path / "clip.mp4")
 
 
 def test_exr_channel_priority(tmp_path, rng):

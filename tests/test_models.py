@@ -185,6 +185,16 @@ def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path
         assert "copy or download the model folder again" in str(err.value)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_load_model_names_a_device_it_cannot_use():
+    from dap.errors import DapError
+
+    with pytest.raises(DapError, match=r"unknown device 'gpu9'; use cpu, cuda, cuda:N or mps"):
+        load_model("dap-tiny-synth", device="gpu9")
+    with pytest.raises(DapError, match=r"cannot put the model on cuda: .*; use cpu"):
+        load_model("dap-tiny-synth", device="cuda")
+
+
 def _edit(folder, **fields):
     config = json.loads((folder / "config.json").read_text())
     config["model"].update(fields)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import numbers
 import os
 import re
 import shutil
@@ -416,6 +417,9 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
     """`read_rgb`'s image, and how many frames (pages) the file holds: 1 for a still image, more for an animated
     GIF, WebP or PNG or a multi-page TIFF."""
     path = _check_file(path)
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        raise UnreadableFileError(f"{path} is a video, not an image: predict its frames with `dap predict`, or read "
+                                  "them with dap.io.iter_video_frames")
     if path.suffix.lower() == ".npy":
         raise UnreadableFileError(
             f"cannot read {path}: a .npy file holds an array, not an image. Save the panorama as an image file "
@@ -554,6 +558,7 @@ def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
             key = next((k for k in ("depth", "arr_0") if k in keys), keys[0] if len(keys) == 1 else None)
         if key not in keys:
             raise DapError(
+                f"{path} has no array {key!r}; it holds {keys}" if key is not None else
                 f"cannot pick the depth array in {path}: it holds {keys}. Store the depth under 'depth' "
                 "(numpy.savez(path, depth=d)), or in Python pass key=<name> to read_depth."
             )
@@ -663,9 +668,9 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
     d = _clean_depth(d)
     suffix = path.suffix.lower()
     if suffix == ".png":
-        if scale is None or not scale > 0:
+        if scale is None or not (isinstance(scale, numbers.Real) and 0 < scale < math.inf):
             raise ValueError(
-                f"writing {path} as a 16-bit PNG needs scale=<metres per unit> > 0 (got {scale}); e.g. "
+                f"writing {path} as a 16-bit PNG needs scale=<metres per unit> > 0 (got {scale!r}); e.g. "
                 "scale=1/1000 stores millimetres (max 65.5 m). Use .exr or .npy to keep full float precision."
             )
         valid = d > 0

@@ -42,7 +42,8 @@ def _size(text: str, multiple: int = 1, panorama: bool = False) -> tuple[int, in
     if h < 1 or w < 1:
         raise argparse.ArgumentTypeError(f"size {text!r} must be positive, e.g. 512x1024")
     if panorama and w != 2 * h:
-        raise argparse.ArgumentTypeError(f"size {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {h}x{2 * h}")
+        up = -(-h // multiple) * multiple  # the suggestion must pass the next check too
+        raise argparse.ArgumentTypeError(f"size {text!r} is not 2:1 (HEIGHTxWIDTH); use e.g. {up}x{2 * up}")
     if h % multiple or w % multiple:
         up = -(-h // multiple) * multiple
         raise argparse.ArgumentTypeError(f"size {text!r} must be multiples of {multiple} (the ViT patch); use e.g. "

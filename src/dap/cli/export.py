@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dap.cli import parse_network_size
+from dap.errors import DapError
 from dap.export import INPUT, OPSET, OUTPUTS, export_onnx
 from dap.inference import DEFAULT_SEAM_PAD, seam_pad_columns
 from dap.models import load_model
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out.suffix.lower() != ".onnx":  # a typo such as --out pano.png would replace that file with a graph
+        raise DapError(f"--out {args.out}: give the ONNX file a .onnx name (e.g. {args.out.with_suffix('.onnx')})")
     model = load_model(args.model)
     out = export_onnx(model, args.out, resolution=args.resolution, dynamic=args.dynamic, seam_pad=args.seam_pad)
     h, w = args.resolution or model.cfg.default_resolution

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from dap.errors import CheckpointError
+from dap.errors import CheckpointError, DapError
 from dap.models.dap import DAP, DapConfig
 from dap.models.dinov3 import architecture, convert_dinov3_state_dict, describe, is_dinov3_state_dict
 from dap.models.official import (
@@ -221,6 +221,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise CheckpointError(f"expected a model name ({', '.join(registry.MODELS)}), a folder or a checkpoint file, "
                               f"got {path!r}; dap.load_model('dap-tiny-synth') loads the bundled model")
+    try:  # a mistyped device is said before the weights load, not after
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DapError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
     spec = str(path)
     if spec in registry.MODELS:
         p = registry.weights_path(spec)
@@ -255,7 +259,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
                               "`dap predict --backend onnxruntime --model <file.onnx>` (Python: dap.export.OnnxModel)")
     else:
         model = _load_official(p)
-    return model.to(device).eval()
+    try:
+        return model.to(device).eval()
+    except (RuntimeError, AssertionError) as e:  # torch's words for a device this machine lacks
+        raise DapError(f"cannot put the model on {device}: {e}; use cpu, or a device this machine has") from None
 
 
 def save_model(model: DAP, directory: str | os.PathLike, training: dict[str, Any] | None = None, *,

@@ -478,6 +478,17 @@ def test_png_depth_needs_a_finite_positive_scale(tmp_path, scale):
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("depth, problem", [(np.zeros((0, 5)), "non-empty"), (np.ones((4, 8), bool), "dtype bool"),
+                                            (np.ones((4, 8), complex), "dtype complex128")])
+def test_write_depth_refuses_what_is_not_a_depth_map(tmp_path, depth, problem):
+    for suffix in (".npy", ".exr", ".png"):
+        with pytest.raises(ValueError, match=problem):
+            io.write_depth(tmp_path / f"d{suffix}", depth, scale=0.001)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="scale is a positive number of metres per unit, got 0"):
+        io.read_depth(tmp_path / "d.png", scale=0)  # the call's mistake, said before the file is looked at
+
+
 def test_a_video_given_as_an_image_is_named_as_a_video(tmp_path):
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     with pytest.raises(UnreadableFileError, match=r"clip.mp4 is a video, not an image: predict its frames"):

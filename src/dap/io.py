@@ -628,6 +628,8 @@ def read_depth(
     NaN, inf, <= 0 and >= ``DEPTH_SENTINEL`` become 0. ``require_valid`` raises ``NoValidDepthError`` if no
     pixel is valid. Missing or broken files raise ``UnreadableFileError``.
     """
+    if scale is not None and not (isinstance(scale, numbers.Real) and 0 < scale < math.inf):
+        raise ValueError(f"scale is a positive number of metres per unit, got {scale!r}")  # the call's, not the file's
     path = _check_file(path)
     suffix = path.suffix.lower()
     readers = {
@@ -663,8 +665,10 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
     """
     path = Path(path)
     d = np.asarray(depth)
-    if d.ndim != 2:
-        raise ValueError(f"write_depth expects an (H, W) depth map, got shape {d.shape}")
+    if d.ndim != 2 or d.size == 0:
+        raise ValueError(f"write_depth expects a non-empty (H, W) depth map, got shape {d.shape}")
+    if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):
+        raise ValueError(f"write_depth expects real numbers of metres, got dtype {d.dtype}")
     d = _clean_depth(d)
     suffix = path.suffix.lower()
     if suffix == ".png":

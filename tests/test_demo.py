@@ -110,6 +110,15 @@ def test_a_bad_upload_gets_the_library_message(model, tmp_path, content, expecte
     assert expected in e.value.message and str(bad.parent) not in e.value.message  # named as the user knows it
 
 
+def test_a_host_that_does_not_resolve_is_named(capsys):
+    pytest.importorskip("gradio")
+    from dap.cli import main
+
+    assert main(["demo", "--host", "bad host!", "--port", "7999"]) == 2
+    err = capsys.readouterr()
+    assert "cannot resolve --host 'bad host!'" in err.err and "serving on" not in err.out
+
+
 def test_missing_gradio_says_how_to_install():
     code = ("import sys; sys.modules['gradio'] = None\nfrom dap.cli import main\n"
             "sys.exit(main(['demo', '--port', '1']))")

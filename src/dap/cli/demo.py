@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from dap.cli import parse_device, parse_network_size, port_number
@@ -39,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
     from dap.errors import DapError
 
+    try:  # a host name that does not resolve: gradio would report it as a taken port
+        socket.getaddrinfo(args.host, args.port)
+    except (socket.gaierror, UnicodeError) as e:
+        raise DapError(f"cannot resolve --host {args.host!r} ({e}); give an address of this machine, e.g. 127.0.0.1 "
+                       "or 0.0.0.0") from None
     print(f"dap demo: serving on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
         app.launch(server_name=args.host, server_port=args.port, share=args.share)

@@ -92,9 +92,9 @@ def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
 
 
-def unit_interval(text: str) -> float:
-    """A fraction from 0 to 1."""
-    return _number(float, text, "a number from 0 to 1", lambda v: 0 <= v <= 1)
+def smoothing_weight(text: str) -> float:
+    """A moving average's weight on the past, from 0 (off) to below 1 (1 would never let a new value in)."""
+    return _number(float, text, "a number from 0 up to (not including) 1", lambda v: 0 <= v < 1)
 
 
 def parse_device(text: str) -> str:

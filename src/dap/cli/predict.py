@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from dap.cli import parse_device, parse_network_size, positive_float, positive_int, unit_interval
+from dap.cli import parse_device, parse_network_size, positive_float, positive_int, smoothing_weight
 from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -77,9 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how depth is brought from the working resolution back to a larger input: "
                              "bilinear, or guided by the full-resolution RGB (edge-aware)")
     parser.add_argument("--point-stride", type=positive_int, default=1, help="keep every Nth row/column in PLY/GLB")
-    parser.add_argument("--smooth-scale", type=unit_interval, default=0.0, metavar="ALPHA",
+    parser.add_argument("--smooth-scale", type=smoothing_weight, default=0.0, metavar="ALPHA",
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
-                             "of weight ALPHA on the past (e.g. 0.8; 0 = off)")
+                             "of weight ALPHA on the past (e.g. 0.8; 0 = off; below 1)")
     parser.add_argument("--camera-height", type=positive_float, default=None, metavar="METRES",
                         help="height of the lens above the floor, if known (e.g. a tripod's 1.6): rescales each "
                              "depth map so the floor it shows lies that far below the camera. A model can only "

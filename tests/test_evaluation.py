@@ -293,7 +293,8 @@ def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
     cfg = EvalConfig(protocols=("metric",), max_depth=10.0, range_cap=100.0, panels=0)
     first = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
     assert stub.calls == 2
-    cached = read_depth(tmp_path / "out" / "predictions" / "s0.npy")
+    (cached_path,) = (tmp_path / "out" / "predictions").glob("s0.*.npy")  # <sample>.<input digest>.npy
+    cached = read_depth(cached_path)
     assert cached.shape == (H // 2, W // 2) and cached[0].tolist() == [100.0] * (W // 2)  # range cap applied
     assert np.all(cached[1:] == 2.0)
     second = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
@@ -345,7 +346,8 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
     key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())
     assert key == {"dataset": "folder", "root": str((tmp_path / "data").resolve()), "split": "test", "split_file": None,
                    "checkpoint": str(tmp_path / "ckpt"), "model_sha256": model_fingerprint(tiny_model),
-                   "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0}
+                   "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0,
+                   "files": "<sample>.<input digest>.npy"}
     assert summary["config"]["cache_key"] == key
 
 
@@ -393,7 +395,7 @@ def test_cli_end_to_end_with_tiny_model(tmp_path):
     ]
     assert main(args) == 0
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    pred = read_depth(tmp_path / "out" / "predictions" / "a.npy")
+    pred = read_depth(next((tmp_path / "out" / "predictions").glob("a.*.npy")))
     assert pred.shape == (32, 64) and np.all(pred > 0)
     gt = read_depth(tmp_path / "data" / "depth" / "a.npy")
     want = compute_metrics(pred, gt, max_depth=100.0)
@@ -433,7 +435,7 @@ def test_absolute_manifest_paths_cache_under_out_and_never_score_gt_against_itse
     assert _eval(data, tiny_ckpt, out) == 0
     assert {p: p.read_bytes() for p in data.iterdir()} == before  # nothing written into the user's data
     name = str(data / "pano")
-    cached = out / "predictions" / f"{quote(name, safe='')}.npy"
+    (cached,) = (out / "predictions").glob(f"{quote(name, safe='')}.*.npy")
     assert {p.name for p in (out / "predictions").iterdir()} == {"cache.json", cached.name}
     pred = read_depth(cached)
     first = json.loads((out / "metrics.json").read_text())["protocols"]["metric"]["per_image_mean"]
@@ -468,7 +470,7 @@ def test_cache_is_refused_when_weights_seam_pad_or_resolution_change(tmp_path, t
     capsys.readouterr()
     assert _eval(tmp_path / "data", tiny_ckpt, out) == 2
     assert "holds predictions made with other settings (model_sha256: " in capsys.readouterr().err
-    (out / "predictions" / "s0.npy").unlink()  # the user clears the cache
+    next((out / "predictions").glob("s0.*.npy")).unlink()  # the user clears the cache
     assert _eval(tmp_path / "data", tiny_ckpt, out) == 0
     assert _eval(tmp_path / "data", tiny_ckpt, out, "--seam-pad", "0.25") == 2
     assert "seam_pad: 0.0625 -> 0.25" in capsys.readouterr().err
@@ -486,6 +488,15 @@ def test_cache_is_refused_for_another_dataset_with_the_same_sample_names(tmp_pat
     assert f"root: {(tmp_path / 'a').resolve()} -> {(tmp_path / 'b').resolve()}" in capsys.readouterr().err
 
 
+def test_a_changed_panorama_is_predicted_again_not_read_from_the_cache(tmp_path, tiny_ckpt):
+    make_folder(tmp_path / "a", n=1)
+    assert _eval(tmp_path / "a", tiny_ckpt, tmp_path / "out") == 0
+    write_rgb(tmp_path / "a" / "rgb" / "s0.png", np.zeros((H, W, 3)))  # re-exported since, same name
+    assert _eval(tmp_path / "a", tiny_ckpt, tmp_path / "out") == 0
+    summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert summary["n_cached_predictions"] == 0 and len(list((tmp_path / "out" / "predictions").glob("s0.*"))) == 2
+
+
 def test_eval_seam_pad_reaches_the_model(tmp_path, tiny_ckpt, tiny_model):
     from dap.inference import predict
 
@@ -496,7 +507,7 @@ def test_eval_seam_pad_reaches_the_model(tmp_path, tiny_ckpt, tiny_model):
     preds = {}
     for pad in ("0", "0.25"):  # 0.25 of 64 columns = one 16-pixel patch on each side; the default 1/16 is none
         assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / pad, "--seam-pad", pad) == 0
-        preds[pad] = read_depth(tmp_path / pad / "predictions" / "s0.npy")
+        preds[pad] = read_depth(next((tmp_path / pad / "predictions").glob("s0.*.npy")))
         stored = read_rgb(tmp_path / "data" / "rgb" / "s0.png")
         want = predict(stored, tiny_model, resolution=(32, 64), seam_pad=float(pad))
         np.testing.assert_allclose(preds[pad], np.where(want.range_mask, 100.0, want.depth), atol=1e-5)

@@ -411,6 +411,15 @@ def _file_stem(name: str) -> str:
     return stem if len(stem) <= 200 else f"{stem[:180]}-{hashlib.sha256(raw).hexdigest()[:16]}"
 
 
+def input_digest(rgb) -> str:
+    """12 hex digits of a panorama's pixels (and shape): a cached prediction is reused only for the very input
+    it was made from, not for a file of that name changed since."""
+    a = np.ascontiguousarray(rgb)
+    h = hashlib.blake2b(f"{a.shape}{a.dtype}".encode(), digest_size=6)
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
 # The depth files `dap predict --outputs npy|exr|png16` writes, looked up in this order
 SAVED_PREDICTION_SUFFIXES = tuple(OUTPUT_SUFFIXES[kind] for kind in ("npy", "exr", "png16"))
 
@@ -489,6 +498,8 @@ def evaluate(
     out = Path(out_dir) if out_dir is not None else None
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
+        # files named by sample and input digest: caches of the earlier layout (by name alone) are refused
+        cache_key = {**cache_key, "files": "<sample>.<input digest>.npy"}
         _check_cache(cache_dir, cache_key)
     if out is not None:  # this run's reports replace an earlier run's whole: no panel or table of it is left over
         for old in [*(out / "panels").glob("*.png"), out / "per_image.parquet", out / "per_image.csv"]:
@@ -547,7 +558,7 @@ def evaluate(
                     f"of range (--range-cap {cfg.range_cap:g} m)", []).append(name)
             pred = np.where(empty, np.float32(cfg.range_cap), pred)
         else:
-            path = cache_dir / f"{_file_stem(name)}.npy" if cache_dir is not None else None
+            path = None if cache_dir is None else cache_dir / f"{_file_stem(name)}.{input_digest(sample['rgb'])}.npy"
             if path is not None and path.exists():
                 pred = read_depth(path)
                 n_cached += 1

@@ -109,10 +109,19 @@ def test_matterport_stitched_png_and_pano3d_exr(tmp_path):
     assert a["name"] == "scanA/p1_rgb"
     assert np.all(a["depth"][0] == 0) and np.all(a["depth"][1:] == 1.5)
     assert np.all(b["depth"][1] == 0) and np.all(b["depth"][0] == 2.25) and np.isfinite(b["depth"]).all()
-    # without a split file: Pano3D renders are paired by name
+    # a list made on Windows, with a comment; found under the root when given by its name alone
+    (tmp_path / "win.txt").write_text("# rgb depth\r\nscanA\\p1_rgb.png scanA\\p1_depth.png\r\n")
+    assert [it.name for it in Matterport3D(tmp_path, split_file="win.txt").items] == ["scanA/p1_rgb"]
+    # without a split file: Pano3D renders are paired by name, through linked folders, never macOS's ._ files
     (tmp_path / "matterport3d_test.txt").unlink()
+    (tmp_path / "bldg" / "._v1_depth_0_Left_Down_0.0.exr").write_bytes(b"\x00\x05\x16\x07")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_other_disk"
+    rgb_png(elsewhere / "bldg2" / "v2_color_0_Left_Down_0.0.png")
+    write_exr(elsewhere / "bldg2" / "v2_depth_0_Left_Down_0.0.exr", exr)
+    (tmp_path / "bldg2").symlink_to(elsewhere / "bldg2")
+    (tmp_path / "bldg2" / "loop").symlink_to(tmp_path)  # a link back up the tree is walked once
     pano3d = Matterport3D(tmp_path)
-    assert [it.rgb.name for it in pano3d.items] == ["v1_color_0_Left_Down_0.0.png"]
+    assert [it.rgb.name for it in pano3d.items] == ["v1_color_0_Left_Down_0.0.png", "v2_color_0_Left_Down_0.0.png"]
     assert np.array_equal(pano3d[0]["depth"], b["depth"])
 
 
@@ -181,6 +190,10 @@ def test_deep360_loader_converts_cassini_npz(tmp_path):
     assert np.all(d[rays[..., 0] < -0.99] == 0)  # the invalid pole stays invalid, never blended
     with pytest.raises(DatasetLayoutError, match="ep1_500frames/validation/depth is missing"):
         Deep360(tmp_path, "val")
+    # an equirectangular (landscape) copy is not read as Cassini
+    write_rgb(tmp_path / "ep1_500frames" / "testing" / "rgb" / "000001_12_rgb1.png", np.zeros((wc, hc, 3)))
+    with pytest.raises(DatasetLayoutError, match=r"000001_12_rgb1.png is 32x16; Deep360 panoramas are Cassini"):
+        Deep360(tmp_path)[0]
 
 
 # ---------------------------------------------------------------------------------------- Structured3D

@@ -11,7 +11,9 @@ All decoding goes through dap.io. See docs/evaluation.md for units, splits and l
 from __future__ import annotations
 
 import csv
+import fnmatch
 import math
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -112,13 +114,53 @@ def _read_pair_list(path: Path) -> list[tuple[str, str]]:
                                  "'<rgb path> <depth path>' lines") from e
     pairs = []
     for number, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if len(parts) >= 2:
-            pairs.append((parts[0].lstrip("/"), parts[1].lstrip("/")))
-        elif parts and not parts[0].startswith("#"):  # one path alone: a list of the wrong kind
+        parts = line.replace("\\", "/").split()  # Windows-made lists use backslashes
+        if not parts or parts[0].startswith("#"):  # blank, or a comment
+            continue
+        if len(parts) == 1:  # one path: a list of the wrong kind (more than two: lists with extra columns exist)
             raise DatasetLayoutError(f"line {number} of the split file {path} holds one path ({parts[0]!r}); each "
-                                     "line needs '<rgb path> <depth path>'")
+                                     "line needs '<rgb path> <depth path>' (for paths with spaces, use the 'folder' "
+                                     "loader with a manifest.csv)")
+        pairs.append((parts[0].lstrip("/"), parts[1].lstrip("/")))
     return pairs
+
+
+def _split_file(root: str | Path, split_file: str | Path | None) -> Path | None:
+    """The split file as given, or under the dataset root when that is where it is (lists ship with the data)."""
+    if split_file is None:
+        return None
+    given = Path(split_file)
+    return Path(root) / given if not given.exists() and (Path(root) / given).is_file() else given
+
+
+def _visible(paths) -> list[Path]:
+    """Sorted, without hidden files: a dataset copied through macOS to an exFAT drive gets a `._<name>` beside
+    every file, which would match the loaders' patterns."""
+    return sorted(p for p in paths if not p.name.startswith("."))
+
+
+def _walk(root: Path, pattern: str) -> list[Path]:
+    """Files matching `pattern` anywhere below `root`, following symbolic links to folders (Path.rglob does not,
+    before Python 3.13: a building folder linked in from another disk was silently left out)."""
+    found, seen = [], set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree: walked once
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / f for f in fnmatch.filter(files, pattern)]
+    return found
+
+
+def _cassini(a: np.ndarray, path: Path) -> np.ndarray:
+    """`a` if it is a Cassini panorama (portrait, twice as high as wide), else a layout error naming `path`."""
+    h, w = a.shape[:2]
+    if h != 2 * w:
+        raise DatasetLayoutError(f"{path} is {w}x{h}; Deep360 panoramas are Cassini, twice as high as wide (e.g. "
+                                 "512x1024). An equirectangular copy belongs in the 'folder' loader, with a manifest")
+    return a
 
 
 def _strip_suffix(rel: str) -> str:
@@ -140,7 +182,7 @@ class Stanford2D3D(PanoDataset):
     METRES_PER_UNIT = 1 / 512
 
     def __init__(self, root: str | Path, split: str = "test", *, split_file: str | Path | None = None):
-        self.split_file = Path(split_file) if split_file is not None else None
+        self.split_file = _split_file(root, split_file)
         super().__init__(root, split)
 
     def _index(self) -> list[Item]:
@@ -164,7 +206,7 @@ class Stanford2D3D(PanoDataset):
             rgb_dir = self.root / area / "pano" / "rgb"
             if not rgb_dir.is_dir():
                 raise self.layout_error(f"the folder {area}/pano/rgb is missing")
-            for rgb in sorted(rgb_dir.glob("*_rgb.png")):
+            for rgb in _visible(rgb_dir.glob("*_rgb.png")):
                 depth = self.root / area / "pano" / "depth" / (rgb.name.removesuffix("_rgb.png") + "_depth.png")
                 items.append(Item(f"{area}/{rgb.name.removesuffix('_rgb.png')}", rgb, depth))
         return items
@@ -192,7 +234,7 @@ class Matterport3D(PanoDataset):
     PNG_METRES_PER_UNIT = 1 / 4000
 
     def __init__(self, root: str | Path, split: str = "test", *, split_file: str | Path | None = None):
-        self.split_file = Path(split_file) if split_file is not None else None
+        self.split_file = _split_file(root, split_file)
         super().__init__(root, split)
 
     def _index(self) -> list[Item]:
@@ -207,7 +249,7 @@ class Matterport3D(PanoDataset):
         if self.split_file is not None:
             raise self.layout_error(f"the split file {self.split_file} does not exist")
         items = []
-        for depth in sorted(self.root.rglob("*_depth*.exr")):
+        for depth in _visible(_walk(self.root, "*_depth*.exr")):
             rgb = depth.with_name(depth.name.replace("_depth", "_color", 1)).with_suffix(".png")
             items.append(Item(_strip_suffix(str(depth.relative_to(self.root))), rgb, depth))
         if not items:
@@ -293,16 +335,17 @@ class Deep360(PanoDataset):
             depth_dir = ep / sub / "depth"
             if not depth_dir.is_dir():
                 raise self.layout_error(f"the folder {ep.name}/{sub}/depth is missing")
-            for depth in sorted(depth_dir.glob("*_depth.npz")):
+            for depth in _visible(depth_dir.glob("*_depth.npz")):
                 frame = depth.name.removesuffix("_depth.npz")
                 items.append(Item(f"{ep.name}/{frame}", ep / sub / "rgb" / f"{frame}_12_rgb1.png", depth))
         return items
 
     def load_rgb(self, path: Path) -> np.ndarray:
-        return np.clip(cassini_to_erp(read_rgb(path), mode="bilinear"), 0.0, 1.0)
+        return np.clip(cassini_to_erp(_cassini(read_rgb(path), path), mode="bilinear"), 0.0, 1.0)
 
     def load_depth(self, path: Path) -> np.ndarray:
-        return cassini_to_erp(read_depth(path), mode="nearest")  # 'arr_0' (or 'depth', or the only array)
+        # 'arr_0' (or 'depth', or the only array)
+        return cassini_to_erp(_cassini(read_depth(path), path), mode="nearest")
 
 
 # ---------------------------------------------------------------------------------------- Structured3D

@@ -551,6 +551,26 @@ def _python(code: str) -> str:
     return proc.stdout.strip()
 
 
+def test_a_partly_transparent_panorama_says_how_much_of_it_is(d, tmp_path, capsys):
+    from PIL import Image
+
+    from dap.errors import InputWarning
+    from dap.inference import predict
+
+    rgba = np.random.default_rng(0).integers(0, 256, (32, 64, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "opaque.png")
+    rgba[:, :16, 3] = 0  # a quarter of it transparent (an unfinished stitch, say)
+    Image.fromarray(rgba).save(tmp_path / "hole.png")
+    argv = ["predict", str(tmp_path / "hole.png"), str(tmp_path / "opaque.png"), "--model", str(d / "ckpt"),
+            "--resolution", "32x64", "--outputs", "npy", "--out", str(tmp_path / "out")]
+    code, err = _run(argv, capsys)
+    assert code == 0
+    _check_one_line(err, "predict", ["warning", "hole.png", "25% of it is transparent"])
+    with pytest.warns(InputWarning, match="hole.png: 25% of it is transparent"):
+        predict(tmp_path / "hole.png", str(d / "ckpt"), resolution=(32, 64))
+
+
 def test_help_loads_no_heavy_library():
     heavy = "('torch', 'cv2', 'OpenEXR')"
     code = f"import sys, dap.cli; dap.cli.build_parser(); print([m for m in {heavy} if m in sys.modules])"

@@ -105,9 +105,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         raise DapError(f"{source}: got {len(image)} bytes of a file, not an image; pass its path, or decode it first: "
                        "dap.predict(PIL.Image.open(io.BytesIO(data)), ...)")
     if isinstance(image, (str, os.PathLike)):
-        rgb, frames = io.read_rgb_frames(image)
-        if frames > 1:
-            warnings.warn(f"{Path(image).name}: {first_frame_only(frames)}", InputWarning, stacklevel=2)
+        rgb, notes = io.read_rgb_notes(image)
+        for note in notes:
+            warnings.warn(f"{Path(image).name}: {note}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
         image = io.pil_to_rgb(image)  # as a file in its mode is read: 16-bit and float modes keep their range
@@ -145,11 +145,6 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
                        "255 (or pass them as uint8), expose linear HDR radiance with dap.io.tonemap_hdr, or clip "
                        "them to [0, 1]")
     return a
-
-
-def first_frame_only(frames: int) -> str:
-    return (f"the file holds {frames} frames (an animation or a multi-page image); only the first is predicted. "
-            "Save the frames as separate images, or a video as .mp4, to predict them all")
 
 
 def _split_batch(images) -> tuple[list, bool]:
@@ -722,7 +717,7 @@ NAMING_RULE = ("Output names: each input's path relative to the folder all input
 class InputItem:
     name: str  # output file stem, may hold sub-folders (see `output_names`)
     source: str  # what the user gave (for messages)
-    load: object  # () -> (float32 (H, W, 3) RGB, frames the file holds); None for a whole video (`iter_frames`)
+    load: object  # () -> (float32 (H, W, 3) RGB, notes on the file: `io.read_rgb_notes`); None for a whole video
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
@@ -834,7 +829,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
         if path.suffix.lower() in io.VIDEO_SUFFIXES:
             items.append(InputItem(name, str(path), None, str(path)))
         else:
-            items.append(InputItem(name, str(path), functools.partial(io.read_rgb_frames, path)))
+            items.append(InputItem(name, str(path), functools.partial(io.read_rgb_notes, path)))
     return items, ignored
 
 
@@ -854,7 +849,7 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_
                 h, w = frame.shape[:2]
                 if i == 0 and not (pad_to_erp and w > 2 * h):
                     geometry.check_erp_shape(h, w, what="each of its frames")
-                yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: (f, 1), item.video)
+                yield InputItem(f"{item.name}_{i:06d}", f"{item.source} frame {i}", lambda f=frame: (f, []), item.video)
             if i < 0:
                 failures.append((item.source, "the video holds no frames"))
         except DapError as e:

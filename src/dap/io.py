@@ -260,11 +260,11 @@ def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
 
     JPEG, PNG, WebP, TIFF and BMP, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
     (not composited), EXIF orientation is applied; of an animation or a multi-page file, the first frame
-    (`read_rgb_frames` also says how many it holds). HDR panoramas (.hdr, .exr with R, G, B or Y channels) are
+    (`read_rgb_notes` also says so). HDR panoramas (.hdr, .exr with R, G, B or Y channels) are
     tone-mapped to what a camera would have saved (`tonemap_hdr`). ``require_erp`` raises ``NotPanoramaError``
     unless 2:1. Missing, truncated or undecodable files raise ``UnreadableFileError``.
     """
-    return read_rgb_frames(path, require_erp=require_erp)[0]
+    return read_rgb_notes(path, require_erp=require_erp)[0]
 
 
 def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | None = HDR_CLIP_SHARE,
@@ -413,9 +413,10 @@ def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
     return PhotoSphere(**values)
 
 
-def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, int]:
-    """`read_rgb`'s image, and how many frames (pages) the file holds: 1 for a still image, more for an animated
-    GIF, WebP or PNG or a multi-page TIFF."""
+def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, list[str]]:
+    """`read_rgb`'s image, and what the reader should tell its user about the file (none for most): that only the
+    first of its frames was read (an animated GIF, WebP or PNG, a multi-page TIFF), that part of it is transparent.
+    Returned, not warned: `dap predict` decodes on a thread, where warnings cannot be caught reliably."""
     path = _check_file(path)
     if path.suffix.lower() in VIDEO_SUFFIXES:
         raise UnreadableFileError(f"{path} is a video, not an image: predict its frames with `dap predict`, or read "
@@ -427,9 +428,9 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
         )
     try:
         if path.suffix.lower() in HDR_SUFFIXES:
-            rgb, frames = _read_hdr(path), 1
+            rgb, notes = _read_hdr(path), []
         else:
-            rgb, frames = _read_ldr(path)
+            rgb, notes = _read_ldr(path)
     except DapError:
         raise
     except Image.DecompressionBombError as e:
@@ -442,23 +443,38 @@ def read_rgb_frames(path: PathLike, *, require_erp: bool = False) -> tuple[np.nd
         raise _unreadable(path, e) from e
     if require_erp:
         check_erp_shape(rgb.shape[0], rgb.shape[1], what=str(path))
-    return np.ascontiguousarray(rgb, dtype=np.float32), frames
+    return np.ascontiguousarray(rgb, dtype=np.float32), notes
 
 
-def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
+def _transparent_share(img: Image.Image) -> float:
+    """The share of an image's pixels that its alpha (or palette transparency) makes mostly transparent."""
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if "A" not in img.getbands():
+        return 0.0
+    return float(np.mean(np.asarray(img.getchannel("A")) < 128))
+
+
+def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
     """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF
-    orientation says (except a turn by 90 degrees of a 2:1 image), and its frame count."""
+    orientation says (except a turn by 90 degrees of a 2:1 image), and `read_rgb_notes`' notes."""
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise
-        return _read_tiff_opencv(path), 1  # a float RGB TIFF, which Pillow does not decode
+        return _read_tiff_opencv(path), []  # a float RGB TIFF, which Pillow does not decode
     with img:
         deep_colour = _is_16bit_colour(img)
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
-        frames = int(getattr(img, "n_frames", 1))
+        notes = []
+        if (frames := int(getattr(img, "n_frames", 1))) > 1:
+            notes.append(f"the file holds {frames} frames (an animation or a multi-page image); only the first is "
+                         "predicted. Save the frames as separate images, or a video as .mp4, to predict them all")
+        if (share := _transparent_share(img)) > 0.01:  # alpha is dropped: those pixels keep their stored colour
+            notes.append(f"{share:.0%} of it is transparent; those pixels are read as the colour stored under the "
+                         "transparency (often black), and get depth like any other. Fill them or crop them first")
         # An orientation that turns by 90 degrees would make a 2:1 panorama 1:2, which no 360 camera makes: such a
         # tag is wrong (some editors and phone galleries add one) and the stored pixels are the panorama. Not a
         # warning: the CLI decodes on a thread, where Python 3.11's warning capture is not thread-safe.
@@ -475,7 +491,7 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, int]:
             rgb /= 65535.0
         else:
             rgb = pil_to_rgb(img)
-    return rgb, frames
+    return rgb, notes
 
 
 def _read_tiff_opencv(path: Path) -> np.ndarray:

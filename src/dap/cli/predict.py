@@ -24,7 +24,6 @@ from dap.inference import (
     check_seam_pad,
     dangling_link,
     expand_inputs,
-    first_frame_only,
     input_identity,
     iter_frames,
     model_fingerprint,
@@ -277,7 +276,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
                                                "into another --out"))
             continue
         try:
-            rgb, frames = item.load()
+            rgb, notes = item.load()
             # a partial panorama's place in the sphere, from its file's Photo Sphere XMP (a header read, here on
             # the decoding thread)
             top = (photo_sphere_top(io.read_photo_sphere(item.source), *rgb.shape[:2])
@@ -285,7 +284,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, (record, expected), rgb, top, [first_frame_only(frames)] if frames > 1 else []
+        yield seq, item, paths, (record, expected), rgb, top, notes
     failures.extend((seq + 1, *f) for f in video_failures)
 
 

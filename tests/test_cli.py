@@ -357,6 +357,21 @@ def test_an_error_in_a_data_loader_worker_is_reported_without_its_traceback():
     assert _without_worker_traceback(str(e.value)).strip() == "cannot read shard a.tar: bad.\nDelete it"
 
 
+def test_a_torchrun_process_whose_peer_failed_says_so_in_one_line(d, tmp_path, capsys, monkeypatch):
+    def cut_off(args):  # what gloo raises in a collective when the other process has died
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:29500")
+
+    monkeypatch.setattr("dap.cli.synth.run", cut_off)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, err = _run(["synth", "--count", "1", "--out", str(tmp_path / "s")], capsys)
+    assert code == 1
+    _check_one_line(err, "synth", ["stopped: another process of this run failed (its error is printed above)"])
+    monkeypatch.setenv("WORLD_SIZE", "1")  # alone, the same error is a bug: its traceback is kept
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(["synth", "--count", "1", "--out", str(tmp_path / "s")])
+
+
 def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
     import subprocess

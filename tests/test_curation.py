@@ -410,6 +410,21 @@ def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
     assert a.keys() == b.keys() and all(np.isfinite(v) for v in a.values())
     assert all(abs(a[k] - b[k]) < 1e-6 for k in a)
     assert sorted(f.name for f in (two / "scores").iterdir()) == ["stage1-rank0-of-2.json", "stage1-rank1-of-2.json"]
+    # one rank fails (a label file gone): the manifest is left as it was, never merged with the earlier run's part
+    # file of that rank, and the other rank says why it stopped in one line, without a traceback
+    from dap.curation.label import rank_rows
+
+    rows = read_manifest(two)
+    (two / rows[rank_rows(rows, 1, 2)[0]]["stage1_label"]).unlink()
+    before = (two / "manifest.parquet").read_bytes()
+    torch.manual_seed(1)
+    D.save_discriminator(D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval(),
+                         tmp_path / "disc1")
+    cmd[cmd.index(str(tmp_path / "disc"))] = str(tmp_path / "disc1")
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode != 0 and (two / "manifest.parquet").read_bytes() == before
+    assert "another process of this run failed (its error is printed above)" in out.stderr, out.stderr[-3000:]
+    assert "[rank0]: Traceback" not in out.stderr
 
 
 # ------------------------------------------------------------------------------------------ discriminator

@@ -41,6 +41,10 @@ class ConfigError(DapError, ValueError):
     """A config file or a command-line value is invalid: unknown key, wrong type, bad YAML, value out of range."""
 
 
+class PeerFailedError(DapError, RuntimeError):
+    """Another process of a torchrun job failed (and printed its own error); this one stops without a traceback."""
+
+
 class InputWarning(UserWarning):
     """An input that can be processed but whose result is doubtful (NaN pixels, a panorama a few pixels across).
     `dap predict` reports each one with the file it came from."""

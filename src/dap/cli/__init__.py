@@ -260,6 +260,13 @@ def _without_worker_traceback(text: str) -> str:
     return text[raised[-1].end():] if raised else text
 
 
+def _lost_a_peer(e: RuntimeError) -> bool:
+    """Whether a torchrun process's error is a collective cut off by another process that failed (which prints
+    its own error): gloo's and NCCL's words for a peer that went away."""
+    peers = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl communicator was aborted")
+    return int(os.environ.get("WORLD_SIZE", 1)) > 1 and any(p in str(e).lower() for p in peers)
+
+
 class Terminated(BaseException):
     """SIGTERM, raised where the main thread is, so that what a command writes is cleaned up as after Ctrl-C
     (temporary files removed by `dap.io.atomic_write`, threads stopped) instead of the process dying mid-write."""
@@ -303,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     except Terminated:
         print(f"{name}: terminated", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except RuntimeError as e:
+        if not _lost_a_peer(e):
+            raise
+        print(f"{name}: stopped: another process of this run failed (its error is printed above)", file=sys.stderr)
+        return 1
     except OSError as e:
         if isinstance(e, BrokenPipeError) and _stdout_closed():
             # The reader went away (`dap models | head`): stop quietly, as command-line tools do, with the

@@ -139,8 +139,10 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
                                **{k: float(res[k][b]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")})
                 done += len(idx)
                 bar.update(len(idx))
-        if d.world > 1:
-            dist.barrier()
+        if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
+            count = torch.tensor([done], device=d.device)  # nccl reduces CUDA tensors only
+            dist.all_reduce(count)
+            done = int(count.item())
         merged = merge_labels(pool, stage, o.outdoor_sky_fraction) if d.main else {}
         if d.world > 1:
             dist.barrier()

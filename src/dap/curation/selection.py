@@ -35,28 +35,33 @@ def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = 
     from dap.curation.label import rank_rows
     from dap.io import atomic_write
     from dap.train import setup_distributed
+    from dap.train.distributed import all_succeeded
 
     pool = Path(pool)
     d = setup_distributed("cpu")  # a few hundred thousand parameters: the CPU keeps GPUs free for labeling
     try:
-        rows = read_manifest(pool)
-        mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
-        if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
-            raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
-        scores: dict[str, float] = {}
-        for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress, dynamic_ncols=True):
-            part = mine[start:start + batch_size]
-            arrays = [labelled_arrays(pool, r, stage) for r in part]
-            rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
-            depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
-            oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
-            batch = model.score(discriminator_input(rgb, depth, oor, model.cfg))
-            scores.update(zip((r["id"] for r in part), batch.tolist(), strict=True))
-        part_file = pool / "scores" / f"{stage}-rank{d.rank}-of-{d.world}.json"
-        with atomic_write(part_file) as tmp:
-            tmp.write_text(json.dumps(scores))
-        if d.world > 1:
-            dist.barrier()
+        failure, scores = None, {}
+        try:
+            rows = read_manifest(pool)
+            mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
+            if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
+                raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
+            for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress,
+                              dynamic_ncols=True):
+                part = mine[start:start + batch_size]
+                arrays = [labelled_arrays(pool, r, stage) for r in part]
+                rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
+                depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
+                oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
+                batch = model.score(discriminator_input(rgb, depth, oor, model.cfg))
+                scores.update(zip((r["id"] for r in part), batch.tolist(), strict=True))
+            part_file = pool / "scores" / f"{stage}-rank{d.rank}-of-{d.world}.json"
+            with atomic_write(part_file) as tmp:
+                tmp.write_text(json.dumps(scores))
+        except Exception as e:  # noqa: BLE001 - raised below, once every rank knows
+            failure = e
+        # Merged only if every rank wrote its part now: a part left by an earlier run must never stand in for one
+        all_succeeded(d, failure)
         if not d.main:
             return len(scores)
         merged: dict[str, float] = {}
@@ -68,8 +73,6 @@ def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = 
         write_manifest(pool, rows)
         return len(merged)
     finally:
-        if d.world > 1:
-            dist.barrier()
         if d.initialised_here:
             dist.destroy_process_group()
 

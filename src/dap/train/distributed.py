@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from dap.errors import DapError
+from dap.errors import DapError, PeerFailedError
 
 
 @dataclass
@@ -59,6 +59,15 @@ def any_rank(flag: bool, d: Dist) -> bool:
     t = torch.tensor([float(flag)], device=d.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def all_succeeded(d: Dist, failure: BaseException | None) -> None:
+    """Every rank calls this after a step it must not go past unless all ranks succeeded: raises `failure` on the
+    rank that had it, and on the others a DapError saying another process failed (it prints its own error)."""
+    if any_rank(failure is not None, d) and failure is None:
+        raise PeerFailedError("another process of this run failed (its error is printed above); nothing was merged")
+    if failure is not None:
+        raise failure
 
 
 def barrier(d: Dist) -> None:

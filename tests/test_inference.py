@@ -88,6 +88,12 @@ def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(tiny_model, chec
     Image.fromarray(part).save(tmp_path / "plain.jpg")
     assert io.read_photo_sphere(tmp_path / "top8.png") == io.PhotoSphere(64, 32, 0, 8, 64, 24)
     assert io.read_photo_sphere(tmp_path / "plain.jpg") is None
+    for bad in (photo_sphere_xmp(0, 0, 0, 0, 0, 0), photo_sphere_xmp("inf", 32, 0, 8, 64, 24),  # as if none
+                photo_sphere_xmp(64, 32, 0, -10, 64, 24), photo_sphere_xmp(64, 32, 0, 9999, 64, 24)):
+        Image.fromarray(part).save(tmp_path / "bad.jpg", xmp=bad)
+        assert io.read_photo_sphere(tmp_path / "bad.jpg") is None
+        assert predict(str(tmp_path / "bad.jpg"), tiny_model, resolution=(32, 64), pad_to_erp=True).valid_rows == \
+            slice(4, 28)  # centred, as without an XMP
     # its numbers are in the pixels the XMP was written for (1024 wide): scaled to the image's 64, row 32 is row 2
     for name, rows in (("top2.jpg", slice(2, 26)), ("top8.png", slice(8, 32)), ("plain.jpg", slice(4, 28))):
         res = predict(str(tmp_path / name), tiny_model, resolution=(32, 64), pad_to_erp=True)

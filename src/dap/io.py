@@ -393,7 +393,8 @@ _GPANO_FIELDS = {"full_width": "FullPanoWidthPixels", "full_height": "FullPanoHe
 
 def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
     """The Photo Sphere XMP of a JPEG, PNG, WebP or TIFF (phones and stitchers write it for panoramas, also for
-    ones that do not cover the whole sphere), or None when the file has none, or not all six numbers."""
+    ones that do not cover the whole sphere), or None when the file has none, not all six numbers, or numbers that
+    cannot describe an image in its panorama (zero or negative sizes, rows outside the panorama)."""
     try:
         with Image.open(path) as img:
             xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp") or ""
@@ -408,9 +409,11 @@ def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
         m = re.search(rf'GPano:{name}\s*=\s*["\']([^"\']+)["\']|<GPano:{name}>\s*([^<]+?)\s*</GPano:{name}>', text)
         try:
             values[field] = int(float((m.group(1) or m.group(2)) if m else ""))
-        except ValueError:
+        except (ValueError, OverflowError):  # missing, not a number, or infinite
             return None
-    return PhotoSphere(**values)
+    sphere = PhotoSphere(**values)
+    inside = 0 <= sphere.top and sphere.top + sphere.height <= sphere.full_height  # (left may wrap around 360)
+    return sphere if min(sphere.full_width, sphere.full_height, sphere.width, sphere.height) > 0 and inside else None
 
 
 def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, list[str]]:

@@ -290,9 +290,14 @@ def test_texture_bank_from_package_and_folders(tmp_path):
         Image.fromarray(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8)).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
     write_depth(tmp_path / "b.exr", np.ones((256, 512), np.float32))  # a depth map beside its photo: no texture
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07 macOS metadata")  # hidden: not a texture
     folder = load_texture_tiles([str(tmp_path)])
     assert folder.shape[1:] == (TILE, TILE, 3) and len(folder) == 2 * 16
     assert np.array_equal(folder, load_texture_tiles([str(tmp_path)]))  # deterministic
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")  # one bad photo costs its crops, not the run
+    Image.fromarray(rng.integers(0, 255, (1, 4096, 3), dtype=np.uint8)).save(tmp_path / "strip.png")  # no crops
+    unreadable: list[str] = []
+    assert len(load_texture_tiles([str(tmp_path)], unreadable)) == 2 * 16 and unreadable == ["broken.jpg"]
     with pytest.raises(DapError, match="does not exist"):
         load_texture_tiles([str(tmp_path / "missing")])
     (tmp_path / "empty").mkdir()

@@ -240,6 +240,7 @@ def _quiet_decoders() -> None:
     import warnings
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # its decoders' "[ERROR] ... can't read header" lines
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -45,7 +46,11 @@ def run(args: argparse.Namespace) -> int:
             get_style(style)
         except ValueError as e:
             raise DapError(f"--texture-dir: {e}") from None
-        load_texture_tiles(dirs)  # fail now, not in a worker, on a missing folder or one without images
+        unreadable: list[str] = []
+        load_texture_tiles(dirs, unreadable)  # fail now, not in a worker, on a missing folder or one without images
+        if unreadable:
+            print(f"dap synth: note: {len(unreadable)} texture image(s) cannot be read and are left out: "
+                  f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}", file=sys.stderr)
     start = time.perf_counter()
     manifest = write_dataset(args.out, args.count, kind=args.kind, style=style, resolution=args.resolution,
                              workers=args.workers, shard_size=args.shard_size, seed=args.seed,

@@ -164,9 +164,10 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
             for job in jobs:
                 _write_shard(job, lambda: bar.update(1))
         else:
-            threads = max(1, (os.cpu_count() or 1) // workers)
+            processes = min(workers, len(jobs))  # each one imports torch: none without a shard to render
+            threads = max(1, (os.cpu_count() or 1) // processes)
             # spawn: forking a process that already ran torch ops can deadlock its thread pool
-            with mp.get_context("spawn").Pool(workers, _worker_init, (threads,)) as pool:
+            with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
                 for n in pool.imap_unordered(_write_shard, jobs):
                     bar.update(n)
     return write_manifest(root)

@@ -893,6 +893,8 @@ def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.
     the band between 35 degrees above and 60 below the horizon of a panorama, where ERP stretching is small.
     Large images are first shrunk to 1024 wide so a crop shows a patch of a scene rather than a few pixels."""
     h, w = rgb.shape[:2]
+    if max(h, w) > 16 * min(h, w):  # a strip: enlarging its short side to a tile would make the long one huge
+        return []
     if w > 1024 or min(h, w) < TILE:
         f = max(1024 / w if w > 1024 else 1.0, TILE / min(h, w))
         rgb = cv2.resize(rgb, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA)
@@ -909,9 +911,10 @@ def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.
     return out
 
 
-def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
+def load_texture_tiles(dirs: tuple[str, ...] | list[str] = (), unreadable: list[str] | None = None) -> np.ndarray:
     """Photo crops (N, TILE, TILE, 3) uint8: the bank shipped with the package (`dirs` empty; see
-    assets/synth_textures_credits.csv) or crops cut from every image in the folders (deterministic)."""
+    assets/synth_textures_credits.csv) or crops cut from every image in the folders (deterministic). Images that
+    cannot be read are left out, their names appended to `unreadable`."""
     from dap.io import IMAGE_SUFFIXES, is_image_file, read_rgb
 
     if not dirs:
@@ -921,14 +924,20 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = ()) -> np.ndarray:
     for d in dirs:
         if not Path(d).is_dir():
             raise DapError(f"texture folder {d} does not exist; pass a folder of photos ({', '.join(IMAGE_SUFFIXES)})")
-    files = sorted(f for d in dirs for f in Path(d).iterdir() if is_image_file(f))
+    # the folders' own images, not their sub-folders' nor hidden files (macOS's ._ files beside each photo)
+    files = sorted(f for d in dirs for f in Path(d).iterdir() if is_image_file(f) and not f.name.startswith("."))
     if not files:
         raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, dirs))}; pass folders of "
                        "photos")
     per_image = max(1, min(16, 512 // len(files)))  # a bank of at most ~512 crops (~25 MB in memory)
     tiles = []
     for f in files:
-        rgb = (read_rgb(f) * 255 + 0.5).astype(np.uint8)
+        try:
+            rgb = (read_rgb(f) * 255 + 0.5).astype(np.uint8)
+        except DapError:  # one bad photo costs its crops, not the run
+            if unreadable is not None:
+                unreadable.append(f.name)
+            continue
         tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(f.name.encode())))
     if not tiles:
         raise DapError(f"the images in {', '.join(map(str, dirs))} are all blank or smaller than {TILE} pixels")

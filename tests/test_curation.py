@@ -133,7 +133,8 @@ def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path
                     IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
     assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
     rows = {Path(r["path"]).name: r for r in read_manifest(tmp_path / "pool")}
-    assert "no colour channels" in rows["room_depth.exr"]["reason"] and "depth map" in rows["room_depth.exr"]["reason"]
+    reason = rows["room_depth.exr"]["reason"]
+    assert "not all three of R, G and B" in reason and "depth map" in reason
     assert ingest([str(src)], tmp_path / "pool2", IngestOptions(min_width=SMALL, max_tilt_deg=90),
                   progress=False) == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
     stored = read_rgb(tmp_path / "pool" / rows["room.hdr"]["image"])

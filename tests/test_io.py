@@ -267,7 +267,7 @@ def test_hdr_and_exr_panoramas_read_tone_mapped(tmp_path, rng):
 def test_depth_exr_npy_and_broken_hdr_inputs_say_what_they_are(tmp_path, rng):
     io.write_depth(tmp_path / "depth.exr", rng.random((H, W)).astype(np.float32) + 1)
     assert io.is_depth_exr(tmp_path / "depth.exr")
-    with pytest.raises(UnreadableFileError, match=r"no colour channels \(R, G, B or Y\), only Z; a depth map"):
+    with pytest.raises(UnreadableFileError, match=r"EXR channels are Z, not all three of R, G and B .*; a depth map"):
         io.read_rgb(tmp_path / "depth.exr")
     np.save(tmp_path / "pano.npy", rng.random((H, W, 3)).astype(np.float32))
     with pytest.raises(UnreadableFileError, match=r"a \.npy file holds an array, not an image.*numpy\.load"):

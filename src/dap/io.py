@@ -336,9 +336,9 @@ def _read_exr_rgb(path: Path) -> np.ndarray:
     layer = _exr_colour_layer(set(channels))
     if layer is None:
         raise UnreadableFileError(
-            f"cannot read {path} as a panorama: the EXR has no colour channels (R, G, B or Y), only "
-            f"{', '.join(sorted(channels)) or 'none'}; a depth map (such as `dap predict --outputs exr` writes) is no "
-            "input. Pass the colour panorama instead."
+            f"cannot read {path} as a panorama: its EXR channels are {', '.join(sorted(channels)) or 'none'}, not all "
+            "three of R, G and B (or Y for grey); a depth map (such as `dap predict --outputs exr` writes) is no "
+            "input. Pass the colour panorama, with R, G and B."
         )
     prefix, kind = layer
     planes = [np.asarray(channels[prefix + c].pixels, dtype=np.float32) for c in kind]

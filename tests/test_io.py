@@ -710,7 +710,7 @@ def test_a_float_colour_tiff_is_read_through_opencv(tmp_path):
     cv2.imwrite(str(tmp_path / "f.tif"), rgb[..., ::-1])  # OpenCV writes BGR; Pillow cannot open float RGB TIFFs
     np.testing.assert_array_equal(io.read_rgb(tmp_path / "f.tif"), rgb)
     cv2.imwrite(str(tmp_path / "hdr.tif"), rgb * 40)
-    with pytest.raises(DapError, match=r"hdr.tif is a float TIFF with pixels over .*, not 0..1"):
+    with pytest.raises(DapError, match=r"hdr.tif, a float TIFF, has pixels over .*, not 0..1"):
         io.read_rgb(tmp_path / "hdr.tif")
 
 
@@ -721,7 +721,7 @@ def test_a_float_grey_tiff_is_read_only_in_0_to_1(tmp_path):
     Image.fromarray(grey, mode="F").save(tmp_path / "unit.tif")
     np.testing.assert_allclose(io.read_rgb(tmp_path / "unit.tif")[..., 1], grey, atol=1e-7)
     Image.fromarray(grey * 255, mode="F").save(tmp_path / "bytes.tif")  # 0-255 values: clipped, a white image
-    with pytest.raises(DapError, match=r"a 32-bit float grey image \(mode F\) with pixels over 0..255, not 0..1"):
+    with pytest.raises(DapError, match=r"a 32-bit float grey image \(mode F\) has pixels over 0..255, not 0..1"):
         io.read_rgb(tmp_path / "bytes.tif")
 
 

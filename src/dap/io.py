@@ -506,12 +506,19 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     if np.issubdtype(a.dtype, np.integer):
         rgb = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
     else:
-        rgb = np.nan_to_num(a.astype(np.float32), nan=0.0)
-        lo, hi = float(rgb.min()), float(rgb.max())
-        if lo < 0 or hi > 1:
-            raise DapError(f"{path} is a float TIFF with pixels over {lo:g}..{hi:g}, not 0..1: save it as an 8- or "
-                           "16-bit image, or as EXR/HDR if it holds linear radiance")
+        rgb = _float_pixels(a.astype(np.float32), f"{path}, a float TIFF,")
     return np.ascontiguousarray(np.broadcast_to(rgb, (*rgb.shape[:2], 3)))
+
+
+def _float_pixels(a: np.ndarray, what: str) -> np.ndarray:
+    """Float pixels of an image file, NaN as 0, which must lie in 0..1: 0-255 values or linear radiance, clipped,
+    would give a white (or black) image."""
+    a = np.nan_to_num(a, nan=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    if lo < 0 or hi > 1:
+        raise DapError(f"{what} has pixels over {lo:g}..{hi:g}, not 0..1: save it as an 8- or 16-bit image, or as "
+                       "EXR/HDR if it holds linear radiance")
+    return a
 
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
@@ -523,11 +530,7 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
         gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
-        gray = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)
-        lo, hi = float(gray.min()), float(gray.max())
-        if lo < 0 or hi > 1:  # 0-255 values or linear radiance: clipping would give a white (or black) image
-            raise DapError(f"a 32-bit float grey image (mode F) with pixels over {lo:g}..{hi:g}, not 0..1: save it "
-                           "as an 8- or 16-bit image, or as EXR/HDR if it holds linear radiance")
+        gray = _float_pixels(np.asarray(img, dtype=np.float32), "a 32-bit float grey image (mode F)")
         return np.repeat(gray[..., None], 3, axis=2)
     rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
     rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32

@@ -372,6 +372,22 @@ def test_a_torchrun_process_whose_peer_failed_says_so_in_one_line(d, tmp_path, c
         main(["synth", "--count", "1", "--out", str(tmp_path / "s")])
 
 
+def test_a_folder_another_run_is_writing_is_refused(d, tmp_path, capsys):
+    from dap.io import folder_lock
+
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {height: 32, width: 64, batch_size: 1, sources: [{kind: rooms, size: 2}]}\n"
+                      "run: {steps: 1, device: cpu, progress: false}\n")
+    with folder_lock(tmp_path / "busy", "dap train (process 12345)"):
+        for argv in (["synth", "--count", "1", "--resolution", "32x64", "--out", str(tmp_path / "busy")],
+                     ["train", "--config", str(config), "--out", str(tmp_path / "busy")],
+                     ["curate", "ingest", str(d / "pano.png"), "--pool", str(tmp_path / "busy")]):
+            code, err = _run(argv, capsys)
+            assert code == 2, err
+            assert f"{tmp_path / 'busy'} is in use by dap train (process 12345)" in err, err
+    assert _run(["synth", "--count", "1", "--resolution", "32x64", "--out", str(tmp_path / "busy")], capsys)[0] == 0
+
+
 def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
     import subprocess
@@ -404,6 +420,17 @@ def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkey
     # no partial output; only the record that says the outputs were being written (a rerun makes them again)
     assert [p.name for p in out.iterdir()] == [".pano.dap.json"]
     assert json.loads((out / ".pano.dap.json").read_text())["complete"] is False
+
+
+def test_a_short_write_without_an_error_number_is_said_as_a_full_disk(d, tmp_path, capsys, monkeypatch):
+    def short(path, *args, **kwargs):  # what numpy raises when the disk fills mid-write
+        raise OSError("32768 requested and 31712 written")
+
+    monkeypatch.setattr("dap.io.write_depth", short)
+    code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                      "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
+    assert code == 1
+    _check_one_line(err, "predict", ["no space left on device", "free"])
 
 
 @pytest.mark.parametrize("filename", [None, "out/pano.npy", "out/.pano.npy.0123456789ab.tmp.npy"])

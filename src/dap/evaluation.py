@@ -487,7 +487,7 @@ def evaluate(
     file per sample, named by `_file_stem`) and reused by a run with the same key; another key is refused.
     Returns the summary that goes into metrics.json.
     """
-    from dap.io import read_depth, write_depth, write_rgb
+    from dap.io import folder_lock
 
     cfg = config or EvalConfig()
     if (predictor is None) == (predictions_dir is None):
@@ -496,6 +496,16 @@ def evaluate(
         if proto not in PROTOCOLS:
             raise ValueError(f"unknown protocol {proto!r}; choose from {', '.join(PROTOCOLS)}")
     out = Path(out_dir) if out_dir is not None else None
+    if out is not None:  # one run writes an --out at a time: two would mix their cached predictions
+        with folder_lock(out, "dap eval"):
+            return _evaluate(dataset, predictor, cfg, out, predictions_dir, cache_key, progress)
+    return _evaluate(dataset, predictor, cfg, out, predictions_dir, cache_key, progress)
+
+
+def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions_dir, cache_key: dict | None,
+              progress: bool) -> dict:
+    from dap.io import read_depth, write_depth, write_rgb
+
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
         # files named by sample and input digest: caches of the earlier layout (by name alone) are refused

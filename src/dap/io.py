@@ -55,6 +55,36 @@ def temporary_path(path: Path, token: str | None = None) -> Path:
 
 
 @contextlib.contextmanager
+def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
+    """Hold `folder` for this process while the block runs; another process asking for it meanwhile gets a
+    DapError naming `what` holds it. Two runs writing one output folder at once (two `dap train --out run`, two
+    ingests into one pool) would mix or lose each other's files. The lock is a file in the system's temporary
+    folder, named by the folder's real path, so nothing is left in the user's folder; it guards one machine."""
+    import fcntl
+    import hashlib
+    import tempfile
+
+    real = os.path.realpath(folder)
+    locks = Path(tempfile.gettempdir()) / "dap-locks"
+    locks.mkdir(exist_ok=True)
+    with open(locks / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise DapError(f"{folder} is in use by {holder}; wait for it to finish, or choose another folder") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{what} (process {os.getpid()})")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def atomic_write(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it replaces ``path`` atomically.
 

@@ -213,7 +213,8 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str:
     if e.filename and (temporary := re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp(\.[^.]*)?", Path(e.filename).name)):
         where = Path(e.filename).with_name(temporary[1])  # atomic_write's temporary: name the file being written
     at = f", {where}" if where else ""
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written", str(e)):
+        # (the second: numpy's words for a short write, with no error number: a full disk or a file size limit)
         return f"no space left on device{at}; free some space or choose another --out"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{(e.strerror or 'permission denied').lower()}{at}; check the permissions or choose another --out"

@@ -191,7 +191,16 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
 
 def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None = None,
            progress: bool = True) -> dict[str, int]:
-    """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome."""
+    """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome. One ingest
+    into a pool at a time: each writes the manifest it read plus its rows, so a second one would lose the first's."""
+    from dap.io import folder_lock
+
+    with folder_lock(pool, "dap curate ingest"):
+        return _ingest(sources, pool, options, progress)
+
+
+def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None,
+            progress: bool) -> dict[str, int]:
     from tqdm import tqdm
 
     from dap.io import write_rgb

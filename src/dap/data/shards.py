@@ -35,7 +35,7 @@ from PIL import Image
 from dap.data.synthetic import RENDERER_VERSION, depth_stats, get_style, kind_for_seed, make_scene, render
 from dap.errors import DapError, DatasetLayoutError, UnreadableFileError
 from dap.geometry import check_erp_shape
-from dap.io import atomic_write
+from dap.io import atomic_write, folder_lock
 
 MANIFEST = "manifest.parquet"
 CONFIG = "synth_config.json"
@@ -128,49 +128,50 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     check_erp_shape(*resolution, "resolution")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
-    cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
-               resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
-    cfg_path = root / CONFIG
-    # The settings bind the folder only once a shard exists: a run stopped before its first shard (rejected,
-    # interrupted) must not block the corrected rerun.
-    if cfg_path.exists() and any(root.glob("shard-*.tar")):
-        try:
-            old = json.loads(cfg_path.read_text())
-            if not isinstance(old, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            raise DapError(f"cannot read {cfg_path} ({e}); the shards beside it cannot be resumed safely. Choose a "
-                           "new --out folder, or delete the folder to render it again.") from e
-        if old != cfg:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
-            raise DapError(f"{root} holds a dataset written with other settings ({diff}). Rerun with the same "
-                           "settings to resume it, or choose a new --out folder.")
-    else:
-        with atomic_write(cfg_path) as tmp:
-            tmp.write_text(json.dumps(cfg, sort_keys=True, indent=1))
-    for stale in root.glob(".shard-*.tmp.tar"):  # left by a killed run: that shard is redone
-        stale.unlink()
-
-    n_shards = -(-count // shard_size)
-    # Shards are written whole (atomic_write), but a copy or a disk can still cut one short: only a shard that reads
-    # back with all its samples' members is kept, the rest are rendered again
-    todo = [s for s in range(n_shards) if not _shard_complete(root / shard_name(s), s, shard_size, count)]
-    done = count - sum(min((s + 1) * shard_size, count) - s * shard_size for s in todo)
-    from tqdm import tqdm
-
-    with tqdm(total=count, initial=done, unit="pano", desc="dap synth", disable=not progress) as bar:
-        jobs = [(str(root), s, cfg, device) for s in todo]
-        if workers == 1 or len(jobs) <= 1:
-            for job in jobs:
-                _write_shard(job, lambda: bar.update(1))
+    with folder_lock(root, "dap synth"):  # a second run into it would delete this one's shard in progress
+        cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
+                   resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
+        cfg_path = root / CONFIG
+        # The settings bind the folder only once a shard exists: a run stopped before its first shard (rejected,
+        # interrupted) must not block the corrected rerun.
+        if cfg_path.exists() and any(root.glob("shard-*.tar")):
+            try:
+                old = json.loads(cfg_path.read_text())
+                if not isinstance(old, dict):
+                    raise ValueError("not a JSON object")
+            except (OSError, ValueError) as e:
+                raise DapError(f"cannot read {cfg_path} ({e}); the shards beside it cannot be resumed safely. Choose a "
+                               "new --out folder, or delete the folder to render it again.") from e
+            if old != cfg:
+                diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
+                raise DapError(f"{root} holds a dataset written with other settings ({diff}). Rerun with the same "
+                               "settings to resume it, or choose a new --out folder.")
         else:
-            processes = min(workers, len(jobs))  # each one imports torch: none without a shard to render
-            threads = max(1, (os.cpu_count() or 1) // processes)
-            # spawn: forking a process that already ran torch ops can deadlock its thread pool
-            with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
-                for n in pool.imap_unordered(_write_shard, jobs):
-                    bar.update(n)
-    return write_manifest(root)
+            with atomic_write(cfg_path) as tmp:
+                tmp.write_text(json.dumps(cfg, sort_keys=True, indent=1))
+        for stale in root.glob(".shard-*.tmp.tar"):  # left by a killed run: that shard is redone
+            stale.unlink()
+
+        n_shards = -(-count // shard_size)
+        # Shards are written whole (atomic_write), but a copy or a disk can still cut one short: only a shard that reads
+        # back with all its samples' members is kept, the rest are rendered again
+        todo = [s for s in range(n_shards) if not _shard_complete(root / shard_name(s), s, shard_size, count)]
+        done = count - sum(min((s + 1) * shard_size, count) - s * shard_size for s in todo)
+        from tqdm import tqdm
+
+        with tqdm(total=count, initial=done, unit="pano", desc="dap synth", disable=not progress) as bar:
+            jobs = [(str(root), s, cfg, device) for s in todo]
+            if workers == 1 or len(jobs) <= 1:
+                for job in jobs:
+                    _write_shard(job, lambda: bar.update(1))
+            else:
+                processes = min(workers, len(jobs))  # each one imports torch: none without a shard to render
+                threads = max(1, (os.cpu_count() or 1) // processes)
+                # spawn: forking a process that already ran torch ops can deadlock its thread pool
+                with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
+                    for n in pool.imap_unordered(_write_shard, jobs):
+                        bar.update(n)
+        return write_manifest(root)
 
 
 SAMPLE_MEMBERS = ("depth.npy", "instance.png", "json", "mask.png", "rgb.png")  # `encode_sample`'s files per key

@@ -3,6 +3,7 @@ from mixing in one folder, and metrics.jsonl (append-only, tolerant of a line cu
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -126,7 +127,10 @@ def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callab
     if d.main:
         path = out / "checkpoints" / f"step_{step:08d}.pt"
         with atomic_write(path) as tmp:
-            torch.save({"version": CHECKPOINT_VERSION, "step": step, **state(), "rng": rngs}, tmp)
+            try:
+                torch.save({"version": CHECKPOINT_VERSION, "step": step, **state(), "rng": rngs}, tmp)
+            except RuntimeError as e:  # torch's zip writer says a failed write (disk full, file size limit) so
+                raise OSError(errno.EIO, f"writing the checkpoint failed ({e}); is the disk full?", str(path)) from e
         # Only this run's checkpoints (steps up to now) are pruned; never one from a later step.
         ours = [p for p in list_checkpoints(out) if checkpoint_step(p) <= step]
         for old in ours[:-max(1, keep_last)]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from dap.errors import CheckpointError, ConfigError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
+from dap.io import folder_lock
 from dap.losses import DapLoss
 from dap.train.checkpoints import (
     _set_rng_state,
@@ -285,8 +286,9 @@ def train(
     out = Path(out)
     keep_freed_memory()
     d = setup_distributed(cfg.run.device)
-    try:
-        return _train(cfg, out, d, resume, stop_at, time_limit_min)
+    try:  # rank 0 holds the run folder: a second `dap train` into it (resuming or not) is refused, not mixed in
+        with folder_lock(out, "dap train") if d.main else contextlib.nullcontext():
+            return _train(cfg, out, d, resume, stop_at, time_limit_min)
     finally:
         if d.initialised_here:
             dist.destroy_process_group()

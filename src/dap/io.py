@@ -65,8 +65,8 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     import tempfile
 
     real = os.path.realpath(folder)
-    locks = Path(tempfile.gettempdir()) / "dap-locks"
-    locks.mkdir(exist_ok=True)
+    locks = Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}"  # per user: /tmp is shared
+    locks.mkdir(mode=0o700, exist_ok=True)
     with open(locks / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -357,6 +357,15 @@ def test_an_error_in_a_data_loader_worker_is_reported_without_its_traceback():
     assert _without_worker_traceback(str(e.value)).strip() == "cannot read shard a.tar: bad.\nDelete it"
 
 
+def test_a_config_error_is_said_by_rank_0_alone(d, tmp_path, capsys, monkeypatch):
+    argv = ["train", "--config", str(d / "typo.yaml"), "--out", str(tmp_path / "r")]
+    monkeypatch.setenv("RANK", "1")
+    assert _run(argv, capsys) == (2, "")  # the same config fails the same way on every rank
+    monkeypatch.setenv("RANK", "0")
+    code, err = _run(argv, capsys)
+    assert code == 2 and "unknown keys ['stepz']" in err
+
+
 def test_a_torchrun_process_whose_peer_failed_says_so_in_one_line(d, tmp_path, capsys, monkeypatch):
     def cut_off(args):  # what gloo raises in a collective when the other process has died
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "

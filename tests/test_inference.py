@@ -888,6 +888,10 @@ def test_an_input_whose_output_names_would_be_too_long_fails_alone(checkpoint, t
     printed = capsys.readouterr()
     assert "predicted 1 panorama(s)" in printed.out and _files(tmp_path / "o") == ["ok.color.png", "ok.npy"]
     assert "its output files would have names of up to 273 bytes" in printed.err and "rename the input" in printed.err
+    deep = tmp_path / "/".join(["d" * 200] * 19)
+    out = deep / ("o" * (4060 - len(os.fsencode(str(deep))) - 1))  # 4,060 bytes: fits; its outputs' paths do not
+    assert _predict_cli([tmp_path / "in" / "ok.png"], out, checkpoint, "--outputs", "npy") == 2
+    assert "its output paths would be up to" in capsys.readouterr().err
 
 
 def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):

@@ -861,8 +861,8 @@ def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
 
 
 def name_too_long(paths: list[Path]) -> str | None:
-    """Why some of these output files could not be created because their names (or `dap.io.atomic_write`'s
-    temporary names beside them) pass the file system's limit on a name's length; None when they all fit."""
+    """Why some of these output files could not be created because their names or whole paths (or those of
+    `dap.io.atomic_write`'s temporaries beside them) pass the system's limits; None when they all fit."""
     from dap import io
 
     longest = max(len(os.fsencode(io.temporary_path(p, "0" * 12).name)) for p in paths)
@@ -871,10 +871,18 @@ def name_too_long(paths: list[Path]) -> str | None:
         limit = os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError, AttributeError):  # no pathconf (Windows) or no answer: the common limit
         limit = 255
-    if longest <= limit:
-        return None
-    return (f"its output files would have names of up to {longest} bytes (with their temporary names), more than "
-            f"the {limit} this file system allows; rename the input to something shorter")
+    if longest > limit:
+        return (f"its output files would have names of up to {longest} bytes (with their temporary names), more than "
+                f"the {limit} this file system allows; rename the input to something shorter")
+    deepest = max(len(os.fsencode(os.path.abspath(io.temporary_path(p, "0" * 12)))) for p in paths)
+    try:
+        path_limit = os.pathconf(folder, "PC_PATH_MAX")
+    except (OSError, ValueError, AttributeError):
+        path_limit = 4096
+    if deepest >= path_limit:
+        return (f"its output paths would be up to {deepest} bytes long (with their temporary names), over the "
+                f"{path_limit} this system allows; choose a shorter --out or rename the input")
+    return None
 
 
 def record_path(out_dir: Path, name: str) -> Path:

@@ -304,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()  # output still buffered for a closed pipe fails here, under the policy below
         return code
     except DapError as e:
+        from dap.errors import ConfigError
+
+        if isinstance(e, ConfigError) and int(os.environ.get("RANK", 0)) > 0:
+            return 2  # every torchrun process reads the same config: rank 0 says it, once
         print(f"{name}: error: {' '.join(_without_worker_traceback(str(e)).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

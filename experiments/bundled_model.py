@@ -268,20 +268,25 @@ def mean_abs_rel(samples, threshold: float, latitude_scale, cap: float) -> float
     return float(np.mean(errors))
 
 
+def real_indoor_files() -> list[str]:
+    """The file names of the real pool's indoor photographs (its manifest.csv: file, scene)."""
+    import csv
+
+    with open(REAL_POOL / "manifest.csv", newline="") as f:
+        return [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
+
+
 def real_indoor_checks(model_path: Path) -> dict:
     """GT-free plausibility checks on real indoor photographs: the camera height and floor-to-ceiling height that
     the model's depth implies (`dap.geometry.floor_and_ceiling`), medians over the panoramas; and how much its range
     mask marks out of range (in a room nearly nothing is: the mean share of pixels, and the panoramas over 0.1%)."""
-    import csv
-
     import numpy as np
 
     import dap
     from dap.geometry import floor_and_ceiling
     from dap.io import read_rgb
 
-    with open(REAL_POOL / "manifest.csv", newline="") as f:
-        files = [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
+    files = real_indoor_files()
     model = dap.load_model(model_path)
     rows, masked = [], []
     for name in files:

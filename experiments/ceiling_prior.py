@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from bundled_model import DOORS, REAL_POOL, WALLS, door_geometry, wall_ratio  # noqa: E402
+from bundled_model import DOORS, REAL_POOL, WALLS, door_geometry, real_indoor_files, wall_ratio  # noqa: E402
 
 
 def tracking(val: Path, model, limit: int) -> dict:
@@ -94,8 +93,7 @@ def brightness(sets: dict[str, Path], limit: int) -> dict:
 
     from dap.data.datasets import get_dataset
 
-    with open(REAL_POOL / "manifest.csv", newline="") as f:
-        files = [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
+    files = real_indoor_files()
     out = {}
     real = [luminance_bands(np.asarray(Image.open(REAL_POOL / name).convert("RGB").resize((512, 256)), np.float64)
                             / 255) for name in files]

@@ -93,6 +93,14 @@ def label_batch(model, x: torch.Tensor, *, tta: bool, seam_pad: float) -> dict[s
     return {"depth": torch.where(inside, depth, torch.zeros_like(depth))[:, 0], "prob": prob[:, 0], **signals}
 
 
+def resolution_problem(resolution) -> str | None:
+    """What is wrong with a label resolution, None when it is (height, width) of a 2:1 panorama in multiples of 16."""
+    h, w = resolution
+    if h <= 0 or h % 16 or w != 2 * h:
+        return f"must be [height, width] of a 2:1 panorama in multiples of 16, got {[h, w]}"
+    return None
+
+
 def label_path(stage: str, row_id: str) -> str:
     return f"labels/{stage}/{row_id}.npz"
 
@@ -110,8 +118,8 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     if stage not in STAGES:
         raise DapError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
     o = options or LabelOptions()
-    if o.resolution[0] % 16 or o.resolution[1] != 2 * o.resolution[0]:
-        raise DapError(f"label resolution {o.resolution[0]}x{o.resolution[1]} must be 2:1 and multiples of 16")
+    if problem := resolution_problem(o.resolution):
+        raise DapError(f"label resolution {problem}")
     pool = Path(pool)
     d = setup_distributed(o.device)
     try:

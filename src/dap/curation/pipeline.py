@@ -31,7 +31,7 @@ from dap.curation.discriminator import (
     train_discriminator,
 )
 from dap.curation.ingest import IngestOptions, ingest
-from dap.curation.label import LabelOptions, label_batch, label_pool
+from dap.curation.label import LabelOptions, label_batch, label_pool, resolution_problem
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
 from dap.errors import DapError
 from dap.inference import changed_keys
@@ -136,10 +136,8 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
     if cfg.select.score not in SCORES:
         raise DapError(f"curation config {p}: select.score must be one of {', '.join(SCORES)}, got "
                        f"{cfg.select.score!r}")
-    h, w = cfg.label.resolution
-    if h <= 0 or h % 16 or w != 2 * h:
-        raise DapError(f"curation config {p}: label.resolution must be [height, width] of a 2:1 panorama in "
-                       f"multiples of 16, got {[h, w]}")
+    if problem := resolution_problem(cfg.label.resolution):
+        raise DapError(f"curation config {p}: label.resolution {problem}")
     for name in ("stage1", "stage2", "final"):
         try:
             stage_train_config(cfg, getattr(cfg, name), None, Path(cfg.base_dir))

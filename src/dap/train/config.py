@@ -232,8 +232,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 SOURCE_KINDS = ("shards", "folder", "dataset", "synthetic", "rooms", "pseudo")
 
 
-def _check_source(src: SourceConfig, where: str) -> None:
-    """One data source's settings, before any model is built or data read."""
+def check_source(src: SourceConfig, where: str) -> None:
+    """One data source's settings, before any model is built or data read (`build_source` relies on them)."""
     from dap.data.datasets import DATASETS
 
     if src.kind not in SOURCE_KINDS:
@@ -294,7 +294,7 @@ def _check_config(cfg: TrainConfig) -> None:
                           "run.val_every=0 to validate never")
     for where, sources in (("data.sources", cfg.data.sources), ("data.val", cfg.data.val)):
         for i, src in enumerate(sources):
-            _check_source(src, f"{where}[{i}]")
+            check_source(src, f"{where}[{i}]")
     if cfg.run.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"run.device must be auto, cpu or cuda, got {cfg.run.device!r}")
     if cfg.optim.optimizer not in ("adam", "adamw"):

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from dap import geometry
 from dap.inference import resize_image, resize_nearest, to_rgb
-from dap.train.config import DataSection, SourceConfig
+from dap.train.config import DataSection, SourceConfig, check_source
 
 
 def seed_of(*parts: Any) -> int:
@@ -83,12 +83,11 @@ class RenderedSynthetic(Dataset):
 
 def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
     """The dataset behind one SourceConfig; items are dicts with rgb/depth and optional valid/out_of_range."""
+    check_source(src, "data source")  # a ConfigError (a ValueError) for an unknown kind, a missing path or dataset
     if src.kind == "rooms":
         return RoomsDataset(src.size, height, width, seed=src.seed)
     if src.kind == "synthetic":
         return RenderedSynthetic(src.size, height, width, src.seed)
-    if src.path is None:
-        raise ValueError(f"data source kind={src.kind!r} needs a path")
     if src.kind == "shards":
         from dap.data.shards import ShardDataset
 
@@ -101,14 +100,9 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
         from dap.data.datasets import FolderDataset
 
         return FolderDataset(src.path, src.split)
-    if src.kind == "dataset":
-        from dap.data.datasets import get_dataset
+    from dap.data.datasets import get_dataset
 
-        if not src.dataset:
-            raise ValueError("data source kind=dataset needs `dataset:` (e.g. stanford2d3d)")
-        return get_dataset(src.dataset, src.path, src.split)
-    raise ValueError(f"unknown data source kind {src.kind!r}; use shards, folder, dataset, synthetic, rooms or "
-                     "pseudo")
+    return get_dataset(src.dataset, src.path, src.split)  # kind dataset, the only one left
 
 
 def _as_chw(x: Any, channels: int) -> torch.Tensor:

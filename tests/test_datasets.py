@@ -211,6 +211,11 @@ def test_structured3d_split_by_scene_and_mm(tmp_path):
     assert len(Structured3D(tmp_path, "train")) == 1 and len(Structured3D(tmp_path, "all")) == 3
     with pytest.raises(DatasetLayoutError, match="no scene_XXXXX folders"):
         Structured3D(tmp_path / "scene_00001")
+    # a depth PNG that says its own unit (written by dap.io in centimetres) is not read at the dataset's millimetres
+    write_depth(tmp_path / "scene_03250" / "2D_rendering" / "485142" / "panorama" / "full" / "depth.png",
+                np.full((H, W), 2.5, np.float32), scale=0.01)
+    with pytest.raises(DepthUnitError, match=r"depth.png says its unit is 0.01 m .* being read at 0.001 m per unit"):
+        ds[0]
 
 
 # ------------------------------------------------------------------------------------ folder / manifest

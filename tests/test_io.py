@@ -15,7 +15,7 @@ import trimesh
 from PIL import Image
 
 from dap import geometry, io
-from dap.errors import DapError, NotPanoramaError, NoValidDepthError, UnreadableFileError
+from dap.errors import DapError, DepthUnitError, NotPanoramaError, NoValidDepthError, UnreadableFileError
 
 H, W = 32, 64
 
@@ -392,8 +392,12 @@ def test_png16_depth_round_trip_within_half_a_unit(tmp_path, rng):
     assert out.dtype == np.float32
     assert out[0, 0] == 0.0
     assert np.abs(out - depth).max() <= scale / 2 + 1e-6
-    # an explicit scale overrides the stored one
-    np.testing.assert_allclose(io.read_depth(tmp_path / "d.png", scale=2 * scale), 2 * out, rtol=1e-6)
+    # an explicit scale must agree with the stored one: a dataset's fixed unit read over a file written in another
+    # unit would be silently off by their ratio
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "d.png", scale=scale), out)
+    with pytest.raises(DepthUnitError, match=r"d.png says its unit is 0.001 m \(its 'dap:metres_per_unit' text "
+                                             r"chunk\), but it is being read at 0.002 m per unit"):
+        io.read_depth(tmp_path / "d.png", scale=2 * scale)
 
 
 def test_png16_write_clips_overflow_with_warning_and_keeps_tiny_valid(tmp_path):

@@ -658,6 +658,13 @@ def _read_depth_png(path: Path, scale: float | None) -> np.ndarray:
                 "1/1000 for Structured3D."
             )
         scale = float(stored)
+    elif stored is not None and not math.isclose(float(stored), scale, rel_tol=1e-6):
+        # a dataset's fixed unit (or a manifest's) against the unit the file itself says: one of them is wrong
+        raise DepthUnitError(
+            f"{path} says its unit is {float(stored):g} m (its '{SCALE_KEY}' text chunk), but it is being read at "
+            f"{scale:g} m per unit. Rewrite the file in the unit its dataset uses, or read it without a scale (a "
+            "manifest row without metres_per_unit) to use the file's own."
+        )
     if not scale > 0:
         raise ValueError(f"scale must be a positive number of metres per unit, got {scale}")
     depth = raw.astype(np.float64) * scale
@@ -676,7 +683,8 @@ def read_depth(
       - ``.exr``: channel ``key``, else the only channel, else the first of ``EXR_CHANNEL_PRIORITY``
         (Z, Y, R).
       - ``.png``: 16-bit, depth = value * ``scale`` (metres per unit); ``scale`` defaults to the value that
-        ``write_depth`` stored in the ``dap:metres_per_unit`` text chunk. 0 and 65535 are invalid.
+        ``write_depth`` stored in the ``dap:metres_per_unit`` text chunk; a ``scale`` that disagrees with a stored one
+        raises ``DepthUnitError``. 0 and 65535 are invalid.
     NaN, inf, <= 0 and >= ``DEPTH_SENTINEL`` become 0. ``require_valid`` raises ``NoValidDepthError`` if no
     pixel is valid. Missing or broken files raise ``UnreadableFileError``.
     """

@@ -467,6 +467,8 @@ class FolderDataset(PanoDataset):
         try:
             return read_depth(path, scale=scale)
         except DepthUnitError as e:  # the fix here is the manifest's column, not read_depth's argument
+            if scale is not None:  # the manifest's unit disagrees with the file's own: read_depth says both
+                raise
             raise DepthUnitError(
                 f"{path} is a 16-bit depth PNG that does not say its unit. List it in a manifest.csv beside rgb/ and "
                 "depth/ with columns rgb, depth, metres_per_unit (e.g. 0.001 for millimetres, 0.00025 for "

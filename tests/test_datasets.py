@@ -60,6 +60,16 @@ def test_stanford_test_split_units_and_invalid(tmp_path):
     assert d.dtype == np.float32 and d[0, 0] == 0.0 and d[1, 1] == 0.0 and d[2, 2] == 0.5 and d[3, 3] == 1.0
     assert ds[1]["depth"][3, 3] == 2.0
     assert len(Stanford2D3D(tmp_path, "all")) == 3
+    # a copy that upper-cased the suffix (_rgb.PNG, _depth.PNG) keeps its panoramas
+    for kind in ("rgb", "depth"):
+        for p in (tmp_path / "area_5b" / "pano" / kind).iterdir():
+            p.rename(p.with_suffix(".PNG"))
+    upper = Stanford2D3D(tmp_path)
+    assert len(upper) == 2 and upper[1]["name"] == "area_5b/camera_2abc_office_2_frame_equirectangular_domain"
+    assert upper[1]["depth"][3, 3] == 2.0
+    for kind in ("rgb", "depth"):
+        for p in (tmp_path / "area_5b" / "pano" / kind).iterdir():
+            p.rename(p.with_suffix(".png"))
     with pytest.raises(DatasetLayoutError, match="area_2/pano/rgb is missing"):
         Stanford2D3D(tmp_path, "train")  # the fixture has only one of the five training areas
     # UniFuse-style split file with 'rgb depth' lines

@@ -390,7 +390,9 @@ def test_a_folder_another_run_is_writing_is_refused(d, tmp_path, capsys):
     with folder_lock(tmp_path / "busy", "dap train (process 12345)"):
         for argv in (["synth", "--count", "1", "--resolution", "32x64", "--out", str(tmp_path / "busy")],
                      ["train", "--config", str(config), "--out", str(tmp_path / "busy")],
-                     ["curate", "ingest", str(d / "pano.png"), "--pool", str(tmp_path / "busy")]):
+                     ["curate", "ingest", str(d / "pano.png"), "--pool", str(tmp_path / "busy")],
+                     ["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64", "--out",
+                      str(tmp_path / "busy")]):
             code, err = _run(argv, capsys)
             assert code == 2, err
             assert f"{tmp_path / 'busy'} is in use by dap train (process 12345)" in err, err

@@ -103,7 +103,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
 
     from dap import io
 
@@ -158,6 +157,16 @@ def run(args: argparse.Namespace) -> int:
                 **({"level": True} if args.level else {}),  # absent when off: records from before it still match
                 "smooth_scale": args.smooth_scale, "point_stride": args.point_stride}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
+    # Two runs into one folder at once would both find no record for an input and mix their outputs
+    with io.folder_lock(args.out, "dap predict"):
+        return _predict_all(args, items, kinds, model, settings, precision, device)
+
+
+def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model, settings: dict, precision: str,
+                 device) -> int:
+    """Predict every input into args.out (held by this run) and report; the exit code."""
+    from tqdm import tqdm
+
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
     repeats = _RepeatedWarnings()

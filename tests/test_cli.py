@@ -416,6 +416,25 @@ def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     assert not list(out.glob(".*.tmp*")) and not list(out.glob("shard-*.tar"))
 
 
+def test_ctrl_c_to_the_process_group_of_synth_workers_says_one_line_and_cleans_up(tmp_path):
+    # a terminal's Ctrl-C reaches the workers too: only the parent speaks, and their shards in progress are removed
+    import signal
+    import subprocess
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "800", "--resolution", "32x64", "--shard-size", "400",
+           "--workers", "2", "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while len(list(out.glob(".shard-*.tmp.tar"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # until both workers are writing their shard
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "dap synth: interrupted", err
+    assert not list(out.glob(".*.tmp*")) and not list(out.glob("shard-*.tar"))
+
+
 def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkeypatch):
     real_save = np.save
 

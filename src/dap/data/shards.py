@@ -22,6 +22,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import signal
 import tarfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,6 +111,9 @@ def _write_shard(job: tuple[str, int, dict, str | None], on_sample: Callable[[],
 
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
+    # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, each worker printing its
+    # own KeyboardInterrupt traceback would bury its one line
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", style: str = "clean",
@@ -168,9 +172,14 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                 processes = min(workers, len(jobs))  # each one imports torch: none without a shard to render
                 threads = max(1, (os.cpu_count() or 1) // processes)
                 # spawn: forking a process that already ran torch ops can deadlock its thread pool
-                with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
-                    for n in pool.imap_unordered(_write_shard, jobs):
-                        bar.update(n)
+                try:
+                    with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
+                        for n in pool.imap_unordered(_write_shard, jobs):
+                            bar.update(n)
+                except BaseException:  # interrupted, or a worker failed: the pool is stopped, its workers' shards
+                    for stale in root.glob(".shard-*.tmp.tar"):  # in progress are left half-written; this run
+                        stale.unlink(missing_ok=True)  # holds the folder, so they are all its own
+                    raise
         return write_manifest(root)
 
 

@@ -177,6 +177,13 @@ def test_normals_invalid_depth_and_numpy():
     np.testing.assert_array_equal(length[depth == 0], 0)
     np.testing.assert_allclose(length[depth > 0], 1, atol=1e-5)
     np.testing.assert_array_equal(g.normals_from_depth(np.zeros((H, W), np.float32)), 0)
+    # integer depth (millimetres in a uint16) is computed in float32, not with rays truncated to 0
+    mm = (depth * 1000).astype(np.uint16)
+    points = g.depth_to_points(mm)
+    assert points.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(points, axis=-1), mm, rtol=1e-5)
+    np.testing.assert_allclose(g.normals_from_depth(mm), g.normals_from_depth(mm.astype(np.float32)))
+    assert g.depth_to_points(torch.from_numpy(mm.astype(np.int64))).dtype == torch.float32
 
 
 def test_solid_angle_weights():

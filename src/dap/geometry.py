@@ -37,6 +37,13 @@ def _to_torch(x: Array) -> tuple[torch.Tensor, bool]:
     return x, False
 
 
+def _depth_tensor(depth: Array) -> tuple[torch.Tensor, bool]:
+    """A distance map as a floating-point tensor: integer depth (millimetres in a uint16, say) would give integer
+    rays, all 0."""
+    d, was_numpy = _to_torch(depth)
+    return (d if d.is_floating_point() else d.to(torch.float32)), was_numpy
+
+
 def _back(x: torch.Tensor, was_numpy: bool) -> Array:
     return x.numpy() if was_numpy else x
 
@@ -88,8 +95,8 @@ def lonlat_to_pixel(lon: Array, lat: Array, height: int, width: int) -> tuple[Ar
 
 
 def depth_to_points(depth: Array) -> Array:
-    """3-D points (..., H, W, 3) in the camera frame from a distance map (..., H, W)."""
-    d, was_numpy = _to_torch(depth)
+    """3-D points (..., H, W, 3) in the camera frame from a distance map (..., H, W); float32 for integer depth."""
+    d, was_numpy = _depth_tensor(depth)
     rays = erp_rays(d.shape[-2], d.shape[-1], device=d.device, dtype=d.dtype)
     return _back(d.unsqueeze(-1) * rays, was_numpy)
 
@@ -278,7 +285,7 @@ def normals_from_depth(depth: Array) -> Array:
     horizontal tangent is short but nonzero, so no NaN appears. Normals point towards the camera
     (dot(normal, ray) <= 0). Invalid depth (<= 0) or a pixel with no valid neighbour in a direction gives 0.
     """
-    d, was_numpy = _to_torch(depth)
+    d, was_numpy = _depth_tensor(depth)
     points = depth_to_points(d)
     valid = d > 0
 

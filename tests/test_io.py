@@ -653,6 +653,21 @@ def test_ply_optional_fields_and_float_colors(tmp_path, rng):
     np.testing.assert_array_equal(_columns(_ply_vertices(tmp_path / "fc.ply"), "red", "green", "blue"), 128)
     with pytest.raises(ValueError, match="normals"):
         io.write_ply(tmp_path / "x.ply", points, normals=np.zeros((9, 3)))
+    # colours in 0-255 held as floats are refused (they all came out saturated), an overshoot past 1 is clipped
+    colors = np.full((10, 3), 128.0)
+    colors[0] = 0.0
+    with pytest.raises(ValueError, match=r"colors are floats from 0 to 128; floats are taken as 0 to 1: divide"):
+        io.write_ply(tmp_path / "x.ply", points, colors=colors)
+    with pytest.raises(ValueError, match=r"rgb are floats from 128 to 128"):
+        io.write_rgb(tmp_path / "x.png", np.full((2, 4, 3), 128.0))
+    io.write_ply(tmp_path / "x.ply", points, colors=np.full((10, 3), 1.1))
+    assert np.all(_columns(_ply_vertices(tmp_path / "x.ply"), "red", "green", "blue") == 255)
+    # non-finite points are refused, in PLY and GLB alike (a NaN bound makes a GLB that browsers reject)
+    points[3, 1] = np.nan
+    for name, write in (("x.ply", io.write_ply), ("x.glb", io.write_glb)):
+        with pytest.raises(ValueError, match="1 of 10 points are NaN or infinite; drop them first"):
+            write(tmp_path / name, points)
+    assert not (tmp_path / "x.glb").exists()
 
 
 def test_glb_loads_back(tmp_path, rng):
@@ -666,6 +681,8 @@ def test_glb_loads_back(tmp_path, rng):
     y_up = points * np.array([1, -1, -1], np.float32)  # glTF's frame: y up, camera looking along -z
     np.testing.assert_allclose(np.sort(vertices, axis=0), np.sort(y_up, axis=0), atol=1e-6)
     assert b"KHR_materials_unlit" in (tmp_path / "p.glb").read_bytes()  # points have no normals to light
+    with pytest.raises(ValueError, match="no points to write to e.glb: glTF has no empty point cloud"):
+        io.write_glb(tmp_path / "e.glb", np.zeros((0, 3)))
 
 
 def test_writes_never_leave_partial_files(tmp_path, rng, monkeypatch):

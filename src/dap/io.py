@@ -142,13 +142,20 @@ def remove_temporaries(folder: PathLike, *, older_than_s: float = 0.0) -> int:
 
 
 def _to_uint8(x: np.ndarray, what: str) -> np.ndarray:
-    """uint8 stays as is; floats are taken as [0, 1], clipped and rounded."""
+    """uint8 stays as is; floats are taken as [0, 1] (NaN as 0; the over- and undershoot of a resampled or augmented
+    image clipped) and rounded. Floats far outside, beyond [-1, 2], are an error: colours in 0-255 held as floats
+    would otherwise all come out saturated."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         return x
-    if x.dtype == np.bool_ or np.issubdtype(x.dtype, np.integer):
+    if x.dtype == np.bool_ or not np.issubdtype(x.dtype, np.floating):
         raise ValueError(f"{what} has dtype {x.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
-    return np.round(np.clip(np.nan_to_num(x.astype(np.float32)), 0.0, 1.0) * 255.0).astype(np.uint8)
+    f = np.nan_to_num(x.astype(np.float32), posinf=np.inf, neginf=-np.inf)
+    lo, hi = (float(f.min()), float(f.max())) if f.size else (0.0, 0.0)
+    if lo < -1 or hi > 2:
+        raise ValueError(f"{what} are floats from {lo:g} to {hi:g}; floats are taken as 0 to 1: divide 0-255 values by "
+                         "255, or pass them as uint8")
+    return np.round(np.clip(f, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def _save_pil(path: PathLike, image: Image.Image, **save_kwargs) -> None:
@@ -879,6 +886,10 @@ def _points_colors(points: np.ndarray, colors: np.ndarray | None) -> tuple[np.nd
     p = np.asarray(points, dtype=np.float32)
     if p.ndim != 2 or p.shape[1] != 3:
         raise ValueError(f"points must be (N, 3), got shape {p.shape}")
+    bad = int((~np.isfinite(p).all(axis=1)).sum())
+    if bad:  # a NaN in a GLB's bounds is not JSON: browsers' viewers refuse the whole file
+        raise ValueError(f"{bad} of {len(p)} points are NaN or infinite; drop them first (keep = "
+                         "np.isfinite(points).all(axis=1))")
     if colors is None:
         return p, None
     c = np.asarray(colors)
@@ -932,6 +943,8 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
     Points are in the camera frame of dap.geometry (x right, y down, z forward); glTF is y-up with the camera
     looking along -z, so y and z are negated on the way out (else viewers show the scene upside down)."""
     p, c = _points_colors(points, colors)
+    if not len(p):
+        raise ValueError(f"no points to write to {Path(path).name}: glTF has no empty point cloud (PLY has)")
     p = p * np.array([1, -1, -1], np.float32)
     rgba = None if c is None else np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
     cloud = trimesh.PointCloud(p, colors=rgba)

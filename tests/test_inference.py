@@ -42,6 +42,9 @@ def test_predict_returns_full_resolution_metric_outputs(tiny_model):
     # Out-of-range pixels carry the 100 m cap, in-range ones the network's value.
     np.testing.assert_array_equal(res.depth[res.range_mask], 100.0)
     assert np.allclose(np.linalg.norm(res.points, axis=-1), res.depth, rtol=1e-5)
+    # points follow depth rescaled in place (by a known scale, say), not the depth they were first read at
+    res.depth *= 2
+    assert np.allclose(np.linalg.norm(res.points, axis=-1), res.depth, rtol=1e-5)
 
 
 def test_predict_accepts_every_input_kind_and_batches(tiny_model, tmp_path):

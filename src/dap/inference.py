@@ -57,11 +57,13 @@ class Prediction:
     max_depth: float = 100.0
     valid_rows: slice = field(default_factory=lambda: slice(None))  # rows that are real image (see pad_to_erp)
 
-    @functools.cached_property
+    # Computed from `depth` as it is now on each access (not cached: depth rescaled in place would leave them
+    # stale); keep the result where it is used more than once.
+    @property
     def points(self) -> np.ndarray:
         return geometry.depth_to_points(self.depth)
 
-    @functools.cached_property
+    @property
     def normals(self) -> np.ndarray:
         return geometry.normals_from_depth(np.where(self.range_mask, 0.0, self.depth).astype(np.float32))
 
@@ -983,6 +985,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
     from dap import io
 
     valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
+    normals = pred.normals if {"normals", "ply"} & paths.keys() else None  # once for both
     for kind, path in paths.items():
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)
@@ -994,13 +997,13 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
         elif kind == "mask":
             io.write_mask_png(path, pred.range_mask)
         elif kind == "normals":
-            io.write_normals_png(path, pred.normals)
+            io.write_normals_png(path, normals)
         elif kind in ("ply", "glb"):
             keep = ~pred.range_mask & (valid_depth > 0)
             keep &= _stride_mask(keep.shape, point_stride)
             points, colors = pred.points[keep], pred.rgb[keep]
             if kind == "ply":
-                io.write_ply(path, points, colors, pred.normals[keep])
+                io.write_ply(path, points, colors, normals[keep])
             elif not len(points):  # glTF has no empty point cloud (trimesh refuses to write one); PLY has
                 raise DapError(f"no points for {path.name}: every pixel that point_stride {point_stride} keeps is out "
                                "of range or without depth; lower --point-stride, or leave glb out")

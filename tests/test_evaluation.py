@@ -94,6 +94,14 @@ def test_predictions_are_clipped_to_the_caps():
     pred = np.array([[0.0, 50.0], [np.nan, 9.0]])  # 0 and NaN -> min_depth, 50 -> max_depth
     m = compute_metrics(pred, gt, min_depth=0.5, max_depth=10.0)
     assert_close(m, by_hand([(0.5, 2), (10, 4), (0.5, 8), (9, 9)]))
+    # under median scaling a NaN pixel stays a failure: the scale is fitted on the finite pixels (9 vs 9: 1)
+    m = compute_metrics(np.array([[np.nan, 4.0], [8.0, 9.0]]), gt, protocol="median", min_depth=0.5)
+    assert_close(m, by_hand([(0.5, 2), (4, 4), (8, 8), (9, 9)]))
+    # a prediction that is NaN everywhere is not scaled into a constant map with plausible metrics
+    with pytest.raises(NoValidDepthError, match="NaN or infinite at every valid pixel; median alignment"):
+        compute_metrics(np.full_like(gt, np.nan), gt, protocol="median")
+    with pytest.raises(ValueError, match=r"weights of shape \(3, 3\) do not fit depth maps of shape \(2, 2\)"):
+        compute_metrics(pred, gt, weights=np.ones((3, 3)))
 
 
 def test_median_alignment():
@@ -202,6 +210,9 @@ def test_per_image_mean_differs_from_pixel_pooled():
     assert [r["n_valid"] for r in acc.rows] == [1, 3]
     agg = aggregate([{"name": "x", "v": 1.0}, {"name": "y", "v": float("nan")}, {"name": "z", "v": 3.0}])
     assert agg == {"v": 2.0, "n_images": 3}
+    # numpy scalars (a timing as np.float32, a count as np.int64) are columns too; flags are not
+    rows = [{"s": np.float32(1.5), "n": np.int64(2), "ok": np.bool_(True)}, {"s": 2.5, "n": 4, "ok": False}]
+    assert aggregate(rows) == {"s": 2.0, "n": 3.0, "n_images": 2}
 
 
 # ----------------------------------------------------------------------------------------- end to end

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -108,7 +109,11 @@ def _weights_map(weights: Array | str | None, shape: tuple[int, int]) -> np.ndar
         w = solid_angle_weights(shape[0], shape[1], dtype=torch.float64)
         weights = w.numpy() if isinstance(w, torch.Tensor) else w
     w = np.asarray(weights.detach().cpu().numpy() if isinstance(weights, torch.Tensor) else weights, np.float64)
-    w = np.broadcast_to(w.reshape(w.shape[-2:]) if w.ndim > 2 else w, shape)
+    try:
+        w = np.broadcast_to(w.reshape(w.shape[-2:]) if w.ndim > 2 else w, shape)
+    except ValueError:
+        raise ValueError(f"weights of shape {w.shape} do not fit depth maps of shape {shape}: pass (H, W), (H, 1) "
+                         "or 'solid_angle'") from None
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise ValueError("weights must be finite and non-negative")
     return w
@@ -174,11 +179,17 @@ def _aligned(pred, gt, valid, protocol, min_depth, max_depth, weights):
             "no valid ground-truth pixel: every pixel is non-finite, masked, or outside "
             f"(min_depth={min_depth}, max_depth={max_depth}]. Check the depth units and caps."
         )
-    # A NaN/inf prediction is the model's failure, not a missing label: count it as min_depth (heavily
-    # penalised) instead of silently dropping the pixel.
-    p = np.nan_to_num(p, nan=min_depth, posinf=max_depth if max_depth is not None else 1e9, neginf=min_depth)
-    scale, shift = fit_alignment(p, g, m, protocol, w)
-    p = np.clip(scale * p + shift, min_depth, max_depth if max_depth is not None else np.inf)
+    # A NaN/inf prediction is the model's failure, not a missing label: it counts, as min_depth (+inf as the cap),
+    # instead of being dropped. The alignment is fitted on the finite pixels alone: fitted on the stand-in
+    # values, a prediction that is all NaN would be scaled into a plausible constant map.
+    finite = np.isfinite(p)
+    if protocol != "metric" and not (m & finite).any():
+        raise NoValidDepthError(f"the prediction is NaN or infinite at every valid pixel; {protocol} alignment has "
+                                "nothing to fit. The model failed on this image.")
+    scale, shift = fit_alignment(np.where(finite, p, 0.0), g, m & finite, protocol, w)
+    cap = max_depth if max_depth is not None else 1e9
+    p = np.where(finite, scale * np.where(finite, p, 0.0) + shift, np.where(p == np.inf, cap, min_depth))
+    p = np.clip(p, min_depth, max_depth if max_depth is not None else np.inf)
     return p, g, m, w, scale, shift
 
 
@@ -298,7 +309,7 @@ def aggregate(rows: Iterable[dict]) -> dict[str, float]:
     keys = [
         k
         for k in (rows[0] if rows else {})
-        if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)
+        if isinstance(rows[0][k], numbers.Real) and not isinstance(rows[0][k], (bool, np.bool_))  # numpy scalars too
     ]
     out = {}
     for k in keys:

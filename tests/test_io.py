@@ -553,6 +553,8 @@ def test_colorize_depth():
     np.testing.assert_array_equal(clipped[-1, -1], turbo[1])
     np.testing.assert_array_equal(clipped[0, 3], turbo[0])
     assert io.colorize_depth(np.zeros((H, W), np.float32)).max() == 0
+    with pytest.raises(ValueError, match="the colour range min_depth 10 to max_depth 1 is not increasing"):
+        io.colorize_depth(depth, min_depth=10, max_depth=1)  # was one colour for every pixel
 
 
 def test_preview_range_leaves_out_a_few_outliers():

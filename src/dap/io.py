@@ -810,6 +810,8 @@ def _unit_depth(
     values = clean[valid] if min_depth is None or max_depth is None else None
     lo = float(min_depth) if min_depth is not None else (float(values.min()) if values.size else 0.0)
     hi = float(max_depth) if max_depth is not None else (float(values.max()) if values.size else 1.0)
+    if min_depth is not None and max_depth is not None and not lo <= hi:  # also NaN; lo == hi is one colour
+        raise ValueError(f"the colour range min_depth {min_depth!r} to max_depth {max_depth!r} is not increasing")
     if hi > lo:  # in place on our own copy (the same float32 values as (clean - lo) / (hi - lo))
         clean -= lo
         clean /= hi - lo

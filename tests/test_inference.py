@@ -738,11 +738,32 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
     ({"camera_height": "1.6"}, "camera_height must be a positive number of metres below 1000, got '1.6'"),
     ({"camera_height": 1e30}, "camera_height must be a positive number of metres below 1000"),
     ({"pad_to_erp": True, "pad_top": 1.5}, "pad_top is a row number (an int), got 1.5"),
-    ({"threshold": "0.5"}, "threshold is a probability"),
+    ({"threshold": "0.5"}, "threshold is a probability from 0 to 1 (above 1: nothing is masked), got '0.5'"),
+    ({"seam_pad": "0.1"}, "seam padding is a fraction of the width from 0 (off) to 0.5, got '0.1'"),
+    ({"pad_top": 3}, "pad_top places a partial panorama's rows: it needs pad_to_erp=True"),
 ])
 def test_arguments_of_the_wrong_type_are_named(tiny_model, kwargs, problem):
     with pytest.raises(DapError, match=re.escape(problem)):
         predict(_pano(32, 64), tiny_model, **kwargs)
+
+
+def test_a_model_that_is_not_one_is_named(tiny_model):
+    import copy
+
+    with pytest.raises(DapError, match=r"got ndarray \(the panorama comes first: dap.predict\(image, model\)\)"):
+        predict(tiny_model, _pano(32, 64))  # swapped arguments
+    with pytest.raises(DapError, match="model must be a loaded DAP model .* got OrderedDict"):
+        predict(_pano(32, 64), tiny_model.state_dict())
+    with pytest.raises(DapError, match="model is a Linear, not a DAP model"):
+        predict(_pano(32, 64), torch.nn.Linear(2, 2))
+    half = copy.deepcopy(tiny_model).half()  # was a torch error from the first convolution
+    with pytest.raises(DapError, match=r"weights are float16; predict needs float32 weights .* call model.float\(\)"):
+        predict(_pano(32, 64), half)
+    # a check in the middle of training leaves the model training, with the output of eval mode
+    training = copy.deepcopy(tiny_model).train()
+    out = predict(_pano(32, 64), training, resolution=(32, 64))
+    assert training.training and all(m.training for m in training.modules())
+    np.testing.assert_array_equal(out.depth, predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth)
 
 
 def test_a_point_cloud_with_no_points(tiny_model, tmp_path):

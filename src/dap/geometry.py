@@ -119,12 +119,13 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
                 "other: crop the top half. Otherwise it is not a 360-degree panorama as it stands.")
     elif width == 4 * height:
         hint = (" It may be a stereo (side-by-side) 360-degree panorama, two 2:1 views next to each other: crop the "
-                "left half; or a partial panorama covering +-45 degrees of latitude: use --pad-to-erp.")
+                "left half; or a partial panorama covering +-45 degrees of latitude: use --pad-to-erp (pad_to_erp=True "
+                "in Python).")
     elif abs(width - 2 * height) <= 0.03 * 2 * height:
         hint = " It is within 3% of that: resize it to exactly 2:1."
     elif width > 2 * height:
-        hint = (" Crop or resize it to 2:1, or use --pad-to-erp for a partial panorama that covers less than the "
-                "full latitude range.")
+        hint = (" Crop or resize it to 2:1, or use --pad-to-erp (pad_to_erp=True in Python) for a partial panorama "
+                "that covers less than the full latitude range.")
     else:  # narrower than 2:1: an ordinary photograph, or a panorama saved at the wrong size
         hint = (" Narrower than 2:1, it is not a 360-degree panorama as it stands: an ordinary photograph has no "
                 "view all around to give depth for; resize it to 2:1 only if it is a 360-degree panorama saved at "

@@ -253,8 +253,8 @@ def prepare_input(rgb, resolution: tuple[int, int], device: str | torch.device |
 
 
 def check_seam_pad(seam_pad: float) -> None:
-    if not 0 <= seam_pad <= 0.5:
-        raise DapError(f"seam padding is a fraction of the width from 0 (off) to 0.5, got {seam_pad}; the default "
+    if not (_is_number(seam_pad) and 0 <= seam_pad <= 0.5):
+        raise DapError(f"seam padding is a fraction of the width from 0 (off) to 0.5, got {seam_pad!r}; the default "
                        f"is {DEFAULT_SEAM_PAD}")
 
 
@@ -469,7 +469,7 @@ def default_model_path() -> Path:
 
 
 def resolve_model(model, device: torch.device):
-    from dap.models import load_model
+    from dap.models import DapConfig, load_model
 
     if model is None:
         path = default_model_path()
@@ -481,8 +481,22 @@ def resolve_model(model, device: torch.device):
         model = path
     if isinstance(model, (str, os.PathLike)):
         model = load_model(model, device=device)
-    if not isinstance(model, torch.nn.Module):  # OnnxModel
+    if not isinstance(model, torch.nn.Module):
+        from dap.export import OnnxModel
+
+        if not isinstance(model, OnnxModel):
+            swapped = " (the panorama comes first: dap.predict(image, model))" if _is_image_like(model) else ""
+            raise DapError(f"model must be a loaded DAP model (dap.load_model), a model name, a checkpoint path or "
+                           f"None for the bundled one; got {type(model).__name__}{swapped}")
         return model.to(device).eval()
+    if not isinstance(getattr(model, "cfg", None), DapConfig):
+        raise DapError(f"model is a {type(model).__name__}, not a DAP model; load one with dap.load_model or "
+                       "dap.create_model")
+    dtypes = {p.dtype for p in model.parameters()}
+    if dtypes - {torch.float32}:  # model.half(): the first convolution fails on a float32 input
+        raise DapError(f"the model's weights are {', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}; "
+                       "predict needs float32 weights and computes in 16 bit itself: call model.float() and pass "
+                       "precision='bf16' or 'fp16'")
     # .to() and .eval() walk every submodule: 6 ms a call, 7% of a dap_tiny predict; only when there is work to do
     first = next(model.parameters(), None)
     if first is not None and first.device != torch.device(device):
@@ -490,6 +504,12 @@ def resolve_model(model, device: torch.device):
     if any(m.training for m in model.modules()):
         model.eval()
     return model
+
+
+def _is_image_like(x) -> bool:
+    from PIL import Image
+
+    return isinstance(x, (np.ndarray, Image.Image, bytes, bytearray)) or (isinstance(x, torch.Tensor) and x.ndim >= 2)
 
 
 def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: float, rows: slice, full_height: int,
@@ -621,9 +641,18 @@ def predict(
                        f"{camera_height!r}")
     if pad_top is not None and not (isinstance(pad_top, (int, np.integer)) and not isinstance(pad_top, bool)):
         raise DapError(f"pad_top is a row number (an int), got {pad_top!r}")
+    if pad_top is not None and not pad_to_erp:
+        raise DapError("pad_top places a partial panorama's rows: it needs pad_to_erp=True")
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
+    if isinstance(model, torch.nn.Module) and model.training:  # a check in the middle of training: left training
+        try:
+            return predict(images, resolve_model(model, dev), resolution=resolution, device=device, seam_pad=seam_pad,
+                           pad_to_erp=pad_to_erp, pad_top=pad_top, threshold=threshold, upsample=upsample,
+                           precision=precision, camera_height=camera_height, level=level)
+        finally:
+            model.train()
     model = resolve_model(model, dev)
     precision = model_precision(model, precision, dev)
     model = prepare_model(model, precision)
@@ -635,7 +664,7 @@ def predict(
                        "e.g. (512, 1024)")
     resolution = tuple(int(v) for v in resolution)
     if threshold is not None and not (_is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
-        raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold}")
+        raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold!r}")
     results = []
     for k, item in enumerate(items):
         rgb = to_rgb(item, f"batch image {k}" if is_batch else "input image")

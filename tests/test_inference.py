@@ -19,7 +19,7 @@ import dap
 from conftest import box_room_depth, dual_fisheye, photo_sphere_xmp
 from dap import geometry, io
 from dap.cli import main
-from dap.errors import DapError, InputWarning, NotPanoramaError
+from dap.errors import DapError, InputWarning, NotPanoramaError, UnreadableFileError
 from dap.inference import Prediction, looks_blank, photo_sphere_top, predict, seam_pad_columns, to_rgb
 from dap.models import load_model, save_model
 from dap.models.dap import DapConfig
@@ -745,6 +745,18 @@ def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(che
 def test_arguments_of_the_wrong_type_are_named(tiny_model, kwargs, problem):
     with pytest.raises(DapError, match=re.escape(problem)):
         predict(_pano(32, 64), tiny_model, **kwargs)
+
+
+def test_a_path_as_bytes_is_read_and_a_tilde_is_named(tiny_model, tmp_path, monkeypatch):
+    io.write_rgb(tmp_path / "p.png", _pano(32, 64))
+    expected = predict(tmp_path / "p.png", tiny_model, resolution=(32, 64)).depth
+    np.testing.assert_array_equal(predict(os.fsencode(tmp_path / "p.png"), tiny_model, resolution=(32, 64)).depth,
+                                  expected)
+    with pytest.raises(DapError, match="got 9 bytes of a file, not an image"):
+        predict(b"\x89PNG\r\n\x1a\n\0", tiny_model)  # a file's contents still are not an image
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(UnreadableFileError, match=f"no such file \\('~' is not expanded: pass {tmp_path}/p.png\\)"):
+        predict("~/p.png", tiny_model)
 
 
 def test_a_model_that_is_not_one_is_named(tiny_model):

@@ -212,6 +212,11 @@ def test_a_weights_file_is_loaded_by_its_name_and_other_files_are_named(tmp_path
     (folder / "epoch5.safetensors").rename(tmp_path / "alone" / "epoch5.safetensors")
     with pytest.raises(CheckpointError, match=r"alone/epoch5.safetensors has no config.json beside it"):
         load_model(tmp_path / "alone" / "epoch5.safetensors")
+    (tmp_path / "alone" / "epoch5.safetensors").rename(tmp_path / "alone" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"alone has model.safetensors but no config.json: our weights are read"):
+        load_model(tmp_path / "alone")
+    with pytest.raises(CheckpointError, match=r"~/no-such-model does not exist .* \('~' is not expanded: pass /"):
+        load_model("~/no-such-model")
     (tmp_path / "m.onnx").write_bytes(b"onnx")
     with pytest.raises(CheckpointError, match=r"m.onnx is an ONNX graph.*--backend onnxruntime"):
         load_model(tmp_path / "m.onnx")

@@ -243,7 +243,9 @@ def _unreadable(path: Path, reason: object) -> UnreadableFileError:
 def _check_file(path: PathLike) -> Path:
     path = Path(path)
     if not path.exists():
-        raise _unreadable(path, "no such file")
+        tilde = str(path).startswith("~") and os.path.exists(os.path.expanduser(path))
+        raise _unreadable(path, f"no such file ('~' is not expanded: pass {os.path.expanduser(path)})" if tilde
+                          else "no such file")
     if not path.is_file():
         raise _unreadable(path, "not a regular file")
     return path

@@ -235,6 +235,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
         raise CheckpointError(
             f"checkpoint {given} does not exist and is not a model name ({', '.join(registry.MODELS)}). Pass a "
             f"name, the official model.pth or a directory written by `dap convert`/`dap train`.{_name_hint(spec)}"
+            + (f" ('~' is not expanded: pass {os.path.expanduser(spec)})" if spec.startswith("~") else "")
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():
@@ -242,6 +243,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
         else:
             pths = sorted(p.glob("*.pth"))
             if not pths:
+                if (p / WEIGHTS_FILE).exists():  # config.json lost or not copied
+                    raise CheckpointError(f"{p} has {WEIGHTS_FILE} but no {CONFIG_FILE}: our weights are read with "
+                                          f"the config written beside them; copy {CONFIG_FILE} from where the model "
+                                          "came from")
                 raise CheckpointError(f"{p} holds neither {CONFIG_FILE}+{WEIGHTS_FILE} nor a .pth checkpoint")
             if len(pths) > 1:
                 raise CheckpointError(f"{p} holds {len(pths)} .pth files ({_key_list([q.name for q in pths])}); "

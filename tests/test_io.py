@@ -395,6 +395,10 @@ def test_png16_depth_round_trip_within_half_a_unit(tmp_path, rng):
     # an explicit scale must agree with the stored one: a dataset's fixed unit read over a file written in another
     # unit would be silently off by their ratio
     np.testing.assert_array_equal(io.read_depth(tmp_path / "d.png", scale=scale), out)
+    from fractions import Fraction  # any real number is a scale, not only a float
+
+    io.write_depth(tmp_path / "f.png", depth, scale=Fraction(1, 1000))
+    np.testing.assert_array_equal(io.read_depth(tmp_path / "f.png", scale=Fraction(1, 1000)), out)
     with pytest.raises(DepthUnitError, match=r"d.png says its unit is 0.001 m \(its 'dap:metres_per_unit' text "
                                              r"chunk\), but it is being read at 0.002 m per unit"):
         io.read_depth(tmp_path / "d.png", scale=2 * scale)

@@ -699,6 +699,7 @@ def read_depth(
     """
     if scale is not None and not (isinstance(scale, numbers.Real) and 0 < scale < math.inf):
         raise ValueError(f"scale is a positive number of metres per unit, got {scale!r}")  # the call's, not the file's
+    scale = None if scale is None else float(scale)
     path = _check_file(path)
     suffix = path.suffix.lower()
     readers = {
@@ -746,6 +747,7 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
                 f"writing {path} as a 16-bit PNG needs scale=<metres per unit> > 0 (got {scale!r}); e.g. "
                 "scale=1/1000 stores millimetres (max 65.5 m). Use .exr or .npy to keep full float precision."
             )
+        scale = float(scale)  # a Fraction or Decimal: numpy's rounding wants a float
         valid = d > 0
         units = np.round(d.astype(np.float64) / scale)
         too_far = valid & (units > 65534)

@@ -1007,6 +1007,19 @@ def test_input_range_and_layout_follow_the_dtype():
     np.testing.assert_array_equal(to_rgb(u8), want)  # exactly /255 (scaled in place, not approximately)
 
 
+@pytest.mark.filterwarnings("ignore:input panorama is blank")  # it is, nearly: that is the point
+def test_8_bit_values_in_16_bits_get_a_warning_at_the_callers_line(tiny_model):
+    u8 = (_pano(32, 64) * 255).round().astype(np.uint8)
+    for image in (u8.astype(np.uint16), Image.fromarray(u8[..., 0]).convert("I")):
+        with pytest.warns(InputWarning, match="its 16-bit pixels reach only 2.. of 65535, so it reads as almost black; "
+                                              "if it holds 8-bit") as caught:
+            predict(image, tiny_model, resolution=(32, 64))
+        assert [Path(w.filename).name for w in caught if "16-bit" in str(w.message)] == ["test_inference.py"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # full-range 16-bit: no warning
+        to_rgb(u8.astype(np.uint16) * 257)
+
+
 def test_a_float32_image_is_used_without_a_copy(tiny_model):
     """What dap.io decodes (float32, (H, W, 3)) goes through as it is: a 16K panorama is 1.6 GB a copy."""
     from dap.inference import to_rgb

@@ -114,6 +114,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
             warnings.warn(f"{Path(image).name}: {note}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+            _warn_if_low_16_bit(int(np.asarray(image).max(initial=0)), source)
         image = io.pil_to_rgb(image)  # as a file in its mode is read: 16-bit and float modes keep their range
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
@@ -129,6 +131,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
                        f"(3, H, W), got {got}; pass batches as a list or a 4-D array")
     a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))
     if a.dtype in (np.uint8, np.uint16):
+        if a.dtype == np.uint16:
+            _warn_if_low_16_bit(int(a.max()), source)
         scaled = a.astype(np.float32)
         scaled /= 255.0 if a.dtype == np.uint8 else 65535.0  # in place: a 16K panorama is 1.6 GB as float32
         return scaled
@@ -141,7 +145,7 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     finite = np.isfinite(a)
     if not finite.all():
         warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", InputWarning,
-                      stacklevel=2)
+                      stacklevel=4)  # past predict and torch's decorator: the caller's line
         a = np.where(finite, a, np.float32(0))
     lo, hi = float(a.min()), float(a.max())
     if lo < 0 or hi > 1:
@@ -149,6 +153,14 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
                        "255 (or pass them as uint8), expose linear HDR radiance with dap.io.tonemap_hdr, or clip "
                        "them to [0, 1]")
     return a
+
+
+def _warn_if_low_16_bit(peak: int, source: str) -> None:
+    """16-bit pixels are 0-65535; 8- or 12-bit values kept in a uint16 array read as an almost black image."""
+    if 0 < peak <= 4095:
+        warnings.warn(f"{source}: its 16-bit pixels reach only {peak} of 65535, so it reads as almost black; if it "
+                      "holds 8-bit (0-255) or 12-bit (0-4095) values, scale them to 0-65535 or pass uint8",
+                      InputWarning, stacklevel=5)  # past to_rgb, predict and torch's decorator: the caller's line
 
 
 def _split_batch(images) -> tuple[list, bool]:

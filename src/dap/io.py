@@ -67,7 +67,7 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     real = os.path.realpath(folder)
     locks = Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}"  # per user: /tmp is shared
     locks.mkdir(mode=0o700, exist_ok=True)
-    with open(locks / f"{hashlib.sha256(real.encode()).hexdigest()[:32]}.lock", "a+") as f:
+    with open(locks / f"{hashlib.sha256(os.fsencode(real)).hexdigest()[:32]}.lock", "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

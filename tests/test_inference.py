@@ -789,6 +789,36 @@ def test_a_point_cloud_with_no_points(tiny_model, tmp_path):
     assert not (tmp_path / "p.glb").exists()
 
 
+def test_a_rerun_asking_for_more_outputs_keeps_files_the_record_does_not_list(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "in" / "pano.png", _pano(32, 64, 3))
+    src, out = tmp_path / "in" / "pano.png", tmp_path / "o"
+    assert _predict_cli([src], out, checkpoint, "--outputs", "npy") == 0
+    (out / "pano.exr").write_bytes(b"my ground truth")  # the user's, beside dap's outputs
+    (out / "pano.cube").mkdir()
+    (out / "pano.cube" / "notes.json").write_text("precious")
+    capsys.readouterr()
+    for kinds in ("npy,exr,color", "npy,cubemap"):  # replaced the EXR / deleted the folder
+        assert _predict_cli([src], out, checkpoint, "--outputs", kinds) == 2
+        err = capsys.readouterr().err
+        assert "already exists but is not among the outputs recorded in .pano.dap.json" in err and "--overwrite" in err
+    assert (out / "pano.exr").read_bytes() == b"my ground truth"
+    assert (out / "pano.cube" / "notes.json").read_text() == "precious"
+    # an output left by a run with other settings is not counted as done: it was skipped with the new npy
+    ply = tmp_path / "p"
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply") == 0
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy", "--camera-height", "1.6", "--overwrite") == 0
+    capsys.readouterr()
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply", "--camera-height", "1.6") == 2
+    assert "pano.ply already exists but is not among the outputs recorded" in capsys.readouterr().err
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply", "--camera-height", "1.6", "--overwrite") == 0
+    # a new kind next to recorded ones, made the same way: added, and the record lists all of them
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "mask", "--camera-height", "1.6") == 0
+    assert json.loads((ply / ".pano.dap.json").read_text())["outputs"] == ["mask", "npy", "ply"]
+    capsys.readouterr()
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply,mask", "--camera-height", "1.6") == 0
+    assert "skipped 1 with existing outputs" in capsys.readouterr().out
+
+
 def test_no_output_replaces_an_input_of_the_run(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "m" / "x.png", _pano(32, 64, 1))
     io.write_rgb(tmp_path / "m" / "x.mask.png", _pano(32, 64, 2))  # x's mask output would land on this input

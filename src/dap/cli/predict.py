@@ -273,11 +273,22 @@ def _decoded(items, args, kinds, settings, failures, counts):
                                                    f"differently: {conflict}. Pass --overwrite to replace them, or "
                                                    "predict into another --out"))
                 continue
+            listed = set(recorded.get("outputs", paths))  # records before 2026-11-27 may not list them
+            # an output kind the record does not list, already on disk: not made by the run the record describes
+            # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
+            unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
+            if unlisted is not None:
+                failures.append((seq, item.source, f"{unlisted} already exists but is not among the outputs recorded "
+                                                   f"in {record.name} (another run made it, or not dap predict); pass "
+                                                   "--overwrite to replace it, or predict into another --out"))
+                continue
             if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
                 if item.video and args.smooth_scale:  # in order, through the main thread, which smooths
                     yield seq, item, None, recorded.get("smooth_log_median"), None, None, []
                 continue
+            # outputs of other kinds this record lists, made the same way, stay listed beside the new ones
+            expected = {**expected, "outputs": sorted(listed - paths.keys())}
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
             failures.append((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
@@ -299,12 +310,13 @@ def _decoded(items, args, kinds, settings, failures, counts):
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:
     seq, item, pred, paths, (record, content) = job
+    outputs = sorted({*content.get("outputs", []), *paths})
     try:
         # First a record that says the outputs are being written (a rerun after a kill makes them again, and knows
         # they are ours), then the outputs, then the record that says they are complete.
-        write_record(record, {**content, "outputs": sorted(paths), "complete": False})
+        write_record(record, {**content, "outputs": outputs, "complete": False})
         write_outputs(pred, paths, point_stride=point_stride)
-        write_record(record, {**content, "outputs": sorted(paths), "complete": True})
+        write_record(record, {**content, "outputs": outputs, "complete": True})
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
         failures.append((seq, item.source, str(e)))

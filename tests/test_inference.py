@@ -819,6 +819,25 @@ def test_a_rerun_asking_for_more_outputs_keeps_files_the_record_does_not_list(ch
     assert "skipped 1 with existing outputs" in capsys.readouterr().out
 
 
+def test_settings_that_do_nothing_do_not_block_a_rerun(checkpoint, tmp_path, capsys):
+    io.write_rgb(tmp_path / "in" / "pano.png", _pano(32, 64, 3))
+    src, out = tmp_path / "in" / "pano.png", tmp_path / "o"
+    assert _predict_cli([src], out, checkpoint, "--outputs", "npy", "--smooth-scale", "0.8", "--point-stride", "4") == 0
+    assert "--smooth-scale smooths over a video's frames; no input is a video" in capsys.readouterr().err
+    assert _predict_cli([src], out, checkpoint, "--outputs", "npy") == 0  # was refused: smooth_scale was 0.8
+    assert "skipped 1 with existing outputs" in capsys.readouterr().out
+    # the same file through a symbolic link is the same input
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    assert _predict_cli([tmp_path / "link" / "pano.png"], out, checkpoint, "--outputs", "npy") == 0
+    assert "skipped 1 with existing outputs" in capsys.readouterr().out
+    # a known camera height and scale smoothing would fight over each frame's scale
+    assert _predict_cli([src], out, checkpoint, "--camera-height", "1.6", "--smooth-scale", "0.5") == 2
+    assert "--camera-height sets each frame's scale from its floor and --smooth-scale" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _predict_cli([src], out, checkpoint, "--camera-height", "1e6")  # at parsing, as 0 and nan are
+    assert "expected a number of metres > 0 and below 1000, got '1e6'" in capsys.readouterr().err
+
+
 def test_no_output_replaces_an_input_of_the_run(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "m" / "x.png", _pano(32, 64, 1))
     io.write_rgb(tmp_path / "m" / "x.mask.png", _pano(32, 64, 2))  # x's mask output would land on this input

@@ -987,9 +987,12 @@ def changed_keys(old: dict, new: dict) -> list[str]:
 def record_conflict(recorded: dict, expected: dict) -> str | None:
     """How an existing record differs from what this run would write, in words; None if it does not."""
     before, now = recorded.get("input", {}), expected["input"]
-    if before.get("file") != now["file"]:
-        return f"they were made from {before.get('file')}"
-    changes = ["the input file changed since (size or modification time)"] if before != now else []
+    file = before.get("file")
+    # one file under another spelling (through a symbolic link) is the same input
+    if file != now["file"] and not (isinstance(file, str) and os.path.realpath(file) == os.path.realpath(now["file"])):
+        return f"they were made from {file}"
+    changed = any(before.get(k) != now[k] for k in ("size", "mtime_ns"))
+    changes = ["the input file changed since (size or modification time)"] if changed else []
     old, new = recorded.get("settings", {}), expected["settings"]
     changes += ["by another model" if key == "model" else f"{key} was {old.get(key)!r}, now {new.get(key)!r}"
                 for key in changed_keys(old, new)]

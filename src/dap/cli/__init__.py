@@ -92,6 +92,14 @@ def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
 
 
+def camera_height(text: str) -> float:
+    """Metres from the floor to the lens: positive, below `dap.inference.MAX_CAMERA_HEIGHT`."""
+    from dap.inference import MAX_CAMERA_HEIGHT
+
+    return _number(float, text, f"a number of metres > 0 and below {MAX_CAMERA_HEIGHT:g}",
+                   lambda v: 0 < v < MAX_CAMERA_HEIGHT)
+
+
 def smoothing_weight(text: str) -> float:
     """A moving average's weight on the past, from 0 (off) to below 1 (1 would never let a new value in)."""
     return _number(float, text, "a number from 0 up to (not including) 1", lambda v: 0 <= v < 1)

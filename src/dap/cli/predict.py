@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from dap.cli import parse_device, parse_network_size, positive_float, positive_int, smoothing_weight
+from dap.cli import camera_height, parse_device, parse_network_size, positive_int, smoothing_weight
 from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -79,11 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth-scale", type=smoothing_weight, default=0.0, metavar="ALPHA",
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off; below 1)")
-    parser.add_argument("--camera-height", type=positive_float, default=None, metavar="METRES",
+    parser.add_argument("--camera-height", type=camera_height, default=None, metavar="METRES",
                         help="height of the lens above the floor, if known (e.g. a tripod's 1.6): rescales each "
                              "depth map so the floor it shows lies that far below the camera. A model can only "
                              "guess metric scale; a known height fixes it. Inputs with no floor or ground visible "
-                             "25-70 degrees below the horizon fail")
+                             "25-70 degrees below the horizon fail. Not with --smooth-scale, which would rescale "
+                             "each frame again")
     parser.add_argument("--level", action="store_true",
                         help="level panoramas whose camera was tilted (walls lean) before the network sees them, "
                              "from how their vertical edges lean, and turn the outputs back to the input's frame. "
@@ -113,7 +114,14 @@ def run(args: argparse.Namespace) -> int:
     if not kinds:
         raise DapError(f"--outputs names no output; give one or more of {', '.join(OUTPUT_KINDS)}")
     check_seam_pad(args.seam_pad)
+    if args.camera_height is not None and args.smooth_scale:
+        raise DapError("--camera-height sets each frame's scale from its floor and --smooth-scale would rescale it "
+                       "towards the frames before: use one of them (--camera-height where the camera's height is "
+                       "known)")
     items, ignored = expand_inputs(args.inputs)  # before the model: a mistyped path should not wait for dap-vitl
+    if args.smooth_scale and not any(i.video for i in items):
+        print("dap predict: note: --smooth-scale smooths over a video's frames; no input is a video, so it does "
+              "nothing", file=sys.stderr)
     subs = [p for p in ignored if p.is_dir()]
     ignored = [p for p in ignored if not p.is_dir()]
     if subs:
@@ -155,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
                 "resolution": list(args.resolution or model.cfg.default_resolution), "seam_pad": args.seam_pad,
                 "pad_to_erp": args.pad_to_erp, "upsample": args.upsample, "camera_height": args.camera_height,
                 **({"level": True} if args.level else {}),  # absent when off: records from before it still match
-                "smooth_scale": args.smooth_scale, "point_stride": args.point_stride}
+                # at their defaults where they do nothing (images; no point cloud), so they do not block a rerun
+                "smooth_scale": args.smooth_scale,
+                "point_stride": args.point_stride if {"ply", "glb"} & set(kinds) else 1}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     # Two runs into one folder at once would both find no record for an input and mix their outputs
     with io.folder_lock(args.out, "dap predict"):
@@ -261,7 +271,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
             failures.append((seq, item.source, too_long))
             continue
         try:
-            expected = {"input": input_identity(item.video or item.source), "settings": settings}
+            expected = {"input": input_identity(item.video or item.source),
+                        "settings": settings if item.video else {**settings, "smooth_scale": 0.0}}
         except OSError as e:  # gone or unreadable since the inputs were listed
             failures.append((seq, item.source, f"cannot read {item.source}: {_why_unreadable(item.source, e)}"))
             continue

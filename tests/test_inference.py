@@ -302,6 +302,20 @@ def _prediction(depth: np.ndarray) -> Prediction:
                       out_of_range_prob=np.zeros((h, w), np.float32))
 
 
+def test_depth_beyond_the_16_bit_png_is_a_note_not_a_warning(tmp_path):
+    from dap.inference import output_paths, write_outputs
+
+    depth = np.full((16, 32), 3.0, np.float32)
+    depth[0, :5] = 195.0  # a far hill under a --camera-height rescale
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was a two-line UserWarning with a source path, from the writer thread
+        notes = write_outputs(_prediction(depth), output_paths(tmp_path, "p", ["png16", "npy"]))
+    assert notes == ["5 depth values up to 195 m are beyond what the 16-bit depth PNG holds (128 m) and are 128 m "
+                     "there; the npy and exr outputs keep them"]
+    np.testing.assert_allclose(io.read_depth(tmp_path / "p.depth.png")[0, :5], 65534 / 512)
+    assert np.load(tmp_path / "p.npy")[0, 0] == 195.0
+
+
 def test_points_of_constant_depth_lie_on_a_sphere_along_the_erp_rays():
     h, w, r = 16, 32, 2.5
     p = _prediction(np.full((h, w), r, np.float32)).points

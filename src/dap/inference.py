@@ -1026,17 +1026,25 @@ def _write_cubemap(path: Path, rgb: np.ndarray, depth: np.ndarray) -> None:
     tmp.rename(path)
 
 
-def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int = 1) -> None:
-    """Write the requested outputs of one prediction. Point clouds drop out-of-range pixels."""
+def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int = 1) -> list[str]:
+    """Write the requested outputs of one prediction. Point clouds drop out-of-range pixels. Returns notes on what
+    an output could not hold (depth beyond the 16-bit PNG's range), for the caller to say with the input's name."""
     from dap import io
 
+    notes = []
     valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
     normals = pred.normals if {"normals", "ply"} & paths.keys() else None  # once for both
     for kind, path in paths.items():
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)
         elif kind == "png16":
-            io.write_depth(path, valid_depth, scale=PNG16_SCALE)
+            limit = 65534 * PNG16_SCALE
+            far = np.round(valid_depth.astype(np.float64) / PNG16_SCALE) > 65534  # write_depth's own rule
+            if far.any():
+                notes.append(f"{int(far.sum())} depth values up to {float(valid_depth.max()):.3g} m are beyond what "
+                             f"the 16-bit depth PNG holds ({limit:.0f} m) and are {limit:.0f} m there; the npy and exr "
+                             "outputs keep them")
+            io.write_depth(path, np.minimum(valid_depth, np.float32(limit)), scale=PNG16_SCALE)
         elif kind == "color":
             lo, hi = io.preview_range(valid_depth)
             io.write_depth_color(path, valid_depth, min_depth=lo, max_depth=hi)
@@ -1057,6 +1065,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
                 io.write_glb(path, points, colors)
         elif kind == "cubemap":
             _write_cubemap(path, pred.rgb, valid_depth)
+    return notes
 
 
 class ScaleSmoother:

@@ -320,13 +320,16 @@ def _decoded(items, args, kinds, settings, failures, counts):
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:
+    from tqdm import tqdm
+
     seq, item, pred, paths, (record, content) = job
     outputs = sorted({*content.get("outputs", []), *paths})
     try:
         # First a record that says the outputs are being written (a rerun after a kill makes them again, and knows
         # they are ours), then the outputs, then the record that says they are complete.
         write_record(record, {**content, "outputs": outputs, "complete": False})
-        write_outputs(pred, paths, point_stride=point_stride)
+        for note in write_outputs(pred, paths, point_stride=point_stride):
+            tqdm.write(f"dap predict: warning: {item.source}: {note}", file=sys.stderr)
         write_record(record, {**content, "outputs": outputs, "complete": True})
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run

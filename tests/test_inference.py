@@ -244,6 +244,18 @@ def test_cli_reports_bad_inputs(checkpoint, tmp_path, capsys):
     empty.mkdir()
     assert main(["predict", str(empty), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]) == 2
     assert "no images" in capsys.readouterr().err
+    # a folder that holds only a video says so
+    (empty / "clip.mp4").write_bytes(b"")
+    assert main(["predict", str(empty), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]) == 2
+    assert "it holds 1 video(s) (clip.mp4): pass a video by its own path" in capsys.readouterr().err
+    (empty / "clip.mp4").unlink()
+    # a pattern may match the run's own --out inside its folder: rerunning 'g/*' --out g/out skips, not fails
+    io.write_rgb(tmp_path / "g" / "a.png", _pano(32, 64))
+    run = ["predict", str(tmp_path / "g" / "*"), "--out", str(tmp_path / "g" / "out"), "--checkpoint", str(checkpoint),
+           "--resolution", "32x64", "--outputs", "npy"]
+    assert main(run) == 0 and main(run) == 0
+    assert "skipped 1 with existing outputs" in capsys.readouterr().out
+    assert main(["predict", str(empty / "*"), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint)]) == 2
     locked = tmp_path / "locked"
     locked.write_text("a file, not a folder")
     assert main(["predict", str(empty), "--out", str(locked / "sub"), "--checkpoint", str(checkpoint)]) == 2

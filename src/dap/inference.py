@@ -859,16 +859,24 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                 left_out = [p for p in listing if (p.is_dir() or p.suffix.lower() not in io.IMAGE_SUFFIXES)
                             and not _ours_or_hidden(p) and (p.is_file() or p.is_dir())]
                 ignored += left_out
-                if not images:
+                # a folder a pattern matched may hold no images (an --out inside the pattern's folder, holding our
+                # outputs): left out; a folder given by name must hold some
+                if not images and not _is_pattern(spec):
                     subs = [p.name for p in left_out if p.is_dir()]
+                    videos = [p.name for p in left_out if p.suffix.lower() in io.VIDEO_SUFFIXES]
                     inside = (f"; its sub-folders ({', '.join(subs[:3])}{', ...' if len(subs) > 3 else ''}) are not "
                               f"searched: pass them, or a pattern such as '{path / '*'}'" if subs else "")
+                    if videos:
+                        inside += (f"; it holds {len(videos)} video(s) ({', '.join(videos[:3])}"
+                                   f"{', ...' if len(videos) > 3 else ''}): pass a video by its own path")
                     raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}{inside}")
             else:
                 images = [path]
             for image in images:
                 paths.setdefault(os.path.abspath(image), image)
     files = list(paths.values())
+    if not files:  # only folders without images matched
+        raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in what {', '.join(inputs)} matched")
     items = []
     for path, name in zip(files, output_names(files), strict=True):
         if path.suffix.lower() in io.VIDEO_SUFFIXES:

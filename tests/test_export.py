@@ -35,7 +35,7 @@ def test_fixed_size_export_matches_torch(tiny_model, tmp_path):
     assert onnx_model.cfg.default_resolution == (128, 256) and onnx_model.cfg.max_depth == tiny_model.cfg.max_depth
     assert onnx_model.input_size == (128, 288)
     assert_same(onnx_model, tiny_model, torch.randn(2, 3, 128, 288))  # batch is dynamic
-    with pytest.raises(DapError, match=r"takes inputs of 128x288 only \(128x256 plus the seam columns\), got 32x64: "
+    with pytest.raises(DapError, match=r"takes inputs of 128x288 only \(128x256 plus 32 seam columns\), got 32x64: "
                                        r".*the --seam-pad it was exported with \(0.0625\)"):
         onnx_model(torch.randn(1, 3, 32, 64))
     with pytest.raises(DapError, match=r"resolution 64x256 must be a 2:1 panorama size .* in multiples of 16"):
@@ -99,6 +99,18 @@ def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
     ort, pt = np.load(tmp_path / "ort" / "p.npy"), np.load(tmp_path / "pt" / "p.npy")
     assert np.abs(ort - pt).max() <= 1e-4
     assert (tmp_path / "ort" / "p.mask.png").read_bytes() == (tmp_path / "pt" / "p.mask.png").read_bytes()
+    # a graph exported without seam columns runs with the seam padding it was exported with, not the default
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m0.onnx"),
+                 "--resolution", "32x64", "--seam-pad", "0"]) == 0
+    assert main(["predict", *common, "--out", str(tmp_path / "ort0"), "--backend", "onnxruntime",
+                 "--model", str(tmp_path / "m0.onnx")]) == 0
+    # a working size the fixed graph does not take: one error before any input is read, not one per input
+    Image.fromarray((rng.random((64, 128, 3)) * 255).astype(np.uint8)).save(tmp_path / "q.png")
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--resolution", "64x128",
+                 "--out", str(tmp_path / "ort1"), "--backend", "onnxruntime", "--model", str(tmp_path / "m0.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("takes inputs of 32x64 only (32x64, no seam columns), got 64x128") == 1, err
 
 
 def test_errors(tmp_path, monkeypatch, capsys):

@@ -368,7 +368,7 @@ def test_dual_fisheye_images_are_told_from_equirectangular_ones():
     (512, 256, "turned by 90 degrees"), (128, 768, "cubemap strip"), (768, 128, "cubemap strip"),
     (100, 100, "stereo (over-under) 360-degree panorama"), (720, 1280, "ordinary photograph"),
     (768, 1024, "cubemap cross"), (1024, 768, "cubemap cross"), (256, 1024, "stereo (side-by-side)"),
-    (256, 1200, "--pad-to-erp for a partial panorama"),
+    (256, 1200, "--pad-to-erp (pad_to_erp=True in Python) for a partial panorama"),
 ])
 def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, hint):
     from dap.errors import NotPanoramaError

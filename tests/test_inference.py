@@ -61,13 +61,20 @@ def test_predict_accepts_every_input_kind_and_batches(tiny_model, tmp_path):
     assert len(predict(np.stack([rgb, rgb]), tiny_model, resolution=(32, 64))) == 2
 
 
-def test_predict_puts_the_model_in_eval_mode(tiny_model):
+def test_predict_runs_in_eval_mode_and_leaves_training_modules_training(tiny_model):
     """predict skips the per-call .eval() walk when the model is already evaluating, but not when any submodule is
-    training (a model handed over from a training loop, or one head switched back to training)."""
+    training (a model handed over from a training loop, or one head switched back to training); those modules are
+    training again afterwards."""
+    want = predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth
     for switch in (tiny_model, list(tiny_model.modules())[-1]):
         switch.train()
-        predict(_pano(32, 64), tiny_model, resolution=(32, 64))
-        assert not any(m.training for m in tiny_model.modules())
+        before = [m.training for m in tiny_model.modules()]
+        seen = []
+        hook = tiny_model.register_forward_pre_hook(lambda m, _: seen.append(any(x.training for x in m.modules())))
+        np.testing.assert_array_equal(predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth, want)
+        hook.remove()
+        assert seen == [False] and [m.training for m in tiny_model.modules()] == before
+        tiny_model.eval()
 
 
 def test_wrong_aspect_is_an_error_unless_padded(tiny_model):
@@ -797,11 +804,6 @@ def test_a_model_that_is_not_one_is_named(tiny_model):
     half = copy.deepcopy(tiny_model).half()  # was a torch error from the first convolution
     with pytest.raises(DapError, match=r"weights are float16; predict needs float32 weights .* call model.float\(\)"):
         predict(_pano(32, 64), half)
-    # a check in the middle of training leaves the model training, with the output of eval mode
-    training = copy.deepcopy(tiny_model).train()
-    out = predict(_pano(32, 64), training, resolution=(32, 64))
-    assert training.training and all(m.training for m in training.modules())
-    np.testing.assert_array_equal(out.depth, predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth)
 
 
 def test_a_point_cloud_with_no_points(tiny_model, tmp_path):

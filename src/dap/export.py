@@ -123,17 +123,26 @@ class OnnxModel:
     def eval(self) -> OnnxModel:
         return self
 
+    def check_size(self, resolution: tuple[int, int], seam_pad: float) -> None:
+        """Raise unless a working `resolution` with `seam_pad` gives the network input a fixed-size graph takes."""
+        h, w = resolution
+        self._check_input((h, w + 2 * seam_pad_columns(w, seam_pad)))
+
+    def _check_input(self, size: tuple[int, int]) -> None:
+        if all(isinstance(d, int) for d in self.input_size) and size != self.input_size:
+            h, w = self.cfg.default_resolution
+            seam = self.input_size[1] - w
+            made = f"{h}x{w} plus {seam} seam columns" if seam else f"{h}x{w}, no seam columns"
+            raise DapError(
+                f"{self.path} takes inputs of {self.input_size[0]}x{self.input_size[1]} only ({made}), got "
+                f"{size[0]}x{size[1]}: predict with --resolution {h}x{w} and the --seam-pad it was exported with"
+                f"{f' ({self.seam_pad:g})' if self.seam_pad is not None else ''}, or export with --dynamic"
+            )
+
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = tuple(x.shape[-2:])
         fixed = all(isinstance(d, int) for d in self.input_size)
-        if fixed and size != self.input_size:
-            h, w = self.cfg.default_resolution
-            raise DapError(
-                f"{self.path} takes inputs of {self.input_size[0]}x{self.input_size[1]} only ({h}x{w} plus the "
-                f"seam columns), got {size[0]}x{size[1]}: predict with --resolution {h}x{w} and the --seam-pad it "
-                f"was exported with{f' ({self.seam_pad:g})' if self.seam_pad is not None else ''}, or export with "
-                "--dynamic"
-            )
+        self._check_input(size)
         if not fixed and takes_square_branch(self.cfg, *size):
             raise DapError(f"input {size[0]}x{size[1]} takes the official adapter's square branch, which the dynamic "
                            "graph lacks; use another resolution or the torch backend")

@@ -660,13 +660,15 @@ def predict(
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
-    if isinstance(model, torch.nn.Module) and model.training:  # a check in the middle of training: left training
+    if isinstance(model, torch.nn.Module) and (training := [m for m in model.modules() if m.training]):
+        # run in eval mode; a check in the middle of training leaves each module as it found it
         try:
             return predict(images, resolve_model(model, dev), resolution=resolution, device=device, seam_pad=seam_pad,
                            pad_to_erp=pad_to_erp, pad_top=pad_top, threshold=threshold, upsample=upsample,
                            precision=precision, camera_height=camera_height, level=level)
         finally:
-            model.train()
+            for m in training:
+                m.training = True
     model = resolve_model(model, dev)
     precision = model_precision(model, precision, dev)
     model = prepare_model(model, precision)

@@ -66,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=parse_network_size, default=None,
                         help="working resolution HxW, 2:1, multiples of 16 (default: the model's own, 512x1024 for the "
                              "official model, 256x512 for the bundled one, which is much less accurate at any other)")
-    parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
-                        help="fraction of the width wrapped around each side of the 0/360 seam (0 = off)")
+    parser.add_argument("--seam-pad", type=float, default=None,
+                        help=f"fraction of the width wrapped around each side of the 0/360 seam (0 = off; default "
+                             f"{DEFAULT_SEAM_PAD:g}, or what an ONNX graph was exported with)")
     parser.add_argument("--pad-to-erp", action="store_true",
                         help="accept partial panoramas wider than 2:1 (360 degrees across) by padding the missing "
                              "latitudes with masked rows: where the file's Photo Sphere XMP puts the image, else "
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
     if not kinds:
         raise DapError(f"--outputs names no output; give one or more of {', '.join(OUTPUT_KINDS)}")
-    check_seam_pad(args.seam_pad)
+    if args.seam_pad is not None:
+        check_seam_pad(args.seam_pad)
     if args.camera_height is not None and args.smooth_scale:
         raise DapError("--camera-height sets each frame's scale from its floor and --smooth-scale would rescale it "
                        "towards the frames before: use one of them (--camera-height where the camera's height is "
@@ -147,11 +149,18 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise DapError("--backend onnxruntime needs --model model.onnx (written by `dap export onnx`)")
         model = OnnxModel(args.model)
+        if args.seam_pad is None and model.seam_pad is not None:
+            args.seam_pad = model.seam_pad
+        # a fixed-size graph and another working size: said once, not for every input after decoding it
+        model.check_size(args.resolution or model.cfg.default_resolution,
+                         DEFAULT_SEAM_PAD if args.seam_pad is None else args.seam_pad)
     else:
         model = resolve_model(args.model, device)
         if args.model is None:
             print("dap predict: using the bundled dap-tiny-synth (5 M parameters, trained on synthetic panoramas "
                   "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
+    if args.seam_pad is None:
+        args.seam_pad = DEFAULT_SEAM_PAD
     if note := other_resolution_note(args.resolution, model.cfg):
         print(f"dap predict: note: {note}", file=sys.stderr)
     precision = model_precision(model, args.precision, device)

@@ -107,8 +107,8 @@ def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
     # a working size the fixed graph does not take: one error before any input is read, not one per input
     Image.fromarray((rng.random((64, 128, 3)) * 255).astype(np.uint8)).save(tmp_path / "q.png")
     capsys.readouterr()
-    assert main(["predict", str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--resolution", "64x128",
-                 "--out", str(tmp_path / "ort1"), "--backend", "onnxruntime", "--model", str(tmp_path / "m0.onnx")]) == 2
+    assert main(["predict", str(tmp_path / "p.png"), str(tmp_path / "q.png"), "--resolution", "64x128", "--out",
+                 str(tmp_path / "ort1"), "--backend", "onnxruntime", "--model", str(tmp_path / "m0.onnx")]) == 2
     err = capsys.readouterr().err
     assert err.count("takes inputs of 32x64 only (32x64, no seam columns), got 64x128") == 1, err
 

@@ -69,8 +69,9 @@ def test_predict_runs_in_eval_mode_and_leaves_training_modules_training(tiny_mod
     for switch in (tiny_model, list(tiny_model.modules())[-1]):
         switch.train()
         before = [m.training for m in tiny_model.modules()]
-        seen = []
-        hook = tiny_model.register_forward_pre_hook(lambda m, _: seen.append(any(x.training for x in m.modules())))
+        seen: list[bool] = []
+        hook = tiny_model.register_forward_pre_hook(
+            lambda m, _, seen=seen: seen.append(any(x.training for x in m.modules())))
         np.testing.assert_array_equal(predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth, want)
         hook.remove()
         assert seen == [False] and [m.training for m in tiny_model.modules()] == before

@@ -590,7 +590,7 @@ def test_scale_smoothing_follows_moving_average_of_medians():
     np.testing.assert_allclose(c.depth, 8.0)
 
 
-def test_video_input_frames_are_predicted(checkpoint, tmp_path):
+def test_video_input_frames_are_predicted(checkpoint, tmp_path, capsys):
     import cv2
 
     path = tmp_path / "clip.avi"
@@ -612,6 +612,14 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path):
                  "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
     for f in frames:
         np.testing.assert_allclose(io.read_depth(out / f"{f}.npy"), whole[f], rtol=1e-6)
+    # the video changed since: its frames' outputs are refused in one line and a count, not a line per frame
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
+                 "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2 and f"error: {path} frame 0: {out} already holds outputs named clip_000000" in err
+    assert f"error: {path}: also 2 later frame(s), for the same reason" in err
 
 
 def test_a_video_without_frames_fails(checkpoint, tmp_path, capsys):

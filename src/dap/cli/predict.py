@@ -255,6 +255,18 @@ def _decoded(items, args, kinds, settings, failures, counts):
     sources: dict[str, str] = {}  # output name -> input that has it this run
     inputs = {os.path.abspath(i.video or i.source) for i in items}  # no output may replace an input, --overwrite or not
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
+    refused: dict[str, int] = {}  # video -> later frames whose outputs were refused as its first frame's were
+
+    def refuse(failure: tuple[int, str, str]) -> None:
+        """An input whose existing outputs stand in the way; a video's later frames are counted, not listed (a
+        30 s clip would give 900 lines)."""
+        if item.video in refused:
+            refused[item.video] += 1
+            return
+        if item.video:
+            refused[item.video] = 0
+        failures.append(failure)
+
     seq = -1
     for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
         failures.extend((seq, *f) for f in video_failures)
@@ -289,7 +301,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
         if recorded is not None:
             conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
-                failures.append((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
+                refuse((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
                                                    f"differently: {conflict}. Pass --overwrite to replace them, or "
                                                    "predict into another --out"))
                 continue
@@ -298,7 +310,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
             # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
             unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
             if unlisted is not None:
-                failures.append((seq, item.source, f"{unlisted} already exists but is not among the outputs recorded "
+                refuse((seq, item.source, f"{unlisted} already exists but is not among the outputs recorded "
                                                    f"in {record.name} (another run made it, or not dap predict); pass "
                                                    "--overwrite to replace it, or predict into another --out"))
                 continue
@@ -311,7 +323,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
             expected = {**expected, "outputs": sorted(listed - paths.keys())}
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
-            failures.append((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
+            refuse((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
                                                f"{record.name} beside it); pass --overwrite to replace it, or predict "
                                                "into another --out"))
             continue
@@ -326,6 +338,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         yield seq, item, paths, (record, expected), rgb, top, notes
     failures.extend((seq + 1, *f) for f in video_failures)
+    failures.extend((seq + 1, video, f"also {n} later frame(s), for the same reason")
+                    for video, n in refused.items() if n)
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:

@@ -722,7 +722,7 @@ def test_predict_camera_height_rescales_to_the_floor(d, tmp_path, capsys):
     assert abs(ratio[0] - 1) > 0.05
     assert geometry.floor_and_ceiling(fixed, in_range)[0] == pytest.approx(1.6, rel=1e-4)  # ... putting the floor there
     code, err = _run([*args, "--out", str(out / "bad"), "--camera-height", "0"], capsys)
-    assert code == 2 and "argument --camera-height: expected a number > 0" in err
+    assert code == 2 and "argument --camera-height: expected a number of metres > 0" in err
 
 
 def test_a_cut_short_video_is_one_line_of_ours_not_ffmpegs_log(tmp_path):

@@ -544,7 +544,7 @@ def test_predict_level_flag_is_recorded_and_silences_the_tilt_warning(checkpoint
     assert "tilted" not in capsys.readouterr().err
     assert json.loads((tmp_path / "o2" / ".tilted.dap.json").read_text())["settings"]["level"] is True
     assert _predict_cli([tmp_path / "tilted.jpg"], tmp_path / "o2", checkpoint, "--outputs", "npy") == 2
-    assert "level was True, now None" in capsys.readouterr().err  # made otherwise: not silently kept
+    assert "level was True, now not set" in capsys.readouterr().err  # made otherwise: not silently kept
 
 
 def test_camera_height_sets_the_metric_scale():

@@ -1004,7 +1004,8 @@ def record_conflict(recorded: dict, expected: dict) -> str | None:
     changed = any(before.get(k) != now[k] for k in ("size", "mtime_ns"))
     changes = ["the input file changed since (size or modification time)"] if changed else []
     old, new = recorded.get("settings", {}), expected["settings"]
-    changes += ["by another model" if key == "model" else f"{key} was {old.get(key)!r}, now {new.get(key)!r}"
+    shown = lambda v: "not set" if v is None else repr(v)  # noqa: E731 - a key absent from a record is off
+    changes += ["by another model" if key == "model" else f"{key} was {shown(old.get(key))}, now {shown(new.get(key))}"
                 for key in changed_keys(old, new)]
     return "; ".join(changes) or None
 

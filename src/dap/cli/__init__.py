@@ -205,7 +205,7 @@ def _prepare_outputs(args: argparse.Namespace) -> None:
         return
     value = getattr(args, option, None)
     path = Path(value) if value else Path("runs")  # dap train's default is runs/<config name>
-    check_output(path, kind, "--" + option)
+    check_output(path, kind, "OUT" if args.command == "convert" else "--" + option)  # convert: a positional
     if kind == "dir" and path.is_dir():
         remove_stale_temporaries(path)
     elif kind == "file" and path.parent.is_dir():

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["split_file"] = args.split_file
     dataset = get_dataset(args.dataset, args.root, split=args.split, **kwargs)
     cfg = EvalConfig(
-        protocols=tuple(args.protocol),
+        protocols=tuple(dict.fromkeys(args.protocol)),  # each once, in order
         min_depth=args.min_depth,
         max_depth=args.max_depth,
         range_cap=args.range_cap,

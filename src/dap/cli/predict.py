@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from dap import io
 
-    kinds = [k.strip() for k in args.outputs.split(",") if k.strip()]
+    kinds = list(dict.fromkeys(k.strip() for k in args.outputs.split(",") if k.strip()))  # each once, in order
     unknown = [k for k in kinds if k not in OUTPUT_KINDS]
     if unknown:
         raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")

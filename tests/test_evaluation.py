@@ -278,6 +278,11 @@ def test_cli_predictions_end_to_end(tmp_path, capsys):
              "--out", str(out), "--panels", "1"]
     assert main(again) == 0
     assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png"]
+    # the ground truth's own folder as --predictions would score perfectly: refused
+    capsys.readouterr()
+    assert main(["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions",
+                 str(tmp_path / "data" / "depth"), "--out", str(tmp_path / "self")]) == 2
+    assert "is where the ground truth is: " in capsys.readouterr().err
 
 
 class StubPredictor:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import numbers
+import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -554,6 +555,11 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
                 "metres_per_unit)", []).append(name)
         if predictions_dir is not None:
             path = _saved_prediction_path(Path(predictions_dir), name)
+            gt_file = getattr(dataset.items[i], "depth", None) if hasattr(dataset, "items") else None
+            if isinstance(gt_file, Path) and gt_file.is_file() and os.path.samefile(path, gt_file):
+                raise DapError(f"--predictions {predictions_dir} is where the ground truth is: {path} is the depth "
+                               f"file of {name!r} itself, which would score perfectly. Pass the folder of the model's "
+                               "predictions (`dap predict --outputs npy --out <folder>`)")
             try:
                 pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
             except DepthUnitError as e:  # no `scale=` to pass on the command line

@@ -105,7 +105,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from dap import io
 
     kinds = list(dict.fromkeys(k.strip() for k in args.outputs.split(",") if k.strip()))  # each once, in order
@@ -302,17 +301,17 @@ def _decoded(items, args, kinds, settings, failures, counts):
             conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
                 refuse((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
-                                                   f"differently: {conflict}. Pass --overwrite to replace them, or "
-                                                   "predict into another --out"))
+                                          f"differently: {conflict}. Pass --overwrite to replace them, or "
+                                          "predict into another --out"))
                 continue
-            listed = set(recorded.get("outputs", paths))  # records before 2026-11-27 may not list them
+            listed = set(recorded.get("outputs", paths))  # a record without the list: taken as listing these
             # an output kind the record does not list, already on disk: not made by the run the record describes
             # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
             unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
             if unlisted is not None:
                 refuse((seq, item.source, f"{unlisted} already exists but is not among the outputs recorded "
-                                                   f"in {record.name} (another run made it, or not dap predict); pass "
-                                                   "--overwrite to replace it, or predict into another --out"))
+                                          f"in {record.name} (another run made it, or not dap predict); pass "
+                                          "--overwrite to replace it, or predict into another --out"))
                 continue
             if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
@@ -324,8 +323,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
             refuse((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
-                                               f"{record.name} beside it); pass --overwrite to replace it, or predict "
-                                               "into another --out"))
+                                      f"{record.name} beside it); pass --overwrite to replace it, or predict "
+                                      "into another --out"))
             continue
         try:
             rgb, notes = item.load()

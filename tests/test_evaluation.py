@@ -276,7 +276,9 @@ def test_cli_predictions_end_to_end(tmp_path, capsys):
     # a rerun into the same --out replaces the reports whole: one panel now, none of the earlier run's left
     again = ["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions", str(tmp_path / "preds"),
              "--out", str(out), "--panels", "1"]
-    assert main(again) == 0
+    assert main([*again, "--resolution", "64x128"]) == 0
+    assert "note: --resolution set how a model runs; saved --predictions are scored as they are" in \
+        capsys.readouterr().err
     assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png"]
     # the ground truth's own folder as --predictions would score perfectly: refused
     capsys.readouterr()

@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
         raise DapError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g}")
     if args.predictions and not Path(args.predictions).is_dir():
         raise DapError(f"--predictions {args.predictions} is not a folder; pass the folder of <sample name>.npy files")
+    model_only = [o for o, given in (("--resolution", args.resolution is not None),
+                                     ("--seam-pad", args.seam_pad != DEFAULT_SEAM_PAD)) if given]
+    if args.predictions and model_only:
+        print(f"dap eval: note: {' and '.join(model_only)} set how a model runs; saved --predictions are scored as "
+              "they are", file=sys.stderr)
     kwargs = {}
     if args.split_file:
         if args.dataset not in ("stanford2d3d", "matterport3d"):

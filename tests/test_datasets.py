@@ -349,3 +349,7 @@ def test_synth_shards_as_an_evaluation_set(tmp_path):
     assert sample["rgb"].shape == (32, 64, 3) and sample["depth"].shape == (32, 64)
     want = render(make_scene(8, kind_for_seed(8, "mixed")), 32, 64)["depth"]
     np.testing.assert_array_equal(sample["depth"], want)
+    # a dap synth folder is one set: every split name gives all of it (and one cache key), a typo is an error
+    assert get_dataset("synth", tmp_path / "s", split="val").split == ds.split == "all"
+    with pytest.raises(DatasetLayoutError, match="unknown split 'tset' .* every name gives all of it"):
+        get_dataset("synth", tmp_path / "s", split="tset")

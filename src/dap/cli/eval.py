@@ -137,7 +137,7 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
     key = {  # the inputs too: sample names (synth shards' are 00000000...) repeat from one dataset to the next
         "dataset": args.dataset,
         "root": str(Path(args.root).resolve()),
-        "split": args.split,
+        "split": getattr(dataset, "split", args.split),  # the loader's name (every split of a synth folder is "all")
         "split_file": str(Path(args.split_file).resolve()) if args.split_file else None,
         "checkpoint": str(args.checkpoint),
         "model_sha256": model_fingerprint(model),

@@ -521,7 +521,10 @@ class SynthShards:
     def __init__(self, root: str | Path, split: str = "test"):
         from dap.data.shards import ShardDataset
 
-        self.root, self.split = Path(root), split
+        if split not in ("test", "val", "train", "all"):
+            raise DatasetLayoutError(f"synth ({root}): unknown split '{split}' (use test, val, train or all: a dap "
+                                     "synth folder is one split, every name gives all of it)")
+        self.root, self.split = Path(root), "all"  # one set whatever it is called: a cached prediction stays valid
         self._shards = ShardDataset(root)
 
     def __len__(self) -> int:

@@ -535,6 +535,12 @@ def test_a_synth_dataset_is_not_taken_for_a_pool(tmp_path, capsys):
     assert main(["curate", "ingest", str(tmp_path / "src"), "--pool", str(tmp_path / "synth")]) == 2
     assert "is not a curation pool: its manifest.parquet is a `dap synth` dataset" in capsys.readouterr().err
     assert (tmp_path / "synth" / "manifest.parquet").read_bytes() == before
+    # nor the other way round: `dap synth --out <pool>` replaced the pool's manifest, every row of it
+    assert main(["curate", "ingest", str(tmp_path / "src"), "--pool", str(tmp_path / "pool")]) == 0
+    pool = (tmp_path / "pool" / "manifest.parquet").read_bytes()
+    assert main(["synth", "--count", "1", "--resolution", "32x64", "--out", str(tmp_path / "pool")]) == 2
+    assert "holds a manifest.parquet, a curation pool's, which `dap synth` would replace" in capsys.readouterr().err
+    assert (tmp_path / "pool" / "manifest.parquet").read_bytes() == pool and not list((tmp_path / "pool").glob("sh*"))
 
 
 # ------------------------------------------------------------------------------------------ pseudo-labels

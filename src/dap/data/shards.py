@@ -133,6 +133,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     with folder_lock(root, "dap synth"):  # a second run into it would delete this one's shard in progress
+        _check_not_foreign(root)
         cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
                    resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
         cfg_path = root / CONFIG
@@ -181,6 +182,22 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                         stale.unlink(missing_ok=True)  # holds the folder, so they are all its own
                     raise
         return write_manifest(root)
+
+
+def _check_not_foreign(root: Path) -> None:
+    """Refuse a folder whose manifest.parquet is not a `dap synth` manifest (a curation pool's, say): writing the
+    dataset's manifest over it would lose every row of it."""
+    path = root / MANIFEST
+    if not path.exists():
+        return
+    try:
+        names = pq.read_schema(path).names
+    except Exception:  # noqa: BLE001 - pyarrow raises several types; an unreadable manifest is not ours either
+        names = []
+    if "shard" not in names:
+        what = "a curation pool's" if {"id", "status"} <= set(names) else "one `dap synth` did not write"
+        raise DapError(f"{root} holds a {MANIFEST}, {what}, which `dap synth` would replace. Choose a new --out "
+                       "folder for the dataset")
 
 
 SAMPLE_MEMBERS = ("depth.npy", "instance.png", "json", "mask.png", "rgb.png")  # `encode_sample`'s files per key

@@ -380,6 +380,14 @@ def test_fresh_run_into_an_existing_run_is_refused_and_changes_nothing(tmp_path)
         T.train(cfg_with("run.steps=3", "optim.lr_head=5e-4"), out)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     T.train(cfg_with("run.steps=1"), tmp_path / "empty_is_fine")  # a missing or empty folder is fine
+    # --resume of a finished run whose checkpoints were deleted (to free disk) started over, replacing final/
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(T.RunExistsError, match="holds a trained model .final/. but no checkpoint to resume its run"):
+        T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out, resume=True)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     (tmp_path / "made").mkdir()
     T.train(cfg_with("run.steps=1"), tmp_path / "made")
 

@@ -54,10 +54,16 @@ def checkpoint_step(path: Path) -> int:
 def check_run_folder(out: Path, resume: bool) -> None:
     """A fresh run never writes into a folder that holds another run: it would mix metrics and configs, and
     pruning would delete the new run's checkpoints in favour of the old run's higher steps."""
-    if resume or not out.exists():
+    if not out.exists():
         return
     found = [name for name in ("checkpoints", "metrics.jsonl", "config.yaml", "final", "tb") if (out / name).exists()]
-    if found:
+    if resume and (out / "final").exists() and not list_checkpoints(out):
+        # --resume would start over and replace the trained model (a run killed before its first checkpoint has
+        # none: it starts over as it should)
+        raise RunExistsError(
+            f"{out} holds a trained model (final/) but no checkpoint to resume its run from (checkpoints/ is missing "
+            "or empty); pass another --out to train again, or delete the folder to start over")
+    if found and not resume:
         raise RunExistsError(
             f"{out} already holds a training run ({', '.join(found)}); continue it with --resume, or pass another "
             "--out (delete the folder to start over)")

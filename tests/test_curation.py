@@ -112,10 +112,22 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert all(r["status"] == "rejected" and r["dup_of"] for r in video)  # a, a, b were all seen already
     assert "notes.txt" not in by_path
 
-    # a rerun adds nothing; --pad-to-erp accepts the partial panorama into the same pool
+    # a rerun adds nothing; --pad-to-erp, the fix the reason names, accepts the partial panorama into the same pool
+    again = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0), progress=False)
+    assert again == {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 8}
     again = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0, pad_to_erp=True), progress=False)
-    assert again["added"] == 0 and again["already_in_pool"] == 7
-    assert len(read_manifest(pool)) == len(rows)
+    assert again == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 7}
+    after = read_manifest(pool)
+    assert [r["id"] for r in after] == [r["id"] for r in rows]  # in place, no second row
+    (wide,) = [r for r in after if Path(r["path"]).name == "wide.png"]
+    assert wide["status"] == "ok" and wide["reason"] == "" and (pool / wide["image"]).is_file()
+    # a tag file given on a later ingest tags the items already in the pool (it was silently ignored)
+    untagged = tmp_path / "pool3"
+    ingest([str(src / "a.png")], untagged, IngestOptions(min_width=SMALL), progress=False)
+    assert read_manifest(untagged)[0]["domain"] == ""
+    ingest([str(src / "a.png")], untagged, IngestOptions(min_width=SMALL, tags=str(tmp_path / "tags.csv")),
+           progress=False)
+    assert [(r["domain"], r["domain_from"]) for r in read_manifest(untagged)] == [("indoor", "user")]
     ingest([str(src / "wide.png")], tmp_path / "pool2", IngestOptions(min_width=SMALL, pad_to_erp=True),
            progress=False)
     (row,) = read_manifest(tmp_path / "pool2")
@@ -684,7 +696,7 @@ def test_ingest_records_a_video_cut_short_after_its_good_frames(tmp_path):
     assert len(bad) == 1 and bad[0]["status"] == "rejected" and "of 12 cannot be decoded" in bad[0]["reason"]
     again = ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, every_s=1.0, max_tilt_deg=90),
                    progress=False)
-    assert again["already_in_pool"] == 2 and again["rejected"] == 0 and len(read_manifest(pool)) == 3
+    assert again["already_in_pool"] == 3 and again["rejected"] == 0 and len(read_manifest(pool)) == 3
 
 
 def test_a_file_name_that_is_not_utf8_is_ingested_with_its_name_escaped(tmp_path):

@@ -4,7 +4,7 @@ Per item: decode check, 2:1 check (or padding of partial panoramas), a 64-bit pe
 near-duplicate removal, a camera-tilt estimate from vertical edges, and an indoor/outdoor tag from a user tag
 file when one is given (otherwise stage-1 labeling tags it from the labeler's sky fraction). A bad file
 becomes a `rejected` row with its reason and never stops the run. Re-running ingest into the same pool adds
-only new items (same file checksum and frame = same id).
+only new items (same file checksum and frame = same id) and checks rejected ones again with the run's options.
 """
 
 from __future__ import annotations
@@ -210,7 +210,26 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
     tags = read_tags(o.tags) if o.tags else {}
     files = expand_sources(sources)
     rows = read_manifest(pool)
-    known = {r["id"] for r in rows}
+    # Rejected items are checked again, with this run's options: the fix a reason names (--pad-to-erp, --max-tilt,
+    # --level) then takes effect in the same pool. Accepted ones are kept as they are.
+    known = {r["id"] for r in rows if r["status"] != "rejected"}
+    at = {r["id"]: i for i, r in enumerate(rows)}  # a row checked again replaces its earlier one in place
+
+    def put(row: dict) -> bool:
+        """Store a row; False if it is a rejected row the pool already held with that reason (nothing new)."""
+        if row["id"] in at:
+            same = rows[at[row["id"]]]["reason"] == row["reason"] and row["status"] == "rejected"
+            rows[at[row["id"]]] = row
+            return not same
+        at[row["id"]] = len(rows)
+        rows.append(row)
+        return True
+
+    given = {os.path.abspath(f) for f in files}
+    for r in rows:  # a tag file given on a later ingest tags the pool's items from these sources too
+        name = Path(r["path"]).name
+        if r["status"] == "ok" and name in tags and os.path.abspath(r["path"]) in given:
+            r.update(domain=tags[name], domain_from="user")
     hashes = HashIndex(o.dedupe_bits)
     for r in rows:
         if r["status"] == "ok":
@@ -236,9 +255,8 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
                 # The file's row (frame None): a video that breaks after some frames keeps those frames' rows.
                 row = _rejected(path, source, checksum, None, f"cannot decode: {e}")
                 if row["id"] not in known:
-                    rows.append(row)
                     known.add(row["id"])
-                    counts["rejected"] += 1
+                    counts["rejected" if put(row) else "already_in_pool"] += 1
                 break
             row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": str(path),
                    "checksum": checksum, "frame_time": t, "height": rgb.shape[0], "width": rgb.shape[1],
@@ -252,8 +270,7 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
             h, w = rgb.shape[:2]
             if shape_problem:
                 row.update(status="rejected", reason=shape_problem)
-                rows.append(row)
-                counts["rejected"] += 1
+                counts["rejected" if put(row) else "already_in_pool"] += 1
                 continue
             if w > o.max_width:
                 rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
@@ -266,20 +283,20 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
                 tilted, rgb = levelled is None, rgb if levelled is None else levelled
             if dup is not None:
                 row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
-                counts["duplicate"] += 1
+                counts["duplicate" if put(row) else "already_in_pool"] += 1
             elif tilted:
                 row.update(status="rejected", reason=f"camera tilted by about {row['tilt_deg']:.1f} degrees "
                            f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it"
                            + (", --level could not level it)" if o.level else ", or --level to level it)"))
-                counts["rejected"] += 1
+                counts["rejected" if put(row) else "already_in_pool"] += 1
             else:
                 row["image"] = f"images/{row['id']}.jpg"
                 write_rgb(pool / row["image"], rgb)
                 hashes.add(row["phash"], row["id"])
                 if path.name in tags:
                     row.update(domain=tags[path.name], domain_from="user")
+                put(row)
                 counts["added"] += 1
-            rows.append(row)
         if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
             write_manifest(pool, rows)
             last_write = time.monotonic()

@@ -718,3 +718,32 @@ def test_label_resolution_must_be_a_panorama_size(tmp_path, capsys):
         main(["curate", "label", "--pool", str(tmp_path), "--model", "x", "--resolution", "64x64"])
     assert e.value.code == 2
     assert "argument --resolution: size '64x64' is not 2:1 (HEIGHTxWIDTH); use e.g. 64x128" in capsys.readouterr().err
+
+
+def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_path, capsys):
+    from dap.curation.label import label_path, merge_labels
+
+    pool = tmp_path / "pool"
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg"} for i in range(2)]
+    write_manifest(pool, rows)
+    depth, prob = np.ones((4, 8)), np.zeros((4, 8))
+
+    def label(row_id, certainty):
+        save_label(pool / label_path("stage1", row_id), depth, prob, sky_fraction=0.0, mask_certainty=certainty,
+                   tta_absrel=0.1)
+
+    for r in rows:
+        label(r["id"], 0.9)
+    merge_labels(pool, "stage1", 0.2)
+    scored = read_manifest(pool)
+    for r in scored:
+        r.update(disc_score=0.7, selected=True)
+    write_manifest(pool, scored)
+    merge_labels(pool, "stage1", 0.2)  # the same labels merged again: nothing changes
+    assert all(r["selected"] and r["disc_score"] == 0.7 for r in read_manifest(pool))
+    label(rows[0]["id"], 0.5)  # relabelled by another model
+    merge_labels(pool, "stage1", 0.2)
+    after = read_manifest(pool)
+    assert math.isnan(after[0]["disc_score"]) and not after[0]["selected"]
+    assert after[1]["disc_score"] == 0.7 and after[1]["selected"]
+    assert "1 rows of" in capsys.readouterr().err

@@ -16,6 +16,7 @@ Confidence signals stored with every label (the cheap ones; the discriminator sc
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
 def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[str, int]:
     """Copy the signals of every existing label file of `stage` into the manifest (atomic rewrite)."""
     rows = read_manifest(pool)
-    labelled = missing = 0
+    labelled = missing = stale = 0
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -197,8 +198,14 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
             missing += 1
             continue
         z = load_label(pool / rel)
-        r.update({f"{stage}_label": rel, **{f"{stage}_{k}": float(z[k]) for k in
-                                             ("sky_fraction", "mask_certainty", "tta_absrel")}})
+        signals = {f"{stage}_{k}": float(z[k]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")}
+        before = [r[k] for k in signals]
+        if stage == "stage1" and all(math.isfinite(v) for v in before) and before != list(signals.values()) and \
+                (math.isfinite(r["disc_score"]) or r["selected"]):
+            # a new stage-1 label (another labeler): the score and the selection were made on the old one
+            r.update(disc_score=math.nan, selected=False)
+            stale += 1
+        r.update({f"{stage}_label": rel, **signals})
         if stage == "stage1" and r["domain_from"] != "user":
             r["domain"] = "outdoor" if r["stage1_sky_fraction"] >= outdoor_sky_fraction else "indoor"
             r["domain_from"] = "labeler"
@@ -206,5 +213,9 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
     write_manifest(pool, rows)
     if missing:
         print(f"dap curate: {missing} accepted rows of {pool} have no {stage} label yet", file=sys.stderr)
+    if stale:
+        print(f"dap curate: {stale} rows of {pool} have new stage-1 labels: their discriminator scores and selection "
+              "were made on the old ones and are cleared; run `dap curate score` and `dap curate select` again",
+              file=sys.stderr)
     return {"labelled": labelled, "unlabelled": missing}
 

@@ -645,6 +645,16 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "accepted 6" in printed and "stage3 6" in printed
     assert (tmp_path / "plots/hist_disc_score.png").is_file() and (tmp_path / "plots/contact_sheet_disc.png").is_file()
+    # a done step's output deleted since: it and the steps after it run again (a rerun said "done" and left the
+    # pool pointing at label files that were gone)
+    import shutil
+
+    next((work / "pool/labels/stage3").glob("*.npz")).unlink()
+    shutil.rmtree(work / "runs/final/final")
+    assert main(rerun) == 0
+    assert "1 stage3 label file(s) of the step label3 is gone; running label3, final again" in capsys.readouterr().err
+    assert len(list((work / "pool/labels/stage3").glob("*.npz"))) == 6
+    assert (work / "runs/final/final/model.safetensors").is_file()
 
 
 def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):

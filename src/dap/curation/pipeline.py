@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +32,8 @@ from dap.curation.discriminator import (
     train_discriminator,
 )
 from dap.curation.ingest import IngestOptions, ingest
-from dap.curation.label import LabelOptions, label_batch, label_pool, resolution_problem
+from dap.curation.label import LabelOptions, label_batch, label_path, label_pool, resolution_problem
+from dap.curation.manifest import read_manifest
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
 from dap.errors import DapError
 from dap.inference import changed_keys
@@ -267,6 +269,14 @@ class Pipeline:
             raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
                            f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config they were done "
                            "with")
+        missing = next(((step, what) for step in STEPS if step in state["done"]
+                        and (what := self._missing_output(step))), None)
+        if missing:  # deleted since (to free disk, say): that step and the ones made from it run again
+            step, what = missing
+            redo = STEPS[STEPS.index(step):]
+            print(f"dap curate: {what} of the step {step} is gone; running {', '.join(redo)} again",
+                  file=sys.stderr)
+            state["done"] = {k: v for k, v in state["done"].items() if k not in redo}
         self._save({**state, "config": config})
         for step in STEPS:
             if step not in self.state()["done"]:
@@ -278,6 +288,22 @@ class Pipeline:
             if step == stop_after:
                 break
         return self.state()
+
+    def _missing_output(self, step: str) -> str | None:
+        """What a done step made that is no longer there, in words; None if all of it is."""
+        if step == "ingest":
+            return None if (self.pool / "manifest.parquet").is_file() else f"{self.pool / 'manifest.parquet'}"
+        if step in ("stage1", "stage2", "final"):
+            final = self.work / "runs" / step / "final"
+            return None if (final / "config.json").is_file() else f"the model {final}"
+        if step == "disc":
+            return None if (self.work / "discriminator").is_dir() else f"{self.work / 'discriminator'}"
+        if step in ("label1", "label3"):
+            stage = {"label1": "stage1", "label3": "stage3"}[step]
+            gone = sum(1 for r in read_manifest(self.pool) if r["status"] == "ok"
+                       and not (self.pool / label_path(stage, r["id"])).is_file())
+            return f"{gone} {stage} label file(s)" if gone else None
+        return None
 
     # --- steps -------------------------------------------------------------------------------------------
     def _ingest(self) -> dict:

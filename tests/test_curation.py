@@ -757,3 +757,12 @@ def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_pa
     assert math.isnan(after[0]["disc_score"]) and not after[0]["selected"]
     assert after[1]["disc_score"] == 0.7 and after[1]["selected"]
     assert "1 rows of" in capsys.readouterr().err
+
+
+def test_status_plots_count_untagged_rows(tmp_path, capsys):
+    src = tmp_path / "src"
+    for i in range(2):
+        write_rgb(src / f"p{i}.png", _render(400 + i, "indoor", 32)["rgb"])
+    ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL), progress=False)  # no tags: domain unknown
+    assert main(["curate", "status", "--pool", str(tmp_path / "pool"), "--plots", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "hist_tilt_deg.png").is_file()  # was not written: untagged rows matched no group

@@ -62,7 +62,7 @@ def write_histograms(rows: list[dict], out: Path) -> list[Path]:
     for key, title in (("disc_score", "discriminator P(real) of the stage-1 label"),
                        ("stage1_tta_absrel", "stage-1 TTA disagreement (AbsRel)"),
                        ("tilt_deg", "estimated camera tilt (degrees)")):
-        groups = {d: [r[key] for r in ok if r["domain"] == d and math.isfinite(r[key])]
+        groups = {d: [r[key] for r in ok if (r["domain"] or "unknown") == d and math.isfinite(r[key])]
                   for d in sorted({r["domain"] or "unknown" for r in ok})}
         groups = {d: v for d, v in groups.items() if v}
         if not groups:

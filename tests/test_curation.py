@@ -760,9 +760,9 @@ def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_pa
 
 
 def test_status_plots_count_untagged_rows(tmp_path, capsys):
-    src = tmp_path / "src"
-    for i in range(2):
-        write_rgb(src / f"p{i}.png", _render(400 + i, "indoor", 32)["rgb"])
-    ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL), progress=False)  # no tags: domain unknown
+    import dap
+
+    sample = Path(dap.__file__).parent / "assets" / "sample_indoor.jpg"  # a room with vertical edges: a tilt
+    ingest([str(sample)], tmp_path / "pool", IngestOptions(), progress=False)  # no tags: domain unknown
     assert main(["curate", "status", "--pool", str(tmp_path / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "hist_tilt_deg.png").is_file()  # was not written: untagged rows matched no group

@@ -374,7 +374,10 @@ def test_ema_warms_up_so_the_initial_weights_fade():
 # ------------------------------------------------------------------------------------ run folders
 def test_fresh_run_into_an_existing_run_is_refused_and_changes_nothing(tmp_path):
     out = tmp_path / "run"
-    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out)
+    cfg = cfg_with("run.steps=2", "run.ckpt_every=1")
+    T.train(cfg, out)
+    # a model trained from scratch works at the size it was trained at (it was saved with the paper's 512x1024)
+    assert load_model(out / "final").cfg.default_resolution == (cfg.data.height, cfg.data.width)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(T.RunExistsError, match="--resume"):
         T.train(cfg_with("run.steps=3", "optim.lr_head=5e-4"), out)

@@ -87,7 +87,8 @@ INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "l
 
 def build_model(cfg: TrainConfig, *, quiet: bool = False):
     """The network to train: random (seeded by run.seed) for init=scratch, the same with the backbone copied from
-    a DINOv3 checkpoint (Meta's .pth) for init=<that file>, else loaded from model.init.
+    a DINOv3 checkpoint (Meta's .pth) for init=<that file>, else loaded from model.init. A new network's
+    default_resolution is the training size (data.height x data.width) unless model.overrides sets it.
 
     A loaded model keeps the checkpoint's architecture: model.overrides that differ from it are refused
     (they could not be applied), except INFERENCE_SETTINGS (the working resolution it is fine-tuned for, the
@@ -99,8 +100,11 @@ def build_model(cfg: TrainConfig, *, quiet: bool = False):
     init = cfg.model.init or "scratch"
     if init == "scratch" or is_dinov3_checkpoint(init):
         torch.manual_seed(seed_of(cfg.run.seed, "init"))  # identical on every rank (DDP also broadcasts)
+        overrides = copy.deepcopy(cfg.model.overrides)
+        # a new model works at the size it learned at, unless told (the architectures' default is the paper's)
+        overrides.setdefault("default_resolution", (cfg.data.height, cfg.data.width))
         with _overrides_checked():
-            model = create_model(cfg.model.name, **copy.deepcopy(cfg.model.overrides))
+            model = create_model(cfg.model.name, **overrides)
         if init != "scratch":
             init_backbone_from_dinov3(model, init)
         return model

@@ -378,6 +378,10 @@ def test_fresh_run_into_an_existing_run_is_refused_and_changes_nothing(tmp_path)
     T.train(cfg, out)
     # a model trained from scratch works at the size it was trained at (it was saved with the paper's 512x1024)
     assert load_model(out / "final").cfg.default_resolution == (cfg.data.height, cfg.data.width)
+    # the run folder itself names its model; a checkpoint file says where the model is
+    assert load_model(out).state_dict().keys() == load_model(out / "final").state_dict().keys()
+    with pytest.raises(CheckpointError, match=r"looks like a `dap train` checkpoint: the run's model is .*run/final"):
+        load_model(out / "checkpoints" / "step_00000002.pt")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(T.RunExistsError, match="--resume"):
         T.train(cfg_with("run.steps=3", "optim.lr_head=5e-4"), out)

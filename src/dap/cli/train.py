@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config (YAML), e.g. configs/tiny_cpu.yaml")
     parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue from the newest checkpoint in <out>/checkpoints (starts fresh if none)")
+                        help="continue from the newest checkpoint in <out>/checkpoints (starts fresh if there is none, "
+                             "unless <out> holds a trained model: then it is refused)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optim.lr_head=1e-4 --set data.batch_size=8")
     parser.add_argument("--stop-at", type=positive_int, default=None, metavar="STEP",

@@ -132,9 +132,12 @@ def _load_official(path: Path) -> DAP:
             "DAP model; train from it with model.init: <this file> (docs/training.md)"
         )
     if not is_official_state_dict(sd):
+        run = path.parent.parent if path.parent.name == "checkpoints" else None
+        hint = (f" It looks like a `dap train` checkpoint: the run's model is {run / 'final'} (written when the run "
+                "finishes)" if run is not None else "")
         raise CheckpointError(
             f"{path} is a state dict but not in the official DAP layout (no 'core.' keys). Our own checkpoints "
-            f"are directories with {WEIGHTS_FILE} and {CONFIG_FILE}."
+            f"are directories with {WEIGHTS_FILE} and {CONFIG_FILE}.{hint}"
         )
     sd = convert_official_state_dict(sd)
     with torch.device("meta"):
@@ -240,6 +243,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     if p.is_dir():
         if (p / CONFIG_FILE).exists():
             model = _load_ours(p)
+        elif (p / "final" / CONFIG_FILE).exists() and (p / "checkpoints").is_dir():  # a `dap train` run: its model
+            model = _load_ours(p / "final")
         else:
             pths = sorted(p.glob("*.pth"))
             if not pths:

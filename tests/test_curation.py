@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -336,7 +337,6 @@ def _labels(pool: Path) -> dict[str, dict]:
 
 
 def test_killed_labeling_resumes_to_the_same_manifest(tmp_path, tiny_checkpoint):
-    import shutil
 
     ref_pool = _pool_of_noise(tmp_path / "ref", 12)
     pool = tmp_path / "killed"
@@ -378,7 +378,6 @@ def _free_port() -> int:
 
 
 def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
-    import shutil
 
     from dap.curation.label import rank_rows
 
@@ -402,7 +401,6 @@ def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
 
 
 def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
-    import shutil
 
     from dap.curation.selection import score_pool
 
@@ -647,7 +645,6 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert (tmp_path / "plots/hist_disc_score.png").is_file() and (tmp_path / "plots/contact_sheet_disc.png").is_file()
     # a done step's output deleted since: it and the steps after it run again (a rerun said "done" and left the
     # pool pointing at label files that were gone)
-    import shutil
 
     next((work / "pool/labels/stage3").glob("*.npz")).unlink()
     shutil.rmtree(work / "runs/final/final")
@@ -766,3 +763,19 @@ def test_status_plots_count_untagged_rows(tmp_path, capsys):
     ingest([str(sample)], tmp_path / "pool", IngestOptions(), progress=False)  # no tags: domain unknown
     assert main(["curate", "status", "--pool", str(tmp_path / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "hist_tilt_deg.png").is_file()  # was not written: untagged rows matched no group
+
+
+def test_an_interrupted_training_step_resumes_from_another_folder(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "renders"
+    for i in range(4):
+        write_rgb(src / f"p{i}.png", _render(500 + i, "indoor" if i % 2 else "outdoor", 32)["rgb"])
+    config = _tiny_curate_config(tmp_path, src)
+    monkeypatch.chdir(tmp_path)
+    assert main(["curate", "run", "--config", str(config), "--work", "work", "--stop-after", "stage2"]) == 0
+    shutil.rmtree(tmp_path / "work/runs/stage2/final")  # as if stopped after its last checkpoint
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    # the same work folder, named from elsewhere: the step's checkpoint was refused (its paths were relative)
+    assert main(["curate", "run", "--config", str(config), "--work", str(tmp_path / "work"),
+                 "--stop-after", "stage2"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "work/runs/stage2/final/model.safetensors").is_file()

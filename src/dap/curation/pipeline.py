@@ -227,7 +227,9 @@ def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch
 
 class Pipeline:
     def __init__(self, cfg: CurateConfig, work: str | os.PathLike, progress: bool = True):
-        self.cfg, self.work, self.progress = cfg, Path(work), progress
+        # absolute: the training steps record their data and init paths, and a resume from another folder must
+        # find them the same
+        self.cfg, self.work, self.progress = cfg, Path(os.path.abspath(work)), progress
         self.pool = self.work / "pool"
         self.state_file = self.work / "state.json"
 

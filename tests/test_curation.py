@@ -770,6 +770,9 @@ def test_an_interrupted_training_step_resumes_from_another_folder(tmp_path, monk
     for i in range(4):
         write_rgb(src / f"p{i}.png", _render(500 + i, "indoor" if i % 2 else "outdoor", 32)["rgb"])
     config = _tiny_curate_config(tmp_path, src)
+    cfg = json.loads(config.read_text())
+    cfg["stage2"]["set"]["model.init"] = "stage1"  # a path in the work folder, recorded in the step's checkpoints
+    config.write_text(json.dumps(cfg))
     monkeypatch.chdir(tmp_path)
     assert main(["curate", "run", "--config", str(config), "--work", "work", "--stop-after", "stage2"]) == 0
     shutil.rmtree(tmp_path / "work/runs/stage2/final")  # as if stopped after its last checkpoint

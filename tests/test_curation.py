@@ -669,7 +669,12 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
     for setting, problem in [("select.score=disk", "select.score must be one of disc, tta, disc_tta, got 'disk'"),
                              ("label.resolution=[100,100]", "label.resolution must be [height, width] of a 2:1"),
                              ("stage2.config=nonexist.yaml", "stage2: cannot read the training config"),
-                             ("final.set={optim.lr_head: -1}", "final: --set optim.lr_head=-1: optim.lr_head must be")]:
+                             ("final.set={optim.lr_head: -1}", "final: --set optim.lr_head=-1: optim.lr_head must be"),
+                             ("select.keep={indoor: -1}", "select.keep.indoor must be a fraction below 1 or a count"),
+                             ("select.keep={kitchen: 1}", "select.keep names the domain 'kitchen'; the domains are"),
+                             ("stage2.pseudo_ratio=-1", "stage2.pseudo_ratio must be a number >= 0, got -1"),
+                             ("final.set={model.init: stage3}", "final: model.init /"),
+                             ("stage1.set={model.init: stage1}", "model.init stage1 is not made before stage1")]:
         assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w"), "--set", setting]) == 2
         assert problem in capsys.readouterr().err, setting
     assert not (tmp_path / "w").exists()

@@ -16,6 +16,7 @@ training steps resume from their own checkpoints, labeling from its label files)
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -140,12 +141,42 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
                        f"{cfg.select.score!r}")
     if problem := resolution_problem(cfg.label.resolution):
         raise DapError(f"curation config {p}: label.resolution {problem}")
-    for name in ("stage1", "stage2", "final"):
+    from dap.curation.ingest import DOMAINS
+
+    for domain, value in cfg.select.keep.items():
+        if domain not in DOMAINS:
+            raise DapError(f"curation config {p}: select.keep names the domain {domain!r}; the domains are "
+                           f"{', '.join(DOMAINS)}")
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+            raise DapError(f"curation config {p}: select.keep.{domain} must be a fraction below 1 or a count >= 1 "
+                           f"(0 keeps none), got {value!r}")
+    stages = ("stage1", "stage2", "final")
+    for name in stages:
+        stage = getattr(cfg, name)
+        if not (isinstance(stage.pseudo_ratio, (int, float)) and 0 <= stage.pseudo_ratio < math.inf):
+            raise DapError(f"curation config {p}: {name}.pseudo_ratio must be a number >= 0, got "
+                           f"{stage.pseudo_ratio!r}")
         try:
-            stage_train_config(cfg, getattr(cfg, name), None, Path(cfg.base_dir))
+            tc = stage_train_config(cfg, stage, None, Path(cfg.base_dir))
         except DapError as e:
             raise DapError(f"curation config {p}: {name}: {e}") from e
+        _check_init(tc.model.init, name, stages, Path(cfg.base_dir), p)
     return cfg
+
+
+def _check_init(init: str, name: str, stages: tuple[str, ...], base: Path, config: Path) -> None:
+    """A stage starts from scratch, a named or existing model, or an earlier stage's model (found when it runs)."""
+    from dap.models import registry
+
+    earlier = {str(base / "runs" / s / "final"): s for s in stages}
+    if init in earlier:
+        if stages.index(earlier[init]) >= stages.index(name):
+            raise DapError(f"curation config {config}: {name}: model.init {earlier[init]} is not made before {name}; "
+                           "a stage starts from an earlier one's model (stage2 from stage1, final from stage1 or "
+                           "stage2)")
+    elif init not in ("scratch", "bundled", *registry.MODELS) and not Path(init).exists():
+        raise DapError(f"curation config {config}: {name}: model.init {init} does not exist; use scratch, bundled, a "
+                       "model name, a checkpoint path, or stage1/stage2 for an earlier stage's model")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:

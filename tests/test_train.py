@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 
 from dap import geometry
 from dap import train as T
-from dap.errors import CheckpointError, ConfigError, NotPanoramaError
+from dap.errors import CheckpointError, ConfigError
 from dap.models import load_model
 from dap.train.checkpoints import RESUME_KEYS
 from dap.train.config import read_yaml_mapping
@@ -85,7 +85,8 @@ def test_overrides_reach_nested_and_list_entries(tmp_path):
         (["data.sources.3.ratio=1"], ValueError, "no such config entry"),
         (["loss.mask_threshold=150"], ValueError, "10, 20, 50, 100"),
         (["optim.optimizer=sgd"], ValueError, "adam or adamw"),
-        (["data.height=48", "data.width=64"], NotPanoramaError, "2:1"),
+        (["data.height=48", "data.width=64"], ConfigError, r"data.width must be twice data.height .* got 48x64; e.g. "
+         r"data.height=48 data.width=96"),
         (["lr"], ValueError, "key=value"),
         (["data.exposure=0.5"], ValueError, r"data.exposure is the largest exposure gain, at least 1"),
         (["data.highlights=-1"], ValueError, r"data.highlights is a number of spots, 0 \(off\) or more"),

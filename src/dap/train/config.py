@@ -14,7 +14,6 @@ from typing import Any
 
 import yaml
 
-from dap import geometry
 from dap.errors import ConfigError, NotPanoramaError
 from dap.losses import DF_NORMALISE, LossConfig
 
@@ -254,7 +253,10 @@ def _check_config(cfg: TrainConfig) -> None:
     from dap.models import MODEL_CONFIGS, DapConfig
     from dap.models.checkpoint import is_dinov3_checkpoint
 
-    geometry.check_erp_shape(cfg.data.height, cfg.data.width, "training resolution")
+    if cfg.data.width != 2 * cfg.data.height:  # config values: check_erp_shape's hints are about image files
+        raise ConfigError(f"data.width must be twice data.height (equirectangular panoramas are 2:1), got "
+                          f"{cfg.data.height}x{cfg.data.width}; e.g. data.height={cfg.data.height} "
+                          f"data.width={2 * cfg.data.height}")
     if cfg.data.height < 16 or cfg.data.height % 16:
         raise ConfigError(f"data.height must be a multiple of 16 (the ViT patch), got {cfg.data.height}")
     if (cfg.model.init or "scratch") == "scratch" or is_dinov3_checkpoint(cfg.model.init):

@@ -787,3 +787,14 @@ def test_an_interrupted_training_step_resumes_from_another_folder(tmp_path, monk
     assert main(["curate", "run", "--config", str(config), "--work", str(tmp_path / "work"),
                  "--stop-after", "stage2"]) == 0, capsys.readouterr().err
     assert (tmp_path / "work/runs/stage2/final/model.safetensors").is_file()
+
+
+def test_select_says_which_domains_keep_none(tmp_path, capsys):
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "domain": d, "disc_score": 0.1 * i, "stage1_label": "x"}
+            for i, d in enumerate(["indoor", "indoor", "outdoor"])]
+    write_manifest(tmp_path, rows)
+    assert main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1"]) == 0
+    assert "kept indoor 1" in (out := capsys.readouterr().out) and "outdoor none (not in --keep)" in out
+    with pytest.raises(SystemExit):
+        main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1,indoor=2"])
+    assert "indoor is given twice in 'indoor=1,indoor=2'" in capsys.readouterr().err

@@ -24,6 +24,8 @@ def _keep(text: str) -> dict[str, float]:
     out = {}
     for part in text.split(","):
         k, sep, v = part.partition("=")
+        if k.strip() in out:
+            raise argparse.ArgumentTypeError(f"{k.strip()} is given twice in {text!r}")
         try:
             out[k.strip()] = float(v)
         except ValueError:
@@ -151,7 +153,9 @@ def run(args: argparse.Namespace) -> int:
         from dap.curation.selection import PAPER_FRACTIONS, select_pool
 
         kept = select_pool(args.pool, args.keep or dict(PAPER_FRACTIONS), args.score)
-        print("dap curate select: kept " + ", ".join(f"{k} {v}" for k, v in kept.items()))
+        left = [d for d in PAPER_FRACTIONS if args.keep and d not in args.keep]
+        print("dap curate select: kept " + ", ".join(f"{k} {v}" for k, v in kept.items())
+              + "".join(f", {d} none (not in --keep)" for d in left))
     elif cmd == "run":
         from dap.curation.pipeline import Pipeline, load_curate_config
 

@@ -93,7 +93,8 @@ def read_manifest(pool: str | os.PathLike) -> list[dict]:
     if missing:  # e.g. a `dap synth` folder (manifest.parquet of shards): rewriting it would lose that dataset
         what = "a `dap synth` dataset" if "shard" in table.column_names else "another kind of manifest"
         raise DatasetLayoutError(f"{pool} is not a curation pool: its {MANIFEST} is {what} (no {', '.join(missing)} "
-                                 "column). Give --pool a folder of its own (a new one is created)")
+                                 "column). A pool needs a folder of its own (curate's --pool, or a pseudo source's "
+                                 "path; a new one is created)")
     rows = table.to_pylist()
     defaults = empty_row()
     return [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS}} for r in rows]

@@ -168,9 +168,9 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
         return None, None
     ckpt = load_checkpoint(existing[-1], needs=RESUME_KEYS)
     changes = _config_changes(ckpt.get("config", {}), config)
-    if any(c.startswith("model.") for c in changes):
+    if model_changes := [c for c in changes if c.startswith("model.")]:  # the others could be resumed with
         raise RunExistsError(
-            f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(changes)}); resume "
+            f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(model_changes)}); resume "
             "with the run's own config (<out>/config.yaml), or start a new --out with model.init=<checkpoint>")
     if changes and d.main:
         print(f"dap train: resuming {out} with a changed config: {'; '.join(changes)}", file=sys.stderr)

@@ -85,6 +85,11 @@ def test_stanford_layout_errors(tmp_path):
     with pytest.raises(DatasetLayoutError, match="area_5a/pano/rgb is missing") as e:
         Stanford2D3D(tmp_path)
     assert "area_5a/pano/depth/camera_<uuid>" in str(e.value)  # shows the expected layout
+    assert "or use the 'folder' loader with a manifest" in str(e.value)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetLayoutError) as e:  # the folder loader itself is not told to use the folder loader
+        FolderDataset(tmp_path / "empty")
+    assert "or give the folder a manifest" in str(e.value) and "'folder' loader" not in str(e.value)
     make_stanford(tmp_path)
     next((tmp_path / "area_5b" / "pano" / "depth").iterdir()).unlink()
     with pytest.raises(DatasetLayoutError, match="1 listed files are missing") as e:

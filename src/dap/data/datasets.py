@@ -69,8 +69,10 @@ class PanoDataset:
         return DatasetLayoutError(
             # sentences end in full stops: `dap` prints errors on one line, joining these lines with spaces
             f"{self.name} (split '{self.split}'): {problem.rstrip().rstrip('.')}.\nExpected this layout under the "
-            f"root {self.root}:\n{self.layout.rstrip()}.\nPoint --root at the folder that contains it, or use the "
-            "'folder' loader with a manifest (CSV/Parquet: rgb, depth, metres_per_unit) for another layout."
+            f"root {self.root}:\n{self.layout.rstrip()}.\nPoint the root (dap eval's --root, a training source's "
+            "path) at the folder that contains it"
+            + (", or give the folder a manifest." if self.name == "folder" else ", or use the 'folder' loader with a "
+               "manifest (CSV/Parquet: rgb, depth, metres_per_unit) for another layout.")
         )
 
     def _index(self) -> list[Item]:

@@ -134,22 +134,15 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
         raise DapError(f"curation config {p}: discriminator.data is empty; give labeled panoramas that the "
                        "stage-1 labeler does not train on (e.g. a disjoint seed range of synthetic data)")
     # Settings the later steps use are checked now: a typo found after hours of stage-1 training costs those hours
-    from dap.curation.selection import SCORES
+    from dap.curation.selection import SCORES, keep_problem
 
     if cfg.select.score not in SCORES:
         raise DapError(f"curation config {p}: select.score must be one of {', '.join(SCORES)}, got "
                        f"{cfg.select.score!r}")
     if problem := resolution_problem(cfg.label.resolution):
         raise DapError(f"curation config {p}: label.resolution {problem}")
-    from dap.curation.ingest import DOMAINS
-
-    for domain, value in cfg.select.keep.items():
-        if domain not in DOMAINS:
-            raise DapError(f"curation config {p}: select.keep names the domain {domain!r}; the domains are "
-                           f"{', '.join(DOMAINS)}")
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
-            raise DapError(f"curation config {p}: select.keep.{domain} must be a fraction below 1 or a count >= 1 "
-                           f"(0 keeps none), got {value!r}")
+    if problem := keep_problem(cfg.select.keep, "select.keep"):
+        raise DapError(f"curation config {p}: {problem}")
     stages = ("stage1", "stage2", "final")
     for name in stages:
         stage = getattr(cfg, name)

@@ -86,6 +86,18 @@ def _ranking_value(row: dict, score: str) -> float:
     raise ValueError(score)
 
 
+def keep_problem(keep: dict, name: str) -> str | None:
+    """What is wrong with a selection's domain -> keep mapping (`name`: how the user gave it), None if nothing. A
+    typo in a domain would silently select nothing there, after clearing the earlier selection."""
+    unknown = sorted(set(keep) - set(DOMAINS))
+    if unknown:
+        return f"{name} names the domain {', '.join(map(repr, unknown))}; the domains are {', '.join(DOMAINS)}"
+    for domain, value in keep.items():
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
+            return f"{name}.{domain} must be a fraction below 1 or a count >= 1 (0 keeps none), got {value!r}"
+    return None
+
+
 def keep_count(n: int, keep: float) -> int:
     """keep < 1: a fraction of n (rounded); keep >= 1: a count (capped at n)."""
     if keep < 0:
@@ -133,10 +145,8 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
     if score in ("tta", "disc_tta") and not any(math.isfinite(r["stage1_tta_absrel"]) for r in rows):
         raise DapError(f"{pool} has no test-time-augmentation scores: label it with TTA (`dap curate label` without "
                        "--no-tta), or select by --score disc")
-    unknown = sorted(set(keep) - set(DOMAINS))
-    if unknown:  # a typo would silently select nothing there, after clearing the earlier selection
-        raise DapError(f"--keep names the domain {', '.join(map(repr, unknown))}; the domains are "
-                       f"{', '.join(DOMAINS)}")
+    if problem := keep_problem(keep, "--keep"):
+        raise DapError(problem)
     counts = select_top_k(rows, keep, score)
     write_manifest(pool, rows)
     return counts

@@ -1049,13 +1049,11 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)
         elif kind == "png16":
-            limit = 65534 * PNG16_SCALE
-            far = np.round(valid_depth.astype(np.float64) / PNG16_SCALE) > 65534  # write_depth's own rule
-            if far.any():
-                notes.append(f"{int(far.sum())} depth values up to {float(valid_depth.max()):.3g} m are beyond what "
-                             f"the 16-bit depth PNG holds ({limit:.0f} m) and are {limit:.0f} m there; the npy and exr "
+            if clipped := io.write_depth(path, valid_depth, scale=PNG16_SCALE, warn=False):
+                limit = 65534 * PNG16_SCALE
+                notes.append(f"{clipped} depth values up to {float(valid_depth.max()):.3g} m are beyond what the "
+                             f"16-bit depth PNG holds ({limit:.0f} m) and are {limit:.0f} m there; the npy and exr "
                              "outputs keep them")
-            io.write_depth(path, np.minimum(valid_depth, np.float32(limit)), scale=PNG16_SCALE)
         elif kind == "color":
             lo, hi = io.preview_range(valid_depth)
             io.write_depth_color(path, valid_depth, min_depth=lo, max_depth=hi)

@@ -725,13 +725,14 @@ def read_depth(
     return depth
 
 
-def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None) -> None:
+def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None, warn: bool = True) -> int:
     """Write an (H, W) metric depth map; invalid values (NaN, inf, <= 0, sentinels) are stored as 0.
 
     ``.npy``; ``.npz`` (key ``'depth'``); ``.exr`` (float32, lossless ZIP, single channel ``'Z'``);
     ``.png`` (uint16 = round(depth / scale), needs ``scale`` in metres per unit, which is stored in the file).
-    PNG values that do not fit are clipped to 65534 with a warning; tiny valid depths are kept at 1 unit so
-    that they do not turn into 'invalid'.
+    PNG values that do not fit are clipped to 65534 units, with a warning unless ``warn`` is False; tiny valid
+    depths are kept at 1 unit so that they do not turn into 'invalid'. Returns how many values were clipped (0 but
+    for a PNG), for a caller that says so itself (a thread, where warnings cannot be caught reliably).
     """
     path = Path(path)
     d = np.asarray(depth)
@@ -751,7 +752,7 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
         valid = d > 0
         units = np.round(d.astype(np.float64) / scale)
         too_far = valid & (units > 65534)
-        if too_far.any():
+        if warn and too_far.any():
             warnings.warn(
                 f"{int(too_far.sum())} depth values up to {float(d.max()):.3g} m do not fit a 16-bit PNG at "
                 f"scale {scale} m/unit and were clipped to {65534 * scale:.3g} m; use a larger scale or .exr",
@@ -762,7 +763,7 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
         info.add_text(SCALE_KEY, repr(float(scale)))
         with atomic_write(path) as tmp:
             Image.fromarray(units).save(tmp, format="PNG", pnginfo=info)
-        return
+        return int(too_far.sum())
     with atomic_write(path) as tmp:
         if suffix == ".npy":
             np.save(tmp, d)
@@ -773,6 +774,7 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
             OpenEXR.File(header, {"Z": d}).write(str(tmp))  # `d` is C-ordered (`_clean_depth`)
         else:
             raise ValueError(f"unknown depth format '{suffix}' for {path}; use .npy, .npz, .exr or .png")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- colour

@@ -660,91 +660,89 @@ def predict(
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
-    if isinstance(model, torch.nn.Module) and (training := [m for m in model.modules() if m.training]):
-        # run in eval mode; a check in the middle of training leaves each module as it found it
-        try:
-            return predict(images, resolve_model(model, dev), resolution=resolution, device=device, seam_pad=seam_pad,
-                           pad_to_erp=pad_to_erp, pad_top=pad_top, threshold=threshold, upsample=upsample,
-                           precision=precision, camera_height=camera_height, level=level)
-        finally:
-            for m in training:
-                m.training = True
+    # run in eval mode (resolve_model); a check in the middle of training leaves each module as it found it
+    training = [m for m in model.modules() if m.training] if isinstance(model, torch.nn.Module) else []
     model = resolve_model(model, dev)
-    precision = model_precision(model, precision, dev)
-    model = prepare_model(model, precision)
-    resolution = resolution or model.cfg.default_resolution
-    if (not isinstance(resolution, (tuple, list)) or len(resolution) != 2
-            or not all(isinstance(v, (int, np.integer)) for v in resolution)
-            or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16):
-        raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
-                       "e.g. (512, 1024)")
-    resolution = tuple(int(v) for v in resolution)
-    if threshold is not None and not (_is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
-        raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold!r}")
-    results = []
-    for k, item in enumerate(items):
-        rgb = to_rgb(item, f"batch image {k}" if is_batch else "input image")
-        rows = slice(None)
-        h, w = rgb.shape[:2]
-        if pad_to_erp and w != 2 * h:
-            top = pad_top
-            if top is None and isinstance(item, (str, os.PathLike)):
-                from dap import io
+    try:
+        precision = model_precision(model, precision, dev)
+        model = prepare_model(model, precision)
+        resolution = resolution or model.cfg.default_resolution
+        if (not isinstance(resolution, (tuple, list)) or len(resolution) != 2
+                or not all(isinstance(v, (int, np.integer)) for v in resolution)
+                or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16):
+            raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
+                           "e.g. (512, 1024)")
+        resolution = tuple(int(v) for v in resolution)
+        if threshold is not None and not (_is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
+            raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold!r}")
+        results = []
+        for k, item in enumerate(items):
+            rgb = to_rgb(item, f"batch image {k}" if is_batch else "input image")
+            rows = slice(None)
+            h, w = rgb.shape[:2]
+            if pad_to_erp and w != 2 * h:
+                top = pad_top
+                if top is None and isinstance(item, (str, os.PathLike)):
+                    from dap import io
 
-                top = photo_sphere_top(io.read_photo_sphere(item), h, w)
-            rgb, rows = pad_rows_to_erp(rgb, top)
-        which = f"batch image {k}" if is_batch else "input panorama"  # as the errors and warnings name it
-        geometry.check_erp_shape(*rgb.shape[:2], what=which)
-        if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
-            warnings.warn(f"{which} is only {rgb.shape[1]}x"
-                          f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
-                          f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
-                          "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
-        if geometry.looks_dual_fisheye(rgb):
-            warnings.warn(f"{which} looks like an unstitched "
-                          "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
-                          "means nothing. Stitch it first: the camera's app or software exports equirectangular "
-                          "images.", InputWarning, stacklevel=3)
-        if looks_blank(rgb):
-            warnings.warn(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that "
-                          "it is the image you meant (a black video frame or a failed export?)", InputWarning,
-                          stacklevel=3)
-        tilt = geometry.level_rotation(rgb) if level else None
-        if not level and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
-            warnings.warn(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical edges "
-                          "lean); the network was trained on level panoramas. Level it: --level (predict(..., "
-                          "level=True)) or the camera app's horizon levelling.", InputWarning, stacklevel=3)
-        net_input = rgb if tilt is None else _levelled_input(rgb, tilt, resolution)
-        out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
-        mask_at = model.cfg.range_threshold if threshold is None else threshold
-        out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,
-                                                            model.cfg.range_min_region)
-        if camera_height is not None:  # on the levelled panorama, whose floor is where the estimate looks
-            out["depth"] = out["depth"] * _floor_scale(out, mask_at, camera_height, rows, rgb.shape[0],
-                                                       k if is_batch else None)
-        if tilt is not None:  # back to the input's frame; nearest for depth: no mixing across edges
-            out["depth"] = geometry.rotate_erp(out["depth"], tilt, mode="nearest")
-            out["out_of_range_prob"] = geometry.rotate_erp(out["out_of_range_prob"], tilt)
-        full = rgb.shape[:2]
-        if upsample == "guided" and full[0] > out["depth"].shape[-2]:
-            guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
-            depth = guided_upsample(out["depth"], guide)[0, 0]
-        else:
-            depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
-        prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
-        max_depth = float(model.cfg.max_depth)
-        mask = prob >= mask_at
-        depth = apply_range_mask(depth, mask, max_depth)
-        if rows != slice(None):  # rows that were padding carry no measurement
-            outside = torch.ones(full[0], dtype=torch.bool, device=dev)
-            outside[rows] = False
-            mask[outside] = True
-            depth[outside] = 0.0
-        results.append(Prediction(
-            rgb=rgb, depth=depth.cpu().numpy().astype(np.float32), range_mask=mask.cpu().numpy(),
-            out_of_range_prob=prob.cpu().numpy().astype(np.float32), max_depth=max_depth, valid_rows=rows,
-        ))
-    return results if is_batch else results[0]
+                    top = photo_sphere_top(io.read_photo_sphere(item), h, w)
+                rgb, rows = pad_rows_to_erp(rgb, top)
+            which = f"batch image {k}" if is_batch else "input panorama"  # as the errors and warnings name it
+            geometry.check_erp_shape(*rgb.shape[:2], what=which)
+            if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
+                warnings.warn(f"{which} is only {rgb.shape[1]}x"
+                              f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
+                              f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
+                              "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
+            if geometry.looks_dual_fisheye(rgb):
+                warnings.warn(f"{which} looks like an unstitched "
+                              "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
+                              "means nothing. Stitch it first: the camera's app or software exports equirectangular "
+                              "images.", InputWarning, stacklevel=3)
+            if looks_blank(rgb):
+                warnings.warn(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that "
+                              "it is the image you meant (a black video frame or a failed export?)", InputWarning,
+                              stacklevel=3)
+            tilt = geometry.level_rotation(rgb) if level else None
+            if not level and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
+                warnings.warn(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical "
+                              "edges lean); the network was trained on level panoramas. Level it: --level "
+                              "(predict(..., level=True)) or the camera app's horizon levelling.", InputWarning,
+                              stacklevel=3)
+            net_input = rgb if tilt is None else _levelled_input(rgb, tilt, resolution)
+            out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
+            mask_at = model.cfg.range_threshold if threshold is None else threshold
+            out["out_of_range_prob"] = drop_small_range_regions(out["out_of_range_prob"], mask_at,
+                                                                model.cfg.range_min_region)
+            if camera_height is not None:  # on the levelled panorama, whose floor is where the estimate looks
+                out["depth"] = out["depth"] * _floor_scale(out, mask_at, camera_height, rows, rgb.shape[0],
+                                                           k if is_batch else None)
+            if tilt is not None:  # back to the input's frame; nearest for depth: no mixing across edges
+                out["depth"] = geometry.rotate_erp(out["depth"], tilt, mode="nearest")
+                out["out_of_range_prob"] = geometry.rotate_erp(out["out_of_range_prob"], tilt)
+            full = rgb.shape[:2]
+            if upsample == "guided" and full[0] > out["depth"].shape[-2]:
+                guide = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
+                depth = guided_upsample(out["depth"], guide)[0, 0]
+            else:
+                depth = F.interpolate(out["depth"], size=full, mode="bilinear", align_corners=False)[0, 0]
+            prob = F.interpolate(out["out_of_range_prob"], size=full, mode="bilinear", align_corners=False)[0, 0]
+            max_depth = float(model.cfg.max_depth)
+            mask = prob >= mask_at
+            depth = apply_range_mask(depth, mask, max_depth)
+            if rows != slice(None):  # rows that were padding carry no measurement
+                outside = torch.ones(full[0], dtype=torch.bool, device=dev)
+                outside[rows] = False
+                mask[outside] = True
+                depth[outside] = 0.0
+            results.append(Prediction(
+                rgb=rgb, depth=depth.cpu().numpy().astype(np.float32), range_mask=mask.cpu().numpy(),
+                out_of_range_prob=prob.cpu().numpy().astype(np.float32), max_depth=max_depth, valid_rows=rows,
+            ))
+        return results if is_batch else results[0]
+    finally:
+        for m in training:
+            m.training = True
 
 
 # --- `dap predict` ---------------------------------------------------------------------------------------

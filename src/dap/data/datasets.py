@@ -208,10 +208,10 @@ class Stanford2D3D(PanoDataset):
             rgb_dir = self.root / area / "pano" / "rgb"
             if not rgb_dir.is_dir():
                 raise self.layout_error(f"the folder {area}/pano/rgb is missing")
+            depth_dir = self.root / area / "pano" / "depth"
             # the suffix in any case: copies through Windows or some archivers come out as _rgb.PNG
             for rgb in _visible(p for p in rgb_dir.iterdir() if p.name.lower().endswith("_rgb.png")):
                 stem = rgb.name[: -len("_rgb.png")]
-                depth_dir = self.root / area / "pano" / "depth"
                 depth = next((d for d in (depth_dir / f"{stem}_depth{rgb.suffix}", depth_dir / f"{stem}_depth.png")
                               if d.is_file()), depth_dir / f"{stem}_depth.png")
                 items.append(Item(f"{area}/{stem}", rgb, depth))

@@ -154,8 +154,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
         else:
             with atomic_write(cfg_path) as tmp:
                 tmp.write_text(json.dumps(cfg, sort_keys=True, indent=1))
-        for stale in root.glob(".shard-*.tmp.tar"):  # left by a killed run: that shard is redone
-            stale.unlink()
+        _remove_partial_shards(root)  # left by a killed run: those shards are redone
 
         n_shards = -(-count // shard_size)
         # Shards are written whole (atomic_write), but a copy or a disk can still cut one short: only a shard that reads
@@ -177,11 +176,17 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                     with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
                         for n in pool.imap_unordered(_write_shard, jobs):
                             bar.update(n)
-                except BaseException:  # interrupted, or a worker failed: the pool is stopped, its workers' shards
-                    for stale in root.glob(".shard-*.tmp.tar"):  # in progress are left half-written; this run
-                        stale.unlink(missing_ok=True)  # holds the folder, so they are all its own
+                except BaseException:  # interrupted, or a worker failed: the pool is stopped, and its workers'
+                    _remove_partial_shards(root)  # shards in progress are left half-written
                     raise
         return write_manifest(root)
+
+
+def _remove_partial_shards(root: Path) -> None:
+    """Remove the temporaries of shards being written (`atomic_write`'s), which only a run that holds the folder
+    may do: they are then all its own, or a killed run's."""
+    for partial in root.glob(".shard-*.tmp.tar"):
+        partial.unlink(missing_ok=True)
 
 
 def _check_not_foreign(root: Path) -> None:

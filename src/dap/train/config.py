@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from dap.errors import ConfigError, NotPanoramaError
+from dap.errors import ConfigError
 from dap.losses import DF_NORMALISE, LossConfig
 
 RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
@@ -220,7 +220,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     try:
         cfg = _build(TrainConfig, full, "")
         _check_config(cfg)
-    except (ConfigError, NotPanoramaError) as e:
+    except ConfigError as e:
         where = config_source(path, overrides)
         if not where:
             raise

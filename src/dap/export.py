@@ -116,6 +116,7 @@ class OnnxModel:
         self.cfg = DapConfig.from_dict(json.loads(meta["dap.config"]))
         self.seam_pad = float(meta["dap.seam_pad"]) if "dap.seam_pad" in meta else None
         self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # ints if fixed, axis names if dynamic
+        self.fixed = all(isinstance(d, int) for d in self.input_size)
 
     def to(self, device) -> OnnxModel:
         return self  # onnxruntime picks its own device; outputs follow the input's
@@ -129,7 +130,7 @@ class OnnxModel:
         self._check_input((h, w + 2 * seam_pad_columns(w, seam_pad)))
 
     def _check_input(self, size: tuple[int, int]) -> None:
-        if all(isinstance(d, int) for d in self.input_size) and size != self.input_size:
+        if self.fixed and size != self.input_size:
             h, w = self.cfg.default_resolution
             seam = self.input_size[1] - w
             made = f"{h}x{w} plus {seam} seam columns" if seam else f"{h}x{w}, no seam columns"
@@ -141,9 +142,8 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         size = tuple(x.shape[-2:])
-        fixed = all(isinstance(d, int) for d in self.input_size)
         self._check_input(size)
-        if not fixed and takes_square_branch(self.cfg, *size):
+        if not self.fixed and takes_square_branch(self.cfg, *size):
             raise DapError(f"input {size[0]}x{size[1]} takes the official adapter's square branch, which the dynamic "
                            "graph lacks; use another resolution or the torch backend")
         outputs = self.session.run(list(OUTPUTS), {INPUT: x.detach().float().cpu().numpy()})

@@ -256,7 +256,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
     refused: dict[str, int] = {}  # video -> later frames whose outputs were refused as its first frame's were
 
-    def refuse(failure: tuple[int, str, str]) -> None:
+    def refuse(seq: int, item, reason: str) -> None:
         """An input whose existing outputs stand in the way; a video's later frames are counted, not listed (a
         30 s clip would give 900 lines)."""
         if item.video in refused:
@@ -264,7 +264,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
             return
         if item.video:
             refused[item.video] = 0
-        failures.append(failure)
+        failures.append((seq, item.source, reason))
 
     seq = -1
     for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
@@ -300,18 +300,18 @@ def _decoded(items, args, kinds, settings, failures, counts):
         if recorded is not None:
             conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
-                refuse((seq, item.source, f"{args.out} already holds outputs named {item.name}, made "
-                                          f"differently: {conflict}. Pass --overwrite to replace them, or "
-                                          "predict into another --out"))
+                refuse(seq, item, f"{args.out} already holds outputs named {item.name}, made "
+                                  f"differently: {conflict}. Pass --overwrite to replace them, or "
+                                  "predict into another --out")
                 continue
             listed = set(recorded.get("outputs", paths))  # a record without the list: taken as listing these
             # an output kind the record does not list, already on disk: not made by the run the record describes
             # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
             unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
             if unlisted is not None:
-                refuse((seq, item.source, f"{unlisted} already exists but is not among the outputs recorded "
-                                          f"in {record.name} (another run made it, or not dap predict); pass "
-                                          "--overwrite to replace it, or predict into another --out"))
+                refuse(seq, item, f"{unlisted} already exists but is not among the outputs recorded "
+                                  f"in {record.name} (another run made it, or not dap predict); pass "
+                                  "--overwrite to replace it, or predict into another --out")
                 continue
             if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
@@ -322,9 +322,9 @@ def _decoded(items, args, kinds, settings, failures, counts):
             expected = {**expected, "outputs": sorted(listed - paths.keys())}
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
-            refuse((seq, item.source, f"{foreign} already exists and was not written by dap predict (no "
-                                      f"{record.name} beside it); pass --overwrite to replace it, or predict "
-                                      "into another --out"))
+            refuse(seq, item, f"{foreign} already exists and was not written by dap predict (no "
+                              f"{record.name} beside it); pass --overwrite to replace it, or predict "
+                              "into another --out")
             continue
         try:
             rgb, notes = item.load()

@@ -1,7 +1,10 @@
 """Model construction, the official checkpoint's parity fixture, and our checkpoint format."""
 
+import contextlib
 import json
+import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +36,19 @@ def official_pth(tmp_path_factory) -> Path:
     mw = _make_weights()
     path = tmp_path_factory.mktemp("official") / "model.pth"
     torch.save(mw.make_state_dict(prefix="module."), path)
-    return path
+    yield path
+    path.unlink()  # CI's disk holds few of these; do not leave one behind for the session's end
+
+
+@contextlib.contextmanager
+def _saved(obj: dict, path: Path) -> Iterator[Path]:
+    """`obj` saved at `path` for the duration of the block, then removed: each checkpoint the slow tests write is
+    as large as the official one, so they exist one at a time."""
+    torch.save(obj, path)
+    try:
+        yield path
+    finally:
+        path.unlink()
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +81,9 @@ def test_official_checkpoint_parity(official_model, expected):
 
 @pytest.mark.slow
 def test_official_round_trip_through_our_format(official_model, expected, tmp_path):
-    save_model(official_model, tmp_path / "ours", training={"converted_from": "fixture"})
-    ours = load_model(tmp_path / "ours")
+    folder = save_model(official_model, tmp_path / "ours", training={"converted_from": "fixture"})
+    ours = load_model(folder)
+    shutil.rmtree(folder)  # 1.46 GB; the model is in memory now
     assert ours.cfg == official_model.cfg
     x = expected["a_input"][:1]
     a, b = _normalised_outputs(official_model, x), _normalised_outputs(ours, x)
@@ -88,8 +104,8 @@ def test_official_model_runs_square_branch_size(official_model):
 def test_unprefixed_and_nested_official_checkpoints_load(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     plain = {k.removeprefix("module."): v for k, v in sd.items()}
-    torch.save({"model": plain}, tmp_path / "nested.pth")
-    model = load_model(tmp_path / "nested.pth")
+    with _saved({"model": plain}, tmp_path / "nested.pth") as path:
+        model = load_model(path)
     # 365.1 M unique values in the official file = our parameters + the 16 RoPE periods.
     assert count_parameters(model)["total"] + 16 == sum(
         v.numel() for k, v in plain.items() if not k.startswith("core.pretrained.blocks.")
@@ -102,23 +118,24 @@ def test_strict_loading_lists_missing_and_extra_keys(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     del sd["module.core.depth_head.scratch.output_conv1.bias"]
     sd["module.core.depth_head.extra.weight"] = torch.zeros(1)
-    torch.save(sd, tmp_path / "bad.pth")
-    with pytest.raises(CheckpointError, match=r"1 missing keys: depth_head\.scratch\.output_conv1\.bias; "
-                       r"1 unexpected keys: depth_head\.extra\.weight"):
-        load_model(tmp_path / "bad.pth")
+    with _saved(sd, tmp_path / "bad.pth") as path, pytest.raises(
+        CheckpointError, match=r"1 missing keys: depth_head\.scratch\.output_conv1\.bias; "
+        r"1 unexpected keys: depth_head\.extra\.weight"
+    ):
+        load_model(path)
     sd["module.vendor.head.weight"] = torch.zeros(1)
-    torch.save(sd, tmp_path / "foreign.pth")
-    with pytest.raises(CheckpointError, match=r"1 keys outside the DAP layout.*vendor\.head\.weight"):
-        load_model(tmp_path / "foreign.pth")
+    with _saved(sd, tmp_path / "foreign.pth") as path, pytest.raises(
+        CheckpointError, match=r"1 keys outside the DAP layout.*vendor\.head\.weight"
+    ):
+        load_model(path)
 
 
 @pytest.mark.slow
 def test_bias_mask_and_alias_are_checked(official_pth, tmp_path):
     sd = torch.load(official_pth, weights_only=True)
     sd["module.core.pretrained.model.blocks.3.attn.qkv.bias_mask"] = torch.full((3072,), float("nan"))
-    torch.save(sd, tmp_path / "nan.pth")
-    with pytest.raises(CheckpointError, match="key-bias mask"):
-        load_model(tmp_path / "nan.pth")
+    with _saved(sd, tmp_path / "nan.pth") as path, pytest.raises(CheckpointError, match="key-bias mask"):
+        load_model(path)
 
 
 def test_float16_weights_load_as_float32(tmp_path):
@@ -158,9 +175,6 @@ def test_missing_checkpoint_and_non_checkpoint(tmp_path):
 
 
 def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path):
-    import json
-    import shutil
-
     torch.manual_seed(0)
     good = save_model(create_model("dap_tiny"), tmp_path / "good")
     cases = {

@@ -424,8 +424,10 @@ def test_ctrl_c_to_the_process_group_of_synth_workers_says_one_line_and_cleans_u
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "800", "--resolution", "32x64", "--shard-size", "400",
            "--workers", "2", "--out", str(out), "--no-progress"]
+    # as from a terminal: a shell starts background jobs (pytest launched with `&`, say) with Ctrl-C ignored, and
+    # the child would inherit that
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while len(list(out.glob(".shard-*.tmp.tar"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # until both workers are writing their shard

@@ -1091,6 +1091,11 @@ def test_input_range_and_layout_follow_the_dtype():
     np.testing.assert_array_equal(to_rgb(u8[..., 0]), np.repeat(want[..., :1], 3, axis=-1))  # grey
     np.testing.assert_array_equal(to_rgb(torch.from_numpy(u8[None, ..., 0])), to_rgb(u8[..., 0]))  # (1, H, W)
     np.testing.assert_array_equal(to_rgb(u8), want)  # exactly /255 (scaled in place, not approximately)
+    # (3, 2, 4) reads as a 2x4 RGB panorama (channels first) or a 3x2 RGBA image: the panorama wins; (2, 4, 3) and
+    # (4, 8, 4) have one reading
+    tiny = u8[:2, :4]
+    np.testing.assert_array_equal(to_rgb(tiny.transpose(2, 0, 1)), to_rgb(tiny))
+    assert to_rgb(np.zeros((4, 8, 4), np.uint8)).shape == (4, 8, 3)
 
 
 @pytest.mark.filterwarnings("ignore:input panorama is blank")  # it is, nearly: that is the point

@@ -123,8 +123,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     a = np.asarray(image)
     if a.ndim == 2:
         a = a[..., None]
-    if a.ndim == 3 and a.shape[-1] not in (1, 3, 4) and a.shape[0] in (1, 3, 4):
-        a = np.moveaxis(a, 0, -1)  # CHW, as torch and torchvision readers return
+    if a.ndim == 3 and a.shape[0] in (1, 3, 4) and (
+            a.shape[-1] not in (1, 3, 4) or (a.shape[2] == 2 * a.shape[1] and a.shape[1] != 2 * a.shape[0])):
+        a = np.moveaxis(a, 0, -1)  # CHW, as torch readers return; (3, 2, 4) is both: the 2:1 reading wins
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.size == 0:
         got = f"shape {a.shape}" if np.ndim(image) else f"{type(image).__name__} {image!r:.40}"
         raise DapError(f"{source}: expected a path, a PIL image or one image array of shape (H, W), (H, W, 3) or "

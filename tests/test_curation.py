@@ -633,8 +633,11 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     rerun = ["curate", "run", "--config", str(config), "--work", str(work)]
     assert main([*rerun, "--set", "label.batch_size=1"]) == 0  # how fast, not what: allowed
     assert main([*rerun, "--set", "label.resolution=[64,128]"]) == 2
-    assert "holds steps done with another curation config (label.resolution: '[32, 64]' -> '[64, 128]')" in \
+    assert "holds steps done with another curation config (label.resolution: [32, 64] -> [64, 128])" in \
         capsys.readouterr().err
+    assert main([*rerun, "--set", "final.set={}"]) == 2  # an empty mapping flattens to other keys than a full one
+    err = capsys.readouterr().err
+    assert "(final.set: not set -> {}; final.set.data" in err and "None" not in err
     with pytest.raises(DapError, match=r"stage1 labels .* were made with other settings \(resolution: \[32, 64\] -> "
                                        r"\[64, 128\]\); label with the earlier ones, or delete"):
         label_pool(work / "pool", work / "runs/stage1/final", "stage1", LabelOptions(resolution=(64, 128)),

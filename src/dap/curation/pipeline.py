@@ -183,6 +183,15 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def _shown(flat: dict, key: str) -> str:
+    """A `_flat` config's value as the YAML had it: a list or mapping as its JSON text, unquoted; a key that
+    one side lacks (`set: {}` against `set: {train.lr: 0.1}` flattens to other keys) is "not set"."""
+    if key not in flat:
+        return "not set"
+    value = flat[key]
+    return value if isinstance(value, str) and value.startswith(("[", "{")) else repr(value)
+
+
 def _resolve(cfg: CurateConfig, path: str | None) -> str | None:
     if path is None or Path(path).is_absolute():
         return path
@@ -291,7 +300,7 @@ class Pipeline:
         changed = [k for k in changed_keys(state.get("config", config), config)
                    if k not in SPEED_ONLY and FIRST_USE[k.split(".")[0]] in state["done"]]
         if changed:
-            shown = "; ".join(f"{k}: {state['config'].get(k)!r} -> {config.get(k)!r}" for k in changed[:5])
+            shown = "; ".join(f"{k}: {_shown(state['config'], k)} -> {_shown(config, k)}" for k in changed[:5])
             raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
                            f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config they were done "
                            "with")

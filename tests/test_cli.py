@@ -110,6 +110,8 @@ CORPUS = {
     "synth device unknown": (["synth", "--count", "1", "--device", "gpu9", "--out", "{out}"], 2,
                              ["--device", "'gpu9'", "cpu, cuda"]),
     "demo port too large": (["demo", "--port", "70000"], 2, ["--port", "'70000'", "1 to 65535"]),
+    "curate step unknown option": (["curate", "ingest", "{d}", "--pool", "{out}", "--no-progress"], 2,
+                                   ["unrecognized arguments: --no-progress", "see dap curate ingest --help"]),
     "synth seed negative": (["synth", "--count", "1", "--seed", "-1", "--out", "{out}"], 2, ["--seed", ">= 0"]),
     "synth resolution 0x0": (["synth", "--count", "1", "--resolution", "0x0", "--out", "{out}"], 2,
                              ["--resolution", "positive", "512x1024"]),

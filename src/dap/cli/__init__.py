@@ -294,15 +294,14 @@ def main(argv: list[str] | None = None) -> int:
         args, extra = build_parser().parse_known_args(argv)
     except KeyboardInterrupt:  # Ctrl-C before the command started: nothing to clean up, nothing to report
         return 130
-    if extra:  # reported here, where the command is known, rather than by the top-level parser
-        print(f"dap {args.command}: error: unrecognized arguments: {' '.join(extra)}; see dap {args.command} --help",
-              file=sys.stderr)
+    name = " ".join(["dap", args.command, *filter(None, [getattr(args, "curate_command", None)])])
+    if extra:  # reported here, where the command (and curate's step) is known, rather than by the top-level parser
+        print(f"{name}: error: unrecognized arguments: {' '.join(extra)}; see {name} --help", file=sys.stderr)
         sys.exit(2)
     from dap.errors import DapError
 
     _quiet_decoders()
     _printable_file_names()
-    name = " ".join(["dap", args.command, *filter(None, [getattr(args, "curate_command", None)])])
     main_thread = threading.current_thread() is threading.main_thread()
     # `timeout`, `kill`, docker stop: clean up as after Ctrl-C; the caller's handler is put back afterwards
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

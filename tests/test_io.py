@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
+import zlib
 
 import cv2
 import numpy as np
@@ -16,6 +18,7 @@ from PIL import Image
 
 from dap import geometry, io
 from dap.errors import DapError, DepthUnitError, NotPanoramaError, NoValidDepthError, UnreadableFileError
+from dap.inference import to_rgb
 
 H, W = 32, 64
 
@@ -302,6 +305,88 @@ def test_exif_orientation_is_applied_unless_it_would_turn_a_panorama_on_its_side
         assert out.shape == (H, W, 3) and out[:3].mean() > 0.9 and out[5:].mean() < 0.1
     out = saved(pano, 3, "upside_down.jpg")
     assert out.shape == (H, W, 3) and out[-3:].mean() > 0.9 and out[:-5].mean() < 0.1
+
+
+def _tiff(path, pixels: np.ndarray, orientation: int = 1, sample_format: int = 1) -> None:
+    """An uncompressed RGB TIFF of uint8 or uint16 `pixels` with an orientation tag, as cameras and scanners write
+    them (Pillow writes no 16-bit colour, OpenCV no orientation)."""
+    h, w, channels = pixels.shape
+    data, per_channel = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes(), pixels.dtype.itemsize * 8
+    arrays = struct.pack("<3H", *[per_channel] * 3) + struct.pack("<3H", *[sample_format] * 3)
+    ifd_at = 8 + len(arrays) + len(data)
+    tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, 8), (259, 3, 1, 1), (262, 3, 1, 2),
+            (273, 4, 1, 8 + len(arrays)), (274, 3, 1, orientation), (277, 3, 1, channels), (278, 4, 1, h),
+            (279, 4, 1, len(data)), (284, 3, 1, 1), (339, 3, 3, 14)]  # 258 and 339 point at the arrays
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + struct.pack("<HH" if kind == 3 and count == 1 else "<I", value,
+                                                            *([0] if kind == 3 and count == 1 else []))
+        for tag, kind, count, value in tags) + struct.pack("<I", 0)
+    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + arrays + data + ifd)
+
+
+def _png_chunk(path, kind: bytes, data: bytes) -> None:
+    """Add a chunk to a PNG before its pixels (what OpenCV's writer cannot: EXIF, XMP)."""
+    raw = path.read_bytes()
+    at = raw.index(b"IDAT") - 4
+    path.write_bytes(raw[:at] + struct.pack(">I", len(data)) + kind + data
+                     + struct.pack(">I", zlib.crc32(kind + data)) + raw[at:])
+
+
+def test_every_orientation_is_applied_alike_by_every_reader(tmp_path):
+    """Orientations 2-8 (flips and turns), from EXIF or XMP, in 8- and 16-bit PNG and TIFF and in PIL images, read
+    as Pillow's exif_transpose turns them upright; a 90 degree tag on a 2:1 image is ignored by each reader alike
+    (OpenCV, which decodes 16 bits, ignores XMP and turns TIFFs whatever it is told: read upside down before)."""
+    upright = np.arange(H * W * 3, dtype=np.uint32).reshape(H, W, 3) % 251  # no symmetry: any wrong turn shows
+    inverse = {2: 2, 3: 3, 4: 4, 5: 5, 6: 8, 7: 7, 8: 6}
+    method = {2: Image.FLIP_LEFT_RIGHT, 3: Image.ROTATE_180, 4: Image.FLIP_TOP_BOTTOM, 5: Image.TRANSPOSE,
+              6: Image.ROTATE_270, 7: Image.TRANSVERSE, 8: Image.ROTATE_90}  # exif_transpose's
+    want = upright.astype(np.float32) / 251
+    for tag in range(2, 9):
+        stored = np.asarray(Image.fromarray(upright.astype(np.uint8)).transpose(method[inverse[tag]]))
+        wide = tag in (5, 6, 7, 8)  # a tag of these on the 2:1 upright image itself is ignored
+        cases = {}
+        for bits, scale in ((8, 1), (16, 257)):
+            pixels = (stored.astype(np.uint16) * scale).astype(np.uint8 if bits == 8 else np.uint16)
+            _tiff(tmp_path / f"{tag}_{bits}.tif", pixels, tag)
+            cases[f"{bits}-bit TIFF"] = (tmp_path / f"{tag}_{bits}.tif", 251 * scale)
+            if wide:
+                _tiff(tmp_path / f"{tag}_{bits}w.tif", (upright * scale).astype(pixels.dtype), tag)
+                cases[f"2:1 {bits}-bit TIFF"] = (tmp_path / f"{tag}_{bits}w.tif", 251 * scale)
+            for how in ("EXIF", "XMP"):
+                path = tmp_path / f"{tag}_{bits}_{how}.png"
+                cv2.imwrite(str(path), pixels[..., ::-1])
+                exif = Image.Exif()
+                exif[0x0112] = tag
+                _png_chunk(path, b"eXIf", exif.tobytes()[6:]) if how == "EXIF" else _png_chunk(
+                    path, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
+                    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
+                    b'"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="' + str(tag).encode() + b'"/></rdf:RDF>'
+                    b"</x:xmpmeta>")
+                cases[f"{bits}-bit PNG with {how}"] = (path, 251 * scale)
+        for name, (path, peak) in cases.items():
+            got = io.read_rgb(path) * (65535 if peak > 251 else 255) / peak
+            np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"orientation {tag}, {name}")
+            if "PNG" in name and "8-bit" in name:  # a PIL image of the file is turned as the file is
+                np.testing.assert_allclose(to_rgb(Image.open(path)) * 255 / 251, want, atol=1e-4,
+                                           err_msg=f"orientation {tag}, PIL image of {name}")
+
+
+def test_integer_tiffs_outside_16_bits_are_refused_and_low_16_bit_files_noted(tmp_path):
+    _tiff(tmp_path / "signed.tif", np.full((H, W, 3), 1000, np.uint16), sample_format=2)
+    with pytest.raises(DapError, match="signed.tif holds signed integer pixels, whose range the file does not state"):
+        io.read_rgb(tmp_path / "signed.tif")
+    Image.fromarray(np.full((H, W), 70000, np.int32)).save(tmp_path / "i32.tif")  # Pillow's mode I: signed
+    with pytest.raises(DapError, match="i32.tif holds signed integer pixels"):
+        io.read_rgb(tmp_path / "i32.tif")
+    with pytest.raises(DapError, match=r"a grey image of mode I with values 0\.\.71645 is not 16-bit"):
+        to_rgb(Image.fromarray(np.arange(H * W, dtype=np.int32).reshape(H, W) * 35))  # was clipped at white
+    for name, pixels in (("rgb12.png", np.full((H, W, 3), 4000, np.uint16)), ("grey8.png", np.full((H, W), 200,
+                                                                                                    np.uint16))):
+        cv2.imwrite(str(tmp_path / name), pixels[..., ::-1] if pixels.ndim == 3 else pixels)
+        rgb, notes = io.read_rgb_notes(tmp_path / name)
+        assert notes == [f"its 16-bit pixels reach only {pixels.max()} of 65535, so it reads as almost black; if it "
+                         "holds 8-bit (0-255) or 12-bit (0-4095) values, scale them to 0-65535, or save it with 8 bits"]
+        np.testing.assert_allclose(rgb.max(), pixels.max() / 65535)  # still read as 16-bit: the note says it
 
 
 @pytest.mark.parametrize("name", ["x.png", "x.jpg"])

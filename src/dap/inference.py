@@ -92,7 +92,8 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
 
 def to_rgb(image, source: str = "input image") -> np.ndarray:
     """The one rule for image values (inference and training): any single image -> float32 (H, W, 3) RGB in
-    [0, 1]. Files are decoded by dap.io, PIL images as dap.io reads a file of their mode (`dap.io.pil_to_rgb`).
+    [0, 1]. Files are decoded by dap.io, PIL images as dap.io reads a file of their mode, turned upright by their
+    EXIF or XMP orientation (`dap.io.pil_to_upright_rgb`).
     Arrays and tensors may be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 (alpha is dropped); their dtype
     sets the range: uint8 is 0-255, uint16 is 0-65535, float must already be in [0, 1] (anything outside is an
     error, never clipped or guessed).
@@ -114,9 +115,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
             warnings.warn(f"{Path(image).name}: {note}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        if image.mode in io.SIXTEEN_BIT_GREY_MODES:
             _warn_if_low_16_bit(int(np.asarray(image).max(initial=0)), source)
-        image = io.pil_to_rgb(image)  # as a file in its mode is read: 16-bit and float modes keep their range
+        image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         image = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
@@ -158,10 +159,11 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
 
 def _warn_if_low_16_bit(peak: int, source: str) -> None:
     """16-bit pixels are 0-65535; 8- or 12-bit values kept in a uint16 array read as an almost black image."""
-    if 0 < peak <= 4095:
-        warnings.warn(f"{source}: its 16-bit pixels reach only {peak} of 65535, so it reads as almost black; if it "
-                      "holds 8-bit (0-255) or 12-bit (0-4095) values, scale them to 0-65535 or pass uint8",
-                      InputWarning, stacklevel=5)  # past to_rgb, predict and torch's decorator: the caller's line
+    from dap import io
+
+    if note := io.low_16_bit_note(peak):
+        warnings.warn(f"{source}: {note}, or pass uint8", InputWarning,
+                      stacklevel=5)  # past to_rgb, predict and torch's decorator: the caller's line
 
 
 def _split_batch(images) -> tuple[list, bool]:

@@ -20,7 +20,7 @@ import time
 import uuid
 import warnings
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -28,7 +28,7 @@ import numpy as np
 import OpenEXR
 import torch
 import trimesh
-from PIL import Image, ImageDraw, ImageFont, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from dap.errors import DapError, DepthUnitError, NoValidDepthError, UnreadableFileError
 from dap.geometry import check_erp_shape, solid_angle_weights
@@ -272,6 +272,13 @@ REC709_LUMA = (0.2126, 0.7152, 0.0722)
 
 EXIF_ORIENTATION = 0x0112  # the EXIF tag saying how to turn the stored pixels upright; values 5-8 turn by 90 degrees
 
+# How each orientation turns stored (H, W, ...) pixels upright (as PIL.ImageOps.exif_transpose turns an image), and
+# how to undo that: 6 and 8 undo each other, the others themselves.
+_TURN_UPRIGHT: dict[int, Callable[[np.ndarray], np.ndarray]] = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1], 5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).swapaxes(0, 1), 8: lambda a: np.rot90(a)}
+_UNDO_TURN = {**_TURN_UPRIGHT, 6: _TURN_UPRIGHT[8], 8: _TURN_UPRIGHT[6]}
+
 HDR_KEY = 0.18
 """Linear luminance that an HDR panorama's median (over the sphere) is exposed to: photographic middle grey. Tried
 against the camera-exposed originals of the 55 real photographs, it gives the bundled model's depth its smallest
@@ -498,8 +505,8 @@ def _transparent_share(img: Image.Image) -> float:
 
 
 def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
-    """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF
-    orientation says (except a turn by 90 degrees of a 2:1 image), and `read_rgb_notes`' notes."""
+    """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF or XMP
+    orientation says (except a turn by 90 degrees of a 2:1 image: `_orientation`), and `read_rgb_notes`' notes."""
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
@@ -507,7 +514,9 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
             raise
         return _read_tiff_opencv(path), []  # a float RGB TIFF, which Pillow does not decode
     with img:
+        _check_tiff_integers(img, path)
         deep_colour = _is_16bit_colour(img)
+        tag, keep_stored = _orientation(img)
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
         notes = []
@@ -517,23 +526,83 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         if (share := _transparent_share(img)) > 0.01:  # alpha is dropped: those pixels keep their stored colour
             notes.append(f"{share:.0%} of it is transparent; those pixels are read as the colour stored under the "
                          "transparency (often black), and get depth like any other. Fill them or crop them first")
-        # An orientation that turns by 90 degrees would make a 2:1 panorama 1:2, which no 360 camera makes: such a
-        # tag is wrong (some editors and phone galleries add one) and the stored pixels are the panorama. Not a
-        # warning: the CLI decodes on a thread, where Python 3.11's warning capture is not thread-safe.
-        as_stored = img.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8) and img.width == 2 * img.height
-        if not as_stored:
-            img = ImageOps.exif_transpose(img)
         if deep_colour:
-            # cv2 keeps 16 bits; IMREAD_COLOR drops alpha and applies EXIF unless told to ignore it.
-            flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0)
+            # cv2 keeps 16 bits (IMREAD_COLOR drops alpha). The orientation is applied here, as for 8 bits: cv2
+            # would apply EXIF's but not XMP's. Its TIFF decoder turns the pixels whatever the flags say.
+            flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
             bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
             if bgr is None or bgr.dtype != np.uint16:
                 raise ValueError("OpenCV could not decode the 16-bit colour image")
-            rgb = bgr[..., ::-1].astype(np.float32)
+            peak = int(bgr.max(initial=0))
+            rgb = _upright(bgr[..., ::-1].astype(np.float32), tag, keep_stored,
+                           turned=isinstance(img, TiffImagePlugin.TiffImageFile))
             rgb /= 65535.0
         else:
-            rgb = pil_to_rgb(img)
+            peak = int(np.asarray(img).max(initial=0)) if img.mode in SIXTEEN_BIT_GREY_MODES else 0
+            rgb = _upright(pil_to_rgb(img), tag, keep_stored, turned=_turned_on_load(img, tag))
+        if note := low_16_bit_note(peak):
+            notes.append(note + ", or save it with 8 bits")
     return rgb, notes
+
+
+def _orientation(img: Image.Image) -> tuple[int, bool]:
+    """The orientation of an image Pillow has opened but not loaded (1-8: EXIF's tag, or XMP's tiff:Orientation,
+    which Pillow reads too) and whether to keep the pixels as stored instead: a turn by 90 degrees would make a
+    2:1 panorama 1:2, which no 360 camera makes, so such a tag is wrong (some editors and phone galleries add one)."""
+    tag = img.getexif().get(EXIF_ORIENTATION, 1)
+    tag = tag if tag in _TURN_UPRIGHT else 1  # 0 and other values out of the standard's range: as stored
+    # Pillow reports a TIFF tagged 5-8 with its size already turned: the stored size is in its tags
+    width, height = (img.tag_v2.get(256, img.width), img.tag_v2.get(257, img.height)) if isinstance(
+        img, TiffImagePlugin.TiffImageFile) else img.size
+    return tag, tag in (5, 6, 7, 8) and width == 2 * height
+
+
+def _turned_on_load(img: Image.Image, tag: int) -> bool:
+    """Whether loading an image turned its pixels as orientation `tag` says (Pillow does for TIFFs, and then
+    drops the tag)."""
+    return tag != 1 and img.getexif().get(EXIF_ORIENTATION, 1) != tag
+
+
+def _upright(pixels: np.ndarray, tag: int, keep_stored: bool, *, turned: bool) -> np.ndarray:
+    """Decoded `pixels` as `_orientation` says they should be: upright, or as stored. `turned`: the decoder has
+    already applied the orientation."""
+    if turned and keep_stored:
+        return _UNDO_TURN[tag](pixels)
+    if not turned and not keep_stored and tag != 1:
+        return _TURN_UPRIGHT[tag](pixels)
+    return pixels
+
+
+def _check_tiff_integers(img: Image.Image, path: Path) -> None:
+    """Refuse a TIFF of signed integers: whether their range is 0..32767 or centred on 0 the file does not say, and
+    read as 0..65535 they give a dim image (Pillow reports them as plain 32-bit integers)."""
+    if not isinstance(img, TiffImagePlugin.TiffImageFile):
+        return
+    formats = img.tag_v2.get(339, 1)  # SampleFormat: 1 unsigned integer, 2 signed, 3 float; one per channel
+    if 2 in (formats if isinstance(formats, tuple) else (formats,)):
+        raise _signed_pixels(path)
+
+
+def _signed_pixels(path: Path) -> DapError:
+    return DapError(f"{path} holds signed integer pixels, whose range the file does not state; save it with 8 or 16 "
+                    "bits per channel (unsigned), or as float 0..1")
+
+
+def low_16_bit_note(peak: int) -> str | None:
+    """What to tell of 16-bit pixels that reach only `peak` (8- or 12-bit values kept in 16 bits read as an almost
+    black image), or None: the note's fix ends in a comma so that the caller can add its own."""
+    if 0 < peak <= 4095:
+        return (f"its 16-bit pixels reach only {peak} of 65535, so it reads as almost black; if it holds 8-bit "
+                "(0-255) or 12-bit (0-4095) values, scale them to 0-65535")
+    return None
+
+
+def pil_to_upright_rgb(img: Image.Image) -> np.ndarray:
+    """`pil_to_rgb` of a PIL image turned upright as `read_rgb` turns a file: by its EXIF or XMP orientation, except
+    a turn by 90 degrees of a 2:1 image. An image Pillow has already loaded and turned (a TIFF) is as it is."""
+    tag, keep_stored = _orientation(img)
+    img.load()
+    return np.ascontiguousarray(_upright(pil_to_rgb(img), tag, keep_stored, turned=_turned_on_load(img, tag)))
 
 
 def _read_tiff_opencv(path: Path) -> np.ndarray:
@@ -542,6 +611,8 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     if a is None:
         raise ValueError("neither Pillow nor OpenCV decodes this TIFF")
     a = a[..., None] if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., :1]  # BGR(A) -> RGB
+    if np.issubdtype(a.dtype, np.signedinteger):
+        raise _signed_pixels(path)
     if np.issubdtype(a.dtype, np.integer):
         rgb = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
     else:
@@ -560,17 +631,28 @@ def _float_pixels(a: np.ndarray, what: str) -> np.ndarray:
     return a
 
 
+SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": Pillow's 32-bit integers, which it may report
+"""PIL modes `pil_to_rgb` reads as 16-bit grey (0-65535)."""
+
+
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
-    for it; 32-bit integer images are taken as 16-bit) over 65535, clipped to [0, 1]; float ('F') as it is, which
-    must be in [0, 1] (NaN as 0); any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK
-    resolved) over 255."""
-    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        gray = np.clip(np.asarray(img, dtype=np.float32) / 65535.0, 0.0, 1.0)
+    for it; values outside 0..65535 are refused) over 65535; float ('F') as it is, which must be in [0, 1] (NaN as
+    0); any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
+    if img.mode in SIXTEEN_BIT_GREY_MODES:
+        values = np.asarray(img)
+        lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
+        if lo < 0 or hi > 65535:
+            raise DapError(f"a grey image of mode {img.mode} with values {lo}..{hi} is not 16-bit: save it with 8 "
+                           "or 16 bits per channel, or as float 0..1")
+        gray = values.astype(np.float32)
+        gray /= 65535.0
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
         gray = _float_pixels(np.asarray(img, dtype=np.float32), "a 32-bit float grey image (mode F)")
         return np.repeat(gray[..., None], 3, axis=2)
+    if img.mode == "La":  # grey with premultiplied alpha, which Pillow converts to RGB only by way of LA
+        img = img.convert("LA")
     rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
     rgb /= 255.0  # in place: a 16K panorama is 1.6 GB as float32
     return rgb

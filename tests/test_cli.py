@@ -332,6 +332,16 @@ def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_pa
     code, err = _run(["convert", str(d / "ckpt"), str(tmp_path / "mine")], capsys)
     assert code == 2 and "is not a model folder of ours" in err
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    # a Hugging Face model folder has the same two file names as ours: its config says whose it is
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"architectures": ["BertModel"]}')
+    (hf / "model.safetensors").write_bytes(b"theirs")
+    code, err = _run(["convert", str(d / "ckpt"), str(hf)], capsys)
+    assert code == 2 and "is not a model folder of ours (config.json saying \"format\": \"dap\"" in err
+    assert (hf / "model.safetensors").read_bytes() == b"theirs"
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", str(d / "ckpt"), str(tmp_path / "empty")]) == 0  # an empty folder made for it
 
 
 def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):

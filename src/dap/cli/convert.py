@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,15 +15,27 @@ from dap.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="official model.pth (with or without the `module.` prefix)")
-    parser.add_argument("out", help="output directory for model.safetensors + config.json (new, or one that "
+    parser.add_argument("out", help="output directory for model.safetensors + config.json (new or empty, or one that "
                                     "holds only an earlier conversion, which is replaced)")
+
+
+def _is_our_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds nothing but a model in our format: its two files, the config saying so (a Hugging
+    Face model folder has the same two names)."""
+    if not folder.is_dir() or {p.name for p in folder.iterdir()} - {CONFIG_FILE, WEIGHTS_FILE}:
+        return False
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == "dap"
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not (out.is_dir() and {p.name for p in out.iterdir()} <= {CONFIG_FILE, WEIGHTS_FILE}):
-        raise DapError(f"{out} exists and is not a model folder of ours (only {CONFIG_FILE} and {WEIGHTS_FILE}); "
-                       "choose a new output folder")
+    if out.exists() and not (_is_our_model_folder(out) or (out.is_dir() and not any(out.iterdir()))):
+        raise DapError(f"{out} exists and is not a model folder of ours ({CONFIG_FILE} saying \"format\": \"dap\", "
+                       f"and {WEIGHTS_FILE}): choose a new output folder")
     model = load_model(args.checkpoint)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written in a folder beside the output, then renamed into place: an interrupted conversion leaves either the

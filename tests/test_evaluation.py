@@ -325,6 +325,22 @@ def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
     assert stub.calls == 4 and not (tmp_path / "nokey" / "predictions").exists()
 
 
+def test_eval_size_keeps_a_prediction_on_the_gt_grid_aligned_with_it():
+    """Upsampled for --eval-size, the GT is resampled nearest; a prediction on the GT's own grid resampled bilinear
+    beside it disagreed at every edge (a perfect prediction scored AbsRel 0.03 at twice the size, GT x 1.1 0.126)."""
+    gt = np.where(np.arange(W) % 8 < 4, 2.0, 6.0).astype(np.float32)[None].repeat(H, 0)  # sharp steps everywhere
+    sample = {"name": "steps", "rgb": np.zeros((H, W, 3), np.float32), "depth": gt}
+    for factor, want in ((1.0, 0.0), (1.1, 0.1)):
+        cfg = EvalConfig(protocols=("metric",), max_depth=10.0, panels=0, eval_size=(2 * H, 2 * W))
+        summary = evaluate([sample], lambda rgb, f=factor: (gt * f, None), config=cfg)
+        assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(want, abs=1e-6)
+    # a prediction at another size is still resampled smoothly (bilinear), as a network's output should be
+    half = gt[::2, ::2]
+    cfg = EvalConfig(protocols=("metric",), max_depth=10.0, panels=0, eval_size=(2 * H, 2 * W))
+    assert evaluate([sample], lambda rgb: (half, None), config=cfg)["protocols"]["metric"]["per_image_mean"][
+        "abs_rel"] > 0.01
+
+
 def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_model):
     make_folder(tmp_path / "data", n=2)
     save_model(tiny_model, tmp_path / "ckpt")

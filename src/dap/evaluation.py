@@ -600,10 +600,13 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         pred = np.asarray(pred, np.float32)
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
         size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
+        # A prediction on the GT's own grid is resampled as the GT is (nearest): bilinear beside nearest would
+        # disagree at every depth edge, and a perfect prediction would score AbsRel > 0.
+        same_grid = pred.shape == gt.shape
         if gt.shape != size:
             gt = resize_nearest(gt, size)
         if pred.shape != size:
-            pred = resize_depth(pred, size)
+            pred = resize_nearest(pred, size) if same_grid else resize_depth(pred, size)
         rows_ok = True
         for proto, acc in accs.items():
             try:

@@ -63,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--eval-size",
         type=parse_panorama_size,
         default=None,
-        help="compare at this HxW (GT nearest-resampled); default: the GT's own size",
+        help="compare at this HxW (GT nearest-resampled, and so is a prediction of the GT's size; others "
+             "bilinear); default: the GT's own size",
     )
     parser.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N samples")
     parser.add_argument("--panels", type=nonnegative_int, default=4, help="number of qualitative panels to save")

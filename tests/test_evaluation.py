@@ -325,6 +325,27 @@ def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
     assert stub.calls == 4 and not (tmp_path / "nokey" / "predictions").exists()
 
 
+def test_a_rerun_that_stops_leaves_no_report_of_the_earlier_run(tmp_path):
+    from dap.data.datasets import FolderDataset
+
+    make_folder(tmp_path / "data", n=3)
+    ds, out = FolderDataset(tmp_path / "data"), tmp_path / "out"
+    cfg = EvalConfig(protocols=("metric",), max_depth=10.0, panels=3)
+    evaluate(ds, StubPredictor(), config=cfg, out_dir=out)
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet", "panels"}
+
+    def fails_on_the_second(rgb, calls=[]):  # noqa: B006 - counts the calls
+        calls.append(1)
+        if len(calls) == 2:
+            raise DapError("broken sample")
+        return StubPredictor()(rgb)
+
+    with pytest.raises(DapError, match="broken sample"):
+        evaluate(ds, fails_on_the_second, config=cfg, out_dir=out)
+    # the earlier metrics.json would have stood beside this run's first panel as if it were its report
+    assert {p.name for p in out.iterdir()} == {"panels"} and [p.name for p in (out / "panels").iterdir()] == ["s0.png"]
+
+
 def test_eval_size_keeps_a_prediction_on_the_gt_grid_aligned_with_it():
     """Upsampled for --eval-size, the GT is resampled nearest; a prediction on the GT's own grid resampled bilinear
     beside it disagreed at every edge (a perfect prediction scored AbsRel 0.03 at twice the size, GT x 1.1 0.126)."""

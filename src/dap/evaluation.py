@@ -523,8 +523,10 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         # files named by sample and input digest: caches of the earlier layout (by name alone) are refused
         cache_key = {**cache_key, "files": "<sample>.<input digest>.npy"}
         _check_cache(cache_dir, cache_key)
-    if out is not None:  # this run's reports replace an earlier run's whole: no panel or table of it is left over
-        for old in [*(out / "panels").glob("*.png"), out / "per_image.parquet", out / "per_image.csv"]:
+    if out is not None:  # this run's reports replace an earlier run's whole: no panel, table or summary of it is
+        # left over, beside this run's panels, should this run stop before its own reports
+        for old in [*(out / "panels").glob("*.png"), out / "per_image.parquet", out / "per_image.csv",
+                    out / "metrics.json"]:
             old.unlink(missing_ok=True)
     accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
     skipped: list[dict] = []

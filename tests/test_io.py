@@ -623,6 +623,9 @@ def test_broken_depth_files_are_unreadable(tmp_path, rng):
                                                    r"save depth maps with numpy.save\. Check") as err:
         io.read_depth(tmp_path / "text.npy")
     assert "pickle" not in str(err.value) and ".." not in str(err.value)
+    np.save(tmp_path / "empty.npy", np.zeros((0, 0), np.float32))  # crashed resampling in dap eval
+    with pytest.raises(UnreadableFileError, match=r"empty.npy: the depth map is empty \(shape \(0, 0\)\)"):
+        io.read_depth(tmp_path / "empty.npy")
 
 
 # ----------------------------------------------------------------------------------------------- colour

@@ -681,6 +681,8 @@ def _as_2d(a: np.ndarray) -> np.ndarray:
         a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
     if a.ndim != 2:
         raise ValueError(f"expected a 2-D (H, W) depth map, found an array of shape {a.shape}")
+    if a.size == 0:  # its aspect ratio "holds" (0 x W = 0 x H) and resampling it fails deep in torch
+        raise ValueError(f"the depth map is empty (shape {a.shape})")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ValueError(f"expected a numeric depth map, found dtype {a.dtype}")
     return a

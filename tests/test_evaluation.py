@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 from urllib.parse import quote
 
 import numpy as np
@@ -531,6 +532,10 @@ def test_cache_is_refused_when_weights_seam_pad_or_resolution_change(tmp_path, t
     assert "seam_pad: 0.0625 -> 0.25" in capsys.readouterr().err
     assert _eval(tmp_path / "data", tiny_ckpt, out, "--resolution", "64x128") == 2
     assert "resolution: [32, 64] -> [64, 128]" in capsys.readouterr().err
+    # the same weights by another path (a copy, or the path spelled otherwise) are the same model: reused
+    shutil.copytree(tiny_ckpt, tmp_path / "copy")
+    assert _eval(tmp_path / "data", tmp_path / "copy", out) == 0
+    assert json.loads((out / "metrics.json").read_text())["n_cached_predictions"] == 1
 
 
 def test_cache_is_refused_for_another_dataset_with_the_same_sample_names(tmp_path, tiny_ckpt, capsys):

@@ -465,7 +465,10 @@ def _check_cache(cache_dir: Path, cache_key: dict) -> None:
             old = json.loads(meta.read_text())
         except ValueError as e:
             raise DapError(f"{meta} is corrupt ({e}); delete {cache_dir} to recompute the predictions") from e
-        changed = [f"{k}: {old.get(k)} -> {cache_key.get(k)}" for k in changed_keys(old, cache_key)]
+        # the model is its content (model_sha256); its path as typed (../m, /home/me/m, a copy) only says where
+        # it came from
+        changed = [f"{k}: {old.get(k)} -> {cache_key.get(k)}" for k in changed_keys(old, cache_key)
+                   if k != "checkpoint"]
         if changed and any(cache_dir.glob("*.npy")):
             raise DapError(
                 f"{cache_dir} holds predictions made with other settings ({'; '.join(changed)}). Use a new --out "

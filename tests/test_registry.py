@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 from dap.errors import CheckpointError
 from dap.models import load_model, registry
@@ -119,10 +120,21 @@ def test_predict_by_name_in_a_fresh_process_honours_the_environment(tiny_release
     assert (tmp_path / "o" / "p.npy").exists()
 
 
-def test_missing_from_cache_while_offline_is_a_clear_error(hub):
+def test_missing_from_cache_while_offline_is_a_clear_error(hub, monkeypatch):
     with pytest.raises(CheckpointError, match=r"dap-vitl: model.pth of the Hub repository Insta360-Research/"
-                       r"DAP-weights is not in the Hugging Face cache.*HF_HUB_OFFLINE.*pass the file's path instead"):
+                       r"DAP-weights is not in the Hugging Face cache and cannot be downloaded now \(HF_HUB_OFFLINE "
+                       r"is set, .*hf download Insta360-Research/DAP-weights model.pth.*pass the file's path instead"):
         load_model("dap-vitl")
+    # without HF_HUB_OFFLINE, no network: the message does not tell to unset what is not set
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(
+        LocalEntryNotFoundError("cannot reach the Hub")))
+    with pytest.raises(CheckpointError, match=r"cannot be downloaded now \(the Hub cannot be reached from here: fetch "
+                                              r"it on a connected machine") as err:
+        load_model("dap-vitl")
+    assert "HF_HUB_OFFLINE" not in str(err.value)
 
 
 def test_a_release_of_another_architecture_is_refused(hub, tmp_path):

@@ -11,6 +11,7 @@ else `$HF_HOME/dap` (beside the Hub cache, not inside it, where `hf cache` tools
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import tempfile
@@ -86,21 +87,28 @@ def weights_path(name: str) -> Path:
 
 
 def _download(entry: RegisteredModel) -> Path:
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     where = f"{entry.filename} of the Hub repository {entry.repo_id}"
+    download = huggingface_hub.hf_hub_download  # imported lazily, and the import sets the library's log level
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # offline, it logs each failed request ("... thrown while requesting HEAD")
     try:
-        return Path(hf_hub_download(entry.repo_id, entry.filename))
+        return Path(download(entry.repo_id, entry.filename))
     except LocalEntryNotFoundError as e:
+        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded: unset it on a connected machine, or"
+               if huggingface_hub.constants.HF_HUB_OFFLINE else "the Hub cannot be reached from here:")
         raise CheckpointError(
-            f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({e}). Connect "
-            f"and unset HF_HUB_OFFLINE, or fetch it on a connected machine (`hf download {entry.repo_id} "
-            f"{entry.filename}`) and copy its Hugging Face cache here (HF_HOME / HF_HUB_CACHE), or pass the "
-            "file's path instead of the name."
+            f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({why} fetch it on "
+            f"a connected machine with `hf download {entry.repo_id} {entry.filename}` and copy its Hugging Face "
+            "cache here (HF_HOME / HF_HUB_CACHE)), or pass the file's path instead of the name."
         ) from e
     except (OSError, EntryNotFoundError, ValueError) as e:  # HTTP errors, missing repo/file, disk full
         raise CheckpointError(f"{entry.name}: could not fetch {where}: {type(e).__name__}: {e}") from e
+    finally:
+        hub_log.setLevel(level)
 
 
 def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:

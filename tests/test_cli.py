@@ -32,6 +32,7 @@ def d(tmp_path_factory):
     io.write_rgb(d / "pano.png", rng.uniform(0, 1, (32, 64, 3)))
     cv2.imwrite(str(d / "pano16.png"), (rng.uniform(0, 1, (32, 64, 3)) * 65535).astype(np.uint16))
     (d / "empty.png").write_bytes(b"")
+    (d / "empty.hdr").write_bytes(b"")  # OpenCV decodes .hdr, and asserted on an empty buffer (a traceback)
     (d / "noise.png").write_bytes(rng.bytes(500))
     (d / "pano.txt").write_text("a panorama, honestly")
     io.write_rgb(d / "one.png", np.zeros((1, 1, 3), np.uint8))
@@ -205,7 +206,8 @@ CORPUS = {
     # --- input files ----------------------------------------------------------------------------------------------
     "missing file": (["predict", "{d}/missing.png", *P], 2, ["missing.png", "no such file"]),
     "folder without images": (["predict", "{d}/folder", *P], 2, ["no images", "folder"]),
-    "empty file": (["predict", "{d}/empty.png", *P], 2, ["empty.png", "cannot read"]),
+    "empty file": (["predict", "{d}/empty.png", *P], 2, ["empty.png", "cannot read", "empty (0 bytes)"]),
+    "empty hdr": (["predict", "{d}/empty.hdr", *P], 2, ["empty.hdr", "cannot read", "empty (0 bytes)"]),
     "wrong extension": (["predict", "{d}/pano.txt", *P], 2, ["pano.txt", "cannot read"]),
     "non-image bytes": (["predict", "{d}/noise.png", *P], 2, ["noise.png", "cannot read"]),
     "1x1 image": (["predict", "{d}/one.png", *P], 2, ["one.png", "2:1", "over-under"]),

@@ -963,6 +963,14 @@ def test_a_folder_lists_the_formats_this_pillow_decodes(checkpoint, tmp_path, ca
     assert "ignoring" not in capsys.readouterr().err and _files(tmp_path / "o") == ["p.npy"]
 
 
+def test_a_named_pipe_in_a_folder_fails_alone_and_does_not_hang_the_listing(checkpoint, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64))
+    os.mkfifo(tmp_path / "in" / "q.exr")  # the listing opened it to tell a depth EXR: it waited for a writer
+    assert _predict_cli([tmp_path / "in"], tmp_path / "o", checkpoint, "--outputs", "npy") == 1  # 1 input failed
+    assert "q.exr: not a regular file" in capsys.readouterr().err and _files(tmp_path / "o") == ["a.npy"]
+
+
 def test_hdr_panoramas_are_inputs_and_depth_exrs_are_not(checkpoint, tmp_path, capsys):
     src = tmp_path / "panos"
     src.mkdir()

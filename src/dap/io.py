@@ -41,7 +41,7 @@ DEPTH_SENTINEL = 1e9
 SCALE_KEY = "dap:metres_per_unit"
 """PNG text chunk where ``write_depth`` stores the metres per 16-bit unit of a depth PNG."""
 
-_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipfile.BadZipFile)
+_DECODE_ERRORS = (OSError, ValueError, EOFError, SyntaxError, RuntimeError, zipfile.BadZipFile, cv2.error)
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -248,6 +248,8 @@ def _check_file(path: PathLike) -> Path:
                           else "no such file")
     if not path.is_file():
         raise _unreadable(path, "not a regular file")
+    if path.stat().st_size == 0:  # decoders say this in their own words, OpenCV's as an assertion
+        raise _unreadable(path, "the file is empty (0 bytes)")
     return path
 
 
@@ -393,7 +395,10 @@ def _read_exr_rgb(path: Path) -> np.ndarray:
 
 def is_depth_exr(path: PathLike) -> bool:
     """Whether an OpenEXR file holds no colour channels (`_exr_colour_layer`) by its header: a depth map, such as
-    `dap predict --outputs exr` writes, not a panorama. False for a file whose header cannot be read."""
+    `dap predict --outputs exr` writes, not a panorama. False for a file whose header cannot be read, and for what
+    is not a regular file (opening a named pipe would wait for a writer for ever)."""
+    if not os.path.isfile(path):
+        return False
     try:
         names = {c.name for c in OpenEXR.File(str(path), header_only=True).header()["channels"]}
     except _DECODE_ERRORS:

@@ -942,17 +942,28 @@ def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpo
     (src / "IMG_1.insp").write_bytes(b"raw")  # formats people have panoramas in, named with what to do
     (src / "IMG_2.insp").write_bytes(b"raw")
     (src / "sub").mkdir()
+    (src / "dir.jpg").mkdir()  # a folder, whatever its name: was also listed as an image, and failed
     assert _predict_cli([src], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
     printed = capsys.readouterr()
-    assert "predicted 1 panorama(s)" in printed.out
-    assert "ignoring 4 file(s) in the input folder(s) that are not images" in printed.err
-    assert "IMG_1.insp, IMG_2.insp, anim.gif, notes.txt" in printed.err
+    assert "predicted 2 panorama(s)" in printed.out  # a GIF is an image, as when passed by its own path
+    assert "ignoring 3 file(s) in the input folder(s) that are not images" in printed.err
+    assert "IMG_1.insp, IMG_2.insp, notes.txt" in printed.err and "video" not in printed.err
     assert "note: IMG_1.insp, IMG_2.insp: an Insta360 photo, the camera's two unstitched fisheye images" in printed.err
-    assert "not searching 1 sub-folder(s) of the input folder(s): sub; pass them too" in printed.err
-    assert _files(tmp_path / "o") == ["pano.npy"]
+    assert "not searching 2 sub-folder(s) of the input folder(s): dir.jpg, sub; pass them too" in printed.err
+    assert "error" not in printed.err and _files(tmp_path / "o") == ["anim.npy", "pano.npy"]
     (src / "pano.png").unlink()
+    (src / "anim.gif").unlink()
     assert _predict_cli([src], tmp_path / "o3", checkpoint, "--outputs", "npy") == 2
-    assert "its sub-folders (sub) are not searched: pass them, or a pattern such as" in capsys.readouterr().err
+    assert "its sub-folders (dir.jpg, sub) are not searched: pass them, or a pattern such as" in capsys.readouterr().err
+
+
+def test_a_double_star_pattern_matches_every_depth(checkpoint, tmp_path):
+    for rel in ("top.png", "a/mid.png", "a/b/deep.png"):
+        io.write_rgb(tmp_path / "in" / rel, _pano(32, 64))
+    # Python's glob took ** as * (only in/a/mid.png, without a word) unless told to recurse, as shells with globstar do
+    assert _predict_cli([str(tmp_path / "in" / "**" / "*.png")], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
+    assert sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.npy")) == [
+        "a/b/deep.npy", "a/mid.npy", "top.npy"]
 
 
 @pytest.mark.skipif(".avif" not in io.IMAGE_SUFFIXES, reason="this Pillow does not decode AVIF")

@@ -786,7 +786,7 @@ def _listable(path: Path) -> bool:
     """Images a folder or glob contributes."""
     from dap import io
 
-    return path.suffix.lower() in io.IMAGE_SUFFIXES and not _ours_or_hidden(path)
+    return path.suffix.lower() in io.IMAGE_SUFFIXES and not _ours_or_hidden(path) and not path.is_dir()
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -831,10 +831,11 @@ def _why_missing(spec: str) -> str | None:
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
-    """Files, folders (their images, sorted), globs and videos (one item each, see `iter_frames`) -> items,
-    each file once, named by `output_names`; and the other files and the sub-folders of the folders given, which
-    were left out (a .gif, a .heic, notes), so the caller can say so. A path that does not exist, a pattern that
-    matches nothing and a folder without images raise DapError (before any model is loaded)."""
+    """Files, folders (their images, sorted), globs (** at any depth) and videos (one item each, see
+    `iter_frames`) -> items, each file once, named by `output_names`; and the other files and the sub-folders of
+    the folders given, which were left out (a .heic where Pillow lacks its plug-in, notes), so the caller can say
+    so. A path that does not exist, a pattern that matches nothing and a folder without images raise DapError
+    (before any model is loaded)."""
     import glob
 
     from dap import io
@@ -847,7 +848,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     ignored: list[Path] = []
     for spec in inputs:
         if _is_pattern(spec):
-            found = [Path(p) for p in sorted(glob.glob(spec))]
+            found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # ** at any depth, as in shells
             found = [p for p in found if p.is_dir() or p.suffix.lower() in io.VIDEO_SUFFIXES or _listable(p)]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""

@@ -265,7 +265,7 @@ def _is_16bit_colour(img: Image.Image) -> bool:
 HDR_SUFFIXES = (".hdr", ".exr")
 """High-dynamic-range panoramas (Radiance RGBE, OpenEXR): linear radiance, tone-mapped by `tonemap_hdr` on reading."""
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp",
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif",
                   *(s for s in (".avif", ".heic", ".heif") if _pillow_decodes(s)), *HDR_SUFFIXES)
 """Files `read_rgb` reads as images (and what folder listings of `dap predict` and `dap curate ingest` take)."""
 

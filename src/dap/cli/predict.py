@@ -47,8 +47,9 @@ from dap.inference import (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="panorama files (2:1 JPEG, PNG, WebP, TIFF, BMP; HDR .hdr/.exr, exposed like a photo), "
-                             "folders of images, glob patterns (quoted) or video files. " + NAMING_RULE)
+                        help="panorama files (2:1 JPEG, PNG, WebP, TIFF, BMP, GIF; HDR .hdr/.exr, exposed like a "
+                             "photo), folders of images (not their sub-folders), glob patterns (quoted; ** matches "
+                             "sub-folders at any depth) or video files. " + NAMING_RULE)
     parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     parser.add_argument("--model", "--checkpoint", dest="model", default=None,
                         help="a model name (`dap models`: dap-vitl is the official release, fetched from the Hugging "
@@ -128,11 +129,12 @@ def run(args: argparse.Namespace) -> int:
     if subs:
         shown = ", ".join(p.name for p in subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")
         print(f"dap predict: not searching {len(subs)} sub-folder(s) of the input folder(s): {shown}; pass them too, "
-              "or a pattern such as 'panos/*'", file=sys.stderr)
+              "or a pattern such as 'panos/*' ('panos/**' for every depth)", file=sys.stderr)
     if ignored:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
+        videos = "; pass a video by its own path" if any(p.suffix.lower() in io.VIDEO_SUFFIXES for p in ignored) else ""
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "
-              f"({', '.join(io.IMAGE_SUFFIXES)}): {shown}; pass a video by its own path", file=sys.stderr)
+              f"({', '.join(io.IMAGE_SUFFIXES)}): {shown}{videos}", file=sys.stderr)
         by_kind: dict[str, list[str]] = {}
         for p in ignored:
             if known := io.unsupported_format(p):

@@ -1035,6 +1035,18 @@ def test_an_input_whose_output_names_would_be_too_long_fails_alone(checkpoint, t
     assert "its output paths would be up to" in capsys.readouterr().err
 
 
+def test_a_file_where_an_output_folder_goes_fails_that_input_alone(checkpoint, tmp_path, capsys):
+    for part in ("a", "b"):
+        io.write_rgb(tmp_path / part / "pano.png", _pano(32, 64))  # outputs a/pano.*, b/pano.*
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "a").write_text("the user's notes")  # was a write error that ended the run, b unpredicted
+    argv = [tmp_path / "a" / "pano.png", tmp_path / "b" / "pano.png"]
+    assert _predict_cli(argv, tmp_path / "o", checkpoint, "--outputs", "npy") == 1
+    err = capsys.readouterr().err
+    assert f"its outputs go in the folder {tmp_path / 'o' / 'a'}, but {tmp_path / 'o' / 'a'} is a file" in err
+    assert (tmp_path / "o" / "a").read_text() == "the user's notes" and (tmp_path / "o" / "b" / "pano.npy").exists()
+
+
 def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     # the model path does not exist either: the input is checked first (a ViT-L load would take a while)
     assert main(["predict", str(tmp_path / "nope.jpg"), "--out", str(tmp_path / "o"),

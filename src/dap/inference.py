@@ -942,6 +942,17 @@ def name_too_long(paths: list[Path]) -> str | None:
     return None
 
 
+def blocked_folder(paths: list[Path]) -> str | None:
+    """Why these output files (all in one folder) cannot be created because a folder on their way exists as a
+    file; None when nothing is in the way."""
+    folder = paths[0].parent
+    existing = next((d for d in (folder, *folder.parents) if os.path.lexists(d)), None)
+    if existing is None or os.path.isdir(existing):
+        return None
+    return (f"its outputs go in the folder {folder}, but {existing} is a file; move it away, or predict into "
+            "another --out")
+
+
 def record_path(out_dir: Path, name: str) -> Path:
     """Where `dap predict` records what an input's outputs were made from: `.<name>.dap.json` beside them (hidden,
     so folder inputs never list it)."""

@@ -20,6 +20,7 @@ from dap.inference import (
     PNG16_SCALE,
     PRECISIONS,
     ScaleSmoother,
+    blocked_folder,
     check_onnx_precision,
     check_seam_pad,
     dangling_link,
@@ -288,9 +289,9 @@ def _decoded(items, args, kinds, settings, failures, counts):
                                                "--out, or leave that output out"))
             continue
         record = record_path(args.out, item.name)
-        too_long = name_too_long([*paths.values(), record])
-        if too_long:  # an input's problem, found before decoding it; a write error would end the whole run
-            failures.append((seq, item.source, too_long))
+        unwritable = name_too_long([*paths.values(), record]) or blocked_folder([*paths.values(), record])
+        if unwritable:  # an input's problem, found before decoding it; a write error would end the whole run
+            failures.append((seq, item.source, unwritable))
             continue
         try:
             expected = {"input": input_identity(item.video or item.source),

@@ -601,7 +601,7 @@ def test_eval_of_small_panoramas_warns_once_naming_how_many(d, tmp_path, capsys)
             str(tmp_path / "out"), "--resolution", "256x512", "--panels", "0"]
     code, err = _run(argv, capsys)
     assert code == 0
-    line = _check_one_line(err, "eval", ["warning: 3 of 3 samples", "64x32 pixels", "enlarged 8x"])
+    line = _check_one_line(err, "eval", ["warning: 3 of 3 samples", "64x32 pixels (width x height)", "enlarged 8x"])
     assert "p0" in line
 
 

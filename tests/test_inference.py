@@ -279,7 +279,8 @@ def test_a_panorama_far_smaller_than_the_working_resolution_is_predicted_with_a_
     """A thumbnail (4x or more below the working height) still gets depth, with a warning that says how much it
     was enlarged; `dap predict` names the file in it. Within 4x there is no warning."""
 
-    with pytest.warns(InputWarning, match=r"only 32x16 pixels, enlarged 8x to the working resolution 256x128"):
+    with pytest.warns(InputWarning, match=r"only 32x16 pixels \(width x height\), enlarged 8x to the "
+                                              r"working resolution's 256x128"):
         got = predict(_pano(16, 32), tiny_model, resolution=(128, 256))
     assert got.depth.shape == (16, 32)
     with warnings.catch_warnings():
@@ -290,7 +291,8 @@ def test_a_panorama_far_smaller_than_the_working_resolution_is_predicted_with_a_
     assert main(["predict", str(tmp_path / "thumb.png"), str(tmp_path / "ok.png"), "--out", str(tmp_path / "o"),
                  "--checkpoint", str(checkpoint), "--resolution", "64x128"]) == 0
     err = capsys.readouterr().err
-    assert f"dap predict: warning: {tmp_path / 'thumb.png'}: input panorama is only 16x8 pixels, enlarged 8x" in err
+    assert (f"dap predict: warning: {tmp_path / 'thumb.png'}: input panorama is only 16x8 pixels (width x height), "
+            "enlarged 8x") in err
     assert err.count("warning") == 1 and (tmp_path / "o" / "thumb.npy").is_file()
 
 
@@ -797,8 +799,17 @@ def test_a_path_as_bytes_is_read_and_a_tilde_is_named(tiny_model, tmp_path, monk
     with pytest.raises(DapError, match="got 9 bytes of a file, not an image"):
         predict(b"\x89PNG\r\n\x1a\n\0", tiny_model)  # a file's contents still are not an image
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(UnreadableFileError, match=f"no such file \\('~' is not expanded: pass {tmp_path}/p.png\\)"):
+    with pytest.raises(UnreadableFileError, match=f"no such file \\('~' is not expanded inside quotes: write "
+                                                   f"{tmp_path}/p.png\\)"):
         predict("~/p.png", tiny_model)
+    # as the CLI says them: a URL (Path would also collapse its //), a path with a space at an end, stdin
+    for spec, says in [("https://example.com/x.jpg", "cannot read https:/example.com/x.jpg: no such file (a URL: "
+                                                      "files are not downloaded"),
+                       (f"{tmp_path / 'p.png'} ", "(it has spaces at an end;"),
+                       ("-", "(standard input is not read; save the image to a file")]:
+        with pytest.raises(UnreadableFileError) as err:
+            predict(spec, tiny_model)
+        assert says in str(err.value)
 
 
 def test_a_model_that_is_not_one_is_named(tiny_model):
@@ -1061,7 +1072,8 @@ def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     io.write_rgb(tmp_path / "pano.jpg", _pano(32, 64))
     for spec, says in [("https://example.com/pano.jpg", "(a URL: files are not downloaded; download it"),
                        ("~/pano.jpg", "('~' is not expanded inside quotes: write " + os.path.expanduser("~/pano.jpg")),
-                       (f"{tmp_path / 'pano.jpg'} ", f"(it has spaces at an end; '{tmp_path / 'pano.jpg'}' exists)")]:
+                       (f"{tmp_path / 'pano.jpg'} ", f"(it has spaces at an end; '{tmp_path / 'pano.jpg'}' exists)"),
+                       ("-", "(standard input is not read; save the image to a file and pass its path)")]:
         assert main(["predict", spec, "--out", str(tmp_path / "o")]) == 2
         assert " ".join(f"no such file or folder: {spec} {says}".split()) in capsys.readouterr().err
 

@@ -406,6 +406,7 @@ def test_too_many_pixels_says_to_downscale(tmp_path, rng, monkeypatch):
     with pytest.raises(UnreadableFileError, match=r"huge.png: .*Downscale it first") as err:
         io.read_rgb(tmp_path / "huge.png")
     assert "complete" not in str(err.value)  # not reported as a broken download
+    assert "attack.." not in str(err.value) and "the official model sees 1024x512 pixels" in str(err.value)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", H * W * 2 // 3)  # over the limit, under twice it: a warning
     with pytest.warns(Image.DecompressionBombWarning):
         assert io.read_rgb(tmp_path / "huge.png").shape == (H, W, 3)

@@ -693,10 +693,11 @@ def predict(
             which = f"batch image {k}" if is_batch else "input panorama"  # as the errors and warnings name it
             geometry.check_erp_shape(*rgb.shape[:2], what=which)
             if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
-                warnings.warn(f"{which} is only {rgb.shape[1]}x"
-                              f"{rgb.shape[0]} pixels, enlarged {resolution[0] / rgb.shape[0]:.0f}x to the working "
-                              f"resolution {resolution[1]}x{resolution[0]}: its depth holds no more detail than the "
-                              "input. Use a larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
+                # sizes as width x height, as image sizes are given everywhere (--resolution alone takes HxW)
+                warnings.warn(f"{which} is only {rgb.shape[1]}x{rgb.shape[0]} pixels (width x height), enlarged "
+                              f"{resolution[0] / rgb.shape[0]:.0f}x to the working resolution's "
+                              f"{resolution[1]}x{resolution[0]}: its depth holds no more detail than the input. Use a "
+                              "larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
             if geometry.looks_dual_fisheye(rgb):
                 warnings.warn(f"{which} looks like an unstitched "
                               "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
@@ -819,15 +820,9 @@ def dangling_link(path: str | os.PathLike) -> str | None:
 
 def _why_missing(spec: str) -> str | None:
     """What a path that does not exist most likely is, in words, where we can tell."""
-    from dap.io import is_url
+    from dap.io import missing_file_hint
 
-    if is_url(spec):
-        return "a URL: files are not downloaded; download it and pass the file"
-    if spec.startswith("~"):
-        return f"'~' is not expanded inside quotes: write {os.path.expanduser(spec)}"
-    if spec != spec.strip() and os.path.exists(spec.strip()):
-        return f"it has spaces at an end; {spec.strip()!r} exists"
-    return dangling_link(spec)
+    return missing_file_hint(spec) or dangling_link(spec)
 
 
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:

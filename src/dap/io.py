@@ -240,12 +240,24 @@ def _unreadable(path: Path, reason: object) -> UnreadableFileError:
     )
 
 
+def missing_file_hint(spec: str) -> str | None:
+    """What a path that does not exist most likely is, in words, where it can be told from its text."""
+    if is_url(spec):
+        return "a URL: files are not downloaded; download it and pass the file"
+    if spec == "-":
+        return "standard input is not read; save the image to a file and pass its path"
+    if spec.startswith("~") and os.path.expanduser(spec) != spec:
+        return f"'~' is not expanded inside quotes: write {os.path.expanduser(spec)}"
+    if spec != spec.strip() and os.path.exists(spec.strip()):
+        return f"it has spaces at an end; {spec.strip()!r} exists"
+    return None
+
+
 def _check_file(path: PathLike) -> Path:
-    path = Path(path)
+    spec, path = os.fspath(path), Path(path)
     if not path.exists():
-        tilde = str(path).startswith("~") and os.path.exists(os.path.expanduser(path))
-        raise _unreadable(path, f"no such file ('~' is not expanded: pass {os.path.expanduser(path)})" if tilde
-                          else "no such file")
+        hint = missing_file_hint(spec) if isinstance(spec, str) else None
+        raise _unreadable(path, f"no such file ({hint})" if hint else "no such file")
     if not path.is_file():
         raise _unreadable(path, "not a regular file")
     if path.stat().st_size == 0:  # decoders say this in their own words, OpenCV's as an assertion
@@ -490,8 +502,9 @@ def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.nda
     except Image.DecompressionBombError as e:
         # Not a broken file: Pillow refuses images over twice Image.MAX_IMAGE_PIXELS (179 MP by default).
         raise UnreadableFileError(
-            f"cannot read {path}: {e}. Downscale it first (e.g. to 8192x4096: the networks run at 1024 pixels "
-            "wide by default); to decode it anyway, raise PIL.Image.MAX_IMAGE_PIXELS in Python."
+            f"cannot read {path}: {e.args[0].rstrip('.')}. Downscale it first (e.g. to 8192x4096: the official model "
+            "sees 1024x512 pixels, the bundled one 512x256); to decode it anyway, raise PIL.Image.MAX_IMAGE_PIXELS in "
+            "Python."
         ) from e
     except _DECODE_ERRORS as e:
         raise _unreadable(path, e) from e

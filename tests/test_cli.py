@@ -346,6 +346,17 @@ def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_pa
     assert main(["convert", str(d / "ckpt"), str(tmp_path / "empty")]) == 0  # an empty folder made for it
 
 
+def test_a_file_named_like_an_option_is_said_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    io.write_rgb(tmp_path / "-pano.png", np.zeros((32, 64, 3)))
+    io.write_rgb(tmp_path / "b.png", np.zeros((32, 64, 3)))
+    for argv in (["predict", "-pano.png", "--out", "o"], ["predict", "b.png", "-pano.png", "--out", "o"]):
+        code, err = _run(argv, capsys)
+        _check_one_line(err, "predict", ["-pano.png is a file, read as an option because of its leading '-': write "
+                                         "it as ./-pano.png"])
+        assert code == 2
+
+
 def test_ctrl_c_exits_130_with_one_line(d, tmp_path, capsys, monkeypatch):
     def interrupted(args):
         raise KeyboardInterrupt

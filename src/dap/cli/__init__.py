@@ -117,11 +117,25 @@ def parse_device(text: str) -> str:
     return text
 
 
+def _dash_file_hint(args: list[str]) -> str:
+    """For arguments argparse took as unknown options that are files (-pano.jpg): how to pass them."""
+    files = [a for a in args if a.startswith("-") and a != "-" and os.path.isfile(a)]
+    if not files or "--" in args:
+        return ""
+    return f"; {files[0]} is a file, read as an option because of its leading '-': write it as ./{files[0]}"
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument errors in one line (the usage is one --help away), exit code 2 as argparse has it."""
 
+    _args: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._args = list(sys.argv[1:] if args is None else args)  # for error(): the files among them
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+        self.exit(2, f"{self.prog}: error: {message}{_dash_file_hint(self._args)}; see {self.prog} --help\n")
 
 
 class _Commands(argparse._SubParsersAction):
@@ -296,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     name = " ".join(["dap", args.command, *filter(None, [getattr(args, "curate_command", None)])])
     if extra:  # reported here, where the command (and curate's step) is known, rather than by the top-level parser
-        print(f"{name}: error: unrecognized arguments: {' '.join(extra)}; see {name} --help", file=sys.stderr)
+        print(f"{name}: error: unrecognized arguments: {' '.join(extra)}{_dash_file_hint(extra)}; see {name} --help",
+              file=sys.stderr)
         sys.exit(2)
     from dap.errors import DapError
 

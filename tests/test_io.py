@@ -280,6 +280,11 @@ def test_depth_exr_npy_and_broken_hdr_inputs_say_what_they_are(tmp_path, rng):
         with pytest.raises(UnreadableFileError, match=f"cannot read .*{name}"):
             io.read_rgb(tmp_path / name)
     assert not io.is_depth_exr(tmp_path / "text.exr")  # unreadable: listed as an input, then fails by name
+    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"RGB": rng.random((H, W, 3)).astype(np.float32)}).write(
+        str(tmp_path / "cut.exr"))
+    (tmp_path / "cut.exr").write_bytes((tmp_path / "cut.exr").read_bytes()[:400])
+    with pytest.raises(UnreadableFileError, match=r"cut.exr: its OpenEXR data is damaged or cut short \(OpenEXR: "):
+        io.read_rgb(tmp_path / "cut.exr")
 
 
 def test_exif_orientation_is_applied_unless_it_would_turn_a_panorama_on_its_side(tmp_path):

@@ -392,7 +392,7 @@ def _exr_colour_layer(names: set[str]) -> tuple[str, str] | None:
 
 def _read_exr_rgb(path: Path) -> np.ndarray:
     """Linear float32 (H, W, 3) RGB of an OpenEXR file's colour channels (`_exr_colour_layer`)."""
-    channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    channels = _exr_channels(path)
     layer = _exr_colour_layer(set(channels))
     if layer is None:
         raise UnreadableFileError(
@@ -403,6 +403,15 @@ def _read_exr_rgb(path: Path) -> np.ndarray:
     prefix, kind = layer
     planes = [np.asarray(channels[prefix + c].pixels, dtype=np.float32) for c in kind]
     return np.dstack(planes) if kind == "RGB" else np.repeat(planes[0][..., None], 3, axis=2)
+
+
+def _exr_channels(path: Path) -> dict:
+    """An OpenEXR file's channels by name; a file the library cannot read is a ValueError that says what that
+    means (its own words for a cut-short file are "Invalid part index '0': file has 0 parts")."""
+    try:
+        return OpenEXR.File(str(path), separate_channels=True).channels()
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"its OpenEXR data is damaged or cut short (OpenEXR: {str(e).rstrip('.')})") from e
 
 
 def is_depth_exr(path: PathLike) -> bool:
@@ -734,7 +743,7 @@ channel of a layer named ``<layer>.Z`` (a renderer's multi-layer file: "ViewLaye
 
 
 def _read_depth_exr(path: Path, key: str | None) -> np.ndarray:
-    channels = OpenEXR.File(str(path), separate_channels=True).channels()
+    channels = _exr_channels(path)
     names = list(channels)
     if key is None:
         layered = [c for c in names if c.endswith(".Z")]

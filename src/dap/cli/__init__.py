@@ -257,14 +257,16 @@ def _stdout_closed() -> bool:
 def _quiet_decoders() -> None:
     """Keep the decoders' own messages out of a command's output, where each bad file already gets one line of
     ours: FFmpeg's log (e.g. "moov atom not found" for a cut-short .mp4, read by OpenCV when it opens its first
-    video) and Pillow's "decompression bomb" warning above 89 MP (a 16K panorama is 134 MP; past 179 MP Pillow
-    refuses and dap.io says what to do). Process-wide, so set here for the command's own process, not in the
-    library; before any thread starts (warning filters are shared). A user's OPENCV_FFMPEG_LOGLEVEL wins."""
+    video), Pillow's "Corrupt EXIF data" and its "decompression bomb" warning above 89 MP (a 16K panorama is
+    134 MP; past 179 MP Pillow refuses and dap.io says what to do). Process-wide, so set here for the command's
+    own process, not in the library; before any thread starts (warning filters are shared). A user's
+    OPENCV_FFMPEG_LOGLEVEL wins."""
     import warnings
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
     os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # its decoders' "[ERROR] ... can't read header" lines
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+    warnings.filterwarnings("ignore", message="Corrupt EXIF data")  # Pillow's, of a file that still reads
 
 
 def _printable_file_names() -> None:

@@ -697,6 +697,8 @@ def test_output_names_keep_sub_folders_and_extensions_only_where_stems_collide()
     assert output_names([Path("x/a/pano.jpg"), Path("x/a/pano.png"), Path("x/b/pano.jpg")]) == [
         "a/pano.jpg", "a/pano.png", "b/pano"]
     assert output_names([Path("/data/a.jpg"), Path("/home/b.jpg")]) == ["data/a", "home/b"]
+    # a.jpg.png's stem is a.jpg, the name a.jpg keeps beside a.png: it keeps its extension too (it failed as taken)
+    assert output_names([Path("x/a.jpg"), Path("x/a.png"), Path("x/a.jpg.png")]) == ["a.jpg", "a.png", "a.jpg.png"]
 
 
 def test_inputs_with_the_same_stem_never_overwrite_each_other(checkpoint, tmp_path, tiny_model, capsys):

@@ -795,9 +795,16 @@ def output_names(paths: list[Path]) -> list[str]:
     absolute = [Path(os.path.abspath(p)) for p in paths]
     root = os.path.commonpath([p.parent for p in absolute])
     relative = [p.relative_to(root) for p in absolute]
-    stems = [r.with_suffix("").as_posix() for r in relative]
-    counts = Counter(stems)
-    return [stem if counts[stem] == 1 else r.as_posix() for stem, r in zip(stems, relative, strict=True)]
+    names = [r.with_suffix("").as_posix() for r in relative]
+    # names still shared keep their extension, until none is: a.jpg and a.png become a.jpg and a.png, which
+    # a.jpg.png (stem a.jpg) then shares, so it keeps its own too; whole relative paths are distinct, so this ends
+    while len(set(names)) < len(names):
+        counts = Counter(names)
+        longer = [name if counts[name] == 1 else r.as_posix() for name, r in zip(names, relative, strict=True)]
+        if longer == names:  # one file given twice: its names cannot differ
+            break
+        names = longer
+    return names
 
 
 def _is_pattern(spec: str) -> bool:

@@ -438,6 +438,28 @@ def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
     assert "[rank0]: Traceback" not in out.stderr
 
 
+def test_every_step_that_writes_the_manifest_holds_the_pool(tmp_path, tiny_checkpoint):
+    """An ingest writes the manifest it read when it started: a labelling that finished meanwhile lost every
+    label (and two labellings at once mixed resolutions under one settings file). Each step holds the pool."""
+    from dap.curation.selection import score_pool, select_pool
+    from dap.io import folder_lock
+
+    pool = _pool_of_noise(tmp_path / "pool", 3)
+    label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), tta=False), progress=False)
+    disc = D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval()
+    before = (pool / "manifest.parquet").read_bytes()
+    with folder_lock(pool, "dap curate ingest"):
+        for step in (lambda: label_pool(pool, str(tiny_checkpoint), "stage3", LabelOptions(resolution=(32, 64)),
+                                        progress=False),
+                     lambda: score_pool(pool, disc, progress=False),
+                     lambda: select_pool(pool, {"indoor": 1, "outdoor": 1}, score="tta")):
+            with pytest.raises(DapError, match=r"pool is in use by dap curate ingest \(process \d+\); wait for it"):
+                step()
+    assert (pool / "manifest.parquet").read_bytes() == before and not (pool / "labels" / "stage3").exists()
+    assert score_pool(pool, disc, progress=False) == 3  # held no longer
+
+
+
 # ------------------------------------------------------------------------------------------ discriminator
 def test_discriminator_separates_ground_truth_from_degraded_depth():
     from dap.train import RoomsDataset, resize_sample, to_training_sample

@@ -495,6 +495,12 @@ def test_discriminator_round_trips_and_rejects_a_bad_folder(tmp_path):
     assert torch.equal(D.load_discriminator(tmp_path / "disc").score(x), model.score(x))
     with pytest.raises(CheckpointError, match="not a discriminator folder"):
         D.load_discriminator(tmp_path)
+    # a depth model's folder has the same two files (was KeyError: 'config')
+    from dap.models import create_model, save_model
+
+    save_model(create_model("dap_tiny"), tmp_path / "model")
+    with pytest.raises(CheckpointError, match="model is a depth model .dap's format., not a discriminator; `dap curate"):
+        D.load_discriminator(tmp_path / "model")
 
 
 # ---------------------------------------------------------------------------------------------- selection
@@ -695,7 +701,8 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
                              ("label.resolution=[100,100]", "label.resolution must be [height, width] of a 2:1"),
                              ("stage2.config=nonexist.yaml", "stage2: cannot read the training config"),
                              ("final.set={optim.lr_head: -1}", "final: --set optim.lr_head=-1: optim.lr_head must be"),
-                             ("select.keep={indoor: -1}", "select.keep.indoor must be a fraction below 1 or a count"),
+                             ("select.keep={indoor: -1}", "select.keep.indoor must be a fraction below 1 or a whole"),
+                             ("select.keep={indoor: 1.5}", "select.keep.indoor must be a fraction below 1 or a whole"),
                              ("select.keep={kitchen: 1}", "select.keep names the domain 'kitchen'; the domains are"),
                              ("stage2.pseudo_ratio=-1", "stage2.pseudo_ratio must be a number >= 0, got -1"),
                              ("final.set={model.init: stage3}", "final: model.init /"),

@@ -183,7 +183,18 @@ def load_discriminator(path: str | os.PathLike) -> DepthDiscriminator:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{path} is not a discriminator folder (needs config.json and model.safetensors); "
                               "`dap curate run` trains one (its step disc writes <work>/discriminator)")
-    cfg = DiscriminatorConfig(**json.loads((path / "config.json").read_text())["config"])
+    where = "`dap curate run` trains one (its step disc writes <work>/discriminator)"
+    try:
+        meta = json.loads((path / "config.json").read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'config.json'} is not valid JSON ({e}); {where}") from e
+    if isinstance(meta, dict) and meta.get("format") == "dap":
+        raise CheckpointError(f"{path} is a depth model (dap's format), not a discriminator; {where}")
+    try:
+        cfg = DiscriminatorConfig(**meta["config"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path / 'config.json'} is not a discriminator's config ({type(e).__name__}: {e}); "
+                              f"{where}") from e
     model = DepthDiscriminator(cfg)
     try:
         model.load_state_dict(load_file(path / "model.safetensors"))

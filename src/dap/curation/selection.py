@@ -104,8 +104,10 @@ def keep_problem(keep: dict, name: str) -> str | None:
     if unknown:
         return f"{name} names the domain {', '.join(map(repr, unknown))}; the domains are {', '.join(DOMAINS)}"
     for domain, value in keep.items():
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf):
-            return f"{name}.{domain} must be a fraction below 1 or a count >= 1 (0 keeps none), got {value!r}"
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf) or (
+                value >= 1 and value != int(value)):  # 1.5: a count of one and a half rows
+            return (f"{name}.{domain} must be a fraction below 1 or a whole count >= 1 (0 keeps none), got "
+                    f"{value!r}")
     return None
 
 

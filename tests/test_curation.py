@@ -101,7 +101,7 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     by_path = {}
     for r in rows:
         by_path.setdefault(Path(r["path"]).name, []).append(r)
-    assert counts == {"added": 2, "duplicate": 4, "rejected": 2, "already_in_pool": 0}
+    assert counts == {"added": 2, "duplicate": 4, "rejected": 2, "already_in_pool": 0, "replaced": 0}
     assert [r["status"] for r in by_path["a.png"]] == ["ok"] and by_path["a.png"][0]["domain"] == "indoor"
     assert by_path["a.png"][0]["domain_from"] == "user" and (pool / by_path["a.png"][0]["image"]).is_file()
     assert by_path["a_copy.jpg"][0]["dup_of"] == by_path["a.png"][0]["id"]
@@ -115,9 +115,9 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
 
     # a rerun adds nothing; --pad-to-erp, the fix the reason names, accepts the partial panorama into the same pool
     again = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0), progress=False)
-    assert again == {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 8}
+    assert again == {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 8, "replaced": 0}
     again = ingest([str(src)], pool, IngestOptions(min_width=SMALL, every_s=1.0, pad_to_erp=True), progress=False)
-    assert again == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 7}
+    assert again == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 7, "replaced": 0}
     after = read_manifest(pool)
     assert [r["id"] for r in after] == [r["id"] for r in rows]  # in place, no second row
     (wide,) = [r for r in after if Path(r["path"]).name == "wide.png"]
@@ -135,6 +135,64 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
 
 
+def test_ingest_tags_by_path_or_name_and_says_what_they_did_not_do(tmp_path, capsys):
+    for i, cam in enumerate(("indoorcam", "outdoorcam")):  # every camera names its files IMG_0001.jpg
+        write_rgb(tmp_path / "in" / cam / "IMG_0001.png", _render(20 + i, "indoor", 32)["rgb"])
+    tags = tmp_path / "tags.csv"  # Excel's CSV UTF-8 starts with a byte-order mark
+    tags.write_text("\ufeffpath,domain\nin/indoorcam/IMG_0001.png,indoor\nin/outdoorcam/IMG_0001.png,outdoor\n"
+                    "in/gone.png,indoor\n")
+    pool = tmp_path / "pool"
+    ingest([str(tmp_path / "in")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90, tags=str(tags)),
+           progress=False)
+    assert {Path(r["path"]).parent.name: r["domain"] for r in read_manifest(pool)} == {"indoorcam": "indoor",
+                                                                                       "outdoorcam": "outdoor"}
+    assert all(Path(r["path"]).is_absolute() for r in read_manifest(pool))  # found by tags from any folder
+    assert "1 entries of" in capsys.readouterr().err  # in/gone.png tags nothing
+    tags.write_text("file,domain\nIMG_0001.png,outdoor\n")  # a bare name tags every file of that name
+    ingest([str(tmp_path / "in")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90, tags=str(tags)),
+           progress=False)
+    assert {r["domain"] for r in read_manifest(pool)} == {"outdoor"}
+    assert "tags 1 file name(s) that several files of this ingest have" in capsys.readouterr().err
+    for text, problem in [("file,domain\na.png,indoor\na.png,outdoor\n", "line 3: a.png is tagged both indoor and"),
+                          ("file,domain\na.png,kitchen\n", "line 2: domain 'kitchen' for 'a.png' is not indoor")]:
+        tags.write_text(text)
+        with pytest.raises(DapError, match=problem):
+            ingest([str(tmp_path / "in")], pool, IngestOptions(min_width=SMALL, tags=str(tags)), progress=False)
+    tags.write_text("file,domain\na.png,indoor\n", encoding="utf-16")  # a spreadsheet's "Unicode text"
+    with pytest.raises(DapError, match="is not UTF-8 text .*save it as CSV UTF-8"):
+        ingest([str(tmp_path / "in")], pool, IngestOptions(min_width=SMALL, tags=str(tags)), progress=False)
+
+
+def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
+    src = tmp_path / "in"
+    a = _render(30, "indoor", 32)["rgb"]
+    write_rgb(src / "a.png", a)
+    b = _render(31, "outdoor", 32)["rgb"]
+    write_rgb(src / "b.png", b)
+    write_rgb(src / "b_again.png", b)  # byte for byte the same file: a duplicate, not "already in the pool"
+    opts = IngestOptions(min_width=SMALL, max_tilt_deg=90)
+    pool = src / "pool"  # inside its source folder: its own images must not be ingested back
+    assert ingest([str(src)], pool, opts, progress=False) == {"added": 2, "duplicate": 1, "rejected": 0,
+                                                              "already_in_pool": 0, "replaced": 0}
+    assert ingest([str(src)], pool, opts, progress=False)["added"] == 0
+    write_rgb(src / "a.png", np.clip(a * 1.1, 0, 1))  # brightened: a near-duplicate of its own old version
+    assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 1
+    rows = [r for r in read_manifest(pool) if Path(r["path"]).name == "a.png"]
+    assert [r["status"] for r in rows] == ["rejected", "ok"] and "its file has changed" in rows[0]["reason"]
+    assert rows[0]["image"] == "" and (pool / rows[1]["image"]).is_file()
+    # a file that cannot be read is one row however often it is ingested (a new row every rerun before)
+    (src / "mem.png").symlink_to("/proc/self/mem")
+    for _ in range(2):
+        ingest([str(src)], pool, opts, progress=False)
+    assert sum(Path(r["path"]).name == "mem.png" for r in read_manifest(pool)) == 1
+    for bad, problem in [(dict(max_width=101), "--max-width must be an even number"),
+                         (dict(max_width=100, min_width=512), "--max-width 100 is below --min-width 512"),
+                         (dict(max_tilt_deg=math.nan), "--max-tilt must be >= 0 degrees, got nan"),
+                         (dict(dedupe_bits=-7), "--dedupe-bits must be 0 to 64")]:
+        with pytest.raises(DapError, match=problem):
+            ingest([str(src)], pool, IngestOptions(**bad), progress=False)
+
+
 def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path):
     src = tmp_path / "in"
     src.mkdir()
@@ -144,12 +202,12 @@ def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path
     # the folder's depth EXR is no input; named explicitly, it is a rejected row that says what it is
     counts = ingest([str(src), str(src / "room_depth.exr")], tmp_path / "pool",
                     IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
-    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0, "replaced": 0}
     rows = {Path(r["path"]).name: r for r in read_manifest(tmp_path / "pool")}
     reason = rows["room_depth.exr"]["reason"]
     assert "not all three of R, G and B" in reason and "depth map" in reason
     assert ingest([str(src)], tmp_path / "pool2", IngestOptions(min_width=SMALL, max_tilt_deg=90),
-                  progress=False) == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
+                  progress=False) == {"added": 1, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     stored = read_rgb(tmp_path / "pool" / rows["room.hdr"]["image"])
     assert np.abs(stored - read_rgb(src / "room.hdr")).mean() < 0.06  # the pool stores a JPEG of it
     assert np.abs(stored - np.minimum(linear, 1.0)).mean() > 0.2  # not the radiance clipped at white
@@ -160,7 +218,7 @@ def test_ingest_rejects_an_unstitched_dual_fisheye_image(tmp_path):
     write_rgb(src / "raw.jpg", dual_fisheye(_render(4, "indoor")["rgb"]))
     write_rgb(src / "pano.jpg", _render(4, "indoor")["rgb"])
     counts = ingest([str(src)], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
-    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0}
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 1, "already_in_pool": 0, "replaced": 0}
     reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
     assert reasons["raw.jpg"].startswith("an unstitched dual-fisheye image") and reasons["pano.jpg"] == ""
 
@@ -182,7 +240,7 @@ def test_ingest_rejects_blank_images_and_black_video_frames(tmp_path):
     for blank in [("black.png", 0.0), ("grey.png", 0.0), ("fade.avi", 0.0)]:
         assert rows[blank]["reason"].startswith("blank: one flat colour"), blank
     assert rows["dark_room.png", 0.0]["status"] == "ok" and rows["fade.avi", 1.0]["status"] == "ok"
-    assert counts == {"added": 2, "duplicate": 0, "rejected": 3, "already_in_pool": 0}
+    assert counts == {"added": 2, "duplicate": 0, "rejected": 3, "already_in_pool": 0, "replaced": 0}
 
 
 def test_ingest_pads_a_partial_photo_sphere_where_its_xmp_puts_it(tmp_path):
@@ -217,7 +275,7 @@ def test_panoramas_too_small_to_label_are_rejected_with_the_option_to_keep_them(
     write_rgb(src / "ok.png", _render(2, "indoor", 256)["rgb"])  # 512x256
     assert np.isnan(tilt_angle(dot))
     counts = ingest([str(src)], tmp_path / "pool", IngestOptions(max_tilt_deg=90), progress=False)
-    assert counts == {"added": 1, "duplicate": 0, "rejected": 2, "already_in_pool": 0}
+    assert counts == {"added": 1, "duplicate": 0, "rejected": 2, "already_in_pool": 0, "replaced": 0}
     reasons = {Path(r["path"]).name: r["reason"] for r in read_manifest(tmp_path / "pool")}
     assert reasons["dot.png"].startswith("too small (4x2)") and "--min-width" in reasons["dot.png"]
     assert reasons["thumb.png"].startswith("too small (128x64)") and reasons["ok.png"] == ""
@@ -438,6 +496,24 @@ def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
     assert "[rank0]: Traceback" not in out.stderr
 
 
+def test_a_pool_image_deleted_since_ingest_is_rejected_by_labelling_and_restored_by_ingest(tmp_path, tiny_checkpoint,
+                                                                                           capsys):
+    pool = _pool_of_noise(tmp_path, 3)
+    rows = read_manifest(pool)
+    (pool / rows[0]["image"]).unlink()
+    (pool / rows[1]["image"]).write_bytes(b"")
+    # labelling stopped at the first one ("cannot read ...: no such file"), and re-ingesting restored nothing
+    res = label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), tta=False),
+                     progress=False)
+    assert res["labelled_now"] == 1 and "2 rows of" in capsys.readouterr().err
+    after = read_manifest(pool)
+    assert [r["status"] for r in after] == ["rejected", "rejected", "ok"]
+    assert f"ingest {rows[0]['path']} again to restore it" in after[0]["reason"]
+    ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    assert [r["status"] for r in read_manifest(pool)] == ["ok", "ok", "ok"]
+    assert all((pool / r["image"]).stat().st_size > 0 for r in read_manifest(pool))
+
+
 def test_every_step_that_writes_the_manifest_holds_the_pool(tmp_path, tiny_checkpoint):
     """An ingest writes the manifest it read when it started: a labelling that finished meanwhile lost every
     label (and two labellings at once mixed resolutions under one settings file). Each step holds the pool."""
@@ -499,7 +575,7 @@ def test_discriminator_round_trips_and_rejects_a_bad_folder(tmp_path):
     from dap.models import create_model, save_model
 
     save_model(create_model("dap_tiny"), tmp_path / "model")
-    with pytest.raises(CheckpointError, match="model is a depth model .dap's format., not a discriminator; `dap curate"):
+    with pytest.raises(CheckpointError, match="model is a depth model .dap's format., not a discriminator; `dap"):
         D.load_discriminator(tmp_path / "model")
 
 
@@ -673,6 +749,15 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert main(["curate", "status", "--pool", str(work / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     printed = capsys.readouterr().out
     assert "accepted 6" in printed and "stage3 6" in printed
+    # a tag file that moves a selected row to the other domain unselects it: it was chosen among the other's rows
+    chosen = next(r for r in read_manifest(work / "pool") if r["selected"])
+    flipped = {"indoor": "outdoor", "outdoor": "indoor"}[chosen["domain"]]
+    (tmp_path / "flip.csv").write_text(f"path,domain\n{chosen['path']},{flipped}\n")
+    ingest([chosen["path"]], work / "pool", IngestOptions(min_width=SMALL, tags=str(tmp_path / "flip.csv")),
+           progress=False)
+    (after,) = [r for r in read_manifest(work / "pool") if r["id"] == chosen["id"]]
+    assert after["domain"] == flipped and not after["selected"]
+    assert "1 selected rows changed domain with these tags" in capsys.readouterr().err
     assert (tmp_path / "plots/hist_disc_score.png").is_file() and (tmp_path / "plots/contact_sheet_disc.png").is_file()
     # a done step's output deleted since: it and the steps after it run again (a rerun said "done" and left the
     # pool pointing at label files that were gone)
@@ -768,7 +853,10 @@ def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_pa
     from dap.curation.label import label_path, merge_labels
 
     pool = tmp_path / "pool"
-    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg"} for i in range(2)]
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg", "image": f"images/{i}.jpg"}
+            for i in range(2)]
+    for r in rows:
+        write_rgb(pool / r["image"], np.zeros((4, 8, 3)))
     write_manifest(pool, rows)
     depth, prob = np.ones((4, 8)), np.zeros((4, 8))
 

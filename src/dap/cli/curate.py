@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from dap.cli import (
     HelpFormatter,
     check_output,
+    parse_device,
     parse_network_size,
     positive_float,
     positive_int,
@@ -33,6 +35,26 @@ def _keep(text: str) -> dict[str, float]:
         if not sep or out.get(k.strip(), -1) < 0:
             raise argparse.ArgumentTypeError(f"expected DOMAIN=K pairs like indoor=300000,outdoor=0.2, got {text!r}")
     return out
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
+    return value
+
+
+def _label_device(text: str) -> str:
+    if text not in ("auto", "cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto, cpu or cuda (under torchrun each rank takes its own "
+                                         "GPU)")
+    return text if text != "cuda" else parse_device(text)  # no CUDA device: said here, not as training's run.device
+
+
+NO_PROGRESS = "no progress bar (there is none either when stderr is not a terminal)"
 
 
 def _step(sub, name: str, text: str) -> argparse.ArgumentParser:
@@ -65,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--tags", default=None, metavar="CSV",
                    help="indoor/outdoor tags: CSV with columns file (or path) and domain (or scene); a tag wins "
                         "over the labeler's sky-fraction rule")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "label", "pseudo-label the pool with a model (torchrun-ready, resumable)")
     p.add_argument("--pool", required=True, help="pool folder made by `dap curate ingest`")
@@ -76,13 +99,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int, default=4, help="panoramas per forward")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")
     p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation agreement (3x faster)")
-    p.add_argument("--outdoor-sky-fraction", type=float, default=0.05,
+    p.add_argument("--outdoor-sky-fraction", type=_share, default=0.05,
                    help="tag a panorama outdoor when this share of its upper hemisphere is sky / out of range")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--device", default="auto", type=_label_device,
+                   help="auto | cpu | cuda; auto: CUDA where there is one, else the CPU (under torchrun each rank "
+                        "takes its own GPU)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "score", "score the stage-1 labels with a trained discriminator")
     p.add_argument("--pool", required=True, help="pool folder")
     p.add_argument("--discriminator", required=True, help="discriminator folder (written by `dap curate run`)")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "select", "keep the top-k stage-1 labels per domain")
     p.add_argument("--pool", required=True, help="pool folder")
@@ -106,6 +133,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _progress(args: argparse.Namespace) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def run(args: argparse.Namespace) -> int:
     from dap.curation.manifest import manifest_path
 
@@ -125,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
                              pad_to_erp=args.pad_to_erp, max_width=args.max_width, min_width=args.min_width,
                              dedupe_bits=args.dedupe_bits,
                              max_tilt_deg=args.max_tilt, level=args.level, tags=args.tags)
-        counts = ingest(args.sources, args.pool, opts)
+        counts = ingest(args.sources, args.pool, opts, progress=_progress(args))
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
         if not any(counts.values()):
             print(f"dap curate ingest: note: no images or videos found in {' '.join(args.sources)}", file=sys.stderr)
@@ -139,14 +170,14 @@ def run(args: argparse.Namespace) -> int:
                            f"model name ({', '.join(registry.MODELS)})")
         opts = LabelOptions(resolution=args.resolution, batch_size=args.batch_size, num_workers=max(0, args.workers),
                             tta=not args.no_tta, outdoor_sky_fraction=args.outdoor_sky_fraction, device=args.device)
-        counts = label_pool(args.pool, model, args.stage, opts)
+        counts = label_pool(args.pool, model, args.stage, opts, progress=_progress(args))
         if counts.get("labelled") is not None:
             print(f"dap curate label: {args.stage}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     elif cmd == "score":
         from dap.curation.discriminator import load_discriminator
         from dap.curation.selection import score_pool
 
-        n = score_pool(args.pool, load_discriminator(args.discriminator))
+        n = score_pool(args.pool, load_discriminator(args.discriminator), progress=_progress(args))
         if int(os.environ.get("RANK", 0)) == 0:
             print(f"dap curate score: {n} stage-1 labels scored")
     elif cmd == "select":

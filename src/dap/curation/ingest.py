@@ -75,6 +75,7 @@ class HashIndex:
         self.pieces = [((1 << (hi - lo)) - 1, lo) for lo, hi in zip(edges, edges[1:], strict=False)]
         self.buckets: list[dict[int, list[int]]] = [{} for _ in self.pieces]
         self.entries: list[tuple[int, str]] = []
+        self.retired: set[str] = set()  # items no longer in the pool (their file changed): never matched
 
     def add(self, value: int, item: str) -> None:
         n = len(self.entries)
@@ -87,7 +88,7 @@ class HashIndex:
         candidates = {n for (mask, shift), bucket in zip(self.pieces, self.buckets, strict=True)
                       for n in bucket.get((value >> shift) & mask, ())}
         for n in sorted(candidates):
-            if hamming(self.entries[n][0], value) <= self.bits:
+            if hamming(self.entries[n][0], value) <= self.bits and self.entries[n][1] not in self.retired:
                 return self.entries[n][1]
         return None
 
@@ -105,21 +106,27 @@ def item_id(checksum: str, frame: int | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------- inputs
-def expand_sources(sources: list[str]) -> list[Path]:
+def expand_sources(sources: list[str], pool: str | os.PathLike | None = None) -> list[Path]:
     """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes and depth EXRs
     are skipped in folders but an explicitly named file is always tried (and rejected with a reason if it is no
-    image)."""
+    image). Folders and patterns skip what lies in `pool` (a pool inside its source folder would ingest its own
+    copies, once more on every rerun)."""
+    inside = os.path.realpath(pool) + os.sep if pool is not None else None
+
+    def listed(f: Path) -> bool:
+        return inside is None or not os.path.realpath(f).startswith(inside)
+
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
             files += sorted(f for f in p.rglob("*") if f.is_file()
                             and (is_image_file(f) or f.suffix.lower() in VIDEO_SUFFIXES)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts) and listed(f))
         elif p.is_file():
             files.append(p)
         else:
-            matches = sorted(Path(m) for m in glob.glob(src, recursive=True) if Path(m).is_file())
+            matches = sorted(Path(m) for m in glob.glob(src, recursive=True) if Path(m).is_file() and listed(Path(m)))
             if not matches:
                 raise DapError(f"{src} is neither a file, a folder nor a glob that matches files")
             files += matches
@@ -127,26 +134,56 @@ def expand_sources(sources: list[str]) -> list[Path]:
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
 
 
-def read_tags(path: str | os.PathLike) -> dict[str, str]:
-    """file name -> indoor | outdoor, from a CSV with a file (or path) column and a domain (or scene) column."""
+@dataclass
+class Tags:
+    """A tag file's indoor/outdoor tags: by a bare file name (any folder's file of that name), or by a path (that
+    file alone; relative paths from the tag file's folder)."""
+
+    by_name: dict[str, str]
+    by_path: dict[str, str]  # absolute path -> domain
+
+    def get(self, path: str | os.PathLike) -> str | None:
+        return self.by_path.get(os.path.abspath(path), self.by_name.get(Path(path).name))
+
+    def unused(self, paths: list[str]) -> list[str]:
+        """The entries that name none of `paths` (absolute)."""
+        names, given = {Path(p).name for p in paths}, set(paths)
+        return [k for k in self.by_path if k not in given] + [k for k in self.by_name if k not in names]
+
+
+def read_tags(path: str | os.PathLike) -> Tags:
+    """The tags of a CSV with a file (or path) column and a domain (or scene) column; UTF-8, with or without the
+    byte-order mark spreadsheets write. One file tagged twice differently is an error."""
     p = Path(path)
     try:
-        with p.open(newline="") as f:
+        with p.open(newline="", encoding="utf-8-sig") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise DapError(f"cannot read the tag file {p}: {e}") from e
+    except UnicodeDecodeError as e:
+        raise DapError(f"the tag file {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as CSV UTF-8 "
+                       "(a spreadsheet's \"Unicode text\" is UTF-16)") from e
     cols = set(rows[0]) if rows else set()
     key = next((c for c in ("file", "path") if c in cols), None)
     val = next((c for c in ("domain", "scene") if c in cols), None)
     if key is None or val is None:
         raise DapError(f"the tag file {p} needs columns file (or path) and domain (or scene); "
                        f"it has {sorted(cols)}")
-    tags = {}
-    for r in rows:
+    tags = Tags({}, {})
+    for line, r in enumerate(rows, start=2):
         d = (r[val] or "").strip().lower()
+        name = (r[key] or "").strip()
         if d not in DOMAINS:
-            raise DapError(f"{p}: domain {r[val]!r} for {r[key]!r} is not indoor or outdoor")
-        tags[Path(r[key]).name] = d
+            raise DapError(f"{p}, line {line}: domain {r[val]!r} for {name!r} is not indoor or outdoor")
+        if not name:
+            raise DapError(f"{p}, line {line}: no {key} for the domain {r[val]!r}")
+        if os.sep in name or "/" in name:  # a path: that file only (IMG_0001.jpg is in every camera's folder)
+            table, name = tags.by_path, os.path.abspath(p.parent / name)
+        else:
+            table = tags.by_name
+        if table.get(name, d) != d:
+            raise DapError(f"{p}, line {line}: {name} is tagged both {table[name]} and {d}; keep one")
+        table[name] = d
     return tags
 
 
@@ -189,31 +226,50 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
     return rgb, None
 
 
+def options_problem(o: IngestOptions) -> str | None:
+    """What is wrong with ingest options, in the CLI's words, or None."""
+    if o.min_width < 1 or o.max_width < 2 or o.max_width % 2:
+        return (f"--max-width must be an even number of pixels >= 2 and --min-width >= 1, got {o.max_width} and "
+                f"{o.min_width}")
+    if o.max_width < o.min_width:
+        return (f"--max-width {o.max_width} is below --min-width {o.min_width}: panoramas would be stored narrower "
+                "than the pool accepts")
+    if not -1 <= o.dedupe_bits <= 64:
+        return f"--dedupe-bits must be 0 to 64 (or -1: off), got {o.dedupe_bits}"
+    if not o.max_tilt_deg >= 0:  # NaN too: it would keep every panorama without a word
+        return f"--max-tilt must be >= 0 degrees, got {o.max_tilt_deg}"
+    if not 0 < o.every_s < math.inf:
+        return f"--every must be a number of seconds > 0, got {o.every_s}"
+    return None
+
+
 def ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None = None,
            progress: bool = True) -> dict[str, int]:
     """Add the panoramas (and sampled video frames) of `sources` to `pool`; returns counts by outcome. One ingest
     into a pool at a time: each writes the manifest it read plus its rows, so a second one would lose the first's."""
     from dap.io import folder_lock
 
+    o = options or IngestOptions()
+    if problem := options_problem(o):
+        raise DapError(problem)
     with folder_lock(pool, "dap curate ingest"):
-        return _ingest(sources, pool, options, progress)
+        return _ingest(sources, pool, o, progress)
 
 
-def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions | None,
-            progress: bool) -> dict[str, int]:
+def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progress: bool) -> dict[str, int]:
     from tqdm import tqdm
 
     from dap.io import write_rgb
 
-    o = options or IngestOptions()
     pool = Path(pool)
-    tags = read_tags(o.tags) if o.tags else {}
-    files = expand_sources(sources)
+    tags = read_tags(o.tags) if o.tags else Tags({}, {})
+    files = expand_sources(sources, pool)
     rows = read_manifest(pool)
     # Rejected items are checked again, with this run's options: the fix a reason names (--pad-to-erp, --max-tilt,
     # --level) then takes effect in the same pool. Accepted ones are kept as they are.
     known = {r["id"] for r in rows if r["status"] != "rejected"}
     at = {r["id"]: i for i, r in enumerate(rows)}  # a row checked again replaces its earlier one in place
+    added_now: set[str] = set()  # a second file with the same bytes is a duplicate, not "already in the pool"
 
     def put(row: dict) -> bool:
         """Store a row; False if it is a rejected row the pool already held with that reason (nothing new)."""
@@ -225,25 +281,37 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
         rows.append(row)
         return True
 
-    given = {os.path.abspath(f) for f in files}
+    given = [os.path.abspath(f) for f in files]
+    reselect = 0
     for r in rows:  # a tag file given on a later ingest tags the pool's items from these sources too
-        name = Path(r["path"]).name
-        if r["status"] == "ok" and name in tags and os.path.abspath(r["path"]) in given:
-            r.update(domain=tags[name], domain_from="user")
+        domain = tags.get(r["path"])
+        if r["status"] == "ok" and domain and os.path.abspath(r["path"]) in given:
+            reselect += r["selected"] and r["domain"] != domain  # selected among the other domain's rows
+            r.update(domain=domain, domain_from="user", selected=r["selected"] and r["domain"] == domain)
+    by_path: dict[str, list[dict]] = {}  # accepted rows by their file, to tell when that file has changed since
     hashes = HashIndex(o.dedupe_bits)
     for r in rows:
         if r["status"] == "ok":
             hashes.add(r["phash"], r["id"])
-    counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0}
+            by_path.setdefault(os.path.abspath(r["path"]), []).append(r)
+    counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     last_write = time.monotonic()
     for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
         source = o.source or path.parent.name
+        where = os.path.abspath(path)  # rows name their file absolutely: tags and reruns find it from any folder
         try:
             checksum = file_checksum(path)
         except OSError as e:
-            rows.append(_rejected(path, source, "", None, f"cannot read the file: {e}"))
-            counts["rejected"] += 1
+            row = _rejected(where, source, "", None, f"cannot read the file: {e}")
+            counts["rejected" if put(row) else "already_in_pool"] += 1
             continue
+        for old in by_path.pop(where, []):
+            if old["checksum"] != checksum:  # edited since: its image and labels are of the old content
+                old.update(status="rejected", image="", selected=False,
+                           reason="its file has changed since it was ingested; the new content has a row of its own")
+                hashes.retired.add(old["id"])
+                known.discard(old["id"])
+                counts["replaced"] += 1
         frames = _decoded(path, o.every_s)
         frame = None
         while True:
@@ -253,17 +321,17 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
                 break
             except Exception as e:  # noqa: BLE001 - any decode failure is this item's row, never the run's end
                 # The file's row (frame None): a video that breaks after some frames keeps those frames' rows.
-                row = _rejected(path, source, checksum, None, f"cannot decode: {e}")
+                row = _rejected(where, source, checksum, None, f"cannot decode: {e}")
                 if row["id"] not in known:
                     known.add(row["id"])
                     counts["rejected" if put(row) else "already_in_pool"] += 1
                 break
-            row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": str(path),
+            row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": where,
                    "checksum": checksum, "frame_time": t, "height": rgb.shape[0], "width": rgb.shape[1],
                    "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
                    "status": "ok"}
             if row["id"] in known:
-                counts["already_in_pool"] += 1
+                counts["duplicate" if row["id"] in added_now else "already_in_pool"] += 1
                 continue
             known.add(row["id"])
             rgb, shape_problem = _as_panorama(rgb, path if frame is None else None, o)
@@ -293,15 +361,34 @@ def _ingest(sources: list[str], pool: str | os.PathLike, options: IngestOptions 
                 row["image"] = f"images/{row['id']}.jpg"
                 write_rgb(pool / row["image"], rgb)
                 hashes.add(row["phash"], row["id"])
-                if path.name in tags:
-                    row.update(domain=tags[path.name], domain_from="user")
+                if domain := tags.get(where):
+                    row.update(domain=domain, domain_from="user")
                 put(row)
+                added_now.add(row["id"])
                 counts["added"] += 1
         if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
             write_manifest(pool, rows)
             last_write = time.monotonic()
     write_manifest(pool, rows)
+    _say_tag_notes(tags, given, reselect, o.tags)
     return counts
+
+
+def _say_tag_notes(tags: Tags, given: list[str], reselect: int, tag_file: str | None) -> None:
+    """What the user's tag file did not do as they may think."""
+    import sys
+
+    if unused := tags.unused(given):
+        print(f"dap curate ingest: note: {len(unused)} entries of {tag_file} name no file of this ingest (the "
+              f"first: {unused[0]}); they tag nothing", file=sys.stderr)
+    shared = [n for n in tags.by_name if sum(Path(g).name == n for g in given) > 1]
+    if shared:
+        print(f"dap curate ingest: note: {tag_file} tags {len(shared)} file name(s) that several files of this "
+              f"ingest have (the first: {shared[0]}), all alike; give their paths (a/{shared[0]}) to tell them "
+              "apart", file=sys.stderr)
+    if reselect:
+        print(f"dap curate ingest: note: {reselect} selected rows changed domain with these tags, and are no longer "
+              "selected; run `dap curate select` again", file=sys.stderr)
 
 
 def _levelled(rgb: np.ndarray) -> np.ndarray | None:
@@ -310,7 +397,7 @@ def _levelled(rgb: np.ndarray) -> np.ndarray | None:
     return None if rotation is None else level_panorama(rgb, rotation)
 
 
-def _rejected(path: Path, source: str, checksum: str, frame: int | None, reason: str) -> dict:
+def _rejected(path: str, source: str, checksum: str, frame: int | None, reason: str) -> dict:
     return {**empty_row(), "id": item_id(checksum or str(path), frame), "source": source, "path": str(path),
             "checksum": checksum, "kind": "video_frame" if frame is not None else "image", "status": "rejected",
             "reason": reason}

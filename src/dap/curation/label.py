@@ -150,7 +150,8 @@ def _label_rows(pool: Path, model, stage: str, o: LabelOptions, d, progress: boo
                                             "tta": o.tta, "seam_pad": o.seam_pad})
     if d.world > 1:
         dist.barrier()  # no rank writes before the clean-up is done
-    mine = [i for i in rank_rows(rows, d.rank, d.world) if not (pool / label_path(stage, rows[i]["id"])).exists()]
+    mine = [i for i in rank_rows(rows, d.rank, d.world)
+            if not (pool / label_path(stage, rows[i]["id"])).exists() and stored_image(pool, rows[i])]
     loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
                                          num_workers=o.num_workers, pin_memory=d.device.type == "cuda")
     done = 0
@@ -199,14 +200,26 @@ def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
         tmp.write_text(json.dumps(settings, indent=1))
 
 
+def stored_image(pool: Path, row: dict) -> bool:
+    """Whether an accepted row's panorama is still in the pool (deleted or emptied since, it cannot be labelled)."""
+    image = pool / row["image"]
+    return image.is_file() and image.stat().st_size > 0
+
+
 def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[str, int]:
-    """Copy the signals of every existing label file of `stage` into the manifest (atomic rewrite)."""
+    """Copy the signals of every existing label file of `stage` into the manifest (atomic rewrite). An accepted
+    row whose stored image has gone is rejected, with the way to restore it: ingest checks rejected rows again."""
     rows = read_manifest(pool)
-    labelled = missing = stale = 0
+    labelled = missing = stale = gone = 0
     for r in rows:
         if r["status"] != "ok":
             continue
         rel = label_path(stage, r["id"])
+        if not stored_image(pool, r):  # nothing can be trained on it, labelled or not
+            r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, is missing or empty (deleted "
+                                               f"since it was ingested?); ingest {r['path']} again to restore it")
+            gone += 1
+            continue
         if not (pool / rel).exists():
             missing += 1
             continue
@@ -226,6 +239,9 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
     write_manifest(pool, rows)
     if missing:
         print(f"dap curate: {missing} accepted rows of {pool} have no {stage} label yet", file=sys.stderr)
+    if gone:
+        print(f"dap curate: {gone} rows of {pool} lost their stored image and are rejected; ingest their files "
+              "again to restore them (the reasons name them)", file=sys.stderr)
     if stale:
         print(f"dap curate: {stale} rows of {pool} have new stage-1 labels: their discriminator scores and selection "
               "were made on the old ones and are cleared; run `dap curate score` and `dap curate select` again",

@@ -1,6 +1,7 @@
 """Measure the ingest rules of `dap curate` on a folder of real panoramas (default: shared/real-panos):
-perceptual-hash distances of re-encoded copies vs distinct panoramas, tilt estimates, and — given a labelled
-pool — how often the labeler's sky-fraction domain rule agrees with the user tags.
+perceptual-hash distances of re-encoded copies vs distinct panoramas, tilt estimates (and how they change with
+the panorama's width), and — given a labelled pool — how often the labeler's sky-fraction domain rule agrees with
+the user tags.
 
     python experiments/curation_rules.py [--pool runs/curate_tiny/pool]
 """
@@ -48,6 +49,15 @@ def main() -> None:
           f"{np.percentile(distinct, 1):.0f}, median {np.median(distinct):.0f} |")
     tilts = sorted((tilt_angle(im), f.name) for im, f in zip(images, files, strict=True))
     print("\ntilt estimates (degrees), highest five:", ", ".join(f"{n} {t:.1f}" for t, n in tilts[-5:]))
+    # the same panoramas at the widths a pool may hold them: the estimate should not depend on it
+    by_width = {w: np.array([tilt_angle(cv2.resize(im, (w, w // 2), interpolation=cv2.INTER_AREA))
+                             for im in images if im.shape[1] >= 1024]) for w in (1024, 512, 256)}
+    print("| width | panoramas | median, 90th percentile of |tilt - tilt at 1024| | above 8 degrees |\n"
+          "|---|---|---|---|")
+    for w, t in by_width.items():
+        both = np.isfinite(t) & np.isfinite(by_width[1024])
+        diff = np.abs(t - by_width[1024])[both]
+        print(f"| {w} | {both.sum()} | {np.median(diff):.2f}, {np.percentile(diff, 90):.2f} | {(t[both] > 8).sum()} |")
     if args.pool:
         rows = [r for r in read_manifest(args.pool) if r["status"] == "ok" and np.isfinite(r["stage1_sky_fraction"])]
         for t in (0.02, 0.05, 0.1, 0.2):

@@ -155,13 +155,19 @@ def looks_dual_fisheye(rgb: np.ndarray, black: float = 0.03, lit: float = 0.06) 
     return True
 
 
+MIN_TILT_WIDTH = 256  # narrower panoramas are not judged: enlarged to 1024, a thumbnail's noise reads as edges
+
+
 def _tilt_sized(rgb: np.ndarray) -> np.ndarray:
-    """The float32 panorama the tilt is fitted on: at most 1024 pixels wide (the fit needs edges, not detail)."""
+    """The float32 panorama the tilt is fitted on: 1024x512 whatever its size. The fit needs edges, not detail;
+    and on a coarser grid the 3x3 gradients lean more (the real panoramas at 512 wide: up to 14 degrees where
+    1024 and 2048 wide agree on 5; enlarged to 1024 first, 7), so a small panorama would be judged tilted."""
     import cv2
 
     image = np.ascontiguousarray(rgb, dtype=np.float32)
-    if image.shape[1] > 1024:
-        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] != (512, 1024):
+        smaller = image.shape[1] > 1024
+        image = cv2.resize(image, (1024, 512), interpolation=cv2.INTER_AREA if smaller else cv2.INTER_LINEAR)
     return image
 
 
@@ -174,7 +180,8 @@ def level_panorama(rgb: np.ndarray, rotation: torch.Tensor) -> np.ndarray:
 def camera_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -> tuple[float, float] | None:
     """(pitch, roll) in degrees (`rotation_matrix`'s conventions) of the camera that took an equirectangular
     panorama, relative to level, from how near-vertical edges lean around the horizon; None when fewer than
-    `min_edges` edge pixels qualify (open landscapes without verticals: it cannot judge).
+    `min_edges` edge pixels qualify (open landscapes without verticals: it cannot judge) or the panorama is
+    narrower than `MIN_TILT_WIDTH`.
 
     A level camera images every world-vertical line as a vertical ERP column. Tilted by a small rotation, a
     vertical line at longitude lon near the equator leans by s = a cos(lon) - c sin(lon) columns per row (ERP
@@ -183,6 +190,8 @@ def camera_tilt(rgb: np.ndarray, band_deg: float = 30.0, min_edges: int = 200) -
     gives (a, c). First order in the tilt: `level_rotation` refits on the levelled image."""
     import cv2
 
+    if rgb.shape[1] < MIN_TILT_WIDTH:
+        return None
     image = _tilt_sized(rgb)
     h, w = image.shape[:2]
     lat = (0.5 - (np.arange(h) + 0.5) / h) * 180.0

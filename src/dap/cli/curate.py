@@ -91,14 +91,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _step(sub, "label", "pseudo-label the pool with a model (torchrun-ready, resumable)")
     p.add_argument("--pool", required=True, help="pool folder made by `dap curate ingest`")
-    p.add_argument("--model", required=True, help="labeler checkpoint (our folder or an official model.pth)")
+    p.add_argument("--model", required=True, help="labeler: a model name (`dap models`), our folder or an official "
+                                                  "model.pth")
     p.add_argument("--stage", choices=("stage1", "stage3"), default="stage1",
                    help="stage1: Scene-Invariant Labeler; stage3: Realism-Invariant Labeler")
     p.add_argument("--resolution", type=parse_network_size, default=(256, 512), metavar="HxW",
                    help="working and stored label resolution (2:1, multiples of 16)")
     p.add_argument("--batch-size", type=positive_int, default=4, help="panoramas per forward")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")
-    p.add_argument("--no-tta", action="store_true", help="skip the test-time-augmentation agreement (3x faster)")
+    p.add_argument("--no-tta", action="store_true",
+                   help="skip the test-time-augmentation agreement (two forwards fewer per panorama: about 2x faster)")
     p.add_argument("--outdoor-sky-fraction", type=_share, default=0.05,
                    help="tag a panorama outdoor when this share of its upper hemisphere is sky / out of range")
     p.add_argument("--device", default="auto", type=_label_device,

@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--split-file", default=None, help="'rgb depth' pair list relative to the root (stanford2d3d, matterport3d)"
     )
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="model checkpoint to evaluate")
-    src.add_argument("--predictions", help="folder of saved predictions <sample name>.npy in metres (no model)")
+    src.add_argument("--checkpoint", help="model to evaluate: a name (`dap models`), a folder of ours or an official "
+                                          "model.pth")
+    src.add_argument("--predictions", help="folder of saved predictions, <sample name>.npy, .exr or .depth.png in "
+                                           "metres (as `dap predict` writes them; no model)")
     parser.add_argument("--out", required=True, help="output folder (metrics.json, per_image.*, panels/)")
     parser.add_argument(
         "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"

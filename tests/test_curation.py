@@ -180,6 +180,16 @@ def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
     rows = [r for r in read_manifest(pool) if Path(r["path"]).name == "a.png"]
     assert [r["status"] for r in rows] == ["rejected", "ok"] and "its file has changed" in rows[0]["reason"]
     assert rows[0]["image"] == "" and (pool / rows[1]["image"]).is_file()
+    # overwritten by another photo (a camera's counter reset): the pool keeps its copy of the first as it was
+    write_rgb(src / "b.png", _render(32, "indoor", 32)["rgb"])
+    assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 0
+    assert [r["status"] for r in read_manifest(pool) if Path(r["path"]).name == "b.png"] == ["ok", "ok"]
+    # a re-encoded copy of b_again.png's content (b.png's first) is still its near-duplicate
+    write_rgb(src / "b_jpeg.jpg", b)
+    assert ingest([str(src)], pool, opts, progress=False)["duplicate"] == 1
+    # a folder to ingest inside the pool is read: only the pool's own images and labels are left out
+    write_rgb(pool / "incoming" / "c.png", _render(33, "outdoor", 32)["rgb"])
+    assert ingest([str(pool / "incoming")], pool, opts, progress=False)["added"] == 1
     # a file that cannot be read is one row however often it is ingested (a new row every rerun before)
     (src / "mem.png").symlink_to("/proc/self/mem")
     for _ in range(2):
@@ -191,6 +201,24 @@ def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
                          (dict(dedupe_bits=-7), "--dedupe-bits must be 0 to 64")]:
         with pytest.raises(DapError, match=problem):
             ingest([str(src)], pool, IngestOptions(**bad), progress=False)
+
+
+def test_rows_of_an_older_pool_with_relative_paths_are_left_alone(tmp_path, monkeypatch):
+    """Pools written before paths were stored absolute hold paths relative to a folder no longer known: a
+    same-named file in today's folder is another file, never an edit of theirs, nor tagged through them."""
+    for cam, seed in (("cam1", 40), ("cam2", 41)):
+        write_rgb(tmp_path / cam / "IMG_0001.png", _render(seed, "indoor", 32)["rgb"])
+    pool = tmp_path / "pool"
+    ingest([str(tmp_path / "cam1")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    rows = read_manifest(pool)
+    write_manifest(pool, [{**r, "path": "IMG_0001.png"} for r in rows])  # as the old code stored it, from cam1/
+    monkeypatch.chdir(tmp_path / "cam2")
+    (tmp_path / "tags.csv").write_text("file,domain\nIMG_0001.png,outdoor\n")
+    counts = ingest(["."], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90, tags=str(tmp_path / "tags.csv")),
+                    progress=False)
+    assert counts["replaced"] == 0 and counts["added"] == 1
+    old = read_manifest(pool)[0]
+    assert old["status"] == "ok" and old["domain"] == "" and (pool / old["image"]).is_file()
 
 
 def test_ingest_takes_hdr_panoramas_tone_mapped_and_rejects_a_depth_exr(tmp_path):

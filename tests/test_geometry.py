@@ -404,3 +404,6 @@ def test_level_rotation_recovers_a_tilt_and_levels_the_panorama(pitch, roll, yaw
     assert _down_axis_angle(found, truth) < 1.0  # a 21-degree tilt to within a degree
     assert math.hypot(*g.camera_tilt(np.asarray(g.rotate_erp(tilted, found.T), dtype=np.float32))) < 1.0
     assert g.level_rotation(np.full((64, 128, 3), 0.5, np.float32)) is None  # no edges: cannot judge
+    # a thumbnail is not judged (enlarged to the fit's 1024 wide, its noise would read as leaning edges)
+    noise = np.random.default_rng(0).random((64, 128, 3), dtype=np.float32)
+    assert g.level_rotation(noise) is None and math.isnan(g.tilt_angle(noise))

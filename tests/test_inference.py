@@ -977,6 +977,11 @@ def test_a_double_star_pattern_matches_every_depth(checkpoint, tmp_path):
     assert _predict_cli([str(tmp_path / "in" / "**" / "*.png")], tmp_path / "o", checkpoint, "--outputs", "npy") == 0
     assert sorted(p.relative_to(tmp_path / "o").as_posix() for p in (tmp_path / "o").rglob("*.npy")) == [
         "a/b/deep.npy", "a/mid.npy", "top.npy"]
+    # folders a ** pattern matches are searched themselves: not named as sub-folders left out
+    from dap.inference import expand_inputs
+
+    items, ignored = expand_inputs([str(tmp_path / "in" / "**")])
+    assert len(items) == 3 and ignored == []
 
 
 @pytest.mark.skipif(".avif" not in io.IMAGE_SUFFIXES, reason="this Pillow does not decode AVIF")

@@ -312,21 +312,30 @@ def test_exif_orientation_is_applied_unless_it_would_turn_a_panorama_on_its_side
     assert out.shape == (H, W, 3) and out[-3:].mean() > 0.9 and out[:-5].mean() < 0.1
 
 
-def _tiff(path, pixels: np.ndarray, orientation: int = 1, sample_format: int = 1) -> None:
-    """An uncompressed RGB TIFF of uint8 or uint16 `pixels` with an orientation tag, as cameras and scanners write
-    them (Pillow writes no 16-bit colour, OpenCV no orientation)."""
+def _tiff(path, pixels: np.ndarray, orientation: int | None = 1, sample_format: int = 1, xmp: bytes = b"") -> None:
+    """An uncompressed RGB TIFF of uint8 or uint16 `pixels` with an orientation tag (None: none) and XMP, as
+    cameras and scanners write them (Pillow writes no 16-bit colour, OpenCV no orientation)."""
     h, w, channels = pixels.shape
     data, per_channel = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes(), pixels.dtype.itemsize * 8
     arrays = struct.pack("<3H", *[per_channel] * 3) + struct.pack("<3H", *[sample_format] * 3)
-    ifd_at = 8 + len(arrays) + len(data)
+    xmp += b" " * (len(xmp) % 2)
+    ifd_at = 8 + len(arrays) + len(data) + len(xmp)
     tags = [(256, 4, 1, w), (257, 4, 1, h), (258, 3, 3, 8), (259, 3, 1, 1), (262, 3, 1, 2),
             (273, 4, 1, 8 + len(arrays)), (274, 3, 1, orientation), (277, 3, 1, channels), (278, 4, 1, h),
-            (279, 4, 1, len(data)), (284, 3, 1, 1), (339, 3, 3, 14)]  # 258 and 339 point at the arrays
+            (279, 4, 1, len(data)), (284, 3, 1, 1), (339, 3, 3, 14),  # 258 and 339 point at the arrays
+            (700, 1, len(xmp), 8 + len(arrays) + len(data))]
+    tags = [t for t in tags if t[3] is not None and t[2]]
     ifd = struct.pack("<H", len(tags)) + b"".join(
         struct.pack("<HHI", tag, kind, count) + struct.pack("<HH" if kind == 3 and count == 1 else "<I", value,
                                                             *([0] if kind == 3 and count == 1 else []))
         for tag, kind, count, value in tags) + struct.pack("<I", 0)
-    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + arrays + data + ifd)
+    path.write_bytes(b"II*\0" + struct.pack("<I", ifd_at) + arrays + data + xmp + ifd)
+
+
+def _xmp_orientation(tag: int) -> bytes:
+    return (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+            b'<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="' + str(tag).encode()
+            + b'"/></rdf:RDF></x:xmpmeta>')
 
 
 def _png_chunk(path, kind: bytes, data: bytes) -> None:
@@ -354,6 +363,8 @@ def test_every_orientation_is_applied_alike_by_every_reader(tmp_path):
             pixels = (stored.astype(np.uint16) * scale).astype(np.uint8 if bits == 8 else np.uint16)
             _tiff(tmp_path / f"{tag}_{bits}.tif", pixels, tag)
             cases[f"{bits}-bit TIFF"] = (tmp_path / f"{tag}_{bits}.tif", 251 * scale)
+            _tiff(tmp_path / f"{tag}_{bits}x.tif", pixels, None, xmp=_xmp_orientation(tag))  # XMP's alone
+            cases[f"{bits}-bit TIFF with XMP"] = (tmp_path / f"{tag}_{bits}x.tif", 251 * scale)
             if wide:
                 _tiff(tmp_path / f"{tag}_{bits}w.tif", (upright * scale).astype(pixels.dtype), tag)
                 cases[f"2:1 {bits}-bit TIFF"] = (tmp_path / f"{tag}_{bits}w.tif", 251 * scale)
@@ -363,10 +374,7 @@ def test_every_orientation_is_applied_alike_by_every_reader(tmp_path):
                 exif = Image.Exif()
                 exif[0x0112] = tag
                 _png_chunk(path, b"eXIf", exif.tobytes()[6:]) if how == "EXIF" else _png_chunk(
-                    path, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF '
-                    b'xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
-                    b'"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="' + str(tag).encode() + b'"/></rdf:RDF>'
-                    b"</x:xmpmeta>")
+                    path, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + _xmp_orientation(tag))
                 cases[f"{bits}-bit PNG with {how}"] = (path, 251 * scale)
         for name, (path, peak) in cases.items():
             got = io.read_rgb(path) * (65535 if peak > 251 else 255) / peak
@@ -392,6 +400,11 @@ def test_integer_tiffs_outside_16_bits_are_refused_and_low_16_bit_files_noted(tm
         assert notes == [f"its 16-bit pixels reach only {pixels.max()} of 65535, so it reads as almost black; if it "
                          "holds 8-bit (0-255) or 12-bit (0-4095) values, scale them to 0-65535, or save it with 8 bits"]
         np.testing.assert_allclose(rgb.max(), pixels.max() / 65535)  # still read as 16-bit: the note says it
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(tmp_path / "grey6.tif", exif=exif.tobytes())
+    with pytest.raises(DapError, match="grey6.tif is a grey TIFF whose orientation tag .6. turns it by 90 degrees"):
+        io.read_rgb(tmp_path / "grey6.tif")  # Pillow gave neither the stored nor the upright pixels
 
 
 @pytest.mark.parametrize("name", ["x.png", "x.jpg"])

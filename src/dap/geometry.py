@@ -238,6 +238,8 @@ def level_rotation(rgb: np.ndarray, fits: int = 5, settled: float = 0.5) -> torc
     levelled so far until a fit moves it less than `settled` degrees; None when that does not happen within `fits`
     fits (edges that do not follow the world's vertical: the fits wander instead of closing in) or when the tilt
     cannot be judged at all."""
+    if rgb.shape[1] < MIN_TILT_WIDTH:  # as camera_tilt: enlarged, a thumbnail's noise would read as edges
+        return None
     image = _tilt_sized(rgb)  # once, not at every fit
     rotation = torch.eye(3, dtype=torch.float64)
     levelled = image

@@ -848,6 +848,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
         raise DapError(f"no such file or folder: {', '.join(missing)}; check the path (quote glob patterns)")
     paths: dict[str, Path] = {}  # absolute path -> path as given, in order: a file listed twice runs once
     ignored: list[Path] = []
+    listed_dirs: set[str] = set()  # folders listed in their own right ('panos/**' matches the sub-folders too)
     for spec in inputs:
         if _is_pattern(spec):
             found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # ** at any depth, as in shells
@@ -857,6 +858,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                 raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}")
         else:
             found = [Path(spec)]
+        listed_dirs.update(os.path.abspath(p) for p in found if p.is_dir())
         for path in found:
             if path.is_dir():
                 listing = sorted(path.iterdir())
@@ -881,6 +883,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             for image in images:
                 paths.setdefault(os.path.abspath(image), image)
     files = list(paths.values())
+    ignored = [p for p in ignored if not (p.is_dir() and os.path.abspath(p) in listed_dirs)]
     if not files:  # only folders without images matched
         raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in what {', '.join(inputs)} matched")
     items = []

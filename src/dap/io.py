@@ -544,6 +544,11 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         _check_tiff_integers(img, path)
         deep_colour = _is_16bit_colour(img)
         tag, keep_stored = _orientation(img)
+        tiff_tag = img.tag_v2.get(EXIF_ORIENTATION) if isinstance(img, TiffImagePlugin.TiffImageFile) else None
+        if tiff_tag in (5, 6, 7, 8) and img.mode not in ("RGB", "RGBA", "CMYK"):
+            # Pillow turns single-channel TIFFs of these tags into neither the stored nor the upright pixels
+            raise DapError(f"{path} is a grey TIFF whose orientation tag ({tiff_tag}) turns it by 90 degrees, which "
+                           "its decoders do not read reliably; save it upright without the tag, or as PNG")
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
         notes = []
@@ -555,14 +560,14 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
                          "transparency (often black), and get depth like any other. Fill them or crop them first")
         if deep_colour:
             # cv2 keeps 16 bits (IMREAD_COLOR drops alpha). The orientation is applied here, as for 8 bits: cv2
-            # would apply EXIF's but not XMP's. Its TIFF decoder turns the pixels whatever the flags say.
+            # would apply EXIF's but not XMP's.
             flags = cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH | cv2.IMREAD_IGNORE_ORIENTATION
             bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), flags)
             if bgr is None or bgr.dtype != np.uint16:
                 raise ValueError("OpenCV could not decode the 16-bit colour image")
             peak = int(bgr.max(initial=0))
-            rgb = _upright(bgr[..., ::-1].astype(np.float32), tag, keep_stored,
-                           turned=isinstance(img, TiffImagePlugin.TiffImageFile))
+            # OpenCV's TIFF decoder follows the file's own orientation tag whatever it is told (not XMP's)
+            rgb = _upright(bgr[..., ::-1].astype(np.float32), tag, keep_stored, turned=tiff_tag == tag != 1)
             rgb /= 65535.0
         else:
             peak = int(np.asarray(img).max(initial=0)) if img.mode in SIXTEEN_BIT_GREY_MODES else 0

@@ -15,6 +15,7 @@ import hashlib
 import math
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from dap.geometry import check_erp_shape, level_panorama, level_rotation, looks_
 from dap.io import VIDEO_SUFFIXES, is_image_file
 
 DOMAINS = ("indoor", "outdoor")
+POOL_FOLDERS = ("images", "labels", "scores")  # what a pool writes beside its manifest
 
 
 @dataclass
@@ -78,6 +80,7 @@ class HashIndex:
         self.retired: set[str] = set()  # items no longer in the pool (their file changed): never matched
 
     def add(self, value: int, item: str) -> None:
+        self.retired.discard(item)  # back in the pool (the same bytes as a retired row, from another file)
         n = len(self.entries)
         self.entries.append((value, item))
         for (mask, shift), bucket in zip(self.pieces, self.buckets, strict=True):
@@ -109,12 +112,12 @@ def item_id(checksum: str, frame: int | None) -> str:
 def expand_sources(sources: list[str], pool: str | os.PathLike | None = None) -> list[Path]:
     """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes and depth EXRs
     are skipped in folders but an explicitly named file is always tried (and rejected with a reason if it is no
-    image). Folders and patterns skip what lies in `pool` (a pool inside its source folder would ingest its own
-    copies, once more on every rerun)."""
-    inside = os.path.realpath(pool) + os.sep if pool is not None else None
+    image). Folders and patterns skip the pool's own images and labels (a pool inside its source folder would
+    ingest its own copies, once more on every rerun)."""
+    own = [os.path.join(os.path.realpath(pool), d) + os.sep for d in POOL_FOLDERS] if pool is not None else []
 
     def listed(f: Path) -> bool:
-        return inside is None or not os.path.realpath(f).startswith(inside)
+        return not os.path.realpath(f).startswith(tuple(own))
 
     files: list[Path] = []
     for src in sources:
@@ -145,10 +148,10 @@ class Tags:
     def get(self, path: str | os.PathLike) -> str | None:
         return self.by_path.get(os.path.abspath(path), self.by_name.get(Path(path).name))
 
-    def unused(self, paths: list[str]) -> list[str]:
+    def unused(self, paths: set[str]) -> list[str]:
         """The entries that name none of `paths` (absolute)."""
-        names, given = {Path(p).name for p in paths}, set(paths)
-        return [k for k in self.by_path if k not in given] + [k for k in self.by_name if k not in names]
+        names = {Path(p).name for p in paths}
+        return [k for k in self.by_path if k not in paths] + [k for k in self.by_name if k not in names]
 
 
 def read_tags(path: str | os.PathLike) -> Tags:
@@ -281,11 +284,13 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
         rows.append(row)
         return True
 
-    given = [os.path.abspath(f) for f in files]
+    given = {os.path.abspath(f) for f in files}
     reselect = 0
+    # Rows written before paths were stored absolute name their file relative to a folder no longer known: they
+    # are matched to this run's files by nothing (a same-named file elsewhere is another file)
     for r in rows:  # a tag file given on a later ingest tags the pool's items from these sources too
-        domain = tags.get(r["path"])
-        if r["status"] == "ok" and domain and os.path.abspath(r["path"]) in given:
+        domain = tags.get(r["path"]) if os.path.isabs(r["path"]) else None
+        if r["status"] == "ok" and domain and r["path"] in given:
             reselect += r["selected"] and r["domain"] != domain  # selected among the other domain's rows
             r.update(domain=domain, domain_from="user", selected=r["selected"] and r["domain"] == domain)
     by_path: dict[str, list[dict]] = {}  # accepted rows by their file, to tell when that file has changed since
@@ -293,7 +298,8 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
     for r in rows:
         if r["status"] == "ok":
             hashes.add(r["phash"], r["id"])
-            by_path.setdefault(os.path.abspath(r["path"]), []).append(r)
+            if os.path.isabs(r["path"]):
+                by_path.setdefault(r["path"], []).append(r)
     counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     last_write = time.monotonic()
     for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
@@ -305,13 +311,8 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
             row = _rejected(where, source, "", None, f"cannot read the file: {e}")
             counts["rejected" if put(row) else "already_in_pool"] += 1
             continue
-        for old in by_path.pop(where, []):
-            if old["checksum"] != checksum:  # edited since: its image and labels are of the old content
-                old.update(status="rejected", image="", selected=False,
-                           reason="its file has changed since it was ingested; the new content has a row of its own")
-                hashes.retired.add(old["id"])
-                known.discard(old["id"])
-                counts["replaced"] += 1
+        # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)
+        before = [r for r in by_path.pop(where, []) if r["checksum"] != checksum]
         frames = _decoded(path, o.every_s)
         frame = None
         while True:
@@ -344,6 +345,16 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                 rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
             row["phash"] = perceptual_hash(rgb)
             row["tilt_deg"] = tilt_angle(rgb)
+            for old in before:
+                if old["status"] == "ok" and hamming(old["phash"], row["phash"]) <= o.dedupe_bits:
+                    # the file was edited (brightened, cropped, re-exported): its new version replaces the old
+                    # row, whose image and labels are of the old content; a file overwritten by another photo
+                    # leaves the old row as it is (the pool keeps its own copy)
+                    old.update(status="rejected", image="", selected=False, reason="its file has changed since "
+                               "it was ingested; the edited version has a row of its own")
+                    hashes.retired.add(old["id"])
+                    known.discard(old["id"])  # another file with the old bytes may bring that content back
+                    counts["replaced"] += 1
             dup = hashes.find(row["phash"])
             tilted = row["tilt_deg"] > o.max_tilt_deg  # NaN compares False: unknown tilt is kept
             if tilted and o.level and dup is None:  # stored levelled (tilt_deg stays the tilt it was taken with)
@@ -374,14 +385,15 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
     return counts
 
 
-def _say_tag_notes(tags: Tags, given: list[str], reselect: int, tag_file: str | None) -> None:
+def _say_tag_notes(tags: Tags, given: set[str], reselect: int, tag_file: str | None) -> None:
     """What the user's tag file did not do as they may think."""
     import sys
 
     if unused := tags.unused(given):
         print(f"dap curate ingest: note: {len(unused)} entries of {tag_file} name no file of this ingest (the "
               f"first: {unused[0]}); they tag nothing", file=sys.stderr)
-    shared = [n for n in tags.by_name if sum(Path(g).name == n for g in given) > 1]
+    names = Counter(Path(g).name for g in given)
+    shared = [n for n in tags.by_name if names[n] > 1]
     if shared:
         print(f"dap curate ingest: note: {tag_file} tags {len(shared)} file name(s) that several files of this "
               f"ingest have (the first: {shared[0]}), all alike; give their paths (a/{shared[0]}) to tell them "

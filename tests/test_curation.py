@@ -195,6 +195,12 @@ def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
     for _ in range(2):
         ingest([str(src)], pool, opts, progress=False)
     assert sum(Path(r["path"]).name == "mem.png" for r in read_manifest(pool)) == 1
+    # two empty files have one checksum: each is its own rejected row, and a rerun rejects nothing anew
+    for name in ("e1.jpg", "e2.jpg"):
+        (tmp_path / "empty" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "empty" / name).write_bytes(b"")
+    assert ingest([str(tmp_path / "empty")], tmp_path / "pool_e", opts, progress=False)["rejected"] == 2
+    assert ingest([str(tmp_path / "empty")], tmp_path / "pool_e", opts, progress=False)["rejected"] == 0
     for bad, problem in [(dict(max_width=101), "--max-width must be an even number"),
                          (dict(max_width=100, min_width=512), "--max-width 100 is below --min-width 512"),
                          (dict(max_tilt_deg=math.nan), "--max-tilt must be >= 0 degrees, got nan"),

@@ -410,6 +410,8 @@ def _levelled(rgb: np.ndarray) -> np.ndarray | None:
 
 
 def _rejected(path: str, source: str, checksum: str, frame: int | None, reason: str) -> dict:
-    return {**empty_row(), "id": item_id(checksum or str(path), frame), "source": source, "path": str(path),
+    """The row of a file that cannot be read or decoded: one per file (two empty or equally broken files have one
+    checksum, and shared one row whose path changed from run to run)."""
+    return {**empty_row(), "id": item_id(f"{checksum}:{path}", frame), "source": source, "path": str(path),
             "checksum": checksum, "kind": "video_frame" if frame is not None else "image", "status": "rejected",
             "reason": reason}

@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 
+from dap.cli import positive_int
 from dap.data.synthetic import make_scene, render
 from dap.evaluation import compute_metrics, seam_error
 from dap.inference import default_model_path, predict, resolve_model
@@ -134,7 +135,7 @@ def memory_table(checkpoint: str, size: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(default_model_path()))
-    ap.add_argument("--count", type=int, default=6, help="synthetic panoramas per table (half indoor)")
+    ap.add_argument("--count", type=positive_int, default=6, help="synthetic panoramas per table (half indoor)")
     ap.add_argument("--resolution", default=None, help="working resolution HxW (default: the model's own)")
     ap.add_argument("--style", default="photo")
     ap.add_argument("--memory-size", type=int, default=2048, help="height of the peak-memory input")
@@ -147,6 +148,8 @@ def main() -> None:
         return
     torch.set_num_threads(2)
     parts = args.parts.split(",")
+    if unknown := sorted(set(parts) - {"seam", "highres", "memory", "scale"}):
+        ap.error(f"--parts: unknown table(s) {', '.join(unknown)}; the tables are seam, highres, memory, scale")
     kinds = ["indoor", "outdoor"]
     # Held-out seeds (the bundled model's validation range, never trained on).
     seeds = [(900_000 + i, kinds[i % 2]) for i in range(args.count)]

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dap.cli import parse_size
+from dap.cli import package_source, parse_size, positive_int
 from dap.inference import prepare_model, resolve_precision, run_model
 from dap.models import create_model
 
@@ -159,15 +159,16 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,auto,int8",
                         help="comma-separated (fp32, bf16, fp16, int8, auto); the first is the baseline")
     parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per row (best is kept)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per row (best is kept)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, timed as row `before`")
+    parser.add_argument("--against", type=package_source, metavar="SRC",
+                        help="an older checkout's src/ folder, timed as row `before`")
     parser.add_argument("--json", type=Path, default=Path("inference_speed.json"))
     parser.add_argument("--plot", type=Path, help="write latency and memory vs resolution (batch 1) to this image")
     parser.add_argument("--from", dest="from_json", type=Path, action="append",
                         help="plot these results instead of measuring (repeatable: a later file's rows replace the "
                              "earlier files' rows of the same variant, resolution, precision and batch)")
-    parser.add_argument("--pipeline", type=int, metavar="N",
+    parser.add_argument("--pipeline", type=positive_int, metavar="N",
                         help="instead: `dap predict` on a folder of N panoramas against inference alone")
     args = parser.parse_args()
     if args.from_json:

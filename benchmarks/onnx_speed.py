@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dap.cli import parse_size
+from dap.cli import parse_size, positive_int
 from dap.export import OnnxModel, export_onnx
 from dap.models import create_model
 
@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="dap_tiny,dap_vits", help="comma-separated architectures")
     parser.add_argument("--resolution", type=parse_size, default=(512, 1024))
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     import onnxruntime
 

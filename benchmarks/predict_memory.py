@@ -32,6 +32,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from dap.cli import package_source, positive_int
+
 SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
             "heap only, no trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}}
 
@@ -57,11 +59,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model for --model of dap predict (a folder in our format)")
     ap.add_argument("--sizes", default="512,1024", help="input heights (width = 2 x height), comma-separated")
-    ap.add_argument("--repeats", type=int, default=2, help="runs per setting and size (best time, largest peak)")
+    ap.add_argument("--repeats", type=positive_int, default=2,
+                    help="runs per setting and size (best time, largest peak)")
     ap.add_argument("--malloc", default=",".join(SETTINGS),
                     help=f"allocator settings to run, comma-separated, any of: {', '.join(SETTINGS)}")
     ap.add_argument("--outputs", default="npy", help="--outputs of dap predict")
-    ap.add_argument("--against", metavar="SRC", help="an older checkout's src/ folder, run as rows `before`")
+    ap.add_argument("--against", type=package_source, metavar="SRC",
+                    help="an older checkout's src/ folder, run as rows `before`")
     ap.add_argument("--with", dest="variants", action="append", default=[""], metavar="ARGS",
                     help="also rows with these further dap predict arguments (repeatable; write --with=--level)")
     ap.add_argument("--image", help="a panorama to resize to each size (default: random pixels)")

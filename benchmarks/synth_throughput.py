@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 
+from dap.cli import positive_int
+
 CONFIGS = [  # (mode, kind, style, supersample, threads: torch threads for render / worker processes for synth)
     ("render", "indoor", "clean", 1, 1),
     ("render", "outdoor", "clean", 1, 1),
@@ -93,7 +95,7 @@ def depth_histogram(count: int, h: int, w: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--resolution", default="512x1024", help="HEIGHTxWIDTH")
-    ap.add_argument("--count", type=int, default=12, help="panoramas per render row")
+    ap.add_argument("--count", type=positive_int, default=12, help="panoramas per render row")
     ap.add_argument("--synth-count", type=int, default=48,
                     help="panoramas per synth row (larger: worker start-up, ~2 s each, is included)")
     ap.add_argument("--threads", type=int, default=0, help="override the per-row threads/workers (0: as listed)")

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dap.cli import parse_panorama_size
+from dap.cli import package_source, parse_panorama_size, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ print(json.dumps({"ms": (time.perf_counter() - t) / (s["batches"] * s["batch"]) 
 """
 
 
-def time_row(src: Path, settings: dict) -> float:
+def time_row(src: str | Path, settings: dict) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], env=env, capture_output=True,
                          text=True, check=True)
@@ -55,11 +55,12 @@ def main() -> None:
     parser.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024),
                         help="training resolution HEIGHTxWIDTH (2:1)")
     parser.add_argument("--data", type=Path, help="shards to read (default: render --count panoramas)")
-    parser.add_argument("--count", type=int, default=16, help="panoramas to render when --data is not given")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--batches", type=int, default=4, help="timed batches per round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--against", type=Path, metavar="SRC", help="an older checkout's src/, timed as `before`")
+    parser.add_argument("--count", type=positive_int, default=16, help="panoramas to render when --data is not given")
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--batches", type=positive_int, default=4, help="timed batches per round")
+    parser.add_argument("--rounds", type=positive_int, default=2)
+    parser.add_argument("--against", type=package_source, metavar="SRC",
+                        help="an older checkout's src/, timed as `before`")
     args = parser.parse_args()
     h, w = args.resolution
     with tempfile.TemporaryDirectory() as tmp:

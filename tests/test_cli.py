@@ -8,6 +8,7 @@ import re
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -676,6 +677,19 @@ def test_a_partly_transparent_panorama_says_how_much_of_it_is(d, tmp_path, capsy
     _check_one_line(err, "predict", ["warning", "hole.png", "25% of it is transparent"])
     with pytest.warns(InputWarning, match="hole.png: 25% of it is transparent"):
         predict(tmp_path / "hole.png", str(d / "ckpt"), resolution=(32, 64))
+
+
+def test_benchmarks_against_a_folder_without_dap_is_refused(tmp_path):
+    """--against of the benchmarks imported "dap" from a wrong folder's sys.path entry, found this checkout's, and
+    timed it as "before" (ratios of 1.0x, exit 0)."""
+    import argparse
+
+    from dap.cli import package_source
+
+    with pytest.raises(argparse.ArgumentTypeError, match="holds no dap package"):
+        package_source(str(tmp_path))
+    src = Path(__file__).resolve().parents[1] / "src"
+    assert package_source(str(src)) == str(src)
 
 
 def test_help_loads_no_heavy_library():

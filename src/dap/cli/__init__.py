@@ -88,6 +88,16 @@ def port_number(text: str) -> int:
     return _number(int, text, "a port number from 1 to 65535", lambda v: 1 <= v <= 65535)
 
 
+def package_source(text: str) -> str:
+    """Another checkout's `src/` folder, for the benchmarks' --against: it must hold the dap package, or importing
+    "dap" from it would silently find this one and time it as "before"."""
+    if not (Path(text) / "dap" / "__init__.py").is_file():
+        raise argparse.ArgumentTypeError(f"{text} holds no dap package (dap/__init__.py); pass the src/ folder of "
+                                         "another checkout, e.g. after `git archive <commit> src | tar -x -C DIR`: "
+                                         "DIR/src")
+    return text
+
+
 def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
 

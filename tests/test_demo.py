@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,14 +96,16 @@ def test_an_hdr_upload_is_tone_mapped_like_dap_predict(model, small_panorama, tm
 @pytest.mark.parametrize("content, expected", [
     (b"this is not an image", "cannot read bad.jpg"),
     ("square", "must be exactly 2:1"),
+    ("wide", "is 4200x1000 (width x height)"),  # its own size: the error quoted the size it was downscaled to
+    ("partial", "or use the \"Partial panorama\" box for a partial panorama"),  # the page's control, not --pad-to-erp
 ])
 def test_a_bad_upload_gets_the_library_message(model, tmp_path, content, expected):
     import gradio as gr
 
     bad = tmp_path / "upload" / "bad.jpg"
     bad.parent.mkdir()
-    if content == "square":
-        Image.new("RGB", (64, 64)).save(bad)
+    if content in ("square", "wide", "partial"):
+        Image.new("RGB", {"square": (64, 64), "wide": (4200, 1000), "partial": (96, 32)}[content]).save(bad)
     else:
         bad.write_bytes(content)
     with pytest.raises(gr.Error) as e:
@@ -117,6 +120,39 @@ def test_a_host_that_does_not_resolve_is_named(capsys):
     assert main(["demo", "--host", "bad host!", "--port", "7999"]) == 2
     err = capsys.readouterr()
     assert "cannot resolve --host 'bad host!'" in err.err and "serving on" not in err.out
+
+
+def test_sigterm_stops_the_server_as_ctrl_c_does_and_a_taken_port_is_named(tmp_path):
+    """kill / docker stop send SIGTERM: the server shut down without its cleanup, leaving every cached upload
+    and output in gradio's temporary folder (the samples' copies show it here)."""
+    import signal
+    import socket
+
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "dap.cli", "demo", "--port", str(port)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not any("serving on" in line for line in lines):  # printed once the server is up, not before
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            lines.append(line)
+        assert any((tmp_path / "cache").rglob("*.jpg"))  # gradio's copies of the samples
+        taken = subprocess.run([sys.executable, "-m", "dap.cli", "demo", "--port", str(port)], env=env,
+                               capture_output=True, text=True, timeout=300)
+        assert taken.returncode == 2 and "serving on" not in taken.stdout
+        assert f"cannot serve on 127.0.0.1:{port}: the port is in use" in taken.stderr
+        assert "GRADIO_SERVER_PORT" not in taken.stderr
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM and err.strip().endswith("dap demo: terminated")
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))
 
 
 def test_missing_gradio_says_how_to_install():

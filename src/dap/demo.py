@@ -20,6 +20,7 @@ import numpy as np
 
 from dap import io
 from dap.errors import DapError, collect_input_warnings
+from dap.geometry import check_erp_shape
 from dap.inference import output_paths, photo_sphere_top, predict, resize_image, write_outputs
 
 SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
@@ -27,6 +28,11 @@ DOWNLOADS = ("npy", "exr", "ply", "glb")
 MAX_WIDTH = 2048  # larger uploads are downscaled first: the page shows them no better, and every output grows
 MAX_POINTS = 200_000  # the point clouds (3-D view, PLY, GLB) keep every Nth row and column to stay under this
 INSTALL_HINT = "pip install 'depth-any-panoramas[demo]'"
+PAGE_WORDS = {  # how the library's messages name an option -> the page's control for it
+    "--pad-to-erp (pad_to_erp=True in Python)": "the \"Partial panorama\" box",
+    "without camera_height (--camera-height)": "without a camera height",
+    "--level (predict(..., level=True))": "the \"Level\" box",
+}
 
 
 def samples() -> list[Path]:
@@ -52,6 +58,8 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
     progress(0.0, "reading the panorama")
     rgb = io.read_rgb(path)
     h, w = rgb.shape[:2]
+    if not (pad_to_erp and w > 2 * h):  # its own size in the message, not the downscaled one's
+        check_erp_shape(h, w, what="input panorama")
     note = ""
     if w > MAX_WIDTH:
         size = (round(h * MAX_WIDTH / w), MAX_WIDTH)
@@ -104,12 +112,19 @@ def respond(file, pad_to_erp: bool, model, work: Path, *, camera_height: float |
                          pad_to_erp=pad_to_erp, camera_height=camera_height or None, level=level,
                          progress=report)
     except DapError as e:  # the message names the upload by its name, not by gradio's temporary copy
-        message = " ".join(str(e).replace(str(file), Path(file).name).split())
+        message = _on_the_page(" ".join(str(e).replace(str(file), Path(file).name).split()))
         raise gr.Error(message, title="Cannot use this file", print_exception=False) from None
     for text in result.warnings:  # shown on the page beside the results, as `dap predict` prints them
-        gr.Warning(text)
+        gr.Warning(_on_the_page(text))
     f = {k: str(v) for k, v in result.files.items()}
     return f["color"], f["mask"], f["normals"], f["glb"], [f[k] for k in DOWNLOADS], result.summary
+
+
+def _on_the_page(text: str) -> str:
+    """A library message with its advice in the page's controls (`PAGE_WORDS`)."""
+    for words, on_the_page in PAGE_WORDS.items():
+        text = text.replace(words, on_the_page)
+    return text
 
 
 def build_app(model, *, resolution: tuple[int, int] | None = None, device=None, model_name: str = ""):

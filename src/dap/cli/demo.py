@@ -45,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
     except (socket.gaierror, UnicodeError) as e:
         raise DapError(f"cannot resolve --host {args.host!r} ({e}); give an address of this machine, e.g. 127.0.0.1 "
                        "or 0.0.0.0") from None
-    print(f"dap demo: serving on http://{args.host}:{args.port} (Ctrl-C to stop)")
     try:
-        app.launch(server_name=args.host, server_port=args.port, share=args.share)
-    except OSError as e:  # port taken, address not on this machine: gradio says which
-        raise DapError(f"cannot serve on {args.host}:{args.port} ({e}); pick another --port or --host") from None
+        app.launch(server_name=args.host, server_port=args.port, share=args.share, prevent_thread_lock=True)
+    except OSError as e:  # gradio words both as "Cannot find empty port", with advice for its own API
+        raise DapError(f"cannot serve on {args.host}:{args.port}: the port is in use, or the address is not one of "
+                       "this machine's; pick another --port or --host") from e
+    print(f"dap demo: serving on http://{args.host}:{args.port} (Ctrl-C to stop)", flush=True)
+    try:
+        app.block_thread()
+    finally:  # also when stopped by SIGTERM (kill, docker stop): the server's shutdown deletes its cached uploads
+        app.close(verbose=False)
     return 0

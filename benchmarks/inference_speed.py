@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from dap.cli import package_source, parse_size, positive_int
-from dap.inference import prepare_model, resolve_precision, run_model
-from dap.models import create_model
+from dap.cli import package_source, parse_device, parse_network_size, parse_size, positive_int
+from dap.inference import PRECISIONS, prepare_model, resolve_precision, run_model
+from dap.models import MODEL_CONFIGS, create_model
 
 
 def _rss_peak_reset() -> None:
@@ -152,15 +152,39 @@ def report(rows: list[dict], variant: str, size: str, batch: int, flops: int, pe
     return out
 
 
+def comma_list(parse):
+    """An argparse type: comma-separated values, each checked by `parse` (an argparse type)."""
+    def parse_all(text: str) -> list:
+        values = [parse(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return values
+    return parse_all
+
+
+def variant(text: str) -> str:
+    if f"dap_{text}" not in MODEL_CONFIGS:
+        raise argparse.ArgumentTypeError(f"unknown variant {text!r}; the variants are "
+                                         f"{', '.join(k.removeprefix('dap_') for k in MODEL_CONFIGS)}")
+    return text
+
+
+def precision(text: str) -> str:
+    if text not in PRECISIONS:
+        raise argparse.ArgumentTypeError(f"unknown precision {text!r}; use {', '.join(PRECISIONS)}")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="tiny,vits,vitb,vitl")
-    parser.add_argument("--resolutions", default="256x512,512x1024,1024x2048")
-    parser.add_argument("--precisions", default="fp32,auto,int8",
+    parser.add_argument("--variants", type=comma_list(variant), default="tiny,vits,vitb,vitl")
+    parser.add_argument("--resolutions", type=comma_list(parse_network_size), default="256x512,512x1024,1024x2048",
+                        help="comma-separated HxW (2:1, multiples of 16)")
+    parser.add_argument("--precisions", type=comma_list(precision), default="fp32,auto,int8",
                         help="comma-separated (fp32, bf16, fp16, int8, auto); the first is the baseline")
-    parser.add_argument("--batches", default="1,4")
+    parser.add_argument("--batches", type=comma_list(positive_int), default="1,4")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per row (best is kept)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", type=parse_device, default="cpu")
     parser.add_argument("--against", type=package_source, metavar="SRC",
                         help="an older checkout's src/ folder, timed as row `before`")
     parser.add_argument("--json", type=Path, default=Path("inference_speed.json"))
@@ -174,10 +198,11 @@ def main() -> None:
     if args.from_json:
         return plot(merge_results([json.loads(p.read_text()) for p in args.from_json]), args.plot)
     if args.pipeline:
-        return pipeline(args.pipeline, args.resolutions.split(",")[0], args.repeats)
+        h, w = args.resolutions[0]
+        return pipeline(args.pipeline, f"{h}x{w}", args.repeats)
     device = torch.device(args.device)
     precisions = []
-    for p in args.precisions.split(","):  # "auto" becomes what it means here; duplicates are dropped
+    for p in args.precisions:  # "auto" becomes what it means here; duplicates are dropped
         p = resolve_precision(p, device)
         precisions += [] if p in precisions else [p]
     before = load_before(args.against) if args.against else None
@@ -191,18 +216,18 @@ def main() -> None:
               f"{'x base':>6} {'peak GB':>7} {'GFLOP':>7} {'GFLOP/s':>8} {'MFU':>5} {'AbsRel':>8}")
     print(header)
     results = []
-    for variant in args.variants.split(","):
+    for name in args.variants:
         torch.manual_seed(0)
-        model = create_model(f"dap_{variant}").eval().to(device)
+        model = create_model(f"dap_{name}").eval().to(device)
         models = {p: prepare_model(model, p) for p in precisions}
         old = None
         if before:
-            old = before[0](f"dap_{variant}").eval().to(device)
+            old = before[0](f"dap_{name}").eval().to(device)
             old.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
-        for size in args.resolutions.split(","):
-            h, w = parse_size(size)
+        for h, w in args.resolutions:
+            size = f"{h}x{w}"
             flops = count_flops(model, torch.randn(1, 3, h, w, device=device))
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in args.batches:
                 x = torch.randn(batch, 3, h, w, device=device)
                 rows = [dict(precision=p, call=lambda p=p, m=models[p], x=x: run_model(m, x, precision=p))
                         for p in precisions]
@@ -211,10 +236,10 @@ def main() -> None:
                 try:
                     bench_group(rows, device, args.repeats)
                 except torch.OutOfMemoryError:
-                    print(f"{variant:<6} {size:>10} batch {batch}: out of memory, skipped")
+                    print(f"{name:<6} {size:>10} batch {batch}: out of memory, skipped")
                     torch.cuda.empty_cache()
                     continue
-                results += report(rows, variant, size, batch, flops, peaks)
+                results += report(rows, name, size, batch, flops, peaks)
                 args.json.write_text(json.dumps({"machine": machine, "device": device.type, "repeats": args.repeats,
                                                  "matmul_peak_flops": peaks, "results": results}, indent=1))
         del model, models, old

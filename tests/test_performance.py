@@ -1,6 +1,8 @@
 """Inference precisions (fp32 / bf16 / fp16 / int8 / auto), the DPT heads' memory-bounded output stage, and the
 overlapped `dap predict` pipeline. No timings here: speed is measured by benchmarks/inference_speed.py."""
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -211,6 +213,10 @@ def test_speed_benchmark_merges_runs_and_plots_them(tmp_path):
     first = {"machine": {"name": "GPU"}, "device": "cuda",
              "results": [row("tiny", "256x512", 2.0), row("tiny", "512x1024", 0.3), row("vits", "256x512", 1.2)]}
     rerun = {"machine": {"name": "GPU"}, "device": "cuda", "results": [row("tiny", "256x512", 0.1)]}
+    # its options are checked as they are parsed (a variant typo was a ValueError from the model registry)
+    assert bench.comma_list(bench.variant)("tiny, vits") == ["tiny", "vits"]
+    with pytest.raises(argparse.ArgumentTypeError, match="unknown variant 'nosuch'; the variants are vitl"):
+        bench.comma_list(bench.variant)("tiny,nosuch")
     merged = bench.merge_results([first, rerun])
     peaks = {(r["variant"], r["resolution"]): r["peak_gb"] for r in merged["results"]}
     assert peaks == {("tiny", "256x512"): 0.1, ("tiny", "512x1024"): 0.3, ("vits", "256x512"): 1.2}

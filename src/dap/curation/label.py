@@ -16,7 +16,6 @@ Confidence signals stored with every label (the cheap ones; the discriminator sc
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dap.curation.manifest import STAGES, load_label, read_manifest, save_label, write_manifest
+from dap.curation.manifest import STAGES, load_label, pool_job, read_manifest, save_label, write_manifest
 from dap.errors import DapError
 
 
@@ -110,9 +109,12 @@ def label_path(stage: str, row_id: str) -> str:
 def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions | None = None, *,
                progress: bool = True) -> dict[str, int]:
     """Label every accepted, not yet labelled row of `pool` for `stage` (this rank's share under torchrun), then
-    merge all labels into the manifest on rank 0. `model`: a loaded DAP model or a checkpoint path."""
-    from dap.io import folder_lock
-    from dap.train import setup_distributed
+    merge all labels into the manifest on rank 0, which holds the pool meanwhile (`pool_job`). `model`: a loaded DAP
+    model or a checkpoint path."""
+    from tqdm import tqdm
+
+    from dap.inference import model_fingerprint, resolve_model
+    from dap.io import remove_temporaries
 
     if stage not in STAGES:
         raise DapError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
@@ -120,59 +122,40 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     if problem := resolution_problem(o.resolution):
         raise DapError(f"label resolution {problem}")
     pool = Path(pool)
-    d = setup_distributed(o.device)
-    try:
-        with contextlib.ExitStack() as held:
-            # the job's ranks are one run; an ingest, a scoring or another labelling of this pool meanwhile would
-            # write the manifest it read before this run's merge, and lose the labels (or mix two settings)
-            if d.main:
-                held.enter_context(folder_lock(pool, f"dap curate label ({stage})"))
-            return _label_rows(pool, model, stage, o, d, progress)
-    finally:
-        if d.initialised_here:
-            dist.destroy_process_group()
-
-
-def _label_rows(pool: Path, model, stage: str, o: LabelOptions, d, progress: bool) -> dict[str, int]:
-    """`label_pool`'s work, with the pool held. `d`: the run's `setup_distributed`."""
-    from tqdm import tqdm
-
-    from dap.inference import model_fingerprint, resolve_model
-    from dap.io import remove_temporaries
-
-    rows = read_manifest(pool)
-    if not rows:
-        raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
-    model = resolve_model(model, d.device)
-    if d.main:  # label writes killed mid-way
-        remove_temporaries(pool / "labels" / stage)
-        _check_label_settings(pool, stage, {"model": model_fingerprint(model), "resolution": list(o.resolution),
-                                            "tta": o.tta, "seam_pad": o.seam_pad})
-    if d.world > 1:
-        dist.barrier()  # no rank writes before the clean-up is done
-    mine = [i for i in rank_rows(rows, d.rank, d.world)
-            if not (pool / label_path(stage, rows[i]["id"])).exists() and stored_image(pool, rows[i])]
-    loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
-                                         num_workers=o.num_workers, pin_memory=d.device.type == "cuda")
-    done = 0
-    with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
-              unit="pano", disable=not progress, dynamic_ncols=True) as bar:
-        for idx, x in loader:
-            res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
-            for b, i in enumerate(idx.tolist()):
-                save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
-                           res["prob"][b].cpu().numpy(),
-                           **{k: float(res[k][b]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")})
-            done += len(idx)
-            bar.update(len(idx))
-    if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
-        count = torch.tensor([done], device=d.device)  # nccl reduces CUDA tensors only
-        dist.all_reduce(count)
-        done = int(count.item())
-    merged = merge_labels(pool, stage, o.outdoor_sky_fraction) if d.main else {}
-    if d.world > 1:
-        dist.barrier()
-    return {"labelled_now": done, **merged}
+    with pool_job(pool, f"dap curate label ({stage})", o.device) as d:
+        rows = read_manifest(pool)
+        if not rows:
+            raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
+        model = resolve_model(model, d.device)
+        if d.main:  # label writes killed mid-way
+            remove_temporaries(pool / "labels" / stage)
+            _check_label_settings(pool, stage, {"model": model_fingerprint(model), "resolution": list(o.resolution),
+                                                "tta": o.tta, "seam_pad": o.seam_pad})
+        if d.world > 1:
+            dist.barrier()  # no rank writes before the clean-up is done
+        mine = [i for i in rank_rows(rows, d.rank, d.world)
+                if not (pool / label_path(stage, rows[i]["id"])).exists() and stored_image(pool, rows[i])]
+        loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
+                                             num_workers=o.num_workers, pin_memory=d.device.type == "cuda")
+        done = 0
+        with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
+                  unit="pano", disable=not progress, dynamic_ncols=True) as bar:
+            for idx, x in loader:
+                res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
+                for b, i in enumerate(idx.tolist()):
+                    save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
+                               res["prob"][b].cpu().numpy(),
+                               **{k: float(res[k][b]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")})
+                done += len(idx)
+                bar.update(len(idx))
+        if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
+            count = torch.tensor([done], device=d.device)  # nccl reduces CUDA tensors only
+            dist.all_reduce(count)
+            done = int(count.item())
+        merged = merge_labels(pool, stage, o.outdoor_sky_fraction) if d.main else {}
+        if d.world > 1:
+            dist.barrier()
+        return {"labelled_now": done, **merged}
 
 
 def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:

@@ -13,8 +13,10 @@ labeling, scoring and selection. Labeling ranks only write label files; rank 0 m
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +74,26 @@ def empty_row() -> dict:
         row[name] = "" if t == pa.string() else math.nan if pa.types.is_floating(t) else False \
             if t == pa.bool_() else 0
     return row
+
+
+@contextlib.contextmanager
+def pool_job(pool: Path, what: str, device: str) -> Iterator:
+    """A step that writes the pool's manifest (`what` names it), as one process or as the ranks of a torchrun job:
+    joins the job (`dap.train.setup_distributed`, its `Dist` is yielded), rank 0 holds the pool meanwhile (an ingest
+    or another step writing the manifest it read earlier would lose this one's rows), and the process group made
+    here is destroyed after."""
+    import torch.distributed as dist
+
+    from dap.io import folder_lock
+    from dap.train import setup_distributed
+
+    d = setup_distributed(device)
+    try:
+        with folder_lock(pool, what) if d.main else contextlib.nullcontext():
+            yield d
+    finally:
+        if d.initialised_here:
+            dist.destroy_process_group()
 
 
 def manifest_path(pool: str | os.PathLike) -> Path:

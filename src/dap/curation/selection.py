@@ -3,7 +3,6 @@ domain is kept (the paper keeps the top 300K indoor and 300K outdoor of 1.9M, no
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from pathlib import Path
@@ -13,7 +12,7 @@ import torch
 
 from dap.curation.discriminator import DepthDiscriminator, discriminator_input
 from dap.curation.ingest import DOMAINS
-from dap.curation.manifest import labelled_arrays, read_manifest, write_manifest
+from dap.curation.manifest import labelled_arrays, pool_job, read_manifest, write_manifest
 from dap.errors import DapError
 
 # The paper's 300K + 300K of ~450K indoor and ~1.45M outdoor unlabeled panoramas.
@@ -28,25 +27,6 @@ def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = 
 
     Under torchrun each rank scores its share of the rows (the same split as labeling) and writes the scores to
     scores/<stage>-rank<r>-of-<world>.json; rank 0 merges them into the manifest. Returns the rows scored."""
-    import torch.distributed as dist
-
-    from dap.io import folder_lock
-    from dap.train import setup_distributed
-
-    pool = Path(pool)
-    d = setup_distributed("cpu")  # a few hundred thousand parameters: the CPU keeps GPUs free for labeling
-    try:
-        with contextlib.ExitStack() as held:
-            if d.main:  # as in labelling: one process writes the pool's manifest at a time
-                held.enter_context(folder_lock(pool, "dap curate score"))
-            return _score_rows(pool, model, stage, batch_size, d, progress)
-    finally:
-        if d.initialised_here:
-            dist.destroy_process_group()
-
-
-def _score_rows(pool: Path, model: DepthDiscriminator, stage: str, batch_size: int, d, progress: bool) -> int:
-    """`score_pool`'s work, with the pool held. `d`: the run's `setup_distributed`."""
     import json
 
     from tqdm import tqdm
@@ -55,37 +35,41 @@ def _score_rows(pool: Path, model: DepthDiscriminator, stage: str, batch_size: i
     from dap.io import atomic_write
     from dap.train.distributed import all_succeeded
 
-    failure, scores = None, {}
-    try:
-        rows = read_manifest(pool)
-        mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
-        if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
-            raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
-        for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress, dynamic_ncols=True):
-            part = mine[start:start + batch_size]
-            arrays = [labelled_arrays(pool, r, stage) for r in part]
-            rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
-            depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
-            oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
-            batch = model.score(discriminator_input(rgb, depth, oor, model.cfg))
-            scores.update(zip((r["id"] for r in part), batch.tolist(), strict=True))
-        part_file = pool / "scores" / f"{stage}-rank{d.rank}-of-{d.world}.json"
-        with atomic_write(part_file) as tmp:
-            tmp.write_text(json.dumps(scores))
-    except Exception as e:  # noqa: BLE001 - raised below, once every rank knows
-        failure = e
-    # Merged only if every rank wrote its part now: a part left by an earlier run must never stand in for one
-    all_succeeded(d, failure)
-    if not d.main:
-        return len(scores)
-    merged: dict[str, float] = {}
-    for r in range(d.world):
-        merged.update(json.loads((pool / "scores" / f"{stage}-rank{r}-of-{d.world}.json").read_text()))
-    for row in rows:
-        if row["id"] in merged:
-            row["disc_score"] = merged[row["id"]]
-    write_manifest(pool, rows)
-    return len(merged)
+    pool = Path(pool)
+    # a few hundred thousand parameters: the CPU keeps GPUs free for labeling
+    with pool_job(pool, "dap curate score", "cpu") as d:
+        failure, scores = None, {}
+        try:
+            rows = read_manifest(pool)
+            mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
+            if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
+                raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
+            for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress,
+                              dynamic_ncols=True):
+                part = mine[start:start + batch_size]
+                arrays = [labelled_arrays(pool, r, stage) for r in part]
+                rgb = torch.stack([torch.from_numpy(a[0]).permute(2, 0, 1) for a in arrays])
+                depth = torch.stack([torch.from_numpy(a[1])[None] for a in arrays])
+                oor = torch.stack([torch.from_numpy(a[2])[None] for a in arrays])
+                batch = model.score(discriminator_input(rgb, depth, oor, model.cfg))
+                scores.update(zip((r["id"] for r in part), batch.tolist(), strict=True))
+            part_file = pool / "scores" / f"{stage}-rank{d.rank}-of-{d.world}.json"
+            with atomic_write(part_file) as tmp:
+                tmp.write_text(json.dumps(scores))
+        except Exception as e:  # noqa: BLE001 - raised below, once every rank knows
+            failure = e
+        # Merged only if every rank wrote its part now: a part left by an earlier run must never stand in for one
+        all_succeeded(d, failure)
+        if not d.main:
+            return len(scores)
+        merged: dict[str, float] = {}
+        for r in range(d.world):
+            merged.update(json.loads((pool / "scores" / f"{stage}-rank{r}-of-{d.world}.json").read_text()))
+        for row in rows:
+            if row["id"] in merged:
+                row["disc_score"] = merged[row["id"]]
+        write_manifest(pool, rows)
+        return len(merged)
 
 
 def _ranking_value(row: dict, score: str) -> float:
@@ -153,19 +137,17 @@ def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") 
 def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "disc") -> dict[str, int]:
     from dap.io import folder_lock
 
+    pool = Path(pool)
     with folder_lock(pool, "dap curate select"):
-        return _select_rows(Path(pool), keep, score)
-
-
-def _select_rows(pool: Path, keep: dict[str, float], score: str) -> dict[str, int]:
-    rows = read_manifest(pool)
-    if score in ("disc", "disc_tta") and not any(math.isfinite(r["disc_score"]) for r in rows):
-        raise DapError(f"{pool} has no discriminator scores: run `dap curate score` first, or select by --score tta")
-    if score in ("tta", "disc_tta") and not any(math.isfinite(r["stage1_tta_absrel"]) for r in rows):
-        raise DapError(f"{pool} has no test-time-augmentation scores: label it with TTA (`dap curate label` without "
-                       "--no-tta), or select by --score disc")
-    if problem := keep_problem(keep, "--keep"):
-        raise DapError(problem)
-    counts = select_top_k(rows, keep, score)
-    write_manifest(pool, rows)
-    return counts
+        rows = read_manifest(pool)
+        if score in ("disc", "disc_tta") and not any(math.isfinite(r["disc_score"]) for r in rows):
+            raise DapError(f"{pool} has no discriminator scores: run `dap curate score` first, or select by --score "
+                           "tta")
+        if score in ("tta", "disc_tta") and not any(math.isfinite(r["stage1_tta_absrel"]) for r in rows):
+            raise DapError(f"{pool} has no test-time-augmentation scores: label it with TTA (`dap curate label` "
+                           "without --no-tta), or select by --score disc")
+        if problem := keep_problem(keep, "--keep"):
+            raise DapError(problem)
+        counts = select_top_k(rows, keep, score)
+        write_manifest(pool, rows)
+        return counts

@@ -1062,7 +1062,9 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
 
     notes = []
     valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
-    normals = pred.normals if {"normals", "ply"} & paths.keys() else None  # once for both
+    # computed from the depth on each access: once here for the outputs that share them
+    normals = pred.normals if {"normals", "ply"} & paths.keys() else None
+    points = pred.points if {"ply", "glb"} & paths.keys() else None
     for kind, path in paths.items():
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)
@@ -1082,14 +1084,14 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
         elif kind in ("ply", "glb"):
             keep = ~pred.range_mask & (valid_depth > 0)
             keep &= _stride_mask(keep.shape, point_stride)
-            points, colors = pred.points[keep], pred.rgb[keep]
+            kept, colors = points[keep], pred.rgb[keep]
             if kind == "ply":
-                io.write_ply(path, points, colors, normals[keep])
-            elif not len(points):  # glTF has no empty point cloud (trimesh refuses to write one); PLY has
+                io.write_ply(path, kept, colors, normals[keep])
+            elif not len(kept):  # glTF has no empty point cloud (trimesh refuses to write one); PLY has
                 raise DapError(f"no points for {path.name}: every pixel that point_stride {point_stride} keeps is out "
                                "of range or without depth; lower --point-stride, or leave glb out")
             else:
-                io.write_glb(path, points, colors)
+                io.write_glb(path, kept, colors)
         elif kind == "cubemap":
             _write_cubemap(path, pred.rgb, valid_depth)
     return notes

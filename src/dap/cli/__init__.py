@@ -110,6 +110,10 @@ def camera_height(text: str) -> float:
                    lambda v: 0 < v < MAX_CAMERA_HEIGHT)
 
 
+def share(text: str) -> float:
+    return _number(float, text, "a share from 0 to 1", lambda v: 0 <= v <= 1)
+
+
 def smoothing_weight(text: str) -> float:
     """A moving average's weight on the past, from 0 (off) to below 1 (1 would never let a new value in)."""
     return _number(float, text, "a number from 0 up to (not including) 1", lambda v: 0 <= v < 1)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from dap.cli import (
     positive_float,
     positive_int,
     remove_stale_temporaries,
+    share,
 )
 from dap.errors import DapError
 
@@ -35,16 +35,6 @@ def _keep(text: str) -> dict[str, float]:
         if not sep or out.get(k.strip(), -1) < 0:
             raise argparse.ArgumentTypeError(f"expected DOMAIN=K pairs like indoor=300000,outdoor=0.2, got {text!r}")
     return out
-
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a share from 0 to 1, got {text!r}")
-    return value
 
 
 def _label_device(text: str) -> str:
@@ -101,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding panoramas (0: in-process)")
     p.add_argument("--no-tta", action="store_true",
                    help="skip the test-time-augmentation agreement (two forwards fewer per panorama: about 2x faster)")
-    p.add_argument("--outdoor-sky-fraction", type=_share, default=0.05,
+    p.add_argument("--outdoor-sky-fraction", type=share, default=0.05,
                    help="tag a panorama outdoor when this share of its upper hemisphere is sky / out of range")
     p.add_argument("--device", default="auto", type=_label_device,
                    help="auto | cpu | cuda; auto: CUDA where there is one, else the CPU (under torchrun each rank "

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from dap.cli import parse_network_size, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -43,9 +45,10 @@ def _run(cmd: list[str], threads: int) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default=str(ROOT.parent / "shared/real-panos"), help="folder of panoramas")
-    p.add_argument("--count", type=int, default=24, help="panoramas (the first N files)")
-    p.add_argument("--resolution", default="256x512", help="working resolution HxW")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--count", type=positive_int, default=24, help="panoramas (the first N files)")
+    p.add_argument("--resolution", default="256x512", type=parse_network_size,
+                   help="working resolution HxW (2:1, multiples of 16)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
     p.add_argument("--model", default=None, help="checkpoint (default: the bundled model)")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
@@ -53,20 +56,39 @@ def main() -> None:
     from dap.inference import default_model_path
 
     model = args.model or str(default_model_path())
-    work = Path(tempfile.mkdtemp(prefix="dap-label-bench-"))
-    files = sorted(f for f in Path(args.source).iterdir() if f.suffix.lower() in (".jpg", ".png"))[: args.count]
+    resolution = "x".join(map(str, args.resolution))
+    source = Path(args.source)
+    files = sorted(f for f in source.iterdir() if f.suffix.lower() in (".jpg", ".png"))[: args.count] \
+        if source.is_dir() else []
+    if not files:
+        sys.exit(f"--source: no .jpg or .png panoramas in {source}")
+    with tempfile.TemporaryDirectory(prefix="dap-label-bench-") as tmp:
+        rows = measure(files, Path(tmp), model, resolution, args.batch_size)
+    print(f"{len(files)} panoramas at {resolution}, batch {args.batch_size}, model {Path(model).name}, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"| {'variant':<24} | s | panoramas/s | vs predict | peak RSS MB (max so far) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['variant']:<24} | {r['seconds']} | {r['panoramas_per_s']} | {r['vs_predict']} | "
+              f"{r['peak_rss_mb_so_far']} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def measure(files: list[Path], work: Path, model: str, resolution: str, batch_size: int) -> list[dict]:
+    """One row per variant, each run on `files` copied into `work`."""
     src = work / "src"
     src.mkdir()
     for f in files:
         shutil.copy(f, src / f.name)
     py = sys.executable
-    subprocess.run([py, "-m", "dap.cli", "curate", "ingest", str(src), "--pool", str(work / "pool"),
-                    "--max-tilt", "90", "--max-width", "1024"], check=True, capture_output=True)
+    _run([py, "-m", "dap.cli", "curate", "ingest", str(src), "--pool", str(work / "pool"), "--max-tilt", "90",
+          "--max-width", "1024"], 2)
     n = len(files)
-    common = ["--model", model, "--resolution", args.resolution, "--batch-size", str(args.batch_size)]
+    common = ["--model", model, "--resolution", resolution, "--batch-size", str(batch_size)]
     variants = [
         ("dap predict (npy)", [py, "-m", "dap.cli", "predict", str(src), "--out", str(work / "pred"), "--outputs",
-                               "npy", "--resolution", args.resolution, "--checkpoint", model], 2),
+                               "npy", "--resolution", resolution, "--checkpoint", model], 2),
         ("label, 1 rank, no TTA", [py, "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
                                    "--workers", "1", "--no-tta"], 2),
         ("label, 2 ranks, no TTA", [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
@@ -88,16 +110,7 @@ def main() -> None:
         base = base or pps
         rows.append({"variant": name, "panoramas": n, "seconds": round(wall, 1), "panoramas_per_s": round(pps, 2),
                      "vs_predict": round(pps / base, 2), "peak_rss_mb_so_far": round(rss)})
-    shutil.rmtree(work)
-    print(f"{n} panoramas at {args.resolution}, batch {args.batch_size}, model {Path(model).name}, "
-          f"load average {os.getloadavg()[0]:.1f}")
-    print(f"| {'variant':<24} | s | panoramas/s | vs predict | peak RSS MB (max so far) |")
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['variant']:<24} | {r['seconds']} | {r['panoramas_per_s']} | {r['vs_predict']} | "
-              f"{r['peak_rss_mb_so_far']} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from dap.cli import positive_int
-from dap.data.synthetic import make_scene, render
+from dap.cli import comma_list, parse_network_size, positive_int
+from dap.data.synthetic import STYLES, make_scene, render
 from dap.evaluation import compute_metrics, seam_error
 from dap.inference import default_model_path, predict, resolve_model
 
@@ -132,14 +132,25 @@ def memory_table(checkpoint: str, size: int) -> None:
         print(f"| {mode} | {r['peak_mib']:.0f} | {r['before_mib']:.0f} | {r['seconds'] / base:.2f} |")
 
 
+TABLES = ("seam", "highres", "memory", "scale")
+
+
+def table(text: str) -> str:
+    if text not in TABLES:
+        raise argparse.ArgumentTypeError(f"unknown table {text!r}; the tables are {', '.join(TABLES)}")
+    return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", default=str(default_model_path()))
     ap.add_argument("--count", type=positive_int, default=6, help="synthetic panoramas per table (half indoor)")
-    ap.add_argument("--resolution", default=None, help="working resolution HxW (default: the model's own)")
-    ap.add_argument("--style", default="photo")
-    ap.add_argument("--memory-size", type=int, default=2048, help="height of the peak-memory input")
-    ap.add_argument("--parts", default="seam,highres,memory,scale", help="comma-separated tables to run")
+    ap.add_argument("--resolution", type=parse_network_size, default=None,
+                    help="working resolution HxW (default: the model's own)")
+    ap.add_argument("--style", default="photo", choices=sorted(STYLES), help="texture style of the synthetic panoramas")
+    ap.add_argument("--memory-size", type=positive_int, default=2048, help="height of the peak-memory input")
+    ap.add_argument("--parts", type=comma_list(table), default=list(TABLES),
+                    help=f"comma-separated tables to run, of {', '.join(TABLES)}")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_size", type=int, default=2048, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -147,15 +158,13 @@ def main() -> None:
         _peak_memory_child(args.checkpoint, args._child, args._size)
         return
     torch.set_num_threads(2)
-    parts = args.parts.split(",")
-    if unknown := sorted(set(parts) - {"seam", "highres", "memory", "scale"}):
-        ap.error(f"--parts: unknown table(s) {', '.join(unknown)}; the tables are seam, highres, memory, scale")
+    parts = args.parts
     kinds = ["indoor", "outdoor"]
     # Held-out seeds (the bundled model's validation range, never trained on).
     seeds = [(900_000 + i, kinds[i % 2]) for i in range(args.count)]
     if "seam" in parts or "highres" in parts or "scale" in parts:
         model = resolve_model(args.checkpoint, torch.device("cpu"))
-        h, w = ((int(v) for v in args.resolution.split("x")) if args.resolution else model.cfg.default_resolution)
+        h, w = args.resolution or model.cfg.default_resolution
     if "seam" in parts:
         seam_table(model, [render(make_scene(s, k), h, w, args.style) for s, k in seeds], (h, w))
     if "highres" in parts:

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from dap.cli import package_source, parse_device, parse_network_size, parse_size, positive_int
+from dap.cli import comma_list, package_source, parse_device, parse_network_size, parse_size, positive_int
 from dap.inference import PRECISIONS, prepare_model, resolve_precision, run_model
 from dap.models import MODEL_CONFIGS, create_model
 
@@ -150,16 +150,6 @@ def report(rows: list[dict], variant: str, size: str, batch: int, flops: int, pe
     for row in rows:
         row.pop("out", None)
     return out
-
-
-def comma_list(parse):
-    """An argparse type: comma-separated values, each checked by `parse` (an argparse type)."""
-    def parse_all(text: str) -> list:
-        values = [parse(part.strip()) for part in text.split(",") if part.strip()]
-        if not values:
-            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
-        return values
-    return parse_all
 
 
 def variant(text: str) -> str:

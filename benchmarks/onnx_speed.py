@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from dap.cli import parse_size, positive_int
+from dap.cli import comma_list, parse_network_size, positive_int
 from dap.export import OnnxModel, export_onnx
-from dap.models import create_model
+from dap.models import MODEL_CONFIGS, create_model
 
 
 def best_times(models: list, x: torch.Tensor, repeats: int) -> list[float]:
@@ -38,10 +38,18 @@ def best_times(models: list, x: torch.Tensor, repeats: int) -> list[float]:
     return best
 
 
+def architecture(text: str) -> str:
+    if text not in MODEL_CONFIGS:
+        raise argparse.ArgumentTypeError(f"unknown architecture {text!r}; choose from {', '.join(MODEL_CONFIGS)}")
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="dap_tiny,dap_vits", help="comma-separated architectures")
-    parser.add_argument("--resolution", type=parse_size, default=(512, 1024))
+    parser.add_argument("--models", type=comma_list(architecture), default=["dap_tiny", "dap_vits"],
+                        help="comma-separated architectures (`dap models`)")
+    parser.add_argument("--resolution", type=parse_network_size, default=(512, 1024),
+                        help="input HEIGHTxWIDTH (2:1, multiples of 16)")
     parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     import onnxruntime
@@ -51,7 +59,7 @@ def main() -> None:
     print(f"CPU, torch on {torch.get_num_threads()} threads, input 1x3x{h}x{w}, best of {args.repeats}; "
           f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     print(f"{'model':<10} {'PyTorch s':>10} {'onnxruntime s':>14} {'speed-up':>9} {'max |diff| m':>13}")
-    for name in args.models.split(","):
+    for name in args.models:
         torch.manual_seed(0)
         model = create_model(name).eval()
         with tempfile.TemporaryDirectory() as tmp:

@@ -32,10 +32,25 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dap.cli import package_source, positive_int
+from dap.cli import comma_list, package_source, positive_int
 
 SETTINGS = {"glibc default": {}, "1 MiB mmap threshold": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
-            "heap only, no trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}}
+            "heap only without trim": {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "2147483647"}}
+
+
+# Run as a child: prints the problem (an unreadable --image) and exits 1, without a traceback.
+MAKE_INPUT = """
+import sys, cv2, numpy as np
+from dap import io
+from dap.errors import DapError
+path, h, source = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    rgb = (cv2.resize(io.read_rgb(source), (2 * h, h)) if source
+           else np.random.default_rng(0).random((h, 2 * h, 3), np.float32))
+    io.write_rgb(path, rgb)
+except DapError as e:
+    sys.exit(f"--image: {e}")
+"""
 
 
 def run_once(model: str, image: Path, out: Path, setting: dict, outputs: str = "npy",
@@ -46,22 +61,31 @@ def run_once(model: str, image: Path, out: Path, setting: dict, outputs: str = "
         env["PYTHONPATH"] = src
     cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", outputs,
            "--precision", "fp32", "--out", str(out), "--overwrite", *extra]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    stdout = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"dap predict failed ({status}): {' '.join(cmd)}")
+    with tempfile.TemporaryFile("w+") as errors:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
+        stdout = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        if status:
+            errors.seek(0)
+            raise SystemExit(f"dap predict failed: {' '.join(cmd)}\n{errors.read().strip()}")
     seconds = float(re.search(r"([\d.]+) s per panorama", stdout).group(1))
     return usage.ru_maxrss * 1024.0, seconds
+
+
+def malloc_setting(text: str) -> str:
+    if text not in SETTINGS:
+        raise argparse.ArgumentTypeError(f"unknown allocator setting {text!r}; choose from {', '.join(SETTINGS)}")
+    return text
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="model for --model of dap predict (a folder in our format)")
-    ap.add_argument("--sizes", default="512,1024", help="input heights (width = 2 x height), comma-separated")
+    ap.add_argument("--sizes", type=comma_list(positive_int), default=[512, 1024],
+                    help="input heights (width = 2 x height), comma-separated")
     ap.add_argument("--repeats", type=positive_int, default=2,
                     help="runs per setting and size (best time, largest peak)")
-    ap.add_argument("--malloc", default=",".join(SETTINGS),
+    ap.add_argument("--malloc", type=comma_list(malloc_setting), default=list(SETTINGS),
                     help=f"allocator settings to run, comma-separated, any of: {', '.join(SETTINGS)}")
     ap.add_argument("--outputs", default="npy", help="--outputs of dap predict")
     ap.add_argument("--against", type=package_source, metavar="SRC",
@@ -70,21 +94,18 @@ def main() -> None:
                     help="also rows with these further dap predict arguments (repeatable; write --with=--level)")
     ap.add_argument("--image", help="a panorama to resize to each size (default: random pixels)")
     args = ap.parse_args()
-    settings = [name.strip() for name in args.malloc.split(",")]
-    if unknown := [name for name in settings if name not in SETTINGS]:
-        ap.error(f"--malloc: unknown {unknown}; choose from {', '.join(SETTINGS)}")
+    settings = args.malloc
     codes = {"this checkout": None} | ({"before": args.against} if args.against else {})
     print("| input | code | arguments | malloc | peak RSS GiB | peak RSS GB | s per panorama | time vs first row |")
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for h in (int(v) for v in args.sizes.split(",")):
+        for h in args.sizes:
             image = Path(tmp) / f"pano{h}.jpg"
             # In a process of its own: a child's ru_maxrss counts what its parent held when it forked, so this
             # process must stay small (a 16K panorama made here would be added to every row).
-            subprocess.run([sys.executable, "-c", "import sys, cv2, numpy as np; from dap import io; "
-                            "h = int(sys.argv[2]); rgb = np.random.default_rng(0).random((h, 2 * h, 3), np.float32) "
-                            "if sys.argv[3] == '' else cv2.resize(io.read_rgb(sys.argv[3]), (2 * h, h)); "
-                            "io.write_rgb(sys.argv[1], rgb)", str(image), str(h), args.image or ""], check=True)
+            made = subprocess.run([sys.executable, "-c", MAKE_INPUT, str(image), str(h), args.image or ""])
+            if made.returncode:
+                raise SystemExit(made.returncode)
             rows = [(code, variant, name) for code in codes for variant in args.variants for name in settings]
             results = {row: [] for row in rows}
             for _ in range(args.repeats):

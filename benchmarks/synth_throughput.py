@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 
-from dap.cli import positive_int
+from dap.cli import nonnegative_int, parse_panorama_size, positive_int
 
 CONFIGS = [  # (mode, kind, style, supersample, threads: torch threads for render / worker processes for synth)
     ("render", "indoor", "clean", 1, 1),
@@ -94,16 +94,18 @@ def depth_histogram(count: int, h: int, w: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--resolution", default="512x1024", help="HEIGHTxWIDTH")
+    ap.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024), help="HEIGHTxWIDTH (2:1)")
     ap.add_argument("--count", type=positive_int, default=12, help="panoramas per render row")
-    ap.add_argument("--synth-count", type=int, default=48,
+    ap.add_argument("--synth-count", type=positive_int, default=48,
                     help="panoramas per synth row (larger: worker start-up, ~2 s each, is included)")
-    ap.add_argument("--threads", type=int, default=0, help="override the per-row threads/workers (0: as listed)")
-    ap.add_argument("--depths", type=int, default=0, metavar="N",
+    ap.add_argument("--threads", type=nonnegative_int, default=0,
+                    help="override the per-row threads/workers (0: as listed)")
+    ap.add_argument("--depths", type=nonnegative_int, default=0, metavar="N",
                     help="instead of timing, print the distance histogram of N scenes per kind")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    h, w = (int(v) for v in args.resolution.split("x"))
+    h, w = args.resolution
+    size = f"{h}x{w}"
     if args.depths:
         depth_histogram(args.depths, h, w)
         return
@@ -112,7 +114,7 @@ def main() -> None:
         print(json.dumps(one(mode, kind, style, int(ss), h, w, args.count, args.threads)))
         return
 
-    print(f"# {args.resolution}, {args.count} panoramas per render row, {args.synth_count} per synth row, "
+    print(f"# {size}, {args.count} panoramas per render row, {args.synth_count} per synth row, "
           f"{os.cpu_count()} CPUs, "
           f"load average before: {os.getloadavg()[0]:.2f}")
     print(f"| {'mode':6} | {'resolution':10} | {'kind':7} | {'style':5} | ss | threads | panoramas/s | vs baseline | "
@@ -123,11 +125,11 @@ def main() -> None:
     for mode, kind, style, ss, threads in CONFIGS:
         threads = args.threads or threads
         count = args.synth_count if mode == "synth" else args.count
-        cmd = [sys.executable, __file__, "--resolution", args.resolution, "--count", str(count),
+        cmd = [sys.executable, __file__, "--resolution", size, "--count", str(count),
                "--threads", str(threads), "--one", f"{mode},{kind},{style},{ss}"]
         r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
         base = base or r["pps"]
-        print(f"| {mode:6} | {args.resolution:10} | {kind:7} | {style:5} | {ss:2} | {threads:7} | {r['pps']:11.2f} | "
+        print(f"| {mode:6} | {size:10} | {kind:7} | {style:5} | {ss:2} | {threads:7} | {r['pps']:11.2f} | "
               f"{r['pps'] / base:10.2f}x | {r['cpu_ms']:11.0f} | {r['peak_mb']:11.0f} |", flush=True)
     print(f"# load average after: {os.getloadavg()[0]:.2f}")
 

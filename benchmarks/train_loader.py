@@ -27,15 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 CHILD = r"""
 import json, sys, time, torch
 torch.set_num_threads(1)
+from dap.errors import DapError
 from dap.train import load_config, setup_distributed
 from dap.train.loop import _build_data
 s = json.loads(sys.argv[1])
-cfg = load_config(None, [f"data.sources=[{{kind: shards, path: {s['data']}}}]", f"data.height={s['h']}",
-                         f"data.width={s['w']}", f"data.batch_size={s['batch']}", "data.num_workers=0",
-                         "data.rotate=true", "data.exposure=2.5", "run.device=cpu", "run.steps=1000"])
-loader, _ = _build_data(cfg, setup_distributed("cpu"), 0)
-it = iter(loader)
-next(it)  # warm-up: opens the shards
+try:
+    cfg = load_config(None, [f"data.sources=[{{kind: shards, path: {s['data']}}}]", f"data.height={s['h']}",
+                             f"data.width={s['w']}", f"data.batch_size={s['batch']}", "data.num_workers=0",
+                             "data.rotate=true", "data.exposure=2.5", "run.device=cpu", "run.steps=1000"])
+    loader, _ = _build_data(cfg, setup_distributed("cpu"), 0)
+    it = iter(loader)
+    next(it)  # warm-up: opens the shards
+except DapError as e:  # e.g. --data holds no shards: the message, not a traceback
+    sys.exit(f"--data: {e}")
 t = time.perf_counter()
 for _ in range(s["batches"]):
     next(it)
@@ -46,7 +50,9 @@ print(json.dumps({"ms": (time.perf_counter() - t) / (s["batches"] * s["batch"]) 
 def time_row(src: str | Path, settings: dict) -> float:
     env = {**os.environ, "PYTHONPATH": str(src)}
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], env=env, capture_output=True,
-                         text=True, check=True)
+                         text=True)
+    if out.returncode:
+        raise SystemExit(out.stderr.strip())
     return json.loads(out.stdout.strip().splitlines()[-1])["ms"]
 
 
@@ -67,9 +73,11 @@ def main() -> None:
         data = args.data
         if data is None:
             data = Path(tmp) / "data"
-            subprocess.run([sys.executable, "-m", "dap.cli", "synth", "--count", str(args.count), "--out", str(data),
-                            "--kind", "indoor", "--style", "photo", "--resolution", f"{h}x{w}",
-                            "--no-progress"], check=True)
+            made = subprocess.run([sys.executable, "-m", "dap.cli", "synth", "--count", str(args.count), "--out",
+                                   str(data), "--kind", "indoor", "--style", "photo", "--resolution", f"{h}x{w}",
+                                   "--no-progress"], stdout=subprocess.DEVNULL)
+            if made.returncode:
+                raise SystemExit(made.returncode)  # dap synth printed why
         settings = {"data": str(data), "h": h, "w": w, "batch": args.batch, "batches": args.batches}
         rows = {"before": args.against} if args.against else {}
         rows["this checkout"] = ROOT / "src"

@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from dap.cli import parse_network_size, positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CHILD = r"""
@@ -25,14 +27,18 @@ settings = json.loads(sys.argv[1])
 if settings["keep_freed_memory"]:
     from dap.train.loop import keep_freed_memory
     assert keep_freed_memory(), "keep_freed_memory did not apply (no glibc, or MALLOC_* set)"
+from dap.errors import ConfigError
 from dap.losses import DapLoss
 from dap.models import create_model
 from dap.train import load_config
 
 torch.manual_seed(0)
 torch.set_num_threads(settings["threads"])
-model = create_model(settings["variant"]).train()
-loss_fn = DapLoss(load_config(settings["config"]).loss)
+try:
+    model = create_model(settings["variant"]).train()
+    loss_fn = DapLoss(load_config(settings["config"]).loss)
+except (ConfigError, ValueError) as e:
+    sys.exit(str(e))  # an unknown --variant or a bad --config, without a traceback
 b, (h, w) = settings["batch"], settings["resolution"]
 x = torch.rand(b, 3, h, w)
 gt = torch.rand(b, 1, h, w) * 5 + 1
@@ -62,21 +68,22 @@ def run(settings: dict) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, json.dumps(settings)], capture_output=True, text=True,
                          cwd=ROOT, check=False)
     if out.returncode:
-        raise SystemExit(f"benchmark process failed:\n{out.stderr}")
+        raise SystemExit(out.stderr.strip())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variant", default="dap_tiny", help="architecture (`dap models`)")
-    parser.add_argument("--resolution", default="256x512", help="HEIGHTxWIDTH of the training crops")
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per process, after one warm-up step")
-    parser.add_argument("--rounds", type=int, default=2, help="processes per setting, run in turns")
-    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--resolution", type=parse_network_size, default=(256, 512),
+                        help="HEIGHTxWIDTH of the training crops (2:1, multiples of 16)")
+    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--steps", type=positive_int, default=4, help="timed steps per process, after one warm-up step")
+    parser.add_argument("--rounds", type=positive_int, default=2, help="processes per setting, run in turns")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
     parser.add_argument("--config", default=str(ROOT / "configs" / "bundled.yaml"), help="training config (its loss)")
     args = parser.parse_args()
-    h, w = (int(v) for v in args.resolution.lower().split("x"))
+    h, w = args.resolution
     base = {"variant": args.variant, "resolution": [h, w], "batch": args.batch, "steps": args.steps,
             "threads": args.threads, "config": args.config}
     rows: dict[str, list[dict]] = {"glibc default": [], "keep_freed_memory": []}

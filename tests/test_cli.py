@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -435,7 +436,6 @@ def test_a_folder_another_run_is_writing_is_refused(d, tmp_path, capsys):
 
 def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
-    import subprocess
 
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "400", "--resolution", "32x64", "--shard-size", "400",
@@ -453,7 +453,6 @@ def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
 def test_ctrl_c_to_the_process_group_of_synth_workers_says_one_line_and_cleans_up(tmp_path):
     # a terminal's Ctrl-C reaches the workers too: only the parent speaks, and their shards in progress are removed
     import signal
-    import subprocess
 
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "800", "--resolution", "32x64", "--shard-size", "400",
@@ -651,7 +650,6 @@ def test_an_animation_is_predicted_from_its_first_frame_and_says_so(d, tmp_path,
 
 # --- the CLI sits on top of the library ---------------------------------------------------------------------------
 def _python(code: str) -> str:
-    import subprocess
     import sys
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -692,6 +690,27 @@ def test_benchmarks_against_a_folder_without_dap_is_refused(tmp_path):
     assert package_source(str(src)) == str(src)
 
 
+@pytest.mark.parametrize("script, args, message", [
+    ("train_step.py", ["--steps", "0"], "argument --steps: expected an integer >= 1, got '0'"),
+    ("train_step.py", ["--variant", "nosuch", "--steps", "1"], "unknown model 'nosuch'"),
+    ("predict_memory.py", ["--model", "x", "--sizes", "0"], "argument --sizes: expected an integer >= 1"),
+    ("predict_memory.py", ["--model", "x", "--malloc", "nosuch"], "unknown allocator setting 'nosuch'"),
+    ("train_loader.py", ["--data", "DATA"], "--data: DATA/manifest.parquet does not exist"),
+    ("curate_label_throughput.py", ["--source", "DATA"], "--source: no .jpg or .png panoramas in DATA"),
+    ("synth_throughput.py", ["--resolution", "32x65"], "size '32x65' is not 2:1"),
+    ("onnx_speed.py", ["--models", "dap_tiny,nosuch"], "unknown architecture 'nosuch'"),
+    ("inference_quality.py", ["--parts", "seam,nosuch"], "unknown table 'nosuch'"),
+])
+def test_benchmarks_refuse_bad_options_with_a_message(tmp_path, script, args, message):
+    """Zero steps ended train_step.py in a ZeroDivisionError, --sizes 0 and child failures in tracebacks."""
+    script_path = Path(__file__).resolve().parents[1] / "benchmarks" / script
+    args = [a.replace("DATA", str(tmp_path)) for a in args]
+    out = subprocess.run([sys.executable, str(script_path), *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    assert message.replace("DATA", str(tmp_path)) in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_help_loads_no_heavy_library():
     heavy = "('torch', 'cv2', 'OpenEXR')"
     code = f"import sys, dap.cli; dap.cli.build_parser(); print([m for m in {heavy} if m in sys.modules])"
@@ -724,7 +743,6 @@ def test_every_command_has_a_module(capsys):
 
 def test_closed_stdout_stops_quietly():
     """`dap models | head`: the reader goes away; no error line, no 'Exception ignored', exit 141 (SIGPIPE)."""
-    import subprocess
     import sys
 
     proc = subprocess.Popen([sys.executable, "-m", "dap.cli", "models"], stdout=subprocess.PIPE,
@@ -737,7 +755,6 @@ def test_closed_stdout_stops_quietly():
 def test_a_file_name_that_is_not_utf8_prints_escaped_on_a_strict_utf8_terminal(d, tmp_path):
     """A desktop's en_US.UTF-8 locale gives Python a strict stdout; the summary line names --out, whose Latin-1
     byte reaches Python as a surrogate: printing it ended the run with a UnicodeEncodeError after the work."""
-    import subprocess
     import sys
 
     out = os.fsdecode(bytes(tmp_path) + b"/caf\xe9")
@@ -775,7 +792,6 @@ def test_predict_camera_height_rescales_to_the_floor(d, tmp_path, capsys):
 
 
 def test_a_cut_short_video_is_one_line_of_ours_not_ffmpegs_log(tmp_path):
-    import subprocess
 
     (tmp_path / "cut.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(1000))  # an MP4 header, no moov atom
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_FFMPEG_LOGLEVEL"}

@@ -98,6 +98,16 @@ def package_source(text: str) -> str:
     return text
 
 
+def comma_list(parse):
+    """An argparse type: comma-separated values, each checked by `parse` (an argparse type)."""
+    def parse_all(text: str) -> list:
+        values = [parse(part.strip()) for part in text.split(",") if part.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated values, got {text!r}")
+        return values
+    return parse_all
+
+
 def positive_float(text: str) -> float:
     return _number(float, text, "a number > 0", lambda v: 0 < v < float("inf"))
 

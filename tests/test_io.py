@@ -313,8 +313,9 @@ def test_exif_orientation_is_applied_unless_it_would_turn_a_panorama_on_its_side
 
 
 def _tiff(path, pixels: np.ndarray, orientation: int | None = 1, sample_format: int = 1, xmp: bytes = b"") -> None:
-    """An uncompressed RGB TIFF of uint8 or uint16 `pixels` with an orientation tag (None: none) and XMP, as
-    cameras and scanners write them (Pillow writes no 16-bit colour, OpenCV no orientation)."""
+    """An uncompressed RGB TIFF of uint8, uint16 or float32 (`sample_format` 3) `pixels` with an orientation tag
+    (None: none) and XMP, as cameras and scanners write them (Pillow writes no 16-bit colour, OpenCV no
+    orientation)."""
     h, w, channels = pixels.shape
     data, per_channel = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes(), pixels.dtype.itemsize * 8
     arrays = struct.pack("<3H", *[per_channel] * 3) + struct.pack("<3H", *[sample_format] * 3)
@@ -376,6 +377,14 @@ def test_every_orientation_is_applied_alike_by_every_reader(tmp_path):
                 _png_chunk(path, b"eXIf", exif.tobytes()[6:]) if how == "EXIF" else _png_chunk(
                     path, b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0" + _xmp_orientation(tag))
                 cases[f"{bits}-bit PNG with {how}"] = (path, 251 * scale)
+        # float colour, which Pillow cannot open: OpenCV's reader failed on tags 5-8 ("neither Pillow nor OpenCV")
+        _tiff(tmp_path / f"{tag}_f.tif", stored.astype(np.float32) / 255, tag, sample_format=3)
+        _tiff(tmp_path / f"{tag}_fx.tif", stored.astype(np.float32) / 255, None, 3, _xmp_orientation(tag))
+        cases |= {"float TIFF": (tmp_path / f"{tag}_f.tif", 251), "float TIFF with XMP": (tmp_path / f"{tag}_fx.tif",
+                                                                                         251)}
+        if wide:
+            _tiff(tmp_path / f"{tag}_fw.tif", upright.astype(np.float32) / 255, tag, sample_format=3)
+            cases["2:1 float TIFF"] = (tmp_path / f"{tag}_fw.tif", 251)
         for name, (path, peak) in cases.items():
             got = io.read_rgb(path) * (65535 if peak > 251 else 255) / peak
             np.testing.assert_allclose(got, want, atol=1e-4, err_msg=f"orientation {tag}, {name}")

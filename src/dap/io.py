@@ -16,6 +16,7 @@ import numbers
 import os
 import re
 import shutil
+import struct
 import time
 import uuid
 import warnings
@@ -638,11 +639,17 @@ def pil_to_upright_rgb(img: Image.Image) -> np.ndarray:
 
 
 def _read_tiff_opencv(path: Path) -> np.ndarray:
-    """float32 (H, W, 3) RGB in [0, 1] of a TIFF that Pillow cannot open (32-bit float colour) but OpenCV can."""
-    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    """float32 (H, W, 3) RGB in [0, 1] of a TIFF that Pillow cannot open (32-bit float colour) but OpenCV can,
+    turned upright by `_orientation`'s rule."""
+    # From memory: cv2.imread of a file fails on TIFFs tagged 5-8 (an OpenCV bug), cv2.imdecode does not. Both
+    # turn the pixels as the TIFF tag says whatever the flags (not as XMP says).
+    a = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if a is None:
         raise ValueError("neither Pillow nor OpenCV decodes this TIFF")
+    tiff_tag, xmp_tag, width, height = _tiff_tags(path)
+    tag = tiff_tag if tiff_tag in _TURN_UPRIGHT else xmp_tag if xmp_tag in _TURN_UPRIGHT else 1
     a = a[..., None] if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., :1]  # BGR(A) -> RGB
+    a = _upright(a, tag, tag in (5, 6, 7, 8) and width == 2 * height, turned=tiff_tag == tag != 1)
     if np.issubdtype(a.dtype, np.signedinteger):
         raise _signed_pixels(path)
     if np.issubdtype(a.dtype, np.integer):
@@ -650,6 +657,22 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     else:
         rgb = _float_pixels(a.astype(np.float32), f"{path}, a float TIFF,")
     return np.ascontiguousarray(np.broadcast_to(rgb, (*rgb.shape[:2], 3)))
+
+
+def _tiff_tags(path: Path) -> tuple[int, int, int, int]:
+    """(orientation tag, XMP's tiff:Orientation, stored width, stored height) of a TIFF's first image, read from its
+    header alone (0 for what it lacks): for TIFFs Pillow cannot open."""
+    with open(path, "rb") as f:
+        header = f.read(16)
+        try:
+            tags = TiffImagePlugin.ImageFileDirectory_v2(header if header[2:3] == b"\x2b" else header[:8])  # BigTIFF
+            f.seek(tags.next)
+            tags.load(f)
+        except (SyntaxError, ValueError, OSError, struct.error):  # tags OpenCV read past: the pixels as it turned them
+            return 0, 0, 0, 0
+    xmp = tags.get(700, b"")
+    found = re.search(rb'tiff:Orientation(?:="|>)([0-9])', xmp if isinstance(xmp, bytes) else xmp.encode())
+    return tags.get(274, 0), int(found.group(1)) if found else 0, tags.get(256, 0), tags.get(257, 0)
 
 
 def _float_pixels(a: np.ndarray, what: str) -> np.ndarray:

@@ -571,7 +571,7 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
             rgb = _upright(bgr[..., ::-1].astype(np.float32), tag, keep_stored, turned=tiff_tag == tag != 1)
             rgb /= 65535.0
         else:
-            peak = int(np.asarray(img).max(initial=0)) if img.mode in SIXTEEN_BIT_GREY_MODES else 0
+            peak = int(img.getextrema()[1]) if img.mode in SIXTEEN_BIT_GREY_MODES else 0  # without a pixel copy
             rgb = _upright(pil_to_rgb(img), tag, keep_stored, turned=_turned_on_load(img, tag))
         if note := low_16_bit_note(peak):
             notes.append(note + ", or save it with 8 bits")

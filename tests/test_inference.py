@@ -112,6 +112,9 @@ def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(tiny_model, chec
         outside = np.ones(32, bool)
         outside[rows] = False
         assert (res.depth[outside] == 0).all() and (res.depth[rows] > 0).all()
+    # the same file as a bytes path or an opened PIL image (was: centred, the XMP ignored)
+    for spelling in (bytes(tmp_path / "top8.png"), Image.open(tmp_path / "top8.png")):
+        assert predict(spelling, tiny_model, resolution=(32, 64), pad_to_erp=True).valid_rows == slice(8, 32)
     res = predict(str(tmp_path / "top8.png"), tiny_model, resolution=(32, 64), pad_to_erp=True, pad_top=0)
     assert res.valid_rows == slice(0, 24)  # pad_top wins
     with pytest.raises(DapError, match="pad_top 9 puts a 64x24 partial panorama outside .* 0 to 8"):

@@ -523,6 +523,13 @@ def resolve_model(model, device: torch.device):
     return model
 
 
+def _has_metadata(item) -> bool:
+    """Whether a predict input can carry a Photo Sphere XMP: a path (str, bytes, PathLike) or a PIL image."""
+    from PIL import Image
+
+    return isinstance(item, (str, bytes, os.PathLike, Image.Image))
+
+
 def _is_image_like(x) -> bool:
     from PIL import Image
 
@@ -685,7 +692,7 @@ def predict(
             h, w = rgb.shape[:2]
             if pad_to_erp and w != 2 * h:
                 top = pad_top
-                if top is None and isinstance(item, (str, os.PathLike)):
+                if top is None and _has_metadata(item):
                     from dap import io
 
                     top = photo_sphere_top(io.read_photo_sphere(item), h, w)

@@ -464,17 +464,19 @@ _GPANO_FIELDS = {"full_width": "FullPanoWidthPixels", "full_height": "FullPanoHe
                  "width": "CroppedAreaImageWidthPixels", "height": "CroppedAreaImageHeightPixels"}
 
 
-def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
-    """The Photo Sphere XMP of a JPEG, PNG, WebP or TIFF (phones and stitchers write it for panoramas, also for
-    ones that do not cover the whole sphere), or None when the file has none, not all six numbers, or numbers that
-    cannot describe an image in its panorama (zero or negative sizes, rows outside the panorama)."""
-    try:
-        with Image.open(path) as img:
-            xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp") or ""
-            if not xmp and hasattr(img, "tag_v2"):
-                xmp = img.tag_v2.get(700, "")  # TIFF keeps XMP in tag 700
-    except (*_DECODE_ERRORS, Image.DecompressionBombError):
-        return None
+def read_photo_sphere(source: PathLike | bytes | Image.Image) -> PhotoSphere | None:
+    """The Photo Sphere XMP of a JPEG, PNG, WebP or TIFF, by path or opened by Pillow (phones and stitchers write it
+    for panoramas, also for ones that do not cover the whole sphere), or None when the image has none, not all six
+    numbers, or numbers that cannot describe an image in its panorama (zero or negative sizes, rows outside the
+    panorama)."""
+    if isinstance(source, Image.Image):
+        xmp = _xmp(source)
+    else:
+        try:
+            with Image.open(os.fsdecode(source)) as img:
+                xmp = _xmp(img)
+        except (*_DECODE_ERRORS, Image.DecompressionBombError):
+            return None
     text = xmp.decode("utf-8", "replace") if isinstance(xmp, bytes) else str(xmp)
     values = {}
     for field, name in _GPANO_FIELDS.items():
@@ -487,6 +489,14 @@ def read_photo_sphere(path: PathLike) -> PhotoSphere | None:
     sphere = PhotoSphere(**values)
     inside = 0 <= sphere.top and sphere.top + sphere.height <= sphere.full_height  # (left may wrap around 360)
     return sphere if min(sphere.full_width, sphere.full_height, sphere.width, sphere.height) > 0 and inside else None
+
+
+def _xmp(img: Image.Image) -> bytes | str:
+    """An opened image's XMP packet ("" if none)."""
+    xmp = img.info.get("xmp") or img.info.get("XML:com.adobe.xmp") or ""
+    if not xmp and hasattr(img, "tag_v2"):
+        xmp = img.tag_v2.get(700, "")  # TIFF keeps XMP in tag 700
+    return xmp
 
 
 def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, list[str]]:

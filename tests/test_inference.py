@@ -1251,10 +1251,21 @@ def test_training_samples_use_the_same_range_rule():
     ({"threshold": math.nan}, "threshold is a probability"),
     ({"device": "tpu"}, "unknown device 'tpu'; use cpu, cuda, cuda:N or mps"),
     ({"device": "cuda:7"}, "device 'cuda:7': "),  # no CUDA here, or too few devices
+    ({"device": "meta"}, "device 'meta' is not supported; use cpu, cuda, cuda:N or mps"),  # emptied the model
+    ({"resolution": np.array([32, 60])}, r"resolution \(32, 60\) must be"),  # was numpy's "truth value ... ambiguous"
+    ({"resolution": ()}, r"resolution \(\) must be"),
 ])
 def test_bad_predict_arguments_are_explained(tiny_model, kwargs, message):
+    weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}
     with pytest.raises(DapError, match=message):
         predict(_pano(32, 64), tiny_model, **kwargs)
+    for key, value in tiny_model.state_dict().items():  # the caller's model is as it was
+        torch.testing.assert_close(value, weights[key])
+
+
+def test_resolution_may_be_an_array(tiny_model):
+    np.testing.assert_array_equal(predict(_pano(32, 64), tiny_model, resolution=np.array([32, 64])).depth,
+                                  predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth)
 
 
 @pytest.mark.parametrize("spec", [None, "", 5])

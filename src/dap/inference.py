@@ -76,6 +76,8 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
             chosen = torch.device(device)
         except (RuntimeError, TypeError):
             raise DapError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+        if chosen.type not in ("cpu", "cuda", "mps"):  # meta would empty a model's weights, xpu/hpu... are untested
+            raise DapError(f"device {device!r} is not supported; use cpu, cuda, cuda:N or mps")
         if chosen.type == "cuda" and not torch.cuda.is_available():
             raise DapError(f"device {device!r}: no CUDA device is visible (or this torch is a CPU build); use cpu")
         if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
@@ -637,6 +639,8 @@ def predict(
         (official model.pth or ours), or None for the bundled default.
     resolution: working (height, width), 2:1, multiples of 16; default: the model's `default_resolution` (512x1024
         for the official model). Output is resized back to each input's size.
+    device: where to run ("cpu", "cuda", "cuda:N", "mps"); default: CUDA, else MPS, else the CPU. A loaded model
+        passed in is moved there, in place (as torch's `model.to`).
     seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
     threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated);
         above 1 (e.g. math.inf), nothing is masked: the depth head alone.
@@ -676,7 +680,9 @@ def predict(
     try:
         precision = model_precision(model, precision, dev)
         model = prepare_model(model, precision)
-        resolution = resolution or model.cfg.default_resolution
+        resolution = model.cfg.default_resolution if resolution is None else resolution
+        if isinstance(resolution, (np.ndarray, torch.Tensor)) and resolution.ndim == 1:
+            resolution = tuple(resolution.tolist())
         if (not isinstance(resolution, (tuple, list)) or len(resolution) != 2
                 or not all(isinstance(v, (int, np.integer)) for v in resolution)
                 or resolution[1] != 2 * resolution[0] or resolution[0] <= 0 or resolution[0] % 16):

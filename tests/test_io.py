@@ -79,6 +79,19 @@ def test_atomic_write_body_that_writes_nothing_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
+    """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
+    IsADirectoryError from the rename."""
+    with pytest.raises(PermissionError) as err:
+        with io.atomic_write(tmp_path / "a.npy") as tmp:
+            raise PermissionError(13, "Permission denied", str(tmp))  # as open() raises it (root ignores modes)
+    assert err.value.filename == str(tmp_path / "a.npy") and ".tmp" not in str(err.value)
+    (tmp_path / "taken.npy").mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder is in the way of the file to write: .*taken.npy"):
+        io.write_depth(tmp_path / "taken.npy", np.ones((4, 8), np.float32))
+    assert _leftovers(tmp_path) == []
+
+
 # ----------------------------------------------------------------------------------------------- images
 
 
@@ -482,6 +495,10 @@ def test_float_depth_round_trip_is_bit_exact(tmp_path, rng, ext):
                        np.repeat(depth, 2, axis=1)[:, ::2])):
         io.write_depth(tmp_path / f"{name}{ext}", view)
         np.testing.assert_array_equal(io.read_depth(tmp_path / f"{name}{ext}"), view, err_msg=name)
+    # the extension in capitals: numpy added ".npy" to the temporary, the write failed and left it behind
+    io.write_depth(tmp_path / f"upper{ext.upper()}", depth)
+    np.testing.assert_array_equal(io.read_depth(tmp_path / f"upper{ext.upper()}"), depth)
+    assert _leftovers(tmp_path) == []
 
 
 def test_written_files_are_what_they_claim(tmp_path, rng):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import math
 import numbers
 import os
@@ -95,6 +96,8 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
     behave.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "a folder is in the way of the file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # A fresh random name instead of mkstemp: mkstemp makes 0600 files, and the final file should get the
     # user's normal permissions. Same directory so os.replace stays a rename on one filesystem.
@@ -110,6 +113,11 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is not None and Path(e.filename) == tmp:  # name the file asked for, not our temporary
+            raise type(e)(e.errno, e.strerror, str(path)) from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -914,10 +922,9 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
             Image.fromarray(units).save(tmp, format="PNG", pnginfo=info)
         return int(too_far.sum())
     with atomic_write(path) as tmp:
-        if suffix == ".npy":
-            np.save(tmp, d)
-        elif suffix == ".npz":
-            np.savez_compressed(tmp, depth=d)
+        if suffix in (".npy", ".npz"):
+            with open(tmp, "wb") as f:  # a file object: numpy would add ".npy" to a name ending in ".NPY"
+                np.save(f, d) if suffix == ".npy" else np.savez_compressed(f, depth=d)
         elif suffix == ".exr":
             header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
             OpenEXR.File(header, {"Z": d}).write(str(tmp))  # `d` is C-ordered (`_clean_depth`)

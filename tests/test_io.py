@@ -501,6 +501,19 @@ def test_float_depth_round_trip_is_bit_exact(tmp_path, rng, ext):
     assert _leftovers(tmp_path) == []
 
 
+def test_scale_applies_to_every_depth_format(tmp_path):
+    """read_depth(..., scale=) was ignored but for PNG: millimetres in a .npy read as 1500 m."""
+    mm = np.full((4, 8), 1500, np.uint16)
+    np.save(tmp_path / "mm.npy", mm)
+    np.savez(tmp_path / "mm.npz", depth=mm)
+    OpenEXR.File({"type": OpenEXR.scanlineimage}, {"Z": mm.astype(np.float32)}).write(str(tmp_path / "mm.exr"))
+    for name in ("mm.npy", "mm.npz", "mm.exr"):
+        np.testing.assert_allclose(io.read_depth(tmp_path / name, scale=0.001), 1.5, err_msg=name)
+        np.testing.assert_allclose(io.read_depth(tmp_path / name), 1500, err_msg=name)
+    with pytest.raises(ValueError, match=r"key='depth' names an array of a .npz or a channel of an .exr; .*mm.npy"):
+        io.read_depth(tmp_path / "mm.npy", key="depth")
+
+
 def test_written_files_are_what_they_claim(tmp_path, rng):
     depth = _depth(rng)
     io.write_depth(tmp_path / "d.npz", depth)

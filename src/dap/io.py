@@ -851,8 +851,10 @@ def read_depth(
       - ``.png``: 16-bit, depth = value * ``scale`` (metres per unit); ``scale`` defaults to the value that
         ``write_depth`` stored in the ``dap:metres_per_unit`` text chunk; a ``scale`` that disagrees with a stored one
         raises ``DepthUnitError``. 0 and 65535 are invalid.
-    NaN, inf, <= 0 and >= ``DEPTH_SENTINEL`` become 0. ``require_valid`` raises ``NoValidDepthError`` if no
-    pixel is valid. Missing or broken files raise ``UnreadableFileError``.
+    ``scale`` given for the other formats: their values are in units of that many metres (0.001: millimetres); by
+    default they hold metres. ``key`` is for ``.npz`` and ``.exr`` only.
+    NaN, inf, <= 0 and >= ``DEPTH_SENTINEL`` (after scaling) become 0. ``require_valid`` raises
+    ``NoValidDepthError`` if no pixel is valid. Missing or broken files raise ``UnreadableFileError``.
     """
     if scale is not None and not (isinstance(scale, numbers.Real) and 0 < scale < math.inf):
         raise ValueError(f"scale is a positive number of metres per unit, got {scale!r}")  # the call's, not the file's
@@ -867,12 +869,16 @@ def read_depth(
     }
     if suffix not in readers:
         raise _unreadable(path, f"unknown depth format '{suffix}' (supported: {', '.join(readers)})")
+    if key is not None and suffix in (".npy", ".png"):  # the call's mistake: not ignored
+        raise ValueError(f"key={key!r} names an array of a .npz or a channel of an .exr; {path} is a {suffix} file")
     try:
         depth = _as_2d(readers[suffix]())
     except DapError:
         raise
     except _DECODE_ERRORS as e:
         raise _unreadable(path, e) from e
+    if scale is not None and suffix != ".png":  # the PNG reader applied it
+        depth = depth.astype(np.float32) * np.float32(scale)
     depth = _clean_depth(depth)
     if require_valid and not (depth > 0).any():
         raise NoValidDepthError(

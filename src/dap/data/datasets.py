@@ -466,10 +466,7 @@ class FolderDataset(PanoDataset):
         return items
 
     def load_depth(self, path: Path) -> np.ndarray:
-        scale = self._scales.get(path)
-        if path.suffix.lower() != ".png":  # float formats hold metres unless the manifest gives their unit
-            depth = read_depth(path)
-            return depth * np.float32(scale) if scale is not None else depth
+        scale = self._scales.get(path)  # float formats hold metres unless the manifest gives their unit
         try:
             return read_depth(path, scale=scale)
         except DepthUnitError as e:  # the fix here is the manifest's column, not read_depth's argument

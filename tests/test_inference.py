@@ -341,6 +341,29 @@ def test_depth_beyond_the_16_bit_png_is_a_note_not_a_warning(tmp_path):
     assert np.load(tmp_path / "p.npy")[0, 0] == 195.0
 
 
+def test_prediction_save_writes_what_dap_predict_writes(tmp_path):
+    """Saving from Python: io.write_depth(path, res.depth) stores the range mask's 100 m as depth; save() stores 0
+    there, as dap predict's files do, and refuses a mistyped kind (write_outputs skipped it silently)."""
+    depth = np.full((16, 32), 3.0, np.float32)
+    pred = _prediction(depth)
+    pred.range_mask[:2] = True
+    pred.depth[:2] = 100.0
+    paths = pred.save(tmp_path / "sub" / "pano", ["npy", "mask", "png16"])
+    assert [p.name for p in paths] == ["pano.npy", "pano.mask.png", "pano.depth.png"]
+    saved = np.load(tmp_path / "sub" / "pano.npy")
+    assert (saved[:2] == 0).all() and (saved[2:] == 3.0).all()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "sub" / "pano.mask.png")) > 0, pred.range_mask)
+    assert pred.save(tmp_path / "one", "color") == [tmp_path / "one.color.png"]
+    pred.depth[5, :3] = 195.0
+    with pytest.warns(InputWarning, match="p2: 3 depth values up to 195 m are beyond what the 16-bit depth PNG"):
+        pred.save(tmp_path / "p2", ["png16"])
+    with pytest.raises(DapError, match=r"unknown output kind\(s\) \['tiff'\]; choose from npy, exr"):
+        pred.save(tmp_path / "x", ["npy", "tiff"])
+    with pytest.raises(DapError, match="point_stride keeps every n-th pixel in each direction: an int >= 1, got 0"):
+        pred.save(tmp_path / "x", ["ply"], point_stride=0)
+    assert not list(tmp_path.glob("x*"))
+
+
 def test_points_of_constant_depth_lie_on_a_sphere_along_the_erp_rays():
     h, w, r = 16, 32, 2.5
     p = _prediction(np.full((h, w), r, np.float32)).points

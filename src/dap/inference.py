@@ -67,6 +67,18 @@ class Prediction:
     def normals(self) -> np.ndarray:
         return geometry.normals_from_depth(np.where(self.range_mask, 0.0, self.depth).astype(np.float32))
 
+    def save(self, stem: str | os.PathLike, outputs: str | list[str] = ("npy", "color", "mask"), *,
+             point_stride: int = 1) -> list[Path]:
+        """Write outputs as `dap predict` does and return their paths: `stem` plus each kind's suffix
+        (OUTPUT_SUFFIXES: "npy" -> stem.npy, "color" -> stem.color.png, ...), each written whole or not at all.
+        Depth files hold 0 where `range_mask` is set (here `depth` holds `max_depth`); an output that cannot hold
+        everything (depth beyond the 16-bit PNG's range) gets a warning."""
+        kinds = [outputs] if isinstance(outputs, str) else list(outputs)
+        paths = output_paths(Path(stem).parent, Path(stem).name, kinds)
+        for note in write_outputs(self, paths, point_stride=point_stride):
+            warnings.warn(f"{Path(stem).name}: {note}", InputWarning, stacklevel=2)
+        return list(paths.values())
+
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
     """The torch device to run on: `device` if given (an error unless it exists on this machine), else CUDA, MPS
@@ -931,7 +943,13 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_
             failures.append((item.source, str(e)))
 
 
+def check_output_kinds(kinds) -> None:
+    if unknown := [kind for kind in kinds if kind not in OUTPUT_SUFFIXES]:
+        raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
+
+
 def output_paths(out_dir: Path, name: str, kinds: list[str]) -> dict[str, Path]:
+    check_output_kinds(kinds)
     return {k: out_dir / f"{name}{OUTPUT_SUFFIXES[k]}" for k in kinds}
 
 
@@ -1073,6 +1091,9 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
     an output could not hold (depth beyond the 16-bit PNG's range), for the caller to say with the input's name."""
     from dap import io
 
+    check_output_kinds(paths)
+    if isinstance(point_stride, bool) or not isinstance(point_stride, (int, np.integer)) or point_stride < 1:
+        raise DapError(f"point_stride keeps every n-th pixel in each direction: an int >= 1, got {point_stride!r}")
     notes = []
     valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
     # computed from the depth on each access: once here for the outputs that share them

@@ -22,6 +22,7 @@ from dap.inference import (
     ScaleSmoother,
     blocked_folder,
     check_onnx_precision,
+    check_output_kinds,
     check_seam_pad,
     dangling_link,
     expand_inputs,
@@ -111,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from dap import io
 
     kinds = list(dict.fromkeys(k.strip() for k in args.outputs.split(",") if k.strip()))  # each once, in order
-    unknown = [k for k in kinds if k not in OUTPUT_KINDS]
-    if unknown:
-        raise DapError(f"unknown output kind(s) {unknown}; choose from {', '.join(OUTPUT_KINDS)}")
+    check_output_kinds(kinds)
     if not kinds:
         raise DapError(f"--outputs names no output; give one or more of {', '.join(OUTPUT_KINDS)}")
     if args.seam_pad is not None:

@@ -1286,6 +1286,17 @@ def test_bad_predict_arguments_are_explained(tiny_model, kwargs, message):
         torch.testing.assert_close(value, weights[key])
 
 
+def test_infer_refuses_integer_pixels(tiny_model):
+    """A uint8 image given to infer (documented as a step of its own) came back as NaN depth."""
+    from dap.inference import infer, to_rgb
+
+    u8 = (_pano(32, 64) * 255).astype(np.uint8)
+    with pytest.raises(DapError, match="the network's input must be float RGB in .0, 1., got uint8; convert images "
+                                       "with dap.inference.to_rgb first"):
+        infer(tiny_model, u8, (32, 64))
+    assert torch.isfinite(infer(tiny_model, to_rgb(u8), (32, 64))["depth"]).all()
+
+
 def test_resolution_may_be_an_array(tiny_model):
     np.testing.assert_array_equal(predict(_pano(32, 64), tiny_model, resolution=np.array([32, 64])).depth,
                                   predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth)

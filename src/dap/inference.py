@@ -233,6 +233,9 @@ def photo_sphere_top(sphere: PhotoSphere | None, height: int, width: int) -> int
 
 def normalize_image(rgb: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) RGB in [0, 1] -> the network's input (ImageNet mean/std), as in training and evaluation."""
+    if not rgb.is_floating_point():  # uint8 mean/std would round to 0: NaN everywhere
+        raise DapError(f"the network's input must be float RGB in [0, 1], got {str(rgb.dtype).removeprefix('torch.')}"
+                       "; convert images with dap.inference.to_rgb first")
     mean = torch.tensor(IMAGENET_MEAN, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=rgb.device, dtype=rgb.dtype).view(1, 3, 1, 1)
     return (rgb - mean) / std

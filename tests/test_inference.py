@@ -1297,6 +1297,18 @@ def test_infer_refuses_integer_pixels(tiny_model):
     assert torch.isfinite(infer(tiny_model, to_rgb(u8), (32, 64))["depth"]).all()
 
 
+def test_a_closed_pil_image_is_explained(tiny_model, tmp_path):
+    io.write_rgb(tmp_path / "a.jpg", _pano(32, 64))
+    with Image.open(tmp_path / "a.jpg") as image:
+        pass
+    with pytest.raises(DapError, match=r"input image: the PIL image was closed before its pixels were read; call "
+                                       r"image.load\(\) inside"):
+        predict(image, tiny_model, resolution=(32, 64))  # was a bare AssertionError
+    with Image.open(tmp_path / "a.jpg") as image:
+        image.load()
+    assert predict(image, tiny_model, resolution=(32, 64)).depth.shape == (32, 64)  # loaded, then closed: fine
+
+
 def test_resolution_may_be_an_array(tiny_model):
     np.testing.assert_array_equal(predict(_pano(32, 64), tiny_model, resolution=np.array([32, 64])).depth,
                                   predict(_pano(32, 64), tiny_model, resolution=(32, 64)).depth)

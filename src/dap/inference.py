@@ -129,9 +129,13 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
             warnings.warn(f"{Path(image).name}: {note}", InputWarning, stacklevel=2)
         return rgb
     if isinstance(image, Image.Image):
-        if image.mode in io.SIXTEEN_BIT_GREY_MODES:
-            _warn_if_low_16_bit(int(np.asarray(image).max(initial=0)), source)
-        image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
+        try:
+            if image.mode in io.SIXTEEN_BIT_GREY_MODES:
+                _warn_if_low_16_bit(int(image.getextrema()[1]), source)
+            image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
+        except AssertionError:  # Pillow's only word for it
+            raise DapError(f"{source}: the PIL image was closed before its pixels were read; call image.load() inside "
+                           "the `with Image.open(...)` block, or pass the file's path") from None
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         image = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()

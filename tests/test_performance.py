@@ -105,6 +105,18 @@ def test_int8_copy_leaves_the_model_alone(tiny_model):
     assert q.depth_head.scratch.output_conv1.weight is tiny_model.depth_head.scratch.output_conv1.weight
 
 
+def test_a_quantised_model_runs_int8_and_says_so_for_other_precisions(tiny_model):
+    """A prepare_model(m, "int8") model ran int8 under precision="fp32" and failed deep in torch under "bf16"."""
+    q = quantize_int8(tiny_model)
+    x = np.random.default_rng(0).random((32, 64, 3), dtype=np.float32)
+    want = predict(x, q, resolution=(32, 64), precision="int8").depth
+    np.testing.assert_array_equal(predict(x, q, resolution=(32, 64)).depth, want)  # auto: int8
+    for precision in ("fp32", "bf16"):
+        with pytest.raises(DapError, match=f"quantised to int8 .* pass precision='int8' or 'auto', or the float "
+                                           f"model for {precision}"):
+            predict(x, q, resolution=(32, 64), precision=precision)
+
+
 def test_prepared_model_stays_trainable(tiny_model):
     with torch.inference_mode():
         model = prepare_model(tiny_model, "fp32")

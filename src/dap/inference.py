@@ -370,10 +370,9 @@ def quantize_int8(model):
     """The model with the backbone's Linear layers dynamically quantised to int8 (per output channel weights,
     activations quantised per call). A new module tree that shares all other weights with `model`, which stays
     as it was; an already quantised model is returned as it is."""
-    from torch.ao.nn.quantized import dynamic
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    if any(isinstance(m, dynamic.Linear) for m in model.modules()):
+    if is_int8(model):
         return model
     from dap.models.backbone import Attention
 
@@ -387,6 +386,13 @@ def quantize_int8(model):
         return quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
 
 
+def is_int8(model) -> bool:
+    """Whether `model` is already quantised to int8 (`quantize_int8`)."""
+    from torch.ao.nn.quantized import dynamic
+
+    return any(isinstance(m, dynamic.Linear) for m in model.modules())
+
+
 def check_onnx_precision(precision: str) -> None:
     """ONNX models (dap.export.OnnxModel) run in fp32 only: "auto" and "fp32" are fine, anything else an error."""
     if precision not in ("auto", "fp32"):
@@ -398,7 +404,12 @@ def model_precision(model, precision: str, device: torch.device) -> str:
     """`resolve_precision` for this model: models that are not torch modules (dap.export.OnnxModel) run in fp32
     only, so "auto" is fp32 for them and anything else an error."""
     if isinstance(model, torch.nn.Module):
-        return resolve_precision(precision, device)
+        if not is_int8(model):
+            return resolve_precision(precision, device)
+        if precision not in ("auto", "int8"):  # its Linears run int8 whatever is asked: fp32 silently, bf16 failed
+            raise DapError(f"the model is quantised to int8 (prepare_model(model, 'int8')), so it runs in int8 only; "
+                           f"pass precision='int8' or 'auto', or the float model for {precision}")
+        return "int8"
     check_onnx_precision(precision)
     return "fp32"
 

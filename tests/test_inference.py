@@ -1243,7 +1243,7 @@ def test_nan_pixels_become_black_with_a_warning(tiny_model):
     holes = rgb.copy()
     holes[5, 7] = np.nan
     holes[20, 30, 1] = np.inf
-    with pytest.warns(InputWarning, match="NaN or infinite pixels; they are set to 0"):
+    with pytest.warns(InputWarning, match="input image: 2 of its pixels are NaN or infinite; they are set to 0"):
         got = predict(holes, tiny_model, resolution=(32, 64))
     assert np.isfinite(got.depth).all()
     black = rgb.copy()

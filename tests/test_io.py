@@ -17,7 +17,14 @@ import trimesh
 from PIL import Image
 
 from dap import geometry, io
-from dap.errors import DapError, DepthUnitError, NotPanoramaError, NoValidDepthError, UnreadableFileError
+from dap.errors import (
+    DapError,
+    DepthUnitError,
+    InputWarning,
+    NotPanoramaError,
+    NoValidDepthError,
+    UnreadableFileError,
+)
 from dap.inference import to_rgb
 
 H, W = 32, 64
@@ -883,7 +890,7 @@ def test_a_float_colour_tiff_is_read_through_opencv(tmp_path):
     cv2.imwrite(str(tmp_path / "f.tif"), rgb[..., ::-1])  # OpenCV writes BGR; Pillow cannot open float RGB TIFFs
     np.testing.assert_array_equal(io.read_rgb(tmp_path / "f.tif"), rgb)
     cv2.imwrite(str(tmp_path / "hdr.tif"), rgb * 40)
-    with pytest.raises(DapError, match=r"hdr.tif, a float TIFF, has pixels over .*, not 0..1"):
+    with pytest.raises(DapError, match=r"hdr.tif \(a float TIFF\): float pixels must be in \[0, 1\], got .*; save it"):
         io.read_rgb(tmp_path / "hdr.tif")
 
 
@@ -894,8 +901,30 @@ def test_a_float_grey_tiff_is_read_only_in_0_to_1(tmp_path):
     Image.fromarray(grey, mode="F").save(tmp_path / "unit.tif")
     np.testing.assert_allclose(io.read_rgb(tmp_path / "unit.tif")[..., 1], grey, atol=1e-7)
     Image.fromarray(grey * 255, mode="F").save(tmp_path / "bytes.tif")  # 0-255 values: clipped, a white image
-    with pytest.raises(DapError, match=r"a 32-bit float grey image \(mode F\) has pixels over 0..255, not 0..1"):
+    with pytest.raises(DapError, match=r"bytes.tif \(a 32-bit float grey image\): float pixels must be in \[0, 1\], "
+                                       r"got 0..255; save it as an 8- or 16-bit image"):
         io.read_rgb(tmp_path / "bytes.tif")
+
+
+def test_float_pixels_follow_one_rule_in_files_pil_images_and_arrays(tmp_path):
+    """NaN and inf pixels: 0 with a warning in arrays, 0 silently (NaN) or an error (inf) in float files and PIL
+    images; float rounding past 1 (1.0000001) was refused with a range that printed as "0..1"."""
+    from PIL import Image
+
+    from dap.inference import to_rgb
+
+    grey = np.full((32, 64), 0.5, np.float32)
+    grey[0, :3] = [np.nan, np.inf, -np.inf]
+    grey[1, 0] = 1.0000001
+    Image.fromarray(grey, mode="F").save(tmp_path / "f.tif")
+    cv2.imwrite(str(tmp_path / "rgb.tif"), np.repeat(grey[..., None], 3, axis=2))
+    for name, image in (("f.tif", tmp_path / "f.tif"), ("rgb.tif", tmp_path / "rgb.tif"),
+                        ("input image", Image.open(tmp_path / "f.tif")), ("input image", grey)):
+        with pytest.warns(InputWarning, match=f"{name}: 3 of its pixels are NaN or infinite; they are set to 0"):
+            rgb = to_rgb(image)
+        assert (rgb[0, :3] == 0).all() and rgb[1, 0, 0] == 1.0 and rgb.max() == 1.0, name
+    with pytest.raises(DapError, match=r"input image: float pixels must be in \[0, 1\], got 1.01..1.01; divide 0-255"):
+        to_rgb(np.full((32, 64, 3), 1.01, np.float32))
 
 
 @pytest.mark.parametrize("name, says", [

@@ -109,9 +109,10 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     [0, 1]. Files are decoded by dap.io, PIL images as dap.io reads a file of their mode, turned upright by their
     EXIF or XMP orientation (`dap.io.pil_to_upright_rgb`).
     Arrays and tensors may be (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4 (alpha is dropped); their dtype
-    sets the range: uint8 is 0-255, uint16 is 0-65535, float must already be in [0, 1] (anything outside is an
-    error, never clipped or guessed).
-    NaN/inf pixels become 0 (black) with a warning. `source` names the image in messages."""
+    sets the range: uint8 is 0-255, uint16 is 0-65535, float must already be in [0, 1] (anything further outside than
+    float rounding, `dap.io.FLOAT_SLACK`, is an error, never clipped or guessed).
+    NaN/inf pixels become 0 (black) with a warning (from files and PIL images too). `source` names the image in
+    messages."""
     from PIL import Image
 
     from dap import io
@@ -162,16 +163,11 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     # A float32 (H, W, 3) array (what dap.io decodes) is used as it is, not copied: callers get it back as
     # Prediction.rgb. A broadcast grey image is read-only, so it is copied.
     a = np.ascontiguousarray(a, dtype=np.float32) if a.flags.writeable else a.astype(np.float32)
-    finite = np.isfinite(a)
-    if not finite.all():
-        warnings.warn("input image has NaN or infinite pixels; they are set to 0 (black)", InputWarning,
+    a, nonfinite = io.unit_floats(a, source, "divide 0-255 images by 255 (or pass them as uint8), expose linear "
+                                  "HDR radiance with dap.io.tonemap_hdr, or clip them to [0, 1]")
+    if nonfinite:
+        warnings.warn(f"{source}: {io.nonfinite_note(nonfinite)}", InputWarning,
                       stacklevel=4)  # past predict and torch's decorator: the caller's line
-        a = np.where(finite, a, np.float32(0))
-    lo, hi = float(a.min()), float(a.max())
-    if lo < 0 or hi > 1:
-        raise DapError(f"{source}: float pixels must be in [0, 1], got {lo:g}..{hi:g}; divide 0-255 images by "
-                       "255 (or pass them as uint8), expose linear HDR radiance with dap.io.tonemap_hdr, or clip "
-                       "them to [0, 1]")
     return a
 
 

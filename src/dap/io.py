@@ -558,7 +558,9 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
     except UnidentifiedImageError:
         if path.suffix.lower() not in (".tif", ".tiff"):
             raise
-        return _read_tiff_opencv(path), []  # a float RGB TIFF, which Pillow does not decode
+        rgb = _read_tiff_opencv(path)  # a float RGB TIFF, which Pillow does not decode
+        rgb, nonfinite = unit_floats(rgb, f"{path} (a float TIFF)", _FILE_FLOATS_FIX)
+        return rgb, [nonfinite_note(nonfinite)] if nonfinite else []
     with img:
         _check_tiff_integers(img, path)
         deep_colour = _is_16bit_colour(img)
@@ -591,6 +593,9 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         else:
             peak = int(img.getextrema()[1]) if img.mode in SIXTEEN_BIT_GREY_MODES else 0  # without a pixel copy
             rgb = _upright(pil_to_rgb(img), tag, keep_stored, turned=_turned_on_load(img, tag))
+            if img.mode == "F":
+                rgb, nonfinite = unit_floats(rgb, f"{path} (a 32-bit float grey image)", _FILE_FLOATS_FIX)
+                notes += [nonfinite_note(nonfinite)] if nonfinite else []
         if note := low_16_bit_note(peak):
             notes.append(note + ", or save it with 8 bits")
     return rgb, notes
@@ -657,8 +662,8 @@ def pil_to_upright_rgb(img: Image.Image) -> np.ndarray:
 
 
 def _read_tiff_opencv(path: Path) -> np.ndarray:
-    """float32 (H, W, 3) RGB in [0, 1] of a TIFF that Pillow cannot open (32-bit float colour) but OpenCV can,
-    turned upright by `_orientation`'s rule."""
+    """float32 (H, W, 3) RGB of a TIFF that Pillow cannot open (32-bit float colour) but OpenCV can, turned upright
+    by `_orientation`'s rule: integers scaled to 0..1, floats as stored (`unit_floats` checks them)."""
     # From memory: cv2.imread of a file fails on TIFFs tagged 5-8 (an OpenCV bug), cv2.imdecode does not. Both
     # turn the pixels as the TIFF tag says whatever the flags (not as XMP says).
     a = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
@@ -670,10 +675,9 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     a = _upright(a, tag, tag in (5, 6, 7, 8) and width == 2 * height, turned=tiff_tag == tag != 1)
     if np.issubdtype(a.dtype, np.signedinteger):
         raise _signed_pixels(path)
+    rgb = a.astype(np.float32)
     if np.issubdtype(a.dtype, np.integer):
-        rgb = a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
-    else:
-        rgb = _float_pixels(a.astype(np.float32), f"{path}, a float TIFF,")
+        rgb /= np.float32(np.iinfo(a.dtype).max)
     return np.ascontiguousarray(np.broadcast_to(rgb, (*rgb.shape[:2], 3)))
 
 
@@ -693,15 +697,36 @@ def _tiff_tags(path: Path) -> tuple[int, int, int, int]:
     return tags.get(274, 0), int(found.group(1)) if found else 0, tags.get(256, 0), tags.get(257, 0)
 
 
-def _float_pixels(a: np.ndarray, what: str) -> np.ndarray:
-    """Float pixels of an image file, NaN as 0, which must lie in 0..1: 0-255 values or linear radiance, clipped,
-    would give a white (or black) image."""
-    a = np.nan_to_num(a, nan=0.0)
+FLOAT_SLACK = 1e-3
+"""How far float pixels may stray outside 0..1 and still be read (clipped): float arithmetic's rounding."""
+
+
+def unit_floats(a: np.ndarray, what: str, fix: str) -> tuple[np.ndarray, int]:
+    """Float pixels that must lie in 0..1 (0-255 values or linear radiance, clipped, would give a white or black
+    image): non-finite ones set to 0, values within FLOAT_SLACK of the range clipped, anything further out a
+    DapError naming `what` and the `fix`. Returns float32 pixels and how many were NaN or infinite, for the caller to
+    say so."""
+    a = np.asarray(a, dtype=np.float32)
+    finite = np.isfinite(a)
+    nonfinite = a.size - int(np.count_nonzero(finite))
+    if nonfinite and a.ndim == 3:  # pixels, not channels
+        nonfinite = int(np.count_nonzero(~finite.all(axis=-1)))
+    if nonfinite:
+        a = np.where(finite, a, np.float32(0))
+    del finite
     lo, hi = float(a.min()), float(a.max())
+    if lo < -FLOAT_SLACK or hi > 1 + FLOAT_SLACK:
+        raise DapError(f"{what}: float pixels must be in [0, 1], got {lo:.7g}..{hi:.7g}; {fix}")
     if lo < 0 or hi > 1:
-        raise DapError(f"{what} has pixels over {lo:g}..{hi:g}, not 0..1: save it as an 8- or 16-bit image, or as "
-                       "EXR/HDR if it holds linear radiance")
-    return a
+        a = np.clip(a, 0, 1)
+    return a, nonfinite
+
+
+def nonfinite_note(count: int) -> str:
+    return f"{count} of its pixels are NaN or infinite; they are set to 0 (black)"
+
+
+_FILE_FLOATS_FIX = "save it as an 8- or 16-bit image, or as EXR/HDR if it holds linear radiance"
 
 
 SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": Pillow's 32-bit integers, which it may report
@@ -710,8 +735,8 @@ SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": Pillow
 
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
-    for it; values outside 0..65535 are refused) over 65535; float ('F') as it is, which must be in [0, 1] (NaN as
-    0); any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
+    for it; values outside 0..65535 are refused) over 65535; float ('F') as it is (for `unit_floats` to check);
+    any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
     if img.mode in SIXTEEN_BIT_GREY_MODES:
         values = np.asarray(img)
         lo, hi = int(values.min(initial=0)), int(values.max(initial=0))
@@ -722,8 +747,7 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
         gray /= 65535.0
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
-        gray = _float_pixels(np.asarray(img, dtype=np.float32), "a 32-bit float grey image (mode F)")
-        return np.repeat(gray[..., None], 3, axis=2)
+        return np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=2)
     if img.mode == "La":  # grey with premultiplied alpha, which Pillow converts to RGB only by way of LA
         img = img.convert("LA")
     rgb = np.asarray(img.convert("RGB"), dtype=np.float32)

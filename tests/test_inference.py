@@ -826,12 +826,14 @@ def test_a_path_as_bytes_is_read_and_a_tilde_is_named(tiny_model, tmp_path, monk
                                   expected)
     with pytest.raises(DapError, match="got 9 bytes of a file, not an image"):
         predict(b"\x89PNG\r\n\x1a\n\0", tiny_model)  # a file's contents still are not an image
+    with pytest.raises(UnreadableFileError, match="cannot read typo.jpg: no such file"):
+        predict(b"typo.jpg", tiny_model)  # a bytes path that is wrong: was "got 8 bytes of a file"
     monkeypatch.setenv("HOME", str(tmp_path))
-    with pytest.raises(UnreadableFileError, match=f"no such file \\('~' is not expanded inside quotes: write "
-                                                   f"{tmp_path}/p.png\\)"):
+    with pytest.raises(UnreadableFileError, match=r"no such file \('~' is not expanded \(in quotes, or from "
+                                                   rf"Python\): write {tmp_path}/p.png\)"):
         predict("~/p.png", tiny_model)
     # as the CLI says them: a URL (Path would also collapse its //), a path with a space at an end, stdin
-    for spec, says in [("https://example.com/x.jpg", "cannot read https:/example.com/x.jpg: no such file (a URL: "
+    for spec, says in [("https://example.com/x.jpg", "cannot read https://example.com/x.jpg: no such file (a URL: "
                                                       "files are not downloaded"),
                        (f"{tmp_path / 'p.png'} ", "(it has spaces at an end;"),
                        ("-", "(standard input is not read; save the image to a file")]:
@@ -1104,7 +1106,8 @@ def test_missing_input_is_reported_before_the_model_is_loaded(tmp_path, capsys):
     # what a missing path most likely is, where that can be told
     io.write_rgb(tmp_path / "pano.jpg", _pano(32, 64))
     for spec, says in [("https://example.com/pano.jpg", "(a URL: files are not downloaded; download it"),
-                       ("~/pano.jpg", "('~' is not expanded inside quotes: write " + os.path.expanduser("~/pano.jpg")),
+                       ("~/pano.jpg", "('~' is not expanded (in quotes, or from Python): write "
+                        + os.path.expanduser("~/pano.jpg")),
                        (f"{tmp_path / 'pano.jpg'} ", f"(it has spaces at an end; '{tmp_path / 'pano.jpg'}' exists)"),
                        ("-", "(standard input is not read; save the image to a file and pass its path)")]:
         assert main(["predict", spec, "--out", str(tmp_path / "o")]) == 2

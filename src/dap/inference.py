@@ -119,8 +119,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
 
     if isinstance(image, str) and not image.strip():
         raise DapError(f"{source}: the path is empty; pass a panorama's file name")
-    if isinstance(image, bytes) and len(image) < 4096 and b"\0" not in image and os.path.isfile(image):
-        image = os.fsdecode(image)  # a path as bytes (os.listdir(b"...") gives those), not a file's contents
+    if isinstance(image, bytes) and len(image) < 4096 and b"\0" not in image and not image.startswith(
+            (b"\xff\xd8", b"\x89PNG", b"GIF8", b"RIFF", b"II*", b"MM")):  # contents of JPEG, PNG, GIF, WebP, TIFF
+        image = os.fsdecode(image)  # a path as bytes (os.listdir(b"...") gives those)
     if isinstance(image, (bytes, bytearray, memoryview)):
         raise DapError(f"{source}: got {len(image)} bytes of a file, not an image; pass its path, or decode it first: "
                        "dap.predict(PIL.Image.open(io.BytesIO(data)), ...)")

@@ -256,7 +256,7 @@ def missing_file_hint(spec: str) -> str | None:
     if spec == "-":
         return "standard input is not read; save the image to a file and pass its path"
     if spec.startswith("~") and os.path.expanduser(spec) != spec:
-        return f"'~' is not expanded inside quotes: write {os.path.expanduser(spec)}"
+        return f"'~' is not expanded (in quotes, or from Python): write {os.path.expanduser(spec)}"
     if spec != spec.strip() and os.path.exists(spec.strip()):
         return f"it has spaces at an end; {spec.strip()!r} exists"
     return None
@@ -266,7 +266,8 @@ def _check_file(path: PathLike) -> Path:
     spec, path = os.fspath(path), Path(path)
     if not path.exists():
         hint = missing_file_hint(spec) if isinstance(spec, str) else None
-        raise _unreadable(path, f"no such file ({hint})" if hint else "no such file")
+        # named as given: Path() would fold the // of a URL
+        raise _unreadable(os.fsdecode(spec), f"no such file ({hint})" if hint else "no such file")
     if not path.is_file():
         raise _unreadable(path, "not a regular file")
     if path.stat().st_size == 0:  # decoders say this in their own words, OpenCV's as an assertion

@@ -1280,6 +1280,8 @@ def test_training_samples_use_the_same_range_rule():
     ({"device": "meta"}, "device 'meta' is not supported; use cpu, cuda, cuda:N or mps"),  # emptied the model
     ({"resolution": np.array([32, 60])}, r"resolution \(32, 60\) must be"),  # was numpy's "truth value ... ambiguous"
     ({"resolution": ()}, r"resolution \(\) must be"),
+    ({"level": "no"}, "level is True or False, got 'no'"),  # was taken as True
+    ({"pad_to_erp": 1.5}, "pad_to_erp is True or False, got 1.5"),
 ])
 def test_bad_predict_arguments_are_explained(tiny_model, kwargs, message):
     weights = {k: v.clone() for k, v in tiny_model.state_dict().items()}

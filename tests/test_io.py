@@ -842,6 +842,8 @@ def test_glb_loads_back(tmp_path, rng):
     assert b"KHR_materials_unlit" in (tmp_path / "p.glb").read_bytes()  # points have no normals to light
     with pytest.raises(ValueError, match="no points to write to e.glb: glTF has no empty point cloud"):
         io.write_glb(tmp_path / "e.glb", np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="write_glb writes binary glTF; give .*p.gltf a .glb extension"):
+        io.write_glb(tmp_path / "p.gltf", points)  # a .gltf is JSON: binary there was unreadable
 
 
 def test_writes_never_leave_partial_files(tmp_path, rng, monkeypatch):

@@ -205,8 +205,11 @@ def test_load_model_names_a_device_it_cannot_use():
 
     with pytest.raises(DapError, match=r"unknown device 'gpu9'; use cpu, cuda, cuda:N or mps"):
         load_model("dap-tiny-synth", device="gpu9")
-    with pytest.raises(DapError, match=r"cannot put the model on cuda: .*; use cpu"):
-        load_model("dap-tiny-synth", device="cuda")
+    with pytest.raises(DapError, match=r"device 'cuda': no CUDA device is visible .*; use cpu"):
+        load_model("dap-tiny-synth", device="cuda")  # said before the weights load
+    with pytest.raises(DapError, match=r"device 'meta' is not supported"):
+        load_model("dap-tiny-synth", device="meta")
+    assert next(load_model("dap-tiny-synth", device=None).parameters()).device.type == "cpu"  # as predict: auto
 
 
 def _edit(folder, **fields):

@@ -20,3 +20,7 @@ def __getattr__(name: str):
 
         return getattr(dap.models, name)
     raise AttributeError(f"module 'dap' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:  # the lazy names too, for tab completion
+    return sorted({*globals(), *__all__})

@@ -51,8 +51,8 @@ DEFAULT_SEAM_PAD = 1 / 16
 @dataclass
 class Prediction:
     rgb: np.ndarray  # (H, W, 3) float32 in [0, 1]
-    depth: np.ndarray  # (H, W) float32 metres
-    range_mask: np.ndarray  # (H, W) bool: sky / beyond max_depth
+    depth: np.ndarray  # (H, W) float32 metres; max_depth under the range mask, 0 in pad_to_erp's padded rows
+    range_mask: np.ndarray  # (H, W) bool: sky / beyond max_depth, and padded rows
     out_of_range_prob: np.ndarray  # (H, W) float32
     max_depth: float = 100.0
     valid_rows: slice = field(default_factory=lambda: slice(None))  # rows that are real image (see pad_to_erp)
@@ -698,6 +698,9 @@ def predict(
         raise DapError(f"pad_top is a row number (an int), got {pad_top!r}")
     if pad_top is not None and not pad_to_erp:
         raise DapError("pad_top places a partial panorama's rows: it needs pad_to_erp=True")
+    for name, value in (("level", level), ("pad_to_erp", pad_to_erp)):
+        if not isinstance(value, (bool, np.bool_)):  # "no" would be true
+            raise DapError(f"{name} is True or False, got {value!r}")
     check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)

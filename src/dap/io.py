@@ -1137,6 +1137,8 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
 
     Points are in the camera frame of dap.geometry (x right, y down, z forward); glTF is y-up with the camera
     looking along -z, so y and z are negated on the way out (else viewers show the scene upside down)."""
+    if Path(path).suffix.lower() != ".glb":  # a .gltf is JSON: binary glTF there is unreadable to viewers
+        raise ValueError(f"write_glb writes binary glTF; give {path} a .glb extension")
     p, c = _points_colors(points, colors)
     if not len(p):
         raise ValueError(f"no points to write to {Path(path).name}: glTF has no empty point cloud (PLY has)")

@@ -34,7 +34,10 @@ def create_model(name: str, **overrides) -> DAP:
     """A randomly initialised DAP network. `overrides` replace DapConfig fields (e.g. token_adapter="plain");
     `vit={...}` replaces backbone fields."""
     if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; available: {', '.join(MODEL_CONFIGS)}")
+        from dap.models.registry import MODELS
+
+        weights = f"; {name!r} names weights: dap.load_model({name!r})" if name in MODELS else ""
+        raise ValueError(f"unknown model {name!r}; the architectures are {', '.join(MODEL_CONFIGS)}{weights}")
     cfg = MODEL_CONFIGS[name]
     if "vit" in overrides and isinstance(overrides["vit"], dict):
         overrides["vit"] = dataclasses.replace(cfg.vit, **overrides["vit"])

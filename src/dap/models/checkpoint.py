@@ -215,19 +215,18 @@ def _name_hint(spec: str) -> str:
     return hint
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAP:
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> DAP:
     """Load a DAP model in eval mode from a registered name (`dap models`, e.g. "dap-vitl"; fetched and converted
     on first use), our checkpoint directory, its config/weights file, an official `model.pth`, or `hf:<repo>`
-    (online only). Names win over paths: write `./dap-vitl` for a folder of that name."""
+    (online only). Names win over paths: write `./dap-vitl` for a folder of that name. `device`: as for
+    `dap.predict` (None: CUDA, else MPS, else the CPU)."""
+    from dap.inference import select_device
     from dap.models import registry
 
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise CheckpointError(f"expected a model name ({', '.join(registry.MODELS)}), a folder or a checkpoint file, "
                               f"got {path!r}; dap.load_model('dap-tiny-synth') loads the bundled model")
-    try:  # a mistyped device is said before the weights load, not after
-        device = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise DapError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    device = select_device(device)  # a mistyped device is said before the weights load, not after
     spec = str(path)
     if spec in registry.MODELS:
         p = registry.weights_path(spec)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -675,6 +676,13 @@ def test_a_partly_transparent_panorama_says_how_much_of_it_is(d, tmp_path, capsy
     _check_one_line(err, "predict", ["warning", "hole.png", "25% of it is transparent"])
     with pytest.warns(InputWarning, match="hole.png: 25% of it is transparent"):
         predict(tmp_path / "hole.png", str(d / "ckpt"), resolution=(32, 64))
+    # the same image as a PIL image or an array (uint8 or float alpha): they were silent
+    for image in (Image.open(tmp_path / "hole.png"), rgba, rgba.astype(np.float32) / 255):
+        with pytest.warns(InputWarning, match="input image: 25% of it is transparent"):
+            predict(image, str(d / "ckpt"), resolution=(32, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict(Image.open(tmp_path / "opaque.png"), str(d / "ckpt"), resolution=(32, 64))
 
 
 def test_benchmarks_against_a_folder_without_dap_is_refused(tmp_path):

@@ -134,6 +134,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         try:
             if image.mode in io.SIXTEEN_BIT_GREY_MODES:
                 _warn_if_low_16_bit(int(image.getextrema()[1]), source)
+            if note := io.transparency_note(image):
+                warnings.warn(f"{source}: {note}", InputWarning, stacklevel=4)
             image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
         except AssertionError:  # Pillow's only word for it
             raise DapError(f"{source}: the PIL image was closed before its pixels were read; call image.load() inside "
@@ -151,6 +153,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         got = f"shape {a.shape}" if np.ndim(image) else f"{type(image).__name__} {image!r:.40}"
         raise DapError(f"{source}: expected a path, a PIL image or one image array of shape (H, W), (H, W, 3) or "
                        f"(3, H, W), got {got}; pass batches as a list or a 4-D array")
+    if note := io.transparency_note(a):
+        warnings.warn(f"{source}: {note}", InputWarning, stacklevel=4)
     a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))
     if a.dtype in (np.uint8, np.uint16):
         if a.dtype == np.uint16:

@@ -542,13 +542,29 @@ def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.nda
     return np.ascontiguousarray(rgb, dtype=np.float32), notes
 
 
-def _transparent_share(img: Image.Image) -> float:
-    """The share of an image's pixels that its alpha (or palette transparency) makes mostly transparent."""
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
-    if "A" not in img.getbands():
-        return 0.0
-    return float(np.mean(np.asarray(img.getchannel("A")) < 128))
+TRANSPARENT_NOTE_SHARE = 0.01
+"""Images with more of their pixels mostly transparent get a note (files) or warning (arrays, PIL images)."""
+
+
+def transparency_note(image: Image.Image | np.ndarray) -> str | None:
+    """What to tell of an image whose alpha (or palette transparency) makes more than TRANSPARENT_NOTE_SHARE of its
+    pixels mostly transparent (alpha is dropped: they keep their stored colour), else None. A PIL image, or an
+    (H, W, 4) array whose dtype gives alpha's range (uint8 0-255, uint16 0-65535, float 0-1)."""
+    if isinstance(image, np.ndarray):
+        if image.ndim != 3 or image.shape[-1] != 4:
+            return None
+        half = 128 if image.dtype == np.uint8 else 32768 if image.dtype == np.uint16 else 0.5
+        share = float(np.mean(image[..., 3] < half))
+    else:
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")
+        if "A" not in image.getbands():
+            return None
+        share = float(np.mean(np.asarray(image.getchannel("A")) < 128))
+    if share <= TRANSPARENT_NOTE_SHARE:
+        return None
+    return (f"{share:.0%} of it is transparent; those pixels are read as the colour stored under the transparency "
+            "(often black), and get depth like any other. Fill them or crop them first")
 
 
 def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
@@ -577,9 +593,8 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         if (frames := int(getattr(img, "n_frames", 1))) > 1:
             notes.append(f"the file holds {frames} frames (an animation or a multi-page image); only the first is "
                          "predicted. Save the frames as separate images, or a video as .mp4, to predict them all")
-        if (share := _transparent_share(img)) > 0.01:  # alpha is dropped: those pixels keep their stored colour
-            notes.append(f"{share:.0%} of it is transparent; those pixels are read as the colour stored under the "
-                         "transparency (often black), and get depth like any other. Fill them or crop them first")
+        if note := transparency_note(img):
+            notes.append(note)
         if deep_colour:
             # cv2 keeps 16 bits (IMREAD_COLOR drops alpha). The orientation is applied here, as for 8 bits: cv2
             # would apply EXIF's but not XMP's.

@@ -273,3 +273,11 @@ def test_runs_in_float32_under_autocast():
     assert total.dtype == torch.float32
     for k, v in ref.items():  # bf16 matmuls/convs (Gram, Sobel) would be off by ~1e-2 relative
         assert float(terms[k]) == pytest.approx(float(v), rel=1e-5), k
+
+
+def test_dap_loss_refuses_settings_that_train_nothing():
+    """DapLoss(max_depth=inf) gave every depth term 0 and trained the range mask alone."""
+    with pytest.raises(ValueError, match="max_depth is a number of metres > 0, got inf"):
+        losses.DapLoss(max_depth=float("inf"))
+    with pytest.raises(ValueError, match="silog_lambda is SILog's variance weight, 0 to 1"):
+        losses.DapLoss(losses.LossConfig(silog_lambda=2.0))

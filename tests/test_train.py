@@ -473,11 +473,40 @@ def test_a_section_given_twice_is_refused(tmp_path):
     ("optim.min_lr_ratio=-2", "optim.min_lr_ratio is the final LR over the peak LR, 0 to 1, got -2"),
     ("optim.betas=[1.5, 0.999]", "optim.betas are Adam's two decay rates"),
     ("loss.w_silog=-5", "loss.w_silog is a loss term's weight"),
-    ("loss.df_normalise=centered", "loss.df_normalise must be one of centred, frobenius, gt_mean"),
+    ("loss.df_normalise=centered", "loss.df_normalise is one of centred, frobenius, gt_mean, got 'centered'"),
+    # each trained something else without a word (a term silently 0), crashed the process or failed at step 1
+    ("loss.max_depth=.inf", "loss.max_depth is a number of metres > 0, got inf"),
+    ("loss.silog_lambda=5", "loss.silog_lambda is SILog's variance weight, 0 to 1 (above 1 the term is 0), got 5.0"),
+    ("loss.min_depth_ratio=2", "loss.min_depth_ratio is the smallest depth over max_depth, between 0 and 1"),
+    ("loss.grad_edge_threshold=.nan", "loss.grad_edge_threshold is a Sobel magnitude of log depth, >= 0, got nan"),
+    ("loss.df_fov_deg=.nan", "loss.df_fov_deg is the distortion term's views' field of view"),  # was a segfault
+    ("loss.df_fov_deg=0", "loss.df_fov_deg is the distortion term's views' field of view"),
+    ("loss.df_view_size=-4", "loss.df_view_size is the views' size in pixels, 2 or more"),
+    ("loss.df_sample_mode=foo", "loss.df_sample_mode is bilinear or nearest, got 'foo'"),
+    ("loss.mask_pos_weight=-1", "loss.mask_pos_weight is the out-of-range class's weight, > 0"),
+    ("loss.mask_max_pos_weight=.nan", "loss.mask_max_pos_weight is the largest balanced class weight, > 0"),
+    ("loss={w_silog: 0, w_df: 0, w_grad: 0, w_normal: 0, w_pts: 0, w_mask: 0}",
+     "loss.w_silog ... w_mask, every loss weight, are 0, so nothing would train"),
 ])
 def test_config_values_are_checked_before_anything_runs(override, problem):
     with pytest.raises(ConfigError, match=re.escape(problem)):
         cfg_with(override)
+
+
+def test_amp_bf16_autocasts_on_the_cpu_too():
+    """amp: bf16 did nothing on a CPU (weights identical to amp: off), though asked for by name."""
+    from dap.train.loop import _autocast
+
+    cpu = torch.device("cpu")
+    for amp, on in (("bf16", True), ("auto", False), ("off", False)):
+        with _autocast(cpu, amp):
+            assert torch.is_autocast_enabled("cpu") == on, amp
+
+
+def test_amp_off_may_be_written_unquoted(tmp_path):
+    """YAML reads `amp: off` (as the docs write it) as false: it was refused as "expected a string, got False"."""
+    (tmp_path / "c.yaml").write_text("optim:\n  amp: off\n")
+    assert T.load_config(tmp_path / "c.yaml").optim.amp == "off"
 
 
 

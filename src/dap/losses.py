@@ -10,7 +10,7 @@ docs/losses.md.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -276,6 +276,10 @@ def mask_loss(
 
 
 # ------------------------------ total
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass
 class LossConfig:
     """Weights (the paper's λ) and every detail the paper does not report; see docs/losses.md."""
@@ -302,6 +306,47 @@ class LossConfig:
     mask_dice_weight: float = 0.5
     mask_eps: float = 1e-7
 
+    def check(self) -> None:
+        """A ValueError naming the first field whose value would train nothing, or something other than asked: a
+        term silently 0 (max_depth inf, silog_lambda above 1), NaN in the views' geometry (a crash of the process)."""
+        finite = _finite_number
+        rules = {
+            "max_depth": (finite(self.max_depth) and self.max_depth > 0, "a number of metres > 0"),
+            "min_depth_ratio": (finite(self.min_depth_ratio) and 0 < self.min_depth_ratio < 1,
+                                "the smallest depth over max_depth, between 0 and 1"),
+            "mask_threshold": (finite(self.mask_threshold) and 0 < self.mask_threshold <= self.max_depth,
+                               f"the range-mask threshold in metres, in (0, max_depth = {self.max_depth}]; the paper "
+                               "uses 10, 20, 50, 100"),
+            "silog_lambda": (finite(self.silog_lambda) and 0 <= self.silog_lambda <= 1,
+                             "SILog's variance weight, 0 to 1 (above 1 the term is 0)"),
+            "df_fov_deg": (finite(self.df_fov_deg) and 0 < self.df_fov_deg < 180,
+                           "the distortion term's views' field of view, above 0 and below 180 degrees"),
+            "df_view_size": (self.df_view_size is None or (isinstance(self.df_view_size, int)
+                                                           and not isinstance(self.df_view_size, bool)
+                                                           and self.df_view_size >= 2),
+                             "the views' size in pixels, 2 or more (or null: from the panorama's height)"),
+            "df_normalise": (self.df_normalise in DF_NORMALISE, f"one of {', '.join(DF_NORMALISE)}"),
+            "df_sample_mode": (self.df_sample_mode in ("bilinear", "nearest"), "bilinear or nearest"),
+            "df_min_valid_fraction": (finite(self.df_min_valid_fraction) and 0 <= self.df_min_valid_fraction <= 1,
+                                      "a share of a view's pixels, 0 to 1"),
+            "grad_edge_threshold": (finite(self.grad_edge_threshold) and self.grad_edge_threshold >= 0,
+                                    "a Sobel magnitude of log depth, >= 0"),
+            "mask_pos_weight": (self.mask_pos_weight is None or (finite(self.mask_pos_weight)
+                                                                 and self.mask_pos_weight > 0),
+                                "the out-of-range class's weight, > 0 (or null: balanced per batch)"),
+            "mask_max_pos_weight": (finite(self.mask_max_pos_weight) and self.mask_max_pos_weight > 0,
+                                    "the largest balanced class weight, > 0"),
+            "mask_dice_weight": (finite(self.mask_dice_weight) and self.mask_dice_weight >= 0, "a weight >= 0"),
+            "mask_eps": (finite(self.mask_eps) and 0 < self.mask_eps < 0.5, "a small number > 0, e.g. 1e-7"),
+        }
+        for field, weight in ((f.name, getattr(self, f.name)) for f in fields(self) if f.name.startswith("w_")):
+            rules[field] = (finite(weight) and weight >= 0, "a loss term's weight, a number >= 0 (0 = off)")
+        for field, (ok, what) in rules.items():
+            if not ok:
+                raise ValueError(f"{field} is {what}, got {getattr(self, field)!r}")
+        if not any(getattr(self, f.name) for f in fields(self) if f.name.startswith("w_")):
+            raise ValueError("w_silog ... w_mask, every loss weight, are 0, so nothing would train")
+
 
 class DapLoss(nn.Module):
     """Weighted sum of all DAP training terms."""
@@ -311,6 +356,7 @@ class DapLoss(nn.Module):
         base = asdict(config or LossConfig())
         base.update(overrides)
         self.config = LossConfig(**base)
+        self.config.check()
 
     def forward(
         self,

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from dap.errors import ConfigError
-from dap.losses import DF_NORMALISE, LossConfig
+from dap.losses import LossConfig
 
 RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
 
@@ -130,6 +130,8 @@ def _build(cls, data: Any, where: str):
             return float(data)  # YAML reads 5e-6 as a string
         except (TypeError, ValueError):
             pass
+    elif cls is str and isinstance(data, bool):
+        return "on" if data else "off"  # YAML 1.1 reads unquoted off/no as false: `amp: off`, as the docs write it
     elif origin is None and isinstance(data, cls) and not (cls is int and isinstance(data, bool)):
         return data
     kind = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping"}.get(
@@ -309,16 +311,9 @@ def _check_config(cfg: TrainConfig) -> None:
         raise ConfigError(f"optim.min_lr_ratio is the final LR over the peak LR, 0 to 1, got {cfg.optim.min_lr_ratio}")
     if not all(0 <= b < 1 for b in cfg.optim.betas):
         raise ConfigError(f"optim.betas are Adam's two decay rates, each in [0, 1), got {list(cfg.optim.betas)}")
-    weights = {f.name: getattr(cfg.loss, f.name) for f in dataclasses.fields(cfg.loss) if f.name.startswith("w_")}
-    for key, value in weights.items():
-        if not 0 <= value < math.inf:
-            raise ConfigError(f"loss.{key} is a loss term's weight, a number >= 0 (0 = off), got {value}")
-    if cfg.loss.df_normalise not in DF_NORMALISE:
-        raise ConfigError(f"loss.df_normalise must be one of {', '.join(DF_NORMALISE)}, got {cfg.loss.df_normalise!r}")
+    try:
+        cfg.loss.check()
+    except ValueError as e:
+        raise ConfigError(f"loss.{e}") from None
     if not 0 <= cfg.optim.ema_decay < 1:
         raise ConfigError(f"optim.ema_decay must be in [0, 1) (0 = off), got {cfg.optim.ema_decay}")
-    if not 0 < cfg.loss.mask_threshold <= cfg.loss.max_depth:
-        raise ConfigError(
-            f"loss.mask_threshold (range-mask threshold) must be in (0, {cfg.loss.max_depth}] m; the paper uses "
-            f"{', '.join(f'{t:g}' for t in RANGE_THRESHOLDS)}"
-        )

@@ -159,7 +159,8 @@ def _plain(v: Any) -> Any:
 
 
 def _autocast(device: torch.device, amp: str):
-    enabled = device.type == "cuda" and amp in ("auto", "bf16")  # bf16 autocast on GPU only
+    # auto: bf16 on GPUs only (on most CPUs bf16 is emulated and slower); bf16 asked for: wherever it runs
+    enabled = amp == "bf16" or (amp == "auto" and device.type == "cuda")
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 

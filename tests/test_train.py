@@ -413,6 +413,40 @@ def test_resume_survives_a_cut_off_metrics_line_and_stale_temporaries(tmp_path):
     assert sorted(read_losses(out)) == [1, 2, 3]
 
 
+def test_depth_at_another_size_than_an_rgb_at_the_training_size_is_resized():
+    """resize_sample returned early when the RGB alone was at the training size: the loss then failed on
+    (2, 1, 64, 128) against (2, 1, 32, 64)."""
+    s = {"rgb": torch.rand(3, 64, 128), "depth": torch.rand(1, 32, 64) + 1,
+         "valid": torch.ones(1, 32, 64, dtype=torch.bool), "out_of_range": torch.zeros(1, 32, 64, dtype=torch.bool)}
+    out = T.resize_sample(s, 64, 128)
+    assert {k: tuple(v.shape[-2:]) for k, v in out.items()} == {k: (64, 128) for k in s}
+    assert out["rgb"] is s["rgb"]  # at size: as it is
+
+
+def test_metrics_rows_are_json_with_null_for_missing_values(tmp_path):
+    """A NaN metric (mask IoU with nothing out of range) was written as a bare NaN, which is not JSON."""
+    from dap.train.checkpoints import append_metrics
+
+    append_metrics(tmp_path / "m.jsonl", 3, {"val/mask_iou": float("nan"), "loss/total": np.float64(0.5)})
+    line = (tmp_path / "m.jsonl").read_text()
+    assert "NaN" not in line and json.loads(line) == {"step": 3, "val/mask_iou": None, "loss/total": 0.5}
+
+
+def test_a_users_copy_in_checkpoints_is_neither_resumed_from_nor_pruned(tmp_path):
+    """step_backup.pt sorted as the newest: the run resumed from it and crashed at its next save (int('backup'));
+    step_2.pt sorted after step_00000004.pt, so the run went back to step 2."""
+    out = tmp_path / "run"
+    cfg = cfg_with("run.steps=5", "run.ckpt_every=1", "run.keep_last=2")
+    T.train(cfg, out, stop_at=4)
+    ckpts = out / "checkpoints"
+    (ckpts / "step_backup.pt").write_bytes((ckpts / "step_00000004.pt").read_bytes())
+    (ckpts / "step_00000003.pt").rename(ckpts / "step_3.pt")
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_3.pt", "step_00000004.pt"]
+    assert T.train(cfg, out, resume=True).step == 5
+    assert sorted(read_losses(out)) == [1, 2, 3, 4, 5]  # went on from step 4
+    assert (ckpts / "step_backup.pt").exists()
+
+
 def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, capsys):
     out = tmp_path / "run"
     T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out, stop_at=1)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +43,15 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
 
 
+CHECKPOINT_NAME = re.compile(r"step_(\d+)\.pt")
+
+
 def list_checkpoints(out: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in <out>/checkpoints, oldest first (temporary files start with '.')."""
-    return sorted((Path(out) / "checkpoints").glob("step_*.pt"))
+    """Complete checkpoints in <out>/checkpoints, by step, oldest first. Only names `dap train` writes count
+    (step_<digits>.pt; its temporaries start with '.'): a user's copy (step_backup.pt) is neither resumed from nor
+    pruned, and step_2.pt sorts before step_00000004.pt."""
+    found = [p for p in (Path(out) / "checkpoints").glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(p.name)]
+    return sorted(found, key=checkpoint_step)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -156,8 +163,11 @@ def prepare_run_folder(out: Path, config: dict, start: int) -> None:
 
 
 def append_metrics(path: Path, step: int, row: dict) -> None:
+    """One row of metrics.jsonl; a value that is not a finite number (a mask IoU with nothing out of range: NaN) is
+    null, as JSON has it (Python's NaN is not JSON: jq and JavaScript refuse the line)."""
+    row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in {"step": step, **row}.items()}
     with path.open("a") as f:
-        f.write(json.dumps({"step": step, **row}) + "\n")
+        f.write(json.dumps(row, allow_nan=False) + "\n")
 
 
 def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | tuple[None, None]:

@@ -133,10 +133,11 @@ def resize_sample(s: dict[str, torch.Tensor], height: int, width: int) -> dict[s
     """RGB by antialiased bilinear; depth and masks by nearest, so no depth is invented across edges (the
     resampling rules of dap.inference)."""
     size = (height, width)
-    if tuple(s["rgb"].shape[-2:]) == size:
+    if all(tuple(s[k].shape[-2:]) == size for k in ("rgb", "depth", "valid", "out_of_range")):
         return s
-    near = {k: resize_nearest(s[k], size) for k in ("depth", "valid", "out_of_range")}
-    return {"rgb": resize_image(s["rgb"], size).clamp(0, 1), **near}
+    near = {k: resize_nearest(s[k], size) for k in ("depth", "valid", "out_of_range")}  # each as it is if at size
+    rgb = s["rgb"] if tuple(s["rgb"].shape[-2:]) == size else resize_image(s["rgb"], size).clamp(0, 1)
+    return {"rgb": rgb, **near}
 
 
 def jitter_size(height: int, jitter: float, gen: torch.Generator) -> tuple[int, int]:

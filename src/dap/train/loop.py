@@ -198,7 +198,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
         hit = masked & known
         union = (hit | target).sum().item()
         row["mask_iou"] = (hit & target).sum().item() / union if union else float("nan")
-        row["mask_acc"] = ((hit == target) & known).sum().item() / max(1, known.sum().item())
+        n_known = known.sum().item()  # none: no accuracy to give (NaN, left out of the mean), not 0
+        row["mask_acc"] = ((hit == target) & known).sum().item() / n_known if n_known else float("nan")
         rows.append(row)
         if panel is None and d.main:
             panel = depth_panel(s["rgb"].permute(1, 2, 0).numpy(), torch.where(valid, gt, 0)[0].numpy(),

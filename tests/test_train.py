@@ -423,6 +423,20 @@ def test_depth_at_another_size_than_an_rgb_at_the_training_size_is_resized():
     assert out["rgb"] is s["rgb"]  # at size: as it is
 
 
+def test_a_diverged_run_ends_with_a_message_not_a_traceback(tmp_path, capsys):
+    """A NaN loss was an uncaught FloatingPointError whose advice, resume as it was, repeats the same NaN."""
+    from dap.cli import main
+
+    (tmp_path / "c.yaml").write_text("run: {steps: 6}\n")
+    argv = ["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r"), *(f"--set={o}" for o in BASE),
+            "--set=optim.lr_head=1e6", "--set=optim.lr_backbone=1e6", "--set=optim.grad_clip=0",
+            "--set=optim.warmup_steps=0"]
+    assert main(argv) == 2  # as every other refusal of a setting
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "dap train: error: loss is nan at step 1" in err
+    assert "then resume with the new settings (--resume --set ...)" in err
+
+
 def test_metrics_rows_are_json_with_null_for_missing_values(tmp_path):
     """A NaN metric (mask IoU with nothing out of range) was written as a bare NaN, which is not JSON."""
     from dap.train.checkpoints import append_metrics

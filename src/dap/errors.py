@@ -41,6 +41,10 @@ class ConfigError(DapError, ValueError):
     """A config file or a command-line value is invalid: unknown key, wrong type, bad YAML, value out of range."""
 
 
+class DivergedError(DapError, FloatingPointError):
+    """Training produced a loss that is not a finite number."""
+
+
 class PeerFailedError(DapError, RuntimeError):
     """Another process of a torchrun job failed (and printed its own error); this one stops without a traceback."""
 

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from dap.errors import CheckpointError, ConfigError
+from dap.errors import CheckpointError, ConfigError, DivergedError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.io import folder_lock
 from dap.losses import DapLoss
@@ -487,9 +487,11 @@ def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batc
     loss, terms = loss_fn(pred["depth"], pred["out_of_range_prob"], batch["depth"], batch["valid"],
                           batch["out_of_range"])
     if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"loss is {loss.item()} at step {step_idx} (terms: { {k: v.item() for k, v in terms.items()} }); "
-            "lower the learning rate or check the data; resume from the last checkpoint")
+        raise DivergedError(
+            f"loss is {loss.item()} at step {step_idx} (terms: { {k: round(v.item(), 6) for k, v in terms.items()} }). "
+            "Lower the learning rates (optim.lr_head, optim.lr_backbone) or set optim.grad_clip, or check the data, "
+            "then resume with the new settings (--resume --set ...): resuming with these would repeat the same "
+            "steps exactly")
     st.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip > 0:

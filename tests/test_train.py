@@ -518,6 +518,11 @@ def test_a_section_given_twice_is_refused(tmp_path):
     ("data.sources=[{kind: dataset, path: x, dataset: nosuch}]", "data.sources[0].dataset must be one of"),
     ("data.val=[{kind: bogus}]", "data.val[0].kind must be one of"),
     ("data.sources=[{kind: rooms, size: 0}]", "data.sources[0].size is the number of panoramas"),
+    ("data.sources=[{kind: rooms, seed: -5}]", "data.sources[0].seed is the first scene's seed, 0 or more, got -5"),
+    ("data.sources=[{kind: pseudo, path: x, label_stage: stage9}]",
+     "data.sources[0].label_stage is one of stage1, stage3, got 'stage9'"),
+    ("model.overrides={vit: 3}", "config model.overrides.vit: expected a mapping, got 3"),  # was an AttributeError
+    ("model.overrides={features: abc}", "config model.overrides.features: expected an integer, got 'abc'"),
     ("optim.min_lr_ratio=-2", "optim.min_lr_ratio is the final LR over the peak LR, 0 to 1, got -2"),
     ("optim.betas=[1.5, 0.999]", "optim.betas are Adam's two decay rates"),
     ("loss.w_silog=-5", "loss.w_silog is a loss term's weight"),

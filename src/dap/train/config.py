@@ -123,6 +123,8 @@ def _build(cls, data: Any, where: str):
         return _build(next(a for a in args if a is not type(None)), data, where)
     if origin is list and isinstance(data, list | None):
         return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data or [])]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(data, list | tuple):  # tuple[X, ...]
+        return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))
     if origin is tuple and isinstance(data, list | tuple) and len(data) == len(args):
         return tuple(_build(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, data, strict=True)))
     if cls is float and not isinstance(data, bool):
@@ -235,6 +237,7 @@ SOURCE_KINDS = ("shards", "folder", "dataset", "synthetic", "rooms", "pseudo")
 
 def check_source(src: SourceConfig, where: str) -> None:
     """One data source's settings, before any model is built or data read (`build_source` relies on them)."""
+    from dap.curation.manifest import STAGES
     from dap.data.datasets import DATASETS
 
     if src.kind not in SOURCE_KINDS:
@@ -243,9 +246,13 @@ def check_source(src: SourceConfig, where: str) -> None:
         if not src.size >= 1:
             raise ConfigError(f"{where}.size is the number of panoramas a {src.kind} source makes, at least 1, "
                               f"got {src.size}")
+        if src.seed < 0:
+            raise ConfigError(f"{where}.seed is the first scene's seed, 0 or more, got {src.seed}")
         return
     if not src.path:
         raise ConfigError(f"{where} (kind {src.kind}) needs a path")
+    if src.kind == "pseudo" and src.label_stage not in STAGES:
+        raise ConfigError(f"{where}.label_stage is one of {', '.join(STAGES)}, got {src.label_stage!r}")
     if src.kind == "dataset" and (src.dataset or "").lower() not in DATASETS:
         raise ConfigError(f"{where}.dataset must be one of {', '.join(DATASETS)} for kind dataset, got "
                           f"{src.dataset!r}")
@@ -268,6 +275,10 @@ def _check_config(cfg: TrainConfig) -> None:
         if unknown:
             raise ConfigError(f"model.overrides: unknown keys {unknown}; valid keys: "
                               f"{sorted(f.name for f in dataclasses.fields(DapConfig))}")
+    hints = typing.get_type_hints(DapConfig)
+    for key, value in cfg.model.overrides.items():  # types, as the sections' own values are checked
+        if key in hints:
+            _build(hints[key], value, f"model.overrides.{key}")
     positive = {"run.steps": cfg.run.steps, "data.batch_size": cfg.data.batch_size, "run.keep_last": cfg.run.keep_last}
     non_negative = {"data.num_workers": cfg.data.num_workers, "optim.lr_backbone": cfg.optim.lr_backbone,
                     "optim.lr_head": cfg.optim.lr_head, "optim.warmup_steps": cfg.optim.warmup_steps,

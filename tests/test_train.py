@@ -379,10 +379,11 @@ def test_fresh_run_into_an_existing_run_is_refused_and_changes_nothing(tmp_path)
     T.train(cfg, out)
     # a model trained from scratch works at the size it was trained at (it was saved with the paper's 512x1024)
     assert load_model(out / "final").cfg.default_resolution == (cfg.data.height, cfg.data.width)
-    # the run folder itself names its model; a checkpoint file says where the model is
+    # the run folder itself names its model; a checkpoint file is its model at that step (was refused, and the
+    # advice to start from a checkpoint with model.init did not work)
     assert load_model(out).state_dict().keys() == load_model(out / "final").state_dict().keys()
-    with pytest.raises(CheckpointError, match=r"looks like a `dap train` checkpoint: the run's model is .*run/final"):
-        load_model(out / "checkpoints" / "step_00000002.pt")
+    assert_same_weights(load_model(out / "checkpoints" / "step_00000002.pt").state_dict(),
+                        load_model(out / "final").state_dict())
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     with pytest.raises(T.RunExistsError, match="--resume"):
         T.train(cfg_with("run.steps=3", "optim.lr_head=5e-4"), out)
@@ -459,6 +460,31 @@ def test_a_users_copy_in_checkpoints_is_neither_resumed_from_nor_pruned(tmp_path
     assert T.train(cfg, out, resume=True).step == 5
     assert sorted(read_losses(out)) == [1, 2, 3, 4, 5]  # went on from step 4
     assert (ckpts / "step_backup.pt").exists()
+
+
+def test_a_stopped_run_is_a_model_its_checkpoints_too(tmp_path):
+    """A run stopped before its end (--stop-at, --time-limit) had no model to predict with or start from: its folder
+    and each checkpoint now load, with the EMA weights where the run keeps an EMA (what validation and final/ use)."""
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=4", "run.ckpt_every=1", "run.keep_last=2", "optim.ema_decay=0.9"), out, stop_at=3)
+    assert not (out / "final").exists()
+    model = load_model(out)
+    assert model.checkpoint_info == {"format": "dap train checkpoint", "source": str(out / "checkpoints" /
+                                     "step_00000003.pt"), "step": 3, "ema": True}
+    ckpt = torch.load(out / "checkpoints" / "step_00000003.pt", weights_only=True)
+    ema = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    assert_same_weights(model.state_dict(), ema)
+    assert not all(torch.equal(v, ckpt["model"][k]) for k, v in ema.items())  # the EMA, not the raw weights
+    started = T.train(cfg_with("run.steps=1", f"model.init={out / 'checkpoints' / 'step_00000002.pt'}"),
+                      tmp_path / "next")
+    assert started.finished
+    # a checkpoint of a run that began from a model, written before checkpoints recorded the architecture
+    del ckpt["model_config"]
+    ckpt["config"]["model"]["init"] = "gone/final"
+    torch.save(ckpt, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="from before checkpoints recorded their model's architecture, of a run "
+                                              "that started from gone/final"):
+        load_model(tmp_path / "old.pt")
 
 
 def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, capsys):

@@ -33,6 +33,11 @@ MODEL_CONFIGS: dict[str, DapConfig] = {
 def create_model(name: str, **overrides) -> DAP:
     """A randomly initialised DAP network. `overrides` replace DapConfig fields (e.g. token_adapter="plain");
     `vit={...}` replaces backbone fields."""
+    return DAP(model_config(name, **overrides))
+
+
+def model_config(name: str, **overrides) -> DapConfig:
+    """The DapConfig `create_model(name, **overrides)` builds."""
     if name not in MODEL_CONFIGS:
         from dap.models.registry import MODELS
 
@@ -41,7 +46,7 @@ def create_model(name: str, **overrides) -> DAP:
     cfg = MODEL_CONFIGS[name]
     if "vit" in overrides and isinstance(overrides["vit"], dict):
         overrides["vit"] = dataclasses.replace(cfg.vit, **overrides["vit"])
-    return DAP(dataclasses.replace(cfg, **overrides))
+    return dataclasses.replace(cfg, **overrides)
 
 
 def count_parameters(model: DAP) -> dict[str, int]:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import secrets
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,48 @@ def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
     return model
 
 
+def _training_checkpoint(path: Path) -> dict | None:
+    """The contents of a `dap train` checkpoint (checkpoints/step_*.pt), or None for another file. Mapped, not read:
+    only the model's tensors are touched."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:  # read before as a state dict: this cannot be a training checkpoint
+        return None
+    keys = ("version", "step", "model", "config")
+    return ckpt if isinstance(ckpt, dict) and all(k in ckpt for k in keys) else None
+
+
+def _load_training_checkpoint(path: Path, ckpt: dict) -> DAP:
+    """The network of a `dap train` checkpoint, with the weights validation and final/ use: the EMA's when the run
+    keeps one. Its architecture is the one the checkpoint records (older checkpoints: the run's config, when the
+    run started from scratch)."""
+    from dap.models import model_config
+
+    train_cfg = ckpt["config"].get("model", {}) if isinstance(ckpt["config"], dict) else {}
+    try:
+        if "model_config" in ckpt:
+            cfg = DapConfig.from_dict(ckpt["model_config"])
+        elif (train_cfg.get("init") or "scratch") == "scratch":
+            cfg = model_config(train_cfg.get("name", ""), **(train_cfg.get("overrides") or {}))
+        else:
+            raise CheckpointError(
+                f"{path} is a `dap train` checkpoint from before checkpoints recorded their model's architecture, "
+                f"of a run that started from {train_cfg.get('init')}: resume the run to its end (its final/ folder "
+                "is the model), or load that model")
+        with torch.device("meta"):
+            model = DAP(cfg)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"the model config recorded in {path} is not valid: {e}") from e
+    sd = ckpt["model"]
+    if isinstance(ckpt.get("ema"), dict):  # torch's AveragedModel: the network under "module.", plus a counter
+        sd = {k.removeprefix("module."): v for k, v in ckpt["ema"].items() if k.startswith("module.")}
+    load_state_dict_strict(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}, str(path))
+    check_finite(model, path)
+    model.checkpoint_info = {"format": "dap train checkpoint", "source": str(path), "step": int(ckpt["step"]),
+                             "ema": isinstance(ckpt.get("ema"), dict)}
+    return model
+
+
 def _load_official(path: Path) -> DAP:
     sd = read_official_checkpoint(path)
     if is_dinov3_state_dict(sd):
@@ -132,12 +175,11 @@ def _load_official(path: Path) -> DAP:
             "DAP model; train from it with model.init: <this file> (docs/training.md)"
         )
     if not is_official_state_dict(sd):
-        run = path.parent.parent if path.parent.name == "checkpoints" else None
-        hint = (f" It looks like a `dap train` checkpoint: the run's model is {run / 'final'} (written when the run "
-                "finishes)" if run is not None else "")
+        if (training := _training_checkpoint(path)) is not None:
+            return _load_training_checkpoint(path, training)
         raise CheckpointError(
             f"{path} is a state dict but not in the official DAP layout (no 'core.' keys). Our own checkpoints "
-            f"are directories with {WEIGHTS_FILE} and {CONFIG_FILE}.{hint}"
+            f"are directories with {WEIGHTS_FILE} and {CONFIG_FILE}, or `dap train` checkpoints (step_*.pt)."
         )
     sd = convert_official_state_dict(sd)
     with torch.device("meta"):
@@ -244,6 +286,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
             model = _load_ours(p)
         elif (p / "final" / CONFIG_FILE).exists() and (p / "checkpoints").is_dir():  # a `dap train` run: its model
             model = _load_ours(p / "final")
+        elif (p / "checkpoints").is_dir() and (p / "config.yaml").is_file():  # a run stopped before its end
+            from dap.train.checkpoints import list_checkpoints
+
+            if not (ckpts := list_checkpoints(p)):
+                raise CheckpointError(f"{p} is a `dap train` run without a model yet: no final/ and no checkpoint")
+            model = _load_official(ckpts[-1])  # the newest; the dispatch there recognises it
         else:
             pths = sorted(p.glob("*.pth"))
             if not pths:

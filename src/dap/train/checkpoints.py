@@ -181,7 +181,7 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
     if model_changes := [c for c in changes if c.startswith("model.")]:  # the others could be resumed with
         raise RunExistsError(
             f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(model_changes)}); resume "
-            "with the run's own config (<out>/config.yaml), or start a new --out with model.init=<checkpoint>")
+            f"with the run's own config (<out>/config.yaml), or start a new --out with model.init={existing[-1]}")
     if changes and d.main:
         print(f"dap train: resuming {out} with a changed config: {'; '.join(changes)}", file=sys.stderr)
     return existing[-1], ckpt

@@ -310,7 +310,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     start = int(ckpt["step"]) if ckpt else 0
     if start > run.steps:  # else it would report the run finished and write final/ from the later checkpoint
         raise ConfigError(f"run.steps {run.steps} is below step {start}, which {ckpt_path} reached; give run.steps "
-                          f"above it to continue this run, or start a new one from it with model.init={out}/final")
+                          f"above it to continue this run, or start a new one from it with model.init={ckpt_path}")
     barrier(d)  # every rank has checked the folder before rank 0 writes into it
 
     st = _build_state(cfg, d)
@@ -417,8 +417,8 @@ def _restore(st: _State, ckpt: dict, path: Path, cfg: TrainConfig, d: Dist) -> N
     if len(ckpt["optimizer"]["param_groups"]) != len(st.optimizer.param_groups):
         raise CheckpointError(f"{path} was trained with {len(ckpt['optimizer']['param_groups'])} parameter groups, "
                               f"this config makes {len(st.optimizer.param_groups)} (optim.freeze_backbone changed?); "
-                              "resume with the config it was made with, or start a new run from it with model.init="
-                              "<its run folder>/final")
+                              f"resume with the config it was made with, or start a new run from it with model.init="
+                              f"{path}")
     # The optimiser's and the schedule's states bring back the learning rates, weight decay and betas they were
     # made with; the config may have changed them (a finished run extended at another LR): its values win, and
     # this step's LR is the current schedule's. Unchanged, they are the same numbers, so resume stays exact.
@@ -454,6 +454,7 @@ def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
         "data": {"seed": cfg.run.seed, "step": step, "samples_seen": step * d.world * cfg.data.batch_size,
                  "world_size": d.world, "batch_size": cfg.data.batch_size},
         "config": cfg.to_dict(),
+        "model_config": st.model.cfg.to_dict(),  # what load_model builds the network from (model.init may be gone)
     }
 
 

@@ -493,8 +493,12 @@ def test_resume_refuses_a_different_model_and_reports_other_changes(tmp_path, ca
     with pytest.raises(T.RunExistsError, match="model.overrides") as e:
         T.train(cfg_with("run.steps=3", "model.overrides={max_depth: 50.0}"), out, resume=True)
     assert "run.steps" not in str(e.value)  # the refusal names what cannot be resumed, not every change
-    T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=5e-4"), out, resume=True)
-    assert "optim.lr_head: 0.001 -> 0.0005" in capsys.readouterr().err
+    # a setting of inference, not architecture, is changed like any other (it was refused as a model change)
+    result = T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=5e-4",
+                              "model.overrides={range_threshold: 0.7}"), out, resume=True)
+    err = capsys.readouterr().err
+    assert "optim.lr_head: 0.001 -> 0.0005" in err and "model.overrides.range_threshold: None -> 0.7" in err
+    assert result.model.cfg.range_threshold == 0.7 and load_model(out).cfg.range_threshold == 0.7
 
 
 def test_a_finished_run_extended_at_another_lr_trains_at_that_lr(tmp_path):

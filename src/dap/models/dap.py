@@ -82,6 +82,10 @@ class DapConfig:
         return cls(vit=vit, layers=tuple(d.pop("layers")), out_channels=tuple(d.pop("out_channels")), **d)
 
 
+# DapConfig fields that are not architecture: a fine-tuning run may set them on a loaded model, a resumed run change
+INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "latitude_scale", "range_min_region")
+
+
 class PlainTokenAdapter(nn.Module):
     """Patch tokens (B, h*w, C) -> feature maps (B, C, h, w)."""
 

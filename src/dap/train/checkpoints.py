@@ -19,6 +19,7 @@ import torch.distributed as dist
 import yaml
 
 from dap.errors import CheckpointError, RunExistsError
+from dap.models.dap import INFERENCE_SETTINGS
 from dap.train.distributed import Dist, barrier
 
 CHECKPOINT_VERSION = 1
@@ -178,7 +179,8 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
         return None, None
     ckpt = load_checkpoint(existing[-1], needs=RESUME_KEYS)
     changes = _config_changes(ckpt.get("config", {}), config)
-    if model_changes := [c for c in changes if c.startswith("model.")]:  # the others could be resumed with
+    settings = tuple(f"model.overrides.{k}:" for k in INFERENCE_SETTINGS)  # not architecture: the weights still fit
+    if model_changes := [c for c in changes if c.startswith("model.") and not c.startswith(settings)]:
         raise RunExistsError(
             f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(model_changes)}); resume "
             f"with the run's own config (<out>/config.yaml), or start a new --out with model.init={existing[-1]}")

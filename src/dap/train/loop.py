@@ -30,6 +30,7 @@ from dap.errors import CheckpointError, ConfigError, DivergedError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.io import folder_lock
 from dap.losses import DapLoss
+from dap.models.dap import INFERENCE_SETTINGS
 from dap.train.checkpoints import (
     _set_rng_state,
     append_metrics,
@@ -81,9 +82,6 @@ def ema_update(decay: float):
 
 
 # ======================================================================================== model
-# DapConfig fields that are not architecture: a fine-tuning run may set them on a loaded model
-INFERENCE_SETTINGS = ("default_resolution", "range_threshold", "depth_scale", "latitude_scale", "range_min_region")
-
 
 def build_model(cfg: TrainConfig, *, quiet: bool = False):
     """The network to train: random (seeded by run.seed) for init=scratch, the same with the backbone copied from

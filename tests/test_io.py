@@ -86,6 +86,31 @@ def test_atomic_write_body_that_writes_nothing_is_an_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_folder_lock_dies_with_its_process_not_with_its_forked_children(tmp_path):
+    """A DataLoader worker (forked) shared the lock of `dap train`: killed, the run's folder stayed "in use by dap
+    train (process N)", a dead process, until the orphaned worker noticed."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import os, sys, time\nfrom dap.io import folder_lock\nwith folder_lock(sys.argv[1], 'holder'):\n"
+            "    child = os.fork()\n    if child == 0:\n"
+            "        os.closerange(1, 3)  # the pipe: run() waits for its end\n"
+            "        time.sleep(60)\n        os._exit(0)\n"
+            "    print(child, flush=True)\n    os._exit(0)  # dies holding it, as a killed run; its child lives on\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    child = int(out.stdout)
+    try:
+        with io.folder_lock(tmp_path, "the next run"):  # was: "in use by holder (process N)"
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
+    with io.folder_lock(tmp_path, "holder"):  # in one process, a second holder is still refused
+        with pytest.raises(DapError, match="is in use by holder"):
+            with io.folder_lock(tmp_path, "another"):
+                pass
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

@@ -80,10 +80,28 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
         f.truncate()
         f.write(f"{what} (process {os.getpid()})")
         f.flush()
+        _HELD_LOCKS.add(f.fileno())
         try:
             yield
         finally:
+            _HELD_LOCKS.discard(f.fileno())
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# The lock files `folder_lock` holds in this process. A forked child (a DataLoader worker) shares each one's lock
+# until every copy of the descriptor is closed, so one left orphaned by a killed run kept the folder "in use" for
+# seconds; the child closes its copies at once (without unlocking: that would free the parent's lock too).
+_HELD_LOCKS: set[int] = set()
+
+
+def _forget_held_locks() -> None:
+    for fd in _HELD_LOCKS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_forget_held_locks)
 
 
 @contextlib.contextmanager

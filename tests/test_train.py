@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -445,6 +446,30 @@ def test_metrics_rows_are_json_with_null_for_missing_values(tmp_path):
     append_metrics(tmp_path / "m.jsonl", 3, {"val/mask_iou": float("nan"), "loss/total": np.float64(0.5)})
     line = (tmp_path / "m.jsonl").read_text()
     assert "NaN" not in line and json.loads(line) == {"step": 3, "val/mask_iou": None, "loss/total": 0.5}
+
+
+def test_a_run_redone_from_step_0_keeps_one_tensorboard_point_per_step(tmp_path):
+    """A run killed before its first checkpoint and resumed starts over; TensorBoard showed its first steps twice
+    (events were purged only after a checkpoint's step)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2"), out)
+    shutil.rmtree(out / "final")  # as if killed after step 2, before its first checkpoint
+    shutil.rmtree(out / "checkpoints")
+    T.train(cfg_with("run.steps=3"), out, resume=True)
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3]
+    # the redone run's events file says so (a session restart at step 1), as a resumed one's says its step: readers
+    # that do not infer it from steps going back (TensorBoard's --purge_orphaned_data false) rely on it
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.compat.proto.event_pb2 import SessionLog
+
+    newest = sorted((out / "tb").iterdir())[-1]
+    starts = [e.step for e in EventFileLoader(str(newest)).Load()
+              if e.HasField("session_log") and e.session_log.status == SessionLog.START]
+    assert starts == [1]
 
 
 def test_a_users_copy_in_checkpoints_is_neither_resumed_from_nor_pruned(tmp_path):

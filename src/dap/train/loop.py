@@ -514,7 +514,8 @@ class _RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             prepare_run_folder(out, cfg.to_dict(), start)
-            self.writer = SummaryWriter(str(out / "tb"), purge_step=start + 1 if start else None)
+            # events past the start are dropped, also those of a run killed before its first checkpoint (start 0)
+            self.writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
 
     def __call__(self, step: int, row: dict, panel: np.ndarray | None = None) -> None:
         if self.writer is None:

@@ -573,6 +573,8 @@ def test_a_section_given_twice_is_refused(tmp_path):
     ("data.sources=[{kind: dataset, path: x, dataset: nosuch}]", "data.sources[0].dataset must be one of"),
     ("data.val=[{kind: bogus}]", "data.val[0].kind must be one of"),
     ("data.sources=[{kind: rooms, size: 0}]", "data.sources[0].size is the number of panoramas"),
+    ("run.log_every=0", "run.log_every must be at least 1, got 0"),
+    ("run.image_every=-1", "run.image_every must be a number >= 0, got -1"),
     ("data.sources=[{kind: rooms, seed: -5}]", "data.sources[0].seed is the first scene's seed, 0 or more, got -5"),
     ("data.sources=[{kind: pseudo, path: x, label_stage: stage9}]",
      "data.sources[0].label_stage is one of stage1, stage3, got 'stage9'"),
@@ -609,6 +611,19 @@ def test_amp_bf16_autocasts_on_the_cpu_too():
     for amp, on in (("bf16", True), ("auto", False), ("off", False)):
         with _autocast(cpu, amp):
             assert torch.is_autocast_enabled("cpu") == on, amp
+
+
+def test_set_reaches_into_an_empty_mapping():
+    """--set model.overrides.vit.depth=4 was "no such config entry": only the whole mapping could be set."""
+    assert T.load_config(None, ["model.overrides.vit.depth=4"]).model.overrides == {"vit": {"depth": 4}}
+    with pytest.raises(ConfigError, match=r"config optim: unknown keys \['lr_heads'\]"):
+        T.load_config(None, ["optim.lr_heads.x=1"])
+
+
+def test_home_in_config_paths_is_expanded(monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = T.load_config(None, ["data.sources=[{kind: shards, path: ~/synth}]", "model.init=~/runs/a"])
+    assert cfg.data.sources[0].path == f"{tmp_path}/synth" and cfg.model.init == f"{tmp_path}/runs/a"
 
 
 def test_amp_off_may_be_written_unquoted(tmp_path):

@@ -153,6 +153,8 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
     node: Any = d
     try:
         for k in keys[:-1]:
+            if isinstance(node, dict) and k not in node:  # model.overrides.vit.depth=4 into an empty mapping; a
+                node[k] = {}  # misspelt section is still refused, by name, when the config is built
             node = node[int(k)] if isinstance(node, list) else node[k]
         if isinstance(node, list):
             node[int(keys[-1])] = value
@@ -223,6 +225,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     apply_overrides(full, overrides, "optim.lr_head=1e-4")
     try:
         cfg = _build(TrainConfig, full, "")
+        # "~/data" in a YAML file or a quoted --set is no shell's to expand
+        for src in (*cfg.data.sources, *cfg.data.val):
+            src.path = os.path.expanduser(src.path) if src.path else src.path
+        if cfg.model.init:
+            cfg.model.init = os.path.expanduser(cfg.model.init)
         _check_config(cfg)
     except ConfigError as e:
         where = config_source(path, overrides)
@@ -279,11 +286,12 @@ def _check_config(cfg: TrainConfig) -> None:
     for key, value in cfg.model.overrides.items():  # types, as the sections' own values are checked
         if key in hints:
             _build(hints[key], value, f"model.overrides.{key}")
-    positive = {"run.steps": cfg.run.steps, "data.batch_size": cfg.data.batch_size, "run.keep_last": cfg.run.keep_last}
+    positive = {"run.steps": cfg.run.steps, "data.batch_size": cfg.data.batch_size, "run.keep_last": cfg.run.keep_last,
+                "run.log_every": cfg.run.log_every}  # 0 meant every step, not never
     non_negative = {"data.num_workers": cfg.data.num_workers, "optim.lr_backbone": cfg.optim.lr_backbone,
                     "optim.lr_head": cfg.optim.lr_head, "optim.warmup_steps": cfg.optim.warmup_steps,
                     "optim.weight_decay": cfg.optim.weight_decay, "optim.grad_clip": cfg.optim.grad_clip,
-                    "run.log_every": cfg.run.log_every, "run.val_every": cfg.run.val_every,
+                    "run.image_every": cfg.run.image_every, "run.val_every": cfg.run.val_every,
                     "run.ckpt_every": cfg.run.ckpt_every, "data.val_samples": cfg.data.val_samples,
                     **{f"data.sources[{i}].ratio": s.ratio for i, s in enumerate(cfg.data.sources)}}
     for key, value in positive.items():

@@ -336,7 +336,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
         n_log += 1
         bar.update(1)
 
-        if step % max(1, run.log_every) == 0 or step == run.steps:
+        if step % run.log_every == 0 or step == run.steps:
             row = reduce_mean({"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
                                "grad_norm": float(grad_norm)}, d)
             now = time.monotonic()

@@ -200,7 +200,7 @@ CORPUS = {
     "config set without =": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "lr"], 2,
                              ["--set", "key=value"]),
     "config set unknown entry": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "run.x.y=1"], 2,
-                                 ["--set run.x.y", "no such config entry"]),
+                                 ["--set run.x.y", "config run: unknown keys ['x']"]),
     "config set bad yaml": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "run.steps=[1"], 2,
                             ["--set", "not valid YAML"]),
     "config set unknown key": (["train", "--config", "{d}/steps0.yaml", "--out", "{out}", "--set", "optim.lr=1"], 2,

@@ -1174,7 +1174,7 @@ def test_input_range_and_layout_follow_the_dtype():
     # (4, 8, 4) have one reading
     tiny = u8[:2, :4]
     np.testing.assert_array_equal(to_rgb(tiny.transpose(2, 0, 1)), to_rgb(tiny))
-    assert to_rgb(np.zeros((4, 8, 4), np.uint8)).shape == (4, 8, 3)
+    assert to_rgb(np.full((4, 8, 4), 255, np.uint8)).shape == (4, 8, 3)
     grey = Image.fromarray(u8[..., 0]).convert("LA").convert("La")  # premultiplied alpha: Pillow's RGB needs LA
     np.testing.assert_array_equal(to_rgb(grey), to_rgb(u8[..., 0]))
 

@@ -1164,7 +1164,7 @@ def test_input_range_and_layout_follow_the_dtype():
     want = u8.astype(np.float32) / 255
     same = [u8, torch.from_numpy(u8).permute(2, 0, 1), torch.from_numpy(u8), want, torch.from_numpy(want),
             torch.from_numpy(want).permute(2, 0, 1), torch.from_numpy(want).half().permute(2, 0, 1),
-            u8.astype(np.uint16) * 257, np.concatenate([u8, np.full_like(u8[..., :1], 7)], axis=-1)]
+            u8.astype(np.uint16) * 257, np.concatenate([u8, np.full_like(u8[..., :1], 255)], axis=-1)]
     for image in same:
         np.testing.assert_allclose(to_rgb(image), want, atol=1e-3)
     np.testing.assert_array_equal(to_rgb(u8[..., 0]), np.repeat(want[..., :1], 3, axis=-1))  # grey

@@ -1212,6 +1212,8 @@ def test_a_float32_image_is_used_without_a_copy(tiny_model):
     (np.zeros((32, 64, 3), np.int32), "pixels of type int32 are not supported; pass uint8"),
     (np.zeros((32, 64, 2), np.uint8), r"one image array of shape .* got shape \(32, 64, 2\)"),
     (np.zeros((2, 32, 64, 3, 1), np.uint8), "expected a path, a PIL image or one image array of shape"),
+    ([np.zeros((2, 32, 64, 3), np.uint8)], r"batch image 0: .* got shape \(2, 32, 64, 3\); a list of batches: pass one "
+                                           "list of images, or one 4-D array"),
     (None, "got NoneType None"),
     ({"rgb": 1}, "got dict {'rgb': 1}"),
     (b"\xff\xd8\xff\xe0", r"got 4 bytes of a file, not an image; pass its path, or decode it first"),

@@ -151,8 +151,10 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         a = np.moveaxis(a, 0, -1)  # CHW, as torch readers return; (3, 2, 4) is both: the 2:1 reading wins
     if a.ndim != 3 or a.shape[-1] not in (1, 3, 4) or a.size == 0:
         got = f"shape {a.shape}" if np.ndim(image) else f"{type(image).__name__} {image!r:.40}"
+        batches = ("a list of batches: pass one list of images, or one 4-D array" if a.ndim == 4
+                   and source.startswith("batch") else "pass batches as a list or a 4-D array")
         raise DapError(f"{source}: expected a path, a PIL image or one image array of shape (H, W), (H, W, 3) or "
-                       f"(3, H, W), got {got}; pass batches as a list or a 4-D array")
+                       f"(3, H, W), got {got}; {batches}")
     if note := io.transparency_note(a):
         warnings.warn(f"{source}: {note}", InputWarning, stacklevel=4)
     a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))

@@ -1192,6 +1192,25 @@ def test_8_bit_values_in_16_bits_get_a_warning_at_the_callers_line(tiny_model):
         to_rgb(u8.astype(np.uint16) * 257)
 
 
+def test_input_warnings_point_at_the_callers_line(tiny_model, tmp_path):
+    """Each warning had a fixed depth: a file's note pointed into inference.py, to_rgb called directly one frame
+    past the caller."""
+    rgba = np.concatenate([(_pano(32, 64) * 255).astype(np.uint8), np.zeros((32, 64, 1), np.uint8)], axis=-1)
+    Image.fromarray(rgba).save(tmp_path / "hole.png")
+    holes = _pano(32, 64)
+    holes[0, 0] = np.nan
+    calls = [lambda: predict(tmp_path / "hole.png", tiny_model, resolution=(32, 64)),
+             lambda: to_rgb(tmp_path / "hole.png"), lambda: to_rgb(rgba), lambda: to_rgb(holes),
+             lambda: predict([holes], tiny_model, resolution=(32, 64)),
+             lambda: predict(np.full((32, 64, 3), 0.5, np.float32), tiny_model, resolution=(32, 64))]  # blank
+    for call in calls:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", InputWarning)
+            call()
+        assert caught and {Path(w.filename).name for w in caught if w.category is InputWarning} == \
+            {"test_inference.py"}, [(w.filename, str(w.message)) for w in caught]
+
+
 def test_a_float32_image_is_used_without_a_copy(tiny_model):
     """What dap.io decodes (float32, (H, W, 3)) goes through as it is: a 16K panorama is 1.6 GB a copy."""
     from dap.inference import to_rgb

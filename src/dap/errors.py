@@ -1,6 +1,7 @@
 """Exceptions and warnings users can catch. Every message says what is wrong and what to do about it."""
 
 import contextlib
+import sys
 import warnings
 from collections.abc import Iterator
 
@@ -52,6 +53,15 @@ class PeerFailedError(DapError, RuntimeError):
 class InputWarning(UserWarning):
     """An input that can be processed but whose result is doubtful (NaN pixels, a panorama a few pixels across).
     `dap predict` reports each one with the file it came from."""
+
+
+def warn_input(message: str) -> None:
+    """An `InputWarning` pointing at the caller's line: the first frame outside dap and torch (its decorators), however
+    deep in the library the input was judged (`dap.predict`, `to_rgb` called directly, a batch)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(("dap.", "torch.")):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, InputWarning, stacklevel=level)
 
 
 @contextlib.contextmanager

@@ -14,7 +14,6 @@ import math
 import numbers
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +25,10 @@ import torch
 from dap.errors import (
     DapError,
     DepthUnitError,
-    InputWarning,
     NoValidDepthError,
     UnreadableFileError,
     collect_input_warnings,
+    warn_input,
 )
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -625,7 +624,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
             write_rgb(out / "panels" / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
     for text, names in input_warnings.items():
         which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"
-        warnings.warn(f"{which}: {text}", InputWarning, stacklevel=2)
+        warn_input(f"{which}: {text}")
     summary = {
         "config": {
             **asdict(cfg),

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from dap import geometry
-from dap.errors import DapError, InputWarning, NotPanoramaError
+from dap.errors import DapError, NotPanoramaError, warn_input
 
 if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
     from dap.io import PhotoSphere
@@ -76,7 +76,7 @@ class Prediction:
         kinds = [outputs] if isinstance(outputs, str) else list(outputs)
         paths = output_paths(Path(stem).parent, Path(stem).name, kinds)
         for note in write_outputs(self, paths, point_stride=point_stride):
-            warnings.warn(f"{Path(stem).name}: {note}", InputWarning, stacklevel=2)
+            warn_input(f"{Path(stem).name}: {note}")
         return list(paths.values())
 
 
@@ -128,14 +128,14 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     if isinstance(image, (str, os.PathLike)):
         rgb, notes = io.read_rgb_notes(image)
         for note in notes:
-            warnings.warn(f"{Path(image).name}: {note}", InputWarning, stacklevel=2)
+            warn_input(f"{Path(image).name}: {note}")
         return rgb
     if isinstance(image, Image.Image):
         try:
             if image.mode in io.SIXTEEN_BIT_GREY_MODES:
                 _warn_if_low_16_bit(int(image.getextrema()[1]), source)
             if note := io.transparency_note(image):
-                warnings.warn(f"{source}: {note}", InputWarning, stacklevel=4)
+                warn_input(f"{source}: {note}")
             image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
         except AssertionError:  # Pillow's only word for it
             raise DapError(f"{source}: the PIL image was closed before its pixels were read; call image.load() inside "
@@ -156,7 +156,7 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         raise DapError(f"{source}: expected a path, a PIL image or one image array of shape (H, W), (H, W, 3) or "
                        f"(3, H, W), got {got}; {batches}")
     if note := io.transparency_note(a):
-        warnings.warn(f"{source}: {note}", InputWarning, stacklevel=4)
+        warn_input(f"{source}: {note}")
     a = a[..., :3] if a.shape[-1] != 1 else np.broadcast_to(a, (*a.shape[:2], 3))
     if a.dtype in (np.uint8, np.uint16):
         if a.dtype == np.uint16:
@@ -173,8 +173,7 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     a, nonfinite = io.unit_floats(a, source, "divide 0-255 images by 255 (or pass them as uint8), expose linear "
                                   "HDR radiance with dap.io.tonemap_hdr, or clip them to [0, 1]")
     if nonfinite:
-        warnings.warn(f"{source}: {io.nonfinite_note(nonfinite)}", InputWarning,
-                      stacklevel=4)  # past predict and torch's decorator: the caller's line
+        warn_input(f"{source}: {io.nonfinite_note(nonfinite)}")
     return a
 
 
@@ -183,8 +182,7 @@ def _warn_if_low_16_bit(peak: int, source: str) -> None:
     from dap import io
 
     if note := io.low_16_bit_note(peak):
-        warnings.warn(f"{source}: {note}, or pass uint8", InputWarning,
-                      stacklevel=5)  # past to_rgb, predict and torch's decorator: the caller's line
+        warn_input(f"{source}: {note}, or pass uint8")
 
 
 def _split_batch(images) -> tuple[list, bool]:
@@ -743,25 +741,22 @@ def predict(
             geometry.check_erp_shape(*rgb.shape[:2], what=which)
             if rgb.shape[0] * MAX_UPSAMPLING <= resolution[0]:
                 # sizes as width x height, as image sizes are given everywhere (--resolution alone takes HxW)
-                warnings.warn(f"{which} is only {rgb.shape[1]}x{rgb.shape[0]} pixels (width x height), enlarged "
-                              f"{resolution[0] / rgb.shape[0]:.0f}x to the working resolution's "
-                              f"{resolution[1]}x{resolution[0]}: its depth holds no more detail than the input. Use a "
-                              "larger panorama.", InputWarning, stacklevel=3)  # 3: past torch's decorator
+                warn_input(f"{which} is only {rgb.shape[1]}x{rgb.shape[0]} pixels (width x height), enlarged "
+                           f"{resolution[0] / rgb.shape[0]:.0f}x to the working resolution's "
+                           f"{resolution[1]}x{resolution[0]}: its depth holds no more detail than the input. Use a "
+                           "larger panorama.")
             if geometry.looks_dual_fisheye(rgb):
-                warnings.warn(f"{which} looks like an unstitched "
-                              "dual-fisheye image (two discs on black), not an equirectangular panorama, so its depth "
-                              "means nothing. Stitch it first: the camera's app or software exports equirectangular "
-                              "images.", InputWarning, stacklevel=3)
+                warn_input(f"{which} looks like an unstitched dual-fisheye image (two discs on black), not an "
+                           "equirectangular panorama, so its depth means nothing. Stitch it first: the camera's app or "
+                           "software exports equirectangular images.")
             if looks_blank(rgb):
-                warnings.warn(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that "
-                              "it is the image you meant (a black video frame or a failed export?)", InputWarning,
-                              stacklevel=3)
+                warn_input(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that it "
+                           "is the image you meant (a black video frame or a failed export?)")
             tilt = geometry.level_rotation(rgb) if level else None
             if not level and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
-                warnings.warn(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical "
-                              "edges lean); the network was trained on level panoramas. Level it: --level "
-                              "(predict(..., level=True)) or the camera app's horizon levelling.", InputWarning,
-                              stacklevel=3)
+                warn_input(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical edges "
+                           "lean); the network was trained on level panoramas. Level it: --level "
+                           "(predict(..., level=True)) or the camera app's horizon levelling.")
             net_input = rgb if tilt is None else _levelled_input(rgb, tilt, resolution)
             out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
             mask_at = model.cfg.range_threshold if threshold is None else threshold

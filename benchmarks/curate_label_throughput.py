@@ -14,7 +14,6 @@ import json
 import os
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,12 +23,6 @@ from pathlib import Path
 from dap.cli import parse_network_size, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], threads: int) -> tuple[float, float]:
@@ -91,12 +84,12 @@ def measure(files: list[Path], work: Path, model: str, resolution: str, batch_si
                                "npy", "--resolution", resolution, "--checkpoint", model], 2),
         ("label, 1 rank, no TTA", [py, "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
                                    "--workers", "1", "--no-tta"], 2),
-        ("label, 2 ranks, no TTA", [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-                                    "PORT", "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
+        ("label, 2 ranks, no TTA", [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                    "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
                                     "--workers", "1", "--no-tta"], 1),
         ("label, 1 rank, TTA", [py, "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
                                 "--workers", "1"], 2),
-        ("label, 2 ranks, TTA", [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "PORT",
+        ("label, 2 ranks, TTA", [py, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                  "-m", "dap.cli", "curate", "label", "--pool", str(work / "pool"), *common,
                                  "--workers", "1"], 1),
     ]
@@ -104,7 +97,6 @@ def measure(files: list[Path], work: Path, model: str, resolution: str, batch_si
     for name, cmd, threads in variants:
         shutil.rmtree(work / "pool/labels", ignore_errors=True)
         shutil.rmtree(work / "pred", ignore_errors=True)
-        cmd = [str(_port()) if c == "PORT" else c for c in cmd]
         wall, rss = _run(cmd, threads)
         pps = n / wall
         base = base or pps

@@ -9,7 +9,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -463,12 +462,6 @@ def test_killed_labeling_resumes_to_the_same_manifest(tmp_path, tiny_checkpoint)
         assert np.array_equal(ours[k]["depth"], ref[k]["depth"]) and np.array_equal(ours[k]["prob"], ref[k]["prob"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
 
     from dap.curation.label import rank_rows
@@ -481,7 +474,7 @@ def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
     assert not set(parts[0]) & set(parts[1]) and sorted(parts[0] + parts[1]) == list(range(6))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     label_pool(one, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), batch_size=1), progress=False)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dap.cli", *_label_cmd(two, tiny_checkpoint)[3:]]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -504,7 +497,7 @@ def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
     disc = D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval()
     D.save_discriminator(disc, tmp_path / "disc")
     assert score_pool(one, disc, progress=False) == 5
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "dap.cli", "curate", "score", "--pool", str(two), "--discriminator", str(tmp_path / "disc")]
     out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

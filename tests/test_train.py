@@ -326,8 +326,8 @@ def test_torchrun_cli_two_processes(tmp_path):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port",
-           str(_free_port()), "-m", "dap.train", "--config", str(ROOT / "configs/tiny_cpu.yaml"),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dap.train",
+           "--config", str(ROOT / "configs/tiny_cpu.yaml"),
            "--out", str(tmp_path / "run"), "--set", "data.sources.0.kind=rooms", "--set", "data.val.0.kind=rooms",
            "--set", "data.val.0.seed=99", *(x for o in BASE[:4] for x in ("--set", o)),
            "--set", "run.steps=2", "--set", "run.val_every=2", "--set", "data.val_samples=2"]

@@ -91,6 +91,8 @@ def pool_job(pool: Path, what: str, device: str) -> Iterator:
     try:
         with folder_lock(pool, what) if d.main else contextlib.nullcontext():
             yield d
+        if d.world > 1:  # every rank done (rank 0 wrote the manifest) before any tears gloo down, as dap train does
+            dist.barrier()
     finally:
         if d.initialised_here:
             dist.destroy_process_group()

@@ -640,6 +640,23 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path, capsys):
                  "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 0
     for f in frames:
         np.testing.assert_allclose(io.read_depth(out / f"{f}.npy"), whole[f], rtol=1e-6)
+    # a second video that starts with black frames: their records held the first video's average, which a resumed
+    # run handed on to the second video's first real frame (its depth about 2x off)
+    second = tmp_path / "second.avi"
+    writer = cv2.VideoWriter(str(second), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    for i in range(4):
+        writer.write(np.zeros((32, 64, 3), np.uint8) if i < 2 else (_pano(32, 64, 10 + i) * 0.3 * 255).astype(np.uint8))
+    writer.release()
+    both = tmp_path / "both"
+    argv = ["predict", str(path), str(second), "--out", str(both), "--checkpoint", str(checkpoint), "--resolution",
+            "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]
+    assert main(argv) == 0
+    whole = {f.name: np.load(f) for f in both.glob("second_*.npy")}
+    for name in ("second_000002.npy", "second_000003.npy"):
+        (both / name).unlink()
+    assert main(argv) == 0
+    for name, depth in whole.items():
+        np.testing.assert_array_equal(np.load(both / name), depth, err_msg=name)
     # the video changed since: its frames' outputs are refused in one line and a count, not a line per frame
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     capsys.readouterr()

@@ -1172,6 +1172,11 @@ class ScaleSmoother:
             self.log_median = (1 - self.alpha) * current + self.alpha * self.log_median
         pred.depth[ok] *= np.float32(np.exp(self.log_median - current))
 
+    def state(self, video: str) -> float | None:
+        """What to record with a frame of `video` for `restore`: the average so far, or None before this video's
+        first frame that counts (a blank intro: the state still holds the previous video's average)."""
+        return self.log_median if video == self.video else None
+
     def restore(self, video: str, log_median: float | None) -> None:
         """Continue from the state recorded after a frame of `video` that is not predicted again (a resumed run);
         None (a blank frame, or a record from before states were kept) leaves the state as it is."""

@@ -219,7 +219,7 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
                         tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             smooth(pred, item.video)
             if item.video and args.smooth_scale:  # what a resumed run needs to smooth the next frames the same way
-                record = (record[0], {**record[1], "smooth_log_median": smooth.log_median})
+                record = (record[0], {**record[1], "smooth_log_median": smooth.state(item.video)})
             writer.put((seq, item, pred, paths, record))
     finally:
         writer.close()

@@ -260,8 +260,9 @@ def _name_hint(spec: str) -> str:
 def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> DAP:
     """Load a DAP model in eval mode from a registered name (`dap models`, e.g. "dap-vitl"; fetched and converted
     on first use), our checkpoint directory, its config/weights file, an official `model.pth`, a `dap train` run
-    folder or one of its checkpoints (checkpoints/step_*.pt), or `hf:<repo>` (online only). Names win over paths: write `./dap-vitl` for a folder of that name. `device`: as for
-    `dap.predict` (None: CUDA, else MPS, else the CPU)."""
+    folder or one of its checkpoints (checkpoints/step_*.pt), or `hf:<repo>` (online only). Names win over paths:
+    write `./dap-vitl` for a folder of that name. `device`: as for `dap.predict` (None: CUDA, else MPS, else the
+    CPU)."""
     from dap.inference import select_device
     from dap.models import registry
 

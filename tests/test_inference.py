@@ -667,6 +667,23 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path, capsys):
     assert f"error: {path}: also 2 later frame(s), for the same reason" in err
 
 
+def test_overwrite_with_a_shorter_video_removes_the_old_later_frames(checkpoint, tmp_path, capsys):
+    """They stayed, with their records: the folder read as one sequence mixing two videos, and reruns skipped them."""
+    import cv2
+
+    path, out = tmp_path / "clip.avi", tmp_path / "out"
+    for count in (4, 2):
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+        for i in range(count):
+            writer.write((_pano(32, 64, count + i) * 255).astype(np.uint8))
+        writer.release()
+        assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
+                     "32x64", "--outputs", "npy,cubemap", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{p}clip_{i:06d}{s}" for i in range(2) for p, s in (
+        (".", ".dap.json"), ("", ".npy"), ("", ".cube")))
+    assert "clip.avi: removed the outputs of 2 frame(s) past its end (from frame 2)" in capsys.readouterr().err
+
+
 def test_a_video_without_frames_fails(checkpoint, tmp_path, capsys):
     import cv2
 

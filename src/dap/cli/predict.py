@@ -6,6 +6,7 @@ import argparse
 import os
 import queue
 import re
+import shutil
 import sys
 import threading
 import time
@@ -269,10 +270,13 @@ def _decoded(items, args, kinds, settings, failures, counts):
             refused[item.video] = 0
         failures.append((seq, item.source, reason))
 
+    frames: dict[str, tuple[str, int]] = {}  # video -> (its frames' name stem, frames listed)
     seq = -1
     for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
         failures.extend((seq, *f) for f in video_failures)
         video_failures.clear()
+        if item.video:
+            frames[item.video] = (item.name[:-len("_000000")], frames.get(item.video, ("", 0))[1] + 1)
         # Names are distinct by construction except for video frames (<video>_000001) against an image of
         # that name: the later input fails rather than overwrite the earlier one's outputs.
         if item.name in sources:
@@ -342,6 +346,28 @@ def _decoded(items, args, kinds, settings, failures, counts):
     failures.extend((seq + 1, *f) for f in video_failures)
     failures.extend((seq + 1, video, f"also {n} later frame(s), for the same reason")
                     for video, n in refused.items() if n)
+    if args.overwrite:  # a video replaced by a shorter one: the old one's later frames would pass for its own
+        from tqdm import tqdm
+
+        failed = {source for _, source, _ in failures}
+        for video, (stem, count) in frames.items():
+            if video not in failed and (removed := _remove_frames_past_the_end(args.out, video, stem, count)):
+                tqdm.write(f"dap predict: note: {video}: removed the outputs of {removed} frame(s) past its end "
+                           f"(from frame {count}), left by an earlier, longer version of it", file=sys.stderr)
+
+
+def _remove_frames_past_the_end(out: Path, video: str, stem: str, count: int) -> int:
+    """Delete the outputs and records of frames `count`, `count + 1`, ... of `video` in `out`: those an earlier run
+    recorded as made from that video path. Returns how many frames'."""
+    n = count
+    while (recorded := read_record(record := record_path(out, f"{stem}_{n:06d}"))) is not None and \
+            recorded.get("input", {}).get("file") == os.path.abspath(video):
+        kinds = [k for k in recorded.get("outputs", []) if k in OUTPUT_KINDS]
+        for path in output_paths(out, f"{stem}_{n:06d}", kinds).values():
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        record.unlink()
+        n += 1
+    return n - count
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:

@@ -1007,6 +1007,33 @@ def test_out_folder_equal_to_input_folder_skips_our_outputs(checkpoint, tmp_path
     assert "ignoring" not in printed.err  # our outputs, records and temporaries are not "other files"
     assert _predict_cli([str(src / "*.png")], src, checkpoint, *outputs) == 0  # globs too
     assert "skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+    # a cubemap's folder and its faces are ours too: '*' and '**' took them as inputs (6 faces failed, not 2:1)
+    assert _predict_cli([src], src, checkpoint, "--outputs", "cubemap") == 0
+    for pattern in ("*", "**"):
+        capsys.readouterr()
+        assert _predict_cli([str(src / pattern)], src, checkpoint, "--outputs", "cubemap") == 0, pattern
+        assert "predicted 0 panorama(s); skipped 1 with existing outputs; 0 failed" in capsys.readouterr().out
+    # an --out inside the input folder is no sub-folder to search
+    assert _predict_cli([src], src / "depth", checkpoint, "--outputs", "npy") == 0
+    assert "not searching" not in capsys.readouterr().err
+
+
+def test_links_to_one_file_and_link_loops_give_each_file_once(checkpoint, tmp_path, capsys):
+    """'dir/**' over a folder holding a link to itself predicted one image 81 times, ~40 folders deep; a video the
+    pattern matched was also listed as "ignored, not an image" from its folder's listing."""
+    import cv2
+
+    src = tmp_path / "sl"
+    io.write_rgb(src / "real" / "p.png", _pano(32, 64))
+    (src / "real" / "loop").symlink_to(".")
+    (src / "linkdir").symlink_to("real")
+    writer = cv2.VideoWriter(str(src / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (64, 32))
+    writer.write((_pano(32, 64, 1) * 255).astype(np.uint8))
+    writer.release()
+    capsys.readouterr()
+    assert _predict_cli([str(src / "**")], tmp_path / "out", checkpoint, "--outputs", "npy") == 0
+    printed = capsys.readouterr()
+    assert "predicted 2 panorama(s)" in printed.out and "ignoring" not in printed.err
 
 
 def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpoint, tmp_path, capsys):

@@ -896,7 +896,10 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     for spec in inputs:
         if _is_pattern(spec):
             found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # ** at any depth, as in shells
-            found = [p for p in found if p.is_dir() or p.suffix.lower() in io.VIDEO_SUFFIXES or _listable(p)]
+            # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
+            found = [p for p in found if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
+                     and ((p.is_dir() and not _ours_or_hidden(p)) or p.suffix.lower() in io.VIDEO_SUFFIXES
+                          or _listable(p))]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
                 raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}")
@@ -924,10 +927,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                     raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}{inside}")
             else:
                 images = [path]
-            for image in images:
-                paths.setdefault(os.path.abspath(image), image)
+            for image in images:  # by the file reached: links to one file, a link loop that ** follows: once
+                paths.setdefault(os.path.realpath(image), image)
     files = list(paths.values())
-    ignored = [p for p in ignored if not (p.is_dir() and os.path.abspath(p) in listed_dirs)]
+    kept = {os.path.abspath(p) for p in files}  # a video '**' matched itself, beside its folder's listing
+    ignored = [p for p in ignored if not (p.is_dir() and os.path.abspath(p) in listed_dirs)
+               and os.path.abspath(p) not in kept]
     if not files:  # only folders without images matched
         raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in what {', '.join(inputs)} matched")
     items = []

@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     if args.smooth_scale and not any(i.video for i in items):
         print("dap predict: note: --smooth-scale smooths over a video's frames; no input is a video, so it does "
               "nothing", file=sys.stderr)
-    subs = [p for p in ignored if p.is_dir()]
+    out = os.path.realpath(args.out)  # an --out inside an input folder holds our outputs: not one to search
+    subs = [p for p in ignored if p.is_dir() and os.path.realpath(p) != out]
     ignored = [p for p in ignored if not p.is_dir()]
     if subs:
         shown = ", ".join(p.name for p in subs[:5]) + (f" and {len(subs) - 5} more" if len(subs) > 5 else "")

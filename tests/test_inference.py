@@ -4,6 +4,7 @@ import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -662,9 +663,19 @@ def test_video_input_frames_are_predicted(checkpoint, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", str(path), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
                  "32x64", "--outputs", "npy", "--smooth-scale", "0.8"]) == 2
-    err = capsys.readouterr().err
+    printed = capsys.readouterr()
+    err = printed.err
     assert err.count("error:") == 2 and f"error: {path} frame 0: {out} already holds outputs named clip_000000" in err
     assert f"error: {path}: also 2 later frame(s), for the same reason" in err
+    assert "; 3 failed." in printed.out  # frames, not message lines (was 2)
+    # a name too long for the file system fails the video once too, not once a frame
+    long = tmp_path / ("v" * 240 + ".avi")
+    shutil.copy(path, long)
+    assert main(["predict", str(long), "--out", str(tmp_path / "long"), "--checkpoint", str(checkpoint),
+                 "--resolution", "32x64", "--outputs", "npy"]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.count("error:") == 2 and "also 2 later frame(s), for the same reason" in printed.err
+    assert "; 3 failed." in printed.out
 
 
 def test_overwrite_with_a_shorter_video_removes_the_old_later_frames(checkpoint, tmp_path, capsys):

@@ -231,8 +231,9 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
     elapsed = time.perf_counter() - start
     done, skipped = counts["done"], counts["skipped"]
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
+    failed = len(failures) - counts.get("fold_lines", 0) + counts.get("folded", 0)  # inputs and frames, not lines
     print(f"predicted {done} panorama(s){per}; skipped {skipped} with existing outputs; "
-          f"{len(failures)} failed. Outputs ({', '.join(kinds)}) in {args.out}")
+          f"{failed} failed. Outputs ({', '.join(kinds)}) in {args.out}")
     for _, source, reason in sorted(failures, key=lambda f: f[0]):
         reason = " ".join(reason.split())
         print(f"dap predict: error: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
@@ -259,16 +260,16 @@ def _decoded(items, args, kinds, settings, failures, counts):
     sources: dict[str, str] = {}  # output name -> input that has it this run
     inputs = {os.path.abspath(i.video or i.source) for i in items}  # no output may replace an input, --overwrite or not
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
-    refused: dict[str, int] = {}  # video -> later frames whose outputs were refused as its first frame's were
+    later: dict[tuple[str, str], int] = {}  # (video, kind of failure) -> its later frames that failed so too
 
-    def refuse(seq: int, item, reason: str) -> None:
-        """An input whose existing outputs stand in the way; a video's later frames are counted, not listed (a
-        30 s clip would give 900 lines)."""
-        if item.video in refused:
-            refused[item.video] += 1
+    def fail(seq: int, item, reason: str, kind: str) -> None:
+        """An input that fails before it is decoded; a video's later frames failing the same way (`kind`) are
+        counted, not listed (a 30 s clip would give 900 lines)."""
+        if (item.video, kind) in later:
+            later[item.video, kind] += 1
             return
         if item.video:
-            refused[item.video] = 0
+            later[item.video, kind] = 0
         failures.append((seq, item.source, reason))
 
     frames: dict[str, tuple[str, int]] = {}  # video -> (its frames' name stem, frames listed)
@@ -281,8 +282,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
         # Names are distinct by construction except for video frames (<video>_000001) against an image of
         # that name: the later input fails rather than overwrite the earlier one's outputs.
         if item.name in sources:
-            failures.append((seq, item.source, f"its output name {item.name!r} is taken by {sources[item.name]}; "
-                                               "rename one of them or predict them into different --out folders"))
+            fail(seq, item, f"its output name {item.name!r} is taken by {sources[item.name]}; rename one of them or "
+                            "predict them into different --out folders", "taken")
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
@@ -290,36 +291,35 @@ def _decoded(items, args, kinds, settings, failures, counts):
         if clash:  # an HDR panorama pano.exr predicted into its own folder with --outputs exr; x.png beside x.mask.png
             which = ("the input itself" if os.path.abspath(paths[clash]) == os.path.abspath(item.source)
                      else f"the input {paths[clash]}")
-            failures.append((seq, item.source, f"its {clash} output would overwrite {which}; predict into another "
-                                               "--out, or leave that output out"))
+            fail(seq, item, f"its {clash} output would overwrite {which}; predict into another --out, or leave that "
+                            "output out", "clash")
             continue
         record = record_path(args.out, item.name)
         unwritable = name_too_long([*paths.values(), record]) or blocked_folder([*paths.values(), record])
         if unwritable:  # an input's problem, found before decoding it; a write error would end the whole run
-            failures.append((seq, item.source, unwritable))
+            fail(seq, item, unwritable, "unwritable")
             continue
         try:
             expected = {"input": input_identity(item.video or item.source),
                         "settings": settings if item.video else {**settings, "smooth_scale": 0.0}}
         except OSError as e:  # gone or unreadable since the inputs were listed
-            failures.append((seq, item.source, f"cannot read {item.source}: {_why_unreadable(item.source, e)}"))
+            fail(seq, item, f"cannot read {item.source}: {_why_unreadable(item.source, e)}", "unreadable")
             continue
         recorded = None if args.overwrite else read_record(record)
         if recorded is not None:
             conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
-                refuse(seq, item, f"{args.out} already holds outputs named {item.name}, made "
-                                  f"differently: {conflict}. Pass --overwrite to replace them, or "
-                                  "predict into another --out")
+                fail(seq, item, f"{args.out} already holds outputs named {item.name}, made differently: {conflict}. "
+                                "Pass --overwrite to replace them, or predict into another --out", "made otherwise")
                 continue
             listed = set(recorded.get("outputs", paths))  # a record without the list: taken as listing these
             # an output kind the record does not list, already on disk: not made by the run the record describes
             # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
             unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
             if unlisted is not None:
-                refuse(seq, item, f"{unlisted} already exists but is not among the outputs recorded "
-                                  f"in {record.name} (another run made it, or not dap predict); pass "
-                                  "--overwrite to replace it, or predict into another --out")
+                fail(seq, item, f"{unlisted} already exists but is not among the outputs recorded in {record.name} "
+                                "(another run made it, or not dap predict); pass --overwrite to replace it, or predict "
+                                "into another --out", "unlisted")
                 continue
             if recorded.get("complete", True) and outputs_complete(paths):
                 counts["skipped"] += 1
@@ -330,9 +330,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
             expected = {**expected, "outputs": sorted(listed - paths.keys())}
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
-            refuse(seq, item, f"{foreign} already exists and was not written by dap predict (no "
-                              f"{record.name} beside it); pass --overwrite to replace it, or predict "
-                              "into another --out")
+            fail(seq, item, f"{foreign} already exists and was not written by dap predict (no {record.name} beside "
+                            "it); pass --overwrite to replace it, or predict into another --out", "foreign")
             continue
         try:
             rgb, notes = item.load()
@@ -346,7 +345,9 @@ def _decoded(items, args, kinds, settings, failures, counts):
         yield seq, item, paths, (record, expected), rgb, top, notes
     failures.extend((seq + 1, *f) for f in video_failures)
     failures.extend((seq + 1, video, f"also {n} later frame(s), for the same reason")
-                    for video, n in refused.items() if n)
+                    for (video, _), n in later.items() if n)
+    counts["folded"] = sum(later.values())  # frames counted in those lines
+    counts["fold_lines"] = sum(1 for n in later.values() if n)
     if args.overwrite:  # a video replaced by a shorter one: the old one's later frames would pass for its own
         from tqdm import tqdm
 

@@ -490,6 +490,14 @@ def test_text_file_named_png_raises(tmp_path):
         io.read_rgb(tmp_path / "fake.png")
 
 
+def test_a_broken_link_says_where_it_points(tmp_path):
+    """A dangling link to a video said only "no such file" (images listed from a folder said where it points)."""
+    (tmp_path / "dead.mp4").symlink_to("/nowhere/x.mp4")
+    with pytest.raises(UnreadableFileError, match=r"dead.mp4: no such file \(a symbolic link to /nowhere/x.mp4, which "
+                                                  "does not exist"):
+        list(io.iter_video_frames(tmp_path / "dead.mp4"))
+
+
 def test_missing_file_names_the_path(tmp_path):
     missing = tmp_path / "nowhere" / "pano.jpg"
     with pytest.raises(UnreadableFileError) as err:

@@ -18,7 +18,6 @@ Outputs, at the input's full resolution:
 from __future__ import annotations
 
 import copy
-import errno
 import functools
 import hashlib
 import json
@@ -856,22 +855,9 @@ def _is_pattern(spec: str) -> bool:
     return any(c in spec for c in "*?[") and not os.path.lexists(spec)
 
 
-def dangling_link(path: str | os.PathLike) -> str | None:
-    """"a symbolic link to <target>, which does not exist" (or "..., a loop of links") when `path` is one whose
-    target cannot be reached; else None."""
-    if os.path.islink(path) and not os.path.exists(path):
-        try:
-            os.stat(path)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                return f"a symbolic link to {os.readlink(path)}, which leads back to itself (a loop of links)"
-        return f"a symbolic link to {os.readlink(path)}, which does not exist"
-    return None
-
-
 def _why_missing(spec: str) -> str | None:
     """What a path that does not exist most likely is, in words, where we can tell."""
-    from dap.io import missing_file_hint
+    from dap.io import dangling_link, missing_file_hint
 
     return missing_file_hint(spec) or dangling_link(spec)
 

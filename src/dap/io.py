@@ -280,10 +280,23 @@ def missing_file_hint(spec: str) -> str | None:
     return None
 
 
+def dangling_link(path: str | os.PathLike) -> str | None:
+    """"a symbolic link to <target>, which does not exist" (or "..., a loop of links") when `path` is one whose
+    target cannot be reached; else None."""
+    if os.path.islink(path) and not os.path.exists(path):
+        try:
+            os.stat(path)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                return f"a symbolic link to {os.readlink(path)}, which leads back to itself (a loop of links)"
+        return f"a symbolic link to {os.readlink(path)}, which does not exist"
+    return None
+
+
 def _check_file(path: PathLike) -> Path:
     spec, path = os.fspath(path), Path(path)
     if not path.exists():
-        hint = missing_file_hint(spec) if isinstance(spec, str) else None
+        hint = (missing_file_hint(spec) if isinstance(spec, str) else None) or dangling_link(spec)
         # named as given: Path() would fold the // of a URL
         raise _unreadable(os.fsdecode(spec), f"no such file ({hint})" if hint else "no such file")
     if not path.is_file():

@@ -25,7 +25,6 @@ from dap.inference import (
     check_onnx_precision,
     check_output_kinds,
     check_seam_pad,
-    dangling_link,
     expand_inputs,
     input_identity,
     iter_frames,
@@ -244,6 +243,8 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
 
 def _why_unreadable(source: str, error: OSError) -> str:
     """The reason an input that was listed cannot be read, saying what to do where we can tell."""
+    from dap.io import dangling_link
+
     dangling = dangling_link(source)
     if dangling:
         return f"it is {dangling}. Fix the link or remove it, or pass the files to predict instead of the folder"

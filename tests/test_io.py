@@ -490,6 +490,21 @@ def test_text_file_named_png_raises(tmp_path):
         io.read_rgb(tmp_path / "fake.png")
 
 
+def test_a_video_named_as_an_image_says_so(tmp_path):
+    """An MP4 without an extension or an AVI named .jpg got Pillow's "cannot identify image file"."""
+    writer = cv2.VideoWriter(str(tmp_path / "clip.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 5, (W, H))
+    writer.write(np.zeros((H, W, 3), np.uint8))
+    writer.release()
+    for name in ("clip", "clip.jpg"):
+        (tmp_path / name).write_bytes((tmp_path / "clip.avi").read_bytes())
+        with pytest.raises(UnreadableFileError, match=rf"{name}: it is a video \(by its contents\), named as something "
+                                                      r"else; give it its video extension \(.mp4"):
+            io.read_rgb(tmp_path / name)
+    (tmp_path / "text.jpg").write_text("not a video either")
+    with pytest.raises(UnreadableFileError, match="text.jpg: cannot identify image file"):
+        io.read_rgb(tmp_path / "text.jpg")
+
+
 def test_a_broken_link_says_where_it_points(tmp_path):
     """A dangling link to a video said only "no such file" (images listed from a folder said where it points)."""
     (tmp_path / "dead.mp4").symlink_to("/nowhere/x.mp4")

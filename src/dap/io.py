@@ -257,10 +257,26 @@ def unsupported_format(path: PathLike) -> str | None:
     return UNSUPPORTED_FORMATS.get(Path(path).suffix.lower())
 
 
+def _holds_video(path: PathLike) -> bool:
+    """Whether a file's first bytes are those of a video container: MP4/MOV (an ISO box 'ftyp' of a video brand;
+    HEIF/AVIF images share the box), AVI, Matroska/WebM."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+    return (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
+
+
 def _unreadable(path: Path, reason: object) -> UnreadableFileError:
     known = unsupported_format(path)
     if known:
         return UnreadableFileError(f"cannot read {path}: it is {known}.")
+    if Path(path).suffix.lower() not in VIDEO_SUFFIXES and _holds_video(path):
+        return UnreadableFileError(f"cannot read {path}: it is a video (by its contents), named as something else; "
+                                   f"give it its video extension ({', '.join(VIDEO_SUFFIXES)}) to predict its frames.")
     return UnreadableFileError(
         f"cannot read {path}: {str(reason).rstrip('.')}. Check that the path is right and the file is complete and "
         "in a supported format (re-download or re-export it if it was cut short)."

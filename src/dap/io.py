@@ -260,6 +260,8 @@ def unsupported_format(path: PathLike) -> str | None:
 def _holds_video(path: PathLike) -> bool:
     """Whether a file's first bytes are those of a video container: MP4/MOV (an ISO box 'ftyp' of a video brand;
     HEIF/AVIF images share the box), AVI, Matroska/WebM."""
+    if not os.path.isfile(path):  # a FIFO would block the open until a writer came
+        return False
     try:
         with open(path, "rb") as f:
             head = f.read(12)

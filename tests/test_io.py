@@ -111,6 +111,42 @@ def test_a_folder_lock_dies_with_its_process_not_with_its_forked_children(tmp_pa
                 pass
 
 
+def test_atomic_folder_leaves_the_old_folder_or_the_new_one(tmp_path):
+    """dap convert and the discriminator's save removed (or renamed away) the old folder before moving the new one
+    in: a kill between left neither; their temporaries (8 random characters) were never cleaned up."""
+    out = tmp_path / "m"
+    with io.atomic_folder(out) as tmp:
+        (tmp / "a").write_text("1")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (out / "a").read_text() == "1"
+    with pytest.raises(RuntimeError), io.atomic_folder(out) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("killed")
+    assert [p.name for p in tmp_path.iterdir()] == ["m"] and (out / "a").read_text() == "1"
+    # killed between the two renames: the earlier folder waits as a backup; the next call puts it back first
+    out.rename(tmp_path / ".m.0123456789ab.old")
+    (tmp_path / ".m.fedcba987654.tmp").mkdir()  # and the half-written new one, a temporary like any other
+    assert io.TEMPORARY_NAME.fullmatch(".m.fedcba987654.tmp")
+    with pytest.raises(RuntimeError), io.atomic_folder(out) as tmp:
+        assert (out / "a").read_text() == "1"
+        raise RuntimeError("killed again")
+    assert (out / "a").read_text() == "1" and not list(tmp_path.glob("*.old"))
+
+
+def test_a_refused_run_removes_no_temporary_of_the_run_it_is_refused_by(tmp_path, monkeypatch):
+    """The commands removed stale temporaries of their output folder before taking its lock: a run paused (or slow)
+    for over a minute lost the file it was writing to the run refused beside it, and then failed."""
+    tmp = tmp_path / ".p.ply.0123456789ab.tmp.ply"
+    with io.folder_lock(tmp_path, "dap predict"):
+        tmp.write_bytes(b"half")
+        os.utime(tmp, (1, 1))  # old: "stale" by age
+        with pytest.raises(DapError, match="in use by dap predict"):
+            with io.folder_lock(tmp_path, "a second dap predict"):
+                pass
+        assert tmp.exists()
+    with io.folder_lock(tmp_path, "the next dap predict"):  # held: the killed run's leftovers go
+        assert not tmp.exists()
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import glob
 import math
 import numbers
 import os
@@ -61,7 +62,9 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     """Hold `folder` for this process while the block runs; another process asking for it meanwhile gets a
     DapError naming `what` holds it. Two runs writing one output folder at once (two `dap train --out run`, two
     ingests into one pool) would mix or lose each other's files. The lock is a file in the system's temporary
-    folder, named by the folder's real path, so nothing is left in the user's folder; it guards one machine."""
+    folder, named by the folder's real path, so nothing is left in the user's folder; it guards one machine.
+    Once held, the temporaries killed runs left under the folder are removed (`remove_temporaries`, those older than
+    STALE_AFTER_S: a command that takes no lock may be writing a younger one); a refused run touches nothing."""
     import fcntl
     import hashlib
     import tempfile
@@ -81,6 +84,8 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
         f.write(f"{what} (process {os.getpid()})")
         f.flush()
         _HELD_LOCKS.add(f.fileno())
+        if os.path.isdir(folder):
+            remove_temporaries(folder, older_than_s=STALE_AFTER_S)
         try:
             yield
         finally:
@@ -140,6 +145,37 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
         raise
 
+
+@contextlib.contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Yield a new empty folder beside `path` to fill; on success it replaces `path` (a folder, or nothing). Killed at
+    any point, it leaves the earlier folder or the new one, never a mix and never neither: between the two renames
+    the earlier one waits under a backup name (".<name>.<12 hex>.old"), which the next call for `path` puts back if
+    `path` is missing; the temporary is one `remove_temporaries` removes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backups = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.old")
+               if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.old", p.name)]
+    if backups and not path.exists():  # killed between the renames: the earlier folder is the one there was
+        max(backups, key=lambda p: p.stat().st_mtime).rename(path)
+    for stale in (p for p in backups if p.exists()):  # killed after them
+        shutil.rmtree(stale, ignore_errors=True)
+    token = uuid.uuid4().hex[:12]
+    tmp, backup = temporary_path(path, token), path.with_name(f".{path.name}.{token}.old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            path.rename(backup)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+STALE_AFTER_S = 60
+"""Temporaries younger than this may belong to a run still writing them (one that takes no folder lock)."""
 
 # atomic_write's temporaries (".<name>.<12 hex>.tmp[.suffix]") and predict's cubemap folders (".<name>.cube.tmp")
 TEMPORARY_NAME = re.compile(r"\..+\.([0-9a-f]{12}\.tmp(\.[^.]*)?|cube\.tmp)")

@@ -14,6 +14,7 @@ import importlib
 import os
 import re
 import select
+import shutil
 import signal
 import sys
 import threading
@@ -200,7 +201,6 @@ OUTPUTS: dict[str, tuple[str, str]] = {
     "predict": ("out", "dir"), "eval": ("out", "dir"), "synth": ("out", "dir"), "train": ("out", "dir"),
     "convert": ("out", "dir"), "export": ("out", "file"),
 }
-STALE_AFTER_S = 60  # younger temporaries may belong to a run still writing into the same folder
 
 
 def check_output(path: Path, kind: str, option: str = "--out") -> None:
@@ -230,13 +230,6 @@ def check_output(path: Path, kind: str, option: str = "--out") -> None:
         raise ConfigError(f"{what}: no write permission in {existing}; choose another {option}")
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Remove the temporaries a killed run left under `folder` (only stale ones: see STALE_AFTER_S)."""
-    from dap.io import remove_temporaries
-
-    return remove_temporaries(folder, older_than_s=STALE_AFTER_S)
-
-
 def _prepare_outputs(args: argparse.Namespace) -> None:
     option, kind = OUTPUTS.get(args.command, (None, None))
     if option is None:
@@ -244,14 +237,14 @@ def _prepare_outputs(args: argparse.Namespace) -> None:
     value = getattr(args, option, None)
     path = Path(value) if value else Path("runs")  # dap train's default is runs/<config name>
     check_output(path, kind, "OUT" if args.command == "convert" else "--" + option)  # convert: a positional
-    if kind == "dir" and path.is_dir():
-        remove_stale_temporaries(path)
-    elif kind == "file" and path.parent.is_dir():
-        from dap.io import TEMPORARY_NAME
+    # The output folders of predict, eval, synth and train are cleaned of killed runs' temporaries by the run that
+    # holds them (`dap.io.folder_lock`); an ONNX file and a converted model are written beside their place.
+    if args.command in ("export", "convert") and path.parent.is_dir():
+        from dap.io import STALE_AFTER_S, TEMPORARY_NAME
 
         for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp*"):
-            if TEMPORARY_NAME.fullmatch(tmp.name) and time.time() - tmp.stat().st_mtime > STALE_AFTER_S:
-                tmp.unlink(missing_ok=True)
+            if TEMPORARY_NAME.fullmatch(tmp.name) and time.time() - tmp.lstat().st_mtime > STALE_AFTER_S:
+                shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def _os_error(e: OSError, args: argparse.Namespace) -> str:

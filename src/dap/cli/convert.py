@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 from dap.errors import DapError
@@ -37,20 +35,12 @@ def run(args: argparse.Namespace) -> int:
         raise DapError(f"{out} exists and is not a model folder of ours ({CONFIG_FILE} saying \"format\": \"dap\", "
                        f"and {WEIGHTS_FILE}): choose a new output folder")
     model = load_model(args.checkpoint)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written in a folder beside the output, then renamed into place: an interrupted conversion leaves either the
-    # earlier folder or the new one, never new weights beside an old config.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    old = out.with_name(f"{tmp.name}.old")
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    from dap.io import atomic_folder
+
+    # An interrupted conversion leaves either the earlier folder or the new one, never new weights beside an old
+    # config.
+    with atomic_folder(out) as tmp:
         save_model(model, tmp, training={"converted_from": str(args.checkpoint)})
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     print(f"wrote {out}/{WEIGHTS_FILE} and {CONFIG_FILE} ({model.cfg.name}, "
           f"{count_parameters(model)['total'] / 1e6:.1f}M parameters)")
     return 0

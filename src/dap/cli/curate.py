@@ -15,7 +15,6 @@ from dap.cli import (
     parse_network_size,
     positive_float,
     positive_int,
-    remove_stale_temporaries,
     share,
 )
 from dap.errors import DapError
@@ -139,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
     elif not manifest_path(folder).is_file():
         raise DapError(f"{folder} is not a curation pool (no manifest.parquet); create one with "
                        f"`dap curate ingest SOURCES --pool {folder}`")
-    if folder.is_dir():
-        remove_stale_temporaries(folder)
     if cmd == "ingest":
         from dap.curation.ingest import IngestOptions, ingest
 

@@ -156,23 +156,14 @@ def score_inputs(model: DepthDiscriminator, x: torch.Tensor, batch_size: int = 1
 
 def save_discriminator(model: DepthDiscriminator, path: str | os.PathLike, metrics: dict | None = None) -> Path:
     """A folder with model.safetensors and config.json (config + training metrics), written atomically."""
-    import shutil
-    import uuid
-
     from safetensors.torch import save_file
 
+    from dap.io import atomic_folder
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_folder(path) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
         (tmp / "config.json").write_text(json.dumps({"config": asdict(model.cfg), "metrics": metrics or {}}, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -753,6 +753,14 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     rows = read_manifest(work / "pool")
     assert all(np.isfinite(r["disc_score"]) for r in rows) and any(r["selected"] for r in rows)
     assert {r["stage"] for r in rows} == {"scored", "selected"}
+    from dap.io import folder_lock
+
+    before = (work / "state.json").read_bytes()
+    with folder_lock(work, "dap curate run (process 12345)"):  # a second run refused: it held no lock of its own
+        capsys.readouterr()
+        assert main(["curate", "run", "--config", str(config), "--work", str(work)]) == 2
+        assert "work is in use by dap curate run (process 12345)" in capsys.readouterr().err
+    assert (work / "state.json").read_bytes() == before
     assert main(["curate", "run", "--config", str(config), "--work", str(work)]) == 0
     resumed = json.loads((work / "state.json").read_text())
     assert list(resumed["done"]) == ["ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final"]

@@ -293,7 +293,15 @@ class Pipeline:
     def run(self, stop_after: str | None = None) -> dict:
         if stop_after is not None and stop_after not in STEPS:
             raise DapError(f"--stop-after must be one of {', '.join(STEPS)}, got {stop_after!r}")
+        from dap.io import folder_lock
+
         self.work.mkdir(parents=True, exist_ok=True)
+        # one run in a work folder: a second would redo the steps that hold no lock of their own (the
+        # discriminator, the selection) under the first one's feet, and both write state.json
+        with folder_lock(self.work, "dap curate run"):
+            return self._run(stop_after)
+
+    def _run(self, stop_after: str | None) -> dict:
         state = self.state()
         config = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})
         # A rerun may change what steps not yet done use, not what made the steps done (they would be kept silently)

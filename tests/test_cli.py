@@ -451,8 +451,10 @@ def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     assert not list(out.glob(".*.tmp*")) and not list(out.glob("shard-*.tar"))
 
 
-def test_ctrl_c_to_the_process_group_of_synth_workers_says_one_line_and_cleans_up(tmp_path):
-    # a terminal's Ctrl-C reaches the workers too: only the parent speaks, and their shards in progress are removed
+@pytest.mark.parametrize("signum, code, says", [(2, 130, "interrupted"), (15, 143, "terminated")])
+def test_a_signal_to_the_process_group_of_synth_workers_says_one_line_and_cleans_up(tmp_path, signum, code, says):
+    # a terminal's Ctrl-C (SIGINT), `timeout`, Slurm and systemd (SIGTERM) reach the workers too: only the parent
+    # speaks, and their shards in progress are removed
     import signal
 
     out = tmp_path / "s"
@@ -465,10 +467,37 @@ def test_ctrl_c_to_the_process_group_of_synth_workers_says_one_line_and_cleans_u
     deadline = time.monotonic() + 120
     while len(list(out.glob(".shard-*.tmp.tar"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # until both workers are writing their shard
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and err.strip() == "dap synth: interrupted", err
+    assert proc.returncode == code and err.strip() == f"dap synth: {says}", err
     assert not list(out.glob(".*.tmp*")) and not list(out.glob("shard-*.tar"))
+
+
+def test_sigterm_to_the_process_group_of_a_labeling_with_workers_says_one_line(tmp_path):
+    """`timeout` and Slurm signal the whole group: a DataLoader worker died of it first and the labeling failed with
+    "DataLoader worker ... is killed by signal: Terminated" and tracebacks (sometimes exit 1)."""
+    import signal
+
+    from dap.curation.manifest import read_manifest
+
+    src = tmp_path / "src"
+    for i in range(60):
+        io.write_rgb(src / f"p{i:02d}.png", np.random.default_rng(i).random((64, 128, 3), dtype=np.float32))
+    assert main(["curate", "ingest", str(src), "--pool", str(tmp_path / "pool"), "--max-tilt", "90", "--min-width",
+                 "64", "--no-progress"]) == 0
+    assert len(read_manifest(tmp_path / "pool")) == 60
+    cmd = [sys.executable, "-m", "dap.cli", "curate", "label", "--pool", str(tmp_path / "pool"), "--resolution",
+           "256x512", "--model", "dap-tiny-synth", "--batch-size", "1", "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            start_new_session=True)
+    labels = tmp_path / "pool" / "labels" / "stage1"
+    deadline = time.monotonic() + 120
+    while len(list(labels.glob("*.npz")) if labels.is_dir() else []) < 2 and time.monotonic() < deadline \
+            and proc.poll() is None:
+        time.sleep(0.05)  # until its worker is feeding it
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "Traceback" not in err and err.strip().endswith("terminated"), err
 
 
 def test_ctrl_c_while_writing_leaves_no_partial_file(d, tmp_path, capsys, monkeypatch):

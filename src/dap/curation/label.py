@@ -115,6 +115,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
 
     from dap.inference import model_fingerprint, resolve_model
     from dap.io import remove_temporaries
+    from dap.train.distributed import quiet_worker
 
     if stage not in STAGES:
         raise DapError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
@@ -136,7 +137,8 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         mine = [i for i in rank_rows(rows, d.rank, d.world)
                 if not (pool / label_path(stage, rows[i]["id"])).exists() and stored_image(pool, rows[i])]
         loader = torch.utils.data.DataLoader(_PoolImages(pool, rows, mine, o.resolution), batch_size=o.batch_size,
-                                             num_workers=o.num_workers, pin_memory=d.device.type == "cuda")
+                                             num_workers=o.num_workers, pin_memory=d.device.type == "cuda",
+                                             worker_init_fn=quiet_worker)
         done = 0
         with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
                   unit="pano", disable=not progress, dynamic_ncols=True) as bar:

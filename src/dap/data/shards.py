@@ -112,7 +112,7 @@ def _write_shard(job: tuple[str, int, dict, str | None], on_sample: Callable[[],
 def _worker_init(threads: int) -> None:
     torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, each worker printing its
-    # own KeyboardInterrupt traceback would bury its one line
+    # own KeyboardInterrupt traceback would bury its one line. (Not SIGTERM: the pool stops its workers with it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass, field
 
 import torch
@@ -73,3 +74,13 @@ def all_succeeded(d: Dist, failure: BaseException | None) -> None:
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
+
+
+def quiet_worker(_worker_id: int | None = None) -> None:
+    """In a worker process (a DataLoader's `worker_init_fn`, a pool's initializer): leave SIGINT and SIGTERM to the
+    main process. Both reach the whole process group (Ctrl-C; `timeout`, Slurm and systemd stop a job so); the main
+    process stops its workers and says one line, where a worker dying of the signal first made it fail with
+    "DataLoader worker ... is killed by signal: Terminated" and tracebacks. A worker whose main process is gone
+    exits by itself (torch's watchdog). Not for a multiprocessing pool's workers: it stops them with SIGTERM."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

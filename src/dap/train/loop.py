@@ -49,7 +49,7 @@ from dap.train.data import (
     resize_sample,
     seed_of,
 )
-from dap.train.distributed import Dist, any_rank, barrier, reduce_mean, setup_distributed
+from dap.train.distributed import Dist, any_rank, barrier, quiet_worker, reduce_mean, setup_distributed
 
 # A logged window in which training waited this share of its time for the next batch is loader-bound: say so once.
 LOADER_BOUND_SHARE = 0.3
@@ -464,7 +464,7 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
                              steps=cfg.run.steps)
     loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data),
                         batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                        pin_memory=d.device.type == "cuda")
+                        pin_memory=d.device.type == "cuda", worker_init_fn=quiet_worker)
     val = None
     if cfg.data.val and cfg.run.val_every:
         val_sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.val]

@@ -837,3 +837,25 @@ def test_a_cut_short_video_is_one_line_of_ours_not_ffmpegs_log(tmp_path):
                           env=env)
     assert proc.returncode == 2
     assert "moov" not in proc.stderr and "cut.mp4: OpenCV cannot open it as a video" in proc.stderr
+
+
+def test_an_interrupted_predict_closes_what_its_decoding_thread_holds():
+    """A video's OpenCV capture stayed open after Ctrl-C (the traceback kept the decoding generator alive) until the
+    interpreter exited, which sometimes aborted the process (exit 134) instead of exiting 130."""
+    from dap.cli.predict import _background
+
+    released = []
+
+    def frames():
+        try:
+            yield from range(100)
+        finally:
+            released.append(True)  # a capture's release()
+
+    try:
+        for i in _background(frames()):
+            if i == 1:
+                raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        assert released == [True]  # already, while the traceback still holds the consumer's frame
+    assert list(_background(iter(range(5)))) == [0, 1, 2, 3, 4]  # an iterator without close()

@@ -397,20 +397,29 @@ def _background(iterable, size: int = 2):
     end = object()
     stop = threading.Event()  # the consumer has gone: stop producing
 
+    def hand(entry) -> bool:
+        """Queue `entry` for the consumer; False once it has gone."""
+        while not stop.is_set():
+            try:
+                q.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce():
         try:
             for x in iterable:
-                while not stop.is_set():
-                    try:
-                        q.put((x, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not hand((x, None)):
                     return
-            q.put((end, None))
+            hand((end, None))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put((end, e))
+            hand((end, e))
+        finally:
+            # Closed here, on its own thread, at once: a video's OpenCV capture left open until the interpreter
+            # exits (after Ctrl-C, the traceback keeps it alive) sometimes aborted the process (exit 134)
+            if (close := getattr(iterable, "close", None)) is not None:
+                close()
 
     thread = threading.Thread(target=produce, daemon=True, name="dap-predict-decode")
     thread.start()
@@ -424,6 +433,7 @@ def _background(iterable, size: int = 2):
             yield x
     finally:
         stop.set()
+        thread.join(timeout=10)  # it stops within one decode
 
 
 class _RepeatedWarnings:

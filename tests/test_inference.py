@@ -785,8 +785,18 @@ def test_inputs_with_the_same_stem_never_overwrite_each_other(checkpoint, tmp_pa
         pred = predict(path, tiny_model, resolution=(32, 64))
         np.testing.assert_allclose(io.read_depth(out / f"{name}.npy"), np.where(pred.range_mask, 0, pred.depth),
                                    atol=1e-5)
-    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy", "--overwrite") == 0
+    # --overwrite replaces outputs made otherwise, and keeps those made this way: an interrupted --overwrite run
+    # rerun goes on where it stopped (it recomputed everything before)
+    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy", "--seam-pad", "0.25", "--overwrite") == 0
     assert "predicted 3" in capsys.readouterr().out and len(_files(out)) == 3
+    (out / "b" / ".pano.dap.json").unlink()
+    (out / "b" / "pano.npy").write_bytes(b"not ours")  # as if killed before writing b's record
+    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy", "--overwrite") == 0
+    assert "predicted 3 panorama(s), " in capsys.readouterr().out  # made with other settings: all redone
+    (out / "b" / ".pano.dap.json").unlink()
+    assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy", "--overwrite") == 0
+    printed = capsys.readouterr().out
+    assert "predicted 1 panorama(s), " in printed and "skipped 2 with existing outputs" in printed
     assert _predict_cli(inputs, out, checkpoint, "--outputs", "npy") == 0
     assert "predicted 0 panorama(s); skipped 3" in capsys.readouterr().out
 

@@ -101,11 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "AMX) where a bf16 matmul measures at least 1.5x as fast as fp32; fp32 elsewhere. Drift "
                              "and speed: docs/performance.md. onnxruntime runs fp32")
     parser.add_argument("--overwrite", action="store_true",
-                        help="recompute every input, replacing existing outputs. Without it, an input whose outputs "
-                             "are complete and were made from the same file with the same model and settings (as "
-                             "recorded in .<name>.dap.json beside them) is skipped, one whose outputs were made "
-                             "otherwise fails instead of replacing them, and so does one whose output names are "
-                             "taken by files dap predict did not write. No output ever replaces an input of the run")
+                        help="replace outputs that stand in the way: those made otherwise (another file, model or "
+                             "settings) and files dap predict did not write. Without it, such an input fails instead. "
+                             "Either way an input whose outputs are complete and were made from the same file with "
+                             "the same model and settings (as recorded in .<name>.dap.json beside them) is skipped, "
+                             "so an interrupted --overwrite run goes on where it stopped (delete outputs to make them "
+                             "again). No output ever replaces an input of the run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -306,7 +307,10 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except OSError as e:  # gone or unreadable since the inputs were listed
             fail(seq, item, f"cannot read {item.source}: {_why_unreadable(item.source, e)}", "unreadable")
             continue
-        recorded = None if args.overwrite else read_record(record)
+        recorded = read_record(record)
+        if recorded is not None and args.overwrite and (
+                record_conflict(recorded, expected) or not recorded.get("complete", True)):
+            recorded = None  # outputs made otherwise (or half made): replaced, as asked
         if recorded is not None:
             conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
@@ -317,12 +321,12 @@ def _decoded(items, args, kinds, settings, failures, counts):
             # an output kind the record does not list, already on disk: not made by the run the record describes
             # (an earlier run with other settings, or the user's own file); never counted as done nor replaced
             unlisted = next((p for k, p in paths.items() if k not in listed and os.path.lexists(p)), None)
-            if unlisted is not None:
+            if unlisted is not None and not args.overwrite:
                 fail(seq, item, f"{unlisted} already exists but is not among the outputs recorded in {record.name} "
                                 "(another run made it, or not dap predict); pass --overwrite to replace it, or predict "
                                 "into another --out", "unlisted")
                 continue
-            if recorded.get("complete", True) and outputs_complete(paths):
+            if recorded.get("complete", True) and outputs_complete(paths) and unlisted is None:
                 counts["skipped"] += 1
                 if item.video and args.smooth_scale:  # in order, through the main thread, which smooths
                     yield seq, item, None, recorded.get("smooth_log_median"), None, None, []

@@ -308,11 +308,10 @@ def _decoded(items, args, kinds, settings, failures, counts):
             fail(seq, item, f"cannot read {item.source}: {_why_unreadable(item.source, e)}", "unreadable")
             continue
         recorded = read_record(record)
-        if recorded is not None and args.overwrite and (
-                record_conflict(recorded, expected) or not recorded.get("complete", True)):
-            recorded = None  # outputs made otherwise (or half made): replaced, as asked
+        conflict = record_conflict(recorded, expected) if recorded is not None else None
+        if conflict and args.overwrite:
+            recorded = None  # outputs made otherwise: replaced, as asked
         if recorded is not None:
-            conflict = record_conflict(recorded, expected)
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
                 fail(seq, item, f"{args.out} already holds outputs named {item.name}, made differently: {conflict}. "
                                 "Pass --overwrite to replace them, or predict into another --out", "made otherwise")

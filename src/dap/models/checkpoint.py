@@ -143,16 +143,16 @@ def _load_training_checkpoint(path: Path, ckpt: dict) -> DAP:
     from dap.models import model_config
 
     train_cfg = ckpt["config"].get("model", {}) if isinstance(ckpt["config"], dict) else {}
+    if "model_config" not in ckpt and (train_cfg.get("init") or "scratch") != "scratch":
+        raise CheckpointError(
+            f"{path} is a `dap train` checkpoint from before checkpoints recorded their model's architecture, of a "
+            f"run that started from {train_cfg.get('init')}: resume the run to its end (its final/ folder is the "
+            "model), or load that model")
     try:
         if "model_config" in ckpt:
             cfg = DapConfig.from_dict(ckpt["model_config"])
-        elif (train_cfg.get("init") or "scratch") == "scratch":
+        else:  # a run from scratch: its config names the architecture
             cfg = model_config(train_cfg.get("name", ""), **(train_cfg.get("overrides") or {}))
-        else:
-            raise CheckpointError(
-                f"{path} is a `dap train` checkpoint from before checkpoints recorded their model's architecture, "
-                f"of a run that started from {train_cfg.get('init')}: resume the run to its end (its final/ folder "
-                "is the model), or load that model")
         with torch.device("meta"):
             model = DAP(cfg)
     except (ValueError, KeyError, TypeError) as e:

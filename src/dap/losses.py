@@ -276,6 +276,9 @@ def mask_loss(
 
 
 # ------------------------------ total
+RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants (loss.mask_threshold, metres)
+
+
 def _finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -316,7 +319,7 @@ class LossConfig:
                                 "the smallest depth over max_depth, between 0 and 1"),
             "mask_threshold": (finite(self.mask_threshold) and 0 < self.mask_threshold <= self.max_depth,
                                f"the range-mask threshold in metres, in (0, max_depth = {self.max_depth}]; the paper "
-                               "uses 10, 20, 50, 100"),
+                               f"uses {', '.join(f'{t:g}' for t in RANGE_THRESHOLDS)}"),
             "silog_lambda": (finite(self.silog_lambda) and 0 <= self.silog_lambda <= 1,
                              "SILog's variance weight, 0 to 1 (above 1 the term is 0)"),
             "df_fov_deg": (finite(self.df_fov_deg) and 0 < self.df_fov_deg < 180,

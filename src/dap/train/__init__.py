@@ -9,6 +9,7 @@ See docs/training.md.
 """
 
 from dap.errors import CheckpointError, RunExistsError
+from dap.losses import RANGE_THRESHOLDS
 from dap.train.checkpoints import (
     CHECKPOINT_VERSION,
     check_run_folder,
@@ -18,7 +19,6 @@ from dap.train.checkpoints import (
     read_metrics,
 )
 from dap.train.config import (
-    RANGE_THRESHOLDS,
     DataSection,
     ModelSection,
     OptimSection,

@@ -17,8 +17,6 @@ import yaml
 from dap.errors import ConfigError
 from dap.losses import LossConfig
 
-RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants
-
 
 @dataclass
 class ModelSection:

@@ -171,10 +171,10 @@ def load_discriminator(path: str | os.PathLike) -> DepthDiscriminator:
     from safetensors.torch import load_file
 
     path = Path(path)
+    where = "`dap curate run` trains one (its step disc writes <work>/discriminator)"
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise CheckpointError(f"{path} is not a discriminator folder (needs config.json and model.safetensors); "
-                              "`dap curate run` trains one (its step disc writes <work>/discriminator)")
-    where = "`dap curate run` trains one (its step disc writes <work>/discriminator)"
+                              f"{where}")
     try:
         meta = json.loads((path / "config.json").read_text())
     except ValueError as e:

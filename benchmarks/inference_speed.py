@@ -12,12 +12,15 @@ resolution (default seam padding 1/16 included: 512x1024 runs the network at 512
 not depend on their values). Time is the best of --repeats calls after a warm-up call; the rows of one variant and
 resolution are timed in turns (row 1, row 2, ..., row 1, ...) so load from other processes on a shared machine hits
 them alike, and every speed-up is a ratio against the first row of the same run ("x base").
-  peak     CPU: the process's peak RSS during that row (VmHWM, reset before it); CUDA: torch.cuda.max_memory_allocated
+  peak     CPU: the process's peak RSS during that row (VmHWM, reset before it); CUDA: the row's model's weights plus
+           what its call allocated on top (torch.cuda.max_memory_allocated), so other rows' models do not count
   GFLOP    torch.utils.flop_counter.FlopCounterMode, one image (matmuls, convolutions, attention)
   MFU      achieved FLOP/s over this machine's matmul peak in that precision, measured in the same run
            (2048x2048 matmul on CPU, 8192 on CUDA, best of --repeats; int8 rows against the fp32 peak)
 --against SRC times the model of another checkout's `src/` (e.g. `git archive <commit> src | tar -x -C /tmp/x`)
-with the same weights as a first row named `before`, and checks that our fp32 output matches it.
+with the same weights as a first row named `before`, run at the first of --precisions, and checks that our output
+at that precision matches it. bf16 and fp16 rows run models prepared as `dap predict` runs them
+(`dap.inference.prepare_model`: 16-bit weights).
 """
 
 from __future__ import annotations
@@ -113,12 +116,15 @@ def bench_group(rows: list[dict], device: torch.device, repeats: int) -> None:
         _sync(device)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+            resident = torch.cuda.memory_allocated(device)
         _rss_peak_reset()
         with torch.inference_mode():
             row["out"] = row["call"]()["depth"]
         _sync(device)
-        row["peak_gb"] = (torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda"
-                          else _rss_peak_gb())
+        if device.type == "cuda":  # the row's own weights and what its call added (other rows' models stay out)
+            row["peak_gb"] = (weight_bytes(row["model"]) + torch.cuda.max_memory_allocated(device) - resident) / 1e9
+        else:
+            row["peak_gb"] = _rss_peak_gb()
         row["seconds"] = float("inf")
     for _ in range(repeats):
         for row in rows:
@@ -130,6 +136,10 @@ def bench_group(rows: list[dict], device: torch.device, repeats: int) -> None:
             row["seconds"] = min(row["seconds"], time.perf_counter() - start)
 
 
+def weight_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def report(rows: list[dict], variant: str, size: str, batch: int, flops: int, peaks: dict) -> list[dict]:
     """Prints one timed group's rows and returns them as results; drops their outputs. A function, so that no
     variable of the caller keeps a row (and with it this variant's model) alive into the next variant's peak."""
@@ -138,7 +148,8 @@ def report(rows: list[dict], variant: str, size: str, batch: int, flops: int, pe
     for row in rows:
         drift = ((row["out"].float() - ref).abs() / ref.clamp(min=1e-6)).mean().item()
         rate = flops * batch / row["seconds"]
-        peak = peaks.get(row["precision"], peaks["fp32"])  # int8 and `before` against fp32
+        # int8 against the fp32 peak; `before` runs at the first row's precision after it
+        peak = peaks.get(rows[1]["precision"] if row["precision"] == "before" else row["precision"], peaks["fp32"])
         r = dict(variant=variant, resolution=size, precision=row["precision"], batch=batch,
                  latency_s=row["seconds"], images_per_s=batch / row["seconds"],
                  speedup=rows[0]["seconds"] / row["seconds"], peak_gb=row["peak_gb"], gflop=flops / 1e9,
@@ -219,10 +230,11 @@ def main() -> None:
             flops = count_flops(model, torch.randn(1, 3, h, w, device=device))
             for batch in args.batches:
                 x = torch.randn(batch, 3, h, w, device=device)
-                rows = [dict(precision=p, call=lambda p=p, m=models[p], x=x: run_model(m, x, precision=p))
-                        for p in precisions]
+                rows = [dict(precision=p, model=models[p],
+                             call=lambda p=p, m=models[p], x=x: run_model(m, x, precision=p)) for p in precisions]
                 if old is not None:
-                    rows.insert(0, dict(precision="before", call=lambda m=old, x=x: before[1](m, x)))
+                    rows.insert(0, dict(precision="before", model=old,
+                                        call=lambda m=old, x=x: before[1](m, x, precision=precisions[0])))
                 try:
                     bench_group(rows, device, args.repeats)
                 except torch.OutOfMemoryError:

@@ -2,6 +2,7 @@
 overlapped `dap predict` pipeline. No timings here: speed is measured by benchmarks/inference_speed.py."""
 
 import argparse
+import copy
 
 import numpy as np
 import pytest
@@ -112,9 +113,53 @@ def test_a_quantised_model_runs_int8_and_says_so_for_other_precisions(tiny_model
     want = predict(x, q, resolution=(32, 64), precision="int8").depth
     np.testing.assert_array_equal(predict(x, q, resolution=(32, 64)).depth, want)  # auto: int8
     for precision in ("fp32", "bf16"):
-        with pytest.raises(DapError, match=f"quantised to int8 .* pass precision='int8' or 'auto', or the float "
+        with pytest.raises(DapError, match=f"quantised to int8 .* pass precision='int8' or 'auto', or the float32 "
                                            f"model for {precision}"):
             predict(x, q, resolution=(32, 64), precision=precision)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_16bit_weights_give_autocasts_outputs_in_half_the_memory(tiny_model, precision):
+    """prepare_model stores in 16 bit the weights that autocast casts on every call: the same outputs, bit for
+    bit, from half the weights' bytes; the float32 model is left as it was."""
+    before = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    q = prepare_model(tiny_model, precision)
+    assert q is not tiny_model and prepare_model(q, precision) is q
+    assert all(torch.equal(v, tiny_model.state_dict()[k]) and v.dtype == torch.float32 for k, v in before.items())
+    assert q.backbone.blocks[0].attn.qkv.weight.dtype == {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    assert q.backbone.norm.weight.dtype == torch.float32  # autocast runs norms in float32 from float32 weights
+    x = torch.randn(2, 3, 64, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        want, got = run_model(tiny_model, x, precision=precision), run_model(q, x, precision=precision)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+    def size(m):
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+
+    assert size(q) < 0.52 * size(tiny_model)
+    image = np.random.default_rng(0).random((32, 64, 3), dtype=np.float32)
+    np.testing.assert_array_equal(predict(image, q, resolution=(32, 64)).depth,  # auto: its precision
+                                  predict(image, tiny_model, resolution=(32, 64), precision=precision).depth)
+    with pytest.raises(DapError, match=f"stored in {precision} .* or the float32 model for fp32"):
+        predict(image, q, resolution=(32, 64), precision="fp32")
+    with pytest.raises(DapError, match="float32 weights"):  # a model.half() is not a prepared model
+        predict(image, copy.deepcopy(tiny_model).half(), resolution=(32, 64), precision=precision)
+
+
+def test_predict_keeps_16bit_weights_of_models_it_loads_only(tiny_model, ckpt, monkeypatch):
+    """A model predict loads itself is converted (its float32 weights are let go); a caller's model runs under
+    autocast, since a converted copy would sit beside the caller's float32 weights on every call."""
+    import dap.inference
+
+    converted = []
+    real = dap.inference.with_16bit_weights
+    monkeypatch.setattr(dap.inference, "with_16bit_weights", lambda m, p: converted.append(p) or real(m, p))
+    image = np.random.default_rng(0).random((32, 64, 3), dtype=np.float32)
+    from_path = predict(image, ckpt, resolution=(32, 64), precision="bf16", device="cpu").depth
+    assert converted == ["bf16"]
+    from_module = predict(image, load_model(ckpt), resolution=(32, 64), precision="bf16", device="cpu").depth
+    assert converted == ["bf16"]
+    np.testing.assert_array_equal(from_path, from_module)
 
 
 def test_prepared_model_stays_trainable(tiny_model):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dap import geometry
-from dap.errors import DapError, NotPanoramaError, warn_input
+from dap.errors import DapError, NotPanoramaError, is_number, warn_input
 
 if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
     from dap.io import PhotoSphere
@@ -291,7 +291,7 @@ def prepare_input(rgb, resolution: tuple[int, int], device: str | torch.device |
 
 
 def check_seam_pad(seam_pad: float) -> None:
-    if not (_is_number(seam_pad) and 0 <= seam_pad <= 0.5):
+    if not (is_number(seam_pad) and 0 <= seam_pad <= 0.5):
         raise DapError(f"seam padding is a fraction of the width from 0 (off) to 0.5, got {seam_pad!r}; the default "
                        f"is {DEFAULT_SEAM_PAD}")
 
@@ -366,6 +366,42 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
     return _AUTOCAST.get(resolve_precision(precision, device), torch.float32)
 
 
+# Layers whose weights autocast casts to the 16-bit type on every call; `with_16bit_weights` stores them so.
+_CAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
+
+
+def with_16bit_weights(model, precision: str):
+    """A copy of `model` with its Linear and convolution weights stored in `precision`'s 16-bit type ("bf16" or
+    "fp16"), sharing every other tensor with `model` (norms, tokens, layer scales: autocast keeps those in float32).
+    Under run_model's autocast its outputs are bit for bit `model`'s, since autocast casts exactly these weights to
+    that type on every call: stored so, the casts are saved (a pass over all weights per forward) and, once `model`
+    is let go, half their memory. An already converted model is returned as it is."""
+    dtype = _AUTOCAST[precision]
+    if weights_precision(model) == precision:
+        return model
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # copy the modules, not the weights
+    converted = copy.deepcopy(model, shared)
+    for m in converted.modules():
+        if isinstance(m, _CAST_LAYERS):
+            for name in ("weight", "bias"):
+                if (p := getattr(m, name)) is not None:
+                    setattr(m, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+    return converted
+
+
+def weights_precision(model) -> str | None:
+    """"int8", "bf16" or "fp16" for a model prepared for that precision (`prepare_model`), which then runs in it
+    only; None for a float32 model (or anything else: a model.half() is not prepared, its norms are 16 bit too)."""
+    if is_int8(model):
+        return "int8"
+    layers = {p.dtype for m in model.modules() if isinstance(m, _CAST_LAYERS) for p in m.parameters(recurse=False)}
+    others = {p.dtype for m in model.modules() if not isinstance(m, _CAST_LAYERS) for p in m.parameters(recurse=False)}
+    for name, dtype in _AUTOCAST.items():
+        if layers == {dtype} and others <= {torch.float32}:
+            return name
+    return None
+
+
 def quantize_int8(model):
     """The model with the backbone's Linear layers dynamically quantised to int8 (per output channel weights,
     activations quantised per call). A new module tree that shares all other weights with `model`, which stays
@@ -404,19 +440,28 @@ def model_precision(model, precision: str, device: torch.device) -> str:
     """`resolve_precision` for this model: models that are not torch modules (dap.export.OnnxModel) run in fp32
     only, so "auto" is fp32 for them and anything else an error."""
     if isinstance(model, torch.nn.Module):
-        if not is_int8(model):
+        prepared = weights_precision(model)
+        if prepared is None:
             return resolve_precision(precision, device)
-        if precision not in ("auto", "int8"):  # its Linears run int8 whatever is asked: fp32 silently, bf16 failed
-            raise DapError(f"the model is quantised to int8 (prepare_model(model, 'int8')), so it runs in int8 only; "
-                           f"pass precision='int8' or 'auto', or the float model for {precision}")
-        return "int8"
+        # int8 Linears run int8 whatever is asked (fp32 silently, bf16 failed); 16-bit weights fail in float32
+        if precision not in ("auto", prepared):
+            how = "quantised to int8" if prepared == "int8" else f"stored in {prepared} for speed"
+            raise DapError(f"the model is {how} (prepare_model(model, {prepared!r})), so it runs in {prepared} only; "
+                           f"pass precision={prepared!r} or 'auto', or the float32 model for {precision}")
+        return resolve_precision(prepared, device)  # int8 off the CPU is an error
     check_onnx_precision(precision)
     return "fp32"
 
 
 def prepare_model(model, precision: str):
-    """The model as inference runs it at a resolved `precision`: for int8, `quantize_int8`; otherwise as it is."""
-    return quantize_int8(model) if precision == "int8" and isinstance(model, torch.nn.Module) else model
+    """The model as inference runs it at a resolved `precision`, for many calls: for int8 `quantize_int8`, for bf16
+    and fp16 `with_16bit_weights` (same outputs, faster and, once the float32 model is let go, half the weights'
+    memory); otherwise as it is. The prepared model then runs at that precision only."""
+    if not isinstance(model, torch.nn.Module):
+        return model
+    if precision == "int8":
+        return quantize_int8(model)
+    return with_16bit_weights(model, precision) if precision in _AUTOCAST else model
 
 
 def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,
@@ -424,7 +469,8 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,
     """Forward a normalised ERP batch, wrapping `seam_pad` x width columns around the seam first, at `precision`
     (see PRECISIONS)."""
     precision = model_precision(model, precision, x.device)
-    model = prepare_model(model, precision)
+    if precision == "int8":  # 16 bit runs a float32 model under autocast: no copy of the weights on each call
+        model = quantize_int8(model)
     pad = seam_pad_columns(x.shape[-1], seam_pad, model.cfg.vit.patch_size)
     if pad:
         x = torch.cat((x[..., -pad:], x, x[..., :pad]), dim=-1)
@@ -542,7 +588,7 @@ def resolve_model(model, device: torch.device):
         raise DapError(f"model is a {type(model).__name__}, not a DAP model; load one with dap.load_model or "
                        "dap.create_model")
     dtypes = {p.dtype for p in model.parameters()}
-    if dtypes - {torch.float32}:  # model.half(): the first convolution fails on a float32 input
+    if dtypes - {torch.float32} and weights_precision(model) is None:  # model.half(): fails on a float32 input
         raise DapError(f"the model's weights are {', '.join(sorted(str(d).removeprefix('torch.') for d in dtypes))}; "
                        "predict needs float32 weights and computes in 16 bit itself: call model.float() and pass "
                        "precision='bf16' or 'fp16'")
@@ -588,12 +634,6 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
 
 # Metres: a camera height above this is a unit mistake (millimetres), and its depth would pass io's 1e9 m sentinel
 MAX_CAMERA_HEIGHT = 1000.0
-
-
-def _is_number(value, finite: bool = True) -> bool:
-    """A real number (int, float or a numpy scalar; not a bool, a string or an array), finite unless told."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) and \
-        (math.isfinite(value) or not finite)
 
 
 def other_resolution_note(resolution: tuple[int, int] | None, cfg: DapConfig) -> str | None:
@@ -681,7 +721,8 @@ def predict(
         than the working resolution. Memory stays bounded by the working resolution plus full-size maps.
     precision: the network's arithmetic, one of PRECISIONS: "auto" (bf16 on CUDA and on CPUs with native bf16,
         else fp32), "fp32" (exact), "bf16", "fp16", or "int8" (CPU). int8 quantises a copy of the model on every
-        call; for many calls, pass `prepare_model(model, "int8")`.
+        call; for many calls, pass `prepare_model(model, "int8")` (for bf16/fp16 the same saves a cast of every
+        weight on each call).
     camera_height: metres from the floor up to the lens, if known (a tripod's height): each depth map is rescaled so
         the floor it shows lies that far below the camera (`geometry.floor_and_ceiling` on the working-resolution
         map, out-of-range pixels left out). A model can only guess metric scale from the image; a known height
@@ -694,7 +735,7 @@ def predict(
     """
     if upsample not in ("bilinear", "guided"):
         raise DapError(f"upsample must be 'bilinear' or 'guided', got {upsample!r}")
-    if camera_height is not None and not (_is_number(camera_height) and 0 < camera_height < MAX_CAMERA_HEIGHT):
+    if camera_height is not None and not (is_number(camera_height) and 0 < camera_height < MAX_CAMERA_HEIGHT):
         raise DapError(f"camera_height must be a positive number of metres below {MAX_CAMERA_HEIGHT:g}, got "
                        f"{camera_height!r}")
     if pad_top is not None and not (isinstance(pad_top, (int, np.integer)) and not isinstance(pad_top, bool)):
@@ -709,10 +750,12 @@ def predict(
     dev = select_device(device)
     # run in eval mode (resolve_model); a check in the middle of training leaves each module as it found it
     training = [m for m in model.modules() if m.training] if isinstance(model, torch.nn.Module) else []
+    owned = not isinstance(model, torch.nn.Module)  # loaded here: nobody else holds its float32 weights
     model = resolve_model(model, dev)
     try:
         precision = model_precision(model, precision, dev)
-        model = prepare_model(model, precision)
+        if owned or precision == "int8":  # a caller's model in 16 bit runs under autocast: no second copy per call
+            model = prepare_model(model, precision)
         resolution = model.cfg.default_resolution if resolution is None else resolution
         if isinstance(resolution, (np.ndarray, torch.Tensor)) and resolution.ndim == 1:
             resolution = tuple(resolution.tolist())
@@ -722,7 +765,7 @@ def predict(
             raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
                            "e.g. (512, 1024)")
         resolution = tuple(int(v) for v in resolution)
-        if threshold is not None and not (_is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
+        if threshold is not None and not (is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
             raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold!r}")
         results = []
         for k, item in enumerate(items):

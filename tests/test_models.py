@@ -304,6 +304,21 @@ def test_official_adapter_resamples_tokens_as_documented():
     torch.testing.assert_close(grid, F.interpolate(square, size=(5, 10), mode="bilinear", align_corners=False))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_official_adapter_resamples_a_token_column_as_the_official_code(dtype):
+    """The adapter resizes (N, B*C) rows, faster on CUDA; the official code's (B, C, N, 1) column gives the same
+    numbers: bit for bit in float32 (parity), within rounding in bf16."""
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 1 + 287, 40).to(dtype)[:, 1:]  # 287 tokens to an 8x36 grid, as at 128x576
+    official = F.interpolate(tokens.transpose(1, 2).unsqueeze(-1), size=(8 * 36, 1), mode="bilinear",
+                             align_corners=False).reshape(3, 40, 8, 36)
+    ours = OfficialTokenAdapter._to_grid(tokens, 8, 36)
+    if dtype == torch.float32:
+        assert torch.equal(ours, official)
+    else:
+        torch.testing.assert_close(ours, official)
+
+
 def _official_format(model) -> dict[str, torch.Tensor]:
     """Our state dict under the official release's key names (without the aliases it also stores)."""
     from dap.models.official import _PREFIX_MAP

@@ -91,13 +91,20 @@ class DPTHead(nn.Module):
         return _upsample_then(out, (grid_h * self.patch_size, grid_w * self.patch_size), s.output_conv2)
 
 
+# Bytes of upsampled map per strip, by device type (others as the CPU). On a GPU each strip costs a dozen small kernel
+# launches: with the CPU's 16 MB, ViT-L at 512x1024 and batch 4 ran 56 strips per head, a quarter of its bf16 forward
+# on an H200 (docs/performance.md).
+STRIP_BYTES = {"cpu": 16 << 20, "cuda": 256 << 20}
+
+
 def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows: int | None = None) -> torch.Tensor:
     """head(bilinear upsampling of x to `size`, align_corners=True), computed in strips of `rows` output rows
-    (default: as many as fit in 16 MB of upsampled map; small maps in one go). `head` is a 3x3 convolution
+    (default: as many as fit in STRIP_BYTES of upsampled map; small maps in one go). `head` is a 3x3 convolution
     (padding 1), or a Sequential of one followed by per-pixel layers."""
     conv, pointwise = (head[0], head[1:]) if isinstance(head, nn.Sequential) else (head, nn.Identity())
     h, (out_h, out_w) = x.shape[-2], size
-    rows = rows or max(8, (16 << 20) // (x.shape[0] * x.shape[1] * out_w * x.element_size()))
+    budget = STRIP_BYTES.get(x.device.type, STRIP_BYTES["cpu"])
+    rows = rows or max(8, budget // (x.shape[0] * x.shape[1] * out_w * x.element_size()))
     # Training and tracing (ONNX export: a traced loop would fix the strips to one size) keep the plain graph.
     if out_h <= rows or torch.is_grad_enabled() or torch.jit.is_tracing():
         return head(F.interpolate(x, size=size, mode="bilinear", align_corners=True))

@@ -1,6 +1,8 @@
 """Exceptions and warnings users can catch. Every message says what is wrong and what to do about it."""
 
 import contextlib
+import math
+import numbers
 import sys
 import warnings
 from collections.abc import Iterator
@@ -81,3 +83,10 @@ def collect_input_warnings() -> Iterator[list[str]]:
                 texts.append(str(w.message))
             else:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def is_number(value, finite: bool = True) -> bool:
+    """Whether a user's value is a real number (int, float or a numpy scalar; not a bool, a string or an array),
+    finite unless told: the test behind every "must be a number" message."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_" and \
+        (not finite or math.isfinite(value))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dap import geometry
+from dap.errors import is_number
 
 # Depths are clamped to this before taking logs so that log() and its gradient stay finite.
 _DEPTH_EPS = 1e-6
@@ -279,10 +280,6 @@ def mask_loss(
 RANGE_THRESHOLDS = (10.0, 20.0, 50.0, 100.0)  # the paper's range-mask variants (loss.mask_threshold, metres)
 
 
-def _finite_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @dataclass
 class LossConfig:
     """Weights (the paper's λ) and every detail the paper does not report; see docs/losses.md."""
@@ -312,7 +309,7 @@ class LossConfig:
     def check(self) -> None:
         """A ValueError naming the first field whose value would train nothing, or something other than asked: a
         term silently 0 (max_depth inf, silog_lambda above 1), NaN in the views' geometry (a crash of the process)."""
-        finite = _finite_number
+        finite = is_number
         rules = {
             "max_depth": (finite(self.max_depth) and self.max_depth > 0, "a number of metres > 0"),
             "min_depth_ratio": (finite(self.min_depth_ratio) and 0 < self.min_depth_ratio < 1,

@@ -692,7 +692,70 @@ def test_overwrite_with_a_shorter_video_removes_the_old_later_frames(checkpoint,
                      "32x64", "--outputs", "npy,cubemap", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{p}clip_{i:06d}{s}" for i in range(2) for p, s in (
         (".", ".dap.json"), ("", ".npy"), ("", ".cube")))
-    assert "clip.avi: removed the outputs of 2 frame(s) past its end (from frame 2)" in capsys.readouterr().err
+    assert "clip.avi: removed the outputs of 2 frame(s) that an earlier version of the file left (frame 2 on)" in \
+        capsys.readouterr().err
+
+
+def _video(path: Path, count: int, seed: int = 0, fps: int = 5) -> Path:
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 32))
+    for i in range(count):
+        writer.write((_pano(32, 64, seed + i) * 255).astype(np.uint8))
+    writer.release()
+    return path
+
+
+def test_every_predicts_a_videos_frames_at_that_interval_by_their_numbers(checkpoint, tmp_path, capsys):
+    clip = _video(tmp_path / "clip.avi", 10)  # 5 fps: --every 0.4 is every second frame
+    out = tmp_path / "out"
+    argv = ["predict", str(clip), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution", "32x64",
+            "--outputs", "npy"]
+    assert main([*argv, "--every", "0.4"]) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"clip_{i:06d}.npy" for i in (0, 2, 4, 6, 8)]
+    sampled = {p.name: np.load(p) for p in out.glob("*.npy")}
+    capsys.readouterr()
+    # every frame afterwards: the sampled ones are the same frames made the same way, so they are kept
+    assert main(argv) == 0
+    assert "predicted 5 panorama(s)" in capsys.readouterr().out
+    assert len(list(out.glob("*.npy"))) == 10
+    for name, depth in sampled.items():
+        np.testing.assert_array_equal(np.load(out / name), depth)
+    # with --smooth-scale a frame's scale depends on the frames before it: another sampling is another setting
+    smoothed = tmp_path / "smoothed"
+    assert main([*argv[:3], str(smoothed), *argv[4:], "--smooth-scale", "0.5"]) == 0
+    assert main([*argv[:3], str(smoothed), *argv[4:], "--smooth-scale", "0.5", "--every", "0.4"]) == 2
+    assert "every_s was not set, now 0.4" in capsys.readouterr().err
+
+
+def test_every_with_overwrite_removes_the_frames_an_earlier_version_left_between(checkpoint, tmp_path, capsys):
+    clip, out = tmp_path / "clip.avi", tmp_path / "out"
+    argv = ["predict", str(clip), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution", "32x64",
+            "--outputs", "npy", "--overwrite"]
+    _video(clip, 6)
+    assert main(argv) == 0
+    _video(clip, 6, seed=50)  # another video under the same name
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main([*argv, "--every", "0.4"]) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == [f"clip_{i:06d}.npy" for i in (0, 2, 4)]
+    assert "removed the outputs of 3 frame(s) that an earlier version of the file left (frame 1 on)" in \
+        capsys.readouterr().err
+
+
+def test_every_refuses_what_is_no_interval_and_notes_when_nothing_is_a_video(checkpoint, tmp_path, capsys):
+    image = tmp_path / "p.png"
+    from PIL import Image
+
+    Image.fromarray((_pano(32, 64) * 255).astype(np.uint8)).save(image)
+    base = ["predict", str(image), "--out", str(tmp_path / "o"), "--checkpoint", str(checkpoint), "--resolution",
+            "32x64", "--outputs", "npy"]
+    for bad in ("0", "-1", "abc", "nan"):
+        with pytest.raises(SystemExit) as e:
+            main([*base, "--every", bad])
+        assert e.value.code == 2
+    assert main([*base, "--every", "1"]) == 0
+    assert "--every samples a video's frames; no input is a video, so it does nothing" in capsys.readouterr().err
 
 
 def test_a_video_without_frames_fails(checkpoint, tmp_path, capsys):

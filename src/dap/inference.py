@@ -973,10 +973,12 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     return items, ignored
 
 
-def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_erp: bool = False):
+def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_erp: bool = False,
+                every_s: float | None = None):
     """Items with videos expanded into one item per frame, decoded one at a time as the loop reaches them (a
-    long video never sits in memory). A video that cannot be decoded, or whose frames are no panoramas (not 2:1;
-    with `pad_to_erp`, not 2:1 or wider), is recorded in `failures` once, not frame by frame."""
+    long video never sits in memory); with `every_s`, one frame every that many seconds of video (the first
+    included), named by its number in the video. A video that cannot be decoded, or whose frames are no panoramas
+    (not 2:1; with `pad_to_erp`, not 2:1 or wider), is recorded in `failures` once, not frame by frame."""
     from dap import io
 
     for item in items:
@@ -985,7 +987,9 @@ def iter_frames(items: list[InputItem], failures: list[tuple[str, str]], pad_to_
             continue
         try:
             i = -1
-            for i, frame in enumerate(io.iter_video_frames(item.video)):
+            frames = (((i, f) for i, _, f in io.sample_video_frames(item.video, every_s)) if every_s
+                      else enumerate(io.iter_video_frames(item.video)))
+            for i, frame in frames:
                 h, w = frame.shape[:2]
                 if i == 0 and not (pad_to_erp and w > 2 * h):
                     geometry.check_erp_shape(h, w, what="each of its frames")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import queue
 import re
@@ -12,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from dap.cli import camera_height, parse_device, parse_network_size, positive_int, smoothing_weight
+from dap.cli import camera_height, parse_device, parse_network_size, positive_float, positive_int, smoothing_weight
 from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -83,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smooth-scale", type=smoothing_weight, default=0.0, metavar="ALPHA",
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off; below 1)")
+    parser.add_argument("--every", type=positive_float, default=None, metavar="SECONDS",
+                        help="videos only: predict one frame every SECONDS of video (the first frame included; "
+                             "frames keep their numbers in the video, e.g. clip_000060 at 30 fps and --every 2; "
+                             "the frames in between are read, not converted or predicted). Default: every frame")
     parser.add_argument("--camera-height", type=camera_height, default=None, metavar="METRES",
                         help="height of the lens above the floor, if known (e.g. a tripod's 1.6): rescales each "
                              "depth map so the floor it shows lies that far below the camera. A model can only "
@@ -123,9 +128,10 @@ def run(args: argparse.Namespace) -> int:
                        "towards the frames before: use one of them (--camera-height where the camera's height is "
                        "known)")
     items, ignored = expand_inputs(args.inputs)  # before the model: a mistyped path should not wait for dap-vitl
-    if args.smooth_scale and not any(i.video for i in items):
-        print("dap predict: note: --smooth-scale smooths over a video's frames; no input is a video, so it does "
-              "nothing", file=sys.stderr)
+    for option, what in (("smooth_scale", "smooths over"), ("every", "samples")):
+        if getattr(args, option) and not any(i.video for i in items):
+            print(f"dap predict: note: --{option.replace('_', '-')} {what} a video's frames; no input is a video, so "
+                  "it does nothing", file=sys.stderr)
     out = os.path.realpath(args.out)  # an --out inside an input folder holds our outputs: not one to search
     subs = [p for p in ignored if p.is_dir() and os.path.realpath(p) != out]
     ignored = [p for p in ignored if not p.is_dir()]
@@ -178,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
                 **({"level": True} if args.level else {}),  # absent when off: records from before it still match
                 # at their defaults where they do nothing (images; no point cloud), so they do not block a rerun
                 "smooth_scale": args.smooth_scale,
+                # the smoothing runs over the frames predicted: another sampling gives other frames another scale
+                **({"every_s": args.every} if args.every and args.smooth_scale else {}),
                 "point_stride": args.point_stride if {"ply", "glb"} & set(kinds) else 1}
     model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
     # Two runs into one folder at once would both find no record for an input and mix their outputs
@@ -274,13 +282,13 @@ def _decoded(items, args, kinds, settings, failures, counts):
             later[item.video, kind] = 0
         failures.append((seq, item.source, reason))
 
-    frames: dict[str, tuple[str, int]] = {}  # video -> (its frames' name stem, frames listed)
+    visited: dict[str, tuple[str, set[str]]] = {}  # video -> (its frames' name stem, the frames' names this run)
     seq = -1
-    for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp)):
+    for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp, args.every)):
         failures.extend((seq, *f) for f in video_failures)
         video_failures.clear()
         if item.video:
-            frames[item.video] = (item.name[:-len("_000000")], frames.get(item.video, ("", 0))[1] + 1)
+            visited.setdefault(item.video, (item.name[:-len("_000000")], set()))[1].add(item.name)
         # Names are distinct by construction except for video frames (<video>_000001) against an image of
         # that name: the later input fails rather than overwrite the earlier one's outputs.
         if item.name in sources:
@@ -352,28 +360,39 @@ def _decoded(items, args, kinds, settings, failures, counts):
                     for (video, _), n in later.items() if n)
     counts["folded"] = sum(later.values())  # frames counted in those lines
     counts["fold_lines"] = sum(1 for n in later.values() if n)
-    if args.overwrite:  # a video replaced by a shorter one: the old one's later frames would pass for its own
+    if args.overwrite:  # a video replaced by another (shorter) one: the old one's other frames would pass for its own
         from tqdm import tqdm
 
         failed = {source for _, source, _ in failures}
-        for video, (stem, count) in frames.items():
-            if video not in failed and (removed := _remove_frames_past_the_end(args.out, video, stem, count)):
-                tqdm.write(f"dap predict: note: {video}: removed the outputs of {removed} frame(s) past its end "
-                           f"(from frame {count}), left by an earlier, longer version of it", file=sys.stderr)
+        for video, (stem, names) in visited.items():
+            if video not in failed and (removed := _remove_stale_frames(args.out, video, stem, names)):
+                tqdm.write(f"dap predict: note: {video}: removed the outputs of {len(removed)} frame(s) that an "
+                           f"earlier version of the file left (frame {removed[0]} on)", file=sys.stderr)
 
 
-def _remove_frames_past_the_end(out: Path, video: str, stem: str, count: int) -> int:
-    """Delete the outputs and records of frames `count`, `count + 1`, ... of `video` in `out`: those an earlier run
-    recorded as made from that video path. Returns how many frames'."""
-    n = count
-    while (recorded := read_record(record := record_path(out, f"{stem}_{n:06d}"))) is not None and \
-            recorded.get("input", {}).get("file") == os.path.abspath(video):
+def _remove_stale_frames(out: Path, video: str, stem: str, visited: set[str]) -> list[int]:
+    """Delete the outputs and records of `video`'s frames in `out` that an earlier run made from another version of
+    the file (other size or modification time) and this run, with --overwrite, did not reach (the video is shorter
+    now, or --every skips them); those it reached are its own (the writer may still be on them). Returns their
+    frame numbers, in order."""
+    now = input_identity(video)
+    removed = []
+    for record in sorted(out.glob(f".{glob.escape(stem)}_*.dap.json")):
+        name = record.name[1:-len(".dap.json")]
+        if name in visited or not re.fullmatch(r"\d{6}", name[len(stem) + 1:]) or \
+                (recorded := read_record(record)) is None:
+            continue
+        before = recorded.get("input", {})
+        file = before.get("file")
+        same_path = isinstance(file, str) and os.path.realpath(file) == os.path.realpath(video)
+        if not same_path or all(before.get(k) == now[k] for k in ("size", "mtime_ns")):
+            continue
         kinds = [k for k in recorded.get("outputs", []) if k in OUTPUT_KINDS]
-        for path in output_paths(out, f"{stem}_{n:06d}", kinds).values():
+        for path in output_paths(out, name, kinds).values():
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         record.unlink()
-        n += 1
-    return n - count
+        removed.append(int(name[len(stem) + 1:]))
+    return removed
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:

@@ -661,6 +661,37 @@ def test_status_counts_rejections_by_kind():
                                               "camera tilted beyond --max-tilt": 1}
 
 
+def test_an_interrupted_ingest_keeps_the_rows_it_made(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, raised the same way) within the first 30 s saved no rows: a rerun redid everything, and
+    the images already written sat in the pool unlisted."""
+    import importlib
+
+    ingest_module = importlib.import_module("dap.curation.ingest")  # dap.curation.ingest is also the function
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write_rgb(tmp_path / "src" / f"pano_{i}.png", cv2.resize(rng.random((4, 8, 3), np.float32), (64, 32)))
+    calls = []
+    real = ingest_module.perceptual_hash
+
+    def interrupted_on_the_third(rgb):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(rgb)
+
+    monkeypatch.setattr(ingest_module, "perceptual_hash", interrupted_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        ingest([str(tmp_path / "src")], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90),
+               progress=False)
+    rows = read_manifest(tmp_path / "pool")
+    assert [Path(r["path"]).name for r in rows] == ["pano_0.png", "pano_1.png"]
+    assert all((tmp_path / "pool" / r["image"]).is_file() for r in rows)
+    monkeypatch.setattr(ingest_module, "perceptual_hash", real)
+    counts = ingest([str(tmp_path / "src")], tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90),
+                    progress=False)
+    assert counts["added"] == 1 and counts["already_in_pool"] == 2
+
+
 def test_ingesting_a_folder_without_images_says_so(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["curate", "ingest", str(tmp_path / "empty"), "--pool", str(tmp_path / "pool")]) == 0

@@ -302,85 +302,87 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                 by_path.setdefault(r["path"], []).append(r)
     counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     last_write = time.monotonic()
-    for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
-        source = o.source or path.parent.name
-        where = os.path.abspath(path)  # rows name their file absolutely: tags and reruns find it from any folder
-        try:
-            checksum = file_checksum(path)
-        except OSError as e:
-            row = _rejected(where, source, "", None, f"cannot read the file: {e}")
-            counts["rejected" if put(row) else "already_in_pool"] += 1
-            continue
-        # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)
-        before = [r for r in by_path.pop(where, []) if r["checksum"] != checksum]
-        frames = _decoded(path, o.every_s)
-        frame = None
-        while True:
+    try:
+        for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
+            source = o.source or path.parent.name
+            where = os.path.abspath(path)  # rows name their file absolutely: tags and reruns find it from any folder
             try:
-                frame, t, rgb = next(frames)
-            except StopIteration:
-                break
-            except Exception as e:  # noqa: BLE001 - any decode failure is this item's row, never the run's end
-                # The file's row (frame None): a video that breaks after some frames keeps those frames' rows.
-                row = _rejected(where, source, checksum, None, f"cannot decode: {e}")
-                if row["id"] not in known:
-                    known.add(row["id"])
+                checksum = file_checksum(path)
+            except OSError as e:
+                row = _rejected(where, source, "", None, f"cannot read the file: {e}")
+                counts["rejected" if put(row) else "already_in_pool"] += 1
+                continue
+            # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)
+            before = [r for r in by_path.pop(where, []) if r["checksum"] != checksum]
+            frames = _decoded(path, o.every_s)
+            frame = None
+            while True:
+                try:
+                    frame, t, rgb = next(frames)
+                except StopIteration:
+                    break
+                except Exception as e:  # noqa: BLE001 - any decode failure is this item's row, never the run's end
+                    # The file's row (frame None): a video that breaks after some frames keeps those frames' rows.
+                    row = _rejected(where, source, checksum, None, f"cannot decode: {e}")
+                    if row["id"] not in known:
+                        known.add(row["id"])
+                        counts["rejected" if put(row) else "already_in_pool"] += 1
+                    break
+                row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": where,
+                       "checksum": checksum, "frame_time": t, "height": rgb.shape[0], "width": rgb.shape[1],
+                       "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
+                       "status": "ok"}
+                if row["id"] in known:
+                    counts["duplicate" if row["id"] in added_now else "already_in_pool"] += 1
+                    continue
+                known.add(row["id"])
+                rgb, shape_problem = _as_panorama(rgb, path if frame is None else None, o)
+                h, w = rgb.shape[:2]
+                if shape_problem:
+                    row.update(status="rejected", reason=shape_problem)
                     counts["rejected" if put(row) else "already_in_pool"] += 1
-                break
-            row = {**empty_row(), "id": item_id(checksum, frame), "source": source, "path": where,
-                   "checksum": checksum, "frame_time": t, "height": rgb.shape[0], "width": rgb.shape[1],
-                   "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
-                   "status": "ok"}
-            if row["id"] in known:
-                counts["duplicate" if row["id"] in added_now else "already_in_pool"] += 1
-                continue
-            known.add(row["id"])
-            rgb, shape_problem = _as_panorama(rgb, path if frame is None else None, o)
-            h, w = rgb.shape[:2]
-            if shape_problem:
-                row.update(status="rejected", reason=shape_problem)
-                counts["rejected" if put(row) else "already_in_pool"] += 1
-                continue
-            if w > o.max_width:
-                rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
-            row["phash"] = perceptual_hash(rgb)
-            row["tilt_deg"] = tilt_angle(rgb)
-            for old in before:
-                if old["status"] == "ok" and hamming(old["phash"], row["phash"]) <= o.dedupe_bits:
-                    # the file was edited (brightened, cropped, re-exported): its new version replaces the old
-                    # row, whose image and labels are of the old content; a file overwritten by another photo
-                    # leaves the old row as it is (the pool keeps its own copy)
-                    old.update(status="rejected", image="", selected=False, reason="its file has changed since "
-                               "it was ingested; the edited version has a row of its own")
-                    hashes.retired.add(old["id"])
-                    known.discard(old["id"])  # another file with the old bytes may bring that content back
-                    counts["replaced"] += 1
-            dup = hashes.find(row["phash"])
-            tilted = row["tilt_deg"] > o.max_tilt_deg  # NaN compares False: unknown tilt is kept
-            if tilted and o.level and dup is None:  # stored levelled (tilt_deg stays the tilt it was taken with)
-                levelled = _levelled(rgb)
-                tilted, rgb = levelled is None, rgb if levelled is None else levelled
-            if dup is not None:
-                row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
-                counts["duplicate" if put(row) else "already_in_pool"] += 1
-            elif tilted:
-                row.update(status="rejected", reason=f"camera tilted by about {row['tilt_deg']:.1f} degrees "
-                           f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it"
-                           + (", --level could not level it)" if o.level else ", or --level to level it)"))
-                counts["rejected" if put(row) else "already_in_pool"] += 1
-            else:
-                row["image"] = f"images/{row['id']}.jpg"
-                write_rgb(pool / row["image"], rgb)
-                hashes.add(row["phash"], row["id"])
-                if domain := tags.get(where):
-                    row.update(domain=domain, domain_from="user")
-                put(row)
-                added_now.add(row["id"])
-                counts["added"] += 1
-        if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
-            write_manifest(pool, rows)
-            last_write = time.monotonic()
-    write_manifest(pool, rows)
+                    continue
+                if w > o.max_width:
+                    rgb = cv2.resize(rgb, (o.max_width, o.max_width // 2), interpolation=cv2.INTER_AREA)
+                row["phash"] = perceptual_hash(rgb)
+                row["tilt_deg"] = tilt_angle(rgb)
+                for old in before:
+                    if old["status"] == "ok" and hamming(old["phash"], row["phash"]) <= o.dedupe_bits:
+                        # the file was edited (brightened, cropped, re-exported): its new version replaces the old
+                        # row, whose image and labels are of the old content; a file overwritten by another photo
+                        # leaves the old row as it is (the pool keeps its own copy)
+                        old.update(status="rejected", image="", selected=False, reason="its file has changed since "
+                                   "it was ingested; the edited version has a row of its own")
+                        hashes.retired.add(old["id"])
+                        known.discard(old["id"])  # another file with the old bytes may bring that content back
+                        counts["replaced"] += 1
+                dup = hashes.find(row["phash"])
+                tilted = row["tilt_deg"] > o.max_tilt_deg  # NaN compares False: unknown tilt is kept
+                if tilted and o.level and dup is None:  # stored levelled (tilt_deg stays the tilt it was taken with)
+                    levelled = _levelled(rgb)
+                    tilted, rgb = levelled is None, rgb if levelled is None else levelled
+                if dup is not None:
+                    row.update(status="rejected", reason=f"near-duplicate of {dup}", dup_of=dup)
+                    counts["duplicate" if put(row) else "already_in_pool"] += 1
+                elif tilted:
+                    row.update(status="rejected", reason=f"camera tilted by about {row['tilt_deg']:.1f} degrees "
+                               f"(limit {o.max_tilt_deg}; raise --max-tilt to keep it"
+                               + (", --level could not level it)" if o.level else ", or --level to level it)"))
+                    counts["rejected" if put(row) else "already_in_pool"] += 1
+                else:
+                    row["image"] = f"images/{row['id']}.jpg"
+                    write_rgb(pool / row["image"], rgb)
+                    hashes.add(row["phash"], row["id"])
+                    if domain := tags.get(where):
+                        row.update(domain=domain, domain_from="user")
+                    put(row)
+                    added_now.add(row["id"])
+                    counts["added"] += 1
+            if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
+                write_manifest(pool, rows)
+                last_write = time.monotonic()
+    finally:  # done, Ctrl-C or an error: the manifest keeps every row made so far, and a rerun goes on from it
+        write_manifest(pool, rows)
     _say_tag_notes(tags, given, reselect, o.tags)
     return counts
 

@@ -7,6 +7,7 @@ import os
 import struct
 import warnings
 import zlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -109,6 +110,34 @@ def test_a_folder_lock_dies_with_its_process_not_with_its_forked_children(tmp_pa
         with pytest.raises(DapError, match="is in use by holder"):
             with io.folder_lock(tmp_path, "another"):
                 pass
+
+
+def test_folder_lock_files_go_with_their_holder_and_still_exclude(tmp_path):
+    """A lock file stayed in the temporary folder for every folder ever used. Each now goes as its holder lets go,
+    and three processes taking turns on one folder (one deleting the file while another has it open) never hold it
+    at once: an exclusive marker each creates inside the lock would fail."""
+    import subprocess
+    import sys
+    import tempfile
+
+    locks = Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}"
+    folder = tmp_path / "run"
+    before = set(locks.glob("*.lock")) if locks.is_dir() else set()
+    with io.folder_lock(folder, "holder"):
+        assert len(set(locks.glob("*.lock")) - before) == 1
+    assert set(locks.glob("*.lock")) - before == set()
+    code = ("import os, sys, time\nfrom dap.errors import DapError\nfrom dap.io import folder_lock\n"
+            "marker, held, end = os.path.join(sys.argv[2], 'inside'), 0, time.monotonic() + 3\n"
+            "while time.monotonic() < end:\n    try:\n        with folder_lock(sys.argv[1], 'p'):\n"
+            "            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n"
+            "            os.unlink(marker)\n            held += 1\n    except DapError:\n        pass\n"
+            "print(held)\n")
+    runs = [subprocess.Popen([sys.executable, "-c", code, str(folder), str(tmp_path)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0, 0], [err for _, err in results]
+    assert all(int(out) > 0 for out, _ in results)
+    assert set(locks.glob("*.lock")) - before == set()
 
 
 def test_atomic_folder_leaves_the_old_folder_or_the_new_one(tmp_path):

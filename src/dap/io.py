@@ -62,7 +62,8 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     """Hold `folder` for this process while the block runs; another process asking for it meanwhile gets a
     DapError naming `what` holds it. Two runs writing one output folder at once (two `dap train --out run`, two
     ingests into one pool) would mix or lose each other's files. The lock is a file in the system's temporary
-    folder, named by the folder's real path, so nothing is left in the user's folder; it guards one machine.
+    folder, named by the folder's real path, so nothing is left in the user's folder (and deleted as its holder
+    lets go, so nothing piles up there either); it guards one machine.
     Once held, the temporaries killed runs left under the folder are removed (`remove_temporaries`, those older than
     STALE_AFTER_S: a command that takes no lock may be writing a younger one); a refused run touches nothing."""
     import fcntl
@@ -72,13 +73,23 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     real = os.path.realpath(folder)
     locks = Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}"  # per user: /tmp is shared
     locks.mkdir(mode=0o700, exist_ok=True)
-    with open(locks / f"{hashlib.sha256(os.fsencode(real)).hexdigest()[:32]}.lock", "a+") as f:
+    path = locks / f"{hashlib.sha256(os.fsencode(real)).hexdigest()[:32]}.lock"
+    while True:
+        f = open(path, "a+")  # closed below, or after the block
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
+            f.close()
             raise DapError(f"{folder} is in use by {holder}; wait for it to finish, or choose another folder") from None
+        # The holder before us deletes the file as it lets go (so lock files do not pile up): a lock taken on a
+        # file no longer at `path` guards nothing, since a third process would create and lock a new one there.
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        f.close()
+    with f:
         f.seek(0)
         f.truncate()
         f.write(f"{what} (process {os.getpid()})")
@@ -90,6 +101,7 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
             yield
         finally:
             _HELD_LOCKS.discard(f.fileno())
+            path.unlink(missing_ok=True)  # while still held: whoever opens `path` next makes a new file
             fcntl.flock(f, fcntl.LOCK_UN)
 
 

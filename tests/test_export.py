@@ -151,3 +151,54 @@ def test_vitl_official_layout_exports_exactly(tmp_path):
     out = onnx_model(x)
     assert np.abs(out["depth"].numpy() / model.cfg.max_depth - expected["a_pred_depth"]).max() <= 1e-4
     assert np.abs(out["out_of_range_prob"].numpy() - expected["a_pred_mask"]).max() <= 1e-4
+
+
+def test_a_calibrated_model_exported_at_another_size_says_so_where_it_runs(tmp_path, capsys):
+    """Exporting the bundled model at 64x128 recorded 64x128 as its own resolution: depth about 2x off, no note."""
+    from dap.inference import other_resolution_note
+
+    save_model(create_model("dap_tiny", depth_scale=0.9, default_resolution=(32, 64)).eval(), tmp_path / "ckpt")
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
+                 "--resolution", "64x128"]) == 0
+    assert "dap export: note: working resolution 64x128 is not the one this model was calibrated at, 32x64" in \
+        capsys.readouterr().err
+    graph = OnnxModel(tmp_path / "m.onnx")
+    assert graph.calibrated_resolution == (32, 64) and graph.cfg.default_resolution == (64, 128)
+    assert "Export the graph again at 32x64" in other_resolution_note(None, graph)
+    rng = np.random.default_rng(0)
+    write_rgb(tmp_path / "p.png", rng.random((64, 128, 3)))
+    assert main(["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--backend", "onnxruntime",
+                 "--model", str(tmp_path / "m.onnx"), "--outputs", "npy"]) == 0
+    assert "calibrated at, 32x64" in capsys.readouterr().err
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "own.onnx")]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert other_resolution_note(None, OnnxModel(tmp_path / "own.onnx")) is None
+
+
+def test_python_predict_takes_a_graphs_own_seam_padding_as_dap_predict_does(tiny_model, tmp_path):
+    """A dynamic graph exported with --seam-pad 0: `dap predict` ran it with 0, `dap.predict` with 0.0625 (depth
+    differing by up to 5x between the two)."""
+    from dap.inference import predict
+
+    export_onnx(tiny_model, tmp_path / "m.onnx", dynamic=True, seam_pad=0.0)
+    image = np.random.default_rng(0).random((32, 64, 3)).astype(np.float32)
+    graph = OnnxModel(tmp_path / "m.onnx")
+    own = predict(image, graph, resolution=(32, 64)).depth
+    np.testing.assert_array_equal(own, predict(image, graph, resolution=(32, 64), seam_pad=0.0).depth)
+    assert not np.array_equal(own, predict(image, graph, resolution=(32, 64), seam_pad=0.25).depth)
+    np.testing.assert_allclose(own, predict(image, tiny_model, resolution=(32, 64), seam_pad=0.0).depth, rtol=1e-4)
+
+
+def test_export_leaves_the_callers_model_as_it_was(tmp_path):
+    """export_onnx called model.float().eval().cpu() on the caller's model: a check in a training loop left it in
+    eval mode (on the CPU), and a model prepared for bf16 came back float32 without a word."""
+    from dap.inference import prepare_model
+
+    torch.manual_seed(0)
+    model = create_model("dap_tiny").train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    export_onnx(model, tmp_path / "m.onnx", resolution=(32, 64))
+    assert all(m.training for m in model.modules())
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(DapError, match="prepared for bf16 inference .* export the float32 model"):
+        export_onnx(prepare_model(model.eval(), "bf16"), tmp_path / "b.onnx", resolution=(32, 64))

@@ -19,6 +19,7 @@ older path stays available to us.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 from dap.errors import DapError, UnreadableFileError
-from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, seam_pad_columns
+from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, seam_pad_columns, weights_precision
 from dap.models.dap import DAP, DapConfig
 
 OPSET = 17
@@ -61,10 +62,14 @@ def export_onnx(
     seam_pad: float = DEFAULT_SEAM_PAD,
 ) -> Path:
     """Write `model` as ONNX to `out` (atomically). `resolution` is the working (height, width), default the model's
-    own; the traced input adds the seam columns of `seam_pad`. `dynamic` makes height and width dynamic axes."""
+    own; the traced input adds the seam columns of `seam_pad`. `dynamic` makes height and width dynamic axes. The
+    model is left as it was (mode, device, weights); the graph computes in float32."""
     onnx = _require("onnx")
     from dap.io import atomic_write
 
+    if (prepared := weights_precision(model)) is not None:  # its float32 weights are gone: bf16-rounded, or int8
+        raise DapError(f"the model is prepared for {prepared} inference (prepare_model); export the float32 model it "
+                       "was made from")
     check_seam_pad(seam_pad)
     h, w = resolution or model.cfg.default_resolution
     patch = model.cfg.vit.patch_size
@@ -82,11 +87,23 @@ def export_onnx(
         # checks, which become constants in the graph (OnnxModel checks sizes instead).
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        torch.onnx.export(model.float().eval().cpu(), (example,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
+        training = [m for m in model.modules() if m.training]
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+        net = model if {p.dtype for p in model.parameters()} <= {torch.float32} else copy.deepcopy(model).float()
+        try:
+            torch.onnx.export(net.eval().cpu(), (example,), buffer, dynamo=False, opset_version=OPSET,
+                              input_names=[INPUT], output_names=list(OUTPUTS), dynamic_axes=axes)
+        finally:  # the caller's model as it was: a check in a training loop must not leave it in eval mode on the CPU
+            if net is model:
+                model.to(device)
+                for m in training:
+                    m.train()
     proto = onnx.load_from_string(buffer.getvalue())
     cfg = dataclasses.replace(model.cfg, default_resolution=(h, w))
-    onnx.helper.set_model_props(proto, {"dap.config": json.dumps(cfg.to_dict()), "dap.seam_pad": str(seam_pad)})
+    own = model.cfg.default_resolution  # calibrated there: OnnxModel tells a graph of another size by it
+    onnx.helper.set_model_props(proto, {"dap.config": json.dumps(cfg.to_dict()), "dap.seam_pad": str(seam_pad),
+                                        "dap.calibrated_resolution": f"{own[0]}x{own[1]}"})
     with atomic_write(out) as tmp:
         onnx.save(proto, str(tmp))
     return Path(out)
@@ -115,6 +132,9 @@ class OnnxModel:
             raise DapError(f"{self.path} has no dap.config metadata: it was not written by `dap export onnx`")
         self.cfg = DapConfig.from_dict(json.loads(meta["dap.config"]))
         self.seam_pad = float(meta["dap.seam_pad"]) if "dap.seam_pad" in meta else None
+        # the working resolution of the model it was exported from (graphs from before: their own)
+        own = meta.get("dap.calibrated_resolution")
+        self.calibrated_resolution = tuple(int(v) for v in own.split("x")) if own else None
         self.input_size = tuple(self.session.get_inputs()[0].shape[2:])  # ints if fixed, axis names if dynamic
         self.fixed = all(isinstance(d, int) for d in self.input_size)
 

@@ -39,7 +39,6 @@ from dap.errors import DapError, NotPanoramaError, is_number, warn_input
 
 if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
     from dap.io import PhotoSphere
-    from dap.models import DapConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -636,19 +635,24 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
 MAX_CAMERA_HEIGHT = 1000.0
 
 
-def other_resolution_note(resolution: tuple[int, int] | None, cfg: DapConfig) -> str | None:
+def other_resolution_note(resolution: tuple[int, int] | None, model) -> str | None:
     """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
-    one is) at another working resolution than its `default_resolution`, the one it was calibrated at; else None.
-    Its metric depth does not carry over: the bundled model's AbsRel on held-out rooms, 0.19 at its 256x512, is
+    one is; `model` may be its DapConfig) at another working resolution (None: the model's `default_resolution`)
+    than the one it was calibrated at (its `default_resolution`; for an ONNX graph exported at another size, the one
+    its metadata records); else None. Its metric depth does not carry over: the bundled model's AbsRel on held-out rooms, 0.19 at its 256x512, is
     0.21-0.26 at 240x480-320x640, 0.31 at 512x1024 and 0.74 at 192x384 (docs/models.md, "Working resolution")."""
-    own = tuple(cfg.default_resolution)
+    cfg = getattr(model, "cfg", model)
+    own = tuple(getattr(model, "calibrated_resolution", None) or cfg.default_resolution)
+    resolution = tuple(resolution or cfg.default_resolution)
     calibrated = cfg.depth_scale != 1.0 or bool(cfg.latitude_scale)
-    if resolution is None or not calibrated or tuple(resolution) == own:
+    if not calibrated or resolution == own:
         return None
+    fix = (f"Export the graph again at {own[0]}x{own[1]} (dap export onnx --resolution {own[0]}x{own[1]})"
+           if hasattr(model, "calibrated_resolution") else "Leave --resolution out")
     return (f"working resolution {resolution[0]}x{resolution[1]} is not the one this model was calibrated at, "
             f"{own[0]}x{own[1]}, and its depth scale depends on it (the bundled model has 13% to 4x its AbsRel on "
-            "held-out rooms at the other resolutions measured: docs/models.md, \"Working resolution\"). Leave "
-            "--resolution out unless you have measured the other one.")
+            f"held-out rooms at the other resolutions measured: docs/models.md, \"Working resolution\"). {fix} "
+            "unless you have measured the other one.")
 
 
 # An input this many times smaller than the working resolution (in height) or more gets a warning: a thumbnail
@@ -692,7 +696,7 @@ def predict(
     *,
     resolution: tuple[int, int] | None = None,
     device: str | torch.device | None = None,
-    seam_pad: float = DEFAULT_SEAM_PAD,
+    seam_pad: float | None = None,
     pad_to_erp: bool = False,
     pad_top: int | None = None,
     threshold: float | None = None,
@@ -711,7 +715,8 @@ def predict(
         for the official model). Output is resized back to each input's size.
     device: where to run ("cpu", "cuda", "cuda:N", "mps"); default: CUDA, else MPS, else the CPU. A loaded model
         passed in is moved there, in place (as torch's `model.to`).
-    seam_pad: fraction of the width wrapped around each side of the seam (0 disables).
+    seam_pad: fraction of the width wrapped around each side of the seam (0 disables); default DEFAULT_SEAM_PAD, or
+        for an ONNX graph the value it was exported with (as `dap predict` does).
     threshold: range-mask probability threshold; default: the model's `range_threshold` (0.5 unless calibrated);
         above 1 (e.g. math.inf), nothing is masked: the depth head alone.
     pad_to_erp: accept partial panoramas wider than 2:1 by padding missing latitude rows (masked in the output):
@@ -745,7 +750,8 @@ def predict(
     for name, value in (("level", level), ("pad_to_erp", pad_to_erp)):
         if not isinstance(value, (bool, np.bool_)):  # "no" would be true
             raise DapError(f"{name} is True or False, got {value!r}")
-    check_seam_pad(seam_pad)
+    if seam_pad is not None:
+        check_seam_pad(seam_pad)
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     # run in eval mode (resolve_model); a check in the middle of training leaves each module as it found it
@@ -753,6 +759,8 @@ def predict(
     owned = not isinstance(model, torch.nn.Module)  # loaded here: nobody else holds its float32 weights
     model = resolve_model(model, dev)
     try:
+        if seam_pad is None:  # an ONNX graph's own, as `dap predict` takes it
+            seam_pad = DEFAULT_SEAM_PAD if getattr(model, "seam_pad", None) is None else model.seam_pad
         precision = model_precision(model, precision, dev)
         if owned or precision == "int8":  # a caller's model in 16 bit runs under autocast: no second copy per call
             model = prepare_model(model, precision)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     import_gradio()  # before loading (maybe downloading) the model
     device = select_device(args.device)
     model = resolve_model(args.model, device)
-    if note := other_resolution_note(args.resolution, model.cfg):
+    if note := other_resolution_note(args.resolution, model):
         print(f"dap demo: note: {note}", file=sys.stderr)
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
     from dap.errors import DapError

@@ -133,7 +133,7 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         return evaluate(dataset, config=cfg, out_dir=args.out, predictions_dir=args.predictions,
                         progress=sys.stderr.isatty())
     model = load_model(args.checkpoint, device=args.device)
-    if note := other_resolution_note(args.resolution, model.cfg):
+    if note := other_resolution_note(args.resolution, model):
         print(f"dap eval: note: {note}", file=sys.stderr)
     resolution = tuple(args.resolution or model.cfg.default_resolution)
     predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad)

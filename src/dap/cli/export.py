@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from dap.cli import parse_network_size
 from dap.errors import DapError
 from dap.export import INPUT, OPSET, OUTPUTS, export_onnx
-from dap.inference import DEFAULT_SEAM_PAD, seam_pad_columns
+from dap.inference import DEFAULT_SEAM_PAD, other_resolution_note, seam_pad_columns
 from dap.models import load_model
 
 
@@ -22,14 +23,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fixed working resolution HxW, 2:1, multiples of 16; default: the model's own")
     size.add_argument("--dynamic", action="store_true", help="dynamic height and width (multiples of 16)")
     parser.add_argument("--seam-pad", type=float, default=DEFAULT_SEAM_PAD,
-                        help="seam columns (fraction of the width) a fixed-size graph is traced with; "
-                             "predict with the same --seam-pad")
+                        help="seam columns (fraction of the width): a fixed-size graph is traced with them, and "
+                             "either graph records them, so dap predict and dap.predict use them unless told "
+                             "otherwise")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".onnx":  # a typo such as --out pano.png would replace that file with a graph
         raise DapError(f"--out {args.out}: give the ONNX file a .onnx name (e.g. {args.out.with_suffix('.onnx')})")
     model = load_model(args.model)
+    if note := other_resolution_note(args.resolution, model):
+        print(f"dap export: note: {note}", file=sys.stderr)
     out = export_onnx(model, args.out, resolution=args.resolution, dynamic=args.dynamic, seam_pad=args.seam_pad)
     h, w = args.resolution or model.cfg.default_resolution
     w += 2 * seam_pad_columns(w, args.seam_pad, model.cfg.vit.patch_size)

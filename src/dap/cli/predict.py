@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
                   "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
     if args.seam_pad is None:
         args.seam_pad = DEFAULT_SEAM_PAD
-    if note := other_resolution_note(args.resolution, model.cfg):
+    if note := other_resolution_note(args.resolution, model):
         print(f"dap predict: note: {note}", file=sys.stderr)
     precision = model_precision(model, args.precision, device)
     if args.precision == "auto" and precision != "fp32":

@@ -429,7 +429,10 @@ class FolderDataset(PanoDataset):
         if manifest is None:
             return self._index_folder()
         rows = _read_table(manifest)
-        cols = set(rows[0]) if rows else set()
+        if not rows:  # a header alone: its columns may be right, but it lists nothing to score
+            raise self.layout_error(f"the manifest {manifest.name} lists no samples (no rows under its header); add a "
+                                    "row per panorama with its rgb and depth files")
+        cols = set(rows[0])
         if not {"rgb", "depth"} <= cols:
             raise self.layout_error(
                 f"the manifest {manifest.name} has columns {sorted(cols)}; it needs rgb and "

@@ -298,6 +298,9 @@ def test_folder_without_manifest_and_errors(tmp_path):
     (tmp_path / "manifest.csv").write_text("image,depth\nx.png,y.png\n")
     with pytest.raises(DatasetLayoutError, match=r"has columns \['depth', 'image'\]; it needs rgb"):
         FolderDataset(tmp_path)
+    (tmp_path / "manifest.csv").write_text("rgb,depth,split\nx.png,y.npy,Test\nz.png,w.npy,train\n")
+    with pytest.raises(DatasetLayoutError, match="no rows of split 'test'; its splits are 'Test', 'train'"):
+        FolderDataset(tmp_path)  # was: "no samples found for split 'test'"
     (tmp_path / "manifest.csv").write_text("rgb,depth,split\n")  # was: "has columns []; it needs rgb and depth"
     with pytest.raises(DatasetLayoutError, match="lists no samples .no rows under its header"):
         FolderDataset(tmp_path)

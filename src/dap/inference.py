@@ -639,8 +639,9 @@ def other_resolution_note(resolution: tuple[int, int] | None, model) -> str | No
     """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
     one is; `model` may be its DapConfig) at another working resolution (None: the model's `default_resolution`)
     than the one it was calibrated at (its `default_resolution`; for an ONNX graph exported at another size, the one
-    its metadata records); else None. Its metric depth does not carry over: the bundled model's AbsRel on held-out rooms, 0.19 at its 256x512, is
-    0.21-0.26 at 240x480-320x640, 0.31 at 512x1024 and 0.74 at 192x384 (docs/models.md, "Working resolution")."""
+    its metadata records); else None. Its metric depth does not carry over: the bundled model's AbsRel on held-out
+    rooms, 0.19 at its 256x512, is 0.21-0.26 at 240x480-320x640, 0.31 at 512x1024 and 0.74 at 192x384
+    (docs/models.md, "Working resolution")."""
     cfg = getattr(model, "cfg", model)
     own = tuple(getattr(model, "calibrated_resolution", None) or cfg.default_resolution)
     resolution = tuple(resolution or cfg.default_resolution)

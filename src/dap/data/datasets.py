@@ -440,10 +440,12 @@ class FolderDataset(PanoDataset):
             )
         base = manifest.parent
         items = []
+        splits = set()  # those the manifest has, to name when the asked one is not among them
         for line, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them, header = 1
             if all(v in (None, "") for v in row.values()):  # a blank line, or one of only commas
                 continue
             if "split" in row and self.split != "all" and str(row["split"]) != self.split:
+                splits.add(str(row["split"]))
                 continue
             if row["rgb"] in (None, "") or row["depth"] in (None, ""):
                 raise self.layout_error(f"row {line} of the manifest {manifest.name} has an empty rgb or depth "
@@ -453,6 +455,9 @@ class FolderDataset(PanoDataset):
             scale = row.get("metres_per_unit")
             self._scales[depth] = _unit(scale, line, manifest) if scale not in (None, "") else None
             items.append(Item(name, rgb, depth))
+        if not items and splits:
+            raise self.layout_error(f"the manifest {manifest.name} has no rows of split '{self.split}'; its splits "
+                                    f"are {', '.join(repr(v) for v in sorted(splits))} (pass one of them, or all)")
         return items
 
     def _index_folder(self) -> list[Item]:

@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 import OpenEXR
 import torch
-import trimesh
 from PIL import Image, ImageDraw, ImageFont, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 from dap.errors import DapError, DepthUnitError, NoValidDepthError, UnreadableFileError
@@ -1253,6 +1252,10 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
     p, c = _points_colors(points, colors)
     if not len(p):
         raise ValueError(f"no points to write to {Path(path).name}: glTF has no empty point cloud (PLY has)")
+    # Imported here: a fifth of a second on every start of dap otherwise, and its import swallows a Ctrl-C (it
+    # catches BaseException around its optional modules), leaving a half-imported numpy behind
+    import trimesh
+
     p = p * np.array([1, -1, -1], np.float32)
     rgba = None if c is None else np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], axis=1)
     cloud = trimesh.PointCloud(p, colors=rgba)

@@ -122,6 +122,21 @@ def test_a_host_that_does_not_resolve_is_named(capsys):
     assert "cannot resolve --host 'bad host!'" in err.err and "serving on" not in err.out
 
 
+def test_the_demo_prepares_its_model_once_for_the_precision_it_runs(monkeypatch):
+    """Where "auto" is 16 bit (CUDA, a CPU with fast bf16), the demo cast every weight on every upload, as
+    `dap predict` no longer does: its model is prepared once (bf16 weights)."""
+    pytest.importorskip("gradio")
+    from dap.cli import main
+    from dap.inference import weights_precision
+
+    monkeypatch.setattr("dap.inference.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("dap.inference.cpu_bf16_speedup", lambda: 4.0)
+    built = []
+    monkeypatch.setattr("dap.demo.build_app", lambda model, **kwargs: built.append(model))
+    assert main(["demo", "--host", "bad host!", "--port", "7999", "--device", "cpu"]) == 2  # stops after build_app
+    assert [weights_precision(m) for m in built] == ["bf16"]
+
+
 def test_sigterm_stops_the_server_as_ctrl_c_does_and_a_taken_port_is_named(tmp_path):
     """kill / docker stop send SIGTERM: the server shut down without its cleanup, leaving every cached upload
     and output in gradio's temporary folder (the samples' copies show it here)."""

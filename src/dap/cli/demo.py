@@ -30,13 +30,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dap.demo import build_app, import_gradio
-    from dap.inference import other_resolution_note, resolve_model, select_device
+    from dap.inference import model_precision, other_resolution_note, prepare_model, resolve_model, select_device
 
     import_gradio()  # before loading (maybe downloading) the model
     device = select_device(args.device)
     model = resolve_model(args.model, device)
     if note := other_resolution_note(args.resolution, model):
         print(f"dap demo: note: {note}", file=sys.stderr)
+    # as `dap predict`: once, for every upload (16-bit weights where "auto" computes in 16 bit, e.g. on CUDA)
+    model = prepare_model(model, model_precision(model, "auto", device))
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
     from dap.errors import DapError
 

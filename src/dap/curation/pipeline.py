@@ -61,7 +61,7 @@ class PoolSection:
     inputs: list[PoolInput] = field(default_factory=list)
     every_s: float = 2.0
     pad_to_erp: bool = False
-    max_width: int = 1024
+    max_width: int = 2048  # the defaults of the steps' own commands (dap curate ingest, label)
     min_width: int = 512
     dedupe_bits: int = 6
     max_tilt_deg: float = 8.0
@@ -70,9 +70,9 @@ class PoolSection:
 
 @dataclass
 class LabelSection:
-    resolution: tuple[int, int] = (128, 256)
+    resolution: tuple[int, int] = (256, 512)  # the bundled labeler's own
     batch_size: int = 4
-    num_workers: int = 0
+    num_workers: int = 2
     tta: bool = True
     outdoor_sky_fraction: float = 0.05
 

@@ -3,6 +3,7 @@ overlapped `dap predict` pipeline. No timings here: speed is measured by benchma
 
 import argparse
 import copy
+import os
 
 import numpy as np
 import pytest
@@ -137,6 +138,11 @@ def test_16bit_weights_give_autocasts_outputs_in_half_the_memory(tiny_model, pre
         return sum(p.numel() * p.element_size() for p in m.parameters())
 
     assert size(q) < 0.52 * size(tiny_model)
+    # in place (dap predict's own model): the same weights, never both versions of them in memory at once
+    own = copy.deepcopy(tiny_model)
+    assert prepare_model(own, precision, in_place=True) is own and size(own) == size(q)
+    with torch.inference_mode():
+        assert all(torch.equal(run_model(own, x, precision=precision)[k], want[k]) for k in want)
     image = np.random.default_rng(0).random((32, 64, 3), dtype=np.float32)
     np.testing.assert_array_equal(predict(image, q, resolution=(32, 64)).depth,  # auto: its precision
                                   predict(image, tiny_model, resolution=(32, 64), precision=precision).depth)
@@ -146,6 +152,31 @@ def test_16bit_weights_give_autocasts_outputs_in_half_the_memory(tiny_model, pre
         predict(image, copy.deepcopy(tiny_model).half(), resolution=(32, 64), precision=precision)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_a_model_prepared_in_place_lets_its_weights_file_go(ckpt, precision):
+    """A loaded model's tensors live in the weights file as safetensors maps it. Prepared for bf16 (or int8) by
+    dap predict, the float32 norms left (the biases packed with the int8 weights) kept the whole mapping: a ViT-L
+    held 2.4 GB where 1.0 was needed (docs/performance.md)."""
+    import gc
+
+    weights = os.path.realpath(ckpt / "model.safetensors")
+
+    def mapped() -> bool:
+        with open("/proc/self/maps") as f:
+            return any(line.rstrip().endswith(weights) for line in f)
+
+    model = load_model(ckpt)
+    assert mapped()
+    prepared = prepare_model(model, precision, in_place=True)
+    del model
+    gc.collect()
+    assert not mapped()
+    x = torch.randn(1, 3, 32, 64)
+    with torch.inference_mode():
+        want = run_model(load_model(ckpt), x, precision=precision)["depth"]
+        assert torch.equal(run_model(prepared, x, precision=precision)["depth"], want)
+
+
 def test_predict_keeps_16bit_weights_of_models_it_loads_only(tiny_model, ckpt, monkeypatch):
     """A model predict loads itself is converted (its float32 weights are let go); a caller's model runs under
     autocast, since a converted copy would sit beside the caller's float32 weights on every call."""
@@ -153,12 +184,13 @@ def test_predict_keeps_16bit_weights_of_models_it_loads_only(tiny_model, ckpt, m
 
     converted = []
     real = dap.inference.with_16bit_weights
-    monkeypatch.setattr(dap.inference, "with_16bit_weights", lambda m, p: converted.append(p) or real(m, p))
+    monkeypatch.setattr(dap.inference, "with_16bit_weights",
+                        lambda m, p, **kw: converted.append((p, kw)) or real(m, p, **kw))
     image = np.random.default_rng(0).random((32, 64, 3), dtype=np.float32)
     from_path = predict(image, ckpt, resolution=(32, 64), precision="bf16", device="cpu").depth
-    assert converted == ["bf16"]
+    assert converted == [("bf16", {"in_place": True})]  # nobody else holds it: no second copy of the weights
     from_module = predict(image, load_model(ckpt), resolution=(32, 64), precision="bf16", device="cpu").depth
-    assert converted == ["bf16"]
+    assert len(converted) == 1
     np.testing.assert_array_equal(from_path, from_module)
 
 

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     if note := other_resolution_note(args.resolution, model):
         print(f"dap demo: note: {note}", file=sys.stderr)
     # as `dap predict`: once, for every upload (16-bit weights where "auto" computes in 16 bit, e.g. on CUDA)
-    model = prepare_model(model, model_precision(model, "auto", device))
+    model = prepare_model(model, model_precision(model, "auto", device), in_place=True)
     app = build_app(model, resolution=args.resolution, device=device, model_name=args.model or "dap-tiny-synth")
     from dap.errors import DapError
 

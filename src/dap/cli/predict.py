@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
                 # the smoothing runs over the frames predicted: another sampling gives other frames another scale
                 **({"every_s": args.every} if args.every and args.smooth_scale else {}),
                 "point_stride": args.point_stride if {"ply", "glb"} & set(kinds) else 1}
-    model = prepare_model(model, precision)  # once, not per panorama (int8 quantises here)
+    model = prepare_model(model, precision, in_place=True)  # once, not per panorama (int8 quantises here)
     # Two runs into one folder at once would both find no record for an input and mix their outputs
     with io.folder_lock(args.out, "dap predict"):
         return _predict_all(args, items, kinds, model, settings, precision, device)

@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -378,3 +379,29 @@ def test_official_quirks_module_does_not_import_the_model_back():
     leaves = {"dap.errors", "dap.models.backbone", "dap.models.dinov3"}  # import nothing of dap.models back
     assert imported <= {"__future__", "pathlib", "torch", *leaves}, imported
     assert MODEL_CONFIGS["dap_vitl"].layers == official.OFFICIAL_LAYERS[24]
+
+
+def test_release_file_pages_gives_back_a_mapped_tensors_memory_and_keeps_its_values(tmp_path):
+    """The pages a weights tensor was read from stay in memory while any tensor of the file lives; released, they
+    leave the process's memory and read back from the file unchanged."""
+    from dap.models.checkpoint import release_file_pages
+
+    path = tmp_path / "w.safetensors"
+    save_file({"big": torch.arange(4 << 20, dtype=torch.float32), "small": torch.ones(3)}, str(path))
+    tensors = load_file(str(path))
+    total = float(tensors["big"].sum())  # reads every page
+
+    def resident_kb() -> int:
+        kb, inside = 0, False
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                if re.match(r"^[0-9a-f]+-[0-9a-f]+ ", line):
+                    inside = line.rstrip().endswith(str(path))
+                elif inside and line.startswith("Rss:"):
+                    kb += int(line.split()[1])
+        return kb
+
+    assert resident_kb() >= 16 << 10  # 16 MiB of float32
+    release_file_pages([tensors["big"]])
+    assert resident_kb() < 64
+    assert float(tensors["big"].sum()) == total and torch.equal(tensors["small"], torch.ones(3))

@@ -380,13 +380,18 @@ def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     dtype = _AUTOCAST[precision]
     if weights_precision(model) == precision:
         return model
+    from dap.models.checkpoint import release_file_pages
+
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # copy the modules, not the weights
     converted = model if in_place else copy.deepcopy(model, shared)
     for m in converted.modules():
         if isinstance(m, _CAST_LAYERS):
+            old = [p for p in (m.weight, m.bias) if p is not None]
             for name in ("weight", "bias"):
                 if (p := getattr(m, name)) is not None:
                     setattr(m, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+            if in_place:  # as it goes: else the float32 file stays in memory beside the converted weights
+                release_file_pages(old)
     return converted
 
 
@@ -421,9 +426,15 @@ def quantize_int8(model, *, own_memory: bool = False):
             m.qkv.bias = torch.nn.Parameter(m.masked_qkv_bias().detach(), requires_grad=False)
     if own_memory:  # the Linear weights become int8 copies; the rest, their biases too (packed with them), are copied
         _own_storages(q, skip=lambda m, name: isinstance(m, torch.nn.Linear) and name == "weight")
+    float_weights = [m.weight for m in q.modules() if isinstance(m, torch.nn.Linear)]
     with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torch pinned: it stays)
         warnings.simplefilter("ignore")
-        return quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+        quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
+    if own_memory:
+        from dap.models.checkpoint import release_file_pages
+
+        release_file_pages(float_weights)
+    return q
 
 
 def is_int8(model) -> bool:
@@ -477,14 +488,20 @@ def _own_storages(model, skip=lambda module, name: False) -> None:
     model's tensors live in the weights file's one buffer as safetensors reads it, which stays while any of them
     does: after the Linear weights were converted, the few float32 norms left kept the whole float32 file in
     memory (a ViT-L prepared for bf16 held 2.4 GB, not 0.7). `skip(module, name)`: slots to leave as they are."""
+    from dap.models.checkpoint import release_file_pages
+
+    old = []
     with torch.no_grad():
         for m in model.modules():  # new tensors in the modules' own slots: `t.data = ...` left a buffer's old one alive
             for name, t in m._parameters.items():
                 if t is not None and t.dtype == torch.float32 and not skip(m, name):
                     m._parameters[name] = torch.nn.Parameter(t.detach().clone(), requires_grad=t.requires_grad)
+                    old.append(t)
             for name, t in m._buffers.items():
                 if t is not None and t.dtype == torch.float32 and not skip(m, name):
                     m._buffers[name] = t.clone()
+                    old.append(t)
+    release_file_pages(old)
 
 
 def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,

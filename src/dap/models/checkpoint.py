@@ -61,6 +61,36 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
     model.load_state_dict(sd, strict=True, assign=assign)
 
 
+def release_file_pages(tensors) -> None:
+    """Give the memory pages of these CPU tensors back to the kernel where they lie in a weights file's mapping
+    (`load_model` maps .safetensors files, torch.load(mmap=True) .pt ones), for tensors about to be replaced. The
+    mapping is shared by all of the file's tensors and stays until the last of them goes; until then each page read
+    counts as the process's memory, so converting weights one by one held the whole float32 file and the new copies
+    at once. Only pages entirely inside a tensor's bytes; one read again comes back from the file. Linux only."""
+    import ctypes
+    import mmap
+
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return
+    maps = []
+    for line in lines:  # address range, permissions (private mappings: 'p'), offset, device, inode, path
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[1].endswith("p") and parts[5].endswith((".safetensors", ".pt", ".pth")):
+            maps.append(tuple(int(v, 16) for v in parts[0].split("-")))
+    if not maps or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    page = mmap.PAGESIZE
+    for t in tensors:
+        start = t.data_ptr()
+        end = start + t.numel() * t.element_size()
+        first, last = -(-start // page) * page, end // page * page
+        if t.device.type == "cpu" and last > first and any(lo <= start and end <= hi for lo, hi in maps):
+            libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), mmap.MADV_DONTNEED)
+
+
 def check_finite(model: DAP, source: Path) -> None:
     """Refuse NaN/inf weights (e.g. from a run that diverged): they would silently make every depth NaN."""
     # A sum is non-finite when any element is (or, rarely, when it overflows: then the exact check decides);

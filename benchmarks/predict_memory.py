@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -59,8 +60,9 @@ def run_once(model: str, image: Path, out: Path, setting: dict, outputs: str = "
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")} | setting
     if src:
         env["PYTHONPATH"] = src
+    shutil.rmtree(out, ignore_errors=True)  # each run predicts afresh (a rerun would skip outputs made the same way)
     cmd = [sys.executable, "-m", "dap.cli", "predict", str(image), "--model", model, "--outputs", outputs,
-           "--precision", "fp32", "--out", str(out), "--overwrite", *extra]
+           "--precision", "fp32", "--out", str(out), *extra]
     with tempfile.TemporaryFile("w+") as errors:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=errors, text=True)
         stdout = proc.stdout.read()

@@ -748,6 +748,16 @@ def test_benchmarks_refuse_bad_options_with_a_message(tmp_path, script, args, me
     assert "Traceback" not in out.stderr
 
 
+def test_predict_memory_times_every_repeat(tmp_path):
+    """Its second repeat predicted into the first one's folder with --overwrite, which now keeps outputs made the
+    same way: dap predict skipped the panorama, printed no time, and the benchmark ended in a traceback."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "predict_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--model", "dap-tiny-synth", "--sizes", "64", "--repeats", "2",
+                          "--malloc", "glibc default"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "| 64x128 | this checkout | - | glibc default |" in out.stdout
+
+
 def test_help_loads_no_heavy_library():
     heavy = "('torch', 'cv2', 'OpenEXR')"
     code = f"import sys, dap.cli; dap.cli.build_parser(); print([m for m in {heavy} if m in sys.modules])"

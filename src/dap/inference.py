@@ -487,7 +487,7 @@ def _own_storages(model, skip=lambda module, name: False) -> None:
     """Give each float32 tensor of `model` (those a preparation kept as they were) memory of its own. A loaded
     model's tensors live in the weights file's one buffer as safetensors reads it, which stays while any of them
     does: after the Linear weights were converted, the few float32 norms left kept the whole float32 file in
-    memory (a ViT-L prepared for bf16 held 2.4 GB, not 0.7). `skip(module, name)`: slots to leave as they are."""
+    memory (a ViT-L prepared for bf16 held 2.3 GiB, not 1.0). `skip(module, name)`: slots to leave as they are."""
     from dap.models.checkpoint import release_file_pages
 
     old = []

@@ -321,6 +321,19 @@ def test_no_write_permission(d, tmp_path, capsys, monkeypatch):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("state, says", [
+    ({"core.pretrained.model.cls_token": torch.zeros(1, 1, 8)}, "official checkpoint lacks 'backbone.blocks.<n>.*'"),
+    ({1: torch.zeros(2)}, "is not a flat state dict of tensors (got a dict of other keys or values than names"),
+])
+def test_convert_of_a_malformed_checkpoint_is_one_line(tmp_path, capsys, state, says):
+    """An official-layout file without backbone blocks ended in `max() arg is an empty sequence`, a dict with integer
+    keys in `'int' object has no attribute 'removeprefix'`: tracebacks, exit 1."""
+    torch.save(state, tmp_path / "model.pth")
+    code, err = _run(["convert", str(tmp_path / "model.pth"), str(tmp_path / "out")], capsys)
+    assert code == 2
+    _check_one_line(err, "convert", [says])
+
+
 def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_path, capsys):
     import json
 

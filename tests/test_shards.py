@@ -132,6 +132,41 @@ def test_settings_mismatch_and_missing_manifest(tmp_path):
         ShardDataset(tmp_path / "nothing")
 
 
+def test_shards_no_run_recorded_are_refused_not_replaced(tmp_path):
+    """WebDataset names its shards as we do: a folder of someone's shard-000000.tar got ours written over it, and a
+    dataset whose synth_config.json was deleted was resumed with other settings into a manifest mixing both."""
+    foreign = tmp_path / "theirs"
+    foreign.mkdir()
+    (foreign / "shard-000000.tar").write_bytes(b"their shard")
+    with pytest.raises(DapError, match="holds 1 shard file.*but no synth_config.json: not a `dap synth` dataset"):
+        write(foreign, count=2)
+    assert (foreign / "shard-000000.tar").read_bytes() == b"their shard"
+    write(tmp_path / "ours", count=2)
+    (tmp_path / "ours" / "synth_config.json").unlink()
+    with pytest.raises(DapError, match="no synth_config.json"):
+        write(tmp_path / "ours", count=2, seed=100)
+
+
+def test_seeds_the_manifest_cannot_store_are_refused_before_rendering(tmp_path):
+    with pytest.raises(DapError, match=r"seeds 9223372036854775806 to 9223372036854775808 pass the largest"):
+        write(tmp_path, count=3, seed=2**63 - 2)
+    assert not list(tmp_path.glob("shard-*"))  # was: every shard rendered, then an OverflowError in the manifest
+
+
+def test_changed_texture_photos_are_other_settings(tmp_path):
+    """Only the texture folders were recorded: a rerun after a photo in them changed resumed, mixing textures."""
+    from dap.io import write_rgb
+
+    textures = tmp_path / "tex"
+    write_rgb(textures / "a.png", np.random.default_rng(0).random((160, 320, 3)))
+    style = f"photo@{textures}"
+    write(tmp_path / "out", count=2, style=style)
+    write(tmp_path / "out", count=2, style=style)  # unchanged: resumes (nothing to do)
+    write_rgb(textures / "a.png", np.random.default_rng(1).random((160, 320, 3)))
+    with pytest.raises(DapError, match=r"other settings \(textures: '[0-9a-f]{16}' -> '[0-9a-f]{16}'\)"):
+        write(tmp_path / "out", count=2, style=style)
+
+
 # ---------------------------------------------------------------------------------------- augmentations
 
 

@@ -130,13 +130,23 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     kind_for_seed(seed, kind)  # validates kind
     get_style(style)
     check_erp_shape(*resolution, "resolution")
+    if seed + count > 2**63:  # the manifest stores seeds as int64: the last one failed there, after every render
+        raise DapError(f"seeds {seed} to {seed + count - 1} pass the largest the manifest stores (2^63 - 1); choose a "
+                       "smaller --seed")
     root = Path(out)
     root.mkdir(parents=True, exist_ok=True)
     with folder_lock(root, "dap synth"):  # a second run into it would delete this one's shard in progress
         _check_not_foreign(root)
         cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
                    resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
+        if "@" in style:  # the photos behind the textures, not only their folders: one changed changes the samples
+            cfg["textures"] = _texture_fingerprint(style.partition("@")[2].split(os.pathsep))
         cfg_path = root / CONFIG
+        if not cfg_path.exists() and (theirs := sorted(root.glob("shard-*.tar"))):
+            # shards that no run of ours recorded (WebDataset's names are ours too): replaced or mixed in otherwise
+            raise DapError(f"{root} holds {len(theirs)} shard file(s) ({theirs[0].name}, ...) but no {CONFIG}: not a "
+                           "`dap synth` dataset, or one whose settings file was deleted, so its shards cannot be told "
+                           "apart from new ones. Choose a new --out folder")
         # The settings bind the folder only once a shard exists: a run stopped before its first shard (rejected,
         # interrupted) must not block the corrected rerun.
         if cfg_path.exists() and any(root.glob("shard-*.tar")):
@@ -180,6 +190,15 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                     _remove_partial_shards(root)  # shards in progress are left half-written
                     raise
         return write_manifest(root)
+
+
+def _texture_fingerprint(dirs: list[str]) -> str:
+    """SHA-256 (16 hex digits) of the texture bank `load_texture_tiles` cuts from `dirs`."""
+    import hashlib
+
+    from dap.data.synthetic import load_texture_tiles
+
+    return hashlib.sha256(load_texture_tiles(dirs).tobytes()).hexdigest()[:16]
 
 
 def _remove_partial_shards(root: Path) -> None:

@@ -83,8 +83,9 @@ def read_official_checkpoint(path: Path, mmap: bool = False) -> dict[str, torch.
     for key in ("model", "state_dict", "model_state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a flat state dict of tensors (got {type(obj).__name__})")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        what = type(obj).__name__ if not isinstance(obj, dict) else "a dict of other keys or values than names, tensors"
+        raise CheckpointError(f"{path} is not a flat state dict of tensors (got {what})")
     # The release was saved from nn.DataParallel, which prefixes every key with `module.`.
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
@@ -127,7 +128,10 @@ def official_config(sd: dict[str, torch.Tensor]) -> dict:
     """Architecture of an official-format checkpoint, read from its tensor shapes (our keys): DapConfig fields."""
     try:
         dim = sd["backbone.cls_token"].shape[-1]
-        depth = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("backbone.blocks."))
+        blocks = [k.split(".")[2] for k in sd if k.startswith("backbone.blocks.")]
+        if not blocks or not all(b.isdigit() for b in blocks):
+            raise KeyError("backbone.blocks.<n>.*")
+        depth = 1 + max(map(int, blocks))
         features = sd["depth_head.scratch.layer1_rn.weight"].shape[0]
         out_channels = tuple(sd[f"depth_head.projects.{i}.weight"].shape[0] for i in range(4))
         storage = sd["backbone.storage_tokens"].shape[1]

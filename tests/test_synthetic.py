@@ -303,6 +303,16 @@ def test_texture_bank_from_package_and_folders(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DapError, match="no images"):
         load_texture_tiles([str(tmp_path / "empty")])
+    with pytest.raises(DapError, match="a.jpg is a file, not a folder"):  # was: "does not exist"
+        load_texture_tiles([str(tmp_path / "a.jpg")])
+    # was: "all blank or smaller than 128 pixels" for photos that could not be read at all
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DapError, match=r"give no texture: none of the 1 can be read \(x.jpg\)"):
+        load_texture_tiles([str(tmp_path / "bad")])
+    Image.fromarray(np.full((256, 512, 3), 128, np.uint8)).save(tmp_path / "bad" / "grey.png")
+    with pytest.raises(DapError, match=r"1 of the 2 cannot be read \(x.jpg\), the others are too plain"):
+        load_texture_tiles([str(tmp_path / "bad")])
     style = get_style(f"photo@{tmp_path}")
     assert style.texture_dirs == (str(tmp_path),) and style.name == "photo"
     with pytest.raises(ValueError, match="photo textures"):

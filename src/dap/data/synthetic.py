@@ -923,24 +923,31 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = (), unreadable: list[
         return atlas.reshape(rows, TILE, cols, TILE, 3).transpose(0, 2, 1, 3, 4).reshape(-1, TILE, TILE, 3)
     for d in dirs:
         if not Path(d).is_dir():
-            raise DapError(f"texture folder {d} does not exist; pass a folder of photos ({', '.join(IMAGE_SUFFIXES)})")
+            what = "is a file, not a folder" if Path(d).exists() else "does not exist"
+            raise DapError(f"texture folder {d} {what}; pass a folder of photos ({', '.join(IMAGE_SUFFIXES)})")
     # the folders' own images, not their sub-folders' nor hidden files (macOS's ._ files beside each photo)
     files = sorted(f for d in dirs for f in Path(d).iterdir() if is_image_file(f) and not f.name.startswith("."))
     if not files:
         raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, dirs))}; pass folders of "
                        "photos")
     per_image = max(1, min(16, 512 // len(files)))  # a bank of at most ~512 crops (~25 MB in memory)
-    tiles = []
+    tiles, bad = [], []
     for f in files:
         try:
             rgb = (read_rgb(f) * 255 + 0.5).astype(np.uint8)
         except DapError:  # one bad photo costs its crops, not the run
-            if unreadable is not None:
-                unreadable.append(f.name)
+            bad.append(f.name)
             continue
         tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(f.name.encode())))
+    if unreadable is not None:
+        unreadable += bad
     if not tiles:
-        raise DapError(f"the images in {', '.join(map(str, dirs))} are all blank or smaller than {TILE} pixels")
+        names = f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+        plain = "too plain (no crop with detail) or strips narrower than 1:16"
+        why = (f"none of the {len(files)} can be read ({names})" if len(bad) == len(files)
+               else f"{len(bad)} of the {len(files)} cannot be read ({names}), the others are {plain}" if bad
+               else f"they are all {plain}")
+        raise DapError(f"the images in {', '.join(map(str, dirs))} give no texture: {why}")
     return np.stack(tiles)
 
 

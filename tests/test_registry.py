@@ -145,6 +145,14 @@ def test_a_release_of_another_architecture_is_refused(hub, tmp_path):
     assert not (hub / "dap").exists()  # nothing converted
 
 
+def test_a_damaged_cached_release_says_how_to_fetch_it_again(hub):
+    """It said "download it again", but asking for the name again only reused the damaged file in the cache."""
+    put_in_hub_cache(hub / "hub", REPO, "model.pth", b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match=r"dap-vitl: the cached .*model.pth cannot be used .*`hf download "
+                                              rf"{REPO} model.pth --force-download` \(or delete that file\)"):
+        load_model("dap-vitl")
+
+
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(CheckpointError, match="unknown model name 'dap-vitx'; known names: dap-tiny-synth, dap-vitl"):
         registry.get("dap-vitx")

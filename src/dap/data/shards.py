@@ -169,7 +169,9 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
         n_shards = -(-count // shard_size)
         # Shards are written whole (atomic_write), but a copy or a disk can still cut one short: only a shard that reads
         # back with all its samples' members is kept, the rest are rendered again
-        todo = [s for s in range(n_shards) if not _shard_complete(root / shard_name(s), s, shard_size, count)]
+        existing = {p.name for p in root.glob("shard-*.tar")}  # one listing: a stat per shard took minutes for 10^7
+        todo = [s for s in range(n_shards)
+                if shard_name(s) not in existing or not _shard_complete(root / shard_name(s), s, shard_size, count)]
         done = count - sum(min((s + 1) * shard_size, count) - s * shard_size for s in todo)
         from tqdm import tqdm
 

@@ -633,6 +633,10 @@ def test_top_k_per_domain_keeps_exactly_k_of_each():
     kept = sorted(r["stage1_tta_absrel"] for r in rows if r["selected"])
     assert by_tta == {"indoor": 2} and kept == sorted(r["stage1_tta_absrel"] for r in rows[:10])[:2]
     assert keep_count(1000, 0.3) == 300 and keep_count(10, 1) == 1
+    # disc_tta ranks the rows with both scores: one without a discriminator score had a finite sum of ranks
+    rows[0]["disc_score"] = math.nan
+    assert select_top_k(rows, {"indoor": 100}, score="disc_tta") == {"indoor": 9}
+    assert not rows[0]["selected"]
 
 
 def test_selecting_a_domain_the_pool_lacks_or_an_absent_score_keeps_the_selection(tmp_path, capsys):
@@ -926,9 +930,9 @@ def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_pa
     write_manifest(pool, rows)
     depth, prob = np.ones((4, 8)), np.zeros((4, 8))
 
-    def label(row_id, certainty):
-        save_label(pool / label_path("stage1", row_id), depth, prob, sky_fraction=0.0, mask_certainty=certainty,
-                   tta_absrel=0.1)
+    def label(row_id, certainty, tta=0.1, sky=0.0):
+        save_label(pool / label_path("stage1", row_id), depth, prob, sky_fraction=sky, mask_certainty=certainty,
+                   tta_absrel=tta)
 
     for r in rows:
         label(r["id"], 0.9)
@@ -945,6 +949,51 @@ def test_new_stage1_labels_clear_the_scores_and_selection_made_on_the_old(tmp_pa
     assert math.isnan(after[0]["disc_score"]) and not after[0]["selected"]
     assert after[1]["disc_score"] == 0.7 and after[1]["selected"]
     assert "1 rows of" in capsys.readouterr().err
+    # labelled with --no-tta (no TTA signal): a new label was taken for the old one, scores and selection kept
+    for r in rows:
+        label(r["id"], 0.9, tta=math.nan)
+    merge_labels(pool, "stage1", 0.2)
+    rescored = read_manifest(pool)
+    for r in rescored:
+        r.update(disc_score=0.7, selected=True)
+    write_manifest(pool, rescored)
+    label(rows[0]["id"], 0.4, tta=math.nan)
+    merge_labels(pool, "stage1", 0.2)
+    after = read_manifest(pool)
+    assert math.isnan(after[0]["disc_score"]) and not after[0]["selected"] and after[1]["selected"]
+    # a row the labeler's rule moves to the other domain (another sky threshold) was kept under the old one's share
+    capsys.readouterr()
+    merge_labels(pool, "stage1", -1.0)  # every row outdoor now (sky fraction 0 >= -1)
+    after = read_manifest(pool)
+    assert [r["domain"] for r in after] == ["outdoor", "outdoor"] and not any(r["selected"] for r in after)
+    assert "1 selected rows of" in capsys.readouterr().err  # row 1 (row 0's selection was cleared above)
+
+
+def test_a_manifest_rewritten_by_other_tools_reads_back_or_says_what_is_wrong(tmp_path):
+    """A pandas round trip (the documented way to look at the table) writes NaN as null: every command then ended
+    in `TypeError: must be real number, not NoneType`. A duplicated row was selected and trained on twice."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = _scored_rows(2, 1)
+    rows[0]["disc_score"] = math.nan
+    write_manifest(tmp_path, rows)
+    path = tmp_path / "manifest.parquet"
+    table = pq.read_table(path)
+    nulls = table.set_column(table.column_names.index("disc_score"), "disc_score",
+                             pa.array([None, *table["disc_score"].to_pylist()[1:]], pa.float64()))
+    pq.write_table(nulls.cast(pa.schema([f.with_type(pa.large_string()) if f.type == pa.string() else f
+                                         for f in nulls.schema])), path)  # pandas' large strings too
+    back = read_manifest(tmp_path)
+    assert math.isnan(back[0]["disc_score"]) and back[1]["disc_score"] == rows[1]["disc_score"]
+    assert [r["id"] for r in back] == [r["id"] for r in rows]
+    pq.write_table(pa.concat_tables([table, table.slice(1, 1)]), path)
+    with pytest.raises(DapError, match=f"lists the id {rows[1]['id']} twice \\(rows 1 and {len(rows)}\\)"):
+        read_manifest(tmp_path)
+    pq.write_table(table.set_column(table.column_names.index("selected"), "selected",
+                                    pa.array(["yes"] * len(rows))), path)
+    with pytest.raises(DapError, match="has a selected column of type string, not bool"):
+        read_manifest(tmp_path)
 
 
 def test_status_plots_count_untagged_rows(tmp_path, capsys):

@@ -195,7 +195,7 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
     """Copy the signals of every existing label file of `stage` into the manifest (atomic rewrite). An accepted
     row whose stored image has gone is rejected, with the way to restore it: ingest checks rejected rows again."""
     rows = read_manifest(pool)
-    labelled = missing = stale = gone = 0
+    labelled = missing = stale = gone = moved = 0
     for r in rows:
         if r["status"] != "ok":
             continue
@@ -210,16 +210,18 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
             continue
         z = load_label(pool / rel)
         signals = {f"{stage}_{k}": float(z[k]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")}
-        before = [r[k] for k in signals]
-        if stage == "stage1" and all(math.isfinite(v) for v in before) and before != list(signals.values()) and \
-                (math.isfinite(r["disc_score"]) or r["selected"]):
+        changed = any(not (r[k] == v or (math.isnan(r[k]) and math.isnan(v))) for k, v in signals.items())
+        if stage == "stage1" and r["stage1_label"] and changed and (math.isfinite(r["disc_score"]) or r["selected"]):
             # a new stage-1 label (another labeler): the score and the selection were made on the old one
             r.update(disc_score=math.nan, selected=False)
             stale += 1
         r.update({f"{stage}_label": rel, **signals})
         if stage == "stage1" and r["domain_from"] != "user":
-            r["domain"] = "outdoor" if r["stage1_sky_fraction"] >= outdoor_sky_fraction else "indoor"
-            r["domain_from"] = "labeler"
+            domain = "outdoor" if r["stage1_sky_fraction"] >= outdoor_sky_fraction else "indoor"
+            if r["selected"] and domain != r["domain"]:  # kept under the other domain's share
+                r["selected"] = False
+                moved += 1
+            r.update(domain=domain, domain_from="labeler")
         labelled += 1
     write_manifest(pool, rows)
     if missing:
@@ -231,5 +233,8 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
         print(f"dap curate: {stale} rows of {pool} have new stage-1 labels: their discriminator scores and selection "
               "were made on the old ones and are cleared; run `dap curate score` and `dap curate select` again",
               file=sys.stderr)
+    if moved:
+        print(f"dap curate: {moved} selected rows of {pool} moved to the other domain (the labeler's sky fraction "
+              "rule): they are no longer selected; run `dap curate select` again", file=sys.stderr)
     return {"labelled": labelled, "unlabelled": missing}
 

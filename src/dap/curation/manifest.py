@@ -119,9 +119,24 @@ def read_manifest(pool: str | os.PathLike) -> list[dict]:
         raise DatasetLayoutError(f"{pool} is not a curation pool: its {MANIFEST} is {what} (no {', '.join(missing)} "
                                  "column). A pool needs a folder of its own (curate's --pool, or a pseudo source's "
                                  "path; a new one is created)")
+    for name in table.column_names:  # a table rewritten by other tools (pandas) may widen a column's type
+        if name in COLUMNS and table.schema.field(name).type != COLUMNS[name]:
+            try:
+                table = table.set_column(table.column_names.index(name), name, table[name].cast(COLUMNS[name]))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise DatasetLayoutError(f"the curation manifest {path} has a {name} column of type "
+                                         f"{table.schema.field(name).type}, not {COLUMNS[name]}: {e}. Restore the "
+                                         "file dap wrote, or re-run `dap curate ingest` into a new --pool") from e
     rows = table.to_pylist()
     defaults = empty_row()
-    return [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS}} for r in rows]
+    # a null (pandas writes NaN as one) is the column's default: NaN for a number, "" for a text
+    rows = [{**defaults, **{k: v for k, v in r.items() if k in COLUMNS and v is not None}} for r in rows]
+    seen: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        if (first := seen.setdefault(r["id"], i)) != i:  # selected and trained on twice otherwise
+            raise DatasetLayoutError(f"the curation manifest {path} lists the id {r['id']} twice (rows {first} and "
+                                     f"{i}); delete one of the two rows")
+    return rows
 
 
 def row_stage(row: dict) -> str:

@@ -115,13 +115,12 @@ def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") 
         r["selected"] = False
     for domain, k in keep.items():
         cand = [r for r in rows if r["status"] == "ok" and r["domain"] == domain and r["stage1_label"]]
-        if score == "disc_tta":
+        if score == "disc_tta":  # ranks among the rows with both scores: a row without one had a finite sum
+            cand = [r for r in cand if all(math.isfinite(_ranking_value(r, part)) for part in ("disc", "tta"))]
             vals = {}
             for part in ("disc", "tta"):
                 v = np.array([_ranking_value(r, part) for r in cand], dtype=np.float64)
-                v = np.where(np.isfinite(v), v, -np.inf)
-                ranks = np.argsort(np.argsort(v, kind="stable"), kind="stable")
-                vals[part] = ranks
+                vals[part] = np.argsort(np.argsort(v, kind="stable"), kind="stable")
             value = {r["id"]: float(vals["disc"][i] + vals["tta"][i]) for i, r in enumerate(cand)}
         else:
             value = {r["id"]: _ranking_value(r, score) for r in cand}

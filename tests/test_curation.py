@@ -861,7 +861,16 @@ def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):
                              ("select.keep={kitchen: 1}", "select.keep names the domain 'kitchen'; the domains are"),
                              ("stage2.pseudo_ratio=-1", "stage2.pseudo_ratio must be a number >= 0, got -1"),
                              ("final.set={model.init: stage3}", "final: model.init /"),
-                             ("stage1.set={model.init: stage1}", "model.init stage1 is not made before stage1")]:
+                             ("stage1.set={model.init: stage1}", "model.init stage1 is not made before stage1"),
+                             # each failed only where used, the discriminator's after all of stage-1 training
+                             ("label.batch_size=0", "label.batch_size must be a whole number >= 1, got 0"),
+                             ("label.num_workers=-1", "label.num_workers must be a whole number >= 0"),
+                             ("label.outdoor_sky_fraction=2", "label.outdoor_sky_fraction must be a fraction from 0"),
+                             ("discriminator.steps=0", "discriminator.steps must be a whole number >= 1, got 0"),
+                             ("discriminator.held_out=1.0", "discriminator.held_out must be a fraction from 0 to"),
+                             ("discriminator.lr=-1", "discriminator.lr must be a learning rate > 0, got -1"),
+                             ("discriminator.channels=0", "discriminator.channels must be a whole number >= 1"),
+                             ("discriminator.batch_size=0", "discriminator.batch_size must be a whole number >= 1")]:
         assert main(["curate", "run", "--config", str(bad), "--work", str(tmp_path / "w"), "--set", setting]) == 2
         assert problem in capsys.readouterr().err, setting
     assert not (tmp_path / "w").exists()

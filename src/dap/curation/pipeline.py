@@ -143,6 +143,8 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
         raise DapError(f"curation config {p}: label.resolution {problem}")
     if problem := keep_problem(cfg.select.keep, "select.keep"):
         raise DapError(f"curation config {p}: {problem}")
+    if problem := _number_problem(cfg):
+        raise DapError(f"curation config {p}: {problem}")
     stages = ("stage1", "stage2", "final")
     for name in stages:
         stage = getattr(cfg, name)
@@ -155,6 +157,31 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
             raise DapError(f"curation config {p}: {name}: {e}") from e
         _check_init(tc.model.init, name, stages, Path(cfg.base_dir), p)
     return cfg
+
+
+def _number_problem(cfg: CurateConfig) -> str | None:
+    """The first numeric setting out of its range, in words; None if all are fine. Each failed only where it is
+    used, the discriminator's after the whole of stage-1 training (a batch size of 0, steps 0, held_out 1)."""
+    lab, disc = cfg.label, cfg.discriminator
+    rules = [
+        ("label.batch_size", lab.batch_size, lab.batch_size >= 1, "a whole number >= 1"),
+        ("label.num_workers", lab.num_workers, lab.num_workers >= 0, "a whole number >= 0 (0: in-process)"),
+        ("label.outdoor_sky_fraction", lab.outdoor_sky_fraction, 0 <= lab.outdoor_sky_fraction <= 1,
+         "a fraction from 0 to 1"),
+        ("pool.every_s", cfg.pool.every_s, cfg.pool.every_s > 0, "seconds > 0"),
+        ("discriminator.samples", disc.samples, disc.samples >= 1, "a whole number >= 1"),
+        ("discriminator.steps", disc.steps, disc.steps >= 1, "a whole number >= 1"),
+        ("discriminator.batch_size", disc.batch_size, disc.batch_size >= 1, "a whole number >= 1"),
+        ("discriminator.channels", disc.channels, disc.channels >= 1, "a whole number >= 1"),
+        ("discriminator.lr", disc.lr, 0 < disc.lr < math.inf, "a learning rate > 0"),
+        ("discriminator.held_out", disc.held_out, 0 <= disc.held_out < 1, "a fraction from 0 to below 1"),
+    ]
+    for name, value, ok, what in rules:
+        if not ok or (isinstance(value, float) and math.isnan(value)):
+            return f"{name} must be {what}, got {value!r}"
+    if not (disc.height >= 1 and disc.width >= 1):
+        return f"discriminator.height and width must be >= 1, got {disc.height} x {disc.width}"
+    return None
 
 
 def _check_init(init: str, name: str, stages: tuple[str, ...], base: Path, config: Path) -> None:

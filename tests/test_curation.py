@@ -775,6 +775,26 @@ def _tiny_curate_config(tmp_path: Path, pool_src: Path) -> Path:
     return path
 
 
+def test_a_run_resumed_with_its_config_moved_refuses_the_other_data_its_relative_paths_name(tmp_path, capsys):
+    """Relative paths were recorded as written: the same config copied elsewhere resumed a run on other data."""
+    for folder in ("a/renders", "x/renders"):
+        for i in range(2):
+            write_rgb(tmp_path / folder / f"p{i}.png", _render(300 + i, "indoor", 32)["rgb"])
+    config = json.loads(_tiny_curate_config(tmp_path, tmp_path / "unused").read_text())
+    config["pool"]["inputs"][0]["path"] = "../renders"
+    for folder in ("a/cfg", "x/cfg"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "curate.yaml").write_text(json.dumps(config))
+    work = tmp_path / "work"
+    assert main(["curate", "run", "--config", str(tmp_path / "a/cfg/curate.yaml"), "--work", str(work),
+                 "--stop-after", "ingest"]) == 0
+    capsys.readouterr()
+    assert main(["curate", "run", "--config", str(tmp_path / "x/cfg/curate.yaml"), "--work", str(work),
+                 "--stop-after", "ingest"]) == 2
+    err = capsys.readouterr().err
+    assert "holds steps done with another curation config (pool.inputs:" in err and "x/cfg/../renders" in err
+
+
 def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
 
     src = tmp_path / "renders"

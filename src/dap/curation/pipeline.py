@@ -225,6 +225,19 @@ def _resolve(cfg: CurateConfig, path: str | None) -> str | None:
     return str(Path(cfg.base_dir) / path)
 
 
+def _with_resolved_paths(cfg: CurateConfig) -> dict:
+    """The config as a dict, every relative path resolved against its folder: the same `../data` next to a config
+    moved elsewhere is other data, and a run's record must tell them apart."""
+    d = {k: v for k, v in asdict(cfg).items() if k != "base_dir"}
+    for item in d["pool"]["inputs"]:
+        item.update(path=_resolve(cfg, item["path"]), tags=_resolve(cfg, item["tags"]))
+    d["labeled"] = [asdict(s) for s in _sources(cfg, cfg.labeled)]
+    d["discriminator"]["data"] = [asdict(s) for s in _sources(cfg, cfg.discriminator.data)]
+    for name in ("stage1", "stage2", "final"):
+        d[name]["config"] = _resolve(cfg, d[name]["config"])
+    return d
+
+
 def _sources(cfg: CurateConfig, sources: list[SourceConfig]) -> list[SourceConfig]:
     out = []
     for s in sources:
@@ -330,10 +343,12 @@ class Pipeline:
 
     def _run(self, stop_after: str | None) -> dict:
         state = self.state()
-        config = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})
+        config = _flat(_with_resolved_paths(self.cfg))
+        as_written = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})  # state from before
         # A rerun may change what steps not yet done use, not what made the steps done (they would be kept silently)
-        changed = [k for k in changed_keys(state.get("config", config), config)
-                   if k not in SPEED_ONLY and FIRST_USE[k.split(".")[0]] in state["done"]]
+        old = state.get("config", config)
+        changed = [k for k in changed_keys(old, config) if old.get(k) != as_written.get(k)
+                   and k not in SPEED_ONLY and FIRST_USE[k.split(".")[0]] in state["done"]]
         if changed:
             shown = "; ".join(f"{k}: {_shown(state['config'], k)} -> {_shown(config, k)}" for k in changed[:5])
             raise DapError(f"{self.work} holds steps done with another curation config ({shown}"

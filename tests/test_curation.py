@@ -659,10 +659,15 @@ def test_status_counts_rejections_by_kind():
     reasons = ["the image is 1000x512 (width x height) but an equirectangular panorama must be exactly 2:1 (e.g. "
                "1024x512). It is within 3% of that", "the image is 900x512 (width x height) but an equirectangular "
                "panorama must be exactly 2:1 (e.g. 1024x512). Crop", "near-duplicate of 0a", "near-duplicate of 0b",
-               "camera tilted by about 12.5 degrees (limit 8.0; raise --max-tilt to keep it)"]
+               "camera tilted by about 12.5 degrees (limit 8.0; raise --max-tilt to keep it)",
+               # was: "its copy in the pool, images/NecNcNbNdeN.jpg, is missing or empty", one kind per id
+               "its copy in the pool, images/3ec4c8b2de1.jpg, is missing or empty (deleted since it was ingested?)",
+               "its copy in the pool, images/77aa.jpg, is missing or empty (deleted since it was ingested?)",
+               "too small: 300 pixels wide, limit 512", "too small: 280 pixels wide, limit 512"]
     rows = [{**empty_row(), "status": "rejected", "reason": r} for r in reasons]
     assert pool_summary(rows)["rejected"] == {"not a 2:1 panorama": 2, "near-duplicate": 2,
-                                              "camera tilted beyond --max-tilt": 1}
+                                              "camera tilted beyond --max-tilt": 1, "its stored image is gone": 2,
+                                              "too small": 2}
 
 
 def test_an_interrupted_ingest_keeps_the_rows_it_made(tmp_path, monkeypatch):

@@ -16,11 +16,13 @@ def reason_kind(reason: str) -> str:
     """What kind of rejection a row's reason is, for counting: its numbers and names left out."""
     kinds = (("near-duplicate", "near-duplicate"), ("camera tilted", "camera tilted beyond --max-tilt"),
              ("must be exactly 2:1", "not a 2:1 panorama"), ("cannot decode", "cannot decode"),
-             ("cannot read", "cannot read the file"))
+             ("cannot read", "cannot read the file"), ("is missing or empty", "its stored image is gone"),
+             ("its file has changed since", "its file has changed since"))
     for needle, kind in kinds:
         if needle in reason:
             return kind
-    return re.sub(r"\d+(\.\d+)?", "N", re.split(r"[:;(]|\. ", reason)[0]).strip()
+    # whole numbers only: a number inside an id or a file name is part of it (images/3ec4... read images/NecN...)
+    return re.sub(r"\b\d+(\.\d+)?\b", "N", re.split(r"[:;(]|\. ", reason)[0]).strip()
 
 
 def pool_summary(rows: list[dict]) -> dict:

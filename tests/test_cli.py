@@ -882,3 +882,20 @@ def test_an_interrupted_predict_closes_what_its_decoding_thread_holds():
     except KeyboardInterrupt:
         assert released == [True]  # already, while the traceback still holds the consumer's frame
     assert list(_background(iter(range(5)))) == [0, 1, 2, 3, 4]  # an iterator without close()
+
+
+def test_a_write_error_names_the_option_of_the_folder_written_to():
+    """A read-only pool told `dap curate select` (no --out) to "choose another --out"."""
+    import argparse
+    import errno
+
+    from dap.cli import _os_error
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/p/manifest.parquet")
+    assert _os_error(denied, argparse.Namespace(command="curate", pool="/p")).endswith(
+        "check the permissions or choose another --pool")
+    assert _os_error(denied, argparse.Namespace(command="curate", work="/w")).endswith("choose another --work")
+    assert _os_error(denied, argparse.Namespace(command="predict", out="/o")).endswith("choose another --out")
+    full = OSError(errno.ENOSPC, "No space left on device", "/c/model.safetensors")
+    assert _os_error(full, argparse.Namespace(command="convert", out="/c")).endswith(
+        "free some space or choose another output folder")

@@ -252,11 +252,15 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str:
     if e.filename and (temporary := re.fullmatch(r"\.(.+)\.[0-9a-f]{12}\.tmp(\.[^.]*)?", Path(e.filename).name)):
         where = Path(e.filename).with_name(temporary[1])  # atomic_write's temporary: name the file being written
     at = f", {where}" if where else ""
+    # the option naming the folder written to: --pool (curate ingest, label, score, select, status), --work, --out
+    option = next((f"--{name}" for name in ("out", "pool", "work") if getattr(args, name, None)), "")
+    option = "output folder" if getattr(args, "command", None) == "convert" else option  # its `out` is positional
+    other = f" or choose another {option}" if option else ""
     if e.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written", str(e)):
         # (the second: numpy's words for a short write, with no error number: a full disk or a file size limit)
-        return f"no space left on device{at}; free some space or choose another --out"
+        return f"no space left on device{at}; free some space{other}"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{(e.strerror or 'permission denied').lower()}{at}; check the permissions or choose another --out"
+        return f"{(e.strerror or 'permission denied').lower()}{at}; check the permissions{other}"
     return f"{(e.strerror or str(e)).lower()}{at}; check the path and that the disk is healthy"
 
 

@@ -899,3 +899,17 @@ def test_a_write_error_names_the_option_of_the_folder_written_to():
     full = OSError(errno.ENOSPC, "No space left on device", "/c/model.safetensors")
     assert _os_error(full, argparse.Namespace(command="convert", out="/c")).endswith(
         "free some space or choose another output folder")
+
+
+@pytest.mark.parametrize("argv", [["synth", "--count", "1", "--out", ""], ["predict", "x.png", "--out", " "],
+                                  ["eval", "--dataset", "synth", "--root", "x", "--out", ""],
+                                  ["export", "onnx", "--out", ""], ["train", "--config", "x.yaml", "--out", ""],
+                                  ["curate", "status", "--pool", ""], ["curate", "run", "--config", "x", "--work", ""]])
+def test_an_empty_output_folder_is_refused(argv, tmp_path, capsys, monkeypatch):
+    """`dap synth --out "$DIR"` with DIR unset wrote a dataset into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "is empty (an unset shell variable?)" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -130,6 +130,18 @@ def smoothing_weight(text: str) -> float:
     return _number(float, text, "a number from 0 up to (not including) 1", lambda v: 0 <= v < 1)
 
 
+def folder_name(text: str) -> str:
+    """An output folder or file as given, refused when empty: `--out "$DIR"` with DIR unset wrote into the current
+    folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a folder, or . for this one")
+    return text
+
+
+def folder_path(text: str) -> Path:
+    return Path(folder_name(text))
+
+
 def parse_device(text: str) -> str:
     """A torch device that exists on this machine: cpu, cuda, cuda:N, mps (`dap.inference.select_device`'s rule)."""
     from dap.errors import DapError

@@ -11,6 +11,7 @@ from pathlib import Path
 from dap.cli import (
     HelpFormatter,
     check_output,
+    folder_name,
     parse_device,
     parse_network_size,
     positive_float,
@@ -55,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _step(sub, "ingest", "add panoramas and 360° videos to a pool (checks, dedupe, tags)")
     p.add_argument("sources", nargs="+", help="files, folders (searched recursively) or glob patterns")
-    p.add_argument("--pool", required=True, help="pool folder (created; re-ingesting adds only new items)")
+    p.add_argument("--pool", required=True, type=folder_name,
+                   help="pool folder (created; re-ingesting adds only new items)")
     p.add_argument("--source", default=None, help="source name for these items (default: each file's folder name)")
     p.add_argument("--generated", action="store_true", help="the items are generated panoramas (text-to-panorama)")
     p.add_argument("--every", type=positive_float, default=2.0, metavar="SECONDS",
@@ -79,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "label", "pseudo-label the pool with a model (torchrun-ready, resumable)")
-    p.add_argument("--pool", required=True, help="pool folder made by `dap curate ingest`")
+    p.add_argument("--pool", required=True, type=folder_name, help="pool folder made by `dap curate ingest`")
     p.add_argument("--model", required=True, help="labeler: a model name (`dap models`), our folder or an official "
                                                   "model.pth")
     p.add_argument("--stage", choices=("stage1", "stage3"), default="stage1",
@@ -98,12 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "score", "score the stage-1 labels with a trained discriminator")
-    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--pool", required=True, type=folder_name, help="pool folder")
     p.add_argument("--discriminator", required=True, help="discriminator folder (written by `dap curate run`)")
     p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "select", "keep the top-k stage-1 labels per domain")
-    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--pool", required=True, type=folder_name, help="pool folder")
     p.add_argument("--keep", type=_keep, default=None, metavar="DOMAIN=K,...",
                    help="per domain a count (>= 1) or a fraction (< 1); default: the paper's 300K+300K of 1.9M as "
                         "fractions (indoor 0.667, outdoor 0.207)")
@@ -112,14 +114,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _step(sub, "run", "all stages from a config; a rerun resumes")
     p.add_argument("--config", required=True, help="curation config (YAML), e.g. configs/curate_tiny.yaml")
-    p.add_argument("--work", required=True, help="work folder: pool/, runs/, discriminator/, state.json")
+    p.add_argument("--work", required=True, type=folder_name,
+                   help="work folder: pool/, runs/, discriminator/, state.json")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set label.batch_size=8")
     p.add_argument("--stop-after", default=None, metavar="STEP",
                    help="stop after this step: ingest, stage1, label1, disc, select, stage2, label3, final")
 
     p = _step(sub, "status", "progress of a pool; histograms and a contact sheet")
-    p.add_argument("--pool", required=True, help="pool folder")
+    p.add_argument("--pool", required=True, type=folder_name, help="pool folder")
     p.add_argument("--plots", default=None, metavar="DIR", help="write score histograms and a contact sheet here")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 

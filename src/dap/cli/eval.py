@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from dap.cli import (
+    folder_name,
     nonnegative_int,
     parse_device,
     parse_network_size,
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "model.pth")
     src.add_argument("--predictions", help="folder of saved predictions, <sample name>.npy, .exr or .depth.png in "
                                            "metres (as `dap predict` writes them; no model)")
-    parser.add_argument("--out", required=True, help="output folder (metrics.json, per_image.*, panels/)")
+    parser.add_argument("--out", required=True, type=folder_name,
+                        help="output folder (metrics.json, per_image.*, panels/)")
     parser.add_argument(
         "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from dap.cli import parse_network_size
+from dap.cli import folder_path, parse_network_size
 from dap.errors import DapError
 from dap.export import INPUT, OPSET, OUTPUTS, export_onnx
 from dap.inference import DEFAULT_SEAM_PAD, other_resolution_note, seam_pad_columns
@@ -17,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx"], help="export format")
     parser.add_argument("--model", default="dap-tiny-synth",
                         help="a model name (`dap models`), an official model.pth or a folder written by `dap convert`")
-    parser.add_argument("--out", required=True, type=Path, help="the .onnx file to write")
+    parser.add_argument("--out", required=True, type=folder_path, help="the .onnx file to write")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=parse_network_size, default=None,
                       help="fixed working resolution HxW, 2:1, multiples of 16; default: the model's own")

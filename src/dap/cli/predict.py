@@ -13,7 +13,15 @@ import threading
 import time
 from pathlib import Path
 
-from dap.cli import camera_height, parse_device, parse_network_size, positive_float, positive_int, smoothing_weight
+from dap.cli import (
+    camera_height,
+    folder_path,
+    parse_device,
+    parse_network_size,
+    positive_float,
+    positive_int,
+    smoothing_weight,
+)
 from dap.errors import DapError, collect_input_warnings
 from dap.inference import (
     DEFAULT_SEAM_PAD,
@@ -53,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="panorama files (2:1 JPEG, PNG, WebP, TIFF, BMP, GIF; HDR .hdr/.exr, exposed like a "
                              "photo), folders of images (not their sub-folders), glob patterns (quoted; ** matches "
                              "sub-folders at any depth) or video files. " + NAMING_RULE)
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    parser.add_argument("--out", required=True, type=folder_path, help="output folder (created if missing)")
     parser.add_argument("--model", "--checkpoint", dest="model", default=None,
                         help="a model name (`dap models`: dap-vitl is the official release, fetched from the Hugging "
                              "Face Hub on first use), an official model.pth, a folder written by `dap convert`/"

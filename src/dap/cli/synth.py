@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dap.cli import nonnegative_int, parse_device, parse_panorama_size, positive_int
+from dap.cli import folder_name, nonnegative_int, parse_device, parse_panorama_size, positive_int
 from dap.data.shards import write_dataset
 from dap.data.synthetic import STYLES, get_style, load_texture_tiles
 from dap.errors import DapError
@@ -17,7 +17,8 @@ from dap.errors import DapError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=positive_int, required=True, help="number of panoramas")
-    p.add_argument("--out", required=True, help="output folder (tar shards + manifest.parquet); rerun to resume")
+    p.add_argument("--out", required=True, type=folder_name,
+                   help="output folder (tar shards + manifest.parquet); rerun to resume")
     p.add_argument("--kind", choices=["indoor", "outdoor", "mixed"], default="mixed",
                    help="scene kind; mixed = indoor for even seeds, outdoor for odd")
     p.add_argument("--style", choices=sorted(STYLES), default="clean", help="appearance domain")

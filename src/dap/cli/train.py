@@ -10,13 +10,13 @@ import os
 import sys
 from pathlib import Path
 
-from dap.cli import positive_float, positive_int
+from dap.cli import folder_name, positive_float, positive_int
 from dap.train import SourceConfig, load_config, train
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config (YAML), e.g. configs/tiny_cpu.yaml")
-    parser.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
+    parser.add_argument("--out", default=None, type=folder_name, help="run directory (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the newest checkpoint in <out>/checkpoints (starts fresh if there is none, "
                              "unless <out> holds a trained model: then it is refused)")

@@ -295,6 +295,13 @@ def check_seam_pad(seam_pad: float) -> None:
                        f"is {DEFAULT_SEAM_PAD}")
 
 
+def model_seam_pad(model) -> float:
+    """The seam padding a model runs with unless told: an ONNX graph's recorded one (`dap export --seam-pad`), else
+    DEFAULT_SEAM_PAD. `dap predict` and `dap.predict` both take it from here."""
+    recorded = getattr(model, "seam_pad", None)  # dap.export.OnnxModel's; a DAP module has none
+    return DEFAULT_SEAM_PAD if recorded is None else recorded
+
+
 def seam_pad_columns(width: int, seam_pad: float, patch: int = 16) -> int:
     return int(round(width * seam_pad / patch)) * patch
 
@@ -386,12 +393,11 @@ def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     converted = model if in_place else copy.deepcopy(model, shared)
     for m in converted.modules():
         if isinstance(m, _CAST_LAYERS):
-            old = [p for p in (m.weight, m.bias) if p is not None]
-            for name in ("weight", "bias"):
-                if (p := getattr(m, name)) is not None:
-                    setattr(m, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
+            old = dict(m.named_parameters(recurse=False))  # weight, and bias where the layer has one
+            for name, p in old.items():
+                setattr(m, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
             if in_place:  # as it goes: else the float32 file stays in memory beside the converted weights
-                release_file_pages(old)
+                release_file_pages(old.values())
     return converted
 
 
@@ -400,8 +406,9 @@ def weights_precision(model) -> str | None:
     only; None for a float32 model (or anything else: a model.half() is not prepared, its norms are 16 bit too)."""
     if is_int8(model):
         return "int8"
-    layers = {p.dtype for m in model.modules() if isinstance(m, _CAST_LAYERS) for p in m.parameters(recurse=False)}
-    others = {p.dtype for m in model.modules() if not isinstance(m, _CAST_LAYERS) for p in m.parameters(recurse=False)}
+    layers, others = set(), set()
+    for m in model.modules():
+        (layers if isinstance(m, _CAST_LAYERS) else others).update(p.dtype for p in m.parameters(recurse=False))
     for name, dtype in _AUTOCAST.items():
         if layers == {dtype} and others <= {torch.float32}:
             return name
@@ -801,8 +808,7 @@ def predict(
     owned = not isinstance(model, torch.nn.Module)  # loaded here: nobody else holds its float32 weights
     model = resolve_model(model, dev)
     try:
-        if seam_pad is None:  # an ONNX graph's own, as `dap predict` takes it
-            seam_pad = DEFAULT_SEAM_PAD if getattr(model, "seam_pad", None) is None else model.seam_pad
+        seam_pad = model_seam_pad(model) if seam_pad is None else seam_pad
         precision = model_precision(model, precision, dev)
         if owned or precision == "int8":  # a caller's model in 16 bit runs under autocast: no second copy per call
             model = prepare_model(model, precision, in_place=owned)
@@ -1150,15 +1156,24 @@ def changed_keys(old: dict, new: dict) -> list[str]:
     return [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
 
 
+def same_input_file(recorded_input: dict, now: dict) -> bool:
+    """Whether a record's input names the file that `now` (`input_identity`) does: one file under another spelling
+    (through a symbolic link) is the same input."""
+    file = recorded_input.get("file")
+    return file == now["file"] or (isinstance(file, str) and os.path.realpath(file) == os.path.realpath(now["file"]))
+
+
+def input_file_changed(recorded_input: dict, now: dict) -> bool:
+    """Whether that file's size or modification time differ from the record's: another version of it."""
+    return any(recorded_input.get(k) != now[k] for k in ("size", "mtime_ns"))
+
+
 def record_conflict(recorded: dict, expected: dict) -> str | None:
     """How an existing record differs from what this run would write, in words; None if it does not."""
     before, now = recorded.get("input", {}), expected["input"]
-    file = before.get("file")
-    # one file under another spelling (through a symbolic link) is the same input
-    if file != now["file"] and not (isinstance(file, str) and os.path.realpath(file) == os.path.realpath(now["file"])):
-        return f"they were made from {file}"
-    changed = any(before.get(k) != now[k] for k in ("size", "mtime_ns"))
-    changes = ["the input file changed since (size or modification time)"] if changed else []
+    if not same_input_file(before, now):
+        return f"they were made from {before.get('file')}"
+    changes = ["the input file changed since (size or modification time)"] if input_file_changed(before, now) else []
     old, new = recorded.get("settings", {}), expected["settings"]
     shown = lambda v: "not set" if v is None else repr(v)  # noqa: E731 - a key absent from a record is off
     changes += ["by another model" if key == "model" else f"{key} was {shown(old.get(key))}, now {shown(new.get(key))}"

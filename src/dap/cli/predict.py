@@ -35,10 +35,12 @@ from dap.inference import (
     check_output_kinds,
     check_seam_pad,
     expand_inputs,
+    input_file_changed,
     input_identity,
     iter_frames,
     model_fingerprint,
     model_precision,
+    model_seam_pad,
     name_too_long,
     other_resolution_note,
     output_paths,
@@ -50,6 +52,7 @@ from dap.inference import (
     record_conflict,
     record_path,
     resolve_model,
+    same_input_file,
     select_device,
     write_outputs,
     write_record,
@@ -167,18 +170,15 @@ def run(args: argparse.Namespace) -> int:
         if args.model is None:
             raise DapError("--backend onnxruntime needs --model model.onnx (written by `dap export onnx`)")
         model = OnnxModel(args.model)
-        if args.seam_pad is None and model.seam_pad is not None:
-            args.seam_pad = model.seam_pad
+        args.seam_pad = model_seam_pad(model) if args.seam_pad is None else args.seam_pad
         # a fixed-size graph and another working size: said once, not for every input after decoding it
-        model.check_size(args.resolution or model.cfg.default_resolution,
-                         DEFAULT_SEAM_PAD if args.seam_pad is None else args.seam_pad)
+        model.check_size(args.resolution or model.cfg.default_resolution, args.seam_pad)
     else:
         model = resolve_model(args.model, device)
         if args.model is None:
             print("dap predict: using the bundled dap-tiny-synth (5 M parameters, trained on synthetic panoramas "
                   "only); for the paper's model pass --model dap-vitl", file=sys.stderr)
-    if args.seam_pad is None:
-        args.seam_pad = DEFAULT_SEAM_PAD
+    args.seam_pad = model_seam_pad(model) if args.seam_pad is None else args.seam_pad
     if note := other_resolution_note(args.resolution, model):
         print(f"dap predict: note: {note}", file=sys.stderr)
     precision = model_precision(model, args.precision, device)
@@ -391,9 +391,7 @@ def _remove_stale_frames(out: Path, video: str, stem: str, visited: set[str]) ->
                 (recorded := read_record(record)) is None:
             continue
         before = recorded.get("input", {})
-        file = before.get("file")
-        same_path = isinstance(file, str) and os.path.realpath(file) == os.path.realpath(video)
-        if not same_path or all(before.get(k) == now[k] for k in ("size", "mtime_ns")):
+        if not (same_input_file(before, now) and input_file_changed(before, now)):
             continue
         kinds = [k for k in recorded.get("outputs", []) if k in OUTPUT_KINDS]
         for path in output_paths(out, name, kinds).values():

@@ -128,7 +128,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
     if count < 1 or shard_size < 1 or workers < 1 or supersample < 1:
         raise ValueError("count, shard_size, workers and supersample must all be >= 1")
     kind_for_seed(seed, kind)  # validates kind
-    get_style(style)
+    texture_dirs = get_style(style).texture_dirs  # validates the style too
     check_erp_shape(*resolution, "resolution")
     if seed + count > 2**63:  # the manifest stores seeds as int64: the last one failed there, after every render
         raise DapError(f"seeds {seed} to {seed + count - 1} pass the largest the manifest stores (2^63 - 1); choose a "
@@ -139,8 +139,8 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
         _check_not_foreign(root)
         cfg = dict(version=FORMAT_VERSION, renderer=RENDERER_VERSION, count=count, kind=kind, style=style,
                    resolution=list(resolution), shard_size=shard_size, seed=seed, supersample=supersample)
-        if "@" in style:  # the photos behind the textures, not only their folders: one changed changes the samples
-            cfg["textures"] = _texture_fingerprint(style.partition("@")[2].split(os.pathsep))
+        if texture_dirs:  # the photos behind the textures, not only their folders: one changed changes the samples
+            cfg["textures"] = _texture_fingerprint(texture_dirs)
         cfg_path = root / CONFIG
         if not cfg_path.exists() and (theirs := sorted(root.glob("shard-*.tar"))):
             # shards that no run of ours recorded (WebDataset's names are ours too): replaced or mixed in otherwise
@@ -194,7 +194,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
         return write_manifest(root)
 
 
-def _texture_fingerprint(dirs: list[str]) -> str:
+def _texture_fingerprint(dirs: tuple[str, ...]) -> str:
     """SHA-256 (16 hex digits) of the texture bank `load_texture_tiles` cuts from `dirs`."""
     import hashlib
 

@@ -88,5 +88,5 @@ def collect_input_warnings() -> Iterator[list[str]]:
 def is_number(value, finite: bool = True) -> bool:
     """Whether a user's value is a real number (int, float or a numpy scalar; not a bool, a string or an array),
     finite unless told: the test behind every "must be a number" message."""
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and type(value).__name__ != "bool_" and \
-        (not finite or math.isfinite(value))
+    # numpy's bool is not a numbers.Real; Python's is (bool subclasses int)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and (not finite or math.isfinite(value))

@@ -26,8 +26,10 @@ at that precision matches it. bf16 and fp16 rows run models prepared as `dap pre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -200,7 +202,7 @@ def main() -> None:
         return plot(merge_results([json.loads(p.read_text()) for p in args.from_json]), args.plot)
     if args.pipeline:
         h, w = args.resolutions[0]
-        return pipeline(args.pipeline, f"{h}x{w}", args.repeats)
+        return pipeline(args.pipeline, f"{h}x{w}", args.repeats, args.device)
     device = torch.device(args.device)
     precisions = []
     for p in args.precisions:  # "auto" becomes what it means here; duplicates are dropped
@@ -251,9 +253,12 @@ def main() -> None:
         plot(json.loads(args.json.read_text()), args.plot)
 
 
-def pipeline(count: int, size: str, repeats: int) -> None:
+def pipeline(count: int, size: str, repeats: int, device: str = "cpu") -> None:
     """Images/s of `dap predict` on a folder (decode, network, write npy+color+mask: overlapped) against the network
-    alone on the same decoded panoramas (`dap.predict`), with the bundled model; best of `repeats`, in turns."""
+    alone on the same decoded panoramas (`dap.predict`), with the bundled model on `device` at the precision `dap
+    predict` picks there ("auto", the model prepared for it as `dap predict` prepares it); best of `repeats`, in
+    turns. `size`: the JPEGs' HxW (the model resizes them to its working resolution). Then where the fastest `dap
+    predict` run spent its time (`stage_times`)."""
     import tempfile
 
     import numpy as np
@@ -261,27 +266,80 @@ def pipeline(count: int, size: str, repeats: int) -> None:
     import dap
     from dap import io
     from dap.cli import main as cli
+    from dap.inference import prepare_model, resolve_precision, select_device
 
     h, w = parse_size(size)
-    model = dap.load_model("dap-tiny-synth")
+    device = select_device(device)
+    model = dap.load_model("dap-tiny-synth", device=device)
+    model = prepare_model(model, resolve_precision("auto", device), in_place=True)
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
         for i in range(count):
             io.write_rgb(Path(tmp) / "in" / f"{i:03d}.jpg", rng.uniform(0, 1, (h, w, 3)).astype(np.float32))
         images = [io.read_rgb(p) for p in sorted((Path(tmp) / "in").iterdir())]
         best = {"inference": float("inf"), "dap predict": float("inf")}
+        stages = {}
         for k in range(repeats):
             start = time.perf_counter()
             for rgb in images:
                 dap.predict(rgb, model)
             best["inference"] = min(best["inference"], time.perf_counter() - start)
-            start = time.perf_counter()
-            cli(["predict", str(Path(tmp) / "in"), "--out", str(Path(tmp) / f"out{k}"), "--outputs", "npy,color,mask"])
-            best["dap predict"] = min(best["dap predict"], time.perf_counter() - start)
+            with stage_times() as times:
+                start = time.perf_counter()
+                cli(["predict", str(Path(tmp) / "in"), "--out", str(Path(tmp) / f"out{k}"),
+                     "--outputs", "npy,color,mask", "--device", str(device)])
+                took = time.perf_counter() - start
+            if took < best["dap predict"]:
+                best["dap predict"], stages = took, times
     rates = {k: count / v for k, v in best.items()}
-    print(f"{count} panoramas {w}x{h}, bundled model, best of {repeats}: "
+    print(f"{count} panoramas {w}x{h}, bundled model on {device} ({os.cpu_count()} CPUs), best of {repeats}: "
           + ", ".join(f"{k} {v:.2f} img/s" for k, v in rates.items())
           + f"; end to end / inference alone = {rates['dap predict'] / rates['inference']:.2f}")
+    print("dap predict, ms per panorama: " + ", ".join(f"{k} {v / count * 1000:.1f}" for k, v in stages.items()))
+
+
+@contextlib.contextmanager
+def stage_times():
+    """Seconds `dap predict` spends in each stage, summed over its panoramas (filled in when the block ends): the
+    decode thread producing inputs, the main thread waiting for them, the network and its post-processing (main
+    thread), the main thread waiting for the writer's queue, and the write thread writing. Busy stages on other
+    threads overlap the main thread's; the waits say which stage holds the others up."""
+    from unittest import mock
+
+    from dap.cli import predict as command
+
+    times = dict.fromkeys(("decode", "waiting for decode", "network", "waiting for writer", "write"), 0.0)
+
+    def timed(stage, function):
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                times[stage] += time.perf_counter() - start
+        return call
+
+    def timed_iter(stage, generator_function):
+        def iterate(*args, **kwargs):
+            items = iter(generator_function(*args, **kwargs))
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    times[stage] += time.perf_counter() - start
+                yield item
+        return iterate
+
+    put = command._Writer.put
+    with (mock.patch.object(command, "_decoded", timed_iter("decode", command._decoded)),
+          mock.patch.object(command, "_background", timed_iter("waiting for decode", command._background)),
+          mock.patch.object(command, "predict", timed("network", command.predict)),
+          mock.patch.object(command._Writer, "put", lambda self, job: timed("waiting for writer", put)(self, job)),
+          mock.patch.object(command, "_write", timed("write", command._write))):
+        yield times
 
 
 def merge_results(runs: list[dict]) -> dict:

@@ -316,3 +316,28 @@ def test_speed_benchmark_merges_runs_and_plots_them(tmp_path):
     assert merged["machine"] == first["machine"]
     bench.plot(merged, tmp_path / "plot.png")
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+def test_pipeline_benchmark_says_where_dap_predict_spends_its_time(capsys):
+    """benchmarks/inference_speed.py --pipeline: images/s of `dap predict` against the network alone, and the time
+    per panorama of each stage (decode and write threads, the network, the main thread's waits), measured by
+    wrapping dap.cli.predict's own functions for the run only (a renamed one fails here, not on a benchmark
+    machine)."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    from dap.cli import predict as command
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "inference_speed.py"
+    spec = importlib.util.spec_from_file_location("inference_speed", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    originals = (command.predict, command._write, command._decoded, command._background, command._Writer.put)
+    bench.pipeline(3, "256x512", 1)
+    out = capsys.readouterr().out
+    assert re.search(r"3 panoramas 512x256, bundled model on cpu .*end to end / inference alone = \d\.\d\d", out)
+    stages = dict(re.findall(r"(\w[\w ]*?) (\d+\.\d)(?:,|$)", out.splitlines()[-1].split(": ", 1)[1]))
+    assert set(stages) == {"decode", "waiting for decode", "network", "waiting for writer", "write"}
+    assert float(stages["network"]) > 5 and float(stages["write"]) > 0.5 and float(stages["decode"]) > 0.5
+    assert (command.predict, command._write, command._decoded, command._background, command._Writer.put) == originals

@@ -506,12 +506,12 @@ def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
     assert a.keys() == b.keys() and all(np.isfinite(v) for v in a.values())
     assert all(abs(a[k] - b[k]) < 1e-6 for k in a)
     assert sorted(f.name for f in (two / "scores").iterdir()) == ["stage1-rank0-of-2.json", "stage1-rank1-of-2.json"]
-    # one rank fails (a label file gone): the manifest is left as it was, never merged with the earlier run's part
+    # one rank fails (a label file damaged): the manifest is left as it was, never merged with the earlier run's part
     # file of that rank, and the other rank says why it stopped in one line, without a traceback
     from dap.curation.label import rank_rows
 
     rows = read_manifest(two)
-    (two / rows[rank_rows(rows, 1, 2)[0]]["stage1_label"]).unlink()
+    (two / rows[rank_rows(rows, 1, 2)[0]]["stage1_label"]).write_bytes(b"damaged")  # gone: every rank refuses
     before = (two / "manifest.parquet").read_bytes()
     torch.manual_seed(1)
     D.save_discriminator(D.DepthDiscriminator(D.DiscriminatorConfig(height=32, width=64, channels=4)).eval(),
@@ -1062,8 +1062,67 @@ def test_select_says_which_domains_keep_none(tmp_path, capsys):
     rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "domain": d, "disc_score": 0.1 * i, "stage1_label": "x"}
             for i, d in enumerate(["indoor", "indoor", "outdoor"])]
     write_manifest(tmp_path, rows)
+    (tmp_path / "x").touch()  # the label file they name
     assert main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1"]) == 0
     assert "kept indoor 1" in (out := capsys.readouterr().out) and "outdoor none (not in --keep)" in out
     with pytest.raises(SystemExit):
         main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1,indoor=2"])
     assert "indoor is given twice in 'indoor=1,indoor=2'" in capsys.readouterr().err
+
+
+def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labelled_again(tmp_path, capsys):
+    """The manifest kept naming a deleted label file: status counted it as labelled, select selected it and
+    training failed on it hours in. Now status counts it as gone, score/select/training refuse with the command
+    that makes it again, and a merge after labelling (where it was not made again) clears it."""
+    from dap.curation.label import label_path, merge_labels
+    from dap.curation.report import format_summary, status
+    from dap.curation.selection import select_pool
+    from dap.errors import DatasetLayoutError
+
+    pool = tmp_path / "pool"
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg", "image": f"images/{i}.jpg"}
+            for i in range(3)]
+    for r in rows:
+        write_rgb(pool / r["image"], np.random.default_rng(0).uniform(0, 1, (16, 32, 3)))
+        save_label(pool / label_path("stage1", r["id"]), np.ones((16, 32)), np.zeros((16, 32)), sky_fraction=0.0,
+                   mask_certainty=0.9, tta_absrel=0.1)
+    write_manifest(pool, rows)
+    merge_labels(pool, "stage1", 0.2)
+    rows = read_manifest(pool)
+    for i, r in enumerate(rows):
+        r.update(disc_score=0.5 + 0.1 * i, selected=True)
+    write_manifest(pool, rows)
+    (pool / rows[1]["stage1_label"]).unlink()
+
+    summary, _ = status(pool)
+    assert summary["label_files_gone"] == {"stage1": 1, "stage3": 0}
+    assert "label files gone (deleted since labelling; `dap curate label` makes them again): stage1 1" in \
+        format_summary(summary)
+    status(pool, tmp_path / "plots")  # the contact sheet leaves it out (it read it: FileNotFoundError)
+    assert (tmp_path / "plots" / "contact_sheet_disc.png").is_file()
+    with pytest.raises(DatasetLayoutError, match=r"1 stage1 label file\(s\) that the manifest of .* names are gone "
+                                                 rf"\(e\.g\. labels/stage1/{rows[1]['id']}\.npz\): run `dap curate "
+                                                 "label --pool"):
+        select_pool(pool, {"indoor": 2})
+    with pytest.raises(DatasetLayoutError, match="are gone .* then train"):
+        PseudoLabelDataset(pool, "stage1", selected_only=True)
+    from dap.curation.selection import score_pool
+
+    disc = D.DepthDiscriminator(D.DiscriminatorConfig(height=16, width=32, channels=4)).eval()
+    with pytest.raises(DatasetLayoutError, match="are gone .* then score$"):
+        score_pool(pool, disc, progress=False)
+    assert [r["selected"] for r in read_manifest(pool)] == [True, True, True]  # nothing changed by refusals
+
+    merge_labels(pool, "stage1", 0.2)  # after a labelling that could not make it again
+    after = read_manifest(pool)
+    assert after[1]["stage1_label"] == "" and math.isnan(after[1]["stage1_tta_absrel"])
+    assert math.isnan(after[1]["disc_score"]) and not after[1]["selected"]
+    assert [r["selected"] for r in after] == [True, False, True]
+    assert select_pool(pool, {"indoor": 1}) == {"indoor": 1}
+    assert len(PseudoLabelDataset(pool, "stage1", selected_only=True)) == 1
+
+
+def test_status_says_when_there_is_nothing_to_plot(tmp_path, capsys):
+    write_manifest(tmp_path, [{**empty_row(), "id": "00", "status": "rejected", "reason": "too small"}])
+    assert main(["curate", "status", "--pool", str(tmp_path), "--plots", str(tmp_path / "plots")]) == 0
+    assert "nothing to plot in" in capsys.readouterr().err  # was: no output, no file, exit 0

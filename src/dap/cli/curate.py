@@ -191,4 +191,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
         for p in written:
             print(f"wrote {p}")
+        if args.plots is not None and not written:
+            print(f"dap curate status: nothing to plot in {args.pool} yet: the plots show discriminator scores, TTA "
+                  "disagreement and camera tilt, and no accepted row has any of them", file=sys.stderr)
     return 0

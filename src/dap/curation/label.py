@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dap.curation.manifest import STAGES, load_label, pool_job, read_manifest, save_label, write_manifest
+from dap.curation.manifest import LABEL_SIGNALS, STAGES, load_label, pool_job, read_manifest, save_label, write_manifest
 from dap.errors import DapError
 
 
@@ -147,7 +147,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
                 for b, i in enumerate(idx.tolist()):
                     save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
                                res["prob"][b].cpu().numpy(),
-                               **{k: float(res[k][b]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")})
+                               **{k: float(res[k][b]) for k in LABEL_SIGNALS})
                 done += len(idx)
                 bar.update(len(idx))
         if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
@@ -206,10 +206,14 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
             gone += 1
             continue
         if not (pool / rel).exists():
+            if r[f"{stage}_label"]:  # merged once, its file deleted since (and not made again): no label now
+                r.update({f"{stage}_label": "", **{f"{stage}_{k}": math.nan for k in LABEL_SIGNALS}})
+                if stage == "stage1":  # made on that label
+                    r.update(disc_score=math.nan, selected=False)
             missing += 1
             continue
         z = load_label(pool / rel)
-        signals = {f"{stage}_{k}": float(z[k]) for k in ("sky_fraction", "mask_certainty", "tta_absrel")}
+        signals = {f"{stage}_{k}": float(z[k]) for k in LABEL_SIGNALS}
         changed = any(not (r[k] == v or (math.isnan(r[k]) and math.isnan(v))) for k, v in signals.items())
         if stage == "stage1" and r["stage1_label"] and changed and (math.isfinite(r["disc_score"]) or r["selected"]):
             # a new stage-1 label (another labeler): the score and the selection were made on the old one

@@ -54,6 +54,9 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
 }
 
 
+LABEL_SIGNALS = ("sky_fraction", "mask_certainty", "tta_absrel")  # scalars of a label file, <stage>_<name> columns
+
+
 def stage_columns(stage: str) -> dict[str, pa.DataType]:
     return {
         f"{stage}_label": pa.string(),  # pool-relative label file ('' when not labelled)
@@ -151,6 +154,22 @@ def row_stage(row: dict) -> str:
     return "labelled1" if row["stage1_label"] else "ingested"
 
 
+def lost_labels(pool: Path, rows: list[dict], stage: str) -> list[dict]:
+    """Accepted rows whose manifest names a `stage` label file that is not there (deleted since it was merged)."""
+    return [r for r in rows
+            if r["status"] == "ok" and r[f"{stage}_label"] and not (pool / r[f"{stage}_label"]).is_file()]
+
+
+def check_labels_present(pool: Path, rows: list[dict], stage: str, step: str) -> None:
+    """Refuse a step that reads `stage` labels while some the manifest names are gone: it would fail on the first
+    one it reads (training: hours in), or leave them out without saying so."""
+    if lost := lost_labels(pool, rows, stage):
+        again = f" --stage {stage}" if stage != "stage1" else ""
+        raise DatasetLayoutError(f"{len(lost)} {stage} label file(s) that the manifest of {pool} names are gone (e.g. "
+                                 f"{lost[0][f'{stage}_label']}): run `dap curate label --pool {pool}{again}` to make "
+                                 f"them again, then {step}")
+
+
 def write_manifest(pool: str | os.PathLike, rows: list[dict]) -> Path:
     path = manifest_path(pool)
     rows = [{**r, "stage": row_stage(r)} for r in rows]
@@ -193,6 +212,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
                                      f"{self.pool}` and label it first")
         self.rows = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]
                      and (r["selected"] or not selected_only)]
+        check_labels_present(self.pool, self.rows, stage, "train")
         self.stage = stage
         if not self.rows:
             what = "selected and labelled" if selected_only else "labelled"

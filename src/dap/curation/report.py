@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dap.curation.manifest import STAGES, labelled_arrays, read_manifest
+from dap.curation.manifest import STAGES, labelled_arrays, lost_labels, read_manifest
 
 
 def reason_kind(reason: str) -> str:
@@ -47,6 +47,9 @@ def format_summary(s: dict) -> str:
             lines.append(f"  {k}: " + ", ".join(f"{n} {v}" for n, v in sorted(s[k].items())))
     lines.append("  labelled: " + ", ".join(f"{st} {s[f'{st}_labelled']}" for st in STAGES)
                  + f"; discriminator-scored {s['disc_scored']}")
+    if lost := {st: n for st, n in s.get("label_files_gone", {}).items() if n}:
+        lines.append("  label files gone (deleted since labelling; `dap curate label` makes them again): "
+                     + ", ".join(f"{st} {n}" for st, n in lost.items()))
     return "\n".join(lines)
 
 
@@ -91,7 +94,9 @@ def contact_sheet(pool: Path, rows: list[dict], path: Path, *, key: str = "disc_
 
     from dap.io import colorize_depth, write_rgb
 
-    scored = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"] and math.isfinite(r[key])]
+    gone = {r["id"] for r in lost_labels(pool, rows, stage)}
+    scored = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"] and math.isfinite(r[key])
+              and r["id"] not in gone]
     if not scored:
         return None
     scored.sort(key=lambda r: -r[key])
@@ -121,4 +126,6 @@ def status(pool: str | Path, plots: str | Path | None = None) -> tuple[dict, lis
         written += write_histograms(rows, plots)
         sheet = contact_sheet(pool, rows, plots / "contact_sheet_disc.png")
         written += [sheet] if sheet else []
-    return pool_summary(rows), written
+    summary = pool_summary(rows)
+    summary["label_files_gone"] = {stage: len(lost_labels(pool, rows, stage)) for stage in STAGES}
+    return summary, written

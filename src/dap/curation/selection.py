@@ -12,7 +12,7 @@ import torch
 
 from dap.curation.discriminator import DepthDiscriminator, discriminator_input
 from dap.curation.ingest import DOMAINS
-from dap.curation.manifest import labelled_arrays, pool_job, read_manifest, write_manifest
+from dap.curation.manifest import check_labels_present, labelled_arrays, pool_job, read_manifest, write_manifest
 from dap.errors import DapError
 
 # The paper's 300K + 300K of ~450K indoor and ~1.45M outdoor unlabeled panoramas.
@@ -41,9 +41,11 @@ def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = 
         failure, scores = None, {}
         try:
             rows = read_manifest(pool)
-            mine = [rows[i] for i in rank_rows(rows, d.rank, d.world) if rows[i][f"{stage}_label"]]
+            mine = [rows[i] for i in rank_rows(rows, d.rank, d.world)
+                    if rows[i]["status"] == "ok" and rows[i][f"{stage}_label"]]
             if not any(r["status"] == "ok" and r[f"{stage}_label"] for r in rows):
                 raise DapError(f"{pool} has no {stage} labels to score: run `dap curate label --stage {stage}` first")
+            check_labels_present(pool, rows, stage, "score")
             for start in tqdm(range(0, len(mine), batch_size), desc="score", disable=not progress,
                               dynamic_ncols=True):
                 part = mine[start:start + batch_size]
@@ -147,6 +149,7 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
                            "without --no-tta), or select by --score disc")
         if problem := keep_problem(keep, "--keep"):
             raise DapError(problem)
+        check_labels_present(pool, rows, "stage1", "score and select")  # or train on rows without one
         counts = select_top_k(rows, keep, score)
         write_manifest(pool, rows)
         return counts

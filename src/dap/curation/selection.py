@@ -98,7 +98,8 @@ def keep_problem(keep: dict, name: str) -> str | None:
 
 
 def keep_count(n: int, keep: float) -> int:
-    """keep < 1: a fraction of n (rounded); keep >= 1: a count (capped at n)."""
+    """keep < 1: a fraction of n, rounded to the nearest (halves to even, Python's round: half of 17 rows is 8, of
+    37 rows 18; kept so, as the documented runs were made with it); keep >= 1: a count (capped at n)."""
     if keep < 0:
         raise DapError(f"selection keep must be >= 0 (a fraction below 1 or a count), got {keep}")
     return min(n, round(keep * n) if keep < 1 else int(keep))

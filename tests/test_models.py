@@ -377,7 +377,7 @@ def test_official_quirks_module_does_not_import_the_model_back():
     tree = ast.parse(Path(official.__file__).read_text())
     imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     leaves = {"dap.errors", "dap.models.backbone", "dap.models.dinov3"}  # import nothing of dap.models back
-    assert imported <= {"__future__", "pathlib", "torch", *leaves}, imported
+    assert imported <= {"__future__", "collections", "pathlib", "torch", *leaves}, imported
     assert MODEL_CONFIGS["dap_vitl"].layers == official.OFFICIAL_LAYERS[24]
 
 
@@ -405,3 +405,30 @@ def test_release_file_pages_gives_back_a_mapped_tensors_memory_and_keeps_its_val
     release_file_pages([tensors["big"]])
     assert resident_kb() < 64
     assert float(tensors["big"].sum()) == total and torch.equal(tensors["small"], torch.ones(3))
+
+
+@pytest.mark.parametrize("key, shape", [("depth_head.scratch.layer1_rn.weight", (65, 48, 3, 3)),
+                                        ("range_head.projects.2.weight", (191, 384, 1, 1)),
+                                        ("backbone.cls_token", (1, 1, 385)),
+                                        ("backbone.blocks.0.mlp.fc1.weight", (1535, 384))])
+def test_one_damaged_tensor_of_an_official_checkpoint_is_the_one_mismatch_reported(key, shape):
+    """The architecture is read from tensor shapes; read from the damaged tensor, every other tensor of the model
+    mismatched it (94 "shape mismatches", none of them the culprit). Each size is now what most tensors agree on."""
+    from dap.models.backbone import ViTConfig
+    from dap.models.checkpoint import load_state_dict_strict
+    from dap.models.dap import DAP, DapConfig
+    from dap.models.official import OFFICIAL_LAYERS, official_config
+
+    vit = ViTConfig(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4.0, num_storage_tokens=4)
+    cfg = DapConfig(name="dap_vits", vit=vit, layers=OFFICIAL_LAYERS[12], features=64, out_channels=(48, 96, 192, 384),
+                    token_adapter="official")
+    with torch.device("meta"):  # shapes only: no memory for the weights
+        sd = DAP(cfg).state_dict()
+    assert DapConfig(**official_config(sd)) == cfg
+    damaged = {**sd, key: torch.empty(shape, device="meta")}
+    assert DapConfig(**official_config(damaged)) == cfg
+    with torch.device("meta"):
+        model = DAP(DapConfig(**official_config(damaged)))
+    with pytest.raises(CheckpointError, match=rf"^model\.pth does not match the dap_vits architecture: 1 shape "
+                                              rf"mismatches: {re.escape(key)} \({', '.join(map(str, shape))}"):
+        load_state_dict_strict(model, damaged, "model.pth")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import zipfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -124,18 +125,33 @@ def convert_official_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.
     return out
 
 
+def _shape_vote(sd: dict[str, torch.Tensor], where: list[tuple[str, int]]) -> int:
+    """The size most of these (key, dimension) places agree on: one damaged tensor then shows up as one shape
+    mismatch at load, not as an architecture read from it that every other tensor mismatches (94 of them for one
+    wrong head convolution). KeyError naming the first key when none is there; ties go to the first listed."""
+    sizes = [sd[k].shape[d] for k, d in where if k in sd and sd[k].dim() > d]
+    if not sizes:
+        raise KeyError(where[0][0])
+    return Counter(sizes).most_common(1)[0][0]
+
+
 def official_config(sd: dict[str, torch.Tensor]) -> dict:
     """Architecture of an official-format checkpoint, read from its tensor shapes (our keys): DapConfig fields."""
+    heads = ("depth_head", "range_head")
     try:
-        dim = sd["backbone.cls_token"].shape[-1]
         blocks = [k.split(".")[2] for k in sd if k.startswith("backbone.blocks.")]
         if not blocks or not all(b.isdigit() for b in blocks):
             raise KeyError("backbone.blocks.<n>.*")
         depth = 1 + max(map(int, blocks))
-        features = sd["depth_head.scratch.layer1_rn.weight"].shape[0]
-        out_channels = tuple(sd[f"depth_head.projects.{i}.weight"].shape[0] for i in range(4))
+        dim = _shape_vote(sd, [("backbone.cls_token", -1), ("backbone.mask_token", -1), ("backbone.norm.weight", 0),
+                               ("backbone.norm.bias", 0), ("backbone.patch_embed.proj.weight", 0),
+                               ("backbone.patch_embed.proj.bias", 0)])
+        features = _shape_vote(sd, [(f"{h}.scratch.layer{j}_rn.weight", 0) for h in heads for j in range(1, 5)])
+        out_channels = tuple(_shape_vote(sd, [(f"{h}.projects.{i}.{p}", 0) for h in heads for p in ("weight", "bias")]
+                                         + [(f"{h}.scratch.layer{i + 1}_rn.weight", 1) for h in heads])
+                             for i in range(4))
         storage = sd["backbone.storage_tokens"].shape[1]
-        hidden = sd["backbone.blocks.0.mlp.fc1.weight"].shape[0]
+        hidden = _shape_vote(sd, [(f"backbone.blocks.{b}.mlp.fc1.weight", 0) for b in range(depth)])
     except KeyError as e:
         raise CheckpointError(f"official checkpoint lacks {e}; cannot infer its architecture") from None
     if depth not in OFFICIAL_LAYERS:

@@ -106,6 +106,16 @@ def test_named_model_is_fetched_from_the_hub_cache_and_converted_once(tiny_relea
     assert again.checkpoint_info["training"]["registered_as"] == "dap-vitl"
 
 
+def test_a_cached_release_is_used_without_asking_the_hub(tiny_release, monkeypatch):
+    """Online mode and no network: hf_hub_download spent 23 s retrying a HEAD request before it fell back on the
+    cached file, on every run. A cached file is now used as it is."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: pytest.fail("the Hub was asked"))
+    assert load_model("dap-vitl").cfg == TINY_OFFICIAL
+
+
 def test_predict_by_name_in_a_fresh_process_honours_the_environment(tiny_release, hub, tmp_path):
     load_model("dap-vitl")  # converts (the subprocess's registry has the real ViT-L entry, not the test one)
     from PIL import Image

@@ -2,10 +2,11 @@
 
 A name maps to weights bundled with the package or to a file on the Hugging Face Hub. Hub files are fetched with
 `huggingface_hub.hf_hub_download`, so its cache, resumable downloads, progress bar and `HF_HUB_OFFLINE=1` all
-apply. An official-format `model.pth` is then loaded once with the strict loader, checked against the
-architecture the name promises, and written in our format (safetensors + config.json) to
-`<cache>/converted/<name>/<commit>/`, so every later load is fast and never unpickles. `<cache>` is `$DAP_CACHE`,
-else `$HF_HOME/dap` (beside the Hub cache, not inside it, where `hf cache` tools would report it as corrupt).
+apply; a file already in that cache is used without a network request. An official-format `model.pth` is then
+loaded once with the strict loader, checked against the architecture the name promises, and written in our format
+(safetensors + config.json) to `<cache>/converted/<name>/<commit>/`, so every later load is fast and never
+unpickles. `<cache>` is `$DAP_CACHE`, else `$HF_HOME/dap` (beside the Hub cache, not inside it, where `hf cache`
+tools would report it as corrupt).
 """
 
 from __future__ import annotations
@@ -91,6 +92,11 @@ def _download(entry: RegisteredModel) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     where = f"{entry.filename} of the Hub repository {entry.repo_id}"
+    # A cached copy is used without asking the Hub whether a newer one exists: that question alone took 23 s of
+    # retries on a machine without a network (and waited on every run); `hf download --force-download` refreshes.
+    cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, entry.filename)
+    if isinstance(cached, str):
+        return Path(cached)
     download = huggingface_hub.hf_hub_download  # imported lazily, and the import sets the library's log level
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level

@@ -793,7 +793,8 @@ def test_a_run_resumed_with_its_config_moved_refuses_the_other_data_its_relative
     work = tmp_path / "work"
     assert main(["curate", "run", "--config", str(tmp_path / "a/cfg/curate.yaml"), "--work", str(work),
                  "--stop-after", "ingest"]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr()  # stderr is no terminal here: the step's line, no progress bar (was drawn into logs)
+    assert "dap curate: ingest done: {" in out.out and "%|" not in out.err, out.err
     assert main(["curate", "run", "--config", str(tmp_path / "x/cfg/curate.yaml"), "--work", str(work),
                  "--stop-after", "ingest"]) == 2
     err = capsys.readouterr().err

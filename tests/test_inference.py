@@ -1536,3 +1536,25 @@ def test_a_calibrated_model_at_another_working_resolution_gets_a_note():
     raw = dataclasses.replace(bundled, depth_scale=1.0, latitude_scale=())
     assert other_resolution_note((512, 1024), raw) is None
     assert other_resolution_note((256, 512), MODELS["dap-vitl"].config) is None
+
+
+def test_the_python_api_warns_once_per_line_for_a_calibrated_model_off_its_resolution(tmp_path):
+    """`dap predict` says it in a note; `dap.predict(img, resolution=...)` said nothing while the bundled model's
+    depth scale was 13% to 4x off. A SettingWarning at the caller's line (once per line, as Python shows warnings);
+    its own resolution or an uncalibrated model, none."""
+    import warnings
+
+    from dap.errors import SettingWarning
+    from dap.models import create_model
+
+    bundled = load_model("dap-tiny-synth")
+    rgb = np.random.default_rng(0).random((128, 256, 3)).astype(np.float32)
+    with pytest.warns(SettingWarning, match=r"working resolution 128x256 is not the one this model was calibrated "
+                                            r"at, 256x512.*Leave resolution out") as caught:
+        predict(rgb, bundled, resolution=(128, 256))
+    assert caught[0].filename == __file__  # the caller's line, not the library's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SettingWarning)
+        predict(rgb, bundled)
+        predict(rgb, bundled, resolution=(256, 512))
+        predict(rgb, create_model("dap_tiny").eval(), resolution=(32, 64))  # uncalibrated

@@ -57,6 +57,11 @@ class InputWarning(UserWarning):
     `dap predict` reports each one with the file it came from."""
 
 
+class SettingWarning(UserWarning):
+    """A setting that runs but gives doubtful results: a calibrated model at a working resolution other than its
+    own. Commands say it once themselves and ignore it from the library."""
+
+
 def warn_input(message: str) -> None:
     """An `InputWarning` pointing at the caller's line: the first frame outside dap and torch (its decorators), however
     deep in the library the input was judged (`dap.predict`, `to_rgb` called directly, a batch)."""

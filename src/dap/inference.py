@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dap import geometry
-from dap.errors import DapError, NotPanoramaError, is_number, warn_input
+from dap.errors import DapError, NotPanoramaError, SettingWarning, is_number, warn_input
 
 if TYPE_CHECKING:  # dap.io loads OpenCV, OpenEXR and trimesh: only when needed
     from dap.io import PhotoSphere
@@ -683,7 +683,7 @@ def _floor_scale(out: dict[str, torch.Tensor], threshold: float, camera_height: 
 MAX_CAMERA_HEIGHT = 1000.0
 
 
-def other_resolution_note(resolution: tuple[int, int] | None, model) -> str | None:
+def other_resolution_note(resolution: tuple[int, int] | None, model, option: str = "--resolution") -> str | None:
     """What to tell a user who runs a calibrated model (config `depth_scale` or `latitude_scale` set, as the bundled
     one is; `model` may be its DapConfig) at another working resolution (None: the model's `default_resolution`)
     than the one it was calibrated at (its `default_resolution`; for an ONNX graph exported at another size, the one
@@ -697,7 +697,7 @@ def other_resolution_note(resolution: tuple[int, int] | None, model) -> str | No
     if not calibrated or resolution == own:
         return None
     fix = (f"Export the graph again at {own[0]}x{own[1]} (dap export onnx --resolution {own[0]}x{own[1]})"
-           if hasattr(model, "calibrated_resolution") else "Leave --resolution out")
+           if hasattr(model, "calibrated_resolution") else f"Leave {option} out")
     return (f"working resolution {resolution[0]}x{resolution[1]} is not the one this model was calibrated at, "
             f"{own[0]}x{own[1]}, and its depth scale depends on it (the bundled model has 13% to 4x its AbsRel on "
             f"held-out rooms at the other resolutions measured: docs/models.md, \"Working resolution\"). {fix} "
@@ -821,6 +821,8 @@ def predict(
             raise DapError(f"resolution {resolution!r} must be (height, width) of a 2:1 panorama in multiples of 16, "
                            "e.g. (512, 1024)")
         resolution = tuple(int(v) for v in resolution)
+        if note := other_resolution_note(resolution, model, option="resolution"):  # once per calling line
+            warnings.warn(note, SettingWarning, stacklevel=3)  # past torch's inference_mode wrapper
         if threshold is not None and not (is_number(threshold, finite=False) and threshold >= 0.0):  # NaN too
             raise DapError(f"threshold is a probability from 0 to 1 (above 1: nothing is masked), got {threshold!r}")
         results = []

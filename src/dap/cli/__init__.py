@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 # name -> (module under dap.cli, one-line help)
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: error: unrecognized arguments: {' '.join(extra)}{_dash_file_hint(extra)}; see {name} --help",
               file=sys.stderr)
         sys.exit(2)
-    from dap.errors import DapError
+    from dap.errors import DapError, SettingWarning
 
     _quiet_decoders()
     _printable_file_names()
@@ -357,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         _prepare_outputs(args)
-        code = int(args._module.run(args) or 0)
+        with warnings.catch_warnings():  # each command says it once itself, as a note, not once per input
+            warnings.simplefilter("ignore", SettingWarning)
+            code = int(args._module.run(args) or 0)
         sys.stdout.flush()  # output still buffered for a closed pipe fails here, under the policy below
         return code
     except DapError as e:

@@ -120,6 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set label.batch_size=8")
     p.add_argument("--stop-after", default=None, metavar="STEP",
                    help="stop after this step: ingest, stage1, label1, disc, select, stage2, label3, final")
+    p.add_argument("--no-progress", action="store_true", help=NO_PROGRESS)
 
     p = _step(sub, "status", "progress of a pool; histograms and a contact sheet")
     p.add_argument("--pool", required=True, type=folder_name, help="pool folder")
@@ -182,7 +183,8 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "run":
         from dap.curation.pipeline import Pipeline, load_curate_config
 
-        state = Pipeline(load_curate_config(args.config, args.overrides), args.work).run(args.stop_after)
+        state = Pipeline(load_curate_config(args.config, args.overrides), args.work,
+                         progress=_progress(args)).run(args.stop_after)
         print(f"dap curate run: done: {', '.join(state['done'])}; state in {Path(args.work) / 'state.json'}")
     elif cmd == "status":
         from dap.curation.report import format_summary, status

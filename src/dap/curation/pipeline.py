@@ -368,8 +368,7 @@ class Pipeline:
                 t0 = time.monotonic()
                 info = getattr(self, f"_{step}")()
                 self._mark(step, {**info, "seconds": round(time.monotonic() - t0, 1)})
-                if self.progress:
-                    print(f"dap curate: {step} done: {info}")
+                print(f"dap curate: {step} done: {info}")  # also in a log, where no progress bar is drawn
             if step == stop_after:
                 break
         return self.state()

@@ -755,8 +755,15 @@ def test_pseudo_labels_with_a_range_mask_train_the_range_head(tmp_path):
 def test_pseudo_dataset_errors_name_the_next_step(tmp_path):
     from dap.errors import DatasetLayoutError
 
-    with pytest.raises(DatasetLayoutError, match="dap curate ingest"):
+    with pytest.raises(DatasetLayoutError, match="has no manifest.parquet: run `dap curate ingest"):
         PseudoLabelDataset(tmp_path)
+    # an ingest that found nothing wrote a manifest without rows (label said "holds no curation manifest")
+    write_manifest(tmp_path, [])
+    with pytest.raises(DatasetLayoutError, match=r"lists no panoramas \(its ingests found none\): run `dap curate "
+                                                 "ingest` on a folder of panoramas"):
+        PseudoLabelDataset(tmp_path)
+    with pytest.raises(DapError, match=r"lists no panoramas \(its ingests found none\)"):
+        label_pool(tmp_path, "dap-tiny-synth", "stage1", progress=False)
     write_manifest(tmp_path, [{**empty_row(), "id": "0" * 16, "status": "ok"}])
     with pytest.raises(DatasetLayoutError, match="selected and labelled"):
         PseudoLabelDataset(tmp_path, "stage1", selected_only=True)

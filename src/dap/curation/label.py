@@ -25,7 +25,16 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from dap.curation.manifest import LABEL_SIGNALS, STAGES, load_label, pool_job, read_manifest, save_label, write_manifest
+from dap.curation.manifest import (
+    LABEL_SIGNALS,
+    STAGES,
+    empty_pool_problem,
+    load_label,
+    pool_job,
+    read_manifest,
+    save_label,
+    write_manifest,
+)
 from dap.errors import DapError
 
 
@@ -126,7 +135,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     with pool_job(pool, f"dap curate label ({stage})", o.device) as d:
         rows = read_manifest(pool)
         if not rows:
-            raise DapError(f"{pool} holds no curation manifest: run `dap curate ingest SOURCES --pool {pool}` first")
+            raise DapError(empty_pool_problem(pool))
         model = resolve_model(model, d.device)
         if d.main:  # label writes killed mid-way
             remove_temporaries(pool / "labels" / stage)

@@ -142,6 +142,15 @@ def read_manifest(pool: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def empty_pool_problem(pool: Path) -> str:
+    """Why `pool` has no rows, with the step that adds them: no manifest, or one that an ingest which found nothing
+    wrote."""
+    if not manifest_path(pool).exists():
+        return f"{pool} has no {MANIFEST}: run `dap curate ingest SOURCES --pool {pool}` first"
+    return (f"{pool} lists no panoramas (its ingests found none): run `dap curate ingest` on a folder of panoramas "
+            f"with --pool {pool}")
+
+
 def row_stage(row: dict) -> str:
     if row["status"] != "ok":
         return "rejected"
@@ -208,8 +217,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.pool = Path(pool)
         rows = read_manifest(self.pool)
         if not rows:
-            raise DatasetLayoutError(f"{self.pool} has no {MANIFEST}: run `dap curate ingest ... --pool "
-                                     f"{self.pool}` and label it first")
+            raise DatasetLayoutError(f"{empty_pool_problem(self.pool)}, and label it")
         self.rows = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]
                      and (r["selected"] or not selected_only)]
         check_labels_present(self.pool, self.rows, stage, "train")

@@ -369,8 +369,8 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
     stub = StubPredictor()
     seen = {}
 
-    def fake_model_predictor(model, *, device, resolution, seam_pad):
-        seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad)
+    def fake_model_predictor(model, *, device, resolution, seam_pad, precision):
+        seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad, precision=precision)
         return stub
 
     monkeypatch.setattr("dap.cli.eval.model_predictor", fake_model_predictor)
@@ -396,11 +396,12 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
         ]
     )
     assert code == 0 and stub.calls == 1
-    assert seen == {"model": "dap_tiny", "device": "cpu", "resolution": (32, 64), "seam_pad": 0.0}
+    assert seen == {"model": "dap_tiny", "device": "cpu", "resolution": (32, 64), "seam_pad": 0.0, "precision": "fp32"}
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
     key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())
-    assert key == {"dataset": "folder", "root": str((tmp_path / "data").resolve()), "split": "test", "split_file": None,
+    # a folder without splits is split "all" whatever --split named (test by default), as a dap synth folder
+    assert key == {"dataset": "folder", "root": str((tmp_path / "data").resolve()), "split": "all", "split_file": None,
                    "checkpoint": str(tmp_path / "ckpt"), "model_sha256": model_fingerprint(tiny_model),
                    "resolution": [32, 64], "seam_pad": 0.0, "precision": "float32", "range_cap": 100.0,
                    "files": "<sample>.<input digest>.npy"}
@@ -683,3 +684,72 @@ def test_a_sample_whose_file_name_is_not_utf8_is_scored_and_reported(tmp_path):
     assert "caf\\xe9" in (tmp_path / "o" / "per_image.csv").read_text()  # the bytes escaped, the file still written
     summary = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_cached_rerun_scores_non_finite_predictions_as_the_first_run(tmp_path):
+    """The cache stored predictions through write_depth, which turns NaN and inf into 0: an inf pixel (the range
+    cap on the first run) then scored as min_depth, and the zeros entered the median fit (AbsRel 1.28 -> 0.53)."""
+    rng = np.random.default_rng(0)
+    ds = [{"name": "a", "rgb": rng.random((8, 16, 3)).astype(np.float32), "depth": np.full((8, 16), 2.0, np.float32)}]
+
+    def overflowing(rgb):  # e.g. fp16 overflow on a few pixels
+        d = np.full(rgb.shape[:2], 2.5, np.float32)
+        d[:, :4], d[:, 4:6] = np.inf, np.nan
+        return d, None
+
+    cfg = EvalConfig(protocols=("metric", "median"), max_depth=10, panels=0)
+    runs = [evaluate(ds, overflowing, config=cfg, out_dir=tmp_path, cache_key={"model": "x"}) for _ in range(2)]
+    assert runs[1]["n_cached_predictions"] == 1
+    assert json.dumps(runs[1]["protocols"]) == json.dumps(runs[0]["protocols"])  # NaN == NaN (pole_abs_rel)
+    # inf at the cap (10 m) on 4 of 16 columns, NaN at min_depth on 2, 2.5 m on 10: (16 + 2 * 0.9995 + 2.5) / 16
+    assert runs[0]["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(1.2811875)
+
+
+def test_eval_runs_in_float32_unless_told(tmp_path, tiny_ckpt, monkeypatch):
+    """`dap eval` ran dap.predict's "auto": bf16 wherever one matmul timing said it was 1.5x faster, which on a busy
+    CPU with AVX-512 BF16 changes from run to run (the scores, and a resume refused: "precision: float32 ->
+    bfloat16"). fp32 now, --precision to choose."""
+    from dap import inference
+
+    make_folder(tmp_path / "data", n=1)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_bf16_speedup", lambda: 4.0)  # "auto" is bf16 on this CPU now
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "o32", "--max-depth", "10") == 0
+    assert json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())["precision"] == "float32"
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "oauto", "--max-depth", "10", "--precision", "auto") == 0
+    assert json.loads((tmp_path / "oauto" / "predictions" / "cache.json").read_text())["precision"] == "bfloat16"
+    fp32, auto = (np.load(next((tmp_path / o / "predictions").glob("*.npy"))) for o in ("o32", "oauto"))
+    assert not np.array_equal(fp32, auto)
+
+
+def test_a_plain_folder_skips_hidden_files_and_has_no_splits(tmp_path, capsys):
+    """macOS leaves ._<name> beside every file copied to exFAT: the folder loader took ._s0.png for a sample (the
+    other loaders skip hidden files). --split named nothing in a folder without splits, every sample was scored
+    and the result labelled with the name given."""
+    from dap.data.datasets import FolderDataset
+    from dap.errors import DatasetLayoutError
+
+    make_folder(tmp_path / "data", n=2)
+    shutil.copy(tmp_path / "data" / "rgb" / "s0.png", tmp_path / "data" / "rgb" / "._s0.png")
+    ds = FolderDataset(tmp_path / "data", split="val")
+    assert [it.name for it in ds.items] == ["s0", "s1"] and ds.split == "all"
+    with pytest.raises(DatasetLayoutError, match="unknown split 'foo': this dataset has no splits"):
+        FolderDataset(tmp_path / "data", split="foo")
+    (tmp_path / "data" / "manifest.csv").write_text("rgb,depth\nrgb/s0.png,depth/s0.npy\n")  # no split column
+    assert FolderDataset(tmp_path / "data", split="test").split == "all"
+
+
+def test_metrics_json_is_strict_json_and_no_max_depth_is_no_cap(tmp_path):
+    """metrics.json held bare NaN (pole_abs_rel without pole pixels), which JSON parsers other than Python's
+    refuse: null now. EvalConfig(max_depth=None), typed and documented as no cap, was a TypeError."""
+    ds = [{"name": "a", "rgb": np.full((8, 16, 3), 0.5, np.float32), "depth": np.full((8, 16), 2.0, np.float32)}]
+    ds[0]["depth"][:2] = ds[0]["depth"][-2:] = 0  # no ground truth at the poles: pole_abs_rel is not measurable
+    summary = evaluate(ds, lambda rgb: (np.full(rgb.shape[:2], 2.5, np.float32), None),
+                       config=EvalConfig(max_depth=None, panels=0), out_dir=tmp_path)
+    assert summary["protocols"]["metric"]["per_image_mean"]["abs_rel"] == pytest.approx(0.25)
+
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
+    assert saved["protocols"]["metric"]["per_image_mean"]["pole_abs_rel"] is None

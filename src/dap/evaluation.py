@@ -518,7 +518,7 @@ def evaluate(
 
 def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions_dir, cache_key: dict | None,
               progress: bool) -> dict:
-    from dap.io import read_depth, write_depth, write_rgb
+    from dap.io import atomic_write, read_depth, read_npy, write_rgb
 
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
@@ -546,7 +546,8 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         name = sample["name"]
         gt = np.asarray(sample["depth"], np.float32)
         measured = gt[gt > 0]
-        if measured.size and np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
+        if measured.size and cfg.max_depth is not None and \
+                np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
             # Depth in another unit (cm, mm): left out without a word, the few pixels that happen to fit would
             # make the score. 90%: more than any sky stored as a large depth covers of a panorama.
             input_warnings.setdefault(
@@ -579,7 +580,8 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
             # A saved pixel without depth is out of range (`dap predict` writes 0 there): it gets the range cap
             # here, where a model run caps its out-of-range pixels, so both ways of scoring a model agree
             empty = pred <= 0
-            if np.count_nonzero(pred > cfg.max_depth) > 0.9 * max(1, np.count_nonzero(~empty)):
+            if cfg.max_depth is not None and \
+                    np.count_nonzero(pred > cfg.max_depth) > 0.9 * max(1, np.count_nonzero(~empty)):
                 input_warnings.setdefault(  # as for the ground truth: millimetres scored as metres
                     f"over 90% of the saved prediction is beyond --max-depth {cfg.max_depth:g} m: save predictions "
                     "in metres (a millimetre map divided by 1000)", []).append(name)
@@ -591,7 +593,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         else:
             path = None if cache_dir is None else cache_dir / f"{_file_stem(name)}.{input_digest(sample['rgb'])}.npy"
             if path is not None and path.exists():
-                pred = read_depth(path)
+                pred = read_npy(path)
                 n_cached += 1
             else:
                 with collect_input_warnings() as warned:
@@ -599,8 +601,9 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
                 for text in warned:  # once per text after the loop, naming the samples
                     input_warnings.setdefault(text, []).append(name)
                 pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
-                if path is not None:
-                    write_depth(path, pred)
+                if path is not None:  # as predicted, NaN and inf kept (write_depth stores 0 there, scored otherwise)
+                    with atomic_write(path) as tmp:
+                        np.save(tmp, pred)
         pred = np.asarray(pred, np.float32)
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
         size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
@@ -664,7 +667,19 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
         with atomic_write(out / "per_image.csv") as tmp:
             pacsv.write_csv(table, tmp)
     with atomic_write(out / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2, allow_nan=True))
+        tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
+
+
+def _json_safe(value):
+    """`value` with NaN and infinities as null: JSON has no such numbers (Python writes bare NaN, which strict
+    parsers, JavaScript and dashboards refuse), and a NaN metric means "not measurable" here."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def format_table(summary: dict) -> str:
@@ -681,12 +696,14 @@ def format_table(summary: dict) -> str:
 
 
 def model_predictor(
-    model: DAP, *, device: str = "cpu", resolution: tuple[int, int] | None = None, seam_pad: float = DEFAULT_SEAM_PAD
+    model: DAP, *, device: str = "cpu", resolution: tuple[int, int] | None = None, seam_pad: float = DEFAULT_SEAM_PAD,
+    precision: str = "fp32",
 ) -> Predictor:
-    """A Predictor backed by dap.inference.predict on a loaded model."""
+    """A Predictor backed by dap.inference.predict on a loaded model, in float32 unless told (`dap.predict`'s "auto"
+    picks bf16 on a CPU where a timing says it is faster: two runs of one evaluation could differ)."""
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        result = predict(rgb, model, resolution=resolution, device=device, seam_pad=seam_pad)
+        result = predict(rgb, model, resolution=resolution, device=device, seam_pad=seam_pad, precision=precision)
         return result.depth, result.range_mask
 
     return run

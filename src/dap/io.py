@@ -904,6 +904,16 @@ def _read_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def read_npy(path: PathLike) -> np.ndarray:
+    """A .npy file's array as stored, NaN and inf kept (`read_depth` makes them 0); a missing or broken file raises
+    UnreadableFileError naming it."""
+    path = Path(path)
+    try:
+        return _read_npy(path)
+    except _DECODE_ERRORS as e:
+        raise _unreadable(path, e) from e
+
+
 def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
     with np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())

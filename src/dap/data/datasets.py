@@ -50,7 +50,7 @@ class PanoDataset:
             raise self.layout_error(f"the root {self.root} does not exist")
         self.items: list[Item] = self._index()
         if not self.items:
-            raise self.layout_error(f"no samples found for split '{split}'")
+            raise self.layout_error("no samples found" + (f" for split '{self.split}'" if self.split != "all" else ""))
         seen: dict[str, Item] = {}
         for it in self.items:  # predictions are saved and reported by name: two samples must not share one
             if (first := seen.setdefault(it.name, it)) is not it:
@@ -427,7 +427,7 @@ class FolderDataset(PanoDataset):
     def _index(self) -> list[Item]:
         manifest = self._manifest_path()
         if manifest is None:
-            return self._index_folder()
+            return self._unsplit(self._index_folder())
         rows = _read_table(manifest)
         if not rows:  # a header alone: its columns may be right, but it lists nothing to score
             raise self.layout_error(f"the manifest {manifest.name} lists no samples (no rows under its header); add a "
@@ -458,6 +458,16 @@ class FolderDataset(PanoDataset):
         if not items and splits:
             raise self.layout_error(f"the manifest {manifest.name} has no rows of split '{self.split}'; its splits "
                                     f"are {', '.join(repr(v) for v in sorted(splits))} (pass one of them, or all)")
+        return items if "split" in rows[0] else self._unsplit(items)
+
+    def _unsplit(self, items: list[Item]) -> list[Item]:
+        """Every sample of a collection without splits (a plain folder, a manifest without a split column), which is
+        then split 'all' whatever it was asked as (as a `dap synth` folder); a name that is no split at all is
+        refused, as it would have scored everything under that name."""
+        if self.split not in ("test", "val", "train", "all"):
+            raise self.layout_error(f"unknown split '{self.split}': this dataset has no splits (no split column in a "
+                                    "manifest), so every sample is scored; leave --split out or pass all")
+        self.split = "all"
         return items
 
     def _index_folder(self) -> list[Item]:
@@ -465,7 +475,7 @@ class FolderDataset(PanoDataset):
         if not rgb_dir.is_dir() or not depth_dir.is_dir():
             raise self.layout_error("found no manifest.csv / manifest.parquet and no rgb/ + depth/ folders")
         items = []
-        for rgb in sorted(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        for rgb in _visible(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             depth = next(
                 (depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()),
                 depth_dir / f"{rgb.stem}.npy",

@@ -189,7 +189,9 @@ def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path
         # hand-edited fields fail on loading, naming the field, not in a later forward pass
         "adapter": (lambda d: _edit(d, token_adapter="bogus"), r"token_adapter is 'plain' or 'official'"),
         "features": (lambda d: _edit(d, features=-1), r"out_channels .* and features are positive"),
-        "layers": (lambda d: _edit(d, layers=[1, 2, 4, 9]), r"layers are the 4 blocks \(0 to 5, .*got \[1, 2, 4, 9\]"),
+        "layers": (lambda d: _edit(d, layers=[1, 2, 4, 9]), r"layers are the 4 distinct blocks, in increasing order "
+                                                            r"\(0 to 5, .*got \[1, 2, 4, 9\]"),
+        "repeated_layers": (lambda d: _edit(d, layers=[1, 2, 2, 5]), r"4 distinct blocks.*got \[1, 2, 2, 5\]"),
         "resolution": (lambda d: _edit(d, default_resolution=[100, 200]), r"default_resolution is .* got \[100, 200\]"),
     }
     for name, (damage, message) in cases.items():

@@ -753,3 +753,93 @@ def test_scale_jitter_trains_batches_at_several_2_to_1_sizes(tmp_path, monkeypat
     monkeypatch.setattr(loop, "normalize_image", lambda rgb: seen.append(tuple(rgb.shape[-2:])) or real(rgb))
     T.train(cfg_with("run.steps=8", "data.scale_jitter=2"), tmp_path / "run")
     assert len(set(seen)) > 1 and all(w == 2 * h and h % 16 == 0 for h, w in seen), seen
+
+
+def test_an_unreadable_file_in_a_loader_worker_ends_the_run_instead_of_hanging(tmp_path):
+    """With data.num_workers >= 1 (every GPU config), a bad image printed its error and the process never exited:
+    the loader's workers, which ignore SIGTERM (quiet_worker), were left for interpreter exit to stop with it."""
+    import subprocess
+    import sys
+
+    for i in range(4):
+        (tmp_path / "data" / "rgb").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "rgb" / f"p{i}.png").write_bytes(b"garbage")
+        (tmp_path / "data" / "depth").mkdir(exist_ok=True)
+        np.save(tmp_path / "data" / "depth" / f"p{i}.npy", np.ones((32, 64), np.float32))
+    cmd = [sys.executable, "-m", "dap.cli", "train", "--config", str(ROOT / "configs/tiny_cpu.yaml"),
+           "--out", str(tmp_path / "run"), "--set", "data.val=[]",
+           *(x for o in [*BASE, "run.steps=2", "data.num_workers=1", "data.sources.0.kind=folder",
+                         f"data.sources.0.path={tmp_path / 'data'}"] for x in ("--set", o))]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "dap train: error: cannot read" in proc.stderr and "p" in proc.stderr
+
+
+def test_train_checks_a_config_made_in_python_and_refuses_empty_sources_and_repeated_layers(tmp_path, monkeypatch):
+    """train() took a TrainConfig edited in Python as it was (optimizer "sgd" trained with Adam); a source without
+    samples was a ZeroDivisionError after the run folder was written; duplicate model layers passed the checks and
+    failed in the first forward."""
+    cfg = cfg_with("run.steps=1")
+    cfg.optim.optimizer = "sgd"
+    with pytest.raises(ConfigError, match="optim.optimizer must be adam or adamw, got 'sgd'"):
+        T.train(cfg, tmp_path / "a")
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match=r"model.overrides.*layers are the 4 distinct blocks, in increasing order"):
+        T.train(cfg_with("run.steps=1", "model.overrides={vit: {depth: 2}, layers: [0, 1, 1, 1]}"), tmp_path / "b")
+    real = T.loop.build_source
+    monkeypatch.setattr(T.loop, "build_source", lambda src, h, w: [] if src.seed == 99 else real(src, h, w))
+    with pytest.raises(ConfigError, match=r"data.val\[0\] \(rooms\) holds no panorama"):
+        T.train(cfg_with("run.steps=1", "run.val_every=1", "data.val=[{kind: rooms, size: 2, seed: 99}]"),
+                tmp_path / "c")
+    assert not (tmp_path / "c" / "config.yaml").exists()  # a rerun is not refused as "already holds a run"
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_an_extension_retires_the_old_final(tmp_path, capsys):
+    """--resume on a finished run with new settings trained nothing but rewrote final/ and config.yaml with settings
+    never used; extended and stopped before its new end, the run folder still loaded the old final/."""
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1"), out)
+    before = {p: (out / p).read_bytes() for p in ("config.yaml", "final/config.json", "final/model.safetensors")}
+    result = T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "optim.lr_head=0.1"), out, resume=True)
+    assert result.finished and result.step == 2
+    assert {p: (out / p).read_bytes() for p in before} == before
+    assert "already reached run.steps=2; nothing trained, no setting changed" in capsys.readouterr().err
+    T.train(cfg_with("run.steps=5", "run.ckpt_every=1"), out, resume=True, stop_at=3)
+    assert not (out / "final").exists() and "removed" in capsys.readouterr().err
+    assert load_model(out).checkpoint_info["step"] == 3
+
+
+def test_a_fine_tuning_run_resumes_after_its_init_model_moved(tmp_path):
+    """Resuming rebuilt the network from model.init before loading the checkpoint over it: with the init model moved
+    the run could not go on, although every checkpoint records its architecture."""
+    T.train(cfg_with("run.steps=1"), tmp_path / "base")
+    tune = ["run.steps=3", "run.ckpt_every=1", f"model.init={tmp_path / 'init'}"]
+    shutil.copytree(tmp_path / "base" / "final", tmp_path / "init")
+    T.train(cfg_with(*tune), tmp_path / "tune", stop_at=2)
+    ref = T.train(cfg_with(*tune), tmp_path / "ref")  # uninterrupted, for the exact-resume check
+    shutil.move(tmp_path / "init", tmp_path / "moved")
+    resumed = T.train(cfg_with(*tune), tmp_path / "tune", resume=True)
+    assert resumed.finished
+    assert_same_weights(resumed.model.state_dict(), ref.model.state_dict())
+
+
+def test_a_validation_source_that_reads_training_data_is_named():
+    """A source's split defaults to train, in data.val too: a validation folder or benchmark scored the panoramas
+    the run trained on without a word."""
+    from dap.train.loop import validation_overlaps
+
+    same = cfg_with("data.sources=[{kind: folder, path: /d}]", "data.val=[{kind: folder, path: /d}]")
+    assert validation_overlaps(same) == [
+        "data.val[0] (folder /d, split train) reads the panoramas of data.sources[0], which the run trains on: its "
+        "validation is no held-out measure (give it another split, e.g. split: val, or other seeds)"]
+    assert validation_overlaps(cfg_with("data.sources=[{kind: folder, path: /d}]",
+                                        "data.val=[{kind: folder, path: /d, split: val}]")) == []
+    assert len(validation_overlaps(cfg_with("data.val=[{kind: rooms, size: 4, seed: 6}]"))) == 1  # seeds 0-7
+    assert validation_overlaps(cfg_with("data.val=[{kind: rooms, size: 4, seed: 8}]")) == []
+
+
+def test_a_loss_cap_beyond_the_models_reach_gets_a_note(tmp_path, capsys):
+    T.train(cfg_with("run.steps=1", "model.overrides={max_depth: 50.0}"), tmp_path / "a")  # loss.max_depth 100
+    assert "loss.max_depth is 100 m but the model outputs at most 50 m" in capsys.readouterr().err
+    T.train(cfg_with("run.steps=1"), tmp_path / "b")
+    assert "loss.max_depth" not in capsys.readouterr().err

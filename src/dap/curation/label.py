@@ -124,7 +124,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
 
     from dap.inference import model_fingerprint, resolve_model
     from dap.io import remove_temporaries
-    from dap.train.distributed import quiet_worker
+    from dap.train.distributed import loader_batches, quiet_worker
 
     if stage not in STAGES:
         raise DapError(f"unknown label stage {stage!r}; use one of {', '.join(STAGES)}")
@@ -151,14 +151,15 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         done = 0
         with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
                   unit="pano", disable=not progress, dynamic_ncols=True) as bar:
-            for idx, x in loader:
-                res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
-                for b, i in enumerate(idx.tolist()):
-                    save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
-                               res["prob"][b].cpu().numpy(),
-                               **{k: float(res[k][b]) for k in LABEL_SIGNALS})
-                done += len(idx)
-                bar.update(len(idx))
+            with loader_batches(loader) as batches:  # its workers stopped also after an unreadable image
+                for idx, x in batches:
+                    res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
+                    for b, i in enumerate(idx.tolist()):
+                        save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
+                                   res["prob"][b].cpu().numpy(),
+                                   **{k: float(res[k][b]) for k in LABEL_SIGNALS})
+                    done += len(idx)
+                    bar.update(len(idx))
         if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
             count = torch.tensor([done], device=d.device)  # nccl reduces CUDA tensors only
             dist.all_reduce(count)

@@ -252,7 +252,7 @@ def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceCo
                        work: Path | None = None):
     """The dap train config of one stage: its YAML and overrides, data = labeled (+ pseudo-labels).
     model.init may name an earlier stage (stage1, stage2): its final model in `work` (fine-tuning chain)."""
-    from dap.train import _check_config, load_config
+    from dap.train import check_config, load_config
 
     tc = load_config(_resolve(cfg, stage.config), [f"{k}={json.dumps(v)}" for k, v in stage.set.items()])
     tc.data.sources = _sources(cfg, cfg.labeled)
@@ -267,7 +267,7 @@ def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceCo
         tc.model.init = str(work / "runs" / init / "final")
     elif init not in ("scratch", "bundled") and not Path(init).is_absolute():
         tc.model.init = _resolve(cfg, init)
-    _check_config(tc)
+    check_config(tc)
     return tc
 
 

@@ -49,9 +49,11 @@ class DapConfig:
         # Checked here so that a hand-edited config.json fails on loading, naming the field, not in a forward pass.
         if self.token_adapter not in ("plain", "official"):
             raise ValueError(f"token_adapter is 'plain' or 'official', got {self.token_adapter!r}")
-        if len(self.layers) != 4 or not all(0 <= k < self.vit.depth for k in self.layers):
-            raise ValueError(f"layers are the 4 blocks (0 to {self.vit.depth - 1}, the backbone's depth) that feed "
-                             f"the heads, got {list(self.layers)}")
+        # in increasing order and distinct: the backbone returns one map per block, in block order
+        if len(self.layers) != 4 or not all(0 <= k < self.vit.depth for k in self.layers) or \
+                list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers are the 4 distinct blocks, in increasing order (0 to {self.vit.depth - 1}, the "
+                             f"backbone's depth), that feed the heads, got {list(self.layers)}")
         if len(self.out_channels) != 4 or not all(c > 0 for c in (*self.out_channels, self.features)):
             raise ValueError(f"out_channels (4 of them) and features are positive channel counts, got "
                              f"{list(self.out_channels)} and {self.features}")

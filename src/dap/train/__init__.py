@@ -26,8 +26,8 @@ from dap.train.config import (
     SourceConfig,
     TrainConfig,
     _build,
-    _check_config,
     _merge,
+    check_config,
     load_config,
 )
 from dap.train.data import (
@@ -48,7 +48,7 @@ from dap.train.loop import TrainResult, build_model, ema_decay_at, ema_update, l
 __all__ = [
     "CHECKPOINT_VERSION", "RANGE_THRESHOLDS", "CheckpointError", "DataSection", "Dist", "MixtureDataset",
     "MixtureSampler", "ModelSection", "OptimSection", "RenderedSynthetic", "RoomsDataset", "RunExistsError",
-    "RunSection", "SourceConfig", "TrainConfig", "TrainResult", "ValidationSet", "_build", "_check_config",
+    "RunSection", "SourceConfig", "TrainConfig", "TrainResult", "ValidationSet", "_build", "check_config",
     "_merge", "augment_sample", "build_model", "build_source", "check_run_folder", "checkpoint_step",
     "ema_decay_at", "ema_update", "list_checkpoints", "load_checkpoint", "load_config", "lr_factor",
     "read_metrics", "resize_sample", "seed_of", "setup_distributed", "to_training_sample", "train", "validate",

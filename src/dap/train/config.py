@@ -228,7 +228,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
             src.path = os.path.expanduser(src.path) if src.path else src.path
         if cfg.model.init:
             cfg.model.init = os.path.expanduser(cfg.model.init)
-        _check_config(cfg)
+        check_config(cfg)
     except ConfigError as e:
         where = config_source(path, overrides)
         if not where:
@@ -263,7 +263,7 @@ def check_source(src: SourceConfig, where: str) -> None:
                           f"{src.dataset!r}")
 
 
-def _check_config(cfg: TrainConfig) -> None:
+def check_config(cfg: TrainConfig) -> None:
     from dap.models import MODEL_CONFIGS, DapConfig
     from dap.models.checkpoint import is_dinov3_checkpoint
 

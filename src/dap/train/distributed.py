@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -74,6 +76,20 @@ def all_succeeded(d: Dist, failure: BaseException | None) -> None:
 def barrier(d: Dist) -> None:
     if d.world > 1:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def loader_batches(loader) -> Iterator:
+    """`iter(loader)`, whose worker processes are shut down when the block ends, however it ends. After an error
+    (an unreadable file in a worker) the iterator was left to the garbage collector, but the traceback kept it
+    alive until interpreter exit, where multiprocessing stops leftover workers with SIGTERM, which `quiet_worker`
+    makes them ignore: the process printed its error and hung."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        if (shutdown := getattr(batches, "_shutdown_workers", None)) is not None:  # workers (num_workers > 0)
+            shutdown()
 
 
 def quiet_worker(_worker_id: int | None = None) -> None:

@@ -15,6 +15,7 @@ import copy
 import functools
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from dap.train.checkpoints import (
     resume_checkpoint,
     save_checkpoint,
 )
-from dap.train.config import SourceConfig, TrainConfig
+from dap.train.config import SourceConfig, TrainConfig, check_config
 from dap.train.data import (
     MixtureDataset,
     MixtureSampler,
@@ -49,7 +50,15 @@ from dap.train.data import (
     resize_sample,
     seed_of,
 )
-from dap.train.distributed import Dist, any_rank, barrier, quiet_worker, reduce_mean, setup_distributed
+from dap.train.distributed import (
+    Dist,
+    any_rank,
+    barrier,
+    loader_batches,
+    quiet_worker,
+    reduce_mean,
+    setup_distributed,
+)
 
 # A logged window in which training waited this share of its time for the next batch is loader-bound: say so once.
 LOADER_BOUND_SHARE = 0.3
@@ -287,6 +296,7 @@ def train(
     stop_at / time_limit_min: checkpoint and return early at that step / after that many minutes (to split a
     run across sittings; continue with resume=True).
     """
+    check_config(cfg)  # a config built or edited in Python, as load_config checks a file's (before any folder)
     out = Path(out)
     keep_freed_memory()
     d = setup_distributed(cfg.run.device)
@@ -309,9 +319,25 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     if start > run.steps:  # else it would report the run finished and write final/ from the later checkpoint
         raise ConfigError(f"run.steps {run.steps} is below step {start}, which {ckpt_path} reached; give run.steps "
                           f"above it to continue this run, or start a new one from it with model.init={ckpt_path}")
-    barrier(d)  # every rank has checked the folder before rank 0 writes into it
+    final = out / "final"
+    if ckpt and start == run.steps and (final / "config.json").is_file():
+        # Nothing to train: rewriting final/ and config.yaml would record settings that were never used
+        if d.main:
+            print(f"dap train: {out} already reached run.steps={run.steps}; nothing trained, no setting changed (raise "
+                  "run.steps to continue it, e.g. --set run.steps=N)", file=sys.stderr)
+        barrier(d)
+        from dap.models import load_model
 
-    st = _build_state(cfg, d)
+        return TrainResult(step=start, finished=True, history=[], model=load_model(final), out=out)
+    barrier(d)  # every rank has checked the folder before rank 0 writes into it
+    if ckpt and d.main and final.exists():
+        # an extended run: the folder loads final/ before its checkpoints, and this final/ is the model of step
+        # `start`, which the step-`start` checkpoint holds too (always saved at run.steps)
+        shutil.rmtree(final)
+        print(f"dap train: removed {final} (step {start}): the run goes on to step {run.steps}, and until it gets "
+              "there the folder's model is its newest checkpoint", file=sys.stderr)
+
+    st = _build_state(cfg, d, ckpt.get("model_config") if ckpt else None)
     if ckpt:
         _restore(st, ckpt, ckpt_path, cfg, d)
     # static_graph: the DPT heads hold a block the forward never uses (refinenet4.resConfUnit1, kept for the
@@ -320,6 +346,14 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                       static_graph=True) if d.world > 1 else st.model
     loss_fn = DapLoss(cfg.loss)
     loader, val = _build_data(cfg, d, start)
+    if d.main and val is not None:
+        for text in validation_overlaps(cfg):
+            print(f"dap train: note: {text}", file=sys.stderr)
+    reach = st.model.cfg.max_depth * st.model.cfg.depth_scale  # the depth head's output is capped there
+    if d.main and cfg.loss.max_depth > 1.1 * reach:
+        print(f"dap train: note: loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m "
+              "(its max_depth x depth_scale): ground truth between the two is asked of it and cannot be reached; set "
+              "them alike (loss.max_depth, or model.overrides.max_depth for a new model)", file=sys.stderr)
     log = _RunLog(out, cfg, d, start)
 
     bar = tqdm(total=run.steps, initial=start, disable=not (d.main and run.progress), desc="train",
@@ -329,47 +363,48 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     t_wait, t_asked, warned = 0.0, time.monotonic(), False  # time spent waiting for the loader's next batch
     step = start
     end = run.steps if stop_at is None else min(run.steps, max(stop_at, start))
-    for step_idx, batch in zip(range(start, end), loader, strict=False):
-        t_wait += time.monotonic() - t_asked
-        loss, terms, grad_norm, lrs = _train_step(st, train_model, loss_fn, batch, step_idx, cfg, d)
-        step = step_idx + 1
-        n_log += 1
-        bar.update(1)
+    with loader_batches(loader) as batches:  # its workers stopped also when a step raises
+        for step_idx, batch in zip(range(start, end), batches, strict=False):
+            t_wait += time.monotonic() - t_asked
+            loss, terms, grad_norm, lrs = _train_step(st, train_model, loss_fn, batch, step_idx, cfg, d)
+            step = step_idx + 1
+            n_log += 1
+            bar.update(1)
 
-        if step % run.log_every == 0 or step == run.steps:
-            row = reduce_mean({"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
-                               "grad_norm": float(grad_norm)}, d)
-            now = time.monotonic()
-            row.update(lrs)
-            window = max(now - t_log - t_extra, 1e-9)
-            row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / window
-            row["data_wait_share"] = min(1.0, t_wait / window)  # this rank's
-            t_log, n_log, t_extra, t_wait = now, 0, 0.0, 0.0
-            history.append({"step": step, **row})
-            log(step, row)
-            # the first window holds the loader workers' start-up
-            if len(history) > 1 and row["data_wait_share"] > LOADER_BOUND_SHARE and not warned and d.main:
-                warned = True
-                tqdm.write(f"dap train: the data loader kept training waiting {row['data_wait_share']:.0%} of the "
-                           f"time up to step {step} (data.num_workers={cfg.data.num_workers}, "
-                           f"{os.cpu_count()} CPU cores here): raise data.num_workers if cores are free, or "
-                           "lower the training resolution", file=sys.stderr)
-            bar.set_postfix(loss=f"{row['loss/total']:.4f}")
+            if step % run.log_every == 0 or step == run.steps:
+                row = reduce_mean({"loss/total": loss.item(), **{f"loss/{k}": v.item() for k, v in terms.items()},
+                                   "grad_norm": float(grad_norm)}, d)
+                now = time.monotonic()
+                row.update(lrs)
+                window = max(now - t_log - t_extra, 1e-9)
+                row["samples_per_s"] = n_log * d.world * cfg.data.batch_size / window
+                row["data_wait_share"] = min(1.0, t_wait / window)  # this rank's
+                t_log, n_log, t_extra, t_wait = now, 0, 0.0, 0.0
+                history.append({"step": step, **row})
+                log(step, row)
+                # the first window holds the loader workers' start-up
+                if len(history) > 1 and row["data_wait_share"] > LOADER_BOUND_SHARE and not warned and d.main:
+                    warned = True
+                    tqdm.write(f"dap train: the data loader kept training waiting {row['data_wait_share']:.0%} of the "
+                               f"time up to step {step} (data.num_workers={cfg.data.num_workers}, "
+                               f"{os.cpu_count()} CPU cores here): raise data.num_workers if cores are free, or "
+                               "lower the training resolution", file=sys.stderr)
+                bar.set_postfix(loss=f"{row['loss/total']:.4f}")
 
-        t0 = time.monotonic()  # validation and checkpoints do not count against the training throughput
-        if val is not None and (step % run.val_every == 0 or step == run.steps):
-            metrics, panel = validate(st.eval_model, val, cfg, d)
-            show = run.image_every and (step % run.image_every == 0 or step == run.steps)
-            log(step, {f"val/{k}": v for k, v in metrics.items()}, panel if show else None)
+            t0 = time.monotonic()  # validation and checkpoints do not count against the training throughput
+            if val is not None and (step % run.val_every == 0 or step == run.steps):
+                metrics, panel = validate(st.eval_model, val, cfg, d)
+                show = run.image_every and (step % run.image_every == 0 or step == run.steps)
+                log(step, {f"val/{k}": v for k, v in metrics.items()}, panel if show else None)
 
-        out_of_time = time_limit_min is not None and any_rank(time.monotonic() - t_start > 60 * time_limit_min, d)
-        stopped = step == end < run.steps or out_of_time  # every rank stops at the same step
-        if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
-            save_checkpoint(out, step, d, run.keep_last, functools.partial(_checkpoint_state, st, cfg, d, step))
-        t_extra += time.monotonic() - t0
-        if stopped:
-            break
-        t_asked = time.monotonic()
+            out_of_time = time_limit_min is not None and any_rank(time.monotonic() - t_start > 60 * time_limit_min, d)
+            stopped = step == end < run.steps or out_of_time  # every rank stops at the same step
+            if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
+                save_checkpoint(out, step, d, run.keep_last, functools.partial(_checkpoint_state, st, cfg, d, step))
+            t_extra += time.monotonic() - t0
+            if stopped:
+                break
+            t_asked = time.monotonic()
     bar.close()
 
     finished = step >= run.steps
@@ -384,13 +419,22 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     return TrainResult(step=step, finished=finished, history=history, model=st.eval_model, out=out)
 
 
-def _build_state(cfg: TrainConfig, d: Dist) -> _State:
+def _build_state(cfg: TrainConfig, d: Dist, model_config: dict | None = None) -> _State:
     """The model (on d.device, training mode), Adam(W) with the backbone and head LR groups, the LR schedule
-    and the EMA."""
+    and the EMA. `model_config`: a resumed checkpoint's architecture, built as it is (its weights are loaded next)
+    rather than from model.init, which may have moved since the run started."""
     from torch.optim.swa_utils import AveragedModel
 
+    from dap.models import DAP, DapConfig
+
     run, oc = cfg.run, cfg.optim
-    model = build_model(cfg, quiet=not d.main).to(d.device).train()
+    if model_config is not None:
+        settings = {k: v for k, v in cfg.model.overrides.items() if k in INFERENCE_SETTINGS}  # may change on resume
+        with _overrides_checked():
+            model = DAP(DapConfig.from_dict({**model_config, **settings}))
+    else:
+        model = build_model(cfg, quiet=not d.main)
+    model = model.to(d.device).train()
     if oc.freeze_backbone:
         model.backbone.requires_grad_(False)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
@@ -458,7 +502,7 @@ def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
 
 def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None]:
     """This rank's loader for steps [start, run.steps) and the validation set (None when validation is off)."""
-    sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.sources]
+    sources = _sources(cfg.data.sources, "data.sources", cfg)
     sampler = MixtureSampler([len(s) for s in sources], [s.ratio for s in cfg.data.sources], seed=cfg.run.seed,
                              rank=d.rank, world=d.world, batch=cfg.data.batch_size, start=start,
                              steps=cfg.run.steps)
@@ -467,9 +511,37 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
                         pin_memory=d.device.type == "cuda", worker_init_fn=quiet_worker)
     val = None
     if cfg.data.val and cfg.run.val_every:
-        val_sources = [build_source(s, cfg.data.height, cfg.data.width) for s in cfg.data.val]
+        val_sources = _sources(cfg.data.val, "data.val", cfg)
         val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
     return loader, val
+
+
+def validation_overlaps(cfg: TrainConfig) -> list[str]:
+    """The validation sources that read training data: the same files (kind, path, dataset, split) or, for the
+    generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too."""
+    def same(v: SourceConfig, t: SourceConfig) -> bool:
+        if v.kind != t.kind:
+            return False
+        if v.kind in ("synthetic", "rooms"):
+            return v.seed < t.seed + t.size and t.seed < v.seed + v.size
+        return (os.path.realpath(v.path or "") == os.path.realpath(t.path or "") and v.dataset == t.dataset
+                and (v.split == t.split or "all" in (v.split, t.split)))
+
+    return [f"data.val[{i}] ({v.kind} {v.path or f'seeds {v.seed}+'}, split {v.split}) reads the panoramas of "
+            f"data.sources[{j}], which the run trains on: its validation is no held-out measure (give it another "
+            "split, e.g. split: val, or other seeds)"
+            for i, v in enumerate(cfg.data.val) for j, t in enumerate(cfg.data.sources) if same(v, t)]
+
+
+def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:
+    """The datasets of these sources; one without a sample is refused, named (a shard manifest without rows was a
+    ZeroDivisionError at the first step, an empty validation set validated nothing without a word)."""
+    sources = [build_source(s, cfg.data.height, cfg.data.width) for s in configs]
+    for i, (src, data) in enumerate(zip(configs, sources, strict=True)):
+        if len(data) == 0:
+            raise ConfigError(f"{where}[{i}] ({src.kind}{f' {src.path}' if src.path else ''}) holds no panorama; "
+                              "give it data, or remove it from the config")
+    return sources
 
 
 def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batch: dict, step_idx: int,

@@ -346,14 +346,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                       static_graph=True) if d.world > 1 else st.model
     loss_fn = DapLoss(cfg.loss)
     loader, val = _build_data(cfg, d, start)
-    if d.main and val is not None:
-        for text in validation_overlaps(cfg):
-            print(f"dap train: note: {text}", file=sys.stderr)
-    reach = st.model.cfg.max_depth * st.model.cfg.depth_scale  # the depth head's output is capped there
-    if d.main and cfg.loss.max_depth > 1.1 * reach:
-        print(f"dap train: note: loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m "
-              "(its max_depth x depth_scale): ground truth between the two is asked of it and cannot be reached; set "
-              "them alike (loss.max_depth, or model.overrides.max_depth for a new model)", file=sys.stderr)
+    for text in _setting_notes(cfg, st.model.cfg) if d.main else []:
+        print(f"dap train: note: {text}", file=sys.stderr)
     log = _RunLog(out, cfg, d, start)
 
     bar = tqdm(total=run.steps, initial=start, disable=not (d.main and run.progress), desc="train",
@@ -514,6 +508,17 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
         val_sources = _sources(cfg.data.val, "data.val", cfg)
         val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
     return loader, val
+
+
+def _setting_notes(cfg: TrainConfig, model_cfg) -> list[str]:
+    """Settings that run but train or measure something else than meant."""
+    notes = validation_overlaps(cfg) if cfg.data.val and cfg.run.val_every else []
+    reach = model_cfg.max_depth * model_cfg.depth_scale  # the depth head's output is capped there
+    if cfg.loss.max_depth > 1.1 * reach:
+        notes.append(f"loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m (its "
+                     "max_depth x depth_scale): ground truth between the two is asked of it and cannot be reached; "
+                     "set them alike (loss.max_depth, or model.overrides.max_depth for a new model)")
+    return notes
 
 
 def validation_overlaps(cfg: TrainConfig) -> list[str]:

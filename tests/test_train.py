@@ -843,3 +843,17 @@ def test_a_loss_cap_beyond_the_models_reach_gets_a_note(tmp_path, capsys):
     assert "loss.max_depth is 100 m but the model outputs at most 50 m" in capsys.readouterr().err
     T.train(cfg_with("run.steps=1"), tmp_path / "b")
     assert "loss.max_depth" not in capsys.readouterr().err
+
+
+def test_a_folder_without_splits_validated_as_split_val_is_its_training_data(tmp_path, capsys):
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_rgb(tmp_path / "d" / "rgb" / f"p{i}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "d" / "depth" / f"p{i}.npy", np.full((32, 64), 2.0, np.float32))
+    T.train(cfg_with("run.steps=1", "run.val_every=1", "data.val_samples=1",
+                     f"data.sources=[{{kind: folder, path: {tmp_path / 'd'}}}]",
+                     f"data.val=[{{kind: folder, path: {tmp_path / 'd'}, split: val}}]"), tmp_path / "run")
+    assert "data.val[0] (folder " in (err := capsys.readouterr().err) and "split all) reads the panoramas of " \
+        "data.sources[0]" in err

@@ -345,8 +345,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     train_model = DDP(st.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                       static_graph=True) if d.world > 1 else st.model
     loss_fn = DapLoss(cfg.loss)
-    loader, val = _build_data(cfg, d, start)
-    for text in _setting_notes(cfg, st.model.cfg) if d.main else []:
+    loader, val, splits = _build_data(cfg, d, start)
+    for text in _setting_notes(cfg, st.model.cfg, splits) if d.main else []:
         print(f"dap train: note: {text}", file=sys.stderr)
     log = _RunLog(out, cfg, d, start)
 
@@ -494,8 +494,10 @@ def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
     }
 
 
-def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None]:
-    """This rank's loader for steps [start, run.steps) and the validation set (None when validation is off)."""
+def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None, tuple]:
+    """This rank's loader for steps [start, run.steps), the validation set (None when validation is off) and the
+    splits the sources read ([training], [validation]): a folder without splits reads all of it whatever its
+    configured split."""
     sources = _sources(cfg.data.sources, "data.sources", cfg)
     sampler = MixtureSampler([len(s) for s in sources], [s.ratio for s in cfg.data.sources], seed=cfg.run.seed,
                              rank=d.rank, world=d.world, batch=cfg.data.batch_size, start=start,
@@ -503,16 +505,18 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
     loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data),
                         batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=d.device.type == "cuda", worker_init_fn=quiet_worker)
-    val = None
+    val, val_sources = None, []
     if cfg.data.val and cfg.run.val_every:
         val_sources = _sources(cfg.data.val, "data.val", cfg)
         val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
-    return loader, val
+    splits = tuple([getattr(ds, "split", c.split) for ds, c in zip(built, configs, strict=True)]
+                   for built, configs in ((sources, cfg.data.sources), (val_sources, cfg.data.val[:len(val_sources)])))
+    return loader, val, splits
 
 
-def _setting_notes(cfg: TrainConfig, model_cfg) -> list[str]:
+def _setting_notes(cfg: TrainConfig, model_cfg, splits: tuple) -> list[str]:
     """Settings that run but train or measure something else than meant."""
-    notes = validation_overlaps(cfg) if cfg.data.val and cfg.run.val_every else []
+    notes = validation_overlaps(cfg, splits) if cfg.data.val and cfg.run.val_every else []
     reach = model_cfg.max_depth * model_cfg.depth_scale  # the depth head's output is capped there
     if cfg.loss.max_depth > 1.1 * reach:
         notes.append(f"loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m (its "
@@ -521,21 +525,25 @@ def _setting_notes(cfg: TrainConfig, model_cfg) -> list[str]:
     return notes
 
 
-def validation_overlaps(cfg: TrainConfig) -> list[str]:
+def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[str]:
     """The validation sources that read training data: the same files (kind, path, dataset, split) or, for the
-    generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too."""
-    def same(v: SourceConfig, t: SourceConfig) -> bool:
+    generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too; `splits`
+    ([training], [validation]) are those the built sources read, where they differ from the configured ones."""
+    train_splits, val_splits = splits or ([s.split for s in cfg.data.sources], [s.split for s in cfg.data.val])
+
+    def same(v: SourceConfig, vs: str, t: SourceConfig, ts: str) -> bool:
         if v.kind != t.kind:
             return False
         if v.kind in ("synthetic", "rooms"):
             return v.seed < t.seed + t.size and t.seed < v.seed + v.size
         return (os.path.realpath(v.path or "") == os.path.realpath(t.path or "") and v.dataset == t.dataset
-                and (v.split == t.split or "all" in (v.split, t.split)))
+                and (vs == ts or "all" in (vs, ts)))
 
-    return [f"data.val[{i}] ({v.kind} {v.path or f'seeds {v.seed}+'}, split {v.split}) reads the panoramas of "
+    return [f"data.val[{i}] ({v.kind} {v.path or f'seeds {v.seed}+'}, split {vs}) reads the panoramas of "
             f"data.sources[{j}], which the run trains on: its validation is no held-out measure (give it another "
             "split, e.g. split: val, or other seeds)"
-            for i, v in enumerate(cfg.data.val) for j, t in enumerate(cfg.data.sources) if same(v, t)]
+            for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True))
+            for j, (t, ts) in enumerate(zip(cfg.data.sources, train_splits, strict=True)) if same(v, vs, t, ts)]
 
 
 def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 
 from dap import geometry
 from dap import train as T
-from dap.errors import CheckpointError, ConfigError
+from dap.errors import CheckpointError, ConfigError, DatasetLayoutError
 from dap.models import load_model
 from dap.train.checkpoints import RESUME_KEYS
 from dap.train.config import read_yaml_mapping
@@ -788,6 +788,9 @@ def test_train_checks_a_config_made_in_python_and_refuses_empty_sources_and_repe
         T.train(cfg_with("run.steps=1", "model.overrides={vit: {depth: 2}, layers: [0, 1, 1, 1]}"), tmp_path / "b")
     real = T.loop.build_source
     monkeypatch.setattr(T.loop, "build_source", lambda src, h, w: [] if src.seed == 99 else real(src, h, w))
+    with pytest.raises(DatasetLayoutError, match=r"^data.val\[0\] \(folder /nonexistent\): "):  # was as for sources
+        T.train(cfg_with("run.steps=1", "run.val_every=1", "data.val=[{kind: folder, path: /nonexistent}]"),
+                tmp_path / "d")
     with pytest.raises(ConfigError, match=r"data.val\[0\] \(rooms\) holds no panorama"):
         T.train(cfg_with("run.steps=1", "run.val_every=1", "data.val=[{kind: rooms, size: 2, seed: 99}]"),
                 tmp_path / "c")

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from dap.errors import CheckpointError, ConfigError, DivergedError
+from dap.errors import CheckpointError, ConfigError, DapError, DivergedError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.io import folder_lock
 from dap.losses import DapLoss
@@ -547,13 +547,19 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[s
 
 
 def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:
-    """The datasets of these sources; one without a sample is refused, named (a shard manifest without rows was a
-    ZeroDivisionError at the first step, an empty validation set validated nothing without a word)."""
-    sources = [build_source(s, cfg.data.height, cfg.data.width) for s in configs]
-    for i, (src, data) in enumerate(zip(configs, sources, strict=True)):
+    """The datasets of these sources. Their errors name the entry (a missing path read the same for a training and
+    a validation source); one without a sample is refused (a shard manifest without rows was a ZeroDivisionError at
+    the first step, an empty validation set validated nothing without a word)."""
+    sources = []
+    for i, src in enumerate(configs):
+        name = f"{where}[{i}] ({src.kind}{f' {src.path}' if src.path else ''})"
+        try:
+            data = build_source(src, cfg.data.height, cfg.data.width)
+        except DapError as e:
+            raise type(e)(f"{name}: {e}") from e
         if len(data) == 0:
-            raise ConfigError(f"{where}[{i}] ({src.kind}{f' {src.path}' if src.path else ''}) holds no panorama; "
-                              "give it data, or remove it from the config")
+            raise ConfigError(f"{name} holds no panorama; give it data, or remove it from the config")
+        sources.append(data)
     return sources
 
 

@@ -860,3 +860,21 @@ def test_a_folder_without_splits_validated_as_split_val_is_its_training_data(tmp
                      f"data.val=[{{kind: folder, path: {tmp_path / 'd'}, split: val}}]"), tmp_path / "run")
     assert "data.val[0] (folder " in (err := capsys.readouterr().err) and "split all) reads the panoramas of " \
         "data.sources[0]" in err
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_says_so(tmp_path, monkeypatch, capsys):
+    """torch's zip writer reports a short write as "[enforce fail at inline_container.cc:672] . unexpected pos";
+    the command printed that, "is the disk full?" and "check that the disk is healthy" in one line."""
+    from dap.cli import main
+
+    def short_write(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 40406912 vs 40406804")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    (tmp_path / "c.yaml").write_text("model: {name: dap_tiny}\n")
+    code = main(["train", "--config", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "run"),
+                 *(x for o in [*BASE, "run.steps=1"] for x in ("--set", o))])
+    err = capsys.readouterr().err
+    assert code == 1 and "inline_container" not in err
+    assert f"dap train: error: no space left on device, {tmp_path / 'run' / 'checkpoints'}" in err
+    assert "free some space or choose another --out" in err

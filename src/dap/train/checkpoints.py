@@ -144,7 +144,9 @@ def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callab
             try:
                 torch.save({"version": CHECKPOINT_VERSION, "step": step, **state(), "rng": rngs}, tmp)
             except RuntimeError as e:  # torch's zip writer says a failed write (disk full, file size limit) so
-                raise OSError(errno.EIO, f"writing the checkpoint failed ({e}); is the disk full?", str(path)) from e
+                if "unexpected pos" in str(e):  # a short write: its words for what a full disk does
+                    raise OSError(errno.ENOSPC, "no space left on device", str(path)) from e
+                raise OSError(errno.EIO, f"writing the checkpoint failed: {e}", str(path)) from e
         # Only this run's checkpoints (steps up to now) are pruned; never one from a later step.
         ours = [p for p in list_checkpoints(out) if checkpoint_step(p) <= step]
         for old in ours[:-max(1, keep_last)]:

@@ -35,11 +35,12 @@ try:
     cfg = load_config(None, [f"data.sources=[{{kind: shards, path: {s['data']}}}]", f"data.height={s['h']}",
                              f"data.width={s['w']}", f"data.batch_size={s['batch']}", "data.num_workers=0",
                              "data.rotate=true", "data.exposure=2.5", "run.device=cpu", "run.steps=1000"])
-    loader, _ = _build_data(cfg, setup_distributed("cpu"), 0)
+    loader = _build_data(cfg, setup_distributed("cpu"), 0)[0]
     it = iter(loader)
     next(it)  # warm-up: opens the shards
 except DapError as e:  # e.g. --data holds no shards: the message, not a traceback
-    sys.exit(f"--data: {e}")
+    # without the name of the config entry it is here (data.sources[0]): the user gave --data
+    sys.exit(f"--data: {e.__cause__ if isinstance(e.__cause__, DapError) else e}")
 t = time.perf_counter()
 for _ in range(s["batches"]):
     next(it)

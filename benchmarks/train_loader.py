@@ -35,7 +35,7 @@ try:
     cfg = load_config(None, [f"data.sources=[{{kind: shards, path: {s['data']}}}]", f"data.height={s['h']}",
                              f"data.width={s['w']}", f"data.batch_size={s['batch']}", "data.num_workers=0",
                              "data.rotate=true", "data.exposure=2.5", "run.device=cpu", "run.steps=1000"])
-    loader = _build_data(cfg, setup_distributed("cpu"), 0)[0]
+    loader, _ = _build_data(cfg, setup_distributed("cpu"), 0)
     it = iter(loader)
     next(it)  # warm-up: opens the shards
 except DapError as e:  # e.g. --data holds no shards: the message, not a traceback

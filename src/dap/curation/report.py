@@ -94,9 +94,7 @@ def contact_sheet(pool: Path, rows: list[dict], path: Path, *, key: str = "disc_
 
     from dap.io import colorize_depth, write_rgb
 
-    gone = {r["id"] for r in lost_labels(pool, rows, stage)}
-    scored = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"] and math.isfinite(r[key])
-              and r["id"] not in gone]
+    scored = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"] and math.isfinite(r[key])]
     if not scored:
         return None
     scored.sort(key=lambda r: -r[key])
@@ -120,12 +118,15 @@ def contact_sheet(pool: Path, rows: list[dict], path: Path, *, key: str = "disc_
 def status(pool: str | Path, plots: str | Path | None = None) -> tuple[dict, list[Path]]:
     pool = Path(pool)
     rows = read_manifest(pool)
+    gone = {stage: {r["id"] for r in lost_labels(pool, rows, stage)} for stage in STAGES}  # one look at the files
     written: list[Path] = []
     if plots is not None:
         plots = Path(plots)
         written += write_histograms(rows, plots)
-        sheet = contact_sheet(pool, rows, plots / "contact_sheet_disc.png")
+        # without the rows whose stage-1 label file is gone: the sheet reads the labels
+        readable = [r for r in rows if r["id"] not in gone["stage1"]]
+        sheet = contact_sheet(pool, readable, plots / "contact_sheet_disc.png")
         written += [sheet] if sheet else []
     summary = pool_summary(rows)
-    summary["label_files_gone"] = {stage: len(lost_labels(pool, rows, stage)) for stage in STAGES}
+    summary["label_files_gone"] = {stage: len(ids) for stage, ids in gone.items()}
     return summary, written

@@ -345,8 +345,8 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
     train_model = DDP(st.model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
                       static_graph=True) if d.world > 1 else st.model
     loss_fn = DapLoss(cfg.loss)
-    loader, val, splits = _build_data(cfg, d, start)
-    for text in _setting_notes(cfg, st.model.cfg, splits) if d.main else []:
+    loader, val = _build_data(cfg, d, start)
+    for text in _setting_notes(cfg, st.model.cfg, loader.dataset, val) if d.main else []:
         print(f"dap train: note: {text}", file=sys.stderr)
     log = _RunLog(out, cfg, d, start)
 
@@ -494,10 +494,8 @@ def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
     }
 
 
-def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None, tuple]:
-    """This rank's loader for steps [start, run.steps), the validation set (None when validation is off) and the
-    splits the sources read ([training], [validation]): a folder without splits reads all of it whatever its
-    configured split."""
+def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, ValidationSet | None]:
+    """This rank's loader for steps [start, run.steps) and the validation set (None when validation is off)."""
     sources = _sources(cfg.data.sources, "data.sources", cfg)
     sampler = MixtureSampler([len(s) for s in sources], [s.ratio for s in cfg.data.sources], seed=cfg.run.seed,
                              rank=d.rank, world=d.world, batch=cfg.data.batch_size, start=start,
@@ -505,18 +503,21 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
     loader = DataLoader(MixtureDataset(sources, cfg.data.sources, cfg.data),
                         batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=d.device.type == "cuda", worker_init_fn=quiet_worker)
-    val, val_sources = None, []
+    val = None
     if cfg.data.val and cfg.run.val_every:
         val_sources = _sources(cfg.data.val, "data.val", cfg)
         val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
-    splits = tuple([getattr(ds, "split", c.split) for ds, c in zip(built, configs, strict=True)]
-                   for built, configs in ((sources, cfg.data.sources), (val_sources, cfg.data.val[:len(val_sources)])))
-    return loader, val, splits
+    return loader, val
 
 
-def _setting_notes(cfg: TrainConfig, model_cfg, splits: tuple) -> list[str]:
-    """Settings that run but train or measure something else than meant."""
-    notes = validation_overlaps(cfg, splits) if cfg.data.val and cfg.run.val_every else []
+def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val: ValidationSet | None) -> list[str]:
+    """Settings that run but train or measure something else than meant. The overlap of validation and training
+    data is judged on the splits the built sources read: a folder without splits reads all of it, whatever its
+    configured split."""
+    def splits(data) -> list[str]:
+        return [getattr(ds, "split", c.split) for ds, c in zip(data.sources, data.configs, strict=True)]
+
+    notes = validation_overlaps(cfg, (splits(train_data), splits(val))) if val is not None else []
     reach = model_cfg.max_depth * model_cfg.depth_scale  # the depth head's output is capped there
     if cfg.loss.max_depth > 1.1 * reach:
         notes.append(f"loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m (its "

@@ -140,6 +140,17 @@ def test_folder_lock_files_go_with_their_holder_and_still_exclude(tmp_path):
     assert set(locks.glob("*.lock")) - before == set()
 
 
+def test_npy_round_trip_keeps_non_finite_values_and_names_a_broken_file(tmp_path):
+    a = np.array([[1.5, np.nan], [np.inf, 0.0]], np.float32)
+    io.write_npy(tmp_path / "p.NPY", a)  # numpy alone would write "p.NPY.npy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.NPY"]
+    b = io.read_npy(tmp_path / "p.NPY")
+    assert b.dtype == np.float32 and np.array_equal(a, b, equal_nan=True)
+    (tmp_path / "bad.npy").write_bytes(b"not numpy")
+    with pytest.raises(UnreadableFileError, match="bad.npy.*no NumPy header"):
+        io.read_npy(tmp_path / "bad.npy")
+
+
 def test_atomic_folder_leaves_the_old_folder_or_the_new_one(tmp_path):
     """dap convert and the discriminator's save removed (or renamed away) the old folder before moving the new one
     in: a kill between left neither; their temporaries (8 random characters) were never cleaned up."""

@@ -518,7 +518,7 @@ def evaluate(
 
 def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions_dir, cache_key: dict | None,
               progress: bool) -> dict:
-    from dap.io import atomic_write, read_depth, read_npy, write_rgb
+    from dap.io import read_depth, read_npy, write_npy, write_rgb
 
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
@@ -602,8 +602,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
                     input_warnings.setdefault(text, []).append(name)
                 pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
                 if path is not None:  # as predicted, NaN and inf kept (write_depth stores 0 there, scored otherwise)
-                    with atomic_write(path) as tmp:
-                        np.save(tmp, pred)
+                    write_npy(path, pred)
         pred = np.asarray(pred, np.float32)
         seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
         size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape

@@ -904,6 +904,12 @@ def _read_npy(path: Path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
+def write_npy(path: PathLike, array: np.ndarray) -> None:
+    """Store `array` as `path` (.npy) as it is, NaN and inf kept (`write_depth` makes them 0); all or nothing."""
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:  # a file object: numpy would append ".npy" to ".NPY"
+        np.save(f, np.asarray(array))
+
+
 def read_npy(path: PathLike) -> np.ndarray:
     """A .npy file's array as stored, NaN and inf kept (`read_depth` makes them 0); a missing or broken file raises
     UnreadableFileError naming it."""

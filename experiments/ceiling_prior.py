@@ -9,6 +9,10 @@
    of the real photographs as the doors and walls marked in experiments/bundled_model.py give them.
 3. brightness: mean luminance 25-70 degrees above the horizon over that within 15 degrees of it, real indoor
    photographs against synthetic indoor sets (is a bright ceiling a "far" cue the renderer taught?).
+4. flattening (a post-processing tried and not shipped): the model's ceiling is a dome, rising from the wall tops
+   to the zenith; put every pixel above a column's wall top that is higher than the wall tops' median height onto
+   that plane (`flatten_ceiling`). AbsRel on val_indoor before and after, and the rooms it makes of the real
+   photographs and marked walls.
 """
 
 from __future__ import annotations
@@ -73,6 +77,74 @@ def wall_columns(model) -> list[dict]:
     return out
 
 
+def flatten_ceiling(depth: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, float]:
+    """(depth with the ceiling flattened, the plane's height above the camera). A column's wall top is where its
+    horizontal distance peaks 8-70 degrees up (a wall keeps it, a ceiling brings it in); the plane is at the median
+    of their heights over the columns; pixels above a column's wall top and higher than the plane are moved onto it
+    along their rays. Unchanged (NaN height) where under half of the columns have that band mostly valid."""
+    h, w = depth.shape
+    lat = (0.5 - (np.arange(h) + 0.5) / h) * np.pi
+    band = (lat > np.radians(8)) & (lat < np.radians(70))
+    d = np.where(valid, depth, np.nan)[band]
+    reach, rise = d * np.cos(lat[band])[:, None], d * np.sin(lat[band])[:, None]
+    seen = np.isfinite(reach).sum(axis=0) > 0.8 * band.sum()
+    if seen.mean() < 0.5:
+        return depth, float("nan")
+    top = np.nanargmax(np.where(np.isfinite(reach), reach, -1.0), axis=0)
+    plane = float(np.median(rise[top, np.arange(w)][seen]))
+    above = ((np.arange(h)[:, None] < np.flatnonzero(band)[top][None, :]) & (lat[:, None] > 0) & valid
+             & (depth * np.sin(lat)[:, None] > plane))
+    out = depth.copy()
+    out[above] = np.broadcast_to((plane / np.sin(lat))[:, None], depth.shape)[above]
+    return out, plane
+
+
+def flattening(val: Path, model, limit: int) -> dict:
+    """Mean AbsRel (pixels with ground truth under 100 m, not marked out of range) on held-out rooms before and after
+    `flatten_ceiling`, over the whole panorama and over the part more than 20 degrees up; median ceiling heights."""
+    import dap
+    from dap.data.datasets import get_dataset
+    from dap.geometry import floor_and_ceiling
+
+    ds = get_dataset("synth", val)
+    rows = []
+    for i in range(min(limit, len(ds))):
+        s = ds[i]
+        gt = np.asarray(s["depth"])
+        pred = dap.predict((np.clip(np.asarray(s["rgb"]), 0, 1) * 255).astype(np.uint8), model, precision="fp32")
+        flat, plane = flatten_ceiling(pred.depth, ~pred.range_mask)
+        ok = (gt > 0) & (gt < 100) & ~pred.range_mask
+        up = ok & ((0.5 - (np.arange(gt.shape[0]) + 0.5) / gt.shape[0]) > 20 / 180)[:, None]
+        rows.append([float(np.mean(np.abs(p[m] - gt[m]) / gt[m])) for m in (ok, up) for p in (pred.depth, flat)]
+                    + [floor_and_ceiling(gt, (gt > 0) & (gt < 100))[1],
+                       floor_and_ceiling(pred.depth, ~pred.range_mask)[1], plane])
+    a = np.array(rows)
+    return {"panoramas": len(a), "abs_rel": np.nanmean(a[:, :2], axis=0).tolist(),
+            "abs_rel_up": np.nanmean(a[:, 2:4], axis=0).tolist(), "ceiling_true_model_plane": np.nanmedian(
+                a[:, 4:], axis=0).tolist()}
+
+
+def flattening_real(model) -> dict:
+    """On the real indoor photographs: the median room height (floor + ceiling, `floor_and_ceiling`) as predicted and
+    flattened, and at each marked wall's panorama the ceiling-over-camera ratio of the photo, the model and the
+    flattened model."""
+    import dap
+    from dap.geometry import floor_and_ceiling
+    from dap.io import read_rgb
+
+    marked = {name: wall_ratio(ceiling, floor) for name, _, ceiling, floor in WALLS}
+    rooms, walls = [], []
+    for name in real_indoor_files():
+        pred = dap.predict(read_rgb(REAL_POOL / name), model, precision="fp32")
+        floor, ceiling = floor_and_ceiling(pred.depth, ~pred.range_mask)
+        _, plane = flatten_ceiling(pred.depth, ~pred.range_mask)
+        rooms.append((floor + ceiling, floor + plane))
+        if (stem := Path(name).stem) in marked:
+            walls.append({"panorama": stem, "photo": marked[stem], "model": ceiling / floor, "flat": plane / floor})
+    return {"rooms": len(rooms), "room_height_model_flat": np.nanmedian(np.array(rooms), axis=0).tolist(),
+            "walls": walls}
+
+
 def real_rooms() -> dict:
     cameras = [door_geometry(top, bottom, height)[1] for _, _, top, bottom, height in DOORS]
     ratios = [wall_ratio(ceiling, floor) for _, _, ceiling, floor in WALLS]
@@ -112,10 +184,25 @@ def main() -> None:
                         help="folder with bundled_model.py's sets (val_indoor, indoor, ...)")
     parser.add_argument("--model", default="dap-tiny-synth")
     parser.add_argument("--limit", type=int, default=96, help="panoramas per synthetic set")
+    parser.add_argument("--flatten", action="store_true", help="only measurement 4, the ceiling flattening")
     args = parser.parse_args()
     import dap
 
     model = dap.load_model(args.model)
+    if args.flatten:
+        f = flattening(args.heldout / "val_indoor", model, args.limit)
+        (before, after), (up_before, up_after) = f["abs_rel"], f["abs_rel_up"]
+        true, predicted, plane = f["ceiling_true_model_plane"]
+        print(f"flattening (val_indoor, {f['panoramas']} rooms): AbsRel {before:.4f} -> {after:.4f}, more than 20 "
+              f"degrees up {up_before:.4f} -> {up_after:.4f}; ceiling above the camera, medians: true {true:.2f} m, "
+              f"model {predicted:.2f} m, plane {plane:.2f} m")
+        r = flattening_real(model)
+        room, flat = r["room_height_model_flat"]
+        print(f"real rooms ({r['rooms']}): median floor to ceiling {room:.2f} m as predicted, {flat:.2f} m flattened")
+        for w in r["walls"]:
+            print(f"  wall in {w['panorama']}: ceiling over camera from its edges {w['photo']:.2f}, model "
+                  f"{w['model']:.2f}, flattened {w['flat']:.2f}")
+        return
     t = tracking(args.heldout / "val_indoor", model, args.limit)
     print(f"tracking (val_indoor, {t['panoramas']} rooms): ceiling-over-camera true median "
           f"{t['ratio_true_median']:.2f}, predicted {t['ratio_pred_median']:.2f}; log-log correlation "

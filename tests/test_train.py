@@ -878,3 +878,20 @@ def test_a_checkpoint_cut_short_by_a_full_disk_says_so(tmp_path, monkeypatch, ca
     assert code == 1 and "inline_container" not in err
     assert f"dap train: error: no space left on device, {tmp_path / 'run' / 'checkpoints'}" in err
     assert "free some space or choose another --out" in err
+
+
+def test_live_synthetic_source_masks_far_pixels_as_its_shards_do(tmp_path):
+    """A render's depth beyond 100 m was learned as valid depth from kind "synthetic" and as out of range from the
+    same panorama written by `dap synth`."""
+    from dap.data.shards import write_dataset
+
+    write_dataset(tmp_path / "s", 4, kind="mixed", style="clean", resolution=(32, 64), seed=0, progress=False)
+    shards = T.build_source(T.SourceConfig(kind="shards", path=str(tmp_path / "s")), 32, 64)
+    live = T.build_source(T.SourceConfig(kind="synthetic", size=4, seed=0), 32, 64)
+    far = 0
+    for i in range(4):
+        a, b = T.to_training_sample(shards[i]), T.to_training_sample(live[i])
+        assert torch.equal(a["depth"], b["depth"])
+        assert torch.equal(a["valid"], b["valid"]) and torch.equal(a["out_of_range"], b["out_of_range"])
+        far += int(((a["depth"] > 100) & a["out_of_range"]).sum())
+    assert far > 0  # the check covers pixels beyond 100 m

@@ -124,6 +124,7 @@ def to_training_sample(item: dict, invalid_is_sky: bool = False) -> dict[str, to
     valid = valid & (depth > 0)
     oor = next((item[k] for k in ("out_of_range", "range_mask", "sky") if k in item), None)
     oor = _as_chw(oor, 1).bool() if oor is not None else torch.zeros_like(valid)
+    valid = valid & ~oor  # out of range has no depth to learn, whatever the map holds there (a render's 150 m)
     if invalid_is_sky:
         oor = oor | ~valid
     return {"rgb": rgb, "depth": depth, "valid": valid, "out_of_range": oor & ~valid}

@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from dap.data.synthetic import (
     TILE,
@@ -368,3 +369,17 @@ def test_same_seed_same_panorama_any_kind_and_style():
         a, b = (render(make_scene(21, kind), H, W, "photo") for _ in range(2))
         assert all(np.array_equal(a[k], b[k]) for k in a)
         assert make_scene(21, kind) == make_scene(21, kind) and make_scene(21, kind) != make_scene(22, kind)
+
+
+def test_photo_style_is_the_same_whatever_the_thread_count():
+    """The auto exposure's mean was a float32 sum split across threads: `dap synth --workers 1` and `--workers 2`
+    (or two machines) wrote panoramas a few levels apart in some pixels."""
+    threads = torch.get_num_threads()
+    try:
+        out = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            out.append(render(make_scene(6, "indoor"), 256, 512, "photo")["rgb"])
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(out[0], out[1])

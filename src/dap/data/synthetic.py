@@ -1654,7 +1654,8 @@ def _finish(lin: torch.Tensor, style: Style, look: dict) -> torch.Tensor:
     if style.grading > 0:
         # auto exposure: the log-average luminance maps to mid grey, as a camera meters a bright window or sky
         lum = (x * torch.tensor(REC709_LUMA, device=x.device)).sum(-1)
-        key = float(torch.exp(torch.log(lum + 1e-3).mean()))
+        # summed in float64: a float32 sum's rounding depends on how many threads split it, and the image with it
+        key = float(torch.exp(torch.log(lum.double() + 1e-3).mean()).float())
         x = x * min(4.0, max(0.25, 0.25 / key))
         # a dual-lens 360 camera: the two halves differ slightly in gain, blended across the stitching seams
         gain, seam = look["lens"]

@@ -329,6 +329,29 @@ def test_texture_dir_option_is_repeatable():
     add_arguments(p)
     args = p.parse_args(["--count", "1", "--out", "x", "--style", "photo", "--texture-dir", "a", "--texture-dir", "b"])
     assert args.texture_dir == ["a", "b"]
+    with pytest.raises(SystemExit):  # `--texture-dir "$UNSET"` cut textures from the current folder
+        p.parse_args(["--count", "1", "--out", "x", "--style", "photo", "--texture-dir", ""])
+
+
+def test_texture_folders_with_any_file_or_folder_name(tmp_path, capsys):
+    """A photo whose name is not UTF-8 was a UnicodeEncodeError; a folder with ':' in its path was taken for two
+    folders (the dataset records them joined by ':'), used the wrong ones or failed after creating --out."""
+    import os
+
+    from PIL import Image
+
+    from dap.cli import main
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
+    os.rename(tmp_path / "a.jpg", os.fsencode(tmp_path) + b"/caf\xe9.jpg")
+    assert len(load_texture_tiles([str(tmp_path)])) == 16
+    (tmp_path / "12:00").mkdir()
+    Image.fromarray(rng.integers(0, 255, (256, 512, 3), dtype=np.uint8)).save(tmp_path / "12:00" / "b.jpg")
+    code = main(["synth", "--count", "1", "--out", str(tmp_path / "out"), "--style", "photo", "--resolution",
+                 "16x32", "--texture-dir", str(tmp_path / "12:00"), "--no-progress"])
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert "12:00: a folder whose path holds ':'" in capsys.readouterr().err
 
 
 def test_photo_crop_appears_on_a_wall():

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["indoor", "outdoor", "mixed"], default="mixed",
                    help="scene kind; mixed = indoor for even seeds, outdoor for odd")
     p.add_argument("--style", choices=sorted(STYLES), default="clean", help="appearance domain")
-    p.add_argument("--texture-dir", action="append", default=[], metavar="DIR",
+    p.add_argument("--texture-dir", action="append", default=[], metavar="DIR", type=folder_name,
                    help="cut the photo textures of the photo style from the images in DIR (repeatable) instead "
                         "of the bank shipped with the package")
     p.add_argument("--resolution", type=parse_panorama_size, default=(512, 1024), help="HEIGHTxWIDTH, 2:1")
@@ -42,6 +42,11 @@ def run(args: argparse.Namespace) -> int:
     style = args.style
     if args.texture_dir:
         dirs = [str(Path(d).resolve()) for d in args.texture_dir]
+        for d in dirs:  # the dataset records the folders in one string, joined by os.pathsep
+            if os.pathsep in d:
+                raise DapError(f"--texture-dir {d}: a folder whose path holds '{os.pathsep}' cannot be recorded with "
+                               f"the dataset's settings; copy the photos into a folder whose path has "
+                               f"no '{os.pathsep}'")
         style = f"{style}@{os.pathsep.join(dirs)}"
         try:
             get_style(style)

@@ -938,7 +938,7 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = (), unreadable: list[
         except DapError:  # one bad photo costs its crops, not the run
             bad.append(f.name)
             continue
-        tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(f.name.encode())))
+        tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(os.fsencode(f.name))))
     if unreadable is not None:
         unreadable += bad
     if not tiles:
@@ -957,7 +957,7 @@ def write_texture_atlas(files: list[str], out: str, per_image: int = 6, columns:
     tiles = []
     for f in files:
         rgb = np.asarray(Image.open(f).convert("RGB"))
-        tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(Path(f).name.encode())))
+        tiles += cut_tiles(rgb, per_image, np.random.default_rng(zlib.crc32(os.fsencode(Path(f).name))))
     tiles += tiles[: -len(tiles) % columns]
     grid = np.stack(tiles).reshape(-1, columns, TILE, TILE, 3).transpose(0, 2, 1, 3, 4)
     with atomic_write(out) as tmp:

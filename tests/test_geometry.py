@@ -383,6 +383,14 @@ def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, h
     assert ("--pad-to-erp" in str(e.value)) == (width > 2.06 * height and "cubemap" not in hint)  # where it may help
 
 
+@pytest.mark.parametrize(("height", "width"), [(0, 0), (0, 2), (-1, -2)])
+def test_a_size_without_pixels_is_not_a_panorama(height, width):
+    from dap.errors import NotPanoramaError
+
+    with pytest.raises(NotPanoramaError, match=rf"is {width}x{height} \(width x height\): it has no pixels"):
+        g.check_erp_shape(height, width)
+
+
 
 SAMPLE = Path(__file__).resolve().parents[1] / "src" / "dap" / "assets" / "sample_indoor.jpg"
 

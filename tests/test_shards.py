@@ -130,6 +130,11 @@ def test_settings_mismatch_and_missing_manifest(tmp_path):
         write(tmp_path, count=3)
     with pytest.raises(DatasetLayoutError, match="manifest.parquet"):
         ShardDataset(tmp_path / "nothing")
+    (tmp_path / "manifest.parquet").unlink()  # a run stopped after its last shard: was "pass a folder from dap synth"
+    with pytest.raises(DatasetLayoutError, match="holds shards but no manifest.parquet.*rerun the same `dap synth`"):
+        ShardDataset(tmp_path)
+    write(tmp_path, count=2)  # ... which writes it
+    assert len(ShardDataset(tmp_path)) == 2
 
 
 def test_shards_no_run_recorded_are_refused_not_replaced(tmp_path):

@@ -105,8 +105,11 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
     """Raise NotPanoramaError unless (height, width) is a 2:1 equirectangular size."""
     from dap.errors import NotPanoramaError
 
-    if width == 2 * height:
+    if width == 2 * height and height > 0:
         return
+    if height <= 0 or width <= 0:
+        raise NotPanoramaError(f"{what} is {width}x{height} (width x height): it has no pixels; an equirectangular "
+                               "panorama is 2:1 and at least 2x1")
     cubemap = " convert the cubemap to an equirectangular panorama first (dap reads only that projection)."
     if 6 * min(height, width) == max(height, width):
         hint = " Six square faces in a row look like a cubemap strip:" + cubemap

@@ -281,6 +281,9 @@ def read_manifest(root_or_manifest: str | os.PathLike) -> tuple[Path, pa.Table]:
     p = Path(root_or_manifest)
     manifest = p / MANIFEST if p.is_dir() else p
     if not manifest.is_file():
+        if p.is_dir() and any(p.glob("shard-*.tar")):  # `dap synth` stopped after its shards, before the manifest
+            raise DatasetLayoutError(f"{p} holds shards but no {MANIFEST}: `dap synth` was stopped before writing "
+                                     "it; rerun the same `dap synth` command to finish (it keeps the shards)")
         raise DatasetLayoutError(f"{manifest} does not exist; pass a folder written by `dap synth` "
                                  "(it holds manifest.parquet and shard-*.tar) or the manifest file itself")
     try:

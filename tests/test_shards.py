@@ -1,6 +1,9 @@
 import colorsys
 import json
+import os
 import tarfile
+import time
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -332,3 +335,56 @@ def test_cli_synth(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.main(["synth", "--count", "1", "--out", str(tmp_path / "x"), "--resolution", "16x16"])
     assert "not 2:1" in capsys.readouterr().err
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_workers_end_when_dap_synth_is_killed(tmp_path):
+    """After `kill -9` of `dap synth --workers 2` its workers went on rendering their shards into a folder no run
+    held (and printed BrokenPipeError tracebacks when done)."""
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "128", "--shard-size", "64", "--workers", "2",
+           "--resolution", "256x512", "--out", str(tmp_path / "d"), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "d").glob(".shard-*.tmp.tar")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # a worker has begun a shard (written whole at its end: a temporary meanwhile)
+        workers = [p for p in _children(proc.pid)
+                   if b"multiprocessing" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert workers, "no worker process started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 5  # a shard of 64 panoramas takes them far longer
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers))
+    finally:
+        proc.kill()
+        for p in workers:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except OSError:
+                pass

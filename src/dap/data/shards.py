@@ -24,6 +24,8 @@ import multiprocessing as mp
 import os
 import signal
 import tarfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -114,6 +116,16 @@ def _worker_init(threads: int) -> None:
     # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, each worker printing its
     # own KeyboardInterrupt traceback would bury its one line. (Not SIGTERM: the pool stops its workers with it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="dap-synth-parent").start()
+
+
+def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
+    """End this worker once `parent` has gone (killed with SIGKILL, nothing stops the pool): orphans went on
+    rendering into a folder no run held and printed tracebacks on the terminal. Its shard in progress is left as a
+    temporary, which the next run removes."""
+    while os.getppid() == parent:
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", style: str = "clean",

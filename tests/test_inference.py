@@ -1034,6 +1034,25 @@ def test_settings_that_do_nothing_do_not_block_a_rerun(checkpoint, tmp_path, cap
     assert "expected a number of metres > 0 and below 1000, got '1e6'" in capsys.readouterr().err
 
 
+def test_point_stride_counts_only_between_point_clouds(checkpoint, tmp_path, capsys):
+    """A strided PLY added to a folder of depth maps was refused ("point_stride was 1, now 4"), and depth maps added
+    beside it again; --overwrite, as the message said, only moved the refusal to the next run."""
+    import json
+
+    io.write_rgb(tmp_path / "in" / "pano.png", _pano(32, 64, 3))
+    src, out = tmp_path / "in" / "pano.png", tmp_path / "o"
+    record = lambda: json.loads(next(out.glob("*.json")).read_text())  # noqa: E731
+    assert _predict_cli([src], out, checkpoint, "--outputs", "npy") == 0
+    assert _predict_cli([src], out, checkpoint, "--outputs", "ply", "--point-stride", "4") == 0
+    assert record()["settings"]["point_stride"] == 4 and record()["outputs"] == ["npy", "ply"]
+    assert _predict_cli([src], out, checkpoint, "--outputs", "npy,color") == 0  # the PLY stays listed, with its 4
+    assert record()["settings"]["point_stride"] == 4 and record()["outputs"] == ["color", "npy", "ply"]
+    assert _predict_cli([src], out, checkpoint, "--outputs", "ply", "--point-stride", "4") == 0
+    assert "skipped 1 with existing outputs" in capsys.readouterr().out
+    assert _predict_cli([src], out, checkpoint, "--outputs", "ply", "--point-stride", "2") == 2  # another cloud
+    assert "point_stride was 4, now 2" in capsys.readouterr().err
+
+
 def test_no_output_replaces_an_input_of_the_run(checkpoint, tmp_path, capsys):
     io.write_rgb(tmp_path / "m" / "x.png", _pano(32, 64, 1))
     io.write_rgb(tmp_path / "m" / "x.mask.png", _pano(32, 64, 2))  # x's mask output would land on this input

@@ -324,6 +324,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
             fail(seq, item, f"cannot read {item.source}: {_why_unreadable(item.source, e)}", "unreadable")
             continue
         recorded = read_record(record)
+        if recorded is not None:
+            recorded, expected = _point_stride_where_it_counts(recorded, expected, paths)
         conflict = record_conflict(recorded, expected) if recorded is not None else None
         if conflict and args.overwrite:
             recorded = None  # outputs made otherwise: replaced, as asked
@@ -399,6 +401,22 @@ def _remove_stale_frames(out: Path, video: str, stem: str, visited: set[str]) ->
         record.unlink()
         removed.append(int(name[len(stem) + 1:]))
     return removed
+
+
+def _point_stride_where_it_counts(recorded: dict, expected: dict, paths: dict) -> tuple[dict, dict]:
+    """(record, this run's record) with `point_stride` compared only where both make a point cloud (ply, glb): a
+    strided PLY added to a folder of depth maps, or depth maps added beside it, was refused as "made differently".
+    A run without a point cloud keeps the recorded stride (its point clouds stay listed)."""
+    points = {"ply", "glb"}
+    listed = set(recorded.get("outputs", paths))  # a record without the list: taken as listing these
+    old, new = recorded.get("settings", {}), expected["settings"]
+    if not points & paths.keys():
+        kept = {k: v for k, v in new.items() if k != "point_stride"}  # absent from an old record: absent here
+        return recorded, {**expected, "settings": kept | ({"point_stride": old["point_stride"]}
+                                                          if "point_stride" in old else {})}
+    if not points & listed:
+        return {**recorded, "settings": {**old, "point_stride": new["point_stride"]}}, expected
+    return recorded, expected
 
 
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:

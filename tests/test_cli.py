@@ -370,6 +370,25 @@ def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_pa
     assert main(["convert", str(d / "ckpt"), str(tmp_path / "empty")]) == 0  # an empty folder made for it
 
 
+def test_convert_into_this_folder_or_a_link_to_one(d, tmp_path, capsys, monkeypatch):
+    """`dap convert x .` was a ValueError traceback; into a link to an empty folder it renamed the link aside (left
+    as a hidden file) and wrote a new folder in its place, the link's target left empty."""
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["convert", str(d / "ckpt"), "."]) == 0
+    assert sorted(p.name for p in (tmp_path / "here").iterdir()) == ["config.json", "model.safetensors"]
+    code, err = _run(["convert", str(d / "ckpt"), "."], capsys)  # replacing it would pull the folder from under us
+    assert code == 2 and "is the folder this command runs in" in err
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "target").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "target")
+    for _ in range(2):  # into the empty target, then replacing that conversion
+        assert main(["convert", str(d / "ckpt"), "link"]) == 0
+        assert sorted(p.name for p in (tmp_path / "target").iterdir()) == ["config.json", "model.safetensors"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "link", "target"]
+        assert (tmp_path / "link").is_symlink()
+
+
 def test_a_file_named_like_an_option_is_said_so(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     io.write_rgb(tmp_path / "-pano.png", np.zeros((32, 64, 3)))

@@ -162,8 +162,12 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     """Yield a new empty folder beside `path` to fill; on success it replaces `path` (a folder, or nothing). Killed at
     any point, it leaves the earlier folder or the new one, never a mix and never neither: between the two renames
     the earlier one waits under a backup name (".<name>.<12 hex>.old"), which the next call for `path` puts back if
-    `path` is missing; the temporary is one `remove_temporaries` removes."""
-    path = Path(path)
+    `path` is missing; the temporary is one `remove_temporaries` removes. A symbolic link's target is replaced
+    (the link was renamed aside, the target left as it was); the folder this process is in cannot be."""
+    path = Path(os.path.realpath(path))
+    if Path.cwd() == path or Path.cwd().is_relative_to(path):
+        raise DapError(f"{path} is the folder this command runs in (or holds it), which it would replace; run it "
+                       "from another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     backups = [p for p in path.parent.glob(f".{glob.escape(path.name)}.*.old")
                if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.old", p.name)]

@@ -31,16 +31,20 @@ def _is_our_model_folder(folder: Path) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if out.exists() and not (_is_our_model_folder(out) or (out.is_dir() and not any(out.iterdir()))):
+    empty = out.is_dir() and not any(out.iterdir())
+    if out.exists() and not (empty or _is_our_model_folder(out)):
         raise DapError(f"{out} exists and is not a model folder of ours ({CONFIG_FILE} saying \"format\": \"dap\", "
-                       f"and {WEIGHTS_FILE}): choose a new output folder")
+                       f"and {WEIGHTS_FILE}): choose a new output folder (a conversion stopped before writing its "
+                       f"{CONFIG_FILE} leaves {WEIGHTS_FILE} alone in an empty one: delete it)")
     model = load_model(args.checkpoint)
     from dap.io import atomic_folder
 
-    # An interrupted conversion leaves either the earlier folder or the new one, never new weights beside an old
-    # config.
-    with atomic_folder(out) as tmp:
-        save_model(model, tmp, training={"converted_from": str(args.checkpoint)})
+    training = {"converted_from": str(args.checkpoint)}
+    if empty:  # nothing to keep: written in place ('.', a link to a folder), the config last
+        save_model(model, out, training=training)
+    else:  # an interrupted conversion leaves the earlier folder or the new one, never new weights beside an old config
+        with atomic_folder(out) as tmp:
+            save_model(model, tmp, training=training)
     print(f"wrote {out}/{WEIGHTS_FILE} and {CONFIG_FILE} ({model.cfg.name}, "
           f"{count_parameters(model)['total'] / 1e6:.1f}M parameters)")
     return 0

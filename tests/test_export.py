@@ -72,7 +72,8 @@ def test_official_adapter_square_branch(tmp_path):
     assert_same(dynamic, model, torch.randn(1, 3, 64, 128))
     with pytest.raises(DapError, match="square branch"):
         dynamic(x)
-    with pytest.raises(DapError, match="square branch"):
+    # the fix it names works from the command line, where --resolution and --dynamic exclude each other
+    with pytest.raises(DapError, match=r"square branch.*resolution=\(h, w\)\) in Python.*fixed-size graph"):
         export_onnx(model, tmp_path / "bad.onnx", resolution=(80, 160), seam_pad=0, dynamic=True)
 
 
@@ -164,7 +165,8 @@ def test_a_calibrated_model_exported_at_another_size_says_so_where_it_runs(tmp_p
         capsys.readouterr().err
     graph = OnnxModel(tmp_path / "m.onnx")
     assert graph.calibrated_resolution == (32, 64) and graph.cfg.default_resolution == (64, 128)
-    assert "Export the graph again at 32x64" in other_resolution_note(None, graph)
+    assert "Export the graph again at 32x64 (dap export onnx --model <the model it came from> --resolution 32x64)" in \
+        other_resolution_note(None, graph)
     rng = np.random.default_rng(0)
     write_rgb(tmp_path / "p.png", rng.random((64, 128, 3)))
     assert main(["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--backend", "onnxruntime",
@@ -173,6 +175,11 @@ def test_a_calibrated_model_exported_at_another_size_says_so_where_it_runs(tmp_p
     assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "own.onnx")]) == 0
     assert "note" not in capsys.readouterr().err
     assert other_resolution_note(None, OnnxModel(tmp_path / "own.onnx")) is None
+    # a dynamic graph runs at its calibrated size when --resolution is left out: no new export needed (was said)
+    assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "d.onnx"),
+                 "--dynamic"]) == 0
+    note = other_resolution_note((64, 128), OnnxModel(tmp_path / "d.onnx"))
+    assert "Leave --resolution out" in note and "Export" not in note
 
 
 def test_python_predict_takes_a_graphs_own_seam_padding_as_dap_predict_does(tiny_model, tmp_path):

@@ -79,7 +79,9 @@ def export_onnx(
     example = torch.zeros(1, 3, h, w + 2 * seam_pad_columns(w, seam_pad, patch))
     if dynamic and takes_square_branch(model.cfg, *example.shape[-2:]):
         raise DapError(f"{h}x{w} takes the official adapter's rare square branch, which the dynamic graph would then "
-                       "use for every size; trace at another --resolution")
+                       "use for every size; trace it at another size (export_onnx(..., dynamic=True, "
+                       "resolution=(h, w)) in Python; `dap export onnx --dynamic` traces at the model's "
+                       "default_resolution) or export a fixed-size graph (--resolution)")
     axes = {name: {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"} for name in (INPUT, *OUTPUTS)}
     buffer = io.BytesIO()
     with warnings.catch_warnings():

@@ -696,8 +696,8 @@ def other_resolution_note(resolution: tuple[int, int] | None, model, option: str
     calibrated = cfg.depth_scale != 1.0 or bool(cfg.latitude_scale)
     if not calibrated or resolution == own:
         return None
-    fix = (f"Export the graph again at {own[0]}x{own[1]} (dap export onnx --resolution {own[0]}x{own[1]})"
-           if hasattr(model, "calibrated_resolution") else f"Leave {option} out")
+    fix = (f"Export the graph again at {own[0]}x{own[1]} (dap export onnx --model <the model it came from> "
+           f"--resolution {own[0]}x{own[1]})" if getattr(model, "fixed", False) else f"Leave {option} out")
     return (f"working resolution {resolution[0]}x{resolution[1]} is not the one this model was calibrated at, "
             f"{own[0]}x{own[1]}, and its depth scale depends on it (the bundled model has 13% to 4x its AbsRel on "
             f"held-out rooms at the other resolutions measured: docs/models.md, \"Working resolution\"). {fix} "

@@ -261,6 +261,7 @@ CORPUS = {
     "convert zero-byte pth": (["convert", "{d}/zero.pth", "{out}"], 2, ["zero.pth", "empty"]),
     "export out under a file": (["export", "onnx", "--out", "{d}/pano.png/m.onnx"], 2, ["not a folder"]),
     "export out not .onnx": (["export", "onnx", "--out", "{out}.png"], 2, ["give the onnx file a .onnx name"]),
+    "export out hidden": (["export", "onnx", "--out", "{d}/.onnx"], 2, ["a .onnx name (e.g. ", "/model.onnx)"]),
     "predict resolution not 2:1": (["predict", "{d}/pano.png", "--resolution", "100x100", "--out", "{out}"], 2,
                                    ["use e.g. 112x224"]),
 }
@@ -923,7 +924,8 @@ def test_a_write_error_names_the_option_of_the_folder_written_to():
 @pytest.mark.parametrize("argv", [["synth", "--count", "1", "--out", ""], ["predict", "x.png", "--out", " "],
                                   ["eval", "--dataset", "synth", "--root", "x", "--out", ""],
                                   ["export", "onnx", "--out", ""], ["train", "--config", "x.yaml", "--out", ""],
-                                  ["curate", "status", "--pool", ""], ["curate", "run", "--config", "x", "--work", ""]])
+                                  ["curate", "status", "--pool", ""], ["curate", "run", "--config", "x", "--work", ""],
+                                  ["convert", "x.pth", ""]])
 def test_an_empty_output_folder_is_refused(argv, tmp_path, capsys, monkeypatch):
     """`dap synth --out "$DIR"` with DIR unset wrote a dataset into the current folder."""
     monkeypatch.chdir(tmp_path)

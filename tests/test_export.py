@@ -77,6 +77,15 @@ def test_official_adapter_square_branch(tmp_path):
         export_onnx(model, tmp_path / "bad.onnx", resolution=(80, 160), seam_pad=0, dynamic=True)
 
 
+def test_onnx_model_errors_say_what_the_path_is(tmp_path):
+    (tmp_path / "m.onnx").mkdir()
+    with pytest.raises(UnreadableFileError, match="m.onnx is a folder, not a file"):  # was "does not exist"
+        OnnxModel(tmp_path / "m.onnx")
+    (tmp_path / "model.pth").write_bytes(b"PK\x03\x04 a checkpoint")
+    with pytest.raises(UnreadableFileError, match="cannot load .*model.pth.*a checkpoint runs with the default torch"):
+        OnnxModel(tmp_path / "model.pth")
+
+
 def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
     from PIL import Image
 

@@ -122,13 +122,16 @@ class OnnxModel:
                 raise UnreadableFileError(f"--backend onnxruntime needs an .onnx file, got {self.path}; export one "
                                           f"with `dap export onnx --model {self.path} --out model.onnx`, or predict "
                                           "with the default torch backend")
-            raise UnreadableFileError(f"ONNX model {self.path} does not exist; write one with "
+            what = "is a folder, not a file" if self.path.is_dir() else "does not exist"
+            raise UnreadableFileError(f"ONNX model {self.path} {what}; write one with "
                                       f"`dap export onnx --model NAME --out {self.path}`")
         ort = _require("onnxruntime")
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers or ort.get_available_providers())
         except Exception as e:  # onnxruntime raises its own, unexported exception types
-            raise UnreadableFileError(f"onnxruntime cannot load {self.path}: {e}") from e
+            hint = ("; --backend onnxruntime runs a graph written by `dap export onnx`, a checkpoint runs with the "
+                    "default torch backend" if self.path.suffix.lower() != ".onnx" else "")
+            raise UnreadableFileError(f"onnxruntime cannot load {self.path}: {e}{hint}") from e
         meta = self.session.get_modelmeta().custom_metadata_map
         if "dap.config" not in meta:
             raise DapError(f"{self.path} has no dap.config metadata: it was not written by `dap export onnx`")

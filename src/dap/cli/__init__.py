@@ -143,6 +143,13 @@ def folder_path(text: str) -> Path:
     return Path(folder_name(text))
 
 
+def file_path(text: str) -> Path:
+    """An output file as given, refused when empty (`--out "$FILE"` with FILE unset)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty (an unset shell variable?); give a file name")
+    return Path(text)
+
+
 def parse_device(text: str) -> str:
     """A torch device that exists on this machine: cpu, cuda, cuda:N, mps (`dap.inference.select_device`'s rule)."""
     from dap.errors import DapError

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from dap.cli import folder_name
 from dap.errors import DapError
 from dap.models import count_parameters, load_model, save_model
 from dap.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
@@ -13,8 +14,9 @@ from dap.models.checkpoint import CONFIG_FILE, WEIGHTS_FILE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="official model.pth (with or without the `module.` prefix)")
-    parser.add_argument("out", help="output directory for model.safetensors + config.json (new or empty, or one that "
-                                    "holds only an earlier conversion, which is replaced)")
+    parser.add_argument("out", type=folder_name,
+                        help="output directory for model.safetensors + config.json (new or empty, or one that holds "
+                             "only an earlier conversion, which is replaced)")
 
 
 def _is_our_model_folder(folder: Path) -> bool:

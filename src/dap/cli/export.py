@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dap.cli import folder_path, parse_network_size
+from dap.cli import file_path, parse_network_size
 from dap.errors import DapError
 from dap.export import INPUT, OPSET, OUTPUTS, export_onnx
 from dap.inference import DEFAULT_SEAM_PAD, other_resolution_note, seam_pad_columns
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("format", choices=["onnx"], help="export format")
     parser.add_argument("--model", default="dap-tiny-synth",
                         help="a model name (`dap models`), an official model.pth or a folder written by `dap convert`")
-    parser.add_argument("--out", required=True, type=folder_path, help="the .onnx file to write")
+    parser.add_argument("--out", required=True, type=file_path, help="the .onnx file to write")
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--resolution", type=parse_network_size, default=None,
                       help="fixed working resolution HxW, 2:1, multiples of 16; default: the model's own")
@@ -29,7 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".onnx":  # a typo such as --out pano.png would replace that file with a graph
-        raise DapError(f"--out {args.out}: give the ONNX file a .onnx name (e.g. {args.out.with_suffix('.onnx')})")
+        example = args.out.with_name("model.onnx") if args.out.name.startswith(".") else args.out.with_suffix(".onnx")
+        raise DapError(f"--out {args.out}: give the ONNX file a .onnx name (e.g. {example})")
     model = load_model(args.model)
     if note := other_resolution_note(args.resolution, model):
         print(f"dap export: note: {note}", file=sys.stderr)

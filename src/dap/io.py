@@ -165,7 +165,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     `path` is missing; the temporary is one `remove_temporaries` removes. A symbolic link's target is replaced
     (the link was renamed aside, the target left as it was); the folder this process is in cannot be."""
     path = Path(os.path.realpath(path))
-    if Path.cwd() == path or Path.cwd().is_relative_to(path):
+    if Path.cwd().is_relative_to(path):
         raise DapError(f"{path} is the folder this command runs in (or holds it), which it would replace; run it "
                        "from another folder")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1082,10 +1082,13 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
         with atomic_write(path) as tmp:
             Image.fromarray(units).save(tmp, format="PNG", pnginfo=info)
         return int(too_far.sum())
+    if suffix == ".npy":
+        write_npy(path, d)
+        return 0
     with atomic_write(path) as tmp:
-        if suffix in (".npy", ".npz"):
-            with open(tmp, "wb") as f:  # a file object: numpy would add ".npy" to a name ending in ".NPY"
-                np.save(f, d) if suffix == ".npy" else np.savez_compressed(f, depth=d)
+        if suffix == ".npz":
+            with open(tmp, "wb") as f:  # a file object: numpy would add ".npz" to a name ending in ".NPZ"
+                np.savez_compressed(f, depth=d)
         elif suffix == ".exr":
             header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
             OpenEXR.File(header, {"Z": d}).write(str(tmp))  # `d` is C-ordered (`_clean_depth`)

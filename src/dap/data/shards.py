@@ -111,12 +111,13 @@ def _write_shard(job: tuple[str, int, dict, str | None], on_sample: Callable[[],
     return last - first
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
     # Ctrl-C reaches the whole process group: the parent stops the pool and cleans up, each worker printing its
     # own KeyboardInterrupt traceback would bury its one line. (Not SIGTERM: the pool stops its workers with it.)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True, name="dap-synth-parent").start()
+    # the parent's pid as it gave it: one killed while this worker was still importing torch is gone already
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True, name="dap-synth-parent").start()
 
 
 def _exit_with_parent(parent: int, every_s: float = 0.5) -> None:
@@ -197,7 +198,7 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                 threads = max(1, (os.cpu_count() or 1) // processes)
                 # spawn: forking a process that already ran torch ops can deadlock its thread pool
                 try:
-                    with mp.get_context("spawn").Pool(processes, _worker_init, (threads,)) as pool:
+                    with mp.get_context("spawn").Pool(processes, _worker_init, (threads, os.getpid())) as pool:
                         for n in pool.imap_unordered(_write_shard, jobs):
                             bar.update(n)
                 except BaseException:  # interrupted, or a worker failed: the pool is stopped, and its workers'

@@ -4,6 +4,7 @@ one-time conversion to our format."""
 import dataclasses
 import hashlib
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,12 +140,20 @@ def test_missing_from_cache_while_offline_is_a_clear_error(hub, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    resolves = registry._resolves
+    monkeypatch.setattr(registry, "_resolves", lambda host: host == "huggingface.co")  # a name, no route
     monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: (_ for _ in ()).throw(
         LocalEntryNotFoundError("cannot reach the Hub")))
     with pytest.raises(CheckpointError, match=r"cannot be downloaded now \(the Hub cannot be reached from here: fetch "
                                               r"it on a connected machine") as err:
         load_model("dap-vitl")
     assert "HF_HUB_OFFLINE" not in str(err.value)
+    # no DNS: said at once (hf_hub_download retried for 23 s first)
+    monkeypatch.setattr(registry, "_resolves", resolves)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "unknown")))
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda *a, **k: pytest.fail("the Hub was asked"))
+    with pytest.raises(CheckpointError, match=r"the Hub's address does not resolve: no network or no DNS here; fetch"):
+        load_model("dap-vitl")
 
 
 def test_a_release_of_another_architecture_is_refused(hub, tmp_path):

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def _download(entry: RegisteredModel) -> Path:
     cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, entry.filename)
     if isinstance(cached, str):
         return Path(cached)
+    def not_here(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({why} fetch it on "
+            f"a connected machine with `hf download {entry.repo_id} {entry.filename}` and copy its Hugging Face "
+            "cache here (HF_HOME / HF_HUB_CACHE)), or pass the file's path instead of the name."
+        )
+
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE
+    if not offline and not _resolves(urllib.parse.urlparse(huggingface_hub.constants.ENDPOINT).hostname):
+        # the library retries for 23 s whatever the error, a name that does not resolve too
+        raise not_here("the Hub's address does not resolve: no network or no DNS here;")
     download = huggingface_hub.hf_hub_download  # imported lazily, and the import sets the library's log level
     hub_log = logging.getLogger("huggingface_hub")
     level = hub_log.level
@@ -104,17 +116,22 @@ def _download(entry: RegisteredModel) -> Path:
     try:
         return Path(download(entry.repo_id, entry.filename))
     except LocalEntryNotFoundError as e:
-        why = ("HF_HUB_OFFLINE is set, so nothing is downloaded: unset it on a connected machine, or"
-               if huggingface_hub.constants.HF_HUB_OFFLINE else "the Hub cannot be reached from here:")
-        raise CheckpointError(
-            f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({why} fetch it on "
-            f"a connected machine with `hf download {entry.repo_id} {entry.filename}` and copy its Hugging Face "
-            "cache here (HF_HOME / HF_HUB_CACHE)), or pass the file's path instead of the name."
-        ) from e
+        raise not_here("HF_HUB_OFFLINE is set, so nothing is downloaded: unset it on a connected machine, or"
+                       if offline else "the Hub cannot be reached from here:") from e
     except (OSError, EntryNotFoundError, ValueError) as e:  # HTTP errors, missing repo/file, disk full
         raise CheckpointError(f"{entry.name}: could not fetch {where}: {type(e).__name__}: {e}") from e
     finally:
         hub_log.setLevel(level)
+
+
+def _resolves(host: str | None) -> bool:
+    """Whether `host` has an address (a DNS lookup, no connection); True for no host (nothing to check)."""
+    import socket
+
+    try:
+        return host is None or bool(socket.getaddrinfo(host, 443))
+    except (socket.gaierror, UnicodeError):
+        return False
 
 
 def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:

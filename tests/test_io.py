@@ -1066,3 +1066,16 @@ def test_panorama_formats_we_do_not_decode_say_how_to_convert_them(tmp_path, nam
     io.write_rgb(tmp_path / "x.jpg", np.full((H, W, 3), 0.5, np.float32))
     (tmp_path / "x.jpg").rename(write_rgb_ok)
     assert io.read_rgb(write_rgb_ok).shape == (H, W, 3)
+
+
+def test_big_endian_16_bit_grey_reads_as_little_endian_does(tmp_path):
+    """A Motorola-order 16-bit grey TIFF ('I;16B') was refused as "wrong mode ... re-download it", as a PIL image a
+    ValueError traceback, and its numpy form ('>u2') as an unsupported pixel type."""
+    grey = (np.arange(64 * 128, dtype=np.uint16).reshape(64, 128) * 7) % 65535
+    big = Image.frombytes("I;16B", (128, 64), grey.astype(">u2").tobytes())
+    big.save(tmp_path / "be.tif")
+    assert Image.open(tmp_path / "be.tif").mode == "I;16B"
+    want = np.repeat((grey / 65535.0).astype(np.float32)[..., None], 3, axis=2)
+    for image in (tmp_path / "be.tif", big, grey.astype(">u2")):
+        np.testing.assert_allclose(to_rgb(image), want, atol=1e-7)
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "be.tif"), want, atol=1e-7)

@@ -131,7 +131,7 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
     if isinstance(image, Image.Image):
         try:
             if image.mode in io.SIXTEEN_BIT_GREY_MODES:
-                _warn_if_low_16_bit(int(image.getextrema()[1]), source)
+                _warn_if_low_16_bit(io.grey_extrema(image)[1], source)
             if note := io.transparency_note(image):
                 warn_input(f"{source}: {note}")
             image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
@@ -142,6 +142,8 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
         t = image.detach().cpu()
         image = (t.float() if t.dtype in (torch.float16, torch.bfloat16) else t).numpy()
     a = np.asarray(image)
+    if a.dtype.byteorder not in ("=", "|"):  # big-endian (">u2" from a Motorola-order file): as its native type
+        a = a.astype(a.dtype.newbyteorder("="))
     if a.ndim == 2:
         a = a[..., None]
     if a.ndim == 3 and a.shape[0] in (1, 3, 4) and (

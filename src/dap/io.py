@@ -707,7 +707,7 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
             rgb = _upright(bgr[..., ::-1].astype(np.float32), tag, keep_stored, turned=tiff_tag == tag != 1)
             rgb /= 65535.0
         else:
-            peak = int(img.getextrema()[1]) if img.mode in SIXTEEN_BIT_GREY_MODES else 0  # without a pixel copy
+            peak = grey_extrema(img)[1] if img.mode in SIXTEEN_BIT_GREY_MODES else 0
             rgb = _upright(pil_to_rgb(img), tag, keep_stored, turned=_turned_on_load(img, tag))
             if img.mode == "F":
                 rgb, nonfinite = unit_floats(rgb, f"{path} (a 32-bit float grey image)", _FILE_FLOATS_FIX)
@@ -849,12 +849,23 @@ SIXTEEN_BIT_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # "I": Pillow
 """PIL modes `pil_to_rgb` reads as 16-bit grey (0-65535)."""
 
 
+def grey_extrema(img: Image.Image) -> tuple[int, int]:
+    """(lowest, highest) value of a 16-bit grey PIL image: Pillow's own pass without a copy where it has one; it
+    has none for big-endian 16-bit ('I;16B', a Motorola-order TIFF), read through numpy then."""
+    try:
+        lo, hi = img.getextrema()
+    except ValueError:
+        a = np.asarray(img)
+        lo, hi = a.min(initial=0), a.max(initial=0)
+    return int(lo), int(hi)
+
+
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
     for it; values outside 0..65535 are refused) over 65535; float ('F') as it is (for `unit_floats` to check);
     any other mode through Pillow's RGB conversion (alpha dropped, palettes and CMYK resolved) over 255."""
     if img.mode in SIXTEEN_BIT_GREY_MODES:
-        lo, hi = img.getextrema()  # Pillow's own pass, no copy (a 16K panorama is 134 MP)
+        lo, hi = grey_extrema(img)
         if lo < 0 or hi > 65535:
             raise DapError(f"a grey image of mode {img.mode} with values {lo}..{hi} is not 16-bit: save it with 8 "
                            "or 16 bits per channel, or as float 0..1")

@@ -75,6 +75,12 @@ def test_what_predict_warns_of_is_shown_on_the_page(model, small_panorama, tmp_p
     shown.clear()
     respond(str(small_panorama), False, model, tmp_path / "work")
     assert shown == []
+    # what the file itself holds, as `dap predict` says it (the page showed nothing)
+    rgba = np.asarray(Image.open(small_panorama).convert("RGBA")).copy()
+    rgba[:64, :, 3] = 0
+    Image.fromarray(rgba).save(tmp_path / "clear.png")
+    respond(str(tmp_path / "clear.png"), False, model, tmp_path / "work")
+    assert len(shown) == 1 and "50% of it is transparent" in shown[0]
 
 
 def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(model, small_panorama, tmp_path):

@@ -56,7 +56,7 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
     told each step. Bad inputs (not an image, not 2:1, no floor for the camera height) raise DapError, as
     everywhere in the library."""
     progress(0.0, "reading the panorama")
-    rgb = io.read_rgb(path)
+    rgb, file_notes = io.read_rgb_notes(path)  # what the file itself holds (transparency, several frames, ...)
     h, w = rgb.shape[:2]
     if not (pad_to_erp and w > 2 * h):  # its own size in the message, not the downscaled one's
         check_erp_shape(h, w, what="input panorama")
@@ -83,7 +83,7 @@ def analyse(path, model, out_dir: Path, *, resolution: tuple[int, int] | None = 
                f"{100 * float(np.mean(pred.range_mask)):.0f}% out of range (sky or beyond {pred.max_depth:g} m); "
                f"predicted in {seconds:.2f} s")
     progress(1.0, "done")
-    return Analysis(files, summary, warned)
+    return Analysis(files, summary, [*file_notes, *warned])
 
 
 def import_gradio():

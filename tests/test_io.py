@@ -1079,3 +1079,15 @@ def test_big_endian_16_bit_grey_reads_as_little_endian_does(tmp_path):
     for image in (tmp_path / "be.tif", big, grey.astype(">u2")):
         np.testing.assert_allclose(to_rgb(image), want, atol=1e-7)
     np.testing.assert_allclose(io.read_rgb(tmp_path / "be.tif"), want, atol=1e-7)
+
+
+def test_transparency_is_read_by_mode_not_band_name():
+    """Lab's bands are L, A, B: a Lab image was "63% transparent"; premultiplied alpha ("La", "RGBa", band "a") was
+    not looked at."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8))
+    assert io.transparency_note(rgb.convert("LAB")) is None
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.where(np.arange(32)[:, None] < 16, 0, 255).astype(np.uint8).repeat(64, 1)))
+    for image in (rgba, rgba.convert("RGBa"), rgba.convert("LA"), rgba.convert("LA").convert("La")):
+        assert "50% of it is transparent" in io.transparency_note(image), image.mode

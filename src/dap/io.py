@@ -656,11 +656,12 @@ def transparency_note(image: Image.Image | np.ndarray) -> str | None:
         half = 128 if image.dtype == np.uint8 else 32768 if image.dtype == np.uint16 else 0.5
         share = float(np.mean(image[..., 3] < half))
     else:
-        if image.mode == "P" and "transparency" in image.info:
-            image = image.convert("RGBA")
-        if "A" not in image.getbands():
+        if not image.has_transparency_data:  # by mode, not band name: Lab's bands are L, A, B
             return None
-        share = float(np.mean(np.asarray(image.getchannel("A")) < 128))
+        if image.mode == "P":  # transparency in the palette
+            image = image.convert("RGBA")
+        alpha = "a" if "a" in image.getbands() else "A"  # premultiplied ("La", "RGBa"): a lower-case band
+        share = float(np.mean(np.asarray(image.getchannel(alpha)) < 128))
     if share <= TRANSPARENT_NOTE_SHARE:
         return None
     return (f"{share:.0%} of it is transparent; those pixels are read as the colour stored under the transparency "

@@ -963,8 +963,11 @@ def test_a_path_as_bytes_is_read_and_a_tilde_is_named(tiny_model, tmp_path, monk
 def test_a_model_that_is_not_one_is_named(tiny_model):
     import copy
 
+    for image in (_pano(32, 64), "pano.jpg"):  # swapped arguments; a path was loaded as a checkpoint ("download it")
+        with pytest.raises(DapError, match=r"the first argument is a model \(DAP\); the panorama comes first"):
+            predict(tiny_model, image)
     with pytest.raises(DapError, match=r"got ndarray \(the panorama comes first: dap.predict\(image, model\)\)"):
-        predict(tiny_model, _pano(32, 64))  # swapped arguments
+        predict([_pano(32, 64)], _pano(32, 64))  # both images
     with pytest.raises(DapError, match="model must be a loaded DAP model .* got OrderedDict"):
         predict(_pano(32, 64), tiny_model.state_dict())
     with pytest.raises(DapError, match="model is a Linear, not a DAP model"):
@@ -1509,6 +1512,15 @@ def test_load_model_names_what_it_was_given(spec):
     with pytest.raises(DapError, match=r"expected a model name \(dap-tiny-synth, dap-vitl\), a folder or a "
                                        rf"checkpoint file, got {re.escape(repr(spec))}; dap.load_model"):
         load_model(spec)
+
+
+def test_load_model_of_a_loaded_model_is_short(tiny_model):
+    with pytest.raises(DapError, match=r"^got a DAP module: it is loaded already, use it as it is") as err:
+        load_model(tiny_model)  # was the module's repr: 165 lines
+    assert len(str(err.value)) < 200
+    with pytest.raises(DapError, match=r"got array\(\[\[0\.") as err:
+        load_model(np.zeros((100, 100)))
+    assert len(str(err.value)) < 300
 
 
 def test_bad_seam_pad_is_refused(tiny_model, checkpoint, tmp_path, capsys):

@@ -657,6 +657,12 @@ def _has_metadata(item) -> bool:
     return isinstance(item, (str, bytes, os.PathLike, Image.Image))
 
 
+def _is_model(x) -> bool:
+    from dap.export import OnnxModel
+
+    return isinstance(x, (torch.nn.Module, OnnxModel))
+
+
 def _is_image_like(x) -> bool:
     from PIL import Image
 
@@ -803,6 +809,9 @@ def predict(
             raise DapError(f"{name} is True or False, got {value!r}")
     if seam_pad is not None:
         check_seam_pad(seam_pad)
+    if _is_model(images):  # before loading `model`, which may be the panorama's path
+        raise DapError(f"the first argument is a model ({type(images).__name__}); the panorama comes first: "
+                       "dap.predict(image, model)")
     items, is_batch = _split_batch(images)
     dev = select_device(device)
     # run in eval mode (resolve_model); a check in the middle of training leaves each module as it found it

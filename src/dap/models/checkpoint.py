@@ -296,9 +296,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     from dap.inference import select_device
     from dap.models import registry
 
+    if isinstance(path, torch.nn.Module):  # its repr is the whole network, hundreds of lines
+        raise CheckpointError(f"got a {type(path).__name__} module: it is loaded already, use it as it is (load_model "
+                              "takes a model name, a folder or a checkpoint file)")
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise CheckpointError(f"expected a model name ({', '.join(registry.MODELS)}), a folder or a checkpoint file, "
-                              f"got {path!r}; dap.load_model('dap-tiny-synth') loads the bundled model")
+                              f"got {path!r:.80}; dap.load_model('dap-tiny-synth') loads the bundled model")
     device = select_device(device)  # a mistyped device is said before the weights load, not after
     spec = str(path)
     if spec in registry.MODELS:

@@ -119,6 +119,14 @@ def test_a_quantised_model_runs_int8_and_says_so_for_other_precisions(tiny_model
             predict(x, q, resolution=(32, 64), precision=precision)
 
 
+def test_prepare_model_refuses_a_precision_it_would_ignore(tiny_model):
+    """prepare_model(m, "bfloat16") returned the float32 model: predictions ran in float32, unknown to the caller."""
+    for precision in ("bfloat16", "auto", "xx"):
+        with pytest.raises(DapError, match=rf"resolved precision, one of fp32, bf16, fp16, int8; got '{precision}'"):
+            prepare_model(tiny_model, precision)
+    assert prepare_model(tiny_model, "fp32") is tiny_model
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_16bit_weights_give_autocasts_outputs_in_half_the_memory(tiny_model, precision):
     """prepare_model stores in 16 bit the weights that autocast casts on every call: the same outputs, bit for

@@ -482,6 +482,9 @@ def prepare_model(model, precision: str, *, in_place: bool = False):
     and fp16 `with_16bit_weights` (same outputs, faster, half the weights' memory); otherwise as it is. The prepared
     model then runs at that precision only. `in_place`, for a caller that lets the float32 model go: bf16/fp16
     convert `model` itself, and the tensors kept as they are get memory of their own (`_own_storages`)."""
+    if precision not in PRECISIONS[1:]:  # "bfloat16" or "auto" returned the float32 model, run in float32 unawares
+        raise DapError(f"prepare_model takes a resolved precision, one of {', '.join(PRECISIONS[1:])}; got "
+                       f"{precision!r} (resolve_precision(\"auto\", device) picks one)")
     if not isinstance(model, torch.nn.Module) or precision not in ("int8", *_AUTOCAST):
         return model
     if precision == "int8":

@@ -363,6 +363,12 @@ def test_prediction_save_writes_what_dap_predict_writes(tmp_path):
     with pytest.raises(DapError, match="point_stride keeps every n-th pixel in each direction: an int >= 1, got 0"):
         pred.save(tmp_path / "x", ["ply"], point_stride=0)
     assert not list(tmp_path.glob("x*"))
+    for stem in ("", " "):  # "" wrote a hidden ./.color.png; "" with npy was a ValueError
+        with pytest.raises(DapError, match="names no file; give the outputs' path without suffix"):
+            pred.save(stem, ["color"])
+    with pytest.raises(DapError, match=r"x: its outputs go in the folder .*pano.npy, but .*pano.npy is a file; move "
+                                       "it away, or give another stem"):  # was a FileExistsError
+        pred.save(tmp_path / "sub" / "pano.npy" / "x", ["npy"])
 
 
 def test_points_of_constant_depth_lie_on_a_sphere_along_the_erp_rays():

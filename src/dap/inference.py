@@ -72,7 +72,11 @@ class Prediction:
         Depth files hold 0 where `range_mask` is set (here `depth` holds `max_depth`); an output that cannot hold
         everything (depth beyond the 16-bit PNG's range) gets a warning."""
         kinds = [outputs] if isinstance(outputs, str) else list(outputs)
+        if not str(stem).strip() or not Path(stem).name.strip():  # "" wrote ./.color.png, a hidden file
+            raise DapError(f"stem {str(stem)!r} names no file; give the outputs' path without suffix, e.g. 'out/pano'")
         paths = output_paths(Path(stem).parent, Path(stem).name, kinds)
+        if blocked := blocked_folder(list(paths.values()), elsewhere=", or give another stem"):
+            raise DapError(f"{Path(stem).name}: {blocked}")
         for note in write_outputs(self, paths, point_stride=point_stride):
             warn_input(f"{Path(stem).name}: {note}")
         return list(paths.values())
@@ -1107,15 +1111,14 @@ def name_too_long(paths: list[Path]) -> str | None:
     return None
 
 
-def blocked_folder(paths: list[Path]) -> str | None:
+def blocked_folder(paths: list[Path], elsewhere: str = ", or predict into another --out") -> str | None:
     """Why these output files (all in one folder) cannot be created because a folder on their way exists as a
-    file; None when nothing is in the way."""
+    file; None when nothing is in the way. `elsewhere`: the other way out, for the message."""
     folder = paths[0].parent
     existing = next((d for d in (folder, *folder.parents) if os.path.lexists(d)), None)
     if existing is None or os.path.isdir(existing):
         return None
-    return (f"its outputs go in the folder {folder}, but {existing} is a file; move it away, or predict into "
-            "another --out")
+    return f"its outputs go in the folder {folder}, but {existing} is a file; move it away{elsewhere}"
 
 
 def record_path(out_dir: Path, name: str) -> Path:

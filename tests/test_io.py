@@ -294,6 +294,15 @@ def test_hdr_tone_mapping_exposes_the_median_to_middle_grey_whatever_the_exposur
     assert io.tonemap_hdr(kept, copy=False) is kept and np.array_equal(kept, out)
     np.testing.assert_allclose(io.tonemap_hdr(linear * 7.3), out, atol=1e-6)  # exposure-invariant
     assert out.dtype == np.float32 and out.min() >= 0 and out.max() <= 1
+    # settings that gave an all-black or all-NaN image, and a grey input a matmul traceback
+    for kwargs, says in (({"key": 0}, "key must be a finite number > 0, got 0"),
+                         ({"key": float("nan")}, "key must be a finite number > 0"),
+                         ({"clip_share": 1.5}, "clip_share is a share of the sphere in"),
+                         ({"protect_stops": float("nan")}, "protect_stops is a number of stops >= 0")):
+        with pytest.raises(ValueError, match=says):
+            io.tonemap_hdr(linear, **kwargs)
+    with pytest.raises(ValueError, match=r"expects linear RGB of shape \(H, W, 3\), got shape \(8, 16\)"):
+        io.tonemap_hdr(linear[:8, :16, 0])
     # the median over the sphere, not over pixels: bright polar caps of 60% of the rows cover 41% of the sphere,
     # so the dark middle band is what comes out at middle grey (without the limit on clipping, which they would hit)
     caps = np.full((H, W, 3), 1.0, np.float32)

@@ -447,7 +447,15 @@ def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | No
     radiance they would see a dark or burnt-out image. The result does not depend on the file's absolute exposure.
     Non-finite and negative values count as black. `copy=False` works in place on a float32 array (an 8K HDR
     panorama is 400 MB; `read_rgb` does so on its own buffer)."""
+    if not (isinstance(key, numbers.Real) and 0 < key < math.inf):  # 0: all black; NaN: all NaN
+        raise ValueError(f"tonemap_hdr: key must be a finite number > 0, got {key!r}")
+    if not (isinstance(protect_stops, numbers.Real) and protect_stops >= 0):  # inf: no limit
+        raise ValueError(f"tonemap_hdr: protect_stops is a number of stops >= 0, got {protect_stops!r}")
+    if clip_share is not None and not (isinstance(clip_share, numbers.Real) and 0 <= clip_share < 1):
+        raise ValueError(f"tonemap_hdr: clip_share is a share of the sphere in [0, 1) or None, got {clip_share!r}")
     rgb = np.array(linear, dtype=np.float32, copy=True if copy else None)  # None: only if it must
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"tonemap_hdr expects linear RGB of shape (H, W, 3), got shape {rgb.shape}")
     np.nan_to_num(rgb, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     np.maximum(rgb, 0.0, out=rgb)
     median, highlight = sphere_luminance_quantiles(rgb, (0.5, 1.0 - (clip_share or 0.0)))

@@ -468,6 +468,35 @@ def test_a_folder_another_run_is_writing_is_refused(d, tmp_path, capsys):
     assert _run(["synth", "--count", "1", "--resolution", "32x64", "--out", str(tmp_path / "busy")], capsys)[0] == 0
 
 
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_predict_writes_waits_for_that_write_and_begins_no_other(d, tmp_path, sig):
+    """Ctrl-C or SIGTERM while the writer thread wrote a panorama's outputs aborted the process (SIGABRT, "terminate
+    called without an active exception"): the interrupted join took the thread for finished and the interpreter
+    exited under it, in torch code. Now the write in progress ends, the queued ones are dropped, exit 130 / 143."""
+    import signal
+
+    for name in "abc":
+        io.write_rgb(tmp_path / "in" / f"{name}.png", np.full((32, 64, 3), 0.5))
+    code = ("import sys, time\nimport dap.cli.predict as p\nfrom dap.cli import main\nwrite = p._write\n"
+            "def slow(job, *args):\n    open(sys.argv[1] + '/writing-' + job[1].name, 'w').close()\n"
+            "    time.sleep(2)\n    write(job, *args)\n"
+            "p._write = slow\nsys.exit(main(sys.argv[2:]))\n")
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    argv = [sys.executable, "-c", code, str(marks), "predict", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+            "--checkpoint", str(d / "ckpt"), "--resolution", "32x64", "--outputs", "npy"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not (marks / "writing-a").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == {"SIGINT": 130, "SIGTERM": 143}[sig], err
+    assert (tmp_path / "o" / "a.npy").is_file()  # the write in progress ended
+    assert sorted(p.name for p in marks.iterdir()) == ["writing-a"]  # and no other began
+
+
 def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
 

@@ -214,7 +214,7 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
     start = time.perf_counter()
     # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
     writer = _Writer(lambda job: _write(job, args.point_stride, failures, counts))
-    try:
+    try:  # closed below: on an error or a signal (Ctrl-C, SIGTERM) without writing what is queued
         for seq, item, paths, record, rgb, top, notes in tqdm(
                 _background(_decoded(items, args, kinds, settings, failures, counts)), desc="predict", unit="pano",
                 disable=None):
@@ -239,8 +239,10 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
             if item.video and args.smooth_scale:  # what a resumed run needs to smooth the next frames the same way
                 record = (record[0], {**record[1], "smooth_log_median": smooth.state(item.video)})
             writer.put((seq, item, pred, paths, record))
-    finally:
-        writer.close()
+    except BaseException:
+        writer.close(abandon=True)
+        raise
+    writer.close()
     for (video, text), count in repeats.counts.items():
         gist = re.split(r"[:.]\s", text, maxsplit=1)[0]
         print(f"dap predict: warning: {video}: also on {count} later frame(s): {gist}", file=sys.stderr)
@@ -505,16 +507,21 @@ class _Writer:
     def __init__(self, write, size: int = 2):
         self.write, self.error = write, None
         self.queue: queue.Queue = queue.Queue(size)
+        self.abandoned = threading.Event()  # the run is ending on an error or a signal: no new job is begun
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True, name="dap-predict-write")
         self.thread.start()
 
     def _run(self) -> None:
-        while (job := self.queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self.write(job)
-                except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-                    self.error = e
+        try:
+            while (job := self.queue.get()) is not None:
+                if self.error is None and not self.abandoned.is_set():
+                    try:
+                        self.write(job)
+                    except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                        self.error = e
+        finally:
+            self.done.set()
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -525,9 +532,26 @@ class _Writer:
         self._raise()
         self.queue.put(job)
 
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join()
+    def close(self, abandon: bool = False) -> None:
+        """Wait for the queued jobs to be written (`abandon`: only the one being written; the others wrote nothing,
+        not even their record, so a rerun makes them). Ctrl-C or SIGTERM meanwhile abandons the rest and still waits:
+        a thread left writing (torch code) when the interpreter exits aborts the process (SIGABRT)."""
+        if abandon:
+            self.abandoned.set()
+        interrupted, ended = None, False
+        # An Event, not Thread.join: a join interrupted by Ctrl-C takes the thread for finished (CPython 3.11's
+        # bpo-45274 handling releases the lock the running thread holds), and the process exits under it.
+        while not self.done.is_set():
+            try:
+                if not ended:
+                    self.queue.put(None)
+                    ended = True
+                self.done.wait()
+            except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt, Terminated: raised once it has stopped
+                self.abandoned.set()
+                interrupted = interrupted or e
+        if interrupted is not None:
+            raise interrupted
         self._raise()
 
 

@@ -582,6 +582,16 @@ def test_predict_level_flag_is_recorded_and_silences_the_tilt_warning(checkpoint
     assert "level was True, now not set" in capsys.readouterr().err  # made otherwise: not silently kept
 
 
+def test_level_that_cannot_level_a_tilted_panorama_says_so(tiny_model, monkeypatch):
+    """Edges that do not settle on one tilt: --level predicted the panorama as it was and said nothing, the tilt
+    warning silenced by the flag."""
+    monkeypatch.setattr(geometry, "level_rotation", lambda rgb: None)
+    monkeypatch.setattr(geometry, "tilt_angle", lambda rgb: 14.8)
+    with pytest.warns(InputWarning, match="tilted by about 15 degrees, but it could not be levelled .* predicted as "
+                                          "it is"):
+        predict(_pano(32, 64), tiny_model, level=True, resolution=(32, 64))
+
+
 def test_camera_height_sets_the_metric_scale():
     run = functools.partial(predict, resolution=(64, 128), seam_pad=0)
     truth = box_room_depth(64, 128)

@@ -871,10 +871,15 @@ def predict(
                 warn_input(f"{which} is blank (one flat colour, no detail), so its depth means nothing: check that it "
                            "is the image you meant (a black video frame or a failed export?)")
             tilt = geometry.level_rotation(rgb) if level else None
-            if not level and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
-                warn_input(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical edges "
-                           "lean); the network was trained on level panoramas. Level it: --level "
-                           "(predict(..., level=True)) or the camera app's horizon levelling.")
+            if tilt is None and (tilted := geometry.tilt_angle(rgb)) > TILT_WARNING:  # NaN (cannot judge): no warning
+                if level:  # asked for and not done: the user is told, the record says level all the same
+                    warn_input(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees, but it could "
+                               "not be levelled (its vertical edges do not settle on one tilt); it is predicted as it "
+                               "is. Level it in the camera's app or in an editor that levels panoramas.")
+                else:
+                    warn_input(f"{which} looks taken by a camera tilted by about {tilted:.0f} degrees (its vertical "
+                               "edges lean); the network was trained on level panoramas. Level it: --level "
+                               "(predict(..., level=True)) or the camera app's horizon levelling.")
             net_input = rgb if tilt is None else _levelled_input(rgb, tilt, resolution)
             out = infer(model, net_input, resolution, seam_pad=seam_pad, device=dev, precision=precision)
             mask_at = model.cfg.range_threshold if threshold is None else threshold

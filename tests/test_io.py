@@ -1100,3 +1100,13 @@ def test_transparency_is_read_by_mode_not_band_name():
     rgba.putalpha(Image.fromarray(np.where(np.arange(32)[:, None] < 16, 0, 255).astype(np.uint8).repeat(64, 1)))
     for image in (rgba, rgba.convert("RGBa"), rgba.convert("LA"), rgba.convert("LA").convert("La")):
         assert "50% of it is transparent" in io.transparency_note(image), image.mode
+
+
+def test_a_jpeg_with_a_preview_is_not_called_an_animation(tmp_path):
+    """An MPO JPEG (a preview or an HDR gain map beside the photo) was "2 frames (an animation or a multi-page
+    image)", with advice to save the frames apart."""
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 128, 3), dtype=np.uint8))
+    photo.save(tmp_path / "mpo.jpg", format="MPO", save_all=True, append_images=[photo.resize((32, 16))])
+    assert Image.open(tmp_path / "mpo.jpg").format == "MPO" and Image.open(tmp_path / "mpo.jpg").n_frames == 2
+    rgb, notes = io.read_rgb_notes(tmp_path / "mpo.jpg")
+    assert rgb.shape == (64, 128, 3) and notes == []

@@ -699,7 +699,8 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
         notes = []
-        if (frames := int(getattr(img, "n_frames", 1))) > 1:
+        # a JPEG's further MPO images are a preview, an HDR gain map or a stereo view of the one photo: not frames
+        if (frames := int(getattr(img, "n_frames", 1))) > 1 and img.format != "MPO":
             notes.append(f"the file holds {frames} frames (an animation or a multi-page image); only the first is "
                          "predicted. Save the frames as separate images, or a video as .mp4, to predict them all")
         if note := transparency_note(img):

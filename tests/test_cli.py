@@ -588,6 +588,19 @@ def test_a_short_write_without_an_error_number_is_said_as_a_full_disk(d, tmp_pat
                       "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
     assert code == 1
     _check_one_line(err, "predict", ["no space left on device", "free"])
+    # under a file size limit (ulimit -f) the same words may be that limit: said with both (was "no space left")
+    import argparse
+
+    import dap.cli
+    from dap.cli import _os_error
+
+    monkeypatch.setattr(dap.cli, "_file_size_limit", lambda: 768000)
+    code, err = _run(["predict", str(d / "pano.png"), "--checkpoint", str(d / "ckpt"), "--resolution", "32x64",
+                      "--out", str(tmp_path / "out"), "--outputs", "npy"], capsys)
+    _check_one_line(err, "predict", ["a file was cut short", "size limit (768000 bytes, ulimit -f) or a full disk"])
+    assert _os_error(OSError(errno.EFBIG, "File too large", "o/x.npy"), argparse.Namespace(out="o")) == (
+        "a file would pass this process's file size limit (768000 bytes), o/x.npy; raise it (ulimit -f unlimited) or "
+        "choose another --out")
 
 
 @pytest.mark.parametrize("filename", [None, "out/pano.npy", "out/.pano.npy.0123456789ab.tmp.npy"])

@@ -276,12 +276,29 @@ def _os_error(e: OSError, args: argparse.Namespace) -> str:
     option = next((f"--{name}" for name in ("out", "pool", "work") if getattr(args, name, None)), "")
     option = "output folder" if getattr(args, "command", None) == "convert" else option  # its `out` is positional
     other = f" or choose another {option}" if option else ""
+    limit = _file_size_limit()
+    if e.errno == errno.EFBIG:
+        return (f"a file would pass this process's file size limit{f' ({limit} bytes)' if limit else ''}{at}; raise it "
+                f"(ulimit -f unlimited){other}")
+    if limit and re.search(r"\d+ requested and \d+ written", str(e)):
+        return (f"a file was cut short{at}: this process's file size limit ({limit} bytes, ulimit -f) or a full "
+                f"disk; raise the limit (ulimit -f unlimited) or free some space{other}")
     if e.errno in (errno.ENOSPC, errno.EDQUOT) or re.search(r"\d+ requested and \d+ written", str(e)):
-        # (the second: numpy's words for a short write, with no error number: a full disk or a file size limit)
+        # (the second: numpy's words for a short write, with no error number; with no file size limit, a full disk)
         return f"no space left on device{at}; free some space{other}"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return f"{(e.strerror or 'permission denied').lower()}{at}; check the permissions{other}"
     return f"{(e.strerror or str(e)).lower()}{at}; check the path and that the disk is healthy"
+
+
+def _file_size_limit() -> int | None:
+    """This process's largest file in bytes (`ulimit -f`), None when unlimited or unknown (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _stdout_closed() -> bool:

@@ -98,6 +98,7 @@ def _download(entry: RegisteredModel) -> Path:
     cached = huggingface_hub.try_to_load_from_cache(entry.repo_id, entry.filename)
     if isinstance(cached, str):
         return Path(cached)
+
     def not_here(why: str) -> CheckpointError:
         return CheckpointError(
             f"{entry.name}: {where} is not in the Hugging Face cache and cannot be downloaded now ({why} fetch it on "

@@ -1134,3 +1134,15 @@ def test_status_says_when_there_is_nothing_to_plot(tmp_path, capsys):
     write_manifest(tmp_path, [{**empty_row(), "id": "00", "status": "rejected", "reason": "too small"}])
     assert main(["curate", "status", "--pool", str(tmp_path), "--plots", str(tmp_path / "plots")]) == 0
     assert "nothing to plot in" in capsys.readouterr().err  # was: no output, no file, exit 0
+
+
+def test_a_set_override_of_one_training_key_keeps_the_stages_other_keys():
+    """`dap curate run --set stage1.set.run.steps=2` nested {"run": {"steps": 2}} in the stage's overrides, which
+    replaced its whole run section: ckpt_every 20 -> 500, val_every 0 -> 500, silently."""
+    from dap.curation.pipeline import load_curate_config, stage_train_config
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "curate_tiny.yaml"
+    cfg = load_curate_config(config, ["stage1.set.run.steps=2"])
+    tc = stage_train_config(cfg, cfg.stage1, None)
+    assert (tc.run.steps, tc.run.ckpt_every, tc.run.val_every, tc.run.log_every) == (2, 20, 0, 10)
+    assert tc.data.height == 128 and tc.optim.lr_head == 1.0e-4

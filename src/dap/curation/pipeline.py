@@ -199,15 +199,21 @@ def _check_init(init: str, name: str, stages: tuple[str, ...], base: Path, confi
                        "model name, a checkpoint path, or stage1/stage2 for an earlier stage's model")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    """A nested config as one level of dotted keys (lists as JSON text), as a state file records it."""
+def _dotted(d: dict, prefix: str = "") -> dict:
+    """A nested mapping as one level of dotted keys ({"run": {"steps": 2}} -> {"run.steps": 2}); lists as they are."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(_dotted(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+            out[f"{prefix}{k}"] = v
     return out
+
+
+def _flat(d: dict) -> dict:
+    """A nested config as one level of dotted keys (lists as JSON text), as a state file records it."""
+    return {k: json.dumps(v, sort_keys=True) if isinstance(v, (list, tuple, dict)) else v
+            for k, v in _dotted(d).items()}
 
 
 def _shown(flat: dict, key: str) -> str:
@@ -254,7 +260,9 @@ def stage_train_config(cfg: CurateConfig, stage: StageTraining, pseudo: SourceCo
     model.init may name an earlier stage (stage1, stage2): its final model in `work` (fine-tuning chain)."""
     from dap.train import check_config, load_config
 
-    tc = load_config(_resolve(cfg, stage.config), [f"{k}={json.dumps(v)}" for k, v in stage.set.items()])
+    # dotted: `dap curate run --set stage1.set.run.steps=2` nests {"run": {"steps": 2}} in `set`, which as one
+    # override would replace the whole run section (its val_every, ckpt_every, ... back to the defaults)
+    tc = load_config(_resolve(cfg, stage.config), [f"{k}={json.dumps(v)}" for k, v in _dotted(stage.set).items()])
     tc.data.sources = _sources(cfg, cfg.labeled)
     if pseudo is not None:
         pseudo.ratio = stage.pseudo_ratio * sum(s.ratio for s in tc.data.sources)

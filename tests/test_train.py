@@ -837,8 +837,15 @@ def test_a_validation_source_that_reads_training_data_is_named():
         "validation is no held-out measure (give it another split, e.g. split: val, or other seeds)"]
     assert validation_overlaps(cfg_with("data.sources=[{kind: folder, path: /d}]",
                                         "data.val=[{kind: folder, path: /d, split: val}]")) == []
-    assert len(validation_overlaps(cfg_with("data.val=[{kind: rooms, size: 4, seed: 6}]"))) == 1  # seeds 0-7
-    assert validation_overlaps(cfg_with("data.val=[{kind: rooms, size: 4, seed: 8}]")) == []
+    # rooms: room i comes from the generator of (seed, i), so another seed is other rooms (seed 6 was said to
+    # overlap training seed 0's size 8, as if rooms were seed + i, and named a stale path)
+    rooms = "data.sources=[{kind: rooms, size: 8, seed: 0, path: data/x}]"
+    assert validation_overlaps(cfg_with(rooms, "data.val=[{kind: rooms, size: 4, seed: 6}]")) == []
+    said = validation_overlaps(cfg_with(rooms, "data.val=[{kind: rooms, size: 4, seed: 0, path: data/x}]"))
+    assert said[0].startswith("data.val[0] (rooms seed 0, split train) reads the panoramas of data.sources[0]")
+    synthetic = "data.sources=[{kind: synthetic, size: 8, seed: 0}]"  # panorama i renders seed + i
+    assert len(validation_overlaps(cfg_with(synthetic, "data.val=[{kind: synthetic, size: 4, seed: 6}]"))) == 1
+    assert validation_overlaps(cfg_with(synthetic, "data.val=[{kind: synthetic, size: 4, seed: 8}]")) == []
 
 
 def test_a_loss_cap_beyond_the_models_reach_gets_a_note(tmp_path, capsys):

@@ -535,12 +535,17 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[s
     def same(v: SourceConfig, vs: str, t: SourceConfig, ts: str) -> bool:
         if v.kind != t.kind:
             return False
-        if v.kind in ("synthetic", "rooms"):
+        if v.kind == "synthetic":  # panorama i renders seed + i
             return v.seed < t.seed + t.size and t.seed < v.seed + v.size
+        if v.kind == "rooms":  # room i draws from the generator of (seed, i): other seeds, other rooms
+            return v.seed == t.seed
         return (os.path.realpath(v.path or "") == os.path.realpath(t.path or "") and v.dataset == t.dataset
                 and (vs == ts or "all" in (vs, ts)))
 
-    return [f"data.val[{i}] ({v.kind} {v.path or f'seeds {v.seed}+'}, split {vs}) reads the panoramas of "
+    def shown(v: SourceConfig) -> str:
+        return {"synthetic": f"seeds {v.seed}+", "rooms": f"seed {v.seed}"}.get(v.kind, v.path)
+
+    return [f"data.val[{i}] ({v.kind} {shown(v)}, split {vs}) reads the panoramas of "
             f"data.sources[{j}], which the run trains on: its validation is no held-out measure (give it another "
             "split, e.g. split: val, or other seeds)"
             for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True))

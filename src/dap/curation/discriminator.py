@@ -8,7 +8,7 @@ real scans) take the prediction's value in both, so holes carry no signal. Depth
 same way for both.
 
 Network: four 4x4 convolutions (stride 2, 2, 2, 1; 32-64-128-256 channels, instance norm, LeakyReLU 0.2)
-and a 3x3 convolution to one logit per patch (each sees ~46x46 input pixels); padding wraps around the
+and a 3x3 convolution to one logit per patch (each sees ~62x62 input pixels); padding wraps around the
 0/360 degree seam and replicates at the poles. The image score is P(real) averaged over patches, each
 weighted by its solid angle (cos latitude), so the stretched polar rows of ERP do not dominate.
 """

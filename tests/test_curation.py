@@ -1110,7 +1110,12 @@ def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labe
     assert (tmp_path / "plots" / "contact_sheet_disc.png").is_file()
     with pytest.raises(DatasetLayoutError, match=r"1 stage1 label file\(s\) that the manifest of .* names are gone "
                                                  rf"\(e\.g\. labels/stage1/{rows[1]['id']}\.npz\): run `dap curate "
-                                                 "label --pool"):
+                                                 "label --pool .* --model <the model that made the others>`"):
+        select_pool(pool, {"indoor": 2})
+    # the settings the others were made with, which the new ones must match (a bare command was refused)
+    (pool / "labels" / "stage1" / "settings.json").write_text('{"model": "x", "resolution": [64, 128], "tta": false}')
+    with pytest.raises(DatasetLayoutError, match=r"--model <the model that made the others> --resolution 64x128 "
+                                                 "--no-tta` to make them again, then score and select"):
         select_pool(pool, {"indoor": 2})
     with pytest.raises(DatasetLayoutError, match="are gone .* then train"):
         PseudoLabelDataset(pool, "stage1", selected_only=True)

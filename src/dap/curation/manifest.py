@@ -14,6 +14,7 @@ labeling, scoring and selection. Labeling ranks only write label files; rank 0 m
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from collections.abc import Iterator
@@ -174,9 +175,15 @@ def check_labels_present(pool: Path, rows: list[dict], stage: str, step: str) ->
     one it reads (training: hours in), or leave them out without saying so."""
     if lost := lost_labels(pool, rows, stage):
         again = f" --stage {stage}" if stage != "stage1" else ""
+        try:  # how the others were made, which the new ones must match (`dap curate label` refuses other settings)
+            made = json.loads((pool / "labels" / stage / "settings.json").read_text())
+            h, w = made["resolution"]
+            again += f" --resolution {h}x{w}" + ("" if made.get("tta", True) else " --no-tta")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         raise DatasetLayoutError(f"{len(lost)} {stage} label file(s) that the manifest of {pool} names are gone (e.g. "
-                                 f"{lost[0][f'{stage}_label']}): run `dap curate label --pool {pool}{again}` to make "
-                                 f"them again, then {step}")
+                                 f"{lost[0][f'{stage}_label']}): run `dap curate label --pool {pool} --model <the "
+                                 f"model that made the others>{again}` to make them again, then {step}")
 
 
 def write_manifest(pool: str | os.PathLike, rows: list[dict]) -> Path:

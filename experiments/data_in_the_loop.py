@@ -10,7 +10,7 @@ the curation config configs/default_model.yaml, once per seed, and four models a
   (c) A + discriminator-selected pseudo-labels = stage 2 (Realism-Invariant Labeler)
   (d) the full three stages                   = the final model (A + every stage-3 pseudo-label)
 on held-out synthetic panoramas of the seen style (photo) and of an unseen one (clean), plus a contact sheet of the
-real panoramas: input | (a) | (d).
+real panoramas: input | bundled model | (a) | (d).
 
 Steps (each skipped once done; rerun the same command after an interruption, training resumes from checkpoints):
   render  A (train), val_photo, val_clean (both held out from training) and val_disc (the discriminator's GT)

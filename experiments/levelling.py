@@ -62,9 +62,9 @@ def main() -> None:
     print("| scenes | extra tilt | as taken | levelled | tilt left after levelling (median, max) |")
     print("|---|---|---|---|---|")
     for (kind, extra), row in sorted(rows.items()):
-        left = np.array(row["left"])
-        print(f"| {kind} | {extra} deg | {np.mean(row['as taken']):.4f} | {np.mean(row['levelled']):.4f} | "
-              f"{np.median(left):.1f}, {left.max():.1f} deg |")
+        left = np.array(row["left"])  # empty where no scene of the group could be levelled
+        after = f"{np.median(left):.1f}, {left.max():.1f} deg" if left.size else "none levelled"
+        print(f"| {kind} | {extra} deg | {np.mean(row['as taken']):.4f} | {np.mean(row['levelled']):.4f} | {after} |")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Benchmark loaders on tiny fixtures written in each dataset's real on-disk encoding."""
 
 import math
+import shutil
 
 import cv2
 import numpy as np
@@ -79,6 +80,16 @@ def test_stanford_test_split_units_and_invalid(tmp_path):
     )
     listed = Stanford2D3D(tmp_path, split_file=tmp_path / "list.txt")
     assert [it.name for it in listed.items] == ["area_5b/camera_2abc_office_2_frame_equirectangular_domain"]
+    # UniFuse's own list names other folders (rgb_/): the same name (was area_5b/rgb_/<stem>, so saved predictions
+    # named as the docs say were not found)
+    unifuse = tmp_path / "area_5b" / "rgb_"
+    unifuse.mkdir()
+    shutil.copy(tmp_path / "area_5b/pano/rgb/camera_2abc_office_2_frame_equirectangular_domain_rgb.png", unifuse)
+    (tmp_path / "unifuse.txt").write_text(
+        "area_5b/rgb_/camera_2abc_office_2_frame_equirectangular_domain_rgb.png "
+        "area_5b/pano/depth/camera_2abc_office_2_frame_equirectangular_domain_depth.png\n")
+    assert [it.name for it in Stanford2D3D(tmp_path, split_file="unifuse.txt").items] == [
+        "area_5b/camera_2abc_office_2_frame_equirectangular_domain"]
 
 
 def test_stanford_layout_errors(tmp_path):
@@ -138,6 +149,10 @@ def test_matterport_stitched_png_and_pano3d_exr(tmp_path):
     pano3d = Matterport3D(tmp_path)
     assert [it.rgb.name for it in pano3d.items] == ["v1_color_0_Left_Down_0.0.png", "v2_color_0_Left_Down_0.0.png"]
     assert np.array_equal(pano3d[0]["depth"], b["depth"])
+    # every render found is no test split: recorded as all (was "test", or any name asked, all scored alike)
+    assert pano3d.split == "all" and pano3d.expected_size is None
+    with pytest.raises(DatasetLayoutError, match="unknown split 'no_such_split': a folder of Pano3D renders"):
+        Matterport3D(tmp_path, "no_such_split")
 
 
 def test_matterport_layout_error_names_split_file(tmp_path):
@@ -194,6 +209,8 @@ def test_deep360_loader_converts_cassini_npz(tmp_path):
         write_rgb(d / "rgb" / "000001_12_rgb1.png", np.full((hc, wc, 3), 0.25, np.float32))
     ds = Deep360(tmp_path)
     assert len(ds) == 2 and ds.expected_size == 600
+    testing = Deep360(tmp_path, "testing")  # the folder's name for it: the same split, recorded as test
+    assert testing.split == "test" and testing.expected_size == 600
     s = ds[0]
     assert s["name"] == "ep1_500frames/000001"
     assert s["rgb"].shape == (W, 2 * W, 3) and np.allclose(s["rgb"], 0.25, atol=1 / 255)

@@ -733,7 +733,7 @@ def test_a_plain_folder_skips_hidden_files_and_has_no_splits(tmp_path, capsys):
     shutil.copy(tmp_path / "data" / "rgb" / "s0.png", tmp_path / "data" / "rgb" / "._s0.png")
     ds = FolderDataset(tmp_path / "data", split="val")
     assert [it.name for it in ds.items] == ["s0", "s1"] and ds.split == "all"
-    with pytest.raises(DatasetLayoutError, match="unknown split 'foo': this dataset has no splits"):
+    with pytest.raises(DatasetLayoutError, match="unknown split 'foo': a plain folder has no splits"):
         FolderDataset(tmp_path / "data", split="foo")
     (tmp_path / "data" / "manifest.csv").write_text("rgb,depth\nrgb/s0.png,depth/s0.npy\n")  # no split column
     assert FolderDataset(tmp_path / "data", split="test").split == "all"
@@ -753,3 +753,23 @@ def test_metrics_json_is_strict_json_and_no_max_depth_is_no_cap(tmp_path):
 
     saved = json.loads((tmp_path / "metrics.json").read_text(), parse_constant=refuse)
     assert saved["protocols"]["metric"]["per_image_mean"]["pole_abs_rel"] is None
+
+
+def test_the_split_file_read_is_the_one_recorded(tmp_path, monkeypatch):
+    """--split-file relative to the root: the cache key recorded it resolved against the current folder (a file
+    that is not there, and another one from another folder, refusing the cache), metrics.json not at all."""
+    from dap.cli.eval import _read_split_file
+    from dap.data.datasets import Matterport3D
+
+    root = tmp_path / "mp3d"
+    write_rgb(root / "s" / "p_rgb.png", np.full((8, 16, 3), 0.5, np.float32))
+    write_depth(root / "s" / "p_depth.png", np.full((8, 16), 1.5, np.float32), scale=1 / 4000)
+    (root / "mine.txt").write_text("s/p_rgb.png s/p_depth.png\n")
+    write_depth(tmp_path / "preds" / "s" / "p_rgb.npy", np.full((8, 16), 1.5, np.float32))
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--dataset", "matterport3d", "--root", str(root), "--split-file", "mine.txt",
+                 "--predictions", str(tmp_path / "preds"), "--out", str(tmp_path / "e")]) == 0
+    config = json.loads((tmp_path / "e" / "metrics.json").read_text())["config"]
+    assert config["split_file"] == str(root / "mine.txt")
+    args = type("Args", (), {"split_file": "mine.txt"})()
+    assert _read_split_file(Matterport3D(root, split_file="mine.txt"), args) == str((root / "mine.txt").resolve())

@@ -633,6 +633,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
             "dataset": getattr(dataset, "name", type(dataset).__name__),
             "root": str(getattr(dataset, "root", "")),
             "split": getattr(dataset, "split", None),
+            "split_file": str(dataset.split_file) if getattr(dataset, "split_file", None) else None,
             "source": str(predictions_dir) if predictions_dir is not None else "model",
             **({"cache_key": cache_key} if cache_key else {}),
         },

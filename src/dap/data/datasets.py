@@ -61,6 +61,16 @@ class PanoDataset:
             shown = "\n  ".join(str(p) for p in missing[:3])
             raise self.layout_error(f"{len(missing)} listed files are missing, e.g.\n  {shown}\n")
 
+    def _unsplit(self, items: list[Item], why: str) -> list[Item]:
+        """Every sample of a collection without splits, which is then split 'all' whatever it was asked as (as a
+        `dap synth` folder); a name that is no split at all is refused, as it would have scored everything under
+        that name. `why`: what has no splits, for the message."""
+        if self.split not in ("test", "val", "train", "all"):
+            raise self.layout_error(f"unknown split '{self.split}': {why} has no splits, so every sample is scored; "
+                                    "leave --split out or pass all")
+        self.split = "all"
+        return items
+
     @property
     def expected_size(self) -> int | None:
         return self.expected_sizes.get(self.split)
@@ -188,15 +198,9 @@ class Stanford2D3D(PanoDataset):
         super().__init__(root, split)
 
     def _index(self) -> list[Item]:
-        if self.split_file is not None:
-            return [
-                Item(
-                    _strip_suffix(r).replace("/pano/rgb/", "/").removesuffix("_rgb"),
-                    self.root / r,
-                    self.root / d,
-                )
-                for r, d in _read_pair_list(self.split_file)
-            ]
+        if self.split_file is not None:  # named as found without a list, whatever folders it uses (UniFuse: rgb_/)
+            return [Item(f"{Path(r).parts[0]}/{_strip_suffix(Path(r).name).removesuffix('_rgb')}", self.root / r,
+                         self.root / d) for r, d in _read_pair_list(self.split_file)]
         if self.split == "all":
             areas = sorted(p.name for p in self.root.glob("area_*") if p.is_dir())
         elif self.split in self.AREAS:
@@ -263,7 +267,8 @@ class Matterport3D(PanoDataset):
                 f"found neither a split file ({', '.join(p.name for p in candidates)}) nor Pano3D "
                 "'*_depth*.exr' renders"
             )
-        return items
+        # every render found, training buildings too: not the test split, whatever --split said
+        return self._unsplit(items, "a folder of Pano3D renders without a split file")
 
     def load_depth(self, path: Path) -> np.ndarray:
         if path.suffix.lower() == ".png":
@@ -333,6 +338,8 @@ class Deep360(PanoDataset):
         if self.split not in self.SPLITS:
             raise self.layout_error(f"unknown split '{self.split}' (use test, val or train)")
         sub = self.SPLITS[self.split]
+        # recorded (and its size compared) by one name: "testing" is the split "test" is
+        self.split = {"testing": "test", "validation": "val", "training": "train"}.get(self.split, self.split)
         episodes = sorted(p for p in self.root.glob("ep*_500frames") if p.is_dir())
         if not episodes:
             raise self.layout_error("no ep*_500frames folders")
@@ -427,7 +434,7 @@ class FolderDataset(PanoDataset):
     def _index(self) -> list[Item]:
         manifest = self._manifest_path()
         if manifest is None:
-            return self._unsplit(self._index_folder())
+            return self._unsplit(self._index_folder(), "a plain folder")
         rows = _read_table(manifest)
         if not rows:  # a header alone: its columns may be right, but it lists nothing to score
             raise self.layout_error(f"the manifest {manifest.name} lists no samples (no rows under its header); add a "
@@ -458,17 +465,7 @@ class FolderDataset(PanoDataset):
         if not items and splits:
             raise self.layout_error(f"the manifest {manifest.name} has no rows of split '{self.split}'; its splits "
                                     f"are {', '.join(repr(v) for v in sorted(splits))} (pass one of them, or all)")
-        return items if "split" in rows[0] else self._unsplit(items)
-
-    def _unsplit(self, items: list[Item]) -> list[Item]:
-        """Every sample of a collection without splits (a plain folder, a manifest without a split column), which is
-        then split 'all' whatever it was asked as (as a `dap synth` folder); a name that is no split at all is
-        refused, as it would have scored everything under that name."""
-        if self.split not in ("test", "val", "train", "all"):
-            raise self.layout_error(f"unknown split '{self.split}': this dataset has no splits (no split column in a "
-                                    "manifest), so every sample is scored; leave --split out or pass all")
-        self.split = "all"
-        return items
+        return items if "split" in rows[0] else self._unsplit(items, "a manifest without a split column")
 
     def _index_folder(self) -> list[Item]:
         rgb_dir, depth_dir = self.root / "rgb", self.root / "depth"

@@ -153,7 +153,9 @@ def test_ingest_tags_by_path_or_name_and_says_what_they_did_not_do(tmp_path, cap
     assert {r["domain"] for r in read_manifest(pool)} == {"outdoor"}
     assert "tags 1 file name(s) that several files of this ingest have" in capsys.readouterr().err
     for text, problem in [("file,domain\na.png,indoor\na.png,outdoor\n", "line 3: a.png is tagged both indoor and"),
-                          ("file,domain\na.png,kitchen\n", "line 2: domain 'kitchen' for 'a.png' is not indoor")]:
+                          ("file,domain\na.png,kitchen\n", "line 2: domain 'kitchen' for 'a.png' is not indoor"),
+                          ("file,domain\nin/a.png,indoor\na.png,outdoor\n",  # the path won, silently
+                           r"in/a.png is tagged indoor by its path and outdoor by its name a.png; keep one")]:
         tags.write_text(text)
         with pytest.raises(DapError, match=problem):
             ingest([str(tmp_path / "in")], pool, IngestOptions(min_width=SMALL, tags=str(tags)), progress=False)

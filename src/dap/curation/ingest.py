@@ -187,6 +187,10 @@ def read_tags(path: str | os.PathLike) -> Tags:
         if table.get(name, d) != d:
             raise DapError(f"{p}, line {line}: {name} is tagged both {table[name]} and {d}; keep one")
         table[name] = d
+    for path, d in tags.by_path.items():  # by its path and by its bare name, otherwise (the path won, silently)
+        if tags.by_name.get(Path(path).name, d) != d:
+            raise DapError(f"{p}: {path} is tagged {d} by its path and {tags.by_name[Path(path).name]} by its name "
+                           f"{Path(path).name}; keep one")
     return tags
 
 

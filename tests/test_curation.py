@@ -1153,3 +1153,15 @@ def test_a_set_override_of_one_training_key_keeps_the_stages_other_keys():
     tc = stage_train_config(cfg, cfg.stage1, None)
     assert (tc.run.steps, tc.run.ckpt_every, tc.run.val_every, tc.run.log_every) == (2, 20, 0, 10)
     assert tc.data.height == 128 and tc.optim.lr_head == 1.0e-4
+
+
+def test_an_unreadable_pseudo_label_says_how_to_make_it_again(tmp_path):
+    """An emptied label file was an EOFError traceback (a text file: numpy's pickle advice) in label's merge, score,
+    status and training."""
+    from dap.errors import UnreadableFileError
+
+    for content in (b"", b"not a label"):
+        (tmp_path / "x.npz").write_bytes(content)
+        with pytest.raises(UnreadableFileError, match=r"the pseudo-label .*x.npz cannot be read .*delete it and run "
+                                                      "`dap curate label` again"):
+            load_label(tmp_path / "x.npz")

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from dap.errors import DatasetLayoutError
+from dap.errors import DatasetLayoutError, UnreadableFileError
 from dap.io import atomic_write, utf8_text
 
 MANIFEST = "manifest.parquet"
@@ -208,8 +209,14 @@ def save_label(path: Path, depth: np.ndarray, prob: np.ndarray, **scores: float)
 
 
 def load_label(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    """A pseudo-label's arrays; a file that cannot be read (emptied, cut short, not ours) raises a DapError that
+    says how to make it again (was EOFError or numpy's pickle advice, from label, score, status and training)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise UnreadableFileError(f"the pseudo-label {path} cannot be read ({type(e).__name__}: {e}); delete it and "
+                                  "run `dap curate label` again, which makes the missing ones") from e
 
 
 class PseudoLabelDataset(torch.utils.data.Dataset):

@@ -1165,3 +1165,33 @@ def test_an_unreadable_pseudo_label_says_how_to_make_it_again(tmp_path):
         with pytest.raises(UnreadableFileError, match=r"the pseudo-label .*x.npz cannot be read .*delete it and run "
                                                       "`dap curate label` again"):
             load_label(tmp_path / "x.npz")
+
+
+def test_select_says_which_labelled_rows_it_could_not_rank(tmp_path, capsys):
+    """Rows labelled after `dap curate score` have no discriminator score: --keep indoor=0.5 took half of the scored
+    rows only (4 of 8 kept where 12 were labelled), without a word."""
+    from dap.curation.label import label_path, merge_labels
+    from dap.curation.selection import select_pool
+
+    pool = tmp_path / "pool"
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg", "image": f"images/{i}.jpg"}
+            for i in range(4)]
+    for r in rows:
+        write_rgb(pool / r["image"], np.random.default_rng(0).uniform(0, 1, (16, 32, 3)))
+        save_label(pool / label_path("stage1", r["id"]), np.ones((16, 32)), np.zeros((16, 32)), sky_fraction=0.0,
+                   mask_certainty=0.9, tta_absrel=0.1)
+    write_manifest(pool, rows)
+    merge_labels(pool, "stage1", 0.2)
+    rows = read_manifest(pool)
+    for r in rows[:3]:
+        r["disc_score"] = 0.5
+    write_manifest(pool, rows)
+    domain = rows[0]["domain"]
+    assert select_pool(pool, {domain: 2}) == {domain: 2}
+    assert (f"dap curate select: note: labelled rows without a disc score were not ranked ({domain} 1); run `dap "
+            "curate score`") in capsys.readouterr().err
+    for r in rows:
+        r["disc_score"] = 0.5
+    write_manifest(pool, rows)
+    select_pool(pool, {domain: 2})
+    assert "note" not in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +106,13 @@ def keep_count(n: int, keep: float) -> int:
     return min(n, round(keep * n) if keep < 1 else int(keep))
 
 
+def _selection_score(row: dict, score: str) -> float:
+    """The row's value for `score`, NaN where it lacks one (disc_tta: either part)."""
+    parts = ("disc", "tta") if score == "disc_tta" else (score,)
+    values = [_ranking_value(row, part) for part in parts]
+    return math.nan if not all(math.isfinite(v) for v in values) else sum(values)
+
+
 def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") -> dict[str, int]:
     """Mark `selected` on the best rows of each domain: keep[domain] is a fraction (< 1) or a count (>= 1).
 
@@ -153,4 +161,11 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
         check_labels_present(pool, rows, "stage1", "score and select")  # or train on rows without one
         counts = select_top_k(rows, keep, score)
         write_manifest(pool, rows)
+        # labelled since the last `dap curate score`: the fraction was taken of the scored rows only, without a word
+        unscored = {d: sum(r["status"] == "ok" and r["domain"] == d and bool(r["stage1_label"])
+                           and not math.isfinite(_selection_score(r, score)) for r in rows) for d in keep}
+        if sum(unscored.values()):
+            shown = ", ".join(f"{d} {n}" for d, n in unscored.items() if n)
+            print(f"dap curate select: note: labelled rows without a {score} score were not ranked ({shown}); run "
+                  "`dap curate score` (or label with TTA) and select again to rank them too", file=sys.stderr)
         return counts

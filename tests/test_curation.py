@@ -1195,3 +1195,10 @@ def test_select_says_which_labelled_rows_it_could_not_rank(tmp_path, capsys):
     write_manifest(pool, rows)
     select_pool(pool, {domain: 2})
     assert "note" not in capsys.readouterr().err
+    # scored again (another discriminator): the selection by the earlier scores stays, said (was silent)
+    from dap.curation.selection import score_pool
+
+    disc = D.DepthDiscriminator(D.DiscriminatorConfig(height=16, width=32, channels=4)).eval()
+    score_pool(pool, disc, progress=False)
+    assert ("dap curate score: note: 2 selected row(s) were selected by the earlier scores, which changed; run `dap "
+            "curate select` again") in capsys.readouterr().err

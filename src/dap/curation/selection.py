@@ -68,10 +68,16 @@ def score_pool(pool: str | os.PathLike, model: DepthDiscriminator, stage: str = 
         merged: dict[str, float] = {}
         for r in range(d.world):
             merged.update(json.loads((pool / "scores" / f"{stage}-rank{r}-of-{d.world}.json").read_text()))
+        # a selection ranked by the earlier scores stays as it was (kept, as the user's): said, so it is made again
+        stale = sum(bool(row["selected"]) and math.isfinite(row["disc_score"])
+                    and row["disc_score"] != merged[row["id"]] for row in rows if row["id"] in merged)
         for row in rows:
             if row["id"] in merged:
                 row["disc_score"] = merged[row["id"]]
         write_manifest(pool, rows)
+        if stale:
+            print(f"dap curate score: note: {stale} selected row(s) were selected by the earlier scores, which "
+                  "changed; run `dap curate select` again to select by these", file=sys.stderr)
         return len(merged)
 
 

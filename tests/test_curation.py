@@ -541,6 +541,20 @@ def test_a_pool_image_deleted_since_ingest_is_rejected_by_labelling_and_restored
     ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
     assert [r["status"] for r in read_manifest(pool)] == ["ok", "ok", "ok"]
     assert all((pool / r["image"]).stat().st_size > 0 for r in read_manifest(pool))
+    # one cut short: it stopped the labelling of the whole pool (the others' labels never merged), and ingest
+    # answered "already in the pool"
+    image = pool / rows[0]["image"]
+    image.write_bytes(image.read_bytes()[:200])
+    res = label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), tta=False),
+                     progress=False)
+    assert res["labelled_now"] == 1 and "1 rows of" in capsys.readouterr().err  # row 2 was labelled before
+    after = read_manifest(pool)
+    assert [r["status"] for r in after] == ["rejected", "ok", "ok"] and "cannot be read" in after[0]["reason"]
+    assert [bool(r["stage1_label"]) for r in after] == [False, True, True]
+    ingest([str(tmp_path / "src")], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    assert label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), tta=False),
+                      progress=False)["labelled_now"] == 1
+    assert [bool(r["stage1_label"]) for r in read_manifest(pool)] == [True, True, True]
 
 
 def test_every_step_that_writes_the_manifest_holds_the_pool(tmp_path, tiny_checkpoint):

@@ -61,13 +61,17 @@ class _PoolImages(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, k: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, k: int) -> tuple[int, bool, torch.Tensor]:
+        """(row, whether its stored image could be read, the network input; zeros where it could not)."""
         from dap.inference import prepare_input
         from dap.io import read_rgb
 
         i = self.indices[k]
-        rgb = read_rgb(self.pool / self.rows[i]["image"])
-        return i, prepare_input(rgb, self.resolution)[0]
+        try:
+            rgb = read_rgb(self.pool / self.rows[i]["image"])
+        except DapError:  # cut short since it was ingested: left unlabelled, rejected by the merge (one image, not
+            return i, False, torch.zeros(3, *self.resolution)  # the whole pool's labelling)
+        return i, True, prepare_input(rgb, self.resolution)[0]
 
 
 def _hemisphere_weights(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,13 +156,15 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         with tqdm(total=len(mine), desc=f"label {stage}" + (f" rank {d.rank}" if d.world > 1 else ""),
                   unit="pano", disable=not progress, dynamic_ncols=True) as bar:
             with loader_batches(loader) as batches:  # its workers stopped also after an unreadable image
-                for idx, x in batches:
+                for idx, readable, x in batches:
                     res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
                     for b, i in enumerate(idx.tolist()):
+                        if not readable[b]:
+                            continue
                         save_label(pool / label_path(stage, rows[i]["id"]), res["depth"][b].cpu().numpy(),
                                    res["prob"][b].cpu().numpy(),
                                    **{k: float(res[k][b]) for k in LABEL_SIGNALS})
-                    done += len(idx)
+                    done += int(readable.sum())
                     bar.update(len(idx))
         if d.world > 1:  # every rank has written its labels (a sync point), and the count is the run's
             count = torch.tensor([done], device=d.device)  # nccl reduces CUDA tensors only
@@ -195,6 +201,16 @@ def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
         tmp.write_text(json.dumps(settings, indent=1))
 
 
+def _readable(image: Path) -> bool:
+    from dap.io import read_rgb
+
+    try:
+        read_rgb(image)
+    except DapError:
+        return False
+    return True
+
+
 def stored_image(pool: Path, row: dict) -> bool:
     """Whether an accepted row's panorama is still in the pool (deleted or emptied since, it cannot be labelled)."""
     image = pool / row["image"]
@@ -213,6 +229,11 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
         if not stored_image(pool, r):  # nothing can be trained on it, labelled or not
             r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, is missing or empty (deleted "
                                                f"since it was ingested?); ingest {r['path']} again to restore it")
+            gone += 1
+            continue
+        if not (pool / rel).exists() and not _readable(pool / r["image"]):  # the labelling left it out
+            r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, cannot be read (cut short since "
+                                               f"it was ingested?); ingest {r['path']} again to restore it")
             gone += 1
             continue
         if not (pool / rel).exists():

@@ -1094,24 +1094,31 @@ def test_select_says_which_domains_keep_none(tmp_path, capsys):
     assert "indoor is given twice in 'indoor=1,indoor=2'" in capsys.readouterr().err
 
 
-def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labelled_again(tmp_path, capsys):
-    """The manifest kept naming a deleted label file: status counted it as labelled, select selected it and
-    training failed on it hours in. Now status counts it as gone, score/select/training refuse with the command
-    that makes it again, and a merge after labelling (where it was not made again) clears it."""
+def _labelled_pool(pool: Path, n: int) -> Path:
+    """A pool of n accepted rows of 16x32 noise with their stage-1 labels merged."""
     from dap.curation.label import label_path, merge_labels
-    from dap.curation.report import format_summary, status
-    from dap.curation.selection import select_pool
-    from dap.errors import DatasetLayoutError
 
-    pool = tmp_path / "pool"
     rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg", "image": f"images/{i}.jpg"}
-            for i in range(3)]
+            for i in range(n)]
     for r in rows:
         write_rgb(pool / r["image"], np.random.default_rng(0).uniform(0, 1, (16, 32, 3)))
         save_label(pool / label_path("stage1", r["id"]), np.ones((16, 32)), np.zeros((16, 32)), sky_fraction=0.0,
                    mask_certainty=0.9, tta_absrel=0.1)
     write_manifest(pool, rows)
     merge_labels(pool, "stage1", 0.2)
+    return pool
+
+
+def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labelled_again(tmp_path, capsys):
+    """The manifest kept naming a deleted label file: status counted it as labelled, select selected it and
+    training failed on it hours in. Now status counts it as gone, score/select/training refuse with the command
+    that makes it again, and a merge after labelling (where it was not made again) clears it."""
+    from dap.curation.label import merge_labels
+    from dap.curation.report import format_summary, status
+    from dap.curation.selection import select_pool
+    from dap.errors import DatasetLayoutError
+
+    pool = _labelled_pool(tmp_path / "pool", 3)
     rows = read_manifest(pool)
     for i, r in enumerate(rows):
         r.update(disc_score=0.5 + 0.1 * i, selected=True)
@@ -1184,18 +1191,9 @@ def test_an_unreadable_pseudo_label_says_how_to_make_it_again(tmp_path):
 def test_select_says_which_labelled_rows_it_could_not_rank(tmp_path, capsys):
     """Rows labelled after `dap curate score` have no discriminator score: --keep indoor=0.5 took half of the scored
     rows only (4 of 8 kept where 12 were labelled), without a word."""
-    from dap.curation.label import label_path, merge_labels
     from dap.curation.selection import select_pool
 
-    pool = tmp_path / "pool"
-    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "path": f"{i}.jpg", "image": f"images/{i}.jpg"}
-            for i in range(4)]
-    for r in rows:
-        write_rgb(pool / r["image"], np.random.default_rng(0).uniform(0, 1, (16, 32, 3)))
-        save_label(pool / label_path("stage1", r["id"]), np.ones((16, 32)), np.zeros((16, 32)), sky_fraction=0.0,
-                   mask_certainty=0.9, tta_absrel=0.1)
-    write_manifest(pool, rows)
-    merge_labels(pool, "stage1", 0.2)
+    pool = _labelled_pool(tmp_path / "pool", 4)
     rows = read_manifest(pool)
     for r in rows[:3]:
         r["disc_score"] = 0.5

@@ -771,5 +771,4 @@ def test_the_split_file_read_is_the_one_recorded(tmp_path, monkeypatch):
                  "--predictions", str(tmp_path / "preds"), "--out", str(tmp_path / "e")]) == 0
     config = json.loads((tmp_path / "e" / "metrics.json").read_text())["config"]
     assert config["split_file"] == str(root / "mine.txt")
-    args = type("Args", (), {"split_file": "mine.txt"})()
-    assert _read_split_file(Matterport3D(root, split_file="mine.txt"), args) == str((root / "mine.txt").resolve())
+    assert _read_split_file(Matterport3D(root, split_file="mine.txt")) == str((root / "mine.txt").resolve())

@@ -144,7 +144,7 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         "dataset": args.dataset,
         "root": str(Path(args.root).resolve()),
         "split": getattr(dataset, "split", args.split),  # the loader's name (every split of a synth folder is "all")
-        "split_file": _read_split_file(dataset, args),
+        "split_file": _read_split_file(dataset),
         "checkpoint": str(args.checkpoint),
         "model_sha256": model_fingerprint(model),
         "resolution": list(resolution),
@@ -155,8 +155,9 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
     return evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=sys.stderr.isatty())
 
 
-def _read_split_file(dataset, args: argparse.Namespace) -> str | None:
+def _read_split_file(dataset) -> str | None:
     """The split file the loader read (found under --root where --split-file is relative to it), not the option's
-    text resolved against the current folder, which named a file that is not there."""
+    text resolved against the current folder, which named a file that is not there. Every loader that takes
+    --split-file holds it (the others refuse the option)."""
     found = getattr(dataset, "split_file", None)
-    return str(Path(found).resolve()) if found else (str(Path(args.split_file).resolve()) if args.split_file else None)
+    return str(Path(found).resolve()) if found else None

@@ -29,6 +29,7 @@ from dap.curation.manifest import (
     LABEL_SIGNALS,
     STAGES,
     empty_pool_problem,
+    label_settings_path,
     load_label,
     pool_job,
     read_manifest,
@@ -184,8 +185,8 @@ def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
     from dap.inference import changed_keys
     from dap.io import atomic_write
 
-    folder = pool / "labels" / stage
-    path = folder / "settings.json"
+    path = label_settings_path(pool, stage)
+    folder = path.parent
     labels = any(folder.glob("*.npz")) if folder.is_dir() else False
     try:
         before = json.loads(path.read_text()) if path.is_file() else None
@@ -231,12 +232,13 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
                                                f"since it was ingested?); ingest {r['path']} again to restore it")
             gone += 1
             continue
-        if not (pool / rel).exists() and not _readable(pool / r["image"]):  # the labelling left it out
+        labelled_now = (pool / rel).exists()
+        if not labelled_now and not _readable(pool / r["image"]):  # the labelling left it out
             r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, cannot be read (cut short since "
                                                f"it was ingested?); ingest {r['path']} again to restore it")
             gone += 1
             continue
-        if not (pool / rel).exists():
+        if not labelled_now:
             if r[f"{stage}_label"]:  # merged once, its file deleted since (and not made again): no label now
                 r.update({f"{stage}_label": "", **{f"{stage}_{k}": math.nan for k in LABEL_SIGNALS}})
                 if stage == "stage1":  # made on that label

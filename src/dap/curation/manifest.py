@@ -171,13 +171,18 @@ def lost_labels(pool: Path, rows: list[dict], stage: str) -> list[dict]:
             if r["status"] == "ok" and r[f"{stage}_label"] and not (pool / r[f"{stage}_label"]).is_file()]
 
 
+def label_settings_path(pool: Path, stage: str) -> Path:
+    """Where `dap curate label` records the model, resolution and TTA a stage's labels were made with."""
+    return pool / "labels" / stage / "settings.json"
+
+
 def check_labels_present(pool: Path, rows: list[dict], stage: str, step: str) -> None:
     """Refuse a step that reads `stage` labels while some the manifest names are gone: it would fail on the first
     one it reads (training: hours in), or leave them out without saying so."""
     if lost := lost_labels(pool, rows, stage):
         again = f" --stage {stage}" if stage != "stage1" else ""
         try:  # how the others were made, which the new ones must match (`dap curate label` refuses other settings)
-            made = json.loads((pool / "labels" / stage / "settings.json").read_text())
+            made = json.loads(label_settings_path(pool, stage).read_text())
             h, w = made["resolution"]
             again += f" --resolution {h}x{w}" + ("" if made.get("tta", True) else " --no-tta")
         except (OSError, ValueError, KeyError, TypeError):

@@ -921,6 +921,7 @@ def predict(
 OUTPUT_SUFFIXES = {"npy": ".npy", "exr": ".exr", "png16": ".depth.png", "color": ".color.png", "mask": ".mask.png",
                    "normals": ".normals.png", "ply": ".ply", "glb": ".glb", "cubemap": ".cube"}
 OUTPUT_KINDS = tuple(OUTPUT_SUFFIXES)
+POINT_KINDS = frozenset({"ply", "glb"})  # the point clouds, which `point_stride` subsamples
 PNG16_SCALE = 1 / 512  # metres per unit of the 16-bit depth PNG (as Stanford2D3D): 0..128 m in 2 mm steps
 NAMING_RULE = ("Output names: each input's path relative to the folder all inputs share, without its extension "
                "(one folder or files from one folder: the file stems; a/pano.jpg b/pano.jpg: a/pano, b/pano). "
@@ -1244,7 +1245,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
     valid_depth = np.where(pred.range_mask, np.float32(0), pred.depth.astype(np.float32, copy=False))
     # computed from the depth on each access: once here for the outputs that share them
     normals = pred.normals if {"normals", "ply"} & paths.keys() else None
-    points = pred.points if {"ply", "glb"} & paths.keys() else None
+    points = pred.points if POINT_KINDS & paths.keys() else None
     for kind, path in paths.items():
         if kind == "npy" or kind == "exr":
             io.write_depth(path, valid_depth)
@@ -1261,7 +1262,7 @@ def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int
             io.write_mask_png(path, pred.range_mask)
         elif kind == "normals":
             io.write_normals_png(path, normals)
-        elif kind in ("ply", "glb"):
+        elif kind in POINT_KINDS:
             keep = ~pred.range_mask & (valid_depth > 0)
             keep &= _stride_mask(keep.shape, point_stride)
             kept, colors = points[keep], pred.rgb[keep]

@@ -28,6 +28,7 @@ from dap.inference import (
     NAMING_RULE,
     OUTPUT_KINDS,
     PNG16_SCALE,
+    POINT_KINDS,
     PRECISIONS,
     ScaleSmoother,
     blocked_folder,
@@ -194,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
                 "smooth_scale": args.smooth_scale,
                 # the smoothing runs over the frames predicted: another sampling gives other frames another scale
                 **({"every_s": args.every} if args.every and args.smooth_scale else {}),
-                "point_stride": args.point_stride if {"ply", "glb"} & set(kinds) else 1}
+                "point_stride": args.point_stride if POINT_KINDS & set(kinds) else 1}
     model = prepare_model(model, precision, in_place=True)  # once, not per panorama (int8 quantises here)
     # Two runs into one folder at once would both find no record for an input and mix their outputs
     with io.folder_lock(args.out, "dap predict"):
@@ -409,14 +410,13 @@ def _point_stride_where_it_counts(recorded: dict, expected: dict, paths: dict) -
     """(record, this run's record) with `point_stride` compared only where both make a point cloud (ply, glb): a
     strided PLY added to a folder of depth maps, or depth maps added beside it, was refused as "made differently".
     A run without a point cloud keeps the recorded stride (its point clouds stay listed)."""
-    points = {"ply", "glb"}
     listed = set(recorded.get("outputs", paths))  # a record without the list: taken as listing these
     old, new = recorded.get("settings", {}), expected["settings"]
-    if not points & paths.keys():
+    if not POINT_KINDS & paths.keys():
         kept = {k: v for k, v in new.items() if k != "point_stride"}  # absent from an old record: absent here
         return recorded, {**expected, "settings": kept | ({"point_stride": old["point_stride"]}
                                                           if "point_stride" in old else {})}
-    if not points & listed:
+    if not POINT_KINDS & listed:
         return {**recorded, "settings": {**old, "point_stride": new["point_stride"]}}, expected
     return recorded, expected
 

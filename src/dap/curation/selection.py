@@ -112,11 +112,15 @@ def keep_count(n: int, keep: float) -> int:
     return min(n, round(keep * n) if keep < 1 else int(keep))
 
 
-def _selection_score(row: dict, score: str) -> float:
-    """The row's value for `score`, NaN where it lacks one (disc_tta: either part)."""
+def _labelled(rows: list[dict], domain: str) -> list[dict]:
+    """The rows of `domain` a selection may keep: accepted, with a stage-1 label."""
+    return [r for r in rows if r["status"] == "ok" and r["domain"] == domain and r["stage1_label"]]
+
+
+def _scored(row: dict, score: str) -> bool:
+    """Whether the row has a finite value for `score` (disc_tta: both parts)."""
     parts = ("disc", "tta") if score == "disc_tta" else (score,)
-    values = [_ranking_value(row, part) for part in parts]
-    return math.nan if not all(math.isfinite(v) for v in values) else sum(values)
+    return all(math.isfinite(_ranking_value(row, part)) for part in parts)
 
 
 def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") -> dict[str, int]:
@@ -131,9 +135,9 @@ def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") 
     for r in rows:
         r["selected"] = False
     for domain, k in keep.items():
-        cand = [r for r in rows if r["status"] == "ok" and r["domain"] == domain and r["stage1_label"]]
-        if score == "disc_tta":  # ranks among the rows with both scores: a row without one had a finite sum
-            cand = [r for r in cand if all(math.isfinite(_ranking_value(r, part)) for part in ("disc", "tta"))]
+        # ranked among the rows with a score (disc_tta: both, else a row without one had a finite rank sum)
+        cand = [r for r in _labelled(rows, domain) if _scored(r, score)]
+        if score == "disc_tta":
             vals = {}
             for part in ("disc", "tta"):
                 v = np.array([_ranking_value(r, part) for r in cand], dtype=np.float64)
@@ -141,7 +145,6 @@ def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") 
             value = {r["id"]: float(vals["disc"][i] + vals["tta"][i]) for i, r in enumerate(cand)}
         else:
             value = {r["id"]: _ranking_value(r, score) for r in cand}
-        cand = [r for r in cand if math.isfinite(value[r["id"]])]
         cand.sort(key=lambda r: (-value[r["id"]], r["id"]))
         chosen = cand[:keep_count(len(cand), k)]
         for r in chosen:
@@ -168,8 +171,7 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
         counts = select_top_k(rows, keep, score)
         write_manifest(pool, rows)
         # labelled since the last `dap curate score`: the fraction was taken of the scored rows only, without a word
-        unscored = {d: sum(r["status"] == "ok" and r["domain"] == d and bool(r["stage1_label"])
-                           and not math.isfinite(_selection_score(r, score)) for r in rows) for d in keep}
+        unscored = {d: sum(not _scored(r, score) for r in _labelled(rows, d)) for d in keep}
         if sum(unscored.values()):
             shown = ", ".join(f"{d} {n}" for d, n in unscored.items() if n)
             print(f"dap curate select: note: labelled rows without a {score} score were not ranked ({shown}); run "

@@ -325,21 +325,14 @@ class Deep360(PanoDataset):
   ep1_500frames/testing/depth/<frame>_depth.npz      (Cassini, array 'arr_0', metres)
   ... ep2_500frames .. ep6_500frames; splits: training, validation, testing"""
     expected_sizes = {"test": 600}
-    SPLITS = {
-        "test": "testing",
-        "testing": "testing",
-        "val": "validation",
-        "validation": "validation",
-        "train": "training",
-        "training": "training",
-    }
+    SPLITS = {"test": "testing", "val": "validation", "train": "training"}  # split -> its folder in each episode
 
     def _index(self) -> list[Item]:
+        # the folder's name is accepted too, and recorded (and its size compared) as the split: "testing" is "test"
+        self.split = {folder: split for split, folder in self.SPLITS.items()}.get(self.split, self.split)
         if self.split not in self.SPLITS:
             raise self.layout_error(f"unknown split '{self.split}' (use test, val or train)")
         sub = self.SPLITS[self.split]
-        # recorded (and its size compared) by one name: "testing" is the split "test" is
-        self.split = {"testing": "test", "validation": "val", "training": "train"}.get(self.split, self.split)
         episodes = sorted(p for p in self.root.glob("ep*_500frames") if p.is_dir())
         if not episodes:
             raise self.layout_error("no ep*_500frames folders")

@@ -501,12 +501,14 @@ def test_sigterm_mid_write_cleans_up_and_exits_143(tmp_path):
     import signal
 
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "400", "--resolution", "32x64", "--shard-size", "400",
-           "--out", str(out), "--no-progress"]
+    # a shard that takes hours: the signal cannot come after the run ended (a CI run rendered 400 before it came)
+    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "1000000", "--resolution", "32x64", "--shard-size",
+           "1000000", "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.monotonic() + 120
     while not list(out.glob(".shard-*.tmp.tar")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # until the shard's temporary file is being written
+    assert list(out.glob(".shard-*.tmp.tar")), proc.poll()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip().endswith("dap synth: terminated"), err
@@ -520,8 +522,8 @@ def test_a_signal_to_the_process_group_of_synth_workers_says_one_line_and_cleans
     import signal
 
     out = tmp_path / "s"
-    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "800", "--resolution", "32x64", "--shard-size", "400",
-           "--workers", "2", "--out", str(out), "--no-progress"]
+    cmd = [sys.executable, "-m", "dap.cli", "synth", "--count", "2000000", "--resolution", "32x64", "--shard-size",
+           "1000000", "--workers", "2", "--out", str(out), "--no-progress"]
     # as from a terminal: a shell starts background jobs (pytest launched with `&`, say) with Ctrl-C ignored, and
     # the child would inherit that
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -529,6 +531,7 @@ def test_a_signal_to_the_process_group_of_synth_workers_says_one_line_and_cleans
     deadline = time.monotonic() + 120
     while len(list(out.glob(".shard-*.tmp.tar"))) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)  # until both workers are writing their shard
+    assert len(list(out.glob(".shard-*.tmp.tar"))) == 2, proc.poll()
     os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code and err.strip() == f"dap synth: {says}", err

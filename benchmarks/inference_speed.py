@@ -180,23 +180,29 @@ def precision(text: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", type=comma_list(variant), default="tiny,vits,vitb,vitl")
+    parser.add_argument("--variants", type=comma_list(variant), default="tiny,vits,vitb,vitl",
+                        help="architectures, comma-separated (random weights; all four at every resolution take "
+                             "hours on 2 cores)")
     parser.add_argument("--resolutions", type=comma_list(parse_network_size), default="256x512,512x1024,1024x2048",
                         help="comma-separated HxW (2:1, multiples of 16)")
     parser.add_argument("--precisions", type=comma_list(precision), default="fp32,auto,int8",
                         help="comma-separated (fp32, bf16, fp16, int8, auto); the first is the baseline")
-    parser.add_argument("--batches", type=comma_list(positive_int), default="1,4")
+    parser.add_argument("--batches", type=comma_list(positive_int), default="1,4",
+                        help="batch sizes, comma-separated")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per row (best is kept)")
-    parser.add_argument("--device", type=parse_device, default="cpu")
+    parser.add_argument("--device", type=parse_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--against", type=package_source, metavar="SRC",
                         help="an older checkout's src/ folder, timed as row `before`")
-    parser.add_argument("--json", type=Path, default=Path("inference_speed.json"))
+    parser.add_argument("--json", type=Path, default=Path("inference_speed.json"),
+                        help="results file, rewritten after each measured group (default: in the current folder)")
     parser.add_argument("--plot", type=Path, help="write latency and memory vs resolution (batch 1) to this image")
     parser.add_argument("--from", dest="from_json", type=Path, action="append",
                         help="plot these results instead of measuring (repeatable: a later file's rows replace the "
                              "earlier files' rows of the same variant, resolution, precision and batch)")
     parser.add_argument("--pipeline", type=positive_int, metavar="N",
-                        help="instead: `dap predict` on a folder of N panoramas against inference alone")
+                        help="instead: `dap predict` on a folder of N panoramas against inference alone, with the "
+                             "bundled model at the precision `dap predict` picks (--variants and --precisions are not used; JPEGs "
+                             "of the first --resolutions size)")
     args = parser.parse_args()
     if args.from_json:
         return plot(merge_results([json.loads(p.read_text()) for p in args.from_json]), args.plot)
@@ -384,7 +390,8 @@ def plot(data: dict, out: Path | None) -> None:
     axes[0].legend(fontsize=7)
     fig.suptitle(f"DAP inference, {data['machine'].get('name')} ({data['device']})")
     fig.tight_layout()
-    fig.savefig(out or "inference_speed.png", dpi=120)
+    out = out or Path("inference_speed.png")
+    fig.savefig(out, dpi=120)
     print(f"wrote {out}")
 
 

@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--variant", default="dap_tiny", help="architecture (`dap models`)")
     parser.add_argument("--resolution", type=parse_network_size, default=(256, 512),
                         help="HEIGHTxWIDTH of the training crops (2:1, multiples of 16)")
-    parser.add_argument("--batch", type=positive_int, default=8)
+    parser.add_argument("--batch", type=positive_int, default=8, help="panoramas per training step")
     parser.add_argument("--steps", type=positive_int, default=4, help="timed steps per process, after one warm-up step")
     parser.add_argument("--rounds", type=positive_int, default=2, help="processes per setting, run in turns")
     parser.add_argument("--threads", type=positive_int, default=2, help="torch intra-op threads")
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     h, w = args.resolution
     base = {"variant": args.variant, "resolution": [h, w], "batch": args.batch, "steps": args.steps,
-            "threads": args.threads, "config": args.config}
+            "threads": args.threads, "config": str(Path(args.config).resolve())}  # the child runs in the repository
     rows: dict[str, list[dict]] = {"glibc default": [], "keep_freed_memory": []}
     for _ in range(args.rounds):
         for name in rows:

@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--rendered", nargs="*", default=[], metavar="SHARDS",
                    help="`dap synth` folders: also print their top-to-bottom brightness ratio beside the photographs'")
     args = p.parse_args()
+    if not (Path(args.pool) / "manifest.csv").is_file():
+        p.error(f"--pool {args.pool}: no manifest.csv (file, scene) there")
     with open(Path(args.pool) / "manifest.csv", newline="") as f:
         files = [r["file"] for r in csv.DictReader(f) if r["scene"] == "indoor"]
     photos = [read_rgb(Path(args.pool) / name) for name in files]

@@ -71,18 +71,18 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     run_step = {"heldout": lambda: step_heldout(args), **{r[0]: (lambda r=r: step_round(args, *r)) for r in ROUNDS}}
     for step in STEPS:
-        if State(args.work).done(step):  # bundled_model.py records its steps in the same experiment.json
+        if State(args.work, "bundled_gpu", STEPS).done(step):  # bundled_model.py records its steps there too
             log(f"{step}: done")
             continue
         log(f"{step} ...")
         if step in run_step:
-            State(args.work).mark(step, run_step[step]())
+            State(args.work, "bundled_gpu", STEPS).mark(step, run_step[step]())
         else:
             bundled_model.main(["--work", str(args.work), "--trained", str(args.work / "round2" / "model"),
-                                "--step", step])
+                                "--step", step], experiment="bundled_gpu")
     if args.install:
         bundled_model.main(["--work", str(args.work), "--trained", str(args.work / "round2" / "model"),
-                            "--step", "install"])
+                            "--step", "install"], experiment="bundled_gpu")
     log(f"results in {args.work / 'results.md'}")
 
 

@@ -497,7 +497,9 @@ def step_install(args: argparse.Namespace) -> dict:
     return {"from": str(src)}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, experiment: str = "bundled_model") -> None:
+    """`experiment`: whose work folder this is (experiments/bundled_gpu.py runs the calibrate and eval steps in its
+    own)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="folder for data, runs, results (resumable)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering panoramas in parallel")
@@ -514,7 +516,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--trained {args.trained}: not a model folder (config.json + model.safetensors)")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    state = State(args.work)
+    state = State(args.work, experiment, STEPS)  # a new --trained is a forced calibrate: later steps are redone
     actions = {"render": step_render, "v1": step_v1, "train": step_train, "train2": step_train2,
                "calibrate": step_calibrate, "eval": step_eval, "install": step_install}
     for step in STEPS:

@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from dap.cli import positive_int
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "default_model.yaml"
 DATA = ROOT / "data" / "default_model"
@@ -41,6 +43,7 @@ VARIANT_NAMES = {"a": "(a) A only", "b": "(b) A + all stage-1 pseudo-labels", "c
                  "d": "(d) three stages"}
 START = time.monotonic()
 STEPS = ("render", "size", "seeds", "eval", "sheet", "export")
+REQUIRES = {"size": "render", "seeds": "size", "eval": "seeds", "sheet": "seeds", "export": "seeds"}
 # held-out sets: (name, style, seed of the first panorama, count); disjoint seed ranges from A (seed 0...)
 HELD_OUT = (("val_photo", "photo", 900000, 96), ("val_clean", "clean", 900000, 96), ("val_disc", "photo", 950000, 96))
 
@@ -54,9 +57,31 @@ def dap_cli(*args: str) -> list[str]:
 
 
 class State:
-    def __init__(self, work: Path):
-        self.path = work / "experiment.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
+    """What a resumable experiment has done in its --work folder (<work>/experiment.json): which experiment it is,
+    the settings its results depend on, and a record per finished step. A folder of another experiment, or one run
+    with other settings, is refused: its steps' names would pass for done (one script's "render" is not another's)
+    and their data would be reused under the new settings' names. A step that runs again drops the records of the
+    steps after it in `steps`, which were made from what it replaces (a new calibration's old evaluation)."""
+
+    def __init__(self, work: Path, experiment: str, steps: tuple[str, ...], settings: dict | None = None):
+        self.path, self.experiment, self.steps = work / "experiment.json", experiment, steps
+        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        if saved and "steps" not in saved:  # written before experiments were named: steps only, taken as ours
+            saved = {"experiment": experiment, "steps": saved}
+        self.data: dict = saved.get("steps", {})
+        theirs = saved.get("experiment", experiment)
+        if theirs != experiment:
+            raise SystemExit(f"{work} holds a run of experiments/{theirs}.py ({self.path.name}), not of "
+                             f"experiments/{experiment}.py; choose another --work")
+        self.settings = json.loads(json.dumps(settings, default=str)) if settings is not None else None
+        before = saved.get("settings")
+        if self.settings is not None and before is not None and self.data and before != self.settings:
+            changed = ", ".join(f"{k} {before.get(k)!r} -> {v!r}" for k, v in self.settings.items()
+                                if before.get(k) != v)
+            raise SystemExit(f"{work} was run with other settings ({changed}): its finished steps would be reused as "
+                             "if made with these. Rerun with the recorded settings to resume, or choose another --work")
+        if self.settings is None:
+            self.settings = before
 
     def done(self, step: str) -> bool:
         return step in self.data
@@ -64,9 +89,11 @@ class State:
     def mark(self, step: str, info: dict) -> None:
         from dap.io import atomic_write
 
-        self.data[step] = info
+        later = self.steps[self.steps.index(step) + 1:] if step in self.steps else ()
+        self.data = {k: v for k, v in self.data.items() if k not in later} | {step: info}
         with atomic_write(self.path) as tmp:
-            tmp.write_text(json.dumps(self.data, indent=1))
+            tmp.write_text(json.dumps({"experiment": self.experiment, "settings": self.settings, "steps": self.data},
+                                      indent=1))
 
 
 def curate_config(args: argparse.Namespace, seed: int, steps: dict | None):
@@ -77,6 +104,12 @@ def curate_config(args: argparse.Namespace, seed: int, steps: dict | None):
     pool = Path(args.pool).resolve()
     cfg.pool.inputs[0].path = str(pool)
     cfg.pool.inputs[0].tags = str(pool / "manifest.csv") if (pool / "manifest.csv").exists() else None
+    # the config's labeled and discriminator sets live in DATA; --data moves them where the render step wrote them
+    # (the config's own paths trained stage 1 and the discriminator on other data than eval read, or on none)
+    for src in [*cfg.labeled, *cfg.discriminator.data]:
+        where = (Path(cfg.base_dir) / (src.path or "")).resolve()
+        if src.path and where.is_relative_to(DATA.resolve()):
+            src.path = str(args.data / where.relative_to(DATA.resolve()))
     extra = dict(item.split("=", 1) for item in args.train_set)
     stage1_extra = dict(item.split("=", 1) for item in args.stage1_set)
     import yaml
@@ -166,7 +199,7 @@ def one_seed(args: argparse.Namespace, seed: int, steps: dict) -> None:
     cfg = curate_config(args, seed, steps)
     work = args.work / f"seed{seed}"
     Pipeline(cfg, work, progress=False).run()
-    if not (work / VARIANTS["b"]).exists():
+    if not (work / VARIANTS["b"] / "config.json").is_file():  # a kill while saving it leaves the folder only
         pseudo = SourceConfig(kind="pseudo", path=str(work / "pool"), label_stage="stage1", selected_only=False)
         tc = stage_train_config(cfg, cfg.stage2, pseudo, work)
         tc.run.progress = False
@@ -254,7 +287,8 @@ def step_eval(args: argparse.Namespace) -> dict:
     lines.append(f"| before: bundled `{bundled.name}` ({bres[0]}x{bres[1]}) | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     (args.work / "results.md").write_text(
-        f"Mean ± half-range over seeds {args.seeds}; {len(args.seeds)} runs per row, each set {args.val_count} "
+        f"Mean ± half-range over seeds {args.seeds}; {len(args.seeds)} runs per row, each set "
+        f"{min(args.val_count, HELD_OUT[0][3])} "
         f"panoramas at {args.resolution}.\n\n{table}\n")
     result = {"per_seed": rows, "summary": summary, "bundled_before": before}
     (args.work / "results.json").write_text(json.dumps(result, indent=1))
@@ -270,7 +304,10 @@ def step_sheet(args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(ROOT / "experiments" / "real_contact_sheet.py"), "--models", "bundled", *models,
            "--pool", str(args.pool), "--scene", "all", "--limit", "0", "--resolution", args.resolution,
            "--out", str(out)]
-    r = subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"the contact sheet failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}"
+                         f"\n(command: {' '.join(cmd)})")
     print(r.stdout)
     (args.work / "real_sheet.txt").write_text(r.stdout)
     return {"sheet": str(out), "stats": r.stdout}
@@ -308,7 +345,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--val-count", type=int, default=96, help="panoramas per held-out set")
     p.add_argument("--train-seed", type=int, default=0, help="scene seed of A's first panorama")
     p.add_argument("--resolution", default="256x512", help="render and working resolution HxW")
-    p.add_argument("--render-workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--render-workers", type=positive_int, default=os.cpu_count() or 1,
+                   help="`dap synth` processes for the render step")
     p.add_argument("--render-device", default="cpu", help="torch device for `dap synth --device`")
     p.add_argument("--budget-s", type=float, default=900.0,
                    help="wall-clock seconds for all training (both seeds run at once); sizes the step counts")
@@ -334,6 +372,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def settings(args: argparse.Namespace) -> dict:
+    """What the results depend on (not how fast they come: workers, devices, deadlines). The step counts are the
+    size step's record, sized again only by --step size."""
+    keys = ("config", "data", "pool", "seeds", "count", "val_count", "train_seed", "resolution", "train_set",
+            "stage1_set", "curate_set")
+    return {k: getattr(args, k) for k in keys}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse(sys.argv[1:] if argv is None else argv)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -341,10 +387,13 @@ def main(argv: list[str] | None = None) -> None:
         return probe(args, args.seed)
     if args.mode == "_seed":
         return one_seed(args, args.seed, {"stage1": args.stage1_steps, "finetune": args.finetune_steps})
-    state = State(args.work)
+    state = State(args.work, "data_in_the_loop", STEPS, settings(args))
     for step in STEPS:
         if args.step not in (None, step) or (args.step is None and state.done(step)):
             continue
+        if (needs := REQUIRES.get(step)) and not state.done(needs):
+            raise SystemExit(f"the {step} step needs the {needs} step's results: run it first (--step {needs}, or "
+                             "without --step for every step)")
         t0 = time.monotonic()
         log(f"step {step}")
         if step == "seeds":

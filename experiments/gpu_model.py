@@ -62,7 +62,10 @@ def step_export(args: argparse.Namespace, state: State) -> dict:
     from dap.train.checkpoints import list_checkpoints, load_checkpoint
 
     cfg = load_config(args.config, args.set)
-    ckpt_path = list_checkpoints(args.work / "run")[-1]
+    saved = list_checkpoints(args.work / "run")
+    if not saved:
+        raise SystemExit(f"{args.work / 'run'} holds no checkpoint to export: run the train step first")
+    ckpt_path = saved[-1]
     ckpt = load_checkpoint(ckpt_path)
     with contextlib.chdir(args.work):
         model = build_model(cfg, quiet=True)
@@ -107,7 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     args.work = args.work.resolve()
     args.config = args.config.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    state = State(args.work)
+    # what the rendered data and the run depend on (not --minutes or --stop-at: a rerun trains on, for longer)
+    state = State(args.work, "gpu_model", STEPS, {k: getattr(args, k) for k in
+                                                  ("config", "set", "fraction", "seed_offset", "resolution")})
     run_step = {"render": lambda: step_render(args), "train": lambda: step_train(args),
                 "export": lambda: step_export(args, state)}
     for step in args.step or STEPS:

@@ -116,6 +116,8 @@ def main() -> None:
     if args.sheet:
         return contact_sheet(Path(args.pool), Path(args.sheet))
     files = sorted(glob.glob(str(Path(args.pool) / "*.jpg")))
+    if not files:
+        p.error(f"--pool {args.pool}: no .jpg photographs there")
     linear = [srgb_to_linear(read_rgb(f)) for f in files]
     medians = np.array([sphere_luminance_quantiles(x, (0.5,))[0] for x in linear])
     clipped = np.array([clipped_share(x) for x in linear])

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 import dap
+from dap.cli import parse_network_size
 from dap.inference import default_model_path
 from dap.io import colorize_depth, read_rgb, write_rgb
 
@@ -26,12 +27,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["bundled"], help="checkpoints ('bundled' = the packaged model)")
     p.add_argument("--pool", default=str(POOL), help="folder of real panoramas with manifest.csv (file, scene)")
-    p.add_argument("--scene", default="indoor", choices=("indoor", "outdoor", "all"))
+    p.add_argument("--scene", default="indoor", choices=("indoor", "outdoor", "all"),
+                   help="the pool's panoramas of this scene (its manifest.csv's column)")
     p.add_argument("--limit", type=int, default=8, help="panoramas on the sheet")
-    p.add_argument("--resolution", default=None, help="working resolution HxW (default: each model's own)")
-    p.add_argument("--out", default="real_contact_sheet.png")
+    p.add_argument("--resolution", type=parse_network_size, default=None,
+                   help="working resolution HxW (default: each model's own)")
+    p.add_argument("--out", default="real_contact_sheet.png", help="the sheet to write (an image file)")
     args = p.parse_args()
-    resolution = tuple(int(v) for v in args.resolution.split("x")) if args.resolution else None
+    resolution = args.resolution
+    if not (Path(args.pool) / "manifest.csv").is_file():
+        p.error(f"--pool {args.pool}: no manifest.csv (file, scene) there")
     with open(Path(args.pool) / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if args.scene == "all" or r["scene"] == args.scene]
     models = [dap.load_model(default_model_path() if m == "bundled" else m) for m in args.models]

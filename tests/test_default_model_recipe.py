@@ -124,7 +124,7 @@ def test_gpu_recipe_renders_the_bundled_training_sets_and_keeps_the_ema_in_float
     torch.save({"step": 7, "model": model.state_dict(), "ema": ema.state_dict()},
                tmp_path / "run" / "checkpoints" / "step_00000007.pt")
     args = argparse.Namespace(work=tmp_path, config=e.ROOT / "configs" / "gpu_vits.yaml", set=overrides)
-    info = e.step_export(args, e.State(tmp_path))
+    info = e.step_export(args, e.State(tmp_path, "gpu_model", e.STEPS))
     assert info["step"] == 7
     with safe_open(str(tmp_path / "model" / "model.safetensors"), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
@@ -202,8 +202,8 @@ def test_v3_recipe_chains_v2_round1_round2_and_the_bundled_calibration(tmp_path,
     monkeypatch.setattr(b, "render_sets", lambda data, names, workers: calls.append(("render", names)) or {})
     monkeypatch.setattr(b, "step_v1", lambda args: calls.append(("v1",)) or {})
     monkeypatch.setattr(gm, "main", lambda argv: calls.append(("gpu_model", argv)))
-    monkeypatch.setattr(b, "main", lambda argv: calls.append(("bundled_model", argv)) or b.State(tmp_path).mark(
-        argv[argv.index("--step") + 1], {}))
+    monkeypatch.setattr(b, "main", lambda argv, experiment: calls.append(("bundled_model", argv)) or b.State(
+        tmp_path, experiment, b.STEPS).mark(argv[argv.index("--step") + 1], {}))
     g.main(["--work", str(tmp_path), "--workers", "3"])
     assert [c[0] for c in calls] == ["render", "v1", "gpu_model", "gpu_model", "bundled_model", "bundled_model"]
     round1, round2 = calls[2][1], calls[3][1]
@@ -375,3 +375,58 @@ def test_doors_and_walls_give_the_camera_height_and_the_ceiling_ratio_of_a_known
     wall, camera = e.door_geometry(door_top, floor_row, 2.0, h)
     horizontal = float(depth[h // 2, column] * np.hypot(rays[h // 2, column, 0], rays[h // 2, column, 2]))
     assert wall == pytest.approx(horizontal, rel=0.02) and camera == pytest.approx(1.2, rel=0.02)
+
+
+def test_an_experiment_folder_holds_one_experiment_its_settings_and_a_rerun_step_redoes_the_later_ones(tmp_path):
+    """experiments/*.py share <work>/experiment.json: a folder of another experiment passed for done (bundled_model.py
+    skipped its render because data_in_the_loop.py had rendered other sets there); data rendered with other settings
+    was reused under the new ones (results.md named the new count and size); a forced calibrate left the old eval
+    recorded, so --install judged the new model on the old model's numbers."""
+    import json
+
+    state = _experiment().State
+    work = tmp_path / "w"
+    work.mkdir()
+    steps = ("render", "calibrate", "eval", "install")
+    s = state(work, "bundled_model", steps)
+    for step in ("render", "calibrate", "eval"):
+        s.mark(step, {"n": 1})
+    s = state(work, "bundled_model", steps)
+    assert [k for k in steps if s.done(k)] == ["render", "calibrate", "eval"]
+    s.mark("calibrate", {"n": 2})  # again: its evaluation is of the model it replaced
+    assert [k for k in steps if state(work, "bundled_model", steps).done(k)] == ["render", "calibrate"]
+    with pytest.raises(SystemExit, match="holds a run of experiments/bundled_model.py"):
+        state(work, "data_in_the_loop", steps)
+
+    d = tmp_path / "d"
+    d.mkdir()
+    state(d, "data_in_the_loop", steps, {"count": 60, "resolution": "64x128"}).mark("render", {})
+    state(d, "data_in_the_loop", steps, {"count": 60, "resolution": "64x128"})  # the same: resumed
+    with pytest.raises(SystemExit, match=r"other settings \(count 60 -> 6000, resolution '64x128' -> '256x512'\)"):
+        state(d, "data_in_the_loop", steps, {"count": 6000, "resolution": "256x512"})
+
+    old = tmp_path / "old"  # written before experiments were named: its steps, taken as this experiment's
+    old.mkdir()
+    (old / "experiment.json").write_text(json.dumps({"render": {}, "calibrate": {}}))
+    s = state(old, "bundled_model", steps, {"x": 1})
+    assert s.done("calibrate") and not s.done("eval")
+    s.mark("eval", {})
+    assert json.loads((old / "experiment.json").read_text()) == {
+        "experiment": "bundled_model", "settings": {"x": 1}, "steps": {"render": {}, "calibrate": {}, "eval": {}}}
+
+
+def test_data_in_the_loop_trains_on_the_data_folder_it_renders_and_refuses_steps_out_of_order(tmp_path):
+    """--data moved only the render step's output and eval's input: stage 1 and the discriminator read
+    configs/default_model.yaml's data/default_model (a traceback, or other data than eval without a word); --step
+    seeds before the size step was KeyError: 'size'."""
+    e = _experiment()
+    args = e.parse(["--work", str(tmp_path / "w"), "--data", str(tmp_path / "d"), "--seeds", "0"])
+    cfg = e.curate_config(args, 0, None)
+    assert [s.path for s in cfg.labeled] == [str(tmp_path / "d" / "train")]
+    assert [s.path for s in cfg.discriminator.data] == [str(tmp_path / "d" / "val_disc")]
+    mine = e.parse(["--work", str(tmp_path / "w"), "--data", str(tmp_path / "d"),
+                    "--curate-set", f"labeled=[{{kind: shards, path: {tmp_path / 'mine'}}}]"])
+    assert [s.path for s in e.curate_config(mine, 0, None).labeled] == [str(tmp_path / "mine")]  # given: kept
+    for step, needs in (("seeds", "size"), ("eval", "seeds"), ("export", "seeds")):
+        with pytest.raises(SystemExit, match=f"the {step} step needs the {needs} step's results"):
+            e.main(["--work", str(tmp_path / "w"), "--data", str(tmp_path / "d"), "--step", step])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,13 +25,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd: list[str], threads: int) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB of the largest child so far)."""
+    """(wall seconds, peak RSS MB of this command's largest process: torchrun's ranks are its children, and a
+    process's peak covers the children it waited for)."""
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
-    return time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    if os.waitstatus_to_exitcode(status):
+        sys.exit(f"failed: {' '.join(cmd)}\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -59,11 +62,11 @@ def main() -> None:
         rows = measure(files, Path(tmp), model, resolution, args.batch_size)
     print(f"{len(files)} panoramas at {resolution}, batch {args.batch_size}, model {Path(model).name}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"| {'variant':<24} | s | panoramas/s | vs predict | peak RSS MB (max so far) |")
+    print(f"| {'variant':<24} | s | panoramas/s | vs predict | peak RSS MB (largest process) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']:<24} | {r['seconds']} | {r['panoramas_per_s']} | {r['vs_predict']} | "
-              f"{r['peak_rss_mb_so_far']} |")
+              f"{r['peak_rss_mb']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
@@ -101,7 +104,7 @@ def measure(files: list[Path], work: Path, model: str, resolution: str, batch_si
         pps = n / wall
         base = base or pps
         rows.append({"variant": name, "panoramas": n, "seconds": round(wall, 1), "panoramas_per_s": round(pps, 2),
-                     "vs_predict": round(pps / base, 2), "peak_rss_mb_so_far": round(rss)})
+                     "vs_predict": round(pps / base, 2), "peak_rss_mb": round(rss)})
     return rows
 
 

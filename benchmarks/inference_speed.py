@@ -201,8 +201,8 @@ def main() -> None:
                              "earlier files' rows of the same variant, resolution, precision and batch)")
     parser.add_argument("--pipeline", type=positive_int, metavar="N",
                         help="instead: `dap predict` on a folder of N panoramas against inference alone, with the "
-                             "bundled model at the precision `dap predict` picks (--variants and --precisions are not used; JPEGs "
-                             "of the first --resolutions size)")
+                             "bundled model at the precision `dap predict` picks (--variants and --precisions are "
+                             "not used; JPEGs of the first --resolutions size)")
     args = parser.parse_args()
     if args.from_json:
         return plot(merge_results([json.loads(p.read_text()) for p in args.from_json]), args.plot)

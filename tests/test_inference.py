@@ -712,7 +712,30 @@ def test_overwrite_with_a_shorter_video_removes_the_old_later_frames(checkpoint,
         capsys.readouterr().err
 
 
-def _video(path: Path, count: int, seed: int = 0, fps: int = 5) -> Path:
+def test_overwrite_removes_an_old_videos_frames_and_kinds_where_names_have_folders(checkpoint, tmp_path, capsys):
+    """Videos from two folders are named a/clip_000000...: a shorter re-export's old later frames stayed (the records
+    were looked for in a folder '.a'); and an --overwrite with fewer --outputs kept the old video's other kinds (its
+    PLYs) beside the new video's depth, listed by no record."""
+    out = tmp_path / "out"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clip, other = tmp_path / "a" / "clip.avi", _video(tmp_path / "b" / "other.avi", 1)
+    argv = ["predict", str(clip), str(other), "--out", str(out), "--checkpoint", str(checkpoint), "--resolution",
+            "32x64", "--overwrite"]
+    _video(clip, 4)
+    assert main([*argv, "--outputs", "npy,ply"]) == 0
+    _video(clip, 2, seed=50)  # another video under the same name
+    os.utime(clip, ns=(clip.stat().st_atime_ns, clip.stat().st_mtime_ns + 10**9))
+    capsys.readouterr()
+    assert main([*argv, "--outputs", "npy"]) == 0
+    assert sorted(p.name for p in (out / "a").iterdir()) == sorted(
+        f"{p}clip_{i:06d}{s}" for i in range(2) for p, s in ((".", ".dap.json"), ("", ".npy")))
+    assert "a/clip.avi: removed the outputs of 2 frame(s) that an earlier version of the file left (frame 2 on)" in \
+        capsys.readouterr().err
+    assert sorted(p.name for p in (out / "b").glob("*.ply")) == ["other_000000.ply"]  # not another version: kept
+
+
+def _video(path: Path, count: int, seed: int = 0, fps: float = 5) -> Path:
     import cv2
 
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (64, 32))
@@ -742,6 +765,18 @@ def test_every_predicts_a_videos_frames_at_that_interval_by_their_numbers(checkp
     assert main([*argv[:3], str(smoothed), *argv[4:], "--smooth-scale", "0.5"]) == 0
     assert main([*argv[:3], str(smoothed), *argv[4:], "--smooth-scale", "0.5", "--every", "0.4"]) == 2
     assert "every_s was not set, now 0.4" in capsys.readouterr().err
+
+
+def test_every_takes_the_first_frame_at_or_after_each_interval_by_the_frames_times(tmp_path):
+    """At 2.5 fps, --every 1 took every second frame (round(2.5) = 2: one every 0.8 s, 13 frames of a 10 s clip); a
+    variable frame rate was sampled by the nominal one. And a huge interval overflowed."""
+    from dap.io import sample_video_frames
+
+    clip = _video(tmp_path / "clip.avi", 25, fps=2.5)
+    taken = [(i, round(t, 3)) for i, t, _ in sample_video_frames(clip, 1.0)]
+    assert taken == [(0, 0.0), (3, 1.2), (5, 2.0), (8, 3.2), (10, 4.0), (13, 5.2), (15, 6.0), (18, 7.2), (20, 8.0),
+                     (23, 9.2)]
+    assert [i for i, _, _ in sample_video_frames(clip, 1e308)] == [0]
 
 
 def test_every_with_overwrite_removes_the_frames_an_earlier_version_left_between(checkpoint, tmp_path, capsys):
@@ -1018,14 +1053,14 @@ def test_a_rerun_asking_for_more_outputs_keeps_files_the_record_does_not_list(ch
         assert "already exists but is not among the outputs recorded in .pano.dap.json" in err and "--overwrite" in err
     assert (out / "pano.exr").read_bytes() == b"my ground truth"
     assert (out / "pano.cube" / "notes.json").read_text() == "precious"
-    # an output left by a run with other settings is not counted as done: it was skipped with the new npy
+    # an output a run with other settings made is removed by the --overwrite that replaces them (it stayed, unlisted,
+    # beside the new npy), so asking for it again makes it
     ply = tmp_path / "p"
     assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply") == 0
     assert _predict_cli([src], ply, checkpoint, "--outputs", "npy", "--camera-height", "1.6", "--overwrite") == 0
-    capsys.readouterr()
-    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply", "--camera-height", "1.6") == 2
-    assert "pano.ply already exists but is not among the outputs recorded" in capsys.readouterr().err
-    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply", "--camera-height", "1.6", "--overwrite") == 0
+    assert not (ply / "pano.ply").exists()
+    assert _predict_cli([src], ply, checkpoint, "--outputs", "npy,ply", "--camera-height", "1.6") == 0
+    assert json.loads((ply / ".pano.dap.json").read_text())["outputs"] == ["npy", "ply"]
     # a new kind next to recorded ones, made the same way: added, and the record lists all of them
     assert _predict_cli([src], ply, checkpoint, "--outputs", "mask", "--camera-height", "1.6") == 0
     assert json.loads((ply / ".pano.dap.json").read_text())["outputs"] == ["mask", "npy", "ply"]

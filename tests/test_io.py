@@ -590,6 +590,22 @@ def test_a_video_named_as_an_image_says_so(tmp_path):
         io.read_rgb(tmp_path / "text.jpg")
 
 
+def test_an_mpeg_transport_stream_is_a_video(tmp_path):
+    """A camera's .ts/.mts (MPEG-TS) was "cannot identify image file ... re-download it": by its name and by its
+    contents (a sync byte every 188 bytes) it is a video, whose frames are read."""
+    ts = tmp_path / "clip.ts"
+    # FFmpeg muxes MPEG-TS by the name; a stream shorter than this is too short for it to find the codec
+    writer = cv2.VideoWriter(str(ts), cv2.VideoWriter_fourcc(*"mp4v"), 5, (256, 128))
+    for i in range(10):
+        writer.write(np.full((128, 256, 3), 20 * i, np.uint8))
+    writer.release()
+    assert ts.read_bytes()[0] == 0x47 and ts.suffix in io.VIDEO_SUFFIXES
+    assert len(list(io.iter_video_frames(ts))) == 10
+    (tmp_path / "clip.bin").write_bytes(ts.read_bytes())
+    with pytest.raises(UnreadableFileError, match=r"clip.bin: it is a video \(by its contents\)"):
+        io.read_rgb(tmp_path / "clip.bin")
+
+
 def test_a_broken_link_says_where_it_points(tmp_path):
     """A dangling link to a video said only "no such file" (images listed from a folder said where it points)."""
     (tmp_path / "dead.mp4").symlink_to("/nowhere/x.mp4")

@@ -309,15 +309,19 @@ def unsupported_format(path: PathLike) -> str | None:
 
 
 def _holds_video(path: PathLike) -> bool:
-    """Whether a file's first bytes are those of a video container: MP4/MOV (an ISO box 'ftyp' of a video brand;
-    HEIF/AVIF images share the box), AVI, Matroska/WebM."""
+    """Whether a file's first bytes are those of a video container: MP4/MOV/3GP (an ISO box 'ftyp' of a video
+    brand; HEIF/AVIF images share the box), AVI, Matroska/WebM, MPEG transport stream (a sync byte every 188 bytes,
+    or 192 in a Blu-ray/AVCHD .m2ts)."""
     if not os.path.isfile(path):  # a FIFO would block the open until a writer came
         return False
     try:
         with open(path, "rb") as f:
-            head = f.read(12)
+            head = f.read(4 * 192)
     except OSError:
         return False
+    if any(len(head) >= 4 * size and all(head[k * size + offset] == 0x47 for k in range(4))
+           for size, offset in ((188, 0), (192, 4))):
+        return True
     if head[4:8] == b"ftyp":
         return head[8:12] not in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
     return (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
@@ -1310,7 +1314,7 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
 
 # ---------------------------------------------------------------------------------------------- video
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".3gp", ".ts", ".mts", ".m2ts")
 
 
 def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
@@ -1348,8 +1352,10 @@ def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
 
 def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, float, np.ndarray]]:
     """(frame index, time in seconds, float32 RGB frame) every `every_s` seconds of a video, first frame
-    included. Frames in between are skipped with grab() (no colour conversion), so sparse sampling is cheap.
-    Broken frames raise UnreadableFileError as in `iter_video_frames`."""
+    included: the first frame at or after each multiple of `every_s`, by the frames' own timestamps (a variable
+    frame rate, as phones record, or 2.5 fps with every second: a fixed step of frames missed the times). Frames
+    in between are skipped with grab() (no colour conversion), so sparse sampling is cheap. Broken frames raise
+    UnreadableFileError as in `iter_video_frames`."""
     if every_s <= 0:
         raise ValueError(f"every_s must be > 0 seconds, got {every_s}")
     p, cap, count = _open_video(path)
@@ -1357,14 +1363,18 @@ def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, f
         fps = cap.get(cv2.CAP_PROP_FPS)
         if not fps or not math.isfinite(fps) or fps <= 0:
             raise _unreadable(p, "the video does not state its frame rate")
-        step = max(1, round(every_s * fps))
-        index = 0
+        index, last, due = 0, -math.inf, 0.0
         while cap.grab():
-            if index % step == 0:
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            if not (math.isfinite(t) and (t > last or index == 0)):
+                t = index / fps  # a stream without timestamps
+            last = t
+            if t >= due - 1e-3:  # a millisecond for the timestamps' rounding
                 ok, frame = cap.retrieve()
                 if not ok:
                     raise _unreadable(p, f"frame {index} cannot be decoded")
-                yield index, index / fps, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+                yield index, t, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+                due = (math.floor((t + 1e-3) / every_s) + 1) * every_s
             index += 1
         _check_video_end(p, index, count)
     finally:

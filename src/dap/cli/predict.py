@@ -97,7 +97,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="videos only: smooth the depth scale over frames with an exponential moving average "
                              "of weight ALPHA on the past (e.g. 0.8; 0 = off; below 1)")
     parser.add_argument("--every", type=positive_float, default=None, metavar="SECONDS",
-                        help="videos only: predict one frame every SECONDS of video (the first frame included; "
+                        help="videos only: predict one frame every SECONDS of video (the first frame at or after "
+                             "each multiple of SECONDS, by the frames' timestamps; "
                              "frames keep their numbers in the video, e.g. clip_000060 at 30 fps and --every 2; "
                              "the frames in between are read, not converted or predicted). Default: every frame")
     parser.add_argument("--camera-height", type=camera_height, default=None, metavar="METRES",
@@ -238,7 +239,7 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
                         tqdm.write(f"dap predict: warning: {item.source}: {text}", file=sys.stderr)
             smooth(pred, item.video)
             if item.video and args.smooth_scale:  # what a resumed run needs to smooth the next frames the same way
-                record = (record[0], {**record[1], "smooth_log_median": smooth.state(item.video)})
+                record = (record[0], {**record[1], "smooth_log_median": smooth.state(item.video)}, record[2])
             writer.put((seq, item, pred, paths, record))
     except BaseException:
         writer.close(abandon=True)
@@ -330,8 +331,13 @@ def _decoded(items, args, kinds, settings, failures, counts):
         if recorded is not None:
             recorded, expected = _point_stride_where_it_counts(recorded, expected, paths)
         conflict = record_conflict(recorded, expected) if recorded is not None else None
-        if conflict and args.overwrite:
-            recorded = None  # outputs made otherwise: replaced, as asked
+        stale: list[Path] = []
+        if conflict and args.overwrite:  # outputs made otherwise: replaced, as asked
+            # and those of kinds this run does not make are removed as it writes: they are of the other file or
+            # settings (a PLY of the old video beside the new one's depth)
+            stale = list(output_paths(args.out, item.name, [k for k in recorded.get("outputs", [])
+                                                           if k in OUTPUT_KINDS and k not in paths]).values())
+            recorded = None
         if recorded is not None:
             if conflict:  # never silently replace (or keep) outputs of another input, model or setting
                 fail(seq, item, f"{args.out} already holds outputs named {item.name}, made differently: {conflict}. "
@@ -367,7 +373,7 @@ def _decoded(items, args, kinds, settings, failures, counts):
         except DapError as e:
             failures.append((seq, item.source, str(e)))
             continue
-        yield seq, item, paths, (record, expected), rgb, top, notes
+        yield seq, item, paths, (record, expected, stale), rgb, top, notes
     failures.extend((seq + 1, *f) for f in video_failures)
     failures.extend((seq + 1, video, f"also {n} later frame(s), for the same reason")
                     for (video, _), n in later.items() if n)
@@ -390,20 +396,25 @@ def _remove_stale_frames(out: Path, video: str, stem: str, visited: set[str]) ->
     frame numbers, in order."""
     now = input_identity(video)
     removed = []
-    for record in sorted(out.glob(f".{glob.escape(stem)}_*.dap.json")):
-        name = record.name[1:-len(".dap.json")]
+    # the records lie beside the outputs: in a sub-folder where the name has one (inputs from several folders)
+    folder, base = (out / stem).parent, stem.rsplit("/", 1)[-1]
+    for record in sorted(folder.glob(f".{glob.escape(base)}_*.dap.json")):
+        name = stem[:len(stem) - len(base)] + record.name[1:-len(".dap.json")]
         if name in visited or not re.fullmatch(r"\d{6}", name[len(stem) + 1:]) or \
                 (recorded := read_record(record)) is None:
             continue
         before = recorded.get("input", {})
         if not (same_input_file(before, now) and input_file_changed(before, now)):
             continue
-        kinds = [k for k in recorded.get("outputs", []) if k in OUTPUT_KINDS]
-        for path in output_paths(out, name, kinds).values():
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        _remove_outputs(output_paths(out, name, [k for k in recorded.get("outputs", []) if k in OUTPUT_KINDS]).values())
         record.unlink()
         removed.append(int(name[len(stem) + 1:]))
     return removed
+
+
+def _remove_outputs(paths) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 def _point_stride_where_it_counts(recorded: dict, expected: dict, paths: dict) -> tuple[dict, dict]:
@@ -424,12 +435,13 @@ def _point_stride_where_it_counts(recorded: dict, expected: dict, paths: dict) -
 def _write(job, point_stride: int, failures: list, counts: dict) -> None:
     from tqdm import tqdm
 
-    seq, item, pred, paths, (record, content) = job
+    seq, item, pred, paths, (record, content, stale) = job
     outputs = sorted({*content.get("outputs", []), *paths})
     try:
         # First a record that says the outputs are being written (a rerun after a kill makes them again, and knows
         # they are ours), then the outputs, then the record that says they are complete.
         write_record(record, {**content, "outputs": outputs, "complete": False})
+        _remove_outputs(stale)
         for note in write_outputs(pred, paths, point_stride=point_stride):
             tqdm.write(f"dap predict: warning: {item.source}: {note}", file=sys.stderr)
         write_record(record, {**content, "outputs": outputs, "complete": True})

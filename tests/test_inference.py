@@ -767,6 +767,42 @@ def test_every_predicts_a_videos_frames_at_that_interval_by_their_numbers(checkp
     assert "every_s was not set, now 0.4" in capsys.readouterr().err
 
 
+def test_a_videos_frames_failing_alike_in_the_network_or_the_writer_are_one_line(checkpoint, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """Only failures found before decoding were folded: a clip without a floor for --camera-height, or whose point
+    clouds were empty, printed one identical line per frame (900 for 30 s)."""
+    import dap.cli.predict as command
+    from dap.errors import DapError
+
+    clip = _video(tmp_path / "clip.avi", 4)
+    argv = ["predict", str(clip), str(_video(tmp_path / "other.avi", 2)), "--checkpoint", str(checkpoint),
+            "--resolution", "32x64", "--outputs", "npy"]
+
+    def no_floor(*args, **kwargs):
+        raise DapError("--camera-height: no floor found below the horizon (0.0% of the lower half)")
+
+    monkeypatch.setattr(command, "predict", no_floor)
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 2
+    printed = capsys.readouterr()
+    assert printed.err.count("no floor found") == 2 and printed.err.count("error:") == 4  # one line per video
+    assert f"error: {clip}: also 3 later frame(s), for the same reason" in printed.err
+    assert "; 6 failed." in printed.out
+    monkeypatch.undo()
+
+    def empty(pred, paths, **kwargs):
+        raise DapError(f"no points for {paths['npy']} at this stride")
+
+    monkeypatch.setattr(command, "write_outputs", empty)
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 2
+    printed = capsys.readouterr()
+    lines = [line for line in printed.err.splitlines() if "error:" in line]
+    assert lines == [f"dap predict: error: {clip} frame 0: no points for {tmp_path / 'b' / 'clip_000000.npy'} at this "
+                     "stride", f"dap predict: error: {clip}: also 3 later frame(s), for the same reason",
+                     f"dap predict: error: {tmp_path / 'other.avi'} frame 0: no points for "
+                     f"{tmp_path / 'b' / 'other_000000.npy'} at this stride",
+                     f"dap predict: error: {tmp_path / 'other.avi'}: also 1 later frame(s), for the same reason"]
+
+
 def test_every_takes_the_first_frame_at_or_after_each_interval_by_the_frames_times(tmp_path):
     """At 2.5 fps, --every 1 took every second frame (round(2.5) = 2: one every 0.8 s, 13 frames of a 10 s clip); a
     variable frame rate was sampled by the nominal one. And a huge interval overflowed."""

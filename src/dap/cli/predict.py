@@ -211,7 +211,7 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
     _check_writable(args.out)  # creates the folder: only once the inputs and the model are known to be good
     smooth = ScaleSmoother(args.smooth_scale)
     repeats = _RepeatedWarnings()
-    failures: list[tuple[int, str, str]] = []  # (input's position, source, reason): reported in input order
+    failures = _Failures()
     counts = {"done": 0, "skipped": 0}
     start = time.perf_counter()
     # Three stages overlap: a thread decodes the next inputs, this thread runs the network, a thread writes.
@@ -231,7 +231,7 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
                                    pad_to_erp=args.pad_to_erp, pad_top=top, device=device, upsample=args.upsample,
                                    precision=precision, camera_height=args.camera_height, level=args.level)
             except DapError as e:  # a bad input fails alone; write errors (disk full, ...) and bugs end the run
-                failures.append((seq, item.source, str(e)))
+                failures.add(seq, item.source, str(e), item.video)
                 continue
             finally:  # one line naming the input (the library cannot: it is given pixels)
                 for text in warned:
@@ -251,13 +251,12 @@ def _predict_all(args: argparse.Namespace, items: list, kinds: list[str], model,
     elapsed = time.perf_counter() - start
     done, skipped = counts["done"], counts["skipped"]
     per = f", {elapsed / done:.2f} s per panorama" if done else ""
-    failed = len(failures) - counts.get("fold_lines", 0) + counts.get("folded", 0)  # inputs and frames, not lines
     print(f"predicted {done} panorama(s){per}; skipped {skipped} with existing outputs; "
-          f"{failed} failed. Outputs ({', '.join(kinds)}) in {args.out}")
-    for _, source, reason in sorted(failures, key=lambda f: f[0]):
+          f"{failures.count()} failed. Outputs ({', '.join(kinds)}) in {args.out}")
+    for source, reason in failures.lines():
         reason = " ".join(reason.split())
         print(f"dap predict: error: {reason if source in reason else f'{source}: {reason}'}", file=sys.stderr)
-    if failures:
+    if failures.count():
         return 1 if done or skipped else 2  # some inputs failed / every input was bad
     return 0
 
@@ -282,22 +281,16 @@ def _decoded(items, args, kinds, settings, failures, counts):
     sources: dict[str, str] = {}  # output name -> input that has it this run
     inputs = {os.path.abspath(i.video or i.source) for i in items}  # no output may replace an input, --overwrite or not
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
-    later: dict[tuple[str, str], int] = {}  # (video, kind of failure) -> its later frames that failed so too
 
     def fail(seq: int, item, reason: str, kind: str) -> None:
-        """An input that fails before it is decoded; a video's later frames failing the same way (`kind`) are
-        counted, not listed (a 30 s clip would give 900 lines)."""
-        if (item.video, kind) in later:
-            later[item.video, kind] += 1
-            return
-        if item.video:
-            later[item.video, kind] = 0
-        failures.append((seq, item.source, reason))
+        """An input that fails before it is decoded (a video's later frames failing so too: counted, by `kind`)."""
+        failures.add(seq, item.source, reason, item.video, kind)
 
     visited: dict[str, tuple[str, set[str]]] = {}  # video -> (its frames' name stem, the frames' names this run)
     seq = -1
     for seq, item in enumerate(iter_frames(items, video_failures, args.pad_to_erp, args.every)):
-        failures.extend((seq, *f) for f in video_failures)
+        for source, reason in video_failures:
+            failures.add(seq, source, reason)
         video_failures.clear()
         if item.video:
             visited.setdefault(item.video, (item.name[:-len("_000000")], set()))[1].add(item.name)
@@ -371,18 +364,15 @@ def _decoded(items, args, kinds, settings, failures, counts):
             top = (photo_sphere_top(io.read_photo_sphere(item.source), *rgb.shape[:2])
                    if args.pad_to_erp and not item.video and rgb.shape[1] != 2 * rgb.shape[0] else None)
         except DapError as e:
-            failures.append((seq, item.source, str(e)))
+            failures.add(seq, item.source, str(e), item.video)
             continue
         yield seq, item, paths, (record, expected, stale), rgb, top, notes
-    failures.extend((seq + 1, *f) for f in video_failures)
-    failures.extend((seq + 1, video, f"also {n} later frame(s), for the same reason")
-                    for (video, _), n in later.items() if n)
-    counts["folded"] = sum(later.values())  # frames counted in those lines
-    counts["fold_lines"] = sum(1 for n in later.values() if n)
+    for source, reason in video_failures:
+        failures.add(seq + 1, source, reason)
     if args.overwrite:  # a video replaced by another (shorter) one: the old one's other frames would pass for its own
         from tqdm import tqdm
 
-        failed = {source for _, source, _ in failures}
+        failed = failures.sources()
         for video, (stem, names) in visited.items():
             if video not in failed and (removed := _remove_stale_frames(args.out, video, stem, names)):
                 tqdm.write(f"dap predict: note: {video}: removed the outputs of {len(removed)} frame(s) that an "
@@ -432,7 +422,7 @@ def _point_stride_where_it_counts(recorded: dict, expected: dict, paths: dict) -
     return recorded, expected
 
 
-def _write(job, point_stride: int, failures: list, counts: dict) -> None:
+def _write(job, point_stride: int, failures: _Failures, counts: dict) -> None:
     from tqdm import tqdm
 
     seq, item, pred, paths, (record, content, stale) = job
@@ -447,7 +437,7 @@ def _write(job, point_stride: int, failures: list, counts: dict) -> None:
         write_record(record, {**content, "outputs": outputs, "complete": True})
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
-        failures.append((seq, item.source, str(e)))
+        failures.add(seq, item.source, str(e), item.video)
 
 
 def _background(iterable, size: int = 2):
@@ -494,6 +484,43 @@ def _background(iterable, size: int = 2):
     finally:
         stop.set()
         thread.join(timeout=10)  # it stops within one decode
+
+
+class _Failures:
+    """The inputs that failed, reported in input order. A video's later frames that fail for the same reason (the
+    `kind` given, else the text with its numbers left out: a frame's number, its file's) are counted on a line after
+    the first one's, not listed: a 30 s clip without a floor for --camera-height gave 900 lines. Added to from the
+    decode, main and write threads."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, str, str]] = []  # (input's position, source, reason)
+        self.later: dict[tuple[str, str], list[int]] = {}  # (video, kind) -> [its first's position, later frames]
+        self.lock = threading.Lock()
+
+    def add(self, seq: int, source: str, reason: str, video: str | None = None, kind: str | None = None) -> None:
+        with self.lock:
+            if video:
+                key = (video, kind or re.sub(r"\d+", "#", reason))
+                if key in self.later:
+                    self.later[key][1] += 1
+                    return
+                self.later[key] = [seq, 0]
+            self.rows.append((seq, source, reason))
+
+    def count(self) -> int:
+        """Inputs and frames that failed (not lines)."""
+        return len(self.rows) + sum(n for _, n in self.later.values())
+
+    def sources(self) -> set[str]:
+        return {source for _, source, _ in self.rows}
+
+    def lines(self) -> list[tuple[str, str]]:
+        """(source, reason) to print, in input order."""
+        folded = [(first, 1, video, f"also {n} later frame(s), for the same reason")
+                  for (video, _), (first, n) in self.later.items() if n]
+        return [(source, reason) for *_, source, reason in
+                sorted([(seq, 0, source, reason) for seq, source, reason in self.rows] + folded,
+                       key=lambda row: row[:2])]
 
 
 class _RepeatedWarnings:

@@ -1126,3 +1126,36 @@ def test_a_jpeg_with_a_preview_is_not_called_an_animation(tmp_path):
     assert Image.open(tmp_path / "mpo.jpg").format == "MPO" and Image.open(tmp_path / "mpo.jpg").n_frames == 2
     rgb, notes = io.read_rgb_notes(tmp_path / "mpo.jpg")
     assert rgb.shape == (64, 128, 3) and notes == []
+
+
+def _rotation_tagged(path: Path, degrees: int) -> Path:
+    """An MP4 of 2:1 frames (W x H, grey level 40 x its number, a white band on top) whose track header says to turn
+    it."""
+    import struct
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (W, H))
+    for i in range(3):
+        frame = np.full((H, W, 3), 40 * i, np.uint8)
+        frame[:H // 4] = 255
+        writer.write(frame)
+    writer.release()
+    data = bytearray(path.read_bytes())
+    tkhd = data.find(b"tkhd")  # the display matrix after version/flags, times, track id, duration, layer...
+    v1 = data[tkhd + 4] == 1
+    at = tkhd + 8 + (16 if v1 else 8) + 8 + (8 if v1 else 4) + 16
+    cos, sin = {90: (0, 1), 180: (-1, 0), 270: (0, -1)}[degrees]
+    data[at:at + 36] = struct.pack(">9i", cos << 16, sin << 16, 0, -sin << 16, cos << 16, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_video_tagged_to_turn_its_2_to_1_frames_by_90_degrees_is_read_as_stored(tmp_path):
+    """OpenCV turned such frames to 1:2 and the video failed with "rotate it upright", while its frames are upright:
+    the tag is wrong, as for images. A turn by 180 degrees is applied."""
+    for degrees, band in ((90, "top"), (270, "top"), (180, "bottom")):
+        frames = list(io.iter_video_frames(_rotation_tagged(tmp_path / f"r{degrees}.mp4", degrees)))
+        assert [f.shape for f in frames] == [(H, W, 3)] * 3, degrees
+        assert [round(float(f[H // 2].mean()) * 255 / 40) for f in frames] == [0, 1, 2]
+        top, bottom = (float(frames[0][rows].mean()) for rows in (slice(0, 4), slice(H - 4, H)))
+        assert (top > 0.9 and bottom < 0.1) if band == "top" else (bottom > 0.9 and top < 0.1), degrees
+        assert [i for i, _, _ in io.sample_video_frames(tmp_path / f"r{degrees}.mp4", 0.4)] == [0, 2]

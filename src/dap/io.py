@@ -1323,6 +1323,11 @@ def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
         raise _unreadable(p, "OpenCV cannot open it as a video")
+    # OpenCV turns frames by the file's rotation tag. A turn by 90 degrees of 2:1 frames (its reported size is the
+    # turned one) is a wrong tag, as for images (`_orientation`): no 360 camera makes 1:2 video, so read as stored
+    if cap.get(cv2.CAP_PROP_ORIENTATION_META) in (90, 270) and \
+            cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 2 * cap.get(cv2.CAP_PROP_FRAME_WIDTH):
+        cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
     count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
     return p, cap, int(count) if count and math.isfinite(count) and count > 0 else 0
 

@@ -1159,3 +1159,33 @@ def test_a_video_tagged_to_turn_its_2_to_1_frames_by_90_degrees_is_read_as_store
         top, bottom = (float(frames[0][rows].mean()) for rows in (slice(0, 4), slice(H - 4, H)))
         assert (top > 0.9 and bottom < 0.1) if band == "top" else (bottom > 0.9 and top < 0.1), degrees
         assert [i for i, _, _ in io.sample_video_frames(tmp_path / f"r{degrees}.mp4", 0.4)] == [0, 2]
+
+
+def test_a_video_trimmed_without_reencoding_is_whole(tmp_path):
+    """A trim that keeps the samples and shows fewer by an edit list (QuickTime, iOS, ffmpeg -c copy) failed as "frame 7
+    of 10 cannot be decoded (the video is cut short or corrupt)" after its 7 frames: OpenCV counts the samples."""
+    import struct
+
+    path = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 5, (W, H))
+    for i in range(10):
+        writer.write(np.full((H, W, 3), 20 * i, np.uint8))
+    writer.release()
+    data = bytearray(path.read_bytes())
+    elst, mdhd = data.find(b"elst"), data.find(b"mdhd")
+    assert data[elst + 4] == 0 and data[mdhd + 4] == 0  # version 0 boxes
+    media_rate = struct.unpack(">I", data[mdhd + 16:mdhd + 20])[0]
+    duration, start = struct.unpack(">Ii", data[elst + 12:elst + 20])
+    data[elst + 12:elst + 20] = struct.pack(">Ii", duration * 7 // 10, start + 3 * media_rate // 5)  # frames 3-9
+    path.write_bytes(bytes(data))
+    assert len(list(io.iter_video_frames(path))) == 7
+    assert [i for i, _, _ in io.sample_video_frames(path, 0.4)] == [0, 2, 4, 6]
+    cut = tmp_path / "cut.avi"  # a file cut short still fails
+    writer = cv2.VideoWriter(str(cut), cv2.VideoWriter_fourcc(*"MJPG"), 5, (W, H))
+    for i in range(10):
+        writer.write(np.random.default_rng(i).integers(0, 255, (H, W, 3), np.uint8))
+    writer.release()
+    whole = cut.read_bytes()
+    cut.write_bytes(whole[:len(whole) * 6 // 10])
+    with pytest.raises(UnreadableFileError, match="of 10 cannot be decoded"):
+        list(io.iter_video_frames(cut))

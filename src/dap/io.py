@@ -1318,7 +1318,7 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".3gp", ".ts"
 
 
 def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
-    """(path, opened capture, number of frames the container states; 0 if it states none)."""
+    """(path, opened capture, number of frames the container states it shows; 0 if it states none)."""
     p = _check_file(path)
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
@@ -1329,7 +1329,73 @@ def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
             cap.get(cv2.CAP_PROP_FRAME_HEIGHT) == 2 * cap.get(cv2.CAP_PROP_FRAME_WIDTH):
         cap.set(cv2.CAP_PROP_ORIENTATION_AUTO, 0)
     count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
-    return p, cap, int(count) if count and math.isfinite(count) and count > 0 else 0
+    count = int(count) if count and math.isfinite(count) and count > 0 else 0
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    if count and fps and math.isfinite(fps) and fps > 0 and (shown := _edited_seconds(p)) is not None:
+        # a trim without re-encoding (QuickTime, iOS, ffmpeg -c copy) keeps every sample, which the count counts,
+        # and an edit list that shows fewer: those are the frames a decoder gives
+        count = min(count, math.ceil(shown * fps - 1e-3))
+    return p, cap, count
+
+
+def _edited_seconds(path: Path) -> float | None:
+    """The seconds an MP4/MOV's video track shows by its edit list (`elst`), or None where it has none (or the
+    file is no ISO media file)."""
+    import struct
+
+    def boxes(f, start: int, end: int):
+        """(type, payload start, payload end) of the boxes in [start, end)."""
+        at = start
+        while at + 8 <= end:
+            f.seek(at)
+            size, kind = struct.unpack(">I4s", f.read(8))
+            head = 8
+            if size == 1:
+                size, head = struct.unpack(">Q", f.read(8))[0], 16
+            elif size == 0:
+                size = end - at
+            if size < head:
+                return
+            yield kind, at + head, min(at + size, end)
+            at += size
+
+    try:
+        with open(path, "rb") as f:
+            end = os.fstat(f.fileno()).st_size
+            moov = next(((a, b) for kind, a, b in boxes(f, 0, end) if kind == b"moov"), None)
+            if moov is None:
+                return None
+            inside = {kind: (a, b) for kind, a, b in boxes(f, *moov) if kind != b"trak"}
+            if b"mvhd" not in inside:
+                return None
+            f.seek(inside[b"mvhd"][0])
+            version = f.read(1)[0]
+            f.seek(inside[b"mvhd"][0] + (20 if version == 1 else 12))
+            timescale = struct.unpack(">I", f.read(4))[0]
+            for kind, a, b in list(boxes(f, *moov)):
+                if kind != b"trak":
+                    continue
+                parts = {k: (x, y) for k, x, y in boxes(f, a, b)}
+                media = {k: (x, y) for k, x, y in boxes(f, *parts[b"mdia"])} if b"mdia" in parts else {}
+                if b"hdlr" not in media or b"edts" not in parts:
+                    continue
+                f.seek(media[b"hdlr"][0] + 8)
+                if f.read(4) != b"vide":
+                    continue
+                elst = next(((x, y) for k, x, y in boxes(f, *parts[b"edts"]) if k == b"elst"), None)
+                if elst is None or not timescale:
+                    return None
+                f.seek(elst[0])
+                version, entries = struct.unpack(">B3xI", f.read(8))
+                layout = ">Qq4x" if version == 1 else ">Ii4x"
+                shown = 0
+                for _ in range(entries):
+                    duration, media_time = struct.unpack(layout, f.read(struct.calcsize(layout)))
+                    shown += duration if media_time != -1 else 0  # -1: an empty edit (a pause), no frames
+                return shown / timescale if shown else None
+    except (OSError, struct.error, IndexError):
+        return None
+    return None
 
 
 def _check_video_end(p: Path, index: int, count: int) -> None:

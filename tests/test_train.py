@@ -162,10 +162,16 @@ def test_training_sample_from_loader_layouts():
     assert r["depth"].shape == (1, 4, 8) and set(r["depth"].unique().tolist()) <= {0.0, 1.0, 2.0, 5.0, 150.0}
 
 
-def test_validation_scores_what_dap_eval_scores():
-    """Training validation and `dap eval` share one path (seam padding, precision, range cap): same AbsRel."""
+def test_validation_scores_what_dap_eval_scores(monkeypatch):
+    """Training validation and `dap eval` share one path (seam padding, precision, range cap): same AbsRel. In fp32,
+    `dap eval`'s default, also where "auto" means bf16 (a GPU, or a CPU whose bf16 timed faster in that process):
+    validation ran "auto" there, 1.4% off `dap eval`'s AbsRel."""
+    from dap import inference
     from dap.evaluation import EvalConfig, evaluate, model_predictor
     from dap.models import create_model
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_bf16_speedup", lambda: 4.0)  # "auto" is bf16 here now
 
     torch.manual_seed(0)
     model = create_model("dap_tiny").eval()

@@ -174,11 +174,13 @@ def _autocast(device: torch.device, amp: str):
 # =================================================================================== validation
 @torch.no_grad()
 def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Dist, *,
-             seam_pad: float = DEFAULT_SEAM_PAD, precision: str = "auto") -> tuple[dict, np.ndarray | None]:
+             seam_pad: float = DEFAULT_SEAM_PAD, precision: str = "fp32") -> tuple[dict, np.ndarray | None]:
     """Metric-protocol depth metrics (dap.evaluation) and range-mask IoU over the validation set, split
     across ranks; returns (per-image means, rank 0's first image panel, `dap.evaluation.depth_panel`).
     Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, `precision`, then the range
-    cap), so the depth metrics are those `dap eval` reports for the same model and samples."""
+    cap), so the depth metrics are those `dap eval` reports for the same model and samples. fp32 as `dap eval`'s
+    default: "auto" was bf16 on a GPU and, on a CPU, by a speed measured in each process (sittings of one run, or
+    its ranks, could validate differently), and 1.4% off `dap eval`'s AbsRel on a tiny model."""
     from dap.errors import NoValidDepthError
     from dap.evaluation import aggregate, compute_metrics, depth_panel
 

@@ -487,6 +487,28 @@ def test_two_rank_labeling_equals_one_rank(tmp_path, tiny_checkpoint):
     assert [r["domain"] for r in read_manifest(one)] == [r["domain"] for r in read_manifest(two)]
 
 
+def test_labels_do_not_depend_on_the_bf16_timing_of_the_process(tmp_path, tiny_checkpoint, monkeypatch):
+    """On a CPU, "auto" is bf16 where a matmul timed in each process says it is faster: the two ranks of one
+    labelling, or two sittings of it, made labels in bf16 and in fp32 (the 1- vs 2-rank test failed under load)."""
+    import json
+
+    from dap import inference
+
+    one = _pool_of_renders(tmp_path / "one", 2)
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: True)
+    for pool, speedup in ((one, 4.0), (two, 0.5)):  # "auto" would be bf16, then fp32
+        monkeypatch.setattr(inference, "cpu_bf16_speedup", lambda s=speedup: s)
+        label_pool(pool, str(tiny_checkpoint), "stage1", LabelOptions(resolution=(32, 64), batch_size=1),
+                   progress=False)
+    a, b = _labels(one), _labels(two)
+    assert a.keys() == b.keys() and len(a) == 2
+    for k in a:
+        assert np.array_equal(a[k]["depth"], b[k]["depth"]) and np.array_equal(a[k]["prob"], b[k]["prob"])
+    assert json.loads((one / "labels" / "stage1" / "settings.json").read_text())["precision"] == "fp32"
+
+
 def test_two_rank_scoring_equals_one_rank(tmp_path, tiny_checkpoint):
 
     from dap.curation.selection import score_pool

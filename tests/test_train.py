@@ -840,7 +840,7 @@ def test_a_validation_source_that_reads_training_data_is_named():
     same = cfg_with("data.sources=[{kind: folder, path: /d}]", "data.val=[{kind: folder, path: /d}]")
     assert validation_overlaps(same) == [
         "data.val[0] (folder /d, split train) reads the panoramas of data.sources[0], which the run trains on: its "
-        "validation is no held-out measure (give it another split, e.g. split: val, or other seeds)"]
+        "validation is no held-out measure (give it another split, e.g. split: val)"]
     assert validation_overlaps(cfg_with("data.sources=[{kind: folder, path: /d}]",
                                         "data.val=[{kind: folder, path: /d, split: val}]")) == []
     # rooms: room i comes from the generator of (seed, i), so another seed is other rooms (seed 6 was said to
@@ -849,6 +849,7 @@ def test_a_validation_source_that_reads_training_data_is_named():
     assert validation_overlaps(cfg_with(rooms, "data.val=[{kind: rooms, size: 4, seed: 6}]")) == []
     said = validation_overlaps(cfg_with(rooms, "data.val=[{kind: rooms, size: 4, seed: 0, path: data/x}]"))
     assert said[0].startswith("data.val[0] (rooms seed 0, split train) reads the panoramas of data.sources[0]")
+    assert said[0].endswith("(give it another seed)")
     synthetic = "data.sources=[{kind: synthetic, size: 8, seed: 0}]"  # panorama i renders seed + i
     assert len(validation_overlaps(cfg_with(synthetic, "data.val=[{kind: synthetic, size: 4, seed: 6}]"))) == 1
     assert validation_overlaps(cfg_with(synthetic, "data.val=[{kind: synthetic, size: 4, seed: 8}]")) == []
@@ -872,7 +873,26 @@ def test_a_folder_without_splits_validated_as_split_val_is_its_training_data(tmp
                      f"data.sources=[{{kind: folder, path: {tmp_path / 'd'}}}]",
                      f"data.val=[{{kind: folder, path: {tmp_path / 'd'}, split: val}}]"), tmp_path / "run")
     assert "data.val[0] (folder " in (err := capsys.readouterr().err) and "split all) reads the panoramas of " \
-        "data.sources[0]" in err
+        "data.sources[0]" in err and "(it has no splits: give it a folder of other panoramas)" in err
+
+
+def test_a_split_of_a_dap_synth_folder_is_refused_and_the_same_folder_named(tmp_path, capsys):
+    """`split: val` on a shards source was ignored without a word: validation scored the training panoramas and the
+    note that says so did not come (the configured split, not the one read, was compared)."""
+    from dap.data.shards import write_dataset
+
+    write_dataset(tmp_path / "s", count=2, resolution=(32, 64), progress=False)
+    shards = f"data.sources=[{{kind: shards, path: {tmp_path / 's'}}}]"
+    with pytest.raises(ConfigError, match=r"data.val\[0\].split: a shards source has no splits, it reads every "
+                                            r"panorama it has \(split 'val' read the training panoramas\); render a "
+                                            r"held-out set with other seeds \(dap synth --seed\)"):
+        T.load_config(None, ["data.height=32", "data.width=64", shards,
+                             f"data.val=[{{kind: shards, path: {tmp_path / 's'}, split: val}}]"])
+    T.train(cfg_with("run.steps=1", "run.val_every=1", "data.val_samples=1", shards,
+                     f"data.val=[{{kind: shards, path: {tmp_path / 's'}}}]"), tmp_path / "run")
+    assert "split all) reads the panoramas of data.sources[0], which the run trains on: its validation is no " \
+        "held-out measure (render a held-out set with other seeds (dap synth --seed) and give its folder)" in \
+        capsys.readouterr().err
 
 
 def test_a_checkpoint_cut_short_by_a_full_disk_says_so(tmp_path, monkeypatch, capsys):

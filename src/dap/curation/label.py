@@ -85,11 +85,12 @@ def _hemisphere_weights(height: int, width: int) -> tuple[torch.Tensor, torch.Te
 
 
 @torch.inference_mode()
-def label_batch(model, x: torch.Tensor, *, tta: bool, seam_pad: float) -> dict[str, torch.Tensor]:
+def label_batch(model, x: torch.Tensor, *, tta: bool, seam_pad: float,
+                precision: str = "fp32") -> dict[str, torch.Tensor]:
     """Depth (0 where out of range), range probability and per-image confidence signals for a normalised batch."""
     from dap.inference import run_model
 
-    out = run_model(model, x, seam_pad=seam_pad)
+    out = run_model(model, x, seam_pad=seam_pad, precision=precision)
     depth, prob = out["depth"], out["out_of_range_prob"]
     h, w = depth.shape[-2:]
     whole, upper = (t.to(depth.device) for t in _hemisphere_weights(h, w))
@@ -99,8 +100,9 @@ def label_batch(model, x: torch.Tensor, *, tta: bool, seam_pad: float) -> dict[s
         "mask_certainty": ((2 * prob - 1).abs()[:, 0] * whole).sum((-2, -1)),
     }
     if tta:
-        rolled = run_model(model, x.roll(w // 2, dims=-1), seam_pad=seam_pad)["depth"].roll(-(w // 2), dims=-1)
-        flipped = run_model(model, x.flip(-1), seam_pad=seam_pad)["depth"].flip(-1)
+        rolled = run_model(model, x.roll(w // 2, dims=-1), seam_pad=seam_pad, precision=precision)["depth"].roll(
+            -(w // 2), dims=-1)
+        flipped = run_model(model, x.flip(-1), seam_pad=seam_pad, precision=precision)["depth"].flip(-1)
         errs = [((d - depth).abs() / depth.clamp(min=1e-3) * inside).sum((-3, -2, -1)) for d in (rolled, flipped)]
         signals["tta_absrel"] = (errs[0] + errs[1]) / (2 * inside.sum((-3, -2, -1)).clamp(min=1))
     else:
@@ -127,7 +129,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
     model or a checkpoint path."""
     from tqdm import tqdm
 
-    from dap.inference import model_fingerprint, resolve_model
+    from dap.inference import model_fingerprint, resolve_model, resolve_precision
     from dap.io import remove_temporaries
     from dap.train.distributed import loader_batches, quiet_worker
 
@@ -142,10 +144,14 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
         if not rows:
             raise DapError(empty_pool_problem(pool))
         model = resolve_model(model, d.device)
+        # Labels are training data: one precision for a stage's every label, whatever the process or rank. On a CPU
+        # fp32 ("auto" there is bf16 where a timing in each process says it is faster: two ranks, or two sittings
+        # of one labelling, made labels in both); on a GPU what "auto" is for it, a property of the device.
+        precision = "fp32" if d.device.type == "cpu" else resolve_precision("auto", d.device)
         if d.main:  # label writes killed mid-way
             remove_temporaries(pool / "labels" / stage)
             _check_label_settings(pool, stage, {"model": model_fingerprint(model), "resolution": list(o.resolution),
-                                                "tta": o.tta, "seam_pad": o.seam_pad})
+                                                "tta": o.tta, "seam_pad": o.seam_pad, "precision": precision})
         if d.world > 1:
             dist.barrier()  # no rank writes before the clean-up is done
         mine = [i for i in rank_rows(rows, d.rank, d.world)
@@ -158,7 +164,7 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
                   unit="pano", disable=not progress, dynamic_ncols=True) as bar:
             with loader_batches(loader) as batches:  # its workers stopped also after an unreadable image
                 for idx, readable, x in batches:
-                    res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad)
+                    res = label_batch(model, x.to(d.device), tta=o.tta, seam_pad=o.seam_pad, precision=precision)
                     for b, i in enumerate(idx.tolist()):
                         if not readable[b]:
                             continue
@@ -193,7 +199,8 @@ def _check_label_settings(pool: Path, stage: str, settings: dict) -> None:
     except (OSError, ValueError):
         before = None
     if labels and isinstance(before, dict):
-        changed = changed_keys(before, settings)
+        # labels recorded before the precision was: not refused for it (they were made in "auto")
+        changed = changed_keys({"precision": settings.get("precision"), **before}, settings)
         if changed:
             words = ["another model" if k == "model" else f"{k}: {before.get(k)} -> {settings.get(k)}" for k in changed]
             raise DapError(f"the {stage} labels in {folder} were made with other settings ({'; '.join(words)}); "

@@ -172,7 +172,7 @@ def lost_labels(pool: Path, rows: list[dict], stage: str) -> list[dict]:
 
 
 def label_settings_path(pool: Path, stage: str) -> Path:
-    """Where `dap curate label` records the model, resolution and TTA a stage's labels were made with."""
+    """Where `dap curate label` records the model, resolution, TTA and precision a stage's labels were made with."""
     return pool / "labels" / stage / "settings.json"
 
 

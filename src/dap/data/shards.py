@@ -313,6 +313,8 @@ class ShardDataset(torch.utils.data.Dataset):
     lazily per process (safe with DataLoader workers). `transform(sample) -> sample` runs last.
     """
 
+    split = "all"  # a `dap synth` dataset is one set: every panorama of it is read
+
     def __init__(self, root_or_manifest: str | os.PathLike, transform: Callable[[dict], dict] | None = None):
         self.root, table = read_manifest(root_or_manifest)
         self.rows = table.select(["key", "shard", "kind", "style"]).to_pylist()

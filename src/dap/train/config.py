@@ -238,6 +238,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 SOURCE_KINDS = ("shards", "folder", "dataset", "synthetic", "rooms", "pseudo")
+# kinds without splits, and where their held-out panoramas come from instead
+UNSPLIT_KINDS = {"shards": "render a held-out set with other seeds (dap synth --seed) and give its folder",
+                 "synthetic": "give it seeds the training sources do not use", "rooms": "give it another seed",
+                 "pseudo": "give the pool of other panoramas"}
 
 
 def check_source(src: SourceConfig, where: str) -> None:
@@ -247,6 +251,9 @@ def check_source(src: SourceConfig, where: str) -> None:
 
     if src.kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind must be one of {', '.join(SOURCE_KINDS)}, got {src.kind!r}")
+    if src.kind in UNSPLIT_KINDS and src.split not in ("train", "all"):  # "train": the default, given or not
+        raise ConfigError(f"{where}.split: a {src.kind} source has no splits, it reads every panorama it has (split "
+                          f"{src.split!r} read the training panoramas); {UNSPLIT_KINDS[src.kind]}")
     if src.kind in ("synthetic", "rooms"):
         if not src.size >= 1:
             raise ConfigError(f"{where}.size is the number of panoramas a {src.kind} source makes, at least 1, "

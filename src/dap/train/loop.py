@@ -40,7 +40,7 @@ from dap.train.checkpoints import (
     resume_checkpoint,
     save_checkpoint,
 )
-from dap.train.config import SourceConfig, TrainConfig, check_config
+from dap.train.config import UNSPLIT_KINDS, SourceConfig, TrainConfig, check_config
 from dap.train.data import (
     MixtureDataset,
     MixtureSampler,
@@ -547,9 +547,15 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[s
     def shown(v: SourceConfig) -> str:
         return {"synthetic": f"seeds {v.seed}+", "rooms": f"seed {v.seed}"}.get(v.kind, v.path)
 
+    def fix(v: SourceConfig, vs: str) -> str:
+        if v.kind in UNSPLIT_KINDS:
+            return UNSPLIT_KINDS[v.kind]
+        if vs == "all":  # a folder or dataset without split files
+            return "it has no splits: give it a folder of other panoramas"
+        return "give it another split, e.g. split: val"
+
     return [f"data.val[{i}] ({v.kind} {shown(v)}, split {vs}) reads the panoramas of "
-            f"data.sources[{j}], which the run trains on: its validation is no held-out measure (give it another "
-            "split, e.g. split: val, or other seeds)"
+            f"data.sources[{j}], which the run trains on: its validation is no held-out measure ({fix(v, vs)})"
             for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True))
             for j, (t, ts) in enumerate(zip(cfg.data.sources, train_splits, strict=True)) if same(v, vs, t, ts)]
 

@@ -509,6 +509,15 @@ def test_a_stopped_run_is_a_model_its_checkpoints_too(tmp_path):
     started = T.train(cfg_with("run.steps=1", f"model.init={out / 'checkpoints' / 'step_00000002.pt'}"),
                       tmp_path / "next")
     assert started.finished
+    # its newest checkpoint cut short: the way on, not "download it again"
+    newest = out / "checkpoints" / "step_00000003.pt"
+    data = newest.read_bytes()
+    newest.write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"the newest checkpoint of the run .*run, step_00000003.pt, cannot be "
+                                              r"read: damaged, or cut short \(a kill, a full disk\). Delete it .*, or "
+                                              r"pass the one before, .*step_00000002.pt$"):
+        load_model(out)
+    newest.write_bytes(data)
     # a checkpoint of a run that began from a model, written before checkpoints recorded the architecture
     del ckpt["model_config"]
     ckpt["config"]["model"]["init"] = "gone/final"
@@ -827,7 +836,12 @@ def test_a_fine_tuning_run_resumes_after_its_init_model_moved(tmp_path):
     T.train(cfg_with(*tune), tmp_path / "tune", stop_at=2)
     ref = T.train(cfg_with(*tune), tmp_path / "ref")  # uninterrupted, for the exact-resume check
     shutil.move(tmp_path / "init", tmp_path / "moved")
+    shutil.copytree(tmp_path / "tune", tmp_path / "tune2")
     resumed = T.train(cfg_with(*tune), tmp_path / "tune", resume=True)
+    assert resumed.finished
+    assert_same_weights(resumed.model.state_dict(), ref.model.state_dict())
+    # and with model.init naming where it went (refused as "its model differs from the config")
+    resumed = T.train(cfg_with(*tune[:-1], f"model.init={tmp_path / 'moved'}"), tmp_path / "tune2", resume=True)
     assert resumed.finished
     assert_same_weights(resumed.model.state_dict(), ref.model.state_dict())
 
@@ -928,3 +942,15 @@ def test_live_synthetic_source_masks_far_pixels_as_its_shards_do(tmp_path):
         assert torch.equal(a["valid"], b["valid"]) and torch.equal(a["out_of_range"], b["out_of_range"])
         far += int(((a["depth"] > 100) & a["out_of_range"]).sum())
     assert far > 0  # the check covers pixels beyond 100 m
+
+
+def test_an_empty_config_section_keeps_its_defaults_and_takes_set_overrides(tmp_path):
+    """`run:` with every key commented out loaded, but `--set run.steps=2` into it was "no such config entry (list
+    items are addressed by index...)"; an empty `model.overrides:` was "expected a mapping, got None"."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  height: 32\n  width: 64\nrun:\n  # steps: 1000\nmodel:\n  name: dap_tiny\n  overrides:\n"
+                    "    # vit: {depth: 4}\n")
+    cfg = T.load_config(path, ["run.steps=2", "model.overrides.max_depth=50.0"])
+    assert cfg.run.steps == 2 and cfg.run.seed == T.TrainConfig().run.seed
+    assert cfg.model.overrides == {"max_depth": 50.0}
+    assert T.load_config(path).model.overrides == {}

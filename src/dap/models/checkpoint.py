@@ -325,7 +325,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
 
             if not (ckpts := list_checkpoints(p)):
                 raise CheckpointError(f"{p} is a `dap train` run without a model yet: no final/ and no checkpoint")
-            model = _load_official(ckpts[-1])  # the newest; the dispatch there recognises it
+            try:
+                model = _load_official(ckpts[-1])  # the newest; the dispatch there recognises it
+            except CheckpointError:  # not a download: "download it again" was the wrong fix
+                earlier = f", or pass the one before, {ckpts[-2]}" if len(ckpts) > 1 else ""
+                raise CheckpointError(f"the newest checkpoint of the run {p}, {ckpts[-1].name}, cannot be read: "
+                                      "damaged, or cut short (a kill, a full disk). Delete it (`dap train --resume` "
+                                      f"goes on from the one before){earlier}") from None
         else:
             pths = sorted(p.glob("*.pth"))
             if not pths:

@@ -182,6 +182,8 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
     ckpt = load_checkpoint(existing[-1], needs=RESUME_KEYS)
     changes = _config_changes(ckpt.get("config", {}), config)
     settings = tuple(f"model.overrides.{k}:" for k in INFERENCE_SETTINGS)  # not architecture: the weights still fit
+    if "model_config" in ckpt:  # the network is built from the architecture it records: model.init (where the run
+        settings += ("model.init:",)  # started, which may have moved since) is not read again
     if model_changes := [c for c in changes if c.startswith("model.") and not c.startswith(settings)]:
         raise RunExistsError(
             f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(model_changes)}); resume "

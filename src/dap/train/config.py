@@ -140,7 +140,11 @@ def _build(cls, data: Any, where: str):
 
 
 def _merge(base: Any, update: Any) -> Any:
-    """`update` laid over `base` (mappings merge recursively; lists and scalars replace)."""
+    """`update` laid over `base` (mappings merge recursively; lists and scalars replace). An empty section (`run:`
+    with its keys commented out, which YAML reads as null) keeps the defaults: it replaced them with null, and a
+    `--set run.steps=2` into it then read as "no such config entry"."""
+    if isinstance(base, dict) and update is None:
+        return copy.deepcopy(base)
     if isinstance(base, dict) and isinstance(update, dict):
         return {**base, **{k: _merge(base.get(k), v) for k, v in update.items()}}
     return copy.deepcopy(update)

@@ -79,13 +79,40 @@ def test_auto_is_fp32_without_native_bf16_and_bf16_with_it(monkeypatch):
         resolve_precision("fp8", CPU)
 
 
-def test_the_bf16_speedup_is_measured_once_per_process():
-    from dap.inference import cpu_bf16_speedup
+def test_the_bf16_speedup_is_measured_once_per_machine(tmp_path, monkeypatch):
+    """Timed in each process, "auto" was bf16 in one run and fp32 in the next on a loaded machine: a resumed dap
+    predict refused its own outputs as made differently. Kept per CPU, torch version and thread count."""
+    import json
 
-    cpu_bf16_speedup.cache_clear()
-    speedup = cpu_bf16_speedup()
+    from dap import inference
+
+    monkeypatch.setenv("DAP_CACHE", str(tmp_path))
+    inference.cpu_bf16_speedup.cache_clear()
+    speedup = inference.cpu_bf16_speedup()
     assert 0.01 < speedup < 100  # a ratio of two timings of the same matmul, whatever this CPU
-    assert cpu_bf16_speedup() == speedup and cpu_bf16_speedup.cache_info().hits >= 1
+    assert inference.cpu_bf16_speedup() == speedup and inference.cpu_bf16_speedup.cache_info().hits >= 1
+    kept = json.loads((tmp_path / "cpu_bf16.json").read_text())
+    assert list(kept.values()) == [round(speedup, 3)] and "threads" in next(iter(kept))
+
+    def timed_again():
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(inference, "_measure_bf16_speedup", timed_again)
+    inference.cpu_bf16_speedup.cache_clear()  # another process
+    assert inference.cpu_bf16_speedup() == round(speedup, 3)
+    monkeypatch.setattr(inference, "_measure_bf16_speedup", lambda: 3.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # another thread count: its own measure
+    try:
+        inference.cpu_bf16_speedup.cache_clear()
+        assert inference.cpu_bf16_speedup() == 3.0
+    finally:
+        torch.set_num_threads(threads)
+    assert len(json.loads((tmp_path / "cpu_bf16.json").read_text())) == 2
+    (tmp_path / "cpu_bf16.json").write_text("{not json")  # damaged: measured again and rewritten
+    inference.cpu_bf16_speedup.cache_clear()
+    assert inference.cpu_bf16_speedup() == 3.0 and len(json.loads((tmp_path / "cpu_bf16.json").read_text())) == 1
+    inference.cpu_bf16_speedup.cache_clear()
 
 
 def test_onnx_like_models_run_fp32_only():

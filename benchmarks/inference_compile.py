@@ -61,14 +61,15 @@ def profile(model, x: torch.Tensor, precision: str, device: torch.device) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variant", default="vitl", help="dap_<variant> (tiny, vits, vitb, vitl)")
+    parser.add_argument("--variant", default="vitl", choices=("tiny", "vits", "vitb", "vitl"), help="dap_<variant>")
     parser.add_argument("--resolution", type=parse_network_size, default="512x1024", help="HxW, 2:1")
-    parser.add_argument("--batches", type=comma_list(positive_int), default="1,4")
-    parser.add_argument("--precision", default="auto", help="fp32, bf16, fp16 or auto (bf16 on CUDA)")
+    parser.add_argument("--batches", type=comma_list(positive_int), default="1,4", help="batch sizes, comma-separated")
+    parser.add_argument("--precision", default="auto", choices=("fp32", "bf16", "fp16", "int8", "auto"),
+                        help="the forward's precision (auto: bf16 on CUDA and on CPUs with fast bf16)")
     parser.add_argument("--modes", type=comma_list(mode), default=",".join(MODES),
                         help="compile modes to time against eager; none: eager only")
-    parser.add_argument("--repeats", type=positive_int, default=5)
-    parser.add_argument("--device", type=parse_device, default="cpu")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed calls per row (best is kept)")
+    parser.add_argument("--device", type=parse_device, default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--profile", type=positive_int, metavar="B", help="print the eager pass's top operators")
     args = parser.parse_args()
     device = torch.device(args.device)

@@ -128,7 +128,9 @@ def memory_table(checkpoint: str, size: int) -> None:
     base = None
     for mode in ("bilinear", "guided"):
         out = subprocess.run([sys.executable, __file__, "--_child", mode, "--checkpoint", checkpoint,
-                              "--_size", str(size)], capture_output=True, text=True, check=True)
+                              "--_size", str(size)], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"the {mode} measurement failed:\n{out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         base = base or r["seconds"]
         print(f"| {mode} | {r['peak_mib']:.0f} | {r['before_mib']:.0f} | {r['seconds'] / base:.2f} |")

@@ -25,7 +25,7 @@ import torch
 
 import dap
 from dap import io
-from dap.cli import parse_size, positive_int
+from dap.cli import parse_size, positive_float, positive_int
 from dap.inference import output_paths, write_outputs
 
 
@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
                         help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--switch-interval", type=float, default=sys.getswitchinterval(),
+    parser.add_argument("--switch-interval", type=positive_float, default=sys.getswitchinterval(),
                         help="Python's GIL switch interval in seconds")
     parser.add_argument("--size", type=parse_size, default=(512, 1024), help="the panorama's HxW (default 512x1024)")
     parser.add_argument("--repeats", type=positive_int, default=20, help="timed calls per row")

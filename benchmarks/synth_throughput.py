@@ -127,7 +127,10 @@ def main() -> None:
         count = args.synth_count if mode == "synth" else args.count
         cmd = [sys.executable, __file__, "--resolution", size, "--count", str(count),
                "--threads", str(threads), "--one", f"{mode},{kind},{style},{ss}"]
-        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"failed: {' '.join(cmd)}\n{done.stderr[-2000:]}")
+        r = json.loads(done.stdout.strip().splitlines()[-1])
         base = base or r["pps"]
         print(f"| {mode:6} | {size:10} | {kind:7} | {style:5} | {ss:2} | {threads:7} | {r['pps']:11.2f} | "
               f"{r['pps'] / base:10.2f}x | {r['cpu_ms']:11.0f} | {r['peak_mb']:11.0f} |", flush=True)

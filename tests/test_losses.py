@@ -169,6 +169,19 @@ def test_df_normalisations():
         losses.dense_fidelity_loss(gt, gt, valid, normalise="l2")
 
 
+def test_df_is_continuous_where_a_views_truth_is_flat():
+    """A sphere's views have a constant truth: centred, it is ~0 while the prediction's map is scaled to unit norm
+    however small its variation, so a prediction 1e-4 off cost ~0.9 (SILog: 6e-5). Such views are skipped."""
+    g = torch.full((1, 1, H, W), 2.0)
+    valid = torch.ones_like(g, dtype=torch.bool)
+    tilt = torch.linspace(1, -1, H)[:, None].expand(H, W)
+    for eps in (1e-6, 1e-4):
+        assert float(losses.dense_fidelity_loss(g * (1 + eps * tilt), g, valid)) == 0.0
+    gt = room()  # views with structure are still compared, as before
+    assert float(losses.dense_fidelity_loss(blurred(gt), gt, torch.ones_like(gt, dtype=torch.bool))) == \
+        pytest.approx(6.6e-3, rel=0.05)
+
+
 def _check_finite_backward(total: torch.Tensor, *leaves: torch.Tensor) -> None:
     total.backward()
     for leaf in leaves:

@@ -120,6 +120,10 @@ def df_view_rays(
     ])
 
 
+# "centred" L_DF skips views whose truth varies by less than this share of its mean depth (RMS about the mean)
+DF_MIN_SPREAD = 1e-3
+
+
 def dense_fidelity_loss(
     pred: torch.Tensor,
     gt: torch.Tensor,
@@ -137,12 +141,13 @@ def dense_fidelity_loss(
     - "centred" (default): subtract D's own masked mean, then divide by its own Frobenius norm. The Gram
       compares structure only (invariant to scale and offset of each view; SILog and L_pts handle scale).
     - "frobenius": divide D by its own Frobenius norm (scale-invariant; the Gram is dominated by the mean
-      depth, so the term is ~16x smaller for the same blur).
+      depth, so the term is ~10x smaller for the same blur).
     - "gt_mean": divide both by the masked mean of D_g and each Gram by S; the result is the mean squared
       Gram entry, which also penalises a global scale error.
     With "centred"/"frobenius" ||Gram||_F ≤ 1, and the loss equals the mean squared entry of ΔGram/S for
     maps scaled to unit RMS. A view pixel is valid when all ERP pixels it interpolates are valid; views
-    with fewer than min_valid_fraction valid pixels are skipped (0 when none is left). view_size None →
+    with fewer than min_valid_fraction valid pixels are skipped (0 when none is left), and with "centred" views
+    whose truth is flat (DF_MIN_SPREAD). view_size None →
     round(2H/π), which matches the ERP pixel pitch at the view centre for a 90° view.
     """
     if normalise not in DF_NORMALISE:
@@ -166,8 +171,14 @@ def dense_fidelity_loss(
         scale = 1.0 / size**4
     else:
         if normalise == "centred":
+            mean_g = dg.sum(dim=(-2, -1), keepdim=True) / count.clamp_min(1)
             dp = torch.where(m, dp - dp.sum(dim=(-2, -1), keepdim=True) / count.clamp_min(1), 0.0)
-            dg = torch.where(m, dg - dg.sum(dim=(-2, -1), keepdim=True) / count.clamp_min(1), 0.0)
+            dg = torch.where(m, dg - mean_g, 0.0)
+            # A view whose truth is flat (spread below DF_MIN_SPREAD of its mean: a sphere's constant distance) has
+            # no structure to compare: its centred truth is ~0 while the prediction's is scaled to unit norm
+            # however small, so a prediction 1e-4 off cost ~0.9 there. Skipped, as a view without valid pixels.
+            spread = torch.sqrt((dg * dg).sum(dim=(-2, -1)) / count[..., 0, 0].clamp_min(1))
+            use = use * (spread >= DF_MIN_SPREAD * mean_g[..., 0, 0].abs()).to(pred.dtype)
         # +1e-12 keeps the gradient finite for an all-zero (skipped) view.
         dp = dp / torch.sqrt((dp * dp).sum(dim=(-2, -1), keepdim=True) + 1e-12)
         dg = dg / torch.sqrt((dg * dg).sum(dim=(-2, -1), keepdim=True) + 1e-12)

@@ -1,6 +1,6 @@
 """Equirectangular (ERP) geometry: the only place that converts between pixels, angles, rays and points.
 
-Conventions (see DESIGN.md): height:width = 1:2, row 0 is the north pole (up), column 0 is longitude -pi and
+Conventions: height:width = 1:2, row 0 is the north pole (up), column 0 is longitude -pi and
 longitude grows to the right; pixel centres sit at (i + 0.5) / H and (j + 0.5) / W.
 Camera frame: x right, y down, z forward, so (lon 0, lat 0) looks along +z and lon +pi/2 along +x.
 Depth is the Euclidean distance from the camera centre along the ray.
@@ -70,7 +70,8 @@ def lonlat_to_rays(lon: Array, lat: Array) -> Array:
 
 
 def rays_to_lonlat(rays: Array) -> tuple[Array, Array]:
-    """Longitude in [-pi, pi) and latitude in [-pi/2, pi/2] of (..., 3) directions (need not be unit)."""
+    """Longitude in (-pi, pi] (atan2: -pi itself comes back as pi) and latitude in [-pi/2, pi/2] of (..., 3)
+    directions (need not be unit)."""
     r, was_numpy = _to_torch(rays)
     x, y, z = r.unbind(-1)
     lon = torch.atan2(x, z)

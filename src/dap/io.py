@@ -56,6 +56,16 @@ def temporary_path(path: Path, token: str | None = None) -> Path:
     return path.with_name(f".{path.name}.{token}.tmp{path.suffix}")
 
 
+def lock_path(folder: PathLike) -> Path:
+    """The file `folder_lock` locks for `folder`: in the user's own folder of the system's temporary folder (/tmp is
+    shared), named by the folder's real path."""
+    import hashlib
+    import tempfile
+
+    name = hashlib.sha256(os.fsencode(os.path.realpath(folder))).hexdigest()[:32]
+    return Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}" / f"{name}.lock"
+
+
 @contextlib.contextmanager
 def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     """Hold `folder` for this process while the block runs; another process asking for it meanwhile gets a
@@ -66,13 +76,9 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     Once held, the temporaries killed runs left under the folder are removed (`remove_temporaries`, those older than
     STALE_AFTER_S: a command that takes no lock may be writing a younger one); a refused run touches nothing."""
     import fcntl
-    import hashlib
-    import tempfile
 
-    real = os.path.realpath(folder)
-    locks = Path(tempfile.gettempdir()) / f"dap-locks-{os.getuid()}"  # per user: /tmp is shared
-    locks.mkdir(mode=0o700, exist_ok=True)
-    path = locks / f"{hashlib.sha256(os.fsencode(real)).hexdigest()[:32]}.lock"
+    path = lock_path(folder)
+    path.parent.mkdir(mode=0o700, exist_ok=True)
     while True:
         f = open(path, "a+")  # closed below, or after the block
         try:

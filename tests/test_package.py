@@ -30,3 +30,11 @@ def test_starting_a_command_does_not_import_trimesh():
             "print('trimesh' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "False", done.stderr
+
+
+def test_python_dash_m_dap_is_the_dap_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "dap", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("usage: dap")

@@ -954,3 +954,13 @@ def test_an_empty_config_section_keeps_its_defaults_and_takes_set_overrides(tmp_
     assert cfg.run.steps == 2 and cfg.run.seed == T.TrainConfig().run.seed
     assert cfg.model.overrides == {"max_depth": 50.0}
     assert T.load_config(path).model.overrides == {}
+
+
+def test_a_documented_config_path_outside_a_clone_says_where_configs_are(tmp_path, monkeypatch):
+    """configs/ is not in the installed package: `dap train --config configs/tiny_cpu.yaml` run elsewhere said only
+    "No such file or directory; check the path"."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="configs/ of the docs are in the dap repository, not in the installed"):
+        T.load_config("configs/tiny_cpu.yaml")
+    with pytest.raises(ConfigError, match=r"check the path$"):
+        T.load_config("mine.yaml")

@@ -190,7 +190,11 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, example: str) -> dict:
     try:
         raw = yaml.load(Path(path).read_text(), Loader=_UniqueKeyLoader) or {}  # a SafeLoader
     except OSError as e:
-        raise ConfigError(f"cannot read the {what} {path}: {e.strerror or e}; check the path") from e
+        # the documented configs/*.yaml are in the repository, not in an installed package
+        clone = ("; the configs/ of the docs are in the dap repository, not in the installed package: run from a "
+                 "clone of it, or write your own" if Path(path).parts[:1] == ("configs",) and not Path(path).exists()
+                 else "")
+        raise ConfigError(f"cannot read the {what} {path}: {e.strerror or e}; check the path{clone}") from e
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""

@@ -909,6 +909,38 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert "1 stage3 label file(s) of the step label3 is gone; running label3, final again" in capsys.readouterr().err
     assert len(list((work / "pool/labels/stage3").glob("*.npz"))) == 6
     assert (work / "runs/final/final/model.safetensors").is_file()
+    # panoramas added to the pool: label1 and what is made from it again, the discriminator and stage 1 kept. The
+    # training runs were resumed at their last step ("nothing trained"): stage 2 kept the old selection's model and
+    # final never saw the new panoramas; and label3 kept the old stage 2's labels of the old rows
+    for i in range(6, 8):
+        write_rgb(src / f"p{i}.png", _render(300 + i, "indoor", 32)["rgb"])
+    ingest([str(src)], work / "pool", IngestOptions(min_width=SMALL), progress=False)
+    stage2 = (work / "runs/stage2/final/model.safetensors").read_bytes()
+    disc = json.loads((work / "state.json").read_text())["done"]["disc"]
+    capsys.readouterr()
+    assert main(rerun) == 0
+    err = capsys.readouterr().err
+    assert "2 stage1 label file(s) of the step label1 is gone; running label1, select, stage2, label3, final again" \
+        in err and "nothing trained" not in err
+    assert (work / "runs/stage2.replaced").is_dir() and (work / "pool/labels/stage3.replaced").is_dir()
+    assert (work / "runs/stage2/final/model.safetensors").read_bytes() != stage2
+    done = json.loads((work / "state.json").read_text())["done"]
+    assert done["disc"] == disc and done["stage2"]["steps"] == done["final"]["steps"] > 0
+    rows = read_manifest(work / "pool")
+    assert len(rows) == 8 and all(r["stage3_label"] for r in rows)
+
+
+def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):
+    """`keep: {indoor: 0.5}` was merged into the default: outdoor still kept the paper's 0.207 (and those rows
+    trained stage 2), while the same mapping through --set or `dap curate select --keep` kept no outdoor row."""
+    from dap.curation.pipeline import load_curate_config
+
+    config = _tiny_curate_config(tmp_path, tmp_path / "renders")
+    cfg = json.loads(config.read_text())
+    cfg["select"]["keep"] = {"indoor": 0.5}
+    config.write_text(json.dumps(cfg))
+    assert load_curate_config(config).select.keep == {"indoor": 0.5}
+    assert load_curate_config(config, ["select.keep={indoor: 0.5}"]).select.keep == {"indoor": 0.5}
 
 
 def test_curate_config_and_argument_errors_exit_2(tmp_path, capsys):

@@ -42,6 +42,9 @@ from dap.train import SourceConfig, _build, _merge
 from dap.train.config import apply_overrides, config_source, read_yaml_mapping
 
 STEPS = ("ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "final")
+# What each step is made from (stage 2 and final also start from the model before them, through select and label3)
+MADE_FROM = {"ingest": (), "stage1": (), "label1": ("ingest", "stage1"), "disc": ("stage1",),
+             "select": ("label1", "disc"), "stage2": ("select",), "label3": ("stage2", "ingest"), "final": ("label3",)}
 # The first step that uses each config section: changing a section is refused once that step is done
 FIRST_USE = {"pool": "ingest", "labeled": "stage1", "stage1": "stage1", "label": "label1", "discriminator": "disc",
              "select": "select", "stage2": "stage2", "final": "final"}
@@ -120,6 +123,8 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
     p = Path(path)
     raw = read_yaml_mapping(p, "curation config", "configs/curate_tiny.yaml")
     full = _merge(asdict(CurateConfig()), raw)
+    if isinstance(raw.get("select"), dict) and "keep" in raw["select"]:  # a mapping of values, not a section: as
+        full["select"]["keep"] = raw["select"]["keep"]  # given (merged, a domain left out kept the default's share)
     apply_overrides(full, overrides, "label.batch_size=8")
     try:
         cfg = _build(CurateConfig, full, "")
@@ -364,12 +369,17 @@ class Pipeline:
                            "with")
         missing = next(((step, what) for step in STEPS if step in state["done"]
                         and (what := self._missing_output(step))), None)
-        if missing:  # deleted since (to free disk, say): that step and the ones made from it run again
+        if missing:  # deleted since (to free disk), or rows added to the pool: that step and those made from it again
             step, what = missing
-            redo = STEPS[STEPS.index(step):]
+            redo = [step]
+            for later in STEPS[STEPS.index(step) + 1:]:
+                if any(earlier in redo for earlier in MADE_FROM[later]):
+                    redo.append(later)
             print(f"dap curate: {what} of the step {step} is gone; running {', '.join(redo)} again",
                   file=sys.stderr)
             state["done"] = {k: v for k, v in state["done"].items() if k not in redo}
+            for later in redo[1:]:  # made from what changes: made anew, not resumed (a finished training run
+                self._set_aside(later)  # resumed as "nothing trained", keeping the model of the old selection)
         self._save({**state, "config": config})
         for step in STEPS:
             if step not in self.state()["done"]:
@@ -380,6 +390,22 @@ class Pipeline:
             if step == stop_after:
                 break
         return self.state()
+
+    def _set_aside(self, step: str) -> None:
+        """Move what `step` made before to <its folder>.replaced (the one there before goes), so that it is made
+        again from scratch: a training run, or a stage's label files."""
+        import shutil
+
+        old = {"stage1": self.work / "runs" / "stage1", "stage2": self.work / "runs" / "stage2",
+               "final": self.work / "runs" / "final", "label1": self.pool / "labels" / "stage1",
+               "label3": self.pool / "labels" / "stage3"}.get(step)
+        if old is None or not old.exists():
+            return
+        aside = old.with_name(old.name + ".replaced")
+        shutil.rmtree(aside, ignore_errors=True)
+        old.rename(aside)
+        print(f"dap curate: {step} is made again from what changed: its earlier {old.name} is in {aside}",
+              file=sys.stderr)
 
     def _missing_output(self, step: str) -> str | None:
         """What a done step made that is no longer there, in words; None if all of it is."""

@@ -930,6 +930,39 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     assert len(rows) == 8 and all(r["stage3_label"] for r in rows)
 
 
+def test_a_run_refuses_missing_data_and_an_empty_pool_before_training(tmp_path, capsys):
+    """A wrong labeled or discriminator.data path failed only after ingest (and, for the discriminator, after stage 1's
+    training and label1); a pool where every panorama was rejected was marked "ingest done" and stage 1 trained
+    before label1 failed, and a rerun never ingested again."""
+    src = tmp_path / "renders"
+    write_rgb(src / "p0.png", _render(300, "indoor", 32)["rgb"])
+    config = _tiny_curate_config(tmp_path, src)
+    cfg = json.loads(config.read_text())
+    for key in ("labeled", "discriminator"):
+        bad = json.loads(json.dumps(cfg))
+        sources = [{"kind": "shards", "path": "nowhere"}]
+        if key == "labeled":
+            bad["labeled"] = sources
+        else:
+            bad["discriminator"]["data"] = sources
+        config.write_text(json.dumps(bad))
+        assert main(["curate", "run", "--config", str(config), "--work", str(tmp_path / key)]) == 2
+        where = "labeled" if key == "labeled" else "discriminator.data"
+        assert f"{where}[0] (shards {tmp_path / 'nowhere'}) does not exist" in capsys.readouterr().err
+        assert not (tmp_path / key / "pool").exists()
+    cfg["pool"]["min_width"] = 64  # the 64-wide render passes; a 32-wide one is too small
+    write_rgb(src / "p0.png", _render(300, "indoor", 16)["rgb"])
+    config.write_text(json.dumps(cfg))
+    work = tmp_path / "work"
+    assert main(["curate", "run", "--config", str(config), "--work", str(work)]) == 2
+    assert "no panorama of pool.inputs was accepted into the pool" in capsys.readouterr().err
+    assert json.loads((work / "state.json").read_text())["done"] == {}
+    cfg["pool"]["min_width"] = SMALL
+    config.write_text(json.dumps(cfg))
+    assert main(["curate", "run", "--config", str(config), "--work", str(work), "--stop-after", "ingest"]) == 0
+    assert [r["status"] for r in read_manifest(work / "pool")] == ["ok"]
+
+
 def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):
     """`keep: {indoor: 0.5}` was merged into the default: outdoor still kept the paper's 0.207 (and those rows
     trained stage 2), while the same mapping through --set or `dap curate select --keep` kept no outdoor row."""

@@ -355,6 +355,11 @@ class Pipeline:
             return self._run(stop_after)
 
     def _run(self, stop_after: str | None) -> dict:
+        for where, sources in (("labeled", self.cfg.labeled), ("discriminator.data", self.cfg.discriminator.data)):
+            for i, src in enumerate(_sources(self.cfg, sources)):  # found missing after hours of stage 1, or ingest
+                if src.kind in ("shards", "folder", "dataset") and not os.path.exists(src.path or ""):
+                    raise DapError(f"{where}[{i}] ({src.kind} {src.path}) does not exist; fix the path in the "
+                                   "curation config (relative paths are read from the config's folder)")
         state = self.state()
         config = _flat(_with_resolved_paths(self.cfg))
         as_written = _flat({k: v for k, v in asdict(self.cfg).items() if k != "base_dir"})  # state from before
@@ -434,6 +439,10 @@ class Pipeline:
                                  max_tilt_deg=p.max_tilt_deg, level=p.level, tags=_resolve(self.cfg, inp.tags))
             counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
+        if not any(r["status"] == "ok" for r in read_manifest(self.pool)):  # not done: stage 1 would train for
+            raise DapError(f"no panorama of pool.inputs was accepted into the pool ({totals}); see why with `dap "  # a
+                           f"curate status --pool {self.pool}`, then fix pool.inputs (or min_width, max_tilt_deg) in "
+                           "the config and run again")  # pool that fails at label1
         return totals
 
     def _train(self, name: str, stage: StageTraining, pseudo: SourceConfig | None) -> dict:

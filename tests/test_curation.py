@@ -963,6 +963,32 @@ def test_a_run_refuses_missing_data_and_an_empty_pool_before_training(tmp_path, 
     assert [r["status"] for r in read_manifest(work / "pool")] == ["ok"]
 
 
+def test_an_edited_stage_config_or_tag_file_is_a_changed_config(tmp_path, capsys):
+    """state.json recorded the paths of the stage training configs and tag files, not what they hold: an edit after
+    stage 1 trained stage 2 and final with other settings (and the new tags were ignored), without a word."""
+    src = tmp_path / "renders"
+    for i in range(2):
+        write_rgb(src / f"p{i}.png", _render(300 + i, "indoor", 32)["rgb"])
+    config = _tiny_curate_config(tmp_path, src)
+    cfg = json.loads(config.read_text())
+    (tmp_path / "train.yaml").write_text("loss:\n  mask_threshold: 100.0\n")
+    (tmp_path / "tags.csv").write_text(f"path,domain\n{src / 'p0.png'},indoor\n")
+    cfg["stage1"]["config"] = cfg["stage2"]["config"] = "train.yaml"
+    cfg["pool"]["inputs"][0]["tags"] = "tags.csv"
+    config.write_text(json.dumps(cfg))
+    run = ["curate", "run", "--config", str(config), "--work", str(tmp_path / "w")]
+    assert main([*run, "--stop-after", "stage1"]) == 0
+    (tmp_path / "train.yaml").write_text("loss:\n  mask_threshold: 10.0\n")
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert "holds steps done with another curation config (stage1.config_sha256:" in err
+    (tmp_path / "train.yaml").write_text("loss:\n  mask_threshold: 100.0\n")
+    (tmp_path / "tags.csv").write_text(f"path,domain\n{src / 'p0.png'},outdoor\n")
+    assert main(run) == 2
+    assert "(pool.tags_sha256: " in capsys.readouterr().err
+
+
 def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):
     """`keep: {indoor: 0.5}` was merged into the default: outdoor still kept the paper's 0.207 (and those rows
     trained stage 2), while the same mapping through --set or `dap curate select --keep` kept no outdoor row."""

@@ -246,7 +246,19 @@ def _with_resolved_paths(cfg: CurateConfig) -> dict:
     d["discriminator"]["data"] = [asdict(s) for s in _sources(cfg, cfg.discriminator.data)]
     for name in ("stage1", "stage2", "final"):
         d[name]["config"] = _resolve(cfg, d[name]["config"])
+        d[name]["config_sha256"] = _file_sha256(d[name]["config"])
+    # what the files a path names hold, not only their names: an edited stage config or tag file was used by the
+    # steps not yet done, beside the steps done with the old one, without a word
+    d["pool"]["tags_sha256"] = [_file_sha256(item["tags"]) for item in d["pool"]["inputs"]]
     return d
+
+
+def _file_sha256(path: str | None) -> str | None:
+    import hashlib
+
+    if not path or not os.path.isfile(path):
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def _sources(cfg: CurateConfig, sources: list[SourceConfig]) -> list[SourceConfig]:

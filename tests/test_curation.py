@@ -906,7 +906,8 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     next((work / "pool/labels/stage3").glob("*.npz")).unlink()
     shutil.rmtree(work / "runs/final/final")
     assert main(rerun) == 0
-    assert "1 stage3 label file(s) of the step label3 is gone; running label3, final again" in capsys.readouterr().err
+    assert "step label3: the stage3 labels of 1 accepted row(s) missing; running label3, final again" in \
+        capsys.readouterr().err
     assert len(list((work / "pool/labels/stage3").glob("*.npz"))) == 6
     assert (work / "runs/final/final/model.safetensors").is_file()
     # panoramas added to the pool: label1 and what is made from it again, the discriminator and stage 1 kept. The
@@ -920,8 +921,8 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main(rerun) == 0
     err = capsys.readouterr().err
-    assert "2 stage1 label file(s) of the step label1 is gone; running label1, select, stage2, label3, final again" \
-        in err and "nothing trained" not in err
+    assert "step label1: the stage1 labels of 2 accepted row(s) missing; running label1, select, stage2, label3, " \
+        "final again" in err and "nothing trained" not in err
     assert (work / "runs/stage2.replaced").is_dir() and (work / "pool/labels/stage3.replaced").is_dir()
     assert (work / "runs/stage2/final/model.safetensors").read_bytes() != stage2
     done = json.loads((work / "state.json").read_text())["done"]
@@ -987,6 +988,35 @@ def test_an_edited_stage_config_or_tag_file_is_a_changed_config(tmp_path, capsys
     (tmp_path / "tags.csv").write_text(f"path,domain\n{src / 'p0.png'},outdoor\n")
     assert main(run) == 2
     assert "(pool.tags_sha256: " in capsys.readouterr().err
+
+
+def test_a_lost_pool_image_has_a_way_back_that_brings_its_row_back(tmp_path, capsys):
+    """A selected row's stored image deleted: stage 2 failed with "check the path ... re-download it"; and after the
+    way back (label rejects the row, ingest restores it) the row kept its label file but not its manifest entry, so
+    it was never merged, scored or selected again."""
+    src = tmp_path / "renders"
+    for i in range(4):
+        write_rgb(src / f"p{i}.png", _render(310 + i, "indoor" if i % 2 else "outdoor", 32)["rgb"])
+    config, work = _tiny_curate_config(tmp_path, src), tmp_path / "work"
+    run = ["curate", "run", "--config", str(config), "--work", str(work)]
+    assert main([*run, "--stop-after", "select"]) == 0
+    lost = next(r for r in read_manifest(work / "pool") if r["selected"])
+    (work / "pool" / lost["image"]).unlink()
+    capsys.readouterr()
+    assert main(run) == 2
+    err = capsys.readouterr().err
+    assert f"the pool's stored copy of {lost['path']}, {work / 'pool' / lost['image']}, is missing. Run `dap curate " \
+        "label" in err and "re-download" not in err
+    assert main(["curate", "label", "--pool", str(work / "pool"), "--model", str(work / "runs/stage1/final"),
+                 "--resolution", "32x64", "--no-progress"]) == 0
+    ingest([lost["path"]], work / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
+    capsys.readouterr()
+    assert main(run) == 0
+    assert "step label1: the stage1 labels of 1 accepted row(s) missing; running label1, select, stage2" in \
+        capsys.readouterr().err
+    (back,) = [r for r in read_manifest(work / "pool") if r["id"] == lost["id"]]
+    assert back["status"] == "ok" and back["stage1_label"] and math.isfinite(back["disc_score"])
+    assert back["selected"] == lost["selected"]  # the same rows, scores and rule: the same selection
 
 
 def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):

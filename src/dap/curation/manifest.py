@@ -263,7 +263,13 @@ def labelled_arrays(pool: Path, row: dict, stage: str) -> tuple[np.ndarray, np.n
 
     z = load_label(pool / row[f"{stage}_label"])
     depth, prob = z["depth"].astype(np.float32), z["prob"].astype(np.float32)
-    rgb = read_rgb(pool / row["image"])
+    try:
+        rgb = read_rgb(pool / row["image"])
+    except UnreadableFileError:  # the pool's own copy: there is nothing to download again
+        state = "missing" if not (pool / row["image"]).exists() else "damaged"
+        raise UnreadableFileError(f"the pool's stored copy of {row['path']}, {pool / row['image']}, is {state}. Run "
+                       f"`dap curate label --pool {pool} --model <the stage's labeler>` (it rejects such rows), then "
+                       f"`dap curate ingest {row['path']} --pool {pool}` to store it again, and rerun") from None
     if rgb.shape[:2] != depth.shape:
         rgb = cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
     return rgb, depth, prob >= 0.5

@@ -392,8 +392,7 @@ class Pipeline:
             for later in STEPS[STEPS.index(step) + 1:]:
                 if any(earlier in redo for earlier in MADE_FROM[later]):
                     redo.append(later)
-            print(f"dap curate: {what} of the step {step} is gone; running {', '.join(redo)} again",
-                  file=sys.stderr)
+            print(f"dap curate: step {step}: {what} missing; running {', '.join(redo)} again", file=sys.stderr)
             state["done"] = {k: v for k, v in state["done"].items() if k not in redo}
             for later in redo[1:]:  # made from what changes: made anew, not resumed (a finished training run
                 self._set_aside(later)  # resumed as "nothing trained", keeping the model of the old selection)
@@ -435,9 +434,11 @@ class Pipeline:
             return None if (self.work / "discriminator").is_dir() else f"{self.work / 'discriminator'}"
         if step in ("label1", "label3"):
             stage = {"label1": "stage1", "label3": "stage3"}[step]
+            # a row without its label file (rows added to the pool), or whose file the manifest does not name (a row
+            # rejected for its lost image and ingested again keeps its file, unmerged, and was left out for good)
             gone = sum(1 for r in read_manifest(self.pool) if r["status"] == "ok"
-                       and not (self.pool / label_path(stage, r["id"])).is_file())
-            return f"{gone} {stage} label file(s)" if gone else None
+                       and not (r[f"{stage}_label"] and (self.pool / label_path(stage, r["id"])).is_file()))
+            return f"the {stage} labels of {gone} accepted row(s)" if gone else None
         return None
 
     # --- steps -------------------------------------------------------------------------------------------

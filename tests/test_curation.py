@@ -383,6 +383,12 @@ def test_missing_source_and_bad_tag_file_are_clear_errors(tmp_path):
     with pytest.raises(DapError, match="needs columns file"):
         ingest([str(tmp_path / "a.png")], tmp_path / "pool", IngestOptions(tags=str(tmp_path / "tags.csv")),
                progress=False)
+    # a tag file with its header and no row yet tags nothing (it was "needs columns ...; it has []")
+    from dap.curation.ingest import read_tags
+
+    (tmp_path / "tags.csv").write_text("path,domain\n")
+    tags = read_tags(tmp_path / "tags.csv")
+    assert (tags.by_path, tags.by_name) == ({}, {})
 
 
 # ----------------------------------------------------------------------------------------------- labeling

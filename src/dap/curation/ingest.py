@@ -160,13 +160,15 @@ def read_tags(path: str | os.PathLike) -> Tags:
     p = Path(path)
     try:
         with p.open(newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f))
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
     except OSError as e:
         raise DapError(f"cannot read the tag file {p}: {e}") from e
     except UnicodeDecodeError as e:
         raise DapError(f"the tag file {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as CSV UTF-8 "
                        "(a spreadsheet's \"Unicode text\" is UTF-16)") from e
-    cols = set(rows[0]) if rows else set()
+    cols = set(header)  # the header's, also without a row (a header-only file "had []")
     key = next((c for c in ("file", "path") if c in cols), None)
     val = next((c for c in ("domain", "scene") if c in cols), None)
     if key is None or val is None:

@@ -921,6 +921,10 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
     # final never saw the new panoramas; and label3 kept the old stage 2's labels of the old rows
     for i in range(6, 8):
         write_rgb(src / f"p{i}.png", _render(300 + i, "indoor", 32)["rgb"])
+    capsys.readouterr()
+    assert main(rerun) == 0  # not added by a run (ingest is done), but said
+    assert f"{src} holds 2 file(s) the pool does not (p6.png, ...), which this run leaves out; `dap curate ingest" \
+        in capsys.readouterr().err
     ingest([str(src)], work / "pool", IngestOptions(min_width=SMALL), progress=False)
     stage2 = (work / "runs/stage2/final/model.safetensors").read_bytes()
     disc = json.loads((work / "state.json").read_text())["done"]["disc"]

@@ -397,6 +397,8 @@ class Pipeline:
             for later in redo[1:]:  # made from what changes: made anew, not resumed (a finished training run
                 self._set_aside(later)  # resumed as "nothing trained", keeping the model of the old selection)
         self._save({**state, "config": config})
+        if "ingest" in state["done"]:
+            self._note_new_inputs()
         for step in STEPS:
             if step not in self.state()["done"]:
                 t0 = time.monotonic()
@@ -406,6 +408,24 @@ class Pipeline:
             if step == stop_after:
                 break
         return self.state()
+
+    def _note_new_inputs(self) -> None:
+        """Files in pool.inputs that the pool does not hold: the ingest step is done, so a run does not add them
+        (they were left out without a word); `dap curate ingest` does, and the steps made from the pool then run
+        again."""
+        from dap.curation.ingest import expand_sources
+
+        held = {r["path"] for r in read_manifest(self.pool)}
+        for inp in self.cfg.pool.inputs:
+            path = _resolve(self.cfg, inp.path)
+            try:
+                new = [f for f in expand_sources([path], self.pool) if os.path.abspath(f) not in held]
+            except DapError:  # the input is gone: the pool keeps its copies
+                continue
+            if new:
+                print(f"dap curate: note: {path} holds {len(new)} file(s) the pool does not ({new[0].name}, ...), "
+                      f"which this run leaves out; `dap curate ingest {path} --pool {self.pool}` adds them, and the "
+                      "next run redoes the steps made from the pool", file=sys.stderr)
 
     def _set_aside(self, step: str) -> None:
         """Move what `step` made before to <its folder>.replaced (the one there before goes), so that it is made

@@ -160,6 +160,13 @@ def test_resampling_rules_follow_what_the_pixels_mean():
     assert (up[7:11, 23:27] == 0).all() and (up[:, 25] > 0).sum() == 16 - 4  # no blending into the hole
     np.testing.assert_allclose(up[:, 15:17], np.tile([2.5, 3.5], (16, 1)))  # interpolated across a valid edge
     np.testing.assert_array_equal(up[:, :14], 2.0)
+    # +inf (counted as the cap) and NaN (a failure) keep their own area: blended, +inf made NaN beside finite depth
+    # (0 x inf, then scored as min_depth) and a NaN pixel spread over four times its area
+    depth[4, 12] = 4.0
+    depth[1:3, 2:4], depth[6, 14] = np.inf, np.nan
+    up = resize_depth(depth, (24, 48))
+    assert np.isposinf(up).sum() == 4 * 9 and np.isnan(up).sum() == 9 and (up == 0).sum() == 0
+    assert np.isposinf(up[3:9, 6:12]).all() and np.isnan(up[18:21, 42:45]).all()
 
 
 class LocalNet(torch.nn.Module):

@@ -281,9 +281,15 @@ def resize_depth(depth, size: tuple[int, int]):
     if tuple(depth.shape[-2:]) == tuple(size):
         return depth
     d = torch.from_numpy(np.asarray(depth)) if isinstance(depth, np.ndarray) else depth
-    ok = d > 0
+    finite = torch.isfinite(d)
+    ok = finite & (d > 0)
     out = _resample(torch.where(ok, d, 0), size, mode="bilinear", align_corners=False)
     out = torch.where(_resample(ok.to(d.dtype), size, mode="bilinear", align_corners=False) > 0.999, out, 0)
+    if not finite.all():  # +inf (the cap) and NaN (a failure) keep their own area, by the nearest pixel: blended,
+        # +inf became NaN beside finite depth (0 x inf) and NaN spread over twice its width
+        near = _resample(d, size, mode="nearest-exact")
+        touches = _resample((~finite).to(d.dtype), size, mode="bilinear", align_corners=False) > 0
+        out = torch.where(touches & (out == 0), near, out)
     return out.numpy() if isinstance(depth, np.ndarray) else out
 
 

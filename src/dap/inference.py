@@ -277,7 +277,8 @@ def resize_nearest(x, size: tuple[int, int]):
 
 def resize_depth(depth, size: tuple[int, int]):
     """A depth map with 0 = invalid (a saved or capped prediction) to `size` (h, w): bilinear where the pixel's
-    whole footprint is valid, 0 elsewhere, so invalid zeros never blend into their neighbours."""
+    whole footprint is valid, 0 elsewhere, so invalid zeros never blend into their neighbours; +inf and NaN pixels
+    keep their own area (nearest)."""
     if tuple(depth.shape[-2:]) == tuple(size):
         return depth
     d = torch.from_numpy(np.asarray(depth)) if isinstance(depth, np.ndarray) else depth

@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None, experiment: str = "bundled_model") -> No
         parser.error(f"--trained {args.trained}: not a model folder (config.json + model.safetensors)")
     args.work = args.work.resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    state = State(args.work, experiment, STEPS)  # a new --trained is a forced calibrate: later steps are redone
+    state = State(args.work, experiment, STEPS)  # a step run again drops the records of the steps after it
     actions = {"render": step_render, "v1": step_v1, "train": step_train, "train2": step_train2,
                "calibrate": step_calibrate, "eval": step_eval, "install": step_install}
     for step in STEPS:

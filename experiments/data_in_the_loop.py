@@ -1,7 +1,8 @@
 """The data-in-the-loop experiment of issue #13, and the recipe of the bundled default model.
 
     python experiments/data_in_the_loop.py --work runs/default_model            # everything, resumable
-    python experiments/data_in_the_loop.py --work runs/default_model --step eval  # one step again
+    python experiments/data_in_the_loop.py --work runs/default_model --step eval  # one step again (sheet and
+                                                                                  # export are then redone too)
 
 Labeled synthetic data A (`dap synth`, photo style) and the unlabeled real pool B (../shared/real-panos) go through
 the curation config configs/default_model.yaml, once per seed, and four models are compared:

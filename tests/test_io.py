@@ -599,6 +599,14 @@ def test_an_mpeg_transport_stream_is_a_video(tmp_path):
     writer.release()
     assert ts.read_bytes()[0] == 0x47 and ts.suffix in io.VIDEO_SUFFIXES
     assert len(list(io.iter_video_frames(ts))) == 10
+    # a glob over a folder with TypeScript beside it takes the video, not the .ts/.mts source files
+    from dap.inference import expand_inputs
+
+    (tmp_path / "app.ts").write_text("export const x: number = 1;\n")
+    (tmp_path / "lib.mts").write_text("export {};\n")
+    items, _ = expand_inputs([str(tmp_path / "*.*ts")])
+    assert [i.source for i in items] == [str(ts)] and io.listed_as_video(ts) and not io.listed_as_video(
+        tmp_path / "app.ts")
     (tmp_path / "clip.bin").write_bytes(ts.read_bytes())
     with pytest.raises(UnreadableFileError, match=r"clip.bin: it is a video \(by its contents\)"):
         io.read_rgb(tmp_path / "clip.bin")

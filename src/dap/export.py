@@ -13,8 +13,8 @@ The model config is stored in the ONNX metadata (`dap.config`), so the adapter k
 
 Exporter: torch's TorchScript-based one (`dynamo=False`). The torch.export-based exporter (torch's default since
 2.9) produced the same numbers in our trials but took 20x longer (40 s against 2 s for dap_tiny on 2 CPU cores),
-needs onnxscript, and silently keeps only one branch of the official token adapter too; torch is pinned, so the
-older path stays available to us.
+needs onnxscript, and silently keeps only one branch of the official token adapter too. The project's environment
+pins torch 2.13.0 (scripts/constraints.txt), where the older path exists; a torch that drops it breaks the export.
 """
 
 from __future__ import annotations

@@ -486,7 +486,7 @@ def quantize_int8(model, *, own_memory: bool = False):
     if own_memory:  # the Linear weights become int8 copies; the rest, their biases too (packed with them), are copied
         _own_storages(q, skip=lambda m, name: isinstance(m, torch.nn.Linear) and name == "weight")
     float_weights = [m.weight for m in q.modules() if isinstance(m, torch.nn.Linear)]
-    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (torch pinned: it stays)
+    with warnings.catch_warnings():  # torch.ao.quantization's deprecation notices (present in torch 2.11-2.13)
         warnings.simplefilter("ignore")
         quantize_dynamic(q, {torch.nn.Linear: per_channel_dynamic_qconfig}, inplace=True)
     if own_memory:
@@ -1055,7 +1055,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
             found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # ** at any depth, as in shells
             # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
             found = [p for p in found if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
-                     and ((p.is_dir() and not _ours_or_hidden(p)) or p.suffix.lower() in io.VIDEO_SUFFIXES
+                     and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p)
                           or _listable(p))]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
@@ -1075,7 +1075,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                 # outputs): left out; a folder given by name must hold some
                 if not images and not _is_pattern(spec):
                     subs = [p.name for p in left_out if p.is_dir()]
-                    videos = [p.name for p in left_out if p.suffix.lower() in io.VIDEO_SUFFIXES]
+                    videos = [p.name for p in left_out if io.listed_as_video(p)]
                     inside = (f"; its sub-folders ({', '.join(subs[:3])}{', ...' if len(subs) > 3 else ''}) are not "
                               f"searched: pass them, or a pattern such as '{path / '*'}'" if subs else "")
                     if videos:

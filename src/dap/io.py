@@ -333,6 +333,13 @@ def _holds_video(path: PathLike) -> bool:
     return (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
 
 
+def listed_as_video(path: PathLike) -> bool:
+    """Whether a folder listing or a glob takes `path` for a video: by its suffix, and for .ts and .mts, which are
+    TypeScript's too, by its contents (a glob over a source tree took every TypeScript file for a failed video)."""
+    suffix = Path(path).suffix.lower()
+    return suffix in VIDEO_SUFFIXES and (suffix not in (".ts", ".mts") or _holds_video(path))
+
+
 def _unreadable(path: Path, reason: object) -> UnreadableFileError:
     known = unsupported_format(path)
     if known:

@@ -124,7 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Either way an input whose outputs are complete and were made from the same file with "
                              "the same model and settings (as recorded in .<name>.dap.json beside them) is skipped, "
                              "so an interrupted --overwrite run goes on where it stopped (delete outputs to make them "
-                             "again). No output ever replaces an input of the run")
+                             "again). Where it replaces another file's or setting's outputs it also deletes that "
+                             "name's outputs of kinds this run does not make, and the frames an earlier version of a "
+                             "video left that this run does not reach. No output ever replaces an input of the run")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
               "or a pattern such as 'panos/*' ('panos/**' for every depth)", file=sys.stderr)
     if ignored:
         shown = ", ".join(p.name for p in ignored[:5]) + (f" and {len(ignored) - 5} more" if len(ignored) > 5 else "")
-        videos = "; pass a video by its own path" if any(p.suffix.lower() in io.VIDEO_SUFFIXES for p in ignored) else ""
+        videos = "; pass a video by its own path" if any(io.listed_as_video(p) for p in ignored) else ""
         print(f"dap predict: ignoring {len(ignored)} file(s) in the input folder(s) that are not images "
               f"({', '.join(io.IMAGE_SUFFIXES)}): {shown}{videos}", file=sys.stderr)
         by_kind: dict[str, list[str]] = {}

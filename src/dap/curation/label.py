@@ -145,8 +145,8 @@ def label_pool(pool: str | os.PathLike, model, stage: str, options: LabelOptions
             raise DapError(empty_pool_problem(pool))
         model = resolve_model(model, d.device)
         # Labels are training data: one precision for a stage's every label, whatever the process or rank. On a CPU
-        # fp32 ("auto" there is bf16 where a timing in each process says it is faster: two ranks, or two sittings
-        # of one labelling, made labels in both); on a GPU what "auto" is for it, a property of the device.
+        # fp32 ("auto" there rests on a bf16 timing kept per thread count and machine: ranks of one thread each, or
+        # on other machines, labelled in other types); on a GPU what "auto" is for it, a property of the device.
         precision = "fp32" if d.device.type == "cpu" else resolve_precision("auto", d.device)
         if d.main:  # label writes killed mid-way
             remove_temporaries(pool / "labels" / stage)

@@ -1,7 +1,8 @@
 """`dap curate run`: the paper's three-stage data-in-the-loop pipeline from one config, resumable.
 
 Steps, each recorded in <work>/state.json when done (a rerun continues at the first step not done; the
-training steps resume from their own checkpoints, labeling from its label files):
+training steps resume from their own checkpoints, labeling from its label files, except steps redone because what
+they are made from changed (MADE_FROM): those are made anew, the earlier run or labels moved to <folder>.replaced):
   ingest       pool.inputs -> <work>/pool (manifest.parquet, images/)
   stage1       train the Scene-Invariant Labeler on `labeled` (indoor + outdoor together) -> runs/stage1
   label1       it labels the whole pool (labels/stage1, confidence signals, domain tags)

@@ -178,7 +178,8 @@ def validate(model: torch.nn.Module, val: ValidationSet, cfg: TrainConfig, d: Di
     """Metric-protocol depth metrics (dap.evaluation) and range-mask IoU over the validation set, split
     across ranks; returns (per-image means, rank 0's first image panel, `dap.evaluation.depth_panel`).
     Predictions take `dap eval`'s path (`dap.inference.infer`: seam padding, `precision`, then the range
-    cap), so the depth metrics are those `dap eval` reports for the same model and samples. fp32 as `dap eval`'s
+    cap), so the depth metrics are those `dap eval` reports for the same model and samples where they are stored at
+    the training resolution (others are resized to it first). fp32 as `dap eval`'s
     default: "auto" was bf16 on a GPU and, on a CPU, by a speed measured in each process (sittings of one run, or
     its ranks, could validate differently), and 1.4% off `dap eval`'s AbsRel on a tiny model."""
     from dap.errors import NoValidDepthError

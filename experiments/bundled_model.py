@@ -33,7 +33,6 @@ import json
 import math
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -532,4 +531,6 @@ def main(argv: list[str] | None = None, experiment: str = "bundled_model") -> No
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_errors import run
+
+    run(main)

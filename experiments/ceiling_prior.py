@@ -224,4 +224,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from script_errors import run
+
+    run(main)

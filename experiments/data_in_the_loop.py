@@ -407,4 +407,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from script_errors import run
+
+    run(main)

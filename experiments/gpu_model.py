@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -125,4 +124,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script_errors import run
+
+    run(main)

@@ -159,4 +159,6 @@ def main() -> None:
               f"| {np.median(g):.4f} | {np.percentile(g, 90):.4f} |")
 
 if __name__ == "__main__":
-    main()
+    from script_errors import run
+
+    run(main)

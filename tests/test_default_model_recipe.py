@@ -430,3 +430,13 @@ def test_data_in_the_loop_trains_on_the_data_folder_it_renders_and_refuses_steps
     for step, needs in (("seeds", "size"), ("eval", "seeds"), ("export", "seeds")):
         with pytest.raises(SystemExit, match=f"the {step} step needs the {needs} step's results"):
             e.main(["--work", str(tmp_path / "w"), "--data", str(tmp_path / "d"), "--step", step])
+
+
+def test_an_experiment_script_says_a_bad_argument_in_one_line():
+    """A path that is no model, or a missing file, was a traceback ending in the message (experiments/*.py)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "levelling.py"), "--model", "/nonexistent"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert out.stderr.strip().startswith("levelling.py: error: checkpoint /nonexistent does not exist"), out.stderr

@@ -234,15 +234,15 @@ def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[st
         if r["status"] != "ok":
             continue
         rel = label_path(stage, r["id"])
-        if not stored_image(pool, r):  # nothing can be trained on it, labelled or not
-            r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, is missing or empty (deleted "
-                                               f"since it was ingested?); ingest {r['path']} again to restore it")
-            gone += 1
-            continue
-        labelled_now = (pool / rel).exists()
-        if not labelled_now and not _readable(pool / r["image"]):  # the labelling left it out
-            r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, cannot be read (cut short since "
-                                               f"it was ingested?); ingest {r['path']} again to restore it")
+        stored, labelled_now = stored_image(pool, r), (pool / rel).exists()
+        # nothing can be trained on a row whose stored image is gone, labelled or not; one the labelling left out
+        # because its image cannot be read is rejected too
+        lost = ("is missing or empty (deleted since it was ingested?)" if not stored
+                else None if labelled_now or _readable(pool / r["image"])
+                else "cannot be read (cut short since it was ingested?)")
+        if lost:
+            r.update(status="rejected", reason=f"its copy in the pool, {r['image']}, {lost}; ingest {r['path']} again "
+                                               "to restore it")
             gone += 1
             continue
         if not labelled_now:

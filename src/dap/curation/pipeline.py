@@ -35,7 +35,7 @@ from dap.curation.discriminator import (
 )
 from dap.curation.ingest import IngestOptions, ingest
 from dap.curation.label import LabelOptions, label_batch, label_path, label_pool, resolution_problem
-from dap.curation.manifest import read_manifest
+from dap.curation.manifest import MANIFEST, read_manifest
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
 from dap.errors import DapError
 from dap.inference import changed_keys
@@ -46,6 +46,8 @@ STEPS = ("ingest", "stage1", "label1", "disc", "select", "stage2", "label3", "fi
 # What each step is made from (stage 2 and final also start from the model before them, through select and label3)
 MADE_FROM = {"ingest": (), "stage1": (), "label1": ("ingest", "stage1"), "disc": ("stage1",),
              "select": ("label1", "disc"), "stage2": ("select",), "label3": ("stage2", "ingest"), "final": ("label3",)}
+# The label steps and the stage of the labels each makes (labels/<stage> in the pool)
+LABEL_STAGES = {"label1": "stage1", "label3": "stage3"}
 # The first step that uses each config section: changing a section is refused once that step is done
 FIRST_USE = {"pool": "ingest", "labeled": "stage1", "stage1": "stage1", "label": "label1", "discriminator": "disc",
              "select": "select", "stage2": "stage2", "final": "final"}
@@ -385,8 +387,10 @@ class Pipeline:
             raise DapError(f"{self.work} holds steps done with another curation config ({shown}"
                            f"{'; ...' if len(changed) > 5 else ''}); use a new --work, or the config they were done "
                            "with")
+        # the pool's rows, read once for the checks below (a manifest of millions of rows takes seconds to read)
+        rows = read_manifest(self.pool) if (self.pool / MANIFEST).is_file() else []
         missing = next(((step, what) for step in STEPS if step in state["done"]
-                        and (what := self._missing_output(step))), None)
+                        and (what := self._missing_output(step, rows))), None)
         if missing:  # deleted since (to free disk), or rows added to the pool: that step and those made from it again
             step, what = missing
             redo = [step]
@@ -399,7 +403,7 @@ class Pipeline:
                 self._set_aside(later)  # resumed as "nothing trained", keeping the model of the old selection)
         self._save({**state, "config": config})
         if "ingest" in state["done"]:
-            self._note_new_inputs()
+            self._note_new_inputs(rows)
         for step in STEPS:
             if step not in self.state()["done"]:
                 t0 = time.monotonic()
@@ -410,13 +414,13 @@ class Pipeline:
                 break
         return self.state()
 
-    def _note_new_inputs(self) -> None:
+    def _note_new_inputs(self, rows: list[dict]) -> None:
         """Files in pool.inputs that the pool does not hold: the ingest step is done, so a run does not add them
         (they were left out without a word); `dap curate ingest` does, and the steps made from the pool then run
         again."""
         from dap.curation.ingest import expand_sources
 
-        held = {r["path"] for r in read_manifest(self.pool)}
+        held = {r["path"] for r in rows}
         for inp in self.cfg.pool.inputs:
             path = _resolve(self.cfg, inp.path)
             try:
@@ -433,9 +437,7 @@ class Pipeline:
         again from scratch: a training run, or a stage's label files."""
         import shutil
 
-        old = {"stage1": self.work / "runs" / "stage1", "stage2": self.work / "runs" / "stage2",
-               "final": self.work / "runs" / "final", "label1": self.pool / "labels" / "stage1",
-               "label3": self.pool / "labels" / "stage3"}.get(step)
+        old = self._folder(step)
         if old is None or not old.exists():
             return
         aside = old.with_name(old.name + ".replaced")
@@ -444,20 +446,26 @@ class Pipeline:
         print(f"dap curate: {step} is made again from what changed: its earlier {old.name} is in {aside}",
               file=sys.stderr)
 
-    def _missing_output(self, step: str) -> str | None:
-        """What a done step made that is no longer there, in words; None if all of it is."""
-        if step == "ingest":
-            return None if (self.pool / "manifest.parquet").is_file() else f"{self.pool / 'manifest.parquet'}"
+    def _folder(self, step: str) -> Path | None:
+        """The folder a training or label step makes (a training run, a stage's label files); None for the others."""
         if step in ("stage1", "stage2", "final"):
-            final = self.work / "runs" / step / "final"
+            return self.work / "runs" / step
+        return self.pool / "labels" / LABEL_STAGES[step] if step in LABEL_STAGES else None
+
+    def _missing_output(self, step: str, rows: list[dict]) -> str | None:
+        """What a done step made that is no longer there, in words; None if all of it is. `rows`: the pool's."""
+        if step == "ingest":
+            return None if (self.pool / MANIFEST).is_file() else str(self.pool / MANIFEST)
+        if step in ("stage1", "stage2", "final"):
+            final = self._folder(step) / "final"
             return None if (final / "config.json").is_file() else f"the model {final}"
         if step == "disc":
             return None if (self.work / "discriminator").is_dir() else f"{self.work / 'discriminator'}"
-        if step in ("label1", "label3"):
-            stage = {"label1": "stage1", "label3": "stage3"}[step]
+        if step in LABEL_STAGES:
+            stage = LABEL_STAGES[step]
             # a row without its label file (rows added to the pool), or whose file the manifest does not name (a row
             # rejected for its lost image and ingested again keeps its file, unmerged, and was left out for good)
-            gone = sum(1 for r in read_manifest(self.pool) if r["status"] == "ok"
+            gone = sum(1 for r in rows if r["status"] == "ok"
                        and not (r[f"{stage}_label"] and (self.pool / label_path(stage, r["id"])).is_file()))
             return f"the {stage} labels of {gone} accepted row(s)" if gone else None
         return None
@@ -473,10 +481,11 @@ class Pipeline:
                                  max_tilt_deg=p.max_tilt_deg, level=p.level, tags=_resolve(self.cfg, inp.tags))
             counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
-        if not any(r["status"] == "ok" for r in read_manifest(self.pool)):  # not done: stage 1 would train for
-            raise DapError(f"no panorama of pool.inputs was accepted into the pool ({totals}); see why with `dap "  # a
+        # not done: stage 1 would train for a pool that fails at label1
+        if not any(r["status"] == "ok" for r in read_manifest(self.pool)):
+            raise DapError(f"no panorama of pool.inputs was accepted into the pool ({totals}); see why with `dap "
                            f"curate status --pool {self.pool}`, then fix pool.inputs (or min_width, max_tilt_deg) in "
-                           "the config and run again")  # pool that fails at label1
+                           "the config and run again")
         return totals
 
     def _train(self, name: str, stage: StageTraining, pseudo: SourceConfig | None) -> dict:

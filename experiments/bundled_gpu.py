@@ -70,12 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     run_step = {"heldout": lambda: step_heldout(args), **{r[0]: (lambda r=r: step_round(args, *r)) for r in ROUNDS}}
     for step in STEPS:
-        if State(args.work, "bundled_gpu", STEPS).done(step):  # bundled_model.py records its steps there too
+        state = State(args.work, "bundled_gpu", STEPS)  # read again each step: bundled_model.py records its steps there
+        if state.done(step):
             log(f"{step}: done")
             continue
         log(f"{step} ...")
         if step in run_step:
-            State(args.work, "bundled_gpu", STEPS).mark(step, run_step[step]())
+            state.mark(step, run_step[step]())
         else:
             bundled_model.main(["--work", str(args.work), "--trained", str(args.work / "round2" / "model"),
                                 "--step", step], experiment="bundled_gpu")

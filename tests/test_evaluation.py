@@ -324,9 +324,14 @@ def test_evaluate_with_stub_predictor_caches_and_resumes(tmp_path):
     # Without a key nothing is cached: stale predictions could not be told apart.
     evaluate(ds, stub, config=cfg, out_dir=tmp_path / "nokey")
     assert stub.calls == 4 and not (tmp_path / "nokey" / "predictions").exists()
+    # a cached file damaged since (a disk, a copy cut short) is predicted again, not a stop with "download it again"
+    cached_path.write_bytes(cached_path.read_bytes()[:100])
+    third = evaluate(ds, stub, config=cfg, out_dir=tmp_path / "out", cache_key={"model": "stub"})
+    assert stub.calls == 5 and third["n_cached_predictions"] == 1 and third["protocols"] == first["protocols"]
+    assert np.array_equal(read_depth(cached_path), cached)
 
 
-def test_a_rerun_that_stops_leaves_no_report_of_the_earlier_run(tmp_path):
+def test_a_rerun_that_stops_keeps_the_earlier_run_whole(tmp_path):
     from dap.data.datasets import FolderDataset
 
     make_folder(tmp_path / "data", n=3)
@@ -334,17 +339,24 @@ def test_a_rerun_that_stops_leaves_no_report_of_the_earlier_run(tmp_path):
     cfg = EvalConfig(protocols=("metric",), max_depth=10.0, panels=3)
     evaluate(ds, StubPredictor(), config=cfg, out_dir=out)
     assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet", "panels"}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def fails_on_the_second(rgb, calls=[]):  # noqa: B006 - counts the calls
         calls.append(1)
         if len(calls) == 2:
             raise DapError("broken sample")
-        return StubPredictor()(rgb)
+        return np.full(rgb.shape[:2], 3.0, np.float32), None
 
     with pytest.raises(DapError, match="broken sample"):
         evaluate(ds, fails_on_the_second, config=cfg, out_dir=out)
-    # the earlier metrics.json would have stood beside this run's first panel as if it were its report
-    assert {p.name for p in out.iterdir()} == {"panels"} and [p.name for p in (out / "panels").iterdir()] == ["s0.png"]
+    # a rerun that fails (a typo, a missing file, a kill) deleted the earlier reports before its own were written;
+    # nor is its first panel left beside them as if it were theirs
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    # a run that finishes replaces the earlier one whole: fewer panels leave none of the earlier ones
+    evaluate(ds, StubPredictor(), config=EvalConfig(protocols=("metric",), max_depth=10.0, panels=1), out_dir=out)
+    assert [p.name for p in (out / "panels").iterdir()] == ["s0.png"]
+    evaluate(ds, StubPredictor(), config=EvalConfig(protocols=("metric",), max_depth=10.0, panels=0), out_dir=out)
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet"}
 
 
 def test_eval_size_keeps_a_prediction_on_the_gt_grid_aligned_with_it():
@@ -772,3 +784,24 @@ def test_the_split_file_read_is_the_one_recorded(tmp_path, monkeypatch):
     config = json.loads((tmp_path / "e" / "metrics.json").read_text())["config"]
     assert config["split_file"] == str(root / "mine.txt")
     assert _read_split_file(Matterport3D(root, split_file="mine.txt")) == str((root / "mine.txt").resolve())
+
+
+def test_a_model_without_finite_depth_is_named_not_the_ground_truth(tmp_path, tiny_ckpt, capsys):
+    """Every sample skipped because the model gave NaN (fp16 overflow, a broken checkpoint) was reported as "none
+    has valid ground truth ... check the depth files and their scale": the user went looking at good files."""
+    from dap.io import write_npy
+
+    make_folder(tmp_path / "data", n=2)
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "out") == 0
+    for cached in (tmp_path / "out" / "predictions").glob("*.npy"):  # the model's output, as a failing one gives it
+        write_npy(cached, np.full(read_depth(cached).shape, np.nan, np.float32))
+    capsys.readouterr()
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "out", "--protocol", "median") == 2
+    err = capsys.readouterr().err
+    assert "none of the 2 samples" in err and "the prediction is NaN or infinite at every valid pixel" in err
+    assert "valid ground truth" not in err and "metrics.json" in err
+    # ground truth that is all invalid keeps its own message
+    for f in (tmp_path / "data" / "depth").iterdir():
+        write_depth(f, np.zeros_like(read_depth(f)))
+    assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "out2") == 2
+    assert "has valid ground truth" in capsys.readouterr().err

@@ -8,11 +8,13 @@ See docs/evaluation.md for the exact definitions and how they relate to numbers 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import numbers
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -60,12 +62,14 @@ PROTOCOLS = ("metric", "median", "affine")
 DELTAS = {"delta1": 1.25, "delta2": 1.25**2, "delta3": 1.25**3, "delta_105": 1.05, "delta_110": 1.10}
 # the weighted sums one image contributes; the metrics are ratios of these, which is what makes pooling exact
 _SUM_KEYS = ("w", "abs_rel", "sq_rel", "abs", "sq", "sq_log", "log10", *DELTAS)
+NO_VALID_GT = "no valid ground-truth pixel"  # how the reason of a sample skipped for its ground truth begins
 
 Array = np.ndarray | torch.Tensor
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, "np.ndarray | None"]]
 
 
 # ----------------------------------------------------------------------------------------------- inputs
+
 def _as_map(x: Array, what: str) -> np.ndarray:
     """(H, W) float64 numpy array from numpy/torch input of shape (H,W), (1,H,W) or (1,1,H,W)."""
     if isinstance(x, torch.Tensor):
@@ -176,7 +180,7 @@ def _aligned(pred, gt, valid, protocol, min_depth, max_depth, weights):
         m &= w > 0
     if not m.any():
         raise NoValidDepthError(
-            "no valid ground-truth pixel: every pixel is non-finite, masked, or outside "
+            f"{NO_VALID_GT}: every pixel is non-finite, masked, or outside "
             f"(min_depth={min_depth}, max_depth={max_depth}]. Check the depth units and caps."
         )
     # A NaN/inf prediction is the model's failure, not a missing label: it counts, as min_depth (+inf as the cap),
@@ -516,117 +520,138 @@ def evaluate(
     return _evaluate(dataset, predictor, cfg, out, predictions_dir, cache_key, progress)
 
 
+def _saved_prediction(predictions_dir: Path, dataset, i: int, name: str, gt: np.ndarray, cfg: EvalConfig,
+                      input_warnings: dict[str, list[str]]) -> np.ndarray:
+    """Sample `i`'s saved prediction in metres, its pixels without depth at the range cap; what looks wrong with it
+    (another unit, mostly empty) is added to `input_warnings`."""
+    from dap.io import read_depth
+
+    path = _saved_prediction_path(predictions_dir, name)
+    gt_file = getattr(dataset.items[i], "depth", None) if hasattr(dataset, "items") else None
+    if isinstance(gt_file, Path) and gt_file.is_file() and os.path.samefile(path, gt_file):
+        raise DapError(f"--predictions {predictions_dir} is where the ground truth is: {path} is the depth "
+                       f"file of {name!r} itself, which would score perfectly. Pass the folder of the model's "
+                       "predictions (`dap predict --outputs npy --out <folder>`)")
+    try:
+        pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
+    except DepthUnitError as e:  # no `scale=` to pass on the command line
+        raise DepthUnitError(f"{path} is a 16-bit PNG that does not say its unit: save predictions as .npy "
+                             "or .exr in metres, or as `dap predict --outputs png16` writes them (with their "
+                             "unit)") from e
+    if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
+        raise DapError(
+            f"{path} is {pred.shape[1]}x{pred.shape[0]} but the ground truth of {name!r} is "
+            f"{gt.shape[1]}x{gt.shape[0]}: a saved prediction must be the whole panorama, at any resolution "
+            "of the same shape (2:1)"
+        )
+    # A saved pixel without depth is out of range (`dap predict` writes 0 there): it gets the range cap
+    # here, where a model run caps its out-of-range pixels, so both ways of scoring a model agree
+    empty = pred <= 0
+    if cfg.max_depth is not None and \
+            np.count_nonzero(pred > cfg.max_depth) > 0.9 * max(1, np.count_nonzero(~empty)):
+        input_warnings.setdefault(  # as for the ground truth: millimetres scored as metres
+            f"over 90% of the saved prediction is beyond --max-depth {cfg.max_depth:g} m: save predictions "
+            "in metres (a millimetre map divided by 1000)", []).append(name)
+    if empty.mean() > 0.5:
+        input_warnings.setdefault(
+            "over half of the saved prediction has no depth (0, NaN or inf); those pixels are scored as out "
+            f"of range (--range-cap {cfg.range_cap:g} m)", []).append(name)
+    return np.where(empty, np.float32(cfg.range_cap), pred)
+
+
+def _cached_prediction(path: Path | None) -> np.ndarray | None:
+    """A prediction an earlier run cached at `path`; None where there is none, or the file was damaged since (the
+    cache is written whole, so only something else cuts one short): that sample is predicted again."""
+    from dap.io import read_npy
+
+    if path is None or not path.exists():
+        return None
+    try:
+        return read_npy(path)
+    except UnreadableFileError:
+        return None
+
+
 def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions_dir, cache_key: dict | None,
               progress: bool) -> dict:
-    from dap.io import read_depth, read_npy, write_npy, write_rgb
+    from dap.io import atomic_folder, write_npy, write_rgb
 
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
         # files named by sample and input digest: caches of the earlier layout (by name alone) are refused
         cache_key = {**cache_key, "files": "<sample>.<input digest>.npy"}
         _check_cache(cache_dir, cache_key)
-    if out is not None:  # this run's reports replace an earlier run's whole: no panel, table or summary of it is
-        # left over, beside this run's panels, should this run stop before its own reports
-        for old in [*(out / "panels").glob("*.png"), out / "per_image.parquet", out / "per_image.csv",
-                    out / "metrics.json"]:
-            old.unlink(missing_ok=True)
-    accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
-    skipped: list[dict] = []
-    input_warnings: dict[str, list[str]] = {}  # an input warning's text -> the samples that raised it
-    n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
-    n_cached = 0
-    t0 = time.perf_counter()
-    indices = range(n)
-    if progress:
-        from tqdm import tqdm
+    # This run's panels and reports replace an earlier run's whole, and only once it is done: a rerun that stops (a
+    # typo, a missing file, a kill) leaves the earlier results as they were, with none of its own panels beside them
+    with contextlib.ExitStack() as stack:
+        panels = stack.enter_context(atomic_folder(out / "panels")) if out is not None and cfg.panels else None
+        accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
+        skipped: list[dict] = []
+        input_warnings: dict[str, list[str]] = {}  # an input warning's text -> the samples that raised it
+        n = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+        n_cached = 0
+        t0 = time.perf_counter()
+        indices = range(n)
+        if progress:
+            from tqdm import tqdm
 
-        indices = tqdm(indices, desc="eval", unit="img")
-    for i in indices:
-        sample = dataset[i]
-        name = sample["name"]
-        gt = np.asarray(sample["depth"], np.float32)
-        measured = gt[gt > 0]
-        if measured.size and cfg.max_depth is not None and \
-                np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
-            # Depth in another unit (cm, mm): left out without a word, the few pixels that happen to fit would
-            # make the score. 90%: more than any sky stored as a large depth covers of a panorama.
-            input_warnings.setdefault(
-                f"over 90% of the ground truth is beyond --max-depth {cfg.max_depth:g} m and is not scored: if the "
-                "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
-        elif measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
-            # The other way round (metres given a millimetre unit): no room is that near its camera
-            input_warnings.setdefault(
-                "over 90% of the ground truth is nearer than 0.1 m: check its unit (a folder dataset's "
-                "metres_per_unit)", []).append(name)
-        if predictions_dir is not None:
-            path = _saved_prediction_path(Path(predictions_dir), name)
-            gt_file = getattr(dataset.items[i], "depth", None) if hasattr(dataset, "items") else None
-            if isinstance(gt_file, Path) and gt_file.is_file() and os.path.samefile(path, gt_file):
-                raise DapError(f"--predictions {predictions_dir} is where the ground truth is: {path} is the depth "
-                               f"file of {name!r} itself, which would score perfectly. Pass the folder of the model's "
-                               "predictions (`dap predict --outputs npy --out <folder>`)")
-            try:
-                pred = read_depth(path)  # pixels without depth (0, NaN, inf, negative) read as 0
-            except DepthUnitError as e:  # no `scale=` to pass on the command line
-                raise DepthUnitError(f"{path} is a 16-bit PNG that does not say its unit: save predictions as .npy "
-                                     "or .exr in metres, or as `dap predict --outputs png16` writes them (with their "
-                                     "unit)") from e
-            if pred.shape[0] * gt.shape[1] != pred.shape[1] * gt.shape[0]:
-                raise DapError(
-                    f"{path} is {pred.shape[1]}x{pred.shape[0]} but the ground truth of {name!r} is "
-                    f"{gt.shape[1]}x{gt.shape[0]}: a saved prediction must be the whole panorama, at any resolution "
-                    "of the same shape (2:1)"
-                )
-            # A saved pixel without depth is out of range (`dap predict` writes 0 there): it gets the range cap
-            # here, where a model run caps its out-of-range pixels, so both ways of scoring a model agree
-            empty = pred <= 0
-            if cfg.max_depth is not None and \
-                    np.count_nonzero(pred > cfg.max_depth) > 0.9 * max(1, np.count_nonzero(~empty)):
-                input_warnings.setdefault(  # as for the ground truth: millimetres scored as metres
-                    f"over 90% of the saved prediction is beyond --max-depth {cfg.max_depth:g} m: save predictions "
-                    "in metres (a millimetre map divided by 1000)", []).append(name)
-            if empty.mean() > 0.5:
+            indices = tqdm(indices, desc="eval", unit="img")
+        for i in indices:
+            sample = dataset[i]
+            name = sample["name"]
+            gt = np.asarray(sample["depth"], np.float32)
+            measured = gt[gt > 0]
+            if measured.size and cfg.max_depth is not None and \
+                    np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
+                # Depth in another unit (cm, mm): left out without a word, the few pixels that happen to fit would
+                # make the score. 90%: more than any sky stored as a large depth covers of a panorama.
                 input_warnings.setdefault(
-                    "over half of the saved prediction has no depth (0, NaN or inf); those pixels are scored as out "
-                    f"of range (--range-cap {cfg.range_cap:g} m)", []).append(name)
-            pred = np.where(empty, np.float32(cfg.range_cap), pred)
-        else:
-            path = None if cache_dir is None else cache_dir / f"{_file_stem(name)}.{input_digest(sample['rgb'])}.npy"
-            if path is not None and path.exists():
-                pred = read_npy(path)
-                n_cached += 1
+                    f"over 90% of the ground truth is beyond --max-depth {cfg.max_depth:g} m and is not scored: if the "
+                    "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
+            elif measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
+                # The other way round (metres given a millimetre unit): no room is that near its camera
+                input_warnings.setdefault(
+                    "over 90% of the ground truth is nearer than 0.1 m: check its unit (a folder dataset's "
+                    "metres_per_unit)", []).append(name)
+            if predictions_dir is not None:
+                pred = _saved_prediction(Path(predictions_dir), dataset, i, name, gt, cfg, input_warnings)
             else:
-                with collect_input_warnings() as warned:
-                    depth, mask = predictor(sample["rgb"])
-                for text in warned:  # once per text after the loop, naming the samples
-                    input_warnings.setdefault(text, []).append(name)
-                pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
-                if path is not None:  # as predicted, NaN and inf kept (write_depth stores 0 there, scored otherwise)
-                    write_npy(path, pred)
-        pred = np.asarray(pred, np.float32)
-        seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
-        size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
-        # A prediction on the GT's own grid is resampled as the GT is (nearest): bilinear beside nearest would
-        # disagree at every depth edge, and a perfect prediction would score AbsRel > 0.
-        same_grid = pred.shape == gt.shape
-        if gt.shape != size:
-            gt = resize_nearest(gt, size)
-        if pred.shape != size:
-            pred = resize_nearest(pred, size) if same_grid else resize_depth(pred, size)
-        rows_ok = True
-        for proto, acc in accs.items():
-            try:
-                acc.add(pred, gt, name=name, extra={"seam_error": seam})
-            except NoValidDepthError as e:
-                rows_ok = False
-                skipped.append({"name": name, "protocol": proto, "reason": str(e)})
-        if out is not None and rows_ok and i < cfg.panels:
-            rgb = np.asarray(sample["rgb"], np.float32)
-            (out / "panels").mkdir(parents=True, exist_ok=True)
-            write_rgb(out / "panels" / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
-    for text, names in input_warnings.items():
-        which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"
-        warn_input(f"{which}: {text}")
+                path = cache_dir and cache_dir / f"{_file_stem(name)}.{input_digest(sample['rgb'])}.npy"
+                pred = _cached_prediction(path)
+                n_cached += pred is not None
+                if pred is None:
+                    with collect_input_warnings() as warned:
+                        depth, mask = predictor(sample["rgb"])
+                    for text in warned:  # once per text after the loop, naming the samples
+                        input_warnings.setdefault(text, []).append(name)
+                    pred = np.asarray(apply_range_mask(np.asarray(depth, np.float32), mask, cfg.range_cap))
+                    if path is not None:  # as predicted, NaN and inf kept (write_depth makes them 0, scored otherwise)
+                        write_npy(path, pred)
+            pred = np.asarray(pred, np.float32)
+            seam = seam_error(pred)  # at the prediction's own resolution, before any resampling
+            size = tuple(cfg.eval_size) if cfg.eval_size else gt.shape
+            # A prediction on the GT's own grid is resampled as the GT is (nearest): bilinear beside nearest would
+            # disagree at every depth edge, and a perfect prediction would score AbsRel > 0.
+            same_grid = pred.shape == gt.shape
+            if gt.shape != size:
+                gt = resize_nearest(gt, size)
+            if pred.shape != size:
+                pred = resize_nearest(pred, size) if same_grid else resize_depth(pred, size)
+            rows_ok = True
+            for proto, acc in accs.items():
+                try:
+                    acc.add(pred, gt, name=name, extra={"seam_error": seam})
+                except NoValidDepthError as e:
+                    rows_ok = False
+                    skipped.append({"name": name, "protocol": proto, "reason": str(e)})
+            if panels is not None and rows_ok and i < cfg.panels:
+                rgb = np.asarray(sample["rgb"], np.float32)
+                write_rgb(panels / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
+        for text, names in input_warnings.items():
+            which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"
+            warn_input(f"{which}: {text}")
+    if out is not None and not cfg.panels:
+        shutil.rmtree(out / "panels", ignore_errors=True)
     summary = {
         "config": {
             **asdict(cfg),

@@ -19,7 +19,7 @@ from dap.cli import (
 )
 from dap.data.datasets import DATASETS, get_dataset
 from dap.errors import DapError, collect_input_warnings
-from dap.evaluation import PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
+from dap.evaluation import NO_VALID_GT, PROTOCOLS, EvalConfig, evaluate, format_table, model_predictor
 from dap.inference import DEFAULT_SEAM_PAD, check_seam_pad, compute_dtype, model_fingerprint, other_resolution_note
 from dap.models import load_model
 
@@ -116,9 +116,15 @@ def run(args: argparse.Namespace) -> int:
     with collect_input_warnings() as warned:
         summary = _evaluate(args, dataset, cfg)
     if summary["n_images"] and len(summary["skipped"]) == summary["n_images"] * len(cfg.protocols):
-        raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth in "
-                       f"({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
-                       f"(metres_per_unit) or --max-depth. Details in {Path(args.out) / 'metrics.json'}")
+        details = Path(args.out) / "metrics.json"
+        # the ground truth's reason, or the model's (no finite depth anywhere): each sends the user to other files
+        other = next((s for s in summary["skipped"] if not s["reason"].startswith(NO_VALID_GT)), None)
+        if other is None:
+            raise DapError(f"none of the {summary['n_images']} samples under {args.root} has valid ground truth (depth "
+                           f"in ({args.min_depth:g}, {args.max_depth:g}] m); check the depth files and their scale "
+                           f"(metres_per_unit) or --max-depth. Details in {details}")
+        raise DapError(f"none of the {summary['n_images']} samples under {args.root} could be scored; sample "
+                       f"{other['name']} ({other['protocol']}): {other['reason']} Details in {details}")
     for text in warned:  # one line each, after the error check: a failed run says its error alone
         print(f"dap eval: warning: {text}", file=sys.stderr)
     print(format_table(summary))

@@ -95,7 +95,7 @@ def test_cli_export_and_predict_with_onnxruntime(tiny_model, tmp_path, capsys):
     assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
                  "--resolution", "32x64"]) == 0
     assert "opset 17): input image (batch, 3, 32, 64), outputs depth, out_of_range_prob" in capsys.readouterr().out
-    # exporting again over the file replaces it (it once was refused as "a file, not a folder")
+    # exporting again over its own earlier export replaces it (it once was refused as "a file, not a folder")
     assert main(["export", "onnx", "--model", str(tmp_path / "ckpt"), "--out", str(tmp_path / "m.onnx"),
                  "--resolution", "64x128"]) == 0
     assert "input image (batch, 3, 64, 128)" in capsys.readouterr().out
@@ -218,3 +218,37 @@ def test_export_leaves_the_callers_model_as_it_was(tmp_path):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     with pytest.raises(DapError, match="prepared for bf16 inference .* export the float32 model"):
         export_onnx(prepare_model(model.eval(), "bf16"), tmp_path / "b.onnx", resolution=(32, 64))
+
+
+def test_export_replaces_an_earlier_export_and_nothing_else(tiny_model, tmp_path, capsys, monkeypatch):
+    """`--out` over any existing .onnx was replaced without a word: another tool's graph, or a file that only had
+    the name. And a bad --seam-pad or a missing onnx package were said only after the model was loaded (for a named
+    model not yet cached: a 1.4 GB download first)."""
+    save_model(tiny_model, tmp_path / "ckpt")
+    export = ["export", "onnx", "--model", str(tmp_path / "ckpt"), "--resolution", "32x64", "--out"]
+    (tmp_path / "theirs.onnx").write_bytes(b"precious bytes")
+    assert main([*export, str(tmp_path / "theirs.onnx")]) == 2
+    assert "not a graph `dap export` wrote" in capsys.readouterr().err
+    assert (tmp_path / "theirs.onnx").read_bytes() == b"precious bytes"
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])  # a real graph, not ours
+    result = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "theirs", [value], [result])
+    onnx.save(helper.make_model(graph), str(tmp_path / "linear.onnx"))
+    before = (tmp_path / "linear.onnx").read_bytes()
+    assert main([*export, str(tmp_path / "linear.onnx")]) == 2
+    assert (tmp_path / "linear.onnx").read_bytes() == before
+    assert main([*export, str(tmp_path / "m.onnx")]) == 0 and main([*export, str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr("dap.cli.export.load_model", no_loading)
+    assert main(["export", "onnx", "--model", "dap-vitl", "--out", str(tmp_path / "n.onnx"), "--seam-pad", "0.9"]) == 2
+    assert "seam padding is a fraction of the width" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    assert main(["export", "onnx", "--model", "dap-vitl", "--out", str(tmp_path / "n.onnx")]) == 2
+    assert "needs the onnx package" in capsys.readouterr().err

@@ -39,7 +39,7 @@ OUTPUTS = ("depth", "out_of_range_prob")
 INSTALL_HINT = "pip install 'depth-any-panoramas[onnx]'"
 
 
-def _require(module: str):
+def require_package(module: str):
     try:
         return __import__(module)
     except ImportError:
@@ -53,6 +53,17 @@ def takes_square_branch(cfg: DapConfig, height: int, width: int) -> bool:
     return cfg.token_adapter == "official" and math.isqrt(n) ** 2 == n
 
 
+def is_dap_export(path: str | Path) -> bool:
+    """Whether `path` is an ONNX graph that `export_onnx` wrote (its metadata holds our model config); False for
+    another graph or a file that is not one."""
+    onnx = require_package("onnx")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - protobuf's decode errors have no common type worth naming: not a graph
+        return False
+    return any(prop.key == "dap.config" for prop in proto.metadata_props)
+
+
 def export_onnx(
     model: DAP,
     out: str | Path,
@@ -64,7 +75,7 @@ def export_onnx(
     """Write `model` as ONNX to `out` (atomically). `resolution` is the working (height, width), default the model's
     own; the traced input adds the seam columns of `seam_pad`. `dynamic` makes height and width dynamic axes. The
     model is left as it was (mode, device, weights); the graph computes in float32."""
-    onnx = _require("onnx")
+    onnx = require_package("onnx")
     from dap.io import atomic_write
 
     if (prepared := weights_precision(model)) is not None:  # its float32 weights are gone: bf16-rounded, or int8
@@ -125,7 +136,7 @@ class OnnxModel:
             what = "is a folder, not a file" if self.path.is_dir() else "does not exist"
             raise UnreadableFileError(f"ONNX model {self.path} {what}; write one with "
                                       f"`dap export onnx --model NAME --out {self.path}`")
-        ort = _require("onnxruntime")
+        ort = require_package("onnxruntime")
         try:
             self.session = ort.InferenceSession(str(self.path), providers=providers or ort.get_available_providers())
         except Exception as e:  # onnxruntime raises its own, unexported exception types

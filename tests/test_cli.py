@@ -369,6 +369,16 @@ def test_convert_replaces_an_earlier_conversion_whole_and_nothing_else(d, tmp_pa
     assert (hf / "model.safetensors").read_bytes() == b"theirs"
     (tmp_path / "empty").mkdir()
     assert main(["convert", str(d / "ckpt"), str(tmp_path / "empty")]) == 0  # an empty folder made for it
+    # a model folder of ours that is not a conversion (a trained model, `dap train`'s final/) was replaced by it
+    trained = tmp_path / "trained"
+    save_model(create_model("dap_tiny"), trained, training={"trainer": "dap.train", "steps": 10})
+    before = {p.name: p.read_bytes() for p in trained.iterdir()}
+    code, err = _run(["convert", str(d / "ckpt"), str(trained)], capsys)
+    assert code == 2 and "is a model that `dap convert` did not write" in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir()} == before
+    # and a conversion onto its own source lost the record of how it was made
+    code, err = _run(["convert", str(out), str(out)], capsys)
+    assert code == 2 and "is the model to convert" in err
 
 
 def test_convert_into_this_folder_or_a_link_to_one(d, tmp_path, capsys, monkeypatch):

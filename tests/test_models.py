@@ -160,6 +160,11 @@ def test_our_format_strict_errors(tmp_path):
     from safetensors.torch import load_file, save_file
 
     sd = load_file(tmp_path / "m" / "model.safetensors")
+    # whole numbers where the network has a float weight: torch's "Only Tensors of floating point ... can require
+    # gradients" traceback
+    save_file({**sd, "backbone.cls_token": sd["backbone.cls_token"].int()}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"1 tensors of the wrong type: backbone.cls_token int32, not a float"):
+        load_model(tmp_path / "m")
     sd.pop("range_head.projects.0.bias")
     sd["range_head.unknown"] = torch.zeros(2)
     save_file(sd, tmp_path / "m" / "model.safetensors")
@@ -193,6 +198,17 @@ def test_a_broken_model_folder_says_what_is_wrong_and_to_fetch_it_again(tmp_path
                                                             r"\(0 to 5, .*got \[1, 2, 4, 9\]"),
         "repeated_layers": (lambda d: _edit(d, layers=[1, 2, 2, 5]), r"4 distinct blocks.*got \[1, 2, 2, 5\]"),
         "resolution": (lambda d: _edit(d, default_resolution=[100, 200]), r"default_resolution is .* got \[100, 200\]"),
+        # a ZeroDivisionError or a TypeError at save (tracebacks), or the field not named ("not all arguments
+        # converted", "'<' not supported", a RoPE shape mismatch for heads that do not divide the width)
+        "patch_zero": (lambda d: _edit_vit(d, patch_size=0), r"vit.patch_size is a positive whole number, got 0"),
+        "heads_zero": (lambda d: _edit_vit(d, num_heads=0), r"vit.num_heads is a positive whole number, got 0"),
+        "heads_odd": (lambda d: _edit_vit(d, num_heads=7), r"vit.embed_dim \(192\) must split into vit.num_heads \(7\) "
+                                                            r"heads of a multiple of 4 channels"),
+        "width_text": (lambda d: _edit_vit(d, embed_dim="64"), r"vit.embed_dim is a positive whole number, got '64'"),
+        "name_null": (lambda d: _edit(d, name=None), r"name is the model's name \(text\), got None"),
+        "latitude_text": (lambda d: _edit(d, latitude_scale=[1.0, "x"]), r"and latitude_scale are numbers, got .* "
+                                                                        r"and \[1.0, 'x'\]"),
+        "threshold_text": (lambda d: _edit(d, range_threshold="0.5"), r"range_threshold, .* are numbers, got '0.5'"),
     }
     for name, (damage, message) in cases.items():
         shutil.copytree(good, tmp_path / name)
@@ -213,6 +229,11 @@ def test_load_model_names_a_device_it_cannot_use():
     with pytest.raises(DapError, match=r"device 'meta' is not supported"):
         load_model("dap-tiny-synth", device="meta")
     assert next(load_model("dap-tiny-synth", device=None).parameters()).device.type == "cpu"  # as predict: auto
+
+
+def _edit_vit(folder, **fields):
+    config = json.loads((folder / "config.json").read_text())
+    _edit(folder, vit={**config["model"]["vit"], **fields})
 
 
 def _edit(folder, **fields):
@@ -363,7 +384,7 @@ def test_non_positive_max_depth_is_refused_at_load(tmp_path, max_depth, capsys):
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     config["model"]["max_depth"] = max_depth
     (tmp_path / "m" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"m/config.json: max_depth is .*must be a positive number of metres"):
+    with pytest.raises(CheckpointError, match=r"m/config.json is not valid: max_depth is a positive number of metres"):
         load_model(tmp_path / "m")
     write_rgb(tmp_path / "p.png", np.zeros((32, 64, 3), np.float32))
     argv = ["predict", str(tmp_path / "p.png"), "--out", str(tmp_path / "o"), "--checkpoint", str(tmp_path / "m")]

@@ -26,6 +26,25 @@ class ViTConfig:
     layerscale_init: float = 1e-5
     norm_eps: float = 1e-5
 
+    def __post_init__(self):
+        # Checked here so that a hand-edited config.json fails on loading, naming the field (a 0 was a
+        # ZeroDivisionError, heads that do not split the width a RoPE shape mismatch)
+        from dap.errors import is_number
+
+        for name in ("embed_dim", "depth", "num_heads", "patch_size"):
+            if not (isinstance(value := getattr(self, name), int) and not isinstance(value, bool) and value > 0):
+                raise ValueError(f"vit.{name} is a positive whole number, got {value!r}")
+        if not (isinstance(self.num_storage_tokens, int) and self.num_storage_tokens >= 0):
+            raise ValueError(f"vit.num_storage_tokens is a whole number >= 0, got {self.num_storage_tokens!r}")
+        for name in ("mlp_ratio", "rope_base", "norm_eps"):
+            if not (is_number(value := getattr(self, name)) and value > 0):
+                raise ValueError(f"vit.{name} is a positive number, got {value!r}")
+        if not is_number(self.layerscale_init):
+            raise ValueError(f"vit.layerscale_init is a number, got {self.layerscale_init!r}")
+        if self.embed_dim % self.num_heads or (self.embed_dim // self.num_heads) % 4:  # RoPE: 4 angles per period
+            raise ValueError(f"vit.embed_dim ({self.embed_dim}) must split into vit.num_heads ({self.num_heads}) "
+                             "heads of a multiple of 4 channels each")
+
 
 class RotaryEmbedding(nn.Module):
     """2-D axial RoPE over the patch grid, coordinates normalised per axis to (-1, 1)."""

@@ -46,7 +46,10 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
     unexpected = sorted(set(sd) - set(own))
     wrong = [f"{k} {tuple(sd[k].shape)} != {tuple(own[k].shape)}"
              for k in own if k in sd and sd[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    # whole numbers where the network has a float weight: torch says only that they cannot require gradients
+    kinds = [f"{k} {str(sd[k].dtype).removeprefix('torch.')}, not a float" for k in own
+             if k in sd and own[k].is_floating_point() and not sd[k].is_floating_point()]
+    if missing or unexpected or wrong or kinds:
         parts = []
         if missing:
             parts.append(f"{len(missing)} missing keys: {_key_list(missing)}")
@@ -54,6 +57,8 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
             parts.append(f"{len(unexpected)} unexpected keys: {_key_list(unexpected)}")
         if wrong:
             parts.append(f"{len(wrong)} shape mismatches: {_key_list(wrong)}")
+        if kinds:
+            parts.append(f"{len(kinds)} tensors of the wrong type: {_key_list(kinds)}")
         raise CheckpointError(
             f"{source} does not match the {arch or model.cfg.name} architecture: " + "; ".join(parts)
             + ". Check that the checkpoint and the model variant belong together."
@@ -129,12 +134,6 @@ def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
             model = DAP(cfg)
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         raise CheckpointError(f"the model config in {config_path} is not valid: {e}; {again}") from e
-    # The depth head's scale: <= 0 (or NaN) would make every depth 0.
-    if not (isinstance(cfg.max_depth, (int, float)) and cfg.max_depth > 0):
-        raise CheckpointError(
-            f"{config_path}: max_depth is {cfg.max_depth}, it must be a positive number of metres (100 for DAP). "
-            "Fix it in the config."
-        )
     if not weights.is_file():
         raise CheckpointError(f"{directory} has {CONFIG_FILE} but no {weights.name}; {again}")
     try:

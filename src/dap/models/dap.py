@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dap.errors import is_number
 from dap.models.backbone import DinoV3ViT, ViTConfig
 from dap.models.dpt import DPTHead
 from dap.models.official import OfficialTokenAdapter
@@ -47,6 +48,19 @@ class DapConfig:
 
     def __post_init__(self):
         # Checked here so that a hand-edited config.json fails on loading, naming the field, not in a forward pass.
+        if not (isinstance(self.name, str) and self.name):
+            raise ValueError(f"name is the model's name (text), got {self.name!r}")
+        if not (is_number(self.max_depth) and self.max_depth > 0):  # the depth head's scale: 0 or NaN zeroes all depth
+            raise ValueError(f"max_depth is a positive number of metres (100 for DAP), got {self.max_depth!r}")
+        numbers = (*self.layers, *self.out_channels, self.features, *self.default_resolution)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+            raise ValueError(f"layers, out_channels, features and default_resolution are whole numbers, got "
+                             f"{list(self.layers)}, {list(self.out_channels)}, {self.features!r} and "
+                             f"{list(self.default_resolution)}")
+        fields = ("range_threshold", "depth_scale", "range_min_region")
+        if not all(is_number(v) for v in (*(getattr(self, f) for f in fields), *self.latitude_scale)):
+            raise ValueError(f"{', '.join(fields)} and latitude_scale are numbers, got "
+                             f"{', '.join(repr(getattr(self, f)) for f in fields)} and {list(self.latitude_scale)}")
         if self.token_adapter not in ("plain", "official"):
             raise ValueError(f"token_adapter is 'plain' or 'official', got {self.token_adapter!r}")
         # in increasing order and distinct: the backbone returns one map per block, in block order

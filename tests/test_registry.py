@@ -207,3 +207,18 @@ def test_bundled_model_by_name_and_the_models_listing(capsys):
     for entry in registry.MODELS.values():
         assert entry.name in listing and entry.source in listing and entry.licence in listing
     assert "hf.co/Insta360-Research/DAP-weights/model.pth" in listing
+
+
+def test_an_official_file_saved_in_float16_loads_as_float32(tmp_path):
+    """Our folders' float16 weights load as float32; an official-layout model.pth saved in float16 stayed float16:
+    `dap predict` then said "call model.float()" to a command-line user, dap.predict failed on a dtype mismatch."""
+    torch.manual_seed(0)
+    model = DAP(TINY_OFFICIAL).eval()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in official_layout(model).items()}
+    torch.save(half, tmp_path / "half.pth")
+    loaded = load_model(tmp_path / "half.pth")
+    assert {p.dtype for p in loaded.parameters()} == {torch.float32}
+    x = torch.rand(1, 3, 64, 128)
+    with torch.inference_mode():
+        got, want = loaded(x)["depth"], model.half().float()(x)["depth"]  # the same float16 rounding
+    torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -109,6 +109,13 @@ def check_finite(model: DAP, source: Path) -> None:
         )
 
 
+def _float32(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`sd` with 16-bit float weights as float32 (float32 ones as they are, not copied). Weights may be stored in
+    16 bit (half the download, as the bundled model is); a loaded model computes in float32 and inference picks its
+    own precision."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
 def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
     """A model folder: config.json with model.safetensors, or with `weights`, another .safetensors file beside it
     (a training run's earlier weights, say)."""
@@ -145,10 +152,7 @@ def _load_ours(directory: Path, weights: Path | None = None) -> DAP:
     if weights.name == WEIGHTS_FILE and None not in (weights_id, meta.get("save_id")) and weights_id != meta["save_id"]:
         raise CheckpointError(f"{config_path} and {weights} were written by different saves (one was interrupted, "
                               f"or one file was copied over from another model); {again}")
-    # Weights may be stored as float16 (half the download, e.g. the bundled model); the model computes in float32
-    # and inference picks its own precision.
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    load_state_dict_strict(model, sd, str(weights if weights.name != WEIGHTS_FILE else directory))
+    load_state_dict_strict(model, _float32(sd), str(weights if weights.name != WEIGHTS_FILE else directory))
     check_finite(model, weights)
     model.checkpoint_info = meta
     return model
@@ -213,7 +217,7 @@ def _load_official(path: Path) -> DAP:
     sd = convert_official_state_dict(sd)
     with torch.device("meta"):
         model = DAP(DapConfig(**official_config(sd)))
-    load_state_dict_strict(model, sd, str(path))
+    load_state_dict_strict(model, _float32(sd), str(path))
     check_finite(model, path)
     model.checkpoint_info = {"format": "official", "source": str(path)}
     return model

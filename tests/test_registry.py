@@ -107,6 +107,21 @@ def test_named_model_is_fetched_from_the_hub_cache_and_converted_once(tiny_relea
     assert again.checkpoint_info["training"]["registered_as"] == "dap-vitl"
 
 
+def test_a_damaged_conversion_in_the_cache_is_made_again(tiny_release, hub):
+    """The converted folder cut short or half deleted (a disk, a cleanup) said "copy or download the model folder
+    again", a folder the user never downloaded, and stayed broken: only its config.json was checked."""
+    x = torch.randn(1, 3, 64, 128)
+    want = outputs(load_model("dap-vitl"), x)["depth"]
+    converted = hub / "dap" / "converted" / "dap-vitl" / COMMIT
+    weights = converted / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    assert torch.equal(outputs(load_model("dap-vitl"), x)["depth"], want)
+    (converted / "config.json").unlink()  # the weights left alone
+    assert torch.equal(outputs(load_model("dap-vitl"), x)["depth"], want)
+    assert sorted(p.name for p in converted.iterdir()) == ["config.json", "model.safetensors"]
+    assert os.listdir(converted.parent) == [COMMIT]
+
+
 def test_a_cached_release_is_used_without_asking_the_hub(tiny_release, monkeypatch):
     """Online mode and no network: hf_hub_download spent 23 s retrying a HEAD request before it fell back on the
     cached file, on every run. A cached file is now used as it is."""

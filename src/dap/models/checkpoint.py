@@ -320,7 +320,13 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         )
     if p.is_dir():
         if (p / CONFIG_FILE).exists():
-            model = _load_ours(p)
+            try:
+                model = _load_ours(p)
+            except CheckpointError:
+                if spec not in registry.MODELS or registry.get(spec).bundled:
+                    raise
+                # our conversion of the download, damaged since (a disk, a cleanup): made again from the download
+                model = _load_ours(registry.weights_path(spec, again=True))
         elif (p / "final" / CONFIG_FILE).exists() and (p / "checkpoints").is_dir():  # a `dap train` run: its model
             model = _load_ours(p / "final")
         elif (p / "checkpoints").is_dir() and (p / "config.yaml").is_file():  # a run stopped before its end

@@ -74,16 +74,17 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DAP_CACHE") or Path(constants.HF_HOME) / "dap")
 
 
-def weights_path(name: str) -> Path:
+def weights_path(name: str, *, again: bool = False) -> Path:
     """Local folder in our checkpoint format holding the weights of a registered model; downloads and converts
-    them the first time."""
+    them the first time, and with `again` (the conversion there cannot be loaded: damaged since)."""
     entry = get(name)
     if entry.bundled:
         return BUNDLED_DIR / entry.bundled
     pth = _download(entry)
     # hf_hub_download returns <cache>/snapshots/<commit>/<filename>: the commit names this exact file version.
     out = cache_dir() / "converted" / entry.name / pth.parent.name
-    if not (out / "config.json").exists():
+    if again or not (out / "config.json").exists():
+        shutil.rmtree(out, ignore_errors=True)  # a damaged conversion, or what is left of one
         _convert(entry, pth, out)
     return out
 

@@ -956,6 +956,19 @@ def test_an_empty_config_section_keeps_its_defaults_and_takes_set_overrides(tmp_
     assert T.load_config(path).model.overrides == {}
 
 
+def test_an_empty_list_entry_is_refused_not_read_as_a_default_source(tmp_path):
+    """A source commented out after its dash (`- # {kind: shards, ...}`) became a second source of the default kind
+    (box rooms) at ratio 1: half of the training samples, without a word; so did `--set data.sources.0=null`."""
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  sources:\n    - {kind: rooms, seed: 1}\n    - # {kind: shards, path: data/outdoor}\n")
+    with pytest.raises(ConfigError, match=r"config data.sources\[1\]: an empty entry .* remove its dash"):
+        T.load_config(path)
+    with pytest.raises(ConfigError, match=r"config data.sources\[0\]: an empty entry"):
+        T.load_config(None, ["data.sources.0=null"])
+    with pytest.raises(ConfigError, match=r"config data.val\[0\]: an empty entry"):
+        T.load_config(None, ["data.val=[null]"])
+
+
 def test_a_documented_config_path_outside_a_clone_says_where_configs_are(tmp_path, monkeypatch):
     """configs/ is not in the installed package: `dap train --config configs/tiny_cpu.yaml` run elsewhere said only
     "No such file or directory; check the path"."""

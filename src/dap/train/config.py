@@ -120,6 +120,10 @@ def _build(cls, data: Any, where: str):
             return None
         return _build(next(a for a in args if a is not type(None)), data, where)
     if origin is list and isinstance(data, list | None):
+        for i, v in enumerate(data or []):
+            if v is None and dataclasses.is_dataclass(args[0]):  # else built as all defaults: a source of its own
+                raise ConfigError(f"config {where}[{i}]: an empty entry (a `-` with nothing after it, or what followed "
+                                  "commented out); remove its dash, or give it its keys")
         return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data or [])]
     if origin is tuple and len(args) == 2 and args[1] is Ellipsis and isinstance(data, list | tuple):  # tuple[X, ...]
         return tuple(_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data))

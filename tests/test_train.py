@@ -977,3 +977,33 @@ def test_a_documented_config_path_outside_a_clone_says_where_configs_are(tmp_pat
         T.load_config("configs/tiny_cpu.yaml")
     with pytest.raises(ConfigError, match=r"check the path$"):
         T.load_config("mine.yaml")
+
+
+def test_a_synth_folder_read_as_a_dataset_keeps_its_range_marks(tmp_path):
+    """`kind: dataset, dataset: synth` read a `dap synth` folder through the evaluation loader, which keeps no sky
+    or beyond-range marks: sky became "ignored" and the range head never learned it (0.18 of the pixels marked
+    through `kind: shards`, 0 this way), and depth beyond 100 m was trained as valid."""
+    from dap.data.shards import write_dataset
+
+    write_dataset(tmp_path / "s", 3, kind="mixed", style="clean", resolution=(32, 64), seed=0, progress=False)
+    shards = T.build_source(T.SourceConfig(kind="shards", path=str(tmp_path / "s")), 32, 64)
+    dataset = T.build_source(T.SourceConfig(kind="dataset", dataset="synth", path=str(tmp_path / "s")), 32, 64)
+    marked = 0
+    for i in range(3):
+        a, b = T.to_training_sample(shards[i]), T.to_training_sample(dataset[i])
+        assert torch.equal(a["out_of_range"], b["out_of_range"]) and torch.equal(a["valid"], b["valid"])
+        marked += int(a["out_of_range"].sum())
+    assert marked > 0
+
+
+def test_validation_overlap_is_found_under_another_spelling_of_the_same_folder():
+    """The note compared kind and path as written: the shards folder validated through its manifest file, or
+    through `kind: dataset, dataset: synth`, passed for held-out data."""
+    from dap.train.loop import validation_overlaps
+
+    shards = "data.sources=[{kind: shards, path: /d/synth}]"
+    for val in ("data.val=[{kind: shards, path: /d/synth/manifest.parquet}]",
+                "data.val=[{kind: dataset, dataset: synth, path: /d/synth}]",
+                "data.val=[{kind: shards, path: /d/synth/}]"):
+        assert len(validation_overlaps(cfg_with(shards, val))) == 1, val
+    assert validation_overlaps(cfg_with(shards, "data.val=[{kind: shards, path: /d/other}]")) == []

@@ -88,9 +88,10 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
         return RoomsDataset(src.size, height, width, seed=src.seed)
     if src.kind == "synthetic":
         return RenderedSynthetic(src.size, height, width, src.seed)
-    if src.kind == "shards":
+    if src.kind == "shards" or (src.kind == "dataset" and (src.dataset or "").lower() == "synth"):
         from dap.data.shards import ShardDataset
 
+        # a `dap synth` folder by either name: the evaluation loader (dataset synth) keeps no sky or range marks
         return ShardDataset(src.path)
     if src.kind == "pseudo":
         from dap.curation.manifest import PseudoLabelDataset

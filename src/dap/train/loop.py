@@ -535,15 +535,20 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[s
     ([training], [validation]) are those the built sources read, where they differ from the configured ones."""
     train_splits, val_splits = splits or ([s.split for s in cfg.data.sources], [s.split for s in cfg.data.val])
 
+    def folder(s: SourceConfig) -> str:
+        """The folder a source reads, however it is given (a shards folder or its manifest.parquet, a trailing /)."""
+        path = os.path.realpath(s.path or "")
+        return os.path.dirname(path) if os.path.splitext(path)[1].lower() in (".parquet", ".csv") else path
+
     def same(v: SourceConfig, vs: str, t: SourceConfig, ts: str) -> bool:
-        if v.kind != t.kind:
-            return False
-        if v.kind == "synthetic":  # panorama i renders seed + i
-            return v.seed < t.seed + t.size and t.seed < v.seed + v.size
-        if v.kind == "rooms":  # room i draws from the generator of (seed, i): other seeds, other rooms
-            return v.seed == t.seed
-        return (os.path.realpath(v.path or "") == os.path.realpath(t.path or "") and v.dataset == t.dataset
-                and (vs == ts or "all" in (vs, ts)))
+        if v.kind in ("synthetic", "rooms") or t.kind in ("synthetic", "rooms"):  # generated: by their seeds
+            if v.kind != t.kind:
+                return False
+            if v.kind == "synthetic":  # panorama i renders seed + i
+                return v.seed < t.seed + t.size and t.seed < v.seed + v.size
+            return v.seed == t.seed  # rooms: room i draws from the generator of (seed, i)
+        # files: one folder is one set of panoramas whichever kind reads it (shards, or dataset synth of it)
+        return folder(v) == folder(t) and (vs == ts or "all" in (vs, ts))
 
     def shown(v: SourceConfig) -> str:
         return {"synthetic": f"seeds {v.seed}+", "rooms": f"seed {v.seed}"}.get(v.kind, v.path)

@@ -1007,3 +1007,29 @@ def test_validation_overlap_is_found_under_another_spelling_of_the_same_folder()
                 "data.val=[{kind: shards, path: /d/synth/}]"):
         assert len(validation_overlaps(cfg_with(shards, val))) == 1, val
     assert validation_overlaps(cfg_with(shards, "data.val=[{kind: shards, path: /d/other}]")) == []
+
+
+def test_settings_that_train_or_validate_something_else_are_noted(tmp_path, capsys):
+    """Three settings that ran without a word: depth in millimetres in a folder's .npy files (beyond loss.max_depth:
+    every depth term 0, only the range head trained), data.augment false with the augmentations it switches off set,
+    and a validation source after one that fills data.val_samples (never scored)."""
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_rgb(tmp_path / "mm" / "rgb" / f"p{i}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "mm" / "depth" / f"p{i}.npy", np.full((32, 64), 2000.0, np.float32))
+    T.train(cfg_with("run.steps=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'mm'}, split: all}}]",
+                     "data.augment=false", "data.rotate=true", "data.exposure=2.0", "run.val_every=1",
+                     "data.val_samples=2",
+                     "data.val=[{kind: rooms, size: 4, seed: 50}, {kind: rooms, size: 4, seed: 60}]"),
+            tmp_path / "run")
+    err = capsys.readouterr().err
+    assert "data.sources[0] (folder " in err and "over 90% of the ground truth of its first 2 panoramas is beyond " \
+        "loss.max_depth 100 m: if its depth is not in metres, give its unit" in err
+    assert "data.augment is false, which also turns off data.rotate, data.exposure" in err
+    assert "data.val[1] (rooms) is not validated on: data.val_samples (2) are all taken from the sources before " \
+        "it; raise data.val_samples to 8" in err
+    T.train(cfg_with("run.steps=1"), tmp_path / "plain")
+    err = capsys.readouterr().err
+    assert "over 90%" not in err and "data.augment" not in err and "not validated on" not in err

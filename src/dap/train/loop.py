@@ -521,12 +521,45 @@ def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val:
         return [getattr(ds, "split", c.split) for ds, c in zip(data.sources, data.configs, strict=True)]
 
     notes = validation_overlaps(cfg, (splits(train_data), splits(val))) if val is not None else []
+    for where, data in (("data.sources", train_data), ("data.val", val)):
+        for i, (ds, c) in enumerate(zip(data.sources, data.configs, strict=True) if data is not None else []):
+            if c.kind in ("folder", "dataset") and (problem := depth_unit_problem(ds, cfg.loss.max_depth)):
+                notes.append(f"{where}[{i}] ({c.kind} {c.path}): {problem}")
+    if val is not None:
+        scored = {j for j, _ in val.items}
+        for j, c in enumerate(val.configs):
+            if j not in scored:
+                notes.append(f"data.val[{j}] ({c.kind}{f' {c.path}' if c.path else ''}) is not validated on: "
+                             f"data.val_samples ({cfg.data.val_samples}) are all taken from the sources before it; "
+                             f"raise data.val_samples to {sum(len(s) for s in val.sources)} to score them all")
+    off = [f"data.{name}" for name, on in (("rotate", cfg.data.rotate), ("exposure", cfg.data.exposure > 1),
+                                             ("highlights", cfg.data.highlights > 0),
+                                             ("vertical_gain", cfg.data.vertical_gain > 1)) if on]
+    if off and not cfg.data.augment:
+        notes.append(f"data.augment is false, which also turns off {', '.join(off)}: set data.augment true to train "
+                     "with them")
     reach = model_cfg.max_depth * model_cfg.depth_scale  # the depth head's output is capped there
     if cfg.loss.max_depth > 1.1 * reach:
         notes.append(f"loss.max_depth is {cfg.loss.max_depth:g} m but the model outputs at most {reach:g} m (its "
                      "max_depth x depth_scale): ground truth between the two is asked of it and cannot be reached; "
                      "set them alike (loss.max_depth, or model.overrides.max_depth for a new model)")
     return notes
+
+
+def depth_unit_problem(data, max_depth: float, count: int = 2) -> str | None:
+    """What the ground truth of a source's first `count` panoramas says about its unit, None where it reads as
+    metres. Depth in millimetres is all beyond the loss's cap: the depth losses learn nothing, without a word."""
+    n = min(count, len(data))
+    depth = np.concatenate([np.asarray(data[i]["depth"], np.float32).ravel() for i in range(n)])
+    measured = depth[np.isfinite(depth) & (depth > 0)]
+    if measured.size and np.count_nonzero(measured > max_depth) > 0.9 * measured.size:
+        return (f"over 90% of the ground truth of its first {n} panoramas is beyond loss.max_depth {max_depth:g} m: if "
+                "its depth is not in metres, give its unit (a folder manifest's metres_per_unit); the depth losses "
+                "learn nothing from it")
+    if measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
+        return (f"over 90% of the ground truth of its first {n} panoramas is nearer than 0.1 m: check its unit (a "
+                "folder manifest's metres_per_unit)")
+    return None
 
 
 def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[str]:

@@ -691,6 +691,10 @@ def test_model_settings_that_a_checkpoint_init_would_ignore(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"cannot change .*max_depth: 50.0 \(the checkpoint has 100.0"):
         T.build_model(cfg_with(init, "model.overrides={max_depth: 50.0}"))
     capsys.readouterr()
+    # a misspelt setting was "cannot change the model loaded ... (the checkpoint has None)": an architecture conflict
+    with pytest.raises(ConfigError, match=r"model.overrides: unknown keys \['range_treshold'\]; valid keys: .*"
+                                          r"'range_threshold'"):
+        T.build_model(cfg_with(init, "model.overrides={range_treshold: 0.9}"))
     T.build_model(cfg_with(init, "model.overrides={max_depth: 100.0, layers: [1, 2, 4, 5]}"))  # agrees: fine
     assert capsys.readouterr().err == ""
     # a partial backbone override (the stage configs of the default-model recipe) agrees in the keys it names

@@ -140,6 +140,8 @@ def _overrides_checked():
 
 def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -> None:
     have = loaded.to_dict()
+    if unknown := sorted(set(cfg.model.overrides) - set(have)):  # a typo, not a change of architecture
+        raise ConfigError(f"model.overrides: unknown keys {unknown}; valid keys: {sorted(have)}")
     conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
                  if k not in INFERENCE_SETTINGS and (k not in have or not _agrees(v, have[k]))]
     if conflicts:

@@ -1236,10 +1236,10 @@ def test_an_interrupted_training_step_resumes_from_another_folder(tmp_path, monk
 
 
 def test_select_says_which_domains_keep_none(tmp_path, capsys):
-    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "domain": d, "disc_score": 0.1 * i, "stage1_label": "x"}
-            for i, d in enumerate(["indoor", "indoor", "outdoor"])]
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "domain": d, "disc_score": 0.1 * i, "stage1_label": "x",
+             "image": "x"} for i, d in enumerate(["indoor", "indoor", "outdoor"])]
     write_manifest(tmp_path, rows)
-    (tmp_path / "x").touch()  # the label file they name
+    (tmp_path / "x").touch()  # the label file and image they name
     assert main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1"]) == 0
     assert "kept indoor 1" in (out := capsys.readouterr().out) and "outdoor none (not in --keep)" in out
     with pytest.raises(SystemExit):
@@ -1367,3 +1367,74 @@ def test_select_says_which_labelled_rows_it_could_not_rank(tmp_path, capsys):
     score_pool(pool, disc, progress=False)
     assert ("dap curate score: note: 2 selected row(s) were selected by the earlier scores, which changed; run `dap "
             "curate select` again") in capsys.readouterr().err
+
+
+def test_a_users_tag_stays_with_a_file_ingested_again(tmp_path):
+    """A tagged file edited since, or its lost pool image brought back by ingesting it again, got a row without its
+    tag: the labeler's guess then overrode the user's domain (an outdoor bridge became indoor)."""
+    src = tmp_path / "in"
+    a = _render(40, "indoor", 32)["rgb"]
+    write_rgb(src / "a.png", a)
+    tags = tmp_path / "tags.csv"
+    tags.write_text("file,domain\na.png,outdoor\n")
+    pool = tmp_path / "pool"
+    ingest([str(src)], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90, tags=str(tags)), progress=False)
+    write_rgb(src / "a.png", np.clip(a * 1.1, 0, 1))  # edited; ingested again without the tag file
+    assert ingest([str(src)], pool, IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)["replaced"] == 1
+    ok = [r for r in read_manifest(pool) if r["status"] == "ok"]
+    assert [(r["domain"], r["domain_from"]) for r in ok] == [("outdoor", "user")]
+
+
+def test_disc_tta_ties_go_to_the_smaller_id():
+    """Tied rank sums were broken by the rows' order in the manifest (stable argsort ranks), not by id."""
+    rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "stage1_label": f"labels/stage1/{i}.npz",
+             "domain": "indoor", "disc_score": 0.5, "stage1_tta_absrel": 0.05} for i in (9, 3, 7, 1, 5)]
+    select_top_k(rows, {"indoor": 2}, score="disc_tta")
+    assert sorted(r["id"] for r in rows if r["selected"]) == [f"{1:016x}", f"{3:016x}"]
+
+
+def test_select_refuses_rows_whose_stored_image_is_gone(tmp_path, capsys):
+    """A selected row whose pool image was deleted stayed selected: training on the selection failed on it, hours
+    in (select already refused lost label files for that reason)."""
+    pool = _labelled_pool(tmp_path / "pool", 4)
+    rows = read_manifest(pool)
+    for i, r in enumerate(rows):
+        r.update(disc_score=0.5, domain=("indoor", "outdoor")[i % 2])
+    write_manifest(pool, rows)
+    (pool / rows[0]["image"]).unlink()
+    assert main(["curate", "select", "--pool", str(pool), "--score", "disc", "--keep", "indoor=1,outdoor=1"]) == 2
+    err = capsys.readouterr().err
+    assert "1 stored image(s) of" in err and rows[0]["image"] in err and "dap curate ingest" in err
+
+
+def test_a_file_fixed_since_leaves_no_row_of_its_broken_version(tmp_path):
+    """A file that could not be decoded (a download cut short) kept its rejected row after it was fixed and
+    accepted: two rows, "rejected 1 (cannot decode 1)", for one good file."""
+    src = tmp_path / "in"
+    src.mkdir()
+    write_rgb(tmp_path / "good.png", _render(41, "indoor", 32)["rgb"])
+    (src / "a.png").write_bytes((tmp_path / "good.png").read_bytes()[:200])
+    pool = tmp_path / "pool"
+    opts = IngestOptions(min_width=SMALL, max_tilt_deg=90)
+    assert ingest([str(src)], pool, opts, progress=False)["rejected"] == 1
+    shutil.copy(tmp_path / "good.png", src / "a.png")
+    assert ingest([str(src)], pool, opts, progress=False)["added"] == 1
+    assert [r["status"] for r in read_manifest(pool)] == ["ok"]
+
+
+def test_an_edited_file_whose_name_is_not_utf8_replaces_its_row(tmp_path):
+    """Its stored path is escaped (caf\\xe9.png) and was looked up by the raw name: the edit was taken for a
+    near-duplicate of its own old version and the pool kept the stale content."""
+    src = tmp_path / "in"
+    name = os.fsdecode(b"caf\xe9.png")
+    a = _render(42, "indoor", 32)["rgb"]
+    try:
+        write_rgb(src / name, a)
+    except (OSError, UnicodeError):
+        pytest.skip("this file system takes only UTF-8 names")
+    pool, opts = tmp_path / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90)
+    ingest([str(src)], pool, opts, progress=False)
+    write_rgb(src / name, np.clip(a * 1.1, 0, 1))
+    assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 1
+    assert ingest([str(src)], pool, opts, progress=False) == {"added": 0, "duplicate": 0, "rejected": 0,
+                                                              "already_in_pool": 1, "replaced": 0}

@@ -26,10 +26,12 @@ import numpy as np
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError, NotPanoramaError
 from dap.geometry import check_erp_shape, level_panorama, level_rotation, looks_dual_fisheye, tilt_angle
-from dap.io import VIDEO_SUFFIXES, is_image_file
+from dap.io import VIDEO_SUFFIXES, is_image_file, utf8_text
 
 DOMAINS = ("indoor", "outdoor")
 POOL_FOLDERS = ("images", "labels", "scores")  # what a pool writes beside its manifest
+
+BROKEN_FILE = ("cannot read the file", "cannot decode")  # how the reasons of `_rejected` rows begin
 
 
 @dataclass
@@ -290,7 +292,8 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
         rows.append(row)
         return True
 
-    given = {os.path.abspath(f) for f in files}
+    # paths as the manifest stores them (a name that is not UTF-8 escaped), so that rows read back are found
+    given = {utf8_text(os.path.abspath(f)) for f in files}
     reselect = 0
     # Rows written before paths were stored absolute name their file relative to a folder no longer known: they
     # are matched to this run's files by nothing (a same-named file elsewhere is another file)
@@ -300,18 +303,25 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
             reselect += r["selected"] and r["domain"] != domain  # selected among the other domain's rows
             r.update(domain=domain, domain_from="user", selected=r["selected"] and r["domain"] == domain)
     by_path: dict[str, list[dict]] = {}  # accepted rows by their file, to tell when that file has changed since
+    broken: dict[str, list[dict]] = {}  # rows of files that could not be read or decoded, by their file
     hashes = HashIndex(o.dedupe_bits)
     for r in rows:
         if r["status"] == "ok":
             hashes.add(r["phash"], r["id"])
             if os.path.isabs(r["path"]):
                 by_path.setdefault(r["path"], []).append(r)
+        elif r["reason"].startswith(BROKEN_FILE):
+            broken.setdefault(r["path"], []).append(r)
+    # a file's domain as its user tagged it on an earlier ingest: kept by the row of its edited version, or of the
+    # file ingested again to bring back its lost pool image (the labeler's guess overrode it)
+    told = {r["path"]: r["domain"] for r in rows if r["domain_from"] == "user" and r["domain"]}
+    gone: set[str] = set()  # rows of a file's broken version, which it no longer is
     counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     last_write = time.monotonic()
     try:
         for path in tqdm(files, desc="ingest", unit="file", disable=not progress, dynamic_ncols=True):
             source = o.source or path.parent.name
-            where = os.path.abspath(path)  # rows name their file absolutely: tags and reruns find it from any folder
+            where = utf8_text(os.path.abspath(path))  # rows name their file absolutely: tags and reruns find it
             try:
                 checksum = file_checksum(path)
             except OSError as e:
@@ -320,6 +330,7 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                 continue
             # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)
             before = [r for r in by_path.pop(where, []) if r["checksum"] != checksum]
+            gone.update(r["id"] for r in broken.pop(where, []) if r["checksum"] != checksum)  # fixed since
             frames = _decoded(path, o.every_s)
             frame = None
             while True:
@@ -379,16 +390,16 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                     row["image"] = f"images/{row['id']}.jpg"
                     write_rgb(pool / row["image"], rgb)
                     hashes.add(row["phash"], row["id"])
-                    if domain := tags.get(where):
+                    if domain := tags.get(where) or told.get(where):
                         row.update(domain=domain, domain_from="user")
                     put(row)
                     added_now.add(row["id"])
                     counts["added"] += 1
             if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
-                write_manifest(pool, rows)
+                write_manifest(pool, [r for r in rows if r["id"] not in gone])
                 last_write = time.monotonic()
     finally:  # done, Ctrl-C or an error: the manifest keeps every row made so far, and a rerun goes on from it
-        write_manifest(pool, rows)
+        write_manifest(pool, [r for r in rows if r["id"] not in gone])
     _say_tag_notes(tags, given, reselect, o.tags)
     return counts
 

@@ -419,12 +419,13 @@ class Pipeline:
         (they were left out without a word); `dap curate ingest` does, and the steps made from the pool then run
         again."""
         from dap.curation.ingest import expand_sources
+        from dap.io import utf8_text  # as the manifest stores paths
 
         held = {r["path"] for r in rows}
         for inp in self.cfg.pool.inputs:
             path = _resolve(self.cfg, inp.path)
             try:
-                new = [f for f in expand_sources([path], self.pool) if os.path.abspath(f) not in held]
+                new = [f for f in expand_sources([path], self.pool) if utf8_text(os.path.abspath(f)) not in held]
             except DapError:  # the input is gone: the pool keeps its copies
                 continue
             if new:

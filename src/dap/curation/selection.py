@@ -14,7 +14,7 @@ import torch
 from dap.curation.discriminator import DepthDiscriminator, discriminator_input
 from dap.curation.ingest import DOMAINS
 from dap.curation.manifest import check_labels_present, labelled_arrays, pool_job, read_manifest, write_manifest
-from dap.errors import DapError
+from dap.errors import DapError, DatasetLayoutError
 
 # The paper's 300K + 300K of ~450K indoor and ~1.45M outdoor unlabeled panoramas.
 PAPER_FRACTIONS = {"indoor": 300 / 450, "outdoor": 300 / 1450}
@@ -112,15 +112,29 @@ def keep_count(n: int, keep: float) -> int:
     return min(n, round(keep * n) if keep < 1 else int(keep))
 
 
+def _selectable(rows: list[dict]) -> list[dict]:
+    """The rows a selection may keep: accepted, with a stage-1 label."""
+    return [r for r in rows if r["status"] == "ok" and r["stage1_label"]]
+
+
 def _labelled(rows: list[dict], domain: str) -> list[dict]:
-    """The rows of `domain` a selection may keep: accepted, with a stage-1 label."""
-    return [r for r in rows if r["status"] == "ok" and r["domain"] == domain and r["stage1_label"]]
+    """The rows of `domain` a selection may keep."""
+    return [r for r in _selectable(rows) if r["domain"] == domain]
 
 
 def _scored(row: dict, score: str) -> bool:
     """Whether the row has a finite value for `score` (disc_tta: both parts)."""
     parts = ("disc", "tta") if score == "disc_tta" else (score,)
     return all(math.isfinite(_ranking_value(row, part)) for part in parts)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Rank of each value (0 = lowest), tied values sharing the mean of their places: ranked by position, ties
+    were broken by the rows' order in the manifest instead of by id."""
+    places = np.empty(len(values))
+    places[np.argsort(values, kind="stable")] = np.arange(len(values))
+    _, group, size = np.unique(values, return_inverse=True, return_counts=True)
+    return np.bincount(group, weights=places)[group] / size[group]
 
 
 def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") -> dict[str, int]:
@@ -138,11 +152,9 @@ def select_top_k(rows: list[dict], keep: dict[str, float], score: str = "disc") 
         # ranked among the rows with a score (disc_tta: both, else a row without one had a finite rank sum)
         cand = [r for r in _labelled(rows, domain) if _scored(r, score)]
         if score == "disc_tta":
-            vals = {}
-            for part in ("disc", "tta"):
-                v = np.array([_ranking_value(r, part) for r in cand], dtype=np.float64)
-                vals[part] = np.argsort(np.argsort(v, kind="stable"), kind="stable")
-            value = {r["id"]: float(vals["disc"][i] + vals["tta"][i]) for i, r in enumerate(cand)}
+            ranks = {part: _average_ranks(np.array([_ranking_value(r, part) for r in cand], dtype=np.float64))
+                     for part in ("disc", "tta")}
+            value = {r["id"]: float(ranks["disc"][i] + ranks["tta"][i]) for i, r in enumerate(cand)}
         else:
             value = {r["id"]: _ranking_value(r, score) for r in cand}
         cand.sort(key=lambda r: (-value[r["id"]], r["id"]))
@@ -168,6 +180,12 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
         if problem := keep_problem(keep, "--keep"):
             raise DapError(problem)
         check_labels_present(pool, rows, "stage1", "score and select")  # or train on rows without one
+        # nor on a row whose stored image is gone: training on the selection would stop there, hours in
+        if lost := [r for r in _selectable(rows) if not (pool / r["image"]).is_file()]:
+            raise DatasetLayoutError(
+                f"{len(lost)} stored image(s) of {pool} that the manifest names are gone (e.g. {lost[0]['image']}, "
+                f"of {lost[0]['path']}): `dap curate ingest <its folder> --pool {pool}` brings them back from their "
+                f"files (or `dap curate label` rejects them), then select")
         counts = select_top_k(rows, keep, score)
         write_manifest(pool, rows)
         # labelled since the last `dap curate score`: the fraction was taken of the scored rows only, without a word

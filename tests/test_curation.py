@@ -1214,6 +1214,9 @@ def test_status_plots_count_untagged_rows(tmp_path, capsys):
     ingest([str(sample)], tmp_path / "pool", IngestOptions(), progress=False)  # no tags: domain unknown
     assert main(["curate", "status", "--pool", str(tmp_path / "pool"), "--plots", str(tmp_path / "plots")]) == 0
     assert (tmp_path / "plots" / "hist_tilt_deg.png").is_file()  # was not written: untagged rows matched no group
+    (tmp_path / "afile").write_text("x")  # was "error: file exists, afile; check ... the disk is healthy", exit 1
+    assert main(["curate", "status", "--pool", str(tmp_path / "pool"), "--plots", str(tmp_path / "afile")]) == 2
+    assert "it is a file; choose a folder for --plots" in capsys.readouterr().err
 
 
 def test_an_interrupted_training_step_resumes_from_another_folder(tmp_path, monkeypatch, capsys):
@@ -1438,3 +1441,12 @@ def test_an_edited_file_whose_name_is_not_utf8_replaces_its_row(tmp_path):
     assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 1
     assert ingest([str(src)], pool, opts, progress=False) == {"added": 0, "duplicate": 0, "rejected": 0,
                                                               "already_in_pool": 1, "replaced": 0}
+
+
+def test_an_odd_width_partial_panorama_says_why_pad_to_erp_cannot_pad_it(tmp_path):
+    """It was rejected with "... or use --pad-to-erp" while --pad-to-erp was given."""
+    write_rgb(tmp_path / "in" / "p.png", np.random.default_rng(0).uniform(0, 1, (40, 121, 3)))
+    opts = IngestOptions(min_width=SMALL, max_tilt_deg=90, pad_to_erp=True)
+    ingest([str(tmp_path / "in")], tmp_path / "pool", opts, progress=False)
+    (row,) = read_manifest(tmp_path / "pool")
+    assert "width must be even" in row["reason"] and "pad-to-erp" not in row["reason"]

@@ -189,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
     elif cmd == "status":
         from dap.curation.report import format_summary, status
 
+        if args.plots is not None:  # before the pool is read: a file there failed as "file exists" at the end
+            check_output(Path(args.plots), "dir", "--plots")
         summary, written = status(args.pool, args.plots)
         print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
         for p in written:

@@ -215,7 +215,7 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
     from dap.io import read_photo_sphere
 
     h, w = rgb.shape[:2]
-    if o.pad_to_erp and w > 2 * h and w % 2 == 0:
+    if o.pad_to_erp and w > 2 * h:  # an odd width cannot be padded: pad_rows_to_erp says so
         try:
             top = photo_sphere_top(read_photo_sphere(image_file), h, w) if image_file is not None else None
             rgb, _ = pad_rows_to_erp(rgb, top)

@@ -749,6 +749,23 @@ def test_ingesting_a_folder_without_images_says_so(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["curate", "ingest", str(tmp_path / "empty"), "--pool", str(tmp_path / "pool")]) == 0
     assert f"note: no images or videos found in {tmp_path / 'empty'}" in capsys.readouterr().err
+    # the pool's own copies are never ingested: said so (it read as if the folder were empty)
+    write_rgb(tmp_path / "in" / "a.png", _render(43, "indoor", 32)["rgb"])
+    pool = tmp_path / "pool"
+    assert main(["curate", "ingest", str(tmp_path / "in"), "--pool", str(pool), "--min-width", str(SMALL)]) == 0
+    capsys.readouterr()
+    assert main(["curate", "ingest", str(pool / "images"), "--pool", str(pool)]) == 0
+    assert "(the pool's own images and labels are its copies, never ingested again)" in capsys.readouterr().err
+
+
+def test_a_linked_folder_inside_a_source_is_ingested_and_a_link_loop_ends(tmp_path):
+    """rglob skipped a symbolically linked sub-folder without a word (linked files were followed)."""
+    write_rgb(tmp_path / "elsewhere" / "a.png", _render(44, "indoor", 32)["rgb"])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "up").symlink_to(tmp_path / "in")  # a loop back up
+    opts = IngestOptions(min_width=SMALL, max_tilt_deg=90)
+    assert ingest([str(tmp_path / "in")], tmp_path / "pool", opts, progress=False)["added"] == 1
 
 
 def test_a_synth_dataset_is_not_taken_for_a_pool(tmp_path, capsys):

@@ -152,7 +152,11 @@ def run(args: argparse.Namespace) -> int:
         counts = ingest(args.sources, args.pool, opts, progress=_progress(args))
         print("dap curate ingest: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f"; pool {args.pool}")
         if not any(counts.values()):
-            print(f"dap curate ingest: note: no images or videos found in {' '.join(args.sources)}", file=sys.stderr)
+            pool = os.path.realpath(args.pool) + os.sep
+            own = any(os.path.realpath(s).startswith(pool) for s in args.sources)
+            print(f"dap curate ingest: note: no images or videos found in {' '.join(args.sources)}"
+                  + (" (the pool's own images and labels are its copies, never ingested again)" if own else ""),
+                  file=sys.stderr)
     elif cmd == "label":
         from dap.curation.label import LabelOptions, label_pool
         from dap.models import registry

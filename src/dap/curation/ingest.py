@@ -125,8 +125,7 @@ def expand_sources(sources: list[str], pool: str | os.PathLike | None = None) ->
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file()
-                            and (is_image_file(f) or f.suffix.lower() in VIDEO_SUFFIXES)
+            files += sorted(f for f in _files_below(p) if (is_image_file(f) or f.suffix.lower() in VIDEO_SUFFIXES)
                             and not any(part.startswith(".") for part in f.relative_to(p).parts) and listed(f))
         elif p.is_file():
             files.append(p)
@@ -137,6 +136,20 @@ def expand_sources(sources: list[str], pool: str | os.PathLike | None = None) ->
             files += matches
     seen: set[Path] = set()
     return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """The files in `folder` and its sub-folders, linked sub-folders too (rglob skipped them without a word), each
+    real folder once (a link back up would loop)."""
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [f for f in (Path(root) / n for n in names) if f.is_file()]
+    return files
 
 
 @dataclass

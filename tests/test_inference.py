@@ -1683,3 +1683,54 @@ def test_the_python_api_warns_once_per_line_for_a_calibrated_model_off_its_resol
         predict(rgb, bundled)
         predict(rgb, bundled, resolution=(256, 512))
         predict(rgb, create_model("dap_tiny").eval(), resolution=(32, 64))  # uncalibrated
+
+
+def test_tta_averages_the_panorama_its_mirror_and_their_half_turns(tmp_path):
+    """`tta`: four forwards (the panorama, its mirror image, each turned half a turn about the vertical), each
+    output turned back; depth averaged in log space, the range probability as is."""
+    from dap.inference import infer
+
+    torch.manual_seed(0)
+    model = LocalNet().eval()
+    rgb = np.random.default_rng(1).random((64, 128, 3), dtype=np.float32)
+    with torch.inference_mode():  # as predict runs it
+        views = []
+        for mirror in (False, True):
+            for turn in (0, 64):
+                x = np.roll(rgb[:, ::-1] if mirror else rgb, turn, axis=1)
+                out = {k: np.roll(v[0, 0].numpy(), -turn, axis=1) for k, v in infer(model, x, (64, 128)).items()}
+                views.append({k: v[:, ::-1] if mirror else v for k, v in out.items()})
+        got = {k: v[0, 0].numpy() for k, v in infer(model, rgb, (64, 128), tta=True).items()}
+    np.testing.assert_allclose(got["depth"], np.exp(np.mean([np.log(v["depth"]) for v in views], 0)), rtol=1e-5)
+    np.testing.assert_allclose(got["out_of_range_prob"], np.mean([v["out_of_range_prob"] for v in views], 0),
+                               atol=1e-6)
+    assert np.abs(got["depth"] - views[0]["depth"]).max() > 1e-3  # the views differ: the test can fail
+    pred = predict(rgb, model, resolution=(64, 128), tta=True)
+    np.testing.assert_allclose(pred.out_of_range_prob, got["out_of_range_prob"], atol=1e-6)
+    with pytest.raises(DapError, match="tta is True or False"):
+        predict(rgb, model, resolution=(64, 128), tta="yes")
+
+
+def test_cli_tta_is_recorded_and_reaches_eval(checkpoint, tmp_path, tiny_model, capsys):
+    io.write_rgb(tmp_path / "in" / "a.png", _pano(32, 64, 1))
+    common = [str(tmp_path / "in"), "--checkpoint", str(checkpoint), "--resolution", "32x64", "--outputs", "npy",
+              "--out", str(tmp_path / "out")]
+    assert main(["predict", *common, "--tta", "--precision", "fp32"]) == 0
+    want = predict(io.read_rgb(tmp_path / "in" / "a.png"), tiny_model, resolution=(32, 64), tta=True, precision="fp32")
+    np.testing.assert_allclose(np.load(tmp_path / "out" / "a.npy"), np.where(want.range_mask, 0, want.depth),
+                               rtol=1e-5, atol=1e-5)
+    capsys.readouterr()
+    assert main(["predict", *common, "--precision", "fp32"]) == 2  # made otherwise: refused without --overwrite
+    assert "tta was True, now not set" in capsys.readouterr().err
+    # dap eval --tta scores what dap predict --tta wrote, and caches it apart from the plain predictions
+    io.write_depth(tmp_path / "data" / "depth" / "a.npy", np.full((32, 64), 2.0, np.float32))
+    io.write_rgb(tmp_path / "data" / "rgb" / "a.png", io.read_rgb(tmp_path / "in" / "a.png"))
+    scored = {}
+    for how, extra in (("saved", ["--predictions", str(tmp_path / "out")]),
+                       ("tta", ["--checkpoint", str(checkpoint), "--resolution", "32x64", "--tta"]),
+                       ("plain", ["--checkpoint", str(checkpoint), "--resolution", "32x64"])):
+        out = tmp_path / f"eval_{how}"
+        assert main(["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out), *extra]) == 0
+        scored[how] = json.loads((out / "metrics.json").read_text())["protocols"]["metric"]["per_image_mean"]
+    assert scored["tta"]["abs_rel"] == pytest.approx(scored["saved"]["abs_rel"], rel=1e-5)
+    assert scored["tta"]["abs_rel"] != scored["plain"]["abs_rel"]

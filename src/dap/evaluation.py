@@ -722,13 +722,15 @@ def format_table(summary: dict) -> str:
 
 def model_predictor(
     model: DAP, *, device: str = "cpu", resolution: tuple[int, int] | None = None, seam_pad: float = DEFAULT_SEAM_PAD,
-    precision: str = "fp32",
+    precision: str = "fp32", tta: bool = False,
 ) -> Predictor:
     """A Predictor backed by dap.inference.predict on a loaded model, in float32 unless told (`dap.predict`'s "auto"
-    picks bf16 on a CPU where a timing says it is faster: two runs of one evaluation could differ)."""
+    picks bf16 on a CPU where a timing says it is faster: two runs of one evaluation could differ); `tta` as
+    dap.predict's."""
 
     def run(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        result = predict(rgb, model, resolution=resolution, device=device, seam_pad=seam_pad, precision=precision)
+        result = predict(rgb, model, resolution=resolution, device=device, seam_pad=seam_pad, precision=precision,
+                         tta=tta)
         return result.depth, result.range_mask
 
     return run

@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16", "auto"), default="fp32",
                         help="the network's arithmetic (default fp32: the same numbers on every run; auto is what "
                              "dap predict uses: bf16 on CUDA and on CPUs where it is measurably faster)")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time augmentation, as dap predict --tta: the network averaged over the panorama, "
+                             "its mirror image and both turned half a turn (4x the time)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise DapError(f"--predictions {args.predictions} is not a folder; pass the folder of <sample name>.npy files")
     model_only = [o for o, given in (("--resolution", args.resolution is not None),
                                      ("--seam-pad", args.seam_pad != DEFAULT_SEAM_PAD),
-                                     ("--precision", args.precision != "fp32")) if given]
+                                     ("--precision", args.precision != "fp32"), ("--tta", args.tta)) if given]
     if args.predictions and model_only:
         print(f"dap eval: note: {' and '.join(model_only)} set how a model runs; saved --predictions are scored as "
               "they are", file=sys.stderr)
@@ -145,7 +148,7 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         print(f"dap eval: note: {note}", file=sys.stderr)
     resolution = tuple(args.resolution or model.cfg.default_resolution)
     predictor = model_predictor(model, device=args.device, resolution=resolution, seam_pad=args.seam_pad,
-                                precision=args.precision)
+                                precision=args.precision, tta=args.tta)
     key = {  # the inputs too: sample names (synth shards' are 00000000...) repeat from one dataset to the next
         "dataset": args.dataset,
         "root": str(Path(args.root).resolve()),
@@ -157,6 +160,7 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         "seam_pad": args.seam_pad,
         "precision": str(compute_dtype(torch.device(args.device), args.precision)).removeprefix("torch."),
         "range_cap": args.range_cap,
+        **({"tta": True} if args.tta else {}),  # absent when off: caches from before it still match
     }
     return evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=sys.stderr.isatty())
 

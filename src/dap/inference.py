@@ -428,6 +428,13 @@ def compute_dtype(device: torch.device, precision: str = "auto") -> torch.dtype:
 _CAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
 
+def _cast_layer(module) -> bool:
+    """Whether autocast runs `module` in 16 bit (the heads' last layer stays float32: `Float32Conv2d`)."""
+    from dap.models.dpt import Float32Conv2d
+
+    return isinstance(module, _CAST_LAYERS) and not isinstance(module, Float32Conv2d)
+
+
 def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     """A copy of `model` with its Linear and convolution weights stored in `precision`'s 16-bit type ("bf16" or
     "fp16"), sharing every other tensor with `model` (norms, tokens, layer scales: autocast keeps those in float32);
@@ -444,7 +451,7 @@ def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}  # copy the modules, not the weights
     converted = model if in_place else copy.deepcopy(model, shared)
     for m in converted.modules():
-        if isinstance(m, _CAST_LAYERS):
+        if _cast_layer(m):
             old = dict(m.named_parameters(recurse=False))  # weight, and bias where the layer has one
             for name, p in old.items():
                 setattr(m, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
@@ -460,7 +467,7 @@ def weights_precision(model) -> str | None:
         return "int8"
     layers, others = set(), set()
     for m in model.modules():
-        (layers if isinstance(m, _CAST_LAYERS) else others).update(p.dtype for p in m.parameters(recurse=False))
+        (layers if _cast_layer(m) else others).update(p.dtype for p in m.parameters(recurse=False))
     for name, dtype in _AUTOCAST.items():
         if layers == {dtype} and others <= {torch.float32}:
             return name

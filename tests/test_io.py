@@ -1195,3 +1195,12 @@ def test_a_video_trimmed_without_reencoding_is_whole(tmp_path):
     cut.write_bytes(whole[:len(whole) * 6 // 10])
     with pytest.raises(UnreadableFileError, match="of 10 cannot be decoded"):
         list(io.iter_video_frames(cut))
+
+
+def test_a_depth_png_written_by_dap_is_no_input_panorama(tmp_path):
+    """`dap predict pano.depth.png` predicted our own 16-bit depth map as a grey panorama (with a "blank" warning);
+    our depth EXR was refused."""
+    io.write_depth(tmp_path / "pano.depth.png", np.full((32, 64), 2.0, np.float32), scale=1 / 512)
+    with pytest.raises(UnreadableFileError, match=r"pano.depth.png as a panorama: it is a depth map .*'dap:metres_per_"
+                                                  r"unit'.* is no input"):
+        io.read_rgb(tmp_path / "pano.depth.png")

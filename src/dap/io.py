@@ -705,6 +705,10 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         rgb, nonfinite = unit_floats(rgb, f"{path} (a float TIFF)", _FILE_FLOATS_FIX)
         return rgb, [nonfinite_note(nonfinite)] if nonfinite else []
     with img:
+        if img.format == "PNG" and SCALE_KEY in img.info:  # as a depth EXR is refused (`_read_exr_rgb`)
+            raise UnreadableFileError(
+                f"cannot read {path} as a panorama: it is a depth map (its '{SCALE_KEY}' text chunk, which `dap "
+                "predict --outputs png16` writes), which is no input. Pass the colour panorama.")
         _check_tiff_integers(img, path)
         deep_colour = _is_16bit_colour(img)
         tag, keep_stored = _orientation(img)

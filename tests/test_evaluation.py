@@ -381,8 +381,9 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
     stub = StubPredictor()
     seen = {}
 
-    def fake_model_predictor(model, *, device, resolution, seam_pad, precision):
-        seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad, precision=precision)
+    def fake_model_predictor(model, *, device, resolution, seam_pad, precision, tta):
+        seen.update(model=model.cfg.name, device=device, resolution=resolution, seam_pad=seam_pad, precision=precision,
+                    tta=tta)
         return stub
 
     monkeypatch.setattr("dap.cli.eval.model_predictor", fake_model_predictor)
@@ -408,7 +409,8 @@ def test_cli_checkpoint_path_uses_model_predictor(tmp_path, monkeypatch, tiny_mo
         ]
     )
     assert code == 0 and stub.calls == 1
-    assert seen == {"model": "dap_tiny", "device": "cpu", "resolution": (32, 64), "seam_pad": 0.0, "precision": "fp32"}
+    assert seen == {"model": "dap_tiny", "device": "cpu", "resolution": (32, 64), "seam_pad": 0.0, "precision": "fp32",
+                    "tta": False}
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["n_images"] == 1 and summary["config"]["max_depth"] == 10.0
     key = json.loads((tmp_path / "out" / "predictions" / "cache.json").read_text())

@@ -58,7 +58,7 @@ class DapConfig:
                              f"{list(self.layers)}, {list(self.out_channels)}, {self.features!r} and "
                              f"{list(self.default_resolution)}")
         fields = ("range_threshold", "depth_scale", "range_min_region")
-        if not all(is_number(v) for v in (*(getattr(self, f) for f in fields), *self.latitude_scale)):
+        if not all(is_number(v, finite=False) for v in (*(getattr(self, f) for f in fields), *self.latitude_scale)):
             raise ValueError(f"{', '.join(fields)} and latitude_scale are numbers, got "
                              f"{', '.join(repr(getattr(self, f)) for f in fields)} and {list(self.latitude_scale)}")
         if self.token_adapter not in ("plain", "official"):

@@ -1467,3 +1467,24 @@ def test_an_odd_width_partial_panorama_says_why_pad_to_erp_cannot_pad_it(tmp_pat
     ingest([str(tmp_path / "in")], tmp_path / "pool", opts, progress=False)
     (row,) = read_manifest(tmp_path / "pool")
     assert "width must be even" in row["reason"] and "pad-to-erp" not in row["reason"]
+
+
+def test_a_half_trained_stage_with_another_model_says_what_to_do_in_curate_words(tmp_path, monkeypatch, capsys):
+    """A stage stopped mid-training, run again with another model in its set: dap train's refusal told the user to
+    resume with <out>/config.yaml or start a new --out, neither of which `dap curate run` has."""
+    src = tmp_path / "renders"
+    for i in range(4):
+        write_rgb(src / f"p{i}.png", _render(510 + i, "indoor" if i % 2 else "outdoor", 32)["rgb"])
+    config = _tiny_curate_config(tmp_path, src)
+    monkeypatch.chdir(tmp_path)
+    assert main(["curate", "run", "--config", str(config), "--work", "work", "--stop-after", "stage1"]) == 0
+    state = json.loads((tmp_path / "work/state.json").read_text())  # as a kill during stage 1 leaves it
+    del state["done"]["stage1"]
+    (tmp_path / "work/state.json").write_text(json.dumps(state))
+    shutil.rmtree(tmp_path / "work/runs/stage1/final")
+    capsys.readouterr()
+    code = main(["curate", "run", "--config", str(config), "--work", "work", "--stop-after", "stage1",
+                 "--set", "stage1.set.model.overrides={features: 32}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "stage1 was begun with another model" in err and "--work" in err
+    assert "--out" not in err and "config.yaml" not in err

@@ -40,6 +40,14 @@ class RunExistsError(DapError, FileExistsError):
     """An output folder already holds a run (training, curation) that a new run would overwrite."""
 
 
+class ModelChangedError(RunExistsError):
+    """A run's checkpoint holds another model than the config now gives it: `changes`, each "key: old -> new"."""
+
+    def __init__(self, message: str, changes: list[str]):
+        super().__init__(message)
+        self.changes = changes
+
+
 class ConfigError(DapError, ValueError):
     """A config file or a command-line value is invalid: unknown key, wrong type, bad YAML, value out of range."""
 

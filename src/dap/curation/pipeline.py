@@ -37,7 +37,7 @@ from dap.curation.ingest import IngestOptions, ingest
 from dap.curation.label import LabelOptions, label_batch, label_path, label_pool, resolution_problem
 from dap.curation.manifest import MANIFEST, read_manifest
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
-from dap.errors import DapError
+from dap.errors import DapError, ModelChangedError, RunExistsError
 from dap.inference import changed_keys
 from dap.train import SourceConfig, _build, _merge
 from dap.train.config import apply_overrides, config_source, read_yaml_mapping
@@ -494,7 +494,12 @@ class Pipeline:
 
         tc = stage_train_config(self.cfg, stage, pseudo, self.work)
         tc.run.progress = self.progress
-        result = train(tc, self.work / "runs" / name, resume=True)
+        try:
+            result = train(tc, self.work / "runs" / name, resume=True)
+        except ModelChangedError as e:  # its advice is dap train's (<out>/config.yaml, a new --out): said in ours
+            raise RunExistsError(f"{name} was begun with another model than the curation config now gives it "
+                                 f"({'; '.join(e.changes)}); run with the config it was begun with, or use a new "
+                                 "--work") from None
         return {"steps": result.step, "model": str(self.work / "runs" / name / "final")}
 
     def _stage1(self) -> dict:

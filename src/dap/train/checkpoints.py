@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from dap.errors import CheckpointError, RunExistsError
+from dap.errors import CheckpointError, ModelChangedError, RunExistsError
 from dap.models.dap import INFERENCE_SETTINGS
 from dap.train.distributed import Dist, barrier
 
@@ -185,9 +185,10 @@ def resume_checkpoint(out: Path, config: dict, d: Dist) -> tuple[Path, dict] | t
     if "model_config" in ckpt:  # the network is built from the architecture it records: model.init (where the run
         settings += ("model.init:",)  # started, which may have moved since) is not read again
     if model_changes := [c for c in changes if c.startswith("model.") and not c.startswith(settings)]:
-        raise RunExistsError(
+        raise ModelChangedError(
             f"cannot resume {existing[-1]}: its model differs from the config ({'; '.join(model_changes)}); resume "
-            f"with the run's own config (<out>/config.yaml), or start a new --out with model.init={existing[-1]}")
+            f"with the run's own config (<out>/config.yaml), or start a new --out with model.init={existing[-1]}",
+            model_changes)
     if changes and d.main:
         print(f"dap train: resuming {out} with a changed config: {'; '.join(changes)}", file=sys.stderr)
     return existing[-1], ckpt

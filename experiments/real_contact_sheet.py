@@ -1,6 +1,7 @@
 """Contact sheet of real panoramas: input | depth of each model (turbo, 0-10 m indoor / 0-50 m outdoor; out of
-range black), one line per panorama. Also prints, per model, the share of pixels marked out of range on
-indoor photos (where there should be none) and the median predicted depth.
+range black; with --tta each model also with test-time augmentation, in the column after it), one line per
+panorama. Also prints, per model, the share of pixels marked out of range on indoor photos (where there should be
+none) and the median predicted depth.
 
     python experiments/real_contact_sheet.py --models bundled runs/x/final --out docs/figures/real_sheet.png
 """
@@ -32,6 +33,8 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=8, help="panoramas on the sheet")
     p.add_argument("--resolution", type=parse_network_size, default=None,
                    help="working resolution HxW (default: each model's own)")
+    p.add_argument("--tta", action="store_true",
+                   help="each model also with test-time augmentation (dap.predict's tta), in the column after it")
     p.add_argument("--out", default="real_contact_sheet.png", help="the sheet to write (an image file)")
     args = p.parse_args()
     resolution = args.resolution
@@ -40,18 +43,20 @@ def main() -> None:
     with open(Path(args.pool) / "manifest.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if args.scene == "all" or r["scene"] == args.scene]
     models = [dap.load_model(default_model_path() if m == "bundled" else m) for m in args.models]
-    lines, stats = [], {m: [] for m in args.models}
+    columns = [(name, model, tta) for name, model in zip(args.models, models, strict=True)
+               for tta in ((False, True) if args.tta else (False,))]
+    lines, stats = [], {f"{name}{' tta' if tta else ''}": [] for name, _, tta in columns}
     for r in rows[: args.limit] if args.limit else rows:
         rgb = read_rgb(Path(args.pool) / r["file"])
         cells = [cv2.resize((rgb * 255).astype(np.uint8), (256, 128), interpolation=cv2.INTER_AREA)]
-        for name, model in zip(args.models, models, strict=True):
-            pred = dap.predict(rgb, model, resolution=resolution)
+        for name, model, tta in columns:
+            pred = dap.predict(rgb, model, resolution=resolution, tta=tta)
             depth = np.where(pred.range_mask, 0, pred.depth)
             vmax = 10.0 if r["scene"] == "indoor" else 50.0
             cells.append(cv2.resize(colorize_depth(depth, min_depth=0, max_depth=vmax), (256, 128),
                                     interpolation=cv2.INTER_NEAREST))
-            stats[name].append((pred.range_mask.mean(), float(np.median(pred.depth[~pred.range_mask]))
-                                if (~pred.range_mask).any() else float("nan")))
+            median = float(np.median(pred.depth[~pred.range_mask])) if (~pred.range_mask).any() else float("nan")
+            stats[f"{name}{' tta' if tta else ''}"].append((pred.range_mask.mean(), median))
         lines.append(np.concatenate(cells, axis=1))
     write_rgb(args.out, np.concatenate(lines, axis=0))
     for name, s in stats.items():

@@ -731,7 +731,10 @@ def test_eval_runs_in_float32_unless_told(tmp_path, tiny_ckpt, monkeypatch):
     assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "o32", "--max-depth", "10") == 0
     assert json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())["precision"] == "float32"
     assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "oauto", "--max-depth", "10", "--precision", "auto") == 0
-    assert json.loads((tmp_path / "oauto" / "predictions" / "cache.json").read_text())["precision"] == "bfloat16"
+    key = json.loads((tmp_path / "oauto" / "predictions" / "cache.json").read_text())
+    # and that the heads' last layer ran in float32: 16-bit caches from before it were rounded to 0.4% steps
+    assert key["precision"] == "bfloat16" and key["output_layer"] == "float32"
+    assert "output_layer" not in json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())
     fp32, auto = (np.load(next((tmp_path / o / "predictions").glob("*.npy"))) for o in ("o32", "oauto"))
     assert not np.array_equal(fp32, auto)
 
@@ -802,6 +805,8 @@ def test_a_model_without_finite_depth_is_named_not_the_ground_truth(tmp_path, ti
     err = capsys.readouterr().err
     assert "none of the 2 samples" in err and "the prediction is NaN or infinite at every valid pixel" in err
     assert "valid ground truth" not in err and "metrics.json" in err
+    # the run finished, scoring nothing: the first run's tables were left beside its summary as if they were its own
+    assert not (tmp_path / "out" / "per_image.csv").exists() and not (tmp_path / "out" / "per_image.parquet").exists()
     # ground truth that is all invalid keeps its own message
     for f in (tmp_path / "data" / "depth").iterdir():
         write_depth(f, np.zeros_like(read_depth(f)))

@@ -1037,3 +1037,11 @@ def test_settings_that_train_or_validate_something_else_are_noted(tmp_path, caps
     T.train(cfg_with("run.steps=1"), tmp_path / "plain")
     err = capsys.readouterr().err
     assert "over 90%" not in err and "data.augment" not in err and "not validated on" not in err
+
+
+def test_a_split_of_a_synth_folder_read_as_a_dataset_is_refused_as_for_shards(tmp_path):
+    """`dataset: synth` reads the folder as shards (all of it): `split: val`, or a typo, read every panorama."""
+    (tmp_path / "s").mkdir()
+    with pytest.raises(ConfigError, match=r"data.val\[0\].split: a dap synth folder \(dataset: synth\) has no splits"):
+        T.load_config(None, ["data.height=32", "data.width=64",
+                             f"data.val=[{{kind: dataset, dataset: synth, path: {tmp_path / 's'}, split: val}}]"])

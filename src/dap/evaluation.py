@@ -501,8 +501,9 @@ def evaluate(
 
     With `out_dir`, metrics.json, per_image.parquet/.csv and panels/*.png are written. With `out_dir` and
     `cache_key` (everything the predictions depend on: the dataset, model content, resolution, seam padding,
-    precision, range cap), model predictions are cached in out_dir/predictions/ (after the range mask is applied, one
-    file per sample, named by `_file_stem`) and reused by a run with the same key; another key is refused.
+    precision, test-time augmentation, range cap), model predictions are cached in out_dir/predictions/ (after the
+    range mask is applied, one file per sample, named by `_file_stem`) and reused by a run with the same key; another
+    key is refused.
     Returns the summary that goes into metrics.json.
     """
     from dap.io import folder_lock
@@ -691,6 +692,9 @@ def _write_reports(out: Path, summary: dict, accs: dict[str, MetricAccumulator])
             pq.write_table(table, tmp)
         with atomic_write(out / "per_image.csv") as tmp:
             pacsv.write_csv(table, tmp)
+    else:  # no sample scored: an earlier run's tables would stand beside this run's summary as if they were its
+        for name in ("per_image.parquet", "per_image.csv"):
+            (out / name).unlink(missing_ok=True)
     with atomic_write(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(_json_safe(summary), indent=2, allow_nan=False))
 

@@ -437,12 +437,12 @@ def _cast_layer(module) -> bool:
 
 def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     """A copy of `model` with its Linear and convolution weights stored in `precision`'s 16-bit type ("bf16" or
-    "fp16"), sharing every other tensor with `model` (norms, tokens, layer scales: autocast keeps those in float32);
-    with `in_place`, `model` itself so converted, layer by layer, so that memory never holds both versions of the
-    weights (a copy peaks at one and a half times the float32 weights until `model` is let go). Under run_model's
-    autocast its outputs are bit for bit `model`'s, since autocast casts exactly these weights to that type on every
-    call: stored so, the casts are saved (a pass over all weights per forward) and half their memory. An already
-    converted model is returned as it is."""
+    "fp16"; not the heads' last layer, which runs in float32: `_cast_layer`), sharing every other tensor with
+    `model` (norms, tokens, layer scales: autocast keeps those in float32); with `in_place`, `model` itself so
+    converted, layer by layer, so that memory never holds both versions of the weights (a copy peaks at one and a
+    half times the float32 weights until `model` is let go). Under run_model's autocast its outputs are bit for bit
+    `model`'s, since autocast casts exactly these weights to that type on every call: stored so, the casts are saved
+    (a pass over all weights per forward) and half their memory. An already converted model is returned as it is."""
     dtype = _AUTOCAST[precision]
     if weights_precision(model) == precision:
         return model

@@ -263,9 +263,13 @@ def check_source(src: SourceConfig, where: str) -> None:
 
     if src.kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind must be one of {', '.join(SOURCE_KINDS)}, got {src.kind!r}")
-    if src.kind in UNSPLIT_KINDS and src.split not in ("train", "all"):  # "train": the default, given or not
-        raise ConfigError(f"{where}.split: a {src.kind} source has no splits, it reads every panorama it has (split "
-                          f"{src.split!r} read the training panoramas); {UNSPLIT_KINDS[src.kind]}")
+    # a dap synth folder read as a dataset is read as shards (`build_source`): all of it, whatever the split
+    synth = src.kind == "dataset" and (src.dataset or "").lower() == "synth"
+    kind = "shards" if synth else src.kind
+    if kind in UNSPLIT_KINDS and src.split not in ("train", "all"):  # "train": the default, given or not
+        what = "a dap synth folder (dataset: synth)" if synth else f"a {kind} source"
+        raise ConfigError(f"{where}.split: {what} has no splits, it reads every panorama it has (split "
+                          f"{src.split!r} read the training panoramas); {UNSPLIT_KINDS[kind]}")
     if src.kind in ("synthetic", "rooms"):
         if not src.size >= 1:
             raise ConfigError(f"{where}.size is the number of panoramas a {src.kind} source makes, at least 1, "

@@ -1045,3 +1045,19 @@ def test_a_split_of_a_synth_folder_read_as_a_dataset_is_refused_as_for_shards(tm
     with pytest.raises(ConfigError, match=r"data.val\[0\].split: a dap synth folder \(dataset: synth\) has no splits"):
         T.load_config(None, ["data.height=32", "data.width=64",
                              f"data.val=[{{kind: dataset, dataset: synth, path: {tmp_path / 's'}, split: val}}]"])
+
+
+def test_a_folder_source_with_images_that_are_no_panoramas_is_refused_before_training(tmp_path):
+    """A 4:3 image in a folder source stopped the run when the sampler first drew it: at a random step, after the
+    run folder was made."""
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(32, 64), (48, 64), (32, 64)]):
+        write_rgb(tmp_path / "d" / "rgb" / f"p{i}.png", rng.uniform(0, 1, (h, w, 3)))
+        write_depth(tmp_path / "d" / "depth" / f"p{i}.npy", np.full((h, w), 2.0, np.float32))
+    with pytest.raises(ConfigError, match=r"data.sources\[0\] \(folder .*\): 1 of its 3 panoramas are not 2:1 "
+                                          r"\(e.g. .*p1.png, 64x48\)"):
+        T.train(cfg_with("run.steps=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'd'}, split: all}}]"),
+                tmp_path / "run")
+    assert not (tmp_path / "run").exists()

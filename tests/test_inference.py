@@ -1687,7 +1687,10 @@ def test_the_python_api_warns_once_per_line_for_a_calibrated_model_off_its_resol
 
 def test_tta_averages_the_panorama_its_mirror_and_their_half_turns(tmp_path):
     """`tta`: four forwards (the panorama, its mirror image, each turned half a turn about the vertical), each
-    output turned back; depth averaged in log space, the range probability as is."""
+    output turned back; each view weighted down towards its own seam (the turned views have theirs in the middle:
+    averaged evenly, half of the seam's jump moved there), depth averaged in log space, the range probability in
+    logit space (averaged as probabilities, one view a little below a calibrated 0.999 unmasked a pixel that three
+    views mask)."""
     from dap.inference import infer
 
     torch.manual_seed(0)
@@ -1701,14 +1704,39 @@ def test_tta_averages_the_panorama_its_mirror_and_their_half_turns(tmp_path):
                 out = {k: np.roll(v[0, 0].numpy(), -turn, axis=1) for k, v in infer(model, x, (64, 128)).items()}
                 views.append({k: v[:, ::-1] if mirror else v for k, v in out.items()})
         got = {k: v[0, 0].numpy() for k, v in infer(model, rgb, (64, 128), tta=True).items()}
-    np.testing.assert_allclose(got["depth"], np.exp(np.mean([np.log(v["depth"]) for v in views], 0)), rtol=1e-5)
-    np.testing.assert_allclose(got["out_of_range_prob"], np.mean([v["out_of_range_prob"] for v in views], 0),
-                               atol=1e-6)
+    middle = 1 - np.abs(2 * (np.arange(128) + 0.5) / 128 - 1)  # 0 at the seam, 1 in the middle
+    weights = [middle, 1 - middle, middle[::-1], (1 - middle)[::-1]]  # as the views above: plain, turned, mirrored
+    weights = [w / 2 for w in weights]  # each column's four weights sum to 1
+
+    def mean(values):
+        return sum(w * v for w, v in zip(weights, values, strict=True))
+
+    logit = [np.log(v["out_of_range_prob"] / (1 - v["out_of_range_prob"])) for v in views]
+    np.testing.assert_allclose(got["depth"], np.exp(mean([np.log(v["depth"]) for v in views])), rtol=1e-5)
+    np.testing.assert_allclose(got["out_of_range_prob"], 1 / (1 + np.exp(-mean(logit))), atol=1e-6)
     assert np.abs(got["depth"] - views[0]["depth"]).max() > 1e-3  # the views differ: the test can fail
     pred = predict(rgb, model, resolution=(64, 128), tta=True)
     np.testing.assert_allclose(pred.out_of_range_prob, got["out_of_range_prob"], atol=1e-6)
     with pytest.raises(DapError, match="tta is True or False"):
         predict(rgb, model, resolution=(64, 128), tta="yes")
+
+
+def test_tta_leaves_no_seam_in_the_middle_of_a_real_panorama():
+    """Averaged evenly, the turned views put half of the 0/360 seam's jump into the middle column, which had none."""
+    from dap.inference import infer
+
+    rgb = cv2.resize(io.read_rgb(Path(dap.__file__).parent / "assets" / "samples" / "indoor_lebombo.jpg"), (256, 128),
+                     interpolation=cv2.INTER_AREA)
+    model = dap.load_model("dap-tiny-synth")
+    with torch.inference_mode():
+        plain, tta = (infer(model, rgb, (128, 256), tta=t)["depth"][0, 0].numpy() for t in (False, True))
+
+    def jump(d):  # mean |log| step from each column to the one before it, the seam's at column 0
+        return np.abs(np.log(d / np.roll(d, 1, axis=1))).mean(0)
+
+    typical = np.median(jump(plain))
+    assert jump(plain)[0] > 5 * typical  # the seam this network leaves
+    assert jump(tta)[128] < 2 * typical and jump(tta)[0] < jump(plain)[0] / 2
 
 
 def test_cli_tta_is_recorded_and_reaches_eval(checkpoint, tmp_path, tiny_model, capsys):

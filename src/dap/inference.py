@@ -595,19 +595,27 @@ def run_model(model, x: torch.Tensor, *, seam_pad: float = DEFAULT_SEAM_PAD,
 
 def run_model_tta(model, x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
     """`run_model` averaged over four views of the panorama that show the same scene: as it is, its mirror image,
-    and both turned half a turn about the vertical (a roll by half the width), each output turned back. Depth is
-    averaged in log space (a geometric mean: errors are relative), the range probability as it is. Four forwards;
-    what it buys is measured in docs/inference.md ("Test-time augmentation")."""
-    turn = x.shape[-1] // 2
-    depth, prob = 0.0, 0.0
+    and both turned half a turn about the vertical (a roll by half the width), each output turned back. A view's
+    0/360 seam is where it is least continuous, and the turned views have theirs in the middle: each view is
+    weighted by its columns' distance from its own seam (0 there, most opposite it), so that no column takes a seam
+    (averaged evenly, half of the seam's jump moved to the middle). Depth is averaged in log space (a geometric mean:
+    errors are relative), the range probability in logit space (as probabilities, one view a little below a
+    calibrated threshold such as 0.999 unmasked a pixel the other three mask). Four forwards; what it buys is
+    measured in docs/inference.md ("Test-time augmentation")."""
+    width = x.shape[-1]
+    turn = width // 2
+    middle = 1 - (2 * (torch.arange(width, device=x.device) + 0.5) / width - 1).abs()  # 0 at the seam, 1 opposite
+    eps = 1e-6
+    log_depth, logit = 0.0, 0.0
     for mirror in (False, True):
         for shift in (0, turn):
             view = (x.flip(-1) if mirror else x).roll(shift, dims=-1)
             out = {k: v.roll(-shift, dims=-1) for k, v in run_model(model, view, **kwargs).items()}
             out = {k: v.flip(-1) for k, v in out.items()} if mirror else out
-            depth = depth + out["depth"].clamp(min=1e-6).log() / 4
-            prob = prob + out["out_of_range_prob"] / 4
-    return {"depth": depth.exp(), "out_of_range_prob": prob}
+            weight = (middle if shift == 0 else 1 - middle) / 2  # the four weights of a column sum to 1
+            log_depth = log_depth + weight * out["depth"].clamp(min=eps).log()
+            logit = logit + weight * out["out_of_range_prob"].clamp(eps, 1 - eps).logit()
+    return {"depth": log_depth.exp(), "out_of_range_prob": logit.sigmoid()}
 
 
 def infer(model, rgb, resolution: tuple[int, int], *, seam_pad: float = DEFAULT_SEAM_PAD,

@@ -812,3 +812,15 @@ def test_a_model_without_finite_depth_is_named_not_the_ground_truth(tmp_path, ti
         write_depth(f, np.zeros_like(read_depth(f)))
     assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "out2") == 2
     assert "has valid ground truth" in capsys.readouterr().err
+
+
+def test_panels_of_uint8_samples_show_the_photo(tmp_path):
+    """A dataset giving uint8 RGB (a Python one) was scored right, but its panels' RGB was all white (0-255 taken
+    as [0, 1])."""
+    rng = np.random.default_rng(0)
+    rgb = (rng.uniform(0.2, 0.6, (H, W, 3)) * 255).astype(np.uint8)
+    ds = [{"name": "a", "rgb": rgb, "depth": np.full((H, W), 2.0, np.float32)}]
+    evaluate(ds, lambda image: (np.full(image.shape[:2], 2.0, np.float32), None),
+             config=EvalConfig(max_depth=10.0, panels=1), out_dir=tmp_path)
+    panel = read_rgb(tmp_path / "panels" / "a.png")
+    assert panel[:, :512].mean() == pytest.approx(rgb.mean() / 255, abs=0.02)  # the first tile, 256 rows high

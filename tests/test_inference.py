@@ -1762,3 +1762,27 @@ def test_cli_tta_is_recorded_and_reaches_eval(checkpoint, tmp_path, tiny_model, 
         scored[how] = json.loads((out / "metrics.json").read_text())["protocols"]["metric"]["per_image_mean"]
     assert scored["tta"]["abs_rel"] == pytest.approx(scored["saved"]["abs_rel"], rel=1e-5)
     assert scored["tta"]["abs_rel"] != scored["plain"]["abs_rel"]
+
+
+def test_api_arguments_of_the_wrong_kind_say_what_to_pass(tmp_path):
+    """Tracebacks from inside a library (IndexError, TypeError, Pillow's ValueError, torch's RuntimeError) where a
+    user passed an argument of another kind than meant."""
+    model = dap.load_model("dap-tiny-synth")
+    pred = predict(_pano(128, 256), model)
+    with pytest.raises(DapError, match=r"no output kind given; choose from npy, exr"):
+        pred.save(tmp_path / "x", [])  # was IndexError
+    with pytest.raises(DapError, match=r"outputs is an output kind or a list of them"):
+        pred.save(tmp_path / "x", None)  # was TypeError
+    written = pred.save(os.fsencode(tmp_path / "b"), ["npy"])  # a bytes stem, as predict takes bytes paths
+    assert written == [tmp_path / "b.npy"]
+    np.testing.assert_array_equal(io.read_depth(os.fsencode(tmp_path / "b.npy")), io.read_depth(tmp_path / "b.npy"))
+    io.write_rgb(tmp_path / "p.png", _pano())
+    assert io.read_rgb(os.fsencode(tmp_path / "p.png")).shape == (48, 96, 3)
+    image = Image.open(tmp_path / "p.png")
+    image.close()
+    with pytest.raises(DapError, match="the PIL image was closed before its pixels were read"):
+        predict(image, model)  # was "ValueError: Operation on closed image"
+    io.write_depth(tmp_path / "g.npy", torch.full((4, 8), 2.0, requires_grad=True))  # was RuntimeError
+    assert io.read_depth(tmp_path / "g.npy").tolist() == [[2.0] * 8] * 4
+    with pytest.raises(ValueError, match=r"depth_to_points expects a distance map of shape \(\.\.\., H, W\)"):
+        geometry.depth_to_points(np.ones(8))  # was IndexError

@@ -1061,3 +1061,13 @@ def test_a_folder_source_with_images_that_are_no_panoramas_is_refused_before_tra
         T.train(cfg_with("run.steps=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'd'}, split: all}}]"),
                 tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_train_and_load_config_take_what_a_user_passes(tmp_path):
+    """load_config(path, "run.steps=3") read the string one character at a time ("expects key=value, got 'r'");
+    train("config.yaml", out) was "'str' object has no attribute 'data'"."""
+    assert T.load_config(None, "run.steps=3").run.steps == 3
+    for wrong in ("configs/tiny_cpu.yaml", {"run": {}}):
+        with pytest.raises(ConfigError, match=r"train\(\) takes a TrainConfig, got (str|dict); load one with"):
+            T.train(wrong, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

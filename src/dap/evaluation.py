@@ -41,6 +41,7 @@ from dap.inference import (
     resize_depth,
     resize_image,
     resize_nearest,
+    to_rgb,
 )
 from dap.models.dap import DAP
 
@@ -646,7 +647,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
                     rows_ok = False
                     skipped.append({"name": name, "protocol": proto, "reason": str(e)})
             if panels is not None and rows_ok and i < cfg.panels:
-                rgb = np.asarray(sample["rgb"], np.float32)
+                rgb = to_rgb(sample["rgb"], name)  # uint8 as [0, 1] (taken as it was, the panel's RGB was white)
                 write_rgb(panels / f"{_file_stem(name)}.png", depth_panel(rgb, gt, pred, max_depth=cfg.max_depth))
         for text, names in input_warnings.items():
             which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"

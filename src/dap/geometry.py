@@ -98,6 +98,8 @@ def lonlat_to_pixel(lon: Array, lat: Array, height: int, width: int) -> tuple[Ar
 def depth_to_points(depth: Array) -> Array:
     """3-D points (..., H, W, 3) in the camera frame from a distance map (..., H, W); float32 for integer depth."""
     d, was_numpy = _depth_tensor(depth)
+    if d.ndim < 2:
+        raise ValueError(f"depth_to_points expects a distance map of shape (..., H, W), got shape {tuple(d.shape)}")
     rays = erp_rays(d.shape[-2], d.shape[-1], device=d.device, dtype=d.dtype)
     return _back(d.unsqueeze(-1) * rays, was_numpy)
 

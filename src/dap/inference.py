@@ -71,7 +71,13 @@ class Prediction:
         (OUTPUT_SUFFIXES: "npy" -> stem.npy, "color" -> stem.color.png, ...), each written whole or not at all.
         Depth files hold 0 where `range_mask` is set (here `depth` holds `max_depth`); an output that cannot hold
         everything (depth beyond the 16-bit PNG's range) gets a warning."""
+        if not isinstance(outputs, (str, list, tuple)):
+            raise DapError(f"outputs is an output kind or a list of them ({', '.join(OUTPUT_KINDS)}), got {outputs!r}")
         kinds = [outputs] if isinstance(outputs, str) else list(outputs)
+        if not kinds:
+            raise DapError(f"no output kind given; choose from {', '.join(OUTPUT_KINDS)}")
+        check_output_kinds(kinds)
+        stem = os.fsdecode(stem) if isinstance(stem, bytes) else stem  # as predict takes a bytes path
         if not str(stem).strip() or not Path(stem).name.strip():  # "" wrote ./.color.png, a hidden file
             raise DapError(f"stem {str(stem)!r} names no file; give the outputs' path without suffix, e.g. 'out/pano'")
         paths = output_paths(Path(stem).parent, Path(stem).name, kinds)
@@ -139,7 +145,9 @@ def to_rgb(image, source: str = "input image") -> np.ndarray:
             if note := io.transparency_note(image):
                 warn_input(f"{source}: {note}")
             image = io.pil_to_upright_rgb(image)  # as its file would be read: turned upright, 16 and float bits kept
-        except AssertionError:  # Pillow's only word for it
+        except (AssertionError, ValueError) as e:  # Pillow's words for it (closed by a `with` block, or .close())
+            if isinstance(e, ValueError) and "closed image" not in str(e):
+                raise
             raise DapError(f"{source}: the PIL image was closed before its pixels were read; call image.load() inside "
                            "the `with Image.open(...)` block, or pass the file's path") from None
     if isinstance(image, torch.Tensor):

@@ -380,7 +380,7 @@ def dangling_link(path: str | os.PathLike) -> str | None:
 
 
 def _check_file(path: PathLike) -> Path:
-    spec, path = os.fspath(path), Path(path)
+    spec, path = os.fspath(path), Path(os.fsdecode(path))  # a bytes path too, as dap.predict takes one
     if not path.exists():
         hint = (missing_file_hint(spec) if isinstance(spec, str) else None) or dangling_link(spec)
         # named as given: Path() would fold the // of a URL
@@ -1094,8 +1094,8 @@ def write_depth(path: PathLike, depth: np.ndarray, *, scale: float | None = None
     depths are kept at 1 unit so that they do not turn into 'invalid'. Returns how many values were clipped (0 but
     for a PNG), for a caller that says so itself (a thread, where warnings cannot be caught reliably).
     """
-    path = Path(path)
-    d = np.asarray(depth)
+    path = Path(os.fsdecode(path))
+    d = np.asarray(depth.detach().cpu() if isinstance(depth, torch.Tensor) else depth)  # a tensor that needs grad too
     if d.ndim != 2 or d.size == 0:
         raise ValueError(f"write_depth expects a non-empty (H, W) depth map, got shape {d.shape}")
     if not (np.issubdtype(d.dtype, np.floating) or np.issubdtype(d.dtype, np.integer)):

@@ -229,7 +229,9 @@ def config_source(path: str | os.PathLike | None, overrides: list[str] | None) -
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """TrainConfig from a YAML file plus `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [1,2])."""
+    """TrainConfig from a YAML file plus `key.sub=value` overrides (values parsed as YAML: 1e-4, true, [1,2]; one
+    override may be given as a string)."""
+    overrides = [overrides] if isinstance(overrides, str) else overrides  # else read one character at a time
     raw = read_yaml_mapping(path, "training config", "configs/tiny_cpu.yaml") if path is not None else {}
     full = _merge(TrainConfig().to_dict(), raw)  # defaults first, so --set can reach into lists
     apply_overrides(full, overrides, "optim.lr_head=1e-4")

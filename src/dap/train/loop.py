@@ -301,6 +301,9 @@ def train(
     stop_at / time_limit_min: checkpoint and return early at that step / after that many minutes (to split a
     run across sittings; continue with resume=True).
     """
+    if not isinstance(cfg, TrainConfig):  # a path or a dict: "'str' object has no attribute 'data'"
+        raise ConfigError(f"train() takes a TrainConfig, got {type(cfg).__name__}; load one with "
+                          "dap.train.load_config('config.yaml', ['run.steps=100'])")
     check_config(cfg)  # a config built or edited in Python, as load_config checks a file's (before any folder)
     out = Path(out)
     keep_freed_memory()

@@ -237,3 +237,15 @@ def test_the_level_box_does_what_level_does(model, small_panorama, tmp_path):
     np.testing.assert_allclose(got, np.where(want.range_mask, 0, want.depth), rtol=1e-5)
     with pytest.warns(UserWarning, match="tilted by about"):  # gr.Warning outside a running app
         respond(str(tmp_path / "tilted.png"), False, model, tmp_path / "off")
+
+
+def test_the_tta_box_does_what_tta_does(model, small_panorama, tmp_path):
+    """The page's test-time augmentation checkbox passes `tta` to predict."""
+    from dap.inference import predict
+
+    downloads = respond(str(small_panorama), False, model, tmp_path / "on", tta=True)[4]
+    got = np.load(next(p for p in downloads if p.endswith(".npy")))
+    want = predict(io.read_rgb(small_panorama), model, tta=True)
+    plain = predict(io.read_rgb(small_panorama), model)
+    np.testing.assert_allclose(got, np.where(want.range_mask, 0, want.depth), rtol=1e-5)
+    assert not np.allclose(got, np.where(plain.range_mask, 0, plain.depth), rtol=1e-5)

@@ -388,3 +388,41 @@ def test_workers_end_when_dap_synth_is_killed(tmp_path):
                 os.kill(p, signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_shard_files_the_dataset_does_not_own_stay_out_of_its_manifest(tmp_path, capsys):
+    """A copy of a shard in the folder ("shard-000000 copy.tar", or one of a larger earlier run) went into the
+    manifest: 4 panoramas said, 6 rows read, two keys twice."""
+    root = tmp_path / "d"
+    write(root, count=4, shard_size=2)
+    (root / "shard-000000 copy.tar").write_bytes((root / "shard-000000.tar").read_bytes())
+    (root / "shard-000005.tar").write_bytes((root / "shard-000001.tar").read_bytes())
+    capsys.readouterr()
+    write(root, count=4, shard_size=2)
+    data = ShardDataset(root)
+    assert len(data) == 4 and sorted(data[i]["key"] for i in range(4)) == [f"{i:08d}" for i in range(4)]
+    assert "2 other shard file(s)" in capsys.readouterr().err
+
+
+def test_a_damaged_manifest_is_rebuilt_by_the_command_its_message_names(tmp_path):
+    """ShardDataset said to rebuild a cut-short manifest with the same `dap synth`, which refused it as "one `dap
+    synth` did not write"."""
+    root = tmp_path / "d"
+    write(root, count=4)
+    want = pq.read_table(root / "manifest.parquet")
+    (root / "manifest.parquet").write_bytes((root / "manifest.parquet").read_bytes()[:100])
+    with pytest.raises(DapError, match="Rebuild it from the shards with `dap synth` and the same settings"):
+        ShardDataset(root)
+    write(root, count=4)
+    assert pq.read_table(root / "manifest.parquet").equals(want) and len(ShardDataset(root)) == 4
+
+
+def test_a_dataset_of_another_renderer_version_says_no_option_resumes_it(tmp_path):
+    """"Rerun with the same settings to resume it (renderer: 2 -> 3)": no option sets the renderer version."""
+    root = tmp_path / "d"
+    write(root, count=2)
+    config = json.loads((root / "synth_config.json").read_text())
+    (root / "synth_config.json").write_text(json.dumps({**config, "renderer": config["renderer"] - 1}))
+    with pytest.raises(DapError, match=r"written by renderer version \d+; this dap renders version \d+, so it cannot "
+                                       r"add to it. Choose a new --out"):
+        write(root, count=2)

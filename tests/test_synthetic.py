@@ -406,3 +406,19 @@ def test_photo_style_is_the_same_whatever_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert np.array_equal(out[0], out[1])
+
+
+def test_a_texture_folder_of_many_photos_gives_a_bank_of_at_most_512_crops(tmp_path, monkeypatch):
+    """One crop per image at least: 1200 photos gave 1200 crops (and every worker holds the bank), where the docs
+    say about 512 in all."""
+    from PIL import Image
+
+    import dap.data.synthetic as synthetic
+
+    monkeypatch.setattr(synthetic, "TEXTURE_BANK_SIZE", 8)  # the rule at a size a test can afford
+    rng = np.random.default_rng(0)
+    for i in range(20):
+        Image.fromarray(rng.integers(0, 255, (128, 256, 3), dtype=np.uint8)).save(tmp_path / f"{i:02d}.png")
+    tiles = load_texture_tiles([str(tmp_path)])
+    assert len(tiles) == 8
+    assert np.array_equal(tiles, load_texture_tiles([str(tmp_path)]))  # the same images each time

@@ -22,6 +22,7 @@ import io
 import json
 import multiprocessing as mp
 import os
+import sys
 import signal
 import tarfile
 import threading
@@ -170,6 +171,10 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
             except (OSError, ValueError) as e:
                 raise DapError(f"cannot read {cfg_path} ({e}); the shards beside it cannot be resumed safely. Choose a "
                                "new --out folder, or delete the folder to render it again.") from e
+            if old.get("renderer") != cfg["renderer"]:  # no option chooses it: "the same settings" cannot resume
+                raise DapError(f"{root} holds a dataset written by renderer version {old.get('renderer')!r}; this dap "
+                               f"renders version {cfg['renderer']!r}, so it cannot add to it. Choose a new --out "
+                               "folder (or finish it with the dap version that began it).")
             if old != cfg:
                 diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in cfg.items() if old.get(k) != v)
                 raise DapError(f"{root} holds a dataset written with other settings ({diff}). Rerun with the same "
@@ -204,7 +209,11 @@ def write_dataset(out: str | os.PathLike, count: int, *, kind: str = "mixed", st
                 except BaseException:  # interrupted, or a worker failed: the pool is stopped, and its workers'
                     _remove_partial_shards(root)  # shards in progress are left half-written
                     raise
-        return write_manifest(root)
+        ours = [shard_name(s) for s in range(n_shards)]
+        if others := sorted(existing - set(ours)):  # a copy, or a larger earlier run's: not this dataset's panoramas
+            print(f"dap synth: note: {len(others)} other shard file(s) in {root} ({others[0]}, ...) are not this "
+                  f"dataset's {n_shards} shards and are left out of its manifest", file=sys.stderr)
+        return write_manifest(root, ours)
 
 
 def _texture_fingerprint(dirs: tuple[str, ...]) -> str:
@@ -231,7 +240,9 @@ def _check_not_foreign(root: Path) -> None:
         return
     try:
         names = pq.read_schema(path).names
-    except Exception:  # noqa: BLE001 - pyarrow raises several types; an unreadable manifest is not ours either
+    except Exception:  # noqa: BLE001 - pyarrow raises several types
+        if (root / CONFIG).is_file():  # ours, damaged since (cut short by a copy or a disk): rebuilt from the shards
+            return
         names = []
     if "shard" not in names:
         what = "a curation pool's" if {"id", "status"} <= set(names) else "one `dap synth` did not write"
@@ -264,11 +275,12 @@ def iter_shard(path: str | os.PathLike) -> Iterator[tarfile.TarInfo]:
                                   "same settings to rewrite it.") from e
 
 
-def write_manifest(root: str | os.PathLike) -> Path:
-    """(Re)build manifest.parquet from the JSON members of every shard under `root`."""
+def write_manifest(root: str | os.PathLike, shards: list[str] | None = None) -> Path:
+    """(Re)build manifest.parquet from the JSON members of the shards under `root`: those named in `shards`, or
+    every shard-*.tar."""
     root = Path(root)
     rows = []
-    for shard in sorted(root.glob("shard-*.tar")):
+    for shard in [root / name for name in shards] if shards is not None else sorted(root.glob("shard-*.tar")):
         try:
             with tarfile.open(shard) as tar:
                 for m in tar.getmembers():

@@ -911,6 +911,9 @@ def cut_tiles(rgb: np.ndarray, count: int, rng: np.random.Generator) -> list[np.
     return out
 
 
+TEXTURE_BANK_SIZE = 512  # crops cut from a user's texture folders at most (from as many images at most)
+
+
 def load_texture_tiles(dirs: tuple[str, ...] | list[str] = (), unreadable: list[str] | None = None) -> np.ndarray:
     """Photo crops (N, TILE, TILE, 3) uint8: the bank shipped with the package (`dirs` empty; see
     assets/synth_textures_credits.csv) or crops cut from every image in the folders (deterministic). Images that
@@ -930,7 +933,9 @@ def load_texture_tiles(dirs: tuple[str, ...] | list[str] = (), unreadable: list[
     if not files:
         raise DapError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, dirs))}; pass folders of "
                        "photos")
-    per_image = max(1, min(16, 512 // len(files)))  # a bank of at most ~512 crops (~25 MB in memory)
+    if len(files) > TEXTURE_BANK_SIZE:  # one crop each grew the bank, and every worker's memory, with the folder
+        files = [files[len(files) * i // TEXTURE_BANK_SIZE] for i in range(TEXTURE_BANK_SIZE)]  # spread evenly
+    per_image = max(1, min(16, TEXTURE_BANK_SIZE // len(files)))  # a bank of at most ~512 crops (~25 MB in memory)
     tiles, bad = [], []
     for f in files:
         try:

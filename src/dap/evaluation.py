@@ -522,6 +522,18 @@ def evaluate(
     return _evaluate(dataset, predictor, cfg, out, predictions_dir, cache_key, progress)
 
 
+def other_unit(depth: np.ndarray, cap: float | None) -> str | None:
+    """"far" when over 90% of a depth map's measured pixels lie beyond `cap` (millimetres read as metres; 90%: more
+    than any sky stored as a large depth covers of a panorama), "near" when over 90% are nearer than 0.1 m (the other
+    way round: no room is that near its camera), else None."""
+    measured = depth[np.isfinite(depth) & (depth > 0)]
+    if not measured.size:
+        return None
+    if cap is not None and np.count_nonzero(measured > cap) > 0.9 * measured.size:
+        return "far"
+    return "near" if np.count_nonzero(measured < 0.1) > 0.9 * measured.size else None
+
+
 def _saved_prediction(predictions_dir: Path, dataset, i: int, name: str, gt: np.ndarray, cfg: EvalConfig,
                       input_warnings: dict[str, list[str]]) -> np.ndarray:
     """Sample `i`'s saved prediction in metres, its pixels without depth at the range cap; what looks wrong with it
@@ -602,16 +614,12 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
             sample = dataset[i]
             name = sample["name"]
             gt = np.asarray(sample["depth"], np.float32)
-            measured = gt[gt > 0]
-            if measured.size and cfg.max_depth is not None and \
-                    np.count_nonzero(measured > cfg.max_depth) > 0.9 * measured.size:
-                # Depth in another unit (cm, mm): left out without a word, the few pixels that happen to fit would
-                # make the score. 90%: more than any sky stored as a large depth covers of a panorama.
+            unit = other_unit(gt, cfg.max_depth)
+            if unit == "far":  # in cm or mm: left out without a word, the few pixels that happen to fit made the score
                 input_warnings.setdefault(
                     f"over 90% of the ground truth is beyond --max-depth {cfg.max_depth:g} m and is not scored: if the "
                     "depth is not in metres, give its unit (a folder dataset's metres_per_unit)", []).append(name)
-            elif measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
-                # The other way round (metres given a millimetre unit): no room is that near its camera
+            elif unit == "near":
                 input_warnings.setdefault(
                     "over 90% of the ground truth is nearer than 0.1 m: check its unit (a folder dataset's "
                     "metres_per_unit)", []).append(name)

@@ -554,14 +554,15 @@ def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val:
 def depth_unit_problem(data, max_depth: float, count: int = 2) -> str | None:
     """What the ground truth of a source's first `count` panoramas says about its unit, None where it reads as
     metres. Depth in millimetres is all beyond the loss's cap: the depth losses learn nothing, without a word."""
+    from dap.evaluation import other_unit
+
     n = min(count, len(data))
-    depth = np.concatenate([np.asarray(data[i]["depth"], np.float32).ravel() for i in range(n)])
-    measured = depth[np.isfinite(depth) & (depth > 0)]
-    if measured.size and np.count_nonzero(measured > max_depth) > 0.9 * measured.size:
+    unit = other_unit(np.concatenate([np.asarray(data[i]["depth"], np.float32).ravel() for i in range(n)]), max_depth)
+    if unit == "far":
         return (f"over 90% of the ground truth of its first {n} panoramas is beyond loss.max_depth {max_depth:g} m: if "
                 "its depth is not in metres, give its unit (a folder manifest's metres_per_unit); the depth losses "
                 "learn nothing from it")
-    if measured.size and np.count_nonzero(measured < 0.1) > 0.9 * measured.size:
+    if unit == "near":
         return (f"over 90% of the ground truth of its first {n} panoramas is nearer than 0.1 m: check its unit (a "
                 "folder manifest's metres_per_unit)")
     return None

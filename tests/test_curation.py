@@ -175,6 +175,10 @@ def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
     pool = src / "pool"  # inside its source folder: its own images must not be ingested back
     assert ingest([str(src)], pool, opts, progress=False) == {"added": 2, "duplicate": 1, "rejected": 0,
                                                               "already_in_pool": 0, "replaced": 0}
+    # the copy has a row, so that `dap curate status` counts the duplicate the ingest reported
+    (copy,) = [r for r in read_manifest(pool) if Path(r["path"]).name == "b_again.png"]
+    assert copy["status"] == "rejected" and copy["reason"].startswith("near-duplicate of") and copy["dup_of"]
+    assert "the same bytes as" in copy["reason"] and copy["reason"].endswith("b.png)")
     assert ingest([str(src)], pool, opts, progress=False)["added"] == 0
     write_rgb(src / "a.png", np.clip(a * 1.1, 0, 1))  # brightened: a near-duplicate of its own old version
     assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 1

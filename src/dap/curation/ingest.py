@@ -363,6 +363,10 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                        "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
                        "status": "ok"}
                 if row["id"] in known:
+                    if row["id"] in added_now:  # the same bytes as a file of this run: a row says so (status did not)
+                        copy = _rejected(where, source, checksum, frame, f"near-duplicate of {row['id']} (the same "
+                                         f"bytes as {rows[at[row['id']]]['path']})")
+                        put({**copy, "dup_of": row["id"]})
                     counts["duplicate" if row["id"] in added_now else "already_in_pool"] += 1
                     continue
                 known.add(row["id"])

@@ -1334,8 +1334,9 @@ def write_glb(path: PathLike, points: np.ndarray, colors: np.ndarray | None = No
 VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".3gp", ".ts", ".mts", ".m2ts")
 
 
-def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
-    """(path, opened capture, number of frames the container states it shows; 0 if it states none)."""
+def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int, float]:
+    """(path, opened capture, number of frames the container states it shows, its frame rate; each 0 if it states
+    none)."""
     p = _check_file(path)
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
@@ -1348,11 +1349,12 @@ def _open_video(path: PathLike) -> tuple[Path, cv2.VideoCapture, int]:
     count = cap.get(cv2.CAP_PROP_FRAME_COUNT)
     count = int(count) if count and math.isfinite(count) and count > 0 else 0
     fps = cap.get(cv2.CAP_PROP_FPS)
-    if count and fps and math.isfinite(fps) and fps > 0 and (shown := _edited_seconds(p)) is not None:
+    fps = fps if fps and math.isfinite(fps) and fps > 0 else 0.0
+    if count and fps and (shown := _edited_seconds(p)) is not None:
         # a trim without re-encoding (QuickTime, iOS, ffmpeg -c copy) keeps every sample, which the count counts,
         # and an edit list that shows fewer: those are the frames a decoder gives
         count = min(count, math.ceil(shown * fps - 1e-3))
-    return p, cap, count
+    return p, cap, count, fps
 
 
 def _edited_seconds(path: Path) -> float | None:
@@ -1424,7 +1426,7 @@ def _check_video_end(p: Path, index: int, count: int) -> None:
 def iter_video_frames(path: PathLike) -> Iterator[np.ndarray]:
     """Frames of a video file in order, each float32 (H, W, 3) RGB in [0, 1]. A frame that cannot be decoded
     before the frame count the file states raises UnreadableFileError (after the frames before it)."""
-    p, cap, count = _open_video(path)
+    p, cap, count, _ = _open_video(path)
     try:
         index = 0
         while True:
@@ -1446,10 +1448,9 @@ def sample_video_frames(path: PathLike, every_s: float) -> Iterator[tuple[int, f
     UnreadableFileError as in `iter_video_frames`."""
     if every_s <= 0:
         raise ValueError(f"every_s must be > 0 seconds, got {every_s}")
-    p, cap, count = _open_video(path)
+    p, cap, count, fps = _open_video(path)
     try:
-        fps = cap.get(cv2.CAP_PROP_FPS)
-        if not fps or not math.isfinite(fps) or fps <= 0:
+        if not fps:
             raise _unreadable(p, "the video does not state its frame rate")
         index, last, due = 0, -math.inf, 0.0
         while cap.grab():

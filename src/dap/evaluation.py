@@ -597,8 +597,7 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         _check_cache(cache_dir, cache_key)
     # This run's panels and reports replace an earlier run's whole, and only once it is done: a rerun that stops (a
     # typo, a missing file, a kill) leaves the earlier results as they were, with none of its own panels beside them
-    with contextlib.ExitStack() as stack:
-        panels = stack.enter_context(atomic_folder(out / "panels")) if out is not None and cfg.panels else None
+    with atomic_folder(out / "panels") if out is not None and cfg.panels else contextlib.nullcontext() as panels:
         accs = {p: MetricAccumulator(p, cfg.min_depth, cfg.max_depth, cfg.weights) for p in cfg.protocols}
         skipped: list[dict] = []
         input_warnings: dict[str, list[str]] = {}  # an input warning's text -> the samples that raised it

@@ -76,7 +76,6 @@ class Prediction:
         kinds = [outputs] if isinstance(outputs, str) else list(outputs)
         if not kinds:
             raise DapError(f"no output kind given; choose from {', '.join(OUTPUT_KINDS)}")
-        check_output_kinds(kinds)
         stem = os.fsdecode(stem) if isinstance(stem, bytes) else stem  # as predict takes a bytes path
         if not str(stem).strip() or not Path(stem).name.strip():  # "" wrote ./.color.png, a hidden file
             raise DapError(f"stem {str(stem)!r} names no file; give the outputs' path without suffix, e.g. 'out/pano'")
@@ -348,11 +347,17 @@ BF16_MIN_SPEEDUP = 1.5
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU has bf16 matmul instructions (AVX-512 BF16 or AMX). Without them bf16 is emulated and far
     slower than fp32 (50x on an AVX2-only EPYC); with them it can still be slower (`cpu_bf16_speedup`)."""
+    flags = _cpuinfo()
+    return flags is not None and any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))  # not Linux: no
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str | None:
+    """/proc/cpuinfo's text (read once: the flags and the CPU's name come from it), None where there is none."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:  # not Linux: assume no
-        return False
-    return any(f" {flag}" in flags for flag in ("avx512_bf16", "amx_bf16"))
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
 
 
 @functools.lru_cache(maxsize=1)
@@ -386,9 +391,7 @@ def cpu_bf16_speedup() -> float:
 
 
 def _cpu_name() -> str:
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    if (info := _cpuinfo()) is None:
         import platform
 
         return platform.processor() or platform.machine()

@@ -367,7 +367,9 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                         copy = _rejected(where, source, checksum, frame, f"near-duplicate of {row['id']} (the same "
                                          f"bytes as {rows[at[row['id']]]['path']})")
                         put({**copy, "dup_of": row["id"]})
-                    counts["duplicate" if row["id"] in added_now else "already_in_pool"] += 1
+                        counts["duplicate"] += 1
+                    else:
+                        counts["already_in_pool"] += 1
                     continue
                 known.add(row["id"])
                 rgb, shape_problem = _as_panorama(rgb, path if frame is None else None, o)

@@ -1071,3 +1071,21 @@ def test_train_and_load_config_take_what_a_user_passes(tmp_path):
         with pytest.raises(ConfigError, match=r"train\(\) takes a TrainConfig, got (str|dict); load one with"):
             T.train(wrong, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_source_takes_a_panorama_stored_turned_with_its_orientation_tag(tmp_path):
+    """The up-front shape check read the stored size: a 1:2 JPEG whose EXIF orientation turns it upright to 2:1
+    (as read_rgb reads it) was refused."""
+    from PIL import Image
+
+    from dap.io import write_depth
+
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turn 90 degrees clockwise to show upright
+    (tmp_path / "d" / "rgb").mkdir(parents=True)
+    Image.fromarray(rng.integers(0, 255, (64, 32, 3), dtype=np.uint8)).save(tmp_path / "d" / "rgb" / "p.jpg", exif=exif)
+    write_depth(tmp_path / "d" / "depth" / "p.npy", np.full((32, 64), 2.0, np.float32))
+    T.train(cfg_with("run.steps=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'd'}, split: all}}]"),
+            tmp_path / "run")
+    assert (tmp_path / "run" / "final" / "config.json").is_file()

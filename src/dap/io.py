@@ -754,10 +754,28 @@ def _orientation(img: Image.Image) -> tuple[int, bool]:
     2:1 panorama 1:2, which no 360 camera makes, so such a tag is wrong (some editors and phone galleries add one)."""
     tag = img.getexif().get(EXIF_ORIENTATION, 1)
     tag = tag if tag in _TURN_UPRIGHT else 1  # 0 and other values out of the standard's range: as stored
-    # Pillow reports a TIFF tagged 5-8 with its size already turned: the stored size is in its tags
-    width, height = (img.tag_v2.get(256, img.width), img.tag_v2.get(257, img.height)) if isinstance(
-        img, TiffImagePlugin.TiffImageFile) else img.size
+    width, height = _stored_size(img)
     return tag, tag in (5, 6, 7, 8) and width == 2 * height
+
+
+def _stored_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as stored: Pillow reports a TIFF tagged 5-8 with its size already turned, so a TIFF's is in
+    its tags."""
+    if isinstance(img, TiffImagePlugin.TiffImageFile):
+        return img.tag_v2.get(256, img.width), img.tag_v2.get(257, img.height)
+    return img.size
+
+
+def image_size(path: PathLike) -> tuple[int, int] | None:
+    """(width, height) of the image `read_rgb` gives for `path`, upright as it turns it, from the file's header
+    alone; None for a file Pillow does not open (HDR, EXR, a float TIFF) or cannot parse."""
+    try:
+        with Image.open(path) as img:
+            tag, keep_stored = _orientation(img)
+            width, height = _stored_size(img)
+    except Exception:  # noqa: BLE001 - Pillow's errors for files it does not read have no common type
+        return None
+    return (height, width) if tag in (5, 6, 7, 8) and not keep_stored else (width, height)
 
 
 def _turned_on_load(img: Image.Image, tag: int) -> bool:

@@ -258,6 +258,12 @@ UNSPLIT_KINDS = {"shards": "render a held-out set with other seeds (dap synth --
                  "pseudo": "give the pool of other panoramas"}
 
 
+def reads_shards(src: SourceConfig) -> bool:
+    """Whether a source reads a `dap synth` folder as shards: `kind: shards`, or `kind: dataset, dataset: synth`
+    (the evaluation loader of those folders keeps no sky or range marks, so training reads them as shards)."""
+    return src.kind == "shards" or (src.kind == "dataset" and (src.dataset or "").lower() == "synth")
+
+
 def check_source(src: SourceConfig, where: str) -> None:
     """One data source's settings, before any model is built or data read (`build_source` relies on them)."""
     from dap.curation.manifest import STAGES
@@ -265,8 +271,7 @@ def check_source(src: SourceConfig, where: str) -> None:
 
     if src.kind not in SOURCE_KINDS:
         raise ConfigError(f"{where}.kind must be one of {', '.join(SOURCE_KINDS)}, got {src.kind!r}")
-    # a dap synth folder read as a dataset is read as shards (`build_source`): all of it, whatever the split
-    synth = src.kind == "dataset" and (src.dataset or "").lower() == "synth"
+    synth = src.kind == "dataset" and reads_shards(src)  # read as shards: all of it, whatever the split
     kind = "shards" if synth else src.kind
     if kind in UNSPLIT_KINDS and src.split not in ("train", "all"):  # "train": the default, given or not
         what = "a dap synth folder (dataset: synth)" if synth else f"a {kind} source"

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from dap import geometry
 from dap.inference import resize_image, resize_nearest, to_rgb
-from dap.train.config import DataSection, SourceConfig, check_source
+from dap.train.config import DataSection, SourceConfig, check_source, reads_shards
 
 
 def seed_of(*parts: Any) -> int:
@@ -88,10 +88,9 @@ def build_source(src: SourceConfig, height: int, width: int) -> Dataset:
         return RoomsDataset(src.size, height, width, seed=src.seed)
     if src.kind == "synthetic":
         return RenderedSynthetic(src.size, height, width, src.seed)
-    if src.kind == "shards" or (src.kind == "dataset" and (src.dataset or "").lower() == "synth"):
+    if reads_shards(src):
         from dap.data.shards import ShardDataset
 
-        # a `dap synth` folder by either name: the evaluation loader (dataset synth) keeps no sky or range marks
         return ShardDataset(src.path)
     if src.kind == "pseudo":
         from dap.curation.manifest import PseudoLabelDataset

@@ -142,8 +142,8 @@ def _check_init_matches(cfg: TrainConfig, loaded: Any, init: Any, quiet: bool) -
     have = loaded.to_dict()
     if unknown := sorted(set(cfg.model.overrides) - set(have)):  # a typo, not a change of architecture
         raise ConfigError(f"model.overrides: unknown keys {unknown}; valid keys: {sorted(have)}")
-    conflicts = [f"{k}: {v!r} (the checkpoint has {have.get(k)!r})" for k, v in cfg.model.overrides.items()
-                 if k not in INFERENCE_SETTINGS and (k not in have or not _agrees(v, have[k]))]
+    conflicts = [f"{k}: {v!r} (the checkpoint has {have[k]!r})" for k, v in cfg.model.overrides.items()
+                 if k not in INFERENCE_SETTINGS and not _agrees(v, have[k])]
     if conflicts:
         raise ConfigError(f"model.overrides cannot change the model loaded from model.init={init}: "
                           f"{'; '.join(conflicts)}; remove them (the checkpoint decides the architecture) or "

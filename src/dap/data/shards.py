@@ -22,8 +22,8 @@ import io
 import json
 import multiprocessing as mp
 import os
-import sys
 import signal
+import sys
 import tarfile
 import threading
 import time

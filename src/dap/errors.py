@@ -98,6 +98,12 @@ def collect_input_warnings() -> Iterator[list[str]]:
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
 
+def is_whole(value) -> bool:
+    """Whether a config's value is a Python int and not a bool (`true` would be 1): the test behind every "is a whole
+    number" message of a model config."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def is_number(value, finite: bool = True) -> bool:
     """Whether a user's value is a real number (int, float or a numpy scalar; not a bool, a string or an array),
     finite unless told: the test behind every "must be a number" message."""

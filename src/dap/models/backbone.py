@@ -29,10 +29,10 @@ class ViTConfig:
     def __post_init__(self):
         # Checked here so that a hand-edited config.json fails on loading, naming the field (a 0 was a
         # ZeroDivisionError, heads that do not split the width a RoPE shape mismatch)
-        from dap.errors import is_number
+        from dap.errors import is_number, is_whole
 
         for name in ("embed_dim", "depth", "num_heads", "patch_size"):
-            if not (isinstance(value := getattr(self, name), int) and not isinstance(value, bool) and value > 0):
+            if not (is_whole(value := getattr(self, name)) and value > 0):
                 raise ValueError(f"vit.{name} is a positive whole number, got {value!r}")
         if not (isinstance(self.num_storage_tokens, int) and self.num_storage_tokens >= 0):
             raise ValueError(f"vit.num_storage_tokens is a whole number >= 0, got {self.num_storage_tokens!r}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from dap.errors import is_number
+from dap.errors import is_number, is_whole
 from dap.models.backbone import DinoV3ViT, ViTConfig
 from dap.models.dpt import DPTHead
 from dap.models.official import OfficialTokenAdapter
@@ -53,7 +53,7 @@ class DapConfig:
         if not (is_number(self.max_depth) and self.max_depth > 0):  # the depth head's scale: 0 or NaN zeroes all depth
             raise ValueError(f"max_depth is a positive number of metres (100 for DAP), got {self.max_depth!r}")
         numbers = (*self.layers, *self.out_channels, self.features, *self.default_resolution)
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+        if not all(is_whole(v) for v in numbers):
             raise ValueError(f"layers, out_channels, features and default_resolution are whole numbers, got "
                              f"{list(self.layers)}, {list(self.out_channels)}, {self.features!r} and "
                              f"{list(self.default_resolution)}")

@@ -831,6 +831,20 @@ def test_resume_of_a_finished_run_changes_nothing_and_an_extension_retires_the_o
     assert load_model(out).checkpoint_info["step"] == 3
 
 
+def test_an_extension_keeps_the_finished_models_checkpoint_until_its_new_end(tmp_path, capsys):
+    """An extension removes final/, whose model the checkpoint of the old end holds too; keep_last then pruned that
+    checkpoint after as many steps, and an extension stopped, killed or diverged had lost the finished model."""
+    out = tmp_path / "run"
+    T.train(cfg_with("run.steps=2", "run.ckpt_every=1", "run.keep_last=1"), out)
+    finished = (out / "checkpoints" / "step_00000002.pt").read_bytes()
+    T.train(cfg_with("run.steps=6", "run.ckpt_every=1", "run.keep_last=1"), out, resume=True, stop_at=4)
+    assert "step_00000002.pt is kept until the run reaches step 6" in capsys.readouterr().err
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_00000002.pt", "step_00000004.pt"]
+    assert (out / "checkpoints" / "step_00000002.pt").read_bytes() == finished
+    T.train(cfg_with("run.steps=6", "run.ckpt_every=1", "run.keep_last=1"), out, resume=True)  # to the new end
+    assert [p.name for p in T.list_checkpoints(out)] == ["step_00000006.pt"] and (out / "final").is_dir()
+
+
 def test_a_fine_tuning_run_resumes_after_its_init_model_moved(tmp_path):
     """Resuming rebuilt the network from model.init before loading the checkpoint over it: with the init model moved
     the run could not go on, although every checkpoint records its architecture."""

@@ -128,9 +128,11 @@ def load_checkpoint(path: str | os.PathLike, needs: tuple[str, ...] = ("step", "
     return ckpt
 
 
-def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callable[[], dict]) -> None:
+def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callable[[], dict],
+                    keep_step: int | None = None) -> None:
     """<out>/checkpoints/step_XXXXXXXX.pt from rank 0: `state()` (model, optimizer, ...) plus every rank's RNG
-    state, written atomically; then this run's older checkpoints beyond `keep_last` are deleted. All ranks call it."""
+    state, written atomically; then this run's older checkpoints beyond `keep_last` are deleted, but not the one of
+    `keep_step`. All ranks call it."""
     from dap.io import atomic_write
 
     rngs: list = [None] * d.world
@@ -148,7 +150,7 @@ def save_checkpoint(out: Path, step: int, d: Dist, keep_last: int, state: Callab
                     raise OSError(errno.ENOSPC, "no space left on device", str(path)) from e
                 raise OSError(errno.EIO, f"writing the checkpoint failed: {e}", str(path)) from e
         # Only this run's checkpoints (steps up to now) are pruned; never one from a later step.
-        ours = [p for p in list_checkpoints(out) if checkpoint_step(p) <= step]
+        ours = [p for p in list_checkpoints(out) if checkpoint_step(p) <= step and checkpoint_step(p) != keep_step]
         for old in ours[:-max(1, keep_last)]:
             old.unlink(missing_ok=True)
     barrier(d)

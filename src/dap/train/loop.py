@@ -338,12 +338,16 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
 
         return TrainResult(step=start, finished=True, history=[], model=load_model(final), out=out)
     barrier(d)  # every rank has checked the folder before rank 0 writes into it
+    # The step of an earlier end this run extends: its checkpoint is the finished model until the new end, kept
+    # however many checkpoints come after it (recorded in each checkpoint: a resumed extension keeps it too)
+    finished_step = (start if final.exists() else ckpt.get("finished_step")) if ckpt else None
     if ckpt and d.main and final.exists():
         # an extended run: the folder loads final/ before its checkpoints, and this final/ is the model of step
         # `start`, which the step-`start` checkpoint holds too (always saved at run.steps)
         shutil.rmtree(final)
         print(f"dap train: removed {final} (step {start}): the run goes on to step {run.steps}, and until it gets "
-              "there the folder's model is its newest checkpoint", file=sys.stderr)
+              f"there the folder's model is its newest checkpoint; step_{start:08d}.pt is kept until the run reaches "
+              f"step {run.steps}", file=sys.stderr)
 
     st = _build_state(cfg, d, ckpt.get("model_config") if ckpt else None)
     if ckpt:
@@ -402,7 +406,9 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
             out_of_time = time_limit_min is not None and any_rank(time.monotonic() - t_start > 60 * time_limit_min, d)
             stopped = step == end < run.steps or out_of_time  # every rank stops at the same step
             if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
-                save_checkpoint(out, step, d, run.keep_last, functools.partial(_checkpoint_state, st, cfg, d, step))
+                keep = finished_step if step < run.steps else None
+                save_checkpoint(out, step, d, run.keep_last,
+                                functools.partial(_checkpoint_state, st, cfg, d, step, keep), keep_step=keep)
             t_extra += time.monotonic() - t0
             if stopped:
                 break
@@ -491,7 +497,7 @@ def _restore(st: _State, ckpt: dict, path: Path, cfg: TrainConfig, d: Dist) -> N
               file=sys.stderr)
 
 
-def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
+def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int, finished_step: int | None) -> dict:
     return {
         "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "ema": st.ema.state_dict() if st.ema is not None else None,
@@ -499,6 +505,7 @@ def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int) -> dict:
                  "world_size": d.world, "batch_size": cfg.data.batch_size},
         "config": cfg.to_dict(),
         "model_config": st.model.cfg.to_dict(),  # what load_model builds the network from (model.init may be gone)
+        **({"finished_step": finished_step} if finished_step is not None else {}),
     }
 
 

@@ -958,6 +958,27 @@ def test_inputs_with_the_same_stem_never_overwrite_each_other(checkpoint, tmp_pa
     assert "predicted 0 panorama(s); skipped 3" in capsys.readouterr().out
 
 
+def test_a_killed_runs_record_does_not_vouch_for_outputs_it_never_wrote(checkpoint, tmp_path, capsys):
+    """A run killed between its npy and its ply leaves a record listing both, incomplete. A rerun with --outputs npy
+    carried the ply into its complete record, and a later file of that name (not dap's) passed as a finished
+    output."""
+    import json
+
+    io.write_rgb(tmp_path / "pano.jpg", _pano(32, 64, 1))
+    out = tmp_path / "out"
+    assert _predict_cli([tmp_path / "pano.jpg"], out, checkpoint, "--outputs", "npy,ply,exr") == 0
+    record = json.loads((out / ".pano.dap.json").read_text())
+    (out / ".pano.dap.json").write_text(json.dumps({**record, "complete": False}))  # as the kill leaves it
+    (out / "pano.ply").unlink()
+    assert _predict_cli([tmp_path / "pano.jpg"], out, checkpoint, "--outputs", "npy") == 0
+    assert json.loads((out / ".pano.dap.json").read_text())["outputs"] == ["exr", "npy"]  # the exr was written
+    (out / "pano.ply").write_text("the user's own cloud")
+    capsys.readouterr()
+    assert _predict_cli([tmp_path / "pano.jpg"], out, checkpoint, "--outputs", "npy,ply") == 2
+    assert "pano.ply already exists but is not among the outputs recorded" in capsys.readouterr().err
+    assert (out / "pano.ply").read_text() == "the user's own cloud"
+
+
 def test_rerun_skips_only_outputs_made_from_the_same_file_model_and_settings(checkpoint, tiny_model, tmp_path,
                                                                               capsys):
     """Outputs record what made them (.<name>.dap.json): a rerun skips them only if the input file, the model and

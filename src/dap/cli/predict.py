@@ -358,8 +358,12 @@ def _decoded(items, args, kinds, settings, failures, counts):
                 if item.video and args.smooth_scale:  # in order, through the main thread, which smooths
                     yield seq, item, None, recorded.get("smooth_log_median"), None, None, []
                 continue
-            # outputs of other kinds this record lists, made the same way, stay listed beside the new ones
-            expected = {**expected, "outputs": sorted(listed - paths.keys())}
+            # outputs of other kinds this record lists, made the same way, stay listed beside the new ones: those on
+            # disk (each written whole) where a killed run's record lists kinds it may not have come to
+            others = output_paths(args.out, item.name, [k for k in listed - paths.keys() if k in OUTPUT_KINDS])
+            if not recorded.get("complete", True):
+                others = {k: p for k, p in others.items() if outputs_complete({k: p})}
+            expected = {**expected, "outputs": sorted(others)}
         elif not args.overwrite and (foreign := next((p for p in paths.values() if os.path.lexists(p)), None)):
             # no record: not written by dap predict (it records before it writes), e.g. the user's ground truth
             fail(seq, item, f"{foreign} already exists and was not written by dap predict (no {record.name} beside "

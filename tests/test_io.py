@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import struct
 import warnings
 import zlib
@@ -183,6 +184,45 @@ def test_a_refused_run_removes_no_temporary_of_the_run_it_is_refused_by(tmp_path
         assert tmp.exists()
     with io.folder_lock(tmp_path, "the next dap predict"):  # held: the killed run's leftovers go
         assert not tmp.exists()
+
+
+def test_a_held_run_removes_no_temporary_of_another_run_in_a_sub_folder(tmp_path):
+    """A run's clean-up walked its whole folder: `dap predict --out par` removed the panels folder a `dap eval --out
+    par/ev` was still filling (written in its first minute, untouched since), and the evaluation failed at its end."""
+    tmp = tmp_path / "ev" / ".panels.0123456789ab.tmp"
+    with io.folder_lock(tmp_path / "ev", "dap eval"):
+        tmp.mkdir(parents=True)
+        os.utime(tmp, (1, 1))  # "stale" by age
+        with io.folder_lock(tmp_path, "dap predict"):
+            assert tmp.exists()
+    with io.folder_lock(tmp_path, "dap predict"):  # no run holds ev now: a killed run's leftover
+        assert not tmp.exists()
+
+
+@pytest.mark.parametrize("unsafe", ["open to others", "a link"])
+def test_a_lock_folder_others_could_write_is_refused(tmp_path, monkeypatch, unsafe):
+    """The lock folder has a predictable name in the shared /tmp and was used whoever made it, its lock file opened
+    through links and emptied: another user could make it first, plant <hash>.lock -> ~/.bashrc, and have any dap
+    command empty that file."""
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    folder = tmp_path / "out"
+    locks = io.lock_path(folder).parent
+    if unsafe == "a link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        locks.symlink_to(tmp_path / "elsewhere")
+    else:
+        locks.mkdir()
+        locks.chmod(0o777)
+    io.lock_path(folder).symlink_to(victim)
+    with pytest.raises(DapError, match=f"the lock folder {re.escape(str(locks))} .*remove it, or set TMPDIR to a "
+                                       "folder of your own"):
+        with io.folder_lock(folder, "dap predict"):
+            pass
+    assert victim.read_text() == "precious"
 
 
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):

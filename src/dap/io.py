@@ -78,9 +78,12 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
     import fcntl
 
     path = lock_path(folder)
-    path.parent.mkdir(mode=0o700, exist_ok=True)
+    _check_private(path.parent)
     while True:
-        f = open(path, "a+")  # closed below, or after the block
+        try:  # not through a link (a private folder has none; a lock file is never one)
+            f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600), "r+")
+        except OSError as e:
+            raise DapError(f"cannot open the lock file {path} ({e.strerror}); remove it") from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -108,6 +111,21 @@ def folder_lock(folder: PathLike, what: str) -> Iterator[None]:
             _HELD_LOCKS.discard(f.fileno())
             path.unlink(missing_ok=True)  # while still held: whoever opens `path` next makes a new file
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _check_private(folder: Path) -> None:
+    """Make the lock folder, or refuse one that another user could write in: its name is predictable in a shared
+    temporary folder, and a lock file planted there as a link would have dap empty the file it points at."""
+    import stat
+
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    why = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else "is not a folder" if not stat.S_ISDIR(st.st_mode)
+           else f"belongs to another user (uid {st.st_uid})" if st.st_uid != os.getuid()
+           else "can be written by other users" if st.st_mode & 0o022 else None)
+    if why:
+        raise DapError(f"the lock folder {folder} {why}, so others could plant files in it that dap would write "
+                       "through; remove it, or set TMPDIR to a folder of your own")
 
 
 # The lock files `folder_lock` holds in this process. A forked child (a DataLoader worker) shares each one's lock
@@ -198,17 +216,20 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
 STALE_AFTER_S = 60
 """Temporaries younger than this may belong to a run still writing them (one that takes no folder lock)."""
 
-# atomic_write's temporaries (".<name>.<12 hex>.tmp[.suffix]") and predict's cubemap folders (".<name>.cube.tmp")
+# atomic_write's and atomic_folder's temporaries (".<name>.<12 hex>.tmp[.suffix]"), and the cubemap folders of dap
+# predict before 2026-11-28 (".<name>.cube.tmp")
 TEMPORARY_NAME = re.compile(r"\..+\.([0-9a-f]{12}\.tmp(\.[^.]*)?|cube\.tmp)")
 
 
 def remove_temporaries(folder: PathLike, *, older_than_s: float = 0.0) -> int:
-    """Remove the hidden temporaries (files and cube folders) that a killed run left anywhere under `folder`;
-    with `older_than_s`, only those last modified longer ago (younger ones may belong to a run still writing).
-    Returns how many were removed."""
+    """Remove the hidden temporaries (files and folders) that a killed run left anywhere under `folder`, but not in
+    a sub-folder another run holds (`folder_lock`: an evaluation into <folder>/ev fills its panels folder for as long
+    as it runs); with `older_than_s`, only those last modified longer ago (younger ones may belong to a run still
+    writing). Returns how many were removed."""
     removed = 0
     now = time.time()
     for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not lock_path(Path(root) / d).exists()]
         for name in [*files, *dirs]:
             path = Path(root) / name
             try:

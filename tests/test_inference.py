@@ -1215,6 +1215,28 @@ def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, cap
     assert "skipped 1" in capsys.readouterr().out
 
 
+def test_two_writers_of_one_cubemap_do_not_share_a_temporary_folder(tmp_path, monkeypatch):
+    """The cubemap was written into a fixed ".<name>.cube.tmp", which a second writer of the same path removed
+    first: the first writer's faces went with it (a FileNotFoundError mid-write)."""
+    from dap.inference import _write_cubemap
+
+    rgb, depth = _pano(32, 64), np.full((32, 64), 2.0, np.float32)
+    write_depth, nested = io.write_depth, []
+
+    def second_writer_meanwhile(path, *args, **kwargs):
+        if not nested:  # while the first writer is half-way, another writes the same cubemap
+            nested.append(True)
+            _write_cubemap(tmp_path / "a.cube", rgb, depth * 2)
+        return write_depth(path, *args, **kwargs)
+
+    monkeypatch.setattr(io, "write_depth", second_writer_meanwhile)
+    _write_cubemap(tmp_path / "a.cube", rgb, depth)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cube"]  # one folder, no temporaries
+    faces = sorted(p.name for p in (tmp_path / "a.cube").iterdir())
+    assert faces == sorted(f"{axis}.{part}" for axis in geometry.CUBE_FACES for part in ("depth.npy", "rgb.png"))
+    assert np.allclose(np.load(tmp_path / "a.cube" / "+x.depth.npy"), 2.0)  # the last writer's, whole
+
+
 def test_out_folder_equal_to_input_folder_skips_our_outputs(checkpoint, tmp_path, capsys):
     src = tmp_path / "panos"
     io.write_rgb(src / "pano.png", _pano(32, 64))

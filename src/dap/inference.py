@@ -1312,21 +1312,17 @@ def outputs_complete(paths: dict[str, Path]) -> bool:
 
 
 def _write_cubemap(path: Path, rgb: np.ndarray, depth: np.ndarray) -> None:
-    """Six faces of RGB and depth, written to a temporary folder that is renamed when complete, so a killed
-    run never leaves a partial folder under the final name."""
+    """Six faces of RGB and depth, in a folder that replaces `path` only once complete (`io.atomic_folder`): a killed
+    run leaves the earlier folder or the new one, never a partial one, and two writers never share a temporary."""
     from dap import io
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)  # left behind by a run that was killed while writing
-    tmp.mkdir(parents=True)
     face = max(16, depth.shape[0] // 2)
     faces_rgb = geometry.erp_to_cubemap(rgb, face)
     faces_depth = geometry.erp_to_cubemap(depth, face, mode="nearest")
-    for i, axis in enumerate(geometry.CUBE_FACES):
-        io.write_rgb(tmp / f"{axis}.rgb.png", faces_rgb[i])
-        io.write_depth(tmp / f"{axis}.depth.npy", faces_depth[i])
-    shutil.rmtree(path, ignore_errors=True)  # an older (or partial) result being replaced
-    tmp.rename(path)
+    with io.atomic_folder(path) as tmp:
+        for i, axis in enumerate(geometry.CUBE_FACES):
+            io.write_rgb(tmp / f"{axis}.rgb.png", faces_rgb[i])
+            io.write_depth(tmp / f"{axis}.depth.npy", faces_depth[i])
 
 
 def write_outputs(pred: Prediction, paths: dict[str, Path], *, point_stride: int = 1) -> list[str]:

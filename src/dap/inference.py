@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field

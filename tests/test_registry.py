@@ -122,6 +122,20 @@ def test_a_damaged_conversion_in_the_cache_is_made_again(tiny_release, hub):
     assert os.listdir(converted.parent) == [COMMIT]
 
 
+def test_a_killed_conversions_folder_is_removed_by_the_next_one(tiny_release, hub):
+    """A conversion killed while writing left its temporary folder (a whole copy of the weights, 1.4 GB for
+    dap-vitl) in the cache for good: its name was not one any clean-up knew."""
+    folder = hub / "dap" / "converted" / "dap-vitl"
+    killed = folder / f".{COMMIT}.0123456789ab.tmp"  # the name a conversion writes into first
+    killed.mkdir(parents=True)
+    (killed / "model.safetensors").write_bytes(b"half")
+    young = folder / f".{COMMIT}.ba9876543210.tmp"  # another process converting right now
+    young.mkdir()
+    os.utime(killed, (1, 1))
+    load_model("dap-vitl")
+    assert sorted(os.listdir(folder)) == sorted([COMMIT, young.name])
+
+
 def test_a_cached_release_is_used_without_asking_the_hub(tiny_release, monkeypatch):
     """Online mode and no network: hf_hub_download spent 23 s retrying a HEAD request before it fell back on the
     cached file, on every run. A cached file is now used as it is."""

@@ -15,7 +15,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import tempfile
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +84,12 @@ def weights_path(name: str, *, again: bool = False) -> Path:
     out = cache_dir() / "converted" / entry.name / pth.parent.name
     if again or not (out / "config.json").exists():
         shutil.rmtree(out, ignore_errors=True)  # a damaged conversion, or what is left of one
+        # and the temporaries of conversions killed while writing (a copy of the weights each); one younger than an
+        # hour may be another process's, converting now
+        if out.parent.is_dir():
+            from dap.io import remove_temporaries
+
+            remove_temporaries(out.parent, older_than_s=3600)
         _convert(entry, pth, out)
     return out
 
@@ -137,6 +142,7 @@ def _resolves(host: str | None) -> bool:
 
 
 def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:
+    from dap.io import temporary_path
     from dap.models.checkpoint import load_model, save_model
 
     try:
@@ -151,9 +157,9 @@ def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     # Written beside its final place, then renamed: a reader (or a second process) sees all of it or nothing.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = temporary_path(out)  # a name remove_temporaries knows, for what a kill leaves
+    tmp.mkdir(mode=0o755)  # readable to others, as a shared cache must be
     try:
-        os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; a shared cache must stay readable to others
         save_model(model, tmp, training={"converted_from": f"{entry.source}@{out.name}", "registered_as": entry.name})
         try:
             tmp.rename(out)

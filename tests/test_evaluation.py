@@ -338,7 +338,8 @@ def test_a_rerun_that_stops_keeps_the_earlier_run_whole(tmp_path):
     ds, out = FolderDataset(tmp_path / "data"), tmp_path / "out"
     cfg = EvalConfig(protocols=("metric",), max_depth=10.0, panels=3)
     evaluate(ds, StubPredictor(), config=cfg, out_dir=out)
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet", "panels"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet", "panels",
+                                               ".dap-eval"}
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
 
     def fails_on_the_second(rgb, calls=[]):  # noqa: B006 - counts the calls
@@ -356,7 +357,37 @@ def test_a_rerun_that_stops_keeps_the_earlier_run_whole(tmp_path):
     evaluate(ds, StubPredictor(), config=EvalConfig(protocols=("metric",), max_depth=10.0, panels=1), out_dir=out)
     assert [p.name for p in (out / "panels").iterdir()] == ["s0.png"]
     evaluate(ds, StubPredictor(), config=EvalConfig(protocols=("metric",), max_depth=10.0, panels=0), out_dir=out)
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "per_image.csv", "per_image.parquet", ".dap-eval"}
+
+
+def test_reports_are_replaced_as_a_set_and_only_reports_of_dap_eval(tmp_path, monkeypatch):
+    """An --out holding the user's own panels/ or metrics.json had them replaced or deleted (--panels 0); and a run
+    killed while it switched its reports in left its panels beside the earlier run's metrics.json."""
+    import dap.evaluation as evaluation
+    from dap.data.datasets import FolderDataset
+
+    make_folder(tmp_path / "data", n=3)
+    ds = FolderDataset(tmp_path / "data")
+    for name, panels in (("mine", 2), ("thesis", 0)):
+        out = tmp_path / name
+        (out / "panels").mkdir(parents=True)
+        (out / "panels" / "figure.pdf").write_text("the user's")
+        (out / "metrics.json").write_text('{"mine": 1}')
+        with pytest.raises(DapError, match="already holds metrics.json, panels, not written by dap eval"):
+            evaluate(ds, StubPredictor(), config=EvalConfig(max_depth=10.0, panels=panels), out_dir=out)
+        assert (out / "panels" / "figure.pdf").read_text() == "the user's"
+        assert (out / "metrics.json").read_text() == '{"mine": 1}'
+
+    out = tmp_path / "out"
+    evaluate(ds, StubPredictor(), config=EvalConfig(max_depth=10.0, panels=3), out_dir=out)
+    (out / ".dap-eval").unlink()  # as a folder of an earlier version: its metrics.json says it is ours
+    monkeypatch.setattr(evaluation, "_write_reports", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # killed after its panels are in, before its tables and summary
+        evaluate(ds, StubPredictor(), config=EvalConfig(max_depth=10.0, panels=1), out_dir=out)
+    assert [p.name for p in (out / "panels").iterdir()] == ["s0.png"] and not (out / "metrics.json").exists()
+    monkeypatch.undo()
+    evaluate(ds, StubPredictor(), config=EvalConfig(max_depth=10.0, panels=1), out_dir=out)  # still ours
+    assert (out / "metrics.json").is_file()
 
 
 def test_eval_size_keeps_a_prediction_on_the_gt_grid_aligned_with_it():

@@ -459,6 +459,39 @@ def _saved_prediction_path(predictions_dir: Path, name: str) -> Path:
     return found
 
 
+REPORTS = ("metrics.json", "per_image.parquet", "per_image.csv", "panels")
+REPORTS_MARK = ".dap-eval"
+"""A hidden file in an --out whose reports dap eval wrote (its metrics.json is missing while a run replaces them)."""
+
+
+def _check_reports_are_ours(out: Path) -> None:
+    """Refuse an --out whose report names hold files dap eval did not write (a figure in panels/, the user's own
+    metrics.json): a run replaces them whole."""
+    present = [name for name in REPORTS if os.path.lexists(out / name)]
+    if not present or (out / REPORTS_MARK).exists():
+        return
+    try:  # reports of a version before the mark: its summary says so
+        summary = json.loads((out / "metrics.json").read_text())
+        if isinstance(summary, dict) and {"config", "protocols"} <= summary.keys():
+            return
+    except (OSError, ValueError):
+        pass
+    raise DapError(f"{out} already holds {', '.join(present)}, not written by dap eval, which would replace them; "
+                   "choose another --out, or move them away")
+
+
+def _begin_replacing_reports(out: Path) -> None:
+    """From here an earlier run's reports are replaced: marked as ours, and its summary goes first, so that no
+    metrics.json ever stands beside panels and tables of another run (a kill before the last one is written)."""
+    from dap.io import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / REPORTS_MARK).exists():
+        with atomic_write(out / REPORTS_MARK) as tmp:
+            tmp.write_text("the reports in this folder (metrics.json, per_image.*, panels/) were written by dap eval\n")
+    (out / "metrics.json").unlink(missing_ok=True)
+
+
 def _check_cache(cache_dir: Path, cache_key: dict) -> None:
     """Cached predictions are reused only under the same key; a run with another key is refused, not mixed."""
     from dap.io import atomic_write
@@ -590,6 +623,8 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
               progress: bool) -> dict:
     from dap.io import atomic_folder, write_npy, write_rgb
 
+    if out is not None:
+        _check_reports_are_ours(out)
     cache_dir = out / "predictions" if out is not None and predictor is not None and cache_key else None
     if cache_dir is not None:
         # files named by sample and input digest: caches of the earlier layout (by name alone) are refused
@@ -659,6 +694,8 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         for text, names in input_warnings.items():
             which = f"sample {names[0]}" if len(names) == 1 else f"{len(names)} of {n} samples, the first {names[0]}"
             warn_input(f"{which}: {text}")
+        if out is not None:
+            _begin_replacing_reports(out)
     if out is not None and not cfg.panels:
         shutil.rmtree(out / "panels", ignore_errors=True)
     summary = {

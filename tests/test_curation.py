@@ -1308,6 +1308,11 @@ def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labe
         format_summary(summary)
     status(pool, tmp_path / "plots")  # the contact sheet leaves it out (it read it: FileNotFoundError)
     assert (tmp_path / "plots" / "contact_sheet_disc.png").is_file()
+    # scores cleared since: the earlier run's score plots stood beside this run's as if they were its own
+    write_manifest(pool, [{**r, "disc_score": math.nan, "selected": False} for r in rows])
+    _, written = status(pool, tmp_path / "plots")
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in written)
+    assert "hist_disc_score.png" not in {p.name for p in written}
     with pytest.raises(DatasetLayoutError, match=r"1 stage1 label file\(s\) that the manifest of .* names are gone "
                                                  rf"\(e\.g\. labels/stage1/{rows[1]['id']}\.npz\): run `dap curate "
                                                  "label --pool .* --model <the model that made the others>`"):

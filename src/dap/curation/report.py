@@ -115,7 +115,13 @@ def contact_sheet(pool: Path, rows: list[dict], path: Path, *, key: str = "disc_
     return path
 
 
+PLOTS = ("hist_disc_score.png", "hist_stage1_tta_absrel.png", "hist_tilt_deg.png", "contact_sheet_disc.png")
+"""What `status` may write into its plots folder (`write_histograms` and `contact_sheet`)."""
+
+
 def status(pool: str | Path, plots: str | Path | None = None) -> tuple[dict, list[Path]]:
+    """The pool's summary and, with `plots`, the plots written there. A plot this run has no data for is removed
+    from `plots` when an earlier run wrote it: it would stand beside this run's as if it were its own."""
     pool = Path(pool)
     rows = read_manifest(pool)
     gone = {stage: {r["id"] for r in lost_labels(pool, rows, stage)} for stage in STAGES}  # one look at the files
@@ -127,6 +133,8 @@ def status(pool: str | Path, plots: str | Path | None = None) -> tuple[dict, lis
         readable = [r for r in rows if r["id"] not in gone["stage1"]]
         sheet = contact_sheet(pool, readable, plots / "contact_sheet_disc.png")
         written += [sheet] if sheet else []
+        for name in set(PLOTS) - {p.name for p in written}:
+            (plots / name).unlink(missing_ok=True)
     summary = pool_summary(rows)
     summary["label_files_gone"] = {stage: len(ids) for stage, ids in gone.items()}
     return summary, written

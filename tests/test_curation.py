@@ -1313,6 +1313,7 @@ def test_a_label_file_deleted_after_labelling_is_reported_and_refused_until_labe
     _, written = status(pool, tmp_path / "plots")
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(p.name for p in written)
     assert "hist_disc_score.png" not in {p.name for p in written}
+    write_manifest(pool, rows)
     with pytest.raises(DatasetLayoutError, match=r"1 stage1 label file\(s\) that the manifest of .* names are gone "
                                                  rf"\(e\.g\. labels/stage1/{rows[1]['id']}\.npz\): run `dap curate "
                                                  "label --pool .* --model <the model that made the others>`"):

@@ -1215,6 +1215,40 @@ def test_partial_cubemap_folder_is_not_counted_as_done(checkpoint, tmp_path, cap
     assert "skipped 1" in capsys.readouterr().out
 
 
+def test_an_input_reached_through_a_link_is_never_its_own_output(checkpoint, tmp_path, capsys):
+    """Inputs and outputs were compared as spelt: an HDR panorama given through a linked folder (or predicted into
+    a link to its own folder) was replaced by its own depth map with --overwrite, which the message advised."""
+    (tmp_path / "hx").mkdir()
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage},
+                 {"RGB": _pano(32, 64)}).write(str(tmp_path / "hx" / "pano.exr"))
+    before = (tmp_path / "hx" / "pano.exr").read_bytes()
+    (tmp_path / "link").symlink_to(tmp_path / "hx")
+    for inputs, out in (([tmp_path / "link" / "pano.exr"], tmp_path / "hx"), ([tmp_path / "hx"], tmp_path / "link")):
+        assert _predict_cli(inputs, out, checkpoint, "--outputs", "exr", "--overwrite") == 2
+        assert "its exr output would overwrite the input itself" in capsys.readouterr().err
+        assert (tmp_path / "hx" / "pano.exr").read_bytes() == before
+
+
+def test_a_folder_in_the_way_of_one_output_fails_that_input_only(checkpoint, tmp_path, capsys):
+    """A folder where an output file goes ended the whole run ("check that the disk is healthy"), left a record
+    saying the outputs were being written, and every rerun ended there again."""
+    for name in "abc":
+        io.write_rgb(tmp_path / "in" / f"{name}.png", _pano(32, 64))
+    (tmp_path / "out" / "b.npy").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        assert _predict_cli([tmp_path / "in"], tmp_path / "out", checkpoint, "--outputs", "npy", *extra) == 1
+        captured = capsys.readouterr()
+        assert f"a folder is in the way of its npy output, {tmp_path / 'out' / 'b.npy'}" in captured.err
+        assert "predicted 2 panorama(s)" in captured.out or "skipped 2" in captured.out
+    assert sorted(_files(tmp_path / "out")) == ["a.npy", "c.npy"]
+    # one input's output folder in the way of another's output file, made while the run goes
+    io.write_rgb(tmp_path / "r" / "a.png", _pano(32, 64))
+    io.write_rgb(tmp_path / "r" / "a.npy" / "b.png", _pano(32, 64))
+    assert _predict_cli([tmp_path / "r" / "**" / "*.png"], tmp_path / "o2", checkpoint, "--outputs", "npy") == 1
+    assert f"{tmp_path / 'o2' / 'a.npy'}" in capsys.readouterr().err
+    assert _files(tmp_path / "o2") == ["a.npy/b.npy"]
+
+
 def test_two_writers_of_one_cubemap_do_not_share_a_temporary_folder(tmp_path, monkeypatch):
     """The cubemap was written into a fixed ".<name>.cube.tmp", which a second writer of the same path removed
     first: the first writer's faces went with it (a FileNotFoundError mid-write)."""

@@ -287,7 +287,8 @@ def _decoded(items, args, kinds, settings, failures, counts):
     from dap import io
 
     sources: dict[str, str] = {}  # output name -> input that has it this run
-    inputs = {os.path.abspath(i.video or i.source) for i in items}  # no output may replace an input, --overwrite or not
+    # no output may replace an input, --overwrite or not: compared as real paths (an input or --out through a link)
+    inputs = {os.path.realpath(i.video or i.source) for i in items}
     video_failures: list[tuple[str, str]] = []  # a video that cannot be decoded: reported at its position
 
     def fail(seq: int, item, reason: str, kind: str) -> None:
@@ -310,15 +311,18 @@ def _decoded(items, args, kinds, settings, failures, counts):
             continue
         sources[item.name] = item.source
         paths = output_paths(args.out, item.name, kinds)
-        clash = next((k for k, p in paths.items() if os.path.abspath(p) in inputs), None)
+        clash = next((k for k, p in paths.items() if os.path.realpath(p) in inputs), None)
         if clash:  # an HDR panorama pano.exr predicted into its own folder with --outputs exr; x.png beside x.mask.png
-            which = ("the input itself" if os.path.abspath(paths[clash]) == os.path.abspath(item.source)
+            which = ("the input itself" if os.path.realpath(paths[clash]) == os.path.realpath(item.source)
                      else f"the input {paths[clash]}")
             fail(seq, item, f"its {clash} output would overwrite {which}; predict into another --out, or leave that "
                             "output out", "clash")
             continue
         record = record_path(args.out, item.name)
-        unwritable = name_too_long([*paths.values(), record]) or blocked_folder([*paths.values(), record])
+        in_the_way = next((k for k, p in paths.items() if k != "cubemap" and os.path.isdir(p)), None)
+        unwritable = (name_too_long([*paths.values(), record]) or blocked_folder([*paths.values(), record])
+                      or in_the_way and f"a folder is in the way of its {in_the_way} output, {paths[in_the_way]}; move "
+                                        "it away, or predict into another --out")
         if unwritable:  # an input's problem, found before decoding it; a write error would end the whole run
             fail(seq, item, unwritable, "unwritable")
             continue
@@ -450,6 +454,9 @@ def _write(job, point_stride: int, failures: _Failures, counts: dict) -> None:
         counts["done"] += 1
     except DapError as e:  # e.g. a panorama too small for a cubemap; OSError (disk full) ends the run
         failures.add(seq, item.source, str(e), item.video)
+    except (IsADirectoryError, NotADirectoryError, FileExistsError) as e:  # the path, not the disk: one input's
+        # problem (another input's output folder made since its check: inputs a.png and a.npy/b.png)
+        failures.add(seq, item.source, f"cannot write its outputs: {e.strerror}, {e.filename}", item.video)
 
 
 def _background(iterable, size: int = 2):

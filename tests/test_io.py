@@ -171,6 +171,15 @@ def test_atomic_folder_leaves_the_old_folder_or_the_new_one(tmp_path):
     assert (out / "a").read_text() == "1" and not list(tmp_path.glob("*.old"))
 
 
+def test_atomic_folder_replacing_a_file_leaves_no_backup(tmp_path):
+    """A file where the folder goes (a user's, replaced with --overwrite) stayed as a hidden ".<name>.<hex>.old":
+    the backup was removed as a folder only."""
+    (tmp_path / "a.cube").write_text("a file")
+    with io.atomic_folder(tmp_path / "a.cube") as tmp:
+        (tmp / "face").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.cube"] and (tmp_path / "a.cube" / "face").is_file()
+
+
 def test_a_refused_run_removes_no_temporary_of_the_run_it_is_refused_by(tmp_path, monkeypatch):
     """The commands removed stale temporaries of their output folder before taking its lock: a run paused (or slow)
     for over a minute lost the file it was writing to the run refused beside it, and then failed."""

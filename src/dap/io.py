@@ -197,8 +197,8 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
                if re.fullmatch(rf"\.{re.escape(path.name)}\.[0-9a-f]{{12}}\.old", p.name)]
     if backups and not path.exists():  # killed between the renames: the earlier folder is the one there was
         max(backups, key=lambda p: p.stat().st_mtime).rename(path)
-    for stale in (p for p in backups if p.exists()):  # killed after them
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in (p for p in backups if os.path.lexists(p)):  # killed after them
+        _remove(stale)
     token = uuid.uuid4().hex[:12]
     tmp, backup = temporary_path(path, token), path.with_name(f".{path.name}.{token}.old")
     tmp.mkdir()
@@ -210,7 +210,16 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    shutil.rmtree(backup, ignore_errors=True)
+    _remove(backup)
+
+
+def _remove(path: Path) -> None:
+    """A folder with what it holds, or a file (what stood where `atomic_folder` writes: a user's file, with
+    --overwrite)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 STALE_AFTER_S = 60

@@ -234,6 +234,22 @@ def test_a_lock_folder_others_could_write_is_refused(tmp_path, monkeypatch, unsa
     assert victim.read_text() == "precious"
 
 
+def test_a_multi_page_tiff_cut_short_in_a_later_page_reads_its_first(tmp_path):
+    """Pillow's frame count raised TypeError ("Missing dimensions") on a TIFF cut short in its second page's header:
+    a traceback from read_rgb, and dap predict ended the whole folder run on it."""
+    import struct
+
+    first, second = (Image.fromarray(np.full((32, 64, 3), v, np.uint8)) for v in (60, 200))
+    first.save(tmp_path / "two.tif", save_all=True, append_images=[second])
+    data = (tmp_path / "two.tif").read_bytes()
+    ifd = struct.unpack("<I", data[4:8])[0]
+    entries = struct.unpack("<H", data[ifd:ifd + 2])[0]
+    page2 = struct.unpack("<I", data[ifd + 2 + 12 * entries:ifd + 6 + 12 * entries])[0]
+    (tmp_path / "cut.tif").write_bytes(data[:page2 + 2])  # the second page's header cut short
+    rgb, notes = io.read_rgb_notes(tmp_path / "cut.tif")
+    assert np.allclose(rgb, 60 / 255) and "frames" in notes[0]
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

@@ -751,9 +751,14 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
         img.load()
         notes = []
         # a JPEG's further MPO images are a preview, an HDR gain map or a stereo view of the one photo: not frames
-        if (frames := int(getattr(img, "n_frames", 1))) > 1 and img.format != "MPO":
-            notes.append(f"the file holds {frames} frames (an animation or a multi-page image); only the first is "
-                         "predicted. Save the frames as separate images, or a video as .mp4, to predict them all")
+        try:
+            frames = int(getattr(img, "n_frames", 1))
+        except TypeError:  # Pillow, for a multi-page TIFF cut short in a later page's header ("Missing dimensions")
+            frames = None
+        if (frames is None or frames > 1) and img.format != "MPO":
+            notes.append(f"the file holds {frames or 'several'} frames (an animation or a multi-page image); only the "
+                         "first is predicted. Save the frames as separate images, or a video as .mp4, to predict them "
+                         "all")
         if note := transparency_note(img):
             notes.append(note)
         if deep_colour:

@@ -87,6 +87,10 @@ def test_wrong_aspect_is_an_error_unless_padded(tiny_model):
     assert res.range_mask[:4].all() and res.range_mask[28:].all() and (res.depth[:4] == 0).all()
     with pytest.raises(NotPanoramaError, match="too tall"):
         predict(_pano(40, 64), tiny_model, resolution=(32, 64), pad_to_erp=True)
+    # a 40000x10 strip (a 350 KB JPEG) padded to 40000x20000 allocated 9.6 GB before any check
+    with pytest.raises(NotPanoramaError, match=r"padded to 2:1, the 40000x10 image would be 40000x20000 \(800 MP\), "
+                                               r"more than .* downscale it first"):
+        predict(np.zeros((10, 40000, 3), np.float32), tiny_model, resolution=(32, 64), pad_to_erp=True)
 
 
 def test_a_partial_photo_sphere_is_padded_where_its_xmp_puts_it(tiny_model, checkpoint, tmp_path, capsys):

@@ -216,6 +216,14 @@ def pad_rows_to_erp(rgb: np.ndarray, top: int | None = None) -> tuple[np.ndarray
     if w % 2:  # the full panorama would be w/2 rows high
         raise NotPanoramaError(f"image is {w}x{h}: a partial panorama's width must be even (it is padded to "
                                f"{w}x{w / 2:g} otherwise); crop or resize it to {w - 1} or {w + 1} pixels wide")
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS  # as a decoded image's: twice it is where Pillow refuses to decode one
+    if limit and w * (w // 2) > 2 * limit:
+        raise NotPanoramaError(
+            f"padded to 2:1, the {w}x{h} image would be {w}x{w // 2} ({w * (w // 2) / 1e6:.0f} MP), more than the "
+            f"{2 * limit / 1e6:.0f} MP an image may have (PIL.Image.MAX_IMAGE_PIXELS); downscale it first (the model "
+            "sees 1024 or 512 pixels across)")
     top = (w // 2 - h) // 2 if top is None else top
     if not 0 <= top <= w // 2 - h:
         raise DapError(f"pad_top {top} puts a {w}x{h} partial panorama outside its 2:1 panorama: it must be 0 to "

@@ -1317,6 +1317,19 @@ def test_links_to_one_file_and_link_loops_give_each_file_once(checkpoint, tmp_pa
     assert "predicted 2 panorama(s)" in printed.out and "ignoring" not in printed.err
 
 
+def test_a_pattern_going_round_two_link_loops_is_refused_not_run_forever(tmp_path):
+    """'dir/**' over a folder with two links back into it ran for ever (2^40 paths: glob follows links until the
+    system's 40 hops), its memory growing; one loop gives each file ~40 paths, which the listing folds."""
+    from dap.inference import expand_inputs
+
+    io.write_rgb(tmp_path / "L" / "p.png", _pano(32, 64))
+    (tmp_path / "L" / "self").symlink_to("../L")
+    (tmp_path / "L" / "sub").mkdir()
+    (tmp_path / "L" / "sub" / "up").symlink_to("..")
+    with pytest.raises(DapError, match=r"the pattern '.*L/\*\*' reaches .* over and over through symbolic links"):
+        expand_inputs([str(tmp_path / "L" / "**")])
+
+
 def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpoint, tmp_path, capsys):
     src = tmp_path / "panos"
     io.write_rgb(src / "pano.png", _pano(32, 64))

@@ -1090,13 +1090,29 @@ def _why_missing(spec: str) -> str | None:
     return missing_file_hint(spec) or dangling_link(spec)
 
 
+def _glob(spec: str) -> list[Path]:
+    """The paths a pattern matches, sorted, ** at any depth as in shells. glob follows links to folders, up to the
+    system's 40 hops per path: a link back into the folder gives each file ~40 paths (folded later, by real path),
+    two of them 2^40, so a file reached more than 1000 ways stops the listing."""
+    import glob
+
+    found, ways = [], Counter()
+    for path in glob.iglob(spec, recursive=True):
+        real = os.path.realpath(path)
+        ways[real] += 1
+        if ways[real] > 1000:
+            raise DapError(f"the pattern {spec!r} reaches {real} over and over through symbolic links that lead back "
+                           "into its folders; remove those links, or give the folders without **")
+        found.append(Path(path))
+    return sorted(found)
+
+
 def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     """Files, folders (their images, sorted), globs (** at any depth) and videos (one item each, see
     `iter_frames`) -> items, each file once, named by `output_names`; and the other files and the sub-folders of
     the folders given, which were left out (a .heic where Pillow lacks its plug-in, notes), so the caller can say
     so. A path that does not exist, a pattern that matches nothing and a folder without images raise DapError
     (before any model is loaded)."""
-    import glob
 
     from dap import io
 
@@ -1109,7 +1125,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     listed_dirs: set[str] = set()  # folders listed in their own right ('panos/**' matches the sub-folders too)
     for spec in inputs:
         if _is_pattern(spec):
-            found = [Path(p) for p in sorted(glob.glob(spec, recursive=True))]  # ** at any depth, as in shells
+            found = _glob(spec)
             # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
             found = [p for p in found if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
                      and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p)

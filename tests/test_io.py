@@ -250,6 +250,19 @@ def test_a_multi_page_tiff_cut_short_in_a_later_page_reads_its_first(tmp_path):
     assert np.allclose(rgb, 60 / 255) and "frames" in notes[0]
 
 
+def test_a_16bit_min_is_white_grey_tiff_is_not_read_as_its_negative(tmp_path):
+    """TIFF photometric 0 ("min is white": a stored 0 is white): Pillow inverts such 8-bit grey as it reads it,
+    16-bit it leaves as stored, and those were read as a negative."""
+    from PIL import TiffImagePlugin
+
+    stored = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (32, 1))
+    tags = TiffImagePlugin.ImageFileDirectory_v2()
+    tags[262] = 0
+    Image.fromarray(stored, mode="I;16").save(tmp_path / "w16.tif", tiffinfo=tags)  # its pixels written as they are
+    rgb = io.read_rgb(tmp_path / "w16.tif")
+    np.testing.assert_allclose(rgb[..., 0], 1 - stored / 65535, atol=1e-6)
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

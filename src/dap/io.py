@@ -944,6 +944,9 @@ def grey_extrema(img: Image.Image) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
+TIFF_PHOTOMETRIC = 262  # the TIFF tag of how pixel values map to colours (0: grey, 0 is white)
+
+
 def pil_to_rgb(img: Image.Image) -> np.ndarray:
     """float32 (H, W, 3) RGB in [0, 1] of a PIL image: 16-bit grayscale ('I;16', or 'I', which Pillow may report
     for it; values outside 0..65535 are refused) over 65535; float ('F') as it is (for `unit_floats` to check);
@@ -955,6 +958,8 @@ def pil_to_rgb(img: Image.Image) -> np.ndarray:
                            "or 16 bits per channel, or as float 0..1")
         gray = np.asarray(img, dtype=np.float32)
         gray /= 65535.0
+        if isinstance(img, TiffImagePlugin.TiffImageFile) and img.tag_v2.get(TIFF_PHOTOMETRIC) == 0:
+            gray = 1.0 - gray  # "min is white": Pillow inverts 8-bit grey so itself, not 16-bit
         return np.repeat(gray[..., None], 3, axis=2)
     if img.mode == "F":
         return np.repeat(np.asarray(img, dtype=np.float32)[..., None], 3, axis=2)

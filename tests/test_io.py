@@ -263,6 +263,17 @@ def test_a_16bit_min_is_white_grey_tiff_is_not_read_as_its_negative(tmp_path):
     np.testing.assert_allclose(rgb[..., 0], 1 - stored / 65535, atol=1e-6)
 
 
+def test_a_npz_that_is_no_archive_is_named_so(tmp_path):
+    """A text file named .npz got numpy's advice to allow pickles; a .npy file named .npz was a TypeError."""
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "array.npy", np.ones((4, 8), np.float32))
+    (tmp_path / "array.npy").rename(tmp_path / "array.npz")
+    for name in ("text.npz", "array.npz"):
+        with pytest.raises(UnreadableFileError, match=f"cannot read .*{name}: it is not a .npz archive") as err:
+            io.read_depth(tmp_path / name)
+        assert "pickle" not in str(err.value)
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

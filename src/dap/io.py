@@ -1025,6 +1025,10 @@ def read_npy(path: PathLike) -> np.ndarray:
 
 
 def _read_depth_npz(path: Path, key: str | None) -> np.ndarray:
+    # np.load reads what it finds: a .npy as an array (no archive), anything else as a pickle, which it refuses with
+    # advice to allow pickles
+    if not zipfile.is_zipfile(path):
+        raise ValueError("it is not a .npz archive (the zip of arrays numpy.savez writes)")
     with np.load(path, allow_pickle=False) as z:
         keys = list(z.keys())
         if key is None:  # numpy.savez(path, depth=d) or numpy.savez(path, d) (stored as arr_0, as Deep360 is)

@@ -274,6 +274,15 @@ def test_a_npz_that_is_no_archive_is_named_so(tmp_path):
         assert "pickle" not in str(err.value)
 
 
+@pytest.mark.skipif(".heic" not in io.UNSUPPORTED_FORMATS, reason="this install decodes HEIF")
+def test_a_heic_photo_named_jpg_is_named_by_its_contents(tmp_path):
+    """A phone's HEIC saved as .jpg got "cannot identify image file ... re-download it if it was cut short"."""
+    (tmp_path / "pano.jpg").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    with pytest.raises(UnreadableFileError, match="pano.jpg: by its contents it is a HEIF/AVIF image, which this "
+                                                  "install does not decode: convert it to JPEG or PNG first"):
+        io.read_rgb(tmp_path / "pano.jpg")
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

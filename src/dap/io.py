@@ -344,6 +344,21 @@ def unsupported_format(path: PathLike) -> str | None:
     return UNSUPPORTED_FORMATS.get(Path(path).suffix.lower())
 
 
+# ISO 'ftyp' brands of still images (HEIF, AVIF) -> the suffix such a file has
+HEIF_BRANDS = {**dict.fromkeys((b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1"), ".heic"),
+               **dict.fromkeys((b"avif", b"avis"), ".avif")}
+
+
+def _heif_suffix(path: PathLike) -> str | None:
+    """".heic" or ".avif" for a file whose first bytes are those of a HEIF or AVIF image, whatever its name."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return None
+    return HEIF_BRANDS.get(head[8:12]) if head[4:8] == b"ftyp" else None
+
+
 def _holds_video(path: PathLike) -> bool:
     """Whether a file's first bytes are those of a video container: MP4/MOV/3GP (an ISO box 'ftyp' of a video
     brand; HEIF/AVIF images share the box), AVI, Matroska/WebM, MPEG transport stream (a sync byte every 188 bytes,
@@ -359,7 +374,7 @@ def _holds_video(path: PathLike) -> bool:
            for size, offset in ((188, 0), (192, 4))):
         return True
     if head[4:8] == b"ftyp":
-        return head[8:12] not in (b"heic", b"heix", b"hevc", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis")
+        return head[8:12] not in HEIF_BRANDS
     return (head[:4] == b"RIFF" and head[8:12] == b"AVI ") or head[:4] == b"\x1a\x45\xdf\xa3"
 
 
@@ -374,6 +389,8 @@ def _unreadable(path: Path, reason: object) -> UnreadableFileError:
     known = unsupported_format(path)
     if known:
         return UnreadableFileError(f"cannot read {path}: it is {known}.")
+    if os.path.isfile(path) and (suffix := _heif_suffix(path)) and (known := unsupported_format(f"x{suffix}")):
+        return UnreadableFileError(f"cannot read {path}: by its contents it is {known}.")
     if Path(path).suffix.lower() not in VIDEO_SUFFIXES and _holds_video(path):
         return UnreadableFileError(f"cannot read {path}: it is a video (by its contents), named as something else; "
                                    f"give it its video extension ({', '.join(VIDEO_SUFFIXES)}) to predict its frames.")

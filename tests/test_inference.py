@@ -1330,6 +1330,18 @@ def test_a_pattern_going_round_two_link_loops_is_refused_not_run_forever(tmp_pat
         expand_inputs([str(tmp_path / "L" / "**")])
 
 
+def test_hidden_images_that_are_all_there_is_are_named(tmp_path):
+    """'hid/.*.jpg' matched .secret.jpg and said "matches no panorama", a folder of it "no images found", neither
+    saying the file was seen and left out for its dot."""
+    from dap.inference import expand_inputs
+
+    io.write_rgb(tmp_path / "hid" / ".secret.jpg", _pano(32, 64))
+    for spec in (str(tmp_path / "hid" / ".*.jpg"), str(tmp_path / "hid")):
+        with pytest.raises(DapError, match=r"1 hidden image\(s\) \(\.secret\.jpg\) are left out, as names beginning "
+                                           "with a dot are"):
+            expand_inputs([spec])
+
+
 def test_folder_files_that_are_not_images_are_named_not_silently_dropped(checkpoint, tmp_path, capsys):
     src = tmp_path / "panos"
     io.write_rgb(src / "pano.png", _pano(32, 64))

@@ -1054,6 +1054,19 @@ def _ours_or_hidden(path: Path) -> bool:
     return name.endswith(tuple(OUTPUT_SUFFIXES.values()))
 
 
+def _hidden_images_note(paths: list[Path]) -> str:
+    """"; it holds N hidden image(s) ..." when some of `paths` are images whose names begin with a dot, which are
+    never inputs (a run's temporaries and records are so named); else ""."""
+    from dap import io
+
+    hidden = [p.name for p in paths if p.name.startswith(".") and p.suffix.lower() in io.IMAGE_SUFFIXES
+              and p.is_file() and not io.TEMPORARY_NAME.fullmatch(p.name)]
+    if not hidden:
+        return ""
+    return (f"; {len(hidden)} hidden image(s) ({', '.join(hidden[:3])}{', ...' if len(hidden) > 3 else ''}) are "
+            "left out, as names beginning with a dot are (dap's temporaries and records): rename them to predict them")
+
+
 def _listable(path: Path) -> bool:
     """Images a folder or glob contributes."""
     from dap import io
@@ -1125,14 +1138,15 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     listed_dirs: set[str] = set()  # folders listed in their own right ('panos/**' matches the sub-folders too)
     for spec in inputs:
         if _is_pattern(spec):
-            found = _glob(spec)
+            matched = _glob(spec)
             # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
-            found = [p for p in found if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
+            found = [p for p in matched if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
                      and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p)
                           or _listable(p))]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
-                raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}")
+                raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}"
+                               f"{_hidden_images_note(matched)}")
         else:
             found = [Path(spec)]
         listed_dirs.update(os.path.abspath(p) for p in found if p.is_dir())
@@ -1154,7 +1168,8 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                     if videos:
                         inside += (f"; it holds {len(videos)} video(s) ({', '.join(videos[:3])}"
                                    f"{', ...' if len(videos) > 3 else ''}): pass a video by its own path")
-                    raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}{inside}")
+                    raise DapError(f"no images ({', '.join(io.IMAGE_SUFFIXES)}) found in the folder {path}{inside}"
+                                   f"{_hidden_images_note(listing)}")
             else:
                 images = [path]
             for image in images:  # by the file reached: links to one file, a link loop that ** follows: once

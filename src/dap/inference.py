@@ -1140,9 +1140,9 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
         if _is_pattern(spec):
             matched = _glob(spec)
             # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
-            found = [p for p in matched if not any(part.lower().endswith(OUTPUT_SUFFIXES["cubemap"]) for part in p.parts)
-                     and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p)
-                          or _listable(p))]
+            cube = OUTPUT_SUFFIXES["cubemap"]
+            found = [p for p in matched if not any(part.lower().endswith(cube) for part in p.parts)
+                     and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p) or _listable(p))]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
                 raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}"

@@ -134,6 +134,20 @@ def test_the_bf16_speedup_is_measured_once_per_machine(tmp_path, monkeypatch):
     assert inference.cpu_bf16_speedup() == 3.0 and len(json.loads((tmp_path / "cpu_bf16.json").read_text())) == 1
     inference.cpu_bf16_speedup.cache_clear()
 
+    # two processes measuring at once: the one that writes second wrote over the first's figure, and the two (and
+    # every later one) could decide "auto" differently; the second now takes the figure kept by the first
+    (tmp_path / "cpu_bf16.json").unlink()
+
+    def another_process_keeps_its_figure_meanwhile():
+        key = f"{inference._cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+        (tmp_path / "cpu_bf16.json").write_text(json.dumps({key: 1.2}))
+        return 1.7
+
+    monkeypatch.setattr(inference, "_measure_bf16_speedup", another_process_keeps_its_figure_meanwhile)
+    assert inference.cpu_bf16_speedup() == 1.2
+    assert list(json.loads((tmp_path / "cpu_bf16.json").read_text()).values()) == [1.2]
+    inference.cpu_bf16_speedup.cache_clear()
+
 
 def test_onnx_like_models_run_fp32_only():
     class NotTorch:

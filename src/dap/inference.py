@@ -378,20 +378,26 @@ def cpu_bf16_speedup() -> float:
 
     path = cache_dir() / "cpu_bf16.json"
     key = f"{_cpu_name()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
-    try:
-        known = json.loads(path.read_text())
-        if not isinstance(known, dict):
-            known = {}
-    except (OSError, ValueError):
-        known = {}
-    if isinstance(known.get(key), int | float):
+
+    def kept() -> dict:
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return known if isinstance(known, dict) else {}
+
+    if isinstance((known := kept()).get(key), int | float):
         return float(known[key])
-    speedup = _measure_bf16_speedup()
+    speedup = round(_measure_bf16_speedup(), 3)  # as kept: this process decides as the next ones will
+    # read again: a process that measured meanwhile has written its figure, which every later process reads; the
+    # first kept is the one used
+    if isinstance((known := kept()).get(key), int | float):
+        return float(known[key])
     try:
         from dap.io import atomic_write
 
         with atomic_write(path) as tmp:
-            tmp.write_text(json.dumps({**known, key: round(speedup, 3)}, indent=1, sort_keys=True))
+            tmp.write_text(json.dumps({**known, key: speedup}, indent=1, sort_keys=True))
     except OSError:  # a read-only home: measured again by the next process
         pass
     return speedup

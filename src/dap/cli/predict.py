@@ -616,7 +616,9 @@ class _Writer:
 def _check_writable(out_dir: Path) -> None:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".dap-write-test-{os.getpid()}"
+        from dap.io import temporary_path
+
+        probe = temporary_path(out_dir / "dap-write-test")  # a name the clean-up knows, should a kill leave it
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:

@@ -2,8 +2,9 @@
 ground truth, so against fp32 only) and, with --synthetic, on rendered panoramas with exact depth. AbsRel over
 pixels in range in both outputs, AbsRel against the ground truth (pixels with depth, in range in the truth and in
 the prediction), the share of pixels whose range mask flips (the calibrated threshold, 0.999, makes the mask the
-sensitive part outdoors), and the share of horizontally neighbouring pixels in range with exactly equal depth (a
-depth map rounded to 16-bit steps shows as terraces: fp32 has none).
+sensitive part outdoors), the share of horizontally neighbouring pixels in range with exactly equal depth (a
+depth map rounded to 16-bit steps shows as terraces: fp32 has none), and the grain: the mean |second difference
+along the rows| of log depth over fp32's (16-bit rounding inside the heads shows as streaks in normal maps).
 
     python experiments/precision_drift.py                          # the samples in src/dap/assets/samples
     python experiments/precision_drift.py pano1.jpg pano2.jpg      # other panoramas
@@ -34,7 +35,14 @@ def row(name: str, fast, exact, gt: np.ndarray | None) -> str:
     flips = float(np.mean(fast.range_mask != exact.range_mask))
     pairs = ~fast.range_mask[:, 1:] & ~fast.range_mask[:, :-1]  # out of range is one value, the cap
     terraces = float(np.mean((fast.depth[:, 1:] == fast.depth[:, :-1])[pairs]))
-    return f"| {name} | {drift:.2%} | {truth} | {flips:.3%} | {terraces:.1%} |"
+    return f"| {name} | {drift:.2%} | {truth} | {flips:.3%} | {terraces:.1%} | {grain(fast) / grain(exact):.2f} |"
+
+
+def grain(pred) -> float:
+    """Mean |second difference along the rows| of log depth over pixels in range with both neighbours in range."""
+    log = np.log(np.clip(pred.depth.astype(np.float64), 1e-3, None))
+    inside = ~pred.range_mask[:, 2:] & ~pred.range_mask[:, 1:-1] & ~pred.range_mask[:, :-2]
+    return float(np.mean(np.abs(log[:, 2:] - 2 * log[:, 1:-1] + log[:, :-2])[inside]))
 
 
 def main() -> None:
@@ -53,8 +61,8 @@ def main() -> None:
         images.append((f"synthetic {seed}", scene["rgb"], np.where(scene["range_mask"], 0, scene["depth"])))
     model = dap.load_model(args.model)
     print("| panorama | precision | AbsRel vs fp32 | AbsRel vs ground truth | range-mask pixels that flip | "
-          "neighbours in range with equal depth |")
-    print("|---|---|---|---|---|---|")
+          "neighbours in range with equal depth | grain over fp32's |")
+    print("|---|---|---|---|---|---|---|")
     for name, image, gt in images:
         exact = dap.predict(image, model, precision="fp32")
         print(row(f"{name} | fp32", exact, exact, gt), flush=True)

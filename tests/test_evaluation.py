@@ -763,9 +763,9 @@ def test_eval_runs_in_float32_unless_told(tmp_path, tiny_ckpt, monkeypatch):
     assert json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())["precision"] == "float32"
     assert _eval(tmp_path / "data", tiny_ckpt, tmp_path / "oauto", "--max-depth", "10", "--precision", "auto") == 0
     key = json.loads((tmp_path / "oauto" / "predictions" / "cache.json").read_text())
-    # and that the heads' last layer ran in float32: 16-bit caches from before it were rounded to 0.4% steps
-    assert key["precision"] == "bfloat16" and key["output_layer"] == "float32"
-    assert "output_layer" not in json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())
+    # and what of the heads ran in float32: 16-bit caches from before were rounded to 0.4% steps, then streaked
+    assert key["precision"] == "bfloat16" and key["float32_in_heads"] == "upsampling, last 3x3 and 1x1"
+    assert "float32_in_heads" not in json.loads((tmp_path / "o32" / "predictions" / "cache.json").read_text())
     fp32, auto = (np.load(next((tmp_path / o / "predictions").glob("*.npy"))) for o in ("o32", "oauto"))
     assert not np.array_equal(fp32, auto)
 

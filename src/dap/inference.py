@@ -453,7 +453,7 @@ _CAST_LAYERS = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.ConvTranspose2d)
 
 
 def _cast_layer(module) -> bool:
-    """Whether autocast runs `module` in 16 bit (the heads' last layer stays float32: `Float32Conv2d`)."""
+    """Whether autocast runs `module` in 16 bit (the heads' last two layers stay float32: `Float32Conv2d`)."""
     from dap.models.dpt import Float32Conv2d
 
     return isinstance(module, _CAST_LAYERS) and not isinstance(module, Float32Conv2d)
@@ -461,7 +461,7 @@ def _cast_layer(module) -> bool:
 
 def with_16bit_weights(model, precision: str, *, in_place: bool = False):
     """A copy of `model` with its Linear and convolution weights stored in `precision`'s 16-bit type ("bf16" or
-    "fp16"; not the heads' last layer, which runs in float32: `_cast_layer`), sharing every other tensor with
+    "fp16"; not the heads' last two layers, which run in float32: `_cast_layer`), sharing every other tensor with
     `model` (norms, tokens, layer scales: autocast keeps those in float32); with `in_place`, `model` itself so
     converted, layer by layer, so that memory never holds both versions of the weights (a copy peaks at one and a
     half times the float32 weights until `model` is let go). Under run_model's autocast its outputs are bit for bit

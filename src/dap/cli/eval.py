@@ -161,8 +161,9 @@ def _evaluate(args: argparse.Namespace, dataset, cfg: EvalConfig) -> dict:
         "precision": str(compute_dtype(torch.device(args.device), args.precision)).removeprefix("torch."),
         "range_cap": args.range_cap,
         **({"tta": True} if args.tta else {}),  # absent when off: caches from before it still match
-        # 16-bit predictions from before the heads' last layer ran in float32 (2026-11-28) were rounded to 0.4% steps
-        **({"output_layer": "float32"} if args.precision != "fp32" else {}),
+        # 16-bit predictions from before the heads' last two layers and their upsampling ran in float32 (2026-11-28)
+        # were rounded to 0.4% steps, then streaked
+        **({"float32_in_heads": "upsampling, last 3x3 and 1x1"} if args.precision != "fp32" else {}),
     }
     return evaluate(dataset, predictor, config=cfg, out_dir=args.out, cache_key=key, progress=sys.stderr.isatty())
 

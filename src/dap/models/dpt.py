@@ -32,7 +32,7 @@ class FusionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None, size=None) -> torch.Tensor:
         size = size if size is not None else (2 * x.shape[-2], 2 * x.shape[-1])
-        return F.interpolate(self.fuse(x, skip), size=size, mode="bilinear", align_corners=True)
+        return upsample(self.fuse(x, skip), size)
 
     def fuse(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
         """Everything but the upsampling. The 1x1 projection commutes with bilinear resampling (both linear, the
@@ -42,17 +42,30 @@ class FusionBlock(nn.Module):
         return self.out_conv(self.resConfUnit2(x))
 
 
+def upsample(x: torch.Tensor, size) -> torch.Tensor:
+    """Bilinear resampling (corners aligned) in float32, whatever `x` is in. The CPU's bfloat16 kernel errs alike along
+    whole rows and columns (the mean of its error over a column 20x that of the float32 result rounded once), which
+    streaked bf16 depth maps; the next convolution rounds its input to 16 bit once under autocast."""
+    return F.interpolate(x.float(), size=size, mode="bilinear", align_corners=True)
+
+
 class Float32Conv2d(nn.Conv2d):
-    """A convolution computed in float32 whatever autocast or the stored weights say. The heads' last layer: its
-    output goes through a sigmoid into metres (or the range probability), and in 16 bit it kept 8 or 11 bits: a
-    bf16 depth map came out in steps of 0.4% of the depth (terraced normals and point clouds), a probability only
-    0.996 or 1 near a calibrated threshold of 0.999. A 1x1 convolution of 32 channels to one: a negligible share of
-    a head's arithmetic."""
+    """A convolution computed in float32 whatever autocast or the stored weights say: the heads' last two layers.
+    Their output goes through a sigmoid into metres (or the range probability). With the 1x1 layer in 16 bit the
+    output kept 8 or 11 bits: a bf16 depth map came in steps of 0.4% of the depth (terraced normals and point
+    clouds), a probability only 0.996 or 1 near a calibrated threshold of 0.999. With the 3x3 layer before it in 16
+    bit, its 32 channels were rounded at every pixel, and bf16 depth was 7-8x as rough as fp32's from one pixel to
+    the next (streaked normals) for a mean drift of 0.5%. Both run at full resolution on few channels: for ViT-L at
+    512x1024 2% of the network's arithmetic per head."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x, self.padding)
+
+    def conv(self, x: torch.Tensor, padding) -> torch.Tensor:
+        """The convolution with another `padding` (the strips of `_upsample_then` bring their own rows)."""
         with torch.autocast(x.device.type, enabled=False):
             bias = None if self.bias is None else self.bias.float()
-            return self._conv_forward(x.float(), self.weight.float(), bias)
+            return F.conv2d(x.float(), self.weight.float(), bias, self.stride, padding, self.dilation, self.groups)
 
 
 class Scratch(nn.Module):
@@ -64,7 +77,7 @@ class Scratch(nn.Module):
             setattr(self, f"refinenet{i}", FusionBlock(features))
         self.output_conv1 = nn.Conv2d(features, features // 2, 3, padding=1)
         self.output_conv2 = nn.Sequential(
-            nn.Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(), Float32Conv2d(32, 1, 1), nn.Sigmoid()
+            Float32Conv2d(features // 2, 32, 3, padding=1), nn.ReLU(), Float32Conv2d(32, 1, 1), nn.Sigmoid()
         )
 
 
@@ -115,12 +128,13 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
     (default: as many as fit in STRIP_BYTES of upsampled map; small maps in one go). `head` is a 3x3 convolution
     (padding 1), or a Sequential of one followed by per-pixel layers."""
     conv, pointwise = (head[0], head[1:]) if isinstance(head, nn.Sequential) else (head, nn.Identity())
+    x = x.float()  # as `upsample` does: the strips below resample
     h, (out_h, out_w) = x.shape[-2], size
     budget = STRIP_BYTES.get(x.device.type, STRIP_BYTES["cpu"])
     rows = rows or max(8, budget // (x.shape[0] * x.shape[1] * out_w * x.element_size()))
     # Training and tracing (ONNX export: a traced loop would fix the strips to one size) keep the plain graph.
     if out_h <= rows or torch.is_grad_enabled() or torch.jit.is_tracing():
-        return head(F.interpolate(x, size=size, mode="bilinear", align_corners=True))
+        return head(upsample(x, size))
     scale = (h - 1) / (out_h - 1) if out_h > 1 else 0.0
     out = None
     for r0 in range(0, out_h, rows):
@@ -136,7 +150,8 @@ def _upsample_then(x: torch.Tensor, size: tuple[int, int], head: nn.Module, rows
         strip = _rows(band, y0 - first).lerp_(_rows(band, y1 - first), lam.to(band.dtype))
         # Zero rows where the strip touches the image border, as the convolution's own padding would add.
         strip = F.pad(strip, (0, 0, int(lo == r0), int(hi == r1)))
-        y = pointwise(F.conv2d(strip, conv.weight, conv.bias, padding=(0, 1)))
+        y = pointwise(conv.conv(strip, (0, 1)) if isinstance(conv, Float32Conv2d)
+                      else F.conv2d(strip, conv.weight, conv.bias, padding=(0, 1)))
         if out is None:
             out = torch.empty(*y.shape[:2], out_h, out_w, dtype=y.dtype, device=y.device,
                               memory_format=torch.channels_last)

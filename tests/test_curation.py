@@ -1263,7 +1263,7 @@ def test_select_says_which_domains_keep_none(tmp_path, capsys):
     rows = [{**empty_row(), "id": f"{i:016x}", "status": "ok", "domain": d, "disc_score": 0.1 * i, "stage1_label": "x",
              "image": "x"} for i, d in enumerate(["indoor", "indoor", "outdoor"])]
     write_manifest(tmp_path, rows)
-    (tmp_path / "x").touch()  # the label file and image they name
+    (tmp_path / "x").write_bytes(b"x")  # the label file and image they name (an empty image is a lost one)
     assert main(["curate", "select", "--pool", str(tmp_path), "--keep", "indoor=1"]) == 0
     assert "kept indoor 1" in (out := capsys.readouterr().out) and "outdoor none (not in --keep)" in out
     with pytest.raises(SystemExit):
@@ -1435,6 +1435,10 @@ def test_select_refuses_rows_whose_stored_image_is_gone(tmp_path, capsys):
     assert main(["curate", "select", "--pool", str(pool), "--score", "disc", "--keep", "indoor=1,outdoor=1"]) == 2
     err = capsys.readouterr().err
     assert "1 stored image(s) of" in err and rows[0]["image"] in err and "dap curate ingest" in err
+    # emptied is lost too, as `dap curate label` counts it (select let it through)
+    (pool / rows[0]["image"]).write_bytes(b"")
+    assert main(["curate", "select", "--pool", str(pool), "--score", "disc", "--keep", "indoor=1,outdoor=1"]) == 2
+    assert "1 stored image(s) of" in capsys.readouterr().err
 
 
 def test_a_file_fixed_since_leaves_no_row_of_its_broken_version(tmp_path):

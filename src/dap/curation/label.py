@@ -34,6 +34,7 @@ from dap.curation.manifest import (
     pool_job,
     read_manifest,
     save_label,
+    stored_image,
     write_manifest,
 )
 from dap.errors import DapError
@@ -217,12 +218,6 @@ def _readable(image: Path) -> bool:
     except DapError:
         return False
     return True
-
-
-def stored_image(pool: Path, row: dict) -> bool:
-    """Whether an accepted row's panorama is still in the pool (deleted or emptied since, it cannot be labelled)."""
-    image = pool / row["image"]
-    return image.is_file() and image.stat().st_size > 0
 
 
 def merge_labels(pool: Path, stage: str, outdoor_sky_fraction: float) -> dict[str, int]:

@@ -273,3 +273,10 @@ def labelled_arrays(pool: Path, row: dict, stage: str) -> tuple[np.ndarray, np.n
     if rgb.shape[:2] != depth.shape:
         rgb = cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
     return rgb, depth, prob >= 0.5
+
+
+def stored_image(pool: Path, row: dict) -> bool:
+    """Whether an accepted row's panorama is still in the pool (deleted or emptied since, it can be neither labelled
+    nor trained on)."""
+    image = pool / row["image"]
+    return image.is_file() and image.stat().st_size > 0

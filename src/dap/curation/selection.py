@@ -13,7 +13,14 @@ import torch
 
 from dap.curation.discriminator import DepthDiscriminator, discriminator_input
 from dap.curation.ingest import DOMAINS
-from dap.curation.manifest import check_labels_present, labelled_arrays, pool_job, read_manifest, write_manifest
+from dap.curation.manifest import (
+    check_labels_present,
+    labelled_arrays,
+    pool_job,
+    read_manifest,
+    stored_image,
+    write_manifest,
+)
 from dap.errors import DapError, DatasetLayoutError
 
 # The paper's 300K + 300K of ~450K indoor and ~1.45M outdoor unlabeled panoramas.
@@ -181,7 +188,7 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
             raise DapError(problem)
         check_labels_present(pool, rows, "stage1", "score and select")  # or train on rows without one
         # nor on a row whose stored image is gone: training on the selection would stop there, hours in
-        if lost := [r for r in _selectable(rows) if not (pool / r["image"]).is_file()]:
+        if lost := [r for r in _selectable(rows) if not stored_image(pool, r)]:
             raise DatasetLayoutError(
                 f"{len(lost)} stored image(s) of {pool} that the manifest names are gone (e.g. {lost[0]['image']}, "
                 f"of {lost[0]['path']}): `dap curate ingest <its folder> --pool {pool}` brings them back from their "

@@ -92,6 +92,19 @@ def test_stanford_test_split_units_and_invalid(tmp_path):
         "area_5b/camera_2abc_office_2_frame_equirectangular_domain"]
 
 
+def test_stanford_depth_in_metres_is_read_in_metres(tmp_path):
+    """Depth listed as .exr or .npy (3D60's Stanford renders are EXR in metres) was divided by 512 as the PNGs are:
+    AbsRel 511 for a perfect prediction, exit 0."""
+    rgb_png(tmp_path / "area_5a" / "rgb" / "x_rgb.png")
+    write_exr(tmp_path / "area_5a" / "depth" / "x_depth.exr", np.full((H, W), 2.5, np.float32))
+    write_depth(tmp_path / "area_5a" / "depth" / "y_depth.npy", np.full((H, W), 1.5, np.float32))
+    rgb_png(tmp_path / "area_5a" / "rgb" / "y_rgb.png")
+    (tmp_path / "list.txt").write_text("area_5a/rgb/x_rgb.png area_5a/depth/x_depth.exr\n"
+                                       "area_5a/rgb/y_rgb.png area_5a/depth/y_depth.npy\n")
+    ds = Stanford2D3D(tmp_path, split_file="list.txt")
+    assert ds[0]["depth"][3, 3] == 2.5 and ds[1]["depth"][3, 3] == 1.5
+
+
 def test_stanford_layout_errors(tmp_path):
     with pytest.raises(DatasetLayoutError, match="area_5a/pano/rgb is missing") as e:
         Stanford2D3D(tmp_path)

@@ -222,7 +222,9 @@ class Stanford2D3D(PanoDataset):
         return items
 
     def load_depth(self, path: Path) -> np.ndarray:
-        return read_depth(path, scale=self.METRES_PER_UNIT)  # dap.io turns 0 and 65535 into invalid
+        if path.suffix.lower() == ".png":
+            return read_depth(path, scale=self.METRES_PER_UNIT)  # dap.io turns 0 and 65535 into invalid
+        return read_depth(path)  # a split file's EXR or NPY (3D60's renders): in metres
 
 
 # ---------------------------------------------------------------------------------------- Matterport3D

@@ -328,9 +328,21 @@ def test_folder_without_manifest_and_errors(tmp_path):
     (tmp_path / "manifest.csv").write_text("image,depth\nx.png,y.png\n")
     with pytest.raises(DatasetLayoutError, match=r"has columns \['depth', 'image'\]; it needs rgb"):
         FolderDataset(tmp_path)
-    (tmp_path / "manifest.csv").write_text("rgb,depth,split\nx.png,y.npy,Test\nz.png,w.npy,train\n")
-    with pytest.raises(DatasetLayoutError, match="no rows of split 'test'; its splits are 'Test', 'train'"):
+    (tmp_path / "manifest.csv").write_text("rgb,depth,split\nx.png,y.npy,val\nz.png,w.npy,train\n")
+    with pytest.raises(DatasetLayoutError, match="no rows of split 'test'; its splits are 'train', 'val'"):
         FolderDataset(tmp_path)  # was: "no samples found for split 'test'"
+    # a row whose split is almost the one asked for was left out without a word, beside rows that matched
+    for cell, problem in (("TEST", "the split 'TEST', not 'test' .splits are case-sensitive."), ("", "no split")):
+        (tmp_path / "manifest.csv").write_text(f"rgb,depth,split\nx.png,y.npy,test\nz.png,w.npy,{cell}\n")
+        with pytest.raises(DatasetLayoutError, match=f"row 3 of the manifest manifest.csv has {problem}; give every "
+                                                     "row its split"):
+            FolderDataset(tmp_path)
+    rgb_png(tmp_path / "x.png")
+    write_depth(tmp_path / "y.npy", np.full((H, W), 4.0, np.float32))
+    (tmp_path / "manifest.csv").write_text("rgb,depth,split\nx.png,y.npy,test \n")  # a stray space: that split
+    assert [it.name for it in FolderDataset(tmp_path).items] == ["x"]
+    (tmp_path / "x.png").unlink()
+    (tmp_path / "y.npy").unlink()
     (tmp_path / "manifest.csv").write_text("rgb,depth,split\n")  # was: "has columns []; it needs rgb and depth"
     with pytest.raises(DatasetLayoutError, match="lists no samples .no rows under its header"):
         FolderDataset(tmp_path)
@@ -345,6 +357,32 @@ def test_folder_without_manifest_and_errors(tmp_path):
     assert [it.name for it in ds.items] == ["s", "t"]
     np.testing.assert_allclose(ds[1]["rgb"], 0.4614, atol=1e-3)
     assert np.all(ds[1]["depth"] == 2.0)
+
+
+def test_one_depth_file_for_two_samples_or_two_for_one_is_refused(tmp_path):
+    """Two manifest rows naming one depth file were both scored against it, read at the unit of the later row
+    (7997 m for an 8 m room); a plain folder with s0.npy (millimetres) beside s0.exr (metres) took the .npy without a
+    word; an empty metres_per_unit cell for a raw PNG said to list the file in a manifest, where it was."""
+    rgb_png(tmp_path / "rgb" / "s0.png")
+    rgb_png(tmp_path / "rgb" / "s1.png")
+    write_depth(tmp_path / "depth" / "shared.npy", np.full((H, W), 8.0, np.float32))
+    (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/s0.png,depth/shared.npy,0.001\n"
+                                           "rgb/s1.png,depth/shared.npy,1\n")
+    with pytest.raises(DatasetLayoutError, match="two samples, 'rgb/s0' and 'rgb/s1', list one depth file, "
+                                                 ".*shared.npy; each panorama needs its own"):
+        FolderDataset(tmp_path)
+    png16(tmp_path / "depth" / "raw.png", np.full((H, W), 300, np.uint16))
+    (tmp_path / "manifest.csv").write_text("rgb,depth,metres_per_unit\nrgb/s0.png,depth/raw.png,\n")
+    with pytest.raises(DepthUnitError, match="raw.png is a 16-bit depth PNG that does not say its unit, and row 2 "
+                                             "of .*manifest.csv leaves metres_per_unit empty"):
+        FolderDataset(tmp_path)[0]
+    (tmp_path / "manifest.csv").unlink()
+    (tmp_path / "depth" / "raw.png").unlink()
+    (tmp_path / "depth" / "shared.npy").rename(tmp_path / "depth" / "s0.npy")
+    write_depth(tmp_path / "depth" / "s0.exr", np.full((H, W), 8.0, np.float32))
+    write_depth(tmp_path / "depth" / "s1.exr", np.full((H, W), 8.0, np.float32))
+    with pytest.raises(DatasetLayoutError, match=r"s0.png has 2 depth files \(s0.npy, s0.exr\); keep one"):
+        FolderDataset(tmp_path)
 
 
 def test_folder_pairs_that_cannot_be_scored_say_why(tmp_path):

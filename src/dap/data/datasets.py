@@ -56,6 +56,11 @@ class PanoDataset:
             if (first := seen.setdefault(it.name, it)) is not it:
                 raise self.layout_error(f"two samples share the name {it.name!r} ({first.rgb} and {it.rgb}); give "
                                         "them distinct names (a manifest's name column, or distinct file stems)")
+        depths: dict[Path, Item] = {}
+        for it in self.items:  # a slip in a split file or manifest: one ground truth scored for two photographs
+            if (first := depths.setdefault(it.depth, it)) is not it:
+                raise self.layout_error(f"two samples, {first.name!r} and {it.name!r}, list one depth file, {it.depth}; "
+                                        "each panorama needs its own")
         missing = [p for it in self.items for p in (it.rgb, it.depth) if not p.is_file()]
         if missing:
             shown = "\n  ".join(str(p) for p in missing[:3])
@@ -416,6 +421,7 @@ class FolderDataset(PanoDataset):
 
     def __init__(self, root: str | Path, split: str = "test"):
         self._scales: dict[Path, float | None] = {}
+        self._rows: dict[Path, str] = {}  # a manifest's depth file -> its row, for messages
         super().__init__(root, split)
 
     def _manifest_path(self) -> Path | None:
@@ -446,9 +452,16 @@ class FolderDataset(PanoDataset):
         for line, row in enumerate(rows, start=2):  # line numbers as a spreadsheet shows them, header = 1
             if all(v in (None, "") for v in row.values()):  # a blank line, or one of only commas
                 continue
-            if "split" in row and self.split != "all" and str(row["split"]) != self.split:
-                splits.add(str(row["split"]))
-                continue
+            if "split" in row and self.split != "all":
+                value = "" if row["split"] is None else str(row["split"]).strip()  # a spreadsheet's stray space
+                if value != self.split:  # a row left out: never one meant for this split
+                    if not value or value.casefold() == self.split.casefold():
+                        raise self.layout_error(
+                            f"row {line} of the manifest {manifest.name} has "
+                            + (f"the split {row['split']!r}, not '{self.split}' (splits are case-sensitive)" if value
+                               else "no split") + f"; give every row its split (e.g. {self.split}), or pass all")
+                    splits.add(value)
+                    continue
             if row["rgb"] in (None, "") or row["depth"] in (None, ""):
                 raise self.layout_error(f"row {line} of the manifest {manifest.name} has an empty rgb or depth "
                                         "cell; fill it in or delete the row")
@@ -456,6 +469,7 @@ class FolderDataset(PanoDataset):
             name = str(row["name"]) if row.get("name") not in (None, "") else _strip_suffix(str(row["rgb"]))
             scale = row.get("metres_per_unit")
             self._scales[depth] = _unit(scale, line, manifest) if scale not in (None, "") else None
+            self._rows[depth] = f"row {line} of {manifest}"
             items.append(Item(name, rgb, depth))
         if not items and splits:
             raise self.layout_error(f"the manifest {manifest.name} has no rows of split '{self.split}'; its splits "
@@ -468,11 +482,11 @@ class FolderDataset(PanoDataset):
             raise self.layout_error("found no manifest.csv / manifest.parquet and no rgb/ + depth/ folders")
         items = []
         for rgb in _visible(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
-            depth = next(
-                (depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()),
-                depth_dir / f"{rgb.stem}.npy",
-            )
-            items.append(Item(rgb.stem, rgb, depth))
+            depths = [depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()]
+            if len(depths) > 1:  # in different units, perhaps: one is the ground truth
+                raise self.layout_error(f"{rgb} has {len(depths)} depth files ({', '.join(p.name for p in depths)}); "
+                                        "keep one, or list the pairs in a manifest.csv")
+            items.append(Item(rgb.stem, rgb, depths[0] if depths else depth_dir / f"{rgb.stem}.npy"))
         return items
 
     def load_depth(self, path: Path) -> np.ndarray:
@@ -482,6 +496,9 @@ class FolderDataset(PanoDataset):
         except DepthUnitError as e:  # the fix here is the manifest's column, not read_depth's argument
             if scale is not None:  # the manifest's unit disagrees with the file's own: read_depth says both
                 raise
+            if row := self._rows.get(path):
+                raise DepthUnitError(f"{path} is a 16-bit depth PNG that does not say its unit, and {row} leaves "
+                                     "metres_per_unit empty: give it (e.g. 0.001 for millimetres)") from e
             raise DepthUnitError(
                 f"{path} is a 16-bit depth PNG that does not say its unit. List it in a manifest.csv beside rgb/ and "
                 "depth/ with columns rgb, depth, metres_per_unit (e.g. 0.001 for millimetres, 0.00025 for "

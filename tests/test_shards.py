@@ -417,6 +417,22 @@ def test_a_damaged_manifest_is_rebuilt_by_the_command_its_message_names(tmp_path
     assert pq.read_table(root / "manifest.parquet").equals(want) and len(ShardDataset(root)) == 4
 
 
+def test_a_manifest_edited_by_hand_is_refused_not_read_wrong(tmp_path):
+    """A row repeated in manifest.parquet was scored (and trained on) twice; a manifest of no rows scored nothing
+    with exit 0; one without the style column was a pyarrow KeyError traceback."""
+    import pyarrow as pa
+
+    root = tmp_path / "d"
+    write(root, count=3)
+    table = pq.read_table(root / "manifest.parquet")
+    for edited, problem in ((pa.concat_tables([table, table.slice(0, 1)]), "lists the panorama 00000000 twice"),
+                            (table.slice(0, 0), "lists no panoramas"),
+                            (table.drop_columns(["style"]), r"lacks the column\(s\) style")):
+        pq.write_table(edited, root / "manifest.parquet")
+        with pytest.raises(DatasetLayoutError, match=f"the manifest of .*d {problem}"):
+            ShardDataset(root)
+
+
 def test_a_dataset_of_another_renderer_version_says_no_option_resumes_it(tmp_path):
     """"Rerun with the same settings to resume it (renderer: 2 -> 3)": no option sets the renderer version."""
     root = tmp_path / "d"

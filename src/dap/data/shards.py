@@ -329,7 +329,18 @@ class ShardDataset(torch.utils.data.Dataset):
 
     def __init__(self, root_or_manifest: str | os.PathLike, transform: Callable[[dict], dict] | None = None):
         self.root, table = read_manifest(root_or_manifest)
-        self.rows = table.select(["key", "shard", "kind", "style"]).to_pylist()
+        where = Path(root_or_manifest)
+        columns = ["key", "shard", "kind", "style"]
+        if lacking := [c for c in columns if c not in table.column_names]:
+            raise DatasetLayoutError(f"the manifest of {where} lacks the column(s) {', '.join(lacking)}, which dap "
+                                     "synth writes; rebuild it with `dap synth` and the same settings")
+        self.rows = table.select(columns).to_pylist()
+        if not self.rows:
+            raise DatasetLayoutError(f"the manifest of {where} lists no panoramas; render some with `dap synth`")
+        seen: set[str] = set()
+        if twice := next((r["key"] for r in self.rows if r["key"] in seen or seen.add(r["key"])), None):
+            raise DatasetLayoutError(f"the manifest of {where} lists the panorama {twice} twice (it would be read, "
+                                     "trained on and scored twice); rebuild it with `dap synth` and the same settings")
         self.transform = transform
         self._index: dict[str, dict[str, tuple[int, int]]] = {}
         for shard in sorted({r["shard"] for r in self.rows}):

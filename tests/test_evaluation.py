@@ -281,6 +281,10 @@ def test_cli_predictions_end_to_end(tmp_path, capsys):
     assert "note: --resolution set how a model runs; saved --predictions are scored as they are" in \
         capsys.readouterr().err
     assert sorted(p.name for p in (out / "panels").iterdir()) == ["s0.png"]
+    assert json.loads((out / "metrics.json").read_text())["protocols"].keys() == {"metric"}  # the default
+    # --protocol given twice: both (the last one alone replaced the first, its results dropped without a word)
+    assert main([*again, "--protocol", "metric", "--protocol", "median", "metric"]) == 0
+    assert list(json.loads((out / "metrics.json").read_text())["protocols"]) == ["metric", "median"]
     # the ground truth's own folder as --predictions would score perfectly: refused
     capsys.readouterr()
     assert main(["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions",

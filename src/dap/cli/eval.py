@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=folder_name,
                         help="output folder (metrics.json, per_image.*, panels/)")
     parser.add_argument(
-        "--protocol", nargs="+", default=["metric"], choices=PROTOCOLS, help="alignment protocols to report"
-    )
+        "--protocol", nargs="+", action="extend", choices=PROTOCOLS,  # given twice: both (not the last alone)
+        help="alignment protocols to report (default: metric)")
     parser.add_argument(
         "--max-depth",
         type=positive_float,
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         kwargs["split_file"] = args.split_file
     dataset = get_dataset(args.dataset, args.root, split=args.split, **kwargs)
     cfg = EvalConfig(
-        protocols=tuple(dict.fromkeys(args.protocol)),  # each once, in order
+        protocols=tuple(dict.fromkeys(args.protocol or ["metric"])),  # each once, in order
         min_depth=args.min_depth,
         max_depth=args.max_depth,
         range_cap=args.range_cap,

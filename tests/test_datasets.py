@@ -103,6 +103,9 @@ def test_stanford_depth_in_metres_is_read_in_metres(tmp_path):
                                        "area_5a/rgb/y_rgb.png area_5a/depth/y_depth.npy\n")
     ds = Stanford2D3D(tmp_path, split_file="list.txt")
     assert ds[0]["depth"][3, 3] == 2.5 and ds[1]["depth"][3, 3] == 1.5
+    # an absolute path that exists was read under the root ("2 listed files are missing, e.g. <root>/<root>/...")
+    (tmp_path / "abs.txt").write_text(f"{tmp_path}/area_5a/rgb/x_rgb.png /area_5a/depth/x_depth.exr\n")
+    assert Stanford2D3D(tmp_path, split_file="abs.txt")[0]["depth"][3, 3] == 2.5
 
 
 def test_stanford_layout_errors(tmp_path):

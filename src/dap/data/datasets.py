@@ -138,8 +138,14 @@ def _read_pair_list(path: Path) -> list[tuple[str, str]]:
             raise DatasetLayoutError(f"line {number} of the split file {path} holds one path ({parts[0]!r}); each "
                                      "line needs '<rgb path> <depth path>' (for paths with spaces, use the 'folder' "
                                      "loader with a manifest.csv)")
-        pairs.append((parts[0].lstrip("/"), parts[1].lstrip("/")))
+        pairs.append((_listed_path(parts[0]), _listed_path(parts[1])))
     return pairs
+
+
+def _listed_path(text: str) -> str:
+    """A split file's path as it is joined to the root: an absolute path that exists stays one; another leading "/"
+    is dropped (lists that write their root-relative paths so)."""
+    return text if os.path.isabs(text) and os.path.exists(text) else text.lstrip("/")
 
 
 def _split_file(root: str | Path, split_file: str | Path | None) -> Path | None:

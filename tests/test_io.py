@@ -943,8 +943,16 @@ def test_broken_depth_files_are_unreadable(tmp_path, rng):
         io.read_depth(tmp_path / "text.npy")
     assert "pickle" not in str(err.value) and ".." not in str(err.value)
     np.save(tmp_path / "empty.npy", np.zeros((0, 0), np.float32))  # crashed resampling in dap eval
-    with pytest.raises(UnreadableFileError, match=r"empty.npy: the depth map is empty \(shape \(0, 0\)\)"):
+    with pytest.raises(UnreadableFileError, match=r"empty.npy holds an array of shape \(0, 0\), not an \(H, W\) "
+                                                  "depth map: save the depth alone"):
         io.read_depth(tmp_path / "empty.npy")
+    # a network's output saved as it came is its depth map; another shape is named without "re-download it" advice
+    np.save(tmp_path / "nchw.npy", np.full((1, 1, 4, 8), 2.0, np.float32))
+    assert io.read_depth(tmp_path / "nchw.npy").shape == (4, 8)
+    np.save(tmp_path / "rgb.npy", np.ones((4, 8, 3), np.float32))
+    with pytest.raises(UnreadableFileError, match=r"shape \(4, 8, 3\), not an \(H, W\) depth map") as err:
+        io.read_depth(tmp_path / "rgb.npy")
+    assert "re-download" not in str(err.value)
 
 
 # ----------------------------------------------------------------------------------------------- colour

@@ -1005,15 +1005,17 @@ def _clean_depth(depth: np.ndarray) -> np.ndarray:
     return d
 
 
-def _as_2d(a: np.ndarray) -> np.ndarray:
-    if a.ndim == 3 and 1 in (a.shape[0], a.shape[2]):
-        a = a.reshape(a.shape[1:] if a.shape[0] == 1 else a.shape[:2])
-    if a.ndim != 2:
-        raise ValueError(f"expected a 2-D (H, W) depth map, found an array of shape {a.shape}")
-    if a.size == 0:  # its aspect ratio "holds" (0 x W = 0 x H) and resampling it fails deep in torch
-        raise ValueError(f"the depth map is empty (shape {a.shape})")
+def _as_2d(a: np.ndarray, path: Path) -> np.ndarray:
+    """The (H, W) depth map of a file's array: (1, H, W), (H, W, 1) or (1, 1, H, W) (a network's output saved as it
+    came) too. Another shape or type is the file's content, not a broken file: said so, with the fix."""
+    if a.ndim > 2 and len(kept := [n for n in a.shape if n != 1]) == 2:
+        a = a.reshape(kept)
+    if a.ndim != 2 or a.size == 0:  # empty: its aspect ratio "holds" (0 x W = 0 x H), and resampling it fails
+        raise UnreadableFileError(f"{path} holds an array of shape {a.shape}, not an (H, W) depth map: save the "
+                                  "depth alone, as a 2-D array in metres")
     if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
-        raise ValueError(f"expected a numeric depth map, found dtype {a.dtype}")
+        raise UnreadableFileError(f"{path} holds an array of {a.dtype}, not numbers: save the depth as a float array "
+                                  "in metres")
     return a
 
 
@@ -1148,7 +1150,7 @@ def read_depth(
     if key is not None and suffix in (".npy", ".png"):  # the call's mistake: not ignored
         raise ValueError(f"key={key!r} names an array of a .npz or a channel of an .exr; {path} is a {suffix} file")
     try:
-        depth = _as_2d(readers[suffix]())
+        depth = _as_2d(readers[suffix](), path)
     except DapError:
         raise
     except _DECODE_ERRORS as e:

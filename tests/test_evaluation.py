@@ -232,6 +232,22 @@ def make_folder(root, n=3):
     return gts
 
 
+def test_eval_says_what_predict_says_of_a_panorama_file(tmp_path, capsys):
+    """A benchmark panorama saved with transparency (scored on the colour stored under it) gave dap predict a note
+    and dap eval nothing: the loaders read the file without its notes."""
+    from PIL import Image
+
+    gts = make_folder(tmp_path / "data", n=2)
+    rgba = np.zeros((H, W, 4), np.uint8)
+    rgba[..., :3] = 128  # alpha 0 everywhere
+    Image.fromarray(rgba).save(tmp_path / "data" / "rgb" / "s1.png")
+    for name, gt in gts.items():
+        write_depth(tmp_path / "preds" / f"{name}.npy", gt)
+    assert main(["eval", "--dataset", "folder", "--root", str(tmp_path / "data"), "--predictions",
+                 str(tmp_path / "preds"), "--out", str(tmp_path / "out")]) == 0
+    assert "sample s1: 100% of it is transparent" in capsys.readouterr().err
+
+
 def test_cli_predictions_end_to_end(tmp_path, capsys):
     gts = make_folder(tmp_path / "data")
     preds = {}

@@ -647,6 +647,8 @@ def _evaluate(dataset, predictor, cfg: EvalConfig, out: Path | None, predictions
         for i in indices:
             sample = dataset[i]
             name = sample["name"]
+            for text in sample.get("notes", ()):  # on the panorama's file (transparent, frames): as predict says
+                input_warnings.setdefault(text, []).append(name)
             gt = np.asarray(sample["depth"], np.float32)
             unit = other_unit(gt, cfg.max_depth)
             if unit == "far":  # in cm or mm: left out without a word, the few pixels that happen to fit made the score

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from dap.errors import DatasetLayoutError, DepthUnitError
 from dap.geometry import check_erp_shape, erp_rays
-from dap.io import IMAGE_SUFFIXES, read_depth, read_rgb
+from dap.io import IMAGE_SUFFIXES, read_depth, read_rgb_notes
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,9 @@ class PanoDataset:
     def _index(self) -> list[Item]:
         raise NotImplementedError
 
-    def load_rgb(self, path: Path) -> np.ndarray:
-        return read_rgb(path)
+    def load_rgb(self, path: Path) -> tuple[np.ndarray, list[str]]:
+        """The panorama and the notes on its file (transparency, frames: `dap.io.read_rgb_notes`)."""
+        return read_rgb_notes(path)
 
     def load_depth(self, path: Path) -> np.ndarray:
         return read_depth(path)
@@ -104,7 +105,7 @@ class PanoDataset:
 
     def __getitem__(self, index: int) -> dict:
         it = self.items[index]
-        rgb, depth = self.load_rgb(it.rgb), self.load_depth(it.depth)
+        (rgb, notes), depth = self.load_rgb(it.rgb), self.load_depth(it.depth)
         (h, w), (dh, dw) = rgb.shape[:2], depth.shape[:2]
         check_erp_shape(h, w, what=f"{it.rgb} (sample {it.name})")  # named here, not later as "input panorama"
         if dh * w != dw * h:  # scored after resizing one to the other, a mismatched pair would pass unnoticed
@@ -112,7 +113,7 @@ class PanoDataset:
                 f"{it.depth} is {dw}x{dh} but its RGB {it.rgb} is {w}x{h}: a depth map and its panorama must have "
                 "the same shape (2:1; the resolution may differ). Check that the two files belong together."
             )
-        return {"rgb": rgb, "depth": depth, "name": it.name}
+        return {"rgb": rgb, "depth": depth, "name": it.name, "notes": notes}
 
     def __iter__(self) -> Iterator[dict]:
         for i in range(len(self)):
@@ -359,8 +360,9 @@ class Deep360(PanoDataset):
                 items.append(Item(f"{ep.name}/{frame}", ep / sub / "rgb" / f"{frame}_12_rgb1.png", depth))
         return items
 
-    def load_rgb(self, path: Path) -> np.ndarray:
-        return np.clip(cassini_to_erp(_cassini(read_rgb(path), path), mode="bilinear"), 0.0, 1.0)
+    def load_rgb(self, path: Path) -> tuple[np.ndarray, list[str]]:
+        rgb, notes = read_rgb_notes(path)
+        return np.clip(cassini_to_erp(_cassini(rgb, path), mode="bilinear"), 0.0, 1.0), notes
 
     def load_depth(self, path: Path) -> np.ndarray:
         # 'arr_0' (or 'depth', or the only array)

@@ -27,7 +27,7 @@ from dap.curation.ingest import IngestOptions, hamming, ingest, perceptual_hash
 from dap.curation.label import LabelOptions, label_pool
 from dap.curation.manifest import PseudoLabelDataset, empty_row, load_label, read_manifest, save_label, write_manifest
 from dap.curation.selection import keep_count, select_top_k
-from dap.errors import DapError
+from dap.errors import DapError, DatasetLayoutError
 from dap.geometry import tilt_angle
 from dap.io import read_rgb, write_depth, write_rgb
 
@@ -1036,8 +1036,9 @@ def test_a_lost_pool_image_has_a_way_back_that_brings_its_row_back(tmp_path, cap
     capsys.readouterr()
     assert main(run) == 2
     err = capsys.readouterr().err
-    assert f"the pool's stored copy of {lost['path']}, {work / 'pool' / lost['image']}, is missing. Run `dap curate " \
-        "label" in err and "re-download" not in err
+    # said before the first training step (it was said when its sample was drawn)
+    assert f"1 stored image(s) of {work / 'pool'} that the manifest names are gone (e.g. {lost['image']}, of " \
+           f"{lost['path']}): `dap curate label --pool" in err and "re-download" not in err
     assert main(["curate", "label", "--pool", str(work / "pool"), "--model", str(work / "runs/stage1/final"),
                  "--resolution", "32x64", "--no-progress"]) == 0
     ingest([lost["path"]], work / "pool", IngestOptions(min_width=SMALL, max_tilt_deg=90), progress=False)
@@ -1369,6 +1370,21 @@ def test_an_unreadable_pseudo_label_says_how_to_make_it_again(tmp_path):
         with pytest.raises(UnreadableFileError, match=r"the pseudo-label .*x.npz cannot be read .*delete it and run "
                                                       "`dap curate label` again"):
             load_label(tmp_path / "x.npz")
+    # readable, but not what label writes: a KeyError traceback, an IndexError, or a panorama stretched to its shape
+    for arrays, holds in (({"depth": np.ones((8, 16))}, r"depth \(8, 16\)\);"),
+                          ({"depth": np.ones((8, 16)), "prob": np.ones((4, 8))}, r"depth \(8, 16\), prob \(4, 8\)"),
+                          ({"depth": np.ones((8, 8)), "prob": np.ones((8, 8))}, r"depth \(8, 8\)")):
+        np.savez(tmp_path / "x.npz", **arrays)
+        with pytest.raises(UnreadableFileError, match=f"is not one dap curate label writes .*it holds {holds}"):
+            load_label(tmp_path / "x.npz")
+
+
+def test_training_on_a_pool_whose_image_is_gone_is_refused_before_the_first_step(tmp_path):
+    """A pool image deleted since labelling was found when its sample was drawn, at a random step."""
+    pool = _labelled_pool(tmp_path / "pool", 3)
+    (pool / read_manifest(pool)[1]["image"]).unlink()
+    with pytest.raises(DatasetLayoutError, match=r"1 stored image\(s\) of .* are gone"):
+        PseudoLabelDataset(pool, "stage1")
 
 
 def test_select_says_which_labelled_rows_it_could_not_rank(tmp_path, capsys):

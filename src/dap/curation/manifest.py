@@ -216,12 +216,21 @@ def save_label(path: Path, depth: np.ndarray, prob: np.ndarray, **scores: float)
 def load_label(path: Path) -> dict[str, np.ndarray]:
     """A pseudo-label's arrays; a file that cannot be read (emptied, cut short, not ours) raises a DapError that
     says how to make it again (was EOFError or numpy's pickle advice, from label, score, status and training)."""
+    again = "delete it and run `dap curate label` again, which makes the missing ones"
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            label = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise UnreadableFileError(f"the pseudo-label {path} cannot be read ({type(e).__name__}: {e}); delete it and "
-                                  "run `dap curate label` again, which makes the missing ones") from e
+        raise UnreadableFileError(f"the pseudo-label {path} cannot be read ({type(e).__name__}: {e}); {again}") from e
+    # what save_label writes: a 2:1 depth map and a range probability of its shape (a KeyError or a stretched
+    # panorama in training otherwise)
+    depth, prob = label.get("depth"), label.get("prob")
+    if depth is None or prob is None or depth.ndim != 2 or depth.shape != prob.shape or \
+            depth.shape[1] != 2 * depth.shape[0]:
+        shapes = ", ".join(f"{k} {v.shape}" for k, v in label.items() if k in ("depth", "prob")) or "no depth or prob"
+        raise UnreadableFileError(f"the pseudo-label {path} is not one dap curate label writes (a 2:1 depth and a "
+                                  f"range probability of its shape; it holds {shapes}); {again}")
+    return label
 
 
 class PseudoLabelDataset(torch.utils.data.Dataset):
@@ -240,6 +249,12 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         self.rows = [r for r in rows if r["status"] == "ok" and r[f"{stage}_label"]
                      and (r["selected"] or not selected_only)]
         check_labels_present(self.pool, self.rows, stage, "train")
+        # a lost image is found here, not at a random step hours in
+        if lost := [r for r in self.rows if not stored_image(self.pool, r)]:
+            raise DatasetLayoutError(
+                f"{len(lost)} stored image(s) of {self.pool} that the manifest names are gone (e.g. {lost[0]['image']}, "
+                f"of {lost[0]['path']}): `dap curate label --pool {self.pool} --model <the stage's labeler>` rejects "
+                f"them, or `dap curate ingest <their folder> --pool {self.pool}` brings them back")
         self.stage = stage
         if not self.rows:
             what = "selected and labelled" if selected_only else "labelled"

@@ -253,8 +253,9 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         if lost := [r for r in self.rows if not stored_image(self.pool, r)]:
             raise DatasetLayoutError(
                 f"{len(lost)} stored image(s) of {self.pool} that the manifest names are gone (e.g. "
-                f"{lost[0]['image']}, of {lost[0]['path']}): `dap curate label --pool {self.pool} --model <the stage's labeler>` rejects "
-                f"them, or `dap curate ingest <their folder> --pool {self.pool}` brings them back")
+                f"{lost[0]['image']}, of {lost[0]['path']}): `dap curate label --pool {self.pool} --model <the "
+                f"stage's labeler>` rejects them, or `dap curate ingest <their folder> --pool {self.pool}` brings them "
+                "back")
         self.stage = stage
         if not self.rows:
             what = "selected and labelled" if selected_only else "labelled"

@@ -13,7 +13,7 @@ import torch
 from dap.data import transforms as T
 from dap.data.shards import SAMPLE_KEYS, ShardDataset, write_dataset
 from dap.data.synthetic import Scene, Shell, make_scene, render
-from dap.errors import DapError, DatasetLayoutError
+from dap.errors import DapError, DatasetLayoutError, UnreadableFileError
 from dap.geometry import erp_rays, rotation_matrix
 
 RES = (16, 32)
@@ -431,6 +431,21 @@ def test_a_manifest_edited_by_hand_is_refused_not_read_wrong(tmp_path):
         pq.write_table(edited, root / "manifest.parquet")
         with pytest.raises(DatasetLayoutError, match=f"the manifest of .*d {problem}"):
             ShardDataset(root)
+
+
+def test_a_shard_cut_between_members_is_named_before_its_samples_are_drawn(tmp_path):
+    """A shard cut short at a member boundary still opens: training ran until it drew a lost sample ("has no member
+    00000007.rgb.png", two steps in)."""
+    import tarfile
+
+    root = tmp_path / "d"
+    write(root, count=4, shard_size=2)
+    shard = root / "shard-000001.tar"
+    with tarfile.open(shard) as tar:
+        cut = next(m for m in tar.getmembers() if m.name.startswith("00000003")).offset  # the last sample's header
+    shard.write_bytes(shard.read_bytes()[:cut])
+    with pytest.raises(UnreadableFileError, match=r"shard-000001.tar lacks sample 00000003's files \(1 sample"):
+        ShardDataset(root)
 
 
 def test_a_dataset_of_another_renderer_version_says_no_option_resumes_it(tmp_path):

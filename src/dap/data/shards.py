@@ -349,6 +349,14 @@ class ShardDataset(torch.utils.data.Dataset):
                 raise DatasetLayoutError(f"the manifest lists {path} but it is missing; rerun `dap synth` with "
                                          "the same settings to rewrite it")
             self._index[shard] = {m.name: (m.offset_data, m.size) for m in iter_shard(path)}
+        # a shard cut short between members still opens: its lost samples are named now, not when first drawn
+        lost = [(r["key"], r["shard"]) for r in self.rows
+                if any(f"{r['key']}.{part}" not in self._index[r["shard"]] for part in SAMPLE_MEMBERS)]
+        if lost:
+            key, shard = lost[0]
+            raise UnreadableFileError(f"{self.root / shard} lacks sample {key}'s files ({len(lost)} sample(s) of the "
+                                      "manifest in all): the shard is cut short or does not match the manifest; "
+                                      "delete it and rerun `dap synth` with the same settings")
         self._files: dict[str, object] = {}
         self._pid = os.getpid()
 

@@ -845,6 +845,22 @@ def test_an_extension_keeps_the_finished_models_checkpoint_until_its_new_end(tmp
     assert [p.name for p in T.list_checkpoints(out)] == ["step_00000006.pt"] and (out / "final").is_dir()
 
 
+def test_a_source_partly_in_millimetres_or_without_depth_is_noted():
+    """The unit was judged on a source's first two panoramas together: metres first and millimetres after passed,
+    as did a source whose depth maps were all 0 (every loss term 0, no word)."""
+    from dap.train.loop import depth_unit_problem
+
+    def source(*values):
+        return [{"depth": np.full((4, 8), v, np.float32)} for v in values]
+
+    assert depth_unit_problem(source(2, 3, 2, 3, 2, 3), 100) is None
+    assert depth_unit_problem(source(2, 3, 2000, 3000, 2500, 1800), 100).startswith(
+        "4 of 6 of its panoramas checked (spread over it) have over 90% of their ground truth beyond")
+    empty = depth_unit_problem(source(*[0] * 20), 100)
+    assert empty == ("8 of 8 of its panoramas checked (spread over it) have no valid depth (all 0, NaN, inf or "
+                     "negative): they train nothing and take their share of the batches")
+
+
 def test_a_fine_tuning_run_resumes_after_its_init_model_moved(tmp_path):
     """Resuming rebuilt the network from model.init before loading the checkpoint over it: with the init model moved
     the run could not go on, although every checkpoint records its architecture."""
@@ -1043,8 +1059,8 @@ def test_settings_that_train_or_validate_something_else_are_noted(tmp_path, caps
                      "data.val=[{kind: rooms, size: 4, seed: 50}, {kind: rooms, size: 4, seed: 60}]"),
             tmp_path / "run")
     err = capsys.readouterr().err
-    assert "data.sources[0] (folder " in err and "over 90% of the ground truth of its first 2 panoramas is beyond " \
-        "loss.max_depth 100 m: if its depth is not in metres, give its unit" in err
+    assert "data.sources[0] (folder " in err and "2 of 2 of its panoramas checked (spread over it) have over 90% of " \
+        "their ground truth beyond loss.max_depth 100 m: if its depth is not in metres, give its unit" in err
     assert "data.augment is false, which also turns off data.rotate, data.exposure" in err
     assert "data.val[1] (rooms) is not validated on: data.val_samples (2) are all taken from the sources before " \
         "it; raise data.val_samples to 8" in err

@@ -558,21 +558,31 @@ def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val:
     return notes
 
 
-def depth_unit_problem(data, max_depth: float, count: int = 2) -> str | None:
-    """What the ground truth of a source's first `count` panoramas says about its unit, None where it reads as
-    metres. Depth in millimetres is all beyond the loss's cap: the depth losses learn nothing, without a word."""
+def depth_unit_problem(data, max_depth: float, count: int = 8) -> str | None:
+    """What the ground truth of `count` of a source's panoramas, spread over it, says about its unit and content;
+    None where it reads as metres. Depth in millimetres is all beyond the loss's cap: the depth losses learn nothing
+    from it and the range head learns it as out of range; a panorama with no valid depth trains nothing but takes
+    its share of the batches. Checked panorama by panorama: a source whose first ones are in metres and the rest in
+    millimetres passed."""
     from dap.evaluation import other_unit
 
     n = min(count, len(data))
-    unit = other_unit(np.concatenate([np.asarray(data[i]["depth"], np.float32).ravel() for i in range(n)]), max_depth)
-    if unit == "far":
-        return (f"over 90% of the ground truth of its first {n} panoramas is beyond loss.max_depth {max_depth:g} m: if "
-                "its depth is not in metres, give its unit (a folder manifest's metres_per_unit); the depth losses "
-                "learn nothing from it")
-    if unit == "near":
-        return (f"over 90% of the ground truth of its first {n} panoramas is nearer than 0.1 m: check its unit (a "
-                "folder manifest's metres_per_unit)")
-    return None
+    picks = sorted({round(k * (len(data) - 1) / max(n - 1, 1)) for k in range(n)})
+    units = []
+    for i in picks:
+        depth = np.asarray(data[i]["depth"], np.float32)
+        units.append(other_unit(depth, max_depth) if (np.isfinite(depth) & (depth > 0)).any() else "none")
+    of = f"of {len(picks)} of its panoramas checked (spread over it)"
+    problems = [
+        f"{far} {of} have over 90% of their ground truth beyond loss.max_depth {max_depth:g} m: if its depth is not "
+        "in metres, give its unit (a folder manifest's metres_per_unit); the depth losses learn nothing from them and "
+        "the range head learns them as out of range" if (far := units.count("far")) else "",
+        f"{near} {of} have over 90% of their ground truth nearer than 0.1 m: check its unit (a folder manifest's "
+        "metres_per_unit)" if (near := units.count("near")) else "",
+        f"{none} {of} have no valid depth (all 0, NaN, inf or negative): they train nothing and take their share of "
+        "the batches" if (none := units.count("none")) else "",
+    ]
+    return "; ".join(p for p in problems if p) or None
 
 
 def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[str]:

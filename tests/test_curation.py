@@ -134,6 +134,36 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
 
 
+def test_ingest_lists_sources_as_dap_predict_does(tmp_path):
+    """A '**' pattern over two link loops ran for ever; the pool's own images named as files (a shell's expansion of
+    pool/images/*.jpg) were ingested again; dap predict's outputs in a folder (x.normals.png) were accepted as
+    panoramas; a pattern's other files (code, notes) became "cannot decode" rows; one dangling link among the files
+    given stopped the whole ingest."""
+    src = tmp_path / "in"
+    write_rgb(src / "a.png", _render(51, "indoor", 32)["rgb"])
+    write_rgb(src / "a.normals.png", _render(52, "indoor", 32)["rgb"])  # as dap predict --outputs normals writes it
+    (src / "notes.py").write_text("print('not a panorama')")
+    pool = tmp_path / "pool"
+    opts = IngestOptions(min_width=SMALL, max_tilt_deg=90)
+    assert ingest([str(src / "*")], pool, opts, progress=False)["added"] == 1
+    assert [Path(r["path"]).name for r in read_manifest(pool)] == ["a.png"]
+    images = sorted(str(p) for p in (pool / "images").iterdir())
+    counts = ingest(images, pool, opts, progress=False)
+    assert not any(counts.values()) and len(read_manifest(pool)) == 1
+    write_rgb(src / "b.png", _render(53, "outdoor", 32)["rgb"])
+    (src / "gone.png").symlink_to(src / "nowhere.png")
+    assert ingest([str(src / "b.png"), str(src / "gone.png")], pool, opts, progress=False)["added"] == 1
+    (gone,) = [r for r in read_manifest(pool) if Path(r["path"]).name == "gone.png"]
+    assert gone["status"] == "rejected" and gone["reason"] == "cannot read the file: it is a symbolic link to " \
+        f"{src / 'nowhere.png'}, which does not exist"
+    loops = tmp_path / "loops"
+    write_rgb(loops / "c.png", _render(54, "indoor", 32)["rgb"])
+    (loops / "x").symlink_to(".")
+    (loops / "y").symlink_to(".")
+    with pytest.raises(DapError, match="over and over through symbolic links"):
+        ingest([str(loops / "**" / "*.png")], pool, opts, progress=False)
+
+
 def test_ingest_tags_by_path_or_name_and_says_what_they_did_not_do(tmp_path, capsys):
     for i, cam in enumerate(("indoorcam", "outdoorcam")):  # every camera names its files IMG_0001.jpg
         write_rgb(tmp_path / "in" / cam / "IMG_0001.png", _render(20 + i, "indoor", 32)["rgb"])

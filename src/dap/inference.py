@@ -1047,7 +1047,7 @@ class InputItem:
     video: str | None = None  # frames of one video share this, for temporal scale smoothing
 
 
-def _ours_or_hidden(path: Path) -> bool:
+def ours_or_hidden(path: Path) -> bool:
     """Hidden files (temporaries, our run records) and our own outputs, so `--out` may be the input folder. An .exr
     is ours when it holds no colour (our depth EXR has one channel, Z), else an HDR panorama."""
     from dap import io
@@ -1077,7 +1077,7 @@ def _listable(path: Path) -> bool:
     """Images a folder or glob contributes."""
     from dap import io
 
-    return path.suffix.lower() in io.IMAGE_SUFFIXES and not _ours_or_hidden(path) and not path.is_dir()
+    return path.suffix.lower() in io.IMAGE_SUFFIXES and not ours_or_hidden(path) and not path.is_dir()
 
 
 def output_names(paths: list[Path]) -> list[str]:
@@ -1109,7 +1109,7 @@ def _why_missing(spec: str) -> str | None:
     return missing_file_hint(spec) or dangling_link(spec)
 
 
-def _glob(spec: str) -> list[Path]:
+def glob_paths(spec: str) -> list[Path]:
     """The paths a pattern matches, sorted, ** at any depth as in shells. glob follows links to folders, up to the
     system's 40 hops per path: a link back into the folder gives each file ~40 paths (folded later, by real path),
     two of them 2^40, so a file reached more than 1000 ways stops the listing."""
@@ -1144,11 +1144,11 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     listed_dirs: set[str] = set()  # folders listed in their own right ('panos/**' matches the sub-folders too)
     for spec in inputs:
         if _is_pattern(spec):
-            matched = _glob(spec)
+            matched = glob_paths(spec)
             # not our outputs: cubemap folders (pano.cube), nor their faces, which 'dir/**' reaches
             cube = OUTPUT_SUFFIXES["cubemap"]
             found = [p for p in matched if not any(part.lower().endswith(cube) for part in p.parts)
-                     and ((p.is_dir() and not _ours_or_hidden(p)) or io.listed_as_video(p) or _listable(p))]
+                     and ((p.is_dir() and not ours_or_hidden(p)) or io.listed_as_video(p) or _listable(p))]
             if not found:
                 brackets = " ([...] matches one character of a set: write [[] for a literal [)" if "[" in spec else ""
                 raise DapError(f"the pattern {spec!r} matches no panorama, folder or video{brackets}"
@@ -1162,7 +1162,7 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
                 images = [p for p in listing if _listable(p)]
                 # folders are not searched below their first level: sub-folders are left out, and said so
                 left_out = [p for p in listing if (p.is_dir() or p.suffix.lower() not in io.IMAGE_SUFFIXES)
-                            and not _ours_or_hidden(p) and (p.is_file() or p.is_dir())]
+                            and not ours_or_hidden(p) and (p.is_file() or p.is_dir())]
                 ignored += left_out
                 # a folder a pattern matched may hold no images (an --out inside the pattern's folder, holding our
                 # outputs): left out; a folder given by name must hold some

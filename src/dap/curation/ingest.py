@@ -10,7 +10,6 @@ only new items (same file checksum and frame = same id) and checks rejected ones
 from __future__ import annotations
 
 import csv
-import glob
 import hashlib
 import math
 import os
@@ -26,7 +25,7 @@ import numpy as np
 from dap.curation.manifest import empty_row, read_manifest, write_manifest
 from dap.errors import DapError, NotPanoramaError
 from dap.geometry import check_erp_shape, level_panorama, level_rotation, looks_dual_fisheye, tilt_angle
-from dap.io import VIDEO_SUFFIXES, is_image_file, utf8_text
+from dap.io import VIDEO_SUFFIXES, dangling_link, is_image_file, utf8_text
 
 DOMAINS = ("indoor", "outdoor")
 POOL_FOLDERS = ("images", "labels", "scores")  # what a pool writes beside its manifest
@@ -112,30 +111,39 @@ def item_id(checksum: str, frame: int | None) -> str:
 
 # ------------------------------------------------------------------------------------------- inputs
 def expand_sources(sources: list[str], pool: str | os.PathLike | None = None) -> list[Path]:
-    """Files from files, folders (recursive) and glob patterns, in a stable order; unknown suffixes and depth EXRs
-    are skipped in folders but an explicitly named file is always tried (and rejected with a reason if it is no
-    image). Folders and patterns skip the pool's own images and labels (a pool inside its source folder would
-    ingest its own copies, once more on every rerun)."""
+    """Files from files, folders (recursive) and glob patterns, in a stable order. Folders and patterns contribute
+    images, videos and panoramas of known formats this install cannot read (each rejected with how to convert it),
+    as `dap predict` lists them: not depth EXRs, hidden files nor dap predict's outputs; an explicitly named file
+    (or link) is always tried, and rejected with a reason if it is no image. None of them may be the pool's own
+    images and labels (a pool inside its source folder, or its images given by name, would ingest its own copies,
+    once more on every rerun)."""
+    from dap.inference import glob_paths, ours_or_hidden
+    from dap.io import listed_as_video, unsupported_format
+
     own = [os.path.join(os.path.realpath(pool), d) + os.sep for d in POOL_FOLDERS] if pool is not None else []
 
     def listed(f: Path) -> bool:
         return not os.path.realpath(f).startswith(tuple(own))
 
+    def wanted(f: Path) -> bool:
+        return ((is_image_file(f) or listed_as_video(f) or unsupported_format(f) is not None)
+                and not ours_or_hidden(f) and listed(f))
+
     files: list[Path] = []
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files += sorted(f for f in _files_below(p) if (is_image_file(f) or f.suffix.lower() in VIDEO_SUFFIXES)
-                            and not any(part.startswith(".") for part in f.relative_to(p).parts) and listed(f))
-        elif p.is_file():
-            files.append(p)
+            files += sorted(f for f in _files_below(p) if wanted(f)
+                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
+        elif p.is_file() or os.path.islink(p):  # a link to nothing, or a loop: tried, and rejected with its reason
+            files += [p] if listed(p) else []
         else:
-            matches = sorted(Path(m) for m in glob.glob(src, recursive=True) if Path(m).is_file() and listed(Path(m)))
+            matches = [m for m in glob_paths(src) if m.is_file() and wanted(m)]
             if not matches:
-                raise DapError(f"{src} is neither a file, a folder nor a glob that matches files")
+                raise DapError(f"{src} is neither a file, a folder nor a glob that matches images or videos")
             files += matches
-    seen: set[Path] = set()
-    return [f for f in files if not (f.resolve() in seen or seen.add(f.resolve()))]
+    seen: set[str] = set()
+    return [f for f in files if not ((real := os.path.realpath(f)) in seen or seen.add(real))]
 
 
 def _files_below(folder: Path) -> list[Path]:
@@ -338,7 +346,9 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
             try:
                 checksum = file_checksum(path)
             except OSError as e:
-                row = _rejected(where, source, "", None, f"cannot read the file: {e}")
+                link = dangling_link(path)  # a link to nothing or a loop: said so
+                why = f"it is {link}" if link else e.strerror or str(e)
+                row = _rejected(where, source, "", None, f"cannot read the file: {why}")
                 counts["rejected" if put(row) else "already_in_pool"] += 1
                 continue
             # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)

@@ -262,6 +262,18 @@ def test_a_16bit_min_is_white_grey_tiff_is_not_read_as_its_negative(tmp_path):
     Image.fromarray(stored).save(tmp_path / "w16.tif", tiffinfo=tags)  # I;16, its pixels written as they are
     rgb = io.read_rgb(tmp_path / "w16.tif")
     np.testing.assert_allclose(rgb[..., 0], 1 - stored / 65535, atol=1e-6)
+    # big-endian ("MM"): Pillow has no mode for it, OpenCV reads it, and ignored the tag
+    h, w = stored.shape
+    entries = [(256, 3, 1, w), (257, 3, 1, h), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 0), (273, 4, 1, 0),
+               (277, 3, 1, 1), (278, 3, 1, h), (279, 4, 1, stored.nbytes)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    pixels_at = 8 + ifd_size
+    ifd = struct.pack(">H", len(entries)) + b"".join(
+        struct.pack(">HHI", tag, kind, count) + (struct.pack(">HH", value, 0) if kind == 3 else
+                                                 struct.pack(">I", pixels_at if tag == 273 else value))
+        for tag, kind, count, value in entries) + struct.pack(">I", 0)
+    (tmp_path / "w16b.tif").write_bytes(b"MM\x00\x2a" + struct.pack(">I", 8) + ifd + stored.astype(">u2").tobytes())
+    np.testing.assert_allclose(io.read_rgb(tmp_path / "w16b.tif")[..., 0], 1 - stored / 65535, atol=1e-6)
 
 
 def test_a_npz_that_is_no_archive_is_named_so(tmp_path):

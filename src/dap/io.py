@@ -886,7 +886,7 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     a = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if a is None:
         raise ValueError("neither Pillow nor OpenCV decodes this TIFF")
-    tiff_tag, xmp_tag, width, height = _tiff_tags(path)
+    tiff_tag, xmp_tag, width, height, photometric = _tiff_tags(path)
     tag = tiff_tag if tiff_tag in _TURN_UPRIGHT else xmp_tag if xmp_tag in _TURN_UPRIGHT else 1
     a = a[..., None] if a.ndim == 2 else a[..., 2::-1] if a.shape[2] >= 3 else a[..., :1]  # BGR(A) -> RGB
     a = _upright(a, tag, tag in (5, 6, 7, 8) and width == 2 * height, turned=tiff_tag == tag != 1)
@@ -895,12 +895,15 @@ def _read_tiff_opencv(path: Path) -> np.ndarray:
     rgb = a.astype(np.float32)
     if np.issubdtype(a.dtype, np.integer):
         rgb /= np.float32(np.iinfo(a.dtype).max)
+    if photometric == 0 and a.dtype == np.uint16 and a.shape[2] == 1:  # 16-bit "min is white", as pil_to_rgb reads it
+        rgb = 1.0 - rgb  # (big-endian ones come here: Pillow has no mode for them)
     return np.ascontiguousarray(np.broadcast_to(rgb, (*rgb.shape[:2], 3)))
 
 
-def _tiff_tags(path: Path) -> tuple[int, int, int, int]:
-    """(orientation tag, XMP's tiff:Orientation, stored width, stored height) of a TIFF's first image, read from its
-    header alone (0 for what it lacks): for TIFFs Pillow cannot open."""
+def _tiff_tags(path: Path) -> tuple[int, int, int, int, int | None]:
+    """(orientation tag, XMP's tiff:Orientation, stored width, stored height, photometric interpretation) of a TIFF's
+    first image, read from its header alone (0, or None for the last, for what it lacks): for TIFFs Pillow cannot
+    open."""
     with open(path, "rb") as f:
         header = f.read(16)
         try:
@@ -908,10 +911,11 @@ def _tiff_tags(path: Path) -> tuple[int, int, int, int]:
             f.seek(tags.next)
             tags.load(f)
         except (SyntaxError, ValueError, OSError, struct.error):  # tags OpenCV read past: the pixels as it turned them
-            return 0, 0, 0, 0
+            return 0, 0, 0, 0, None
     xmp = tags.get(700, b"")
     found = re.search(rb'tiff:Orientation(?:="|>)([0-9])', xmp if isinstance(xmp, bytes) else xmp.encode())
-    return tags.get(274, 0), int(found.group(1)) if found else 0, tags.get(256, 0), tags.get(257, 0)
+    return (tags.get(274, 0), int(found.group(1)) if found else 0, tags.get(256, 0), tags.get(257, 0),
+            tags.get(TIFF_PHOTOMETRIC))
 
 
 FLOAT_SLACK = 1e-3

@@ -238,8 +238,6 @@ def test_a_lock_folder_others_could_write_is_refused(tmp_path, monkeypatch, unsa
 def test_a_multi_page_tiff_cut_short_in_a_later_page_reads_its_first(tmp_path):
     """Pillow's frame count raised TypeError ("Missing dimensions") on a TIFF cut short in its second page's header:
     a traceback from read_rgb, and dap predict ended the whole folder run on it."""
-    import struct
-
     first, second = (Image.fromarray(np.full((32, 64, 3), v, np.uint8)) for v in (60, 200))
     first.save(tmp_path / "two.tif", save_all=True, append_images=[second])
     data = (tmp_path / "two.tif").read_bytes()

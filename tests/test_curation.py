@@ -134,6 +134,15 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
 
 
+def test_a_tag_file_that_is_no_csv_is_said_so(tmp_path):
+    """A field over the csv module's limit (a binary file given as --tags) was a _csv.Error traceback."""
+    from dap.curation.ingest import read_tags
+
+    (tmp_path / "tags.csv").write_text("file,domain\n" + "x" * 200_000 + ",indoor\n")
+    with pytest.raises(DapError, match="cannot read the tag file .*tags.csv: field larger than field limit"):
+        read_tags(tmp_path / "tags.csv")
+
+
 def test_ingest_lists_sources_as_dap_predict_does(tmp_path):
     """A '**' pattern over two link loops ran for ever; the pool's own images named as files (a shell's expansion of
     pool/images/*.jpg) were ingested again; dap predict's outputs in a folder (x.normals.png) were accepted as

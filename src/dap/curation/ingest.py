@@ -186,8 +186,8 @@ def read_tags(path: str | os.PathLike) -> Tags:
             reader = csv.DictReader(f)
             rows = list(reader)
             header = reader.fieldnames or []
-    except OSError as e:
-        raise DapError(f"cannot read the tag file {p}: {e}") from e
+    except (OSError, csv.Error) as e:  # csv: a field over its size limit (no tag file's), a NUL byte
+        raise DapError(f"cannot read the tag file {p}: {e}; it should be a CSV of file and domain columns") from e
     except UnicodeDecodeError as e:
         raise DapError(f"the tag file {p} is not UTF-8 text ({e.reason} at byte {e.start}); save it as CSV UTF-8 "
                        "(a spreadsheet's \"Unicode text\" is UTF-16)") from e

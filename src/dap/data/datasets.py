@@ -488,6 +488,13 @@ class FolderDataset(PanoDataset):
         rgb_dir, depth_dir = self.root / "rgb", self.root / "depth"
         if not rgb_dir.is_dir() or not depth_dir.is_dir():
             raise self.layout_error("found no manifest.csv / manifest.parquet and no rgb/ + depth/ folders")
+        nested = [d.name for d in _visible(rgb_dir.iterdir())
+                  if d.is_dir() and any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.rglob("*"))]
+        if nested:  # their panoramas were left out without a word
+            raise self.layout_error(f"{rgb_dir} has sub-folders of images ({', '.join(nested[:3])}"
+                                    f"{', ...' if len(nested) > 3 else ''}), which a plain folder does not search; "
+                                    "list every pair in a manifest.csv (rgb and depth paths), or give each folder "
+                                    "its own rgb/ and depth/")
         items = []
         for rgb in _visible(p for p in rgb_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             depths = [depth_dir / f"{rgb.stem}{e}" for e in self.DEPTH_EXTS if (depth_dir / f"{rgb.stem}{e}").is_file()]

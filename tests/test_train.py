@@ -845,6 +845,25 @@ def test_an_extension_keeps_the_finished_models_checkpoint_until_its_new_end(tmp
     assert [p.name for p in T.list_checkpoints(out)] == ["step_00000006.pt"] and (out / "final").is_dir()
 
 
+def test_a_resume_whose_sources_changed_says_so(tmp_path, capsys):
+    """A panorama deleted from a folder source between sittings (as an error's advice says for a broken one): the
+    resumed run drew other samples than the uninterrupted one, and said only "changed config"."""
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_rgb(tmp_path / "f" / "rgb" / f"p{i}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "f" / "depth" / f"p{i}.npy", np.full((32, 64), 2.0 + i, np.float32))
+    cfg = cfg_with("run.steps=3", "run.ckpt_every=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'f'}}}]")
+    T.train(cfg, tmp_path / "run", stop_at=1)
+    (tmp_path / "f" / "rgb" / "p5.png").unlink()
+    (tmp_path / "f" / "depth" / "p5.npy").unlink()
+    capsys.readouterr()
+    T.train(cfg, tmp_path / "run", resume=True)
+    assert "the sources hold other numbers of panoramas than when step_00000001.pt was written (data.sources[0] 6 " \
+           "-> 5): the run goes on, but draws other samples" in capsys.readouterr().err
+
+
 def test_a_source_partly_in_millimetres_or_without_depth_is_noted():
     """The unit was judged on a source's first two panoramas together: metres first and millimetres after passed,
     as did a source whose depth maps were all 0 (every loss term 0, no word)."""

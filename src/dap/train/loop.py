@@ -358,8 +358,15 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
                       static_graph=True) if d.world > 1 else st.model
     loss_fn = DapLoss(cfg.loss)
     loader, val = _build_data(cfg, d, start)
+    sizes = [len(s) for s in loader.dataset.sources]  # recorded in each checkpoint: a resume reads the same data?
     for text in _setting_notes(cfg, st.model.cfg, loader.dataset, val) if d.main else []:
         print(f"dap train: note: {text}", file=sys.stderr)
+    if ckpt and d.main and (before := ckpt["data"].get("source_sizes")) is not None and before != sizes:
+        changed = "; ".join(f"data.sources[{i}] {a} -> {b}" for i, (a, b) in enumerate(zip(before, sizes, strict=False))
+                            if a != b) or f"{len(before)} -> {len(sizes)} sources"
+        print(f"dap train: the sources hold other numbers of panoramas than when {ckpt_path.name} was written "
+              f"({changed}): the run goes on, but draws other samples than the uninterrupted run would",
+              file=sys.stderr)
     log = _RunLog(out, cfg, d, start)
 
     bar = tqdm(total=run.steps, initial=start, disable=not (d.main and run.progress), desc="train",
@@ -408,7 +415,7 @@ def _train(cfg: TrainConfig, out: Path, d: Dist, resume: bool, stop_at, time_lim
             if (run.ckpt_every and step % run.ckpt_every == 0) or step == run.steps or stopped:
                 keep = finished_step if step < run.steps else None
                 save_checkpoint(out, step, d, run.keep_last,
-                                functools.partial(_checkpoint_state, st, cfg, d, step, keep), keep_step=keep)
+                                functools.partial(_checkpoint_state, st, cfg, d, step, keep, sizes), keep_step=keep)
             t_extra += time.monotonic() - t0
             if stopped:
                 break
@@ -497,12 +504,13 @@ def _restore(st: _State, ckpt: dict, path: Path, cfg: TrainConfig, d: Dist) -> N
               file=sys.stderr)
 
 
-def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int, finished_step: int | None) -> dict:
+def _checkpoint_state(st: _State, cfg: TrainConfig, d: Dist, step: int, finished_step: int | None,
+                      source_sizes: list[int]) -> dict:
     return {
         "model": st.model.state_dict(), "optimizer": st.optimizer.state_dict(),
         "scheduler": st.scheduler.state_dict(), "ema": st.ema.state_dict() if st.ema is not None else None,
         "data": {"seed": cfg.run.seed, "step": step, "samples_seen": step * d.world * cfg.data.batch_size,
-                 "world_size": d.world, "batch_size": cfg.data.batch_size},
+                 "world_size": d.world, "batch_size": cfg.data.batch_size, "source_sizes": source_sizes},
         "config": cfg.to_dict(),
         "model_config": st.model.cfg.to_dict(),  # what load_model builds the network from (model.init may be gone)
         **({"finished_step": finished_step} if finished_step is not None else {}),

@@ -415,3 +415,15 @@ def test_level_rotation_recovers_a_tilt_and_levels_the_panorama(pitch, roll, yaw
     # a thumbnail is not judged (enlarged to the fit's 1024 wide, its noise would read as leaning edges)
     noise = np.random.default_rng(0).random((64, 128, 3), dtype=np.float32)
     assert g.level_rotation(noise) is None and math.isnan(g.tilt_angle(noise))
+
+
+def test_a_read_only_array_is_turned_without_a_warning():
+    """`dap curate ingest --level` printed torch's "The given NumPy array is not writable" for a decoded image."""
+    import warnings
+
+    rgb = np.random.default_rng(0).random((8, 16, 3)).astype(np.float32)
+    rgb.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        turned = g.rotate_erp(rgb, yaw=90.0)
+    assert turned.shape == (8, 16, 3)

@@ -33,7 +33,9 @@ Array = torch.Tensor | np.ndarray
 
 def _to_torch(x: Array) -> tuple[torch.Tensor, bool]:
     if isinstance(x, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(x)), True
+        a = np.ascontiguousarray(x)
+        # a read-only array (a decoded image's, a broadcast) would be shared with torch under a UserWarning
+        return torch.from_numpy(a if a.flags.writeable else a.copy()), True
     return x, False
 
 

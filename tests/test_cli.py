@@ -729,10 +729,10 @@ def test_eval_of_small_panoramas_warns_once_naming_how_many(d, tmp_path, capsys)
 
     root = tmp_path / "data"
     root.mkdir()
-    io.write_depth(root / "gt.npy", np.full((32, 64), 2.0, np.float32))
-    for i in range(3):
+    for i in range(3):  # each its own ground truth (one file for several samples is refused)
         shutil.copy(d / "pano.png", root / f"p{i}.png")
-    (root / "manifest.csv").write_text("rgb,depth\n" + "".join(f"{root / f'p{i}.png'},{root / 'gt.npy'}\n"
+        io.write_depth(root / f"gt{i}.npy", np.full((32, 64), 2.0, np.float32))
+    (root / "manifest.csv").write_text("rgb,depth\n" + "".join(f"{root / f'p{i}.png'},{root / f'gt{i}.npy'}\n"
                                                                  for i in range(3)))
     argv = ["eval", "--dataset", "folder", "--root", str(root), "--checkpoint", str(d / "ckpt"), "--out",
             str(tmp_path / "out"), "--resolution", "256x512", "--panels", "0"]

@@ -219,6 +219,16 @@ def test_ingest_replaces_an_edited_file_and_skips_its_own_pool(tmp_path):
     assert copy["status"] == "rejected" and copy["reason"].startswith("near-duplicate of") and copy["dup_of"]
     assert "the same bytes as" in copy["reason"] and copy["reason"].endswith("b.png)")
     assert ingest([str(src)], pool, opts, progress=False)["added"] == 0
+    # a copy found by a later ingest, or of a rejected file, had no row ("already_in_pool"): it has one too
+    write_rgb(tmp_path / "later" / "b_copy.png", b)
+    wide = np.zeros((16, 64, 3), np.float32)  # 4:1, rejected
+    write_rgb(tmp_path / "later" / "wide.png", wide)
+    write_rgb(tmp_path / "later" / "wide_copy.png", wide)
+    counts = ingest([str(tmp_path / "later")], pool, opts, progress=False)
+    assert counts["duplicate"] == 2 and counts["already_in_pool"] == 0
+    names = {Path(r["path"]).name: r for r in read_manifest(pool)}
+    assert names["b_copy.png"]["reason"].endswith("b.png)") and names["wide_copy.png"]["reason"].endswith("wide.png)")
+    assert ingest([str(tmp_path / "later")], pool, opts, progress=False)["duplicate"] == 0  # a rerun: nothing new
     write_rgb(src / "a.png", np.clip(a * 1.1, 0, 1))  # brightened: a near-duplicate of its own old version
     assert ingest([str(src)], pool, opts, progress=False)["replaced"] == 1
     rows = [r for r in read_manifest(pool) if Path(r["path"]).name == "a.png"]

@@ -301,7 +301,6 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
     # --level) then takes effect in the same pool. Accepted ones are kept as they are.
     known = {r["id"] for r in rows if r["status"] != "rejected"}
     at = {r["id"]: i for i, r in enumerate(rows)}  # a row checked again replaces its earlier one in place
-    added_now: set[str] = set()  # a second file with the same bytes is a duplicate, not "already in the pool"
 
     def put(row: dict) -> bool:
         """Store a row; False if it is a rejected row the pool already held with that reason (nothing new)."""
@@ -373,11 +372,12 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                        "kind": "generated" if o.generated else "image" if frame is None else "video_frame",
                        "status": "ok"}
                 if row["id"] in known:
-                    if row["id"] in added_now:  # the same bytes as a file of this run: a row says so (status did not)
+                    first = rows[at[row["id"]]] if row["id"] in at else None
+                    if first is not None and first["path"] != where:  # the same bytes as another file of the pool
+                        # (of this run or an earlier one, accepted or not): a row of its own says so (status did not)
                         copy = _rejected(where, source, checksum, frame, f"near-duplicate of {row['id']} (the same "
-                                         f"bytes as {rows[at[row['id']]]['path']})")
-                        put({**copy, "dup_of": row["id"]})
-                        counts["duplicate"] += 1
+                                         f"bytes as {first['path']})")
+                        counts["duplicate" if put({**copy, "dup_of": row["id"]}) else "already_in_pool"] += 1
                     else:
                         counts["already_in_pool"] += 1
                     continue
@@ -422,7 +422,6 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                     if domain := tags.get(where) or told.get(where):
                         row.update(domain=domain, domain_from="user")
                     put(row)
-                    added_now.add(row["id"])
                     counts["added"] += 1
             if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
                 write_manifest(pool, [r for r in rows if r["id"] not in gone])

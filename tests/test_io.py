@@ -294,6 +294,19 @@ def test_a_heic_photo_named_jpg_is_named_by_its_contents(tmp_path):
         io.read_rgb(tmp_path / "pano.jpg")
 
 
+def test_a_large_jpeg_is_decoded_no_larger_than_asked(tmp_path):
+    """`dap curate ingest` decoded a 16K panorama whole (3.2 GB at its peak) to store it 2048 wide."""
+    rgb = np.random.default_rng(0).random((1024, 2048, 3)).astype(np.float32)
+    io.write_rgb(tmp_path / "big.jpg", rgb)
+    io.write_rgb(tmp_path / "big.png", rgb)
+    assert io.read_rgb(tmp_path / "big.jpg", at_least=256).shape == (256, 512, 3)  # 1/4: 1/8 would be too small
+    assert io.read_rgb(tmp_path / "big.jpg", at_least=600).shape == (1024, 2048, 3)  # 1/2 would be too small
+    assert io.read_rgb(tmp_path / "big.png", at_least=256).shape == (1024, 2048, 3)  # JPEG only
+    small = io.read_rgb(tmp_path / "big.jpg", at_least=256)
+    full = cv2.resize(io.read_rgb(tmp_path / "big.jpg"), (512, 256), interpolation=cv2.INTER_AREA)
+    assert np.abs(small - full).mean() < 0.02  # the same picture
+
+
 def test_atomic_write_errors_name_the_file_asked_for(tmp_path):
     """A read-only folder's PermissionError named the hidden temporary; a folder in the way was a bare
     IsADirectoryError from the rename."""

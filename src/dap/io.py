@@ -489,16 +489,18 @@ def utf8_text(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def read_rgb(path: PathLike, *, require_erp: bool = False) -> np.ndarray:
+def read_rgb(path: PathLike, *, require_erp: bool = False, at_least: int | None = None) -> np.ndarray:
     """Read an image as float32 (H, W, 3) RGB in [0, 1].
 
     JPEG, PNG, WebP, TIFF and BMP, 8 or 16 bits per channel; grayscale is repeated to 3 channels, alpha is dropped
     (not composited), EXIF orientation is applied; of an animation or a multi-page file, the first frame
     (`read_rgb_notes` also says so). HDR panoramas (.hdr, .exr with R, G, B or Y channels) are
     tone-mapped to what a camera would have saved (`tonemap_hdr`). ``require_erp`` raises ``NotPanoramaError``
-    unless 2:1. Missing, truncated or undecodable files raise ``UnreadableFileError``.
+    unless 2:1. Missing, truncated or undecodable files raise ``UnreadableFileError``. ``at_least``: a caller that
+    will shrink the image anyway may get a JPEG decoded at 1/2, 1/4 or 1/8 of its size, its shorter side no smaller
+    than this (a 16K panorama's full decode peaks at 3 GB).
     """
-    return read_rgb_notes(path, require_erp=require_erp)[0]
+    return read_rgb_notes(path, require_erp=require_erp, at_least=at_least)[0]
 
 
 def tonemap_hdr(linear: np.ndarray, key: float = HDR_KEY, clip_share: float | None = HDR_CLIP_SHARE,
@@ -680,7 +682,8 @@ def _xmp(img: Image.Image) -> bytes | str:
     return xmp
 
 
-def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.ndarray, list[str]]:
+def read_rgb_notes(path: PathLike, *, require_erp: bool = False,
+                   at_least: int | None = None) -> tuple[np.ndarray, list[str]]:
     """`read_rgb`'s image, and what the reader should tell its user about the file (none for most): that only the
     first of its frames was read (an animated GIF, WebP or PNG, a multi-page TIFF), that part of it is transparent.
     Returned, not warned: `dap predict` decodes on a thread, where warnings cannot be caught reliably."""
@@ -697,7 +700,7 @@ def read_rgb_notes(path: PathLike, *, require_erp: bool = False) -> tuple[np.nda
         if path.suffix.lower() in HDR_SUFFIXES:
             rgb, notes = _read_hdr(path), []
         else:
-            rgb, notes = _read_ldr(path)
+            rgb, notes = _read_ldr(path, at_least)
     except DapError:
         raise
     except Image.DecompressionBombError as e:
@@ -740,9 +743,10 @@ def transparency_note(image: Image.Image | np.ndarray) -> str | None:
             "(often black), and get depth like any other. Fill them or crop them first")
 
 
-def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
+def _read_ldr(path: Path, at_least: int | None = None) -> tuple[np.ndarray, list[str]]:
     """float32 (H, W, 3) RGB in [0, 1] of an 8- or 16-bit image Pillow can open, turned upright as its EXIF or XMP
-    orientation says (except a turn by 90 degrees of a 2:1 image: `_orientation`), and `read_rgb_notes`' notes."""
+    orientation says (except a turn by 90 degrees of a 2:1 image: `_orientation`), and `read_rgb_notes`' notes; a
+    JPEG decoded smaller where `at_least` (`read_rgb`) allows."""
     try:
         img = Image.open(path)
     except UnidentifiedImageError:
@@ -764,6 +768,8 @@ def _read_ldr(path: Path) -> tuple[np.ndarray, list[str]]:
             # Pillow turns single-channel TIFFs of these tags into neither the stored nor the upright pixels
             raise DapError(f"{path} is a grey TIFF whose orientation tag ({tiff_tag}) turns it by 90 degrees, which "
                            "its decoders do not read reliably; save it upright without the tag, or as PNG")
+        if at_least and img.format == "JPEG" and min(img.size) >= 2 * at_least:
+            img.draft(img.mode, (at_least, at_least))  # the decoder's own scaling: both sides stay >= at_least
         # Full decode now: lazy loading would let a truncated file through until pixels are touched.
         img.load()
         notes = []

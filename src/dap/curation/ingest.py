@@ -219,13 +219,13 @@ def read_tags(path: str | os.PathLike) -> Tags:
     return tags
 
 
-def _decoded(path: Path, every_s: float) -> Iterator[tuple[int | None, float, np.ndarray]]:
+def _decoded(path: Path, every_s: float, max_width: int) -> Iterator[tuple[int | None, float, np.ndarray]]:
     from dap.io import read_rgb, sample_video_frames
 
     if path.suffix.lower() in VIDEO_SUFFIXES:
         yield from sample_video_frames(path, every_s)
-    else:
-        yield None, math.nan, read_rgb(path)
+    else:  # stored at most max_width wide: a large JPEG is decoded no larger than a 2:1 one of that width needs
+        yield None, math.nan, read_rgb(path, at_least=max_width // 2)
 
 
 # ------------------------------------------------------------------------------------------- ingest
@@ -353,7 +353,7 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
             # rows of this file's earlier content: one the new content nearly repeats was edited into it (below)
             before = [r for r in by_path.pop(where, []) if r["checksum"] != checksum]
             gone.update(r["id"] for r in broken.pop(where, []) if r["checksum"] != checksum)  # fixed since
-            frames = _decoded(path, o.every_s)
+            frames = _decoded(path, o.every_s, o.max_width)
             frame = None
             while True:
                 try:

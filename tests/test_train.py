@@ -864,6 +864,24 @@ def test_a_resume_whose_sources_changed_says_so(tmp_path, capsys):
            "-> 5): the run goes on, but draws other samples" in capsys.readouterr().err
 
 
+def test_a_broken_validation_file_is_found_before_the_first_step(tmp_path):
+    """Validation panoramas were read when validation ran: a truncated one ended the run there, steps in."""
+    from dap.errors import UnreadableFileError
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_rgb(tmp_path / "v" / "rgb" / f"p{i:02d}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "v" / "depth" / f"p{i:02d}.npy", np.full((32, 64), 2.0, np.float32))
+    broken = tmp_path / "v" / "rgb" / "p01.png"  # not among the 8 the unit check reads
+    broken.write_bytes(broken.read_bytes()[:100])
+    cfg = cfg_with("run.steps=3", "run.ckpt_every=1", "run.val_every=3", "data.val_samples=12",
+                   f"data.val=[{{kind: folder, path: {tmp_path / 'v'}}}]")
+    with pytest.raises(UnreadableFileError, match="p01.png"):
+        T.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # no step was trained
+
+
 def test_a_source_partly_in_millimetres_or_without_depth_is_noted():
     """The unit was judged on a source's first two panoramas together: metres first and millimetres after passed,
     as did a source whose depth maps were all 0 (every loss term 0, no word)."""

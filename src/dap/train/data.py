@@ -240,3 +240,10 @@ class ValidationSet(Dataset):
         j, i = self.items[k]
         s = to_training_sample(self.sources[j][i], self.configs[j].invalid_is_sky)
         return resize_sample(s, self.height, self.width)
+
+    def check(self) -> None:
+        """Read each of the panoramas from files once: a broken one is found before the first step, not at the
+        first validation (generated ones, rendered as they are asked for, are not)."""
+        for k, (j, _) in enumerate(self.items):
+            if self.configs[j].kind not in ("rooms", "synthetic"):
+                self[k]

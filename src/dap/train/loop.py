@@ -530,6 +530,7 @@ def _build_data(cfg: TrainConfig, d: Dist, start: int) -> tuple[DataLoader, Vali
     if cfg.data.val and cfg.run.val_every:
         val_sources = _sources(cfg.data.val, "data.val", cfg)
         val = ValidationSet(val_sources, cfg.data.val, cfg.data.height, cfg.data.width, cfg.data.val_samples)
+        val.check()
     return loader, val
 
 

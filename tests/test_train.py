@@ -961,6 +961,33 @@ def test_a_folder_without_splits_validated_as_split_val_is_its_training_data(tmp
         "data.sources[0]" in err and "(it has no splits: give it a folder of other panoramas)" in err
 
 
+def test_overlaps_of_folder_sources_are_judged_by_their_files(tmp_path, capsys):
+    """Folders were compared, not files: a val.csv beside a train.csv in one folder (disjoint rows) was said to
+    read the training panoramas, a manifest elsewhere naming training files was not, nor two training sources of
+    one folder (drawn at the sum of their ratios)."""
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        write_rgb(tmp_path / "d" / "rgb" / f"p{i}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "d" / "depth" / f"p{i}.npy", np.full((32, 64), 2.0, np.float32))
+    (tmp_path / "d" / "train.csv").write_text("rgb,depth\nrgb/p0.png,depth/p0.npy\nrgb/p1.png,depth/p1.npy\n")
+    (tmp_path / "d" / "val.csv").write_text("rgb,depth\nrgb/p2.png,depth/p2.npy\nrgb/p3.png,depth/p3.npy\n")
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "manifest.csv").write_text("rgb,depth\n../d/rgb/p1.png,../d/depth/p1.npy\n")
+    base = ["run.steps=1", "run.val_every=1", "data.val_samples=2"]
+    T.train(cfg_with(*base, f"data.sources=[{{kind: folder, path: {tmp_path / 'd' / 'train.csv'}}}]",
+                     f"data.val=[{{kind: folder, path: {tmp_path / 'd' / 'val.csv'}}}]"), tmp_path / "r1")
+    assert "no held-out measure" not in capsys.readouterr().err
+    T.train(cfg_with(*base, f"data.sources=[{{kind: folder, path: {tmp_path / 'd' / 'train.csv'}}}, "
+                            f"{{kind: folder, path: {tmp_path / 'd'}/}}]",
+                     f"data.val=[{{kind: folder, path: {tmp_path / 'v'}}}]"), tmp_path / "r2")
+    err = capsys.readouterr().err
+    assert "data.val[0] (folder " in err and "lists 1 of the 1 panoramas it validates on among those of " \
+        "data.sources[0], which the run trains on" in err
+    assert "data.sources[0] and data.sources[1] (" in err and "list 2 of the same panoramas" in err
+
+
 def test_a_split_of_a_dap_synth_folder_is_refused_and_the_same_folder_named(tmp_path, capsys):
     """`split: val` on a shards source was ignored without a word: validation scored the training panoramas and the
     note that says so did not come (the configured split, not the one read, was compared)."""

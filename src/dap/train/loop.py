@@ -541,7 +541,9 @@ def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val:
     def splits(data) -> list[str]:
         return [getattr(ds, "split", c.split) for ds, c in zip(data.sources, data.configs, strict=True)]
 
-    notes = validation_overlaps(cfg, (splits(train_data), splits(val))) if val is not None else []
+    notes = validation_overlaps(cfg, (splits(train_data), splits(val)), (train_data.sources, val.sources)) \
+        if val is not None else []
+    notes += _repeated_sources(cfg, train_data.sources)
     for where, data in (("data.sources", train_data), ("data.val", val)):
         for i, (ds, c) in enumerate(zip(data.sources, data.configs, strict=True) if data is not None else []):
             if c.kind in ("folder", "dataset") and (problem := depth_unit_problem(ds, cfg.loss.max_depth)):
@@ -594,11 +596,32 @@ def depth_unit_problem(data, max_depth: float, count: int = 8) -> str | None:
     return "; ".join(p for p in problems if p) or None
 
 
-def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[str]:
+def _files(data) -> set[str] | None:
+    """The real paths of a built source's panoramas where it lists files (a folder, a benchmark), else None."""
+    items = getattr(data, "items", None)
+    if not items or not hasattr(items[0], "rgb"):
+        return None
+    return {os.path.realpath(it.rgb) for it in items}
+
+
+def _repeated_sources(cfg: TrainConfig, sources: list) -> list[str]:
+    """Training sources that list the same panoramas: each is drawn at its ratio, so together at their sum."""
+    files = [_files(s) for s in sources]
+    return [f"data.sources[{a}] and data.sources[{b}] ({cfg.data.sources[b].path}) list {n} of the same panoramas: "
+            "they are drawn at the sum of their ratios; list each folder once"
+            for a in range(len(files)) for b in range(a + 1, len(files))
+            if files[a] is not None and files[b] is not None and (n := len(files[a] & files[b]))]
+
+
+def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, built: tuple | None = None) -> list[str]:
     """The validation sources that read training data: the same files (kind, path, dataset, split) or, for the
     generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too; `splits`
-    ([training], [validation]) are those the built sources read, where they differ from the configured ones."""
+    ([training], [validation]) are those the built sources read, where they differ from the configured ones.
+    `built` ([training], [validation] datasets): sources that list files are compared by their files, not their
+    folders (a val.csv beside a train.csv in one folder; a manifest elsewhere naming training files)."""
     train_splits, val_splits = splits or ([s.split for s in cfg.data.sources], [s.split for s in cfg.data.val])
+    train_files, val_files = ([_files(d) for d in data] for data in built) if built else \
+        ([None] * len(cfg.data.sources), [None] * len(cfg.data.val))
 
     def folder(s: SourceConfig) -> str:
         """The folder a source reads, however it is given (a shards folder or its manifest.parquet, a trailing /)."""
@@ -625,10 +648,20 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None) -> list[s
             return "it has no splits: give it a folder of other panoramas"
         return "give it another split, e.g. split: val"
 
-    return [f"data.val[{i}] ({v.kind} {shown(v)}, split {vs}) reads the panoramas of "
-            f"data.sources[{j}], which the run trains on: its validation is no held-out measure ({fix(v, vs)})"
-            for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True))
-            for j, (t, ts) in enumerate(zip(cfg.data.sources, train_splits, strict=True)) if same(v, vs, t, ts)]
+    notes = []
+    for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True)):
+        for j, (t, ts) in enumerate(zip(cfg.data.sources, train_splits, strict=True)):
+            listed = val_files[i] is not None and train_files[j] is not None  # both list files: those decide
+            shared = len(val_files[i] & train_files[j]) if listed else 0
+            if same(v, vs, t, ts) and (shared or not listed):  # what the config says, and how to fix it
+                notes.append(f"data.val[{i}] ({v.kind} {shown(v)}, split {vs}) reads the panoramas of "
+                             f"data.sources[{j}], which the run trains on: its validation is no held-out measure "
+                             f"({fix(v, vs)})")
+            elif shared:  # by other names: a manifest elsewhere naming training files
+                notes.append(f"data.val[{i}] ({v.kind} {shown(v)}) lists {shared} of the {len(val_files[i])} "
+                             f"panoramas it validates on among those of data.sources[{j}], which the run trains "
+                             "on: its validation is no held-out measure (give it other panoramas)")
+    return notes
 
 
 def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:

@@ -983,9 +983,27 @@ def test_overlaps_of_folder_sources_are_judged_by_their_files(tmp_path, capsys):
                             f"{{kind: folder, path: {tmp_path / 'd'}/}}]",
                      f"data.val=[{{kind: folder, path: {tmp_path / 'v'}}}]"), tmp_path / "r2")
     err = capsys.readouterr().err
-    assert "data.val[0] (folder " in err and "lists 1 of the 1 panoramas it validates on among those of " \
-        "data.sources[0], which the run trains on" in err
-    assert "data.sources[0] and data.sources[1] (" in err and "list 2 of the same panoramas" in err
+    assert "data.val[0] (folder " in err and "holds 1 of the 1 panoramas it validates on among those of " \
+        "data.sources[0] (the same files, or scenes of the same seeds), which the run trains on" in err
+    assert "data.sources[0] and data.sources[1] (" in err and "hold 2 of the same panoramas" in err
+
+
+def test_a_synth_folder_of_the_training_seeds_is_no_held_out_set(tmp_path, capsys):
+    """A validation set rendered with `dap synth` into another folder without --seed holds the training scenes (the
+    same bytes): folders were compared, and the note did not come; nor between shards and synthetic sources."""
+    from dap.data.shards import write_dataset
+
+    write_dataset(tmp_path / "train", count=3, resolution=(32, 64), progress=False)
+    write_dataset(tmp_path / "val", count=2, resolution=(32, 64), progress=False)  # the seed forgotten
+    write_dataset(tmp_path / "held", count=2, resolution=(32, 64), seed=1000, progress=False)
+    base = ["run.steps=1", "run.val_every=1", "data.val_samples=2",
+            f"data.sources=[{{kind: shards, path: {tmp_path / 'train'}}}]"]
+    T.train(cfg_with(*base, f"data.val=[{{kind: shards, path: {tmp_path / 'val'}}}]"), tmp_path / "r1")
+    assert "holds 2 of the 2 panoramas it validates on among those of data.sources[0]" in capsys.readouterr().err
+    T.train(cfg_with(*base, f"data.val=[{{kind: shards, path: {tmp_path / 'held'}}}]"), tmp_path / "r2")
+    assert "no held-out measure" not in capsys.readouterr().err
+    T.train(cfg_with(*base, "data.val=[{kind: synthetic, size: 2, seed: 1}]"), tmp_path / "r3")
+    assert "holds 2 of the 2 panoramas it validates on among those of data.sources[0]" in capsys.readouterr().err
 
 
 def test_a_split_of_a_dap_synth_folder_is_refused_and_the_same_folder_named(tmp_path, capsys):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import json
 import math
 import os
 import shutil
@@ -596,8 +597,21 @@ def depth_unit_problem(data, max_depth: float, count: int = 8) -> str | None:
     return "; ".join(p for p in problems if p) or None
 
 
-def _files(data) -> set[str] | None:
-    """The real paths of a built source's panoramas where it lists files (a folder, a benchmark), else None."""
+def _contents(data) -> set | None:
+    """What a built source's panoramas are, where it can be told: the real paths of the files it lists (a folder, a
+    benchmark), or the (seed, kind) of the scenes it renders or holds rendered (synthetic, shards); else None."""
+    from dap.data.shards import ShardDataset
+    from dap.data.synthetic import kind_for_seed
+    from dap.train.data import RenderedSynthetic
+
+    if isinstance(data, RenderedSynthetic):
+        return {(s, kind_for_seed(s, data.kind)) for s in range(data.seed, data.seed + data.size)}
+    if isinstance(data, ShardDataset):
+        try:  # panorama i of a dap synth folder renders its seed + i
+            seed = int(json.loads((data.root / "synth_config.json").read_text())["seed"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return {(seed + int(r["key"]), r["kind"]) for r in data.rows}
     items = getattr(data, "items", None)
     if not items or not hasattr(items[0], "rgb"):
         return None
@@ -606,9 +620,9 @@ def _files(data) -> set[str] | None:
 
 def _repeated_sources(cfg: TrainConfig, sources: list) -> list[str]:
     """Training sources that list the same panoramas: each is drawn at its ratio, so together at their sum."""
-    files = [_files(s) for s in sources]
-    return [f"data.sources[{a}] and data.sources[{b}] ({cfg.data.sources[b].path}) list {n} of the same panoramas: "
-            "they are drawn at the sum of their ratios; list each folder once"
+    files = [_contents(s) for s in sources]
+    return [f"data.sources[{a}] and data.sources[{b}] ({cfg.data.sources[b].path}) hold {n} of the same panoramas "
+            "(files, or scenes of the same seeds): they are drawn at the sum of their ratios; give each once"
             for a in range(len(files)) for b in range(a + 1, len(files))
             if files[a] is not None and files[b] is not None and (n := len(files[a] & files[b]))]
 
@@ -617,10 +631,11 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, built: tu
     """The validation sources that read training data: the same files (kind, path, dataset, split) or, for the
     generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too; `splits`
     ([training], [validation]) are those the built sources read, where they differ from the configured ones.
-    `built` ([training], [validation] datasets): sources that list files are compared by their files, not their
-    folders (a val.csv beside a train.csv in one folder; a manifest elsewhere naming training files)."""
+    `built` ([training], [validation] datasets): sources whose panoramas can be told (`_contents`) are compared by
+    them, not by their folders (a val.csv beside a train.csv in one folder; a manifest elsewhere naming training
+    files; a dap synth folder of the training seeds, rendered again into another folder)."""
     train_splits, val_splits = splits or ([s.split for s in cfg.data.sources], [s.split for s in cfg.data.val])
-    train_files, val_files = ([_files(d) for d in data] for data in built) if built else \
+    train_files, val_files = ([_contents(d) for d in data] for data in built) if built else \
         ([None] * len(cfg.data.sources), [None] * len(cfg.data.val))
 
     def folder(s: SourceConfig) -> str:
@@ -657,10 +672,11 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, built: tu
                 notes.append(f"data.val[{i}] ({v.kind} {shown(v)}, split {vs}) reads the panoramas of "
                              f"data.sources[{j}], which the run trains on: its validation is no held-out measure "
                              f"({fix(v, vs)})")
-            elif shared:  # by other names: a manifest elsewhere naming training files
-                notes.append(f"data.val[{i}] ({v.kind} {shown(v)}) lists {shared} of the {len(val_files[i])} "
-                             f"panoramas it validates on among those of data.sources[{j}], which the run trains "
-                             "on: its validation is no held-out measure (give it other panoramas)")
+            elif shared:  # by other names: a manifest elsewhere naming training files, a synth folder of its seeds
+                notes.append(f"data.val[{i}] ({v.kind} {shown(v)}) holds {shared} of the {len(val_files[i])} "
+                             f"panoramas it validates on among those of data.sources[{j}] (the same files, or "
+                             "scenes of the same seeds), which the run trains on: its validation is no held-out "
+                             "measure (give it other panoramas)")
     return notes
 
 

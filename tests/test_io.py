@@ -1334,3 +1334,14 @@ def test_a_depth_png_written_by_dap_is_no_input_panorama(tmp_path):
     with pytest.raises(UnreadableFileError, match=r"pano.depth.png as a panorama: it is a depth map .*'dap:metres_per_"
                                                   r"unit'.* is no input"):
         io.read_rgb(tmp_path / "pano.depth.png")
+
+
+def test_depth_size_reads_headers_as_read_depth_reads_the_arrays(tmp_path):
+    np.save(tmp_path / "a.npy", np.zeros((1, 1, 4, 8), np.float32))
+    np.save(tmp_path / "b.npy", np.zeros((4, 8, 3), np.float32))
+    io.write_depth(tmp_path / "c.png", np.ones((6, 12), np.float32), scale=0.001)
+    (tmp_path / "d.npy").write_bytes(b"junk")
+    assert io.depth_size(tmp_path / "a.npy") == (8, 4) == io.read_depth(tmp_path / "a.npy").shape[::-1]
+    assert io.depth_size(tmp_path / "b.npy") is None  # read_depth refuses it, naming the shape
+    assert io.depth_size(tmp_path / "c.png") == (12, 6)
+    assert io.depth_size(tmp_path / "d.npy") is None

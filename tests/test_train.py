@@ -882,6 +882,28 @@ def test_a_broken_validation_file_is_found_before_the_first_step(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()  # no step was trained
 
 
+def test_a_folder_sample_whose_headers_show_it_cannot_be_read_is_refused_before_the_first_step(tmp_path):
+    """A depth map of another shape than its panorama, or an empty file, was found when its sample was drawn, at a
+    random step (after minutes of training, and again at the same step after a resume)."""
+    from dap.errors import DatasetLayoutError
+    from dap.io import write_depth, write_rgb
+
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        write_rgb(tmp_path / "f" / "rgb" / f"p{i:02d}.png", rng.uniform(0, 1, (32, 64, 3)))
+        write_depth(tmp_path / "f" / "depth" / f"p{i:02d}.npy", np.full((32, 64), 2.0, np.float32))
+    write_depth(tmp_path / "f" / "depth" / "p01.npy", np.full((32, 32), 2.0, np.float32))  # not among the 8 checked
+    cfg = cfg_with("run.steps=2", "run.ckpt_every=1", f"data.sources=[{{kind: folder, path: {tmp_path / 'f'}}}]")
+    with pytest.raises(DatasetLayoutError, match=r"data.sources\[0\] \(folder .*\): .*p01.npy is 32x32 but its RGB "
+                                                 r".*p01.png is 64x32"):
+        T.train(cfg, tmp_path / "run")
+    write_depth(tmp_path / "f" / "depth" / "p01.npy", np.full((32, 64), 2.0, np.float32))
+    (tmp_path / "f" / "rgb" / "p03.png").write_bytes(b"")
+    with pytest.raises(DatasetLayoutError, match=r"p03.png is empty \(0 bytes\)"):
+        T.train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_a_source_partly_in_millimetres_or_without_depth_is_noted():
     """The unit was judged on a source's first two panoramas together: metres first and millimetres after passed,
     as did a source whose depth maps were all 0 (every loss term 0, no word)."""

@@ -836,6 +836,29 @@ def image_size(path: PathLike) -> tuple[int, int] | None:
     return (height, width) if tag in (5, 6, 7, 8) and not keep_stored else (width, height)
 
 
+def depth_size(path: PathLike) -> tuple[int, int] | None:
+    """(width, height) of the depth map `read_depth` gives for a .npy or .png file, from its header alone; None for
+    other formats or a header that cannot be parsed (reading the file says why)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                               (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                if read_header is None:
+                    return None
+                shape = read_header(f)[0]
+            kept = [n for n in shape if n != 1] if len(shape) > 2 else list(shape)  # as `_as_2d` reads it
+            return (kept[1], kept[0]) if len(kept) == 2 else None
+        if path.suffix.lower() == ".png":
+            with Image.open(path) as img:
+                return img.size
+    except Exception:  # noqa: BLE001 - numpy's and Pillow's errors for files they do not read
+        return None
+    return None
+
+
 def _turned_on_load(img: Image.Image, tag: int) -> bool:
     """Whether loading an image turned its pixels as orientation `tag` says (Pillow does for TIFFs, and then
     drops the tag)."""

@@ -66,6 +66,21 @@ class PanoDataset:
             shown = "\n  ".join(str(p) for p in missing[:3])
             raise self.layout_error(f"{len(missing)} listed files are missing, e.g.\n  {shown}\n")
 
+    def header_problem(self) -> str | None:
+        """What the files' headers already show would fail when a sample is read (an empty file; a depth map of
+        another shape than its panorama), else None: a training run finds it before its first step, not when it
+        draws that sample."""
+        from dap.io import depth_size, image_size
+
+        for it in self.items:
+            if empty := next((p for p in (it.rgb, it.depth) if p.stat().st_size == 0), None):
+                return f"{empty} is empty (0 bytes)"
+            rgb, depth = image_size(it.rgb), depth_size(it.depth)
+            if rgb and depth and rgb[0] * depth[1] != rgb[1] * depth[0]:
+                return (f"{it.depth} is {depth[0]}x{depth[1]} but its RGB {it.rgb} is {rgb[0]}x{rgb[1]}: a depth map "
+                        "and its panorama must have the same shape (2:1; the resolution may differ)")
+        return None
+
     def _unsplit(self, items: list[Item], why: str) -> list[Item]:
         """Every sample of a collection without splits, which is then split 'all' whatever it was asked as (as a
         `dap synth` folder); a name that is no split at all is refused, as it would have scored everything under

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from dap.errors import CheckpointError, ConfigError, DapError, DivergedError
+from dap.errors import CheckpointError, ConfigError, DapError, DatasetLayoutError, DivergedError
 from dap.inference import DEFAULT_SEAM_PAD, apply_range_mask, drop_small_range_regions, infer, normalize_image
 from dap.io import folder_lock
 from dap.losses import DapLoss
@@ -698,6 +698,8 @@ def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:
             path, (w, h) = bad[0]
             raise ConfigError(f"{name}: {len(bad)} of its {len(data)} panoramas are not 2:1 (e.g. {path}, {w}x{h}); "
                               "remove them from the source, or convert them to equirectangular panoramas")
+        if src.kind == "folder" and (problem := data.header_problem()):
+            raise DatasetLayoutError(f"{name}: {problem}")
         sources.append(data)
     return sources
 

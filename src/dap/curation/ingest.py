@@ -156,6 +156,9 @@ def _files_below(folder: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
+        # a folder reached as itself and through a link is walked by its own path (rows name it, tags find it),
+        # whichever name sorts first or the file system lists first
+        dirs.sort(key=lambda d: (os.path.islink(os.path.join(root, d)), d))
         files += [f for f in (Path(root) / n for n in names) if f.is_file()]
     return files
 

@@ -134,13 +134,33 @@ def test_ingest_dedupes_records_bad_files_and_samples_videos(tmp_path):
     assert row["status"] == "ok" and read_rgb(tmp_path / "pool2" / row["image"]).shape == (64, 128, 3)
 
 
-def test_a_folder_reached_through_a_link_too_is_ingested_by_its_own_path(tmp_path):
+def test_a_folder_reached_through_a_link_too_is_ingested_by_its_own_path(tmp_path, monkeypatch):
     """The first path os.walk went into won: a file under a linked folder was recorded by the link's path, so a tag by
     its real path missed it, and which one won depended on the file system's listing order."""
     from dap.curation.ingest import expand_sources
 
     write_rgb(tmp_path / "in" / "z_real" / "a.png", _render(55, "indoor", 32)["rgb"])
     (tmp_path / "in" / "a_link").symlink_to("z_real")
+    listing = os.scandir
+
+    class ByName:  # a file system that lists by name: the link first
+        def __init__(self, path="."):
+            with listing(path) as entries:
+                self.entries = iter(sorted(entries, key=lambda e: e.name))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            return next(self.entries)
+
+    monkeypatch.setattr(os, "scandir", ByName)
     assert expand_sources([str(tmp_path / "in")]) == [tmp_path / "in" / "z_real" / "a.png"]
 
 

@@ -1155,7 +1155,8 @@ def read_depth(
     """Read a metric depth map as float32 (H, W) metres, invalid pixels = 0.
 
     Formats by extension:
-      - ``.npy``: a 2-D array (a singleton channel axis is dropped).
+      - ``.npy``: a 2-D array; (1, H, W), (H, W, 1) and (1, 1, H, W) too. Another shape, or an array of no
+        numbers, raises ``UnreadableFileError`` naming it.
       - ``.npz``: the array named ``key``, else ``'depth'``, else the only array.
       - ``.exr``: channel ``key``, else the only channel, else the first of ``EXR_CHANNEL_PRIORITY``
         (Z, Y, R).

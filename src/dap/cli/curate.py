@@ -124,7 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = _step(sub, "status", "progress of a pool; histograms and a contact sheet")
     p.add_argument("--pool", required=True, type=folder_name, help="pool folder")
-    p.add_argument("--plots", default=None, metavar="DIR", help="write score histograms and a contact sheet here")
+    p.add_argument("--plots", default=None, metavar="DIR",
+                   help="write score histograms and a contact sheet here (plots of those names this run has no data "
+                        "for are removed from it)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 

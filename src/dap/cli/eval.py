@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", required=True, help="dataset root directory (or manifest file for 'folder')")
     parser.add_argument("--split", default="test", help="dataset split")
     parser.add_argument(
-        "--split-file", default=None, help="'rgb depth' pair list relative to the root (stanford2d3d, matterport3d)"
+        "--split-file", default=None,
+        help="'rgb depth' pair list relative to the root; an absolute path that exists is read as given "
+             "(stanford2d3d, matterport3d)"
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="model to evaluate: a name (`dap models`), a folder of ours or an official "

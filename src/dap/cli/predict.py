@@ -124,7 +124,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "and speed: docs/performance.md. onnxruntime runs fp32")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace outputs that stand in the way: those made otherwise (another file, model or "
-                             "settings) and files dap predict did not write. Without it, such an input fails instead. "
+                             "settings) and files dap predict did not write (a folder at an output path fails its "
+                             "input either way). Without it, such an input fails instead. "
                              "Either way an input whose outputs are complete and were made from the same file with "
                              "the same model and settings (as recorded in .<name>.dap.json beside them) is skipped, "
                              "so an interrupted --overwrite run goes on where it stopped (delete outputs to make them "

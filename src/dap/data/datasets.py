@@ -5,6 +5,7 @@ and what is missing) and decodes a sample on access. A sample is a dict:
     rgb   float32 (H, W, 3) in [0, 1], equirectangular
     depth float32 (H, W) metres along the ray, invalid = 0
     name  str, unique within the dataset (may contain '/'); saved predictions are looked up as <name>.npy
+    notes list[str], what dap predict would say of the panorama's file (transparency, several frames)
 All decoding goes through dap.io. See docs/evaluation.md for units, splits and layout assumptions.
 """
 
@@ -432,9 +433,10 @@ class FolderDataset(PanoDataset):
     Manifest: `manifest.csv` / `manifest.parquet` in the root (or the root is the manifest file) with columns
     rgb, depth (paths relative to the manifest's folder, or absolute), and optional metres_per_unit (needed for
     raw 16-bit PNG depth; EXR/NPY/NPZ hold metres unless it is given, e.g. 0.001 for millimetres), name, split
-    (rows kept when split matches; 'all' keeps all).
-    Plain folder: rgb/<stem>.<any image suffix of dap.io.IMAGE_SUFFIXES> with depth/<stem>.{npy,npz,exr,png} (PNG
-    written by dap.io.write_depth, which stores its scale)."""
+    (read without surrounding spaces; rows of other splits are left out, an empty split or one that differs from
+    the asked one only in case is an error; 'all' keeps all). Each sample its own depth file.
+    Plain folder: rgb/<stem>.<any image suffix of dap.io.IMAGE_SUFFIXES> with one depth/<stem>.{npy,npz,exr,png}
+    (PNG written by dap.io.write_depth, which stores its scale); an rgb/ with sub-folders of images is refused."""
 
     name = "folder"
     layout = """\

@@ -54,9 +54,10 @@ class Float32Conv2d(nn.Conv2d):
     Their output goes through a sigmoid into metres (or the range probability). With the 1x1 layer in 16 bit the
     output kept 8 or 11 bits: a bf16 depth map came in steps of 0.4% of the depth (terraced normals and point
     clouds), a probability only 0.996 or 1 near a calibrated threshold of 0.999. With the 3x3 layer before it in 16
-    bit, its 32 channels were rounded at every pixel, and bf16 depth was 7-8x as rough as fp32's from one pixel to
-    the next (streaked normals) for a mean drift of 0.5%. Both run at full resolution on few channels: for ViT-L at
-    512x1024 2% of the network's arithmetic per head."""
+    bit, its 32 channels were rounded at every pixel: with the bf16 resizes (`upsample`), bf16 depth was 2-10x as
+    rough as fp32's from one pixel to the next (5.8x in the mean; streaked normals) for a mean drift of 0.39%
+    (experiments/precision_drift.py). Both run at full resolution on few channels: for ViT-L at 512x1024 2% of the
+    network's arithmetic per head."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x, self.padding)

@@ -381,6 +381,9 @@ def test_non_panorama_shapes_are_named_with_what_they_look_like(height, width, h
         g.check_erp_shape(height, width)
     assert hint in str(e.value)
     assert ("--pad-to-erp" in str(e.value)) == (width > 2.06 * height and "cubemap" not in hint)  # where it may help
+    with pytest.raises(NotPanoramaError) as e:  # a benchmark or training sample: no --pad-to-erp where it is read
+        g.check_erp_shape(height, width, paddable=False)
+    assert "--pad-to-erp" not in str(e.value)
 
 
 @pytest.mark.parametrize(("height", "width"), [(0, 0), (0, 2), (-1, -2)])

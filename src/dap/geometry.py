@@ -106,8 +106,10 @@ def depth_to_points(depth: Array) -> Array:
     return _back(d.unsqueeze(-1) * rays, was_numpy)
 
 
-def check_erp_shape(height: int, width: int, what: str = "image") -> None:
-    """Raise NotPanoramaError unless (height, width) is a 2:1 equirectangular size."""
+def check_erp_shape(height: int, width: int, what: str = "image", *, paddable: bool = True) -> None:
+    """Raise NotPanoramaError unless (height, width) is a 2:1 equirectangular size. `paddable`: the caller offers
+    --pad-to-erp (dap predict, dap curate ingest, the Python API), which the message then suggests for a wide image;
+    a benchmark or training sample has no such option."""
     from dap.errors import NotPanoramaError
 
     if width == 2 * height and height > 0:
@@ -127,13 +129,14 @@ def check_erp_shape(height: int, width: int, what: str = "image") -> None:
                 "other: crop the top half. Otherwise it is not a 360-degree panorama as it stands.")
     elif width == 4 * height:
         hint = (" It may be a stereo (side-by-side) 360-degree panorama, two 2:1 views next to each other: crop the "
-                "left half; or a partial panorama covering +-45 degrees of latitude: use --pad-to-erp (pad_to_erp=True "
-                "in Python).")
+                "left half; or a partial panorama covering +-45 degrees of latitude: "
+                + ("use --pad-to-erp (pad_to_erp=True in Python)." if paddable else "pad it to 2:1 with black rows."))
     elif abs(width - 2 * height) <= 0.03 * 2 * height:
         hint = " It is within 3% of that: resize it to exactly 2:1."
     elif width > 2 * height:
-        hint = (" Crop or resize it to 2:1, or use --pad-to-erp (pad_to_erp=True in Python) for a partial panorama "
-                "that covers less than the full latitude range.")
+        hint = (" Crop or resize it to 2:1, or "
+                + ("use --pad-to-erp (pad_to_erp=True in Python)" if paddable else "pad it with black rows to 2:1")
+                + " for a partial panorama that covers less than the full latitude range.")
     else:  # narrower than 2:1: an ordinary photograph, or a panorama saved at the wrong size
         hint = (" Narrower than 2:1, it is not a 360-degree panorama as it stands: an ordinary photograph has no "
                 "view all around to give depth for; resize it to 2:1 only if it is a 360-degree panorama saved at "

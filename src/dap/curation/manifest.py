@@ -251,11 +251,7 @@ class PseudoLabelDataset(torch.utils.data.Dataset):
         check_labels_present(self.pool, self.rows, stage, "train")
         # a lost image is found here, not at a random step hours in
         if lost := [r for r in self.rows if not stored_image(self.pool, r)]:
-            raise DatasetLayoutError(
-                f"{len(lost)} stored image(s) of {self.pool} that the manifest names are gone (e.g. "
-                f"{lost[0]['image']}, of {lost[0]['path']}): `dap curate label --pool {self.pool} --model <the "
-                f"stage's labeler>` rejects them, or `dap curate ingest <their folder> --pool {self.pool}` brings them "
-                "back")
+            raise DatasetLayoutError(lost_images_problem(self.pool, lost, stage))
         self.stage = stage
         if not self.rows:
             what = "selected and labelled" if selected_only else "labelled"
@@ -289,6 +285,14 @@ def labelled_arrays(pool: Path, row: dict, stage: str) -> tuple[np.ndarray, np.n
     if rgb.shape[:2] != depth.shape:
         rgb = cv2.resize(rgb, depth.shape[::-1], interpolation=cv2.INTER_AREA)
     return rgb, depth, prob >= 0.5
+
+
+def lost_images_problem(pool: Path, lost: list[dict], stage: str) -> str:
+    """What to say of labelled rows whose stored image is gone, and the way back: `label` rejects them (ingest does
+    not take back an accepted row), then `ingest` restores them from their files."""
+    return (f"{len(lost)} stored image(s) of {pool} that the manifest names are gone (e.g. {lost[0]['image']}, of "
+            f"{lost[0]['path']}): `dap curate label --pool {pool} --model <the labeler> --stage {stage}` rejects "
+            f"them, then `dap curate ingest <their folder> --pool {pool}` brings them back")
 
 
 def stored_image(pool: Path, row: dict) -> bool:

@@ -16,6 +16,7 @@ from dap.curation.ingest import DOMAINS
 from dap.curation.manifest import (
     check_labels_present,
     labelled_arrays,
+    lost_images_problem,
     pool_job,
     read_manifest,
     stored_image,
@@ -189,10 +190,7 @@ def select_pool(pool: str | os.PathLike, keep: dict[str, float], score: str = "d
         check_labels_present(pool, rows, "stage1", "score and select")  # or train on rows without one
         # nor on a row whose stored image is gone: training on the selection would stop there, hours in
         if lost := [r for r in _selectable(rows) if not stored_image(pool, r)]:
-            raise DatasetLayoutError(
-                f"{len(lost)} stored image(s) of {pool} that the manifest names are gone (e.g. {lost[0]['image']}, "
-                f"of {lost[0]['path']}): `dap curate ingest <its folder> --pool {pool}` brings them back from their "
-                f"files (or `dap curate label` rejects them), then select")
+            raise DatasetLayoutError(lost_images_problem(pool, lost, "stage1") + ", then select")
         counts = select_top_k(rows, keep, score)
         write_manifest(pool, rows)
         # labelled since the last `dap curate score`: the fraction was taken of the scored rows only, without a word

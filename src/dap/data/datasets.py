@@ -123,7 +123,8 @@ class PanoDataset:
         it = self.items[index]
         (rgb, notes), depth = self.load_rgb(it.rgb), self.load_depth(it.depth)
         (h, w), (dh, dw) = rgb.shape[:2], depth.shape[:2]
-        check_erp_shape(h, w, what=f"{it.rgb} (sample {it.name})")  # named here, not later as "input panorama"
+        # named here, not later as "input panorama"; no --pad-to-erp where samples are read (eval, training)
+        check_erp_shape(h, w, what=f"{it.rgb} (sample {it.name})", paddable=False)
         if dh * w != dw * h:  # scored after resizing one to the other, a mismatched pair would pass unnoticed
             raise DatasetLayoutError(
                 f"{it.depth} is {dw}x{dh} but its RGB {it.rgb} is {w}x{h}: a depth map and its panorama must have "

@@ -149,7 +149,8 @@ def _convert(entry: RegisteredModel, pth: Path, out: Path) -> None:
         model = load_model(pth)  # the strict loader: every key and shape must match
     except CheckpointError as e:  # a damaged download: asking again would only reuse the cached copy
         raise CheckpointError(f"{entry.name}: the cached {pth} cannot be used ({e}). Fetch it again with `hf download "
-                              f"{entry.repo_id} {entry.filename} --force-download` (or delete that file)") from e
+                              f"{entry.repo_id} {entry.filename} --force-download` (or remove it with `hf cache "
+                              "delete`: deleting the snapshot's link alone brings the same file back)") from e
     if model.cfg != entry.config:
         raise CheckpointError(
             f"{pth} holds a network with config {model.cfg}, not the {entry.config} that {entry.name!r} stands "

@@ -1130,6 +1130,18 @@ def test_a_lost_pool_image_has_a_way_back_that_brings_its_row_back(tmp_path, cap
     assert back["selected"] == lost["selected"]  # the same rows, scores and rule: the same selection
 
 
+def test_pool_settings_of_a_curation_config_are_checked_by_their_names(tmp_path):
+    """A bad pool.max_width passed the config check and failed at the ingest step, as "--max-width must be ...": an
+    option dap curate run does not have."""
+    from dap.curation.pipeline import load_curate_config
+
+    config = _tiny_curate_config(tmp_path, tmp_path / "renders")
+    for setting, problem in (("pool.max_width=1001", "pool.max_width must be an even number of pixels"),
+                             ("pool.max_tilt_deg=-1", "pool.max_tilt_deg must be >= 0 degrees")):
+        with pytest.raises(DapError, match=f"curation config .*: {problem}"):
+            load_curate_config(config, [setting])
+
+
 def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):
     """`keep: {indoor: 0.5}` was merged into the default: outdoor still kept the paper's 0.207 (and those rows
     trained stage 2), while the same mapping through --set or `dap curate select --keep` kept no outdoor row."""

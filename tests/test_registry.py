@@ -197,7 +197,8 @@ def test_a_damaged_cached_release_says_how_to_fetch_it_again(hub):
     """It said "download it again", but asking for the name again only reused the damaged file in the cache."""
     put_in_hub_cache(hub / "hub", REPO, "model.pth", b"PK\x03\x04 cut short")
     with pytest.raises(CheckpointError, match=r"dap-vitl: the cached .*model.pth cannot be used .*`hf download "
-                                              rf"{REPO} model.pth --force-download` \(or remove it with `hf cache delete`"):
+                                              rf"{REPO} model.pth --force-download` \(or remove it with `hf cache "
+                                              "delete`"):
         load_model("dap-vitl")
 
 

@@ -261,20 +261,26 @@ def _as_panorama(rgb: np.ndarray, image_file: Path | None, o: IngestOptions) -> 
     return rgb, None
 
 
-def options_problem(o: IngestOptions) -> str | None:
-    """What is wrong with ingest options, in the CLI's words, or None."""
+OPTION_NAMES = {"max_width": "--max-width", "min_width": "--min-width", "dedupe_bits": "--dedupe-bits",
+                "max_tilt_deg": "--max-tilt", "every_s": "--every"}
+"""IngestOptions fields -> `dap curate ingest`'s options (a curation config's pool section names them as fields)."""
+
+
+def options_problem(o: IngestOptions, names: dict[str, str] = OPTION_NAMES) -> str | None:
+    """What is wrong with ingest options, named as `names` says (the CLI's options by default), or None."""
+    n = names
     if o.min_width < 1 or o.max_width < 2 or o.max_width % 2:
-        return (f"--max-width must be an even number of pixels >= 2 and --min-width >= 1, got {o.max_width} and "
-                f"{o.min_width}")
+        return (f"{n['max_width']} must be an even number of pixels >= 2 and {n['min_width']} >= 1, got "
+                f"{o.max_width} and {o.min_width}")
     if o.max_width < o.min_width:
-        return (f"--max-width {o.max_width} is below --min-width {o.min_width}: panoramas would be stored narrower "
-                "than the pool accepts")
+        return (f"{n['max_width']} {o.max_width} is below {n['min_width']} {o.min_width}: panoramas would be stored "
+                "narrower than the pool accepts")
     if not -1 <= o.dedupe_bits <= 64:
-        return f"--dedupe-bits must be 0 to 64 (or -1: off), got {o.dedupe_bits}"
+        return f"{n['dedupe_bits']} must be 0 to 64 (or -1: off), got {o.dedupe_bits}"
     if not o.max_tilt_deg >= 0:  # NaN too: it would keep every panorama without a word
-        return f"--max-tilt must be >= 0 degrees, got {o.max_tilt_deg}"
+        return f"{n['max_tilt_deg']} must be >= 0 degrees, got {o.max_tilt_deg}"
     if not 0 < o.every_s < math.inf:
-        return f"--every must be a number of seconds > 0, got {o.every_s}"
+        return f"{n['every_s']} must be a number of seconds > 0, got {o.every_s}"
     return None
 
 

@@ -33,7 +33,7 @@ from dap.curation.discriminator import (
     save_discriminator,
     train_discriminator,
 )
-from dap.curation.ingest import IngestOptions, ingest
+from dap.curation.ingest import OPTION_NAMES, IngestOptions, ingest, options_problem
 from dap.curation.label import LabelOptions, label_batch, label_path, label_pool, resolution_problem
 from dap.curation.manifest import MANIFEST, read_manifest
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
@@ -153,6 +153,8 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
         raise DapError(f"curation config {p}: {problem}")
     if problem := _number_problem(cfg):
         raise DapError(f"curation config {p}: {problem}")
+    if problem := options_problem(_ingest_options(cfg.pool), {k: f"pool.{k}" for k in OPTION_NAMES}):
+        raise DapError(f"curation config {p}: {problem}")  # else found at the ingest step, in dap curate ingest's words
     stages = ("stage1", "stage2", "final")
     for name in stages:
         stage = getattr(cfg, name)
@@ -326,6 +328,14 @@ def discriminator_pairs(cfg: CurateConfig, labeler) -> tuple[torch.Tensor, torch
     return torch.cat(real), torch.cat(fake)
 
 
+def _ingest_options(p: PoolSection, source: str | None = None, generated: bool = False,
+                    tags: str | None = None) -> IngestOptions:
+    """The ingest options of a config's pool section (and of one of its inputs)."""
+    return IngestOptions(source=source, generated=generated, every_s=p.every_s, pad_to_erp=p.pad_to_erp,
+                         max_width=p.max_width, min_width=p.min_width, dedupe_bits=p.dedupe_bits,
+                         max_tilt_deg=p.max_tilt_deg, level=p.level, tags=tags)
+
+
 class Pipeline:
     def __init__(self, cfg: CurateConfig, work: str | os.PathLike, progress: bool = True):
         # absolute: the training steps record their data and init paths, and a resume from another folder must
@@ -476,10 +486,7 @@ class Pipeline:
         p = self.cfg.pool
         totals: dict[str, int] = {}
         for inp in p.inputs:
-            opts = IngestOptions(source=inp.source, generated=inp.generated, every_s=p.every_s,
-                                 pad_to_erp=p.pad_to_erp, max_width=p.max_width, min_width=p.min_width,
-                                 dedupe_bits=p.dedupe_bits,
-                                 max_tilt_deg=p.max_tilt_deg, level=p.level, tags=_resolve(self.cfg, inp.tags))
+            opts = _ingest_options(p, inp.source, inp.generated, _resolve(self.cfg, inp.tags))
             counts = ingest([_resolve(self.cfg, inp.path)], self.pool, opts, progress=self.progress)
             totals = {k: totals.get(k, 0) + v for k, v in counts.items()}
         # not done: stage 1 would train for a pool that fails at label1

@@ -119,6 +119,16 @@ def test_a_bad_upload_gets_the_library_message(model, tmp_path, content, expecte
     assert expected in e.value.message and str(bad.parent) not in e.value.message  # named as the user knows it
 
 
+def test_the_pages_messages_name_no_option_it_lacks():
+    """A panorama without a pixel in range was told to "lower --point-stride, or leave glb out": the page has
+    neither."""
+    from dap.demo import _on_the_page
+
+    text = _on_the_page("no points for panorama.glb: every pixel that point_stride 1 keeps is out of range or without "
+                        "depth; lower --point-stride, or leave glb out")
+    assert "--" not in text and text.endswith("the panorama has nothing in range to show in 3-D")
+
+
 def test_a_host_that_does_not_resolve_is_named(capsys):
     pytest.importorskip("gradio")
     from dap.cli import main

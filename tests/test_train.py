@@ -947,7 +947,7 @@ def test_a_validation_source_that_reads_training_data_is_named():
     same = cfg_with("data.sources=[{kind: folder, path: /d}]", "data.val=[{kind: folder, path: /d}]")
     assert validation_overlaps(same) == [
         "data.val[0] (folder /d, split train) reads the panoramas of data.sources[0], which the run trains on: its "
-        "validation is no held-out measure (give it another split, e.g. split: val)"]
+        "validation is no held-out measure (give it a held-out split: test, or val where it has one)"]
     assert validation_overlaps(cfg_with("data.sources=[{kind: folder, path: /d}]",
                                         "data.val=[{kind: folder, path: /d, split: val}]")) == []
     # rooms: room i comes from the generator of (seed, i), so another seed is other rooms (seed 6 was said to

@@ -32,6 +32,8 @@ PAGE_WORDS = {  # how the library's messages name an option -> the page's contro
     "--pad-to-erp (pad_to_erp=True in Python)": "the \"Partial panorama\" box",
     "without camera_height (--camera-height)": "without a camera height",
     "--level (predict(..., level=True))": "the \"Level\" box",
+    # the page has neither control
+    "; lower --point-stride, or leave glb out": ": the panorama has nothing in range to show in 3-D",
 }
 
 

@@ -661,7 +661,8 @@ def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, built: tu
             return UNSPLIT_KINDS[v.kind]
         if vs == "all":  # a folder or dataset without split files
             return "it has no splits: give it a folder of other panoramas"
-        return "give it another split, e.g. split: val"
+        # split: val is a folder manifest's usual name; Stanford2D3D has test and train only
+        return "give it a held-out split: test, or val where it has one"
 
     notes = []
     for i, (v, vs) in enumerate(zip(cfg.data.val, val_splits, strict=True)):

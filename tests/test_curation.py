@@ -1023,7 +1023,9 @@ def test_pipeline_runs_all_stages_and_a_rerun_resumes(tmp_path, capsys):
         write_rgb(src / f"p{i}.png", _render(300 + i, "indoor", 32)["rgb"])
     capsys.readouterr()
     assert main(rerun) == 0  # not added by a run (ingest is done), but said
-    assert f"{src} holds 2 file(s) the pool does not (p6.png, ...), which this run leaves out; `dap curate ingest" \
+    # with the config's pool settings (a bare command stored or rejected them otherwise: 16-pixel renders here)
+    assert f"{src} holds 2 file(s) the pool does not (p6.png, ...), which this run leaves out; `dap curate ingest " \
+        f"{src} --pool {work / 'pool'} --min-width {SMALL} --max-tilt 90 --source renders` adds them" \
         in capsys.readouterr().err
     ingest([str(src)], work / "pool", IngestOptions(min_width=SMALL), progress=False)
     stage2 = (work / "runs/stage2/final/model.safetensors").read_bytes()
@@ -1140,6 +1142,29 @@ def test_pool_settings_of_a_curation_config_are_checked_by_their_names(tmp_path)
                              ("pool.max_tilt_deg=-1", "pool.max_tilt_deg must be >= 0 degrees")):
         with pytest.raises(DapError, match=f"curation config .*: {problem}"):
             load_curate_config(config, [setting])
+
+
+def test_dap_train_words_reach_dap_curate_run_in_its_own(tmp_path, monkeypatch, capsys):
+    """A diverged stage said "resume with the new settings (--resume --set ...)", and a --set of a missing list item
+    named data.sources.0.ratio: dap train's options, which dap curate run does not have."""
+    from dap.curation.pipeline import load_curate_config
+    from dap.errors import DivergedError
+
+    config = _tiny_curate_config(tmp_path, tmp_path / "renders")
+    with pytest.raises(DapError, match=r"--set labeled.5.ratio: no such config entry .*e.g. labeled.0.ratio\)"):
+        load_curate_config(config, ["labeled.5.ratio=2"])
+
+    def diverges(*args, **kwargs):
+        raise DivergedError("loss is nan at step 3 (terms: {}). Lower the learning rates (optim.lr_head, "
+                            "optim.lr_backbone) or set optim.grad_clip, or check the data, then resume with the new "
+                            "settings (--resume --set ...): resuming with these would repeat the same steps exactly")
+
+    monkeypatch.setattr("dap.train.train", diverges)
+    write_rgb(tmp_path / "renders" / "p0.png", _render(300, "indoor", 32)["rgb"])
+    assert main(["curate", "run", "--config", str(config), "--work", str(tmp_path / "work")]) != 0
+    err = capsys.readouterr().err
+    assert "stage1: loss is nan at step 3 (terms: {}). Lower its learning rates (--set stage1.set.optim.lr_head=" in err
+    assert "--resume" not in err
 
 
 def test_a_keep_in_the_config_replaces_the_default_whole(tmp_path):

@@ -37,7 +37,7 @@ from dap.curation.ingest import OPTION_NAMES, IngestOptions, ingest, options_pro
 from dap.curation.label import LabelOptions, label_batch, label_path, label_pool, resolution_problem
 from dap.curation.manifest import MANIFEST, read_manifest
 from dap.curation.selection import PAPER_FRACTIONS, score_pool, select_pool
-from dap.errors import DapError, ModelChangedError, RunExistsError
+from dap.errors import DapError, DivergedError, ModelChangedError, RunExistsError
 from dap.inference import changed_keys
 from dap.train import SourceConfig, _build, _merge
 from dap.train.config import apply_overrides, config_source, read_yaml_mapping
@@ -128,7 +128,7 @@ def load_curate_config(path: str | os.PathLike, overrides: list[str] | None = No
     full = _merge(asdict(CurateConfig()), raw)
     if isinstance(raw.get("select"), dict) and "keep" in raw["select"]:  # a mapping of values, not a section: as
         full["select"]["keep"] = raw["select"]["keep"]  # given (merged, a domain left out kept the default's share)
-    apply_overrides(full, overrides, "label.batch_size=8")
+    apply_overrides(full, overrides, "label.batch_size=8", "labeled.0.ratio")
     try:
         cfg = _build(CurateConfig, full, "")
     except (ValueError, TypeError) as e:
@@ -440,8 +440,22 @@ class Pipeline:
                 continue
             if new:
                 print(f"dap curate: note: {path} holds {len(new)} file(s) the pool does not ({new[0].name}, ...), "
-                      f"which this run leaves out; `dap curate ingest {path} --pool {self.pool}` adds them, and the "
-                      "next run redoes the steps made from the pool", file=sys.stderr)
+                      f"which this run leaves out; `{self._ingest_command(inp, path)}` adds them as the config's "
+                      "pool settings say, and the next run redoes the steps made from the pool", file=sys.stderr)
+
+    def _ingest_command(self, inp: PoolInput, path: str) -> str:
+        """The `dap curate ingest` command that ingests `path` as the config's pool section and input `inp` say."""
+        import shlex
+
+        o, default = _ingest_options(self.cfg.pool, inp.source, inp.generated, _resolve(self.cfg, inp.tags)), \
+            IngestOptions()
+        words = ["dap curate ingest", shlex.quote(path), "--pool", shlex.quote(str(self.pool))]
+        words += [f"{flag} {getattr(o, k):g}" for k, flag in OPTION_NAMES.items()
+                  if getattr(o, k) != getattr(default, k)]
+        words += [flag for flag, on in (("--pad-to-erp", o.pad_to_erp), ("--level", o.level),
+                                        ("--generated", o.generated)) if on]
+        words += [f"{flag} {shlex.quote(str(v))}" for flag, v in (("--source", o.source), ("--tags", o.tags)) if v]
+        return " ".join(words)
 
     def _set_aside(self, step: str) -> None:
         """Move what `step` made before to <its folder>.replaced (the one there before goes), so that it is made
@@ -507,6 +521,11 @@ class Pipeline:
             raise RunExistsError(f"{name} was begun with another model than the curation config now gives it "
                                  f"({'; '.join(e.changes)}); run with the config it was begun with, or use a new "
                                  "--work") from None
+        except DivergedError as e:  # "resume with --resume --set ...": dap train's options, not ours
+            raise DivergedError(f"{name}: {str(e).split(' Lower the learning rates')[0]} Lower its learning rates "
+                                f"(--set {name}.set.optim.lr_head=..., or the config's {name}.set) or set "
+                                f"{name}.set.optim.grad_clip, or check the data, then run again: the run goes on from "
+                                "its last checkpoint with the new settings") from None
         return {"steps": result.step, "model": str(self.work / "runs" / name / "final")}
 
     def _stage1(self) -> dict:

@@ -154,7 +154,7 @@ def _merge(base: Any, update: Any) -> Any:
     return copy.deepcopy(update)
 
 
-def _set_path(d: dict, dotted: str, value: Any) -> None:
+def _set_path(d: dict, dotted: str, value: Any, list_example: str) -> None:
     keys = dotted.split(".")
     node: Any = d
     try:
@@ -168,7 +168,7 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
             node[keys[-1]] = value
     except (KeyError, IndexError, ValueError, TypeError):
         raise ConfigError(f"--set {dotted}: no such config entry (list items are addressed by index, e.g. "
-                         "data.sources.0.ratio)") from None
+                          f"{list_example})") from None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -209,8 +209,10 @@ def read_yaml_mapping(path: str | os.PathLike, what: str, example: str) -> dict:
     return raw
 
 
-def apply_overrides(full: dict, overrides: list[str] | None, example: str) -> None:
-    """`--set key.sub=value` items applied to a config dict in place (values parsed as YAML: 1e-4, true, [1,2])."""
+def apply_overrides(full: dict, overrides: list[str] | None, example: str,
+                    list_example: str = "data.sources.0.ratio") -> None:
+    """`--set key.sub=value` items applied to a config dict in place (values parsed as YAML: 1e-4, true, [1,2]);
+    `example` and `list_example` (a list item's key) are the command's own, for its messages."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep:
@@ -219,7 +221,7 @@ def apply_overrides(full: dict, overrides: list[str] | None, example: str) -> No
             value = yaml.safe_load(value)
         except yaml.YAMLError:
             raise ConfigError(f"--set {item}: the value is not valid YAML; quote strings, e.g. 'a: b'") from None
-        _set_path(full, key.strip(), value)
+        _set_path(full, key.strip(), value, list_example)
 
 
 def config_source(path: str | os.PathLike | None, overrides: list[str] | None) -> str:

@@ -1157,7 +1157,8 @@ def test_dap_train_words_reach_dap_curate_run_in_its_own(tmp_path, monkeypatch, 
     def diverges(*args, **kwargs):
         raise DivergedError("loss is nan at step 3 (terms: {}). Lower the learning rates (optim.lr_head, "
                             "optim.lr_backbone) or set optim.grad_clip, or check the data, then resume with the new "
-                            "settings (--resume --set ...): resuming with these would repeat the same steps exactly")
+                            "settings (--resume --set ...): resuming with these would repeat the same steps exactly",
+                            "loss is nan at step 3 (terms: {})")
 
     monkeypatch.setattr("dap.train.train", diverges)
     write_rgb(tmp_path / "renders" / "p0.png", _render(300, "indoor", 32)["rgb"])

@@ -53,7 +53,12 @@ class ConfigError(DapError, ValueError):
 
 
 class DivergedError(DapError, FloatingPointError):
-    """Training produced a loss that is not a finite number."""
+    """Training produced a loss that is not a finite number: `what` says which and where (the message adds what to
+    do, in dap train's words)."""
+
+    def __init__(self, message: str, what: str):
+        super().__init__(message)
+        self.what = what
 
 
 class PeerFailedError(DapError, RuntimeError):

@@ -1132,7 +1132,6 @@ def expand_inputs(inputs: list[str]) -> tuple[list[InputItem], list[Path]]:
     the folders given, which were left out (a .heic where Pillow lacks its plug-in, notes), so the caller can say
     so. A path that does not exist, a pattern that matches nothing and a folder without images raise DapError
     (before any model is loaded)."""
-
     from dap import io
 
     missing = [spec + (f" ({why})" if (why := _why_missing(spec)) else "")

@@ -345,6 +345,10 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
     # file ingested again to bring back its lost pool image (the labeler's guess overrode it)
     told = {r["path"]: r["domain"] for r in rows if r["domain_from"] == "user" and r["domain"]}
     gone: set[str] = set()  # rows of a file's broken version, which it no longer is
+
+    def save() -> None:
+        write_manifest(pool, [r for r in rows if r["id"] not in gone])
+
     counts = {"added": 0, "duplicate": 0, "rejected": 0, "already_in_pool": 0, "replaced": 0}
     last_write = time.monotonic()
     try:
@@ -433,10 +437,10 @@ def _ingest(sources: list[str], pool: str | os.PathLike, o: IngestOptions, progr
                     put(row)
                     counts["added"] += 1
             if time.monotonic() - last_write > 30:  # a killed ingest keeps what it did, minus the last seconds
-                write_manifest(pool, [r for r in rows if r["id"] not in gone])
+                save()
                 last_write = time.monotonic()
     finally:  # done, Ctrl-C or an error: the manifest keeps every row made so far, and a rerun goes on from it
-        write_manifest(pool, [r for r in rows if r["id"] not in gone])
+        save()
     _say_tag_notes(tags, given, reselect, o.tags)
     return counts
 

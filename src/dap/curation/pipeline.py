@@ -522,10 +522,10 @@ class Pipeline:
                                  f"({'; '.join(e.changes)}); run with the config it was begun with, or use a new "
                                  "--work") from None
         except DivergedError as e:  # "resume with --resume --set ...": dap train's options, not ours
-            raise DivergedError(f"{name}: {str(e).split(' Lower the learning rates')[0]} Lower its learning rates "
+            raise DivergedError(f"{name}: {e.what}. Lower its learning rates "
                                 f"(--set {name}.set.optim.lr_head=..., or the config's {name}.set) or set "
                                 f"{name}.set.optim.grad_clip, or check the data, then run again: the run goes on from "
-                                "its last checkpoint with the new settings") from None
+                                "its last checkpoint with the new settings", e.what) from None
         return {"steps": result.step, "model": str(self.work / "runs" / name / "final")}
 
     def _stage1(self) -> dict:

@@ -53,6 +53,17 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
+HISTOGRAMS = {"disc_score": "discriminator P(real) of the stage-1 label",
+              "stage1_tta_absrel": "stage-1 TTA disagreement (AbsRel)",
+              "tilt_deg": "estimated camera tilt (degrees)"}
+"""The signals `write_histograms` plots, with their titles."""
+CONTACT_SHEET = "contact_sheet_disc.png"
+
+
+def histogram_name(key: str) -> str:
+    return f"hist_{key}.png"
+
+
 def write_histograms(rows: list[dict], out: Path) -> list[Path]:
     """One PNG per signal (discriminator score, TTA disagreement, tilt), a histogram per domain."""
     import matplotlib
@@ -64,9 +75,7 @@ def write_histograms(rows: list[dict], out: Path) -> list[Path]:
 
     ok = [r for r in rows if r["status"] == "ok"]
     written = []
-    for key, title in (("disc_score", "discriminator P(real) of the stage-1 label"),
-                       ("stage1_tta_absrel", "stage-1 TTA disagreement (AbsRel)"),
-                       ("tilt_deg", "estimated camera tilt (degrees)")):
+    for key, title in HISTOGRAMS.items():
         groups = {d: [r[key] for r in ok if (r["domain"] or "unknown") == d and math.isfinite(r[key])]
                   for d in sorted({r["domain"] or "unknown" for r in ok})}
         groups = {d: v for d, v in groups.items() if v}
@@ -78,7 +87,7 @@ def write_histograms(rows: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel("panoramas")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        path = out / f"hist_{key}.png"
+        path = out / histogram_name(key)
         with atomic_write(path) as tmp:
             fig.savefig(tmp)
         plt.close(fig)
@@ -115,7 +124,7 @@ def contact_sheet(pool: Path, rows: list[dict], path: Path, *, key: str = "disc_
     return path
 
 
-PLOTS = ("hist_disc_score.png", "hist_stage1_tta_absrel.png", "hist_tilt_deg.png", "contact_sheet_disc.png")
+PLOTS = (*map(histogram_name, HISTOGRAMS), CONTACT_SHEET)
 """What `status` may write into its plots folder (`write_histograms` and `contact_sheet`)."""
 
 
@@ -131,7 +140,7 @@ def status(pool: str | Path, plots: str | Path | None = None) -> tuple[dict, lis
         written += write_histograms(rows, plots)
         # without the rows whose stage-1 label file is gone: the sheet reads the labels
         readable = [r for r in rows if r["id"] not in gone["stage1"]]
-        sheet = contact_sheet(pool, readable, plots / "contact_sheet_disc.png")
+        sheet = contact_sheet(pool, readable, plots / CONTACT_SHEET)
         written += [sheet] if sheet else []
         for name in set(PLOTS) - {p.name for p in written}:
             (plots / name).unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import functools
 import math
 import os
 import re
@@ -67,16 +68,24 @@ class PanoDataset:
             shown = "\n  ".join(str(p) for p in missing[:3])
             raise self.layout_error(f"{len(missing)} listed files are missing, e.g.\n  {shown}\n")
 
+    @functools.cached_property
+    def rgb_sizes(self) -> list[tuple[int, int] | None]:
+        """(width, height) of each sample's panorama as read, from its file's header (`io.image_size`; None for a
+        file Pillow does not open: HDR, EXR): one pass for every check that needs them."""
+        from dap.io import image_size
+
+        return [image_size(it.rgb) for it in self.items]
+
     def header_problem(self) -> str | None:
         """What the files' headers already show would fail when a sample is read (an empty file; a depth map of
         another shape than its panorama), else None: a training run finds it before its first step, not when it
         draws that sample."""
-        from dap.io import depth_size, image_size
+        from dap.io import depth_size
 
-        for it in self.items:
+        for it, rgb in zip(self.items, self.rgb_sizes, strict=True):
             if empty := next((p for p in (it.rgb, it.depth) if p.stat().st_size == 0), None):
                 return f"{empty} is empty (0 bytes)"
-            rgb, depth = image_size(it.rgb), depth_size(it.depth)
+            depth = depth_size(it.depth)
             if rgb and depth and rgb[0] * depth[1] != rgb[1] * depth[0]:
                 return (f"{it.depth} is {depth[0]}x{depth[1]} but its RGB {it.rgb} is {rgb[0]}x{rgb[1]}: a depth map "
                         "and its panorama must have the same shape (2:1; the resolution may differ)")

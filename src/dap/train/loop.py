@@ -542,9 +542,10 @@ def _setting_notes(cfg: TrainConfig, model_cfg, train_data: MixtureDataset, val:
     def splits(data) -> list[str]:
         return [getattr(ds, "split", c.split) for ds, c in zip(data.sources, data.configs, strict=True)]
 
-    notes = validation_overlaps(cfg, (splits(train_data), splits(val)), (train_data.sources, val.sources)) \
-        if val is not None else []
-    notes += _repeated_sources(cfg, train_data.sources)
+    train_contents = [_contents(s) for s in train_data.sources]  # for both checks: a folder's files, listed once
+    notes = validation_overlaps(cfg, (splits(train_data), splits(val)),
+                                (train_contents, [_contents(s) for s in val.sources])) if val is not None else []
+    notes += _repeated_sources(cfg, train_contents)
     for where, data in (("data.sources", train_data), ("data.val", val)):
         for i, (ds, c) in enumerate(zip(data.sources, data.configs, strict=True) if data is not None else []):
             if c.kind in ("folder", "dataset") and (problem := depth_unit_problem(ds, cfg.loss.max_depth)):
@@ -618,25 +619,24 @@ def _contents(data) -> set | None:
     return {os.path.realpath(it.rgb) for it in items}
 
 
-def _repeated_sources(cfg: TrainConfig, sources: list) -> list[str]:
-    """Training sources that list the same panoramas: each is drawn at its ratio, so together at their sum."""
-    files = [_contents(s) for s in sources]
+def _repeated_sources(cfg: TrainConfig, files: list[set | None]) -> list[str]:
+    """Training sources that list the same panoramas (`files`: their `_contents`): each is drawn at its ratio, so
+    together at their sum."""
     return [f"data.sources[{a}] and data.sources[{b}] ({cfg.data.sources[b].path}) hold {n} of the same panoramas "
             "(files, or scenes of the same seeds): they are drawn at the sum of their ratios; give each once"
             for a in range(len(files)) for b in range(a + 1, len(files))
             if files[a] is not None and files[b] is not None and (n := len(files[a] & files[b]))]
 
 
-def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, built: tuple | None = None) -> list[str]:
+def validation_overlaps(cfg: TrainConfig, splits: tuple | None = None, contents: tuple | None = None) -> list[str]:
     """The validation sources that read training data: the same files (kind, path, dataset, split) or, for the
     generated kinds, overlapping seed ranges. A source's split is "train" unless given, in data.val too; `splits`
     ([training], [validation]) are those the built sources read, where they differ from the configured ones.
-    `built` ([training], [validation] datasets): sources whose panoramas can be told (`_contents`) are compared by
-    them, not by their folders (a val.csv beside a train.csv in one folder; a manifest elsewhere naming training
-    files; a dap synth folder of the training seeds, rendered again into another folder)."""
+    `contents` ([training], [validation] `_contents` of the built sources): sources whose panoramas can be told are
+    compared by them, not by their folders (a val.csv beside a train.csv in one folder; a manifest elsewhere naming
+    training files; a dap synth folder of the training seeds, rendered again into another folder)."""
     train_splits, val_splits = splits or ([s.split for s in cfg.data.sources], [s.split for s in cfg.data.val])
-    train_files, val_files = ([_contents(d) for d in data] for data in built) if built else \
-        ([None] * len(cfg.data.sources), [None] * len(cfg.data.val))
+    train_files, val_files = contents or ([None] * len(cfg.data.sources), [None] * len(cfg.data.val))
 
     def folder(s: SourceConfig) -> str:
         """The folder a source reads, however it is given (a shards folder or its manifest.parquet, a trailing /)."""
@@ -695,7 +695,7 @@ def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:
         if len(data) == 0:
             raise ConfigError(f"{name} holds no panorama; give it data, or remove it from the config")
         # a user's folder (benchmarks have known layouts; Deep360 stores Cassini images): else found when drawn
-        if src.kind == "folder" and (bad := _not_panoramas(data.items)):
+        if src.kind == "folder" and (bad := _not_panoramas(data)):
             path, (w, h) = bad[0]
             raise ConfigError(f"{name}: {len(bad)} of its {len(data)} panoramas are not 2:1 (e.g. {path}, {w}x{h}); "
                               "remove them from the source, or convert them to equirectangular panoramas")
@@ -705,14 +705,12 @@ def _sources(configs: list[SourceConfig], where: str, cfg: TrainConfig) -> list:
     return sources
 
 
-def _not_panoramas(items) -> list[tuple[Path, tuple[int, int]]]:
+def _not_panoramas(data) -> list[tuple[Path, tuple[int, int]]]:
     """(RGB file, (width, height)) of the items of a file source whose image, upright as it is read, is not 2:1,
-    by the files' headers (`io.image_size`; a thousand JPEGs: 0.03 s here); files Pillow does not open (HDR, EXR)
-    are left to reading."""
-    from dap.io import image_size
-
-    sizes = [(item.rgb, image_size(item.rgb)) for item in items]
-    return [(path, size) for path, size in sizes if size is not None and size[0] != 2 * size[1]]
+    by the files' headers (`rgb_sizes`; a thousand JPEGs: 0.03 s here); files Pillow does not open (HDR, EXR) are
+    left to reading."""
+    return [(it.rgb, size) for it, size in zip(data.items, data.rgb_sizes, strict=True)
+            if size is not None and size[0] != 2 * size[1]]
 
 
 def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batch: dict, step_idx: int,
@@ -729,11 +727,12 @@ def _train_step(st: _State, train_model: torch.nn.Module, loss_fn: DapLoss, batc
     loss, terms = loss_fn(pred["depth"], pred["out_of_range_prob"], batch["depth"], batch["valid"],
                           batch["out_of_range"])
     if not torch.isfinite(loss):
+        rounded = {k: round(v.item(), 6) for k, v in terms.items()}
+        what = f"loss is {loss.item()} at step {step_idx} (terms: {rounded})"
         raise DivergedError(
-            f"loss is {loss.item()} at step {step_idx} (terms: { {k: round(v.item(), 6) for k, v in terms.items()} }). "
-            "Lower the learning rates (optim.lr_head, optim.lr_backbone) or set optim.grad_clip, or check the data, "
-            "then resume with the new settings (--resume --set ...): resuming with these would repeat the same "
-            "steps exactly")
+            f"{what}. Lower the learning rates (optim.lr_head, optim.lr_backbone) or set optim.grad_clip, or check the "
+            "data, then resume with the new settings (--resume --set ...): resuming with these would repeat the same "
+            "steps exactly", what)
     st.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.optim.grad_clip > 0:
